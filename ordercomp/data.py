@@ -1,0 +1,182 @@
+"""Datasets for ordercomp: the embedded digits default and local CIFAR / ImageFolder trees.
+
+Nothing here downloads. Every dataset is materialised as three in-memory tensor splits
+(train / validation / test) with a fixed, seeded split, so every method and every order
+sees exactly the same images.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+SPLIT_SEED = 20240326
+DEFAULT_INPUT_SIZE = 16
+
+
+class DataError(ValueError):
+    """A dataset could not be read; the message says what the expected layout is."""
+
+
+@dataclass
+class DataBundle:
+    """Three labelled splits plus what a model needs to know about them."""
+
+    name: str
+    train: TensorDataset
+    val: TensorDataset
+    test: TensorDataset
+    num_classes: int
+    in_channels: int
+    input_size: int
+
+    def split(self, name: str) -> TensorDataset:
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}: use train, val or test")
+        return getattr(self, name)
+
+    def loader(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> DataLoader:
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(self.split(split), batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        return self.train.tensors[0][:batch].clone()
+
+    def fingerprint(self) -> str:
+        """A short hash of the images and labels, used as part of cache keys."""
+        digest = hashlib.sha256(self.name.encode())
+        for split in (self.train, self.val, self.test):
+            images, labels = split.tensors
+            digest.update(images.numpy().tobytes())
+            digest.update(labels.numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name, "classes": self.num_classes, "channels": self.in_channels,
+            "input_size": self.input_size, "train": len(self.train), "val": len(self.val), "test": len(self.test),
+        }
+
+
+def load_data(spec: str = "digits", *, input_size: int | None = None, limit: int | None = None) -> DataBundle:
+    """Load `digits`, a CIFAR-10/100 folder or an ImageFolder tree given by path."""
+    if input_size is not None and not 4 <= input_size <= 512:
+        raise DataError(f"input size {input_size} is out of range: use 4..512 pixels")
+    if spec == "digits":
+        return _digits(input_size or DEFAULT_INPUT_SIZE)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(f"data path {path} does not exist: give 'digits', a CIFAR-10/100 folder or an ImageFolder tree")
+    if _cifar_kind(path):
+        return _cifar(path, input_size or 32, limit)
+    return _image_folder(path, input_size or 32, limit)
+
+
+def _digits(input_size: int) -> DataBundle:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    images = _resize(images, input_size)
+    return _split_and_normalise("digits", images, labels, 10, input_size)
+
+
+def _resize(images: torch.Tensor, input_size: int) -> torch.Tensor:
+    if images.shape[-1] == input_size and images.shape[-2] == input_size:
+        return images
+    return F.interpolate(images, size=(input_size, input_size), mode="bilinear", align_corners=False)
+
+
+def _split_and_normalise(name, images, labels, num_classes, input_size, test=None) -> DataBundle:
+    """Seeded split into train/val(/test), then normalise with the training statistics."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    images, labels = images[order], labels[order]
+    n = len(images)
+    if test is None:
+        n_val, n_test = n // 5, n // 5
+        test = (images[n - n_test:], labels[n - n_test:])
+        images, labels = images[: n - n_test], labels[: n - n_test]
+    else:
+        n_val = n // 10
+    val = (images[:n_val], labels[:n_val])
+    train = (images[n_val:], labels[n_val:])
+    mean = train[0].mean(dim=(0, 2, 3), keepdim=True)
+    std = train[0].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+
+    def dataset(split):
+        return TensorDataset(((split[0] - mean) / std).contiguous(), split[1].contiguous())
+
+    return DataBundle(name, dataset(train), dataset(val), dataset(test), num_classes, images.shape[1], input_size)
+
+
+def _cifar_kind(path: Path) -> str | None:
+    if (path / "cifar-10-batches-py").is_dir():
+        return "cifar10"
+    if (path / "cifar-100-python").is_dir():
+        return "cifar100"
+    return None
+
+
+def _cifar(path: Path, input_size: int, limit: int | None) -> DataBundle:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    kind = _cifar_kind(path)
+    cls, classes = (CIFAR10, 10) if kind == "cifar10" else (CIFAR100, 100)
+    try:
+        train, test = cls(str(path), train=True, download=False), cls(str(path), train=False, download=False)
+    except RuntimeError as error:
+        raise DataError(
+            f"{path} is not a readable {kind} folder ({error}); expected {path}/cifar-10-batches-py/"
+            "data_batch_1..5 and test_batch (or cifar-100-python/train and test)"
+        ) from None
+
+    def tensors(dataset, cap):
+        images = torch.tensor(dataset.data[:cap], dtype=torch.float32).permute(0, 3, 1, 2) / 255.0
+        return _resize(images, input_size), torch.tensor(dataset.targets[:cap], dtype=torch.long)
+
+    images, labels = tensors(train, limit)
+    test_split = tensors(test, limit // 5 if limit else None)
+    return _split_and_normalise(kind, images, labels, classes, input_size, test=test_split)
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _image_folder(path: Path, input_size: int, limit: int | None) -> DataBundle:
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and _images_in(p))
+    if len(classes) < 2:
+        raise DataError(
+            f"{path} is not an ImageFolder tree: expected one sub-folder per class (at least 2) "
+            "holding images, e.g. root/cat/1.png, root/dog/2.png"
+        )
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for file in _images_in(path / name)[: limit // len(classes) if limit else None]:
+            try:
+                with Image.open(file) as image:
+                    images.append(_image_tensor(image, input_size))
+            except (UnidentifiedImageError, OSError) as error:
+                raise DataError(f"cannot read image {file}: {error}; remove or replace it") from None
+            labels.append(label)
+    channels = max(t.shape[0] for t in images)
+    stacked = torch.stack([t.expand(channels, -1, -1) for t in images])
+    return _split_and_normalise(f"imagefolder:{path.name}", stacked, torch.tensor(labels), len(classes), input_size)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _image_tensor(image, input_size: int) -> torch.Tensor:
+    mode = "L" if image.mode in ("L", "1", "I", "I;16") else "RGB"
+    image = image.convert(mode).resize((input_size, input_size))
+    tensor = torch.tensor(list(image.getdata()), dtype=torch.float32) / 255.0
+    channels = 1 if mode == "L" else 3
+    return tensor.view(input_size, input_size, channels).permute(2, 0, 1)

@@ -1,0 +1,101 @@
+"""The one small interface every compression method implements.
+
+A method is a frozen config dataclass that validates its own fields, plus an apply function
+`apply(model, config, context) -> model`. `Method.apply` hands the function a deep copy, so the
+caller's model is never mutated. A method that cannot apply to a model raises `Incompatible`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..data import DataBundle
+from ..train import Budget, Progress
+
+CONFIG_VERSION = 1
+
+
+class Incompatible(Exception):
+    """This method cannot apply to this model; the message says why and what to do instead."""
+
+
+@dataclass
+class Context:
+    """What a method may use besides the model: data, the fine-tuning budget, a seed, a device."""
+
+    data: DataBundle
+    budget: Budget
+    seed: int = 0
+    device: torch.device = torch.device("cpu")
+    progress: Progress | None = None
+
+    def report(self, label: str, fraction: float) -> None:
+        if self.progress:
+            self.progress(label, fraction)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registry entry: the method's name, its config type and its apply function."""
+
+    name: str
+    title: str
+    config_type: type
+    apply_fn: Callable[[nn.Module, Any, Context], nn.Module]
+    strength: str
+    summary: str
+
+    def default_config(self):
+        return self.config_type()
+
+    def make_config(self, **fields):
+        unknown = set(fields) - {f.name for f in dataclasses.fields(self.config_type)}
+        if unknown:
+            raise ValueError(f"{self.name} has no setting {', '.join(sorted(unknown))}: use {', '.join(config_fields(self.config_type))}")
+        return self.config_type(**fields)
+
+    def apply(self, model: nn.Module, config, context: Context) -> nn.Module:
+        if not isinstance(config, self.config_type):
+            raise TypeError(f"{self.name} needs a {self.config_type.__name__}, got {type(config).__name__}")
+        return self.apply_fn(copy.deepcopy(model), config, context)
+
+
+def config_fields(config_type: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(config_type)]
+
+
+def config_to_dict(method: str, config) -> dict:
+    """JSON-ready form of a config with a type tag and a version."""
+    return {"method": method, "version": CONFIG_VERSION, **dataclasses.asdict(config)}
+
+
+def check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
+    """Raise a ValueError naming the setting when `value` is outside its allowed range."""
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(f"{name} must be in {left}{low}, {high}{right}, got {value}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def require_trainable(model: nn.Module, method: str) -> None:
+    """Methods that fine-tune or rewrite layers need float parameters they can change."""
+    if getattr(model, "int8_converted", False):
+        raise Incompatible(f"{method} cannot change a model already converted to int8 kernels: apply {method} before int8")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise Incompatible(f"{method} needs trainable parameters, and this model has none")
+
+
+def require_staged(model: nn.Module, method: str) -> None:
+    if not (hasattr(model, "stages") and hasattr(model, "head") and hasattr(model, "stem")):
+        raise Incompatible(f"{method} needs a staged model (stem, stages, head) from the ordercomp zoo; this model has no stage boundaries")

@@ -1,0 +1,107 @@
+"""Knowledge distillation: the incoming model teaches a thinner (and optionally shallower) student.
+
+The student is derived from the teacher's *current* architecture: a copy whose channels are cut
+by the width factor (Torch-Pruning, so a pruned or quantised teacher gives a pruned, quantised
+student) and whose shape-preserving blocks are dropped by the depth factor. It trains on the
+soft targets of the teacher (temperature T, weight alpha) plus the hard labels, exit by exit.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..train import all_outputs, train
+from .base import Context, Method, check_choice, check_range, require_trainable
+from .prune import shrink_width
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    width: float = 0.5
+    depth: float = 1.0
+    temperature: float = 4.0
+    alpha: float = 0.7
+    init: str = "teacher"
+
+    def __post_init__(self):
+        check_range("student width", self.width, 0.0, 1.0, low_open=True)
+        check_range("student depth", self.depth, 0.0, 1.0, low_open=True)
+        check_range("temperature", self.temperature, 0.0, 100.0, low_open=True)
+        check_range("distillation weight alpha", self.alpha, 0.0, 1.0)
+        check_choice("student init", self.init, ("teacher", "scratch"))
+        if self.width == 1.0 and self.depth == 1.0:
+            raise ValueError("a student with width 1 and depth 1 is the teacher itself: lower width or depth")
+
+
+@torch.no_grad()
+def _block_shapes(stage: nn.Sequential, x: torch.Tensor) -> tuple[list[bool], torch.Tensor]:
+    keeps_shape = []
+    for block in stage:
+        y = block(x)
+        keeps_shape.append(y.shape == x.shape)
+        x = y
+    return keeps_shape, x
+
+
+def drop_blocks(model: nn.Module, depth: float, example: torch.Tensor) -> None:
+    """Keep ceil(depth * n) blocks of each stage, dropping shape-preserving blocks from the end."""
+    if not hasattr(model, "stages"):
+        return
+    x = model.stem(example)
+    for index, stage in enumerate(model.stages):
+        if not isinstance(stage, nn.Sequential):
+            x = stage(x)
+            continue
+        keeps_shape, x = _block_shapes(stage, x)
+        removable = [i for i, same in enumerate(keeps_shape) if same and i > 0]
+        drop = set(removable[::-1][: len(stage) - math.ceil(depth * len(stage))])
+        model.stages[index] = nn.Sequential(*(b for i, b in enumerate(stage) if i not in drop))
+
+
+def kd_loss(teacher: nn.Module, config: DistillConfig):
+    """Soft-target KL (scaled by T^2) plus cross-entropy, averaged over the student's exits."""
+    t = config.temperature
+
+    def loss(outputs, x, y):
+        with torch.no_grad():
+            targets = all_outputs(teacher, x)
+        total = 0.0
+        for index, out in enumerate(outputs):
+            target = targets[index] if len(targets) == len(outputs) else targets[-1]
+            soft = F.kl_div(F.log_softmax(out / t, 1), F.log_softmax(target / t, 1), log_target=True, reduction="batchmean")
+            total = total + config.alpha * t * t * soft + (1 - config.alpha) * F.cross_entropy(out, y)
+        return total / len(outputs)
+
+    return loss
+
+
+def _reset(model: nn.Module) -> None:
+    for module in model.modules():
+        if hasattr(module, "reset_parameters") and module is not model:
+            module.reset_parameters()
+
+
+def apply(model: nn.Module, config: DistillConfig, context: Context) -> nn.Module:
+    require_trainable(model, "distill")
+    teacher = model.to(context.device).eval()
+    student = copy.deepcopy(teacher)
+    example = context.data.example_input(2).to(context.device)
+    if config.depth < 1.0:
+        drop_blocks(student, config.depth, example)
+    if config.width < 1.0:
+        shrink_width(student, 1.0 - config.width, "l2", context)
+    if config.init == "scratch":
+        _reset(student)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return train(student, context.data, context.budget, seed=context.seed, device=context.device,
+                 loss_fn=kd_loss(teacher, config), progress=context.progress, label="distill: train student")
+
+
+METHOD = Method("distill", "Knowledge distillation", DistillConfig, apply, "width",
+                "A thinner copy of the current model learns from its soft targets.")

@@ -1,0 +1,133 @@
+"""Real int8 post-training quantisation through torchao's pt2e flow with the x86 Inductor quantiser.
+
+Each part of a staged model (stem, every stage, every exit head, the head) is exported with
+torch.export, observed on calibration batches and converted, so the model keeps its stage
+boundaries (early exits still work). Weights and activations become int8; `compile_int8` runs the
+converted parts through Inductor with freezing so the int8 kernels actually execute.
+After int8 the weights are no longer trainable: methods that fine-tune report `incompatible`.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..train import all_outputs
+from ._layers import bits_of, compute_layers, replace_module
+from .base import Context, Incompatible, Method, check_range, require_staged
+
+MAX_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    calibration_batches: int = 8
+
+    def __post_init__(self):
+        check_range("calibration batches", self.calibration_batches, 1, 1000)
+
+
+def _parts(model: nn.Module) -> list[str]:
+    names = ["stem"] + [f"stages.{i}" for i in range(len(model.stages))]
+    names += [f"exits.{i}" for i in range(len(getattr(model, "exits", [])))]
+    return names + ["head"]
+
+
+@torch.no_grad()
+def _part_inputs(model: nn.Module, names: list[str], context: Context, batches: int) -> dict[str, list[torch.Tensor]]:
+    """Record the input every part sees on a few training batches."""
+    inputs = {name: [] for name in names}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda m, args, n=n: inputs[n].append(args[0].detach()))
+             for n in names]
+    loader = context.data.loader("train", context.budget.batch_size, shuffle=True, seed=context.seed)
+    for index, (x, _) in enumerate(loader):
+        if index == batches:
+            break
+        all_outputs(model, x.to(context.device))
+    for hook in hooks:
+        hook.remove()
+    return inputs
+
+
+def _convert(part: nn.Module, samples: list[torch.Tensor]) -> nn.Module:
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    exported = torch.export.export(part.eval(), (samples[0],), dynamic_shapes=({0: batch},)).module()
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(exported, quantizer)
+    for sample in samples:
+        prepared(sample)
+    converted = convert_pt2e(prepared)
+    _drop_unused_tensors(converted)
+    allow_exported_model_train_eval(converted)
+    converted.weight_bits, converted.act_bits = 8, 8
+    return converted
+
+
+def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
+    """convert_pt2e leaves the float weights behind next to their int8 copies; drop them."""
+    used = {node.target for node in graph_module.graph.nodes if node.op == "get_attr"}
+    named = list(graph_module.named_parameters()) + list(graph_module.named_buffers())
+    for name, _ in named:
+        if name not in used:
+            owner, _, attribute = name.rpartition(".")
+            delattr(graph_module.get_submodule(owner) if owner else graph_module, attribute)
+
+
+def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
+    require_staged(model, "int8")
+    if getattr(model, "int8_converted", False):
+        raise Incompatible("the model is already converted to int8 kernels")
+    low = [bits_of(layer) for _, layer in compute_layers(model) if min(bits_of(layer)) < 8]
+    if low:
+        raise Incompatible(f"the model is already quantised below 8 bits ({min(min(b) for b in low)}); "
+                           "int8 would raise it: apply int8 before quantize, or quantize at 8 bits")
+    if context.device.type != "cpu":
+        model.to("cpu")
+        context = Context(context.data, context.budget, context.seed, torch.device("cpu"), context.progress)
+    model.eval()
+    names = _parts(model)
+    inputs = _part_inputs(model, names, context, config.calibration_batches)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for index, name in enumerate(names):
+            context.report("int8: convert", index / len(names))
+            if inputs[name]:
+                replace_module(model, name, _convert(model.get_submodule(name), inputs[name]))
+    model.int8_converted = True
+    return model
+
+
+def compile_int8(model: nn.Module) -> nn.Module:
+    """Compile every converted part with Inductor freezing, in place, so int8 kernels run."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    for name in _parts(model):
+        part = model.get_submodule(name)
+        if getattr(part, "weight_bits", None) == 8 and isinstance(part, torch.fx.GraphModule):
+            compiled = torch.compile(part)
+            replace_module(model, name, _Compiled(compiled))
+    return model
+
+
+class _Compiled(nn.Module):
+    """Holds a compiled int8 part; keeps the bit annotation for metrics."""
+
+    weight_bits, act_bits = 8, 8
+
+    def __init__(self, compiled):
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, x):
+        return self.compiled(x)
+
+
+METHOD = Method("int8", "Int8 post-training quantization", Int8Config, apply, "calibration_batches",
+                "torchao pt2e + X86InductorQuantizer: real int8 weights and activations, no training.")

@@ -1,0 +1,84 @@
+"""Low-rank factorisation: each conv (k x k) and linear layer becomes two thinner layers via SVD.
+
+A conv W (Cout, Cin, k, k) is replaced by a k x k conv to r channels followed by a 1 x 1 conv to
+Cout, r = rank_ratio * min(Cout, Cin*k*k); a layer is left alone when factoring would not save
+MACs. The factors inherit the layer's bits and sparsity, then the model is fine-tuned.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..train import train
+from ._layers import bits_of, compute_layers, copy_marks, magnitude_prune_, replace_module, to_quant
+from .base import Context, Incompatible, Method, check_range, require_trainable
+from .prune import output_layers
+
+
+@dataclass(frozen=True)
+class LowRankConfig:
+    rank_ratio: float = 0.3
+
+    def __post_init__(self):
+        check_range("rank ratio", self.rank_ratio, 0.0, 1.0, low_open=True, high_open=True)
+
+
+def factor_rank(layer: nn.Module, rank_ratio: float) -> int | None:
+    """The rank to factor a layer to, or None when factoring would not reduce its MACs."""
+    matrix = layer.weight.flatten(1)
+    out_dim, in_dim = matrix.shape
+    rank = max(1, math.ceil(rank_ratio * min(out_dim, in_dim)))
+    return rank if rank * (in_dim + out_dim) < out_dim * in_dim else None
+
+
+@torch.no_grad()
+def factorise(layer: nn.Module, rank: int) -> nn.Sequential:
+    """Two layers whose product is the best rank-`rank` approximation of `layer`'s weight."""
+    u, s, vh = torch.linalg.svd(layer.weight.flatten(1).float(), full_matrices=False)
+    root = s[:rank].sqrt()
+    first_w, second_w = root[:, None] * vh[:rank], u[:, :rank] * root[None, :]
+    if isinstance(layer, nn.Conv2d):
+        first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation, bias=False)
+        second = nn.Conv2d(rank, layer.out_channels, 1, bias=layer.bias is not None)
+        first.weight.copy_(first_w.view(rank, *layer.weight.shape[1:]))
+        second.weight.copy_(second_w.view(layer.out_channels, rank, 1, 1))
+    else:
+        first, second = nn.Linear(layer.in_features, rank, bias=False), nn.Linear(rank, layer.out_features, bias=layer.bias is not None)
+        first.weight.copy_(first_w)
+        second.weight.copy_(second_w)
+    if layer.bias is not None:
+        second.bias.copy_(layer.bias)
+    return nn.Sequential(*(_inherit(layer, part) for part in (first, second))).to(layer.weight.device)
+
+
+def _inherit(original: nn.Module, part: nn.Module) -> nn.Module:
+    if hasattr(original, "act_bits"):
+        part = to_quant(part, *bits_of(original))
+    if hasattr(original, "sparsity"):
+        magnitude_prune_(part, original.sparsity)
+    copy_marks(original, part)
+    return part
+
+
+def apply(model: nn.Module, config: LowRankConfig, context: Context) -> nn.Module:
+    require_trainable(model, "lowrank")
+    keep = {id(layer) for layer in output_layers(model)}
+    factored = 0
+    for name, layer in compute_layers(model):
+        if id(layer) in keep or getattr(layer, "groups", 1) != 1:
+            continue
+        rank = factor_rank(layer, config.rank_ratio)
+        if rank is not None:
+            replace_module(model, name, factorise(layer, rank))
+            factored += 1
+    if factored == 0:
+        raise Incompatible(f"no layer gets cheaper at rank ratio {config.rank_ratio}: lower the rank ratio")
+    return train(model, context.data, context.budget, seed=context.seed, device=context.device,
+                 progress=context.progress, label="lowrank: fine-tune")
+
+
+METHOD = Method("lowrank", "Low-rank factorization", LowRankConfig, apply, "rank_ratio",
+                "SVD splits each conv/linear layer into two thinner ones, then fine-tunes.")

@@ -1,0 +1,64 @@
+"""Structured channel pruning with Torch-Pruning: whole channels leave, the model gets smaller.
+
+B after A: the channels of whatever A produced are ranked and removed, quantised layers stay
+quantised, exit heads are pruned together with the body they hang from; then fine-tuning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..train import all_outputs, train
+from ._layers import compute_layers
+from .base import Context, Method, check_choice, check_range, require_trainable
+
+IMPORTANCE = {
+    "l1": lambda: tp.importance.MagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+    "bn_scale": lambda: tp.importance.BNScaleImportance(),
+    "random": lambda: tp.importance.RandomImportance(),
+}
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    ratio: float = 0.5
+    importance: str = "l2"
+
+    def __post_init__(self):
+        check_range("prune ratio", self.ratio, 0.0, 1.0, low_open=True, high_open=True)
+        check_choice("prune importance", self.importance, tuple(IMPORTANCE))
+
+
+def output_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers that produce class logits (main head and every exit head): never pruned."""
+    heads = [model.head] + list(getattr(model, "exits", [])) if hasattr(model, "head") else [model]
+    return [compute_layers(head)[-1][1] for head in heads if compute_layers(head)]
+
+
+def shrink_width(model: nn.Module, ratio: float, importance: str, context: Context) -> nn.Module:
+    """Remove `ratio` of the channels of every prunable layer, in place."""
+    example = context.data.example_input(2).to(context.device)
+    model.to(context.device).eval()
+    torch.manual_seed(context.seed)
+    pruner = tp.pruner.BasePruner(
+        model, example, importance=IMPORTANCE[importance](), pruning_ratio=ratio,
+        ignored_layers=output_layers(model), forward_fn=lambda m, x: sum(all_outputs(m, x)),
+        in_channel_groups={}, out_channel_groups={}, num_heads={},
+    )
+    pruner.step()
+    return model
+
+
+def apply(model: nn.Module, config: PruneConfig, context: Context) -> nn.Module:
+    require_trainable(model, "prune")
+    shrink_width(model, config.ratio, config.importance, context)
+    return train(model, context.data, context.budget, seed=context.seed, device=context.device,
+                 progress=context.progress, label="prune: fine-tune")
+
+
+METHOD = Method("prune", "Structured pruning", PruneConfig, apply, "ratio",
+                "Torch-Pruning removes a fraction of channels in every layer, then fine-tunes.")

@@ -1,0 +1,52 @@
+"""Quantisation-aware training: weights and activations fake-quantised to 8, 4 or 2 bits.
+
+Every conv and linear layer (exit heads included) becomes a fake-quantised layer; its bits are
+what BitOps and storage count. Bits never go up: quantising again keeps the lower of the two.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..train import all_outputs, train
+from ._layers import SUPPORTED_BITS, compute_layers, replace_module, to_quant
+from .base import Context, Method, check_choice, require_trainable
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    weight_bits: int = 8
+    act_bits: int = 8
+
+    def __post_init__(self):
+        check_choice("weight bits", self.weight_bits, SUPPORTED_BITS)
+        check_choice("activation bits", self.act_bits, SUPPORTED_BITS)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, context: Context, batches: int = 4) -> None:
+    """Set activation ranges from a few training batches without touching BatchNorm statistics."""
+    layers = [layer for _, layer in compute_layers(model) if hasattr(layer, "act_bits")]
+    model.to(context.device).eval()
+    for layer in layers:
+        layer.train()
+    for index, (x, _) in enumerate(context.data.loader("train", context.budget.batch_size, shuffle=True, seed=context.seed)):
+        if index == batches:
+            break
+        all_outputs(model, x.to(context.device))
+    model.eval()
+
+
+def apply(model: nn.Module, config: QuantizeConfig, context: Context) -> nn.Module:
+    require_trainable(model, "quantize")
+    for name, layer in compute_layers(model):
+        replace_module(model, name, to_quant(layer, config.weight_bits, config.act_bits))
+    calibrate(model, context)
+    return train(model, context.data, context.budget, seed=context.seed, device=context.device,
+                 progress=context.progress, label="quantize: QAT")
+
+
+METHOD = Method("quantize", "Quantization-aware training", QuantizeConfig, apply, "weight_bits",
+                "Fake-quantises weights and activations to 8/4/2 bits and fine-tunes.")

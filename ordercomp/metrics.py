@@ -1,0 +1,228 @@
+"""Every figure ordercomp reports for a model on a split, from one entry point: `measure`.
+
+MACs come from torch's FLOP counter (FlopCounterMode, per module); BitOps = sum over layers of
+MACs x weight bits x activation bits; a model with early exits costs the expectation over the
+data of the cost up to the exit each sample leaves at. Storage honours bit widths and sparsity.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+import weakref
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
+from .data import DataBundle
+from .methods._layers import FULL_BITS, bits_of
+from .methods.early_exit import select_exits
+from .train import all_outputs, predict
+
+BN_BITS = 32
+
+
+@dataclass
+class Metrics:
+    accuracy: float
+    params: int
+    size_bytes: float
+    macs: float
+    bitops: float
+    latency_ms_b1: float | None
+    latency_ms_batch: float | None
+    peak_memory_bytes: float | None
+    exit_fractions: list[float] | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure(model: nn.Module, data: DataBundle, split: str = "test", *, device: torch.device | str = "cpu",
+            latency: bool = True, repeats: int = 20, batch_size: int = 32, threads: int = 1) -> Metrics:
+    """Accuracy, parameters, storage, MACs, BitOps, latency and peak memory of `model` on `split`."""
+    device = torch.device(device)
+    accuracy, fractions = accuracy_and_exits(model, data, split, device)
+    macs, bitops = expected_cost(model, data.example_input(1).to(device), fractions)
+    timing = (latency_ms(model, data, device, 1, repeats, threads), latency_ms(model, data, device, batch_size, repeats, threads)) if latency else (None, None)
+    return Metrics(accuracy, count_params(model), storage_bytes(model), macs, bitops, *timing,
+                   peak_memory(model, data, device, batch_size) if latency else None, fractions)
+
+
+def accuracy_and_exits(model: nn.Module, data: DataBundle, split: str, device: torch.device):
+    """Top-1 accuracy in percent, and for early-exit models the fraction leaving at each exit."""
+    outputs, labels = predict(model, data, split, device)
+    if len(outputs) == 1:
+        return _percent(outputs[0], labels), None
+    chosen, exit_index = select_exits(outputs, model.threshold)
+    fractions = torch.bincount(exit_index, minlength=len(outputs)).float() / len(labels)
+    return _percent(chosen, labels), fractions.tolist()
+
+
+def _percent(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(t.numel() for t in _weights(model))
+
+
+def _weights(model: nn.Module) -> list[torch.Tensor]:
+    """Parameters, plus every tensor an int8 graph keeps as a buffer (int8 weights, scales)."""
+    seen = {id(p): p for p in model.parameters()}
+    for module in model.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            seen.update((id(b), b) for b in module.buffers())
+    return list(seen.values())
+
+
+def storage_bytes(model: nn.Module) -> float:
+    """Bytes to store the weights: quantised layers at their bit width, sparse layers as a bitmap
+    plus non-zero values when that is smaller, everything else at its dtype's width."""
+    total, counted = 0.0, set()
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and isinstance(module, (nn.Conv2d, nn.Linear)):
+            bits = bits_of(module)[0]
+            dense = weight.numel() * bits
+            if hasattr(module, "sparsity"):
+                dense = min(dense, weight.numel() + int((weight != 0).sum()) * bits)
+            total += dense / 8
+            counted.add(id(weight))
+    for tensor in _weights(model):
+        if id(tensor) not in counted:
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _unit_costs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, float, float]]:
+    """(module name, MACs, BitOps) for every bit-annotated part or conv/linear layer."""
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        _EveryExit(model)(example)
+    flops = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    units, covered = [], 0.0
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(u + ".") for u, _, _ in units):
+            continue
+        if hasattr(module, "weight_bits") or isinstance(module, (nn.Conv2d, nn.Linear)):
+            macs = flops.get(f"_EveryExit.model.{name}", 0) / 2
+            w, a = bits_of(module)
+            units.append((name, macs, macs * w * a))
+            covered += macs
+    rest = flops.get("Global", 0) / 2 - covered
+    if rest > 0:
+        units.append(("", rest, rest * FULL_BITS * FULL_BITS))
+    return units
+
+
+class _EveryExit(nn.Module):
+    """Runs every exit under one root module, so the FLOP counter names parts from the model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return all_outputs(self.model, x)
+
+
+def expected_cost(model: nn.Module, example: torch.Tensor, fractions: list[float] | None) -> tuple[float, float]:
+    """(MACs, BitOps) per sample; with early exits the expectation over the exit fractions."""
+    units = _unit_costs(model, example)
+    if not fractions:
+        return sum(u[1] for u in units), sum(u[2] for u in units)
+    per_exit = [_cost_to_exit(units, index, len(fractions)) for index in range(len(fractions))]
+    return (sum(f * c[0] for f, c in zip(fractions, per_exit)), sum(f * c[1] for f, c in zip(fractions, per_exit)))
+
+
+def _cost_to_exit(units, exit_index: int, exits_total: int) -> tuple[float, float]:
+    """Cost of a sample that leaves at `exit_index` (the last index is the final head)."""
+    final = exit_index == exits_total - 1
+
+    def reached(name: str) -> bool:
+        part, _, rest = name.partition(".")
+        if part in ("stages", "exits"):
+            return final or int(rest.split(".")[0]) <= exit_index
+        return part != "head" or final
+
+    chosen = [u for u in units if reached(u[0])]
+    return sum(u[1] for u in chosen), sum(u[2] for u in chosen)
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, data: DataBundle, device: torch.device, batch: int, repeats: int, threads: int) -> float:
+    """Median wall time of one forward pass on `batch` test images, after warm-up."""
+    images = data.test.tensors[0]
+    x = images[torch.arange(batch) % len(images)].to(device)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    model.to(device).eval()
+    try:
+        for _ in range(3):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            model(x)
+            _sync(device)
+            times.append((time.perf_counter() - start) * 1000)
+    finally:
+        torch.set_num_threads(previous)
+    return statistics.median(times)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def peak_memory(model: nn.Module, data: DataBundle, device: torch.device, batch: int) -> float:
+    """Peak bytes during one forward pass: weights plus the most activation memory alive at once
+    (CUDA's allocator on a GPU; on the CPU, tensor storages tracked from allocation to release)."""
+    x = data.test.tensors[0][:batch].to(device)
+    model.to(device).eval()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        model(x)
+        return float(torch.cuda.max_memory_allocated(device) - base) + storage_bytes(model)
+    tracker = _LiveStorage()
+    with tracker:
+        model(x)
+    return float(tracker.peak) + storage_bytes(model)
+
+
+class _LiveStorage(TorchDispatchMode):
+    """Counts the bytes of every new storage an op creates until its tensor is released."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak, self.storages = 0, 0, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                self._track(tensor)
+        return out
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in self.storages:
+            return
+        size = tensor.untyped_storage().nbytes()
+        self.storages.add(pointer)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(tensor, self._release, pointer, size)
+
+    def _release(self, pointer: int, size: int) -> None:
+        self.storages.discard(pointer)
+        self.live -= size

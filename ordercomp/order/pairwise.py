@@ -1,0 +1,206 @@
+"""Pairwise order decisions: given per-seed objective scores of the chains
+A->B and B->A, decide which method should come first, or that it is a tie.
+
+A decision is made on the paired per-seed differences, oriented so that a
+positive difference always means "first -> second is better", whatever the
+direction of the objective.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any
+
+OBJECTIVES: dict[str, tuple[bool, str]] = {
+    "accuracy": (True, "top-1 accuracy of the compressed model in percent; higher is better"),
+    "bitops": (False, "bit operations of one forward pass; lower is better"),
+    "latency": (False, "inference latency in milliseconds; lower is better"),
+    "weighted": (True, "accuracy + weight * log2(base_bitops / bitops); higher is better"),
+}
+
+
+@dataclass(frozen=True)
+class PairOutcome:
+    """Result of comparing the two orders of a pair of compression methods.
+
+    `winner` is the method that should come FIRST in the chain: `first` when
+    first -> second scored better, `second` when second -> first did, None on
+    a tie or when the pair is incompatible.
+    """
+
+    first: str
+    second: str
+    scores_first_then_second: tuple[float, ...]
+    scores_second_then_first: tuple[float, ...]
+    higher_is_better: bool
+    mean_diff: float
+    spread: float
+    winner: str | None
+    tie: bool
+    weak_evidence: bool
+    incompatible: str | None
+
+    @property
+    def margin(self) -> float:
+        """Size of the mean paired difference, whatever its sign."""
+        return abs(self.mean_diff)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of all fields (score tuples become lists)."""
+        record = asdict(self)
+        record["scores_first_then_second"] = list(self.scores_first_then_second)
+        record["scores_second_then_first"] = list(self.scores_second_then_first)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> PairOutcome:
+        """Rebuild an outcome written by `to_dict`."""
+        missing = sorted(_FIELD_NAMES - record.keys())
+        if missing:
+            raise ValueError(
+                f"PairOutcome record is missing fields {missing}; "
+                "pass a dict produced by PairOutcome.to_dict()"
+            )
+        values = {name: record[name] for name in _FIELD_NAMES}
+        values["scores_first_then_second"] = tuple(map(float, record["scores_first_then_second"]))
+        values["scores_second_then_first"] = tuple(map(float, record["scores_second_then_first"]))
+        return cls(**values)
+
+
+_FIELD_NAMES = frozenset(PairOutcome.__dataclass_fields__)
+
+
+def decide_pair(
+    first: str,
+    second: str,
+    scores_first_then_second: tuple[float, ...] | list[float],
+    scores_second_then_first: tuple[float, ...] | list[float],
+    *,
+    higher_is_better: bool = True,
+    min_margin: float = 0.0,
+    z: float = 2.0,
+) -> PairOutcome:
+    """Decide which of two methods should be applied first.
+
+    Seeds are paired: the s-th score of first -> second is compared with the
+    s-th score of second -> first. With k seeds, d_s is the oriented paired
+    difference, mean and spread are its mean and sample standard deviation
+    and se = spread / sqrt(k).
+
+    There is a winner when |mean| > min_margin and, with k >= 2,
+    |mean| > z * se (a single seed only needs to clear min_margin).
+    Otherwise the pair is a tie.
+
+    `weak_evidence` is True when there is a single seed, or when the decision
+    sits within one standard error of its threshold max(min_margin, z * se),
+    i.e. shifting the mean by one standard error would flip win <-> tie.
+    """
+    _check_names(first, second)
+    ab = _as_scores(scores_first_then_second, "scores_first_then_second")
+    ba = _as_scores(scores_second_then_first, "scores_second_then_first")
+    if len(ab) != len(ba):
+        raise ValueError(
+            f"both orders need one score per seed: got {len(ab)} and {len(ba)} scores"
+        )
+    if not ab:
+        raise ValueError("at least one seed per order is needed to decide a pair")
+    if not math.isfinite(min_margin) or min_margin < 0:
+        raise ValueError(f"min_margin must be a finite number >= 0, got {min_margin}")
+    if not math.isfinite(z) or z <= 0:
+        raise ValueError(f"z must be a finite number > 0, got {z}")
+
+    diffs = _oriented_differences(ab, ba, higher_is_better)
+    seeds = len(diffs)
+    mean_diff = statistics.fmean(diffs)
+    spread = statistics.stdev(diffs) if seeds >= 2 else 0.0
+    standard_error = spread / math.sqrt(seeds)
+    threshold = max(min_margin, z * standard_error)
+    decided = abs(mean_diff) > threshold
+    weak = seeds < 2 or abs(abs(mean_diff) - threshold) < standard_error
+
+    winner = None
+    if decided:
+        winner = first if mean_diff > 0 else second
+    return PairOutcome(
+        first=first,
+        second=second,
+        scores_first_then_second=ab,
+        scores_second_then_first=ba,
+        higher_is_better=higher_is_better,
+        mean_diff=mean_diff,
+        spread=spread,
+        winner=winner,
+        tie=not decided,
+        weak_evidence=weak,
+        incompatible=None,
+    )
+
+
+def incompatible_pair(
+    first: str, second: str, reason: str, *, higher_is_better: bool = True
+) -> PairOutcome:
+    """Outcome for a pair where one or both orders could not be applied."""
+    _check_names(first, second)
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValueError(
+            "reason must be a non-empty string explaining why the pair is incompatible"
+        )
+    return PairOutcome(
+        first=first,
+        second=second,
+        scores_first_then_second=(),
+        scores_second_then_first=(),
+        higher_is_better=higher_is_better,
+        mean_diff=0.0,
+        spread=0.0,
+        winner=None,
+        tie=False,
+        weak_evidence=False,
+        incompatible=reason,
+    )
+
+
+def weighted_score(accuracy: float, bitops: float, base_bitops: float, weight: float) -> float:
+    """Accuracy (percent) plus a bonus of `weight` per halving of bitops.
+
+    score = accuracy + weight * log2(base_bitops / bitops), so a cheaper
+    model scores higher at equal accuracy.
+    """
+    if not all(math.isfinite(value) and value > 0 for value in (bitops, base_bitops)):
+        raise ValueError(
+            f"bitops and base_bitops must be finite and > 0, got bitops={bitops}, "
+            f"base_bitops={base_bitops}"
+        )
+    if not math.isfinite(accuracy) or not math.isfinite(weight):
+        raise ValueError(f"accuracy and weight must be finite, got {accuracy} and {weight}")
+    return accuracy + weight * math.log2(base_bitops / bitops)
+
+
+def _oriented_differences(
+    ab: tuple[float, ...], ba: tuple[float, ...], higher_is_better: bool
+) -> list[float]:
+    """Per-seed differences, positive when first -> second is better."""
+    if higher_is_better:
+        return [a - b for a, b in zip(ab, ba)]
+    return [b - a for a, b in zip(ab, ba)]
+
+
+def _check_names(first: str, second: str) -> None:
+    for name in (first, second):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"method names must be non-empty strings, got {name!r}")
+    if first == second:
+        raise ValueError(f"a pair needs two different methods, got {first!r} twice")
+
+
+def _as_scores(values: tuple[float, ...] | list[float], label: str) -> tuple[float, ...]:
+    """Convert one per-seed score series to a tuple of finite floats."""
+    try:
+        scores = tuple(float(value) for value in values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{label} must be a sequence of numbers: {error}") from error
+    if not all(math.isfinite(score) for score in scores):
+        raise ValueError(f"{label} must be finite numbers, got {scores}")
+    return scores

@@ -1,0 +1,111 @@
+"""Training and evaluation loops shared by every method, so every step gets the same budget.
+
+A model with early exits (`forward_all`) is trained on the mean loss of all its exits; layers
+marked sparse keep their zeros; parameters without gradients (int8-converted parts) are skipped.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import DataBundle
+from .methods._layers import sparse_masks
+
+Progress = Callable[[str, float], None]
+LossFn = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The fine-tuning budget every compression step gets."""
+
+    epochs: float = 3.0
+    lr: float = 2e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if not 0 <= self.epochs <= 1000:
+            raise ValueError(f"epochs must be between 0 and 1000, got {self.epochs}")
+        if not 0 < self.lr <= 1:
+            raise ValueError(f"learning rate must be in (0, 1], got {self.lr}")
+        if not 1 <= self.batch_size <= 65536:
+            raise ValueError(f"batch size must be between 1 and 65536, got {self.batch_size}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def scaled(self, factor: float) -> "Budget":
+        return Budget(self.epochs * factor, self.lr, self.batch_size, self.weight_decay)
+
+
+def all_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Logits of every exit (a plain model has one)."""
+    return model.forward_all(x) if hasattr(model, "forward_all") else [model(x)]
+
+
+def cross_entropy(outputs: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return sum(F.cross_entropy(out, y) for out in outputs) / len(outputs)
+
+
+def train(model: nn.Module, data: DataBundle, budget: Budget, *, seed: int, device: torch.device,
+          loss_fn: LossFn = cross_entropy, params: list[nn.Parameter] | None = None,
+          progress: Progress | None = None, label: str = "fine-tune") -> nn.Module:
+    """Train `model` in place for `budget.epochs` epochs (fractions allowed) on the training split."""
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    if budget.epochs == 0 or not params:
+        return model
+    torch.manual_seed(seed)
+    model.to(device).train()
+    _freeze_frozen_batchnorm(model)
+    optimizer = torch.optim.AdamW(params, lr=budget.lr, weight_decay=budget.weight_decay)
+    loader = data.loader("train", budget.batch_size, shuffle=True, seed=seed)
+    total_steps = max(1, round(budget.epochs * len(loader)))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, budget.lr, total_steps=total_steps, pct_start=0.15)
+    masks = sparse_masks(model)
+    step = 0
+    while step < total_steps:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss = loss_fn(all_outputs(model, x), x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            _reapply(masks)
+            step += 1
+            if progress and (step % 10 == 0 or step == total_steps):
+                progress(label, step / total_steps)
+            if step >= total_steps:
+                break
+    return model.eval()
+
+
+def _freeze_frozen_batchnorm(model: nn.Module) -> None:
+    """A BatchNorm whose parameters are frozen keeps its running statistics too."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None and not module.weight.requires_grad:
+            module.eval()
+
+
+@torch.no_grad()
+def _reapply(masks) -> None:
+    for weight, mask in masks:
+        weight.mul_(mask)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: DataBundle, split: str, device: torch.device, batch_size: int = 256):
+    """(all-exit logits per batch, labels) over a split; used for accuracy and exit statistics."""
+    model.to(device).eval()
+    logits, labels = [], []
+    for x, y in data.loader(split, batch_size):
+        logits.append([out.cpu() for out in all_outputs(model, x.to(device))])
+        labels.append(y)
+    return [torch.cat(outs) for outs in zip(*logits)], torch.cat(labels)

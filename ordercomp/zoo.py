@@ -1,0 +1,121 @@
+"""Model architectures, all in one staged shape: stem -> stages -> head.
+
+The stage boundaries are where early exits attach and where a depth factor may drop blocks,
+so every architecture in the registry is expressed as a `StagedNet`. torchvision's ResNets,
+MobileNetV2 and VGG11-BN are adapted to small inputs and any number of classes and channels.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.models import mobilenet_v2, resnet18, resnet34, vgg11_bn
+from torchvision.models.resnet import BasicBlock
+
+
+class StagedNet(nn.Module):
+    """A CNN split into a stem, a list of stages and a classifier head."""
+
+    def __init__(self, stem: nn.Module, stages: list[nn.Module], head: nn.Module):
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.ModuleList(stages)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(x)
+
+
+def classifier_head(features: int, num_classes: int) -> nn.Sequential:
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(features, num_classes))
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def plain_cnn(widths: tuple[int, ...], num_classes: int, in_channels: int) -> StagedNet:
+    """Stages of two 3x3 conv-BN-ReLU blocks; each stage after the first halves the resolution."""
+    stem = conv_bn_relu(in_channels, widths[0])
+    stages, cin = [], widths[0]
+    for index, width in enumerate(widths):
+        stages.append(nn.Sequential(conv_bn_relu(cin, width, 1 if index == 0 else 2), conv_bn_relu(width, width)))
+        cin = width
+    return StagedNet(stem, stages, classifier_head(cin, num_classes))
+
+
+def mini_resnet(widths: tuple[int, ...], blocks: int, num_classes: int, in_channels: int) -> StagedNet:
+    """A CIFAR-style ResNet built from torchvision's BasicBlock with small widths."""
+    stem = conv_bn_relu(in_channels, widths[0])
+    stages, cin = [], widths[0]
+    for index, width in enumerate(widths):
+        stride = 1 if index == 0 else 2
+        stages.append(nn.Sequential(*_basic_blocks(cin, width, stride, blocks)))
+        cin = width
+    return StagedNet(stem, stages, classifier_head(cin, num_classes))
+
+
+def _basic_blocks(cin: int, cout: int, stride: int, count: int) -> list[nn.Module]:
+    downsample = None
+    if stride != 1 or cin != cout:
+        downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+    return [BasicBlock(cin, cout, stride, downsample)] + [BasicBlock(cout, cout) for _ in range(count - 1)]
+
+
+def _small_input_stem(in_channels: int, width: int) -> nn.Sequential:
+    return conv_bn_relu(in_channels, width)
+
+
+def _torchvision_resnet(factory: Callable, num_classes: int, in_channels: int) -> StagedNet:
+    net = factory(weights=None, num_classes=num_classes)
+    stages = [net.layer1, net.layer2, net.layer3, net.layer4]
+    return StagedNet(_small_input_stem(in_channels, 64), stages, classifier_head(net.fc.in_features, num_classes))
+
+
+def _mobilenet_v2(num_classes: int, in_channels: int) -> StagedNet:
+    features = mobilenet_v2(weights=None, num_classes=num_classes).features
+    features[0][0] = nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False)
+    # Stage boundaries at the resolution changes of the inverted-residual sequence.
+    cuts = [(1, 4), (4, 7), (7, 14), (14, 19)]
+    stages = [nn.Sequential(*features[a:b]) for a, b in cuts]
+    return StagedNet(features[0], stages, classifier_head(1280, num_classes))
+
+
+def _vgg11_bn(num_classes: int, in_channels: int) -> StagedNet:
+    features = vgg11_bn(weights=None, num_classes=num_classes).features
+    features[0] = nn.Conv2d(in_channels, 64, 3, 1, 1)
+    pools = [i for i, layer in enumerate(features) if isinstance(layer, nn.MaxPool2d)]
+    # Small inputs: keep only the three middle max-pools; each stage ends where a pool stood.
+    features[pools[0]], features[pools[-1]] = nn.Identity(), nn.Identity()
+    bounds = [3] + [p + 1 for p in pools[1:]]
+    stages = [nn.Sequential(*features[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return StagedNet(nn.Sequential(*features[:3]), stages, classifier_head(512, num_classes))
+
+
+ARCHITECTURES: dict[str, tuple[Callable[[int, int], StagedNet], str]] = {
+    "cnn_tiny": (lambda c, i: plain_cnn((8, 16, 32), c, i), "3-stage plain CNN, widths 8/16/32"),
+    "cnn_small": (lambda c, i: plain_cnn((16, 32, 64), c, i), "3-stage plain CNN, widths 16/32/64"),
+    "cnn_medium": (lambda c, i: plain_cnn((32, 64, 128), c, i), "3-stage plain CNN, widths 32/64/128"),
+    "resnet_mini": (lambda c, i: mini_resnet((32, 64, 128), 2, c, i), "CIFAR-style ResNet, 3 stages x 2 BasicBlocks, widths 32/64/128"),
+    "resnet18": (lambda c, i: _torchvision_resnet(resnet18, c, i), "torchvision ResNet-18, 3x3 stem, no max-pool"),
+    "resnet34": (lambda c, i: _torchvision_resnet(resnet34, c, i), "torchvision ResNet-34, 3x3 stem, no max-pool"),
+    "mobilenet_v2": (_mobilenet_v2, "torchvision MobileNetV2, stride-1 stem"),
+    "vgg11_bn": (_vgg11_bn, "torchvision VGG11-BN, global-pool classifier"),
+}
+
+
+def list_architectures() -> list[str]:
+    return sorted(ARCHITECTURES)
+
+
+def create_model(name: str, num_classes: int = 10, in_channels: int = 1) -> StagedNet:
+    """Build an untrained architecture from the registry."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}: choose one of {', '.join(list_architectures())}")
+    if num_classes < 2 or in_channels < 1:
+        raise ValueError(f"need at least 2 classes and 1 input channel, got {num_classes} and {in_channels}")
+    return ARCHITECTURES[name][0](num_classes, in_channels)

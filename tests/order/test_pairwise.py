@@ -1,0 +1,141 @@
+"""Tests for pairwise order decisions between two compression methods."""
+
+import json
+import math
+
+import pytest
+
+from ordercomp.order import OBJECTIVES, PairOutcome, decide_pair, incompatible_pair, weighted_score
+
+
+def test_consistent_gain_makes_first_the_winner():
+    outcome = decide_pair("prune", "quant", [71.0, 71.2, 70.9], [69.0, 69.1, 68.8])
+    assert outcome.winner == "prune"
+    assert not outcome.tie
+    assert outcome.mean_diff == pytest.approx(2.0667, abs=1e-3)
+    assert outcome.margin == pytest.approx(outcome.mean_diff)
+    assert outcome.spread > 0
+    assert not outcome.weak_evidence
+    assert outcome.incompatible is None
+
+
+def test_reverse_order_better_makes_second_the_winner():
+    outcome = decide_pair("prune", "quant", [60.0, 60.5], [65.0, 65.2])
+    assert outcome.winner == "quant"
+    assert outcome.mean_diff < 0
+
+
+def test_difference_inside_noise_is_a_tie():
+    outcome = decide_pair("prune", "quant", [70.0, 72.0, 69.0], [71.0, 70.0, 70.5])
+    assert outcome.winner is None
+    assert outcome.tie
+
+
+def test_min_margin_turns_small_consistent_gain_into_tie():
+    outcome = decide_pair("a", "b", [70.1, 70.1], [70.0, 70.0], min_margin=0.5)
+    assert outcome.tie
+    assert outcome.winner is None
+
+
+def test_single_seed_decides_but_is_weak_evidence():
+    outcome = decide_pair("a", "b", [70.0], [69.0])
+    assert outcome.winner == "a"
+    assert outcome.spread == 0.0
+    assert outcome.weak_evidence
+
+
+def test_borderline_win_is_weak_evidence():
+    # diffs 1.0 and 1.6: mean 1.3, se 0.3; with z=4 the threshold is 1.2,
+    # so the win sits less than one standard error above it.
+    outcome = decide_pair("a", "b", [71.0, 71.6], [70.0, 70.0], z=4.0)
+    assert outcome.winner == "a"
+    assert outcome.weak_evidence
+
+
+def test_lower_is_better_flips_the_direction():
+    latency_ab, latency_ba = [10.0, 10.1, 9.9], [12.0, 12.1, 11.9]
+    lower = decide_pair("a", "b", latency_ab, latency_ba, higher_is_better=False)
+    higher = decide_pair("a", "b", latency_ab, latency_ba, higher_is_better=True)
+    assert lower.winner == "a"
+    assert lower.mean_diff > 0
+    assert higher.winner == "b"
+
+
+def test_identical_scores_are_a_solid_tie():
+    outcome = decide_pair("a", "b", [70.0, 70.0], [70.0, 70.0])
+    assert outcome.tie
+    assert not outcome.weak_evidence
+
+
+@pytest.mark.parametrize(
+    ("ab", "ba", "message"),
+    [
+        ([1.0, 2.0], [1.0], "one score per seed"),
+        ([], [], "at least one seed"),
+        ([1.0, math.nan], [1.0, 2.0], "finite"),
+        ([1.0, "x"], [1.0, 2.0], "numbers"),
+    ],
+)
+def test_invalid_scores_raise(ab, ba, message):
+    with pytest.raises(ValueError, match=message):
+        decide_pair("a", "b", ab, ba)
+
+
+def test_same_method_twice_raises():
+    with pytest.raises(ValueError, match="two different methods"):
+        decide_pair("a", "a", [1.0], [1.0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"min_margin": -1.0}, "min_margin"), ({"z": 0.0}, "z must")]
+)
+def test_invalid_thresholds_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        decide_pair("a", "b", [1.0], [0.0], **kwargs)
+
+
+def test_incompatible_pair_has_no_winner_and_no_tie():
+    outcome = incompatible_pair("quant", "prune", "pruning cannot run on quantized weights")
+    assert outcome.winner is None
+    assert not outcome.tie
+    assert outcome.incompatible == "pruning cannot run on quantized weights"
+    assert outcome.scores_first_then_second == ()
+    with pytest.raises(ValueError, match="reason"):
+        incompatible_pair("quant", "prune", " ")
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        decide_pair("a", "b", [70.0, 71.0], [69.0, 69.5], higher_is_better=False),
+        incompatible_pair("a", "b", "shape mismatch"),
+    ],
+)
+def test_pair_outcome_json_round_trip(outcome):
+    restored = PairOutcome.from_dict(json.loads(json.dumps(outcome.to_dict())))
+    assert restored == outcome
+
+
+def test_from_dict_missing_fields_raises():
+    record = decide_pair("a", "b", [1.0], [0.0]).to_dict()
+    del record["winner"]
+    with pytest.raises(ValueError, match="winner"):
+        PairOutcome.from_dict(record)
+
+
+def test_weighted_score_rewards_fewer_bitops():
+    assert weighted_score(70.0, 100.0, 100.0, 2.0) == pytest.approx(70.0)
+    assert weighted_score(70.0, 25.0, 100.0, 2.0) == pytest.approx(74.0)
+    assert weighted_score(70.0, 200.0, 100.0, 2.0) == pytest.approx(68.0)
+
+
+@pytest.mark.parametrize(("bitops", "base"), [(0.0, 1.0), (1.0, -1.0), (math.inf, 1.0)])
+def test_weighted_score_rejects_non_positive_bitops(bitops, base):
+    with pytest.raises(ValueError, match="bitops"):
+        weighted_score(70.0, bitops, base, 1.0)
+
+
+def test_objectives_declare_direction():
+    assert set(OBJECTIVES) == {"accuracy", "bitops", "latency", "weighted"}
+    assert OBJECTIVES["accuracy"][0] and OBJECTIVES["weighted"][0]
+    assert not OBJECTIVES["bitops"][0] and not OBJECTIVES["latency"][0]
