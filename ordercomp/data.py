@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 SPLIT_SEED = 20240326
-DEFAULT_INPUT_SIZE = 16
+DEFAULT_INPUT_SIZE = 8
 
 
 class DataError(ValueError):

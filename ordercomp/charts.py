@@ -1,0 +1,268 @@
+"""Figures of an exploration record (`Exploration.to_dict()`): trade-offs, the chain step by step,
+the pair matrix and the precedence graph, as plotly figures and a Graphviz DOT string.
+
+The dashboard and the meeting report draw the same figures from here. Every function takes the
+plain record dict, so a record read back from exploration.json draws exactly like a fresh one.
+"""
+from __future__ import annotations
+
+import statistics
+
+import networkx as nx
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+KIND_COLOURS = {"base": "#444444", "single": "#1f77b4", "pair": "#ff7f0e", "exhaustive": "#9467bd", "chain": "#d62728"}
+AXES = {"bitops": "BitOps per image", "size_bytes": "Model size (bytes)", "latency_ms": "Latency at batch 1 (ms)"}
+METRIC_COLUMNS = {"accuracy": "accuracy", "bitops": "bitops", "size_bytes": "size_bytes", "latency_ms": "latency_ms_b1"}
+OBJECTIVE_UNITS = {"accuracy": "accuracy points", "bitops": "BitOps", "latency": "ms", "weighted": "score"}
+CHAIN_COLOUR, DROPPED_COLOUR, EDGE_COLOUR = "#d62728", "#e41a1c", "#555555"
+
+
+def arrow(chain) -> str:
+    return " -> ".join(chain)
+
+
+def config_text(record: dict, chain) -> str:
+    """One line per method of `chain` with its settings, for hover text."""
+    lines = []
+    for name in chain:
+        fields = {k: v for k, v in record["configs"].get(name, {}).items() if k not in ("method", "version")}
+        lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+    return "<br>".join(lines)
+
+
+def _point(record: dict, label: str, kind: str, chain, metrics: dict, split: str, seeds: int) -> dict:
+    return {"label": label, "kind": kind, **{column: metrics.get(key) for column, key in METRIC_COLUMNS.items()},
+            "split": split, "seeds": seeds, "config": config_text(record, chain) or "no compression"}
+
+
+def _mean_metrics(steps: list[dict]) -> dict:
+    """Mean over seeds of every metric; a metric missing in any seed stays missing."""
+    keys = METRIC_COLUMNS.values()
+    return {k: statistics.fmean(s["metrics"][k] for s in steps) if all(s["metrics"].get(k) is not None for s in steps) else None
+            for k in keys}
+
+
+def _kind_of(chain: tuple) -> str:
+    return {1: "single", 2: "pair"}.get(len(chain), "exhaustive")
+
+
+def tradeoff_points(record: dict) -> pd.DataFrame:
+    """One row per point: base, each single, pair and longer order (val mean over seeds), the chain (test)."""
+    rows = [_point(record, "base", "base", [], record["base_metrics"], "test", 1)]
+    by_chain: dict[tuple, list[dict]] = {}
+    for step in record["steps"]:
+        if step["status"] == "ok" and step.get("metrics"):
+            by_chain.setdefault(tuple(step["chain"]), []).append(step)
+    for chain, steps in by_chain.items():
+        rows.append(_point(record, arrow(chain), _kind_of(chain), chain, _mean_metrics(steps), "val", len(steps)))
+    final = last_measured_step(record)
+    if final:
+        rows.append(_point(record, f"chain: {arrow(final['chain'])}", "chain", final["chain"], final["metrics"], "test", 1))
+    return pd.DataFrame(rows)
+
+
+def last_measured_step(record: dict) -> dict | None:
+    """The last chain step that produced a model (the whole chain unless a step failed)."""
+    measured = [s for s in record["chain_steps"] if s["status"] == "ok" and s.get("metrics")]
+    return measured[-1] if measured else None
+
+
+def pareto_front(df: pd.DataFrame, x: str, y: str = "accuracy") -> pd.Series:
+    """True for points no other point beats: lower or equal `x` and higher or equal `y`, one strictly."""
+    valid = df[[x, y]].notna().all(axis=1)
+    points = df.loc[valid, [x, y]].astype(float)
+
+    def dominated(px: float, py: float) -> bool:
+        better = (points[x] <= px) & (points[y] >= py) & ((points[x] < px) | (points[y] > py))
+        return bool(better.any())
+
+    mask = pd.Series(False, index=df.index)
+    for index, row in points.iterrows():
+        mask[index] = not dominated(row[x], row[y])
+    return mask
+
+
+def _hover(x: str) -> str:
+    value = "%{x:.3s}" if x != "latency_ms" else "%{x:.3f} ms"
+    return (f"<b>%{{customdata[0]}}</b><br>accuracy %{{y:.2f}}%<br>{AXES[x]}: {value}<br>"
+            "%{customdata[1]} split, %{customdata[2]} seed(s)<br>%{customdata[3]}<extra>%{fullData.name}</extra>")
+
+
+def tradeoff_figure(record: dict, x: str = "bitops") -> go.Figure:
+    """Accuracy against cost on a log axis, coloured by kind, with the Pareto frontier marked."""
+    if x not in AXES:
+        raise ValueError(f"unknown trade-off axis {x!r}: choose one of {', '.join(AXES)}")
+    df = tradeoff_points(record)
+    shown = df.dropna(subset=[x, "accuracy"])
+    shown = shown[shown[x] > 0]
+    fig = go.Figure()
+    for kind, colour in KIND_COLOURS.items():
+        part = shown[shown["kind"] == kind]
+        if len(part):
+            fig.add_trace(go.Scatter(x=part[x], y=part["accuracy"], mode="markers", name=kind,
+                                     marker={"color": colour, "size": 14 if kind in ("base", "chain") else 9,
+                                             "symbol": "star" if kind == "chain" else "circle"},
+                                     customdata=part[["label", "split", "seeds", "config"]].values, hovertemplate=_hover(x)))
+    front = shown[pareto_front(shown, x)].sort_values(x)
+    if len(front):
+        fig.add_trace(go.Scatter(x=front[x], y=front["accuracy"], mode="lines+markers", name="Pareto frontier",
+                                 line={"color": "#2ca02c", "dash": "dash"}, marker={"symbol": "circle-open", "size": 18, "color": "#2ca02c"},
+                                 customdata=front[["label", "split", "seeds", "config"]].values, hovertemplate=_hover(x)))
+    fig.update_layout(title=f"Accuracy against {AXES[x].split(' (')[0].lower()}", legend_title_text="point",
+                      xaxis_title=f"{AXES[x]}, log scale", yaxis_title="Top-1 accuracy (%)", template="plotly_white")
+    fig.update_xaxes(type="log")
+    _note_missing(fig, len(df) - len(shown), len(shown), x)
+    return fig
+
+
+def _note_missing(fig: go.Figure, missing: int, shown: int, x: str) -> None:
+    if shown == 0:
+        text = f"No point of this record has a {AXES[x].lower()} measurement; choose another axis."
+    elif missing:
+        text = f"{missing} point(s) without a {AXES[x].split(' (')[0].lower()} measurement are not shown."
+    else:
+        return
+    fig.add_annotation(text=text, xref="paper", yref="paper", x=0.5, y=0.5 if shown == 0 else -0.18,
+                       showarrow=False, font={"size": 14 if shown == 0 else 11, "color": "#666666"})
+
+
+def chain_steps_figure(record: dict) -> go.Figure:
+    """Accuracy (bars) and BitOps and size (lines, log axis) of the base and after every chain step."""
+    steps = [("base", record["base_metrics"])] + [(f"+ {s['chain'][-1]}" if s.get("metrics") else f"+ {s['chain'][-1]} ({s['status']})",
+                                                   s.get("metrics") or {}) for s in record["chain_steps"]]
+    labels = [label for label, _ in steps]
+    value = lambda key: [metrics.get(key) for _, metrics in steps]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Bar(x=labels, y=value("accuracy"), name="accuracy (%)", marker_color="#1f77b4", opacity=0.75,
+                         texttemplate="%{y:.1f}%", hovertemplate="%{x}<br>accuracy %{y:.2f}%<extra></extra>"), secondary_y=False)
+    fig.add_trace(go.Scatter(x=labels, y=value("bitops"), name="BitOps per image", mode="lines+markers", line={"color": "#d62728"},
+                             hovertemplate="%{x}<br>BitOps %{y:.3s}<extra></extra>"), secondary_y=True)
+    fig.add_trace(go.Scatter(x=labels, y=value("size_bytes"), name="size (bytes)", mode="lines+markers", line={"color": "#2ca02c"},
+                             hovertemplate="%{x}<br>size %{y:.3s}B<extra></extra>"), secondary_y=True)
+    fig.update_layout(title=f"The chain step by step: {arrow(record['chain'])} (test split)", template="plotly_white",
+                      xaxis_title="after step", legend={"orientation": "h", "y": -0.2})
+    fig.update_yaxes(title_text="Top-1 accuracy (%)", range=[0, 100], secondary_y=False)
+    fig.update_yaxes(title_text="BitOps per image and size in bytes (log scale)", type="log", secondary_y=True)
+    return fig
+
+
+def _pair_cells(record: dict) -> dict[tuple[str, str], tuple[float | None, str]]:
+    """(row method first, column method second) -> (mean advantage of that order, cell text)."""
+    cells = {}
+    for o in record["outcomes"]:
+        a, b = o["first"], o["second"]
+        if o["incompatible"]:
+            cells[a, b] = cells[b, a] = (None, "incompatible")
+            continue
+        weak = " (weak)" if o["weak_evidence"] else ""
+        for first, second, diff in ((a, b, o["mean_diff"]), (b, a, -o["mean_diff"])):
+            verdict = "tie" if o["tie"] else ("★ first" if o["winner"] == first else "")
+            notes = f"{verdict}{weak}".strip()
+            cells[first, second] = (diff, f"{diff:+.2f} ± {o['spread']:.2f}" + (f"<br>{notes}" if notes else ""))
+    return cells
+
+
+def pair_matrix_figure(record: dict) -> go.Figure:
+    """Heatmap: row method applied first, column second, minus the reverse order (positive = row first is better)."""
+    methods = list(record["spec"]["methods"])
+    cells = _pair_cells(record)
+    z = [[cells.get((row, col), (None, ""))[0] for col in methods] for row in methods]
+    text = [["—" if row == col else cells.get((row, col), (None, "not run"))[1] for col in methods] for row in methods]
+    objective = record["spec"]["objective"]
+    fig = go.Figure(go.Heatmap(z=z, x=methods, y=methods, text=text, texttemplate="%{text}", colorscale="RdBu", zmid=0,
+                               colorbar={"title": {"text": OBJECTIVE_UNITS.get(objective, objective)}},
+                               hovertemplate="%{y} then %{x}<br>advantage over the reverse: %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=f"Pair outcomes ({objective}): row first, then column, minus the reverse order; ★ marks the winner",
+                      xaxis_title="applied second", yaxis_title="applied first", template="plotly_white")
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def _quote(name: str) -> str:
+    return '"' + str(name).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def chain_links(record: dict) -> set[tuple[str, str]]:
+    chain = record["chain"]
+    return set(zip(chain[:-1], chain[1:]))
+
+
+def precedence_dot(record: dict) -> str:
+    """Graphviz DOT of the precedence graph: kept edges with margins, dropped edges, the chain in order."""
+    chain, links = record["chain"], chain_links(record)
+    lines = ["digraph precedence {", "  rankdir=LR;", '  node [shape=box, style="rounded,filled", fillcolor="#f2f2f2", fontname="Helvetica"];',
+             '  edge [fontname="Helvetica", fontsize=10];']
+    for name in record["spec"]["methods"]:
+        if name in chain:
+            lines.append(f'  {_quote(name)} [label={_quote(f"{chain.index(name) + 1}. {name}")}, fillcolor="#fde0dd", '
+                         f'color="{CHAIN_COLOUR}", penwidth=2.5];')
+        else:
+            lines.append(f"  {_quote(name)};")
+    for edge in record["edges"]:
+        pair = (edge["before"], edge["after"])
+        style = ["style=dashed"] if edge.get("weak") else []
+        style += [f'color="{CHAIN_COLOUR}"', "penwidth=2.5"] if pair in links else [f'color="{EDGE_COLOUR}"']
+        weak = " (weak)" if edge.get("weak") else ""
+        lines.append(f'  {_quote(pair[0])} -> {_quote(pair[1])} [label="{edge["margin"]:.2f}{weak}", {", ".join(style)}];')
+    for edge in record["dropped_edges"]:
+        lines.append(f'  {_quote(edge["before"])} -> {_quote(edge["after"])} [label="dropped ({edge["margin"]:.2f})", '
+                     f'style=dotted, color="{DROPPED_COLOUR}", fontcolor="{DROPPED_COLOUR}"];')
+    kept = {(e["before"], e["after"]) for e in record["edges"]}
+    for before, after in sorted(links - kept):
+        lines.append(f'  {_quote(before)} -> {_quote(after)} [label="chain", style=bold, color="{CHAIN_COLOUR}", fontcolor="{CHAIN_COLOUR}"];')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _edge_groups(record: dict) -> dict[str, list[tuple[str, str, str]]]:
+    """Edges by how they are drawn: (before, after, label) for chain, kept, weak and dropped edges."""
+    links, groups = chain_links(record), {"chain order": [], "kept edge": [], "weak edge": [], "dropped edge": []}
+    for edge in record["edges"]:
+        pair, label = (edge["before"], edge["after"]), f"{edge['margin']:.2f}"
+        group = "chain order" if pair in links else ("weak edge" if edge.get("weak") else "kept edge")
+        groups[group].append((*pair, label))
+    kept = {(e["before"], e["after"]) for e in record["edges"]}
+    groups["chain order"] += [(a, b, "chain") for a, b in sorted(links - kept)]
+    groups["dropped edge"] = [(e["before"], e["after"], f"dropped ({e['margin']:.2f})") for e in record["dropped_edges"]]
+    return groups
+
+
+EDGE_STYLES = {"chain order": {"color": CHAIN_COLOUR, "width": 3}, "kept edge": {"color": EDGE_COLOUR, "width": 1.5},
+               "weak edge": {"color": EDGE_COLOUR, "width": 1.5, "dash": "dash"}, "dropped edge": {"color": DROPPED_COLOUR, "width": 1.5, "dash": "dot"}}
+
+
+def precedence_figure(record: dict) -> go.Figure:
+    """The precedence graph drawn with plotly on a circular layout, chain order numbered."""
+    chain, methods = record["chain"], list(record["spec"]["methods"])
+    graph = nx.DiGraph()
+    graph.add_nodes_from(chain + [m for m in methods if m not in chain])
+    position = nx.circular_layout(graph)
+    fig = go.Figure()
+    for group, edges in _edge_groups(record).items():
+        if edges:
+            _draw_edges(fig, group, edges, position)
+    names = list(graph.nodes)
+    labels = [f"{chain.index(n) + 1}. {n}" if n in chain else n for n in names]
+    fig.add_trace(go.Scatter(x=[position[n][0] for n in names], y=[position[n][1] for n in names], mode="markers+text",
+                             text=labels, textposition="top center", name="method", hoverinfo="text",
+                             marker={"size": 26, "color": ["#fde0dd" if n in chain else "#f2f2f2" for n in names],
+                                     "line": {"width": 2, "color": [CHAIN_COLOUR if n in chain else "#888888" for n in names]}}))
+    fig.update_layout(title=f"Precedence graph (an edge A -> B: apply A before B); chain {arrow(chain)}", template="plotly_white",
+                      xaxis={"visible": False, "range": [-1.5, 1.5]}, yaxis={"visible": False, "range": [-1.4, 1.5], "scaleanchor": "x"})
+    return fig
+
+
+def _draw_edges(fig: go.Figure, group: str, edges, position) -> None:
+    xs, ys = [], []
+    for before, after, label in edges:
+        (x0, y0), (x1, y1) = position[before], position[after]
+        xs += [x0, x1, None]
+        ys += [y0, y1, None]
+        fig.add_annotation(x=x1, y=y1, ax=x0, ay=y0, xref="x", yref="y", axref="x", ayref="y", showarrow=True,
+                           arrowhead=3, arrowsize=1.5, standoff=16, startstandoff=16, arrowcolor=EDGE_STYLES[group]["color"], text="")
+        fig.add_annotation(x=(x0 + x1) / 2, y=(y0 + y1) / 2, text=label, showarrow=False, bgcolor="white",
+                           font={"size": 11, "color": EDGE_STYLES[group]["color"]})
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=group, line=EDGE_STYLES[group], hoverinfo="skip"))

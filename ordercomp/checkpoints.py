@@ -1,0 +1,155 @@
+"""Where a base model comes from: a shipped sample, a zoo architecture trained here, or a user file.
+
+User files are read without executing anything from them: state dicts through
+`torch.load(weights_only=True)` or safetensors, whole programs through torch.export (`.pt2`) or
+TorchScript. A pickled module, a corrupt file or mismatching keys give one `CheckpointError` line.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import DataBundle
+from .zoo import ARCHITECTURES, create_model
+
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_models"
+STATE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".safetensors"}
+PROGRAM_SUFFIXES = {".pt2", ".ts", ".torchscript", ".jit"}
+
+
+class CheckpointError(ValueError):
+    """A model file could not be used; the message says what to fix."""
+
+
+def list_samples() -> list[str]:
+    return sorted(p.stem for p in SAMPLE_DIR.glob("*.json"))
+
+
+def sample_card(name: str) -> dict:
+    path = SAMPLE_DIR / f"{name}.json"
+    if not path.exists():
+        raise CheckpointError(f"unknown sample model {name!r}: choose one of {', '.join(list_samples()) or 'none'}")
+    return json.loads(path.read_text())
+
+
+def load_sample(name: str) -> nn.Module:
+    card = sample_card(name)
+    return load_state_file(SAMPLE_DIR / card["weights"], card["architecture"], card["num_classes"], card["in_channels"])
+
+
+def load_state_file(path: Path, architecture: str, num_classes: int, in_channels: int) -> nn.Module:
+    """An architecture from the zoo with weights from a state-dict or safetensors file."""
+    state = read_state_dict(path)
+    model = create_model(architecture, num_classes, in_channels)
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path.name} does not fit {architecture}: {len(missing)} missing keys (e.g. "
+                              f"{', '.join(missing[:2]) or '-'}), {len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2]) or '-'}); "
+                              "check --arch and the number of classes/channels")
+    wrong = [k for k in expected if expected[k].shape != state[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{path.name} does not fit {architecture}: {k} has shape {tuple(state[k].shape)}, "
+                              f"the architecture needs {tuple(expected[k].shape)}; check the number of classes/channels")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors by name from a safetensors or torch file, refusing anything that is not plain data."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: give the path of a .pt/.pth/.safetensors file")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path.name} holds more than tensors ({str(error).splitlines()[0][:120]}); "
+                              "nothing from it was run: save model.state_dict() instead") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({str(error).splitlines()[0][:120]}): re-save it with torch.save(model.state_dict(), path)") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path.name} is not a state dict (name -> tensor): save model.state_dict() instead")
+    return state
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file ({error}): re-save it with safetensors.torch.save_file") from None
+
+
+def load_program(path: Path) -> nn.Module:
+    """A whole model from a torch.export archive (.pt2) or a TorchScript archive."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file {path} does not exist")
+    try:
+        if path.suffix == ".pt2":
+            return torch.export.load(str(path)).module()
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as error:  # both loaders raise many types for a corrupt archive
+        kind = "torch.export (.pt2)" if path.suffix == ".pt2" else "TorchScript"
+        raise CheckpointError(f"{path.name} is not a readable {kind} archive ({type(error).__name__}): re-export the model") from None
+
+
+def is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def resolve_model(spec: str, data: DataBundle, *, architecture: str | None = None, train_base=None) -> tuple[nn.Module, dict]:
+    """The base model named by `spec`, and a description of where it came from.
+
+    `spec` is a sample model name, a zoo architecture (trained here by `train_base`), or a path.
+    """
+    if spec in list_samples():
+        card = sample_card(spec)
+        _check_fits(card["num_classes"], card["in_channels"], data, spec)
+        return load_sample(spec), {"source": "sample", "name": spec, "card": card}
+    if spec in ARCHITECTURES:
+        if train_base is None:
+            raise CheckpointError(f"{spec} is an untrained architecture: give a trainer or a checkpoint")
+        return train_base(create_model(spec, data.num_classes, data.in_channels)), {"source": "trained", "architecture": spec}
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"model {spec!r} is neither a sample ({', '.join(list_samples())}), an architecture "
+                              f"({', '.join(sorted(ARCHITECTURES))}) nor an existing file")
+    if path.suffix in PROGRAM_SUFFIXES or is_torchscript(path):
+        return load_program(path), {"source": "program", "path": str(path)}
+    if architecture is None:
+        raise CheckpointError(f"{path.name} holds weights only: name its architecture with --arch ({', '.join(sorted(ARCHITECTURES))})")
+    return load_state_file(path, architecture, data.num_classes, data.in_channels), {"source": "checkpoint", "path": str(path), "architecture": architecture}
+
+
+def _check_fits(num_classes: int, in_channels: int, data: DataBundle, name: str) -> None:
+    if (num_classes, in_channels) != (data.num_classes, data.in_channels):
+        raise CheckpointError(f"sample {name} expects {num_classes} classes and {in_channels} channel(s), the data has "
+                              f"{data.num_classes} and {data.in_channels}: choose a zoo architecture to train instead")
+
+
+def state_fingerprint(model: nn.Module) -> str:
+    """A short hash of a model's weights, used in cache keys."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.float().numpy().tobytes())
+    return digest.hexdigest()[:16]

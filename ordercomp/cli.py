@@ -1,0 +1,178 @@
+"""Command line: `ordercomp explore` finds the order, `ordercomp apply` compresses and exports.
+
+    ordercomp explore                      # the embedded default: digits, 4 methods
+    ordercomp explore --methods prune,quantize --seeds 5 --out runs/x
+    ordercomp apply --chain distill,prune,quantize,early_exit --export out/
+
+Bad input prints one line saying what to fix and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+import time
+
+from .methods.registry import METHODS, parse_methods
+from .train import Budget
+
+EXIT_USAGE = 2
+
+
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_settings(args) -> dict[str, dict]:
+    """Method settings from `--set method.field=value` and the per-method strength options."""
+    settings: dict[str, dict] = {}
+    for item in args.set or []:
+        target, sep, value = item.partition("=")
+        method, dot, name = target.partition(".")
+        if not sep or not dot:
+            raise ValueError(f"--set {item!r} must look like method.field=value, e.g. prune.ratio=0.4")
+        settings.setdefault(method, {})[name] = _value(value)
+    for method in METHODS.values():
+        value = getattr(args, _strength_dest(method), None)
+        if value is not None:
+            settings.setdefault(method.name, {})[method.strength] = value
+    return settings
+
+
+def _strength_dest(method) -> str:
+    return f"{method.name}_{method.strength}"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="digits_cnn", help="sample model name, zoo architecture, or checkpoint path")
+    parser.add_argument("--arch", help="architecture of a state-dict checkpoint given to --model")
+    parser.add_argument("--data", default="digits", help="'digits' or a CIFAR-10/100 / ImageFolder path")
+    parser.add_argument("--input-size", type=int, help="resize images to this many pixels")
+    parser.add_argument("--epochs", type=float, default=Budget.epochs, help="fine-tuning epochs per step (same for every step)")
+    parser.add_argument("--lr", type=float, default=Budget.lr, help="fine-tuning learning rate")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE", help="any method setting, repeatable")
+    for method in METHODS.values():
+        parser.add_argument(f"--{method.name.replace('_', '-')}-{method.strength.replace('_', '-')}", dest=_strength_dest(method),
+                            type=float if isinstance(getattr(method.default_config(), method.strength), float) else int,
+                            help=f"{method.title}: {method.strength} (default {getattr(method.default_config(), method.strength)})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ordercomp", description="Find the order in which to apply CNN compression methods.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("explore", help="pairwise comparison of orders -> precedence graph -> chain")
+    _common(ex)
+    ex.add_argument("--methods", default="distill,prune,quantize,early_exit", help=f"comma-separated, from {','.join(METHODS)}")
+    ex.add_argument("--objective", default="accuracy", help="accuracy, bitops, latency or weighted")
+    ex.add_argument("--weight", type=float, default=1.0, help="weighted objective: accuracy points per halving of BitOps")
+    ex.add_argument("--seeds", type=int, default=3, help="repeat every comparison over this many seeds")
+    ex.add_argument("--exhaustive", action="store_true", help="also run every permutation and rank the found chain")
+    ex.add_argument("--repeat", help="apply this method once more after the chain and report whether it helps")
+    ex.add_argument("--out", default="runs/latest", help="folder for results (JSON and CSV)")
+    ex.add_argument("--cache", default=".ordercomp/cache", help="step cache folder ('' to disable)")
+    ex.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap = sub.add_parser("apply", help="apply a chain to the model and export the compressed model")
+    _common(ap)
+    ap.add_argument("--chain", required=True, help="comma-separated methods in order, e.g. distill,prune,quantize,early_exit")
+    ap.add_argument("--export", required=True, metavar="DIR", help="folder for the compressed model and its manifest")
+    ap.add_argument("--formats", default="torchscript,pt2,onnx,state_dict", help="export formats")
+    ap.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return {"explore": run_explore, "apply": run_apply}[args.command](args)
+    except (ValueError, OSError) as error:
+        print(f"ordercomp: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ordercomp: interrupted; finished steps are cached, run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _spec(args):
+    from .explore import ExploreSpec
+
+    return ExploreSpec(
+        model=args.model, data=args.data, methods=tuple(parse_methods(args.methods)), settings=parse_settings(args),
+        objective=args.objective, weight=args.weight, seeds=args.seeds, budget=Budget(epochs=args.epochs, lr=args.lr),
+        device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
+    )
+
+
+def run_explore(args) -> int:
+    from .explore import explore
+    from .results import print_summary, write_results
+
+    spec = _spec(args)
+    bar = None if args.quiet else ProgressBar()
+    result = explore(spec, cache_dir=args.cache or None, events=bar)
+    if bar:
+        bar.close()
+    folder = write_results(result, args.out)
+    print_summary(result)
+    print(f"\nresults written to {folder}")
+    return 0
+
+
+def run_apply(args) -> int:
+    from .explore import compress
+    from .export import export_compressed
+    from .results import print_chain_steps
+
+    chain = parse_methods(args.chain)
+    bar = ProgressBar()
+    outcome = compress(model=args.model, data=args.data, chain=chain, settings=parse_settings(args),
+                       budget=Budget(epochs=args.epochs, lr=args.lr), device=args.device, architecture=args.arch,
+                       input_size=args.input_size, seed=args.seed, events=bar)
+    bar.close()
+    print_chain_steps(outcome.base_metrics, outcome.steps)
+    broken = [s for s in outcome.steps if s.status != "ok"]
+    if broken:
+        raise ValueError(f"{' -> '.join(broken[0].chain)} is {broken[0].status}: {broken[0].reason}")
+    manifest = export_compressed(outcome.model, args.export, formats=args.formats.split(","), chain=chain,
+                                 configs=outcome.configs, metrics=outcome.steps[-1].metrics, data=outcome.data, base=outcome.source)
+    print(f"compressed model and manifest written to {args.export}: {', '.join(manifest['files'])}")
+    return 0
+
+
+class ProgressBar:
+    """A one-line text progress bar on stderr, fed by exploration events."""
+
+    def __init__(self, width: int = 28):
+        self.width, self.done, self.total, self.started = width, 0, 0, time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, event: dict) -> None:
+        if event["kind"] == "step":
+            self.done, self.total = event["done"], event["total"]
+            result = event["result"]
+            note = "" if result["status"] == "ok" else f" [{result['status']}]"
+            self._draw(f"{' -> '.join(result['chain'])} (seed {result['seed']}){note}", newline=not self.tty)
+        elif event["kind"] == "stage":
+            self._draw(event["label"], newline=True)
+        elif event["kind"] == "progress" and self.tty:
+            self._draw(f"{event['label']} {event['fraction']:4.0%}")
+
+    def _draw(self, label: str, newline: bool = False) -> None:
+        filled = int(self.width * self.done / self.total) if self.total else 0
+        bar = "#" * filled + "-" * (self.width - filled)
+        line = f"[{bar}] {self.done}/{self.total} {time.perf_counter() - self.started:5.0f}s {label}"[:110]
+        sys.stderr.write(("\r" + line.ljust(110)) if self.tty and not newline else line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

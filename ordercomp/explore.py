@@ -1,0 +1,289 @@
+"""The Order of Compression procedure: pairwise comparisons, precedence graph, chain, validation.
+
+For every pair {A, B} of the chosen methods, A->B and B->A are applied to the same base model
+with the same seeds and budget; single-method results are shared by the pairs (n + n(n-1)
+applications per seed). Pair decisions become a precedence graph whose topological order is the
+chain, which is then applied to the base and measured step by step on the test split.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import order
+from .cache import StepCache, step_key
+from .checkpoints import resolve_model, state_fingerprint
+from .data import DataBundle, load_data
+from .methods.base import Context, config_to_dict
+from .metrics import measure
+from .order import OBJECTIVES
+from .pipeline import OK, StepResult, apply_chain, make_configs, run_step
+from .train import Budget, train
+
+DEFAULT_METHODS = ("distill", "prune", "quantize", "early_exit")
+BASE_BUDGET = Budget(epochs=20, lr=3e-3)
+Events = Callable[[dict], None]
+
+
+@dataclass
+class ExploreSpec:
+    """Everything an exploration depends on; JSON-serialisable."""
+
+    model: str = "digits_cnn"
+    data: str = "digits"
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    settings: dict[str, dict] = field(default_factory=dict)
+    objective: str = "accuracy"
+    weight: float = 1.0
+    seeds: int = 3
+    budget: Budget = field(default_factory=Budget)
+    device: str = "auto"
+    exhaustive: bool = False
+    repeat: str | None = None
+    min_margin: float = 0.5
+    architecture: str | None = None
+    input_size: int | None = None
+    min_methods: int = 2
+
+    def __post_init__(self):
+        self.methods = tuple(self.methods)
+        if len(self.methods) < self.min_methods or len(set(self.methods)) != len(self.methods):
+            raise ValueError("choose at least two different methods to compare orders")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        if not 1 <= self.seeds <= 50:
+            raise ValueError(f"seeds must be between 1 and 50, got {self.seeds}")
+        if self.exhaustive and len(self.methods) > order.MAX_EXHAUSTIVE_METHODS:
+            raise ValueError(f"exhaustive mode takes at most {order.MAX_EXHAUSTIVE_METHODS} methods")
+        if self.repeat is not None and self.repeat not in self.methods:
+            raise ValueError(f"--repeat {self.repeat} must be one of the chosen methods")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
+        make_configs(self.methods, self.settings)
+
+    def to_dict(self) -> dict:
+        record = asdict(self)
+        record["methods"] = list(self.methods)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "ExploreSpec":
+        record = dict(record)
+        record["budget"] = Budget(**record.get("budget", {}))
+        return cls(**record)
+
+    def torch_device(self) -> torch.device:
+        return torch.device("cuda" if self.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Exploration:
+    """What an exploration found: every step result, the pair decisions, the graph and the chain."""
+
+    spec: dict
+    base: dict
+    base_metrics: dict
+    steps: list[dict]
+    outcomes: list[dict]
+    edges: list[dict]
+    dropped_edges: list[dict]
+    valid_chains: list[list[str]]
+    chain: list[str]
+    chain_steps: list[dict]
+    applications: dict
+    exhaustive: dict | None
+    repeat: dict | None
+    weak_pairs: int
+    seconds: float
+    configs: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def score(metrics: dict, objective: str, base_bitops: float, weight: float) -> float:
+    if objective == "accuracy":
+        return metrics["accuracy"]
+    if objective == "bitops":
+        return metrics["bitops"]
+    if objective == "latency":
+        return metrics["latency_ms_b1"]
+    return order.weighted_score(metrics["accuracy"], metrics["bitops"], base_bitops, weight)
+
+
+class Explorer:
+    """Runs the steps of an exploration, sharing prefixes and caching results on disk."""
+
+    def __init__(self, spec: ExploreSpec, *, cache_dir=None, events: Events | None = None, data: DataBundle | None = None):
+        self.spec, self.events = spec, events or (lambda event: None)
+        self.device = spec.torch_device()
+        self.data = data or load_data(spec.data, input_size=spec.input_size)
+        self.cache = StepCache(cache_dir)
+        self.configs = make_configs(spec.methods, spec.settings)
+        self.config_dicts = {name: config_to_dict(name, c) for name, c in self.configs.items()}
+
+    def load_base(self) -> tuple[nn.Module, dict]:
+        self.events({"kind": "stage", "stage": "base", "label": "preparing the base model"})
+        return resolve_model(self.spec.model, self.data, architecture=self.spec.architecture, train_base=self._train_base)
+
+    def _train_base(self, model: nn.Module) -> nn.Module:
+        progress = lambda label, fraction: self.events({"kind": "progress", "label": "train base", "fraction": fraction})
+        return train(model, self.data, BASE_BUDGET, seed=0, device=self.device, progress=progress)
+
+    def run_plan(self, base: nn.Module, plan: list[tuple[str, ...]]) -> list[StepResult]:
+        """Every chain of `plan` for every seed. Models stay in memory for their children; a cached
+        result needs no model, and a parent that was not kept is rebuilt only when a child needs it."""
+        fingerprint, results = state_fingerprint(base), []
+        total, done = len(plan) * self.spec.seeds, 0
+        for seed in range(self.spec.seeds):
+            models: dict[tuple[str, ...], nn.Module | None] = {(): base}
+            for chain in plan:
+                result = self._step(chain, seed, fingerprint, models)
+                results.append(result)
+                done += 1
+                self.events({"kind": "step", "result": result.to_dict(), "done": done, "total": total})
+        return results
+
+    def _step(self, chain, seed, fingerprint, models) -> StepResult:
+        key = step_key(fingerprint, self.data.fingerprint(), chain, self.config_dicts, seed, self.spec.budget.to_dict(), "val")
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        parent = self._model_for(chain[:-1], seed, fingerprint, models)
+        if parent is None:
+            return StepResult(chain, "incompatible", f"{' -> '.join(chain[:-1])} could not be applied", seed=seed)
+        model, result = run_step(parent, chain, self.configs, self._context(seed, chain), latency=self.spec.objective == "latency")
+        models[chain] = model
+        self.cache.put(key, result)
+        return result
+
+    def _model_for(self, chain, seed, fingerprint, models):
+        if chain not in models:
+            parent = self._model_for(chain[:-1], seed, fingerprint, models)
+            models[chain] = None if parent is None else run_step(parent, chain, self.configs, self._context(seed, chain))[0]
+        return models[chain]
+
+    def _context(self, seed: int, chain) -> Context:
+        label = " -> ".join(chain)
+        progress = lambda step, fraction: self.events({"kind": "progress", "label": f"{label}: {step}", "fraction": fraction, "seed": seed})
+        return Context(self.data, self.spec.budget, seed, self.device, progress)
+
+    def explore(self) -> Exploration:
+        start = time.perf_counter()
+        base, source = self.load_base()
+        base_val = measure(base, self.data, "val", device=self.device, latency=False).to_dict()
+        plan = order.exhaustive_plan(self.spec.methods) if self.spec.exhaustive else order.pairwise_plan(self.spec.methods)
+        steps = self.run_plan(base, plan)
+        outcomes = self.decide(steps, base_val["bitops"])
+        graph = order.precedence_graph(list(self.spec.methods), outcomes)
+        dag, dropped = order.break_cycles(graph)
+        chain = order.recommended_chain(dag, outcomes)
+        self.events({"kind": "stage", "stage": "chain", "label": f"applying the chain {' -> '.join(chain)}"})
+        base_test = measure(base, self.data, "test", device=self.device).to_dict()
+        final, chain_steps = apply_chain(base, chain, self.configs, self._context(0, chain), latency=True)
+        return Exploration(
+            spec=self.spec.to_dict(), base={k: v for k, v in source.items() if k != "card"} | {"fingerprint": state_fingerprint(base)},
+            base_metrics=base_test, steps=[s.to_dict() for s in steps], outcomes=[o.to_dict() for o in outcomes],
+            edges=[{"before": u, "after": v, **d} for u, v, d in dag.edges(data=True)],
+            dropped_edges=[{"before": u, "after": v, "margin": m} for u, v, m in dropped],
+            valid_chains=order.valid_chains(dag, limit=50), chain=chain, chain_steps=[s.to_dict() for s in chain_steps],
+            applications=self.application_counts(), exhaustive=self.exhaustive_summary(steps, chain, base_val["bitops"]),
+            repeat=self.try_repeat(final, chain) if self.spec.repeat else None,
+            weak_pairs=sum(o.weak_evidence for o in outcomes if o.incompatible is None),
+            seconds=time.perf_counter() - start, configs=self.config_dicts,
+        )
+
+    def decide(self, steps: list[StepResult], base_bitops: float) -> list[order.PairOutcome]:
+        """A pair outcome for every pair, from the per-seed scores of both orders."""
+        higher = OBJECTIVES[self.spec.objective][0]
+        by_chain: dict[tuple, list[StepResult]] = {}
+        for step in steps:
+            by_chain.setdefault(step.chain, []).append(step)
+        outcomes = []
+        methods = self.spec.methods
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                ab, ba = by_chain.get((a, b), []), by_chain.get((b, a), [])
+                broken = [s for s in ab + ba if s.status != OK]
+                if broken or not ab or not ba:
+                    reason = broken[0].reason if broken else "not run"
+                    outcomes.append(order.incompatible_pair(a, b, f"{' -> '.join(broken[0].chain) if broken else ''}: {reason}", higher_is_better=higher))
+                    continue
+                pick = lambda rs: [score(r.metrics, self.spec.objective, base_bitops, self.spec.weight) for r in sorted(rs, key=lambda r: r.seed)]
+                outcomes.append(order.decide_pair(a, b, pick(ab), pick(ba), higher_is_better=higher, min_margin=self._margin()))
+        return outcomes
+
+    def _margin(self) -> float:
+        return self.spec.min_margin if self.spec.objective in ("accuracy", "weighted") else 0.0
+
+    def application_counts(self) -> dict:
+        n = len(self.spec.methods)
+        return {"methods": n, "seeds": self.spec.seeds, "pairwise_per_seed": order.pairwise_applications(n),
+                "exhaustive_per_seed": order.exhaustive_applications(n), "naive_exhaustive_per_seed": order.naive_exhaustive_applications(n),
+                "cache_hits": self.cache.hits}
+
+    def exhaustive_summary(self, steps: list[StepResult], chain: list[str], base_bitops: float) -> dict | None:
+        if not self.spec.exhaustive:
+            return None
+        n = len(self.spec.methods)
+        full = [s for s in steps if len(s.chain) == n and s.status == OK]
+        per_order: dict[tuple, list[float]] = {}
+        for s in full:
+            per_order.setdefault(s.chain, []).append(score(s.metrics, self.spec.objective, base_bitops, self.spec.weight))
+        means = {c: statistics.fmean(v) for c, v in per_order.items()}
+        higher = OBJECTIVES[self.spec.objective][0]
+        ranking = sorted(means.items(), key=lambda item: -item[1] if higher else item[1])
+        rank = order.rank_of_chain(chain, means, higher_is_better=higher) if tuple(chain) in means else None
+        return {"orders": [{"chain": list(c), "score": s} for c, s in ranking], "rank": rank, "of": len(means),
+                "applications_pairwise": order.pairwise_applications(n) * self.spec.seeds,
+                "applications_exhaustive": order.exhaustive_applications(n) * self.spec.seeds,
+                "cost_ratio": order.exhaustive_applications(n) / order.pairwise_applications(n)}
+
+    def try_repeat(self, model: nn.Module, chain: list[str]) -> dict:
+        """Apply the repeat method once more after the chain and compare on the test split."""
+        before = measure(model, self.data, "test", device=self.device, latency=False).to_dict()
+        again, result = run_step(model, tuple(chain) + (self.spec.repeat,), self.configs, self._context(0, chain), split="test")
+        helps = result.status == OK and result.metrics["bitops"] < before["bitops"] and result.metrics["accuracy"] >= before["accuracy"] - 1.0
+        return {"method": self.spec.repeat, "before": before, "after": result.to_dict(), "helps": helps}
+
+
+@dataclass
+class Compressed:
+    """A chain applied to a base model: the compressed model and the evidence for it."""
+
+    model: nn.Module
+    steps: list[StepResult]
+    base_metrics: dict
+    configs: dict
+    data: DataBundle
+    source: dict
+
+
+def compress(model: str = "digits_cnn", data: str = "digits", chain=DEFAULT_METHODS, *, settings=None,
+             budget: Budget | None = None, device: str = "auto", architecture: str | None = None,
+             input_size: int | None = None, seed: int = 0, events: Events | None = None) -> Compressed:
+    """Apply `chain` to the base model and measure every step on the test split."""
+    chain = list(chain)
+    if not chain:
+        raise ValueError("the chain is empty: name at least one method")
+    spec = ExploreSpec(model=model, data=data, methods=tuple(dict.fromkeys(chain)), settings=settings or {},
+                       budget=budget or Budget(), device=device, architecture=architecture, input_size=input_size,
+                       min_methods=1)
+    explorer = Explorer(spec, events=events)
+    base, source = explorer.load_base()
+    base_metrics = measure(base, explorer.data, "test", device=explorer.device).to_dict()
+    final, steps = apply_chain(base, chain, explorer.configs, explorer._context(seed, chain), latency=True,
+                               on_step=lambda s: explorer.events({"kind": "step", "result": s.to_dict(), "done": len(s.chain), "total": len(chain)}))
+    return Compressed(final, steps, base_metrics, explorer.config_dicts, explorer.data, source)
+
+
+def explore(spec: ExploreSpec | None = None, *, cache_dir=".ordercomp/cache", events: Events | None = None) -> Exploration:
+    """Run the whole Order of Compression procedure for `spec` (defaults: the embedded digits example)."""
+    return Explorer(spec or ExploreSpec(), cache_dir=cache_dir, events=events).explore()

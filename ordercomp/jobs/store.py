@@ -1,0 +1,233 @@
+"""The job store: background explorations, their step results and log lines in one SQLite file.
+
+The dashboard, its worker processes and the CLI read and write the same file at once, so every
+call opens its own connection (safe from Streamlit's threads and from several processes), the
+database runs in WAL mode (readers never block the writer) and a busy timeout waits out locks.
+Step results of all jobs share one cache folder next to the file, so identical work is reused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:  # the store itself needs no torch: dashboard pages that only list jobs load fast
+    from ..explore import ExploreSpec
+
+DEFAULT_PATH = ".ordercomp/jobs.sqlite"
+BUSY_TIMEOUT_S = 30.0
+STATUSES = ("queued", "running", "cancelling", "cancelled", "failed", "done")
+ACTIVE = ("queued", "running", "cancelling")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'cancelling', 'cancelled', 'failed', 'done')),
+    error TEXT,
+    pid INTEGER,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    label TEXT NOT NULL DEFAULT '',
+    fraction REAL NOT NULL DEFAULT 0,
+    result TEXT
+);
+CREATE TABLE IF NOT EXISTS steps (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    chain TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    metrics TEXT,
+    seconds REAL NOT NULL,
+    UNIQUE (job_id, chain, seed)
+);
+CREATE TABLE IF NOT EXISTS log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    time REAL NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_by_job ON log (job_id, id);
+"""
+
+# Every column but the result: a job list stays light however big the explorations are.
+SUMMARY_COLUMNS = "id, spec, status, error, pid, created, updated, done, total, label, fraction"
+
+
+def default_path() -> Path:
+    return Path(os.environ.get("ORDERCOMP_STORE") or DEFAULT_PATH)
+
+
+class JobStore:
+    """Jobs, step rows and log lines in the SQLite file at `path` (created with its folder)."""
+
+    def __init__(self, path: Path | str | None = None):
+        self.path = Path(path or default_path()).expanduser().resolve()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = self._open()
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.executescript(SCHEMA)
+        finally:
+            connection.close()
+
+    def _open(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        return connection
+
+    @contextmanager
+    def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A fresh connection inside one transaction, committed on success and rolled back on error.
+
+        A write transaction takes the write lock at once (BEGIN IMMEDIATE), so a status read and
+        the update that depends on it cannot interleave with another process's.
+        """
+        connection = self._open()
+        try:
+            connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            yield connection
+            connection.execute("COMMIT")
+        finally:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            connection.close()
+
+    def cache_dir(self) -> Path:
+        """The step cache shared by every job of this store."""
+        return self.path.parent / "cache"
+
+    def create(self, spec: ExploreSpec) -> str:
+        """A new queued job for `spec`; returns its id (12 random hex digits)."""
+        job_id, now = secrets.token_hex(6), time.time()
+        with self._connect(write=True) as connection:
+            connection.execute("INSERT INTO jobs (id, spec, status, created, updated) VALUES (?, ?, 'queued', ?, ?)",
+                               (job_id, json.dumps(spec.to_dict()), now, now))
+        return job_id
+
+    def get(self, job_id: str) -> dict | None:
+        """The job with its spec and result parsed, or None when there is no such job."""
+        with self._connect() as connection:
+            row = connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _job_record(row)
+
+    def require(self, job_id: str) -> dict:
+        """The job, or a ValueError saying that the id is unknown."""
+        job = self.get(job_id)
+        if job is None:
+            raise unknown_job(job_id)
+        return job
+
+    def list_jobs(self) -> list[dict]:
+        """Every job, newest first, without its result (read one with `get`)."""
+        with self._connect() as connection:
+            rows = connection.execute(f"SELECT {SUMMARY_COLUMNS} FROM jobs ORDER BY created DESC, rowid DESC").fetchall()
+        return [_job_record(row) for row in rows]
+
+    def steps(self, job_id: str) -> list[dict]:
+        """The finished method applications of a job, in the order they were first recorded."""
+        with self._connect() as connection:
+            self._require_in(connection, job_id)
+            rows = connection.execute("SELECT * FROM steps WHERE job_id = ? ORDER BY rowid", (job_id,)).fetchall()
+        return [_step_record(row) for row in rows]
+
+    def log(self, job_id: str, limit: int = 200) -> list[dict]:
+        """The last `limit` log lines of a job, oldest first."""
+        with self._connect() as connection:
+            self._require_in(connection, job_id)
+            rows = connection.execute("SELECT time, message FROM log WHERE job_id = ? ORDER BY id DESC LIMIT ?",
+                                      (job_id, limit)).fetchall()
+        return [dict(row) for row in reversed(rows)]
+
+    def append_log(self, job_id: str, message: str) -> None:
+        with self._connect(write=True) as connection:
+            self._require_in(connection, job_id)
+            connection.execute("INSERT INTO log (job_id, time, message) VALUES (?, ?, ?)", (job_id, time.time(), message))
+
+    def record_step(self, job_id: str, step: dict) -> None:
+        """Store a StepResult dict; a step that is recorded again (a resumed job) replaces its row."""
+        with self._connect(write=True) as connection:
+            self._require_in(connection, job_id)
+            connection.execute(
+                "INSERT INTO steps (job_id, chain, seed, status, reason, metrics, seconds) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (job_id, chain, seed) DO UPDATE SET status = excluded.status, reason = excluded.reason, "
+                "metrics = excluded.metrics, seconds = excluded.seconds",
+                (job_id, json.dumps(list(step["chain"])), step["seed"], step["status"], step["reason"],
+                 json.dumps(step["metrics"]), step["seconds"]))
+
+    def set_progress(self, job_id: str, label: str, fraction: float, done: int | None = None, total: int | None = None) -> None:
+        """What the job is doing now; `done`/`total` count finished method applications when given."""
+        with self._connect(write=True) as connection:
+            self._require_in(connection, job_id)
+            connection.execute(
+                "UPDATE jobs SET label = ?, fraction = ?, done = COALESCE(?, done), total = COALESCE(?, total), updated = ? "
+                "WHERE id = ?", (label, fraction, done, total, time.time(), job_id))
+
+    def set_status(self, job_id: str, status: str, *, error: str | None = None, result: dict | None = None,
+                   pid: int | None = None, expect: tuple[str, ...] | None = None) -> bool:
+        """Move a job to `status` (with its error, result or worker pid when given).
+
+        With `expect`, only a job currently in one of those statuses moves; returns whether it did,
+        so two processes racing on one job cannot both win.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"unknown job status {status!r}: use one of {', '.join(STATUSES)}")
+        with self._connect(write=True) as connection:
+            current = self._require_in(connection, job_id)["status"]
+            if expect is not None and current not in expect:
+                return False
+            connection.execute(
+                "UPDATE jobs SET status = ?, error = ?, result = COALESCE(?, result), pid = COALESCE(?, pid), updated = ? "
+                "WHERE id = ?", (status, error, None if result is None else json.dumps(result), pid, time.time(), job_id))
+        return True
+
+    def requeue(self, job_id: str) -> None:
+        """Put a failed or cancelled job back in the queue, forgetting its error and old worker."""
+        with self._connect(write=True) as connection:
+            status = self._require_in(connection, job_id)["status"]
+            if status not in ("failed", "cancelled"):
+                raise ValueError(f"job {job_id} is {status}: only failed or cancelled jobs can be resumed")
+            connection.execute("UPDATE jobs SET status = 'queued', error = NULL, pid = NULL, updated = ? WHERE id = ?",
+                               (time.time(), job_id))
+
+    def request_cancel(self, job_id: str) -> None:
+        """Ask the worker of a queued or running job to stop; it marks the job cancelled when it does."""
+        with self._connect(write=True) as connection:
+            status = self._require_in(connection, job_id)["status"]
+            if status not in ACTIVE:
+                raise ValueError(f"job {job_id} is {status}: only queued or running jobs can be cancelled")
+            connection.execute("UPDATE jobs SET status = 'cancelling', updated = ? WHERE id = ?", (time.time(), job_id))
+
+    @staticmethod
+    def _require_in(connection: sqlite3.Connection, job_id: str) -> sqlite3.Row:
+        row = connection.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise unknown_job(job_id)
+        return row
+
+
+def unknown_job(job_id: str) -> ValueError:
+    return ValueError(f"unknown job {job_id!r}: pick an id from the job list")
+
+
+def _job_record(row: sqlite3.Row) -> dict:
+    record = dict(row)
+    record["spec"] = json.loads(record["spec"])
+    if "result" in record:
+        record["result"] = None if record["result"] is None else json.loads(record["result"])
+    return record
+
+
+def _step_record(row: sqlite3.Row) -> dict:
+    record = dict(row)
+    record["chain"] = json.loads(record["chain"])
+    record["metrics"] = json.loads(record["metrics"])
+    return record

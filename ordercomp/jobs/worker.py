@@ -1,0 +1,126 @@
+"""The worker process of a background exploration: runs one job of a job store to its end.
+
+    python -m ordercomp.jobs.worker --store .ordercomp/jobs.sqlite --job 3f9a1c0b2d4e
+
+It claims the queued job, runs the Explorer with the store's shared step cache (so a resumed job
+gets every finished step back at once), records each finished step, progress (throttled) and log
+lines, then the result and status `done`. An error makes the job `failed` with a one-line message
+(the traceback goes to the job's log); a cancel request is noticed from the events callback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from ..explore import ExploreSpec, Explorer
+from .store import JobStore
+
+PROGRESS_INTERVAL_S = 0.25
+CANCEL_CHECK_INTERVAL_S = 0.5
+
+
+class Cancelled(Exception):
+    """The job was asked to stop. Not a RuntimeError: run_step would turn that into a failed step."""
+
+
+class JobEvents:
+    """The Explorer's events callback for one job: stores steps, progress and log lines; stops on cancel."""
+
+    def __init__(self, store: JobStore, job_id: str):
+        self.store, self.job_id = store, job_id
+        self.last_progress = self.last_cancel_check = float("-inf")
+
+    def __call__(self, event: dict) -> None:
+        handlers = {"stage": self.on_stage, "progress": self.on_progress, "step": self.on_step}
+        handlers[event["kind"]](event)
+        self.check_cancel()
+
+    def on_stage(self, event: dict) -> None:
+        self.store.append_log(self.job_id, event["label"])
+        self.store.set_progress(self.job_id, event["label"], 0.0)
+
+    def on_progress(self, event: dict) -> None:
+        now = time.monotonic()
+        if now - self.last_progress >= PROGRESS_INTERVAL_S:
+            self.last_progress = now
+            self.store.set_progress(self.job_id, event["label"], event["fraction"])
+
+    def on_step(self, event: dict) -> None:
+        step = event["result"]
+        self.store.record_step(self.job_id, step)
+        self.store.set_progress(self.job_id, " -> ".join(step["chain"]), 1.0, event["done"], event["total"])
+        self.store.append_log(self.job_id, describe_step(step))
+
+    def check_cancel(self) -> None:
+        now = time.monotonic()
+        if now - self.last_cancel_check < CANCEL_CHECK_INTERVAL_S:
+            return
+        self.last_cancel_check = now
+        if self.store.require(self.job_id)["status"] == "cancelling":
+            raise Cancelled
+
+
+def describe_step(step: dict) -> str:
+    outcome = f"{step['status']} in {step['seconds']:.1f} s"
+    if step["reason"]:
+        outcome += f": {step['reason']}"
+    return f"{' -> '.join(step['chain'])} (seed {step['seed']}): {outcome}"
+
+
+def one_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def run_job(store: JobStore, job_id: str) -> str:
+    """Run a queued job in this process and return the status it ended with."""
+    if not store.set_status(job_id, "running", pid=os.getpid(), expect=("queued",)):
+        return settle_unclaimed(store, job_id)
+    store.append_log(job_id, f"worker {os.getpid()} started")
+    # Each final log line is written before the final status: whoever sees the status finds its line.
+    try:
+        spec = ExploreSpec.from_dict(store.require(job_id)["spec"])
+        exploration = Explorer(spec, cache_dir=store.cache_dir(), events=JobEvents(store, job_id)).explore()
+        store.append_log(job_id, f"done in {exploration.seconds:.1f} s: chain {' -> '.join(exploration.chain)}")
+        store.set_status(job_id, "done", result=exploration.to_dict())
+    except Cancelled:
+        store.append_log(job_id, "cancelled on request")
+        store.set_status(job_id, "cancelled")
+        return "cancelled"
+    except Exception as error:  # whatever stops the exploration must end the job as failed, not leave it running
+        store.append_log(job_id, traceback.format_exc())
+        store.set_status(job_id, "failed", error=one_line(error))
+        return "failed"
+    return "done"
+
+
+def settle_unclaimed(store: JobStore, job_id: str) -> str:
+    """A job this worker could not claim: cancelled while queued, or not queued at all."""
+    status = store.require(job_id)["status"]
+    if status == "cancelling":
+        store.append_log(job_id, "cancelled before it started")
+        store.set_status(job_id, "cancelled", expect=("cancelling",))
+        return "cancelled"
+    raise ValueError(f"job {job_id} is {status}, not queued: resume a failed or cancelled job instead of running it")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ordercomp.jobs.worker", description="Run one queued exploration job.")
+    parser.add_argument("--store", required=True, help="path of the job store (SQLite file)")
+    parser.add_argument("--job", required=True, help="id of the queued job to run")
+    args = parser.parse_args(argv)
+    if not Path(args.store).is_file():
+        parser.error(f"no job store at {args.store}: give the --store path the job was created in")
+    try:
+        status = run_job(JobStore(args.store), args.job)
+    except ValueError as error:
+        parser.error(str(error))
+    return 1 if status == "failed" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Apply a chain of compression methods to a copy of a model, one step at a time.
+
+Each step is applied by its registered method (which copies its input), measured, and reported
+through a callback, so a CLI, a worker process or a test can follow progress step by step.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .methods.base import Context, Incompatible
+from .methods.registry import get_method
+from .metrics import measure
+
+OK, INCOMPATIBLE, FAILED = "ok", "incompatible", "failed"
+
+
+@dataclass
+class StepResult:
+    """The outcome of applying the last method of `chain` to the model the earlier ones made."""
+
+    chain: tuple[str, ...]
+    status: str
+    reason: str | None = None
+    metrics: dict | None = None
+    seconds: float = 0.0
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        record = asdict(self)
+        record["chain"] = list(self.chain)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "StepResult":
+        return cls(**{**record, "chain": tuple(record["chain"])})
+
+
+def make_configs(methods, overrides: dict[str, dict] | None = None) -> dict:
+    """A validated config for every method: its defaults with the given field overrides."""
+    overrides = overrides or {}
+    unknown = set(overrides) - set(methods)
+    if unknown:
+        raise ValueError(f"settings given for {', '.join(sorted(unknown))}, which is not among the chosen methods")
+    return {name: get_method(name).make_config(**overrides.get(name, {})) for name in methods}
+
+
+def apply_step(model: nn.Module, method: str, config, context: Context) -> nn.Module:
+    return get_method(method).apply(model, config, context)
+
+
+def run_step(model: nn.Module, chain: tuple[str, ...], configs: dict, context: Context, *,
+             split: str = "val", latency: bool = False) -> tuple[nn.Module | None, StepResult]:
+    """Apply chain[-1] to `model` and measure it; incompatibility and errors become results."""
+    start = time.perf_counter()
+    try:
+        compressed = apply_step(model, chain[-1], configs[chain[-1]], context)
+        metrics = measure(compressed, context.data, split, device=context.device, latency=latency).to_dict()
+    except Incompatible as reason:
+        return None, StepResult(chain, INCOMPATIBLE, str(reason), seconds=time.perf_counter() - start, seed=context.seed)
+    except (RuntimeError, ValueError, TypeError, torch.fx.proxy.TraceError) as error:
+        message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        return None, StepResult(chain, FAILED, message, seconds=time.perf_counter() - start, seed=context.seed)
+    return compressed, StepResult(chain, OK, None, metrics, time.perf_counter() - start, context.seed)
+
+
+def apply_chain(model: nn.Module, chain: list[str], configs: dict, context: Context, *, split: str = "test",
+                latency: bool = True, on_step: Callable[[StepResult], None] | None = None) -> tuple[nn.Module, list[StepResult]]:
+    """Apply every method of `chain` in order; stop at the first step that cannot apply."""
+    results, current = [], model
+    for index in range(len(chain)):
+        prefix = tuple(chain[: index + 1])
+        compressed, result = run_step(current, prefix, configs, context, split=split, latency=latency)
+        results.append(result)
+        if on_step:
+            on_step(result)
+        if compressed is None:
+            break
+        current = compressed
+    return current, results

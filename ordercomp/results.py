@@ -1,0 +1,115 @@
+"""Exploration results as tables: printed for the CLI, written as JSON and CSV to a folder.
+
+The folder is written in full to a temporary sibling first and then renamed into place, so an
+interrupted run never leaves half a result set behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from .pipeline import StepResult
+
+
+def steps_table(steps: list[dict]) -> pd.DataFrame:
+    rows = []
+    for step in steps:
+        metrics = step.get("metrics") or {}
+        rows.append({"chain": " -> ".join(step["chain"]), "seed": step.get("seed", 0), "status": step["status"],
+                     "accuracy": metrics.get("accuracy"), "bitops": metrics.get("bitops"), "macs": metrics.get("macs"),
+                     "size_bytes": metrics.get("size_bytes"), "latency_ms": metrics.get("latency_ms_b1"),
+                     "seconds": round(step.get("seconds", 0.0), 2), "reason": step.get("reason") or ""})
+    return pd.DataFrame(rows)
+
+
+def pairs_table(outcomes: list[dict]) -> pd.DataFrame:
+    """One row per pair; `mean diff` > 0 means first -> second scored better than the reverse."""
+    rows = []
+    for o in outcomes:
+        decision = "incompatible" if o["incompatible"] else ("tie" if o["tie"] else f"{o['winner']} first")
+        rows.append({"pair": f"{o['first']} / {o['second']}", "decision": decision,
+                     "mean diff": round(o["mean_diff"], 3) if not o["incompatible"] else None,
+                     "spread": round(o["spread"], 3), "seeds": len(o["scores_first_then_second"]),
+                     "weak evidence": o["weak_evidence"], "reason": o["incompatible"] or ""})
+    return pd.DataFrame(rows)
+
+
+def chain_table(base_metrics: dict, steps: list[dict]) -> pd.DataFrame:
+    rows = [{"step": "base", **_figures(base_metrics, base_metrics)}]
+    for step in steps:
+        metrics = step.get("metrics")
+        row = {"step": " -> ".join(step["chain"])}
+        rows.append(row | (_figures(metrics, base_metrics) if metrics else {"status": f"{step['status']}: {step['reason']}"}))
+    return pd.DataFrame(rows)
+
+
+def _figures(metrics: dict, base: dict) -> dict:
+    return {"accuracy %": round(metrics["accuracy"], 2), "params": metrics["params"],
+            "size KiB": round(metrics["size_bytes"] / 1024, 1), "MACs": int(metrics["macs"]),
+            "BitOps": f"{metrics['bitops']:.3g}", "BitOps reduction": f"{base['bitops'] / metrics['bitops']:.1f}x",
+            "latency ms (b=1)": _round(metrics.get("latency_ms_b1")), "latency ms (batch)": _round(metrics.get("latency_ms_batch"))}
+
+
+def _round(value):
+    return None if value is None else round(value, 3)
+
+
+def write_results(result, out: str | Path) -> Path:
+    """exploration.json plus steps.csv, pairs.csv and chain.csv, written atomically into `out`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = result.to_dict()
+    temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    (temp / "exploration.json").write_text(json.dumps(record, indent=1, default=str))
+    steps_table(record["steps"]).to_csv(temp / "steps.csv", index=False)
+    pairs_table(record["outcomes"]).to_csv(temp / "pairs.csv", index=False)
+    chain_table(record["base_metrics"], record["chain_steps"]).to_csv(temp / "chain.csv", index=False)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(temp, out)
+    return out
+
+
+def print_summary(result) -> None:
+    record = result.to_dict()
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 60):
+        print("\nPair outcomes (objective: %s, %d seed(s))" % (record["spec"]["objective"], record["spec"]["seeds"]))
+        print(pairs_table(record["outcomes"]).to_string(index=False))
+        print("\nPrecedence edges (before -> after, margin):")
+        for edge in record["edges"]:
+            print(f"  {edge['before']} -> {edge['after']}  margin {edge['margin']:.2f}{' (weak)' if edge.get('weak') else ''}")
+        for edge in record["dropped_edges"]:
+            print(f"  dropped to break a cycle: {edge['before']} -> {edge['after']} (margin {edge['margin']:.2f})")
+        if not record["edges"]:
+            print("  none: every pair is a tie or incompatible")
+        print(f"\nValid orders: {len(record['valid_chains'])}; recommended chain: {' -> '.join(record['chain'])}")
+        if record["weak_pairs"]:
+            print(f"Note: {record['weak_pairs']} pair decision(s) rest on weak evidence; more --seeds would make them firmer.")
+        print("\nChain applied to the base model (test split):")
+        print(chain_table(record["base_metrics"], record["chain_steps"]).to_string(index=False))
+        _print_exhaustive(record)
+        counts = record["applications"]
+        print(f"\nMethod applications per seed: pairwise {counts['pairwise_per_seed']}, exhaustive {counts['exhaustive_per_seed']} "
+              f"(without prefix sharing {counts['naive_exhaustive_per_seed']}); cached steps reused: {counts['cache_hits']}; "
+              f"wall time {record['seconds']:.0f} s")
+
+
+def _print_exhaustive(record: dict) -> None:
+    summary = record.get("exhaustive")
+    if not summary:
+        return
+    print(f"\nExhaustive validation: the found chain ranks {summary['rank']} of {summary['of']} orders; "
+          f"applications pairwise {summary['applications_pairwise']} vs exhaustive {summary['applications_exhaustive']} "
+          f"({summary['cost_ratio']:.1f}x)")
+    for index, item in enumerate(summary["orders"][:5], 1):
+        print(f"  {index}. {' -> '.join(item['chain'])}: {item['score']:.3f}")
+
+
+def print_chain_steps(base_metrics: dict, steps: list[StepResult]) -> None:
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(chain_table(base_metrics, [s.to_dict() for s in steps]).to_string(index=False))

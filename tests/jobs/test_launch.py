@@ -1,0 +1,106 @@
+"""Tests with real worker processes: finishing, killing and resuming, cancelling, stale detection."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from ordercomp.jobs import STALE_REASON, is_alive, refresh_stale, resume_job, start_job, worker_log_path
+
+FINAL = ("done", "failed", "cancelled")
+
+
+def final_status(store, job_id):
+    status = store.get(job_id)["status"]
+    return status if status in FINAL else None
+
+
+def ended_process():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.timeout(120)
+def test_two_jobs_started_at_once_both_finish(store, tiny_spec, wait_for):
+    specs = [tiny_spec(("prune", "quantize")), tiny_spec(("quantize", "sparsify"))]
+    job_ids = [start_job(store, spec) for spec in specs]
+    for job_id in job_ids:
+        wait_for(lambda: final_status(store, job_id), f"job {job_id} to end", timeout=110)
+    jobs = [store.get(job_id) for job_id in job_ids]
+    for job, spec in zip(jobs, specs):
+        assert (job["status"], job["error"], job["done"], job["total"]) == ("done", None, 4, 4), store.log(job["id"])
+        assert sorted(job["result"]["chain"]) == sorted(spec.methods)
+        assert job["result"]["spec"] == spec.to_dict()
+        assert len(store.steps(job["id"])) == 4
+        assert all(row["status"] == "ok" and row["metrics"]["accuracy"] >= 0 for row in store.steps(job["id"]))
+        assert any(line["message"].startswith("done in") for line in store.log(job["id"]))
+        assert worker_log_path(store, job["id"]).is_file()
+    assert jobs[0]["pid"] != jobs[1]["pid"]
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_job_is_marked_stale_and_resumes_without_recomputing(store, tiny_spec, wait_for):
+    job_id = start_job(store, tiny_spec(("prune", "quantize")))
+    wait_for(lambda: store.steps(job_id), "the first step row")
+    os.kill(store.get(job_id)["pid"], signal.SIGKILL)
+    before = {(tuple(row["chain"]), row["seed"]): row["seconds"] for row in store.steps(job_id)}
+    wait_for(lambda: not is_alive(store.get(job_id)), "the killed worker to be gone", timeout=10)
+    assert store.get(job_id)["status"] == "running" and 0 < len(before) < 4
+
+    assert refresh_stale(store) == [job_id]
+    assert (store.get(job_id)["status"], store.get(job_id)["error"]) == ("failed", STALE_REASON)
+    resume_job(store, job_id)
+    assert wait_for(lambda: final_status(store, job_id), "the resumed job to end", timeout=100) == "done"
+
+    job, rows = store.get(job_id), store.steps(job_id)
+    assert (job["done"], job["total"], len(rows)) == (4, 4, 4)
+    assert len({(tuple(row["chain"]), row["seed"]) for row in rows}) == 4
+    after = {(tuple(row["chain"]), row["seed"]): row["seconds"] for row in rows}
+    assert all(after[key] == seconds for key, seconds in before.items())
+    assert job["result"]["applications"]["cache_hits"] >= len(before)
+    assert any(line["message"].startswith("resumed") for line in store.log(job_id))
+
+
+@pytest.mark.timeout(120)
+def test_cancel_stops_a_running_job(store, tiny_spec, wait_for):
+    job_id = start_job(store, tiny_spec(("prune", "quantize", "sparsify")))
+    wait_for(lambda: store.steps(job_id), "the first step row", timeout=100)
+    store.request_cancel(job_id)
+    assert wait_for(lambda: final_status(store, job_id), "the job to stop", timeout=30) == "cancelled"
+    job = store.get(job_id)
+    assert job["result"] is None and len(store.steps(job_id)) < 9
+    assert store.log(job_id)[-1]["message"] == "cancelled on request"
+    wait_for(lambda: not is_alive(job), "the worker to exit", timeout=10)
+
+
+def test_refresh_stale_marks_jobs_whose_worker_is_gone(store, tiny_spec):
+    running, cancelling, waiting = (store.create(tiny_spec()) for _ in range(3))
+    store.set_status(running, "running", pid=ended_process())
+    store.set_status(cancelling, "cancelling", pid=ended_process())
+    assert sorted(refresh_stale(store)) == sorted([running, cancelling])
+    assert (store.get(running)["status"], store.get(running)["error"]) == ("failed", STALE_REASON)
+    assert store.get(cancelling)["status"] == "cancelled"
+    assert store.get(waiting)["status"] == "queued"
+
+
+def test_is_alive_requires_a_running_worker_process():
+    impostor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "ordercomp.jobs.worker"])
+    try:
+        assert is_alive({"pid": impostor.pid})
+        assert not is_alive({"pid": os.getpid()})
+        assert not is_alive({"pid": None})
+    finally:
+        impostor.kill()
+        impostor.wait()
+    assert not is_alive({"pid": impostor.pid})
+
+
+def test_only_failed_or_cancelled_jobs_resume(store, tiny_spec):
+    job_id = store.create(tiny_spec())
+    store.set_status(job_id, "done", result={})
+    with pytest.raises(ValueError, match="is done: only failed or cancelled jobs can be resumed"):
+        resume_job(store, job_id)
+    with pytest.raises(ValueError, match="unknown job"):
+        resume_job(store, "0123abcd")

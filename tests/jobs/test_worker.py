@@ -1,0 +1,86 @@
+"""Tests for the worker run in this process: events, incompatible pairs, failures, cancel."""
+import pytest
+
+from ordercomp.jobs.worker import Cancelled, JobEvents, main, run_job
+
+
+class RecordingStore:
+    """A toy store that counts writes and reports a fixed status."""
+
+    def __init__(self, status="running"):
+        self.status, self.writes = status, []
+
+    def set_progress(self, job_id, label, fraction, done=None, total=None):
+        self.writes.append(("progress", label, done, total))
+
+    def append_log(self, job_id, message):
+        self.writes.append(("log", message))
+
+    def record_step(self, job_id, step):
+        self.writes.append(("step", tuple(step["chain"])))
+
+    def require(self, job_id):
+        return {"status": self.status}
+
+
+def test_progress_writes_are_throttled_but_every_step_is_written():
+    store = RecordingStore()
+    events = JobEvents(store, "job")
+    for index in range(200):
+        events({"kind": "progress", "label": "prune: fine-tune", "fraction": index / 200})
+    step = {"chain": ["prune"], "seed": 0, "status": "ok", "reason": None, "metrics": {}, "seconds": 0.5}
+    events({"kind": "step", "result": step, "done": 1, "total": 4})
+    assert sum(write[0] == "progress" and write[2] is None for write in store.writes) <= 2
+    assert ("step", ("prune",)) in store.writes
+    assert ("progress", "prune", 1, 4) in store.writes
+    assert ("log", "prune (seed 0): ok in 0.5 s") in store.writes
+
+
+def test_events_raise_cancelled_once_a_cancel_is_requested():
+    store = RecordingStore(status="cancelling")
+    with pytest.raises(Cancelled):
+        JobEvents(store, "job")({"kind": "stage", "stage": "base", "label": "preparing the base model"})
+
+
+def test_an_incompatible_pair_is_recorded_and_the_job_still_finishes(store, tiny_spec):
+    # At rank ratio 0.99 no layer of cnn_tiny gets cheaper, so lowrank is incompatible in both orders.
+    job_id = store.create(tiny_spec(methods=("prune", "lowrank"), settings={"lowrank": {"rank_ratio": 0.99}}))
+    assert run_job(store, job_id) == "done"
+    job = store.get(job_id)
+    assert (job["status"], job["error"], job["done"], job["total"]) == ("done", None, 4, 4)
+    by_chain = {tuple(row["chain"]): row for row in store.steps(job_id)}
+    assert by_chain[("prune",)]["status"] == "ok"
+    assert by_chain[("prune", "lowrank")]["status"] == "incompatible"
+    assert "no layer gets cheaper at rank ratio 0.99" in by_chain[("prune", "lowrank")]["reason"]
+    assert by_chain[("lowrank", "prune")]["reason"] == "lowrank could not be applied"
+    [outcome] = job["result"]["outcomes"]
+    assert "no layer gets cheaper" in outcome["incompatible"]
+    assert any("incompatible" in line["message"] and "rank ratio" in line["message"] for line in store.log(job_id))
+
+
+def test_an_error_fails_the_job_with_one_line_and_the_traceback_in_the_log(store, tiny_spec, tmp_path):
+    job_id = store.create(tiny_spec(model=str(tmp_path / "missing.pt")))
+    assert run_job(store, job_id) == "failed"
+    job = store.get(job_id)
+    assert job["status"] == "failed" and job["result"] is None
+    assert job["error"].startswith("CheckpointError: model ") and "\n" not in job["error"]
+    assert any(line["message"].startswith("Traceback") for line in store.log(job_id))
+
+
+def test_a_job_cancelled_while_queued_never_runs(store, tiny_spec):
+    job_id = store.create(tiny_spec())
+    store.request_cancel(job_id)
+    assert run_job(store, job_id) == "cancelled"
+    assert store.get(job_id)["status"] == "cancelled"
+    assert store.steps(job_id) == []
+
+
+def test_a_job_that_is_not_queued_is_refused(store, tiny_spec, capsys):
+    job_id = store.create(tiny_spec())
+    store.set_status(job_id, "done", result={})
+    with pytest.raises(SystemExit):
+        main(["--store", str(store.path), "--job", job_id])
+    assert "is done, not queued" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--store", str(store.path.parent / "nowhere.sqlite"), "--job", job_id])
+    assert "no job store at" in capsys.readouterr().err

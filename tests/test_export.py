@@ -1,0 +1,162 @@
+"""Export of a compressed model: every format written, checksummed, loadable and agreeing with PyTorch;
+bad requests refused before anything is written; a failure midway leaves no half-written folder."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+
+import pytest
+import torch
+
+from ordercomp import explore, export
+from ordercomp.checkpoints import load_program
+from ordercomp.explore import compress
+from ordercomp.export import export_compressed, export_zip, verify_export
+from ordercomp.methods.early_exit import EarlyExitNet
+from ordercomp.train import Budget
+
+CHAIN = ["quantize", "early_exit"]
+
+
+@pytest.fixture(scope="session")
+def compressed():
+    """cnn_tiny, briefly trained, then quantised (QAT, 8 bits) and given early exits."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(explore, "BASE_BUDGET", Budget(epochs=0.2))
+        outcome = compress(model="cnn_tiny", chain=CHAIN, budget=Budget(epochs=0.2), device="cpu")
+    assert [s.status for s in outcome.steps] == ["ok", "ok"]
+    return outcome
+
+
+def export_to(outcome, out, formats=export.DEFAULT_FORMATS) -> dict:
+    return export_compressed(outcome.model, out, formats=formats, chain=CHAIN, configs=outcome.configs,
+                             metrics=outcome.steps[-1].metrics, data=outcome.data, base=outcome.source)
+
+
+@pytest.fixture(scope="session")
+def exported(compressed, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "model"
+    return out, export_to(compressed, out)
+
+
+def test_every_format_is_written_with_its_checksum(exported, compressed):
+    out, manifest = exported
+    assert isinstance(compressed.model, EarlyExitNet)
+    assert manifest["files"] == ["model.onnx", "model.pt2", "model.state_dict.pt", "model.torchscript.pt"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(manifest["files"] + ["manifest.json"])
+    for name in manifest["files"]:
+        assert manifest["sha256"][name] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+    assert [e["format"] for e in manifest["formats"]] == ["torchscript", "pt2", "onnx", "state_dict"]
+    assert all("error" not in e for e in manifest["formats"])
+    assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(manifest, default=str))
+    assert manifest["chain"] == CHAIN and manifest["configs"]["quantize"]["weight_bits"] == 8
+    assert manifest["data"] == compressed.data.describe() and manifest["input_shape"] == ["batch", 1, 16, 16]
+    assert manifest["torch_version"] == torch.__version__ and manifest["metrics"]["accuracy"] > 0
+
+
+def test_programs_load_back_and_predict_like_the_model(exported, compressed):
+    out, manifest = exported
+    images = compressed.data.test.tensors[0][:64]
+    with torch.no_grad():
+        expected = compressed.model.eval()(images)
+        for name in ("model.torchscript.pt", "model.pt2"):
+            got = load_program(out / name)(images)
+            assert torch.equal(got.argmax(1), expected.argmax(1)), name
+            assert torch.allclose(got, expected, atol=1e-4), name
+
+
+def test_every_program_passes_its_check_against_pytorch(exported):
+    _, manifest = exported
+    checks = {e["format"]: e["check"] for e in manifest["formats"] if "check" in e}
+    assert set(checks) == {"torchscript", "pt2", "onnx"}
+    for check in checks.values():
+        assert check["passed"] and check["max_abs_diff"] <= check["tolerance"] and check["argmax_agreement"] == 1.0
+    assert next(e for e in manifest["formats"] if e["format"] == "onnx")["exporter"] == "dynamo"
+
+
+def test_state_dict_is_plain_tensors_of_the_model(exported, compressed):
+    out, _ = exported
+    state = torch.load(out / "model.state_dict.pt", weights_only=True)
+    expected = compressed.model.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+def test_verify_export_passes_and_catches_a_changed_file(exported, tmp_path):
+    out, _ = exported
+    report = verify_export(out)
+    assert report["ok"] and all(report["checksums"].values())
+    assert report["loads"]["pt2"] == {"output_shape": [2, 10]} and report["loads"]["onnx"] == {"output_shape": [2, 10]}
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in out.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    with open(copy / "model.state_dict.pt", "ab") as stream:
+        stream.write(b"tampered")
+    changed = verify_export(copy)
+    assert not changed["ok"] and changed["checksums"]["model.state_dict.pt"] is False
+
+
+def test_zip_holds_every_file(exported):
+    out, manifest = exported
+    with zipfile.ZipFile(io.BytesIO(export_zip(out))) as archive:
+        assert sorted(archive.namelist()) == sorted(f"{out.name}/{n}" for n in manifest["files"] + ["manifest.json"])
+        assert archive.read(f"{out.name}/model.pt2") == (out / "model.pt2").read_bytes()
+
+
+def test_unknown_format_is_refused_before_writing(compressed, tmp_path):
+    with pytest.raises(ValueError, match="choose from torchscript, pt2, onnx, state_dict"):
+        export_to(compressed, tmp_path / "out", formats=("pt2", "tflite"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_with_other_files_is_not_replaced(compressed, tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not an ordercomp export"):
+        export_to(compressed, tmp_path, formats=("state_dict",))
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_a_format_the_exporter_cannot_handle_is_recorded(compressed, tmp_path, monkeypatch):
+    def cannot_export(program, sample, path):
+        path.write_bytes(b"partial")
+        raise RuntimeError("data-dependent control flow\nmore detail")
+
+    monkeypatch.setitem(export.FORMATS, "pt2", ("model.pt2", cannot_export))
+    manifest = export_to(compressed, tmp_path / "out", formats=("pt2", "state_dict"))
+    assert manifest["formats"][0] == {"format": "pt2", "error": "RuntimeError: data-dependent control flow"}
+    assert manifest["files"] == ["model.state_dict.pt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "model.state_dict.pt"]
+
+
+def test_a_crash_midway_leaves_the_previous_export_untouched(compressed, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    before = export_to(compressed, out, formats=("state_dict",))
+
+    def disk_full(program, sample, path):
+        path.write_bytes(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setitem(export.FORMATS, "pt2", ("model.pt2", disk_full))
+    with pytest.raises(OSError, match="No space left"):
+        export_to(compressed, out, formats=("state_dict", "pt2"))
+    assert list(tmp_path.iterdir()) == [out]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.state_dict.pt"]
+    assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(before, default=str))
+    assert verify_export(out)["ok"]
+
+
+def test_onnx_falls_back_to_the_legacy_exporter(compressed, tmp_path, monkeypatch):
+    real_export = torch.onnx.export
+
+    def without_dynamo(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("dynamo cannot trace this model")
+        return real_export(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", without_dynamo)
+    entry = export_to(compressed, tmp_path / "out", formats=("onnx",))["formats"][0]
+    assert entry["exporter"] == "legacy" and entry["dynamo_error"] == "RuntimeError: dynamo cannot trace this model"
+    assert entry["check"]["passed"]
