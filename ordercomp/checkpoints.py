@@ -126,6 +126,7 @@ def resolve_model(spec: str, data: DataBundle, *, architecture: str | None = Non
     if spec in ARCHITECTURES:
         if train_base is None:
             raise CheckpointError(f"{spec} is an untrained architecture: give a trainer or a checkpoint")
+        torch.manual_seed(0)  # the same untrained start in every process, so trained bases match across runs
         return train_base(create_model(spec, data.num_classes, data.in_channels)), {"source": "trained", "architecture": spec}
     path = Path(spec).expanduser()
     if not path.exists():
@@ -142,6 +143,15 @@ def _check_fits(num_classes: int, in_channels: int, data: DataBundle, name: str)
     if (num_classes, in_channels) != (data.num_classes, data.in_channels):
         raise CheckpointError(f"sample {name} expects {num_classes} classes and {in_channels} channel(s), the data has "
                               f"{data.num_classes} and {data.in_channels}: choose a zoo architecture to train instead")
+
+
+def save_state_atomically(model: nn.Module, path: Path) -> None:
+    """Write a model's weights as safetensors via a temporary file, so readers never see half a file."""
+    from safetensors.torch import save_file
+
+    temp = path.with_suffix(".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(temp))
+    temp.replace(path)
 
 
 def state_fingerprint(model: nn.Module) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import order
 from .cache import StepCache, step_key
-from .checkpoints import resolve_model, state_fingerprint
+from .checkpoints import read_state_dict, resolve_model, save_state_atomically, state_fingerprint
 from .data import DataBundle, load_data
 from .methods.base import Context, config_to_dict
 from .metrics import measure
@@ -108,6 +108,10 @@ class Exploration:
         return asdict(self)
 
 
+def _all_ok(results: list[StepResult]) -> bool:
+    return bool(results) and all(r.status == OK for r in results)
+
+
 def score(metrics: dict, objective: str, base_bitops: float, weight: float) -> float:
     if objective == "accuracy":
         return metrics["accuracy"]
@@ -134,8 +138,17 @@ class Explorer:
         return resolve_model(self.spec.model, self.data, architecture=self.spec.architecture, train_base=self._train_base)
 
     def _train_base(self, model: nn.Module) -> nn.Module:
+        """Train a zoo architecture once per (architecture, data, budget); later runs reuse the weights."""
+        key = step_key(state_fingerprint(model), self.data.fingerprint(), ("base",), {}, 0, BASE_BUDGET.to_dict(), "train")
+        saved = self.cache.folder / f"base-{key}.safetensors" if self.cache.folder else None
+        if saved and saved.exists():
+            model.load_state_dict(read_state_dict(saved))
+            return model.to(self.device).eval()
         progress = lambda label, fraction: self.events({"kind": "progress", "label": "train base", "fraction": fraction})
-        return train(model, self.data, BASE_BUDGET, seed=0, device=self.device, progress=progress)
+        train(model, self.data, BASE_BUDGET, seed=0, device=self.device, progress=progress)
+        if saved:
+            save_state_atomically(model, saved)
+        return model
 
     def run_plan(self, base: nn.Module, plan: list[tuple[str, ...]]) -> list[StepResult]:
         """Every chain of `plan` for every seed. Models stay in memory for their children; a cached
@@ -202,23 +215,28 @@ class Explorer:
 
     def decide(self, steps: list[StepResult], base_bitops: float) -> list[order.PairOutcome]:
         """A pair outcome for every pair, from the per-seed scores of both orders."""
-        higher = OBJECTIVES[self.spec.objective][0]
         by_chain: dict[tuple, list[StepResult]] = {}
         for step in steps:
             by_chain.setdefault(step.chain, []).append(step)
-        outcomes = []
         methods = self.spec.methods
-        for i, a in enumerate(methods):
-            for b in methods[i + 1:]:
-                ab, ba = by_chain.get((a, b), []), by_chain.get((b, a), [])
-                broken = [s for s in ab + ba if s.status != OK]
-                if broken or not ab or not ba:
-                    reason = broken[0].reason if broken else "not run"
-                    outcomes.append(order.incompatible_pair(a, b, f"{' -> '.join(broken[0].chain) if broken else ''}: {reason}", higher_is_better=higher))
-                    continue
-                pick = lambda rs: [score(r.metrics, self.spec.objective, base_bitops, self.spec.weight) for r in sorted(rs, key=lambda r: r.seed)]
-                outcomes.append(order.decide_pair(a, b, pick(ab), pick(ba), higher_is_better=higher, min_margin=self._margin()))
-        return outcomes
+        return [self._decide_pair(a, b, by_chain.get((a, b), []), by_chain.get((b, a), []), base_bitops)
+                for i, a in enumerate(methods) for b in methods[i + 1:]]
+
+    def _decide_pair(self, a: str, b: str, ab: list[StepResult], ba: list[StepResult], base_bitops: float) -> order.PairOutcome:
+        higher = OBJECTIVES[self.spec.objective][0]
+        ab_ok, ba_ok = _all_ok(ab), _all_ok(ba)
+        if ab_ok and ba_ok:
+            return order.decide_pair(a, b, self._scores(ab, base_bitops), self._scores(ba, base_bitops),
+                                     higher_is_better=higher, min_margin=self._margin())
+        broken = next((s for s in ab + ba if s.status != OK), None)
+        reason = f"{' -> '.join(broken.chain)}: {broken.reason}" if broken else "not run"
+        one_way_blocked = broken is not None and all(s.status in (OK, "incompatible") for s in ab + ba)
+        if one_way_blocked and (ab_ok or ba_ok):
+            return order.only_order_pair(a, b, a if ab_ok else b, reason, higher_is_better=higher)
+        return order.incompatible_pair(a, b, reason, higher_is_better=higher)
+
+    def _scores(self, results: list[StepResult], base_bitops: float) -> list[float]:
+        return [score(r.metrics, self.spec.objective, base_bitops, self.spec.weight) for r in sorted(results, key=lambda r: r.seed)]
 
     def _margin(self) -> float:
         return self.spec.min_margin if self.spec.objective in ("accuracy", "weighted") else 0.0

@@ -32,10 +32,12 @@ def pairs_table(outcomes: list[dict]) -> pd.DataFrame:
     rows = []
     for o in outcomes:
         decision = "incompatible" if o["incompatible"] else ("tie" if o["tie"] else f"{o['winner']} first")
+        if o.get("only_order"):
+            decision = f"{o['winner']} first (only order that applies)"
         rows.append({"pair": f"{o['first']} / {o['second']}", "decision": decision,
                      "mean diff": round(o["mean_diff"], 3) if not o["incompatible"] else None,
                      "spread": round(o["spread"], 3), "seeds": len(o["scores_first_then_second"]),
-                     "weak evidence": o["weak_evidence"], "reason": o["incompatible"] or ""})
+                     "weak evidence": o["weak_evidence"], "reason": o["incompatible"] or o.get("only_order") or ""})
     return pd.DataFrame(rows)
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..train import all_outputs
-from ._layers import bits_of, compute_layers, replace_module
+from ._layers import FULL_BITS, bits_of, compute_layers, fake_quant_weight, replace_module
 from .base import Context, Incompatible, Method, check_range, require_staged
 
 MAX_BATCH = 4096
@@ -79,6 +79,21 @@ def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
             delattr(graph_module.get_submodule(owner) if owner else graph_module, attribute)
 
 
+@torch.no_grad()
+def _drop_fake_quant(model: nn.Module) -> None:
+    """8-bit QAT layers become plain layers holding their quantised weights; pt2e re-quantises
+    them to the same int8 grid and observes the activations itself."""
+    for name, layer in compute_layers(model):
+        if hasattr(layer, "act_bits"):
+            plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                              layer.dilation, layer.groups, layer.bias is not None) if isinstance(layer, nn.Conv2d) \
+                else nn.Linear(layer.in_features, layer.out_features, layer.bias is not None)
+            plain.weight.copy_(fake_quant_weight(layer.weight, layer.weight_bits) if layer.weight_bits < FULL_BITS else layer.weight)
+            if layer.bias is not None:
+                plain.bias.copy_(layer.bias)
+            replace_module(model, name, plain.to(layer.weight.device))
+
+
 def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
     require_staged(model, "int8")
     if getattr(model, "int8_converted", False):
@@ -90,6 +105,7 @@ def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
     if context.device.type != "cpu":
         model.to("cpu")
         context = Context(context.data, context.budget, context.seed, torch.device("cpu"), context.progress)
+    _drop_fake_quant(model)
     model.eval()
     names = _parts(model)
     inputs = _part_inputs(model, names, context, config.calibration_batches)

@@ -12,6 +12,7 @@ from ordercomp.order.pairwise import (
     PairOutcome,
     decide_pair,
     incompatible_pair,
+    only_order_pair,
     weighted_score,
 )
 from ordercomp.order.plan import (
@@ -32,6 +33,7 @@ __all__ = [
     "exhaustive_applications",
     "exhaustive_plan",
     "incompatible_pair",
+    "only_order_pair",
     "naive_exhaustive_applications",
     "pairwise_applications",
     "pairwise_plan",

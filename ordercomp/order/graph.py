@@ -43,6 +43,7 @@ def precedence_graph(methods: list[str], outcomes: list[PairOutcome]) -> nx.DiGr
                 margin=outcome.margin,
                 spread=outcome.spread,
                 weak=outcome.weak_evidence,
+                forced=outcome.only_order is not None,
             )
     return graph
 
@@ -51,7 +52,7 @@ def break_cycles(graph: nx.DiGraph) -> tuple[nx.DiGraph, list[tuple[str, str, fl
     """Return an acyclic copy of `graph` and the edges dropped to get it.
 
     While a cycle remains, the edge of that cycle with the smallest margin is
-    dropped (ties broken by (margin, u, v)). Each dropped edge is reported as
+    dropped (ties broken by (margin, u, v)); forced edges are kept if possible. Each dropped edge is reported as
     (u, v, margin). The input graph is left untouched.
     """
     dag = graph.copy()
@@ -128,8 +129,9 @@ def rank_of_chain(
 
 
 def _weakest_edge(dag: nx.DiGraph, cycle: list[tuple[str, str]]) -> tuple[str, str, float]:
-    """Edge of `cycle` with the smallest (margin, u, v), as (u, v, margin)."""
-    margin, u, v = min((dag.edges[u, v]["margin"], u, v) for u, v in cycle)
+    """Edge of `cycle` with the smallest (margin, u, v), as (u, v, margin); a forced edge
+    (the only order that applies) goes only when the cycle has nothing else to drop."""
+    _, margin, u, v = min((dag.edges[u, v].get("forced", False), dag.edges[u, v]["margin"], u, v) for u, v in cycle)
     return u, v, margin
 
 

@@ -27,7 +27,9 @@ class PairOutcome:
 
     `winner` is the method that should come FIRST in the chain: `first` when
     first -> second scored better, `second` when second -> first did, None on
-    a tie or when the pair is incompatible.
+    a tie or when the pair is incompatible. `only_order` holds the reason the
+    reverse order cannot be applied when just one order works: then `winner`
+    is forced, whatever the scores.
     """
 
     first: str
@@ -41,6 +43,7 @@ class PairOutcome:
     tie: bool
     weak_evidence: bool
     incompatible: str | None
+    only_order: str | None = None
 
     @property
     def margin(self) -> float:
@@ -64,12 +67,13 @@ class PairOutcome:
                 "pass a dict produced by PairOutcome.to_dict()"
             )
         values = {name: record[name] for name in _FIELD_NAMES}
+        values["only_order"] = record.get("only_order")
         values["scores_first_then_second"] = tuple(map(float, record["scores_first_then_second"]))
         values["scores_second_then_first"] = tuple(map(float, record["scores_second_then_first"]))
         return cls(**values)
 
 
-_FIELD_NAMES = frozenset(PairOutcome.__dataclass_fields__)
+_FIELD_NAMES = frozenset(PairOutcome.__dataclass_fields__) - {"only_order"}
 
 
 def decide_pair(
@@ -160,6 +164,16 @@ def incompatible_pair(
         weak_evidence=False,
         incompatible=reason,
     )
+
+
+def only_order_pair(first: str, second: str, working_first: str, reason: str, *, higher_is_better: bool = True) -> PairOutcome:
+    """Outcome for a pair where only `working_first` -> other can be applied: that order is forced."""
+    _check_names(first, second)
+    if working_first not in (first, second):
+        raise ValueError(f"working_first must be {first!r} or {second!r}, got {working_first!r}")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValueError("reason must be a non-empty string explaining why the other order cannot be applied")
+    return PairOutcome(first, second, (), (), higher_is_better, 0.0, 0.0, working_first, False, False, None, reason)
 
 
 def weighted_score(accuracy: float, bitops: float, base_bitops: float, weight: float) -> float:

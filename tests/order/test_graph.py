@@ -121,3 +121,21 @@ def test_rank_of_chain_shares_rank_on_ties():
 def test_rank_of_missing_chain_raises():
     with pytest.raises(ValueError, match="not among the scored orders"):
         rank_of_chain(["c"], {("a",): 1.0})
+
+
+def test_the_only_order_that_applies_is_forced_and_survives_cycle_breaking():
+    from ordercomp.order import PairOutcome, decide_pair, only_order_pair
+
+    forced = only_order_pair("int8", "prune", "prune", "int8 weights cannot be pruned")
+    assert forced.winner == "prune" and forced.only_order
+    # prune->int8 forced; int8 beats early_exit and early_exit beats prune by small margins: a cycle.
+    outcomes = [
+        forced,
+        decide_pair("early_exit", "int8", [90.0, 90.2], [91.0, 91.1]),
+        decide_pair("early_exit", "prune", [91.0, 91.2], [90.0, 90.1]),
+    ]
+    graph = precedence_graph(["early_exit", "int8", "prune"], outcomes)
+    dag, dropped = break_cycles(graph)
+    assert dag.has_edge("prune", "int8")
+    assert ("prune", "int8") not in [(u, v) for u, v, _ in dropped]
+    assert PairOutcome.from_dict(forced.to_dict()) == forced

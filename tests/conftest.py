@@ -1,0 +1,29 @@
+"""Shared fixtures: the digits data at 8x8 and a briefly trained tiny CNN (no network needed)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ordercomp.data import load_data
+from ordercomp.methods.base import Context
+from ordercomp.train import Budget, train
+from ordercomp.zoo import create_model
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_data("digits")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(digits):
+    torch.manual_seed(0)
+    model = create_model("cnn_tiny", digits.num_classes, digits.in_channels)
+    return train(model, digits, Budget(epochs=4, lr=5e-3), seed=0, device=torch.device("cpu"))
+
+
+@pytest.fixture()
+def context(digits):
+    return Context(digits, Budget(epochs=1), seed=0)

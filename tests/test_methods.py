@@ -1,0 +1,148 @@
+"""Contract tests for every method in the registry, plus what 'B after A' keeps."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+import torch
+
+from ordercomp.methods._layers import bits_of, compute_layers
+from ordercomp.methods.base import Incompatible, config_to_dict
+from ordercomp.methods.early_exit import EarlyExitNet
+from ordercomp.methods.registry import METHODS, get_method, parse_methods
+from ordercomp.metrics import measure
+from ordercomp.pipeline import FAILED, make_configs, run_step
+
+NAMES = list(METHODS)
+
+
+def state_copy(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_apply_leaves_input_untouched_and_output_runs(name, tiny_model, context, digits):
+    before, structure = state_copy(tiny_model), str(tiny_model)
+    method = get_method(name)
+    compressed = method.apply(tiny_model, method.default_config(), context)
+    assert str(tiny_model) == structure
+    for key, value in tiny_model.state_dict().items():
+        assert torch.equal(value, before[key]), f"{name} changed the input's {key}"
+    logits = compressed.eval()(digits.test.tensors[0][:5])
+    assert logits.shape == (5, digits.num_classes)
+    assert measure(compressed, digits, "val", latency=False).accuracy > 40
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_round_trips_through_json_form(name):
+    method = get_method(name)
+    record = config_to_dict(name, method.default_config())
+    assert record["method"] == name and record["version"] >= 1
+    fields = {k: v for k, v in record.items() if k not in ("method", "version")}
+    assert method.make_config(**fields) == method.default_config()
+
+
+@pytest.mark.parametrize("name, bad", [
+    ("prune", {"ratio": 1.5}), ("prune", {"importance": "loudest"}), ("quantize", {"weight_bits": 3}),
+    ("quantize", {"act_bits": 16}), ("distill", {"width": 0.0}), ("distill", {"width": 1.0}),
+    ("early_exit", {"threshold": 1.2}), ("lowrank", {"rank_ratio": 0}), ("sparsify", {"sparsity": 1.0}),
+    ("int8", {"calibration_batches": 0}), ("prune", {"speed": 2}),
+])
+def test_impossible_settings_raise_value_error(name, bad):
+    with pytest.raises(ValueError):
+        get_method(name).make_config(**bad)
+
+
+def test_unknown_method_names_are_refused():
+    with pytest.raises(ValueError, match="unknown method 'magic'"):
+        parse_methods("prune,magic")
+
+
+def test_prune_and_distill_shrink_macs_and_params(tiny_model, context, digits):
+    base = measure(tiny_model, digits, "val", latency=False)
+    for name in ("prune", "distill"):
+        out = measure(get_method(name).apply(tiny_model, get_method(name).default_config(), context), digits, "val", latency=False)
+        assert out.macs < 0.5 * base.macs and out.params < 0.5 * base.params
+
+
+def test_four_bit_quantisation_cuts_bitops_four_times_against_eight_bit(tiny_model, context, digits):
+    quantize = get_method("quantize")
+    q8 = measure(quantize.apply(tiny_model, quantize.make_config(weight_bits=8, act_bits=8), context), digits, "val", latency=False)
+    q4 = measure(quantize.apply(tiny_model, quantize.make_config(weight_bits=4, act_bits=4), context), digits, "val", latency=False)
+    base = measure(tiny_model, digits, "val", latency=False)
+    assert q8.bitops == pytest.approx(base.bitops / 16)
+    assert q4.bitops == pytest.approx(q8.bitops / 4)
+    assert q4.size_bytes < q8.size_bytes < base.size_bytes / 3
+
+
+def test_sparsify_keeps_macs_but_stores_less_and_fine_tuning_keeps_zeros(tiny_model, context, digits):
+    sparse = get_method("sparsify").apply(tiny_model, get_method("sparsify").make_config(sparsity=0.8), context)
+    base, out = measure(tiny_model, digits, "val", latency=False), measure(sparse, digits, "val", latency=False)
+    assert out.macs == base.macs and out.size_bytes < 0.5 * base.size_bytes
+    conv = compute_layers(sparse)[1][1]
+    assert (conv.weight == 0).float().mean() >= 0.79
+
+
+def test_int8_holds_real_int8_weights_and_blocks_later_training(tiny_model, context, digits):
+    int8 = get_method("int8").apply(tiny_model, get_method("int8").default_config(), context)
+    assert any(b.dtype == torch.int8 for b in int8.buffers())
+    base, out = measure(tiny_model, digits, "val", latency=False), measure(int8, digits, "val", latency=False)
+    assert out.bitops == pytest.approx(base.bitops / 16, rel=0.02)
+    assert abs(out.accuracy - base.accuracy) < 3
+    with pytest.raises(Incompatible, match="before int8"):
+        get_method("prune").apply(int8, get_method("prune").default_config(), context)
+
+
+def test_early_exit_cost_is_an_expectation_over_the_exits(tiny_model, context, digits):
+    exits = get_method("early_exit").apply(tiny_model, get_method("early_exit").make_config(threshold=0.6), context)
+    out, base = measure(exits, digits, "val", latency=False), measure(tiny_model, digits, "val", latency=False)
+    assert sum(out.exit_fractions) == pytest.approx(1.0)
+    assert out.exit_fractions[-1] < 1.0
+    assert out.macs < base.macs
+
+
+def test_later_steps_keep_what_earlier_steps_did(tiny_model, context):
+    quantize, distill, prune = (get_method(n) for n in ("quantize", "distill", "prune"))
+    q4 = quantize.apply(tiny_model, quantize.make_config(weight_bits=4, act_bits=4), context)
+    student = distill.apply(q4, distill.default_config(), context)
+    assert {bits_of(layer) for _, layer in compute_layers(student)} == {(4, 4)}
+    q_again = quantize.apply(q4, quantize.make_config(weight_bits=8, act_bits=8), context)
+    assert {bits_of(layer) for _, layer in compute_layers(q_again)} == {(4, 4)}
+    exits = get_method("early_exit").apply(tiny_model, get_method("early_exit").default_config(), context)
+    pruned = prune.apply(exits, prune.default_config(), context)
+    assert isinstance(pruned, EarlyExitNet)
+    assert pruned.exits[0][2].in_features < exits.exits[0][2].in_features
+
+
+def test_lowrank_factors_inherit_sparsity(tiny_model, context):
+    sparse = get_method("sparsify").apply(tiny_model, get_method("sparsify").make_config(sparsity=0.6), context)
+    factored = get_method("lowrank").apply(sparse, get_method("lowrank").default_config(), context)
+    factors = [layer for _, layer in compute_layers(factored) if hasattr(layer, "sparsity")]
+    assert len(factors) > len(compute_layers(tiny_model))
+    assert all((layer.weight == 0).float().mean() > 0.5 for layer in factors[:-1])
+
+
+def test_every_ordered_pair_runs_or_says_why_not(tiny_model, digits):
+    from ordercomp.methods.base import Context
+    from ordercomp.train import Budget
+
+    context = Context(digits, Budget(epochs=0.1), seed=0)
+    configs = make_configs(NAMES)
+    singles = {name: run_step(tiny_model, (name,), configs, context)[0] for name in NAMES}
+    outcomes = {}
+    for first, second in itertools.permutations(NAMES, 2):
+        _, result = run_step(singles[first], (first, second), configs, context)
+        assert result.status != FAILED, f"{first} -> {second} crashed: {result.reason}"
+        outcomes[(first, second)] = result
+    incompatible = {pair for pair, r in outcomes.items() if r.status == "incompatible"}
+    assert all(pair[0] == "int8" or pair == ("quantize", "int8") for pair in incompatible)
+    assert ("int8", "early_exit") not in incompatible and ("early_exit", "int8") not in incompatible
+    assert all(outcomes[pair].reason for pair in incompatible)
+
+
+def test_method_config_types_are_frozen():
+    for method in METHODS.values():
+        config = method.default_config()
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(config, dataclasses.fields(config)[0].name, None)
