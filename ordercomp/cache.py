@@ -17,10 +17,14 @@ from .pipeline import StepResult
 CACHE_VERSION = 2
 
 
+def content_key(**payload) -> str:
+    """A short hash of JSON-serialisable inputs."""
+    return hashlib.sha256(json.dumps({"v": CACHE_VERSION, **payload}, sort_keys=True).encode()).hexdigest()[:24]
+
+
 def step_key(base: str, data: str, chain: tuple[str, ...], configs: dict[str, dict], seed: int, budget: dict, split: str) -> str:
-    payload = {"v": CACHE_VERSION, "base": base, "data": data, "chain": list(chain),
-               "configs": [configs[name] for name in chain], "seed": seed, "budget": budget, "split": split}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    return content_key(base=base, data=data, chain=list(chain), configs=[configs[name] for name in chain],
+                       seed=seed, budget=budget, split=split)
 
 
 class StepCache:

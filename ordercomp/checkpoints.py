@@ -71,8 +71,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(f"{path.name} holds more than tensors ({str(error).splitlines()[0][:120]}); "
-                              "nothing from it was run: save model.state_dict() instead") from None
+        raise _pickle_refusal(path, str(error)) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({str(error).splitlines()[0][:120]}): re-save it with torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -80,6 +79,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path.name} is not a state dict (name -> tensor): save model.state_dict() instead")
     return state
+
+
+def _pickle_refusal(path: Path, message: str) -> CheckpointError:
+    """The weights-only unpickler names the object it refused; say which, or that the file is not a checkpoint."""
+    refused = next((line.strip() for line in message.splitlines() if "GLOBAL" in line), None)
+    if refused:
+        return CheckpointError(f"{path.name} holds more than tensors ({refused[:100]}); nothing from it was run: "
+                               "save model.state_dict() instead")
+    return CheckpointError(f"{path.name} is not a readable torch checkpoint: re-save it with torch.save(model.state_dict(), path)")
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
@@ -177,6 +178,5 @@ def _images_in(folder: Path) -> list[Path]:
 def _image_tensor(image, input_size: int) -> torch.Tensor:
     mode = "L" if image.mode in ("L", "1", "I", "I;16") else "RGB"
     image = image.convert(mode).resize((input_size, input_size))
-    tensor = torch.tensor(list(image.getdata()), dtype=torch.float32) / 255.0
-    channels = 1 if mode == "L" else 3
-    return tensor.view(input_size, input_size, channels).permute(2, 0, 1)
+    tensor = torch.from_numpy(np.asarray(image, dtype=np.float32)) / 255.0
+    return tensor.unsqueeze(0) if mode == "L" else tensor.permute(2, 0, 1)

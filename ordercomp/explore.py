@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import order
-from .cache import StepCache, step_key
+from .cache import StepCache, content_key, step_key
 from .checkpoints import read_state_dict, resolve_model, save_state_atomically, state_fingerprint
 from .data import DataBundle, load_data
 from .methods.base import Context, config_to_dict
@@ -139,7 +139,7 @@ class Explorer:
 
     def _train_base(self, model: nn.Module) -> nn.Module:
         """Train a zoo architecture once per (architecture, data, budget); later runs reuse the weights."""
-        key = step_key(state_fingerprint(model), self.data.fingerprint(), ("base",), {}, 0, BASE_BUDGET.to_dict(), "train")
+        key = content_key(init=state_fingerprint(model), data=self.data.fingerprint(), budget=BASE_BUDGET.to_dict())
         saved = self.cache.folder / f"base-{key}.safetensors" if self.cache.folder else None
         if saved and saved.exists():
             model.load_state_dict(read_state_dict(saved))

@@ -14,8 +14,11 @@ from ordercomp import explore, export
 from ordercomp.checkpoints import load_program
 from ordercomp.explore import compress
 from ordercomp.export import export_compressed, export_zip, verify_export
+from ordercomp.methods.base import Context
 from ordercomp.methods.early_exit import EarlyExitNet
+from ordercomp.methods.registry import get_method
 from ordercomp.train import Budget
+from ordercomp.zoo import create_model
 
 CHAIN = ["quantize", "early_exit"]
 
@@ -52,10 +55,11 @@ def test_every_format_is_written_with_its_checksum(exported, compressed):
     assert all("error" not in e for e in manifest["formats"])
     assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(manifest, default=str))
     assert manifest["chain"] == CHAIN and manifest["configs"]["quantize"]["weight_bits"] == 8
-    assert manifest["data"] == compressed.data.describe() and manifest["input_shape"] == ["batch", 1, 16, 16]
+    assert manifest["data"] == compressed.data.describe() and manifest["input_shape"] == ["batch", 1, compressed.data.input_size, compressed.data.input_size]
     assert manifest["torch_version"] == torch.__version__ and manifest["metrics"]["accuracy"] > 0
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_programs_load_back_and_predict_like_the_model(exported, compressed):
     out, manifest = exported
     images = compressed.data.test.tensors[0][:64]
@@ -160,3 +164,14 @@ def test_onnx_falls_back_to_the_legacy_exporter(compressed, tmp_path, monkeypatc
     entry = export_to(compressed, tmp_path / "out", formats=("onnx",))["formats"][0]
     assert entry["exporter"] == "legacy" and entry["dynamo_error"] == "RuntimeError: dynamo cannot trace this model"
     assert entry["check"]["passed"]
+
+
+def test_int8_model_exports_to_every_program_format(compressed, tmp_path):
+    data = compressed.data
+    int8 = get_method("int8")
+    model = int8.apply(create_model("cnn_tiny", data.num_classes, data.in_channels), int8.make_config(calibration_batches=2),
+                       Context(data, Budget(epochs=0.1)))
+    manifest = export_compressed(model, tmp_path / "int8", formats=("torchscript", "pt2", "onnx"), chain=["int8"],
+                                 configs={}, metrics={}, data=data, base={"source": "test"})
+    assert [(e["format"], e["check"]["passed"]) for e in manifest["formats"]] == [("torchscript", True), ("pt2", True), ("onnx", True)]
+    assert verify_export(tmp_path / "int8")["ok"]

@@ -1,0 +1,184 @@
+"""Charts and the meeting report, drawn from a small hand-made exploration record.
+
+The record has four methods: prune -> quantize -> early_exit -> int8 is the chain, early_exit ->
+prune was dropped to break a cycle, early_exit -> int8 is weak, prune / int8 is a tie and
+quantize / int8 is incompatible.
+"""
+from __future__ import annotations
+
+import html
+import io
+import math
+import re
+
+import pandas as pd
+import pytest
+from plotly.offline import get_plotlyjs
+
+from ordercomp import charts
+from ordercomp.report import meeting_report, results_csv
+
+METHODS = ["prune", "quantize", "early_exit", "int8"]
+CHAIN = ["prune", "quantize", "early_exit", "int8"]
+BASE = {"accuracy": 98.0, "params": 20000, "size_bytes": 80000.0, "macs": 1e6, "bitops": 1.024e9, "latency_ms_b1": 0.4,
+        "latency_ms_batch": 2.0, "peak_memory_bytes": 1e6, "exit_fractions": None}
+
+
+def metrics(chain, seed=0, latency=None) -> dict:
+    """Each method halves the BitOps and costs one accuracy point; seed 1 scores one point more."""
+    n = len(chain)
+    return BASE | {"accuracy": 98.0 - n + seed, "bitops": BASE["bitops"] / 2 ** n, "size_bytes": BASE["size_bytes"] / 2 ** n,
+                   "latency_ms_b1": latency, "latency_ms_batch": None, "peak_memory_bytes": None}
+
+
+def step(chain, seed=0, status="ok", latency=None) -> dict:
+    return {"chain": list(chain), "status": status, "reason": None if status == "ok" else "already quantised below 8 bits",
+            "metrics": metrics(chain, seed, latency) if status == "ok" else None, "seconds": 0.5, "seed": seed, "extra": {}}
+
+
+def outcome(first, second, mean_diff, *, winner=None, tie=False, weak=False, incompatible=None) -> dict:
+    return {"first": first, "second": second, "scores_first_then_second": [90.0, 91.0], "scores_second_then_first": [89.0, 90.0],
+            "higher_is_better": True, "mean_diff": mean_diff, "spread": 0.5, "winner": winner, "tie": tie,
+            "weak_evidence": weak, "incompatible": incompatible}
+
+
+def synthetic_record(*, latency=True) -> dict:
+    singles = [(m,) for m in METHODS]
+    pairs = [(a, b) for a in METHODS for b in METHODS if a != b]
+    steps = [step(c, seed, "incompatible" if c == ("quantize", "int8") else "ok") for seed in (0, 1) for c in singles + pairs]
+    chain_steps = [step(CHAIN[: i + 1], latency=0.1 * (4 - i) if latency else None) for i in range(len(CHAIN))]
+    return {
+        "spec": {"model": "cnn_tiny", "data": "digits", "methods": METHODS, "settings": {}, "objective": "accuracy", "weight": 1.0,
+                 "seeds": 2, "budget": {"epochs": 0.3, "lr": 0.002, "batch_size": 64, "weight_decay": 0.0}, "device": "cpu",
+                 "exhaustive": True, "repeat": None, "min_margin": 0.5, "architecture": None, "input_size": None, "min_methods": 2},
+        "base": {"source": "trained", "architecture": "cnn_tiny", "fingerprint": "0123456789abcdef"},
+        "base_metrics": BASE | {"latency_ms_b1": 0.4 if latency else None},
+        "steps": steps,
+        "outcomes": [outcome("prune", "quantize", 2.0, winner="prune"), outcome("prune", "early_exit", -0.8, winner="early_exit"),
+                     outcome("prune", "int8", 0.1, tie=True), outcome("quantize", "early_exit", 3.0, winner="quantize"),
+                     outcome("quantize", "int8", 0.0, incompatible="quantize -> int8: already quantised below 8 bits"),
+                     outcome("early_exit", "int8", 1.5, winner="early_exit", weak=True)],
+        "edges": [{"before": "prune", "after": "quantize", "margin": 2.0, "spread": 0.5, "weak": False},
+                  {"before": "quantize", "after": "early_exit", "margin": 3.0, "spread": 0.5, "weak": False},
+                  {"before": "early_exit", "after": "int8", "margin": 1.5, "spread": 0.5, "weak": True}],
+        "dropped_edges": [{"before": "early_exit", "after": "prune", "margin": 0.8}],
+        "valid_chains": [CHAIN], "chain": CHAIN, "chain_steps": chain_steps,
+        "applications": {"methods": 4, "seeds": 2, "pairwise_per_seed": 16, "exhaustive_per_seed": 64,
+                         "naive_exhaustive_per_seed": 88, "cache_hits": 0},
+        "exhaustive": {"orders": [{"chain": CHAIN, "score": 95.0}, {"chain": ["quantize", "prune", "early_exit", "int8"], "score": 94.0}],
+                       "rank": 1, "of": 2, "applications_pairwise": 32, "applications_exhaustive": 128, "cost_ratio": 4.0},
+        "repeat": None, "weak_pairs": 1, "seconds": 12.0,
+        "configs": {"prune": {"method": "prune", "version": 1, "ratio": 0.5, "importance": "l2"},
+                    "quantize": {"method": "quantize", "version": 1, "weight_bits": 8, "act_bits": 8},
+                    "early_exit": {"method": "early_exit", "version": 1, "threshold": 0.9, "head_lr": 0.05},
+                    "int8": {"method": "int8", "version": 1, "calibration_batches": 8}},
+    }
+
+
+@pytest.fixture(scope="module")
+def record() -> dict:
+    return synthetic_record()
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    df = pd.DataFrame({"bitops": [10, 20, 15, 5, 20, math.nan, 30], "accuracy": [90, 95, 85, 80, 95, 99, 94]})
+    assert charts.pareto_front(df, "bitops").tolist() == [True, True, False, True, True, False, False]
+
+
+def test_tradeoff_points_average_seeds_and_mark_kinds(record):
+    df = charts.tradeoff_points(record).set_index("label")
+    assert df.loc["prune -> quantize", "accuracy"] == pytest.approx(96.5)
+    assert df.loc["prune -> quantize", "seeds"] == 2 and df.loc["prune -> quantize", "split"] == "val"
+    assert "quantize -> int8" not in df.index
+    assert df["kind"].value_counts().to_dict() == {"pair": 11, "single": 4, "base": 1, "chain": 1}
+    final = df.loc["chain: prune -> quantize -> early_exit -> int8"]
+    assert final["kind"] == "chain" and final["split"] == "test" and final["latency_ms"] == pytest.approx(0.1)
+    assert "prune: ratio=0.5, importance=l2" in df.loc["prune -> quantize", "config"]
+
+
+def test_tradeoff_figure_is_log_scaled_with_a_frontier(record):
+    fig = charts.tradeoff_figure(record, "bitops")
+    assert [t.name for t in fig.data] == ["base", "single", "pair", "chain", "Pareto frontier"]
+    assert fig.layout.xaxis.type == "log" and "BitOps" in fig.layout.xaxis.title.text
+    assert fig.layout.yaxis.title.text == "Top-1 accuracy (%)" and fig.layout.title.text
+    frontier = fig.data[-1]
+    assert list(frontier.x) == sorted(frontier.x) and "customdata[3]" in frontier.hovertemplate
+    assert len(fig.layout.annotations) == 0
+
+
+def test_tradeoff_figure_notes_missing_latency_and_empty_state(record):
+    fig = charts.tradeoff_figure(record, "latency_ms")
+    assert [t.name for t in fig.data] == ["base", "chain", "Pareto frontier"]
+    assert "15 point(s) without a latency" in fig.layout.annotations[0].text
+    empty = charts.tradeoff_figure(synthetic_record(latency=False), "latency_ms")
+    assert len(empty.data) == 0 and "No point of this record" in empty.layout.annotations[0].text
+    with pytest.raises(ValueError, match="choose one of bitops, size_bytes, latency_ms"):
+        charts.tradeoff_figure(record, "flops")
+
+
+def test_chain_steps_figure_has_a_log_secondary_axis(record):
+    fig = charts.chain_steps_figure(record)
+    assert [t.name for t in fig.data] == ["accuracy (%)", "BitOps per image", "size (bytes)"]
+    assert list(fig.data[0].x) == ["base", "+ prune", "+ quantize", "+ early_exit", "+ int8"]
+    assert fig.layout.yaxis2.type == "log" and "log scale" in fig.layout.yaxis2.title.text
+    assert fig.layout.yaxis.title.text == "Top-1 accuracy (%)"
+
+
+def test_pair_matrix_orients_differences_and_marks_cells(record):
+    fig = charts.pair_matrix_figure(record)
+    heat = fig.data[0]
+    cell = lambda row, col: (heat.z[METHODS.index(row)][METHODS.index(col)], heat.text[METHODS.index(row)][METHODS.index(col)])
+    assert cell("prune", "quantize") == (2.0, "+2.00 ± 0.50<br>★ first")
+    assert cell("quantize", "prune")[0] == -2.0
+    assert cell("quantize", "int8") == (None, "incompatible") and cell("int8", "quantize") == (None, "incompatible")
+    assert cell("prune", "int8")[1].endswith("tie") and cell("early_exit", "int8")[1].endswith("★ first (weak)")
+    assert cell("prune", "prune")[1] == "—"
+
+
+def test_precedence_dot_shows_methods_dropped_edge_and_chain(record):
+    dot = charts.precedence_dot(record)
+    assert dot.startswith("digraph precedence {") and dot.endswith("}")
+    for name in METHODS:
+        assert f'"{name}"' in dot
+    for index, name in enumerate(CHAIN, 1):
+        assert f'label="{index}. {name}"' in dot
+    assert re.search(r'"early_exit" -> "prune" \[label="dropped \(0\.80\)", style=dotted, color="#e41a1c"', dot)
+    assert re.search(r'"prune" -> "quantize" \[label="2\.00", color="#d62728", penwidth=2\.5\]', dot)
+    assert re.search(r'"early_exit" -> "int8" \[label="1\.50 \(weak\)", style=dashed, color="#d62728"', dot)
+
+
+def test_precedence_figure_draws_the_same_graph(record):
+    fig = charts.precedence_figure(record)
+    assert [t.name for t in fig.data] == ["chain order", "dropped edge", "method"]
+    assert list(fig.data[-1].text) == ["1. prune", "2. quantize", "3. early_exit", "4. int8"]
+    labels = [a.text for a in fig.layout.annotations]
+    assert "dropped (0.80)" in labels and "1.50 (weak)" in labels
+
+
+def test_report_is_one_offline_html_file_with_the_headlines(record):
+    report = meeting_report(record)
+    assert report.startswith("<!DOCTYPE html>") and report.rstrip().endswith("</html>")
+    assert not re.search(r"<script[^>]*\ssrc=", report) and not re.search(r"<link[^>]*href=[\"']?https?:", report)
+    assert report.count(get_plotlyjs()) == 1
+    assert html.escape("prune -> quantize -> early_exit -> int8") in report
+    assert "16.0x" in report and "-4.00 pts" in report and "0.25x" in report
+    for title in ("Precedence graph", "Pair matrix", "Trade-offs", "Exhaustive ranking of every order", "Notes", "Run settings"):
+        assert f"<h2>{title}</h2>" in report
+    assert "dropped to break a cycle" in report and "weak evidence (early_exit / int8)" in report
+    assert "quantize / int8 could not be compared" in report
+
+
+def test_report_of_a_chain_that_stopped_early():
+    record = synthetic_record()
+    record["chain_steps"][-1] = step(CHAIN, status="incompatible")
+    record["exhaustive"] = None
+    report = meeting_report(record)
+    assert "Figures after prune -&gt; quantize -&gt; early_exit: the chain stopped early" in report
+    assert "8.0x" in report and "-3.00 pts" in report and "Exhaustive ranking" not in report
+    assert "The chain stopped at prune -&gt; quantize -&gt; early_exit -&gt; int8 (incompatible" in report
+
+
+def test_results_csv_is_the_steps_table(record):
+    table = pd.read_csv(io.BytesIO(results_csv(record)))
+    assert len(table) == len(record["steps"]) and list(table.columns[:3]) == ["chain", "seed", "status"]
+    assert (table["status"] == "incompatible").sum() == 2

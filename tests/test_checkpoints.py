@@ -1,0 +1,90 @@
+"""Loading user models: state dicts and safetensors load; pickles, corrupt files and mismatches are refused."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ordercomp.checkpoints import CheckpointError, list_samples, load_program, load_sample, resolve_model, sample_card
+from ordercomp.metrics import measure
+from ordercomp.zoo import create_model
+
+
+class Payload:
+    """Unpickling this would create a marker file: the loader must never do it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_samples_ship_with_cards_and_reach_their_stated_accuracy(digits):
+    assert {"digits_cnn", "digits_resnet"} <= set(list_samples())
+    for name in list_samples():
+        card = sample_card(name)
+        model = load_sample(name)
+        accuracy = measure(model, digits, "test", latency=False).accuracy
+        assert accuracy == pytest.approx(card["metrics"]["test_accuracy"], abs=0.01)
+        assert accuracy > 95
+
+
+def test_state_dict_and_safetensors_load_into_the_named_architecture(tmp_path, digits, tiny_model):
+    torch.save(tiny_model.state_dict(), tmp_path / "m.pt")
+    save_file(tiny_model.state_dict(), str(tmp_path / "m.safetensors"))
+    for name in ("m.pt", "m.safetensors"):
+        model, source = resolve_model(str(tmp_path / name), digits, architecture="cnn_tiny")
+        assert source["source"] == "checkpoint"
+        x = digits.test.tensors[0][:8]
+        assert torch.allclose(model(x), tiny_model.eval()(x))
+
+
+def test_a_pickled_module_is_refused_without_running_it(tmp_path, digits):
+    marker = tmp_path / "pwned"
+    torch.save({"weight": Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="holds more than tensors"):
+        resolve_model(str(tmp_path / "evil.pt"), digits, architecture="cnn_tiny")
+    assert not marker.exists()
+    torch.save(create_model("cnn_tiny"), tmp_path / "module.pt")
+    with pytest.raises(CheckpointError, match="state_dict"):
+        resolve_model(str(tmp_path / "module.pt"), digits, architecture="cnn_tiny")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors", ".pt2"])
+def test_corrupt_files_give_one_line_errors(tmp_path, digits, suffix):
+    path = tmp_path / f"broken{suffix}"
+    path.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(CheckpointError) as error:
+        resolve_model(str(path), digits, architecture="cnn_tiny")
+    assert "\n" not in str(error.value) and path.name in str(error.value)
+
+
+def test_mismatching_keys_and_shapes_name_the_problem(tmp_path, digits, tiny_model):
+    torch.save(tiny_model.state_dict(), tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="missing keys"):
+        resolve_model(str(tmp_path / "m.pt"), digits, architecture="resnet_mini")
+    torch.save(create_model("cnn_tiny", num_classes=7).state_dict(), tmp_path / "seven.pt")
+    with pytest.raises(CheckpointError, match="has shape"):
+        resolve_model(str(tmp_path / "seven.pt"), digits, architecture="cnn_tiny")
+    with pytest.raises(CheckpointError, match="--arch"):
+        resolve_model(str(tmp_path / "m.pt"), digits)
+
+
+def test_missing_and_unknown_models_are_explained(digits):
+    with pytest.raises(CheckpointError, match="neither a sample"):
+        resolve_model("/no/such/model.pt", digits)
+
+
+def test_exported_programs_load_back(tmp_path, digits, tiny_model):
+    x = digits.test.tensors[0][:4]
+    torch.export.save(torch.export.export(tiny_model.eval(), (x,)), str(tmp_path / "m.pt2"))
+    torch.jit.trace(tiny_model.eval(), x).save(str(tmp_path / "m.ts"))
+    for name in ("m.pt2", "m.ts"):
+        model, source = resolve_model(str(tmp_path / name), digits)
+        assert source["source"] == "program"
+        assert torch.allclose(model(x), tiny_model(x), atol=1e-5)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_program(tmp_path / "absent.pt2")
