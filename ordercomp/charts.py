@@ -14,9 +14,12 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 KIND_COLOURS = {"base": "#444444", "single": "#1f77b4", "pair": "#ff7f0e", "exhaustive": "#9467bd", "chain": "#d62728"}
-AXES = {"bitops": "BitOps per image", "size_bytes": "Model size (bytes)", "latency_ms": "Latency at batch 1 (ms)"}
+# trade-off axis -> (what it measures, axis title with units, hover format)
+AXES = {"bitops": ("BitOps", "BitOps per image", "%{x:.3s}"), "size_bytes": ("model size", "Model size (bytes)", "%{x:.3s}B"),
+        "latency_ms": ("latency", "Latency at batch 1 (ms)", "%{x:.3f} ms")}
 METRIC_COLUMNS = {"accuracy": "accuracy", "bitops": "bitops", "size_bytes": "size_bytes", "latency_ms": "latency_ms_b1"}
 OBJECTIVE_UNITS = {"accuracy": "accuracy points", "bitops": "BitOps", "latency": "ms", "weighted": "score"}
+HOVER_COLUMNS = ["label", "split", "seeds", "config"]
 CHAIN_COLOUR, DROPPED_COLOUR, EDGE_COLOUR = "#d62728", "#e41a1c", "#555555"
 
 
@@ -86,8 +89,8 @@ def pareto_front(df: pd.DataFrame, x: str, y: str = "accuracy") -> pd.Series:
 
 
 def _hover(x: str) -> str:
-    value = "%{x:.3s}" if x != "latency_ms" else "%{x:.3f} ms"
-    return (f"<b>%{{customdata[0]}}</b><br>accuracy %{{y:.2f}}%<br>{AXES[x]}: {value}<br>"
+    name, _, value = AXES[x]
+    return (f"<b>%{{customdata[0]}}</b><br>accuracy %{{y:.2f}}%<br>{name}: {value}<br>"
             "%{customdata[1]} split, %{customdata[2]} seed(s)<br>%{customdata[3]}<extra>%{fullData.name}</extra>")
 
 
@@ -98,31 +101,37 @@ def tradeoff_figure(record: dict, x: str = "bitops") -> go.Figure:
     df = tradeoff_points(record)
     shown = df.dropna(subset=[x, "accuracy"])
     shown = shown[shown[x] > 0]
-    fig = go.Figure()
-    for kind, colour in KIND_COLOURS.items():
-        part = shown[shown["kind"] == kind]
-        if len(part):
-            fig.add_trace(go.Scatter(x=part[x], y=part["accuracy"], mode="markers", name=kind,
-                                     marker={"color": colour, "size": 14 if kind in ("base", "chain") else 9,
-                                             "symbol": "star" if kind == "chain" else "circle"},
-                                     customdata=part[["label", "split", "seeds", "config"]].values, hovertemplate=_hover(x)))
-    front = shown[pareto_front(shown, x)].sort_values(x)
-    if len(front):
-        fig.add_trace(go.Scatter(x=front[x], y=front["accuracy"], mode="lines+markers", name="Pareto frontier",
-                                 line={"color": "#2ca02c", "dash": "dash"}, marker={"symbol": "circle-open", "size": 18, "color": "#2ca02c"},
-                                 customdata=front[["label", "split", "seeds", "config"]].values, hovertemplate=_hover(x)))
-    fig.update_layout(title=f"Accuracy against {AXES[x].split(' (')[0].lower()}", legend_title_text="point",
-                      xaxis_title=f"{AXES[x]}, log scale", yaxis_title="Top-1 accuracy (%)", template="plotly_white")
+    fig = go.Figure(_point_traces(shown, x))
+    fig.update_layout(title=f"Accuracy against {AXES[x][0]}", legend_title_text="point",
+                      xaxis_title=f"{AXES[x][1]}, log scale", yaxis_title="Top-1 accuracy (%)", template="plotly_white")
     fig.update_xaxes(type="log")
     _note_missing(fig, len(df) - len(shown), len(shown), x)
     return fig
 
 
+def _point_traces(shown: pd.DataFrame, x: str) -> list[go.Scatter]:
+    """One marker trace per kind of point, then the Pareto frontier as a line through its points."""
+    template = _hover(x)
+    traces = []
+    for kind, colour in KIND_COLOURS.items():
+        part = shown["kind"] == kind
+        if part.any():
+            marker = {"color": colour, "size": 14 if kind in ("base", "chain") else 9, "symbol": "star" if kind == "chain" else "circle"}
+            traces.append(go.Scatter(x=shown.loc[part, x], y=shown.loc[part, "accuracy"], mode="markers", name=kind, marker=marker,
+                                     customdata=shown.loc[part, HOVER_COLUMNS].values, hovertemplate=template))
+    front = shown[pareto_front(shown, x)].sort_values(x)
+    if len(front):
+        traces.append(go.Scatter(x=front[x], y=front["accuracy"], mode="lines+markers", name="Pareto frontier",
+                                 line={"color": "#2ca02c", "dash": "dash"}, marker={"symbol": "circle-open", "size": 18, "color": "#2ca02c"},
+                                 customdata=front[HOVER_COLUMNS].values, hovertemplate=template))
+    return traces
+
+
 def _note_missing(fig: go.Figure, missing: int, shown: int, x: str) -> None:
     if shown == 0:
-        text = f"No point of this record has a {AXES[x].lower()} measurement; choose another axis."
+        text = f"No point of this record has a {AXES[x][0]} measurement; choose another axis."
     elif missing:
-        text = f"{missing} point(s) without a {AXES[x].split(' (')[0].lower()} measurement are not shown."
+        text = f"{missing} point(s) without a {AXES[x][0]} measurement are not shown."
     else:
         return
     fig.add_annotation(text=text, xref="paper", yref="paper", x=0.5, y=0.5 if shown == 0 else -0.18,
@@ -161,8 +170,14 @@ def _pair_cells(record: dict) -> dict[tuple[str, str], tuple[float | None, str]]
         for first, second, diff in ((a, b, o["mean_diff"]), (b, a, -o["mean_diff"])):
             verdict = "tie" if o["tie"] else ("★ first" if o["winner"] == first else "")
             notes = f"{verdict}{weak}".strip()
-            cells[first, second] = (diff, f"{diff:+.2f} ± {o['spread']:.2f}" + (f"<br>{notes}" if notes else ""))
+            cells[first, second] = (diff, f"{_number(diff, signed=True)} ± {_number(o['spread'])}" + (f"<br>{notes}" if notes else ""))
     return cells
+
+
+def _number(value: float, signed: bool = False) -> str:
+    """Two decimals for accuracy-sized numbers, three significant digits for BitOps-sized ones."""
+    sign = "+" if signed else ""
+    return f"{value:{sign}.2f}" if abs(value) < 1000 else f"{value:{sign}.3g}"
 
 
 def pair_matrix_figure(record: dict) -> go.Figure:
@@ -192,41 +207,39 @@ def chain_links(record: dict) -> set[tuple[str, str]]:
 
 def precedence_dot(record: dict) -> str:
     """Graphviz DOT of the precedence graph: kept edges with margins, dropped edges, the chain in order."""
-    chain, links = record["chain"], chain_links(record)
     lines = ["digraph precedence {", "  rankdir=LR;", '  node [shape=box, style="rounded,filled", fillcolor="#f2f2f2", fontname="Helvetica"];',
              '  edge [fontname="Helvetica", fontsize=10];']
-    for name in record["spec"]["methods"]:
-        if name in chain:
-            lines.append(f'  {_quote(name)} [label={_quote(f"{chain.index(name) + 1}. {name}")}, fillcolor="#fde0dd", '
-                         f'color="{CHAIN_COLOUR}", penwidth=2.5];')
-        else:
-            lines.append(f"  {_quote(name)};")
-    for edge in record["edges"]:
-        pair = (edge["before"], edge["after"])
-        style = ["style=dashed"] if edge.get("weak") else []
-        style += [f'color="{CHAIN_COLOUR}"', "penwidth=2.5"] if pair in links else [f'color="{EDGE_COLOUR}"']
-        weak = " (weak)" if edge.get("weak") else ""
-        lines.append(f'  {_quote(pair[0])} -> {_quote(pair[1])} [label="{edge["margin"]:.2f}{weak}", {", ".join(style)}];')
-    for edge in record["dropped_edges"]:
-        lines.append(f'  {_quote(edge["before"])} -> {_quote(edge["after"])} [label="dropped ({edge["margin"]:.2f})", '
-                     f'style=dotted, color="{DROPPED_COLOUR}", fontcolor="{DROPPED_COLOUR}"];')
-    kept = {(e["before"], e["after"]) for e in record["edges"]}
-    for before, after in sorted(links - kept):
-        lines.append(f'  {_quote(before)} -> {_quote(after)} [label="chain", style=bold, color="{CHAIN_COLOUR}", fontcolor="{CHAIN_COLOUR}"];')
-    lines.append("}")
-    return "\n".join(lines)
+    lines += [_dot_node(name, record["chain"]) for name in record["spec"]["methods"]]
+    lines += [_dot_edge(group, *edge) for group, edges in edge_groups(record).items() for edge in edges]
+    return "\n".join(lines + ["}"])
 
 
-def _edge_groups(record: dict) -> dict[str, list[tuple[str, str, str]]]:
-    """Edges by how they are drawn: (before, after, label) for chain, kept, weak and dropped edges."""
+def _dot_node(name: str, chain: list[str]) -> str:
+    if name not in chain:
+        return f"  {_quote(name)};"
+    return f'  {_quote(name)} [label={_quote(f"{chain.index(name) + 1}. {name}")}, fillcolor="#fde0dd", color="{CHAIN_COLOUR}", penwidth=2.5];'
+
+
+DOT_EDGE_STYLES = {"chain order": f'color="{CHAIN_COLOUR}", fontcolor="{CHAIN_COLOUR}", penwidth=2.5',
+                   "kept edge": f'color="{EDGE_COLOUR}"', "weak edge": f'style=dashed, color="{EDGE_COLOUR}"',
+                   "dropped edge": f'style=dotted, color="{DROPPED_COLOUR}", fontcolor="{DROPPED_COLOUR}"'}
+
+
+def _dot_edge(group: str, before: str, after: str, label: str, weak: bool) -> str:
+    dashed = "style=dashed, " if weak and group == "chain order" else ""
+    return f"  {_quote(before)} -> {_quote(after)} [label={_quote(label)}, {dashed}{DOT_EDGE_STYLES[group]}];"
+
+
+def edge_groups(record: dict) -> dict[str, list[tuple[str, str, str, bool]]]:
+    """(before, after, label, weak) of every edge, by how it is drawn: chain order, kept, weak or dropped."""
     links, groups = chain_links(record), {"chain order": [], "kept edge": [], "weak edge": [], "dropped edge": []}
     for edge in record["edges"]:
-        pair, label = (edge["before"], edge["after"]), f"{edge['margin']:.2f}"
-        group = "chain order" if pair in links else ("weak edge" if edge.get("weak") else "kept edge")
-        groups[group].append((*pair, label))
+        pair, weak = (edge["before"], edge["after"]), bool(edge.get("weak"))
+        group = "chain order" if pair in links else ("weak edge" if weak else "kept edge")
+        groups[group].append((*pair, f"{edge['margin']:.2f}" + (" (weak)" if weak else ""), weak))
     kept = {(e["before"], e["after"]) for e in record["edges"]}
-    groups["chain order"] += [(a, b, "chain") for a, b in sorted(links - kept)]
-    groups["dropped edge"] = [(e["before"], e["after"], f"dropped ({e['margin']:.2f})") for e in record["dropped_edges"]]
+    groups["chain order"] += [(a, b, "chain", False) for a, b in sorted(links - kept)]
+    groups["dropped edge"] = [(e["before"], e["after"], f"dropped ({e['margin']:.2f})", False) for e in record["dropped_edges"]]
     return groups
 
 
@@ -241,7 +254,7 @@ def precedence_figure(record: dict) -> go.Figure:
     graph.add_nodes_from(chain + [m for m in methods if m not in chain])
     position = nx.circular_layout(graph)
     fig = go.Figure()
-    for group, edges in _edge_groups(record).items():
+    for group, edges in edge_groups(record).items():
         if edges:
             _draw_edges(fig, group, edges, position)
     names = list(graph.nodes)
@@ -257,7 +270,7 @@ def precedence_figure(record: dict) -> go.Figure:
 
 def _draw_edges(fig: go.Figure, group: str, edges, position) -> None:
     xs, ys = [], []
-    for before, after, label in edges:
+    for before, after, label, _ in edges:
         (x0, y0), (x1, y1) = position[before], position[after]
         xs += [x0, x1, None]
         ys += [y0, y1, None]

@@ -120,8 +120,8 @@ PROGRAM_FORMATS = ("torchscript", "pt2", "onnx")
 
 
 def one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
 
 
 def check_formats(formats) -> list[str]:

@@ -144,27 +144,40 @@ def _tradeoff_sections(record: dict) -> str:
     return "".join(_figure(charts.tradeoff_figure(record, x)) for x in axes)
 
 
-def meeting_report(record: dict) -> str:
-    """The whole report as one HTML string."""
-    chain = charts.arrow(record["chain"]) or "(no chain)"
+def _summary(record: dict) -> str:
+    """Title, the recommended chain in big text and the headline figures."""
+    spec, chain, figures = record["spec"], charts.arrow(record["chain"]), headline_figures(record)
+    parts = [f"<h1>Order of compression: {html.escape(spec['model'])} on {html.escape(spec['data'])}</h1>",
+             '<p class="muted">Recommended order of compression methods</p>', f'<div class="chain">{html.escape(chain)}</div>',
+             _headline_cards(figures)]
+    if figures["measured_chain"] != list(record["chain"]):
+        measured = charts.arrow(figures["measured_chain"]) or "no step"
+        parts.append(f'<p class="muted">Figures after {html.escape(measured)}: the chain stopped early (see the notes).</p>')
+    return "\n".join(parts)
+
+
+def _tables(record: dict) -> list[str]:
     tables = [_section("Pair outcomes", _table(pairs_table(record["outcomes"]))),
               _section("The chain applied to the base (test split)", _table(chain_table(record["base_metrics"], record["chain_steps"])))]
     ranking = exhaustive_table(record)
     if ranking is not None:
         tables.append(_section("Exhaustive ranking of every order", _table(ranking)))
-    tables.append(_section("Every step of the exploration (validation split)",
-                           f"<details><summary>{len(record['steps'])} steps</summary>{_table(steps_table(record['steps']))}</details>"))
+    steps = f"<details><summary>{len(record['steps'])} steps</summary>{_table(steps_table(record['steps']))}</details>"
+    return tables + [_section("Every step of the exploration (validation split)", steps)]
+
+
+def meeting_report(record: dict) -> str:
+    """The whole report as one HTML string."""
     note_items = "".join(f"<li>{html.escape(item)}</li>" for item in notes(record)) or "<li>No caveats.</li>"
-    body = [f"<h1>Order of compression: {html.escape(record['spec']['model'])} on {html.escape(record['spec']['data'])}</h1>",
-            '<p class="muted">Recommended order of compression methods</p>', f'<div class="chain">{html.escape(chain)}</div>',
-            _headline_cards(headline_figures(record)),
+    body = [_summary(record),
             _section("Precedence graph", _figure(charts.precedence_figure(record))),
             _section("Pair matrix", _figure(charts.pair_matrix_figure(record))),
             _section("Trade-offs", _tradeoff_sections(record)),
             _section("The chain step by step", _figure(charts.chain_steps_figure(record))),
-            *tables, _section("Notes", f'<ul class="notes">{note_items}</ul>'),
+            *_tables(record), _section("Notes", f'<ul class="notes">{note_items}</ul>'),
             _section("Run settings", _table(run_settings(record)))]
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Order of compression: {html.escape(chain)}</title>"
+    title = html.escape(charts.arrow(record["chain"]))
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Order of compression: {title}</title>"
             f"<style>{STYLE}</style><script type=\"text/javascript\">{get_plotlyjs()}</script></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")
 

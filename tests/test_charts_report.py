@@ -143,7 +143,7 @@ def test_precedence_dot_shows_methods_dropped_edge_and_chain(record):
     for index, name in enumerate(CHAIN, 1):
         assert f'label="{index}. {name}"' in dot
     assert re.search(r'"early_exit" -> "prune" \[label="dropped \(0\.80\)", style=dotted, color="#e41a1c"', dot)
-    assert re.search(r'"prune" -> "quantize" \[label="2\.00", color="#d62728", penwidth=2\.5\]', dot)
+    assert re.search(r'"prune" -> "quantize" \[label="2\.00", color="#d62728", fontcolor="#d62728", penwidth=2\.5\]', dot)
     assert re.search(r'"early_exit" -> "int8" \[label="1\.50 \(weak\)", style=dashed, color="#d62728"', dot)
 
 

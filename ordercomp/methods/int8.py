@@ -3,7 +3,7 @@
 Each part of a staged model (stem, every stage, every exit head, the head) is exported with
 torch.export, observed on calibration batches and converted, so the model keeps its stage
 boundaries (early exits still work). Weights and activations become int8; `compile_int8` runs the
-converted parts through Inductor with freezing so the int8 kernels actually execute.
+model through Inductor with freezing so the int8 kernels actually execute.
 After int8 the weights are no longer trainable: methods that fine-tune report `incompatible`.
 """
 from __future__ import annotations
@@ -120,29 +120,13 @@ def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
 
 
 def compile_int8(model: nn.Module) -> nn.Module:
-    """Compile every converted part with Inductor freezing, in place, so int8 kernels run."""
+    """The model compiled by Inductor with freezing, which lowers pt2e's quantise/dequantise
+    patterns to real int8 kernels. Shapes are static: this torch release's int8 conv lowering
+    rejects the strides of a dynamic batch dimension (each new batch size compiles once)."""
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
-    for name in _parts(model):
-        part = model.get_submodule(name)
-        if getattr(part, "weight_bits", None) == 8 and isinstance(part, torch.fx.GraphModule):
-            compiled = torch.compile(part)
-            replace_module(model, name, _Compiled(compiled))
-    return model
-
-
-class _Compiled(nn.Module):
-    """Holds a compiled int8 part; keeps the bit annotation for metrics."""
-
-    weight_bits, act_bits = 8, 8
-
-    def __init__(self, compiled):
-        super().__init__()
-        self.compiled = compiled
-
-    def forward(self, x):
-        return self.compiled(x)
+    return torch.compile(model.eval(), dynamic=False)
 
 
 METHOD = Method("int8", "Int8 post-training quantization", Int8Config, apply, "calibration_batches",

@@ -1,0 +1,29 @@
+"""Promises of the package layout that users and the dashboard rely on."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from ordercomp.methods.registry import METHODS
+
+
+def test_the_order_core_and_the_job_store_import_without_torch():
+    code = "import sys, ordercomp.order, ordercomp.jobs.store; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+
+
+def test_every_registered_method_has_a_strength_field_with_a_default():
+    for method in METHODS.values():
+        assert hasattr(method.default_config(), method.strength)
+        assert method.title and method.summary
+
+
+def test_readme_test_command_is_what_ci_runs():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme_commands = [line for line in (root / "README.md").read_text().splitlines() if line.startswith("scripts/setup")]
+    assert len(readme_commands) >= 2
+    test_command = readme_commands[1].split("#")[0].strip()
+    assert test_command in (root / ".ci" / "run").read_text()
