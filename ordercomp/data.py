@@ -69,12 +69,30 @@ def load_data(spec: str = "digits", *, input_size: int | None = None, limit: int
         raise DataError(f"input size {input_size} is out of range: use 4..512 pixels")
     if spec == "digits":
         return _digits(input_size or DEFAULT_INPUT_SIZE)
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise DataError(f"data path {path} does not exist: give 'digits', a CIFAR-10/100 folder or an ImageFolder tree")
-    if _cifar_kind(path):
+    kind, path = check_layout(spec)
+    if kind != "imagefolder":
         return _cifar(path, input_size or 32, limit)
     return _image_folder(path, input_size or 32, limit)
+
+
+def check_layout(spec: str) -> tuple[str, Path]:
+    """('cifar10' | 'cifar100' | 'imagefolder', folder) for a dataset path, checked without loading images."""
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data path {path} does not exist or is not a folder: give 'digits', a CIFAR-10/100 folder or an ImageFolder tree")
+    kind = _cifar_kind(path)
+    if kind:
+        return kind, path
+    if len(_class_folders(path)) < 2:
+        raise DataError(
+            f"{path} is not an ImageFolder tree: expected one sub-folder per class (at least 2) "
+            "holding images, e.g. root/cat/1.png, root/dog/2.png; or a CIFAR folder holding cifar-10-batches-py/"
+        )
+    return "imagefolder", path
+
+
+def _class_folders(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.rglob("*")))
 
 
 def _digits(input_size: int) -> DataBundle:
@@ -151,12 +169,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 def _image_folder(path: Path, input_size: int, limit: int | None) -> DataBundle:
     from PIL import Image, UnidentifiedImageError
 
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and _images_in(p))
-    if len(classes) < 2:
-        raise DataError(
-            f"{path} is not an ImageFolder tree: expected one sub-folder per class (at least 2) "
-            "holding images, e.g. root/cat/1.png, root/dog/2.png"
-        )
+    classes = _class_folders(path)
     images, labels = [], []
     for label, name in enumerate(classes):
         for file in _images_in(path / name)[: limit // len(classes) if limit else None]:

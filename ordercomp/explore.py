@@ -30,6 +30,44 @@ BASE_BUDGET = Budget(epochs=20, lr=3e-3)
 Events = Callable[[dict], None]
 
 
+def resolve_device(device: str) -> torch.device:
+    """'auto' is CUDA when present, else the CPU; asking for CUDA without a GPU is an error."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
+    return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def prepare_base(model: str = "digits_cnn", data: str = "digits", *, architecture: str | None = None,
+                 input_size: int | None = None, device: str = "auto", cache_dir=None, events: Events | None = None,
+                 bundle: DataBundle | None = None) -> tuple[nn.Module, dict, DataBundle]:
+    """The base model (a sample, a checkpoint, or a zoo architecture trained once per cache), where it
+    came from, and the data it works on."""
+    events = events or (lambda event: None)
+    bundle = bundle or load_data(data, input_size=input_size)
+    target = resolve_device(device)
+    cache = StepCache(cache_dir)
+    events({"kind": "stage", "stage": "base", "label": "preparing the base model"})
+    trainer = lambda untrained: _train_base(untrained, bundle, target, cache, events)
+    base, source = resolve_model(model, bundle, architecture=architecture, train_base=trainer)
+    return base.to(target).eval(), source, bundle
+
+
+def _train_base(model: nn.Module, data: DataBundle, device: torch.device, cache: StepCache, events: Events) -> nn.Module:
+    """Train a zoo architecture once per (initial weights, data, budget); later runs reuse the weights."""
+    key = content_key(init=state_fingerprint(model), data=data.fingerprint(), budget=BASE_BUDGET.to_dict())
+    saved = cache.folder / f"base-{key}.safetensors" if cache.folder else None
+    if saved and saved.exists():
+        model.load_state_dict(read_state_dict(saved))
+        return model
+    progress = lambda label, fraction: events({"kind": "progress", "label": "train base", "fraction": fraction})
+    train(model, data, BASE_BUDGET, seed=0, device=device, progress=progress)
+    if saved:
+        save_state_atomically(model, saved)
+    return model
+
+
 @dataclass
 class ExploreSpec:
     """Everything an exploration depends on; JSON-serialisable."""
@@ -48,11 +86,10 @@ class ExploreSpec:
     min_margin: float = 0.5
     architecture: str | None = None
     input_size: int | None = None
-    min_methods: int = 2
 
     def __post_init__(self):
         self.methods = tuple(self.methods)
-        if len(self.methods) < self.min_methods or len(set(self.methods)) != len(self.methods):
+        if len(self.methods) < 2 or len(set(self.methods)) != len(self.methods):
             raise ValueError("choose at least two different methods to compare orders")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
@@ -62,10 +99,7 @@ class ExploreSpec:
             raise ValueError(f"exhaustive mode takes at most {order.MAX_EXHAUSTIVE_METHODS} methods")
         if self.repeat is not None and self.repeat not in self.methods:
             raise ValueError(f"--repeat {self.repeat} must be one of the chosen methods")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
+        resolve_device(self.device)
         make_configs(self.methods, self.settings)
 
     def to_dict(self) -> dict:
@@ -80,7 +114,7 @@ class ExploreSpec:
         return cls(**record)
 
     def torch_device(self) -> torch.device:
-        return torch.device("cuda" if self.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+        return resolve_device(self.device)
 
 
 @dataclass
@@ -127,28 +161,18 @@ class Explorer:
 
     def __init__(self, spec: ExploreSpec, *, cache_dir=None, events: Events | None = None, data: DataBundle | None = None):
         self.spec, self.events = spec, events or (lambda event: None)
+        self._deepest = len(spec.methods)
         self.device = spec.torch_device()
         self.data = data or load_data(spec.data, input_size=spec.input_size)
         self.cache = StepCache(cache_dir)
+        self.data_fingerprint = self.data.fingerprint()
         self.configs = make_configs(spec.methods, spec.settings)
         self.config_dicts = {name: config_to_dict(name, c) for name, c in self.configs.items()}
 
     def load_base(self) -> tuple[nn.Module, dict]:
-        self.events({"kind": "stage", "stage": "base", "label": "preparing the base model"})
-        return resolve_model(self.spec.model, self.data, architecture=self.spec.architecture, train_base=self._train_base)
-
-    def _train_base(self, model: nn.Module) -> nn.Module:
-        """Train a zoo architecture once per (architecture, data, budget); later runs reuse the weights."""
-        key = content_key(init=state_fingerprint(model), data=self.data.fingerprint(), budget=BASE_BUDGET.to_dict())
-        saved = self.cache.folder / f"base-{key}.safetensors" if self.cache.folder else None
-        if saved and saved.exists():
-            model.load_state_dict(read_state_dict(saved))
-            return model.to(self.device).eval()
-        progress = lambda label, fraction: self.events({"kind": "progress", "label": "train base", "fraction": fraction})
-        train(model, self.data, BASE_BUDGET, seed=0, device=self.device, progress=progress)
-        if saved:
-            save_state_atomically(model, saved)
-        return model
+        base, source, _ = prepare_base(self.spec.model, architecture=self.spec.architecture, device=self.spec.device,
+                                       cache_dir=self.cache.folder, events=self.events, bundle=self.data)
+        return base, source
 
     def run_plan(self, base: nn.Module, plan: list[tuple[str, ...]]) -> list[StepResult]:
         """Every chain of `plan` for every seed. Models stay in memory for their children; a cached
@@ -165,7 +189,7 @@ class Explorer:
         return results
 
     def _step(self, chain, seed, fingerprint, models) -> StepResult:
-        key = step_key(fingerprint, self.data.fingerprint(), chain, self.config_dicts, seed, self.spec.budget.to_dict(), "val")
+        key = step_key(fingerprint, self.data_fingerprint, chain, self.config_dicts, seed, self.spec.budget.to_dict(), "val")
         cached = self.cache.get(key)
         if cached is not None:
             return cached
@@ -173,7 +197,8 @@ class Explorer:
         if parent is None:
             return StepResult(chain, "incompatible", f"{' -> '.join(chain[:-1])} could not be applied", seed=seed)
         model, result = run_step(parent, chain, self.configs, self._context(seed, chain), latency=self.spec.objective == "latency")
-        models[chain] = model
+        if len(chain) < self._deepest:
+            models[chain] = model
         self.cache.put(key, result)
         return result
 
@@ -193,6 +218,7 @@ class Explorer:
         base, source = self.load_base()
         base_val = measure(base, self.data, "val", device=self.device, latency=False).to_dict()
         plan = order.exhaustive_plan(self.spec.methods) if self.spec.exhaustive else order.pairwise_plan(self.spec.methods)
+        self._deepest = max(len(chain) for chain in plan)
         steps = self.run_plan(base, plan)
         outcomes = self.decide(steps, base_val["bitops"])
         graph = order.precedence_graph(list(self.spec.methods), outcomes)
@@ -286,20 +312,22 @@ class Compressed:
 
 def compress(model: str = "digits_cnn", data: str = "digits", chain=DEFAULT_METHODS, *, settings=None,
              budget: Budget | None = None, device: str = "auto", architecture: str | None = None,
-             input_size: int | None = None, seed: int = 0, events: Events | None = None) -> Compressed:
+             input_size: int | None = None, seed: int = 0, cache_dir=None, events: Events | None = None) -> Compressed:
     """Apply `chain` to the base model and measure every step on the test split."""
     chain = list(chain)
     if not chain:
         raise ValueError("the chain is empty: name at least one method")
-    spec = ExploreSpec(model=model, data=data, methods=tuple(dict.fromkeys(chain)), settings=settings or {},
-                       budget=budget or Budget(), device=device, architecture=architecture, input_size=input_size,
-                       min_methods=1)
-    explorer = Explorer(spec, events=events)
-    base, source = explorer.load_base()
-    base_metrics = measure(base, explorer.data, "test", device=explorer.device).to_dict()
-    final, steps = apply_chain(base, chain, explorer.configs, explorer._context(seed, chain), latency=True,
-                               on_step=lambda s: explorer.events({"kind": "step", "result": s.to_dict(), "done": len(s.chain), "total": len(chain)}))
-    return Compressed(final, steps, base_metrics, explorer.config_dicts, explorer.data, source)
+    configs = make_configs(list(dict.fromkeys(chain)), settings)
+    events = events or (lambda event: None)
+    base, source, bundle = prepare_base(model, data, architecture=architecture, input_size=input_size, device=device,
+                                        cache_dir=cache_dir, events=events)
+    target = resolve_device(device)
+    base_metrics = measure(base, bundle, "test", device=target).to_dict()
+    progress = lambda label, fraction: events({"kind": "progress", "label": label, "fraction": fraction, "seed": seed})
+    context = Context(bundle, budget or Budget(), seed, target, progress)
+    report = lambda step: events({"kind": "step", "result": step.to_dict(), "done": len(step.chain), "total": len(chain)})
+    final, steps = apply_chain(base, chain, configs, context, latency=True, on_step=report)
+    return Compressed(final, steps, base_metrics, {name: config_to_dict(name, c) for name, c in configs.items()}, bundle, source)
 
 
 def explore(spec: ExploreSpec | None = None, *, cache_dir=".ordercomp/cache", events: Events | None = None) -> Exploration:

@@ -23,7 +23,7 @@ LossFn = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor
 class Budget:
     """The fine-tuning budget every compression step gets."""
 
-    epochs: float = 3.0
+    epochs: float = 5.0
     lr: float = 2e-3
     batch_size: int = 64
     weight_decay: float = 0.0

@@ -16,7 +16,7 @@ from ordercomp.explore import compress
 from ordercomp.export import export_compressed, export_zip, verify_export
 from ordercomp.methods.base import Context
 from ordercomp.methods.early_exit import EarlyExitNet
-from ordercomp.methods.registry import get_method
+from ordercomp.methods.registry import METHODS, get_method
 from ordercomp.train import Budget
 from ordercomp.zoo import create_model
 
@@ -54,7 +54,7 @@ def test_every_format_is_written_with_its_checksum(exported, compressed):
     assert [e["format"] for e in manifest["formats"]] == ["torchscript", "pt2", "onnx", "state_dict"]
     assert all("error" not in e for e in manifest["formats"])
     assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(manifest, default=str))
-    assert manifest["chain"] == CHAIN and manifest["configs"]["quantize"]["weight_bits"] == 8
+    assert manifest["chain"] == CHAIN and manifest["configs"]["quantize"]["weight_bits"] == METHODS["quantize"].default_config().weight_bits
     assert manifest["data"] == compressed.data.describe() and manifest["input_shape"] == ["batch", 1, compressed.data.input_size, compressed.data.input_size]
     assert manifest["torch_version"] == torch.__version__ and manifest["metrics"]["accuracy"] > 0
 

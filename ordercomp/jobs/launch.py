@@ -1,4 +1,4 @@
-"""Start, resume and watch the worker processes of background explorations.
+"""Start, resume and watch the worker processes of background jobs.
 
 A worker is a separate process in its own session, so it outlives the Streamlit script run (and
 the browser tab) that started it; its output goes to `workers/<job id>.log` next to the store.
@@ -18,9 +18,9 @@ WORKER_MODULE = "ordercomp.jobs.worker"
 STALE_REASON = "worker stopped (killed or crashed): resume to continue"
 
 
-def start_job(store: JobStore, spec) -> str:
-    """Queue an exploration of `spec` (an ExploreSpec) and start its worker; returns the job id."""
-    job_id = store.create(spec)
+def start_job(store: JobStore, spec, kind: str = "explore") -> str:
+    """Queue a job of `kind` for `spec` (an ExploreSpec, BaselineSpec or ExportSpec) and start its worker; returns the job id."""
+    job_id = store.create(spec, kind)
     spawn_worker(store, job_id)
     return job_id
 

@@ -1,4 +1,7 @@
-"""The job store: background explorations, their step results and log lines in one SQLite file.
+"""The job store: background jobs, their step results and log lines in one SQLite file.
+
+A job has a kind: `explore` (an exploration), `baseline` (prepare and measure a base model) or
+`export` (apply a chain and write the compressed model); `ordercomp.jobs.kinds` says what each runs.
 
 The dashboard, its worker processes and the CLI read and write the same file at once, so every
 call opens its own connection (safe from Streamlit's threads and from several processes), the
@@ -18,15 +21,18 @@ from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:  # the store itself needs no torch: dashboard pages that only list jobs load fast
     from ..explore import ExploreSpec
+    from .specs import BaselineSpec, ExportSpec
 
 DEFAULT_PATH = ".ordercomp/jobs.sqlite"
 BUSY_TIMEOUT_S = 30.0
 STATUSES = ("queued", "running", "cancelling", "cancelled", "failed", "done")
 ACTIVE = ("queued", "running", "cancelling")
+KINDS = ("explore", "baseline", "export")
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL DEFAULT 'explore',
     spec TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ({", ".join(f"'{status}'" for status in STATUSES)})),
     error TEXT,
@@ -59,7 +65,7 @@ CREATE INDEX IF NOT EXISTS log_by_job ON log (job_id, id);
 """
 
 # Every column but the result: a job list stays light however big the explorations are.
-SUMMARY_COLUMNS = "id, spec, status, error, pid, created, updated, done, total, label, fraction"
+SUMMARY_COLUMNS = "id, kind, spec, status, error, pid, created, updated, done, total, label, fraction"
 
 
 def default_path() -> Path:
@@ -76,6 +82,7 @@ class JobStore:
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.executescript(SCHEMA)
+            _add_kind_column(connection)
         finally:
             connection.close()
 
@@ -105,12 +112,14 @@ class JobStore:
         """The step cache shared by every job of this store."""
         return self.path.parent / "cache"
 
-    def create(self, spec: ExploreSpec) -> str:
-        """A new queued job for `spec`; returns its id (12 random hex digits)."""
+    def create(self, spec: ExploreSpec | BaselineSpec | ExportSpec, kind: str = "explore") -> str:
+        """A new queued job of `kind` for `spec`; returns its id (12 random hex digits)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown job kind {kind!r}: use one of {', '.join(KINDS)}")
         job_id, now = secrets.token_hex(6), time.time()
         with self._connect(write=True) as connection:
-            connection.execute("INSERT INTO jobs (id, spec, status, created, updated) VALUES (?, ?, 'queued', ?, ?)",
-                               (job_id, json.dumps(spec.to_dict()), now, now))
+            connection.execute("INSERT INTO jobs (id, kind, spec, status, created, updated) VALUES (?, ?, ?, 'queued', ?, ?)",
+                               (job_id, kind, json.dumps(spec.to_dict()), now, now))
         return job_id
 
     def get(self, job_id: str) -> dict | None:
@@ -126,11 +135,23 @@ class JobStore:
             raise unknown_job(job_id)
         return job
 
-    def list_jobs(self) -> list[dict]:
-        """Every job, newest first, without its result (read one with `get`)."""
+    def list_jobs(self, kind: str | None = None) -> list[dict]:
+        """Every job (of `kind` when given), newest first, without its result (read one with `get`)."""
+        where, parameters = ("WHERE kind = ?", (kind,)) if kind else ("", ())
         with self._connect() as connection:
-            rows = connection.execute(f"SELECT {SUMMARY_COLUMNS} FROM jobs ORDER BY created DESC, rowid DESC").fetchall()
+            rows = connection.execute(f"SELECT {SUMMARY_COLUMNS} FROM jobs {where} ORDER BY created DESC, rowid DESC",
+                                      parameters).fetchall()
         return [_job_record(row) for row in rows]
+
+    def mean_step_seconds(self, model: str | None = None, data: str | None = None, recent: int = 200) -> float | None:
+        """Mean seconds of the last `recent` successful method applications of explorations (of that
+        model and data when given), or None when there are none: a basis for time estimates."""
+        query = ("SELECT AVG(seconds) FROM (SELECT steps.seconds FROM steps JOIN jobs ON jobs.id = steps.job_id "
+                 "WHERE steps.status = 'ok' AND jobs.kind = 'explore' "
+                 "AND (? IS NULL OR json_extract(jobs.spec, '$.model') = ?) AND (? IS NULL OR json_extract(jobs.spec, '$.data') = ?) "
+                 "ORDER BY steps.rowid DESC LIMIT ?)")
+        with self._connect() as connection:
+            return connection.execute(query, (model, model, data, data, recent)).fetchone()[0]
 
     def steps(self, job_id: str) -> list[dict]:
         """The finished method applications of a job, in the order they were first recorded."""
@@ -212,6 +233,17 @@ class JobStore:
         if row is None:
             raise unknown_job(job_id)
         return row
+
+
+def _add_kind_column(connection: sqlite3.Connection) -> None:
+    """Stores written before job kinds existed hold explorations only."""
+    columns = {row["name"] for row in connection.execute("PRAGMA table_info(jobs)")}
+    if "kind" not in columns:
+        try:
+            connection.execute("ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'explore'")
+        except sqlite3.OperationalError as error:  # another process added it a moment ago
+            if "duplicate column" not in str(error):
+                raise
 
 
 def unknown_job(job_id: str) -> ValueError:

@@ -1,10 +1,11 @@
-"""The worker process of a background exploration: runs one job of a job store to its end.
+"""The worker process of a background job: runs one job of a job store to its end.
 
     python -m ordercomp.jobs.worker --store .ordercomp/jobs.sqlite --job 3f9a1c0b2d4e
 
-It claims the queued job, runs the Explorer with the store's shared step cache (so a resumed job
-gets every finished step back at once), records each finished step, progress (throttled) and log
-lines, then the result and status `done`. An error makes the job `failed` with a one-line message
+It claims the queued job and runs what its kind names (`kinds.RUNNERS`: an exploration, a baseline
+or an export) with the store's shared step cache (so a resumed job gets every finished step back
+at once), records each finished step, progress (throttled) and log lines, then the result and
+status `done`. An error makes the job `failed` with a one-line message
 (the traceback goes to the job's log); a cancel request is noticed from the events callback.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ..explore import ExploreSpec, Explorer
+from .kinds import RUNNERS
 from .store import JobStore
 
 PROGRESS_INTERVAL_S = 0.25
@@ -82,11 +83,12 @@ def run_job(store: JobStore, job_id: str) -> str:
         return settle_unclaimed(store, job_id)
     store.append_log(job_id, f"worker {os.getpid()} started")
     # Each final log line is written before the final status: whoever sees the status finds its line.
+    start = time.perf_counter()
     try:
-        spec = ExploreSpec.from_dict(store.require(job_id)["spec"])
-        exploration = Explorer(spec, cache_dir=store.cache_dir(), events=JobEvents(store, job_id)).explore()
-        store.append_log(job_id, f"done in {exploration.seconds:.1f} s: chain {' -> '.join(exploration.chain)}")
-        store.set_status(job_id, "done", result=exploration.to_dict())
+        job = store.require(job_id)
+        result, summary = RUNNERS[job["kind"]](store, job_id, job["spec"], JobEvents(store, job_id))
+        store.append_log(job_id, f"done in {time.perf_counter() - start:.1f} s: {summary}")
+        store.set_status(job_id, "done", result=result)
     except Cancelled:
         store.append_log(job_id, "cancelled on request")
         store.set_status(job_id, "cancelled")
@@ -109,7 +111,7 @@ def settle_unclaimed(store: JobStore, job_id: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ordercomp.jobs.worker", description="Run one queued exploration job.")
+    parser = argparse.ArgumentParser(prog="python -m ordercomp.jobs.worker", description="Run one queued job (explore, baseline or export).")
     parser.add_argument("--store", required=True, help="path of the job store (SQLite file)")
     parser.add_argument("--job", required=True, help="id of the queued job to run")
     args = parser.parse_args(argv)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +22,11 @@ from .prune import shrink_width
 
 @dataclass(frozen=True)
 class DistillConfig:
-    width: float = 0.5
+    width: float = 0.6
     depth: float = 1.0
     temperature: float = 4.0
     alpha: float = 0.7
-    init: str = "teacher"
+    init: str = field(default="teacher", metadata={"choices": ("teacher", "scratch")})
 
     def __post_init__(self):
         check_range("student width", self.width, 0.0, 1.0, low_open=True)

@@ -5,7 +5,7 @@ quantised, exit heads are pruned together with the body they hang from; then fin
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
@@ -26,7 +26,7 @@ IMPORTANCE = {
 @dataclass(frozen=True)
 class PruneConfig:
     ratio: float = 0.5
-    importance: str = "l2"
+    importance: str = field(default="l2", metadata={"choices": tuple(IMPORTANCE)})
 
     def __post_init__(self):
         check_range("prune ratio", self.ratio, 0.0, 1.0, low_open=True, high_open=True)

@@ -5,7 +5,7 @@ what BitOps and storage count. Bits never go up: quantising again keeps the lowe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -17,8 +17,8 @@ from .base import Context, Method, check_choice, require_trainable
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    weight_bits: int = 8
-    act_bits: int = 8
+    weight_bits: int = field(default=4, metadata={"choices": SUPPORTED_BITS})
+    act_bits: int = field(default=8, metadata={"choices": SUPPORTED_BITS})
 
     def __post_init__(self):
         check_choice("weight bits", self.weight_bits, SUPPORTED_BITS)

@@ -1,0 +1,41 @@
+"""The ordercomp dashboard: find the best order to apply CNN compression methods, step by step.
+
+    streamlit run app.py        # jobs go to .ordercomp/jobs.sqlite, or to $ORDERCOMP_STORE
+
+Declares the pages (one per step of the user's path) and the shared sidebar: the open run with
+its status, the device and the job store. Everything heavy runs in worker processes.
+"""
+import streamlit as st
+
+from ordercomp import dashboard
+from pages._shared import job_summary, live_job
+
+PAGES = [
+    st.Page("pages/1_model_and_data.py", title="Model & data", icon=":material/database:", default=True),
+    st.Page("pages/2_methods.py", title="Methods", icon=":material/tune:"),
+    st.Page("pages/3_runs.py", title="Runs", icon=":material/play_circle:"),
+    st.Page("pages/4_order.py", title="Order", icon=":material/account_tree:"),
+    st.Page("pages/5_tradeoffs.py", title="Trade-offs", icon=":material/scatter_plot:"),
+    st.Page("pages/6_export.py", title="Export", icon=":material/download:"),
+]
+
+
+def sidebar() -> None:
+    store = dashboard.open_store()
+    st.caption(f"Base: {dashboard.describe_base(dashboard.base_choice(st.session_state))}")
+    job_id = st.session_state.get(dashboard.JOB)
+    if job_id and store.get(job_id):
+        st.markdown("**Open run**")
+        live_job(store, job_id, job_summary)
+    else:
+        st.caption("No run open yet.")
+    st.caption(f"Device: {dashboard.device_label()}")
+    st.caption(f"Job store: `{store.path}`")
+
+
+st.set_page_config(page_title="Order of compression", page_icon=":material/compress:", layout="wide")
+dashboard.sync_job_param(st.session_state, st.query_params)
+page = st.navigation(PAGES)
+with st.sidebar:
+    sidebar()
+page.run()

@@ -1,0 +1,64 @@
+"""What a worker runs for each job kind. Every runner takes the store, the job id, the job's spec
+dict and the events callback, and returns the job's result record and a one-line summary.
+
+    explore   the Order of Compression exploration of an ExploreSpec -> Exploration.to_dict()
+    baseline  prepare the base model of a BaselineSpec and measure it on the test split
+    export    apply the chain of an ExportSpec to the base and write the compressed model files
+
+Every kind shares the store's cache, so a zoo architecture is trained once for all of them.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..explore import Explorer, ExploreSpec, compress, prepare_base, resolve_device
+from ..export import DEFAULT_FORMATS, export_compressed, verify_export
+from ..metrics import measure
+from ..pipeline import OK
+from ..train import Budget
+from .specs import BaselineSpec, ExportSpec
+from .store import JobStore
+
+Events = Callable[[dict], None]
+
+
+def run_exploration(store: JobStore, job_id: str, spec: dict, events: Events) -> tuple[dict, str]:
+    exploration = Explorer(ExploreSpec.from_dict(spec), cache_dir=store.cache_dir(), events=events).explore()
+    return exploration.to_dict(), f"chain {' -> '.join(exploration.chain)}"
+
+
+def run_baseline(store: JobStore, job_id: str, spec: dict, events: Events) -> tuple[dict, str]:
+    spec = BaselineSpec.from_dict(spec)
+    base, source, data = prepare_base(spec.model, spec.data, architecture=spec.architecture, input_size=spec.input_size,
+                                      device=spec.device, cache_dir=store.cache_dir(), events=events)
+    events({"kind": "stage", "stage": "measure", "label": "measuring the base model on the test split"})
+    device = resolve_device(spec.device)
+    metrics = measure(base, data, "test", device=device).to_dict()
+    result = {"base": {k: v for k, v in source.items() if k != "card"}, "metrics": metrics,
+              "data": data.describe(), "device": str(device)}
+    return result, f"base accuracy {metrics['accuracy']:.2f}% on {data.name}"
+
+
+def run_export(store: JobStore, job_id: str, spec: dict, events: Events) -> tuple[dict, str]:
+    spec = ExportSpec.from_dict(spec)
+    compressed = compress(model=spec.model, data=spec.data, chain=spec.chain, settings=spec.settings, budget=Budget(**spec.budget),
+                          device=spec.device, architecture=spec.architecture, input_size=spec.input_size, seed=spec.seed,
+                          cache_dir=store.cache_dir(), events=events)
+    broken = next((step for step in compressed.steps if step.status != OK), None)
+    if broken:
+        raise ValueError(f"{' -> '.join(broken.chain)} is {broken.status}: {broken.reason}; choose another order")
+    events({"kind": "stage", "stage": "export", "label": "writing and checking the export files"})
+    folder = store.path.parent / "exports" / job_id
+    manifest = export_compressed(compressed.model, folder, formats=spec.formats or DEFAULT_FORMATS, chain=list(spec.chain),
+                                 configs=compressed.configs, metrics=compressed.steps[-1].metrics, data=compressed.data,
+                                 base=compressed.source)
+    result = {"folder": str(folder), "manifest": manifest, "verify": verify_export(folder),
+              "steps": [step.to_dict() for step in compressed.steps], "base_metrics": compressed.base_metrics}
+    return result, f"exported {', '.join(manifest['files'])}"
+
+
+RUNNERS: dict[str, Callable[[JobStore, str, dict, Events], tuple[dict, str]]] = {
+    "explore": run_exploration,
+    "baseline": run_baseline,
+    "export": run_export,
+}

@@ -1,0 +1,82 @@
+"""Specs of the job kinds besides explorations: preparing a base model, and exporting a chain.
+
+An exploration job's spec is an `ExploreSpec`. These two are plain JSON-ready dataclasses that
+need no torch, so a dashboard page can build, compare and list them without loading the engine.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+
+
+@dataclass
+class BaselineSpec:
+    """Prepare the base model (a sample, a checkpoint, or a zoo architecture trained on `data`) and
+    measure it on the test split: accuracy, parameters, size, MACs, BitOps and latency."""
+
+    model: str = "digits_cnn"
+    data: str = "digits"
+    architecture: str | None = None
+    input_size: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self):
+        _check_device(self.device)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "BaselineSpec":
+        return cls(**record)
+
+
+@dataclass
+class ExportSpec:
+    """Apply `chain` to the base model with the given settings and budget, then write the
+    compressed model in `formats` (every format when empty) with its manifest."""
+
+    model: str
+    data: str
+    chain: tuple[str, ...]
+    architecture: str | None = None
+    input_size: int | None = None
+    device: str = "auto"
+    settings: dict[str, dict] = field(default_factory=dict)
+    budget: dict = field(default_factory=dict)
+    seed: int = 0
+    formats: tuple[str, ...] = ()
+    exploration: str | None = None  # the exploration job the settings came from, if any
+
+    def __post_init__(self):
+        self.chain, self.formats = tuple(self.chain), tuple(self.formats)
+        if not self.chain:
+            raise ValueError("the order to export is empty: pick at least one method")
+        _check_device(self.device)
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        # compress() accepts settings only for the methods of its chain
+        self.settings = {name: fields for name, fields in self.settings.items() if name in self.chain}
+
+    @classmethod
+    def from_exploration(cls, record: dict, chain, *, formats=(), seed: int = 0, exploration: str | None = None) -> "ExportSpec":
+        """The base, data, settings, budget and device of an exploration record, with another chain."""
+        spec = record["spec"]
+        return cls(model=spec["model"], data=spec["data"], chain=tuple(chain), architecture=spec["architecture"],
+                   input_size=spec["input_size"], device=spec["device"], settings=spec["settings"], budget=spec["budget"],
+                   seed=seed, formats=tuple(formats), exploration=exploration)
+
+    def to_dict(self) -> dict:
+        record = asdict(self)
+        record["chain"], record["formats"] = list(self.chain), list(self.formats)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "ExportSpec":
+        return cls(**record)

@@ -1,0 +1,98 @@
+"""Step 2, Methods: the methods to compare, their strength, the fine-tuning budget, objective and seeds."""
+import streamlit as st
+
+from ordercomp import dashboard
+from ordercomp.methods.registry import METHODS
+from ordercomp.order import MAX_EXHAUSTIVE_METHODS, OBJECTIVES
+from pages._shared import KEEP, run_inside_app
+
+run_inside_app()
+
+store = dashboard.open_store()
+state = st.session_state
+dashboard.set_defaults(state, dashboard.plan_defaults())
+
+
+def setting_widget(setting: dashboard.Setting) -> None:
+    label = f"**{setting.name}** (strength)" if setting.strength else setting.name
+    default = setting.default
+    if setting.choices:
+        st.selectbox(label, setting.choices, key=setting.key, **KEEP)
+    elif isinstance(default, bool):
+        st.checkbox(label, key=setting.key, **KEEP)
+    elif isinstance(default, int):
+        st.number_input(label, step=1, key=setting.key, **KEEP)
+    elif isinstance(default, float) and setting.strength and 0 < default <= 1:
+        st.slider(label, 0.0, 1.0, step=0.05, key=setting.key, **KEEP)
+    elif isinstance(default, float):
+        st.number_input(label, format="%g", key=setting.key, **KEEP)
+    else:
+        st.text_input(label, key=setting.key, **KEEP)
+
+
+def method_card(name: str) -> None:
+    method = METHODS[name]
+    with st.container(border=True):
+        st.markdown(f"**{method.title}** (`{name}`): {method.summary}")
+        strength, *others = dashboard.method_settings(method)
+        setting_widget(strength)
+        if others:
+            with st.expander("More settings"):
+                for setting in others:
+                    setting_widget(setting)
+
+
+def budget_and_decision(chosen: list[str]) -> None:
+    st.subheader("Fine-tuning budget and decision")
+    left, middle, right = st.columns(3)
+    left.number_input("Fine-tuning epochs per step (the same for every step)", min_value=0.0, max_value=1000.0, step=0.5,
+                      key="w_epochs", **KEEP)
+    left.number_input("Learning rate", min_value=1e-6, max_value=1.0, format="%g", key="w_lr", **KEEP)
+    middle.selectbox("Objective", list(OBJECTIVES), key="w_objective", format_func=lambda name: f"{name}: {OBJECTIVES[name][1]}",
+                     **KEEP)
+    if state["w_objective"] == "weighted":
+        middle.number_input("Weight: accuracy points per halving of BitOps", min_value=0.0, format="%g", key="w_weight", **KEEP)
+    middle.number_input("Minimum margin (accuracy points) for a pair to count as decided", min_value=0.0, format="%g",
+                        key="w_min_margin", **KEEP)
+    right.number_input("Seeds (each comparison is repeated this often)", min_value=1, max_value=50, step=1, key="w_seeds", **KEEP)
+    right.selectbox("Device", ["auto", "cpu", "cuda"], key="w_device", help="auto: CUDA when a GPU is present, else the CPU", **KEEP)
+    right.checkbox(f"Exhaustive validation: also run every order (at most {MAX_EXHAUSTIVE_METHODS} methods)", key="w_exhaustive",
+                   **KEEP)
+    if state["w_repeat"] not in [dashboard.NO_REPEAT, *chosen]:
+        state["w_repeat"] = dashboard.NO_REPEAT
+    right.selectbox("Repeat one method after the chain (does applying it twice help?)", [dashboard.NO_REPEAT, *chosen],
+                    key="w_repeat", **KEEP)
+
+
+def plan_summary() -> None:
+    st.subheader("Cost")
+    try:
+        spec = dashboard.plan_from_state(state)
+    except ValueError as error:
+        st.error(f"This plan cannot run: {error}")
+        return
+    cost = dashboard.plan_cost(spec, store.mean_step_seconds(spec.model, spec.data))
+    n = len(spec.methods)
+    left, right = st.columns(2)
+    left.metric("Method applications", cost["applications"])
+    left.caption(f"{'exhaustive' if spec.exhaustive else 'pairwise'}: {cost['per_seed']} per seed x {spec.seeds} seed(s), "
+                 f"+ {n} to apply the chain. Pairwise needs n + n(n-1) = {cost['pairwise_per_seed']} per seed; "
+                 f"every order (exhaustive) {cost['exhaustive_per_seed']}.")
+    right.metric("Estimated time", dashboard.duration(cost["seconds"]))
+    basis = ("the mean of the finished steps in the job store" if cost["measured"]
+             else "a default guess, as the job store has no finished steps of this model and data yet")
+    right.caption(f"{cost['seconds_each']:.1f} s per application, from {basis}.")
+    st.page_link("pages/3_runs.py", label="Next: launch it on the Runs page", icon=":material/play_circle:")
+
+
+st.title("Methods")
+st.caption(f"Base: {dashboard.describe_base(dashboard.base_choice(state))} (change it on Model & data).")
+st.multiselect("Methods to compare (two or more)", list(METHODS), key="w_methods",
+               format_func=lambda name: f"{METHODS[name].title} ({name})", **KEEP)
+chosen = list(state["w_methods"])
+columns = st.columns(2)
+for index, name in enumerate(chosen):
+    with columns[index % 2]:
+        method_card(name)
+budget_and_decision(chosen)
+plan_summary()

@@ -1,0 +1,44 @@
+"""Step 4, Order: the pair outcomes, the precedence graph, every valid order and the exhaustive check."""
+import streamlit as st
+
+from ordercomp import dashboard
+from ordercomp.charts import pair_matrix_figure, precedence_dot
+from ordercomp.report import exhaustive_table, notes
+from ordercomp.results import pairs_table
+from pages._shared import open_exploration, run_inside_app
+
+run_inside_app()
+
+store = dashboard.open_store()
+st.title("Order")
+job_id, record = open_exploration(store)
+spec, chain = record["spec"], record["chain"]
+st.markdown(f"### Recommended order: {' → '.join(chain)}")
+st.caption(f"Run {job_id} · {dashboard.describe_base(spec)} · objective {spec['objective']} · {spec['seeds']} seed(s) · "
+           f"{record['seconds']:.0f} s")
+
+st.subheader("Pair outcomes")
+st.caption("mean diff > 0: first → second scored better than the reverse; a tie is closer than the minimum margin or the spread.")
+st.dataframe(pairs_table(record["outcomes"]), hide_index=True)
+st.plotly_chart(pair_matrix_figure(record))
+
+st.subheader("Precedence graph")
+st.caption("An edge A → B: apply A before B, labelled with the mean margin. Red and numbered: the chain; "
+           "dashed: weak evidence; dotted red: dropped to break a cycle.")
+st.graphviz_chart(precedence_dot(record))
+for line in notes(record):
+    st.markdown(f"- {line}")
+
+st.subheader("Every valid order")
+st.dataframe([{"order": " → ".join(c), "recommended": "★" if c == chain else ""} for c in record["valid_chains"]], hide_index=True)
+
+st.subheader("Exhaustive validation")
+ranking = exhaustive_table(record)
+if ranking is None:
+    st.info("Not run for this exploration: tick 'Exhaustive validation' on the Methods page to rank the chain against every order.")
+else:
+    summary = record["exhaustive"]
+    st.metric("Rank of the recommended chain", f"{summary['rank']} of {summary['of']}" if summary["rank"] else "not ranked")
+    st.caption(f"Pairwise needed {summary['applications_pairwise']} method applications, exhaustive "
+               f"{summary['applications_exhaustive']} ({summary['cost_ratio']:.1f}x).")
+    st.dataframe(ranking, hide_index=True)

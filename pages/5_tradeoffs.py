@@ -1,0 +1,33 @@
+"""Step 5, Trade-offs: accuracy against BitOps, size and latency with the Pareto frontier, and the
+chain step by step."""
+import streamlit as st
+
+from ordercomp import dashboard
+from ordercomp.charts import AXES, chain_steps_figure, tradeoff_figure
+from ordercomp.report import headline_figures
+from ordercomp.results import chain_table
+from pages._shared import open_exploration, run_inside_app
+
+run_inside_app()
+
+store = dashboard.open_store()
+st.title("Trade-offs")
+job_id, record = open_exploration(store)
+st.caption(f"Run {job_id}: the base and the chain are measured on the test split; single methods and pairs are "
+           "validation means over the seeds.")
+
+figures = headline_figures(record)
+times = lambda value: "n/a" if value is None else f"{value:.1f}x"
+columns = st.columns(4)
+columns[0].metric("Fewer BitOps than the base", times(figures["bitops_reduction"]))
+columns[1].metric("Accuracy change", "n/a" if figures["accuracy_change"] is None else f"{figures['accuracy_change']:+.2f} pts")
+columns[2].metric("Smaller than the base", times(figures["size_reduction"]))
+columns[3].metric("Latency (batch 1) as a multiple of the base's", "n/a" if figures["latency_change"] is None else f"{figures['latency_change']:.2f}x")
+
+for tab, axis in zip(st.tabs([f"Accuracy vs {AXES[axis][0]}" for axis in AXES]), AXES):
+    with tab:
+        st.plotly_chart(tradeoff_figure(record, axis), key=f"tradeoff-{axis}")
+
+st.subheader("The chain step by step")
+st.plotly_chart(chain_steps_figure(record), key="chain-steps")
+st.dataframe(chain_table(record["base_metrics"], record["chain_steps"]), hide_index=True)

@@ -1,0 +1,104 @@
+"""Drawing pieces the pages share: a live job panel, a row of model figures, the open exploration,
+and `run_inside_app`, which every page calls first.
+
+Not a page itself (app.py lists the pages); logic and state helpers live in `ordercomp.dashboard`.
+"""
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+from typing import Callable
+
+import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
+
+from ordercomp import dashboard
+from ordercomp.jobs import JobStore, refresh_stale, resume_job
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+KEEP = {"persist_state": "session"}  # a widget keeps its value on other pages (its key starts with w_)
+STATUS_ICONS = {"queued": "⏳", "running": "⚙️", "cancelling": "✋", "cancelled": "⏹️", "failed": "❌", "done": "✅"}
+
+
+def run_inside_app() -> None:
+    """Make sure app.py (navigation, sidebar, the job from the URL) runs around this page.
+
+    Until some session has called st.navigation, a fresh Streamlit server treats `pages/` as an
+    old-style pages folder and runs a page file alone, without app.py: this happens when the
+    first request after a restart is a deep link such as /runs?job=3f9a1c0b2d4e. Then leave that
+    mode (as st.navigation itself does), run app.py, which runs this page inside it, and stop.
+    """
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        runpy.run_path(str(APP), run_name="__main__")
+        st.stop()
+
+
+def live_job(store: JobStore, job_id: str, draw: Callable[[dict], None]) -> None:
+    """Draw a job with `draw(job)`; while the job is active the drawing polls the store."""
+    polling = dashboard.is_active(store.get(job_id))
+
+    def panel() -> None:
+        refresh_stale(store)
+        job = store.get(job_id)
+        if job is None:
+            st.error(f"There is no job {job_id} in the job store {store.path}.")
+            return
+        draw(job)
+        if polling and not dashboard.is_active(job):
+            st.rerun()  # the whole page: it shows the result, and the polling stops
+
+    st.fragment(panel, run_every=dashboard.POLL_SECONDS if polling else None)()
+
+
+def job_summary(job: dict, *, unit: str = "method applications") -> None:
+    """Status line and overall progress."""
+    st.markdown(f"{STATUS_ICONS[job['status']]} **{job['status']}** · job `{job['id']}`")
+    if job["total"]:
+        st.progress(job["done"] / job["total"], text=f"{job['done']} of {job['total']} {unit} finished")
+
+
+def job_status(store: JobStore, job: dict, *, unit: str = "method applications") -> None:
+    """Status line, overall and current-step progress, the error, and cancel / resume buttons."""
+    job_summary(job, unit=unit)
+    if dashboard.is_active(job) and job["label"]:
+        st.progress(min(max(job["fraction"], 0.0), 1.0), text=f"now: {job['label']}")
+    if job["status"] == "failed":
+        st.error(f"The job failed: {job['error']}")
+    if dashboard.is_active(job) and job["status"] != "cancelling":
+        if st.button("Cancel", key=f"cancel-{job['id']}", help="Stop after the current step; finished steps are kept"):
+            _act(lambda: store.request_cancel(job["id"]))
+    if job["status"] in ("failed", "cancelled"):
+        if st.button("Resume", key=f"resume-{job['id']}", help="Run it again; finished steps come back from the cache"):
+            _act(lambda: resume_job(store, job["id"]))
+
+
+def _act(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except ValueError as error:  # the job moved on meanwhile (finished, or cancelled elsewhere)
+        st.warning(str(error))
+        return
+    st.rerun()
+
+
+def job_log(store: JobStore, job_id: str, lines: int = 200) -> None:
+    with st.expander("Log", expanded=False):
+        text = "\n".join(line["message"] for line in store.log(job_id, lines))
+        st.code(text or "(nothing logged yet)", language=None)
+
+
+def metric_row(metrics: dict) -> None:
+    for column, (label, value) in zip(st.columns(6), dashboard.metric_figures(metrics)):
+        column.metric(label, value)
+
+
+def open_exploration(store: JobStore) -> tuple[str, dict]:
+    """The open exploration's id and record; otherwise a note on what to do, and the page stops."""
+    job_id = st.session_state.get(dashboard.JOB)
+    record, why = dashboard.exploration_record(store, job_id)
+    if record is None:
+        st.info(why)
+        st.page_link("pages/3_runs.py", label="Go to Runs", icon=":material/play_circle:")
+        st.stop()
+    return job_id, record

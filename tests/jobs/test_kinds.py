@@ -1,0 +1,133 @@
+"""Tests for the job kinds besides explorations: baseline and export jobs, their specs, the kind
+column of the store (with stores written before it existed) and the step-time estimate."""
+import json
+import sqlite3
+
+import pytest
+
+from ordercomp import explore
+from ordercomp.export import export_zip
+from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, start_job
+from ordercomp.jobs.worker import run_job
+from ordercomp.train import Budget
+
+
+@pytest.fixture
+def base(tiny_checkpoint):
+    return {"model": str(tiny_checkpoint), "data": "digits", "architecture": "cnn_tiny", "device": "cpu"}
+
+
+def test_a_baseline_job_measures_the_base_on_the_test_split(store, base):
+    job_id = store.create(BaselineSpec(**base), "baseline")
+    assert run_job(store, job_id) == "done"
+    job = store.get(job_id)
+    assert job["kind"] == "baseline" and job["result"]["base"] == {"source": "checkpoint", "path": base["model"], "architecture": "cnn_tiny"}
+    metrics = job["result"]["metrics"]
+    assert metrics["params"] > 0 and metrics["bitops"] > 0 and metrics["latency_ms_b1"] > 0
+    assert job["result"]["data"]["test"] == 359 and job["result"]["device"] == "cpu"
+    assert store.log(job_id)[-1]["message"].startswith("done in") and "base accuracy" in store.log(job_id)[-1]["message"]
+
+
+def test_a_baseline_that_does_not_fit_the_data_fails_with_one_line(store, base, tmp_path):
+    job_id = store.create(BaselineSpec(**base | {"architecture": "cnn_small"}), "baseline")
+    assert run_job(store, job_id) == "failed"
+    assert store.get(job_id)["error"].startswith("CheckpointError: cnn_tiny.pt does not fit cnn_small")
+
+
+def test_an_export_job_applies_the_chain_writes_every_format_and_verifies_them(store, base):
+    spec = ExportSpec(**base, chain=("prune", "quantize"), settings={"prune": {"ratio": 0.25}, "sparsify": {"sparsity": 0.5}},
+                      budget=Budget(epochs=0.0).to_dict())
+    assert spec.settings == {"prune": {"ratio": 0.25}}  # settings of methods outside the chain are dropped
+    job_id = store.create(spec, "export")
+    assert run_job(store, job_id) == "done", store.log(job_id)
+    job = store.get(job_id)
+    result = job["result"]
+    assert (job["done"], job["total"]) == (2, 2) and [row["chain"] for row in store.steps(job_id)] == [["prune"], ["prune", "quantize"]]
+    assert result["folder"] == str(store.path.parent / "exports" / job_id)
+    manifest = result["manifest"]
+    assert manifest["chain"] == ["prune", "quantize"] and manifest["configs"]["prune"]["ratio"] == 0.25
+    assert sorted(manifest["files"]) == ["model.onnx", "model.pt2", "model.state_dict.pt", "model.torchscript.pt"]
+    assert all(entry["check"]["passed"] for entry in manifest["formats"] if "check" in entry)
+    assert result["verify"]["ok"] and result["steps"][-1]["metrics"]["bitops"] < result["base_metrics"]["bitops"]
+    assert len(export_zip(result["folder"])) > 0
+
+
+def test_an_export_of_an_order_that_cannot_apply_fails_and_keeps_its_steps(store, base):
+    spec = ExportSpec(**base, chain=("prune", "lowrank"), settings={"lowrank": {"rank_ratio": 0.99}}, budget={"epochs": 0.0})
+    job_id = store.create(spec, "export")
+    assert run_job(store, job_id) == "failed"
+    job = store.get(job_id)
+    assert job["error"].startswith("ValueError: prune -> lowrank is incompatible: ") and "choose another order" in job["error"]
+    assert [row["status"] for row in store.steps(job_id)] == ["ok", "incompatible"]
+    assert not (store.path.parent / "exports" / job_id).exists()
+
+
+def test_a_zoo_base_is_trained_once_for_baseline_and_export(store, monkeypatch):
+    monkeypatch.setattr(explore, "BASE_BUDGET", Budget(epochs=0.05))
+    spec = {"model": "cnn_tiny", "data": "digits", "device": "cpu"}
+    baseline = store.create(BaselineSpec(**spec), "baseline")
+    assert run_job(store, baseline) == "done"
+    assert store.get(baseline)["result"]["base"] == {"source": "trained", "architecture": "cnn_tiny"}
+    trained = list(store.cache_dir().glob("base-*.safetensors"))
+    export = store.create(ExportSpec(**spec, chain=("prune",), budget={"epochs": 0.0}, formats=("state_dict",)), "export")
+    assert run_job(store, export) == "done", store.log(export)
+    result = store.get(export)["result"]
+    assert len(trained) == 1 and list(store.cache_dir().glob("base-*.safetensors")) == trained
+    assert result["manifest"]["base"] == {"source": "trained", "architecture": "cnn_tiny"}
+    assert result["base_metrics"]["accuracy"] == store.get(baseline)["result"]["metrics"]["accuracy"]
+
+
+def test_specs_round_trip_and_check_their_fields():
+    spec = ExportSpec(model="digits_cnn", data="digits", chain=["prune", "quantize"], formats=["onnx"], exploration="abc")
+    assert ExportSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert BaselineSpec.from_dict(BaselineSpec(model="cnn_tiny").to_dict()) == BaselineSpec(model="cnn_tiny")
+    with pytest.raises(ValueError, match="the order to export is empty"):
+        ExportSpec(model="digits_cnn", data="digits", chain=())
+    with pytest.raises(ValueError, match="device must be one of auto, cpu, cuda"):
+        BaselineSpec(device="tpu")
+    record = {"spec": {"model": "m.pt", "data": "digits", "architecture": "cnn_tiny", "input_size": None, "device": "cpu",
+                       "settings": {"prune": {"ratio": 0.3}, "quantize": {"weight_bits": 4}}, "budget": {"epochs": 1.0}}}
+    made = ExportSpec.from_exploration(record, ["quantize"], formats=("pt2",), exploration="abc")
+    assert (made.model, made.architecture, made.settings, made.budget, made.exploration) == ("m.pt", "cnn_tiny", {"quantize": {"weight_bits": 4}},
+                                                                                         {"epochs": 1.0}, "abc")
+
+
+def test_the_store_lists_jobs_by_kind_and_refuses_unknown_kinds(store, tiny_spec):
+    exploration = store.create(tiny_spec())
+    baseline = store.create(BaselineSpec(), "baseline")
+    assert [job["id"] for job in store.list_jobs("baseline")] == [baseline]
+    assert [job["id"] for job in store.list_jobs("explore")] == [exploration]
+    assert {job["kind"] for job in store.list_jobs()} == {"explore", "baseline"}
+    with pytest.raises(ValueError, match="unknown job kind 'train'"):
+        store.create(BaselineSpec(), "train")
+
+
+def test_a_store_from_before_job_kinds_reads_its_jobs_as_explorations(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, spec TEXT NOT NULL, status TEXT NOT NULL, error TEXT, pid INTEGER, "
+                           "created REAL NOT NULL, updated REAL NOT NULL, done INTEGER NOT NULL DEFAULT 0, total INTEGER NOT NULL "
+                           "DEFAULT 0, label TEXT NOT NULL DEFAULT '', fraction REAL NOT NULL DEFAULT 0, result TEXT)")
+        connection.execute("INSERT INTO jobs (id, spec, status, created, updated) VALUES ('old', '{}', 'done', 1, 1)")
+    connection.close()
+    store = JobStore(path)
+    assert store.get("old")["kind"] == "explore" and [job["id"] for job in store.list_jobs("explore")] == ["old"]
+    assert JobStore(path).get("old")["kind"] == "explore"
+
+
+def test_mean_step_seconds_averages_successful_steps_of_explorations(store, tiny_spec):
+    assert store.mean_step_seconds() is None
+    job_id = store.create(tiny_spec())
+    for chain, status, seconds in ((["prune"], "ok", 2.0), (["quantize"], "ok", 4.0), (["prune", "quantize"], "failed", 100.0)):
+        store.record_step(job_id, {"chain": chain, "seed": 0, "status": status, "reason": None, "metrics": None, "seconds": seconds})
+    model = store.get(job_id)["spec"]["model"]
+    assert store.mean_step_seconds() == 3.0 and store.mean_step_seconds(model, "digits") == 3.0
+    assert store.mean_step_seconds("digits_cnn") is None and store.mean_step_seconds(model, "/data/cifar") is None
+
+
+@pytest.mark.timeout(120)
+def test_the_worker_process_runs_a_baseline_job(store, base, wait_for):
+    job_id = start_job(store, BaselineSpec(**base), kind="baseline")
+    status = wait_for(lambda: store.get(job_id)["status"] in ("done", "failed") and store.get(job_id)["status"], "the baseline job", timeout=110)
+    assert status == "done", store.log(job_id)
+    assert store.get(job_id)["result"]["metrics"]["latency_ms_b1"] > 0

@@ -1,0 +1,377 @@
+"""AppTest tests of every dashboard page, on a job store holding a real finished exploration and export.
+
+The exploration (prune, quantize; exhaustive, so the ranking shows) and its export run once per
+session in this process on an untrained cnn_tiny checkpoint. Each test works on a copy of that
+store; buttons that would start a worker process start none (`spawned` records the job ids).
+"""
+from __future__ import annotations
+
+import io
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from ordercomp import dashboard
+from ordercomp.data import DataError
+from ordercomp.explore import ExploreSpec
+from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, launch
+from ordercomp.jobs.worker import run_job
+from ordercomp.methods.registry import METHODS
+from ordercomp.train import Budget
+from ordercomp.zoo import create_model
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = {name: f"pages/{name}.py" for name in ("1_model_and_data", "2_methods", "3_runs", "4_order", "5_tradeoffs", "6_export")}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "cnn_tiny.pt"
+    torch.save(create_model("cnn_tiny", 10, 1).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, tiny_checkpoint) -> dict:
+    """A store folder with a done exploration and a done export of its chain; their ids."""
+    store = JobStore(tmp_path_factory.mktemp("finished") / "jobs.sqlite")
+    spec = ExploreSpec(model=str(tiny_checkpoint), architecture="cnn_tiny", methods=("prune", "quantize"), seeds=1,
+                       budget=Budget(epochs=0.0), device="cpu", exhaustive=True)
+    exploration = store.create(spec)
+    assert run_job(store, exploration) == "done", store.log(exploration)
+    record = store.get(exploration)["result"]
+    export = store.create(ExportSpec.from_exploration(record, record["chain"], formats=("state_dict", "torchscript"),
+                                                      exploration=exploration), "export")
+    assert run_job(store, export) == "done", store.log(export)
+    return {"folder": store.path.parent, "exploration": exploration, "export": export, "record": record}
+
+
+@pytest.fixture
+def store(finished, tmp_path, monkeypatch) -> JobStore:
+    folder = shutil.copytree(finished["folder"], tmp_path / "store")
+    monkeypatch.setenv("ORDERCOMP_STORE", str(folder / "jobs.sqlite"))
+    return JobStore(folder / "jobs.sqlite")
+
+
+@pytest.fixture
+def spawned(monkeypatch) -> list[str]:
+    """Job ids whose worker would have started; none does."""
+    ids = []
+    monkeypatch.setattr(launch, "spawn_worker", lambda store, job_id: ids.append(job_id) or 0)
+    return ids
+
+
+def app(page: str, job: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    if job:
+        at.query_params["job"] = job
+    at.run()
+    if page != "1_model_and_data":
+        at.switch_page(PAGES[page]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements) -> list[str]:
+    return [element.value for element in elements]
+
+
+def charts(at: AppTest, kind: str = "plotly_chart") -> int:
+    return len(at.main.get(kind))
+
+
+# --- Model & data ---------------------------------------------------------------------------
+
+def test_model_page_shows_the_sample_card_and_offers_a_baseline_job(store, spawned):
+    at = app("1_model_and_data")
+    assert at.main.title[0].value == "Model & data"
+    assert at.radio(key="w_data_source").value == "digits" and at.radio(key="w_model_source").value == "sample"
+    assert at.main.selectbox(key="w_sample").value == "digits_cnn"
+    figures = {metric.label: metric.value for metric in at.main.metric}
+    assert figures["Accuracy (test)"] == "99.16%" and figures["BitOps"] == "3.04 G" and figures["Latency (batch 1)"] == "not measured"
+    assert "digits_cnn on digits" in at.main.success[0].value
+    at.main.button[0].click().run()
+    [job] = store.list_jobs("baseline")
+    assert job["id"] == spawned[0] and job["spec"] == BaselineSpec(model="digits_cnn").to_dict()
+    assert "queued" in at.main.markdown[-1].value or any("queued" in m.value for m in at.main.markdown)
+
+
+def test_a_finished_baseline_job_shows_its_measured_figures(store):
+    job = store.create(BaselineSpec(model="digits_cnn"), "baseline")
+    assert run_job(store, job) == "done"
+    at = app("1_model_and_data")
+    latency = [metric.value for metric in at.main.metric if metric.label == "Latency (batch 1)"]
+    assert latency[0] == "not measured" and latency[1].endswith(" ms")
+    assert any("Measured on cpu" in caption.value for caption in at.main.caption)
+    assert not [b for b in at.main.button if b.label.startswith("Measure")]
+
+
+def test_a_wrong_data_path_is_an_error_and_a_valid_folder_becomes_the_data(store, tmp_path):
+    at = app("1_model_and_data")
+    at.radio(key="w_data_source").set_value("folder").run()
+    at.text_input(key="w_data_path").set_value(str(tmp_path / "nowhere")).run()
+    assert "does not exist" in at.main.error[0].value and not at.exception
+    assert at.session_state[dashboard.BASE]["data"] == "digits"
+    for name in ("cat", "dog"):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / "pets" / name / "1.png")
+    at.text_input(key="w_data_path").set_value(str(tmp_path / "pets")).run()
+    assert not at.main.error
+    assert at.session_state[dashboard.BASE]["data"] == str((tmp_path / "pets").resolve())
+    assert "digits_cnn on pets" in at.main.success[0].value
+    assert at.main.warning[0].value.startswith("digits_cnn was trained on digits (10 classes, 1 channel(s))")
+
+
+def test_a_corrupt_or_pickled_checkpoint_upload_is_refused_and_a_state_dict_is_used(store, tmp_path):
+    at = app("1_model_and_data")
+    at.radio(key="w_model_source").set_value("upload").run()
+    at.file_uploader(key="model_file").set_value(("broken.pt", b"not a checkpoint", "application/octet-stream")).run()
+    assert len(at.main.error) == 1 and at.main.error[0].value.startswith("broken.pt is not a readable torch checkpoint")
+    pickled = io.BytesIO()
+    torch.save(torch.nn.Linear(2, 2), pickled)
+    at.file_uploader(key="model_file").set_value(("module.pt", pickled.getvalue(), "application/octet-stream")).run()
+    assert "holds more than tensors" in at.main.error[0].value and "nothing from it was run" in at.main.error[0].value
+    state = io.BytesIO()
+    torch.save(create_model("cnn_tiny", 10, 1).state_dict(), state)
+    at.file_uploader(key="model_file").set_value(("tiny.pt", state.getvalue(), "application/octet-stream")).run()
+    assert "holds weights only: choose its architecture" in at.main.error[0].value
+    at.main.selectbox(key="w_upload_arch").set_value("cnn_tiny").run()
+    assert not at.main.error and "a state dict of" in at.main.success[0].value
+    choice = at.session_state[dashboard.BASE]
+    assert Path(choice["model"]).name == "tiny.pt" and choice["architecture"] == "cnn_tiny"
+    assert Path(choice["model"]).is_relative_to(store.path.parent / "uploads")
+
+
+def test_an_uploaded_zip_is_extracted_safely(store, tmp_path):
+    at = app("1_model_and_data")
+    at.radio(key="w_data_source").set_value("zip").run()
+    at.file_uploader(key="data_zip").set_value(("evil.zip", zip_of({"../escape/a.png": png()}), "application/zip")).run()
+    assert "unsafe path '../escape/a.png'" in at.main.error[0].value
+    assert not (store.path.parent / "escape").exists()
+    at.file_uploader(key="data_zip").set_value(("pets.zip", zip_of({"pets/cat/1.png": png(), "pets/dog/1.png": png()}),
+                                                "application/zip")).run()
+    assert not at.main.error
+    data = Path(at.session_state[dashboard.BASE]["data"])
+    assert data.name == "pets" and sorted(p.name for p in data.iterdir()) == ["cat", "dog"]
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (4, 4)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def zip_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_zip_limits_and_links_are_refused(tmp_path, monkeypatch):
+    link = zipfile.ZipInfo("cat/link.png")
+    link.external_attr = 0o120777 << 16
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(link, "/etc/passwd")
+    with pytest.raises(DataError, match="holds a link"):
+        dashboard.extract_image_zip(buffer.getvalue(), tmp_path)
+    with pytest.raises(DataError, match="not a zip archive"):
+        dashboard.extract_image_zip(b"plain bytes", tmp_path)
+    monkeypatch.setattr(dashboard, "ZIP_MAX_FILES", 1)
+    with pytest.raises(DataError, match="holds 2 files; the limit is 1"):
+        dashboard.extract_image_zip(zip_of({"a/1.png": png(), "b/1.png": png()}), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- Methods and Runs ---------------------------------------------------------------------------
+
+def test_methods_page_builds_widgets_from_the_registry_and_counts_applications(store, finished):
+    at = app("2_methods")
+    assert at.multiselect(key="w_methods").value == ["distill", "prune", "quantize", "early_exit"]
+    assert at.slider(key="w_prune.ratio").label == "**ratio** (strength)"
+    assert at.slider(key="w_prune.ratio").value == METHODS["prune"].default_config().ratio
+    assert at.selectbox(key="w_quantize.weight_bits").value == METHODS["quantize"].default_config().weight_bits
+    assert at.selectbox(key="w_quantize.weight_bits").options == ["2", "4", "8"]
+    at.multiselect(key="w_methods").set_value(["prune", "quantize"]).run()
+    at.number_input(key="w_seeds").set_value(2).run()
+    applications = next(metric for metric in at.main.metric if metric.label == "Method applications")
+    assert applications.value == "10"  # (2 singles + 2 ordered pairs) x 2 seeds + the chain's 2
+    assert "20.0 s per application, from a default guess" in at.main.caption[-1].value
+    spec = finished["record"]["spec"]  # a base with finished steps in the store: the estimate goes by them
+    at.session_state[dashboard.BASE] = {key: spec[key] for key in ("model", "architecture", "data", "input_size")}
+    at.run()
+    assert "from the mean of the finished steps in the job store" in at.main.caption[-1].value
+    mean = store.mean_step_seconds(spec["model"], "digits")
+    assert next(metric for metric in at.main.metric if metric.label == "Estimated time").value == dashboard.duration(10 * mean)
+
+
+def test_an_impossible_plan_is_an_error_on_methods_and_runs(store):
+    at = app("2_methods")
+    at.multiselect(key="w_methods").set_value(["distill", "prune"]).run()
+    at.number_input(key="w_distill.temperature").set_value(0.0).run()
+    assert texts(at.main.error) == ["This plan cannot run: temperature must be in (0.0, 100.0], got 0.0"]
+    at.multiselect(key="w_methods").set_value(["prune"]).run()
+    assert "choose at least two different methods" in at.main.error[0].value
+    at.switch_page(PAGES["3_runs"]).run()
+    assert "choose at least two different methods" in at.main.error[0].value
+    assert not [button for button in at.main.button if button.label == "Launch exploration"]
+
+
+def test_choices_on_methods_flow_to_runs_and_launch_a_job_kept_in_the_url(store, spawned):
+    at = app("2_methods")
+    at.multiselect(key="w_methods").set_value(["quantize", "prune"]).run()
+    at.slider(key="w_prune.ratio").set_value(0.3).run()
+    at.number_input(key="w_seeds").set_value(2).run()
+    at.number_input(key="w_epochs").set_value(0.5).run()
+    at.switch_page(PAGES["3_runs"]).run()
+    summary = at.main.markdown[0].value
+    assert "methods **quantize, prune**" in summary and "**2** seed(s)" in summary and "0.5 fine-tuning epoch(s)" in summary
+    assert "prune: {'ratio': 0.3}" in at.main.caption[0].value
+    next(button for button in at.main.button if button.label == "Launch exploration").click().run()
+    job = store.get(spawned[0])
+    assert (job["kind"], job["status"]) == ("explore", "queued")
+    assert (job["spec"]["methods"], job["spec"]["seeds"], job["spec"]["settings"]) == (["quantize", "prune"], 2, {"prune": {"ratio": 0.3}})
+    assert at.query_params["job"] == [spawned[0]] or at.query_params["job"] == spawned[0]
+    assert at.session_state["job"] == spawned[0]
+    at.switch_page(PAGES["2_methods"]).run()
+    assert at.multiselect(key="w_methods").value == ["quantize", "prune"] and at.slider(key="w_prune.ratio").value == 0.3
+
+
+def test_runs_page_shows_the_finished_run_from_the_url_with_pairs_log_and_list(store, finished):
+    at = app("3_runs", job=finished["exploration"])
+    assert f"Run {finished['exploration']}" in texts(at.main.subheader)
+    assert any("**done**" in markdown.value for markdown in at.main.markdown)
+    assert at.main.get("progress")[0].value == 100
+    pairs = at.main.dataframe[0].value
+    assert list(pairs["applications"]) == ["prune alone", "quantize alone", "prune / quantize"]
+    assert list(pairs["status"]) == ["ok", "ok", "ok"] and list(pairs["done"]) == [1, 1, 2]
+    chain = " → ".join(finished["record"]["chain"])
+    assert at.main.success[0].value == f"Recommended order: **{chain}**"
+    assert "prune -> quantize (seed 0): ok" in at.main.code[0].value
+    assert finished["exploration"] in list(at.main.dataframe[1].value["id"])
+    assert at.main.selectbox[0].value == finished["exploration"]
+
+
+def test_a_failed_pair_shows_its_reason_and_cancel_and_resume_act_on_the_store(store, spawned):
+    spec = ExploreSpec(model="digits_cnn", methods=("prune", "lowrank"), seeds=1)
+    job = store.create(spec)
+    store.record_step(job, {"chain": ["prune"], "seed": 0, "status": "ok", "reason": None, "metrics": {"accuracy": 90.0}, "seconds": 1.0})
+    store.record_step(job, {"chain": ["prune", "lowrank"], "seed": 0, "status": "incompatible",
+                            "reason": "no layer gets cheaper at rank ratio 0.99", "metrics": None, "seconds": 0.1})
+    store.set_progress(job, "lowrank: fine-tune", 0.4, done=2, total=4)
+    at = app("3_runs", job=job)
+    assert texts(at.main.warning) == ["prune / lowrank: incompatible: no layer gets cheaper at rank ratio 0.99"]
+    assert [p.value for p in at.main.get("progress")][-2:] == [50, 40]
+    next(button for button in at.main.button if button.label == "Cancel").click().run()
+    assert store.get(job)["status"] == "cancelling"
+    store.set_status(job, "failed", error="RuntimeError: out of memory")
+    at.run()
+    assert "The job failed: RuntimeError: out of memory" in texts(at.main.error)
+    next(button for button in at.main.button if button.label == "Resume").click().run()
+    assert store.get(job)["status"] == "queued" and spawned == [job]
+
+
+# --- Order, Trade-offs, Export ------------------------------------------------------------------
+
+def test_order_page_draws_the_matrix_graph_orders_and_exhaustive_rank(store, finished):
+    record = finished["record"]
+    at = app("4_order", job=finished["exploration"])
+    assert at.main.markdown[0].value == f"### Recommended order: {' → '.join(record['chain'])}"
+    assert charts(at) == 1 and charts(at, "graphviz_chart") == 1
+    assert "digraph precedence" in at.get("graphviz_chart")[0].proto.spec
+    assert list(at.main.dataframe[0].value["pair"]) == ["prune / quantize"]
+    assert len(at.main.dataframe[1].value) == len(record["valid_chains"])
+    assert next(metric for metric in at.main.metric if metric.label == "Rank of the recommended chain").value == f"{record['exhaustive']['rank']} of 2"
+    assert len(at.main.dataframe[2].value) == 2
+
+
+def test_result_pages_say_what_to_do_without_a_finished_run(store, spawned):
+    for page in ("4_order", "5_tradeoffs", "6_export"):
+        at = app(page)
+        assert at.main.info[0].value.startswith("No exploration is open") and not at.get("plotly_chart")
+    queued = store.create(ExploreSpec(model="digits_cnn", methods=("prune", "quantize")))
+    assert "is queued: its results appear here once it is done" in app("4_order", job=queued).info[0].value
+    assert "There is no run feedc0ffee00" in app("5_tradeoffs", job="feedc0ffee00").info[0].value
+
+
+def test_tradeoffs_page_draws_three_tradeoffs_and_the_chain(store, finished):
+    at = app("5_tradeoffs", job=finished["exploration"])
+    assert charts(at) == 4
+    titles = [chart.proto.spec for chart in at.get("plotly_chart")]
+    for title in ("Accuracy against BitOps", "Accuracy against model size", "Accuracy against latency", "The chain step by step"):
+        assert any(title in spec for spec in titles), title
+    assert {metric.label for metric in at.main.metric} >= {"Fewer BitOps than the base", "Accuracy change"}
+    assert list(at.main.dataframe[0].value["step"])[0] == "base"
+
+
+def test_export_page_offers_reports_and_the_finished_export_files(store, finished):
+    at = app("6_export", job=finished["exploration"])
+    labels = [button.label for button in at.main.get("download_button")]
+    assert labels[:2] == ["Meeting report (self-contained HTML)", "Results CSV (every step)"]
+    assert labels[2:] == ["state dict", "TorchScript", "manifest (JSON)", "All as a zip"]
+    assert at.multiselect(key=f"w_export_order_{finished['exploration']}").value == finished["record"]["chain"]
+    assert at.main.success[-1].value == "Every file loads back, runs and matches its checksum."
+    assert list(at.main.dataframe[0].value["check against PyTorch"]) == ["passed", "passed"]
+
+
+def test_export_of_an_order_of_ones_own_is_a_background_job(store, finished, spawned):
+    at = app("6_export", job=finished["exploration"])
+    reverse = finished["record"]["chain"][::-1]
+    at.multiselect(key=f"w_export_order_{finished['exploration']}").set_value(reverse).run()
+    assert "your own order" in at.main.caption[-1].value or any("your own order" in c.value for c in at.main.caption)
+    at.multiselect(key="w_export_formats").set_value(["onnx"]).run()
+    next(button for button in at.main.button if button.label == "Apply and export").click().run()
+    job = store.get(spawned[0])
+    assert (job["kind"], job["spec"]["chain"], job["spec"]["formats"]) == ("export", reverse, ["onnx"])
+    assert job["spec"]["exploration"] == finished["exploration"] and job["spec"]["budget"] == finished["record"]["spec"]["budget"]
+    assert any("**queued**" in markdown.value for markdown in at.main.markdown)
+
+
+def test_a_deep_link_to_a_page_runs_it_inside_the_app_with_the_run_from_the_url(store, finished):
+    at = AppTest.from_file(APP, default_timeout=60)  # a fresh server whose first request is /runs?job=...
+    at.query_params["job"] = finished["exploration"]
+    at.switch_page(PAGES["3_runs"]).run()
+    assert not at.exception and at.main.title[0].value == "Runs"
+    assert f"Run {finished['exploration']}" in texts(at.main.subheader)
+    assert any(f"job `{finished['exploration']}`" in markdown.value for markdown in at.sidebar.markdown)
+
+
+def test_the_sidebar_shows_the_open_run_device_and_store(store, finished):
+    at = app("5_tradeoffs", job=finished["exploration"])
+    captions = texts(at.sidebar.caption)
+    assert any(caption.startswith("Device: CPU") or caption.startswith("Device: CUDA") for caption in captions)
+    assert f"Job store: `{store.path}`" in captions
+    assert any(f"job `{finished['exploration']}`" in markdown.value for markdown in at.sidebar.markdown)
+
+
+@pytest.mark.timeout(120)
+def test_a_launched_exploration_runs_in_a_worker_and_its_result_reaches_the_result_pages(store, finished):
+    spec = finished["record"]["spec"]  # the same plan: its steps come back from the store's cache
+    at = app("2_methods")
+    at.session_state[dashboard.BASE] = {key: spec[key] for key in ("model", "architecture", "data", "input_size")}
+    at.multiselect(key="w_methods").set_value(spec["methods"]).run()
+    at.number_input(key="w_seeds").set_value(spec["seeds"]).run()
+    at.number_input(key="w_epochs").set_value(spec["budget"]["epochs"]).run()
+    at.main.selectbox(key="w_device").set_value("cpu").run()
+    at.switch_page(PAGES["3_runs"]).run()
+    next(button for button in at.main.button if button.label == "Launch exploration").click().run()
+    job_id = at.session_state["job"]
+    deadline = time.monotonic() + 100
+    while store.get(job_id)["status"] not in ("done", "failed", "cancelled") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    at.run()
+    job = store.get(job_id)
+    assert job["status"] == "done", store.log(job_id)
+    assert job["result"]["applications"]["cache_hits"] == 4
+    assert at.main.success[0].value == f"Recommended order: **{' → '.join(job['result']['chain'])}**"
+    at.switch_page(PAGES["4_order"]).run()
+    assert at.main.markdown[0].value.startswith("### Recommended order:") and charts(at, "graphviz_chart") == 1
