@@ -17,7 +17,8 @@ from ordercomp.jobs import JobStore, refresh_stale, resume_job
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 KEEP = {"persist_state": "session"}  # a widget keeps its value on other pages (its key starts with w_)
-STATUS_ICONS = {"queued": "⏳", "running": "⚙️", "cancelling": "✋", "cancelled": "⏹️", "failed": "❌", "done": "✅"}
+STATUS_ICONS = {"queued": ":material/schedule:", "running": ":material/progress_activity:", "cancelling": ":material/pan_tool:",
+                "cancelled": ":material/stop_circle:", "failed": ":material/error:", "done": ":material/check_circle:"}
 
 
 def run_inside_app() -> None:

@@ -1,16 +1,16 @@
 """Reproduce the sample models shipped in this folder (weights + model cards).
 
-    python sample_models/make_samples.py            # all samples
-    python sample_models/make_samples.py digits_cnn # one
+    python sample_models/make_samples.py                     # all samples, into this folder
+    python sample_models/make_samples.py digits_cnn --out /tmp # one, elsewhere (to compare)
 
 Each model is trained from a seeded initialisation on the embedded digits data (8x8, the
 fixed split of ordercomp.data) with AdamW + one-cycle; the card records how and how well.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +29,7 @@ SAMPLES = {
 }
 
 
-def make(name: str) -> dict:
+def make(name: str, out: Path = HERE) -> dict:
     recipe = SAMPLES[name]
     data = load_data("digits")
     torch.manual_seed(0)
@@ -37,7 +37,7 @@ def make(name: str) -> dict:
     start = time.perf_counter()
     train(model, data, recipe["budget"], seed=0, device=torch.device("cpu"))
     seconds = time.perf_counter() - start
-    weights = HERE / f"{name}.safetensors"
+    weights = out / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     test = measure(model, data, "test", latency=False)
     card = {
@@ -51,8 +51,8 @@ def make(name: str) -> dict:
                     "macs": test.macs, "bitops": test.bitops},
         "reproduce": f"python sample_models/make_samples.py {name}",
     }
-    (HERE / f"{name}.json").write_text(json.dumps(card, indent=1) + "\n")
-    (HERE / f"{name}.md").write_text(model_card_markdown(card))
+    (out / f"{name}.json").write_text(json.dumps(card, indent=1) + "\n")
+    (out / f"{name}.md").write_text(model_card_markdown(card))
     return card
 
 
@@ -73,6 +73,13 @@ def model_card_markdown(card: dict) -> str:
 
 
 if __name__ == "__main__":
-    for sample in sys.argv[1:] or list(SAMPLES):
-        made = make(sample)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("names", nargs="*", help=f"samples to make: {', '.join(SAMPLES)} (default: all)")
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args()
+    unknown = set(args.names) - set(SAMPLES)
+    if unknown:
+        parser.error(f"unknown sample {', '.join(sorted(unknown))}: choose from {', '.join(SAMPLES)}")
+    for sample in args.names or list(SAMPLES):
+        made = make(sample, args.out)
         print(f"{sample}: test accuracy {made['metrics']['test_accuracy']} %, {made['training']['seconds_on_2_cpu_cores']} s")
