@@ -293,7 +293,7 @@ class Explorer:
     def try_repeat(self, model: nn.Module, chain: list[str]) -> dict:
         """Apply the repeat method once more after the chain and compare on the test split."""
         before = measure(model, self.data, "test", device=self.device, latency=False).to_dict()
-        again, result = run_step(model, tuple(chain) + (self.spec.repeat,), self.configs, self._context(0, chain), split="test")
+        _, result = run_step(model, tuple(chain) + (self.spec.repeat,), self.configs, self._context(0, chain), split="test")
         helps = result.status == OK and result.metrics["bitops"] < before["bitops"] and result.metrics["accuracy"] >= before["accuracy"] - 1.0
         return {"method": self.spec.repeat, "before": before, "after": result.to_dict(), "helps": helps}
 

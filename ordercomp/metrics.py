@@ -22,9 +22,6 @@ from .methods._layers import FULL_BITS, bits_of
 from .methods.early_exit import select_exits
 from .train import all_outputs, predict
 
-BN_BITS = 32
-
-
 @dataclass
 class Metrics:
     accuracy: float

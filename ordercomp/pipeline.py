@@ -6,7 +6,7 @@ through a callback, so a CLI, a worker process or a test can follow progress ste
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
 import torch
@@ -29,7 +29,6 @@ class StepResult:
     metrics: dict | None = None
     seconds: float = 0.0
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         record = asdict(self)
@@ -38,7 +37,8 @@ class StepResult:
 
     @classmethod
     def from_dict(cls, record: dict) -> "StepResult":
-        return cls(**{**record, "chain": tuple(record["chain"])})
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in known} | {"chain": tuple(record["chain"])})
 
 
 def make_configs(methods, overrides: dict[str, dict] | None = None) -> dict:

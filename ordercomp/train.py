@@ -41,9 +41,6 @@ class Budget:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def scaled(self, factor: float) -> "Budget":
-        return Budget(self.epochs * factor, self.lr, self.batch_size, self.weight_decay)
-
 
 def all_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """Logits of every exit (a plain model has one)."""

@@ -33,7 +33,7 @@ def metrics(chain, seed=0, latency=None) -> dict:
 
 def step(chain, seed=0, status="ok", latency=None) -> dict:
     return {"chain": list(chain), "status": status, "reason": None if status == "ok" else "already quantised below 8 bits",
-            "metrics": metrics(chain, seed, latency) if status == "ok" else None, "seconds": 0.5, "seed": seed, "extra": {}}
+            "metrics": metrics(chain, seed, latency) if status == "ok" else None, "seconds": 0.5, "seed": seed}
 
 
 def outcome(first, second, mean_diff, *, winner=None, tie=False, weak=False, incompatible=None) -> dict:

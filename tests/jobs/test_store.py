@@ -11,7 +11,7 @@ from ordercomp.jobs import JobStore
 def step(chain, seed=0, status="ok", seconds=1.5, reason=None, metrics=None):
     return {"chain": list(chain), "seed": seed, "status": status, "reason": reason,
             "metrics": {"accuracy": 90.0, "bitops": 1e6} if metrics is None and status == "ok" else metrics,
-            "seconds": seconds, "extra": {}}
+            "seconds": seconds}
 
 
 def test_create_and_get_round_trip_the_spec(store, tiny_spec):
