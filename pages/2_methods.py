@@ -79,8 +79,9 @@ def plan_summary() -> None:
                  f"+ {n} to apply the chain. Pairwise needs n + n(n-1) = {cost['pairwise_per_seed']} per seed; "
                  f"every order (exhaustive) {cost['exhaustive_per_seed']}.")
     right.metric("Estimated time", dashboard.duration(cost["seconds"]))
-    basis = ("the mean of the finished steps in the job store" if cost["measured"]
-             else "a default guess, as the job store has no finished steps of this model and data yet")
+    basis = {"measured": "the mean of the finished steps in the job store",
+             "sample": "the sample's size (MACs x training images x epochs), as the job store has no finished steps of it yet",
+             "default": "a default guess, as the job store has no finished steps of this model and data yet"}[cost["basis"]]
     right.caption(f"{cost['seconds_each']:.1f} s per application, from {basis}.")
     st.page_link("pages/3_runs.py", label="Next: launch it on the Runs page", icon=":material/play_circle:")
 

@@ -18,6 +18,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from ordercomp import dashboard
+from ordercomp.checkpoints import sample_card
 from ordercomp.data import DataError
 from ordercomp.explore import ExploreSpec
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, launch
@@ -205,7 +206,13 @@ def test_methods_page_builds_widgets_from_the_registry_and_counts_applications(s
     at.number_input(key="w_seeds").set_value(2).run()
     applications = next(metric for metric in at.main.metric if metric.label == "Method applications")
     assert applications.value == "10"  # (2 singles + 2 ordered pairs) x 2 seeds + the chain's 2
-    assert "20.0 s per application, from a default guess" in at.main.caption[-1].value
+    # the default sample, not yet run in this store: the guess goes by its size (MACs x images x epochs)
+    card = sample_card("digits_cnn")
+    guess = card["metrics"]["macs"] * card["data"]["train"] * 5 * 3 * dashboard.CPU_SECONDS_PER_MAC
+    assert f"{guess:.1f} s per application, from the sample's size" in at.main.caption[-1].value
+    at.session_state[dashboard.BASE] = {"model": "cnn_tiny", "architecture": None, "data": "digits", "input_size": None}
+    at.run()
+    assert f"{dashboard.DEFAULT_STEP_SECONDS:.1f} s per application, from a default guess" in at.main.caption[-1].value
     spec = finished["record"]["spec"]  # a base with finished steps in the store: the estimate goes by them
     at.session_state[dashboard.BASE] = {key: spec[key] for key in ("model", "architecture", "data", "input_size")}
     at.run()
