@@ -87,16 +87,20 @@ def to_quant(layer: nn.Module, weight_bits: int, act_bits: int) -> nn.Module:
     if isinstance(layer, (QuantConv2d, QuantLinear)):
         layer.weight_bits, layer.act_bits = weight_bits, act_bits
         return layer
-    if isinstance(layer, nn.Conv2d):
-        quant = QuantConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                            layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
-    else:
-        quant = QuantLinear(layer.in_features, layer.out_features, layer.bias is not None)
+    quant = layer_like(layer, QuantConv2d, QuantLinear)
     quant._init_quant(weight_bits, act_bits)
     quant.to(layer.weight.device)
     quant.load_state_dict(layer.state_dict(), strict=False)
     copy_marks(layer, quant)
     return quant
+
+
+def layer_like(layer: nn.Module, conv_type: type = nn.Conv2d, linear_type: type = nn.Linear) -> nn.Module:
+    """A new, uninitialised layer of the given class with `layer`'s shape and hyperparameters."""
+    if isinstance(layer, nn.Conv2d):
+        return conv_type(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                         layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
+    return linear_type(layer.in_features, layer.out_features, layer.bias is not None)
 
 
 def copy_marks(source: nn.Module, target: nn.Module) -> None:

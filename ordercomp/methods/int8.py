@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..train import all_outputs
-from ._layers import FULL_BITS, bits_of, compute_layers, fake_quant_weight, replace_module
+from ._layers import FULL_BITS, bits_of, compute_layers, fake_quant_weight, layer_like, replace_module
 from .base import Context, Incompatible, Method, check_range, require_staged
 
 MAX_BATCH = 4096
@@ -85,9 +85,7 @@ def _drop_fake_quant(model: nn.Module) -> None:
     them to the same int8 grid and observes the activations itself."""
     for name, layer in compute_layers(model):
         if hasattr(layer, "act_bits"):
-            plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                              layer.dilation, layer.groups, layer.bias is not None) if isinstance(layer, nn.Conv2d) \
-                else nn.Linear(layer.in_features, layer.out_features, layer.bias is not None)
+            plain = layer_like(layer)
             plain.weight.copy_(fake_quant_weight(layer.weight, layer.weight_bits) if layer.weight_bits < FULL_BITS else layer.weight)
             if layer.bias is not None:
                 plain.bias.copy_(layer.bias)
