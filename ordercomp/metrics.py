@@ -33,6 +33,7 @@ class Metrics:
     latency_ms_batch: float | None
     peak_memory_bytes: float | None
     exit_fractions: list[float] | None = None
+    correct: str | None = None  # which images were classified correctly, packed by `pack_hits`
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,25 +43,37 @@ def measure(model: nn.Module, data: DataBundle, split: str = "test", *, device: 
             latency: bool = True, repeats: int = 20, batch_size: int = 32, threads: int = 1) -> Metrics:
     """Accuracy, parameters, storage, MACs, BitOps, latency and peak memory of `model` on `split`."""
     device = torch.device(device)
-    accuracy, fractions = accuracy_and_exits(model, data, split, device)
+    accuracy, fractions, hits = accuracy_and_exits(model, data, split, device)
     macs, bitops = expected_cost(model, data.example_input(1).to(device), fractions)
     timing = (latency_ms(model, data, device, 1, repeats, threads), latency_ms(model, data, device, batch_size, repeats, threads)) if latency else (None, None)
     return Metrics(accuracy, count_params(model), storage_bytes(model), macs, bitops, *timing,
-                   peak_memory(model, data, device, batch_size) if latency else None, fractions)
+                   peak_memory(model, data, device, batch_size) if latency else None, fractions, pack_hits(hits))
 
 
 def accuracy_and_exits(model: nn.Module, data: DataBundle, split: str, device: torch.device):
-    """Top-1 accuracy in percent, and for early-exit models the fraction leaving at each exit."""
+    """Top-1 accuracy in percent, for early-exit models the fraction leaving at each exit, and
+    which images were classified correctly (the paired per-image evidence for order decisions)."""
     outputs, labels = predict(model, data, split, device)
-    if len(outputs) == 1:
-        return _percent(outputs[0], labels), None
-    chosen, exit_index = select_exits(outputs, model.threshold)
-    fractions = torch.bincount(exit_index, minlength=len(outputs)).float() / len(labels)
-    return _percent(chosen, labels), fractions.tolist()
+    chosen, fractions = outputs[0], None
+    if len(outputs) > 1:
+        chosen, exit_index = select_exits(outputs, model.threshold)
+        fractions = (torch.bincount(exit_index, minlength=len(outputs)).float() / len(labels)).tolist()
+    hits = chosen.argmax(1) == labels
+    return 100.0 * hits.float().mean().item(), fractions, hits
 
 
-def _percent(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+def pack_hits(hits: torch.Tensor) -> str:
+    """Per-image correctness as '<count>:<hex>', one bit per image in split order (~90 characters
+    for 360 images), small enough to keep in every cached step result."""
+    bits = hits.to(torch.uint8).tolist()
+    value = int("".join(map(str, bits)) or "0", 2)
+    return f"{len(bits)}:{value:x}"
+
+
+def unpack_hits(packed: str) -> list[int]:
+    """The 0/1 per-image correctness list written by `pack_hits`."""
+    count, _, digits = packed.partition(":")
+    return [int(bit) for bit in format(int(digits, 16), f"0{int(count)}b")] if int(count) else []
 
 
 def count_params(model: nn.Module) -> int:
