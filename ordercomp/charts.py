@@ -154,7 +154,7 @@ def chain_steps_figure(record: dict) -> go.Figure:
     fig.update_layout(title=f"The chain step by step: {arrow(record['chain'])} (test split)", template="plotly_white",
                       xaxis_title="after step", legend={"orientation": "h", "y": -0.2})
     fig.update_yaxes(title_text="Top-1 accuracy (%)", range=[0, 100], secondary_y=False)
-    fig.update_yaxes(title_text="BitOps per image and size in bytes (log scale)", type="log", secondary_y=True)
+    fig.update_yaxes(title_text="BitOps per image and size in bytes (log scale)", type="log", tickformat=".3~s", secondary_y=True)
     return fig
 
 

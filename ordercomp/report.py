@@ -52,9 +52,18 @@ def _headline_cards(figures: dict) -> str:
     cards = [card(_times(figures["bitops_reduction"]), "fewer BitOps than the base"),
              card("n/a" if figures["accuracy_change"] is None else f"{figures['accuracy_change']:+.2f} pts", "top-1 accuracy change"),
              card(_times(figures["size_reduction"]), "smaller model than the base"),
-             card("n/a" if figures["latency_change"] is None else f"{figures['latency_change']:.2f}x",
-                  "latency at batch 1 relative to the base" + (f" ({base_ms:.3f} -> {final_ms:.3f} ms)" if figures["latency_change"] else ""))]
+             card(speed_text(figures["latency_change"]),
+                  "latency at batch 1 against the base" + (f" ({base_ms:.3f} -> {final_ms:.3f} ms)" if figures["latency_change"] else ""))]
     return f'<div class="headlines">{"".join(cards)}</div>'
+
+
+def speed_text(latency_change: float | None) -> str:
+    """'2.33x slower' or '1.50x faster' from latency after / latency before."""
+    if latency_change is None:
+        return "n/a"
+    if latency_change >= 1:
+        return f"{latency_change:.2f}x slower"
+    return f"{1 / latency_change:.2f}x faster"
 
 
 def _times(value: float | None) -> str:

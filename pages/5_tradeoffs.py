@@ -4,7 +4,7 @@ import streamlit as st
 
 from ordercomp import dashboard
 from ordercomp.charts import AXES, chain_steps_figure, tradeoff_figure
-from ordercomp.report import headline_figures
+from ordercomp.report import headline_figures, speed_text
 from ordercomp.results import chain_table
 from pages._shared import open_exploration, run_inside_app
 
@@ -22,7 +22,7 @@ columns = st.columns(4)
 columns[0].metric("Fewer BitOps than the base", times(figures["bitops_reduction"]))
 columns[1].metric("Accuracy change", "n/a" if figures["accuracy_change"] is None else f"{figures['accuracy_change']:+.2f} pts")
 columns[2].metric("Smaller than the base", times(figures["size_reduction"]))
-columns[3].metric("Latency (batch 1) as a multiple of the base's", "n/a" if figures["latency_change"] is None else f"{figures['latency_change']:.2f}x")
+columns[3].metric("Latency at batch 1", speed_text(figures["latency_change"]), help="measured latency of the compressed model against the base's")
 
 for tab, axis in zip(st.tabs([f"Accuracy vs {AXES[axis][0]}" for axis in AXES]), AXES):
     with tab:

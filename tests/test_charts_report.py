@@ -16,7 +16,7 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from ordercomp import charts
-from ordercomp.report import meeting_report, results_csv
+from ordercomp.report import meeting_report, results_csv, speed_text
 
 METHODS = ["prune", "quantize", "early_exit", "int8"]
 CHAIN = ["prune", "quantize", "early_exit", "int8"]
@@ -161,7 +161,7 @@ def test_report_is_one_offline_html_file_with_the_headlines(record):
     assert not re.search(r"<script[^>]*\ssrc=", report) and not re.search(r"<link[^>]*href=[\"']?https?:", report)
     assert report.count(get_plotlyjs()) == 1
     assert html.escape("prune -> quantize -> early_exit -> int8") in report
-    assert "16.0x" in report and "-4.00 pts" in report and "0.25x" in report
+    assert "16.0x" in report and "-4.00 pts" in report and "4.00x faster" in report
     for title in ("Precedence graph", "Pair matrix", "Trade-offs", "Exhaustive ranking of every order", "Notes", "Run settings"):
         assert f"<h2>{title}</h2>" in report
     assert "dropped to break a cycle" in report and "weak evidence (early_exit / int8)" in report
@@ -182,3 +182,13 @@ def test_results_csv_is_the_steps_table(record):
     table = pd.read_csv(io.BytesIO(results_csv(record)))
     assert len(table) == len(record["steps"]) and list(table.columns[:3]) == ["chain", "seed", "status"]
     assert (table["status"] == "incompatible").sum() == 2
+
+
+@pytest.mark.parametrize("change, text", [(2.333, "2.33x slower"), (1.0, "1.00x slower"), (0.5, "2.00x faster"), (None, "n/a")])
+def test_latency_headline_says_slower_or_faster(change, text):
+    assert speed_text(change) == text
+
+
+def test_chain_steps_axis_uses_short_si_ticks_not_raw_billions(record):
+    fig = charts.chain_steps_figure(record)
+    assert fig.layout.yaxis2.tickformat == ".3~s"

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 from ordercomp.methods.registry import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_order_core_and_the_job_store_import_without_torch():
@@ -27,3 +31,8 @@ def test_readme_test_command_is_what_ci_runs():
     assert len(readme_commands) >= 2
     test_command = readme_commands[1].split("#")[0].strip()
     assert test_command in (root / ".ci" / "run").read_text()
+
+
+def test_streamlit_toolbar_hides_the_deploy_button():
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["toolbarMode"] in ("minimal", "viewer")
