@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ordercomp.methods._layers import to_quant
-from ordercomp.metrics import expected_cost, measure, storage_bytes
+from ordercomp.metrics import expected_cost, measure, storage_bytes, unpack_hits
 from ordercomp.zoo import StagedNet
 
 
@@ -47,3 +47,10 @@ def test_measure_reports_every_figure(digits, tiny_model):
     assert metrics.latency_ms_b1 > 0 and metrics.latency_ms_batch >= metrics.latency_ms_b1 * 0.5
     assert metrics.peak_memory_bytes > metrics.size_bytes
     assert metrics.exit_fractions is None
+
+
+def test_measure_keeps_which_images_were_right_for_paired_evidence(digits, tiny_model):
+    metrics = measure(tiny_model, digits, "val", latency=False)
+    hits = unpack_hits(metrics.correct)
+    assert len(hits) == len(digits.val.tensors[1]) and set(hits) <= {0, 1}
+    assert 100 * sum(hits) / len(hits) == pytest.approx(metrics.accuracy)
