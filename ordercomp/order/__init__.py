@@ -1,5 +1,6 @@
-"""Pure order-finding core: pairwise decisions, precedence graph and exploration plans."""
+"""Pure order-finding core: pairwise decisions with intervals, precedence graph, exploration plans and chain search."""
 
+from ordercomp.order.evidence import DifferenceInterval, difference_interval, t_quantile
 from ordercomp.order.graph import (
     break_cycles,
     precedence_graph,
@@ -23,13 +24,17 @@ from ordercomp.order.plan import (
     pairwise_applications,
     pairwise_plan,
 )
+from ordercomp.order.synthetic import PairEvidence, simulate_pair
 
 __all__ = [
     "MAX_EXHAUSTIVE_METHODS",
     "OBJECTIVES",
+    "DifferenceInterval",
+    "PairEvidence",
     "PairOutcome",
     "break_cycles",
     "decide_pair",
+    "difference_interval",
     "exhaustive_applications",
     "exhaustive_plan",
     "incompatible_pair",
@@ -40,5 +45,7 @@ __all__ = [
     "precedence_graph",
     "rank_of_chain",
     "recommended_chain",
+    "simulate_pair",
+    "t_quantile",
     "valid_chains",
 ]

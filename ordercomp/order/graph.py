@@ -102,7 +102,7 @@ def recommended_chain(
     best_chain: list[str] = []
     best_score = float("-inf")
     for chain in valid_chains(dag, limit):
-        score = _agreement(chain, preferences)
+        score = agreement(chain, preferences)
         if score > best_score:
             best_chain, best_score = chain, score
     return best_chain
@@ -159,8 +159,8 @@ def _lexicographic_topological_sorts(dag: nx.DiGraph) -> Iterator[list[str]]:
     yield from extend()
 
 
-def _agreement(chain: list[str], preferences: list[PairOutcome]) -> float:
-    """Sum of mean_diff over outcomes the chain follows, minus those it reverses."""
+def agreement(chain: list[str], preferences: list[PairOutcome]) -> float:
+    """Sum of mean_diff over outcomes the chain follows, minus those it reverses (a Kemeny-style score)."""
     position = {method: index for index, method in enumerate(chain)}
     total = 0.0
     for outcome in preferences:

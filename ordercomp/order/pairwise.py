@@ -3,15 +3,18 @@ A->B and B->A, decide which method should come first, or that it is a tie.
 
 A decision is made on the paired per-seed differences, oriented so that a
 positive difference always means "first -> second is better", whatever the
-direction of the objective.
+direction of the objective, and on a confidence interval of their mean that
+can also use both orders' per-image correctness (see evidence.py).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
+
+from ordercomp.order.evidence import PerImage, difference_interval
 
 OBJECTIVES: dict[str, tuple[bool, str]] = {
     "accuracy": (True, "top-1 accuracy of the compressed model in percent; higher is better"),
@@ -30,6 +33,12 @@ class PairOutcome:
     a tie or when the pair is incompatible. `only_order` holds the reason the
     reverse order cannot be applied when just one order works: then `winner`
     is forced, whatever the scores.
+
+    `low`..`high` is the `confidence` interval of `mean_diff` (None when it
+    could not be estimated: one seed and no per-image evidence, or no scores),
+    `images` the number of validation images whose paired correctness it used
+    (0: seed-to-seed variation only). Records written before these fields
+    existed load with their defaults.
     """
 
     first: str
@@ -44,6 +53,10 @@ class PairOutcome:
     weak_evidence: bool
     incompatible: str | None
     only_order: str | None = None
+    low: float | None = None
+    high: float | None = None
+    confidence: float | None = None
+    images: int = 0
 
     @property
     def margin(self) -> float:
@@ -60,20 +73,20 @@ class PairOutcome:
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> PairOutcome:
         """Rebuild an outcome written by `to_dict`."""
-        missing = sorted(_FIELD_NAMES - record.keys())
+        missing = sorted(_REQUIRED_FIELDS - record.keys())
         if missing:
             raise ValueError(
                 f"PairOutcome record is missing fields {missing}; "
                 "pass a dict produced by PairOutcome.to_dict()"
             )
-        values = {name: record[name] for name in _FIELD_NAMES}
-        values["only_order"] = record.get("only_order")
+        values = {name: record[name] for name in _FIELD_NAMES if name in record}
         values["scores_first_then_second"] = tuple(map(float, record["scores_first_then_second"]))
         values["scores_second_then_first"] = tuple(map(float, record["scores_second_then_first"]))
         return cls(**values)
 
 
-_FIELD_NAMES = frozenset(PairOutcome.__dataclass_fields__) - {"only_order"}
+_FIELD_NAMES = frozenset(field.name for field in fields(PairOutcome))
+_REQUIRED_FIELDS = frozenset(field.name for field in fields(PairOutcome) if field.default is MISSING)
 
 
 def decide_pair(
@@ -84,22 +97,30 @@ def decide_pair(
     *,
     higher_is_better: bool = True,
     min_margin: float = 0.0,
-    z: float = 2.0,
+    confidence: float = 0.95,
+    images_first_then_second: PerImage | None = None,
+    images_second_then_first: PerImage | None = None,
 ) -> PairOutcome:
     """Decide which of two methods should be applied first.
 
     Seeds are paired: the s-th score of first -> second is compared with the
     s-th score of second -> first. With k seeds, d_s is the oriented paired
-    difference, mean and spread are its mean and sample standard deviation
-    and se = spread / sqrt(k).
+    difference, `mean_diff` and `spread` its mean and sample standard
+    deviation. The optional per-image arguments hold, per seed, each order's
+    0/1 correctness on the same validation images (accuracy evidence, so only
+    for higher-is-better objectives); `difference_interval` turns both into
+    a `confidence` interval [low, high] with standard error se.
 
-    There is a winner when |mean| > min_margin and, with k >= 2,
-    |mean| > z * se (a single seed only needs to clear min_margin).
+    There is a winner when the interval excludes 0 AND |mean| > min_margin,
+    that is |mean| > threshold = max(min_margin, half-width). A single seed
+    without per-image evidence has no interval and only needs min_margin.
     Otherwise the pair is a tie.
 
-    `weak_evidence` is True when there is a single seed, or when the decision
-    sits within one standard error of its threshold max(min_margin, z * se),
-    i.e. shifting the mean by one standard error would flip win <-> tie.
+    `weak_evidence` is True when there is a single seed (nothing measures
+    training noise), or when | |mean| - threshold | < se: shifting the mean
+    by one standard error would flip win <-> tie. When the half-width sets
+    the threshold, this says the interval's near end (the bound closer to 0)
+    lies within one standard error of 0.
     """
     _check_names(first, second)
     ab = _as_scores(scores_first_then_second, "scores_first_then_second")
@@ -112,17 +133,19 @@ def decide_pair(
         raise ValueError("at least one seed per order is needed to decide a pair")
     if not math.isfinite(min_margin) or min_margin < 0:
         raise ValueError(f"min_margin must be a finite number >= 0, got {min_margin}")
-    if not math.isfinite(z) or z <= 0:
-        raise ValueError(f"z must be a finite number > 0, got {z}")
+    if images_first_then_second is not None and not higher_is_better:
+        raise ValueError("per-image correctness is accuracy evidence: pass it only with higher_is_better=True")
 
     diffs = _oriented_differences(ab, ba, higher_is_better)
     seeds = len(diffs)
-    mean_diff = statistics.fmean(diffs)
-    spread = statistics.stdev(diffs) if seeds >= 2 else 0.0
-    standard_error = spread / math.sqrt(seeds)
-    threshold = max(min_margin, z * standard_error)
+    interval = difference_interval(
+        diffs, images_first_then_second, images_second_then_first, confidence=confidence
+    )
+    mean_diff = interval.mean
+    half_width = 0.0 if interval.low is None else interval.high - mean_diff
+    threshold = max(min_margin, half_width)
     decided = abs(mean_diff) > threshold
-    weak = seeds < 2 or abs(abs(mean_diff) - threshold) < standard_error
+    weak = seeds < 2 or abs(abs(mean_diff) - threshold) < interval.standard_error
 
     winner = None
     if decided:
@@ -134,11 +157,15 @@ def decide_pair(
         scores_second_then_first=ba,
         higher_is_better=higher_is_better,
         mean_diff=mean_diff,
-        spread=spread,
+        spread=statistics.stdev(diffs) if seeds >= 2 else 0.0,
         winner=winner,
         tie=not decided,
         weak_evidence=weak,
         incompatible=None,
+        low=interval.low,
+        high=interval.high,
+        confidence=confidence,
+        images=interval.images,
     )
 
 

@@ -45,10 +45,11 @@ def test_single_seed_decides_but_is_weak_evidence():
 
 
 def test_borderline_win_is_weak_evidence():
-    # diffs 1.0 and 1.6: mean 1.3, se 0.3; with z=4 the threshold is 1.2,
-    # so the win sits less than one standard error above it.
-    outcome = decide_pair("a", "b", [71.0, 71.6], [70.0, 70.0], z=4.0)
+    # diffs 0.65, 1.0, 1.35: mean 1.0, se 0.202; the 95 % half-width with 2 df is
+    # 4.303 * 0.202 = 0.869, so the interval's near end (0.131) is within one se of 0.
+    outcome = decide_pair("a", "b", [70.65, 71.0, 71.35], [70.0, 70.0, 70.0])
     assert outcome.winner == "a"
+    assert outcome.low == pytest.approx(0.131, abs=1e-3)
     assert outcome.weak_evidence
 
 
@@ -87,7 +88,7 @@ def test_same_method_twice_raises():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"), [({"min_margin": -1.0}, "min_margin"), ({"z": 0.0}, "z must")]
+    ("kwargs", "message"), [({"min_margin": -1.0}, "min_margin"), ({"confidence": 1.0}, "confidence")]
 )
 def test_invalid_thresholds_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -139,3 +140,61 @@ def test_objectives_declare_direction():
     assert set(OBJECTIVES) == {"accuracy", "bitops", "latency", "weighted"}
     assert OBJECTIVES["accuracy"][0] and OBJECTIVES["weighted"][0]
     assert not OBJECTIVES["bitops"][0] and not OBJECTIVES["latency"][0]
+
+
+def test_interval_uses_student_t_with_seed_degrees_of_freedom():
+    outcome = decide_pair("a", "b", [71.0, 72.0, 73.0], [70.0, 70.0, 70.0])
+    # diffs 1, 2, 3: mean 2, se 1/sqrt(3); t(0.975, 2) = 4.3027
+    half_width = 4.302653 / math.sqrt(3)
+    assert (outcome.low, outcome.high) == pytest.approx((2 - half_width, 2 + half_width), abs=1e-5)
+    assert outcome.confidence == 0.95 and outcome.images == 0
+    assert outcome.tie  # the interval reaches below 0
+
+
+def test_per_image_evidence_gives_one_seed_an_interval():
+    first = [[1] * 90 + [0] * 10]
+    second = [[1] * 80 + [0] * 20]
+    outcome = decide_pair("a", "b", [90.0], [80.0], images_first_then_second=first, images_second_then_first=second)
+    # D_i is 100 on 10 images and 0 on 90: var 909.09, se 3.015, 99 df
+    assert outcome.images == 100
+    assert outcome.high - outcome.mean_diff == pytest.approx(1.984217 * math.sqrt(909.0909 / 100), abs=1e-3)
+    assert outcome.winner == "a"
+    assert outcome.weak_evidence  # one seed: training noise is not measured
+
+
+def test_per_image_evidence_widens_the_seed_interval():
+    scores_ab, scores_ba = [91.0, 90.0, 92.0], [90.0, 89.0, 90.0]
+    seed_only = decide_pair("a", "b", scores_ab, scores_ba)
+    rows_ab = [[1] * 91 + [0] * 9, [1] * 90 + [0] * 10, [1] * 92 + [0] * 8]
+    rows_ba = [[0] * 10 + [1] * 90, [0] * 11 + [1] * 89, [0] * 10 + [1] * 90]
+    both = decide_pair("a", "b", scores_ab, scores_ba, images_first_then_second=rows_ab, images_second_then_first=rows_ba)
+    assert both.mean_diff == pytest.approx(seed_only.mean_diff)
+    assert both.high - both.low > seed_only.high - seed_only.low
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"images_first_then_second": [[1, 0]]}, "both orders"),
+        ({"images_first_then_second": [[1, 0]], "images_second_then_first": [[1, 0], [1, 1]]}, "one list per seed"),
+        ({"images_first_then_second": [[1, 0]], "images_second_then_first": [[1, 0, 1]]}, "same >= 2 images"),
+        ({"images_first_then_second": [[1, 2]], "images_second_then_first": [[1, 0]]}, "0 or 1"),
+        ({"images_first_then_second": [[1, 0]], "images_second_then_first": [[1, 0]], "higher_is_better": False}, "accuracy evidence"),
+    ],
+)
+def test_invalid_per_image_evidence_raises(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        decide_pair("a", "b", [50.0], [50.0], **kwargs)
+
+
+def test_older_records_without_interval_fields_still_load():
+    record = decide_pair("a", "b", [71.0, 71.2, 70.9], [69.0, 69.1, 68.8]).to_dict()
+    for name in ("low", "high", "confidence", "images", "only_order"):
+        del record[name]
+    restored = PairOutcome.from_dict(record)
+    assert restored.low is None and restored.images == 0 and restored.winner == "a"
+
+
+def test_interval_round_trips_through_json():
+    outcome = decide_pair("a", "b", [70.0], [60.0], images_first_then_second=[[1, 1, 0]], images_second_then_first=[[1, 0, 0]])
+    assert PairOutcome.from_dict(json.loads(json.dumps(outcome.to_dict()))) == outcome
