@@ -2,9 +2,10 @@
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_search_synthetic.py --landscapes 200
 
-For n = 4 and n = 5 methods, draws landscapes (ordercomp.order.synthetic.random_landscape), half of
-them "traps" where one method hurts an already compressed model while every pair says it should go
-last. Pair outcomes come from 3 noisy seeds of each ordered pair; each strategy then spends at most
+For n = 4 and n = 5 methods, draws landscapes (ordercomp.order.synthetic.random_landscape) of three
+kinds: ordinary; "trap", where one method hurts an already compressed model while every pair says
+it should go last; "rugged", ordinary with 1.5 points of unexplained interaction per chain instead
+of 0.3. Pair outcomes come from 3 noisy seeds of each ordered pair; each strategy then spends at most
 its budget (2x the pairwise plan per seed for all but exhaustive). Prints per strategy and kind:
 median and worst regret (best order's true score minus the chosen chain's, in points), median and
 worst rank of n!, applications per seed, and Kendall's tau between the pairwise-implied ranking
@@ -69,9 +70,9 @@ def main() -> None:
     args = parser.parse_args()
     for n in (4, 5):
         methods = [f"m{i}" for i in range(n)]
-        for kind in ("ordinary", "trap"):
+        for kind, trap, interaction in (("ordinary", False, 0.3), ("trap", True, 0.3), ("rugged", False, 1.5)):
             rng = random.Random(f"{args.seed}-{n}-{kind}")
-            rows = [run_landscape(random_landscape(rng, methods, trap=kind == "trap"), args.min_margin, index)
+            rows = [run_landscape(random_landscape(rng, methods, trap=trap, interaction=interaction), args.min_margin, index)
                     for index in range(args.landscapes)]
             summarise(rows, n, kind)
 

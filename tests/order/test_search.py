@@ -175,3 +175,23 @@ def test_pairwise_ranking_puts_the_order_that_follows_every_pair_first():
     ranking = pairwise_ranking(list("abc"), outcomes)
     assert max(ranking, key=ranking.get) == ("a", "b", "c")
     assert min(ranking, key=ranking.get) == ("c", "b", "a")
+
+
+def test_two_methods_need_nothing_beyond_the_pairwise_plan():
+    world = landscape(2)
+    evaluate = Recorder(world)
+    result = search_chains(world.methods, "surrogate", evaluate, outcomes=outcomes_of(world))
+    assert sorted(evaluate.asked) == [("m0", "m1"), ("m1", "m0")]
+    assert result.applications_per_seed == pairwise_applications(2) == 4
+    assert result.chain == result.evaluated[0].chain
+
+
+def test_scores_of_shorter_prefixes_are_kept_but_not_ranked():
+    world = landscape()
+
+    def evaluate(chains):
+        return {prefix: world.measure(prefix, 3) for chain in chains for prefix in prefixes(chain)}
+
+    result = search_chains(world.methods, "surrogate", evaluate, outcomes=outcomes_of(world))
+    assert all(len(score.chain) == 4 for score in result.evaluated)
+    assert result.applications_per_seed <= 32
