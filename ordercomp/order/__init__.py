@@ -2,6 +2,7 @@
 
 from ordercomp.order.evidence import DifferenceInterval, difference_interval, t_quantile
 from ordercomp.order.graph import (
+    agreement,
     break_cycles,
     precedence_graph,
     rank_of_chain,
@@ -24,27 +25,50 @@ from ordercomp.order.plan import (
     pairwise_applications,
     pairwise_plan,
 )
+from ordercomp.order.search import (
+    DEFAULT_STRATEGY,
+    STRATEGIES,
+    ChainScore,
+    SearchResult,
+    kendall_tau,
+    pairwise_chain,
+    pairwise_ranking,
+    prefix_cost,
+    search_budget,
+    search_chains,
+)
 from ordercomp.order.synthetic import PairEvidence, simulate_pair
 
 __all__ = [
+    "DEFAULT_STRATEGY",
     "MAX_EXHAUSTIVE_METHODS",
     "OBJECTIVES",
+    "STRATEGIES",
+    "ChainScore",
     "DifferenceInterval",
     "PairEvidence",
     "PairOutcome",
+    "SearchResult",
+    "agreement",
     "break_cycles",
     "decide_pair",
     "difference_interval",
     "exhaustive_applications",
     "exhaustive_plan",
     "incompatible_pair",
+    "kendall_tau",
     "only_order_pair",
     "naive_exhaustive_applications",
     "pairwise_applications",
+    "pairwise_chain",
     "pairwise_plan",
+    "pairwise_ranking",
+    "prefix_cost",
     "precedence_graph",
     "rank_of_chain",
     "recommended_chain",
+    "search_budget",
+    "search_chains",
     "simulate_pair",
     "t_quantile",
     "valid_chains",

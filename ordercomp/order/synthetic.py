@@ -68,3 +68,72 @@ def _correctness(rng: random.Random, difficulty: list[float]) -> list[int]:
 
 def _accuracy(correct: list[int]) -> float:
     return 100 * sum(correct) / len(correct)
+
+
+@dataclass(frozen=True)
+class Landscape:
+    """Known scores of every prefix of every order of `methods` (higher is better).
+
+    true(prefix) = base - sum of each method's own cost
+                 + sum over ordered pairs (a before b) of precedence[a, b]
+                 - sum of damage[m] * p^growth for the method m at 0-based place p
+                 + place[m, p] + a fixed interaction term per prefix.
+    A measurement adds Gaussian seed noise. With growth 2, a method that
+    hurts a model the others already compressed costs 1x as the second of a
+    pair but 9x as the last of four, which no pair measured on the base can
+    see; `place` holds the rest of the position effects.
+    """
+
+    methods: tuple[str, ...]
+    base: float
+    cost: dict[str, float]
+    precedence: dict[tuple[str, str], float]
+    damage: dict[str, float]
+    growth: float
+    place: dict[tuple[str, int], float]
+    interaction: float
+    seed_noise: float
+    tag: str
+
+    def true(self, prefix: tuple[str, ...]) -> float:
+        """Noise-free score of a prefix."""
+        score = self.base - sum(self.cost[method] for method in prefix)
+        score += sum(self.precedence[a, b] for a, b in itertools.combinations(prefix, 2))
+        score -= sum(self.damage[method] * place**self.growth - self.place[method, place]
+                     for place, method in enumerate(prefix))
+        return score + self.interaction * _unit_normal(f"{self.tag}|{prefix}")
+
+    def measure(self, prefix: tuple[str, ...], seeds: int) -> list[float]:
+        """Per-seed scores of a prefix: its true score plus seed noise, the same on every call."""
+        return [self.true(prefix) + self.seed_noise * _unit_normal(f"{self.tag}|{prefix}|{seed}") for seed in range(seeds)]
+
+
+def random_landscape(rng: random.Random, methods: list[str], *, trap: bool, interaction: float = 0.3,
+                     seed_noise: float = 0.4) -> Landscape:
+    """A landscape with random effects in points; with `trap`, one method hurts a compressed model
+    (in the last place as much as 1-3 points x place^2, growing as place^1 to place^3) while every pair
+    says it should go after the others."""
+    precedence_scale = rng.uniform(0.2, 1.5)
+    precedence: dict[tuple[str, str], float] = {}
+    for a, b in itertools.combinations(methods, 2):
+        effect = rng.gauss(0.0, precedence_scale)
+        precedence[a, b], precedence[b, a] = effect, -effect
+    growth = rng.choice([1.0, 1.5, 2.0, 3.0])
+    scale = (len(methods) - 1) ** (2 - growth)  # the same damage in the last place as with growth 2
+    damage = {method: abs(rng.gauss(0.0, 0.1)) * scale for method in methods}
+    if trap:
+        victim = rng.choice(methods)
+        damage[victim] = rng.uniform(1.0, 3.0) * scale
+        for other in methods:
+            if other != victim:
+                lure = damage[victim] + rng.uniform(0.2, 1.0)
+                precedence[other, victim], precedence[victim, other] = lure, -lure
+    cost = {method: rng.uniform(0.5, 3.0) for method in methods}
+    place = {(method, index): rng.gauss(0.0, 0.3) for method in methods for index in range(len(methods))}
+    return Landscape(tuple(methods), 98.0, cost, precedence, damage, growth, place, interaction, seed_noise,
+                     str(rng.random()))
+
+
+def _unit_normal(key: str) -> float:
+    """A standard normal number fixed by `key` (string seeds are hashed the same in every run)."""
+    return random.Random(key).gauss(0.0, 1.0)
