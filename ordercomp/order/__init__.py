@@ -34,6 +34,7 @@ from ordercomp.order.search import (
     pairwise_chain,
     pairwise_ranking,
     prefix_cost,
+    prefixes,
     search_budget,
     search_chains,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "pairwise_plan",
     "pairwise_ranking",
     "prefix_cost",
+    "prefixes",
     "precedence_graph",
     "rank_of_chain",
     "recommended_chain",

@@ -152,7 +152,7 @@ def search_chains(
     scores too, and an empty list for a chain that could not be applied.
     """
     plan = _strategy(strategy)
-    state = _start(tuple(methods), plan, list(outcomes), budget, higher_is_better, seed)
+    state = _start(tuple(methods), strategy, plan, list(outcomes), budget, higher_is_better, seed)
     while True:
         batch = _affordable([tuple(chain) for chain in plan.propose(state)], state)
         if not batch:
@@ -321,17 +321,17 @@ def _solve(matrix: list[list[float]], vector: list[float]) -> list[float]:
 
 
 def _strategy(name: str):
+    """A fresh strategy object for `name`, or a one-line error listing the known names."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown search strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
     return STRATEGIES[name]()
 
 
-def _start(methods: Chain, plan, outcomes: list[PairOutcome], budget: int | None, higher_is_better: bool,
-           seed: int) -> SearchState:
+def _start(methods: Chain, name: str, plan, outcomes: list[PairOutcome], budget: int | None,
+           higher_is_better: bool, seed: int) -> SearchState:
     """Check the inputs and count the pairwise plan as applied when the strategy builds on it."""
     if len(methods) < 2 or len(set(methods)) != len(methods):
         raise ValueError(f"a chain search needs at least 2 distinct methods, got {list(methods)}")
-    name = next(key for key, value in STRATEGIES.items() if isinstance(plan, value))
     budget = search_budget(len(methods), name) if budget is None else budget
     floor = exhaustive_applications(len(methods)) if name == "exhaustive" else pairwise_applications(len(methods))
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < floor:
