@@ -18,7 +18,7 @@ from .base import Context, Method, check_choice, require_trainable
 @dataclass(frozen=True)
 class QuantizeConfig:
     weight_bits: int = field(default=4, metadata={"choices": SUPPORTED_BITS})
-    act_bits: int = field(default=8, metadata={"choices": SUPPORTED_BITS})
+    act_bits: int = field(default=4, metadata={"choices": SUPPORTED_BITS})
 
     def __post_init__(self):
         check_choice("weight bits", self.weight_bits, SUPPORTED_BITS)
