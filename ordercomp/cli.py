@@ -68,8 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("explore", help="pairwise comparison of orders -> precedence graph -> chain")
     _common(ex)
     ex.add_argument("--methods", default="distill,prune,quantize,early_exit", help=f"comma-separated, from {','.join(METHODS)}")
-    ex.add_argument("--objective", default="accuracy", help="accuracy, bitops, latency or weighted")
+    ex.add_argument("--objective", default="weighted", help="weighted (default: accuracy + weight x halvings of BitOps), accuracy, bitops or latency")
     ex.add_argument("--weight", type=float, default=1.0, help="weighted objective: accuracy points per halving of BitOps")
+    ex.add_argument("--search", help="how the chain is chosen: pairwise (the paper's precedence graph), refine (whole orders "
+                    "around it, at most 2x the pairwise applications; the default) or exhaustive (every order)")
+    ex.add_argument("--confidence", type=float, default=0.95, help="confidence of each pair's interval (default 0.95)")
     ex.add_argument("--seeds", type=int, default=3, help="repeat every comparison over this many seeds")
     ex.add_argument("--exhaustive", action="store_true", help="also run every permutation and rank the found chain")
     ex.add_argument("--repeat", help="apply this method once more after the chain and report whether it helps")
@@ -104,6 +107,7 @@ def _spec(args):
     return ExploreSpec(
         model=args.model, data=args.data, methods=tuple(parse_methods(args.methods)), settings=parse_settings(args),
         objective=args.objective, weight=args.weight, seeds=args.seeds, budget=Budget(epochs=args.epochs, lr=args.lr),
+        confidence=args.confidence, **({"search": args.search} if args.search else {}),
         device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
     )
 

@@ -20,12 +20,13 @@ from .cache import StepCache, content_key, step_key
 from .checkpoints import read_state_dict, resolve_model, save_state_atomically, state_fingerprint
 from .data import DataBundle, load_data
 from .methods.base import Context, config_to_dict
-from .metrics import measure
+from .metrics import measure, unpack_hits
 from .order import OBJECTIVES
 from .pipeline import OK, StepResult, apply_chain, make_configs, run_step
 from .train import Budget, train
 
 DEFAULT_METHODS = ("distill", "prune", "quantize", "early_exit")
+SEARCHES = tuple(order.STRATEGIES)
 BASE_BUDGET = Budget(epochs=20, lr=3e-3)
 Events = Callable[[dict], None]
 
@@ -76,7 +77,7 @@ class ExploreSpec:
     data: str = "digits"
     methods: tuple[str, ...] = DEFAULT_METHODS
     settings: dict[str, dict] = field(default_factory=dict)
-    objective: str = "accuracy"
+    objective: str = "weighted"
     weight: float = 1.0
     seeds: int = 3
     budget: Budget = field(default_factory=Budget)
@@ -84,6 +85,8 @@ class ExploreSpec:
     exhaustive: bool = False
     repeat: str | None = None
     min_margin: float = 0.5
+    confidence: float = 0.95
+    search: str = order.DEFAULT_STRATEGY
     architecture: str | None = None
     input_size: int | None = None
 
@@ -93,6 +96,12 @@ class ExploreSpec:
             raise ValueError("choose at least two different methods to compare orders")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"unknown search strategy {self.search!r}: choose one of {', '.join(SEARCHES)}")
+        if self.search == "exhaustive" and len(self.methods) > order.MAX_EXHAUSTIVE_METHODS:
+            raise ValueError(f"exhaustive search takes at most {order.MAX_EXHAUSTIVE_METHODS} methods")
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"confidence must be in [0.5, 1), e.g. 0.95, got {self.confidence}")
         if not 1 <= self.seeds <= 50:
             raise ValueError(f"seeds must be between 1 and 50, got {self.seeds}")
         if self.exhaustive and len(self.methods) > order.MAX_EXHAUSTIVE_METHODS:
@@ -137,9 +146,62 @@ class Exploration:
     weak_pairs: int
     seconds: float
     configs: dict
+    search: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class OrderFound:
+    """The evidence and the chain, before the chain is applied on the test split."""
+
+    steps: list[StepResult]
+    outcomes: list[order.PairOutcome]
+    dag: object
+    dropped: list[tuple[str, str, float]]
+    chain: list[str]
+    search: dict | None
+
+
+def edge_record(before: str, after: str, data: dict, outcomes: list[order.PairOutcome]) -> dict:
+    """A precedence edge with its pair's interval, oriented so that positive favours `before` first."""
+    record = {"before": before, "after": after, **data}
+    outcome = next(o for o in outcomes if {o.first, o.second} == {before, after})
+    if outcome.low is not None:
+        low, high = (outcome.low, outcome.high) if outcome.first == before else (-outcome.high, -outcome.low)
+        record |= {"low": low, "high": high, "confidence": outcome.confidence}
+    return record
+
+
+def ranked_orders(results: list[StepResult], score_of: Callable[[StepResult], float], higher_is_better: bool) -> list[dict]:
+    """Chains whose every seed applied, best first, with mean score, standard error and seed count."""
+    by_chain: dict[tuple, list[StepResult]] = {}
+    for result in results:
+        by_chain.setdefault(result.chain, []).append(result)
+    rows = []
+    for chain, group in by_chain.items():
+        if _all_ok(group):
+            scores = [score_of(r) for r in group]
+            se = statistics.stdev(scores) / len(scores) ** 0.5 if len(scores) > 1 else 0.0
+            rows.append({"chain": list(chain), "score": statistics.fmean(scores), "se": se, "seeds": len(scores)})
+    return sorted(rows, key=lambda row: -row["score"] if higher_is_better else row["score"])
+
+
+def search_summary(result: order.SearchResult) -> dict:
+    """The search's record: strategy, applications spent and budget per seed, and the whole orders
+    it evaluated, best first (the shape `ranked_orders` gives)."""
+    orders = [{"chain": list(s.chain), "score": s.mean, "se": s.standard_error, "seeds": s.seeds} for s in result.evaluated]
+    return {"strategy": result.strategy, "applications_per_seed": result.applications_per_seed,
+            "budget_per_seed": result.budget, "orders": orders, "failed": [list(c) for c in result.failed]}
+
+
+def _unique(steps: list[StepResult]) -> list[StepResult]:
+    """One result per (chain, seed), in the order first run."""
+    first: dict[tuple, StepResult] = {}
+    for step in steps:
+        first.setdefault((step.chain, step.seed), step)
+    return list(first.values())
 
 
 def _all_ok(results: list[StepResult]) -> bool:
@@ -162,6 +224,9 @@ class Explorer:
     def __init__(self, spec: ExploreSpec, *, cache_dir=None, events: Events | None = None, data: DataBundle | None = None):
         self.spec, self.events = spec, events or (lambda event: None)
         self._deepest = len(spec.methods)
+        # Per (base, seed): models of the prefixes applied so far, kept for their children across
+        # plans (the search extends chains the pairwise plan started). Whole chains are not kept.
+        self._models: dict[tuple[str, int], dict[tuple[str, ...], nn.Module | None]] = {}
         self.device = spec.torch_device()
         self.data = data or load_data(spec.data, input_size=spec.input_size)
         self.cache = StepCache(cache_dir)
@@ -180,7 +245,7 @@ class Explorer:
         fingerprint, results = state_fingerprint(base), []
         total, done = len(plan) * self.spec.seeds, 0
         for seed in range(self.spec.seeds):
-            models: dict[tuple[str, ...], nn.Module | None] = {(): base}
+            models = self._models.setdefault((fingerprint, seed), {(): base})
             for chain in plan:
                 result = self._step(chain, seed, fingerprint, models)
                 results.append(result)
@@ -216,44 +281,70 @@ class Explorer:
     def explore(self) -> Exploration:
         start = time.perf_counter()
         base, source = self.load_base()
-        base_val = measure(base, self.data, "val", device=self.device, latency=False).to_dict()
-        plan = order.exhaustive_plan(self.spec.methods) if self.spec.exhaustive else order.pairwise_plan(self.spec.methods)
-        self._deepest = max(len(chain) for chain in plan)
-        steps = self.run_plan(base, plan)
-        outcomes = self.decide(steps, base_val["bitops"])
-        graph = order.precedence_graph(list(self.spec.methods), outcomes)
-        dag, dropped = order.break_cycles(graph)
-        chain = order.recommended_chain(dag, outcomes)
+        found = self.find_order(base)
+        chain = found.chain
         self.events({"kind": "stage", "stage": "chain", "label": f"applying the chain {' -> '.join(chain)}"})
         base_test = measure(base, self.data, "test", device=self.device).to_dict()
         final, chain_steps = apply_chain(base, chain, self.configs, self._context(0, chain), latency=True)
         return Exploration(
             spec=self.spec.to_dict(), base={k: v for k, v in source.items() if k != "card"} | {"fingerprint": state_fingerprint(base)},
-            base_metrics=base_test, steps=[s.to_dict() for s in steps], outcomes=[o.to_dict() for o in outcomes],
-            edges=[{"before": u, "after": v, **d} for u, v, d in dag.edges(data=True)],
-            dropped_edges=[{"before": u, "after": v, "margin": m} for u, v, m in dropped],
-            valid_chains=order.valid_chains(dag, limit=50), chain=chain, chain_steps=[s.to_dict() for s in chain_steps],
-            applications=self.application_counts(), exhaustive=self.exhaustive_summary(steps, chain, base_val["bitops"]),
+            base_metrics=base_test, steps=[s.to_dict() for s in found.steps], outcomes=[o.to_dict() for o in found.outcomes],
+            edges=[edge_record(u, v, d, found.outcomes) for u, v, d in found.dag.edges(data=True)],
+            dropped_edges=[{"before": u, "after": v, "margin": m} for u, v, m in found.dropped],
+            valid_chains=order.valid_chains(found.dag, limit=50), chain=chain, chain_steps=[s.to_dict() for s in chain_steps],
+            applications=self.application_counts(), exhaustive=self.exhaustive_summary(found.steps, chain),
             repeat=self.try_repeat(final, chain) if self.spec.repeat else None,
-            weak_pairs=sum(o.weak_evidence for o in outcomes if o.incompatible is None),
-            seconds=time.perf_counter() - start, configs=self.config_dicts,
+            weak_pairs=sum(o.weak_evidence for o in found.outcomes if o.incompatible is None),
+            seconds=time.perf_counter() - start, configs=self.config_dicts, search=found.search,
         )
 
-    def decide(self, steps: list[StepResult], base_bitops: float) -> list[order.PairOutcome]:
+    def find_order(self, base: nn.Module) -> "OrderFound":
+        """Run the plan (pairwise, or every order with --exhaustive), decide every pair, build the
+        precedence graph, then let the chosen search strategy pick the chain."""
+        self._base_bitops = measure(base, self.data, "val", device=self.device, latency=False).bitops
+        plan = order.exhaustive_plan(self.spec.methods) if self.spec.exhaustive else order.pairwise_plan(self.spec.methods)
+        self._deepest = len(self.spec.methods)
+        steps = self.run_plan(base, plan)
+        outcomes = self.decide(steps)
+        dag, dropped = order.break_cycles(order.precedence_graph(list(self.spec.methods), outcomes))
+        chain, search, steps = self.search(base, steps, outcomes, order.recommended_chain(dag, outcomes))
+        return OrderFound(steps, outcomes, dag, dropped, chain, search)
+
+    def search(self, base: nn.Module, steps: list[StepResult], outcomes, pairwise_chain: list[str]):
+        """(chain, search summary, every step run) for the spec's search strategy: the pairwise chain,
+        or the best whole order that the strategy evaluated within its budget of applications."""
+        steps = list(steps)
+        higher = OBJECTIVES[self.spec.objective][0]
+
+        def evaluate(chains):
+            plan = list(dict.fromkeys(prefix for chain in chains for prefix in order.search.prefixes(chain)))
+            steps.extend(self.run_plan(base, plan))
+            return {chain: self._full_scores([s for s in steps if s.chain == chain]) for chain in chains}
+
+        result = order.search_chains(self.spec.methods, self.spec.search, evaluate, outcomes=outcomes, higher_is_better=higher)
+        chain = list(result.chain) if result.evaluated else pairwise_chain
+        return chain, search_summary(result), _unique(steps)
+
+    def _full_scores(self, results: list[StepResult]) -> list[float]:
+        """Per-seed scores of a whole chain, or [] when a seed could not apply it."""
+        return self._scores(results) if _all_ok(results) else []
+
+    def decide(self, steps: list[StepResult]) -> list[order.PairOutcome]:
         """A pair outcome for every pair, from the per-seed scores of both orders."""
         by_chain: dict[tuple, list[StepResult]] = {}
         for step in steps:
             by_chain.setdefault(step.chain, []).append(step)
         methods = self.spec.methods
-        return [self._decide_pair(a, b, by_chain.get((a, b), []), by_chain.get((b, a), []), base_bitops)
+        return [self._decide_pair(a, b, by_chain.get((a, b), []), by_chain.get((b, a), []))
                 for i, a in enumerate(methods) for b in methods[i + 1:]]
 
-    def _decide_pair(self, a: str, b: str, ab: list[StepResult], ba: list[StepResult], base_bitops: float) -> order.PairOutcome:
+    def _decide_pair(self, a: str, b: str, ab: list[StepResult], ba: list[StepResult]) -> order.PairOutcome:
         higher = OBJECTIVES[self.spec.objective][0]
         ab_ok, ba_ok = _all_ok(ab), _all_ok(ba)
         if ab_ok and ba_ok:
-            return order.decide_pair(a, b, self._scores(ab, base_bitops), self._scores(ba, base_bitops),
-                                     higher_is_better=higher, min_margin=self._margin())
+            return order.decide_pair(a, b, self._scores(ab), self._scores(ba),
+                                     higher_is_better=higher, min_margin=self._margin(), confidence=self.spec.confidence,
+                                     images_first_then_second=self._hits(ab), images_second_then_first=self._hits(ba))
         broken = next((s for s in ab + ba if s.status != OK), None)
         reason = f"{' -> '.join(broken.chain)}: {broken.reason}" if broken else "not run"
         one_way_blocked = broken is not None and all(s.status in (OK, "incompatible") for s in ab + ba)
@@ -261,8 +352,16 @@ class Explorer:
             return order.only_order_pair(a, b, a if ab_ok else b, reason, higher_is_better=higher)
         return order.incompatible_pair(a, b, reason, higher_is_better=higher)
 
-    def _scores(self, results: list[StepResult], base_bitops: float) -> list[float]:
-        return [score(r.metrics, self.spec.objective, base_bitops, self.spec.weight) for r in sorted(results, key=lambda r: r.seed)]
+    def _scores(self, results: list[StepResult]) -> list[float]:
+        return [self._score_of(r) for r in sorted(results, key=lambda r: r.seed)]
+
+    def _hits(self, results: list[StepResult]) -> list[list[int]] | None:
+        """Per seed, which validation images the chain got right: the paired per-image evidence of
+        objectives built on accuracy (None for cost objectives, or results cached before it was kept)."""
+        packed = [r.metrics.get("correct") for r in sorted(results, key=lambda r: r.seed)]
+        if self.spec.objective not in ("accuracy", "weighted") or None in packed:
+            return None
+        return [unpack_hits(p) for p in packed]
 
     def _margin(self) -> float:
         return self.spec.min_margin if self.spec.objective in ("accuracy", "weighted") else 0.0
@@ -273,22 +372,24 @@ class Explorer:
                 "exhaustive_per_seed": order.exhaustive_applications(n), "naive_exhaustive_per_seed": order.naive_exhaustive_applications(n),
                 "cache_hits": self.cache.hits}
 
-    def exhaustive_summary(self, steps: list[StepResult], chain: list[str], base_bitops: float) -> dict | None:
+    def exhaustive_summary(self, steps: list[StepResult], chain: list[str]) -> dict | None:
+        """Every full order ranked by its mean score over seeds, and where the recommended chain lands:
+        its rank and regret (the best order's mean minus the chain's, oriented so that larger is worse)."""
         if not self.spec.exhaustive:
             return None
-        n = len(self.spec.methods)
-        full = [s for s in steps if len(s.chain) == n and s.status == OK]
-        per_order: dict[tuple, list[float]] = {}
-        for s in full:
-            per_order.setdefault(s.chain, []).append(score(s.metrics, self.spec.objective, base_bitops, self.spec.weight))
-        means = {c: statistics.fmean(v) for c, v in per_order.items()}
-        higher = OBJECTIVES[self.spec.objective][0]
-        ranking = sorted(means.items(), key=lambda item: -item[1] if higher else item[1])
-        rank = order.rank_of_chain(chain, means, higher_is_better=higher) if tuple(chain) in means else None
-        return {"orders": [{"chain": list(c), "score": s} for c, s in ranking], "rank": rank, "of": len(means),
+        n, higher = len(self.spec.methods), OBJECTIVES[self.spec.objective][0]
+        orders = ranked_orders([s for s in steps if len(s.chain) == n], self._score_of, higher)
+        means = {tuple(o["chain"]): o["score"] for o in orders}
+        found = means.get(tuple(chain))
+        regret = None if found is None or not orders else abs(orders[0]["score"] - found)
+        return {"orders": orders, "rank": order.rank_of_chain(chain, means, higher_is_better=higher) if found is not None else None,
+                "of": len(orders), "regret": regret, "best_se": orders[0]["se"] if orders else None,
                 "applications_pairwise": order.pairwise_applications(n) * self.spec.seeds,
                 "applications_exhaustive": order.exhaustive_applications(n) * self.spec.seeds,
                 "cost_ratio": order.exhaustive_applications(n) / order.pairwise_applications(n)}
+
+    def _score_of(self, result: StepResult) -> float:
+        return score(result.metrics, self.spec.objective, self._base_bitops, self.spec.weight)
 
     def try_repeat(self, model: nn.Module, chain: list[str]) -> dict:
         """Apply the repeat method once more after the chain and compare on the test split."""

@@ -14,9 +14,10 @@ class Interrupt(Exception):
 
 
 def test_pairwise_exploration_decides_every_pair_and_applies_the_chain(tmp_path):
-    result = explore(ExploreSpec(methods=("prune", "quantize", "early_exit"), seeds=2, **FAST), cache_dir=tmp_path)
+    result = explore(ExploreSpec(methods=("prune", "quantize", "early_exit"), seeds=2, search="pairwise", **FAST), cache_dir=tmp_path)
     record = result.to_dict()
     assert len(record["steps"]) == 2 * (3 + 6)
+    assert record["search"]["strategy"] == "pairwise" and record["search"]["applications_per_seed"] == 9
     assert len(record["outcomes"]) == 3
     assert sorted(record["chain"]) == ["early_exit", "prune", "quantize"]
     assert record["chain"] in record["valid_chains"]
@@ -38,7 +39,7 @@ def test_a_repeated_exploration_is_served_from_the_cache(tmp_path):
 
 
 def test_an_interrupted_exploration_resumes_without_redoing_finished_steps(tmp_path):
-    spec = ExploreSpec(methods=("prune", "quantize", "sparsify"), seeds=1, **FAST)
+    spec = ExploreSpec(methods=("prune", "quantize", "sparsify"), seeds=1, search="pairwise", **FAST)
     finished = []
 
     def stop_after_four(event):
@@ -76,6 +77,26 @@ def test_exhaustive_mode_ranks_the_found_chain(tmp_path):
     assert len(record["steps"]) == 15
 
 
+def test_the_default_search_picks_the_best_whole_order_it_evaluated_within_twice_the_pairwise_cost(tmp_path):
+    methods = ("prune", "quantize", "early_exit", "sparsify")
+    record = explore(ExploreSpec(methods=methods, seeds=1, **FAST), cache_dir=tmp_path).to_dict()
+    search = record["search"]
+    assert search["strategy"] == "surrogate" and search["budget_per_seed"] == 32
+    assert search["applications_per_seed"] <= 32 and len({tuple(s["chain"]) for s in record["steps"]}) <= 32
+    whole = [o for o in search["orders"] if len(o["chain"]) == 4]
+    assert len(whole) == len(search["orders"]) >= 4
+    assert record["chain"] == search["orders"][0]["chain"]
+    assert [o["score"] for o in search["orders"]] == sorted((o["score"] for o in search["orders"]), reverse=True)
+
+
+def test_pair_decisions_use_the_per_image_evidence_and_report_an_interval(tmp_path):
+    record = explore(ExploreSpec(methods=("prune", "quantize"), seeds=2, search="pairwise", **FAST), cache_dir=tmp_path).to_dict()
+    (outcome,) = record["outcomes"]
+    assert outcome["images"] == 359 and outcome["confidence"] == 0.95
+    assert outcome["low"] <= outcome["mean_diff"] <= outcome["high"]
+    assert outcome["tie"] == (outcome["low"] <= 0 <= outcome["high"] or abs(outcome["mean_diff"]) <= 0.5)
+
+
 def test_one_way_incompatibility_forces_the_order_that_applies(tmp_path):
     record = explore(ExploreSpec(methods=("int8", "prune"), seeds=1, **FAST), cache_dir=tmp_path).to_dict()
     (outcome,) = record["outcomes"]
@@ -92,6 +113,9 @@ def test_compress_applies_a_chain_and_measures_every_step():
 @pytest.mark.parametrize("fields, message", [
     ({"methods": ("prune",)}, "at least two"),
     ({"objective": "speed"}, "unknown objective"),
+    ({"search": "greedy"}, "unknown search strategy"),
+    ({"confidence": 1.0}, "confidence"),
+    ({"confidence": float("nan")}, "confidence"),
     ({"seeds": 0}, "seeds"),
     ({"repeat": "lowrank"}, "repeat"),
     ({"settings": {"prune": {"ratio": 1.5}}}, "prune ratio"),
