@@ -13,7 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-KIND_COLOURS = {"base": "#444444", "single": "#1f77b4", "pair": "#ff7f0e", "exhaustive": "#9467bd", "chain": "#d62728"}
+KIND_COLOURS = {"base": "#444444", "single": "#1f77b4", "pair": "#ff7f0e", "prefix": "#c5b0d5", "whole order": "#9467bd",
+                "chain": "#d62728"}
 # trade-off axis -> (what it measures, axis title with units, hover format)
 AXES = {"bitops": ("BitOps", "BitOps per image", "%{x:.3s}"), "size_bytes": ("model size", "Model size (bytes)", "%{x:.3s}B"),
         "latency_ms": ("latency", "Latency at batch 1 (ms)", "%{x:.3f} ms")}
@@ -48,19 +49,23 @@ def _mean_metrics(steps: list[dict]) -> dict:
             for k in keys}
 
 
-def _kind_of(chain: tuple) -> str:
-    return {1: "single", 2: "pair"}.get(len(chain), "exhaustive")
+def _kind_of(chain: tuple, methods: int) -> str:
+    """single, pair, a longer prefix, or a whole order (every method applied)."""
+    if len(chain) == methods and methods > 2:
+        return "whole order"
+    return {1: "single", 2: "pair"}.get(len(chain), "prefix")
 
 
 def tradeoff_points(record: dict) -> pd.DataFrame:
-    """One row per point: base, each single, pair and longer order (val mean over seeds), the chain (test)."""
+    """One row per point: base, each single, pair, longer prefix and whole order evaluated (val mean
+    over seeds), the chain (test)."""
     rows = [_point(record, "base", "base", [], record["base_metrics"], "test", 1)]
     by_chain: dict[tuple, list[dict]] = {}
     for step in record["steps"]:
         if step["status"] == "ok" and step.get("metrics"):
             by_chain.setdefault(tuple(step["chain"]), []).append(step)
     for chain, steps in by_chain.items():
-        rows.append(_point(record, arrow(chain), _kind_of(chain), chain, _mean_metrics(steps), "val", len(steps)))
+        rows.append(_point(record, arrow(chain), _kind_of(chain, len(record["spec"]["methods"])), chain, _mean_metrics(steps), "val", len(steps)))
     final = last_measured_step(record)
     if final:
         rows.append(_point(record, f"chain: {arrow(final['chain'])}", "chain", final["chain"], final["metrics"], "test", 1))
@@ -170,7 +175,11 @@ def _pair_cells(record: dict) -> dict[tuple[str, str], tuple[float | None, str]]
         for first, second, diff in ((a, b, o["mean_diff"]), (b, a, -o["mean_diff"])):
             verdict = "tie" if o["tie"] else ("★ first" if o["winner"] == first else "")
             notes = f"{verdict}{weak}".strip()
-            cells[first, second] = (diff, f"{_number(diff, signed=True)} ± {_number(o['spread'])}" + (f"<br>{notes}" if notes else ""))
+            spread = f"± {_number(o['spread'])}"
+            if o.get("low") is not None:
+                low, high = (o["low"], o["high"]) if first == a else (-o["high"], -o["low"])
+                spread = f"[{_number(low, signed=True)}, {_number(high, signed=True)}]"
+            cells[first, second] = (diff, f"{_number(diff, signed=True)} {spread}" + (f"<br>{notes}" if notes else ""))
     return cells
 
 
@@ -236,7 +245,8 @@ def edge_groups(record: dict) -> dict[str, list[tuple[str, str, str, bool]]]:
     for edge in record["edges"]:
         pair, weak = (edge["before"], edge["after"]), bool(edge.get("weak"))
         group = "chain order" if pair in links else ("weak edge" if weak else "kept edge")
-        groups[group].append((*pair, f"{edge['margin']:.2f}" + (" (weak)" if weak else ""), weak))
+        interval = f" [{edge['low']:.2f}, {edge['high']:.2f}]" if edge.get("low") is not None else ""
+        groups[group].append((*pair, f"{edge['margin']:.2f}{interval}" + (" (weak)" if weak else ""), weak))
     kept = {(e["before"], e["after"]) for e in record["edges"]}
     groups["chain order"] += [(a, b, "chain", False) for a, b in sorted(links - kept)]
     groups["dropped edge"] = [(e["before"], e["after"], f"dropped ({e['margin']:.2f})", False) for e in record["dropped_edges"]]

@@ -83,9 +83,47 @@ def exhaustive_table(record: dict) -> pd.DataFrame | None:
     if not summary:
         return None
     chain = list(record["chain"])
+    best = summary["orders"][0]["score"] if summary["orders"] else 0.0
     return pd.DataFrame([{"rank": index, "order": charts.arrow(item["chain"]), f"{record['spec']['objective']} score": round(item["score"], 3),
-                          "found by pairwise": "yes" if item["chain"] == chain else ""}
+                          "standard error": round(item.get("se", 0.0), 3), "regret": round(abs(best - item["score"]), 3),
+                          "recommended": "★" if item["chain"] == chain else ""}
                          for index, item in enumerate(summary["orders"], 1)])
+
+
+def evidence_sentence(record: dict) -> str:
+    """One plain sentence on whether the evidence supports the recommended order."""
+    exhaustive, search = record.get("exhaustive"), record.get("search") or {}
+    if exhaustive and exhaustive.get("regret") is not None:
+        supported = exhaustive["regret"] <= exhaustive["best_se"]
+        return (f"Checked against all {exhaustive['of']} orders: the recommended order ranks {exhaustive['rank']}, "
+                f"{exhaustive['regret']:.2f} below the best order, whose standard error is {exhaustive['best_se']:.2f}; "
+                + ("the evidence supports it." if supported else "the evidence does not support it over the best order."))
+    orders = search.get("orders") or []
+    if len(orders) >= 2 and orders[0]["chain"] == list(record["chain"]):
+        lead, se = orders[0]["score"] - orders[1]["score"], orders[0]["se"]
+        close = sum(1 for o in orders[1:] if orders[0]["score"] - o["score"] <= se)
+        verdict = ("the evidence supports it." if close == 0 else
+                   f"{close} other order(s) are within one standard error of it, so they are about as good.")
+        return (f"Of {len(orders)} whole orders evaluated, the recommended one scored best, {lead:.2f} ahead of the next "
+                f"(standard error {se:.2f}); {verdict}")
+    pairs = [o for o in record["outcomes"] if not o["incompatible"]]
+    decided = [o for o in pairs if not o["tie"]]
+    if pairs and len(decided) == len(pairs) and not any(o["weak_evidence"] for o in decided):
+        return f"All {len(pairs)} pair decisions are outside their confidence intervals: the evidence supports the order."
+    return (f"{len(decided)} of {len(pairs)} pair decisions are outside their confidence intervals; the rest are ties, so "
+            "part of the order rests on leanings, not evidence.")
+
+
+def search_table(record: dict) -> pd.DataFrame | None:
+    """The whole orders the search evaluated, best first, with each one's regret against the best."""
+    orders = (record.get("search") or {}).get("orders") or []
+    if not orders:
+        return None
+    best, objective = orders[0]["score"], record["spec"]["objective"]
+    return pd.DataFrame([{"rank": index, "order": charts.arrow(item["chain"]), f"{objective} score": round(item["score"], 3),
+                          "standard error": round(item["se"], 3), "regret": round(abs(best - item["score"]), 3),
+                          "recommended": "★" if item["chain"] == list(record["chain"]) else ""}
+                         for index, item in enumerate(orders, 1)])
 
 
 def pair_name(outcome: dict) -> str:
@@ -158,7 +196,7 @@ def _summary(record: dict) -> str:
     spec, chain, figures = record["spec"], charts.arrow(record["chain"]), headline_figures(record)
     parts = [f"<h1>Order of compression: {html.escape(spec['model'])} on {html.escape(spec['data'])}</h1>",
              '<p class="muted">Recommended order of compression methods</p>', f'<div class="chain">{html.escape(chain)}</div>',
-             _headline_cards(figures)]
+             f"<p>{html.escape(evidence_sentence(record))}</p>", _headline_cards(figures)]
     if figures["measured_chain"] != list(record["chain"]):
         measured = charts.arrow(figures["measured_chain"]) or "no step"
         parts.append(f'<p class="muted">Figures after {html.escape(measured)}: the chain stopped early (see the notes).</p>')
@@ -168,6 +206,9 @@ def _summary(record: dict) -> str:
 def _tables(record: dict) -> list[str]:
     tables = [_section("Pair outcomes", _table(pairs_table(record["outcomes"]))),
               _section("The chain applied to the base (test split)", _table(chain_table(record["base_metrics"], record["chain_steps"])))]
+    searched = search_table(record)
+    if searched is not None:
+        tables.append(_section(f"Whole orders evaluated by the {record['search']['strategy']} search", _table(searched)))
     ranking = exhaustive_table(record)
     if ranking is not None:
         tables.append(_section("Exhaustive ranking of every order", _table(ranking)))

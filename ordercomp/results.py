@@ -36,9 +36,17 @@ def pairs_table(outcomes: list[dict]) -> pd.DataFrame:
             decision = f"{o['winner']} first (only order that applies)"
         rows.append({"pair": f"{o['first']} / {o['second']}", "decision": decision,
                      "mean diff": round(o["mean_diff"], 3) if not o["incompatible"] else None,
-                     "spread": round(o["spread"], 3), "seeds": len(o["scores_first_then_second"]),
+                     "interval": interval_text(o), "spread": round(o["spread"], 3), "seeds": len(o["scores_first_then_second"]),
+                     "images": o.get("images", 0),
                      "weak evidence": o["weak_evidence"], "reason": o["incompatible"] or o.get("only_order") or ""})
     return pd.DataFrame(rows)
+
+
+def interval_text(outcome: dict) -> str:
+    """'[low, high] (95%)' of a pair's mean difference, or '' when it could not be estimated."""
+    if outcome.get("low") is None:
+        return ""
+    return f"[{outcome['low']:+.2f}, {outcome['high']:+.2f}] ({100 * outcome['confidence']:.0f}%)"
 
 
 def chain_table(base_metrics: dict, steps: list[dict]) -> pd.DataFrame:

@@ -3,7 +3,7 @@ import streamlit as st
 
 from ordercomp import dashboard
 from ordercomp.charts import pair_matrix_figure, precedence_dot
-from ordercomp.report import exhaustive_table, notes
+from ordercomp.report import evidence_sentence, exhaustive_table, notes, search_table
 from ordercomp.results import pairs_table
 from pages._shared import open_exploration, run_inside_app
 
@@ -13,12 +13,17 @@ store = dashboard.open_store()
 st.title("Order")
 job_id, record = open_exploration(store)
 spec, chain = record["spec"], record["chain"]
+search = record.get("search") or {"strategy": "pairwise"}
 st.markdown(f"### Recommended order: {' → '.join(chain)}")
 st.caption(f"Run {job_id} · {dashboard.describe_base(spec)} · objective {spec['objective']} · {spec['seeds']} seed(s) · "
-           f"{record['seconds']:.0f} s")
+           f"search {search['strategy']}" + (f" ({search['applications_per_seed']} method applications per seed)" if "applications_per_seed" in search else "")
+           + f" · {record['seconds']:.0f} s")
+st.info(evidence_sentence(record))
 
 st.subheader("Pair outcomes")
-st.caption("mean diff > 0: first → second scored better than the reverse; a tie is closer than the minimum margin or the spread.")
+st.caption("mean diff > 0: first → second scored better than the reverse. The interval combines seed-to-seed variation with "
+           "the paired per-image evidence (both orders on the same validation images); a pair is a tie when its interval "
+           "contains 0 or its mean is below the minimum margin.")
 st.dataframe(pairs_table(record["outcomes"]), hide_index=True)
 st.plotly_chart(pair_matrix_figure(record))
 
@@ -28,6 +33,13 @@ st.caption("An edge A → B: apply A before B, labelled with the mean margin. Re
 st.graphviz_chart(precedence_dot(record))
 for line in notes(record):
     st.markdown(f"- {line}")
+
+ranked = search_table(record)
+if ranked is not None:
+    st.subheader(f"Whole orders evaluated by the {search['strategy']} search")
+    st.caption("Each order applied in full to the base on every seed (validation split); regret: the best evaluated order's "
+               "mean score minus this one's.")
+    st.dataframe(ranked, hide_index=True)
 
 st.subheader("Every valid order")
 st.dataframe([{"order": " → ".join(c), "recommended": "★" if c == chain else ""} for c in record["valid_chains"]], hide_index=True)
