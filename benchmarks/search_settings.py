@@ -1,0 +1,37 @@
+"""The settings `bench_search.py` validates order search on, each with exhaustive ground truth.
+
+Both sample models, mild and strong strengths, shorter fine-tuning budgets than the default (less
+recovery, and affordable ground truth on 2 cores), method sets with sparsify, lowrank and int8, and
+one with five methods (int8 among them: it can only come last, which keeps its
+exhaustive ground truth affordable on 2 cores). The default setting is whatever `ordercomp explore` runs with no options.
+"""
+from __future__ import annotations
+
+from ordercomp.explore import DEFAULT_METHODS, ExploreSpec
+from ordercomp.train import Budget
+
+SETTINGS: dict[str, dict] = {
+    "default": {},
+    "resnet-mild": {"model": "digits_resnet", "methods": DEFAULT_METHODS,
+                    "settings": {"prune": {"ratio": 0.3}, "distill": {"width": 0.8},
+                                 "quantize": {"weight_bits": 8, "act_bits": 8}, "early_exit": {"threshold": 0.95}},
+                    "budget": {"epochs": 3}},
+    "cnn-strong": {"methods": DEFAULT_METHODS,
+                   "settings": {"prune": {"ratio": 0.7}, "distill": {"width": 0.4},
+                                "quantize": {"weight_bits": 4, "act_bits": 4}, "early_exit": {"threshold": 0.8}},
+                   "budget": {"epochs": 3}},
+    "resnet-structure": {"model": "digits_resnet", "methods": ("prune", "sparsify", "lowrank", "int8"),
+                         "settings": {"prune": {"ratio": 0.5}, "sparsify": {"sparsity": 0.8}, "lowrank": {"rank_ratio": 0.25}},
+                         "budget": {"epochs": 3}},
+    "cnn-five": {"methods": DEFAULT_METHODS + ("int8",), "settings": {"quantize": {"weight_bits": 8, "act_bits": 8}},
+                 "budget": {"epochs": 2}},
+}
+
+
+def setting_spec(name: str, **overrides) -> ExploreSpec:
+    """The ExploreSpec of a named setting (3 seeds, CPU), with `overrides` such as search=..."""
+    setting = dict(SETTINGS[name])
+    budget = setting.pop("budget", None)
+    if budget:
+        setting["budget"] = Budget(**budget)
+    return ExploreSpec(device="cpu", **setting, **overrides)
