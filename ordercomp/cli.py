@@ -55,6 +55,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=float, default=Budget.epochs, help="fine-tuning epochs per step (same for every step)")
     parser.add_argument("--lr", type=float, default=Budget.lr, help="fine-tuning learning rate")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--trust-torchscript", action="store_true",
+                        help="run a TorchScript --model file; it executes code from the file, so only for files you trust")
     parser.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE", help="any method setting, repeatable")
     for method in METHODS.values():
         parser.add_argument(f"--{method.name.replace('_', '-')}-{method.strength.replace('_', '-')}", dest=_strength_dest(method),
@@ -105,6 +107,7 @@ def _spec(args):
         model=args.model, data=args.data, methods=tuple(parse_methods(args.methods)), settings=parse_settings(args),
         objective=args.objective, weight=args.weight, seeds=args.seeds, budget=Budget(epochs=args.epochs, lr=args.lr),
         device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
+        trust_torchscript=args.trust_torchscript,
     )
 
 
@@ -132,7 +135,7 @@ def run_apply(args) -> int:
     bar = ProgressBar()
     outcome = compress(model=args.model, data=args.data, chain=chain, settings=parse_settings(args),
                        budget=Budget(epochs=args.epochs, lr=args.lr), device=args.device, architecture=args.arch,
-                       input_size=args.input_size, seed=args.seed, events=bar)
+                       input_size=args.input_size, seed=args.seed, events=bar, trust_torchscript=args.trust_torchscript)
     bar.close()
     print_chain_steps(outcome.base_metrics, outcome.steps)
     broken = [s for s in outcome.steps if s.status != "ok"]

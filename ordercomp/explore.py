@@ -41,16 +41,16 @@ def resolve_device(device: str) -> torch.device:
 
 def prepare_base(model: str = "digits_cnn", data: str = "digits", *, architecture: str | None = None,
                  input_size: int | None = None, device: str = "auto", cache_dir=None, events: Events | None = None,
-                 bundle: DataBundle | None = None) -> tuple[nn.Module, dict, DataBundle]:
-    """The base model (a sample, a checkpoint, or a zoo architecture trained once per cache), where it
-    came from, and the data it works on."""
+                 bundle: DataBundle | None = None, trust_torchscript: bool = False) -> tuple[nn.Module, dict, DataBundle]:
+    """The base model (a sample, a checkpoint, a program file, or a zoo architecture trained once per
+    cache), where it came from, and the data it works on. TorchScript runs only with `trust_torchscript`."""
     events = events or (lambda event: None)
     bundle = bundle or load_data(data, input_size=input_size)
     target = resolve_device(device)
     cache = StepCache(cache_dir)
     events({"kind": "stage", "stage": "base", "label": "preparing the base model"})
     trainer = lambda untrained: _train_base(untrained, bundle, target, cache, events)
-    base, source = resolve_model(model, bundle, architecture=architecture, train_base=trainer)
+    base, source = resolve_model(model, bundle, architecture=architecture, train_base=trainer, trust_torchscript=trust_torchscript)
     return base.to(target).eval(), source, bundle
 
 
@@ -86,6 +86,7 @@ class ExploreSpec:
     min_margin: float = 0.5
     architecture: str | None = None
     input_size: int | None = None
+    trust_torchscript: bool = False
 
     def __post_init__(self):
         self.methods = tuple(self.methods)
@@ -171,7 +172,8 @@ class Explorer:
 
     def load_base(self) -> tuple[nn.Module, dict]:
         base, source, _ = prepare_base(self.spec.model, architecture=self.spec.architecture, device=self.spec.device,
-                                       cache_dir=self.cache.folder, events=self.events, bundle=self.data)
+                                       cache_dir=self.cache.folder, events=self.events, bundle=self.data,
+                                       trust_torchscript=self.spec.trust_torchscript)
         return base, source
 
     def run_plan(self, base: nn.Module, plan: list[tuple[str, ...]]) -> list[StepResult]:
@@ -312,7 +314,8 @@ class Compressed:
 
 def compress(model: str = "digits_cnn", data: str = "digits", chain=DEFAULT_METHODS, *, settings=None,
              budget: Budget | None = None, device: str = "auto", architecture: str | None = None,
-             input_size: int | None = None, seed: int = 0, cache_dir=None, events: Events | None = None) -> Compressed:
+             input_size: int | None = None, seed: int = 0, cache_dir=None, events: Events | None = None,
+             trust_torchscript: bool = False) -> Compressed:
     """Apply `chain` to the base model and measure every step on the test split."""
     chain = list(chain)
     if not chain:
@@ -320,7 +323,7 @@ def compress(model: str = "digits_cnn", data: str = "digits", chain=DEFAULT_METH
     configs = make_configs(list(dict.fromkeys(chain)), settings)
     events = events or (lambda event: None)
     base, source, bundle = prepare_base(model, data, architecture=architecture, input_size=input_size, device=device,
-                                        cache_dir=cache_dir, events=events)
+                                        cache_dir=cache_dir, events=events, trust_torchscript=trust_torchscript)
     target = resolve_device(device)
     base_metrics = measure(base, bundle, "test", device=target).to_dict()
     progress = lambda label, fraction: events({"kind": "progress", "label": label, "fraction": fraction, "seed": seed})

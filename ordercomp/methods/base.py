@@ -2,7 +2,8 @@
 
 A method is a frozen config dataclass that validates its own fields, plus an apply function
 `apply(model, config, context) -> model`. `Method.apply` hands the function a deep copy, so the
-caller's model is never mutated. A method that cannot apply to a model raises `Incompatible`.
+caller's model is never mutated. A method that cannot apply to a model raises `Incompatible`;
+no method applies to a loaded program (.pt2, TorchScript), whose layers are fixed in a graph.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from ..data import DataBundle
+from ..programs import ProgramModel
 from ..train import Budget, Progress
 
 CONFIG_VERSION = 1
@@ -62,6 +64,9 @@ class Method:
     def apply(self, model: nn.Module, config, context: Context) -> nn.Module:
         if not isinstance(config, self.config_type):
             raise TypeError(f"{self.name} needs a {self.config_type.__name__}, got {type(config).__name__}")
+        if isinstance(model, ProgramModel):
+            raise Incompatible(f"{self.name} rewrites layers, and a {model.kind} program has them fixed in its graph: "
+                               "give the model as a state dict with its architecture (--arch) to compress it")
         return self.apply_fn(copy.deepcopy(model), config, context)
 
 
