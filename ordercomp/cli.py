@@ -21,10 +21,13 @@ EXIT_USAGE = 2
 
 
 def _value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+    """A --set value as Python would read it ('nan' and 'inf' as floats, so they are refused as such), else as text."""
+    for read in (ast.literal_eval, float):
+        try:
+            return read(text)
+        except (ValueError, SyntaxError):
+            continue
+    return text
 
 
 def parse_settings(args) -> dict[str, dict]:
@@ -113,9 +116,10 @@ def _spec(args):
 
 def run_explore(args) -> int:
     from .explore import explore
-    from .results import print_summary, write_results
+    from .results import check_results_folder, print_summary, write_results
 
     spec = _spec(args)
+    check_results_folder(args.out)
     bar = None if args.quiet else ProgressBar()
     result = explore(spec, cache_dir=args.cache or None, events=bar)
     if bar:
@@ -128,10 +132,12 @@ def run_explore(args) -> int:
 
 def run_apply(args) -> int:
     from .explore import compress
-    from .export import export_compressed
+    from .export import check_export_folder, check_formats, export_compressed
     from .results import print_chain_steps
 
     chain = parse_methods(args.chain)
+    check_formats(args.formats.split(","))
+    check_export_folder(args.export)
     bar = ProgressBar()
     outcome = compress(model=args.model, data=args.data, chain=chain, settings=parse_settings(args),
                        budget=Budget(epochs=args.epochs, lr=args.lr), device=args.device, architecture=args.arch,

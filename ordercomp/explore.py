@@ -19,6 +19,7 @@ from . import order
 from .cache import StepCache, content_key, step_key
 from .checkpoints import read_state_dict, resolve_model, save_state_atomically, state_fingerprint
 from .data import DataBundle, load_data
+from .fields import number, typed_fields
 from .methods.base import Context, config_to_dict
 from .metrics import measure
 from .order import OBJECTIVES
@@ -89,6 +90,10 @@ class ExploreSpec:
     trust_torchscript: bool = False
 
     def __post_init__(self):
+        checked = typed_fields(ExploreSpec, {k: v for k, v in vars(self).items() if k not in ("budget", "methods", "settings")})
+        vars(self).update(checked)
+        if not isinstance(self.budget, Budget):
+            raise ValueError(f"budget must be a Budget, got {type(self.budget).__name__}")
         self.methods = tuple(self.methods)
         if len(self.methods) < 2 or len(set(self.methods)) != len(self.methods):
             raise ValueError("choose at least two different methods to compare orders")
@@ -96,6 +101,8 @@ class ExploreSpec:
             raise ValueError(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
         if not 1 <= self.seeds <= 50:
             raise ValueError(f"seeds must be between 1 and 50, got {self.seeds}")
+        if self.min_margin < 0:
+            raise ValueError(f"min_margin must be >= 0, got {self.min_margin}")
         if self.exhaustive and len(self.methods) > order.MAX_EXHAUSTIVE_METHODS:
             raise ValueError(f"exhaustive mode takes at most {order.MAX_EXHAUSTIVE_METHODS} methods")
         if self.repeat is not None and self.repeat not in self.methods:
@@ -320,6 +327,8 @@ def compress(model: str = "digits_cnn", data: str = "digits", chain=DEFAULT_METH
     chain = list(chain)
     if not chain:
         raise ValueError("the chain is empty: name at least one method")
+    if number("seed", seed, int) < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     configs = make_configs(list(dict.fromkeys(chain)), settings)
     events = events or (lambda event: None)
     base, source, bundle = prepare_base(model, data, architecture=architecture, input_size=input_size, device=device,

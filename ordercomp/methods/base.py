@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..data import DataBundle
+from ..fields import number, typed_fields
 from ..programs import ProgramModel
 from ..train import Budget, Progress
 
@@ -59,7 +60,7 @@ class Method:
         unknown = set(fields) - {f.name for f in dataclasses.fields(self.config_type)}
         if unknown:
             raise ValueError(f"{self.name} has no setting {', '.join(sorted(unknown))}: use {', '.join(config_fields(self.config_type))}")
-        return self.config_type(**fields)
+        return self.config_type(**typed_fields(self.config_type, fields, prefix=f"{self.name}."))
 
     def apply(self, model: nn.Module, config, context: Context) -> nn.Module:
         if not isinstance(config, self.config_type):
@@ -80,7 +81,8 @@ def config_to_dict(method: str, config) -> dict:
 
 
 def check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
-    """Raise a ValueError naming the setting when `value` is outside its allowed range."""
+    """Raise a ValueError naming the setting when `value` is not a finite number inside its allowed range."""
+    number(name, value, float)
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:
