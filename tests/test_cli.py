@@ -94,7 +94,7 @@ def test_a_folder_holding_other_files_is_refused_before_any_work_and_kept(tmp_pa
 
 def test_results_replace_only_ordercomp_files(tmp_path, capsys):
     out, cache = tmp_path / "run", tmp_path / "cache"
-    run = ["explore", "--model", "cnn_tiny", "--methods", "prune,quantize", "--seeds", "1", "--epochs", "0.2",
+    run = ["explore", "--model", "digits_cnn", "--methods", "prune,quantize", "--seeds", "1", "--epochs", "0.1",
            "--out", str(out), "--cache", str(cache), "--quiet"]
     assert main(run) == 0
     (out / "notes.txt").write_text("my notes on this run")
@@ -107,7 +107,7 @@ def test_results_replace_only_ordercomp_files(tmp_path, capsys):
 
 def test_export_into_an_earlier_export_keeps_other_files_and_drops_stale_formats(tmp_path):
     out = tmp_path / "export"
-    first = ["apply", "--model", "cnn_tiny", "--chain", "prune", "--epochs", "0.1", "--export", str(out)]
+    first = ["apply", "--model", "digits_cnn", "--chain", "prune", "--epochs", "0.1", "--export", str(out)]
     assert main(first + ["--formats", "state_dict,torchscript"]) == 0
     (out / "README.txt").write_text("how we deploy this")
     assert main(first + ["--formats", "state_dict"]) == 0
