@@ -1,8 +1,9 @@
 """Where a base model comes from: a shipped sample, a zoo architecture trained here, or a user file.
 
 User files are read without executing anything from them: state dicts through
-`torch.load(weights_only=True)` or safetensors, whole programs through torch.export (`.pt2`) or
-TorchScript. A pickled module, a corrupt file or mismatching keys give one `CheckpointError` line.
+`torch.load(weights_only=True)` or safetensors, `.pt2` programs through the checks of
+`programs.py`. TorchScript is code, so it loads only with `trust_torchscript=True`. A pickled
+module, a corrupt file or mismatching keys give one `CheckpointError` line.
 """
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import torch
 from torch import nn
 
 from .data import DataBundle
+from .programs import TORCHSCRIPT, TORCHSCRIPT_SUFFIXES, ProgramError, load_pt2, load_torchscript, program_kind
 from .zoo import ARCHITECTURES, create_model
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_models"
 STATE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".safetensors"}
-PROGRAM_SUFFIXES = {".pt2", ".ts", ".torchscript", ".jit"}
+PROGRAM_SUFFIXES = {".pt2"} | TORCHSCRIPT_SUFFIXES
 
 
 class CheckpointError(ValueError):
@@ -73,7 +75,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as error:
         raise _pickle_refusal(path, str(error)) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({str(error).splitlines()[0][:120]}): re-save it with torch.save(model.state_dict(), path)") from None
+        raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({_first_line(error)}): re-save it with torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -100,32 +102,40 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path.name} is not a readable safetensors file ({error}): re-save it with safetensors.torch.save_file") from None
 
 
-def load_program(path: Path) -> nn.Module:
-    """A whole model from a torch.export archive (.pt2) or a TorchScript archive."""
+def _first_line(error: BaseException) -> str:
+    """The start of an error's message, or its type when it has none (an empty file raises a bare EOFError)."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:120] if lines else type(error).__name__
+
+
+def load_program(path: Path, *, trust_torchscript: bool = False) -> nn.Module:
+    """A whole model from a torch.export archive (.pt2), or from TorchScript when the caller trusts the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist")
     try:
-        if path.suffix == ".pt2":
-            return torch.export.load(str(path)).module()
-        return torch.jit.load(str(path), map_location="cpu").eval()
-    except Exception as error:  # both loaders raise many types for a corrupt archive
-        kind = "torch.export (.pt2)" if path.suffix == ".pt2" else "TorchScript"
-        raise CheckpointError(f"{path.name} is not a readable {kind} archive ({type(error).__name__}): re-export the model") from None
+        if program_kind(path) == TORCHSCRIPT:
+            return load_torchscript(path, trusted=trust_torchscript)
+        return load_pt2(path)
+    except ProgramError as error:
+        raise CheckpointError(str(error)) from None
+
+
+def is_program(path: Path) -> bool:
+    """Whether a file holds a whole program (.pt2 or TorchScript, judged by content, then suffix) rather than weights."""
+    return program_kind(Path(path)) is not None
 
 
 def is_torchscript(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+    return program_kind(Path(path)) == TORCHSCRIPT
 
 
-def resolve_model(spec: str, data: DataBundle, *, architecture: str | None = None, train_base=None) -> tuple[nn.Module, dict]:
+def resolve_model(spec: str, data: DataBundle, *, architecture: str | None = None, train_base=None,
+                  trust_torchscript: bool = False) -> tuple[nn.Module, dict]:
     """The base model named by `spec`, and a description of where it came from.
 
     `spec` is a sample model name, a zoo architecture (trained here by `train_base`), or a path.
+    A TorchScript file runs code from it, so it is refused unless `trust_torchscript` is set.
     """
     if spec in list_samples():
         card = sample_card(spec)
@@ -140,11 +150,28 @@ def resolve_model(spec: str, data: DataBundle, *, architecture: str | None = Non
     if not path.exists():
         raise CheckpointError(f"model {spec!r} is neither a sample ({', '.join(list_samples())}), an architecture "
                               f"({', '.join(sorted(ARCHITECTURES))}) nor an existing file")
-    if path.suffix in PROGRAM_SUFFIXES or is_torchscript(path):
-        return load_program(path), {"source": "program", "path": str(path)}
+    if is_program(path):
+        program = load_program(path, trust_torchscript=trust_torchscript)
+        _check_program_fits(program, data, path.name)
+        return program, {"source": "program", "path": str(path)}
     if architecture is None:
         raise CheckpointError(f"{path.name} holds weights only: name its architecture with --arch ({', '.join(sorted(ARCHITECTURES))})")
     return load_state_file(path, architecture, data.num_classes, data.in_channels), {"source": "checkpoint", "path": str(path), "architecture": architecture}
+
+
+def _check_program_fits(program: nn.Module, data: DataBundle, name: str) -> None:
+    """A program must take batches of any size of the data's images and give one logit per class."""
+    images = data.example_input(3)
+    try:
+        with torch.no_grad():
+            logits = program(images)
+    except Exception as error:  # a program raises whatever its graph raises for an input it cannot take
+        raise CheckpointError(f"{name} does not run on a batch of {tuple(images.shape)} images ({_first_line(error)}): "
+                              "export it for this data with a dynamic batch dimension (torch.export.Dim)") from None
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (len(images), data.num_classes):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise CheckpointError(f"{name} gives {shape} for {len(images)} images, not one logit per class "
+                              f"({data.num_classes}): check the model and the data")
 
 
 def _check_fits(num_classes: int, in_channels: int, data: DataBundle, name: str) -> None:

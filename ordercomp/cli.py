@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import sys
 import time
 
@@ -21,10 +20,13 @@ EXIT_USAGE = 2
 
 
 def _value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+    """A --set value as Python would read it ('nan' and 'inf' as floats, so they are refused as such), else as text."""
+    for read in (ast.literal_eval, float):
+        try:
+            return read(text)
+        except (ValueError, SyntaxError):
+            continue
+    return text
 
 
 def parse_settings(args) -> dict[str, dict]:
@@ -55,6 +57,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=float, default=Budget.epochs, help="fine-tuning epochs per step (same for every step)")
     parser.add_argument("--lr", type=float, default=Budget.lr, help="fine-tuning learning rate")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--trust-torchscript", action="store_true",
+                        help="run a TorchScript --model file; it executes code from the file, so only for files you trust")
     parser.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE", help="any method setting, repeatable")
     for method in METHODS.values():
         parser.add_argument(f"--{method.name.replace('_', '-')}-{method.strength.replace('_', '-')}", dest=_strength_dest(method),
@@ -109,14 +113,16 @@ def _spec(args):
         objective=args.objective, weight=args.weight, seeds=args.seeds, budget=Budget(epochs=args.epochs, lr=args.lr),
         confidence=args.confidence, **({"search": args.search} if args.search else {}),
         device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
+        trust_torchscript=args.trust_torchscript,
     )
 
 
 def run_explore(args) -> int:
     from .explore import explore
-    from .results import print_summary, write_results
+    from .results import check_results_folder, print_summary, write_results
 
     spec = _spec(args)
+    check_results_folder(args.out)
     bar = None if args.quiet else ProgressBar()
     result = explore(spec, cache_dir=args.cache or None, events=bar)
     if bar:
@@ -129,14 +135,16 @@ def run_explore(args) -> int:
 
 def run_apply(args) -> int:
     from .explore import compress
-    from .export import export_compressed
+    from .export import check_export_folder, check_formats, export_compressed
     from .results import print_chain_steps
 
     chain = parse_methods(args.chain)
+    check_formats(args.formats.split(","))
+    check_export_folder(args.export)
     bar = ProgressBar()
     outcome = compress(model=args.model, data=args.data, chain=chain, settings=parse_settings(args),
                        budget=Budget(epochs=args.epochs, lr=args.lr), device=args.device, architecture=args.arch,
-                       input_size=args.input_size, seed=args.seed, events=bar)
+                       input_size=args.input_size, seed=args.seed, events=bar, trust_torchscript=args.trust_torchscript)
     bar.close()
     print_chain_steps(outcome.base_metrics, outcome.steps)
     broken = [s for s in outcome.steps if s.status != "ok"]

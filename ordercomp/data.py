@@ -164,24 +164,36 @@ def _cifar(path: Path, input_size: int, limit: int | None) -> DataBundle:
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MAX_IMAGE_PIXELS = 40_000_000  # every image is shrunk to at most 512x512; a bigger one is a mistake or a decompression bomb
 
 
 def _image_folder(path: Path, input_size: int, limit: int | None) -> DataBundle:
-    from PIL import Image, UnidentifiedImageError
-
     classes = _class_folders(path)
     images, labels = [], []
     for label, name in enumerate(classes):
         for file in _images_in(path / name)[: limit // len(classes) if limit else None]:
-            try:
-                with Image.open(file) as image:
-                    images.append(_image_tensor(image, input_size))
-            except (UnidentifiedImageError, OSError) as error:
-                raise DataError(f"cannot read image {file}: {error}; remove or replace it") from None
+            images.append(_read_image(file, input_size))
             labels.append(label)
     channels = max(t.shape[0] for t in images)
     stacked = torch.stack([t.expand(channels, -1, -1) for t in images])
     return _split_and_normalise(f"imagefolder:{path.name}", stacked, torch.tensor(labels), len(classes), input_size)
+
+
+def _read_image(file: Path, input_size: int) -> torch.Tensor:
+    """One image as a tensor; an unreadable or oversized file is one DataError line, checked before decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise DataError(f"image {file} is {image.width}x{image.height} pixels, over the {MAX_IMAGE_PIXELS // 1_000_000} "
+                                "megapixel limit: shrink or remove it")
+            return _image_tensor(image, input_size)
+    except DataError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
+        raise DataError(f"cannot read image {file}: {str(error).splitlines()[0] if str(error) else type(error).__name__}; "
+                        "remove or replace it") from None
 
 
 def _images_in(folder: Path) -> list[Path]:

@@ -19,6 +19,7 @@ from . import order
 from .cache import StepCache, content_key, step_key
 from .checkpoints import read_state_dict, resolve_model, save_state_atomically, state_fingerprint
 from .data import DataBundle, load_data
+from .fields import number, typed_fields
 from .methods.base import Context, config_to_dict
 from .metrics import measure, unpack_hits
 from .order import OBJECTIVES
@@ -42,16 +43,16 @@ def resolve_device(device: str) -> torch.device:
 
 def prepare_base(model: str = "digits_cnn", data: str = "digits", *, architecture: str | None = None,
                  input_size: int | None = None, device: str = "auto", cache_dir=None, events: Events | None = None,
-                 bundle: DataBundle | None = None) -> tuple[nn.Module, dict, DataBundle]:
-    """The base model (a sample, a checkpoint, or a zoo architecture trained once per cache), where it
-    came from, and the data it works on."""
+                 bundle: DataBundle | None = None, trust_torchscript: bool = False) -> tuple[nn.Module, dict, DataBundle]:
+    """The base model (a sample, a checkpoint, a program file, or a zoo architecture trained once per
+    cache), where it came from, and the data it works on. TorchScript runs only with `trust_torchscript`."""
     events = events or (lambda event: None)
     bundle = bundle or load_data(data, input_size=input_size)
     target = resolve_device(device)
     cache = StepCache(cache_dir)
     events({"kind": "stage", "stage": "base", "label": "preparing the base model"})
     trainer = lambda untrained: _train_base(untrained, bundle, target, cache, events)
-    base, source = resolve_model(model, bundle, architecture=architecture, train_base=trainer)
+    base, source = resolve_model(model, bundle, architecture=architecture, train_base=trainer, trust_torchscript=trust_torchscript)
     return base.to(target).eval(), source, bundle
 
 
@@ -89,8 +90,13 @@ class ExploreSpec:
     search: str = order.DEFAULT_STRATEGY
     architecture: str | None = None
     input_size: int | None = None
+    trust_torchscript: bool = False
 
     def __post_init__(self):
+        checked = typed_fields(ExploreSpec, {k: v for k, v in vars(self).items() if k not in ("budget", "methods", "settings")})
+        vars(self).update(checked)
+        if not isinstance(self.budget, Budget):
+            raise ValueError(f"budget must be a Budget, got {type(self.budget).__name__}")
         self.methods = tuple(self.methods)
         if len(self.methods) < 2 or len(set(self.methods)) != len(self.methods):
             raise ValueError("choose at least two different methods to compare orders")
@@ -104,6 +110,8 @@ class ExploreSpec:
             raise ValueError(f"confidence must be in [0.5, 1), e.g. 0.95, got {self.confidence}")
         if not 1 <= self.seeds <= 50:
             raise ValueError(f"seeds must be between 1 and 50, got {self.seeds}")
+        if self.min_margin < 0:
+            raise ValueError(f"min_margin must be >= 0, got {self.min_margin}")
         if self.exhaustive and len(self.methods) > order.MAX_EXHAUSTIVE_METHODS:
             raise ValueError(f"exhaustive mode takes at most {order.MAX_EXHAUSTIVE_METHODS} methods")
         if self.repeat is not None and self.repeat not in self.methods:
@@ -236,7 +244,8 @@ class Explorer:
 
     def load_base(self) -> tuple[nn.Module, dict]:
         base, source, _ = prepare_base(self.spec.model, architecture=self.spec.architecture, device=self.spec.device,
-                                       cache_dir=self.cache.folder, events=self.events, bundle=self.data)
+                                       cache_dir=self.cache.folder, events=self.events, bundle=self.data,
+                                       trust_torchscript=self.spec.trust_torchscript)
         return base, source
 
     def run_plan(self, base: nn.Module, plan: list[tuple[str, ...]]) -> list[StepResult]:
@@ -413,15 +422,18 @@ class Compressed:
 
 def compress(model: str = "digits_cnn", data: str = "digits", chain=DEFAULT_METHODS, *, settings=None,
              budget: Budget | None = None, device: str = "auto", architecture: str | None = None,
-             input_size: int | None = None, seed: int = 0, cache_dir=None, events: Events | None = None) -> Compressed:
+             input_size: int | None = None, seed: int = 0, cache_dir=None, events: Events | None = None,
+             trust_torchscript: bool = False) -> Compressed:
     """Apply `chain` to the base model and measure every step on the test split."""
     chain = list(chain)
     if not chain:
         raise ValueError("the chain is empty: name at least one method")
+    if number("seed", seed, int) < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     configs = make_configs(list(dict.fromkeys(chain)), settings)
     events = events or (lambda event: None)
     base, source, bundle = prepare_base(model, data, architecture=architecture, input_size=input_size, device=device,
-                                        cache_dir=cache_dir, events=events)
+                                        cache_dir=cache_dir, events=events, trust_torchscript=trust_torchscript)
     target = resolve_device(device)
     base_metrics = measure(base, bundle, "test", device=target).to_dict()
     progress = lambda label, fraction: events({"kind": "progress", "label": label, "fraction": fraction, "seed": seed})

@@ -1,7 +1,8 @@
 """Write a compressed model to a folder as TorchScript, torch.export (.pt2), ONNX and a state dict.
 
-Every file goes into a temporary sibling folder that is renamed into place only when all of it is
-written, so a failure midway never leaves half an export. A format that cannot represent a model
+Every file goes into a staging folder and reaches the destination only when all of it is written,
+so a failure midway never leaves half an export; an earlier export's files are replaced, and any
+other file in the folder is kept (a folder of someone else's files is refused, see `folders.py`). A format that cannot represent a model
 (an exporter error) is recorded in `manifest.json` instead of stopping the others. Every program
 file is loaded back (the ONNX one in onnxruntime) and checked against PyTorch on a few test images.
 
@@ -15,9 +16,6 @@ import copy
 import hashlib
 import io
 import json
-import os
-import shutil
-import tempfile
 import time
 import warnings
 import zipfile
@@ -30,10 +28,12 @@ from torch import nn
 
 from .checkpoints import load_program, read_state_dict
 from .data import DataBundle
+from .folders import check_writable, staged
 from .methods.early_exit import EarlyExitNet, StaticExitSelect
 from .methods.int8 import MAX_BATCH
 
 MANIFEST = "manifest.json"
+MARKER = ".ordercomp-export"
 CHECK_IMAGES = 16
 CHECK_TOLERANCE = 1e-3
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -97,7 +97,7 @@ def write_onnx(program: nn.Module, sample: torch.Tensor, path: Path) -> dict:
 def check_program(name: str, path: Path, program: nn.Module, images: torch.Tensor) -> dict:
     """The written file, loaded back, against PyTorch on the same images: largest logit difference and argmax agreement."""
     try:
-        got = run_program(name, path, images)
+        got = run_program(name, path, images, trust_torchscript=True)  # the file was written a moment ago by this process
     except Exception as error:  # loaders and onnxruntime raise their own error types for files they cannot run
         return {"images": len(images), "passed": False, "error": one_line(error)}
     with torch.no_grad():
@@ -132,10 +132,18 @@ def check_formats(formats) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def check_destination(out: Path) -> None:
-    """Refuse to replace a folder that is not an earlier export, so no unrelated files are deleted."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise ValueError(f"{out} exists and is not an ordercomp export: choose a new or empty folder")
+def earlier_export_files(out: Path) -> list[str]:
+    """The files an earlier export wrote into `out`, by its manifest (none when there is no readable manifest)."""
+    try:
+        files = json.loads((Path(out) / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [name for name in files if isinstance(name, str)] + [MANIFEST, MARKER]
+
+
+def check_export_folder(out) -> None:
+    """Refuse, before any work, an export folder that holds files ordercomp did not write."""
+    check_writable(Path(out), MARKER, "export", own=earlier_export_files(out))
 
 
 def export_format(name: str, program: nn.Module, images: torch.Tensor, folder: Path) -> dict:
@@ -161,40 +169,23 @@ def export_compressed(model: nn.Module, out_dir, *, formats=DEFAULT_FORMATS, cha
                       data: DataBundle, base: dict) -> dict:
     """Write `model` in every requested format plus manifest.json into `out_dir`; return the manifest."""
     names, out = check_formats(formats), Path(out_dir)
-    check_destination(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    earlier = earlier_export_files(out)
     program = exportable(copy.deepcopy(model).cpu())
     images = data.test.tensors[0][:CHECK_IMAGES].contiguous()
-    temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
+    with staged(out, MARKER, "export", own=earlier, stale=earlier) as temp:
         entries = [export_format(name, program, images, temp) for name in names]
         manifest = describe(temp, entries, chain=chain, configs=configs, metrics=metrics, data=data, base=base)
         (temp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
-        move_into_place(temp, out)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     return manifest
 
 
 def describe(folder: Path, entries: list[dict], *, chain, configs, metrics, data: DataBundle, base: dict) -> dict:
-    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != MARKER)
     return {"chain": list(chain), "configs": configs, "metrics": metrics, "data": data.describe(),
             "base": {k: v for k, v in base.items() if k != "card"},
             "input_shape": ["batch", data.in_channels, data.input_size, data.input_size],
             "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "files": files, "sha256": {name: sha256(folder / name) for name in files}, "formats": entries}
-
-
-def move_into_place(temp: Path, out: Path) -> None:
-    """Swap the finished folder in; an earlier export at `out` is removed only after the swap."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-old-"))
-        os.replace(out, old / out.name)
-    os.replace(temp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def sha256(path: Path) -> str:
@@ -212,28 +203,31 @@ def read_manifest(out_dir) -> dict:
     return json.loads(path.read_text())
 
 
-def verify_export(out_dir) -> dict:
-    """Re-compute every checksum and load every program file back, running it on a sample input."""
+def verify_export(out_dir, *, trust_torchscript: bool = False) -> dict:
+    """Re-compute every checksum and load every program file back, running it on a sample input.
+    TorchScript runs code from the file, so it is only run when the caller trusts the folder."""
     out, manifest = Path(out_dir), read_manifest(out_dir)
     checksums = {name: (out / name).is_file() and sha256(out / name) == digest for name, digest in manifest["sha256"].items()}
     channels, height, width = manifest["input_shape"][1:]
     sample = torch.randn(2, channels, height, width, generator=torch.Generator().manual_seed(0))
-    loads = {entry["format"]: load_and_run(entry["format"], out / entry["file"], sample)
+    loads = {entry["format"]: load_and_run(entry["format"], out / entry["file"], sample, trust_torchscript)
              for entry in manifest["formats"] if "file" in entry}
     return {"checksums": checksums, "loads": loads,
             "ok": all(checksums.values()) and all("error" not in result for result in loads.values())}
 
 
-def load_and_run(name: str, path: Path, sample: torch.Tensor) -> dict:
+def load_and_run(name: str, path: Path, sample: torch.Tensor, trust_torchscript: bool = False) -> dict:
+    if name == "torchscript" and not trust_torchscript:
+        return {"skipped": "TorchScript runs code from the file; verify with trust_torchscript=True to run it"}
     try:
         if name == "state_dict":
             return {"tensors": len(read_state_dict(path))}
-        return {"output_shape": list(run_program(name, path, sample).shape)}
+        return {"output_shape": list(run_program(name, path, sample, trust_torchscript).shape)}
     except Exception as error:  # loaders and runtimes raise many error types for a broken file
         return {"error": one_line(error)}
 
 
-def run_program(name: str, path: Path, sample: torch.Tensor) -> np.ndarray:
+def run_program(name: str, path: Path, sample: torch.Tensor, trust_torchscript: bool = False) -> np.ndarray:
     if name == "onnx":
         import onnxruntime as ort
 
@@ -241,15 +235,16 @@ def run_program(name: str, path: Path, sample: torch.Tensor) -> np.ndarray:
         return session.run(None, {session.get_inputs()[0].name: sample.numpy()})[0]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated but still the way to read TorchScript
-        return load_program(path)(sample).numpy()
+        return load_program(path, trust_torchscript=trust_torchscript)(sample).numpy()
 
 
 def export_zip(out_dir) -> bytes:
-    """The export folder as a zip archive (files under the folder's name), e.g. for a browser download."""
+    """The exported files and manifest as a zip archive (under the folder's name), e.g. for a browser download;
+    other files in the folder are not ordercomp's to hand out."""
     out = Path(out_dir)
-    read_manifest(out)
+    names = [name for name in read_manifest(out)["files"] + [MANIFEST] if Path(name).name == name]
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(p for p in out.rglob("*") if p.is_file()):
-            archive.write(path, f"{out.name}/{path.relative_to(out).as_posix()}")
+        for name in sorted(names):
+            archive.write(out / name, f"{out.name}/{name}")
     return buffer.getvalue()

@@ -1,19 +1,20 @@
 """Exploration results as tables: printed for the CLI, written as JSON and CSV to a folder.
 
-The folder is written in full to a temporary sibling first and then renamed into place, so an
-interrupted run never leaves half a result set behind.
+Results are staged and then moved into place (see `folders.py`): an interrupted run never leaves
+half a result set behind, and a folder holding anyone else's files is refused, never emptied.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from .folders import check_writable, staged
 from .pipeline import StepResult
+
+MARKER = ".ordercomp-results"
+RESULT_FILES = ("exploration.json", "steps.csv", "pairs.csv", "chain.csv")
 
 
 def steps_table(steps: list[dict]) -> pd.DataFrame:
@@ -69,20 +70,20 @@ def _round(value):
     return None if value is None else round(value, 3)
 
 
+def check_results_folder(out: str | Path) -> None:
+    """Refuse, before any work, a results folder that holds files ordercomp did not write."""
+    check_writable(Path(out), MARKER, "results", own=RESULT_FILES)
+
+
 def write_results(result, out: str | Path) -> Path:
-    """exploration.json plus steps.csv, pairs.csv and chain.csv, written atomically into `out`."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """exploration.json plus steps.csv, pairs.csv and chain.csv in `out`, replacing only earlier results."""
     record = result.to_dict()
-    temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    (temp / "exploration.json").write_text(json.dumps(record, indent=1, default=str))
-    steps_table(record["steps"]).to_csv(temp / "steps.csv", index=False)
-    pairs_table(record["outcomes"]).to_csv(temp / "pairs.csv", index=False)
-    chain_table(record["base_metrics"], record["chain_steps"]).to_csv(temp / "chain.csv", index=False)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(temp, out)
-    return out
+    with staged(Path(out), MARKER, "results", own=RESULT_FILES) as temp:
+        (temp / "exploration.json").write_text(json.dumps(record, indent=1, default=str))
+        steps_table(record["steps"]).to_csv(temp / "steps.csv", index=False)
+        pairs_table(record["outcomes"]).to_csv(temp / "pairs.csv", index=False)
+        chain_table(record["base_metrics"], record["chain_steps"]).to_csv(temp / "chain.csv", index=False)
+    return Path(out)
 
 
 def print_summary(result) -> None:

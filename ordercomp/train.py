@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DataBundle
+from .fields import typed_fields
 from .methods._layers import sparse_masks
 
 Progress = Callable[[str, float], None]
@@ -29,6 +30,8 @@ class Budget:
     weight_decay: float = 0.0
 
     def __post_init__(self):
+        for name, value in typed_fields(Budget, asdict(self)).items():
+            object.__setattr__(self, name, value)  # frozen: store the checked, converted value
         if not 0 <= self.epochs <= 1000:
             raise ValueError(f"epochs must be between 0 and 1000, got {self.epochs}")
         if not 0 < self.lr <= 1:

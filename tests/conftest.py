@@ -27,3 +27,21 @@ def tiny_model(digits):
 @pytest.fixture()
 def context(digits):
     return Context(digits, Budget(epochs=1), seed=0)
+
+
+@pytest.fixture()
+def bomb_png():
+    """Writes a tiny PNG whose header claims width x height pixels (decoding it would need gigabytes)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def write(path, width=20000, height=20000):
+        Image.new("L", (1, 1)).save(path)
+        data = bytearray(path.read_bytes())
+        data[16:24] = struct.pack(">II", width, height)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # the IHDR chunk's checksum
+        path.write_bytes(bytes(data))
+
+    return write

@@ -80,10 +80,11 @@ def test_missing_and_unknown_models_are_explained(digits):
 
 def test_exported_programs_load_back(tmp_path, digits, tiny_model):
     x = digits.test.tensors[0][:4]
-    torch.export.save(torch.export.export(tiny_model.eval(), (x,)), str(tmp_path / "m.pt2"))
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.export.save(torch.export.export(tiny_model.eval(), (x,), dynamic_shapes=({0: batch},)), str(tmp_path / "m.pt2"))
     torch.jit.trace(tiny_model.eval(), x).save(str(tmp_path / "m.ts"))
     for name in ("m.pt2", "m.ts"):
-        model, source = resolve_model(str(tmp_path / name), digits)
+        model, source = resolve_model(str(tmp_path / name), digits, trust_torchscript=True)
         assert source["source"] == "program"
         assert torch.allclose(model(x), tiny_model(x), atol=1e-5)
     with pytest.raises(CheckpointError, match="does not exist"):

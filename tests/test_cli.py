@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from ordercomp.cli import main
 
@@ -16,12 +17,34 @@ from ordercomp.cli import main
     (["explore", "--data", "/no/such/folder"], "does not exist"),
     (["explore", "--set", "prune=0.3"], "method.field=value"),
     (["apply", "--chain", "prune,quantize", "--export", "{out}", "--model", "{bad}", "--arch", "cnn_tiny"], "not a readable"),
+    (["explore", "--model", "{empty}.pt", "--arch", "cnn_tiny"], "empty.pt is not a readable torch checkpoint (EOFError)"),
+    (["explore", "--model", "{empty}.pt2"], "empty.pt2 is not a readable torch.export (.pt2) archive"),
+    (["explore", "--data", "{bomb}"], "could be decompression bomb"),
+    (["explore", "--set", "prune.ratio=abc"], "prune.ratio must be a number, got 'abc'"),
+    (["explore", "--prune-ratio", "nan"], "prune.ratio must be a finite number, got nan"),
+    (["explore", "--methods", "int8,prune", "--set", "int8.calibration_batches=2.5"], "int8.calibration_batches must be a whole number"),
+    (["explore", "--set", "quantize.weight_bits=inf"], "quantize.weight_bits must be a finite number"),
+    (["explore", "--objective", "weighted", "--weight", "nan"], "weight must be a finite number, got nan"),
+    (["explore", "--epochs", "nan"], "epochs must be a finite number"),
+    (["explore", "--lr", "inf"], "lr must be a finite number"),
+    (["explore", "--set", "distill.init=1"], "distill.init must be text"),
+    (["apply", "--chain", "prune", "--export", "{out}", "--epochs=-inf"], "epochs must be a finite number"),
+    (["apply", "--chain", "prune", "--export", "{out}", "--prune-ratio", "nan"], "prune.ratio must be a finite number"),
+    (["apply", "--chain", "prune", "--export", "{out}", "--seed", "-1"], "seed must be >= 0"),
+    (["apply", "--chain", "prune", "--export", "{out}", "--formats", "pt2,tflite"], "unknown export format"),
 ])
-def test_bad_input_is_one_line_with_status_2_and_writes_nothing(tmp_path, capsys, args, message):
+def test_bad_input_is_one_line_with_status_2_and_writes_nothing(tmp_path, capsys, bomb_png, args, message):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "empty.pt2").write_bytes(b"")
+    bomb = tmp_path / "bomb"
+    for label in ("cat", "dog"):
+        (bomb / label).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(bomb / label / "0.png")
+    bomb_png(bomb / "dog" / "1.png")
     out = tmp_path / "out"
-    args = [a.format(out=out, bad=bad) for a in args]
+    args = [a.format(out=out, bad=bad, empty=tmp_path / "empty", bomb=bomb) for a in args]
     if args[0] == "explore":
         args += ["--out", str(out), "--quiet"]
     assert main(args) == 2
@@ -41,7 +64,7 @@ def test_explore_writes_json_and_csv_results(tmp_path, capsys):
     assert "recommended chain" in printed and "BitOps reduction" in printed
     record = json.loads((out / "exploration.json").read_text())
     assert sorted(record["chain"]) == ["prune", "quantize"]
-    assert {p.name for p in out.iterdir()} == {"exploration.json", "steps.csv", "pairs.csv", "chain.csv"}
+    assert {p.name for p in out.iterdir()} == {"exploration.json", "steps.csv", "pairs.csv", "chain.csv", ".ordercomp-results"}
 
 
 def test_apply_exports_a_model_that_loads_back(tmp_path):
@@ -53,3 +76,40 @@ def test_apply_exports_a_model_that_loads_back(tmp_path):
     assert manifest["chain"] == ["prune", "quantize"]
     program = torch.jit.load(str(out / "model.torchscript.pt"))
     assert program(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("command", [["explore", "--out"], ["apply", "--chain", "prune", "--export"]])
+def test_a_folder_holding_other_files_is_refused_before_any_work_and_kept(tmp_path, capsys, monkeypatch, command):
+    (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "data").mkdir()
+    monkeypatch.setattr("ordercomp.explore.Explorer.explore", lambda self: pytest.fail("work started"))
+    monkeypatch.setattr("ordercomp.explore.prepare_base", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.chdir(tmp_path)
+    assert main(command + ["."]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not an ordercomp" in err and "notes.txt" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_results_replace_only_ordercomp_files(tmp_path, capsys):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    run = ["explore", "--model", "digits_cnn", "--methods", "prune,quantize", "--seeds", "1", "--epochs", "0.1",
+           "--out", str(out), "--cache", str(cache), "--quiet"]
+    assert main(run) == 0
+    (out / "notes.txt").write_text("my notes on this run")
+    (out / "steps.csv").write_text("stale")
+    assert main(run) == 0
+    assert (out / "notes.txt").read_text() == "my notes on this run"
+    assert (out / "steps.csv").read_text() != "stale"
+    assert not [p for p in out.iterdir() if p.name.startswith(".ordercomp-staging")]
+
+
+def test_export_into_an_earlier_export_keeps_other_files_and_drops_stale_formats(tmp_path):
+    out = tmp_path / "export"
+    first = ["apply", "--model", "digits_cnn", "--chain", "prune", "--epochs", "0.1", "--export", str(out)]
+    assert main(first + ["--formats", "state_dict,torchscript"]) == 0
+    (out / "README.txt").write_text("how we deploy this")
+    assert main(first + ["--formats", "state_dict"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [".ordercomp-export", "README.txt", "manifest.json", "model.state_dict.pt"]
+    assert json.loads((out / "manifest.json").read_text())["files"] == ["model.state_dict.pt"]

@@ -45,3 +45,15 @@ def test_incomplete_cifar_folder_names_the_expected_files(tmp_path):
 def test_input_size_out_of_range_is_refused():
     with pytest.raises(DataError, match="input size"):
         load_data("digits", input_size=2)
+
+
+@pytest.mark.parametrize("size, message", [((20000, 20000), "1.png"),  # over PIL's bomb limit
+                                           ((7000, 7000), "megapixel limit")])  # under it, over ours: refused before decoding
+def test_oversized_image_is_one_line_before_decoding(tmp_path, bomb_png, size, message):
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        Image.new("L", (8, 8)).save(tmp_path / label / "0.png")
+    bomb_png(tmp_path / "cat" / "1.png", *size)
+    with pytest.raises(DataError, match=message) as error:
+        load_data(str(tmp_path))
+    assert "\n" not in str(error.value)

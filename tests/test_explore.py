@@ -120,7 +120,26 @@ def test_compress_applies_a_chain_and_measures_every_step():
     ({"repeat": "lowrank"}, "repeat"),
     ({"settings": {"prune": {"ratio": 1.5}}}, "prune ratio"),
     ({"settings": {"lowrank": {"rank_ratio": 0.5}}}, "not among the chosen"),
+    ({"weight": float("nan")}, "weight must be a finite number"),
+    ({"min_margin": float("inf")}, "min_margin must be a finite number"),
+    ({"seeds": 2.5}, "seeds must be a whole number"),
+    ({"seeds": "3"}, "seeds must be a number"),
+    ({"input_size": float("nan")}, "input_size must be a finite number"),
+    ({"exhaustive": "yes"}, "exhaustive must be true or false"),
+    ({"trust_torchscript": 1}, "trust_torchscript must be true or false"),
+    ({"budget": {"epochs": 1}}, "budget must be a Budget"),
 ])
 def test_impossible_specs_are_refused_before_any_work(fields, message):
     with pytest.raises(ValueError, match=message):
         ExploreSpec(**{"methods": ("prune", "quantize"), **fields})
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"epochs": float("nan")}, "epochs must be a finite number"), ({"lr": float("inf")}, "lr must be a finite number"),
+    ({"batch_size": 2.5}, "batch_size must be a whole number"), ({"weight_decay": float("nan")}, "weight_decay must be a finite"),
+    ({"weight_decay": float("inf")}, "weight_decay must be a finite"), ({"epochs": "5"}, "epochs must be a number"),
+])
+def test_impossible_budgets_are_refused_by_name(fields, message):
+    with pytest.raises(ValueError, match=message):
+        Budget(**fields)
+    assert Budget(batch_size=32.0).batch_size == 32 and isinstance(Budget(batch_size=32.0).batch_size, int)

@@ -54,6 +54,43 @@ def test_impossible_settings_raise_value_error(name, bad):
         get_method(name).make_config(**bad)
 
 
+def typed_fields_of_every_config():
+    """(method, field, declared type) for every field of every registered method's config."""
+    import typing
+
+    return [(name, field, kind) for name, method in METHODS.items()
+            for field, kind in typing.get_type_hints(method.config_type).items()]
+
+
+def wrong_values(kind):
+    if kind is str:
+        return [3, None, 0.5]
+    wrong = [float("nan"), float("inf"), float("-inf"), "abc", "0.5", None, True, [1]]
+    return wrong + ([2.5] if kind is int else [])
+
+
+@pytest.mark.parametrize("name, field, value", [(name, field, value) for name, field, kind in typed_fields_of_every_config()
+                                                for value in wrong_values(kind)])
+def test_every_setting_refuses_nan_inf_and_wrong_types_by_name(name, field, value):
+    with pytest.raises(ValueError, match=f"{name}.{field} must be"):
+        get_method(name).make_config(**{field: value})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_numbers_in_range_are_converted_to_the_declared_type(name):
+    method = get_method(name)
+    defaults = method.default_config()
+    given = {f.name: float(v) if isinstance(v := getattr(defaults, f.name), int) else v for f in dataclasses.fields(defaults)}
+    assert method.make_config(**given) == defaults
+    assert all(type(getattr(method.make_config(**given), k)) is type(getattr(defaults, k)) for k in given)
+
+
+@pytest.mark.parametrize("name, field", [(name, field) for name, field, kind in typed_fields_of_every_config() if kind is float])
+def test_configs_built_directly_refuse_nan(name, field):
+    with pytest.raises(ValueError, match="finite"):
+        get_method(name).config_type(**{field: float("nan")})
+
+
 def test_unknown_method_names_are_refused():
     with pytest.raises(ValueError, match="unknown method 'magic'"):
         parse_methods("prune,magic")

@@ -2,7 +2,8 @@
 
 A method is a frozen config dataclass that validates its own fields, plus an apply function
 `apply(model, config, context) -> model`. `Method.apply` hands the function a deep copy, so the
-caller's model is never mutated. A method that cannot apply to a model raises `Incompatible`.
+caller's model is never mutated. A method that cannot apply to a model raises `Incompatible`;
+no method applies to a loaded program (.pt2, TorchScript), whose layers are fixed in a graph.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import torch
 from torch import nn
 
 from ..data import DataBundle
+from ..fields import number, typed_fields
+from ..programs import ProgramModel
 from ..train import Budget, Progress
 
 CONFIG_VERSION = 1
@@ -57,11 +60,14 @@ class Method:
         unknown = set(fields) - {f.name for f in dataclasses.fields(self.config_type)}
         if unknown:
             raise ValueError(f"{self.name} has no setting {', '.join(sorted(unknown))}: use {', '.join(config_fields(self.config_type))}")
-        return self.config_type(**fields)
+        return self.config_type(**typed_fields(self.config_type, fields, prefix=f"{self.name}."))
 
     def apply(self, model: nn.Module, config, context: Context) -> nn.Module:
         if not isinstance(config, self.config_type):
             raise TypeError(f"{self.name} needs a {self.config_type.__name__}, got {type(config).__name__}")
+        if isinstance(model, ProgramModel):
+            raise Incompatible(f"{self.name} rewrites layers, and a {model.kind} program has them fixed in its graph: "
+                               "give the model as a state dict with its architecture (--arch) to compress it")
         return self.apply_fn(copy.deepcopy(model), config, context)
 
 
@@ -75,7 +81,8 @@ def config_to_dict(method: str, config) -> dict:
 
 
 def check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
-    """Raise a ValueError naming the setting when `value` is outside its allowed range."""
+    """Raise a ValueError naming the setting when `value` is not a finite number inside its allowed range."""
+    number(name, value, float)
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:

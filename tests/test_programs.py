@@ -1,0 +1,216 @@
+"""Program files: crafted .pt2 and TorchScript files run nothing; valid .pt2 programs serve as bases."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+
+import pytest
+import torch
+from torch import nn
+
+from ordercomp.checkpoints import CheckpointError, load_program, resolve_model
+from ordercomp.cli import main
+from ordercomp.explore import compress
+from ordercomp.train import Budget
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.* deprecation notices
+
+
+class Payload:
+    """Unpickling this creates the marker file: no loader may ever do it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class FileWriter(nn.Module):
+    """TorchScript whose forward creates a file through torch.from_file(shared=True)."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = marker
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        written = torch.from_file(self.marker, shared=True, size=4, dtype=torch.uint8)
+        return x.flatten(1)[:, :10] + written.sum() * 0
+
+
+@pytest.fixture(scope="module")
+def pt2_bytes(tiny_model):
+    buffer = io.BytesIO()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.export.save(torch.export.export(tiny_model.eval(), (torch.zeros(2, 1, 8, 8),), dynamic_shapes=({0: batch},)), buffer)
+    return buffer.getvalue()
+
+
+def rewrite(archive: bytes, path, changes: dict[str, bytes]) -> None:
+    """Copy a zip archive to `path`, replacing or adding the entries in `changes` (names below the root folder)."""
+    with zipfile.ZipFile(io.BytesIO(archive)) as source, zipfile.ZipFile(path, "w") as target:
+        root = source.namelist()[0].split("/")[0]
+        for info in source.infolist():
+            name = info.filename.split("/", 1)[1]
+            target.writestr(info.filename, changes.pop(name, None) or source.read(info))
+        for name, data in changes.items():
+            target.writestr(f"{root}/{name}", data)
+
+
+def pickled(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def config_with(archive: bytes, name: str, edit) -> bytes:
+    with zipfile.ZipFile(io.BytesIO(archive)) as source:
+        full = next(n for n in source.namelist() if n.endswith(name))
+        record = json.loads(source.read(full))
+    edit(record["config"])
+    return json.dumps(record).encode()
+
+
+def pickled_weight(archive, marker):
+    def mark(config):
+        config[next(iter(config))]["use_pickle"] = True
+    return {"data/weights/weight_0": pickled(Payload(marker)), "data/weights/model_weights_config.json":
+            config_with(archive, "model_weights_config.json", mark)}
+
+
+def pickled_constant(archive, marker):
+    def add(config):
+        config["evil"] = {"path_name": "tensor_0", "is_param": False, "use_pickle": True, "tensor_meta": None}
+    return {"data/constants/tensor_0": pickled(Payload(marker)),
+            "data/constants/model_constants_config.json": config_with(archive, "model_constants_config.json", add)}
+
+
+def opaque_constant(archive, marker):
+    import pickle
+
+    def add(config):
+        config["evil"] = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": False, "tensor_meta": None}
+    return {"data/constants/opaque_obj_0": pickle.dumps(Payload(marker)),
+            "data/constants/model_constants_config.json": config_with(archive, "model_constants_config.json", add)}
+
+
+def pickled_sample_inputs(archive, marker):
+    # torch.export.load retries a sample-input file that weights_only refuses with a full unpickle
+    return {"data/sample_inputs/model.pt": pickled(Payload(marker))}
+
+
+def compiled_code(archive, marker):
+    return {"data/aotinductor/model/model.so": b"\x7fELF"}
+
+
+@pytest.mark.parametrize("craft, message", [
+    (pickled_weight, "pickled weight"), (pickled_constant, "pickled constant"), (opaque_constant, "pickled constant"),
+    (pickled_sample_inputs, "sample inputs"), (compiled_code, "AOTInductor"),
+])
+def test_crafted_pt2_is_refused_and_runs_nothing(tmp_path, digits, pt2_bytes, craft, message):
+    marker, path = tmp_path / "marker", tmp_path / "evil.pt2"
+    rewrite(pt2_bytes, path, craft(pt2_bytes, marker))
+    with pytest.raises(CheckpointError, match=message) as error:
+        resolve_model(str(path), digits)
+    assert "\n" not in str(error.value) and "could run code" in str(error.value)
+    assert not marker.exists()
+
+
+def test_crafted_pt2_through_the_cli_leaves_no_trace(tmp_path, capsys, pt2_bytes):
+    marker, path, out = tmp_path / "marker", tmp_path / "evil.pt2", tmp_path / "out"
+    rewrite(pt2_bytes, path, pickled_weight(pt2_bytes, marker))
+    assert main(["explore", "--model", str(path), "--methods", "prune,quantize", "--out", str(out), "--cache", "", "--quiet"]) == 2
+    assert "pickled weight" in capsys.readouterr().err
+    assert not marker.exists() and not out.exists()
+
+
+def test_unrewritten_archive_still_loads(tmp_path, digits, pt2_bytes):
+    """The crafting helper itself keeps a valid archive valid, so the refusals above come from the payloads."""
+    rewrite(pt2_bytes, tmp_path / "same.pt2", {})
+    model, source = resolve_model(str(tmp_path / "same.pt2"), digits)
+    assert source["source"] == "program" and model(digits.example_input(5)).shape == (5, 10)
+
+
+def test_graph_calling_a_python_function_is_refused(tmp_path, digits, pt2_bytes):
+    """A crafted graph may name any attribute path under torch (torch.os.system resolves); only tensor operators run."""
+    with zipfile.ZipFile(io.BytesIO(pt2_bytes)) as source:
+        record = json.loads(source.read(next(n for n in source.namelist() if n.endswith("models/model.json"))))
+    node = next(n for n in record["graph_module"]["graph"]["nodes"] if n["target"] == "torch.ops.aten.relu_.default")
+    node["target"] = "torch.os.system"
+    rewrite(pt2_bytes, tmp_path / "system.pt2", {"models/model.json": json.dumps(record).encode()})
+    with pytest.raises(CheckpointError, match="not a readable"):  # torch's verifier refuses a Python callable
+        resolve_model(str(tmp_path / "system.pt2"), digits)
+
+
+def test_graph_calling_a_file_operator_is_refused(tmp_path, digits, pt2_bytes):
+    """torch's verifier accepts any operator; aten.from_file(shared=True) would create a file when the model runs."""
+    marker = tmp_path / "marker"
+    with zipfile.ZipFile(io.BytesIO(pt2_bytes)) as source:
+        record = json.loads(source.read(next(n for n in source.namelist() if n.endswith("models/model.json"))))
+    node = next(n for n in record["graph_module"]["graph"]["nodes"] if n["target"] == "torch.ops.aten.relu_.default")
+    node["target"] = "torch.ops.aten.from_file.default"
+    node["inputs"] = [{"name": "filename", "arg": {"as_string": str(marker)}, "kind": 1},
+                      {"name": "shared", "arg": {"as_bool": True}, "kind": 1}, {"name": "size", "arg": {"as_int": 4}, "kind": 1}]
+    rewrite(pt2_bytes, tmp_path / "writer.pt2", {"models/model.json": json.dumps(record).encode()})
+    with pytest.raises(CheckpointError, match="calls aten.from_file.default, which is not a tensor operator"):
+        resolve_model(str(tmp_path / "writer.pt2"), digits)
+    assert not marker.exists()
+
+
+@pytest.fixture()
+def writer_script(tmp_path):
+    marker = tmp_path / "written"
+    torch.jit.script(FileWriter(str(marker))).save(str(tmp_path / "writer.pt"))  # a TorchScript file named like weights
+    return tmp_path / "writer.pt", marker
+
+
+def test_torchscript_runs_only_when_trusted(writer_script, digits):
+    path, marker = writer_script
+    with pytest.raises(CheckpointError, match="is TorchScript: running it executes code.*--trust-torchscript"):
+        resolve_model(str(path), digits, architecture="cnn_tiny")
+    assert not marker.exists()
+    model, _ = resolve_model(str(path), digits, trust_torchscript=True)
+    assert marker.exists(), "the crafted file does write when run, so the refusal above is what kept the disk clean"
+    assert model(digits.example_input(2)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("command", [["explore", "--methods", "prune,quantize"], ["apply", "--chain", "prune"]])
+def test_untrusted_torchscript_through_the_cli_leaves_no_trace(writer_script, tmp_path, capsys, command):
+    path, marker = writer_script
+    out = tmp_path / "out"
+    target = ["--out", str(out), "--cache", "", "--quiet"] if command[0] == "explore" else ["--export", str(out)]
+    assert main(command + ["--model", str(path), "--arch", "cnn_tiny"] + target) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("ordercomp: error:") == 1 and "--trust-torchscript" in err.splitlines()[-1] and "Traceback" not in err
+    assert not marker.exists() and not out.exists()
+
+
+def test_a_pt2_program_is_a_base_that_is_measured_and_methods_say_why_not(tmp_path, pt2_bytes, capsys):
+    path = tmp_path / "tiny.pt2"
+    path.write_bytes(pt2_bytes)
+    outcome = compress(model=str(path), chain=["prune", "quantize"], budget=Budget(epochs=0.1), device="cpu")
+    assert outcome.base_metrics["accuracy"] > 40 and outcome.base_metrics["macs"] > 0
+    assert outcome.steps[0].status == "incompatible" and "--arch" in outcome.steps[0].reason
+    out = tmp_path / "run"
+    assert main(["explore", "--model", str(path), "--methods", "prune,sparsify", "--seeds", "1", "--epochs", "0.1",
+                 "--out", str(out), "--cache", "", "--quiet", "--device", "cpu"]) == 0
+    record = json.loads((out / "exploration.json").read_text())
+    assert record["base"]["source"] == "program" and record["base_metrics"]["accuracy"] > 40
+    assert all(o["incompatible"] for o in record["outcomes"])
+    assert main(["apply", "--model", str(path), "--chain", "prune", "--export", str(tmp_path / "export"), "--device", "cpu"]) == 2
+    assert "prune is incompatible" in capsys.readouterr().err and not (tmp_path / "export").exists()
+
+
+def test_a_program_with_a_fixed_batch_size_is_explained(tmp_path, digits, tiny_model):
+    torch.export.save(torch.export.export(tiny_model.eval(), (torch.zeros(2, 1, 8, 8),)), str(tmp_path / "fixed.pt2"))
+    with pytest.raises(CheckpointError, match="dynamic batch dimension"):
+        resolve_model(str(tmp_path / "fixed.pt2"), digits)
+
+
+def test_load_program_defaults_to_refusing_torchscript(writer_script):
+    path, marker = writer_script
+    with pytest.raises(CheckpointError, match="TorchScript"):
+        load_program(path)
+    assert not marker.exists()
