@@ -7,7 +7,7 @@ its status, the device and the job store. Everything heavy runs in worker proces
 """
 import streamlit as st
 
-from ordercomp import dashboard
+from ordercomp.dashboard import formatting, plan, session
 from pages._shared import job_summary, live_job
 
 PAGES = [
@@ -21,20 +21,20 @@ PAGES = [
 
 
 def sidebar() -> None:
-    store = dashboard.open_store()
-    st.caption(f"Base: {dashboard.describe_base(dashboard.base_choice(st.session_state))}")
-    job_id = st.session_state.get(dashboard.JOB)
+    store = session.open_store()
+    st.caption(f"Base: {plan.describe_base(session.base_choice(st.session_state))}")
+    job_id = st.session_state.get(session.JOB)
     if job_id and store.get(job_id):
         st.markdown("**Open run**")
         live_job(store, job_id, job_summary)
     else:
         st.caption("No run open yet.")
-    st.caption(f"Device: {dashboard.device_label()}")
+    st.caption(f"Device: {formatting.device_label()}")
     st.caption(f"Job store: `{store.path}`")
 
 
 st.set_page_config(page_title="Order of compression", page_icon=":material/compress:", layout="wide")
-dashboard.sync_job_param(st.session_state, st.query_params)
+session.sync_job_param(st.session_state, st.query_params)
 page = st.navigation(PAGES)
 with st.sidebar:
     sidebar()

@@ -3,32 +3,33 @@ from pathlib import Path
 
 import streamlit as st
 
-from ordercomp import dashboard
+from ordercomp import uploads
 from ordercomp.checkpoints import CheckpointError, list_samples, sample_card
+from ordercomp.dashboard import plan, session, views
 from ordercomp.data import DataError
 from ordercomp.jobs import start_job
 from ordercomp.zoo import ARCHITECTURES, list_architectures
 from pages._shared import KEEP, job_status, live_job, metric_row, run_inside_app
 
 run_inside_app()
-store = dashboard.open_store()
+store = session.open_store()
 state = st.session_state
-dashboard.set_defaults(state, {"w_data_source": "digits", "w_data_path": "", "w_input_size": 0, "w_model_source": "sample",
-                               "w_sample": dashboard.DEFAULT_BASE["model"], "w_architecture": "cnn_small", "w_upload_arch": None})
+session.set_defaults(state, {"w_data_source": "digits", "w_data_path": "", "w_input_size": 0, "w_model_source": "sample",
+                               "w_sample": session.DEFAULT_BASE["model"], "w_architecture": "cnn_small", "w_upload_arch": None})
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading the checkpoint (nothing in it is run)")
 def checked_checkpoint(path: str, architecture: str | None) -> tuple[str | None, str | None]:
     """(what the file holds, None) or (None, why it cannot be used); files are named by content, so cached."""
     try:
-        return dashboard.check_checkpoint(Path(path), architecture), None
+        return uploads.check_checkpoint(Path(path), architecture), None
     except (CheckpointError, ValueError) as error:
         return None, str(error)
 
 
 def choose_data() -> str | None:
     st.subheader("Data")
-    source = st.radio("Data source", list(dashboard.DATA_SOURCES), format_func=dashboard.DATA_SOURCES.get, key="w_data_source",
+    source = st.radio("Data source", list(plan.DATA_SOURCES), format_func=plan.DATA_SOURCES.get, key="w_data_source",
                       **KEEP)
     st.number_input("Input size in pixels (0: the data's own, 8 for digits, 32 otherwise)", min_value=0, max_value=512,
                     step=1, key="w_input_size", **KEEP)
@@ -39,7 +40,7 @@ def choose_data() -> str | None:
         text = st.text_input("Dataset folder", placeholder="/data/cifar10 or /data/flowers (one sub-folder per class)",
                              key="w_data_path", **KEEP)
         try:
-            return dashboard.check_data_path(text)
+            return uploads.check_data_path(text)
         except DataError as error:
             st.error(str(error))
             return None
@@ -47,16 +48,16 @@ def choose_data() -> str | None:
 
 
 def uploaded_data() -> str | None:
-    upload = st.file_uploader(f"ImageFolder tree as a zip (at most {dashboard.ZIP_LIMIT_MB} MB; one folder per class)",
-                              type=["zip"], max_upload_size=dashboard.ZIP_LIMIT_MB, key="data_zip")
-    previous = state.get(dashboard.UPLOADED_DATA) or {}
+    upload = st.file_uploader(f"ImageFolder tree as a zip (at most {uploads.ZIP_LIMIT_MB} MB; one folder per class)",
+                              type=["zip"], max_upload_size=uploads.ZIP_LIMIT_MB, key="data_zip")
+    previous = state.get(session.UPLOADED_DATA) or {}
     if upload is not None and previous.get("id") != upload.file_id:
         try:
-            path = dashboard.extract_image_zip(upload.getvalue(), dashboard.data_folder(store, "datasets"))
+            path = uploads.extract_image_zip(upload.getvalue(), session.data_folder(store, "datasets"))
         except DataError as error:
             st.error(str(error))
             return None
-        previous = state[dashboard.UPLOADED_DATA] = {"id": upload.file_id, "path": path}
+        previous = state[session.UPLOADED_DATA] = {"id": upload.file_id, "path": path}
     if previous:
         st.caption(f"Extracted to `{previous['path']}`")
     return previous.get("path")
@@ -64,7 +65,7 @@ def uploaded_data() -> str | None:
 
 def choose_model() -> tuple[str, str | None] | None:
     st.subheader("Model")
-    source = st.radio("Model source", list(dashboard.MODEL_SOURCES), format_func=dashboard.MODEL_SOURCES.get, key="w_model_source",
+    source = st.radio("Model source", list(plan.MODEL_SOURCES), format_func=plan.MODEL_SOURCES.get, key="w_model_source",
                       **KEEP)
     if source == "sample":
         name = st.selectbox("Sample model", list_samples(), key="w_sample", **KEEP)
@@ -81,19 +82,19 @@ def choose_model() -> tuple[str, str | None] | None:
 
 
 def uploaded_model() -> tuple[str, str | None] | None:
-    upload = st.file_uploader(f"Checkpoint (at most {dashboard.UPLOAD_LIMIT_MB} MB): a state dict (.pt, .pth, .safetensors), "
-                              "a torch.export program (.pt2) or a TorchScript model", type=dashboard.checkpoint_types(),
-                              max_upload_size=dashboard.UPLOAD_LIMIT_MB, key="model_file")
+    upload = st.file_uploader(f"Checkpoint (at most {uploads.UPLOAD_LIMIT_MB} MB): a state dict (.pt, .pth, .safetensors), "
+                              "a torch.export program (.pt2) or a TorchScript model", type=uploads.checkpoint_types(),
+                              max_upload_size=uploads.UPLOAD_LIMIT_MB, key="model_file")
     architecture = st.selectbox("Architecture of a state dict", [None, *list_architectures()], key="w_upload_arch",
                                 format_func=lambda name: "(a whole model: .pt2 or TorchScript)" if name is None else name, **KEEP)
-    previous = state.get(dashboard.UPLOADED_MODEL) or {}
+    previous = state.get(session.UPLOADED_MODEL) or {}
     if upload is not None and previous.get("id") != upload.file_id:
         try:
-            path = dashboard.save_upload(dashboard.data_folder(store, "uploads"), upload.name, upload.getvalue())
+            path = uploads.save_upload(session.data_folder(store, "uploads"), upload.name, upload.getvalue())
         except (ValueError, OSError) as error:
             st.error(str(error))
             return None
-        previous = state[dashboard.UPLOADED_MODEL] = {"id": upload.file_id, "path": str(path)}
+        previous = state[session.UPLOADED_MODEL] = {"id": upload.file_id, "path": str(path)}
     if not previous:
         st.info("Upload a checkpoint to use it.")
         return None
@@ -114,9 +115,9 @@ def baseline(choice: dict) -> None:
                        f"{card['in_channels']} channel(s)): other data needs as many classes and channels, or the jobs fail. "
                        "Train a zoo architecture on it instead.")
         st.caption(f"From the model card (test split of {card['data']['name']}); latency depends on the machine: measure it below.")
-        metric_row(dashboard.card_metrics(card))
-    spec = dashboard.baseline_spec(choice, state.get("w_device", "auto"))
-    job = dashboard.find_baseline(store, spec)
+        metric_row(views.card_metrics(card))
+    spec = plan.baseline_spec(choice, state.get("w_device", "auto"))
+    job = views.find_baseline(store, spec)
     if job is not None:
         live_job(store, job["id"], draw_baseline)
         return
@@ -149,10 +150,10 @@ with data_column:
 with model_column:
     model = choose_model()
 if data and model:
-    state[dashboard.BASE] = {"model": model[0], "architecture": model[1], "data": data, "input_size": state["w_input_size"] or None}
-elif dashboard.BASE in state:
+    state[session.BASE] = {"model": model[0], "architecture": model[1], "data": data, "input_size": state["w_input_size"] or None}
+elif session.BASE in state:
     st.warning("The choice above is not usable yet; explorations still start from the last usable one.")
-current = dashboard.base_choice(state)
-st.success(f"Explorations start from **{dashboard.describe_base(current)}**.")
+current = session.base_choice(state)
+st.success(f"Explorations start from **{plan.describe_base(current)}**.")
 baseline(current)
 st.page_link("pages/2_methods.py", label="Next: choose the methods", icon=":material/tune:")

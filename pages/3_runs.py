@@ -2,31 +2,31 @@
 and open any earlier run. The open run's id is in the URL (?job=...), so it survives reloads."""
 import streamlit as st
 
-from ordercomp import dashboard
+from ordercomp.dashboard import estimate, formatting, plan, session, views
 from ordercomp.jobs import start_job
 from ordercomp.zoo import ARCHITECTURES
 from pages._shared import job_log, job_status, live_job, run_inside_app
 
 run_inside_app()
 
-store = dashboard.open_store()
+store = session.open_store()
 state = st.session_state
 
 
 def new_exploration() -> None:
     st.subheader("New exploration")
     try:
-        spec = dashboard.plan_from_state(state)
+        spec = plan.plan_from_state(state)
     except ValueError as error:
         st.error(f"The plan from the Methods page cannot run: {error}")
         st.page_link("pages/2_methods.py", label="Fix it on the Methods page", icon=":material/tune:")
         return
-    cost = dashboard.plan_cost(spec, store.mean_step_seconds(spec.model, spec.data))
+    cost = estimate.plan_cost(spec, store.mean_step_seconds(spec.model, spec.data))
     settings = "; ".join(f"{name}: {fields}" for name, fields in spec.settings.items()) or "defaults"
-    st.markdown(f"**{dashboard.describe_base(dashboard.base_choice(state))}** · methods **{', '.join(spec.methods)}** · "
+    st.markdown(f"**{plan.describe_base(session.base_choice(state))}** · methods **{', '.join(spec.methods)}** · "
                 f"objective **{spec.objective}** · **{spec.seeds}** seed(s) · {spec.budget.epochs:g} fine-tuning epoch(s) per step"
                 + (" · exhaustive validation" if spec.exhaustive else ""))
-    st.caption(f"Settings: {settings}. {cost['applications']} method applications, about {dashboard.duration(cost['seconds'])}.")
+    st.caption(f"Settings: {settings}. {cost['applications']} method applications, about {formatting.duration(cost['seconds'])}.")
     if spec.model in ARCHITECTURES:
         st.caption(f"{spec.model} is trained from scratch first unless it was already (Model & data shows its baseline).")
     if st.button("Launch exploration", type="primary"):
@@ -35,16 +35,16 @@ def new_exploration() -> None:
         except (ValueError, OSError) as error:
             st.error(f"Could not start the exploration: {error}")
             return
-        dashboard.open_job(state, st.query_params, job_id)
+        session.open_job(state, st.query_params, job_id)
         st.rerun()
     st.page_link("pages/2_methods.py", label="Change the plan on the Methods page", icon=":material/tune:")
 
 
 def draw_run(job: dict) -> None:
     spec = job["spec"]
-    st.caption(f"{dashboard.job_title(job)} · objective {spec['objective']} · {spec['seeds']} seed(s)")
+    st.caption(f"{views.job_title(job)} · objective {spec['objective']} · {spec['seeds']} seed(s)")
     job_status(store, job)
-    rows = dashboard.pair_progress(spec, store.steps(job["id"]))
+    rows = views.pair_progress(spec, store.steps(job["id"]))
     st.dataframe(rows, hide_index=True, column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")})
     for row in rows:
@@ -62,21 +62,21 @@ def all_runs() -> None:
     if not jobs:
         st.caption("No runs yet.")
         return
-    st.dataframe(dashboard.job_rows(jobs), hide_index=True)
+    st.dataframe(views.job_rows(jobs), hide_index=True)
     ids = [job["id"] for job in jobs]
-    titles = {job["id"]: dashboard.job_title(job) for job in jobs}
-    current = state.get(dashboard.JOB)
+    titles = {job["id"]: views.job_title(job) for job in jobs}
+    current = state.get(session.JOB)
     picked = st.selectbox("Open a run", ids, index=ids.index(current) if current in ids else None,
                           format_func=titles.get, placeholder="pick a run to open")
     if picked and picked != current:
-        dashboard.open_job(state, st.query_params, picked)
+        session.open_job(state, st.query_params, picked)
         st.rerun()
 
 
 st.title("Runs")
 with st.container(border=True):
     new_exploration()
-open_id = state.get(dashboard.JOB)
+open_id = state.get(session.JOB)
 if open_id:
     st.subheader(f"Run {open_id}")
     live_job(store, open_id, draw_run)

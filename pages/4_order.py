@@ -1,7 +1,7 @@
 """Step 4, Order: the pair outcomes, the precedence graph, every valid order and the exhaustive check."""
 import streamlit as st
 
-from ordercomp import dashboard
+from ordercomp.dashboard import plan, session
 from ordercomp.charts import pair_matrix_figure, precedence_dot
 from ordercomp.report import exhaustive_table, notes
 from ordercomp.results import pairs_table
@@ -9,12 +9,12 @@ from pages._shared import open_exploration, run_inside_app
 
 run_inside_app()
 
-store = dashboard.open_store()
+store = session.open_store()
 st.title("Order")
 job_id, record = open_exploration(store)
 spec, chain = record["spec"], record["chain"]
 st.markdown(f"### Recommended order: {' → '.join(chain)}")
-st.caption(f"Run {job_id} · {dashboard.describe_base(spec)} · objective {spec['objective']} · {spec['seeds']} seed(s) · "
+st.caption(f"Run {job_id} · {plan.describe_base(spec)} · objective {spec['objective']} · {spec['seeds']} seed(s) · "
            f"{record['seconds']:.0f} s")
 
 st.subheader("Pair outcomes")

@@ -2,7 +2,7 @@
 chain step by step."""
 import streamlit as st
 
-from ordercomp import dashboard
+from ordercomp.dashboard import session
 from ordercomp.charts import AXES, chain_steps_figure, tradeoff_figure
 from ordercomp.report import headline_figures
 from ordercomp.results import chain_table
@@ -10,7 +10,7 @@ from pages._shared import open_exploration, run_inside_app
 
 run_inside_app()
 
-store = dashboard.open_store()
+store = session.open_store()
 st.title("Trade-offs")
 job_id, record = open_exploration(store)
 st.caption(f"Run {job_id}: the base and the chain are measured on the test split; single methods and pairs are "

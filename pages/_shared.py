@@ -1,7 +1,7 @@
 """Drawing pieces the pages share: a live job panel, a row of model figures, the open exploration,
 and `run_inside_app`, which every page calls first.
 
-Not a page itself (app.py lists the pages); logic and state helpers live in `ordercomp.dashboard`.
+Not a page itself (app.py lists the pages); logic and state helpers live in `ordercomp.dashboard` and `ordercomp.uploads`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Callable
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
-from ordercomp import dashboard
+from ordercomp.dashboard import session, views
 from ordercomp.jobs import JobStore, refresh_stale, resume_job
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
@@ -37,7 +37,7 @@ def run_inside_app() -> None:
 
 def live_job(store: JobStore, job_id: str, draw: Callable[[dict], None]) -> None:
     """Draw a job with `draw(job)`; while the job is active the drawing polls the store."""
-    polling = dashboard.is_active(store.get(job_id))
+    polling = views.is_active(store.get(job_id))
 
     def panel() -> None:
         refresh_stale(store)
@@ -46,10 +46,10 @@ def live_job(store: JobStore, job_id: str, draw: Callable[[dict], None]) -> None
             st.error(f"There is no job {job_id} in the job store {store.path}.")
             return
         draw(job)
-        if polling and not dashboard.is_active(job):
+        if polling and not views.is_active(job):
             st.rerun()  # the whole page: it shows the result, and the polling stops
 
-    st.fragment(panel, run_every=dashboard.POLL_SECONDS if polling else None)()
+    st.fragment(panel, run_every=session.POLL_SECONDS if polling else None)()
 
 
 def job_summary(job: dict, *, unit: str = "method applications") -> None:
@@ -62,11 +62,11 @@ def job_summary(job: dict, *, unit: str = "method applications") -> None:
 def job_status(store: JobStore, job: dict, *, unit: str = "method applications") -> None:
     """Status line, overall and current-step progress, the error, and cancel / resume buttons."""
     job_summary(job, unit=unit)
-    if dashboard.is_active(job) and job["label"]:
+    if views.is_active(job) and job["label"]:
         st.progress(min(max(job["fraction"], 0.0), 1.0), text=f"now: {job['label']}")
     if job["status"] == "failed":
         st.error(f"The job failed: {job['error']}")
-    if dashboard.is_active(job) and job["status"] != "cancelling":
+    if views.is_active(job) and job["status"] != "cancelling":
         if st.button("Cancel", key=f"cancel-{job['id']}", help="Stop after the current step; finished steps are kept"):
             _act(lambda: store.request_cancel(job["id"]))
     if job["status"] in ("failed", "cancelled"):
@@ -90,14 +90,14 @@ def job_log(store: JobStore, job_id: str, lines: int = 200) -> None:
 
 
 def metric_row(metrics: dict) -> None:
-    for column, (label, value) in zip(st.columns(6), dashboard.metric_figures(metrics)):
+    for column, (label, value) in zip(st.columns(6), views.metric_figures(metrics)):
         column.metric(label, value)
 
 
 def open_exploration(store: JobStore) -> tuple[str, dict]:
     """The open exploration's id and record; otherwise a note on what to do, and the page stops."""
-    job_id = st.session_state.get(dashboard.JOB)
-    record, why = dashboard.exploration_record(store, job_id)
+    job_id = st.session_state.get(session.JOB)
+    record, why = views.exploration_record(store, job_id)
     if record is None:
         st.info(why)
         st.page_link("pages/3_runs.py", label="Go to Runs", icon=":material/play_circle:")

@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from ordercomp import dashboard
+from ordercomp import uploads
 from ordercomp.checkpoints import sample_card
+from ordercomp.dashboard import estimate, formatting, session
 from ordercomp.data import DataError
 from ordercomp.explore import ExploreSpec
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, launch
@@ -119,13 +120,13 @@ def test_a_wrong_data_path_is_an_error_and_a_valid_folder_becomes_the_data(store
     at.radio(key="w_data_source").set_value("folder").run()
     at.text_input(key="w_data_path").set_value(str(tmp_path / "nowhere")).run()
     assert "does not exist" in at.main.error[0].value and not at.exception
-    assert at.session_state[dashboard.BASE]["data"] == "digits"
+    assert at.session_state[session.BASE]["data"] == "digits"
     for name in ("cat", "dog"):
         (tmp_path / "pets" / name).mkdir(parents=True)
         Image.new("RGB", (4, 4)).save(tmp_path / "pets" / name / "1.png")
     at.text_input(key="w_data_path").set_value(str(tmp_path / "pets")).run()
     assert not at.main.error
-    assert at.session_state[dashboard.BASE]["data"] == str((tmp_path / "pets").resolve())
+    assert at.session_state[session.BASE]["data"] == str((tmp_path / "pets").resolve())
     assert "digits_cnn on pets" in at.main.success[0].value
     assert at.main.warning[0].value.startswith("digits_cnn was trained on digits (10 classes, 1 channel(s))")
 
@@ -145,7 +146,7 @@ def test_a_corrupt_or_pickled_checkpoint_upload_is_refused_and_a_state_dict_is_u
     assert "holds weights only: choose its architecture" in at.main.error[0].value
     at.main.selectbox(key="w_upload_arch").set_value("cnn_tiny").run()
     assert not at.main.error and "a state dict of" in at.main.success[0].value
-    choice = at.session_state[dashboard.BASE]
+    choice = at.session_state[session.BASE]
     assert Path(choice["model"]).name == "tiny.pt" and choice["architecture"] == "cnn_tiny"
     assert Path(choice["model"]).is_relative_to(store.path.parent / "uploads")
 
@@ -159,7 +160,7 @@ def test_an_uploaded_zip_is_extracted_safely(store, tmp_path):
     at.file_uploader(key="data_zip").set_value(("pets.zip", zip_of({"pets/cat/1.png": png(), "pets/dog/1.png": png()}),
                                                 "application/zip")).run()
     assert not at.main.error
-    data = Path(at.session_state[dashboard.BASE]["data"])
+    data = Path(at.session_state[session.BASE]["data"])
     assert data.name == "pets" and sorted(p.name for p in data.iterdir()) == ["cat", "dog"]
 
 
@@ -184,12 +185,12 @@ def test_zip_limits_and_links_are_refused(tmp_path, monkeypatch):
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr(link, "/etc/passwd")
     with pytest.raises(DataError, match="holds a link"):
-        dashboard.extract_image_zip(buffer.getvalue(), tmp_path)
+        uploads.extract_image_zip(buffer.getvalue(), tmp_path)
     with pytest.raises(DataError, match="not a zip archive"):
-        dashboard.extract_image_zip(b"plain bytes", tmp_path)
-    monkeypatch.setattr(dashboard, "ZIP_MAX_FILES", 1)
+        uploads.extract_image_zip(b"plain bytes", tmp_path)
+    monkeypatch.setattr(uploads, "ZIP_MAX_FILES", 1)
     with pytest.raises(DataError, match="holds 2 files; the limit is 1"):
-        dashboard.extract_image_zip(zip_of({"a/1.png": png(), "b/1.png": png()}), tmp_path)
+        uploads.extract_image_zip(zip_of({"a/1.png": png(), "b/1.png": png()}), tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -208,17 +209,17 @@ def test_methods_page_builds_widgets_from_the_registry_and_counts_applications(s
     assert applications.value == "10"  # (2 singles + 2 ordered pairs) x 2 seeds + the chain's 2
     # the default sample, not yet run in this store: the guess goes by its size (MACs x images x epochs)
     card = sample_card("digits_cnn")
-    guess = card["metrics"]["macs"] * card["data"]["train"] * 5 * 3 * dashboard.CPU_SECONDS_PER_MAC
+    guess = card["metrics"]["macs"] * card["data"]["train"] * 5 * 3 * estimate.CPU_SECONDS_PER_MAC
     assert f"{guess:.1f} s per application, from the sample's size" in at.main.caption[-1].value
-    at.session_state[dashboard.BASE] = {"model": "cnn_tiny", "architecture": None, "data": "digits", "input_size": None}
+    at.session_state[session.BASE] = {"model": "cnn_tiny", "architecture": None, "data": "digits", "input_size": None}
     at.run()
-    assert f"{dashboard.DEFAULT_STEP_SECONDS:.1f} s per application, from a default guess" in at.main.caption[-1].value
+    assert f"{estimate.DEFAULT_STEP_SECONDS:.1f} s per application, from a default guess" in at.main.caption[-1].value
     spec = finished["record"]["spec"]  # a base with finished steps in the store: the estimate goes by them
-    at.session_state[dashboard.BASE] = {key: spec[key] for key in ("model", "architecture", "data", "input_size")}
+    at.session_state[session.BASE] = {key: spec[key] for key in ("model", "architecture", "data", "input_size")}
     at.run()
     assert "from the mean of the finished steps in the job store" in at.main.caption[-1].value
     mean = store.mean_step_seconds(spec["model"], "digits")
-    assert next(metric for metric in at.main.metric if metric.label == "Estimated time").value == dashboard.duration(10 * mean)
+    assert next(metric for metric in at.main.metric if metric.label == "Estimated time").value == formatting.duration(10 * mean)
 
 
 def test_an_impossible_plan_is_an_error_on_methods_and_runs(store):
@@ -364,7 +365,7 @@ def test_the_sidebar_shows_the_open_run_device_and_store(store, finished):
 def test_a_launched_exploration_runs_in_a_worker_and_its_result_reaches_the_result_pages(store, finished):
     spec = finished["record"]["spec"]  # the same plan: its steps come back from the store's cache
     at = app("2_methods")
-    at.session_state[dashboard.BASE] = {key: spec[key] for key in ("model", "architecture", "data", "input_size")}
+    at.session_state[session.BASE] = {key: spec[key] for key in ("model", "architecture", "data", "input_size")}
     at.multiselect(key="w_methods").set_value(spec["methods"]).run()
     at.number_input(key="w_seeds").set_value(spec["seeds"]).run()
     at.number_input(key="w_epochs").set_value(spec["budget"]["epochs"]).run()
