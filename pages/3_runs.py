@@ -3,7 +3,7 @@ and open any earlier run. The open run's id is in the URL (?job=...), so it surv
 import streamlit as st
 
 from ordercomp.dashboard import estimate, formatting, plan, session, views
-from ordercomp.jobs import start_job
+from ordercomp.jobs import queue_positions, set_worker_limit, start_job, worker_limit
 from ordercomp.zoo import ARCHITECTURES
 from pages._shared import job_log, job_status, live_job, run_inside_app
 
@@ -62,7 +62,7 @@ def all_runs() -> None:
     if not jobs:
         st.caption("No runs yet.")
         return
-    st.dataframe(views.job_rows(jobs), hide_index=True)
+    st.dataframe(views.job_rows(jobs, queue_positions(store.list_jobs())), hide_index=True)
     ids = [job["id"] for job in jobs]
     titles = {job["id"]: views.job_title(job) for job in jobs}
     current = state.get(session.JOB)
@@ -70,6 +70,20 @@ def all_runs() -> None:
                           format_func=titles.get, placeholder="pick a run to open")
     if picked and picked != current:
         session.open_job(state, st.query_params, picked)
+        st.rerun()
+
+
+def worker_limit_control() -> None:
+    """How many jobs run at once (the job store's setting, for every page and worker of this store)."""
+    try:
+        limit, source = worker_limit(store)
+    except ValueError as error:
+        st.error(f"Queued jobs cannot start: {error}")
+        return
+    wanted = st.number_input("Jobs running at once (more wait in the queue)", min_value=1, max_value=64, value=limit, step=1,
+                             help=f"Now {limit}, from {source}. Each running job trains on its share of the CPU cores.")
+    if wanted != limit:
+        set_worker_limit(store, int(wanted))
         st.rerun()
 
 
@@ -81,3 +95,4 @@ if open_id:
     st.subheader(f"Run {open_id}")
     live_job(store, open_id, draw_run)
 all_runs()
+worker_limit_control()

@@ -13,7 +13,7 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from ordercomp.dashboard import session, views
-from ordercomp.jobs import JobStore, refresh_stale, resume_job
+from ordercomp.jobs import JobStore, cancel_job, dispatch, queue_positions, resume_job, worker_limit
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 KEEP = {"persist_state": "session"}  # a widget keeps its value on other pages (its key starts with w_)
@@ -40,7 +40,7 @@ def live_job(store: JobStore, job_id: str, draw: Callable[[dict], None]) -> None
     polling = views.is_active(store.get(job_id))
 
     def panel() -> None:
-        refresh_stale(store)
+        move_queue(store)
         job = store.get(job_id)
         if job is None:
             st.error(f"There is no job {job_id} in the job store {store.path}.")
@@ -52,23 +52,37 @@ def live_job(store: JobStore, job_id: str, draw: Callable[[dict], None]) -> None
     st.fragment(panel, run_every=session.POLL_SECONDS if polling else None)()
 
 
-def job_summary(job: dict, *, unit: str = "method applications") -> None:
-    """Status line and overall progress."""
+def move_queue(store: JobStore) -> None:
+    """End jobs whose worker is gone and start waiting ones in the freed slots (see `ordercomp.jobs.launch`)."""
+    try:
+        dispatch(store)
+    except ValueError as error:  # an impossible worker limit
+        st.error(f"Queued jobs cannot start: {error}")
+
+
+def job_summary(store: JobStore, job: dict, *, unit: str = "method applications") -> None:
+    """Status line, place in the queue and overall progress."""
     st.markdown(f"{STATUS_ICONS[job['status']]} **{job['status']}** · job `{job['id']}`")
+    if job["status"] == "queued" and job["pid"] is None:
+        place = queue_positions(store.list_jobs()).get(job["id"])
+        try:
+            st.caption(views.queue_line(place, *worker_limit(store)))
+        except ValueError:  # an impossible limit: move_queue says so
+            pass
     if job["total"]:
         st.progress(job["done"] / job["total"], text=f"{job['done']} of {job['total']} {unit} finished")
 
 
 def job_status(store: JobStore, job: dict, *, unit: str = "method applications") -> None:
     """Status line, overall and current-step progress, the error, and cancel / resume buttons."""
-    job_summary(job, unit=unit)
+    job_summary(store, job, unit=unit)
     if views.is_active(job) and job["label"]:
         st.progress(min(max(job["fraction"], 0.0), 1.0), text=f"now: {job['label']}")
     if job["status"] == "failed":
         st.error(f"The job failed: {job['error']}")
     if views.is_active(job) and job["status"] != "cancelling":
         if st.button("Cancel", key=f"cancel-{job['id']}", help="Stop after the current step; finished steps are kept"):
-            _act(lambda: store.request_cancel(job["id"]))
+            _act(lambda: cancel_job(store, job["id"]))
     if job["status"] in ("failed", "cancelled"):
         if st.button("Resume", key=f"resume-{job['id']}", help="Run it again; finished steps come back from the cache"):
             _act(lambda: resume_job(store, job["id"]))

@@ -2,7 +2,7 @@
 
 The exploration (prune, quantize; exhaustive, so the ranking shows) and its export run once per
 session in this process on an untrained cnn_tiny checkpoint. Each test works on a copy of that
-store; buttons that would start a worker process start none (`spawned` records the job ids).
+store; buttons that would start a worker process start a stand-in that does nothing (`spawned` lists their job ids).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from ordercomp.checkpoints import sample_card
 from ordercomp.dashboard import estimate, formatting, session
 from ordercomp.data import DataError
 from ordercomp.explore import ExploreSpec
-from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, launch
+from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, launch, set_worker_limit, start_job
 from ordercomp.jobs.worker import run_job
 from ordercomp.methods.registry import METHODS
 from ordercomp.train import Budget
@@ -62,12 +62,19 @@ def store(finished, tmp_path, monkeypatch) -> JobStore:
     return JobStore(folder / "jobs.sqlite")
 
 
+REAL_SPAWN = launch.spawn_worker
+
+
+@pytest.fixture(autouse=True)
+def spawned(fake_workers) -> list[str]:
+    """Ids of the jobs whose worker was started: a stand-in process that does nothing, so no page
+    test trains anything unless it asks for real workers (`real_workers`)."""
+    return fake_workers
+
+
 @pytest.fixture
-def spawned(monkeypatch) -> list[str]:
-    """Job ids whose worker would have started; none does."""
-    ids = []
-    monkeypatch.setattr(launch, "spawn_worker", lambda store, job_id: ids.append(job_id) or 0)
-    return ids
+def real_workers(monkeypatch):
+    monkeypatch.setattr(launch, "spawn_worker", REAL_SPAWN)
 
 
 def app(page: str, job: str | None = None) -> AppTest:
@@ -285,7 +292,40 @@ def test_a_failed_pair_shows_its_reason_and_cancel_and_resume_act_on_the_store(s
     at.run()
     assert "The job failed: RuntimeError: out of memory" in texts(at.main.error)
     next(button for button in at.main.button if button.label == "Resume").click().run()
-    assert store.get(job)["status"] == "queued" and spawned == [job]
+    assert store.get(job)["status"] == "queued" and spawned[-1] == job and store.get(job)["pid"] is not None
+
+
+def test_waiting_runs_show_their_place_in_the_queue_cancel_at_once_and_start_as_the_limit_rises(store, spawned):
+    set_worker_limit(store, 1)
+    spec = ExploreSpec(model="digits_cnn", methods=("prune", "quantize"), seeds=1)
+    running = start_job(store, spec)
+    first, second = start_job(store, spec), start_job(store, spec)
+    assert spawned == [running]
+    at = app("3_runs", job=second)
+    assert "2nd in the queue: it starts when a worker is free; 1 worker runs at a time (the job store's setting)." in texts(at.main.caption)
+    table = at.main.dataframe[-1].value
+    queue = {job_id: place for job_id, place in zip(table["id"], table["queue"]) if place == place}  # NaN: not waiting
+    assert queue == {second: 2, first: 1}
+    next(button for button in at.main.button if button.label == "Cancel").click().run()
+    assert store.get(second)["status"] == "cancelled" and spawned == [running]
+    at.number_input[-1].set_value(2).run()
+    assert store.setting("max_workers") == "2" and spawned == [running, first]
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "read-only"])
+def test_a_corrupt_or_read_only_job_store_is_one_line(tmp_path, monkeypatch, damage, read_only):
+    path = tmp_path / "jobs.sqlite"
+    if damage == "corrupt":
+        path.write_bytes(b"this is not a database" * 100)
+    else:
+        JobStore(path)
+        read_only(path)
+    monkeypatch.setenv("ORDERCOMP_STORE", str(path))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception
+    [error] = texts(at.error)
+    assert error.startswith(f"the job store {path} cannot be used (") and "\n" not in error
+    assert error.endswith("make it a writable SQLite file, or set ORDERCOMP_STORE to a new path")
 
 
 # --- Order, Trade-offs, Export ------------------------------------------------------------------
@@ -362,7 +402,7 @@ def test_the_sidebar_shows_the_open_run_device_and_store(store, finished):
 
 
 @pytest.mark.timeout(120)
-def test_a_launched_exploration_runs_in_a_worker_and_its_result_reaches_the_result_pages(store, finished):
+def test_a_launched_exploration_runs_in_a_worker_and_its_result_reaches_the_result_pages(store, finished, real_workers):
     spec = finished["record"]["spec"]  # the same plan: its steps come back from the store's cache
     at = app("2_methods")
     at.session_state[session.BASE] = {key: spec[key] for key in ("model", "architecture", "data", "input_size")}

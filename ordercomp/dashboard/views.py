@@ -20,9 +20,23 @@ def job_title(job: dict) -> str:
     return f"{job['id']} · {what} · {Path(spec['model']).name} on {Path(spec['data']).name} · {job['status']}"
 
 
-def job_rows(jobs: list[dict]) -> list[dict]:
-    """One row per job for a table."""
-    return [{"id": job["id"], "status": job["status"], "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created"])),
+def queue_line(place: int | None, limit: int, source: str) -> str:
+    """Where a waiting job stands: '2nd in the queue: 1 worker runs at a time (half of the 2 CPU cores)'."""
+    workers = f"{limit} worker{'s' if limit != 1 else ''} run{'' if limit != 1 else 's'} at a time ({source})"
+    if place is None:
+        return f"Waiting for a free worker: {workers}."
+    return f"{ordinal(place)} in the queue: it starts when a worker is free; {workers}."
+
+
+def ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def job_rows(jobs: list[dict], positions: dict[str, int] | None = None) -> list[dict]:
+    """One row per job for a table; `positions` (job id -> place in the queue) fill the queue column."""
+    positions = positions or {}
+    return [{"id": job["id"], "status": job["status"], "queue": positions.get(job["id"]), "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created"])),
              "model": Path(job["spec"]["model"]).name, "data": Path(job["spec"]["data"]).name,
              "methods": ", ".join(job["spec"].get("methods") or job["spec"].get("chain", ())),
              "seeds": job["spec"].get("seeds"), "applications": f"{job['done']}/{job['total']}" if job["total"] else "",
