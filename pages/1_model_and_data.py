@@ -52,6 +52,7 @@ def uploaded_data() -> str | None:
                               type=["zip"], max_upload_size=uploads.ZIP_LIMIT_MB, key="data_zip")
     previous = state.get(session.UPLOADED_DATA) or {}
     if upload is not None and previous.get("id") != upload.file_id:
+        session.sweep_uploads(store)
         try:
             path = uploads.extract_image_zip(upload.getvalue(), session.data_folder(store, "datasets"))
         except DataError as error:
@@ -89,9 +90,10 @@ def uploaded_model() -> tuple[str, str | None] | None:
                                 format_func=lambda name: "(a whole model: .pt2 or TorchScript)" if name is None else name, **KEEP)
     previous = state.get(session.UPLOADED_MODEL) or {}
     if upload is not None and previous.get("id") != upload.file_id:
+        session.sweep_uploads(store)
         try:
-            path = uploads.save_upload(session.data_folder(store, "uploads"), upload.name, upload.getvalue())
-        except (ValueError, OSError) as error:
+            path = uploads.keep_checkpoint(session.data_folder(store, "uploads"), upload.name, upload.getvalue())
+        except (ValueError, OSError) as error:  # CheckpointError is a ValueError
             st.error(str(error))
             return None
         previous = state[session.UPLOADED_MODEL] = {"id": upload.file_id, "path": str(path)}

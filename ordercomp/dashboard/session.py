@@ -26,6 +26,15 @@ def data_folder(store: JobStore, name: str) -> Path:
     return store.path.parent / name
 
 
+def sweep_uploads(store: JobStore) -> None:
+    """Remove uploads (checkpoints, extracted zips) that no job of the store uses and nobody used for a week."""
+    from ..uploads import sweep_abandoned
+
+    in_use = {job["spec"][key] for job in store.list_jobs() for key in ("model", "data") if job["spec"].get(key)}
+    for name in ("uploads", "datasets"):
+        sweep_abandoned(data_folder(store, name), in_use)
+
+
 def sync_job_param(state, query_params) -> None:
     """The session's job wins and is written to the URL; a fresh session takes the URL's."""
     if state.get(JOB):
