@@ -24,7 +24,7 @@ PAGES = [
 
 
 def sidebar(store: JobStore) -> None:
-    st.caption(f"Base: {plan.describe_base(session.base_choice(st.session_state))}")
+    st.caption(f"Base: {formatting.md(plan.describe_base(session.base_choice(st.session_state)))}")
     job_id = st.session_state.get(session.JOB)
     if job_id and store.get(job_id):
         st.markdown("**Open run**")
@@ -32,7 +32,7 @@ def sidebar(store: JobStore) -> None:
     else:
         st.caption("No run open yet.")
     st.caption(f"Device: {formatting.device_label()}")
-    st.caption(f"Job store: `{store.path}`")
+    st.caption(f"Job store: {formatting.code(store.path)}")
 
 
 st.set_page_config(page_title="Order of compression", page_icon=":material/compress:", layout="wide")
@@ -41,7 +41,7 @@ page = st.navigation(PAGES)
 try:
     job_store = session.open_store()
 except StoreError as error:  # corrupt, read-only or in a folder that cannot be made
-    st.error(str(error))
+    st.error(formatting.md(error))
     st.stop()
 with st.sidebar:
     sidebar(job_store)

@@ -5,7 +5,7 @@ import streamlit as st
 
 from ordercomp import uploads
 from ordercomp.checkpoints import CheckpointError, list_samples, sample_card
-from ordercomp.dashboard import plan, session, views
+from ordercomp.dashboard import formatting, plan, session, views
 from ordercomp.data import DataError
 from ordercomp.jobs import start_job
 from ordercomp.zoo import ARCHITECTURES, list_architectures
@@ -42,7 +42,7 @@ def choose_data() -> str | None:
         try:
             return uploads.check_data_path(text)
         except DataError as error:
-            st.error(str(error))
+            st.error(formatting.md(error))
             return None
     return uploaded_data()
 
@@ -56,11 +56,11 @@ def uploaded_data() -> str | None:
         try:
             path = uploads.extract_image_zip(upload.getvalue(), session.data_folder(store, "datasets"))
         except DataError as error:
-            st.error(str(error))
+            st.error(formatting.md(error))
             return None
         previous = state[session.UPLOADED_DATA] = {"id": upload.file_id, "path": path}
     if previous:
-        st.caption(f"Extracted to `{previous['path']}`")
+        st.caption(f"Extracted to {formatting.code(previous['path'])}")
     return previous.get("path")
 
 
@@ -94,7 +94,7 @@ def uploaded_model() -> tuple[str, str | None] | None:
         try:
             path = uploads.keep_checkpoint(session.data_folder(store, "uploads"), upload.name, upload.getvalue())
         except (ValueError, OSError) as error:  # CheckpointError is a ValueError
-            st.error(str(error))
+            st.error(formatting.md(error))
             return None
         previous = state[session.UPLOADED_MODEL] = {"id": upload.file_id, "path": str(path)}
     if not previous:
@@ -102,9 +102,9 @@ def uploaded_model() -> tuple[str, str | None] | None:
         return None
     summary, error = checked_checkpoint(previous["path"], architecture)
     if error:
-        st.error(error)
+        st.error(formatting.md(error))
         return None
-    st.success(summary)
+    st.success(formatting.md(summary))
     return previous["path"], architecture
 
 
@@ -128,7 +128,7 @@ def baseline(choice: dict) -> None:
         try:
             start_job(store, spec, kind="baseline")
         except (ValueError, OSError) as error:
-            st.error(f"Could not start the job: {error}")
+            st.error(f"Could not start the job: {formatting.md(error)}")
             return
         st.rerun()
 
@@ -138,7 +138,7 @@ def draw_baseline(job: dict) -> None:
     if job["status"] == "done":
         result = job["result"]
         data = result["data"]
-        st.caption(f"Measured on {result['device']}, test split of {data['name']}: {data['classes']} classes, "
+        st.caption(f"Measured on {result['device']}, test split of {formatting.md(data['name'])}: {data['classes']} classes, "
                    f"{data['channels']} channel(s), {data['input_size']} px, {data['test']} test images.")
         metric_row(result["metrics"])
 
@@ -156,6 +156,6 @@ if data and model:
 elif session.BASE in state:
     st.warning("The choice above is not usable yet; explorations still start from the last usable one.")
 current = session.base_choice(state)
-st.success(f"Explorations start from **{plan.describe_base(current)}**.")
+st.success(f"Explorations start from **{formatting.md(plan.describe_base(current))}**.")
 baseline(current)
 st.page_link("pages/2_methods.py", label="Next: choose the methods", icon=":material/tune:")

@@ -69,7 +69,7 @@ def plan_summary() -> None:
     try:
         spec = plan.plan_from_state(state)
     except ValueError as error:
-        st.error(f"This plan cannot run: {error}")
+        st.error(f"This plan cannot run: {formatting.md(error)}")
         return
     cost = estimate.plan_cost(spec, store.mean_step_seconds(spec.model, spec.data))
     n = len(spec.methods)
@@ -87,7 +87,7 @@ def plan_summary() -> None:
 
 
 st.title("Methods")
-st.caption(f"Base: {plan.describe_base(session.base_choice(state))} (change it on Model & data).")
+st.caption(f"Base: {formatting.md(plan.describe_base(session.base_choice(state)))} (change it on Model & data).")
 st.multiselect("Methods to compare (two or more)", list(METHODS), key="w_methods",
                format_func=lambda name: f"{METHODS[name].title} ({name})", **KEEP)
 chosen = list(state["w_methods"])

@@ -18,22 +18,22 @@ def new_exploration() -> None:
     try:
         spec = plan.plan_from_state(state)
     except ValueError as error:
-        st.error(f"The plan from the Methods page cannot run: {error}")
+        st.error(f"The plan from the Methods page cannot run: {formatting.md(error)}")
         st.page_link("pages/2_methods.py", label="Fix it on the Methods page", icon=":material/tune:")
         return
     cost = estimate.plan_cost(spec, store.mean_step_seconds(spec.model, spec.data))
     settings = "; ".join(f"{name}: {fields}" for name, fields in spec.settings.items()) or "defaults"
-    st.markdown(f"**{plan.describe_base(session.base_choice(state))}** · methods **{', '.join(spec.methods)}** · "
+    st.markdown(f"**{formatting.md(plan.describe_base(session.base_choice(state)))}** · methods **{', '.join(spec.methods)}** · "
                 f"objective **{spec.objective}** · **{spec.seeds}** seed(s) · {spec.budget.epochs:g} fine-tuning epoch(s) per step"
                 + (" · exhaustive validation" if spec.exhaustive else ""))
-    st.caption(f"Settings: {settings}. {cost['applications']} method applications, about {formatting.duration(cost['seconds'])}.")
+    st.caption(f"Settings: {formatting.md(settings)}. {cost['applications']} method applications, about {formatting.duration(cost['seconds'])}.")
     if spec.model in ARCHITECTURES:
         st.caption(f"{spec.model} is trained from scratch first unless it was already (Model & data shows its baseline).")
     if st.button("Launch exploration", type="primary"):
         try:
             job_id = start_job(store, spec)
         except (ValueError, OSError) as error:
-            st.error(f"Could not start the exploration: {error}")
+            st.error(f"Could not start the exploration: {formatting.md(error)}")
             return
         session.open_job(state, st.query_params, job_id)
         st.rerun()
@@ -42,14 +42,14 @@ def new_exploration() -> None:
 
 def draw_run(job: dict) -> None:
     spec = job["spec"]
-    st.caption(f"{views.job_title(job)} · objective {spec['objective']} · {spec['seeds']} seed(s)")
+    st.caption(f"{formatting.md(views.job_title(job))} · objective {spec['objective']} · {spec['seeds']} seed(s)")
     job_status(store, job)
     rows = views.pair_progress(spec, store.steps(job["id"]))
     st.dataframe(rows, hide_index=True, column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")})
     for row in rows:
         if row["reason"]:
-            st.warning(f"{row['applications']}: {row['status']}: {row['reason']}")
+            st.warning(formatting.md(f"{row['applications']}: {row['status']}: {row['reason']}"))
     if job["status"] == "done":
         st.success(f"Recommended order: **{' → '.join(job['result']['chain'])}**")
         st.page_link("pages/4_order.py", label="See the order and its evidence", icon=":material/account_tree:")
@@ -78,7 +78,7 @@ def worker_limit_control() -> None:
     try:
         limit, source = worker_limit(store)
     except ValueError as error:
-        st.error(f"Queued jobs cannot start: {error}")
+        st.error(f"Queued jobs cannot start: {formatting.md(error)}")
         return
     wanted = st.number_input("Jobs running at once (more wait in the queue)", min_value=1, max_value=64, value=limit, step=1,
                              help=f"Now {limit}, from {source}. Each running job trains on its share of the CPU cores.")
@@ -92,7 +92,7 @@ with st.container(border=True):
     new_exploration()
 open_id = state.get(session.JOB)
 if open_id:
-    st.subheader(f"Run {open_id}")
+    st.subheader(f"Run {formatting.md(open_id)}")
     live_job(store, open_id, draw_run)
 all_runs()
 worker_limit_control()

@@ -1,7 +1,7 @@
 """Step 4, Order: the pair outcomes, the precedence graph, every valid order and the exhaustive check."""
 import streamlit as st
 
-from ordercomp.dashboard import plan, session
+from ordercomp.dashboard import formatting, plan, session
 from ordercomp.charts import pair_matrix_figure, precedence_dot
 from ordercomp.report import exhaustive_table, notes
 from ordercomp.results import pairs_table
@@ -14,7 +14,7 @@ st.title("Order")
 job_id, record = open_exploration(store)
 spec, chain = record["spec"], record["chain"]
 st.markdown(f"### Recommended order: {' → '.join(chain)}")
-st.caption(f"Run {job_id} · {plan.describe_base(spec)} · objective {spec['objective']} · {spec['seeds']} seed(s) · "
+st.caption(f"Run {formatting.md(job_id)} · {formatting.md(plan.describe_base(spec))} · objective {spec['objective']} · {spec['seeds']} seed(s) · "
            f"{record['seconds']:.0f} s")
 
 st.subheader("Pair outcomes")
@@ -27,7 +27,7 @@ st.caption("An edge A → B: apply A before B, labelled with the mean margin. Re
            "dashed: weak evidence; dotted red: dropped to break a cycle.")
 st.graphviz_chart(precedence_dot(record))
 for line in notes(record):
-    st.markdown(f"- {line}")
+    st.markdown(f"- {formatting.md(line)}")
 
 st.subheader("Every valid order")
 st.dataframe([{"order": " → ".join(c), "recommended": "★" if c == chain else ""} for c in record["valid_chains"]], hide_index=True)

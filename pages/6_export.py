@@ -41,7 +41,7 @@ def new_export(job_id: str, record: dict) -> None:
         try:
             start_job(store, plan.export_spec(record, order, formats, job_id), kind="export")
         except (ValueError, OSError) as error:
-            st.error(f"Could not start the export: {error}")
+            st.error(f"Could not start the export: {formatting.md(error)}")
             return
         st.rerun()
 
@@ -58,9 +58,9 @@ def draw_export(job: dict) -> None:
     if result["verify"]["ok"]:
         st.success("Every file loads back, runs and matches its checksum.")
     else:
-        st.warning(f"Some files did not verify: {result['verify']}")
+        st.warning(f"Some files did not verify: {formatting.md(result['verify'])}")
     if not folder.is_dir():
-        st.error(f"The export folder {folder} is gone: export again.")
+        st.error(f"The export folder {formatting.code(folder)} is gone: export again.")
         return
     downloads(job["id"], folder, views.export_files(result))
 

@@ -12,7 +12,7 @@ from typing import Callable
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
-from ordercomp.dashboard import session, views
+from ordercomp.dashboard import formatting, session, views
 from ordercomp.jobs import JobStore, cancel_job, dispatch, queue_positions, resume_job, worker_limit
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
@@ -43,7 +43,7 @@ def live_job(store: JobStore, job_id: str, draw: Callable[[dict], None]) -> None
         move_queue(store)
         job = store.get(job_id)
         if job is None:
-            st.error(f"There is no job {job_id} in the job store {store.path}.")
+            st.error(f"There is no job {formatting.md(job_id)} in the job store {formatting.code(store.path)}.")
             return
         draw(job)
         if polling and not views.is_active(job):
@@ -57,12 +57,12 @@ def move_queue(store: JobStore) -> None:
     try:
         dispatch(store)
     except ValueError as error:  # an impossible worker limit
-        st.error(f"Queued jobs cannot start: {error}")
+        st.error(f"Queued jobs cannot start: {formatting.md(error)}")
 
 
 def job_summary(store: JobStore, job: dict, *, unit: str = "method applications") -> None:
     """Status line, place in the queue and overall progress."""
-    st.markdown(f"{STATUS_ICONS[job['status']]} **{job['status']}** · job `{job['id']}`")
+    st.markdown(f"{STATUS_ICONS[job['status']]} **{job['status']}** · job {formatting.code(job['id'])}")
     if job["status"] == "queued" and job["pid"] is None:
         place = queue_positions(store.list_jobs()).get(job["id"])
         try:
@@ -79,7 +79,7 @@ def job_status(store: JobStore, job: dict, *, unit: str = "method applications")
     if views.is_active(job) and job["label"]:
         st.progress(min(max(job["fraction"], 0.0), 1.0), text=f"now: {job['label']}")
     if job["status"] == "failed":
-        st.error(f"The job failed: {job['error']}")
+        st.error(f"The job failed: {formatting.md(job['error'])}")
     if views.is_active(job) and job["status"] != "cancelling":
         if st.button("Cancel", key=f"cancel-{job['id']}", help="Stop after the current step; finished steps are kept"):
             _act(lambda: cancel_job(store, job["id"]))
@@ -92,7 +92,7 @@ def _act(action: Callable[[], None]) -> None:
     try:
         action()
     except ValueError as error:  # the job moved on meanwhile (finished, or cancelled elsewhere)
-        st.warning(str(error))
+        st.warning(formatting.md(error))
         return
     st.rerun()
 
@@ -113,7 +113,7 @@ def open_exploration(store: JobStore) -> tuple[str, dict]:
     job_id = st.session_state.get(session.JOB)
     record, why = views.exploration_record(store, job_id)
     if record is None:
-        st.info(why)
+        st.info(formatting.md(why))
         st.page_link("pages/3_runs.py", label="Go to Runs", icon=":material/play_circle:")
         st.stop()
     return job_id, record

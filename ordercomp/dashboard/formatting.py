@@ -1,8 +1,31 @@
-"""Numbers and names as the pages print them."""
+"""Numbers, names and user-supplied text as the pages print them.
+
+Streamlit renders markdown in almost every element (st.markdown, st.caption, st.error, headers):
+text a user supplied (job ids from the URL, file and folder names, class names, error messages
+that quote them) goes through `md` or `code` so it shows as typed and never as links, images,
+emphasis, colour directives or maths.
+"""
 from __future__ import annotations
+
+import re
 
 FORMAT_LABELS = {"torchscript": "TorchScript", "pt2": "torch.export (.pt2)", "onnx": "ONNX (checked in onnxruntime)",
                  "state_dict": "state dict", "manifest": "manifest (JSON)"}
+
+
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:^=&])")
+
+
+def md(text: object) -> str:
+    """`text` as markdown that shows exactly `text`, on one line: every markdown character escaped."""
+    return MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
+def code(text: object) -> str:
+    """`text` as an inline code span (shown literally), fenced by more backticks than it holds."""
+    text = " ".join(str(text).splitlines())
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}" if "`" in text else f"`{text}`"
 
 
 def si(value: float | None, unit: str = "") -> str:
