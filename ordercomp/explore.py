@@ -86,6 +86,7 @@ class ExploreSpec:
     min_margin: float = 0.5
     architecture: str | None = None
     input_size: int | None = None
+    trust_torchscript: bool = False
 
     def __post_init__(self):
         self.methods = tuple(self.methods)

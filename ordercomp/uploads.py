@@ -195,38 +195,48 @@ def sweep_abandoned(folder: Path, in_use: set[str], max_age_s: float = ABANDONED
 
 def keep_checkpoint(folder: Path, name: str, data: bytes) -> Path:
     """Save an uploaded model file and read it once (running nothing from it); an unreadable file is
-    removed again and refused with a CheckpointError saying why."""
-    from .checkpoints import CheckpointError
+    removed again and refused with a CheckpointError saying why. TorchScript is not read here: loading
+    it runs its code (see `read_checkpoint`)."""
+    from .checkpoints import CheckpointError, is_torchscript
 
     path = save_upload(folder, name, data)
     try:
-        read_checkpoint(path)
+        if not is_torchscript(path):
+            read_checkpoint(path)
     except CheckpointError:
         discard_upload(path)
         raise
     return path
 
 
-def read_checkpoint(path: Path):
-    """A whole model (.pt2 or TorchScript) or a state dict, read from an uploaded file without running it."""
+def read_checkpoint(path: Path, *, trust_torchscript: bool = False):
+    """A whole model (.pt2, or TorchScript when the user trusts the file) or a state dict from an uploaded file.
+
+    Loading TorchScript runs code stored in the file (it can read and write files), so a TorchScript
+    file is refused, unread, unless `trust_torchscript` is set."""
     from .checkpoints import PROGRAM_SUFFIXES, STATE_SUFFIXES, CheckpointError, is_torchscript, load_program, read_state_dict
 
-    if path.suffix in PROGRAM_SUFFIXES or is_torchscript(path):
+    if is_torchscript(path):
+        if not trust_torchscript:
+            raise CheckpointError(f"{path.name} is TorchScript: loading it runs code stored in the file, so nothing from it was "
+                                  "run; tick 'I trust this file' if you made it yourself, or upload a state dict")
+        return load_program(path)
+    if path.suffix in PROGRAM_SUFFIXES:
         return load_program(path)
     if path.suffix not in STATE_SUFFIXES:
         raise CheckpointError(f"{path.name} has an unknown type: upload a state dict (.pt, .pth, .safetensors), a .pt2 or a TorchScript file")
     return read_state_dict(path)
 
 
-def check_checkpoint(path: Path, architecture: str | None) -> str:
+def check_checkpoint(path: Path, architecture: str | None, *, trust_torchscript: bool = False) -> str:
     """One line saying what an uploaded model file holds; a state dict is checked against `architecture`.
 
     A state dict needs an architecture; a .pt2 or TorchScript archive is a whole model."""
     from .checkpoints import CheckpointError
 
-    content = read_checkpoint(path)
+    content = read_checkpoint(path, trust_torchscript=trust_torchscript)
     if not isinstance(content, dict):
-        kind = "torch.export program" if path.suffix == ".pt2" else "TorchScript model"
+        kind = "torch.export program" if path.suffix == ".pt2" else "TorchScript model (its code runs: you trust it)"
         return f"{path.name}: a {kind} with {sum(p.numel() for p in content.parameters()):,} parameters"
     if architecture is None:
         raise CheckpointError(f"{path.name} holds weights only: choose its architecture")

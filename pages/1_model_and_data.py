@@ -4,7 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from ordercomp import uploads
-from ordercomp.checkpoints import CheckpointError, list_samples, sample_card
+from ordercomp.checkpoints import CheckpointError, is_torchscript, list_samples, sample_card
 from ordercomp.dashboard import formatting, plan, session, views
 from ordercomp.data import DataError
 from ordercomp.jobs import start_job
@@ -15,14 +15,15 @@ run_inside_app()
 store = session.open_store()
 state = st.session_state
 session.set_defaults(state, {"w_data_source": "digits", "w_data_path": "", "w_input_size": 0, "w_model_source": "sample",
-                               "w_sample": session.DEFAULT_BASE["model"], "w_architecture": "cnn_small", "w_upload_arch": None})
+                             "w_sample": session.DEFAULT_BASE["model"], "w_architecture": "cnn_small", "w_upload_arch": None,
+                             "w_trust_torchscript": False})
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading the checkpoint (nothing in it is run)")
-def checked_checkpoint(path: str, architecture: str | None) -> tuple[str | None, str | None]:
+def checked_checkpoint(path: str, architecture: str | None, trust: bool) -> tuple[str | None, str | None]:
     """(what the file holds, None) or (None, why it cannot be used); files are named by content, so cached."""
     try:
-        return uploads.check_checkpoint(Path(path), architecture), None
+        return uploads.check_checkpoint(Path(path), architecture, trust_torchscript=trust), None
     except (CheckpointError, ValueError) as error:
         return None, str(error)
 
@@ -64,7 +65,8 @@ def uploaded_data() -> str | None:
     return previous.get("path")
 
 
-def choose_model() -> tuple[str, str | None] | None:
+def choose_model() -> tuple[str, str | None, bool] | None:
+    """(model, architecture of a state dict, whether its TorchScript code may run), or None while unusable."""
     st.subheader("Model")
     source = st.radio("Model source", list(plan.MODEL_SOURCES), format_func=plan.MODEL_SOURCES.get, key="w_model_source",
                       **KEEP)
@@ -73,21 +75,25 @@ def choose_model() -> tuple[str, str | None] | None:
         card = sample_card(name)
         st.caption(f"{card['description']} ({card['architecture']}), trained on {card['data']['name']}: "
                    f"{card['training']['epochs']} epochs, {card['training']['optimizer']}.")
-        return name, None
+        return name, None, False
     if source == "zoo":
         architecture = st.selectbox("Architecture", list_architectures(), key="w_architecture",
                                     format_func=lambda name: f"{name}: {ARCHITECTURES[name][1]}", **KEEP)
         st.caption("Trained from scratch on the chosen data as a background job (below); explorations reuse the trained weights.")
-        return architecture, None
+        return architecture, None, False
     return uploaded_model()
 
 
-def uploaded_model() -> tuple[str, str | None] | None:
+def uploaded_model() -> tuple[str, str | None, bool] | None:
     upload = st.file_uploader(f"Checkpoint (at most {uploads.UPLOAD_LIMIT_MB} MB): a state dict (.pt, .pth, .safetensors), "
                               "a torch.export program (.pt2) or a TorchScript model", type=uploads.checkpoint_types(),
                               max_upload_size=uploads.UPLOAD_LIMIT_MB, key="model_file")
     architecture = st.selectbox("Architecture of a state dict", [None, *list_architectures()], key="w_upload_arch",
                                 format_func=lambda name: "(a whole model: .pt2 or TorchScript)" if name is None else name, **KEEP)
+    trust = st.checkbox("I trust this file: run its TorchScript code", key="w_trust_torchscript", **KEEP)
+    st.caption("Loading TorchScript runs code stored in the file, with your rights on this machine: it can read, write "
+               "and delete files. Tick this only for a file you made yourself. State dicts, safetensors and .pt2 programs "
+               "are read without running anything from them.")
     previous = state.get(session.UPLOADED_MODEL) or {}
     if upload is not None and previous.get("id") != upload.file_id:
         session.sweep_uploads(store)
@@ -100,12 +106,12 @@ def uploaded_model() -> tuple[str, str | None] | None:
     if not previous:
         st.info("Upload a checkpoint to use it.")
         return None
-    summary, error = checked_checkpoint(previous["path"], architecture)
+    summary, error = checked_checkpoint(previous["path"], architecture, trust)
     if error:
         st.error(formatting.md(error))
         return None
     st.success(formatting.md(summary))
-    return previous["path"], architecture
+    return previous["path"], architecture, trust and is_torchscript(Path(previous["path"]))
 
 
 def baseline(choice: dict) -> None:
@@ -152,7 +158,8 @@ with data_column:
 with model_column:
     model = choose_model()
 if data and model:
-    state[session.BASE] = {"model": model[0], "architecture": model[1], "data": data, "input_size": state["w_input_size"] or None}
+    state[session.BASE] = {"model": model[0], "architecture": model[1], "data": data, "input_size": state["w_input_size"] or None,
+                           "trust_torchscript": model[2]}
 elif session.BASE in state:
     st.warning("The choice above is not usable yet; explorations still start from the last usable one.")
 current = session.base_choice(state)

@@ -164,6 +164,31 @@ def test_a_corrupt_or_pickled_checkpoint_upload_is_refused_and_a_state_dict_is_u
     assert Path(choice["model"]).is_relative_to(store.path.parent / "uploads")
 
 
+def test_torchscript_runs_only_when_the_user_ticks_that_they_trust_the_file(store, tmp_path, monkeypatch, spawned):
+    from ordercomp import checkpoints
+
+    scripted = io.BytesIO()
+    torch.jit.save(torch.jit.script(create_model("cnn_tiny", 10, 1)), scripted)
+    loads = []
+    real_load = checkpoints.load_program
+    monkeypatch.setattr(checkpoints, "load_program", lambda path, **kwargs: loads.append(path) or real_load(path, **kwargs))
+    at = app("1_model_and_data")
+    at.radio(key="w_model_source").set_value("upload").run()
+    trust = at.checkbox(key="w_trust_torchscript")
+    assert trust.label == "I trust this file: run its TorchScript code" and trust.value is False
+    assert any("it can read, write and delete files" in caption for caption in texts(at.main.caption))
+    at.file_uploader(key="model_file").set_value(("tiny.ts", scripted.getvalue(), "application/octet-stream")).run()
+    assert plain(at.main.error[0].value).startswith("tiny.ts is TorchScript: loading it runs code stored in the file, so nothing "
+                                                    "from it was run; tick 'I trust this file'")
+    assert loads == [] and at.session_state[session.BASE]["model"] == "digits_cnn"
+    at.checkbox(key="w_trust_torchscript").check().run()
+    assert not at.main.error and "a TorchScript model (its code runs: you trust it)" in plain(at.main.success[0].value)
+    choice = at.session_state[session.BASE]
+    assert Path(choice["model"]).name == "tiny.ts" and choice["trust_torchscript"] is True and len(loads) == 1
+    next(button for button in at.main.button if button.label.startswith("Measure")).click().run()
+    assert store.get(spawned[-1])["spec"]["trust_torchscript"] is True
+
+
 def test_an_uploaded_zip_is_extracted_safely(store, tmp_path):
     at = app("1_model_and_data")
     at.radio(key="w_data_source").set_value("zip").run()

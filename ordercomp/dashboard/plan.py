@@ -22,12 +22,13 @@ MODEL_SOURCES = {"sample": "Sample model", "zoo": "Train a zoo architecture", "u
 def describe_base(choice: dict) -> str:
     size = f", {choice['input_size']} px" if choice.get("input_size") else ""
     architecture = f" ({choice['architecture']})" if choice.get("architecture") else ""
-    return f"{Path(choice['model']).name}{architecture} on {Path(choice['data']).name}{size}"
+    trusted = ", its TorchScript code trusted" if choice.get("trust_torchscript") else ""
+    return f"{Path(choice['model']).name}{architecture} on {Path(choice['data']).name}{size}{trusted}"
 
 
 def baseline_spec(choice: dict, device: str = "auto") -> BaselineSpec:
     return BaselineSpec(model=choice["model"], data=choice["data"], architecture=choice["architecture"],
-                        input_size=choice["input_size"], device=device)
+                        input_size=choice["input_size"], device=device, trust_torchscript=choice.get("trust_torchscript", False))
 
 
 def export_spec(record: dict, chain, formats, exploration: str) -> ExportSpec:
@@ -92,4 +93,5 @@ def plan_from_state(state):
                        weight=float(value("w_weight")), seeds=int(value("w_seeds")),
                        budget=Budget(epochs=float(value("w_epochs")), lr=float(value("w_lr"))), device=value("w_device"),
                        exhaustive=bool(value("w_exhaustive")), min_margin=float(value("w_min_margin")),
-                       repeat=None if repeat in (None, NO_REPEAT) or repeat not in methods else repeat)
+                       repeat=None if repeat in (None, NO_REPEAT) or repeat not in methods else repeat,
+                       trust_torchscript=choice.get("trust_torchscript", False))

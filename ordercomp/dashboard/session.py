@@ -12,7 +12,7 @@ JOB = "job"                      # session key and query parameter: the explorat
 BASE = "base_choice"             # session key: the base model and data explorations start from
 UPLOADED_MODEL = "uploaded_model"  # session key: {"id": upload id, "path": where the uploaded checkpoint was kept}
 UPLOADED_DATA = "uploaded_data"    # session key: {"id": upload id, "path": the root of the extracted ImageFolder zip}
-DEFAULT_BASE = {"model": "digits_cnn", "architecture": None, "data": "digits", "input_size": None}
+DEFAULT_BASE = {"model": "digits_cnn", "architecture": None, "data": "digits", "input_size": None, "trust_torchscript": False}
 POLL_SECONDS = 1.5               # how often a page showing an active job reads the store again
 
 

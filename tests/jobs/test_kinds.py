@@ -90,6 +90,12 @@ def test_specs_round_trip_and_check_their_fields():
     made = ExportSpec.from_exploration(record, ["quantize"], formats=("pt2",), exploration="abc")
     assert (made.model, made.architecture, made.settings, made.budget, made.exploration) == ("m.pt", "cnn_tiny", {"quantize": {"weight_bits": 4}},
                                                                                          {"epochs": 1.0}, "abc")
+    assert made.trust_torchscript is False  # a record from before the trust switch
+    trusted = ExportSpec.from_exploration({"spec": record["spec"] | {"trust_torchscript": True}}, ["quantize"])
+    assert trusted.trust_torchscript is True and ExportSpec.from_dict(trusted.to_dict()) == trusted
+    assert BaselineSpec.from_dict(BaselineSpec(trust_torchscript=True).to_dict()).trust_torchscript is True
+    with pytest.raises(ValueError, match="trust_torchscript must be true or false, got 'yes'"):
+        BaselineSpec(trust_torchscript="yes")
 
 
 def test_the_store_lists_jobs_by_kind_and_refuses_unknown_kinds(store, tiny_spec):
