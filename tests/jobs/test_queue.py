@@ -45,7 +45,7 @@ def test_waiting_jobs_start_in_order_as_slots_free(store, tiny_spec, fake_worker
     assert queue_positions(store.list_jobs()) == {jobs[2]: 1, jobs[3]: 2}
     assert dispatch(store) == []  # no slot is free: nothing more starts
     kill_worker(store, jobs[0])  # a worker dies: its slot frees when anyone next dispatches
-    wait_for(lambda: not is_alive(store.get(jobs[0])), "the killed worker to be gone", timeout=30)
+    wait_for(lambda: not is_alive(store.get(jobs[0])), "the killed worker to be gone", timeout=60)
     assert dispatch(store) == [jobs[2]]
     assert store.get(jobs[0])["status"] == "failed" and busy(store) == 2
     assert queue_positions(store.list_jobs()) == {jobs[3]: 1}
@@ -77,11 +77,11 @@ def test_cancel_always_ends(store, tiny_spec, fake_workers, wait_for):
     assert cancel_job(store, waiting) == "cancelled"  # waiting in the queue: at once
     assert cancel_job(store, running) == "cancelling"  # its worker is alive: it stops the job
     kill_worker(store, running)
-    wait_for(lambda: not is_alive(store.get(running)), "the killed worker to be gone", timeout=30)
+    wait_for(lambda: not is_alive(store.get(running)), "the killed worker to be gone", timeout=60)
     assert refresh_stale(store) == [running] and store.get(running)["status"] == "cancelled"
     gone = start_job(store, tiny_spec())
     kill_worker(store, gone)
-    wait_for(lambda: not is_alive(store.get(gone)), "the killed worker to be gone", timeout=30)
+    wait_for(lambda: not is_alive(store.get(gone)), "the killed worker to be gone", timeout=60)
     assert cancel_job(store, gone) == "cancelled"  # a 'cancelling' job whose worker is gone ends at once
 
 
