@@ -39,7 +39,7 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 900}
 SERVER_START_S = 180       # s: a cold start on a busy machine
 PAGE_S = 180_000          # ms: a page switch, a rerun or a download on a busy 2-core machine
-JOB_S = 360_000           # ms: an exploration or export job in its worker
+JOB_S = 900_000           # ms: an exploration or export job in its worker (minutes on a heavily shared machine)
 EXPECTED_METHODS = ["prune", "quantize"]
 
 if expect is not None:
@@ -242,7 +242,7 @@ def accuracy_of(model, images: torch.Tensor, labels: torch.Tensor) -> float:
 
 # --- the test ------------------------------------------------------------------------------------
 
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(3600)
 def test_a_new_user_finds_the_order_and_downloads_the_compressed_model(page, app, tmp_path):
     started = time.monotonic()
     laps: dict[str, float] = {}

@@ -131,3 +131,12 @@ def test_a_state_dict_is_checked_against_the_architecture_at_upload(tmp_path):
     torch.save(state, tmp_path / "cut.pt")
     with pytest.raises(CheckpointError, match=rf"1 shape mismatches \({name} is \(3, .*\), needs \(\d+, .*\)\); choose the architecture"):
         uploads.check_checkpoint(tmp_path / "cut.pt", "cnn_tiny")
+
+
+def test_torchscript_is_kept_but_not_loaded_without_trust(tmp_path):
+    scripted = io.BytesIO()
+    torch.jit.save(torch.jit.script(create_model("cnn_tiny", 10, 1)), scripted)
+    path = uploads.keep_checkpoint(tmp_path / "uploads", "model.pt", scripted.getvalue())  # the user may still tick the box
+    with pytest.raises(CheckpointError, match="model.pt is TorchScript: loading it runs code stored in the file, so nothing from it was run"):
+        uploads.check_checkpoint(path, None)
+    assert "TorchScript model (its code runs: you trust it)" in uploads.check_checkpoint(path, None, trust_torchscript=True)

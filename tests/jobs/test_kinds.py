@@ -10,6 +10,7 @@ from ordercomp.export import export_zip
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, start_job
 from ordercomp.jobs.worker import run_job
 from ordercomp.train import Budget
+from waits import WORKER_S
 
 
 @pytest.fixture
@@ -131,9 +132,9 @@ def test_mean_step_seconds_averages_successful_steps_of_explorations(store, tiny
     assert store.mean_step_seconds("digits_cnn") is None and store.mean_step_seconds(model, "/data/cifar") is None
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(2 * WORKER_S)
 def test_the_worker_process_runs_a_baseline_job(store, base, wait_for):
     job_id = start_job(store, BaselineSpec(**base), kind="baseline")
-    status = wait_for(lambda: store.get(job_id)["status"] in ("done", "failed") and store.get(job_id)["status"], "the baseline job", timeout=360)
+    status = wait_for(lambda: store.get(job_id)["status"] in ("done", "failed") and store.get(job_id)["status"], "the baseline job", timeout=WORKER_S)
     assert status == "done", store.log(job_id)
     assert store.get(job_id)["result"]["metrics"]["latency_ms_b1"] > 0

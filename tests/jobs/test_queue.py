@@ -9,6 +9,7 @@ import pytest
 from ordercomp.jobs import (cancel_job, dispatch, is_alive, launch, queue_positions, refresh_stale, set_worker_limit, start_job,
                             worker_limit)
 from ordercomp.jobs.launch import MAX_WORKERS_ENV, WORKER_MODULE, default_worker_limit, holds_slot
+from waits import WORKER_S
 
 FINAL = ("done", "failed", "cancelled")
 
@@ -45,7 +46,7 @@ def test_waiting_jobs_start_in_order_as_slots_free(store, tiny_spec, fake_worker
     assert queue_positions(store.list_jobs()) == {jobs[2]: 1, jobs[3]: 2}
     assert dispatch(store) == []  # no slot is free: nothing more starts
     kill_worker(store, jobs[0])  # a worker dies: its slot frees when anyone next dispatches
-    wait_for(lambda: not is_alive(store.get(jobs[0])), "the killed worker to be gone", timeout=60)
+    wait_for(lambda: not is_alive(store.get(jobs[0])), "the killed worker to be gone", timeout=WORKER_S)
     assert dispatch(store) == [jobs[2]]
     assert store.get(jobs[0])["status"] == "failed" and busy(store) == 2
     assert queue_positions(store.list_jobs()) == {jobs[3]: 1}
@@ -64,7 +65,7 @@ def test_a_worker_that_dies_while_starting_fails_its_job_with_its_last_words(sto
     monkeypatch.setattr(launch, "worker_command", lambda store, job_id: dying)
     job_id = start_job(store, tiny_spec())
     assert store.get(job_id)["pid"] is not None
-    wait_for(lambda: not is_alive(store.get(job_id)), "the worker to die", timeout=60)
+    wait_for(lambda: not is_alive(store.get(job_id)), "the worker to die", timeout=WORKER_S)
     assert refresh_stale(store) == [job_id]
     job = store.get(job_id)
     assert job["status"] == "failed"
@@ -77,19 +78,19 @@ def test_cancel_always_ends(store, tiny_spec, fake_workers, wait_for):
     assert cancel_job(store, waiting) == "cancelled"  # waiting in the queue: at once
     assert cancel_job(store, running) == "cancelling"  # its worker is alive: it stops the job
     kill_worker(store, running)
-    wait_for(lambda: not is_alive(store.get(running)), "the killed worker to be gone", timeout=60)
+    wait_for(lambda: not is_alive(store.get(running)), "the killed worker to be gone", timeout=WORKER_S)
     assert refresh_stale(store) == [running] and store.get(running)["status"] == "cancelled"
     gone = start_job(store, tiny_spec())
     kill_worker(store, gone)
-    wait_for(lambda: not is_alive(store.get(gone)), "the killed worker to be gone", timeout=60)
+    wait_for(lambda: not is_alive(store.get(gone)), "the killed worker to be gone", timeout=WORKER_S)
     assert cancel_job(store, gone) == "cancelled"  # a 'cancelling' job whose worker is gone ends at once
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(3 * WORKER_S)
 def test_real_workers_never_exceed_the_limit_and_start_each_other(store, tiny_spec, wait_for):
-    """Three jobs at once with a limit of one: each worker, as it ends, starts the next (nobody else dispatches)."""
+    """Two jobs at once with a limit of one: the first worker, as it ends, starts the next (nobody else dispatches)."""
     set_worker_limit(store, 1)
-    jobs = [start_job(store, tiny_spec(methods)) for methods in (("prune", "quantize"), ("quantize", "sparsify"), ("prune", "sparsify"))]
+    jobs = [start_job(store, tiny_spec(methods)) for methods in (("prune", "quantize"), ("quantize", "sparsify"))]
     most = 0
 
     def all_ended():
@@ -97,9 +98,9 @@ def test_real_workers_never_exceed_the_limit_and_start_each_other(store, tiny_sp
         most = max(most, busy(store))
         return all(store.get(job_id)["status"] in FINAL for job_id in jobs)
 
-    wait_for(all_ended, "three queued jobs to finish one after another", timeout=280, interval=0.05)
-    assert [store.get(job_id)["status"] for job_id in jobs] == ["done"] * 3, [store.log(job_id) for job_id in jobs]
+    wait_for(all_ended, "two queued jobs to finish one after another", timeout=2 * WORKER_S, interval=0.05)
+    assert [store.get(job_id)["status"] for job_id in jobs] == ["done"] * 2, [store.log(job_id) for job_id in jobs]
     assert most == 1
     starts = [store.log(job_id)[0]["time"] for job_id in jobs]
     ends = [store.log(job_id)[-1]["time"] for job_id in jobs]
-    assert starts[1] >= ends[0] and starts[2] >= ends[1]
+    assert starts[1] >= ends[0]
