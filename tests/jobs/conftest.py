@@ -23,7 +23,10 @@ def store(tmp_path):
     yield store
     for job in store.list_jobs():
         if is_alive(job):
-            os.killpg(job["pid"], signal.SIGKILL)  # a worker leads its own session
+            try:
+                os.killpg(job["pid"], signal.SIGKILL)  # a real worker leads its own session
+            except ProcessLookupError:
+                os.kill(job["pid"], signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
