@@ -5,9 +5,12 @@
 Declares the pages (one per step of the user's path) and the shared sidebar: the open run with
 its status, the device and the job store. Everything heavy runs in worker processes.
 """
+from functools import partial
+
 import streamlit as st
 
-from ordercomp import dashboard
+from ordercomp.dashboard import formatting, plan, session
+from ordercomp.jobs import JobStore, StoreError
 from pages._shared import job_summary, live_job
 
 PAGES = [
@@ -20,22 +23,26 @@ PAGES = [
 ]
 
 
-def sidebar() -> None:
-    store = dashboard.open_store()
-    st.caption(f"Base: {dashboard.describe_base(dashboard.base_choice(st.session_state))}")
-    job_id = st.session_state.get(dashboard.JOB)
+def sidebar(store: JobStore) -> None:
+    st.caption(f"Base: {formatting.md(plan.describe_base(session.base_choice(st.session_state)))}")
+    job_id = st.session_state.get(session.JOB)
     if job_id and store.get(job_id):
         st.markdown("**Open run**")
-        live_job(store, job_id, job_summary)
+        live_job(store, job_id, partial(job_summary, store))
     else:
         st.caption("No run open yet.")
-    st.caption(f"Device: {dashboard.device_label()}")
-    st.caption(f"Job store: `{store.path}`")
+    st.caption(f"Device: {formatting.device_label()}")
+    st.caption(f"Job store: {formatting.code(store.path)}")
 
 
 st.set_page_config(page_title="Order of compression", page_icon=":material/compress:", layout="wide")
-dashboard.sync_job_param(st.session_state, st.query_params)
+session.sync_job_param(st.session_state, st.query_params)
 page = st.navigation(PAGES)
+try:
+    job_store = session.open_store()
+except StoreError as error:  # corrupt, read-only or in a folder that cannot be made
+    st.error(formatting.md(error))
+    st.stop()
 with st.sidebar:
-    sidebar()
+    sidebar(job_store)
 page.run()

@@ -83,7 +83,7 @@ def check_layout(spec: str) -> tuple[str, Path]:
     kind = _cifar_kind(path)
     if kind:
         return kind, path
-    if len(_class_folders(path)) < 2:
+    if len(_class_folders(split_folders(path).get("train", path))) < 2:
         raise DataError(
             f"{path} is not an ImageFolder tree: expected one sub-folder per class (at least 2) "
             "holding images, e.g. root/cat/1.png, root/dog/2.png; or a CIFAR folder holding cifar-10-batches-py/"
@@ -111,19 +111,21 @@ def _resize(images: torch.Tensor, input_size: int) -> torch.Tensor:
     return F.interpolate(images, size=(input_size, input_size), mode="bilinear", align_corners=False)
 
 
-def _split_and_normalise(name, images, labels, num_classes, input_size, test=None) -> DataBundle:
-    """Seeded split into train/val(/test), then normalise with the training statistics."""
+def _split_and_normalise(name, images, labels, num_classes, input_size, test=None, val=None) -> DataBundle:
+    """Seeded split into train/val/test (of the splits not given), then normalise with the training statistics."""
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
     images, labels = images[order], labels[order]
     n = len(images)
-    if test is None:
-        n_val, n_test = n // 5, n // 5
+    carve_test = test is None
+    if carve_test:
+        n_test = n // 5
         test = (images[n - n_test:], labels[n - n_test:])
         images, labels = images[: n - n_test], labels[: n - n_test]
-    else:
-        n_val = n // 10
-    val = (images[:n_val], labels[:n_val])
-    train = (images[n_val:], labels[n_val:])
+    if val is None:
+        n_val = n // 5 if carve_test else n // 10
+        val = (images[:n_val], labels[:n_val])
+        images, labels = images[n_val:], labels[n_val:]
+    train = (images, labels)
     mean = train[0].mean(dim=(0, 2, 3), keepdim=True)
     std = train[0].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
 
@@ -167,16 +169,55 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 MAX_IMAGE_PIXELS = 40_000_000  # every image is shrunk to at most 512x512; a bigger one is a mistake or a decompression bomb
 
 
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def split_folders(path: Path) -> dict[str, Path]:
+    """{'train': root/train, 'val': root/valid, 'test': root/test} when an ImageFolder tree is split
+    into folders (train/ at least; val/, valid/ or validation/; test/), else {}."""
+    found: dict[str, Path] = {}
+    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+        if folder.name.lower() in SPLIT_NAMES:
+            found.setdefault(SPLIT_NAMES[folder.name.lower()], folder)
+    return found if "train" in found else {}
+
+
+def _split_image_folder(path: Path, splits: dict[str, Path], input_size: int, limit: int | None) -> DataBundle:
+    """An ImageFolder tree split into folders: the classes are train/'s; a split without a folder is
+    carved from train/ as usual (seeded)."""
+    classes = _class_folders(splits["train"])
+    read = {}
+    for split, folder in splits.items():
+        strangers = sorted(set(_class_folders(folder)) - set(classes))
+        if strangers:
+            raise DataError(f"{folder} has classes that {splits['train']} lacks ({', '.join(strangers)}): give every class a folder in train/")
+        read[split] = _read_classes(folder, classes, input_size, limit)
+    channels = max(images.shape[1] for images, _ in read.values())
+    read = {split: (images.expand(-1, channels, -1, -1), labels) for split, (images, labels) in read.items()}
+    return _split_and_normalise(f"imagefolder:{path.name}", *read["train"], len(classes), input_size, test=read.get("test"),
+                                val=read.get("val"))
+
+
 def _image_folder(path: Path, input_size: int, limit: int | None) -> DataBundle:
+    splits = split_folders(path)
+    if splits:
+        return _split_image_folder(path, splits, input_size, limit)
     classes = _class_folders(path)
+    images, labels = _read_classes(path, classes, input_size, limit)
+    return _split_and_normalise(f"imagefolder:{path.name}", images, labels, len(classes), input_size)
+
+
+def _read_classes(path: Path, classes: list[str], input_size: int, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of path/<class>/... with their class index, up to `limit` in all."""
     images, labels = [], []
     for label, name in enumerate(classes):
         for file in _images_in(path / name)[: limit // len(classes) if limit else None]:
             images.append(_read_image(file, input_size))
             labels.append(label)
+    if not images:
+        raise DataError(f"{path} holds no images of the classes {', '.join(classes)}: put images in its class folders")
     channels = max(t.shape[0] for t in images)
-    stacked = torch.stack([t.expand(channels, -1, -1) for t in images])
-    return _split_and_normalise(f"imagefolder:{path.name}", stacked, torch.tensor(labels), len(classes), input_size)
+    return torch.stack([t.expand(channels, -1, -1) for t in images]), torch.tensor(labels)
 
 
 def _read_image(file: Path, input_size: int) -> torch.Tensor:

@@ -1,19 +1,19 @@
 """Step 2, Methods: the methods to compare, their strength, the fine-tuning budget, objective and seeds."""
 import streamlit as st
 
-from ordercomp import dashboard
+from ordercomp.dashboard import estimate, formatting, plan, session
 from ordercomp.methods.registry import METHODS
 from ordercomp.order import MAX_EXHAUSTIVE_METHODS, OBJECTIVES
 from pages._shared import KEEP, run_inside_app
 
 run_inside_app()
 
-store = dashboard.open_store()
+store = session.open_store()
 state = st.session_state
-dashboard.set_defaults(state, dashboard.plan_defaults())
+session.set_defaults(state, plan.plan_defaults())
 
 
-def setting_widget(setting: dashboard.Setting) -> None:
+def setting_widget(setting: plan.Setting) -> None:
     label = f"**{setting.name}** (strength)" if setting.strength else setting.name
     default = setting.default
     if setting.choices:
@@ -34,7 +34,7 @@ def method_card(name: str) -> None:
     method = METHODS[name]
     with st.container(border=True):
         st.markdown(f"**{method.title}** (`{name}`): {method.summary}")
-        strength, *others = dashboard.method_settings(method)
+        strength, *others = plan.method_settings(method)
         setting_widget(strength)
         if others:
             with st.expander("More settings"):
@@ -58,27 +58,27 @@ def budget_and_decision(chosen: list[str]) -> None:
     right.selectbox("Device", ["auto", "cpu", "cuda"], key="w_device", help="auto: CUDA when a GPU is present, else the CPU", **KEEP)
     right.checkbox(f"Exhaustive validation: also run every order (at most {MAX_EXHAUSTIVE_METHODS} methods)", key="w_exhaustive",
                    **KEEP)
-    if state["w_repeat"] not in [dashboard.NO_REPEAT, *chosen]:
-        state["w_repeat"] = dashboard.NO_REPEAT
-    right.selectbox("Repeat one method after the chain (does applying it twice help?)", [dashboard.NO_REPEAT, *chosen],
+    if state["w_repeat"] not in [plan.NO_REPEAT, *chosen]:
+        state["w_repeat"] = plan.NO_REPEAT
+    right.selectbox("Repeat one method after the chain (does applying it twice help?)", [plan.NO_REPEAT, *chosen],
                     key="w_repeat", **KEEP)
 
 
 def plan_summary() -> None:
     st.subheader("Cost")
     try:
-        spec = dashboard.plan_from_state(state)
+        spec = plan.plan_from_state(state)
     except ValueError as error:
-        st.error(f"This plan cannot run: {error}")
+        st.error(f"This plan cannot run: {formatting.md(error)}")
         return
-    cost = dashboard.plan_cost(spec, store.mean_step_seconds(spec.model, spec.data))
+    cost = estimate.plan_cost(spec, store.mean_step_seconds(spec.model, spec.data))
     n = len(spec.methods)
     left, right = st.columns(2)
     left.metric("Method applications", cost["applications"])
     left.caption(f"{'exhaustive' if spec.exhaustive else 'pairwise'}: {cost['per_seed']} per seed x {spec.seeds} seed(s), "
                  f"+ {n} to apply the chain. Pairwise needs n + n(n-1) = {cost['pairwise_per_seed']} per seed; "
                  f"every order (exhaustive) {cost['exhaustive_per_seed']}.")
-    right.metric("Estimated time", dashboard.duration(cost["seconds"]))
+    right.metric("Estimated time", formatting.duration(cost["seconds"]))
     basis = {"measured": "the mean of the finished steps in the job store",
              "sample": "the sample's size (MACs x training images x epochs), as the job store has no finished steps of it yet",
              "default": "a default guess, as the job store has no finished steps of this model and data yet"}[cost["basis"]]
@@ -87,7 +87,7 @@ def plan_summary() -> None:
 
 
 st.title("Methods")
-st.caption(f"Base: {dashboard.describe_base(dashboard.base_choice(state))} (change it on Model & data).")
+st.caption(f"Base: {formatting.md(plan.describe_base(session.base_choice(state)))} (change it on Model & data).")
 st.multiselect("Methods to compare (two or more)", list(METHODS), key="w_methods",
                format_func=lambda name: f"{METHODS[name].title} ({name})", **KEEP)
 chosen = list(state["w_methods"])

@@ -2,54 +2,54 @@
 and open any earlier run. The open run's id is in the URL (?job=...), so it survives reloads."""
 import streamlit as st
 
-from ordercomp import dashboard
-from ordercomp.jobs import start_job
+from ordercomp.dashboard import estimate, formatting, plan, session, views
+from ordercomp.jobs import queue_positions, set_worker_limit, start_job, worker_limit
 from ordercomp.zoo import ARCHITECTURES
 from pages._shared import job_log, job_status, live_job, run_inside_app
 
 run_inside_app()
 
-store = dashboard.open_store()
+store = session.open_store()
 state = st.session_state
 
 
 def new_exploration() -> None:
     st.subheader("New exploration")
     try:
-        spec = dashboard.plan_from_state(state)
+        spec = plan.plan_from_state(state)
     except ValueError as error:
-        st.error(f"The plan from the Methods page cannot run: {error}")
+        st.error(f"The plan from the Methods page cannot run: {formatting.md(error)}")
         st.page_link("pages/2_methods.py", label="Fix it on the Methods page", icon=":material/tune:")
         return
-    cost = dashboard.plan_cost(spec, store.mean_step_seconds(spec.model, spec.data))
+    cost = estimate.plan_cost(spec, store.mean_step_seconds(spec.model, spec.data))
     settings = "; ".join(f"{name}: {fields}" for name, fields in spec.settings.items()) or "defaults"
-    st.markdown(f"**{dashboard.describe_base(dashboard.base_choice(state))}** · methods **{', '.join(spec.methods)}** · "
+    st.markdown(f"**{formatting.md(plan.describe_base(session.base_choice(state)))}** · methods **{', '.join(spec.methods)}** · "
                 f"objective **{spec.objective}** · **{spec.seeds}** seed(s) · {spec.budget.epochs:g} fine-tuning epoch(s) per step"
                 + (" · exhaustive validation" if spec.exhaustive else ""))
-    st.caption(f"Settings: {settings}. {cost['applications']} method applications, about {dashboard.duration(cost['seconds'])}.")
+    st.caption(f"Settings: {formatting.md(settings)}. {cost['applications']} method applications, about {formatting.duration(cost['seconds'])}.")
     if spec.model in ARCHITECTURES:
         st.caption(f"{spec.model} is trained from scratch first unless it was already (Model & data shows its baseline).")
     if st.button("Launch exploration", type="primary"):
         try:
             job_id = start_job(store, spec)
         except (ValueError, OSError) as error:
-            st.error(f"Could not start the exploration: {error}")
+            st.error(f"Could not start the exploration: {formatting.md(error)}")
             return
-        dashboard.open_job(state, st.query_params, job_id)
+        session.open_job(state, st.query_params, job_id)
         st.rerun()
     st.page_link("pages/2_methods.py", label="Change the plan on the Methods page", icon=":material/tune:")
 
 
 def draw_run(job: dict) -> None:
     spec = job["spec"]
-    st.caption(f"{dashboard.job_title(job)} · objective {spec['objective']} · {spec['seeds']} seed(s)")
+    st.caption(f"{formatting.md(views.job_title(job))} · objective {spec['objective']} · {spec['seeds']} seed(s)")
     job_status(store, job)
-    rows = dashboard.pair_progress(spec, store.steps(job["id"]))
+    rows = views.pair_progress(spec, store.steps(job["id"]))
     st.dataframe(rows, hide_index=True, column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")})
     for row in rows:
         if row["reason"]:
-            st.warning(f"{row['applications']}: {row['status']}: {row['reason']}")
+            st.warning(formatting.md(f"{row['applications']}: {row['status']}: {row['reason']}"))
     if job["status"] == "done":
         st.success(f"Recommended order: **{' → '.join(job['result']['chain'])}**")
         st.page_link("pages/4_order.py", label="See the order and its evidence", icon=":material/account_tree:")
@@ -62,22 +62,37 @@ def all_runs() -> None:
     if not jobs:
         st.caption("No runs yet.")
         return
-    st.dataframe(dashboard.job_rows(jobs), hide_index=True)
+    st.dataframe(views.job_rows(jobs, queue_positions(store.list_jobs())), hide_index=True)
     ids = [job["id"] for job in jobs]
-    titles = {job["id"]: dashboard.job_title(job) for job in jobs}
-    current = state.get(dashboard.JOB)
+    titles = {job["id"]: views.job_title(job) for job in jobs}
+    current = state.get(session.JOB)
     picked = st.selectbox("Open a run", ids, index=ids.index(current) if current in ids else None,
                           format_func=titles.get, placeholder="pick a run to open")
     if picked and picked != current:
-        dashboard.open_job(state, st.query_params, picked)
+        session.open_job(state, st.query_params, picked)
+        st.rerun()
+
+
+def worker_limit_control() -> None:
+    """How many jobs run at once (the job store's setting, for every page and worker of this store)."""
+    try:
+        limit, source = worker_limit(store)
+    except ValueError as error:
+        st.error(f"Queued jobs cannot start: {formatting.md(error)}")
+        return
+    wanted = st.number_input("Jobs running at once (more wait in the queue)", min_value=1, max_value=64, value=limit, step=1,
+                             help=f"Now {limit}, from {source}. Each running job trains on its share of the CPU cores.")
+    if wanted != limit:
+        set_worker_limit(store, int(wanted))
         st.rerun()
 
 
 st.title("Runs")
 with st.container(border=True):
     new_exploration()
-open_id = state.get(dashboard.JOB)
+open_id = state.get(session.JOB)
 if open_id:
-    st.subheader(f"Run {open_id}")
+    st.subheader(f"Run {formatting.md(open_id)}")
     live_job(store, open_id, draw_run)
 all_runs()
+worker_limit_control()

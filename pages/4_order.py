@@ -1,7 +1,7 @@
 """Step 4, Order: the pair outcomes, the precedence graph, every valid order and the exhaustive check."""
 import streamlit as st
 
-from ordercomp import dashboard
+from ordercomp.dashboard import formatting, plan, session
 from ordercomp.charts import pair_matrix_figure, precedence_dot
 from ordercomp.report import evidence_sentence, exhaustive_table, notes, search_table
 from ordercomp.results import pairs_table
@@ -9,13 +9,13 @@ from pages._shared import open_exploration, run_inside_app
 
 run_inside_app()
 
-store = dashboard.open_store()
+store = session.open_store()
 st.title("Order")
 job_id, record = open_exploration(store)
 spec, chain = record["spec"], record["chain"]
 search = record.get("search") or {"strategy": "pairwise"}
 st.markdown(f"### Recommended order: {' → '.join(chain)}")
-st.caption(f"Run {job_id} · {dashboard.describe_base(spec)} · objective {spec['objective']} · {spec['seeds']} seed(s) · "
+st.caption(f"Run {formatting.md(job_id)} · {formatting.md(plan.describe_base(spec))} · objective {spec['objective']} · {spec['seeds']} seed(s) · "
            f"search {search['strategy']}" + (f" ({search['applications_per_seed']} method applications per seed)" if "applications_per_seed" in search else "")
            + f" · {record['seconds']:.0f} s")
 st.info(evidence_sentence(record))
@@ -32,7 +32,7 @@ st.caption("An edge A → B: apply A before B, labelled with the mean margin. Re
            "dashed: weak evidence; dotted red: dropped to break a cycle.")
 st.graphviz_chart(precedence_dot(record))
 for line in notes(record):
-    st.markdown(f"- {line}")
+    st.markdown(f"- {formatting.md(line)}")
 
 ranked = search_table(record)
 if ranked is not None:

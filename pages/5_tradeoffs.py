@@ -2,7 +2,7 @@
 chain step by step."""
 import streamlit as st
 
-from ordercomp import dashboard
+from ordercomp.dashboard import formatting, session
 from ordercomp.charts import AXES, chain_steps_figure, tradeoff_figure
 from ordercomp.report import headline_figures, speed_text
 from ordercomp.results import chain_table
@@ -10,10 +10,10 @@ from pages._shared import open_exploration, run_inside_app
 
 run_inside_app()
 
-store = dashboard.open_store()
+store = session.open_store()
 st.title("Trade-offs")
 job_id, record = open_exploration(store)
-st.caption(f"Run {job_id}: the base and the chain are measured on the test split; single methods and pairs are "
+st.caption(f"Run {formatting.md(job_id)}: the base and the chain are measured on the test split; single methods and pairs are "
            "validation means over the seeds.")
 
 figures = headline_figures(record)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ordercomp import dashboard
+from ordercomp.dashboard import formatting, plan, session, views
 from ordercomp.export import FORMATS, export_zip
 from ordercomp.jobs import start_job
 from ordercomp.report import meeting_report, results_csv
@@ -13,7 +13,7 @@ from pages._shared import KEEP, job_status, live_job, metric_row, open_explorati
 
 run_inside_app()
 
-store = dashboard.open_store()
+store = session.open_store()
 state = st.session_state
 
 
@@ -29,19 +29,19 @@ def reports(job_id: str, record: dict) -> None:
 def new_export(job_id: str, record: dict) -> None:
     st.subheader("Compress and export")
     order_key = f"w_export_order_{job_id}"
-    dashboard.set_defaults(state, {order_key: list(record["chain"]), "w_export_formats": list(FORMATS)})
+    session.set_defaults(state, {order_key: list(record["chain"]), "w_export_formats": list(FORMATS)})
     order = st.multiselect("Order to apply: methods run in the order you pick them", record["spec"]["methods"], key=order_key,
                            **KEEP)
     if order:
         same = order == record["chain"]
         st.caption(f"{' → '.join(order)}: {'the recommended chain' if same else 'your own order, not the recommended chain'}.")
     formats = st.multiselect("Formats", list(FORMATS), key="w_export_formats",
-                             format_func=dashboard.FORMAT_LABELS.get, **KEEP)
+                             format_func=formatting.FORMAT_LABELS.get, **KEEP)
     if st.button("Apply and export", type="primary", disabled=not order or not formats):
         try:
-            start_job(store, dashboard.export_spec(record, order, formats, job_id), kind="export")
+            start_job(store, plan.export_spec(record, order, formats, job_id), kind="export")
         except (ValueError, OSError) as error:
-            st.error(f"Could not start the export: {error}")
+            st.error(f"Could not start the export: {formatting.md(error)}")
             return
         st.rerun()
 
@@ -58,17 +58,17 @@ def draw_export(job: dict) -> None:
     if result["verify"]["ok"]:
         st.success("Every file loads back, runs and matches its checksum.")
     else:
-        st.warning(f"Some files did not verify: {result['verify']}")
+        st.warning(f"Some files did not verify: {formatting.md(result['verify'])}")
     if not folder.is_dir():
-        st.error(f"The export folder {folder} is gone: export again.")
+        st.error(f"The export folder {formatting.code(folder)} is gone: export again.")
         return
-    downloads(job["id"], folder, dashboard.export_files(result))
+    downloads(job["id"], folder, views.export_files(result))
 
 
 def format_row(entry: dict) -> dict:
     check = entry.get("check") or {}
     verdict = "failed: " + entry["error"] if "error" in entry else ("passed" if check.get("passed", True) else "mismatch")
-    return {"format": dashboard.FORMAT_LABELS.get(entry["format"], entry["format"]), "file": entry.get("file", ""),
+    return {"format": formatting.FORMAT_LABELS.get(entry["format"], entry["format"]), "file": entry.get("file", ""),
             "check against PyTorch": verdict, "max |difference|": check.get("max_abs_diff"),
             "argmax agreement": check.get("argmax_agreement")}
 
@@ -76,7 +76,7 @@ def format_row(entry: dict) -> dict:
 def downloads(job_id: str, folder: Path, files: list[tuple[str, Path]]) -> None:
     columns = st.columns(len(files) + 1)
     for column, (name, path) in zip(columns, files):
-        column.download_button(dashboard.FORMAT_LABELS.get(name, name), data=partial(path.read_bytes), file_name=path.name,
+        column.download_button(formatting.FORMAT_LABELS.get(name, name), data=partial(path.read_bytes), file_name=path.name,
                                mime="application/octet-stream", on_click="ignore", key=f"file-{job_id}-{name}")
     columns[-1].download_button("All as a zip", data=partial(export_zip, folder), file_name=f"ordercomp-export-{job_id}.zip",
                                 mime="application/zip", on_click="ignore", type="primary", key=f"zip-{job_id}")
@@ -86,6 +86,6 @@ st.title("Export")
 exploration_id, exploration = open_exploration(store)
 reports(exploration_id, exploration)
 new_export(exploration_id, exploration)
-export_job = dashboard.latest_export(store, exploration_id)
+export_job = views.latest_export(store, exploration_id)
 if export_job:
     live_job(store, export_job["id"], draw_export)

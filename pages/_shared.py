@@ -1,7 +1,7 @@
 """Drawing pieces the pages share: a live job panel, a row of model figures, the open exploration,
 and `run_inside_app`, which every page calls first.
 
-Not a page itself (app.py lists the pages); logic and state helpers live in `ordercomp.dashboard`.
+Not a page itself (app.py lists the pages); logic and state helpers live in `ordercomp.dashboard` and `ordercomp.uploads`.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Callable
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
-from ordercomp import dashboard
-from ordercomp.jobs import JobStore, refresh_stale, resume_job
+from ordercomp.dashboard import formatting, session, views
+from ordercomp.jobs import JobStore, cancel_job, dispatch, queue_positions, resume_job, worker_limit
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 KEEP = {"persist_state": "session"}  # a widget keeps its value on other pages (its key starts with w_)
@@ -37,38 +37,52 @@ def run_inside_app() -> None:
 
 def live_job(store: JobStore, job_id: str, draw: Callable[[dict], None]) -> None:
     """Draw a job with `draw(job)`; while the job is active the drawing polls the store."""
-    polling = dashboard.is_active(store.get(job_id))
+    polling = views.is_active(store.get(job_id))
 
     def panel() -> None:
-        refresh_stale(store)
+        move_queue(store)
         job = store.get(job_id)
         if job is None:
-            st.error(f"There is no job {job_id} in the job store {store.path}.")
+            st.error(f"There is no job {formatting.md(job_id)} in the job store {formatting.code(store.path)}.")
             return
         draw(job)
-        if polling and not dashboard.is_active(job):
+        if polling and not views.is_active(job):
             st.rerun()  # the whole page: it shows the result, and the polling stops
 
-    st.fragment(panel, run_every=dashboard.POLL_SECONDS if polling else None)()
+    st.fragment(panel, run_every=session.POLL_SECONDS if polling else None)()
 
 
-def job_summary(job: dict, *, unit: str = "method applications") -> None:
-    """Status line and overall progress."""
-    st.markdown(f"{STATUS_ICONS[job['status']]} **{job['status']}** · job `{job['id']}`")
+def move_queue(store: JobStore) -> None:
+    """End jobs whose worker is gone and start waiting ones in the freed slots (see `ordercomp.jobs.launch`)."""
+    try:
+        dispatch(store)
+    except ValueError as error:  # an impossible worker limit
+        st.error(f"Queued jobs cannot start: {formatting.md(error)}")
+
+
+def job_summary(store: JobStore, job: dict, *, unit: str = "method applications") -> None:
+    """Status line, place in the queue and overall progress."""
+    st.markdown(f"{STATUS_ICONS[job['status']]} **{job['status']}** · job {formatting.code(job['id'])}")
+    if job["status"] == "queued" and job["pid"] is None:
+        place = queue_positions(store.list_jobs()).get(job["id"])
+        try:
+            st.caption(views.queue_line(place, *worker_limit(store)))
+        except ValueError:  # an impossible limit: move_queue says so
+            pass
     if job["total"]:
         st.progress(job["done"] / job["total"], text=f"{job['done']} of {job['total']} {unit} finished")
 
 
 def job_status(store: JobStore, job: dict, *, unit: str = "method applications") -> None:
     """Status line, overall and current-step progress, the error, and cancel / resume buttons."""
-    job_summary(job, unit=unit)
-    if dashboard.is_active(job) and job["label"]:
+    job_summary(store, job, unit=unit)
+    if views.is_active(job) and job["label"]:
         st.progress(min(max(job["fraction"], 0.0), 1.0), text=f"now: {job['label']}")
     if job["status"] == "failed":
-        st.error(f"The job failed: {job['error']}")
-    if dashboard.is_active(job) and job["status"] != "cancelling":
+        st.error(f"The job failed: {formatting.md(job['error'])}")
+    if views.is_active(job) and job["status"] != "cancelling":
         if st.button("Cancel", key=f"cancel-{job['id']}", help="Stop after the current step; finished steps are kept"):
-            _act(lambda: store.request_cancel(job["id"]))
+            _act(lambda: cancel_job(store, job["id"]))
     if job["status"] in ("failed", "cancelled"):
         if st.button("Resume", key=f"resume-{job['id']}", help="Run it again; finished steps come back from the cache"):
             _act(lambda: resume_job(store, job["id"]))
@@ -78,7 +92,7 @@ def _act(action: Callable[[], None]) -> None:
     try:
         action()
     except ValueError as error:  # the job moved on meanwhile (finished, or cancelled elsewhere)
-        st.warning(str(error))
+        st.warning(formatting.md(error))
         return
     st.rerun()
 
@@ -90,16 +104,16 @@ def job_log(store: JobStore, job_id: str, lines: int = 200) -> None:
 
 
 def metric_row(metrics: dict) -> None:
-    for column, (label, value) in zip(st.columns(6), dashboard.metric_figures(metrics)):
+    for column, (label, value) in zip(st.columns(6), views.metric_figures(metrics)):
         column.metric(label, value)
 
 
 def open_exploration(store: JobStore) -> tuple[str, dict]:
     """The open exploration's id and record; otherwise a note on what to do, and the page stops."""
-    job_id = st.session_state.get(dashboard.JOB)
-    record, why = dashboard.exploration_record(store, job_id)
+    job_id = st.session_state.get(session.JOB)
+    record, why = views.exploration_record(store, job_id)
     if record is None:
-        st.info(why)
+        st.info(formatting.md(why))
         st.page_link("pages/3_runs.py", label="Go to Runs", icon=":material/play_circle:")
         st.stop()
     return job_id, record

@@ -45,3 +45,47 @@ def bomb_png():
         path.write_bytes(bytes(data))
 
     return write
+
+
+@pytest.fixture
+def read_only():
+    """Make a file read-only for this process, root included (chattr +i); undone after the test."""
+    import os
+    import shutil
+    import subprocess
+
+    locked = []
+
+    def lock(path):
+        path.chmod(0o444)
+        if os.geteuid() == 0:  # root writes through permissions: mark the file immutable instead
+            if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+                pytest.skip("running as root without chattr: no way to make a file read-only here")
+            locked.append(path)
+
+    yield lock
+    for path in locked:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+@pytest.fixture
+def fake_workers(monkeypatch):
+    """Workers that start (a process whose command line names the worker module) but do nothing;
+    lists the ids of the jobs they were started for. Every one is killed after the test."""
+    import subprocess
+    import sys
+
+    from ordercomp.jobs import launch
+
+    job_ids, processes = [], []
+
+    def spawn(store, job_id):
+        processes.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", launch.WORKER_MODULE]))
+        job_ids.append(job_id)
+        return processes[-1].pid
+
+    monkeypatch.setattr(launch, "spawn_worker", spawn)
+    yield job_ids
+    for process in processes:
+        process.kill()
+        process.wait()

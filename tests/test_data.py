@@ -57,3 +57,34 @@ def test_oversized_image_is_one_line_before_decoding(tmp_path, bomb_png, size, m
     with pytest.raises(DataError, match=message) as error:
         load_data(str(tmp_path))
     assert "\n" not in str(error.value)
+
+
+def image_tree(root, counts: dict[str, int]):
+    """root/<split>/<class>/<i>.png for {"train/cat": 10, ...}; shades differ by class."""
+    for folder, count in counts.items():
+        (root / folder).mkdir(parents=True)
+        for index in range(count):
+            Image.new("L", (6, 6), 40 if folder.endswith("cat") else 200).save(root / folder / f"{index}.png")
+    return root
+
+
+def test_train_and_val_folders_are_splits_not_classes(tmp_path):
+    tree = image_tree(tmp_path / "pets", {"train/cat": 20, "train/dog": 20, "val/cat": 3, "val/dog": 4})
+    data = load_data(str(tree), input_size=6)
+    assert data.num_classes == 2 and len(data.val) == 7
+    assert len(data.train) + len(data.test) == 40 and len(data.test) == 8  # test carved from train/ (a fifth)
+    assert sorted(data.val.tensors[1].tolist()) == [0, 0, 0, 1, 1, 1, 1]  # cat = 0, dog = 1, as in train/
+
+
+@pytest.mark.parametrize("val_name", ["valid", "validation", "Val"])
+def test_every_split_folder_name_is_recognised_and_given_splits_are_kept_whole(tmp_path, val_name):
+    tree = image_tree(tmp_path / "pets", {"train/cat": 10, "train/dog": 10, f"{val_name}/cat": 2, f"{val_name}/dog": 2,
+                                          "test/cat": 5, "test/dog": 1})
+    data = load_data(str(tree), input_size=6)
+    assert (data.num_classes, len(data.train), len(data.val), len(data.test)) == (2, 20, 4, 6)
+
+
+def test_a_split_folder_with_a_class_train_lacks_is_refused(tmp_path):
+    tree = image_tree(tmp_path / "pets", {"train/cat": 4, "train/dog": 4, "test/cow": 2})
+    with pytest.raises(DataError, match=r"test has classes that .*train lacks \(cow\)"):
+        load_data(str(tree), input_size=6)

@@ -15,19 +15,27 @@ def _check_device(device: str) -> None:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
 
 
+def _check_trust(trust_torchscript) -> None:
+    if not isinstance(trust_torchscript, bool):
+        raise ValueError(f"trust_torchscript must be true or false, got {trust_torchscript!r}")
+
+
 @dataclass
 class BaselineSpec:
     """Prepare the base model (a sample, a checkpoint, or a zoo architecture trained on `data`) and
-    measure it on the test split: accuracy, parameters, size, MACs, BitOps and latency."""
+    measure it on the test split: accuracy, parameters, size, MACs, BitOps and latency. A
+    TorchScript base runs code from its file: only with `trust_torchscript`."""
 
     model: str = "digits_cnn"
     data: str = "digits"
     architecture: str | None = None
     input_size: int | None = None
     device: str = "auto"
+    trust_torchscript: bool = False
 
     def __post_init__(self):
         _check_device(self.device)
+        _check_trust(self.trust_torchscript)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,12 +61,14 @@ class ExportSpec:
     seed: int = 0
     formats: tuple[str, ...] = ()
     exploration: str | None = None  # the exploration job the settings came from, if any
+    trust_torchscript: bool = False  # a TorchScript base runs code from its file
 
     def __post_init__(self):
         self.chain, self.formats = tuple(self.chain), tuple(self.formats)
         if not self.chain:
             raise ValueError("the order to export is empty: pick at least one method")
         _check_device(self.device)
+        _check_trust(self.trust_torchscript)
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         # compress() accepts settings only for the methods of its chain
@@ -66,11 +76,12 @@ class ExportSpec:
 
     @classmethod
     def from_exploration(cls, record: dict, chain, *, formats=(), seed: int = 0, exploration: str | None = None) -> "ExportSpec":
-        """The base, data, settings, budget and device of an exploration record, with another chain."""
+        """The base, data, settings, budget, device and trust of an exploration record, with another chain."""
         spec = record["spec"]
         return cls(model=spec["model"], data=spec["data"], chain=tuple(chain), architecture=spec["architecture"],
                    input_size=spec["input_size"], device=spec["device"], settings=spec["settings"], budget=spec["budget"],
-                   seed=seed, formats=tuple(formats), exploration=exploration)
+                   seed=seed, formats=tuple(formats), exploration=exploration,
+                   trust_torchscript=spec.get("trust_torchscript", False))
 
     def to_dict(self) -> dict:
         record = asdict(self)

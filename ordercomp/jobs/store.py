@@ -62,7 +62,12 @@ CREATE TABLE IF NOT EXISTS log (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS log_by_job ON log (job_id, id);
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+SCHEMA_VERSION = 2  # 2: settings table
 
 # Every column but the result: a job list stays light however big the explorations are.
 SUMMARY_COLUMNS = "id, kind, spec, status, error, pid, created, updated, done, total, label, fraction"
@@ -72,19 +77,29 @@ def default_path() -> Path:
     return Path(os.environ.get("ORDERCOMP_STORE") or DEFAULT_PATH)
 
 
+class StoreError(ValueError):
+    """The job store cannot be opened or written; the message says what to do."""
+
+
 class JobStore:
     """Jobs, step rows and log lines in the SQLite file at `path` (created with its folder)."""
 
     def __init__(self, path: Path | str | None = None):
         self.path = Path(path or default_path()).expanduser().resolve()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = self._open()
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.executescript(SCHEMA)
-            _add_kind_column(connection)
-        finally:
-            connection.close()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = self._open()
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.executescript(SCHEMA)
+                _add_kind_column(connection)
+                # A write every store needs anyway: a read-only file is found here, not halfway through a job.
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            finally:
+                connection.close()
+        except (sqlite3.Error, OSError) as error:
+            raise StoreError(f"the job store {self.path} cannot be used ({str(error).splitlines()[0]}): make it a writable "
+                             "SQLite file, or set ORDERCOMP_STORE to a new path") from None
 
     def _open(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -219,17 +234,38 @@ class JobStore:
             connection.execute("UPDATE jobs SET status = 'queued', error = NULL, pid = NULL, updated = ? WHERE id = ?",
                                (time.time(), job_id))
 
-    def request_cancel(self, job_id: str) -> None:
-        """Ask the worker of a queued or running job to stop; it marks the job cancelled when it does."""
+    def request_cancel(self, job_id: str) -> str:
+        """Cancel a job that waits in the queue at once; ask the worker of a starting or running job to
+        stop (it marks the job cancelled when it does). Returns the job's new status."""
         with self._connect(write=True) as connection:
-            status = self._require_in(connection, job_id)["status"]
-            if status not in ACTIVE:
-                raise ValueError(f"job {job_id} is {status}: only queued or running jobs can be cancelled")
-            connection.execute("UPDATE jobs SET status = 'cancelling', updated = ? WHERE id = ?", (time.time(), job_id))
+            row = self._require_in(connection, job_id)
+            if row["status"] not in ACTIVE:
+                raise ValueError(f"job {job_id} is {row['status']}: only queued or running jobs can be cancelled")
+            status = "cancelled" if row["status"] == "queued" and row["pid"] is None else "cancelling"
+            connection.execute("UPDATE jobs SET status = ?, updated = ? WHERE id = ?", (status, time.time(), job_id))
+            if status == "cancelled":
+                connection.execute("INSERT INTO log (job_id, time, message) VALUES (?, ?, ?)",
+                                   (job_id, time.time(), "cancelled while waiting in the queue"))
+        return status
+
+    def setting(self, name: str) -> str | None:
+        """A store-wide setting (e.g. `max_workers`), or None when it was never set."""
+        with self._connect() as connection:
+            row = connection.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row["value"]
+
+    def set_setting(self, name: str, value: str | None) -> None:
+        """Set a store-wide setting for every process using this store; None removes it."""
+        with self._connect(write=True) as connection:
+            if value is None:
+                connection.execute("DELETE FROM settings WHERE name = ?", (name,))
+            else:
+                connection.execute("INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
+                                   "value = excluded.value", (name, str(value)))
 
     @staticmethod
     def _require_in(connection: sqlite3.Connection, job_id: str) -> sqlite3.Row:
-        row = connection.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = connection.execute("SELECT status, pid FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise unknown_job(job_id)
         return row

@@ -7,6 +7,8 @@ or an export) with the store's shared step cache (so a resumed job gets every fi
 at once), records each finished step, progress (throttled) and log lines, then the result and
 status `done`. An error makes the job `failed` with a one-line message
 (the traceback goes to the job's log); a cancel request is noticed from the events callback.
+As it ends, the worker starts the next queued jobs (`launch.dispatch`), so the queue moves on
+without a scheduler process.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .kinds import RUNNERS
+from .launch import dispatch, worker_limit, worker_threads
 from .store import JobStore
 
 PROGRESS_INTERVAL_S = 0.25
@@ -85,6 +87,8 @@ def run_job(store: JobStore, job_id: str) -> str:
     # Each final log line is written before the final status: whoever sees the status finds its line.
     start = time.perf_counter()
     try:
+        from .kinds import RUNNERS  # torch and the engine: a failed import fails the job with its reason
+
         job = store.require(job_id)
         result, summary = RUNNERS[job["kind"]](store, job_id, job["spec"], JobEvents(store, job_id))
         store.append_log(job_id, f"done in {time.perf_counter() - start:.1f} s: {summary}")
@@ -107,6 +111,8 @@ def settle_unclaimed(store: JobStore, job_id: str) -> str:
         store.append_log(job_id, "cancelled before it started")
         store.set_status(job_id, "cancelled", expect=("cancelling",))
         return "cancelled"
+    if status == "cancelled":  # cancelled while it waited, just as this worker was spawned
+        return "cancelled"
     raise ValueError(f"job {job_id} is {status}, not queued: resume a failed or cancelled job instead of running it")
 
 
@@ -117,11 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.store).is_file():
         parser.error(f"no job store at {args.store}: give the --store path the job was created in")
+    store = JobStore(args.store)
     try:
-        status = run_job(JobStore(args.store), args.job)
+        _share_cores(store)
+        status = run_job(store, args.job)
     except ValueError as error:
         parser.error(str(error))
+    finally:
+        dispatch(store)  # this worker's slot is free: start the next queued job
     return 1 if status == "failed" else 0
+
+
+def _share_cores(store: JobStore) -> None:
+    """Take this worker's share of the cores, so the workers running at once do not crowd each other."""
+    import torch
+
+    torch.set_num_threads(worker_threads(worker_limit(store)[0]))
 
 
 if __name__ == "__main__":

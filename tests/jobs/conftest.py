@@ -3,20 +3,30 @@
 The base is an untrained cnn_tiny saved as a checkpoint, so every process that loads it sees the
 same weights (and the same cache keys) and no test pays for training a base model.
 """
+import os
+import signal
 import time
 
 import pytest
 import torch
 
 from ordercomp.explore import ExploreSpec
-from ordercomp.jobs import JobStore
+from ordercomp.jobs import JobStore, is_alive
 from ordercomp.train import Budget
 from ordercomp.zoo import create_model
 
 
 @pytest.fixture
 def store(tmp_path):
-    return JobStore(tmp_path / "jobs.sqlite")
+    """A fresh store; a worker of it still alive after the test (one that failed while waiting) is stopped."""
+    store = JobStore(tmp_path / "jobs.sqlite")
+    yield store
+    for job in store.list_jobs():
+        if is_alive(job):
+            try:
+                os.killpg(job["pid"], signal.SIGKILL)  # a real worker leads its own session
+            except ProcessLookupError:
+                os.kill(job["pid"], signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from ordercomp.export import export_zip
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, start_job
 from ordercomp.jobs.worker import run_job
 from ordercomp.train import Budget
+from waits import WORKER_S
 
 
 @pytest.fixture
@@ -90,6 +91,12 @@ def test_specs_round_trip_and_check_their_fields():
     made = ExportSpec.from_exploration(record, ["quantize"], formats=("pt2",), exploration="abc")
     assert (made.model, made.architecture, made.settings, made.budget, made.exploration) == ("m.pt", "cnn_tiny", {"quantize": {"weight_bits": 4}},
                                                                                          {"epochs": 1.0}, "abc")
+    assert made.trust_torchscript is False  # a record from before the trust switch
+    trusted = ExportSpec.from_exploration({"spec": record["spec"] | {"trust_torchscript": True}}, ["quantize"])
+    assert trusted.trust_torchscript is True and ExportSpec.from_dict(trusted.to_dict()) == trusted
+    assert BaselineSpec.from_dict(BaselineSpec(trust_torchscript=True).to_dict()).trust_torchscript is True
+    with pytest.raises(ValueError, match="trust_torchscript must be true or false, got 'yes'"):
+        BaselineSpec(trust_torchscript="yes")
 
 
 def test_the_store_lists_jobs_by_kind_and_refuses_unknown_kinds(store, tiny_spec):
@@ -125,9 +132,9 @@ def test_mean_step_seconds_averages_successful_steps_of_explorations(store, tiny
     assert store.mean_step_seconds("digits_cnn") is None and store.mean_step_seconds(model, "/data/cifar") is None
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(2 * WORKER_S)
 def test_the_worker_process_runs_a_baseline_job(store, base, wait_for):
     job_id = start_job(store, BaselineSpec(**base), kind="baseline")
-    status = wait_for(lambda: store.get(job_id)["status"] in ("done", "failed") and store.get(job_id)["status"], "the baseline job", timeout=110)
+    status = wait_for(lambda: store.get(job_id)["status"] in ("done", "failed") and store.get(job_id)["status"], "the baseline job", timeout=WORKER_S)
     assert status == "done", store.log(job_id)
     assert store.get(job_id)["result"]["metrics"]["latency_ms_b1"] > 0

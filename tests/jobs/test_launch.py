@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from ordercomp.jobs import STALE_REASON, is_alive, refresh_stale, resume_job, start_job, worker_log_path
+from ordercomp.jobs import STALE_REASON, is_alive, refresh_stale, resume_job, set_worker_limit, start_job, worker_log_path
+from waits import WORKER_S
 
 FINAL = ("done", "failed", "cancelled")
 
@@ -22,12 +23,13 @@ def ended_process():
     return process.pid
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(2 * WORKER_S)
 def test_two_jobs_started_at_once_both_finish(store, tiny_spec, wait_for):
+    set_worker_limit(store, 2)
     specs = [tiny_spec(("prune", "quantize")), tiny_spec(("quantize", "sparsify"))]
     job_ids = [start_job(store, spec) for spec in specs]
     for job_id in job_ids:
-        wait_for(lambda: final_status(store, job_id), f"job {job_id} to end", timeout=110)
+        wait_for(lambda: final_status(store, job_id), f"job {job_id} to end", timeout=WORKER_S)
     jobs = [store.get(job_id) for job_id in job_ids]
     for job, spec in zip(jobs, specs):
         assert (job["status"], job["error"], job["done"], job["total"]) == ("done", None, 4, 4), store.log(job["id"])
@@ -40,19 +42,19 @@ def test_two_jobs_started_at_once_both_finish(store, tiny_spec, wait_for):
     assert jobs[0]["pid"] != jobs[1]["pid"]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(2 * WORKER_S)
 def test_a_killed_job_is_marked_stale_and_resumes_without_recomputing(store, tiny_spec, wait_for):
     job_id = start_job(store, tiny_spec(("prune", "quantize")))
-    wait_for(lambda: store.steps(job_id), "the first step row")
+    wait_for(lambda: store.steps(job_id), "the first step row", timeout=WORKER_S)
     os.kill(store.get(job_id)["pid"], signal.SIGKILL)
     before = {(tuple(row["chain"]), row["seed"]): row["seconds"] for row in store.steps(job_id)}
-    wait_for(lambda: not is_alive(store.get(job_id)), "the killed worker to be gone", timeout=10)
+    wait_for(lambda: not is_alive(store.get(job_id)), "the killed worker to be gone", timeout=60)
     assert store.get(job_id)["status"] == "running" and 0 < len(before) < 4
 
     assert refresh_stale(store) == [job_id]
     assert (store.get(job_id)["status"], store.get(job_id)["error"]) == ("failed", STALE_REASON)
     resume_job(store, job_id)
-    assert wait_for(lambda: final_status(store, job_id), "the resumed job to end", timeout=100) == "done"
+    assert wait_for(lambda: final_status(store, job_id), "the resumed job to end", timeout=WORKER_S) == "done"
 
     job, rows = store.get(job_id), store.steps(job_id)
     assert (job["done"], job["total"], len(rows)) == (4, 4, 4)
@@ -63,16 +65,16 @@ def test_a_killed_job_is_marked_stale_and_resumes_without_recomputing(store, tin
     assert any(line["message"].startswith("resumed") for line in store.log(job_id))
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(2 * WORKER_S)
 def test_cancel_stops_a_running_job(store, tiny_spec, wait_for):
     job_id = start_job(store, tiny_spec(("prune", "quantize", "sparsify"), epochs=3.0, seeds=3))
-    wait_for(lambda: store.steps(job_id), "the first step row", timeout=100)
+    wait_for(lambda: store.steps(job_id), "the first step row", timeout=WORKER_S)
     store.request_cancel(job_id)
-    assert wait_for(lambda: final_status(store, job_id), "the job to stop", timeout=30) == "cancelled"
+    assert wait_for(lambda: final_status(store, job_id), "the job to stop", timeout=120) == "cancelled"
     job = store.get(job_id)
     assert job["result"] is None and len(store.steps(job_id)) < 27
     assert store.log(job_id)[-1]["message"] == "cancelled on request"
-    wait_for(lambda: not is_alive(job), "the worker to exit", timeout=10)
+    wait_for(lambda: not is_alive(job), "the worker to exit", timeout=60)
 
 
 def test_refresh_stale_marks_jobs_whose_worker_is_gone(store, tiny_spec):

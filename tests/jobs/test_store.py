@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from ordercomp.explore import ExploreSpec
-from ordercomp.jobs import JobStore
+from ordercomp.jobs import JobStore, StoreError
 
 
 def step(chain, seed=0, status="ok", seconds=1.5, reason=None, metrics=None):
@@ -80,8 +80,12 @@ def test_cancel_and_requeue_only_from_sensible_statuses(store, tiny_spec):
     job_id = store.create(tiny_spec())
     with pytest.raises(ValueError, match="is queued: only failed or cancelled jobs can be resumed"):
         store.requeue(job_id)
-    store.request_cancel(job_id)
-    assert store.get(job_id)["status"] == "cancelling"
+    assert store.request_cancel(job_id) == "cancelled"  # no worker yet: at once
+    assert store.log(job_id)[-1]["message"] == "cancelled while waiting in the queue"
+    started, running = store.create(tiny_spec()), store.create(tiny_spec())
+    store.set_status(started, "queued", pid=4242)
+    store.set_status(running, "running", pid=4243)
+    assert store.request_cancel(started) == store.request_cancel(running) == "cancelling"  # their workers stop them
     store.set_status(job_id, "done", result={})
     with pytest.raises(ValueError, match="is done: only queued or running jobs can be cancelled"):
         store.request_cancel(job_id)
@@ -96,6 +100,30 @@ def test_unknown_job_ids_are_reported(store):
     for call in calls:
         with pytest.raises(ValueError, match="unknown job 'nope': pick an id from the job list"):
             call()
+
+
+def test_settings_are_kept_per_store(store):
+    assert store.setting("max_workers") is None
+    store.set_setting("max_workers", "3")
+    assert JobStore(store.path).setting("max_workers") == "3"
+    store.set_setting("max_workers", None)
+    assert store.setting("max_workers") is None
+
+
+def test_a_corrupt_store_is_one_line(tmp_path):
+    path = tmp_path / "jobs.sqlite"
+    path.write_bytes(b"not a database" * 100)
+    with pytest.raises(StoreError, match=r"^the job store .*jobs.sqlite cannot be used \(file is not a database\): make it a "
+                                         "writable SQLite file, or set ORDERCOMP_STORE to a new path$"):
+        JobStore(path)
+    with pytest.raises(StoreError, match="cannot be used"):
+        JobStore(tmp_path / "jobs.sqlite" / "below a file")
+
+
+def test_a_read_only_store_is_one_line(store, read_only):
+    read_only(store.path)
+    with pytest.raises(StoreError, match="readonly database"):
+        JobStore(store.path)
 
 
 def test_default_path_comes_from_the_environment(tmp_path, monkeypatch):

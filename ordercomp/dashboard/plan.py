@@ -1,0 +1,97 @@
+"""The forms of the Model & data and Methods pages and the specs they make: widget keys and
+defaults from the method registry, the ExploreSpec of the current choices, the baseline and export specs.
+
+Widget values live in session state under keys starting with `w_` (their widgets keep them across
+page switches with `persist_state="session"`).
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+
+from ..jobs import BaselineSpec, ExportSpec
+from .session import base_choice
+
+WIDGET_PREFIX = "w_"
+NO_REPEAT = "(none)"
+DATA_SOURCES = {"digits": "Embedded digits (default)", "folder": "A folder on this machine (CIFAR-10/100 or ImageFolder)",
+                "zip": "Upload a zip of an ImageFolder tree"}
+MODEL_SOURCES = {"sample": "Sample model", "zoo": "Train a zoo architecture", "upload": "Upload a checkpoint"}
+
+
+def describe_base(choice: dict) -> str:
+    size = f", {choice['input_size']} px" if choice.get("input_size") else ""
+    architecture = f" ({choice['architecture']})" if choice.get("architecture") else ""
+    trusted = ", its TorchScript code trusted" if choice.get("trust_torchscript") else ""
+    return f"{Path(choice['model']).name}{architecture} on {Path(choice['data']).name}{size}{trusted}"
+
+
+def baseline_spec(choice: dict, device: str = "auto") -> BaselineSpec:
+    return BaselineSpec(model=choice["model"], data=choice["data"], architecture=choice["architecture"],
+                        input_size=choice["input_size"], device=device, trust_torchscript=choice.get("trust_torchscript", False))
+
+
+def export_spec(record: dict, chain, formats, exploration: str) -> ExportSpec:
+    return ExportSpec.from_exploration(record, chain, formats=formats, exploration=exploration)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One field of a method's config, as a widget shows it."""
+
+    method: str
+    name: str
+    default: object
+    choices: tuple | None
+    strength: bool
+
+    @property
+    def key(self) -> str:
+        return f"{WIDGET_PREFIX}{self.method}.{self.name}"
+
+
+def method_settings(method) -> list[Setting]:
+    """The fields of a registry method's config, its strength knob first."""
+    settings = [Setting(method.name, f.name, f.default if f.default is not MISSING else f.default_factory(),
+                        tuple(f.metadata["choices"]) if "choices" in f.metadata else None, f.name == method.strength)
+                for f in fields(method.config_type)]
+    return sorted(settings, key=lambda s: not s.strength)
+
+
+def plan_defaults() -> dict:
+    """Widget keys of the Methods page and their starting values: the engine's defaults."""
+    from ..explore import ExploreSpec
+    from ..methods.registry import METHODS
+
+    spec = ExploreSpec()
+    defaults = {"w_methods": list(spec.methods), "w_objective": spec.objective, "w_weight": spec.weight, "w_seeds": spec.seeds,
+                "w_epochs": spec.budget.epochs, "w_lr": spec.budget.lr, "w_device": spec.device, "w_exhaustive": spec.exhaustive,
+                "w_min_margin": spec.min_margin, "w_repeat": NO_REPEAT}
+    for method in METHODS.values():
+        defaults |= {s.key: s.default for s in method_settings(method)}
+    return defaults
+
+
+def plan_from_state(state):
+    """The ExploreSpec the current choices make; a ValueError says what is impossible about them."""
+    from ..explore import ExploreSpec
+    from ..methods.registry import get_method
+    from ..train import Budget
+
+    defaults = plan_defaults()
+    value = lambda key: state.get(key, defaults[key])
+    methods = tuple(value("w_methods"))
+    settings = {}
+    for name in methods:
+        changed = {s.name: value(s.key) for s in method_settings(get_method(name)) if value(s.key) != s.default}
+        if changed:
+            settings[name] = changed
+    repeat = value("w_repeat")
+    choice = base_choice(state)
+    return ExploreSpec(model=choice["model"], data=choice["data"], architecture=choice["architecture"],
+                       input_size=choice["input_size"], methods=methods, settings=settings, objective=value("w_objective"),
+                       weight=float(value("w_weight")), seeds=int(value("w_seeds")),
+                       budget=Budget(epochs=float(value("w_epochs")), lr=float(value("w_lr"))), device=value("w_device"),
+                       exhaustive=bool(value("w_exhaustive")), min_margin=float(value("w_min_margin")),
+                       repeat=None if repeat in (None, NO_REPEAT) or repeat not in methods else repeat,
+                       trust_torchscript=choice.get("trust_torchscript", False))

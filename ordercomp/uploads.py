@@ -1,0 +1,267 @@
+"""Files a user hands to the dashboard: uploaded checkpoints and zipped ImageFolder trees, kept
+next to the job store and checked before anything uses them.
+
+Nothing from an uploaded file is run: a checkpoint is read by `ordercomp.checkpoints` (weights only),
+a zip is unpacked member by member under limits on names, links, encryption, file count, unpacked
+size and compression ratio (declared, and counted while writing).
+
+Every upload lives in a folder of its own named by its content's hash and marked with MARKER; only
+marked folders are ever removed: an upload that is refused at once, and one that no job uses
+ABANDONED_AFTER_S after it was last used (`sweep_abandoned`).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import tempfile
+import time
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+from .data import DataError, check_layout
+
+UPLOAD_LIMIT_MB = 200
+ZIP_LIMIT_MB = 200
+ZIP_MAX_BYTES = 1 << 30          # unpacked
+ZIP_MAX_FILES = 100_000
+ZIP_MAX_RATIO = 100              # unpacked : packed; images barely compress, a zip bomb does by 1000:1 and more
+ZIP_RATIO_FROM_BYTES = 1 << 20   # small members and archives may compress well (text, blank images)
+NAME_MAX_BYTES = 255             # one path component, as most file systems allow
+PATH_MAX_BYTES = 1024
+MARKER = ".ordercomp-upload"
+ABANDONED_AFTER_S = 7 * 24 * 3600
+
+
+def check_data_path(text: str) -> str:
+    """The folder of a CIFAR-10/100 or ImageFolder dataset, checked by its layout without loading it."""
+    if not text.strip():
+        raise DataError("give the path of a dataset folder on this machine")
+    return str(check_layout(text.strip())[1].resolve())
+
+
+def extract_image_zip(data: bytes, folder: Path) -> str:
+    """Unpack an uploaded ImageFolder zip under `folder` (once per content) and return its tree's root.
+
+    Checks every member before writing anything (see `_check_members`), stops a member that unpacks
+    to more than it declares, and removes what it wrote when the zip or the tree it holds is refused."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise DataError("the upload is not a zip archive: zip the dataset folder (one sub-folder per class) and upload that") from None
+    members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+    _check_members(members, len(data))
+    target = folder / hashlib.sha256(data).hexdigest()[:16]
+    if target.exists():
+        _mark_used(target)
+        return check_data_path(str(_tree_root(target)))
+    folder.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=folder, prefix=".unzip-"))
+    try:
+        (temp / MARKER).touch()
+        for member in members:
+            _extract_member(archive, member, temp)
+        os.replace(temp, target)
+        return check_data_path(str(_tree_root(target)))
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        discard_upload(target)
+        raise
+
+
+def _check_members(members: list[zipfile.ZipInfo], archive_bytes: int) -> None:
+    """Refuse, before anything is written, a zip that cannot be unpacked safely or is not what it claims."""
+    if len(members) > ZIP_MAX_FILES:
+        raise DataError(f"the zip holds {len(members)} files; the limit is {ZIP_MAX_FILES}: use a folder on this machine instead")
+    unpacked = sum(m.file_size for m in members)
+    if unpacked > ZIP_MAX_BYTES:
+        raise DataError(f"the zip unpacks to more than {ZIP_MAX_BYTES >> 20} MB: use a folder on this machine instead")
+    if unpacked > ZIP_RATIO_FROM_BYTES and unpacked > ZIP_MAX_RATIO * archive_bytes:
+        raise DataError(f"the zip unpacks to {unpacked / max(archive_bytes, 1):.0f} times its size (the limit is {ZIP_MAX_RATIO}:1): "
+                        "nothing was extracted; images do not compress like that: zip the image files themselves")
+    seen: set[str] = set()
+    for member in members:
+        name = _member_path(member)
+        _check_member(member, name)
+        if name.as_posix() in seen:
+            raise DataError(f"the zip holds {member.filename!r} twice: nothing was extracted; zip the folder again")
+        seen.add(name.as_posix())
+    folders = {parent.as_posix() for name in map(_member_path, members) for parent in name.parents}
+    clash = seen & folders
+    if clash:
+        raise DataError(f"the zip holds {sorted(clash)[0]!r} both as a file and as a folder: nothing was extracted; zip the folder again")
+
+
+def _member_path(member: zipfile.ZipInfo) -> PurePosixPath:
+    return PurePosixPath(member.filename.replace("\\", "/"))
+
+
+def _check_member(member: zipfile.ZipInfo, name: PurePosixPath) -> None:
+    shown = member.filename[:80] + ("..." if len(member.filename) > 80 else "")
+    if name.is_absolute() or ".." in name.parts or re.match(r"^[A-Za-z]:", member.filename):
+        raise DataError(f"the zip holds an unsafe path {shown!r}: nothing was extracted; zip the folder itself")
+    if (member.external_attr >> 16) & 0o170000 == 0o120000:
+        raise DataError(f"the zip holds a link {shown!r}: nothing was extracted; zip plain files only")
+    if member.flag_bits & 0x1:
+        raise DataError(f"the zip holds an encrypted file {shown!r}: nothing was extracted; zip the folder without a password")
+    if len(member.filename.encode()) > PATH_MAX_BYTES or any(len(part.encode()) > NAME_MAX_BYTES for part in name.parts):
+        raise DataError(f"the zip holds a name longer than a file system allows ({shown!r}): nothing was extracted; "
+                        "shorten the file and folder names")
+    if member.file_size > ZIP_RATIO_FROM_BYTES and member.file_size > ZIP_MAX_RATIO * max(member.compress_size, 1):
+        raise DataError(f"{shown} unpacks to {member.file_size / max(member.compress_size, 1):.0f} times its packed size "
+                        f"(the limit is {ZIP_MAX_RATIO}:1): nothing was extracted; the zip looks like a zip bomb")
+
+
+def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, root: Path) -> None:
+    """Write one member, counting the bytes actually written against what it declared."""
+    destination = root / _member_path(member)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(member) as source, open(destination, "xb") as target:
+            written = 0
+            for block in iter(lambda: source.read(1 << 20), b""):
+                written += len(block)
+                if written > member.file_size:
+                    raise DataError(f"{member.filename} unpacks to more than it declares: the zip is damaged or malicious")
+                target.write(block)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, zlib.error) as error:
+        raise DataError(f"{member.filename} cannot be unpacked ({error}): the zip is damaged; zip the folder again") from None
+    except OSError as error:
+        raise DataError(f"{member.filename} cannot be written ({error.strerror or error}): nothing was kept") from None
+
+
+def _tree_root(folder: Path) -> Path:
+    """Descend through folders that hold nothing but one folder (a zip of `dataset/cat/...`)."""
+    entries = [p for p in folder.iterdir() if p.name not in ("__MACOSX", MARKER)]
+    while len(entries) == 1 and entries[0].is_dir():
+        folder = entries[0]
+        entries = list(folder.iterdir())
+    return folder
+
+
+def checkpoint_types() -> list[str]:
+    """File name endings an uploaded model may have."""
+    from .checkpoints import PROGRAM_SUFFIXES, STATE_SUFFIXES
+
+    return sorted(suffix.lstrip(".") for suffix in STATE_SUFFIXES | PROGRAM_SUFFIXES)
+
+
+def save_upload(folder: Path, name: str, data: bytes, limit_mb: int = UPLOAD_LIMIT_MB) -> Path:
+    """Keep an uploaded file under `folder`, as `<content hash>/<cleaned file name>`."""
+    if len(data) > limit_mb << 20:
+        raise ValueError(f"{name} is {len(data) / 2**20:.0f} MB; the limit is {limit_mb} MB: give a smaller file")
+    clean = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name).lstrip(".") or "upload"
+    path = folder / hashlib.sha256(data).hexdigest()[:16] / clean
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _mark_used(path.parent)
+    if not path.exists():
+        handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temp, path)
+    return path
+
+
+def _mark_used(upload: Path) -> None:
+    """Mark a folder as an upload ordercomp wrote, and note that it is in use now."""
+    (upload / MARKER).touch()
+
+
+def discard_upload(upload: Path) -> bool:
+    """Remove an upload's folder (`<hash>`, or the file in it) if ordercomp wrote it; returns whether it did."""
+    upload = upload if upload.is_dir() else upload.parent
+    if not (upload / MARKER).is_file():
+        return False
+    shutil.rmtree(upload, ignore_errors=True)
+    return True
+
+
+def sweep_abandoned(folder: Path, in_use: set[str], max_age_s: float = ABANDONED_AFTER_S) -> list[Path]:
+    """Remove the uploads under `folder` that no job uses (no path in `in_use` lies inside them) and
+    that were last used over `max_age_s` ago; returns what was removed. Only marked folders go."""
+    removed = []
+    for upload in folder.iterdir() if folder.is_dir() else ():
+        marker = upload / MARKER
+        if not marker.is_file() or time.time() - marker.stat().st_mtime < max_age_s:
+            continue
+        if any(Path(path).is_relative_to(upload) for path in in_use) or not discard_upload(upload):
+            continue
+        removed.append(upload)
+    return removed
+
+
+def keep_checkpoint(folder: Path, name: str, data: bytes) -> Path:
+    """Save an uploaded model file and read it once (running nothing from it); an unreadable file is
+    removed again and refused with a CheckpointError saying why. TorchScript is not read here: loading
+    it runs its code (see `read_checkpoint`)."""
+    from .checkpoints import CheckpointError, is_torchscript
+
+    path = save_upload(folder, name, data)
+    try:
+        if not is_torchscript(path):
+            read_checkpoint(path)
+    except CheckpointError:
+        discard_upload(path)
+        raise
+    return path
+
+
+def read_checkpoint(path: Path, *, trust_torchscript: bool = False):
+    """A whole model (.pt2, or TorchScript when the user trusts the file) or a state dict from an uploaded file.
+
+    Loading TorchScript runs code stored in the file (it can read and write files), so a TorchScript
+    file is refused, unread, unless `trust_torchscript` is set."""
+    from .checkpoints import PROGRAM_SUFFIXES, STATE_SUFFIXES, CheckpointError, is_torchscript, load_program, read_state_dict
+
+    if is_torchscript(path):
+        if not trust_torchscript:
+            raise CheckpointError(f"{path.name} is TorchScript: loading it runs code stored in the file, so nothing from it was "
+                                  "run; tick 'I trust this file' if you made it yourself, or upload a state dict")
+        return load_program(path)
+    if path.suffix in PROGRAM_SUFFIXES:
+        return load_program(path)
+    if path.suffix not in STATE_SUFFIXES:
+        raise CheckpointError(f"{path.name} has an unknown type: upload a state dict (.pt, .pth, .safetensors), a .pt2 or a TorchScript file")
+    return read_state_dict(path)
+
+
+def check_checkpoint(path: Path, architecture: str | None, *, trust_torchscript: bool = False) -> str:
+    """One line saying what an uploaded model file holds; a state dict is checked against `architecture`.
+
+    A state dict needs an architecture; a .pt2 or TorchScript archive is a whole model."""
+    from .checkpoints import CheckpointError
+
+    content = read_checkpoint(path, trust_torchscript=trust_torchscript)
+    if not isinstance(content, dict):
+        kind = "torch.export program" if path.suffix == ".pt2" else "TorchScript model (its code runs: you trust it)"
+        return f"{path.name}: a {kind} with {sum(p.numel() for p in content.parameters()):,} parameters"
+    if architecture is None:
+        raise CheckpointError(f"{path.name} holds weights only: choose its architecture")
+    mismatch = state_dict_mismatch(content, architecture)
+    if mismatch:
+        raise CheckpointError(f"{path.name} does not fit {architecture}: {mismatch}; choose the architecture it was saved from")
+    return f"{path.name}: a state dict of {len(content)} tensors ({sum(t.numel() for t in content.values()):,} values) for {architecture}"
+
+
+def state_dict_mismatch(state: dict, architecture: str) -> str | None:
+    """What keeps `state` from loading into `architecture` (built for the classes and input channels
+    the weights themselves have): missing and unexpected keys and shape mismatches; None if it fits."""
+    from .zoo import create_model
+
+    expected = create_model(architecture, *_classes_and_channels(state)).state_dict()
+    missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
+    wrong = [f"{k} is {tuple(state[k].shape)}, needs {tuple(expected[k].shape)}" for k in expected
+             if k in state and state[k].shape != expected[k].shape]
+    parts = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+             for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)) if keys]
+    return "; ".join(parts) or None
+
+
+def _classes_and_channels(state: dict) -> tuple[int, int]:
+    """The classes of the last matrix and the input channels of the first convolution in a state dict (10 and 1 if absent)."""
+    matrices = [t for k, t in state.items() if k.endswith("weight") and t.dim() == 2]
+    kernels = [t for k, t in state.items() if k.endswith("weight") and t.dim() == 4]
+    return (matrices[-1].shape[0] if matrices else 10), (kernels[0].shape[1] if kernels else 1)

@@ -1,0 +1,142 @@
+"""Uploaded files: zips refused before anything is written (bombs, collisions, long names,
+encryption), refused and abandoned uploads removed (only what ordercomp wrote), state dicts
+checked against the architecture."""
+from __future__ import annotations
+
+import io
+import os
+import time
+import zipfile
+
+import pytest
+import torch
+from PIL import Image
+
+from ordercomp import uploads
+from ordercomp.checkpoints import CheckpointError
+from ordercomp.data import DataError
+from ordercomp.zoo import create_model
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (4, 4)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def zip_of(files: dict, *, compression=zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def everything_under(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) if folder.exists() else []
+
+
+def test_a_zip_bomb_just_under_the_size_limit_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(uploads, "ZIP_MAX_BYTES", 8 << 20)  # scaled down: 1 GiB of zeros would take minutes to pack
+    bomb = zip_of({"cat/1.png": png(), "dog/zeros.png": bytes((8 << 20) - 4096)})
+    assert len(bomb) < (8 << 20) // 500
+    with pytest.raises(DataError, match=r"unpacks to \d+ times its size \(the limit is 100:1\): nothing was extracted"):
+        uploads.extract_image_zip(bomb, tmp_path / "datasets")
+    assert everything_under(tmp_path) == []
+
+
+def test_one_bomb_member_among_plain_images_is_refused(tmp_path):
+    images = {f"cat/{index}.png": os.urandom(20_000) for index in range(200)}  # random bytes do not compress
+    bomb = zip_of(images | {"dog/zeros.png": bytes(3 << 20)})
+    with pytest.raises(DataError, match=r"^dog/zeros.png unpacks to \d+ times its packed size \(the limit is 100:1\)"):
+        uploads.extract_image_zip(bomb, tmp_path / "datasets")
+    assert everything_under(tmp_path) == []
+
+
+def encrypted_zip() -> bytes:
+    """A zip whose member says it is encrypted (bit 0 of its flags, in the local and central headers)."""
+    data = bytearray(zip_of({"cat/1.png": png(), "dog/1.png": png()}))
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        data[data.index(signature) + offset] |= 0x1
+    return bytes(data)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: zip_with_duplicate(), "holds 'cat/1.png' twice"),
+    (lambda: zip_of({"cat": png(), "cat/1.png": png(), "dog/1.png": png()}), "holds 'cat' both as a file and as a folder"),
+    (lambda: zip_of({"cat/" + "a" * 300 + ".png": png(), "dog/1.png": png()}), "a name longer than a file system allows"),
+    (encrypted_zip, "holds an encrypted file 'cat/1.png'"),
+])
+def test_zip_entries_that_cannot_be_unpacked_are_one_line(tmp_path, make, message):
+    with pytest.raises(DataError, match=message):
+        uploads.extract_image_zip(make(), tmp_path / "datasets")
+    assert everything_under(tmp_path) == []
+
+
+def zip_with_duplicate() -> bytes:
+    buffer = io.BytesIO()
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(buffer, "w") as archive:
+        for name in ("cat/1.png", "cat/1.png", "dog/1.png"):
+            archive.writestr(name, png())
+    return buffer.getvalue()
+
+
+def test_a_zip_that_is_no_image_folder_is_removed_again(tmp_path):
+    folder = tmp_path / "datasets"
+    with pytest.raises(DataError, match="is not an ImageFolder tree"):
+        uploads.extract_image_zip(zip_of({"only/1.png": png()}), folder)
+    assert everything_under(folder) == []
+    root = uploads.extract_image_zip(zip_of({"pets/cat/1.png": png(), "pets/dog/1.png": png()}), folder)
+    assert sorted(p.name for p in os.scandir(root)) == ["cat", "dog"]
+
+
+def test_an_unreadable_checkpoint_upload_is_removed_but_nothing_else(tmp_path):
+    folder = tmp_path / "uploads"
+    theirs = folder / "notes" / "keep.txt"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_text("not ordercomp's")
+    with pytest.raises(CheckpointError, match="broken.pt is not a readable torch checkpoint"):
+        uploads.keep_checkpoint(folder, "broken.pt", b"not a checkpoint")
+    assert everything_under(folder) == ["notes", "notes/keep.txt"]
+    assert not uploads.discard_upload(theirs) and theirs.exists()
+
+
+def test_abandoned_uploads_are_swept_but_used_recent_and_foreign_ones_stay(tmp_path):
+    folder = tmp_path / "uploads"
+    old, used, recent = (uploads.save_upload(folder, f"{name}.pt", name.encode()) for name in ("old", "used", "recent"))
+    foreign = folder / "0123456789abcdef"
+    foreign.mkdir()
+    (foreign / "mine.pt").write_text("the user's own")
+    week_ago = time.time() - uploads.ABANDONED_AFTER_S - 60
+    for path in (old, used, foreign / "mine.pt"):
+        os.utime(path.parent / uploads.MARKER if path.parent != foreign else path, (week_ago, week_ago))
+    assert uploads.sweep_abandoned(folder, {str(used)}) == [old.parent]
+    assert not old.exists() and used.exists() and recent.exists() and (foreign / "mine.pt").exists()
+
+
+def tiny_state(path, architecture="cnn_tiny", classes=10, channels=1):
+    torch.save(create_model(architecture, classes, channels).state_dict(), path)
+    return path
+
+
+def test_a_state_dict_is_checked_against_the_architecture_at_upload(tmp_path):
+    path = tiny_state(tmp_path / "tiny.pt")
+    assert uploads.check_checkpoint(path, "cnn_tiny").startswith("tiny.pt: a state dict of")
+    assert uploads.check_checkpoint(tiny_state(tmp_path / "rgb.pt", classes=3, channels=3), "cnn_tiny")
+    with pytest.raises(CheckpointError, match=r"^tiny.pt does not fit resnet_mini: \d+ missing keys \(.+\); \d+ unexpected keys \(.+\)"):
+        uploads.check_checkpoint(path, "resnet_mini")
+    state = torch.load(path, weights_only=True)
+    name = next(key for key, tensor in state.items() if tensor.dim() == 4)
+    state[name] = torch.zeros(3, *state[name].shape[1:])
+    torch.save(state, tmp_path / "cut.pt")
+    with pytest.raises(CheckpointError, match=rf"1 shape mismatches \({name} is \(3, .*\), needs \(\d+, .*\)\); choose the architecture"):
+        uploads.check_checkpoint(tmp_path / "cut.pt", "cnn_tiny")
+
+
+def test_torchscript_is_kept_but_not_loaded_without_trust(tmp_path):
+    scripted = io.BytesIO()
+    torch.jit.save(torch.jit.script(create_model("cnn_tiny", 10, 1)), scripted)
+    path = uploads.keep_checkpoint(tmp_path / "uploads", "model.pt", scripted.getvalue())  # the user may still tick the box
+    with pytest.raises(CheckpointError, match="model.pt is TorchScript: loading it runs code stored in the file, so nothing from it was run"):
+        uploads.check_checkpoint(path, None)
+    assert "TorchScript model (its code runs: you trust it)" in uploads.check_checkpoint(path, None, trust_torchscript=True)
