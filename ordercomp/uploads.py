@@ -220,7 +220,7 @@ def read_checkpoint(path: Path, *, trust_torchscript: bool = False):
         if not trust_torchscript:
             raise CheckpointError(f"{path.name} is TorchScript: loading it runs code stored in the file, so nothing from it was "
                                   "run; tick 'I trust this file' if you made it yourself, or upload a state dict")
-        return load_program(path)
+        return load_program(path, trust_torchscript=True)
     if path.suffix in PROGRAM_SUFFIXES:
         return load_program(path)
     if path.suffix not in STATE_SUFFIXES:

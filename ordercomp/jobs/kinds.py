@@ -30,7 +30,8 @@ def run_exploration(store: JobStore, job_id: str, spec: dict, events: Events) ->
 def run_baseline(store: JobStore, job_id: str, spec: dict, events: Events) -> tuple[dict, str]:
     spec = BaselineSpec.from_dict(spec)
     base, source, data = prepare_base(spec.model, spec.data, architecture=spec.architecture, input_size=spec.input_size,
-                                      device=spec.device, cache_dir=store.cache_dir(), events=events)
+                                      device=spec.device, cache_dir=store.cache_dir(), events=events,
+                                      trust_torchscript=spec.trust_torchscript)
     events({"kind": "stage", "stage": "measure", "label": "measuring the base model on the test split"})
     device = resolve_device(spec.device)
     metrics = measure(base, data, "test", device=device).to_dict()
@@ -43,7 +44,7 @@ def run_export(store: JobStore, job_id: str, spec: dict, events: Events) -> tupl
     spec = ExportSpec.from_dict(spec)
     compressed = compress(model=spec.model, data=spec.data, chain=spec.chain, settings=spec.settings, budget=Budget(**spec.budget),
                           device=spec.device, architecture=spec.architecture, input_size=spec.input_size, seed=spec.seed,
-                          cache_dir=store.cache_dir(), events=events)
+                          cache_dir=store.cache_dir(), events=events, trust_torchscript=spec.trust_torchscript)
     broken = next((step for step in compressed.steps if step.status != OK), None)
     if broken:
         raise ValueError(f"{' -> '.join(broken.chain)} is {broken.status}: {broken.reason}; choose another order")
