@@ -45,6 +45,7 @@ CPU_SECONDS_PER_MAC = 2.5e-11
 POLL_SECONDS = 1.5
 NO_REPEAT = "(none)"
 FORMAT_LABELS = {"torchscript": "TorchScript", "pt2": "torch.export (.pt2)", "onnx": "ONNX (checked in onnxruntime)",
+                 "onnx_int8": "int8 ONNX (onnxruntime)", "packed": "packed low-bit (safetensors)",
                  "state_dict": "state dict", "manifest": "manifest (JSON)"}
 
 
