@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .layers import is_int8_converted
-from .packed import _Blob, build, describe
+from .packed import rebuilt
 
 CALIBRATION_BATCH = 32
 
@@ -28,9 +28,7 @@ def deployable_float(model: nn.Module) -> nn.Module:
     """The model as plain float layers: BatchNorm folded in, quantised weights on their grid, no fake quantisation."""
     if is_int8_converted(model):
         raise CannotBuild("the chain already runs torchao int8 kernels, which onnxruntime cannot re-quantise: use the .pt2 artifact")
-    blob = _Blob()
-    arch = describe(model.cpu().eval(), blob)
-    return build(arch, b"".join(blob.parts), act_quant=False)
+    return rebuilt(model, act_quant=False)
 
 
 def _reader(images: torch.Tensor, input_name: str):

@@ -174,6 +174,13 @@ def write_packed(model: nn.Module, path: Path) -> dict:
     return {"blob_bytes": blob.size, "description_bytes": len(text)}
 
 
+def rebuilt(model: nn.Module, *, act_quant: bool = True) -> nn.Module:
+    """The model as the packed file would load it (BatchNorm folded, weights on their grid), without a file."""
+    blob = _Blob()
+    arch = describe(model.cpu().eval(), blob)
+    return build(arch, b"".join(blob.parts), act_quant=act_quant).eval()
+
+
 def load_packed(path, *, act_quant: bool = True) -> nn.Module:
     """The model stored in a packed file, in eval mode; a file that is not one raises PackError."""
     from safetensors import SafetensorError, safe_open
@@ -255,7 +262,6 @@ class _Builder:
             raise PackError(f"the packed model has an impossible weight ({shape}, {bits} bits)")
         mask = None
         if "bitmap" in entry:
-            start, length = entry["bitmap"]
             mask = unpack_codes(self.tensor(entry["bitmap"], np.uint8, math.ceil(count / 8)).tobytes(), 1, count).astype(bool)
         stored = int(mask.sum()) if mask is not None else count
         if bits >= FULL_BITS:
