@@ -54,7 +54,8 @@ def test_packed_model_predicts_like_the_model_at_the_reported_size(chained, digi
     assert (got - expected).abs().max() <= 1e-3 * expected.abs().max()
     # weights at 4 bits, sparse as bitmap + codes, BatchNorm folded: the data is the reported storage plus per-channel scales
     assert written["blob_bytes"] <= 1.15 * storage_bytes(chained)
-    assert path.stat().st_size <= written["blob_bytes"] + written["description_bytes"] + 256
+    # the description sits in the safetensors header as an escaped JSON string ('"' becomes '\\"')
+    assert path.stat().st_size <= written["blob_bytes"] + 1.3 * written["description_bytes"] + 256
 
 
 def test_a_module_outside_the_format_is_refused_in_one_line(tmp_path):
