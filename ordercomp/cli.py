@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ap)
     ap.add_argument("--chain", required=True, help="comma-separated methods in order, e.g. distill,prune,quantize,early_exit")
     ap.add_argument("--export", required=True, metavar="DIR", help="folder for the compressed model and its manifest")
-    ap.add_argument("--formats", default="torchscript,pt2,onnx,state_dict", help="export formats")
+    ap.add_argument("--formats", help="export formats (default: all: torchscript, pt2, onnx, onnx_int8, packed, state_dict)")
+    ap.add_argument("--no-measure", action="store_true", help="skip timing each file in its runtime against the base")
     ap.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -135,7 +136,7 @@ def run_explore(args) -> int:
 
 def run_apply(args) -> int:
     from .explore import compress
-    from .export import check_export_folder, check_formats, export_compressed
+    from .export import DEFAULT_FORMATS, check_export_folder, check_formats, export_compressed, print_export
     from .results import print_chain_steps
 
     chain = parse_methods(args.chain)
@@ -150,8 +151,10 @@ def run_apply(args) -> int:
     broken = [s for s in outcome.steps if s.status != "ok"]
     if broken:
         raise ValueError(f"{' -> '.join(broken[0].chain)} is {broken[0].status}: {broken[0].reason}")
-    manifest = export_compressed(outcome.model, args.export, formats=args.formats.split(","), chain=chain,
-                                 configs=outcome.configs, metrics=outcome.steps[-1].metrics, data=outcome.data, base=outcome.source)
+    manifest = export_compressed(outcome.model, args.export, formats=args.formats.split(",") if args.formats else DEFAULT_FORMATS, chain=chain,
+                                 configs=outcome.configs, metrics=outcome.steps[-1].metrics, data=outcome.data, base=outcome.source,
+                                 base_model=outcome.base, measure=not args.no_measure)
+    print_export(manifest)
     print(f"compressed model and manifest written to {args.export}: {', '.join(manifest['files'])}")
     return 0
 

@@ -418,6 +418,7 @@ class Compressed:
     configs: dict
     data: DataBundle
     source: dict
+    base: nn.Module | None = None  # the uncompressed model, for measuring exports against it
 
 
 def compress(model: str = "digits_cnn", data: str = "digits", chain=DEFAULT_METHODS, *, settings=None,
@@ -440,7 +441,7 @@ def compress(model: str = "digits_cnn", data: str = "digits", chain=DEFAULT_METH
     context = Context(bundle, budget or Budget(), seed, target, progress)
     report = lambda step: events({"kind": "step", "result": step.to_dict(), "done": len(step.chain), "total": len(chain)})
     final, steps = apply_chain(base, chain, configs, context, latency=True, on_step=report)
-    return Compressed(final, steps, base_metrics, {name: config_to_dict(name, c) for name, c in configs.items()}, bundle, source)
+    return Compressed(final, steps, base_metrics, {name: config_to_dict(name, c) for name, c in configs.items()}, bundle, source, base)
 
 
 def explore(spec: ExploreSpec | None = None, *, cache_dir=".ordercomp/cache", events: Events | None = None) -> Exploration:

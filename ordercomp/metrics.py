@@ -18,9 +18,9 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from .data import DataBundle
-from .methods._layers import FULL_BITS, bits_of
+from .layers import FULL_BITS, all_outputs, bits_of, has_bits, int8_weights, is_int8_part, sparsity_of
 from .methods.early_exit import select_exits
-from .train import all_outputs, predict
+from .train import predict
 
 @dataclass
 class Metrics:
@@ -98,10 +98,15 @@ def storage_bytes(model: nn.Module) -> float:
         if isinstance(weight, torch.Tensor) and isinstance(module, (nn.Conv2d, nn.Linear)):
             bits = bits_of(module)[0]
             dense = weight.numel() * bits
-            if hasattr(module, "sparsity"):
+            if sparsity_of(module) is not None:
                 dense = min(dense, weight.numel() + int((weight != 0).sum()) * bits)
             total += dense / 8
             counted.add(id(weight))
+    for module in model.modules():
+        if is_int8_part(module) and sparsity_of(module) is not None:
+            for weight in int8_weights(module):
+                total += min(weight.numel() * 8, weight.numel() + int((weight != 0).sum()) * 8) / 8
+                counted.add(id(weight))
     for tensor in _weights(model):
         if id(tensor) not in counted:
             total += tensor.numel() * tensor.element_size()
@@ -119,7 +124,7 @@ def _unit_costs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, floa
     for name, module in model.named_modules():
         if not name or any(name.startswith(u + ".") for u, _, _ in units):
             continue
-        if hasattr(module, "weight_bits") or isinstance(module, (nn.Conv2d, nn.Linear)):
+        if has_bits(module) or isinstance(module, (nn.Conv2d, nn.Linear)):
             macs = flops.get(f"_EveryExit.model.{name}", 0) / 2
             w, a = bits_of(module)
             units.append((name, macs, macs * w * a))

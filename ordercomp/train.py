@@ -14,7 +14,7 @@ from torch import nn
 
 from .data import DataBundle
 from .fields import typed_fields
-from .methods._layers import sparse_masks
+from .layers import all_outputs, sparse_masks
 
 Progress = Callable[[str, float], None]
 LossFn = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
@@ -43,11 +43,6 @@ class Budget:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def all_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Logits of every exit (a plain model has one)."""
-    return model.forward_all(x) if hasattr(model, "forward_all") else [model(x)]
 
 
 def cross_entropy(outputs: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

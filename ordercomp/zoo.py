@@ -101,6 +101,7 @@ ARCHITECTURES: dict[str, tuple[Callable[[int, int], StagedNet], str]] = {
     "cnn_small": (lambda c, i: plain_cnn((16, 32, 64), c, i), "3-stage plain CNN, widths 16/32/64"),
     "cnn_medium": (lambda c, i: plain_cnn((32, 64, 128), c, i), "3-stage plain CNN, widths 32/64/128"),
     "resnet_mini": (lambda c, i: mini_resnet((32, 64, 128), 2, c, i), "CIFAR-style ResNet, 3 stages x 2 BasicBlocks, widths 32/64/128"),
+    "resnet18_narrow": (lambda c, i: mini_resnet((16, 32, 64, 128), 2, c, i), "ResNet-18 layout (4 stages x 2 BasicBlocks), widths 16/32/64/128"),
     "resnet18": (lambda c, i: _torchvision_resnet(resnet18, c, i), "torchvision ResNet-18, 3x3 stem, no max-pool"),
     "resnet34": (lambda c, i: _torchvision_resnet(resnet34, c, i), "torchvision ResNet-34, 3x3 stem, no max-pool"),
     "mobilenet_v2": (_mobilenet_v2, "torchvision MobileNetV2, stride-1 stem"),

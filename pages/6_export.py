@@ -54,7 +54,10 @@ def draw_export(job: dict) -> None:
     result = job["result"]
     folder = Path(result["folder"])
     metric_row(result["steps"][-1]["metrics"])
-    st.dataframe([format_row(entry) for entry in result["manifest"]["formats"]], hide_index=True)
+    manifest = result["manifest"]
+    st.dataframe([format_row(entry, manifest.get("reported_storage_bytes")) for entry in manifest["formats"]], hide_index=True)
+    st.caption(f"Each file measured in its own runtime on the test split, {manifest.get('threads', '?')} threads, next to the base "
+               "model written and measured the same way; the reported size is the storage the metrics count.")
     if result["verify"]["ok"]:
         st.success("Every file loads back, runs and matches its checksum.")
     else:
@@ -65,12 +68,18 @@ def draw_export(job: dict) -> None:
     downloads(job["id"], folder, views.export_files(result))
 
 
-def format_row(entry: dict) -> dict:
-    check = entry.get("check") or {}
+def format_row(entry: dict, reported: float | None) -> dict:
+    check, measured, base = entry.get("check") or {}, entry.get("measured") or {}, entry.get("base_measured") or {}
     verdict = "failed: " + entry["error"] if "error" in entry else ("passed" if check.get("passed", True) else "mismatch")
+    size = entry.get("size_bytes")
     return {"format": formatting.FORMAT_LABELS.get(entry["format"], entry["format"]), "file": entry.get("file", ""),
-            "check against PyTorch": verdict, "max |difference|": check.get("max_abs_diff"),
-            "argmax agreement": check.get("argmax_agreement")}
+            "file size": formatting.si(size, "B") if size else "",
+            "reported (packed) size": formatting.si(reported, "B") if size and reported and abs(size - reported) > 0.02 * reported else "",
+            "runtime": measured.get("error") or measured.get("runtime", ""), "accuracy %": measured.get("accuracy"),
+            "base accuracy %": base.get("accuracy"),
+            **{f"ms batch {b}": t for b, t in (measured.get("latency_ms") or {}).items()},
+            **{f"speed-up batch {b}": s for b, s in (entry.get("speedup") or {}).items()},
+            "check against PyTorch": verdict, "argmax agreement": check.get("argmax_agreement")}
 
 
 def downloads(job_id: str, folder: Path, files: list[tuple[str, Path]]) -> None:

@@ -348,7 +348,7 @@ def test_a_new_user_finds_the_order_and_downloads_the_compressed_model(page, app
     expect(main(page).get_by_text("Every file loads back, runs and matches its checksum.")).to_be_visible(timeout=JOB_S)
     images, labels = _digits_test_split()
     loaded = {}
-    for label in ("TorchScript", "torch.export (.pt2)"):
+    for label in ("TorchScript", "torch.export (.pt2)", "int8 ONNX (onnxruntime)"):
         # The file is read when the button is clicked (a script rerun): wait as long as for a page.
         with page.expect_download(timeout=PAGE_S) as download_info:
             main(page).get_by_role("button", name=label, exact=True).click()
@@ -371,6 +371,12 @@ def test_a_new_user_finds_the_order_and_downloads_the_compressed_model(page, app
     with torch.no_grad():
         agree = (torchscript(images).argmax(1) == program(images).argmax(1)).float().mean()
     assert agree >= 0.99, f"TorchScript and .pt2 agree on only {agree:.0%} of the test images"
+    import onnxruntime as ort  # the downloaded int8 ONNX runs in onnxruntime on its own
+
+    session = ort.InferenceSession(str(loaded["int8 ONNX (onnxruntime)"]), providers=["CPUExecutionProvider"])
+    int8_logits = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    int8_accuracy = float((int8_logits.argmax(1) == labels.numpy()).mean())
+    assert int8_accuracy > 0.5, f"the int8 ONNX model is right on only {int8_accuracy:.0%} of the digits test split"
     print(f"\nbrowser flow: {time.monotonic() - started:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in laps.items())}); "
           f"chain {chain_text}, exported accuracy {accuracy:.1%}")
 

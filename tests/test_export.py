@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 import zipfile
 
 import pytest
@@ -33,9 +34,10 @@ def compressed():
     return outcome
 
 
-def export_to(outcome, out, formats=export.DEFAULT_FORMATS) -> dict:
+def export_to(outcome, out, formats=export.DEFAULT_FORMATS, **options) -> dict:
     return export_compressed(outcome.model, out, formats=formats, chain=CHAIN, configs=outcome.configs,
-                             metrics=outcome.steps[-1].metrics, data=outcome.data, base=outcome.source)
+                             metrics=outcome.steps[-1].metrics, data=outcome.data, base=outcome.source,
+                             **{"measure": False, **options})
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +49,13 @@ def exported(compressed, tmp_path_factory):
 def test_every_format_is_written_with_its_checksum(exported, compressed):
     out, manifest = exported
     assert isinstance(compressed.model, EarlyExitNet)
-    assert manifest["files"] == ["model.onnx", "model.pt2", "model.state_dict.pt", "model.torchscript.pt"]
+    assert manifest["files"] == ["model.int8.onnx", "model.onnx", "model.packed.safetensors", "model.pt2", "model.state_dict.pt",
+                                 "model.torchscript.pt"]
     assert sorted(p.name for p in out.iterdir()) == sorted(manifest["files"] + ["manifest.json", ".ordercomp-export"])
     for name in manifest["files"]:
         assert manifest["sha256"][name] == hashlib.sha256((out / name).read_bytes()).hexdigest()
-    assert [e["format"] for e in manifest["formats"]] == ["torchscript", "pt2", "onnx", "state_dict"]
+    assert [e["format"] for e in manifest["formats"]] == ["torchscript", "pt2", "onnx", "onnx_int8", "packed", "state_dict"]
+    assert all(e["size_bytes"] == (out / e["file"]).stat().st_size for e in manifest["formats"])
     assert all("error" not in e for e in manifest["formats"])
     assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(manifest, default=str))
     assert manifest["chain"] == CHAIN and manifest["configs"]["quantize"]["weight_bits"] == METHODS["quantize"].default_config().weight_bits
@@ -74,9 +78,11 @@ def test_programs_load_back_and_predict_like_the_model(exported, compressed):
 def test_every_program_passes_its_check_against_pytorch(exported):
     _, manifest = exported
     checks = {e["format"]: e["check"] for e in manifest["formats"] if "check" in e}
-    assert set(checks) == {"torchscript", "pt2", "onnx"}
-    for check in checks.values():
-        assert check["passed"] and check["max_abs_diff"] <= check["tolerance"] and check["argmax_agreement"] == 1.0
+    assert set(checks) == {"torchscript", "pt2", "onnx", "onnx_int8", "packed"}
+    for name, check in checks.items():
+        assert check["passed"], name
+        if name != "onnx_int8":
+            assert check["max_abs_diff"] <= check["tolerance"] and check["argmax_agreement"] == 1.0, name
     assert next(e for e in manifest["formats"] if e["format"] == "onnx")["exporter"] == "dynamo"
 
 
@@ -111,7 +117,7 @@ def test_zip_holds_every_file(exported):
 
 
 def test_unknown_format_is_refused_before_writing(compressed, tmp_path):
-    with pytest.raises(ValueError, match="choose from torchscript, pt2, onnx, state_dict"):
+    with pytest.raises(ValueError, match="choose from torchscript, pt2, onnx, onnx_int8, packed, state_dict"):
         export_to(compressed, tmp_path / "out", formats=("pt2", "tflite"))
     assert list(tmp_path.iterdir()) == []
 
@@ -124,7 +130,7 @@ def test_folder_with_other_files_is_not_replaced(compressed, tmp_path):
 
 
 def test_a_format_the_exporter_cannot_handle_is_recorded(compressed, tmp_path, monkeypatch):
-    def cannot_export(program, sample, path):
+    def cannot_export(src, path):
         path.write_bytes(b"partial")
         raise RuntimeError("data-dependent control flow\nmore detail")
 
@@ -139,7 +145,7 @@ def test_a_crash_midway_leaves_the_previous_export_untouched(compressed, tmp_pat
     out = tmp_path / "out"
     before = export_to(compressed, out, formats=("state_dict",))
 
-    def disk_full(program, sample, path):
+    def disk_full(src, path):
         path.write_bytes(b"partial")
         raise OSError("No space left on device")
 
@@ -174,3 +180,29 @@ def test_int8_model_exports_to_every_program_format(compressed, tmp_path):
     manifest = export_compressed(model, tmp_path / "int8", formats=("torchscript", "pt2", "onnx"), chain=["int8"],
                                  configs={}, metrics={}, data=data, base={"source": "test"})
     assert [(e["format"], e["check"]["passed"]) for e in manifest["formats"]] == [("torchscript", True), ("pt2", True), ("onnx", True)]
+
+
+def test_artifacts_a_chain_cannot_have_get_one_line_and_the_rest_are_built(compressed, tmp_path):
+    """torchao int8 parts can be neither re-quantised by onnxruntime nor packed; the other files still come."""
+    data = compressed.data
+    int8 = get_method("int8")
+    model = int8.apply(create_model("cnn_tiny", data.num_classes, data.in_channels), int8.make_config(calibration_batches=2),
+                       Context(data, Budget(epochs=0.1)))
+    manifest = export_compressed(model, tmp_path / "int8", formats=("onnx_int8", "packed", "state_dict"), chain=["int8"],
+                                 configs={}, metrics={}, data=data, base={"source": "test"}, measure=False)
+    errors = {e["format"]: e.get("error") for e in manifest["formats"]}
+    assert errors["onnx_int8"].startswith("not built: the chain already runs torchao int8 kernels")
+    assert errors["packed"].startswith("not built: the packed format cannot describe a GraphModule")
+    assert "\n" not in errors["onnx_int8"] + errors["packed"] and errors["state_dict"] is None
+    assert manifest["files"] == ["model.state_dict.pt"]
+
+
+def test_a_runtime_that_is_not_installed_is_one_line_and_the_rest_are_built(compressed, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    manifest = export_to(compressed, tmp_path / "out", formats=("onnx_int8", "onnx", "packed"), measure=True, repeats=1, threads=1)
+    entries = {e["format"]: e for e in manifest["formats"]}
+    assert entries["onnx_int8"]["error"] == ("not built: onnxruntime is not installed: pip install onnxruntime "
+                                             "to build the int8 ONNX artifact")
+    assert entries["onnx"]["measured"]["error"].startswith("onnxruntime is not installed")
+    assert "error" not in entries["packed"]["measured"] and entries["packed"]["measured"]["accuracy"] > 0
+    assert manifest["files"] == ["model.onnx", "model.packed.safetensors"]

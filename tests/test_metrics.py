@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from ordercomp.methods._layers import to_quant
+from ordercomp.layers import to_quant
 from ordercomp.metrics import expected_cost, measure, storage_bytes, unpack_hits
 from ordercomp.zoo import StagedNet
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 FORMAT_LABELS = {"torchscript": "TorchScript", "pt2": "torch.export (.pt2)", "onnx": "ONNX (checked in onnxruntime)",
+                 "onnx_int8": "int8 ONNX (onnxruntime)", "packed": "packed low-bit (safetensors)",
                  "state_dict": "state dict", "manifest": "manifest (JSON)"}
 
 

@@ -52,7 +52,7 @@ def run_export(store: JobStore, job_id: str, spec: dict, events: Events) -> tupl
     folder = store.path.parent / "exports" / job_id
     manifest = export_compressed(compressed.model, folder, formats=spec.formats or DEFAULT_FORMATS, chain=list(spec.chain),
                                  configs=compressed.configs, metrics=compressed.steps[-1].metrics, data=compressed.data,
-                                 base=compressed.source)
+                                 base=compressed.source, base_model=compressed.base)
     result = {"folder": str(folder), "manifest": manifest, "verify": verify_export(folder),
               "steps": [step.to_dict() for step in compressed.steps], "base_metrics": compressed.base_metrics}
     return result, f"exported {', '.join(manifest['files'])}"

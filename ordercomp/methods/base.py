@@ -17,6 +17,7 @@ from torch import nn
 
 from ..data import DataBundle
 from ..fields import number, typed_fields
+from ..layers import is_int8_converted, is_staged
 from ..programs import ProgramModel
 from ..train import Budget, Progress
 
@@ -97,12 +98,12 @@ def check_choice(name: str, value, choices) -> None:
 
 def require_trainable(model: nn.Module, method: str) -> None:
     """Methods that fine-tune or rewrite layers need float parameters they can change."""
-    if getattr(model, "int8_converted", False):
+    if is_int8_converted(model):
         raise Incompatible(f"{method} cannot change a model already converted to int8 kernels: apply {method} before int8")
     if not any(p.requires_grad for p in model.parameters()):
         raise Incompatible(f"{method} needs trainable parameters, and this model has none")
 
 
 def require_staged(model: nn.Module, method: str) -> None:
-    if not (hasattr(model, "stages") and hasattr(model, "head") and hasattr(model, "stem")):
+    if not is_staged(model):
         raise Incompatible(f"{method} needs a staged model (stem, stages, head) from the ordercomp zoo; this model has no stage boundaries")

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..train import all_outputs, train
+from ..layers import all_outputs, is_staged
+from ..train import train
 from .base import Context, Method, check_choice, check_range, require_trainable
 from .prune import shrink_width
 
@@ -50,7 +51,7 @@ def _block_shapes(stage: nn.Sequential, x: torch.Tensor) -> tuple[list[bool], to
 
 def drop_blocks(model: nn.Module, depth: float, example: torch.Tensor) -> None:
     """Keep ceil(depth * n) blocks of each stage, dropping shape-preserving blocks from the end."""
-    if not hasattr(model, "stages"):
+    if not is_staged(model):
         return
     x = model.stem(example)
     for index, stage in enumerate(model.stages):

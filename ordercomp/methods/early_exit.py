@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..train import train
-from ._layers import bits_of, compute_layers, to_quant
+from ..layers import bits_of, quantised_layers, to_quant
 from .base import Context, Method, check_range, require_staged
 
 
@@ -129,7 +129,7 @@ def _add_exits(model: nn.Module, context: Context) -> EarlyExitNet:
     """New exit heads, quantised like the body when the body is quantised already."""
     channels = stage_channels(model, context.data.example_input(2).to(context.device))
     heads = [exit_head(c, context.data.num_classes) for c in channels[:-1]]
-    bits = [bits_of(layer) for _, layer in compute_layers(model) if hasattr(layer, "act_bits")]
+    bits = [bits_of(layer) for _, layer in quantised_layers(model)]
     if bits:
         weight_bits, act_bits = min(b[0] for b in bits), min(b[1] for b in bits)
         for head in heads:

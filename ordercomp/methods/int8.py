@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..train import all_outputs
-from ._layers import FULL_BITS, bits_of, compute_layers, fake_quant_weight, layer_like, replace_module
+from ..layers import (FULL_BITS, all_outputs, bits_of, compute_layers, exit_heads, fake_quant_weight, is_int8_converted, layer_like,
+                      lowest_sparsity, mark_int8, quantised_layers, replace_module)
 from .base import Context, Incompatible, Method, check_range, require_staged
 
 MAX_BATCH = 4096
@@ -31,7 +31,7 @@ class Int8Config:
 
 def _parts(model: nn.Module) -> list[str]:
     names = ["stem"] + [f"stages.{i}" for i in range(len(model.stages))]
-    names += [f"exits.{i}" for i in range(len(getattr(model, "exits", [])))]
+    names += [f"exits.{i}" for i in range(len(exit_heads(model)))]
     return names + ["head"]
 
 
@@ -51,7 +51,7 @@ def _part_inputs(model: nn.Module, names: list[str], context: Context, batches: 
     return inputs
 
 
-def _convert(part: nn.Module, samples: list[torch.Tensor]) -> nn.Module:
+def _convert(part: nn.Module, samples: list[torch.Tensor], sparsity: float | None) -> nn.Module:
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
@@ -65,7 +65,7 @@ def _convert(part: nn.Module, samples: list[torch.Tensor]) -> nn.Module:
     converted = convert_pt2e(prepared)
     _drop_unused_tensors(converted)
     allow_exported_model_train_eval(converted)
-    converted.weight_bits, converted.act_bits = 8, 8
+    mark_int8(converted, sparsity)
     return converted
 
 
@@ -83,18 +83,17 @@ def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
 def _drop_fake_quant(model: nn.Module) -> None:
     """8-bit QAT layers become plain layers holding their quantised weights; pt2e re-quantises
     them to the same int8 grid and observes the activations itself."""
-    for name, layer in compute_layers(model):
-        if hasattr(layer, "act_bits"):
-            plain = layer_like(layer)
-            plain.weight.copy_(fake_quant_weight(layer.weight, layer.weight_bits) if layer.weight_bits < FULL_BITS else layer.weight)
-            if layer.bias is not None:
-                plain.bias.copy_(layer.bias)
-            replace_module(model, name, plain.to(layer.weight.device))
+    for name, layer in quantised_layers(model):
+        plain = layer_like(layer)
+        plain.weight.copy_(fake_quant_weight(layer.weight, layer.weight_bits) if layer.weight_bits < FULL_BITS else layer.weight)
+        if layer.bias is not None:
+            plain.bias.copy_(layer.bias)
+        replace_module(model, name, plain.to(layer.weight.device))
 
 
 def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
     require_staged(model, "int8")
-    if getattr(model, "int8_converted", False):
+    if is_int8_converted(model):
         raise Incompatible("the model is already converted to int8 kernels")
     low = [bits_of(layer) for _, layer in compute_layers(model) if min(bits_of(layer)) < 8]
     if low:
@@ -103,17 +102,17 @@ def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
     if context.device.type != "cpu":
         model.to("cpu")
         context = Context(context.data, context.budget, context.seed, torch.device("cpu"), context.progress)
+    names = _parts(model)
+    sparsity = {name: lowest_sparsity(model.get_submodule(name)) for name in names}
     _drop_fake_quant(model)
     model.eval()
-    names = _parts(model)
     inputs = _part_inputs(model, names, context, config.calibration_batches)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for index, name in enumerate(names):
             context.report("int8: convert", index / len(names))
             if inputs[name]:
-                replace_module(model, name, _convert(model.get_submodule(name), inputs[name]))
-    model.int8_converted = True
+                replace_module(model, name, _convert(model.get_submodule(name), inputs[name], sparsity[name]))
     return model
 
 

@@ -13,9 +13,8 @@ import torch
 from torch import nn
 
 from ..train import train
-from ._layers import bits_of, compute_layers, copy_marks, magnitude_prune_, replace_module, to_quant
+from ..layers import bits_of, compute_layers, copy_marks, is_quantised, magnitude_prune_, output_layers, replace_module, sparsity_of, to_quant
 from .base import Context, Incompatible, Method, check_range, require_trainable
-from .prune import output_layers
 
 
 @dataclass(frozen=True)
@@ -55,10 +54,10 @@ def factorise(layer: nn.Module, rank: int) -> nn.Sequential:
 
 
 def _inherit(original: nn.Module, part: nn.Module) -> nn.Module:
-    if hasattr(original, "act_bits"):
+    if is_quantised(original):
         part = to_quant(part, *bits_of(original))
-    if hasattr(original, "sparsity"):
-        magnitude_prune_(part, original.sparsity)
+    if sparsity_of(original) is not None:
+        magnitude_prune_(part, sparsity_of(original))
     copy_marks(original, part)
     return part
 

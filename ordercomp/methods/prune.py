@@ -11,8 +11,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..train import all_outputs, train
-from ._layers import compute_layers
+from ..layers import all_outputs, output_layers
+from ..train import train
 from .base import Context, Method, check_choice, check_range, require_trainable
 
 IMPORTANCE = {
@@ -31,12 +31,6 @@ class PruneConfig:
     def __post_init__(self):
         check_range("prune ratio", self.ratio, 0.0, 1.0, low_open=True, high_open=True)
         check_choice("prune importance", self.importance, tuple(IMPORTANCE))
-
-
-def output_layers(model: nn.Module) -> list[nn.Module]:
-    """The layers that produce class logits (main head and every exit head): never pruned."""
-    heads = [model.head] + list(getattr(model, "exits", [])) if hasattr(model, "head") else [model]
-    return [compute_layers(head)[-1][1] for head in heads if compute_layers(head)]
 
 
 def shrink_width(model: nn.Module, ratio: float, importance: str, context: Context) -> nn.Module:

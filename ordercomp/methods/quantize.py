@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..train import all_outputs, train
-from ._layers import SUPPORTED_BITS, compute_layers, replace_module, to_quant
+from ..layers import SUPPORTED_BITS, all_outputs, compute_layers, quantised_layers, replace_module, to_quant
+from ..train import train
 from .base import Context, Method, check_choice, require_trainable
 
 
@@ -28,7 +28,7 @@ class QuantizeConfig:
 @torch.no_grad()
 def calibrate(model: nn.Module, context: Context, batches: int = 4) -> None:
     """Set activation ranges from a few training batches without touching BatchNorm statistics."""
-    layers = [layer for _, layer in compute_layers(model) if hasattr(layer, "act_bits")]
+    layers = [layer for _, layer in quantised_layers(model)]
     model.to(context.device).eval()
     for layer in layers:
         layer.train()

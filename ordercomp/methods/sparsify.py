@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..train import train
-from ._layers import compute_layers, magnitude_prune_
+from ..layers import compute_layers, magnitude_prune_, output_layers
 from .base import Context, Method, check_range, require_trainable
-from .prune import output_layers
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,11 @@ def test_an_export_job_applies_the_chain_writes_every_format_and_verifies_them(s
     assert result["folder"] == str(store.path.parent / "exports" / job_id)
     manifest = result["manifest"]
     assert manifest["chain"] == ["prune", "quantize"] and manifest["configs"]["prune"]["ratio"] == 0.25
-    assert sorted(manifest["files"]) == ["model.onnx", "model.pt2", "model.state_dict.pt", "model.torchscript.pt"]
+    assert sorted(manifest["files"]) == ["model.int8.onnx", "model.onnx", "model.packed.safetensors", "model.pt2", "model.state_dict.pt",
+                                         "model.torchscript.pt"]
     assert all(entry["check"]["passed"] for entry in manifest["formats"] if "check" in entry)
+    int8 = next(entry for entry in manifest["formats"] if entry["format"] == "onnx_int8")
+    assert int8["measured"]["accuracy"] > 0 and int8["base_measured"]["format"] == "onnx" and set(int8["speedup"]) == {"1", "32"}
     assert result["verify"]["ok"] and result["steps"][-1]["metrics"]["bitops"] < result["base_metrics"]["bitops"]
     assert len(export_zip(result["folder"])) > 0
 

@@ -1,0 +1,231 @@
+"""The one home of compression state: what a method leaves on a model for later methods to keep.
+
+Every mark lives on the modules themselves and is read and written only through the accessors
+below (methods, metrics, export and training use nothing else):
+
+- bit widths: `bits_of(layer)` -> (weight bits, activation bits); `is_quantised(layer)` for a
+  fake-quantised conv/linear layer (`to_quant` makes one); a converted int8 part also has bits.
+- sparsity: `sparsity_of(layer)` (None when not marked); `magnitude_prune_` zeroes and marks;
+  `sparse_masks` lets fine-tuning keep the zeros.
+- int8 kernels: `mark_int8(part)` on a converted part; `is_int8_converted(model)` is true when any
+  part of the model runs int8 kernels (its weights are no longer trainable).
+- exit heads: `exit_heads(model)` (empty for a plain model), `all_outputs(model, x)` the logits of
+  every exit, `output_layers(model)` the layers that produce class logits.
+- stage boundaries: `is_staged(model)` (stem, stages, head from the ordercomp zoo).
+`compression_marks(model)` sums them up for tests and manifests.
+
+The "B after A" contract: a method B applied to the output of a method A keeps every mark A left,
+or raises `Incompatible` saying why. Bits never go up (`to_quant` keeps the lower width, layers
+that replace a quantised layer inherit its bits, exit heads added to a quantised body are
+quantised alike); sparse layers stay marked and keep their zeros through fine-tuning (factors
+inherit the mark); exit heads survive and are pruned, quantised and distilled with the body; a
+model with int8 parts is not trained again. tests/test_layers.py checks this for every ordered
+pair of registered methods.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FULL_BITS = 32
+SUPPORTED_BITS = (2, 4, 8)
+
+
+def fake_quant_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric per-output-channel quantisation with a straight-through gradient."""
+    qmax = 2 ** (bits - 1) - 1
+    flat = weight.detach().flatten(1).abs().amax(dim=1).clamp_min(1e-8)
+    scale = (flat / qmax).view(-1, *([1] * (weight.dim() - 1)))
+    quantised = torch.clamp(torch.round(weight / scale), -qmax, qmax) * scale
+    return weight + (quantised - weight).detach()
+
+
+def fake_quant_activation(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bits: int) -> torch.Tensor:
+    """Asymmetric per-tensor quantisation over [low, high] with a straight-through gradient."""
+    levels = 2 ** bits - 1
+    scale = ((high - low) / levels).clamp_min(1e-8)
+    zero = torch.round(-low / scale)
+    quantised = (torch.clamp(torch.round(x / scale) + zero, 0, levels) - zero) * scale
+    return x + (quantised - x).detach()
+
+
+class _QuantMixin:
+    """Fake quantisation of the input activation and of the weight, with an EMA range observer."""
+
+    def _init_quant(self, weight_bits: int, act_bits: int) -> None:
+        self.weight_bits, self.act_bits = weight_bits, act_bits
+        self.register_buffer("act_low", torch.zeros(()))
+        self.register_buffer("act_high", torch.zeros(()))
+        self.register_buffer("observed", torch.zeros((), dtype=torch.bool))
+
+    def _quant_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_bits >= FULL_BITS:
+            return x
+        if self.training:
+            self._observe(x.detach())
+        return fake_quant_activation(x, self.act_low, self.act_high, self.act_bits)
+
+    def _observe(self, x: torch.Tensor) -> None:
+        low, high = x.min().clamp_max(0.0), x.max().clamp_min(0.0)
+        if not bool(self.observed):
+            self.act_low.copy_(low), self.act_high.copy_(high), self.observed.fill_(True)
+        else:
+            self.act_low.lerp_(low, 0.1), self.act_high.lerp_(high, 0.1)
+
+    def _quant_weight(self) -> torch.Tensor:
+        return self.weight if self.weight_bits >= FULL_BITS else fake_quant_weight(self.weight, self.weight_bits)
+
+
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self._quant_input(x), self._quant_weight(), self.bias)
+
+
+class QuantLinear(_QuantMixin, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._quant_input(x), self._quant_weight(), self.bias)
+
+
+def compute_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The conv and linear layers of a model, with their qualified names."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def bits_of(layer: nn.Module) -> tuple[int, int]:
+    """(weight bits, activation bits) of a layer or int8 part; full precision unless quantised."""
+    return getattr(layer, "weight_bits", FULL_BITS), getattr(layer, "act_bits", FULL_BITS)
+
+
+def has_bits(module: nn.Module) -> bool:
+    """True for a module that carries its own bit widths (a quantised layer or an int8 part)."""
+    return hasattr(module, "weight_bits")
+
+
+def is_quantised(layer: nn.Module) -> bool:
+    """True for a fake-quantised conv/linear layer (quantisation-aware training)."""
+    return isinstance(layer, (QuantConv2d, QuantLinear))
+
+
+def quantised_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, layer) for name, layer in compute_layers(model) if is_quantised(layer)]
+
+
+def to_quant(layer: nn.Module, weight_bits: int, act_bits: int) -> nn.Module:
+    """A quantised copy of a conv/linear layer; bits never go up if it is quantised already."""
+    old_w, old_a = bits_of(layer)
+    weight_bits, act_bits = min(weight_bits, old_w), min(act_bits, old_a)
+    if isinstance(layer, (QuantConv2d, QuantLinear)):
+        layer.weight_bits, layer.act_bits = weight_bits, act_bits
+        return layer
+    quant = layer_like(layer, QuantConv2d, QuantLinear)
+    quant._init_quant(weight_bits, act_bits)
+    quant.to(layer.weight.device)
+    quant.load_state_dict(layer.state_dict(), strict=False)
+    copy_marks(layer, quant)
+    return quant
+
+
+def layer_like(layer: nn.Module, conv_type: type = nn.Conv2d, linear_type: type = nn.Linear) -> nn.Module:
+    """A new, uninitialised layer of the given class with `layer`'s shape and hyperparameters."""
+    if isinstance(layer, nn.Conv2d):
+        return conv_type(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                         layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
+    return linear_type(layer.in_features, layer.out_features, layer.bias is not None)
+
+
+def copy_marks(source: nn.Module, target: nn.Module) -> None:
+    """Carry the sparsity mark over to a layer that replaces `source`."""
+    if sparsity_of(source) is not None:
+        target.sparsity = sparsity_of(source)
+
+
+def sparsity_of(layer: nn.Module) -> float | None:
+    """The fraction of weights a sparsifying method zeroed in this layer, or None if not marked."""
+    return getattr(layer, "sparsity", None)
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def magnitude_prune_(layer: nn.Module, sparsity: float) -> None:
+    """Zero the smallest-magnitude fraction `sparsity` of a layer's weights and mark it sparse."""
+    weight = layer.weight.data
+    count = int(round(sparsity * weight.numel()))
+    if count > 0:
+        threshold = weight.abs().flatten().kthvalue(count).values
+        weight.mul_((weight.abs() > threshold).to(weight.dtype))
+    layer.sparsity = max(sparsity, sparsity_of(layer) or 0.0)
+
+
+def sparse_masks(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, mask of non-zeros) for every layer marked sparse, so fine-tuning keeps the zeros."""
+    return [(m.weight, (m.weight.data != 0).to(m.weight.dtype)) for _, m in compute_layers(model) if sparsity_of(m) is not None]
+
+
+def mark_int8(part: torch.fx.GraphModule, sparsity: float | None = None) -> None:
+    """Mark a part converted to int8 kernels (8-bit weights and activations, not trainable), sparse
+    when the layers it holds were (zeros stay zeros on the symmetric int8 weight grid).
+    A GraphModule drops plain attributes when deep-copied; the ones named in this meta entry it keeps."""
+    marks = {"weight_bits": 8, "act_bits": 8, "int8_kernels": True, **({"sparsity": sparsity} if sparsity is not None else {})}
+    part.meta.setdefault("_user_preserved_attributes", {}).update(marks)
+    for name, value in marks.items():
+        setattr(part, name, value)
+
+
+def is_int8_part(module: nn.Module) -> bool:
+    return getattr(module, "int8_kernels", False)
+
+
+def is_int8_converted(model: nn.Module) -> bool:
+    return any(is_int8_part(module) for module in model.modules())
+
+
+def int8_weights(part: nn.Module) -> list[torch.Tensor]:
+    """The int8 weight tensors of a converted part (conv and linear weights, not scales)."""
+    return [b for b in part.buffers() if b.dtype == torch.int8 and b.dim() > 1]
+
+
+def sparse_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The weights of every unit marked sparse: sparse layers and sparse int8 parts."""
+    return [tensor for module in model.modules() if sparsity_of(module) is not None
+            for tensor in (int8_weights(module) if is_int8_part(module) else [module.weight])]
+
+
+def lowest_sparsity(model: nn.Module) -> float | None:
+    marks = [sparsity_of(layer) for _, layer in compute_layers(model) if sparsity_of(layer) is not None]
+    return min(marks, default=None)
+
+
+def is_staged(model: nn.Module) -> bool:
+    """True for a zoo model split into stem, stages and head (where exits attach)."""
+    return all(hasattr(model, part) for part in ("stem", "stages", "head"))
+
+
+def exit_heads(model: nn.Module) -> list[nn.Module]:
+    """The early-exit heads of a model, in stage order (none for a plain model)."""
+    return list(getattr(model, "exits", []))
+
+
+def all_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Logits of every exit, the final head last (a plain model has one)."""
+    return model.forward_all(x) if hasattr(model, "forward_all") else [model(x)]
+
+
+def output_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers that produce class logits (main head and every exit head): never pruned."""
+    heads = [model.head] + exit_heads(model) if hasattr(model, "head") else [model]
+    return [compute_layers(head)[-1][1] for head in heads if compute_layers(head)]
+
+
+def compression_marks(model: nn.Module) -> dict:
+    """Every mark on a model: the highest bit widths of its bit-annotated modules, its sparse
+    layers and their lowest mark, whether it runs int8 kernels, and its number of exit heads."""
+    annotated = [bits_of(m) for m in model.modules() if has_bits(m)]
+    sparse = [sparsity_of(m) for m in model.modules() if sparsity_of(m) is not None]
+    return {"weight_bits": max((b[0] for b in annotated), default=None), "act_bits": max((b[1] for b in annotated), default=None),
+            "sparse_layers": len(sparse), "sparsity": min(sparse, default=None), "int8": is_int8_converted(model),
+            "exits": len(exit_heads(model))}

@@ -1,0 +1,62 @@
+"""The int8 ONNX artifact: int8 weights and activations (QDQ) that onnxruntime runs with integer kernels.
+
+The chain's deployable float form (BatchNorm folded, quantised weights on their grid, see
+ordercomp.packed) is exported to ONNX and quantised by onnxruntime's static quantisation:
+per-channel symmetric int8 weights (a QAT model's 8-bit weights lie on that grid already; lower
+widths are stored in int8) and uint8 activations whose ranges are calibrated on training images.
+A chain already converted to torchao int8 kernels cannot be re-quantised here (use its .pt2).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .layers import is_int8_converted
+from .packed import rebuilt
+
+CALIBRATION_BATCH = 32
+
+
+class CannotBuild(ValueError):
+    """This artifact cannot be built for this chain; the message says why and what to use instead."""
+
+
+def deployable_float(model: nn.Module) -> nn.Module:
+    """The model as plain float layers: BatchNorm folded in, quantised weights on their grid, no fake quantisation."""
+    if is_int8_converted(model):
+        raise CannotBuild("the chain already runs torchao int8 kernels, which onnxruntime cannot re-quantise: use the .pt2 artifact")
+    return rebuilt(model, act_quant=False)
+
+
+def _reader(images: torch.Tensor, input_name: str):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(images.split(CALIBRATION_BATCH))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch.contiguous().numpy()}
+
+    return Batches()
+
+
+def quantize_onnx(float_path: Path, out_path: Path, calibration: torch.Tensor, input_name: str) -> dict:
+    """onnxruntime static quantisation of a float ONNX file into QDQ int8."""
+    try:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise CannotBuild("onnxruntime is not installed: pip install onnxruntime to build the int8 ONNX artifact") from None
+    with tempfile.TemporaryDirectory() as temp:
+        prepared = Path(temp) / "prepared.onnx"
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(out_path), _reader(calibration, input_name), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    return {"quantizer": "onnxruntime quantize_static (QDQ, per-channel int8 weights, uint8 activations)",
+            "calibration_images": len(calibration)}
