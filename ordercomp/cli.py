@@ -14,6 +14,7 @@ import json
 import sys
 import time
 
+from .executors import EXECUTORS
 from .methods.registry import METHODS, parse_methods
 from .train import Budget
 
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default="runs/latest", help="folder for results (JSON and CSV)")
     ex.add_argument("--cache", default=".ordercomp/cache", help="step cache folder ('' to disable)")
     ex.add_argument("--quiet", action="store_true", help="no progress bars")
+    ex.add_argument("--executor", default="inprocess", choices=EXECUTORS,
+                    help="run the steps in this process, or as Ray tasks (pip install 'ordercomp[ray]')")
+    ex.add_argument("--ray-address", help="Ray cluster to use: auto or HOST:PORT (default: start a local one)")
     ap = sub.add_parser("apply", help="apply a chain to the model and export the compressed model")
     _common(ap)
     ap.add_argument("--chain", required=True, help="comma-separated methods in order, e.g. distill,prune,quantize,early_exit")
@@ -105,6 +109,7 @@ def _spec(args):
         model=args.model, data=args.data, methods=tuple(parse_methods(args.methods)), settings=parse_settings(args),
         objective=args.objective, weight=args.weight, seeds=args.seeds, budget=Budget(epochs=args.epochs, lr=args.lr),
         device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
+        executor=args.executor, ray_address=args.ray_address,
     )
 
 

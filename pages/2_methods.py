@@ -2,6 +2,7 @@
 import streamlit as st
 
 from ordercomp import dashboard
+from ordercomp.executors import EXECUTORS
 from ordercomp.methods.registry import METHODS
 from ordercomp.order import MAX_EXHAUSTIVE_METHODS, OBJECTIVES
 from pages._shared import KEEP, run_inside_app
@@ -62,6 +63,10 @@ def budget_and_decision(chosen: list[str]) -> None:
         state["w_repeat"] = dashboard.NO_REPEAT
     right.selectbox("Repeat one method after the chain (does applying it twice help?)", [dashboard.NO_REPEAT, *chosen],
                     key="w_repeat", **KEEP)
+    right.selectbox("Run the steps", EXECUTORS, key="w_executor", **KEEP,
+                    format_func=lambda name: {"inprocess": "in the job's process", "ray": "as Ray tasks"}[name])
+    if state["w_executor"] == "ray":
+        right.text_input("Ray cluster address (auto or HOST:PORT; empty starts a local one)", key="w_ray_address", **KEEP)
 
 
 def plan_summary() -> None:
