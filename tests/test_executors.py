@@ -15,7 +15,7 @@ import pytest
 import ray
 import torch
 
-from ordercomp import order
+from ordercomp import dashboard, order
 from ordercomp.cache import StepCache
 from ordercomp.checkpoints import state_fingerprint
 from ordercomp.cli import main
@@ -49,6 +49,12 @@ def test_a_step_does_not_depend_on_what_ran_before_in_the_process(tiny_model, co
 def test_impossible_executor_settings_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):
         ExploreSpec(methods=("prune", "quantize"), **fields)
+
+
+def test_the_methods_page_choice_reaches_the_spec():
+    spec = dashboard.plan_from_state({"w_executor": "ray", "w_ray_address": " 10.0.0.5:6379 "})
+    assert (spec.executor, spec.ray_address) == ("ray", "10.0.0.5:6379")
+    assert (dashboard.plan_from_state({}).executor, dashboard.plan_from_state({}).ray_address) == ("inprocess", None)
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
