@@ -13,6 +13,7 @@ import ast
 import sys
 import time
 
+from .executors import EXECUTORS
 from .methods.registry import METHODS, parse_methods
 from .train import Budget
 
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default="runs/latest", help="folder for results (JSON and CSV)")
     ex.add_argument("--cache", default=".ordercomp/cache", help="step cache folder ('' to disable)")
     ex.add_argument("--quiet", action="store_true", help="no progress bars")
+    ex.add_argument("--executor", default="inprocess", choices=EXECUTORS,
+                    help="run the steps in this process, or as Ray tasks (pip install 'ordercomp[ray]')")
+    ex.add_argument("--ray-address", help="Ray cluster to use: auto or HOST:PORT (default: start a local one)")
     ap = sub.add_parser("apply", help="apply a chain to the model and export the compressed model")
     _common(ap)
     ap.add_argument("--chain", required=True, help="comma-separated methods in order, e.g. distill,prune,quantize,early_exit")
@@ -115,6 +119,7 @@ def _spec(args):
         confidence=args.confidence, **({"search": args.search} if args.search else {}),
         device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
         trust_torchscript=args.trust_torchscript,
+        executor=args.executor, ray_address=args.ray_address,
     )
 
 

@@ -20,6 +20,7 @@ from .cache import StepCache, content_key, step_key
 from .checkpoints import read_state_dict, resolve_model, save_state_atomically, state_fingerprint
 from .data import DataBundle, load_data
 from .fields import number, typed_fields
+from .executors import StepFunction, Work, check_executor, make_executor
 from .methods.base import Context, config_to_dict
 from .metrics import measure, unpack_hits
 from .order import OBJECTIVES
@@ -91,6 +92,8 @@ class ExploreSpec:
     architecture: str | None = None
     input_size: int | None = None
     trust_torchscript: bool = False
+    executor: str = "inprocess"
+    ray_address: str | None = None
 
     def __post_init__(self):
         checked = typed_fields(ExploreSpec, {k: v for k, v in vars(self).items() if k not in ("budget", "methods", "settings")})
@@ -116,7 +119,8 @@ class ExploreSpec:
             raise ValueError(f"exhaustive mode takes at most {order.MAX_EXHAUSTIVE_METHODS} methods")
         if self.repeat is not None and self.repeat not in self.methods:
             raise ValueError(f"--repeat {self.repeat} must be one of the chosen methods")
-        resolve_device(self.device)
+        check_executor(self.executor, self.ray_address)
+        self.torch_device()
         make_configs(self.methods, self.settings)
 
     def to_dict(self) -> dict:
@@ -131,7 +135,9 @@ class ExploreSpec:
         return cls(**record)
 
     def torch_device(self) -> torch.device:
-        return resolve_device(self.device)
+        """Where this process trains and measures. With Ray, whether the cluster has the GPU that cuda
+        asks for is checked when connecting to it (executors.RayExecutor)."""
+        return resolve_device("auto" if self.executor == "ray" and self.device == "cuda" else self.device)
 
 
 @dataclass
@@ -232,9 +238,7 @@ class Explorer:
     def __init__(self, spec: ExploreSpec, *, cache_dir=None, events: Events | None = None, data: DataBundle | None = None):
         self.spec, self.events = spec, events or (lambda event: None)
         self._deepest = len(spec.methods)
-        # Per (base, seed): models of the prefixes applied so far, kept for their children across
-        # plans (the search extends chains the pairwise plan started). Whole chains are not kept.
-        self._models: dict[tuple[str, int], dict[tuple[str, ...], nn.Module | None]] = {}
+        self._executor = None
         self.device = spec.torch_device()
         self.data = data or load_data(spec.data, input_size=spec.input_size)
         self.cache = StepCache(cache_dir)
@@ -249,38 +253,15 @@ class Explorer:
         return base, source
 
     def run_plan(self, base: nn.Module, plan: list[tuple[str, ...]]) -> list[StepResult]:
-        """Every chain of `plan` for every seed. Models stay in memory for their children; a cached
-        result needs no model, and a parent that was not kept is rebuilt only when a child needs it."""
-        fingerprint, results = state_fingerprint(base), []
-        total, done = len(plan) * self.spec.seeds, 0
-        for seed in range(self.spec.seeds):
-            models = self._models.setdefault((fingerprint, seed), {(): base})
-            for chain in plan:
-                result = self._step(chain, seed, fingerprint, models)
-                results.append(result)
-                done += 1
-                self.events({"kind": "step", "result": result.to_dict(), "done": done, "total": total})
-        return results
-
-    def _step(self, chain, seed, fingerprint, models) -> StepResult:
-        key = step_key(fingerprint, self.data_fingerprint, chain, self.config_dicts, seed, self.spec.budget.to_dict(), "val")
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
-        parent = self._model_for(chain[:-1], seed, fingerprint, models)
-        if parent is None:
-            return StepResult(chain, "incompatible", f"{' -> '.join(chain[:-1])} could not be applied", seed=seed)
-        model, result = run_step(parent, chain, self.configs, self._context(seed, chain), latency=self.spec.objective == "latency")
-        if len(chain) < self._deepest:
-            models[chain] = model
-        self.cache.put(key, result)
-        return result
-
-    def _model_for(self, chain, seed, fingerprint, models):
-        if chain not in models:
-            parent = self._model_for(chain[:-1], seed, fingerprint, models)
-            models[chain] = None if parent is None else run_step(parent, chain, self.configs, self._context(seed, chain))[0]
-        return models[chain]
+        """Every chain of `plan` for every seed, by the spec's executor (executors.py); results go through
+        the step cache under the same keys whichever executor computes them."""
+        fingerprint, budget = state_fingerprint(base), self.spec.budget.to_dict()
+        key = lambda chain, seed: step_key(fingerprint, self.data_fingerprint, chain, self.config_dicts, seed, budget, "val")
+        step = StepFunction(self.configs, self.spec.budget, latency=self.spec.objective == "latency")
+        work = Work(base, self.data, step, key, self.cache, self.device, self.events, keep_below=self._deepest)
+        if self._executor is None:  # one executor per exploration: in-process, it keeps prefix models for later plans
+            self._executor = make_executor(self.spec.executor, self.spec.ray_address, device=self.spec.device)
+        return self._executor.run(work, plan, self.spec.seeds)
 
     def _context(self, seed: int, chain) -> Context:
         label = " -> ".join(chain)

@@ -56,8 +56,11 @@ def apply_step(model: nn.Module, method: str, config, context: Context) -> nn.Mo
 
 def run_step(model: nn.Module, chain: tuple[str, ...], configs: dict, context: Context, *,
              split: str = "val", latency: bool = False) -> tuple[nn.Module | None, StepResult]:
-    """Apply chain[-1] to `model` and measure it; incompatibility and errors become results."""
+    """Apply chain[-1] to `model` and measure it; incompatibility and errors become results.
+    The global RNG (new layers' initial weights) is seeded with the step's seed, so the result does not
+    depend on what ran before in this process: any executor's worker gives the same one."""
     start = time.perf_counter()
+    torch.manual_seed(context.seed)
     try:
         compressed = apply_step(model, chain[-1], configs[chain[-1]], context)
         metrics = measure(compressed, context.data, split, device=context.device, latency=latency).to_dict()

@@ -2,6 +2,11 @@
 import streamlit as st
 
 from ordercomp.dashboard import estimate, formatting, plan, session
+from ordercomp.executors import EXECUTORS
+
+SEARCH_LABELS = {"surrogate": "surrogate: whole orders around the pairwise chain (≤2x its cost)",
+                 "pairwise": "pairwise: the paper's precedence graph", "random": "random whole orders (≤2x the pairwise cost)",
+                 "exhaustive": "exhaustive: every order"}
 from ordercomp.methods.registry import METHODS
 from ordercomp.order import MAX_EXHAUSTIVE_METHODS, OBJECTIVES
 from pages._shared import KEEP, run_inside_app
@@ -62,6 +67,11 @@ def budget_and_decision(chosen: list[str]) -> None:
         state["w_repeat"] = plan.NO_REPEAT
     right.selectbox("Repeat one method after the chain (does applying it twice help?)", [plan.NO_REPEAT, *chosen],
                     key="w_repeat", **KEEP)
+    right.selectbox("How the order is chosen", list(SEARCH_LABELS), key="w_search", format_func=SEARCH_LABELS.get, **KEEP)
+    right.selectbox("Run the steps", EXECUTORS, key="w_executor", **KEEP,
+                    format_func=lambda name: {"inprocess": "in the job's process", "ray": "as Ray tasks"}[name])
+    if state["w_executor"] == "ray":
+        right.text_input("Ray cluster address (auto or HOST:PORT; empty starts a local one)", key="w_ray_address", **KEEP)
 
 
 def plan_summary() -> None:

@@ -52,16 +52,13 @@ def test_an_interrupted_exploration_resumes_without_redoing_finished_steps(tmp_p
         Explorer(spec, cache_dir=tmp_path, events=stop_after_four).explore()
     computed = []
     resumed = Explorer(spec, cache_dir=tmp_path, events=lambda e: None)
-    original = resumed._step
+    original = resumed.cache.put
 
-    def spy(chain, seed, fingerprint, models):
-        before = resumed.cache.hits
-        result = original(chain, seed, fingerprint, models)
-        if resumed.cache.hits == before:
-            computed.append(chain)
-        return result
+    def spy(key, result):  # a computed step is stored; a step served from the cache is not
+        computed.append(result.chain)
+        original(key, result)
 
-    resumed._step = spy
+    resumed.cache.put = spy
     record = resumed.explore().to_dict()
     assert len(record["steps"]) == 9
     assert set(computed).isdisjoint(finished)

@@ -66,7 +66,8 @@ def plan_defaults() -> dict:
     spec = ExploreSpec()
     defaults = {"w_methods": list(spec.methods), "w_objective": spec.objective, "w_weight": spec.weight, "w_seeds": spec.seeds,
                 "w_epochs": spec.budget.epochs, "w_lr": spec.budget.lr, "w_device": spec.device, "w_exhaustive": spec.exhaustive,
-                "w_min_margin": spec.min_margin, "w_repeat": NO_REPEAT}
+                "w_min_margin": spec.min_margin, "w_repeat": NO_REPEAT, "w_executor": spec.executor, "w_ray_address": "",
+                "w_search": spec.search}
     for method in METHODS.values():
         defaults |= {s.key: s.default for s in method_settings(method)}
     return defaults
@@ -94,4 +95,5 @@ def plan_from_state(state):
                        budget=Budget(epochs=float(value("w_epochs")), lr=float(value("w_lr"))), device=value("w_device"),
                        exhaustive=bool(value("w_exhaustive")), min_margin=float(value("w_min_margin")),
                        repeat=None if repeat in (None, NO_REPEAT) or repeat not in methods else repeat,
-                       trust_torchscript=choice.get("trust_torchscript", False))
+                       trust_torchscript=choice.get("trust_torchscript", False), search=value("w_search"),
+                       executor=value("w_executor"), ray_address=(value("w_ray_address") or "").strip() or None)

@@ -1,0 +1,333 @@
+"""Executors: who runs the steps of an exploration plan, this process or a Ray cluster.
+
+A plan is a list of chains run for every seed; a chain's step applies its last method to the model
+its prefix made, so per seed the steps form a tree rooted at the base model. An executor turns
+`Work` (the base, the data, the step function, the step cache and the events callback) into one
+`StepResult` per chain and seed, in plan order:
+
+    InProcessExecutor()                   this process; parent models stay in memory for their children
+    RayExecutor("auto" | "HOST:PORT" | None)   one Ray task per step, started as soon as its prefix is done
+
+Both look results up in the same `StepCache` under the same keys and store what they compute there
+(the Ray executor stores in the driver, so the cache folder need not be shared between nodes), so
+resume and cache hits behave the same. Both send the same `step` events; progress events come from
+inside the steps in process and from the driver while it waits on Ray, so a cancel raised by the
+events callback stops either (Ray tasks still running are cancelled; finished steps stay cached).
+
+A step's result depends only on its inputs: `run_step` seeds the global RNG with the step's seed,
+and a Ray task runs with as many torch threads as CPUs it requests (1 by default); an in-process run
+with the same thread count (`torch.set_num_threads`) gives the same numbers, bit for bit on one kind
+of CPU.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from .cache import StepCache
+from .data import DataBundle
+from .methods.base import Context
+from .pipeline import INCOMPATIBLE, StepResult, run_step
+from .train import Budget, Progress
+
+Chain = tuple[str, ...]
+Events = Callable[[dict], None]
+EXECUTORS = ("inprocess", "ray")
+RAY_POLL_S = 0.5
+CONNECT_TIMEOUT_S = 5.0
+LOCAL_START_ATTEMPTS = 3
+RAY_OPTIONS = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+
+
+@dataclass(frozen=True)
+class StepFunction:
+    """Apply chain[-1] to the model its prefix made and measure it on the validation split.
+    Holds only picklable settings, so a Ray worker can run it; the data and device come per call."""
+
+    configs: dict
+    budget: Budget
+    latency: bool = False
+
+    def __call__(self, parent: nn.Module, chain: Chain, seed: int, data: DataBundle, device: torch.device,
+                 progress: Progress | None = None) -> tuple[nn.Module | None, StepResult]:
+        return run_step(parent, chain, self.configs, Context(data, self.budget, seed, device, progress), latency=self.latency)
+
+
+class Step(Protocol):
+    def __call__(self, parent: nn.Module, chain: Chain, seed: int, data: DataBundle, device: torch.device,
+                 progress: Progress | None = None) -> tuple[nn.Module | None, StepResult]: ...
+
+
+@dataclass
+class Work:
+    """One exploration's steps as an executor sees them."""
+
+    base: nn.Module
+    data: DataBundle
+    step: Step
+    key: Callable[[Chain, int], str]
+    cache: StepCache
+    device: torch.device
+    events: Events
+    keep_below: int = 0  # models of chains shorter than this are kept for later plans (in process)
+
+
+def step_on(step: Step, parent: nn.Module | None, chain: Chain, seed: int, data: DataBundle, device: torch.device,
+            progress: Progress | None = None) -> tuple[nn.Module | None, StepResult]:
+    """The step, or an incompatible result when its prefix could not be applied."""
+    if parent is None:
+        return None, StepResult(chain, INCOMPATIBLE, f"{' -> '.join(chain[:-1])} could not be applied", seed=seed)
+    return step(parent, chain, seed, data, device, progress)
+
+
+def step_event(result: StepResult, done: int, total: int) -> dict:
+    return {"kind": "step", "result": result.to_dict(), "done": done, "total": total}
+
+
+def parents_in(plan: list[Chain]) -> set[Chain]:
+    """Every prefix some step of the plan builds on (the base is ())."""
+    return {chain[:cut] for chain in plan for cut in range(len(chain))}
+
+
+class InProcessExecutor:
+    """Runs the steps one after another in this process. Models stay in memory for their children;
+    a cached result needs no model, and a parent that was not kept is rebuilt only when a child needs it."""
+
+    def __init__(self):
+        # Per (base, seed), kept across runs: a search extends chains an earlier plan started.
+        self._models: dict[tuple[int, int], dict[Chain, nn.Module | None]] = {}
+
+    def run(self, work: Work, plan: list[Chain], seeds: int) -> list[StepResult]:
+        results, total, parents = [], len(plan) * seeds, parents_in(plan)
+        for seed in range(seeds):
+            models = self._models.setdefault((id(work.base), seed), {(): work.base})
+            for chain in plan:
+                results.append(self._step(work, chain, seed, models, parents))
+                work.events(step_event(results[-1], len(results), total))
+        return results
+
+    def _step(self, work: Work, chain: Chain, seed: int, models: dict, parents: set[Chain]) -> StepResult:
+        key = work.key(chain, seed)
+        cached = work.cache.get(key)
+        if cached is not None:
+            return cached
+        model, result = step_on(work.step, self._model_for(work, chain[:-1], seed, models), chain, seed, work.data,
+                                work.device, self._progress(work, chain, seed))
+        if chain in parents or len(chain) < work.keep_below:
+            models[chain] = model
+        work.cache.put(key, result)
+        return result
+
+    def _model_for(self, work: Work, chain: Chain, seed: int, models: dict) -> nn.Module | None:
+        if chain not in models:
+            parent = self._model_for(work, chain[:-1], seed, models)
+            models[chain] = step_on(work.step, parent, chain, seed, work.data, work.device, self._progress(work, chain, seed))[0]
+        return models[chain]
+
+    @staticmethod
+    def _progress(work: Work, chain: Chain, seed: int) -> Progress:
+        label = " -> ".join(chain)
+        return lambda step, fraction: work.events({"kind": "progress", "label": f"{label}: {step}", "fraction": fraction, "seed": seed})
+
+
+def require_ray():
+    """The ray module, or a ValueError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("the Ray executor needs Ray, which is not installed: pip install 'ordercomp[ray]' "
+                         "(or use --executor inprocess)") from None
+    return ray
+
+
+def check_executor(name: str, address: str | None) -> None:
+    """Refuse an unknown executor, a misplaced or malformed Ray address, or Ray missing, before any work."""
+    if name not in EXECUTORS:
+        raise ValueError(f"unknown executor {name!r}: use {' or '.join(EXECUTORS)}")
+    if address is not None and name != "ray":
+        raise ValueError("a Ray address needs the Ray executor: add --executor ray")
+    if name == "ray":
+        if address is not None:
+            host_port(address)
+        require_ray()
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a HOST:PORT address, None for 'auto'; a ValueError for anything else."""
+    if address == "auto":
+        return None
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"Ray address {address!r} must be auto or HOST:PORT, e.g. 10.0.0.5:6379")
+    return host, int(port)
+
+
+def start_local_ray(ray, num_cpus: int, **resources) -> None:
+    """A local Ray cluster in this process. Ray gives its raylet a fixed 30 s to start, which a loaded
+    machine can miss, so a failed start is tried again (after cleaning up what it left)."""
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            ray.init(num_cpus=num_cpus, **resources, **RAY_OPTIONS)
+            return
+        except Exception:  # Ray reports a start-up timeout as a bare Exception
+            ray.shutdown()
+            if attempt == LOCAL_START_ATTEMPTS:
+                raise
+
+
+def make_executor(name: str, address: str | None = None, *, device: str = "auto"):
+    """The executor an ExploreSpec names."""
+    check_executor(name, address)
+    return InProcessExecutor() if name == "inprocess" else RayExecutor(address, device=device)
+
+
+def ray_step(step: Step, parent: nn.Module | None, chain: Chain, seed: int, data: DataBundle, device: str,
+             threads: int, keep: bool) -> tuple[nn.Module | None, StepResult]:
+    """The body of one Ray task: the step with a fixed thread count; the model (on the CPU, so any
+    node can read it) only when a child needs it."""
+    torch.set_num_threads(threads)
+    model, result = step_on(step, parent, chain, seed, data, torch.device(device))
+    return (model.cpu() if keep and model is not None else None), result
+
+
+class RayExecutor:
+    """One Ray task per step and seed, each asking for `cpus_per_step` CPUs and, for CUDA, one GPU.
+    A child task gets its parent's model as an ObjectRef, so Ray starts it as soon as the prefix is
+    done; a task whose worker dies is retried (`max_retries`). Without an address, a local cluster of
+    `local_cpus` CPUs is started and shut down again; an already connected Ray session is used as it is."""
+
+    def __init__(self, address: str | None = None, *, device: str = "auto", cpus_per_step: int = 1, max_retries: int = 3,
+                 local_cpus: int | None = None):
+        self.address, self.device, self.cpus_per_step = address, device, cpus_per_step
+        self.max_retries, self.local_cpus = max_retries, local_cpus
+
+    def run(self, work: Work, plan: list[Chain], seeds: int) -> list[StepResult]:
+        ray = require_ray()
+        started = self._connect(ray)
+        try:
+            gpus = self._gpus_per_step(ray)
+            work.events({"kind": "stage", "stage": "ray", "label": self._describe(ray, gpus)})
+            return RayRun(ray, work, self._task(ray, gpus), "cuda" if gpus else "cpu", self.cpus_per_step).run(plan, seeds)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _connect(self, ray) -> bool:
+        """Connect (True when this call started the session and must shut it down)."""
+        if ray.is_initialized():
+            return False
+        if self.address is None:
+            start_local_ray(ray, self.local_cpus or os.cpu_count())
+            return True
+        self._check_reachable()
+        try:
+            ray.init(address=self.address, **RAY_OPTIONS)
+        except (ConnectionError, RuntimeError, TimeoutError) as error:
+            raise ValueError(f"could not connect to the Ray cluster at {self.address}: {_first_line(error)}; "
+                             "start one with `ray start --head` or check --ray-address") from None
+        return True
+
+    def _check_reachable(self) -> None:
+        target = host_port(self.address)
+        if target is None:
+            return
+        try:
+            socket.create_connection(target, timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as error:
+            raise ValueError(f"no Ray cluster answers at {self.address} ({error.strerror or error}): start one there with "
+                             "`ray start --head --port PORT`, or check --ray-address") from None
+
+    def _gpus_per_step(self, ray) -> int:
+        """1 for CUDA steps, 0 for CPU steps; a ValueError when the cluster cannot serve the request."""
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        if max((node.get("CPU", 0) for node in nodes), default=0) < self.cpus_per_step:
+            raise ValueError(f"no node of the Ray cluster has {self.cpus_per_step} CPUs for one step: ask for fewer CPUs per step")
+        has_gpu = any(node.get("GPU", 0) >= 1 for node in nodes)
+        if self.device == "cuda" and not has_gpu:
+            raise ValueError("device cuda was asked for but the Ray cluster has no GPU: use --device cpu or auto, "
+                             "or add a GPU node with `ray start --address=HEAD:PORT --num-gpus=1`")
+        return int(has_gpu and self.device != "cpu")
+
+    def _describe(self, ray, gpus: int) -> str:
+        resources = ray.cluster_resources()
+        return (f"running steps on Ray: {int(resources.get('CPU', 0))} CPUs, {int(resources.get('GPU', 0))} GPUs; "
+                f"{self.cpus_per_step} CPU{'s' if self.cpus_per_step > 1 else ''}{' + 1 GPU' if gpus else ''} per step")
+
+    def _task(self, ray, gpus: int):
+        return ray.remote(ray_step).options(num_cpus=self.cpus_per_step, num_gpus=gpus, num_returns=2,
+                                            max_retries=self.max_retries, retry_exceptions=False)
+
+
+class RayRun:
+    """The tasks of one plan on a connected Ray session, and the driver loop that collects them."""
+
+    def __init__(self, ray, work: Work, task, device: str, threads: int):
+        self.ray, self.work, self.task, self.device, self.threads = ray, work, task, device, threads
+        self.submitted: list = []
+
+    def run(self, plan: list[Chain], seeds: int) -> list[StepResult]:
+        results: dict[tuple[Chain, int], StepResult] = {}
+        pending: dict = {}
+        total = len(plan) * seeds
+        data = self.ray.put(self.work.data)
+        base = self.ray.put(copy.deepcopy(self.work.base).cpu())
+        try:
+            for seed in range(seeds):
+                cached = {chain: self.work.cache.get(self.work.key(chain, seed)) for chain in plan}
+                for chain in plan:
+                    if cached[chain] is not None:
+                        results[(chain, seed)] = cached[chain]
+                        self.work.events(step_event(cached[chain], len(results), total))
+                pending |= self._submit(plan, seed, cached, base, data)
+            del base, data
+            self._collect(pending, results, total)
+        except BaseException:
+            self._cancel()
+            raise
+        return [results[(chain, seed)] for seed in range(seeds) for chain in plan]
+
+    def _submit(self, plan: list[Chain], seed: int, cached: dict, base, data) -> dict:
+        """A task for every step to compute and every prefix it needs; {result ref: (chain, seed)} of those to record."""
+        needed = parents_in([chain for chain in plan if cached[chain] is None]) | {c for c in plan if cached[c] is None}
+        needed.discard(())
+        parents, models, pending = parents_in(list(needed)), {(): base}, {}
+        for chain in sorted(needed, key=len):
+            keep = chain in parents
+            model, result = self.task.remote(self.work.step, models[chain[:-1]], chain, seed, data, self.device, self.threads, keep)
+            self.submitted.append(result)
+            if keep:
+                models[chain] = model
+            if chain in cached and cached[chain] is None:
+                pending[result] = (chain, seed)
+        return pending
+
+    def _collect(self, pending: dict, results: dict, total: int) -> None:
+        """Record results as tasks finish; between them, a progress event (which may raise to cancel)."""
+        while pending:
+            ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=RAY_POLL_S)
+            if not ready:
+                self.work.events({"kind": "progress", "label": f"{len(pending)} steps queued or running on Ray",
+                                  "fraction": len(results) / total})
+                continue
+            chain, seed = pending.pop(ready[0])
+            result = self.ray.get(ready[0])
+            self.work.cache.put(self.work.key(chain, seed), result)
+            results[(chain, seed)] = result
+            self.work.events(step_event(result, len(results), total))
+
+    def _cancel(self) -> None:
+        """Stop every task not finished yet (cancelling a finished one does nothing)."""
+        for ref in self.submitted:
+            self.ray.cancel(ref, force=True)
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

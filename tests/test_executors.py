@@ -1,0 +1,176 @@
+"""Executors: a step's result does not depend on the process that runs it, the Ray executor finds the
+same results, decisions and chain as the in-process one, survives a killed worker, and refuses bad
+input (unknown executor, Ray missing, an unreachable cluster, a GPU the cluster lacks) with one line.
+
+The Ray tests share one local cluster of 2 CPUs (no GPU), started once for this module and shut down
+after it. The tests that need Ray not connected come first.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from ordercomp import dashboard, order
+from ordercomp.cache import StepCache
+from ordercomp.checkpoints import state_fingerprint
+from ordercomp.cli import main
+from ordercomp.executors import InProcessExecutor, RayExecutor, StepFunction, Work, start_local_ray
+from ordercomp.explore import Explorer, ExploreSpec, explore
+from ordercomp.pipeline import OK, make_configs, run_step
+from ordercomp.train import Budget
+
+FAST = dict(model="cnn_tiny", budget=Budget(epochs=0.2), device="cpu")
+# Ray workers cannot import this test module; its step functions travel by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def test_a_step_does_not_depend_on_what_ran_before_in_the_process(tiny_model, context):
+    configs = make_configs(["early_exit"])
+    fingerprints = set()
+    for earlier in (0, 5):
+        torch.manual_seed(earlier)  # stands for whatever random draws earlier steps in this worker made
+        model, result = run_step(tiny_model, ("early_exit",), configs, context)
+        assert result.status == OK
+        fingerprints.add(state_fingerprint(model))
+    assert len(fingerprints) == 1
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"executor": "dask"}, "unknown executor"),
+    ({"ray_address": "auto"}, "needs the Ray executor"),
+    ({"executor": "ray", "ray_address": "headnode"}, "auto or HOST:PORT"),
+    ({"executor": "ray", "ray_address": "headnode:99999"}, "auto or HOST:PORT"),
+])
+def test_impossible_executor_settings_are_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ExploreSpec(methods=("prune", "quantize"), **fields)
+
+
+def test_the_methods_page_choice_reaches_the_spec():
+    spec = dashboard.plan_from_state({"w_executor": "ray", "w_ray_address": " 10.0.0.5:6379 "})
+    assert (spec.executor, spec.ray_address) == ("ray", "10.0.0.5:6379")
+    assert (dashboard.plan_from_state({}).executor, dashboard.plan_from_state({}).ray_address) == ("inprocess", None)
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ordercomp: error:")
+    return err
+
+
+def test_ray_not_installed_is_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    err = one_line_error(capsys, ["explore", "--executor", "ray", "--methods", "prune,quantize", "--out", str(tmp_path)])
+    assert "pip install 'ordercomp[ray]'" in err
+    assert not (tmp_path / "exploration.json").exists()
+
+
+@pytest.mark.parametrize("address, message", [("127.0.0.1:1", "no Ray cluster answers at 127.0.0.1:1"),
+                                              ("auto", "could not connect to the Ray cluster at auto")])
+def test_an_unreachable_ray_address_is_one_line(capsys, tmp_path, address, message):
+    assert not ray.is_initialized()
+    err = one_line_error(capsys, ["explore", "--executor", "ray", "--ray-address", address, "--methods", "prune,quantize",
+                                  "--seeds", "1", "--epochs", "0.1", "--cache", "", "--out", str(tmp_path), "--quiet"])
+    assert message in err
+    assert not ray.is_initialized()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    start_local_ray(ray, 2, num_gpus=0)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture()
+def one_thread():
+    """In-process steps with the thread count of a Ray task of 1 CPU, so the numbers match bit for bit."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_ray_finds_the_same_results_decisions_and_chain(ray_cluster, one_thread, tmp_path):
+    spec = dict(methods=("prune", "quantize", "early_exit"), seeds=2, **FAST)
+    local = explore(ExploreSpec(**spec), cache_dir=tmp_path / "local").to_dict()
+    events = []
+    remote = Explorer(ExploreSpec(**spec, executor="ray"), cache_dir=tmp_path / "ray", events=events.append).explore().to_dict()
+    assert [s["metrics"] for s in remote["steps"]] == [s["metrics"] for s in local["steps"]]
+    assert [(s["chain"], s["seed"], s["status"]) for s in remote["steps"]] == [(s["chain"], s["seed"], s["status"]) for s in local["steps"]]
+    assert remote["outcomes"] == local["outcomes"] and remote["chain"] == local["chain"]
+    steps = [e for e in events if e["kind"] == "step"]
+    assert [e["done"] for e in steps] == list(range(1, 19)) and {e["total"] for e in steps} == {18}
+    assert len(list((tmp_path / "ray").glob("*.json"))) == len(list((tmp_path / "local").glob("*.json"))) == 18
+
+
+class KillsItsWorkerOnce:
+    """A step function that kills the worker process running `victim` the first time (a marker file
+    says it happened) and logs every step it runs, attempt by attempt, as a file."""
+
+    def __init__(self, step, victim, folder: Path):
+        self.step, self.victim, self.folder = step, victim, folder
+
+    def __call__(self, parent, chain, seed, data, device, progress=None):
+        (self.folder / f"{'-'.join(chain)}.{seed}.{os.getpid()}.ran").touch()
+        marker = self.folder / "killed"
+        if chain == self.victim and not marker.exists():
+            marker.touch()
+            os._exit(1)
+        return self.step(parent, chain, seed, data, device, progress)
+
+
+def plan_work(explorer: Explorer, base, step, cache: StepCache, events) -> Work:
+    key = lambda chain, seed: f"{'-'.join(chain)}.{seed}"
+    return Work(base, explorer.data, step, key, cache, explorer.device, events)
+
+
+def test_a_killed_worker_is_retried_without_losing_finished_steps(ray_cluster, tiny_model, tmp_path):
+    explorer = Explorer(ExploreSpec(methods=("prune", "quantize"), seeds=1, **FAST))
+    step = KillsItsWorkerOnce(StepFunction(explorer.configs, explorer.spec.budget), ("prune", "quantize"), tmp_path)
+    cache = StepCache(tmp_path / "cache")
+    plan = order.pairwise_plan(["prune", "quantize"])
+    results = RayExecutor(max_retries=2).run(plan_work(explorer, tiny_model, step, cache, lambda e: None), plan, 1)
+    assert [r.chain for r in results] == plan and all(r.status == OK for r in results)
+    runs = sorted(path.name.rsplit(".", 3)[0] for path in tmp_path.glob("*.ran"))
+    assert runs == ["prune", "prune-quantize", "prune-quantize", "quantize", "quantize-prune"]
+    assert sorted(path.stem for path in (tmp_path / "cache").glob("*.json")) == sorted(f"{'-'.join(c)}.0" for c in plan)
+
+
+class Cancel(Exception):
+    pass
+
+
+def test_a_cancel_stops_ray_and_the_in_process_executor_resumes_from_the_cache(ray_cluster, tiny_model, tmp_path):
+    spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, **FAST)
+    finished = []
+
+    def cancel_after_first_step(event):
+        if event["kind"] == "step":
+            finished.append(tuple(event["result"]["chain"]))
+            raise Cancel
+
+    explorer = Explorer(spec, cache_dir=tmp_path)
+    plan = order.pairwise_plan(["prune", "quantize"])
+    step = StepFunction(explorer.configs, spec.budget)
+    with pytest.raises(Cancel):
+        RayExecutor().run(plan_work(explorer, tiny_model, step, explorer.cache, cancel_after_first_step), plan, 1)
+    computed = []
+    resumed = StepCache(tmp_path)
+    resumed.put = lambda key, result: computed.append(result.chain)
+    results = InProcessExecutor().run(plan_work(explorer, tiny_model, step, resumed, lambda e: None), plan, 1)
+    assert len(finished) == 1 and resumed.hits == 1
+    assert set(computed) == set(plan) - set(finished) and all(r.status == OK for r in results)
+
+
+def test_a_gpu_the_cluster_lacks_is_one_line(ray_cluster, capsys, tmp_path):
+    err = one_line_error(capsys, ["explore", "--executor", "ray", "--device", "cuda", "--methods", "prune,quantize",
+                                  "--seeds", "1", "--epochs", "0.1", "--cache", "", "--out", str(tmp_path), "--quiet"])
+    assert "the Ray cluster has no GPU" in err
+    assert ray.is_initialized()
