@@ -145,7 +145,7 @@ def run_apply(args) -> int:
     from .results import print_chain_steps
 
     chain = parse_methods(args.chain)
-    check_formats(args.formats.split(","))
+    check_formats(args.formats.split(",") if args.formats else DEFAULT_FORMATS)
     check_export_folder(args.export)
     bar = ProgressBar()
     outcome = compress(model=args.model, data=args.data, chain=chain, settings=parse_settings(args),

@@ -31,7 +31,7 @@ def test_pairwise_exploration_decides_every_pair_and_applies_the_chain(tmp_path)
 
 
 def test_a_repeated_exploration_is_served_from_the_cache(tmp_path):
-    spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, **FAST)
+    spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, search="pairwise", **FAST)
     first = explore(spec, cache_dir=tmp_path).to_dict()
     second = explore(spec, cache_dir=tmp_path).to_dict()
     assert second["applications"]["cache_hits"] == len(second["steps"]) == 4
