@@ -42,7 +42,6 @@ Events = Callable[[dict], None]
 EXECUTORS = ("inprocess", "ray")
 RAY_POLL_S = 0.5
 CONNECT_TIMEOUT_S = 5.0
-LOCAL_START_ATTEMPTS = 3
 RAY_OPTIONS = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
 
 
@@ -170,16 +169,14 @@ def host_port(address: str) -> tuple[str, int] | None:
 
 
 def start_local_ray(ray, num_cpus: int, **resources) -> None:
-    """A local Ray cluster in this process. Ray gives its raylet a fixed 30 s to start, which a loaded
-    machine can miss, so a failed start is tried again (after cleaning up what it left)."""
-    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
-        try:
-            ray.init(num_cpus=num_cpus, **resources, **RAY_OPTIONS)
-            return
-        except Exception:  # Ray reports a start-up timeout as a bare Exception
-            ray.shutdown()
-            if attempt == LOCAL_START_ATTEMPTS:
-                raise
+    """A local Ray cluster in this process. Ray gives its raylet a fixed 30 s to start, which a heavily
+    loaded machine can miss; that is reported in one line instead of Ray's traceback."""
+    try:
+        ray.init(num_cpus=num_cpus, **resources, **RAY_OPTIONS)
+    except Exception as error:  # Ray reports a start-up timeout as a bare Exception
+        ray.shutdown()
+        raise ValueError(f"the local Ray cluster did not start ({_first_line(error)}): try again when the machine "
+                         "is less busy, start one with `ray start --head` and pass --ray-address auto, or use --executor inprocess") from None
 
 
 def make_executor(name: str, address: str | None = None, *, device: str = "auto"):
