@@ -239,6 +239,7 @@ class Explorer:
         self.spec, self.events = spec, events or (lambda event: None)
         self._deepest = len(spec.methods)
         self._executor = None
+        self._steps_done = 0
         self.device = spec.torch_device()
         self.data = data or load_data(spec.data, input_size=spec.input_size)
         self.cache = StepCache(cache_dir)
@@ -258,10 +259,18 @@ class Explorer:
         fingerprint, budget = state_fingerprint(base), self.spec.budget.to_dict()
         key = lambda chain, seed: step_key(fingerprint, self.data_fingerprint, chain, self.config_dicts, seed, budget, "val")
         step = StepFunction(self.configs, self.spec.budget, latency=self.spec.objective == "latency")
-        work = Work(base, self.data, step, key, self.cache, self.device, self.events, keep_below=self._deepest)
+        work = Work(base, self.data, step, key, self.cache, self.device, self._counting_steps_so_far(), keep_below=self._deepest)
         if self._executor is None:  # one executor per exploration: in-process, it keeps prefix models for later plans
             self._executor = make_executor(self.spec.executor, self.spec.ray_address, device=self.spec.device)
-        return self._executor.run(work, plan, self.spec.seeds)
+        results = self._executor.run(work, plan, self.spec.seeds)
+        self._steps_done += len(results)
+        return results
+
+    def _counting_steps_so_far(self) -> Events:
+        """Step events counted over the whole exploration, not per plan (the search runs several)."""
+        offset = self._steps_done
+        return lambda event: self.events(event | {"done": event["done"] + offset, "total": event["total"] + offset}
+                                         if event.get("kind") == "step" else event)
 
     def _context(self, seed: int, chain) -> Context:
         label = " -> ".join(chain)
@@ -307,8 +316,10 @@ class Explorer:
         higher = OBJECTIVES[self.spec.objective][0]
 
         def evaluate(chains):
-            plan = list(dict.fromkeys(prefix for chain in chains for prefix in order.search.prefixes(chain)))
-            steps.extend(self.run_plan(base, plan))
+            run = {s.chain for s in steps}
+            plan = [p for p in dict.fromkeys(p for chain in chains for p in order.search.prefixes(chain)) if p not in run]
+            if plan:
+                steps.extend(self.run_plan(base, plan))
             return {chain: self._full_scores([s for s in steps if s.chain == chain]) for chain in chains}
 
         result = order.search_chains(self.spec.methods, self.spec.search, evaluate, outcomes=outcomes, higher_is_better=higher)
