@@ -94,6 +94,9 @@ def main() -> None:
         explorer = Explorer(setting_spec(name), cache_dir=CACHE)
         base, _ = explorer.load_base()
         truth = ground_truth(explorer, base)
+        if not truth:
+            print(f"\n{name}: no order applied on every seed; see the failed steps in the cache")
+            continue
         print(f"\n{name}: {len(truth)} orders, best {' -> '.join(truth[0]['chain'])} {truth[0]['score']:.2f} ± {truth[0]['se']:.2f}, "
               f"worst {truth[-1]['score']:.2f}; mean seed-to-seed sd of one order "
               f"{statistics.fmean(o['se'] * o['seeds'] ** 0.5 for o in truth):.2f} ({time.perf_counter() - start:.0f} s)")

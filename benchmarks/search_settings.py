@@ -20,7 +20,9 @@ SETTINGS: dict[str, dict] = {
                    "settings": {"prune": {"ratio": 0.7}, "distill": {"width": 0.4},
                                 "quantize": {"weight_bits": 4, "act_bits": 4}, "early_exit": {"threshold": 0.8}},
                    "budget": {"epochs": 3}},
-    "resnet-structure": {"model": "digits_resnet", "methods": ("prune", "sparsify", "lowrank", "int8"),
+    # int8 fails on digits_resnet's residual stages (torchao: "Input partition has more than one output node"),
+    # so the structural set runs on the CNN
+    "cnn-structure": {"methods": ("prune", "sparsify", "lowrank", "int8"),
                          "settings": {"prune": {"ratio": 0.5}, "sparsify": {"sparsity": 0.8}, "lowrank": {"rank_ratio": 0.25}},
                          "budget": {"epochs": 3}},
     "cnn-five": {"methods": DEFAULT_METHODS + ("int8",), "settings": {"quantize": {"weight_bits": 8, "act_bits": 8}},
