@@ -32,6 +32,14 @@ def list_samples() -> list[str]:
     return sorted(p.stem for p in SAMPLE_DIR.glob("*.json"))
 
 
+def input_size_for(model: str, input_size: int | None) -> int | None:
+    """The image size to load data at: the given one, else a sample model's own (digits32_resnet18
+    was trained at 32 px; at the default 8 px it would score at chance)."""
+    if input_size is None and model in list_samples():
+        return sample_card(model).get("input_size")
+    return input_size
+
+
 def sample_card(name: str) -> dict:
     path = SAMPLE_DIR / f"{name}.json"
     if not path.exists():

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import order
 from .cache import StepCache, content_key, step_key
-from .checkpoints import read_state_dict, resolve_model, save_state_atomically, state_fingerprint
+from .checkpoints import input_size_for, read_state_dict, resolve_model, save_state_atomically, state_fingerprint
 from .data import DataBundle, load_data
 from .fields import number, typed_fields
 from .executors import StepFunction, Work, check_executor, make_executor
@@ -48,7 +48,7 @@ def prepare_base(model: str = "digits_cnn", data: str = "digits", *, architectur
     """The base model (a sample, a checkpoint, a program file, or a zoo architecture trained once per
     cache), where it came from, and the data it works on. TorchScript runs only with `trust_torchscript`."""
     events = events or (lambda event: None)
-    bundle = bundle or load_data(data, input_size=input_size)
+    bundle = bundle or load_data(data, input_size=input_size_for(model, input_size))
     target = resolve_device(device)
     cache = StepCache(cache_dir)
     events({"kind": "stage", "stage": "base", "label": "preparing the base model"})
@@ -241,7 +241,7 @@ class Explorer:
         self._executor = None
         self._steps_done = 0
         self.device = spec.torch_device()
-        self.data = data or load_data(spec.data, input_size=spec.input_size)
+        self.data = data or load_data(spec.data, input_size=input_size_for(spec.model, spec.input_size))
         self.cache = StepCache(cache_dir)
         self.data_fingerprint = self.data.fingerprint()
         self.configs = make_configs(spec.methods, spec.settings)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ordercomp.checkpoints import CheckpointError, list_samples, load_program, load_sample, resolve_model, sample_card
+from ordercomp.checkpoints import CheckpointError, input_size_for, list_samples, load_program, load_sample, resolve_model, sample_card
+from ordercomp.data import load_data
 from ordercomp.metrics import measure
 from ordercomp.zoo import create_model
 
@@ -27,7 +28,9 @@ def test_samples_ship_with_cards_and_reach_their_stated_accuracy(digits):
     for name in list_samples():
         card = sample_card(name)
         model = load_sample(name)
-        accuracy = measure(model, digits, "test", latency=False).accuracy
+        data = load_data("digits", input_size=input_size_for(name, None))  # each sample at its own image size
+        assert data.input_size == card["input_size"]
+        accuracy = measure(model, data, "test", latency=False).accuracy
         assert accuracy == pytest.approx(card["metrics"]["test_accuracy"], abs=0.01)
         assert accuracy > 95
 

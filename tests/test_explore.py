@@ -140,3 +140,12 @@ def test_impossible_budgets_are_refused_by_name(fields, message):
     with pytest.raises(ValueError, match=message):
         Budget(**fields)
     assert Budget(batch_size=32.0).batch_size == 32 and isinstance(Budget(batch_size=32.0).batch_size, int)
+
+
+def test_a_sample_trained_at_32_px_gets_its_data_at_32_px_unless_told_otherwise(tmp_path):
+    explorer = Explorer(ExploreSpec(model="digits32_resnet18", methods=("prune", "quantize"), seeds=1, device="cpu"),
+                        cache_dir=tmp_path)
+    assert explorer.data.input_size == 32
+    told = Explorer(ExploreSpec(model="digits32_resnet18", methods=("prune", "quantize"), input_size=16, device="cpu"),
+                    cache_dir=tmp_path)
+    assert told.data.input_size == 16
