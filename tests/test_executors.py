@@ -15,7 +15,8 @@ import pytest
 import ray
 import torch
 
-from ordercomp import dashboard, order
+from ordercomp import order
+from ordercomp.dashboard import plan
 from ordercomp.cache import StepCache
 from ordercomp.checkpoints import state_fingerprint
 from ordercomp.cli import main
@@ -52,9 +53,9 @@ def test_impossible_executor_settings_are_refused(fields, message):
 
 
 def test_the_methods_page_choice_reaches_the_spec():
-    spec = dashboard.plan_from_state({"w_executor": "ray", "w_ray_address": " 10.0.0.5:6379 "})
+    spec = plan.plan_from_state({"w_executor": "ray", "w_ray_address": " 10.0.0.5:6379 "})
     assert (spec.executor, spec.ray_address) == ("ray", "10.0.0.5:6379")
-    assert (dashboard.plan_from_state({}).executor, dashboard.plan_from_state({}).ray_address) == ("inprocess", None)
+    assert (plan.plan_from_state({}).executor, plan.plan_from_state({}).ray_address) == ("inprocess", None)
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
