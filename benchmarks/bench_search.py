@@ -35,17 +35,11 @@ CACHE = Path(".ordercomp/bench-search-cache")
 
 def ground_truth(explorer: Explorer, base) -> list[dict]:
     """Every full order with its mean score over the seeds, best first."""
-    explorer._base_bitops = explorer_base_bitops(explorer, base)
+    explorer.measure_base(base)
     explorer._deepest = len(explorer.spec.methods)
     steps = explorer.run_plan(base, order.exhaustive_plan(explorer.spec.methods))
     n = len(explorer.spec.methods)
     return ranked_orders([s for s in steps if len(s.chain) == n], explorer._score_of, OBJECTIVES[explorer.spec.objective][0])
-
-
-def explorer_base_bitops(explorer: Explorer, base) -> float:
-    from ordercomp.metrics import measure
-
-    return measure(base, explorer.data, "val", device=explorer.device, latency=False).bitops
 
 
 def judge(name: str, strategy: str, truth: list[dict]) -> dict:
@@ -68,7 +62,7 @@ def aa_run(seeds: int = 3) -> tuple[int, int]:
     spec = setting_spec("default", seeds=2 * seeds)
     explorer = Explorer(spec, cache_dir=CACHE)
     base, _ = explorer.load_base()
-    explorer._base_bitops = explorer_base_bitops(explorer, base)
+    explorer.measure_base(base)
     steps = explorer.run_plan(base, order.pairwise_plan(spec.methods))
     winners, total = 0, 0
     for chain in {s.chain for s in steps if len(s.chain) == 2}:

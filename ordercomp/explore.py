@@ -297,10 +297,14 @@ class Explorer:
             seconds=time.perf_counter() - start, configs=self.config_dicts, search=found.search,
         )
 
+    def measure_base(self, base: nn.Module) -> None:
+        """The base's validation BitOps, which the weighted objective scores every step against."""
+        self._base_bitops = measure(base, self.data, "val", device=self.device, latency=False).bitops
+
     def find_order(self, base: nn.Module) -> "OrderFound":
         """Run the plan (pairwise, or every order with --exhaustive), decide every pair, build the
         precedence graph, then let the chosen search strategy pick the chain."""
-        self._base_bitops = measure(base, self.data, "val", device=self.device, latency=False).bitops
+        self.measure_base(base)
         plan = order.exhaustive_plan(self.spec.methods) if self.spec.exhaustive else order.pairwise_plan(self.spec.methods)
         self._deepest = len(self.spec.methods)
         steps = self.run_plan(base, plan)

@@ -172,11 +172,16 @@ def test_onnx_falls_back_to_the_legacy_exporter(compressed, tmp_path, monkeypatc
     assert entry["check"]["passed"]
 
 
+def tiny_int8_model(data):
+    """An untrained cnn_tiny converted to torchao int8 parts (2 calibration batches)."""
+    int8 = get_method("int8")
+    return int8.apply(create_model("cnn_tiny", data.num_classes, data.in_channels), int8.make_config(calibration_batches=2),
+                      Context(data, Budget(epochs=0.1)))
+
+
 def test_int8_model_exports_to_every_program_format(compressed, tmp_path):
     data = compressed.data
-    int8 = get_method("int8")
-    model = int8.apply(create_model("cnn_tiny", data.num_classes, data.in_channels), int8.make_config(calibration_batches=2),
-                       Context(data, Budget(epochs=0.1)))
+    model = tiny_int8_model(data)
     manifest = export_compressed(model, tmp_path / "int8", formats=("torchscript", "pt2", "onnx"), chain=["int8"],
                                  configs={}, metrics={}, data=data, base={"source": "test"})
     assert [(e["format"], e["check"]["passed"]) for e in manifest["formats"]] == [("torchscript", True), ("pt2", True), ("onnx", True)]
@@ -185,9 +190,7 @@ def test_int8_model_exports_to_every_program_format(compressed, tmp_path):
 def test_artifacts_a_chain_cannot_have_get_one_line_and_the_rest_are_built(compressed, tmp_path):
     """torchao int8 parts can be neither re-quantised by onnxruntime nor packed; the other files still come."""
     data = compressed.data
-    int8 = get_method("int8")
-    model = int8.apply(create_model("cnn_tiny", data.num_classes, data.in_channels), int8.make_config(calibration_batches=2),
-                       Context(data, Budget(epochs=0.1)))
+    model = tiny_int8_model(data)
     manifest = export_compressed(model, tmp_path / "int8", formats=("onnx_int8", "packed", "state_dict"), chain=["int8"],
                                  configs={}, metrics={}, data=data, base={"source": "test"}, measure=False)
     errors = {e["format"]: e.get("error") for e in manifest["formats"]}
