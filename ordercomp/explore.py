@@ -248,7 +248,8 @@ class Explorer:
         self.config_dicts = {name: config_to_dict(name, c) for name, c in self.configs.items()}
 
     def load_base(self) -> tuple[nn.Module, dict]:
-        base, source, _ = prepare_base(self.spec.model, architecture=self.spec.architecture, device=self.spec.device,
+        # the driver's device: with Ray, a GPU the steps ask for may be on another node
+        base, source, _ = prepare_base(self.spec.model, architecture=self.spec.architecture, device=self.spec.torch_device().type,
                                        cache_dir=self.cache.folder, events=self.events, bundle=self.data,
                                        trust_torchscript=self.spec.trust_torchscript)
         return base, source

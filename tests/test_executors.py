@@ -98,18 +98,18 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.mark.xfail(reason="fails after merging the Ray executor with the default search; not yet diagnosed (issue 9 stays open)", strict=False)
 def test_ray_finds_the_same_results_decisions_and_chain(ray_cluster, one_thread, tmp_path):
-    spec = dict(methods=("prune", "quantize", "early_exit"), seeds=2, **FAST)
-    local = explore(ExploreSpec(**spec), cache_dir=tmp_path / "local").to_dict()
-    events = []
-    remote = Explorer(ExploreSpec(**spec, executor="ray"), cache_dir=tmp_path / "ray", events=events.append).explore().to_dict()
+    spec = dict(methods=("prune", "quantize", "early_exit"), seeds=2, **FAST)  # the default search: pairs, then whole chains
+    local_events, remote_events = [], []
+    local = Explorer(ExploreSpec(**spec), cache_dir=tmp_path / "local", events=local_events.append).explore().to_dict()
+    remote = Explorer(ExploreSpec(**spec, executor="ray"), cache_dir=tmp_path / "ray", events=remote_events.append).explore().to_dict()
     assert [s["metrics"] for s in remote["steps"]] == [s["metrics"] for s in local["steps"]]
     assert [(s["chain"], s["seed"], s["status"]) for s in remote["steps"]] == [(s["chain"], s["seed"], s["status"]) for s in local["steps"]]
     assert remote["outcomes"] == local["outcomes"] and remote["chain"] == local["chain"]
-    steps = [e for e in events if e["kind"] == "step"]
-    assert [e["done"] for e in steps] == list(range(1, 19)) and {e["total"] for e in steps} == {18}
-    assert len(list((tmp_path / "ray").glob("*.json"))) == len(list((tmp_path / "local").glob("*.json"))) == 18
+    assert remote["search"] == local["search"]
+    progress = [[(e["done"], e["total"]) for e in events if e["kind"] == "step"] for events in (local_events, remote_events)]
+    assert progress[0] == progress[1] and len(progress[0]) >= 18  # the pairwise plan alone is 9 steps a seed
+    assert len(list((tmp_path / "ray").glob("*.json"))) == len(list((tmp_path / "local").glob("*.json"))) >= 18
 
 
 class KillsItsWorkerOnce:
@@ -171,7 +171,6 @@ def test_a_cancel_stops_ray_and_the_in_process_executor_resumes_from_the_cache(r
     assert set(computed) == set(plan) - set(finished) and all(r.status == OK for r in results)
 
 
-@pytest.mark.xfail(reason="fails after merging the Ray executor with the default search; not yet diagnosed (issue 9 stays open)", strict=False)
 def test_a_gpu_the_cluster_lacks_is_one_line(ray_cluster, capsys, tmp_path):
     err = one_line_error(capsys, ["explore", "--executor", "ray", "--device", "cuda", "--methods", "prune,quantize",
                                   "--seeds", "1", "--epochs", "0.1", "--cache", "", "--out", str(tmp_path), "--quiet"])
