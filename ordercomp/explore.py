@@ -178,6 +178,20 @@ class OrderFound:
     search: dict | None
 
 
+def no_order_reason(methods: tuple[str, ...], steps: list[StepResult], outcomes: list[order.PairOutcome]) -> str | None:
+    """Why there is no order to recommend, or None: a method that applied to the base on no seed, or
+    no pair of methods that can follow each other in either order."""
+    applied = {s.chain[0] for s in steps if len(s.chain) == 1 and s.status == OK}
+    unusable = [m for m in methods if m not in applied]
+    if unusable:
+        why = next((s.reason for s in steps if s.chain == (unusable[0],) and s.reason), "it failed")
+        return (f"{', '.join(unusable)} cannot be applied to this model ({unusable[0]}: {why}): "
+                f"remove {'it' if len(unusable) == 1 else 'them'} from the methods")
+    if outcomes and all(o.incompatible for o in outcomes):
+        return f"no two of the methods can follow each other on this model ({outcomes[0].incompatible}): choose other methods"
+    return None
+
+
 def edge_record(before: str, after: str, data: dict, outcomes: list[order.PairOutcome]) -> dict:
     """A precedence edge with its pair's interval, oriented so that positive favours `before` first."""
     record = {"before": before, "after": after, **data}
@@ -282,6 +296,9 @@ class Explorer:
         start = time.perf_counter()
         base, source = self.load_base()
         found = self.find_order(base)
+        reason = no_order_reason(self.spec.methods, found.steps, found.outcomes)
+        if reason:
+            raise ValueError(f"{reason} (the steps that ran are cached, so a rerun reuses them)")
         chain = found.chain
         self.events({"kind": "stage", "stage": "chain", "label": f"applying the chain {' -> '.join(chain)}"})
         base_test = measure(base, self.data, "test", device=self.device).to_dict()

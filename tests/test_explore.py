@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from ordercomp.explore import ExploreSpec, Explorer, compress, explore
+from ordercomp import order
+from ordercomp.explore import ExploreSpec, Explorer, compress, explore, no_order_reason
+from ordercomp.pipeline import INCOMPATIBLE, OK, StepResult
 from ordercomp.train import Budget
 
 FAST = dict(model="cnn_tiny", budget=Budget(epochs=0.2), device="cpu")
@@ -149,3 +151,14 @@ def test_a_sample_trained_at_32_px_gets_its_data_at_32_px_unless_told_otherwise(
     told = Explorer(ExploreSpec(model="digits32_resnet18", methods=("prune", "quantize"), input_size=16, device="cpu"),
                     cache_dir=tmp_path)
     assert told.data.input_size == 16
+
+
+def test_there_is_no_order_to_recommend_when_a_method_never_applies_or_no_pair_can_follow_each_other():
+    singles = [StepResult(("prune",), OK, metrics={}), StepResult(("int8",), INCOMPATIBLE, "not a float model")]
+    assert no_order_reason(("prune", "int8"), singles, []) == \
+        "int8 cannot be applied to this model (int8: not a float model): remove it from the methods"
+    both_ok = [StepResult(("prune",), OK, metrics={}), StepResult(("lowrank",), OK, metrics={})]
+    blocked = [order.incompatible_pair("prune", "lowrank", "no layer gets cheaper", higher_is_better=True)]
+    assert "no two of the methods can follow each other" in no_order_reason(("prune", "lowrank"), both_ok, blocked)
+    decided = [order.only_order_pair("prune", "lowrank", "prune", "lowrank first leaves nothing to prune", higher_is_better=True)]
+    assert no_order_reason(("prune", "lowrank"), both_ok, decided) is None
