@@ -11,6 +11,7 @@ from ordercomp.methods.base import Incompatible, config_to_dict
 from ordercomp.methods.early_exit import EarlyExitNet
 from ordercomp.methods.registry import METHODS, get_method, parse_methods
 from ordercomp.metrics import measure
+from ordercomp.zoo import create_model
 
 NAMES = list(METHODS)
 
@@ -127,6 +128,15 @@ def test_int8_holds_real_int8_weights_and_blocks_later_training(tiny_model, cont
     assert abs(out.accuracy - base.accuracy) < 3
     with pytest.raises(Incompatible, match="before int8"):
         get_method("prune").apply(int8, get_method("prune").default_config(), context)
+
+
+def test_int8_converts_residual_blocks_whose_relu_is_called_twice(context, digits):
+    # torchvision's BasicBlock calls one ReLU module twice; torchao's quantiser refused such blocks
+    resnet = create_model("resnet_mini").eval()
+    int8 = get_method("int8").apply(resnet, get_method("int8").default_config(), context)
+    assert any(b.dtype == torch.int8 for b in int8.buffers())
+    x = digits.val.tensors[0][:64]
+    assert (int8(x).argmax(1) == resnet(x).argmax(1)).float().mean() >= 0.9
 
 
 def test_early_exit_cost_is_an_expectation_over_the_exits(tiny_model, context, digits):

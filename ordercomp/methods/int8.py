@@ -58,6 +58,7 @@ def _convert(part: nn.Module, samples: list[torch.Tensor], sparsity: float | Non
 
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     exported = torch.export.export(part.eval(), (samples[0],), dynamic_shapes=({0: batch},)).module()
+    _separate_repeated_calls(exported)
     quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(exported, quantizer)
     for sample in samples:
@@ -67,6 +68,19 @@ def _convert(part: nn.Module, samples: list[torch.Tensor], sparsity: float | Non
     allow_exported_model_train_eval(converted)
     mark_int8(converted, sparsity)
     return converted
+
+
+def _separate_repeated_calls(graph_module: torch.fx.GraphModule) -> None:
+    """A module called twice (a residual block's one ReLU) is one source partition with two outputs
+    to the quantiser, which then refuses the block ("Input partition has more than one output node").
+    torch.export already tells the calls apart in the key ('0.relu@1'); give each its own name."""
+    for node in graph_module.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        key, (name, kind) = next(reversed(stack.items()))
+        if "@" in key:
+            node.meta["nn_module_stack"] = {**stack, key: (f"{name}@{key.rpartition('@')[2]}", kind)}
 
 
 def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
