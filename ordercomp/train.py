@@ -24,7 +24,7 @@ LossFn = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor
 class Budget:
     """The fine-tuning budget every compression step gets."""
 
-    epochs: float = 5.0
+    epochs: float = 3.0
     lr: float = 2e-3
     batch_size: int = 64
     weight_decay: float = 0.0
@@ -59,7 +59,7 @@ def train(model: nn.Module, data: DataBundle, budget: Budget, *, seed: int, devi
     torch.manual_seed(seed)
     model.to(device).train()
     _freeze_frozen_batchnorm(model)
-    optimizer = torch.optim.AdamW(params, lr=budget.lr, weight_decay=budget.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=budget.lr, weight_decay=budget.weight_decay, foreach=True)
     loader = data.loader("train", budget.batch_size, shuffle=True, seed=seed)
     total_steps = max(1, round(budget.epochs * len(loader)))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, budget.lr, total_steps=total_steps, pct_start=0.15)
