@@ -19,7 +19,7 @@ KIND_COLOURS = {"base": "#444444", "single": "#1f77b4", "pair": "#ff7f0e", "pref
 AXES = {"bitops": ("BitOps", "BitOps per image", "%{x:.3s}"), "size_bytes": ("model size", "Model size (bytes)", "%{x:.3s}B"),
         "latency_ms": ("latency", "Latency at batch 1 (ms)", "%{x:.3f} ms")}
 METRIC_COLUMNS = {"accuracy": "accuracy", "bitops": "bitops", "size_bytes": "size_bytes", "latency_ms": "latency_ms_b1"}
-OBJECTIVE_UNITS = {"accuracy": "accuracy points", "bitops": "BitOps", "latency": "ms", "weighted": "score"}
+OBJECTIVE_UNITS = {"accuracy": "accuracy points", "bitops": "BitOps", "latency": "ms", "weighted": "score", "weighted_latency": "score"}
 HOVER_COLUMNS = ["label", "split", "seeds", "config"]
 CHAIN_COLOUR, DROPPED_COLOUR, EDGE_COLOUR = "#d62728", "#e41a1c", "#555555"
 

@@ -73,10 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("explore", help="pairwise comparison of orders -> precedence graph -> chain")
     _common(ex)
     ex.add_argument("--methods", default="distill,prune,quantize,early_exit", help=f"comma-separated, from {','.join(METHODS)}")
-    ex.add_argument("--objective", default="weighted", help="weighted (default: accuracy + weight x halvings of BitOps), accuracy, bitops or latency")
-    ex.add_argument("--weight", type=float, default=1.0, help="weighted objective: accuracy points per halving of BitOps")
-    ex.add_argument("--search", help="how the chain is chosen: pairwise (the paper's precedence graph), refine (whole orders "
-                    "around it, at most 2x the pairwise applications; the default) or exhaustive (every order)")
+    ex.add_argument("--objective", default="weighted", help="weighted (default: accuracy + weight x halvings of BitOps), "
+                    "weighted_latency (the same with latency in --runtime), accuracy, bitops or latency")
+    ex.add_argument("--weight", type=float, default=1.0, help="weighted objectives: accuracy points per halving of the cost")
+    ex.add_argument("--runtime", default="eager", help="where the latency objectives time every step: eager (PyTorch), or the "
+                    "runtime of an export format (onnx, onnx_int8, packed, pt2, torchscript): the order is chosen for that runtime")
+    ex.add_argument("--search", help="how the chain is chosen: surrogate (the default: the pairwise chain, then whole orders a "
+                    "model of the evaluated ones proposes, at most 2x the pairwise applications), pairwise (the paper's "
+                    "precedence graph), random (random orders, same budget) or exhaustive (every order)")
     ex.add_argument("--confidence", type=float, default=0.95, help="confidence of each pair's interval (default 0.95)")
     ex.add_argument("--seeds", type=int, default=3, help="repeat every comparison over this many seeds")
     ex.add_argument("--exhaustive", action="store_true", help="also run every permutation and rank the found chain")
@@ -119,7 +123,7 @@ def _spec(args):
         confidence=args.confidence, **({"search": args.search} if args.search else {}),
         device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
         trust_torchscript=args.trust_torchscript,
-        executor=args.executor, ray_address=args.ray_address,
+        executor=args.executor, ray_address=args.ray_address, runtime=args.runtime,
     )
 
 

@@ -25,7 +25,7 @@ import copy
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 import torch
@@ -34,7 +34,10 @@ from torch import nn
 from .cache import StepCache
 from .data import DataBundle
 from .methods.base import Context
-from .pipeline import INCOMPATIBLE, StepResult, run_step
+from .export import deployed_latency
+from .onnx_int8 import CannotBuild
+from .pipeline import INCOMPATIBLE, OK, StepResult, run_step
+from .runtimes import RuntimeMissing
 from .train import Budget, Progress
 
 Chain = tuple[str, ...]
@@ -47,16 +50,33 @@ RAY_OPTIONS = dict(include_dashboard=False, log_to_driver=False, logging_level=l
 
 @dataclass(frozen=True)
 class StepFunction:
-    """Apply chain[-1] to the model its prefix made and measure it on the validation split.
-    Holds only picklable settings, so a Ray worker can run it; the data and device come per call."""
+    """Apply chain[-1] to the model its prefix made and measure it on the validation split; with
+    `latency`, time it in `runtime`: PyTorch eager, or the runtime of an export format (the model is
+    written in that format and run there). Holds only picklable settings, so a Ray worker can run it;
+    the data and device come per call."""
 
     configs: dict
     budget: Budget
     latency: bool = False
+    runtime: str = "eager"
 
     def __call__(self, parent: nn.Module, chain: Chain, seed: int, data: DataBundle, device: torch.device,
                  progress: Progress | None = None) -> tuple[nn.Module | None, StepResult]:
-        return run_step(parent, chain, self.configs, Context(data, self.budget, seed, device, progress), latency=self.latency)
+        context = Context(data, self.budget, seed, device, progress)
+        model, result = run_step(parent, chain, self.configs, context, latency=self.latency and self.runtime == "eager")
+        if self.latency and self.runtime != "eager" and result.status == OK:
+            result = deployed_timing(model, result, data, self.runtime)
+        return model, result
+
+
+def deployed_timing(model: nn.Module, result: StepResult, data: DataBundle, runtime: str) -> StepResult:
+    """The step's result with the latency of its deployable form in `runtime`; a form that cannot be
+    built makes the step incompatible with that runtime (its model still serves later steps)."""
+    try:
+        timing = deployed_latency(model, data, runtime)
+    except (CannotBuild, RuntimeMissing) as reason:
+        return replace(result, status=INCOMPATIBLE, reason=str(reason), metrics=None)
+    return replace(result, metrics=result.metrics | timing)
 
 
 class Step(Protocol):

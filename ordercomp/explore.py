@@ -21,6 +21,8 @@ from .checkpoints import input_size_for, read_state_dict, resolve_model, save_st
 from .data import DataBundle, load_data
 from .fields import number, typed_fields
 from .executors import StepFunction, Work, check_executor, make_executor
+from .export import PROGRAM_FORMATS, deployed_latency
+from .runtimes import require_onnxruntime
 from .methods.base import Context, config_to_dict
 from .metrics import measure, unpack_hits
 from .order import OBJECTIVES
@@ -29,6 +31,7 @@ from .train import Budget, train
 
 DEFAULT_METHODS = ("distill", "prune", "quantize", "early_exit")
 SEARCHES = tuple(order.STRATEGIES)
+RUNTIMES = ("eager",) + PROGRAM_FORMATS
 BASE_BUDGET = Budget(epochs=20, lr=3e-3)
 Events = Callable[[dict], None]
 
@@ -94,6 +97,7 @@ class ExploreSpec:
     trust_torchscript: bool = False
     executor: str = "inprocess"
     ray_address: str | None = None
+    runtime: str = "eager"  # where the latency objectives time each step: PyTorch eager or an export format's runtime
 
     def __post_init__(self):
         checked = typed_fields(ExploreSpec, {k: v for k, v in vars(self).items() if k not in ("budget", "methods", "settings")})
@@ -120,6 +124,7 @@ class ExploreSpec:
         if self.repeat is not None and self.repeat not in self.methods:
             raise ValueError(f"--repeat {self.repeat} must be one of the chosen methods")
         check_executor(self.executor, self.ray_address)
+        check_runtime(self.runtime, self.objective)
         self.torch_device()
         make_configs(self.methods, self.settings)
 
@@ -236,14 +241,27 @@ def _all_ok(results: list[StepResult]) -> bool:
     return bool(results) and all(r.status == OK for r in results)
 
 
-def score(metrics: dict, objective: str, base_bitops: float, weight: float) -> float:
+def score(metrics: dict, objective: str, base: dict, weight: float) -> float:
+    """A step's score under `objective`; `base` holds the base model's bitops and latency_ms_b1."""
     if objective == "accuracy":
         return metrics["accuracy"]
     if objective == "bitops":
         return metrics["bitops"]
     if objective == "latency":
         return metrics["latency_ms_b1"]
-    return order.weighted_score(metrics["accuracy"], metrics["bitops"], base_bitops, weight)
+    cost = "latency_ms_b1" if objective == "weighted_latency" else "bitops"
+    return order.weighted_score(metrics["accuracy"], metrics[cost], base[cost], weight)
+
+
+def check_runtime(runtime: str, objective: str) -> None:
+    """Refuse an unknown runtime, one the latency objectives do not use, or one that is not installed."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if runtime != "eager" and objective not in order.LATENCY_OBJECTIVES:
+        raise ValueError(f"a runtime only changes where latency is measured: use it with objective "
+                         f"{' or '.join(order.LATENCY_OBJECTIVES)}, not {objective}")
+    if runtime.startswith("onnx"):
+        require_onnxruntime()
 
 
 class Explorer:
@@ -272,8 +290,11 @@ class Explorer:
         """Every chain of `plan` for every seed, by the spec's executor (executors.py); results go through
         the step cache under the same keys whichever executor computes them."""
         fingerprint, budget = state_fingerprint(base), self.spec.budget.to_dict()
-        key = lambda chain, seed: step_key(fingerprint, self.data_fingerprint, chain, self.config_dicts, seed, budget, "val")
-        step = StepFunction(self.configs, self.spec.budget, latency=self.spec.objective == "latency")
+        timed = self.spec.objective in order.LATENCY_OBJECTIVES
+        # a timed result is kept apart from an untimed one (which has no latency) and per runtime
+        measured = f"val+latency@{self.spec.runtime}" if timed else "val"
+        key = lambda chain, seed: step_key(fingerprint, self.data_fingerprint, chain, self.config_dicts, seed, budget, measured)
+        step = StepFunction(self.configs, self.spec.budget, latency=timed, runtime=self.spec.runtime)
         work = Work(base, self.data, step, key, self.cache, self.device, self._counting_steps_so_far(), keep_below=self._deepest)
         if self._executor is None:  # one executor per exploration: in-process, it keeps prefix models for later plans
             self._executor = make_executor(self.spec.executor, self.spec.ray_address, device=self.spec.device)
@@ -316,8 +337,13 @@ class Explorer:
         )
 
     def measure_base(self, base: nn.Module) -> None:
-        """The base's validation BitOps, which the weighted objective scores every step against."""
-        self._base_bitops = measure(base, self.data, "val", device=self.device, latency=False).bitops
+        """The base's validation BitOps, and its latency in the spec's runtime for the latency objectives:
+        what the weighted objectives score every step against."""
+        timed = self.spec.objective in order.LATENCY_OBJECTIVES and self.spec.runtime == "eager"
+        metrics = measure(base, self.data, "val", device=self.device, latency=timed).to_dict()
+        if self.spec.objective in order.LATENCY_OBJECTIVES and self.spec.runtime != "eager":
+            metrics |= deployed_latency(base, self.data, self.spec.runtime)
+        self._base = {"bitops": metrics["bitops"], "latency_ms_b1": metrics["latency_ms_b1"]}
 
     def find_order(self, base: nn.Module) -> "OrderFound":
         """Run the plan (pairwise, or every order with --exhaustive), decide every pair, build the
@@ -382,12 +408,12 @@ class Explorer:
         """Per seed, which validation images the chain got right: the paired per-image evidence of
         objectives built on accuracy (None for cost objectives, or results cached before it was kept)."""
         packed = [r.metrics.get("correct") for r in sorted(results, key=lambda r: r.seed)]
-        if self.spec.objective not in ("accuracy", "weighted") or None in packed:
+        if self.spec.objective not in order.ACCURACY_OBJECTIVES or None in packed:
             return None
         return [unpack_hits(p) for p in packed]
 
     def _margin(self) -> float:
-        return self.spec.min_margin if self.spec.objective in ("accuracy", "weighted") else 0.0
+        return self.spec.min_margin if self.spec.objective in order.ACCURACY_OBJECTIVES else 0.0
 
     def application_counts(self) -> dict:
         n = len(self.spec.methods)
@@ -412,7 +438,7 @@ class Explorer:
                 "cost_ratio": order.exhaustive_applications(n) / order.pairwise_applications(n)}
 
     def _score_of(self, result: StepResult) -> float:
-        return score(result.metrics, self.spec.objective, self._base_bitops, self.spec.weight)
+        return score(result.metrics, self.spec.objective, self._base, self.spec.weight)
 
     def try_repeat(self, model: nn.Module, chain: list[str]) -> dict:
         """Apply the repeat method once more after the chain and compare on the test split."""

@@ -41,7 +41,7 @@ from .methods.early_exit import EarlyExitNet, StaticExitSelect
 from .methods.int8 import MAX_BATCH
 from .onnx_int8 import CannotBuild, deployable_float, quantize_onnx
 from .packed import PackError, write_packed
-from .runtimes import BATCHES, THREADS, RuntimeMissing, load_runner, measure_file, runtime_name
+from .runtimes import BATCHES, THREADS, RuntimeMissing, latency_ms, load_runner, measure_file, runtime_name
 
 MANIFEST = "manifest.json"
 MARKER = ".ordercomp-export"
@@ -216,6 +216,22 @@ def export_format(name: str, src: Sources, images: torch.Tensor, folder: Path) -
     if name in PROGRAM_FORMATS and "file" in entry:
         entry["check"] = check_program(name, folder / entry["file"], src.program, images)
     return entry
+
+
+def deployed_latency(model: nn.Module, data: DataBundle, fmt: str, *, threads: int = 1, repeats: int = 20) -> dict:
+    """Batch-1 and batch-32 latency (ms) of `model` written as `fmt` and run in that format's runtime:
+    what the step would cost where it ships. A form that cannot be built raises CannotBuild."""
+    with tempfile.TemporaryDirectory() as temp:
+        entry = write_format(fmt, Sources.of(model, data), Path(temp))
+        if "error" in entry:
+            raise CannotBuild(f"cannot be built as {fmt}: {entry['error']}")
+        run = load_runner(fmt, Path(temp) / entry["file"], threads, trust_torchscript=True)  # written just now
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return {"latency_ms_b1": latency_ms(run, data, 1, repeats), "latency_ms_batch": latency_ms(run, data, BATCHES[-1], repeats)}
+        finally:
+            torch.set_num_threads(previous)
 
 
 def measure_entry(entry: dict, folder: Path, data: DataBundle, base: "BaseRuns | None", timing: dict) -> dict:

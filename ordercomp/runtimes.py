@@ -38,6 +38,15 @@ def runtime_name(fmt: str) -> str:
     return RUNTIME_NAMES[fmt]
 
 
+def require_onnxruntime() -> None:
+    """A ValueError saying what to install when onnxruntime is missing (checked before any work)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ValueError("the ONNX runtimes need onnxruntime, which is not installed: pip install onnxruntime, "
+                         "or measure latency with --runtime eager") from None
+
+
 def onnx_session(path: Path, threads: int = THREADS):
     try:
         import onnxruntime as ort

@@ -8,7 +8,9 @@ SEARCH_LABELS = {"surrogate": "surrogate: whole orders around the pairwise chain
                  "pairwise": "pairwise: the paper's precedence graph", "random": "random whole orders (≤2x the pairwise cost)",
                  "exhaustive": "exhaustive: every order"}
 from ordercomp.methods.registry import METHODS
-from ordercomp.order import MAX_EXHAUSTIVE_METHODS, OBJECTIVES
+from ordercomp.explore import RUNTIMES
+from ordercomp.order import LATENCY_OBJECTIVES, MAX_EXHAUSTIVE_METHODS, OBJECTIVES
+from ordercomp.runtimes import runtime_name
 from pages._shared import KEEP, run_inside_app
 
 run_inside_app()
@@ -55,8 +57,12 @@ def budget_and_decision(chosen: list[str]) -> None:
     left.number_input("Learning rate", min_value=1e-6, max_value=1.0, format="%g", key="w_lr", **KEEP)
     middle.selectbox("Objective", list(OBJECTIVES), key="w_objective", format_func=lambda name: f"{name}: {OBJECTIVES[name][1]}",
                      **KEEP)
-    if state["w_objective"] == "weighted":
-        middle.number_input("Weight: accuracy points per halving of BitOps", min_value=0.0, format="%g", key="w_weight", **KEEP)
+    if state["w_objective"].startswith("weighted"):
+        cost = "latency" if state["w_objective"] == "weighted_latency" else "BitOps"
+        middle.number_input(f"Weight: accuracy points per halving of {cost}", min_value=0.0, format="%g", key="w_weight", **KEEP)
+    if state["w_objective"] in LATENCY_OBJECTIVES:
+        middle.selectbox("Measure latency in (the order is chosen for this runtime)", RUNTIMES, key="w_runtime", **KEEP,
+                         format_func=lambda name: "PyTorch eager" if name == "eager" else f"{runtime_name(name)}: {name}")
     middle.number_input("Minimum margin (accuracy points) for a pair to count as decided", min_value=0.0, format="%g",
                         key="w_min_margin", **KEEP)
     right.number_input("Seeds (each comparison is repeated this often)", min_value=1, max_value=50, step=1, key="w_seeds", **KEEP)

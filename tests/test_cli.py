@@ -28,6 +28,8 @@ from ordercomp.cli import main
     (["explore", "--epochs", "nan"], "epochs must be a finite number"),
     (["explore", "--lr", "inf"], "lr must be a finite number"),
     (["explore", "--set", "distill.init=1"], "distill.init must be text"),
+    (["explore", "--objective", "latency", "--runtime", "tflite"], "unknown runtime 'tflite'"),
+    (["explore", "--runtime", "onnx_int8"], "a runtime only changes where latency is measured"),
     (["apply", "--chain", "prune", "--export", "{out}", "--epochs=-inf"], "epochs must be a finite number"),
     (["apply", "--chain", "prune", "--export", "{out}", "--prune-ratio", "nan"], "prune.ratio must be a finite number"),
     (["apply", "--chain", "prune", "--export", "{out}", "--seed", "-1"], "seed must be >= 0"),

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ordercomp import order
 from ordercomp.explore import ExploreSpec, Explorer, compress, explore, no_order_reason
-from ordercomp.pipeline import INCOMPATIBLE, OK, StepResult
+from ordercomp.pipeline import INCOMPATIBLE, OK, StepResult, make_configs
 from ordercomp.train import Budget
 
 FAST = dict(model="cnn_tiny", budget=Budget(epochs=0.2), device="cpu")
@@ -162,3 +163,35 @@ def test_there_is_no_order_to_recommend_when_a_method_never_applies_or_no_pair_c
     assert "no two of the methods can follow each other" in no_order_reason(("prune", "lowrank"), both_ok, blocked)
     decided = [order.only_order_pair("prune", "lowrank", "prune", "lowrank first leaves nothing to prune", higher_is_better=True)]
     assert no_order_reason(("prune", "lowrank"), both_ok, decided) is None
+
+
+def test_a_latency_exploration_times_every_step_even_where_an_untimed_run_cached_it(tmp_path):
+    spec = dict(methods=("prune", "quantize"), seeds=1, search="pairwise", **FAST)
+    explore(ExploreSpec(**spec), cache_dir=tmp_path)  # weighted: steps cached without latency
+    timed = explore(ExploreSpec(**spec, objective="latency"), cache_dir=tmp_path).to_dict()
+    assert all(s["metrics"]["latency_ms_b1"] > 0 for s in timed["steps"])
+
+
+def test_the_latency_objectives_time_each_step_in_the_runtime_it_will_ship_in(tmp_path):
+    spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, search="pairwise", objective="weighted_latency", runtime="onnx", **FAST)
+    explorer = Explorer(spec, cache_dir=tmp_path)
+    record = explorer.explore().to_dict()
+    assert explorer._base["latency_ms_b1"] > 0  # the base, written as ONNX and run in onnxruntime
+    steps = [s for s in record["steps"] if s["status"] == "ok"]
+    assert len(steps) == 4 and all(s["metrics"]["latency_ms_b1"] > 0 and s["metrics"]["latency_ms_batch"] > 0 for s in steps)
+    eager = explore(ExploreSpec(**{**vars(spec), "runtime": "eager"}), cache_dir=tmp_path).to_dict()
+    assert [s["metrics"]["latency_ms_b1"] for s in eager["steps"]] != [s["metrics"]["latency_ms_b1"] for s in record["steps"]]
+
+
+def test_a_step_that_cannot_be_built_for_the_runtime_is_incompatible_with_it(monkeypatch, tiny_model, digits):
+    from ordercomp import executors
+    from ordercomp.onnx_int8 import CannotBuild
+
+    def refuse(model, data, runtime):
+        raise CannotBuild("cannot be built as onnx_int8: 2-bit weights have no int8 kernel")
+
+    monkeypatch.setattr(executors, "deployed_latency", refuse)
+    step = executors.StepFunction(make_configs(["prune"]), Budget(epochs=0), latency=True, runtime="onnx_int8")
+    model, result = step(tiny_model, ("prune",), 0, digits, torch.device("cpu"))
+    assert result.status == INCOMPATIBLE and result.reason == "cannot be built as onnx_int8: 2-bit weights have no int8 kernel"
+    assert model is not None  # later steps still build on it

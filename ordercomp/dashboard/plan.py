@@ -10,6 +10,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from ..jobs import BaselineSpec, ExportSpec
+from ..order import LATENCY_OBJECTIVES
 from .session import base_choice
 
 WIDGET_PREFIX = "w_"
@@ -67,7 +68,7 @@ def plan_defaults() -> dict:
     defaults = {"w_methods": list(spec.methods), "w_objective": spec.objective, "w_weight": spec.weight, "w_seeds": spec.seeds,
                 "w_epochs": spec.budget.epochs, "w_lr": spec.budget.lr, "w_device": spec.device, "w_exhaustive": spec.exhaustive,
                 "w_min_margin": spec.min_margin, "w_repeat": NO_REPEAT, "w_executor": spec.executor, "w_ray_address": "",
-                "w_search": spec.search}
+                "w_search": spec.search, "w_runtime": spec.runtime}
     for method in METHODS.values():
         defaults |= {s.key: s.default for s in method_settings(method)}
     return defaults
@@ -96,4 +97,5 @@ def plan_from_state(state):
                        exhaustive=bool(value("w_exhaustive")), min_margin=float(value("w_min_margin")),
                        repeat=None if repeat in (None, NO_REPEAT) or repeat not in methods else repeat,
                        trust_torchscript=choice.get("trust_torchscript", False), search=value("w_search"),
-                       executor=value("w_executor"), ray_address=(value("w_ray_address") or "").strip() or None)
+                       executor=value("w_executor"), ray_address=(value("w_ray_address") or "").strip() or None,
+                       runtime=value("w_runtime") if value("w_objective") in LATENCY_OBJECTIVES else "eager")

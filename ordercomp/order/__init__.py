@@ -10,6 +10,8 @@ from ordercomp.order.graph import (
     valid_chains,
 )
 from ordercomp.order.pairwise import (
+    ACCURACY_OBJECTIVES,
+    LATENCY_OBJECTIVES,
     OBJECTIVES,
     PairOutcome,
     decide_pair,
@@ -43,6 +45,8 @@ from ordercomp.order.synthetic import PairEvidence, simulate_pair
 __all__ = [
     "DEFAULT_STRATEGY",
     "MAX_EXHAUSTIVE_METHODS",
+    "ACCURACY_OBJECTIVES",
+    "LATENCY_OBJECTIVES",
     "OBJECTIVES",
     "STRATEGIES",
     "ChainScore",

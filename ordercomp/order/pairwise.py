@@ -21,7 +21,10 @@ OBJECTIVES: dict[str, tuple[bool, str]] = {
     "bitops": (False, "bit operations of one forward pass; lower is better"),
     "latency": (False, "inference latency in milliseconds; lower is better"),
     "weighted": (True, "accuracy + weight * log2(base_bitops / bitops); higher is better"),
+    "weighted_latency": (True, "accuracy + weight * log2(base_latency / latency), latency in the chosen runtime; higher is better"),
 }
+ACCURACY_OBJECTIVES = ("accuracy", "weighted", "weighted_latency")  # decided with per-image evidence and min_margin
+LATENCY_OBJECTIVES = ("latency", "weighted_latency")  # need latency measured on every step
 
 
 @dataclass(frozen=True)
@@ -203,20 +206,17 @@ def only_order_pair(first: str, second: str, working_first: str, reason: str, *,
     return PairOutcome(first, second, (), (), higher_is_better, 0.0, 0.0, working_first, False, False, None, reason)
 
 
-def weighted_score(accuracy: float, bitops: float, base_bitops: float, weight: float) -> float:
-    """Accuracy (percent) plus a bonus of `weight` per halving of bitops.
+def weighted_score(accuracy: float, cost: float, base_cost: float, weight: float) -> float:
+    """Accuracy (percent) plus a bonus of `weight` per halving of the cost (BitOps or latency).
 
-    score = accuracy + weight * log2(base_bitops / bitops), so a cheaper
+    score = accuracy + weight * log2(base_cost / cost), so a cheaper
     model scores higher at equal accuracy.
     """
-    if not all(math.isfinite(value) and value > 0 for value in (bitops, base_bitops)):
-        raise ValueError(
-            f"bitops and base_bitops must be finite and > 0, got bitops={bitops}, "
-            f"base_bitops={base_bitops}"
-        )
+    if not all(math.isfinite(value) and value > 0 for value in (cost, base_cost)):
+        raise ValueError(f"cost and base cost must be finite and > 0, got cost={cost}, base cost={base_cost}")
     if not math.isfinite(accuracy) or not math.isfinite(weight):
         raise ValueError(f"accuracy and weight must be finite, got {accuracy} and {weight}")
-    return accuracy + weight * math.log2(base_bitops / bitops)
+    return accuracy + weight * math.log2(base_cost / cost)
 
 
 def _oriented_differences(
