@@ -33,13 +33,25 @@ from ordercomp.order import OBJECTIVES  # noqa: E402
 CACHE = Path(".ordercomp/bench-search-cache")
 
 
-def ground_truth(explorer: Explorer, base) -> list[dict]:
-    """Every full order with its mean score over the seeds, best first."""
+def ground_truth(explorer: Explorer, base) -> tuple[list[dict], list]:
+    """Every full order with its mean score over the seeds, best first, and the full orders' step results."""
     explorer.measure_base(base)
     explorer._deepest = len(explorer.spec.methods)
     steps = explorer.run_plan(base, order.exhaustive_plan(explorer.spec.methods))
-    n = len(explorer.spec.methods)
-    return ranked_orders([s for s in steps if len(s.chain) == n], explorer._score_of, OBJECTIVES[explorer.spec.objective][0])
+    full = [s for s in steps if len(s.chain) == len(explorer.spec.methods)]
+    return ranked_orders(full, explorer._score_of, OBJECTIVES[explorer.spec.objective][0]), full
+
+
+def describe_orders(explorer: Explorer, truth: list[dict], full: list) -> str:
+    """The orders' BitOps reduction and accuracy ranges, and where ranking by accuracy alone would go."""
+    def mean(chain, key):
+        return statistics.fmean(s.metrics[key] for s in full if list(s.chain) == chain)
+    reduction = [explorer._base["bitops"] / mean(o["chain"], "bitops") for o in truth]
+    accuracy = [mean(o["chain"], "accuracy") for o in truth]
+    by_accuracy = max(range(len(truth)), key=accuracy.__getitem__)
+    return (f"BitOps {min(reduction):.0f}x-{max(reduction):.0f}x fewer, validation accuracy {min(accuracy):.2f}-{max(accuracy):.2f} %; "
+            f"accuracy alone picks {' -> '.join(truth[by_accuracy]['chain'])} ({accuracy[by_accuracy]:.2f} % at "
+            f"{reduction[by_accuracy]:.0f}x), rank {by_accuracy + 1} by {explorer.spec.objective}")
 
 
 def judge(name: str, strategy: str, truth: list[dict]) -> dict:
@@ -87,13 +99,14 @@ def main() -> None:
         start = time.perf_counter()
         explorer = Explorer(setting_spec(name), cache_dir=CACHE)
         base, _ = explorer.load_base()
-        truth = ground_truth(explorer, base)
+        truth, full = ground_truth(explorer, base)
         if not truth:
             print(f"\n{name}: no order applied on every seed; see the failed steps in the cache")
             continue
         print(f"\n{name}: {len(truth)} orders, best {' -> '.join(truth[0]['chain'])} {truth[0]['score']:.2f} ± {truth[0]['se']:.2f}, "
               f"worst {truth[-1]['score']:.2f}; mean seed-to-seed sd of one order "
               f"{statistics.fmean(o['se'] * o['seeds'] ** 0.5 for o in truth):.2f} ({time.perf_counter() - start:.0f} s)")
+        print(f"  {describe_orders(explorer, truth, full)}")
         for strategy in SEARCHES:
             row = judge(name, strategy, truth)
             rows.append(row)

@@ -91,7 +91,7 @@ def plan_summary() -> None:
     n = len(spec.methods)
     left, right = st.columns(2)
     left.metric("Method applications", cost["applications"])
-    left.caption(f"{'exhaustive' if spec.exhaustive else 'pairwise'}: {cost['per_seed']} per seed x {spec.seeds} seed(s), "
+    left.caption(f"{'exhaustive' if spec.exhaustive else spec.search}: at most {cost['per_seed']} per seed x {spec.seeds} seed(s), "
                  f"+ {n} to apply the chain. Pairwise needs n + n(n-1) = {cost['pairwise_per_seed']} per seed; "
                  f"every order (exhaustive) {cost['exhaustive_per_seed']}.")
     right.metric("Estimated time", formatting.duration(cost["seconds"]))

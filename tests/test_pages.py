@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from ordercomp import uploads
 from ordercomp.checkpoints import sample_card
-from ordercomp.dashboard import estimate, formatting, session
+from ordercomp.dashboard import estimate, formatting, plan, session
 from ordercomp.data import DataError
 from ordercomp.explore import ExploreSpec
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, launch, set_worker_limit, start_job
@@ -241,13 +241,17 @@ def test_methods_page_builds_widgets_from_the_registry_and_counts_applications(s
     assert at.slider(key="w_prune.ratio").value == METHODS["prune"].default_config().ratio
     assert at.selectbox(key="w_quantize.weight_bits").value == METHODS["quantize"].default_config().weight_bits
     assert at.selectbox(key="w_quantize.weight_bits").options == ["2", "4", "8"]
+    count = lambda: next(metric for metric in at.main.metric if metric.label == "Method applications").value
+    assert count() == "100"  # the default search: at most 2 x 16 per seed x 3 seeds + the chain's 4
+    at.selectbox(key="w_search").set_value("pairwise").run()
+    assert count() == "52"
     at.multiselect(key="w_methods").set_value(["prune", "quantize"]).run()
     at.number_input(key="w_seeds").set_value(2).run()
     applications = next(metric for metric in at.main.metric if metric.label == "Method applications")
     assert applications.value == "10"  # (2 singles + 2 ordered pairs) x 2 seeds + the chain's 2
     # the default sample, not yet run in this store: the guess goes by its size (MACs x images x epochs)
     card = sample_card("digits_cnn")
-    guess = card["metrics"]["macs"] * card["data"]["train"] * 5 * 3 * estimate.CPU_SECONDS_PER_MAC
+    guess = card["metrics"]["macs"] * card["data"]["train"] * Budget().epochs * 3 * estimate.CPU_SECONDS_PER_MAC
     assert f"{guess:.1f} s per application, from the sample's size" in plain(at.main.caption[-1].value)
     at.session_state[session.BASE] = {"model": "cnn_tiny", "architecture": None, "data": "digits", "input_size": None}
     at.run()
@@ -489,3 +493,14 @@ def test_a_launched_exploration_runs_in_a_worker_and_its_result_reaches_the_resu
     assert plain(at.main.success[0].value) == f"Recommended order: **{' → '.join(job['result']['chain'])}**"
     at.switch_page(PAGES["4_order"]).run()
     assert plain(at.main.markdown[0].value).startswith("### Recommended order:") and charts(at, "graphviz_chart") == 1
+
+
+def test_the_methods_page_runtime_choice_reaches_the_spec_only_for_latency_objectives():
+    assert plan.plan_from_state({"w_objective": "weighted_latency", "w_runtime": "onnx_int8"}).runtime == "onnx_int8"
+    assert plan.plan_from_state({"w_objective": "weighted", "w_runtime": "onnx_int8"}).runtime == "eager"
+    at = app("2_methods")
+    assert not [s for s in at.selectbox if s.key == "w_runtime"]
+    at.selectbox(key="w_objective").set_value("latency").run()
+    assert at.selectbox(key="w_runtime").value == "eager"
+    at.selectbox(key="w_runtime").set_value("onnx_int8").run()
+    assert not at.exception and at.session_state["w_runtime"] == "onnx_int8"

@@ -3,9 +3,9 @@ in the job store, from a sample model's size, or a default guess."""
 from __future__ import annotations
 
 DEFAULT_STEP_SECONDS = 20.0      # per method application, until the store has finished steps to go by
-# Seconds per multiply-accumulate of fine-tuning on 2 CPU cores (forward + backward ~ 3x the MACs),
-# measured: digits_cnn on digits, 52 applications at 5 epochs in 63 s (benchmarks/bench_explore.py).
-CPU_SECONDS_PER_MAC = 2.5e-11
+# Seconds per multiply-accumulate of fine-tuning on 2 CPU cores (forward + backward ~ 3x the MACs), with each
+# step's measurement: digits_cnn on digits, 100 applications at 3 epochs in 148 s (benchmarks/bench_explore.py).
+CPU_SECONDS_PER_MAC = 5.3e-11
 
 
 def plan_cost(spec, mean_seconds: float | None) -> dict:
@@ -14,7 +14,10 @@ def plan_cost(spec, mean_seconds: float | None) -> dict:
 
     n = len(spec.methods)
     pairwise, exhaustive = order.pairwise_applications(n), order.exhaustive_applications(n)
-    per_seed = exhaustive if spec.exhaustive else pairwise
+    if spec.exhaustive or spec.search == "exhaustive":
+        per_seed = exhaustive
+    else:  # the search spends at most its budget (whole orders around the pairwise plan), never more than every order
+        per_seed = pairwise if spec.search == "pairwise" else min(order.search_budget(n, spec.search), exhaustive)
     applications = per_seed * spec.seeds + n  # + the chain applied once to the base on the test split
     guess = sample_step_seconds(spec)
     each = mean_seconds or guess or DEFAULT_STEP_SECONDS
