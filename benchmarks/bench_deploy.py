@@ -1,7 +1,7 @@
 """Deployment benchmark: is what ships as small and as fast as the dashboard says?
 
     python benchmarks/bench_deploy.py                 # both parts, 2 threads
-    python benchmarks/bench_deploy.py --epochs 5      # the default fine-tuning budget (slower)
+    python benchmarks/bench_deploy.py --epochs 3      # the default fine-tuning budget (slower)
 
 1. The 32-px sample (digits32_resnet18, digits upscaled to 32 px): the chain (default
    prune,distill) is applied and exported as int8 ONNX; it and the base (float ONNX) run in

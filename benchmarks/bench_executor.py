@@ -1,7 +1,7 @@
 """Wall time of one exploration run by the in-process executor and by the Ray executor, same spec,
 fresh caches, and whether both found the same step results and chain.
 
-    .venv/bin/python benchmarks/bench_executor.py                       # the embedded default (3 seeds, 5 epochs)
+    .venv/bin/python benchmarks/bench_executor.py                       # the embedded default (3 seeds, 3 epochs)
     .venv/bin/python benchmarks/bench_executor.py --seeds 1 --epochs 1   # quicker
     .venv/bin/python benchmarks/bench_executor.py --data PATH --model resnet18 --input-size 32 --device cuda
 

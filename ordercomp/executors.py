@@ -132,6 +132,10 @@ class InProcessExecutor:
                 work.events(step_event(results[-1], len(results), total))
         return results
 
+    def close(self) -> None:
+        """Forget the kept models (the exploration is over)."""
+        self._models.clear()
+
     def _step(self, work: Work, chain: Chain, seed: int, models: dict, parents: set[Chain]) -> StepResult:
         key = work.key(chain, seed)
         cached = work.cache.get(key)
@@ -218,23 +222,27 @@ class RayExecutor:
     """One Ray task per step and seed, each asking for `cpus_per_step` CPUs and, for CUDA, one GPU.
     A child task gets its parent's model as an ObjectRef, so Ray starts it as soon as the prefix is
     done; a task whose worker dies is retried (`max_retries`). Without an address, a local cluster of
-    `local_cpus` CPUs is started and shut down again; an already connected Ray session is used as it is."""
+    `local_cpus` CPUs is started on the first run and kept for the exploration's later plans (the search
+    runs several) until `close`; an already connected Ray session is used as it is and left connected."""
 
     def __init__(self, address: str | None = None, *, device: str = "auto", cpus_per_step: int = 1, max_retries: int = 3,
                  local_cpus: int | None = None):
         self.address, self.device, self.cpus_per_step = address, device, cpus_per_step
         self.max_retries, self.local_cpus = max_retries, local_cpus
+        self._started = False  # this executor connected the session, so `close` shuts it down
 
     def run(self, work: Work, plan: list[Chain], seeds: int) -> list[StepResult]:
         ray = require_ray()
-        started = self._connect(ray)
-        try:
-            gpus = self._gpus_per_step(ray)
-            work.events({"kind": "stage", "stage": "ray", "label": self._describe(ray, gpus)})
-            return RayRun(ray, work, self._task(ray, gpus), "cuda" if gpus else "cpu", self.cpus_per_step).run(plan, seeds)
-        finally:
-            if started:
-                ray.shutdown()
+        self._started |= self._connect(ray)
+        gpus = self._gpus_per_step(ray)
+        work.events({"kind": "stage", "stage": "ray", "label": self._describe(ray, gpus)})
+        return RayRun(ray, work, self._task(ray, gpus), "cuda" if gpus else "cpu", self.cpus_per_step).run(plan, seeds)
+
+    def close(self) -> None:
+        """Shut down the session this executor started (a cluster it joined keeps running)."""
+        if self._started:
+            require_ray().shutdown()
+            self._started = False
 
     def _connect(self, ray) -> bool:
         """Connect (True when this call started the session and must shut it down)."""

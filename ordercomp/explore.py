@@ -313,7 +313,18 @@ class Explorer:
         progress = lambda step, fraction: self.events({"kind": "progress", "label": f"{label}: {step}", "fraction": fraction, "seed": seed})
         return Context(self.data, self.spec.budget, seed, self.device, progress)
 
+    def close(self) -> None:
+        """Release what the executor holds (kept models, a Ray session it started)."""
+        if self._executor is not None:
+            self._executor.close()
+
     def explore(self) -> Exploration:
+        try:
+            return self._explore()
+        finally:
+            self.close()
+
+    def _explore(self) -> Exploration:
         start = time.perf_counter()
         base, source = self.load_base()
         found = self.find_order(base)

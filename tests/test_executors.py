@@ -82,6 +82,19 @@ def test_an_unreachable_ray_address_is_one_line(capsys, tmp_path, address, messa
     assert not ray.is_initialized()
 
 
+def test_an_exploration_starts_its_local_ray_cluster_once_and_stops_it_after(monkeypatch, tmp_path):
+    from ordercomp import executors
+
+    starts = []
+    monkeypatch.setattr(executors, "start_local_ray", lambda ray, cpus, **resources: starts.append(cpus) or start_local_ray(ray, 2, num_gpus=0))
+    events = []
+    spec = ExploreSpec(methods=("prune", "quantize", "early_exit"), seeds=1, executor="ray", **FAST)
+    Explorer(spec, cache_dir=tmp_path, events=events.append).explore()
+    plans = [e for e in events if e.get("stage") == "ray"]
+    assert len(plans) > 1  # the default search ran plans after the pairwise one, all on the same cluster
+    assert len(starts) == 1 and not ray.is_initialized()
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     start_local_ray(ray, 2, num_gpus=0)
