@@ -37,7 +37,7 @@ from torch import nn
 from .checkpoints import load_program, read_state_dict
 from .data import DataBundle
 from .folders import check_writable, staged
-from .methods.early_exit import EarlyExitNet, StaticExitSelect
+from .methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelect
 from .methods.int8 import MAX_BATCH
 from .onnx_int8 import CannotBuild, deployable_float, quantize_onnx
 from .packed import PackError, write_packed
@@ -97,6 +97,15 @@ def write_state_dict(src: Sources, path: Path) -> dict:
 
 
 def write_onnx(src: Sources, path: Path) -> dict:
+    """Float ONNX; with early exits, an If after each exit head stops the run once the batch is confident
+    (every exit computed, as a fallback, when the exporter cannot express that)."""
+    if isinstance(src.model, EarlyExitNet):
+        try:
+            return {**onnx_file(ConditionalExits(src.model).eval(), src.sample, path, legacy=False), "early_exit": "stops at run time"}
+        except OSError:
+            raise
+        except Exception as error:  # the exporter raises many error types
+            return {**onnx_file(src.program, src.sample, path), "early_exit": f"every exit computed ({one_line(error)})"}
     return onnx_file(src.program, src.sample, path)
 
 
@@ -113,8 +122,8 @@ def write_packed_file(src: Sources, path: Path) -> dict:
     return write_packed(src.model, path)
 
 
-def onnx_file(program: nn.Module, sample: torch.Tensor, path: Path) -> dict:
-    """The dynamo exporter, or the legacy TorchScript-based one when dynamo cannot export the model."""
+def onnx_file(program: nn.Module, sample: torch.Tensor, path: Path, *, legacy: bool = True) -> dict:
+    """The dynamo exporter, or (with `legacy`) the TorchScript-based one when dynamo cannot export the model."""
     try:
         onnx_program = torch.onnx.export(program, (sample,), dynamo=True, dynamic_shapes=_batch_dim(), verbose=False,
                                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
@@ -123,6 +132,8 @@ def onnx_file(program: nn.Module, sample: torch.Tensor, path: Path) -> dict:
     except OSError:
         raise
     except Exception as dynamo_error:  # the dynamo exporter raises many error types
+        if not legacy:
+            raise
         try:
             torch.onnx.export(program, (sample,), str(path), dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})

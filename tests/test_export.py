@@ -86,6 +86,22 @@ def test_every_program_passes_its_check_against_pytorch(exported):
     assert next(e for e in manifest["formats"] if e["format"] == "onnx")["exporter"] == "dynamo"
 
 
+def test_the_onnx_file_stops_at_the_first_confident_exit_and_predicts_as_pytorch(exported, compressed):
+    import onnx
+    import onnxruntime
+
+    out, manifest = exported
+    assert next(e for e in manifest["formats"] if e["format"] == "onnx")["early_exit"] == "stops at run time"
+    assert "If" in {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    images = compressed.data.test.tensors[0][:40]
+    with torch.no_grad():
+        expected = export.exportable(compressed.model)(images).argmax(1).tolist()
+    one_by_one = [int(session.run(None, {"images": images[i:i + 1].numpy()})[0].argmax()) for i in range(len(images))]
+    batched = session.run(None, {"images": images.numpy()})[0].argmax(1).tolist()
+    assert one_by_one == batched == expected
+
+
 def test_state_dict_is_plain_tensors_of_the_model(exported, compressed):
     out, _ = exported
     state = torch.load(out / "model.state_dict.pt", weights_only=True)

@@ -69,6 +69,34 @@ class StaticExitSelect(nn.Module):
         return select_exits(self.model.forward_all(x), self.model.threshold)[0]
 
 
+class ConditionalExits(nn.Module):
+    """Early exit a runtime acts on: after each exit head a condition (torch.cond, an ONNX If) skips the
+    rest of the network once every image of the batch has a confident exit, so at batch 1 each image
+    stops at its first confident exit. Predictions equal StaticExitSelect's."""
+
+    def __init__(self, model: EarlyExitNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._from_stage(0, self.model.stem(x), None, None)
+
+    def _from_stage(self, index: int, x: torch.Tensor, chosen: torch.Tensor | None, decided: torch.Tensor | None) -> torch.Tensor:
+        model = self.model
+        x = model.stages[index](x)
+        if index == len(model.exits):
+            final = model.head(x)
+            return final if chosen is None else torch.where(decided.unsqueeze(1), chosen, final)
+        logits = model.exits[index](x)
+        sure = confident(logits, model.threshold)
+        if chosen is None:
+            chosen, decided = logits, sure
+        else:
+            chosen, decided = torch.where(decided.unsqueeze(1), chosen, logits), decided | sure
+        return torch.cond(decided.all(), lambda x, chosen, decided: chosen.clone(),
+                          lambda x, chosen, decided: self._from_stage(index + 1, x, chosen, decided), (x, chosen, decided))
+
+
 def confident(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     return F.softmax(logits, dim=1).amax(dim=1) >= threshold
 
