@@ -42,20 +42,18 @@ def test_events_raise_cancelled_once_a_cancel_is_requested():
         JobEvents(store, "job")({"kind": "stage", "stage": "base", "label": "preparing the base model"})
 
 
-def test_an_incompatible_pair_is_recorded_and_the_job_still_finishes(store, tiny_spec):
-    # At rank ratio 0.99 no layer of cnn_tiny gets cheaper, so lowrank is incompatible in both orders.
+def test_a_method_that_applies_nowhere_fails_the_job_with_its_reason_and_keeps_the_steps(store, tiny_spec):
+    # At rank ratio 0.99 no layer of cnn_tiny gets cheaper: lowrank applies on no seed, so there is no order to recommend.
     job_id = store.create(tiny_spec(methods=("prune", "lowrank"), settings={"lowrank": {"rank_ratio": 0.99}}))
-    assert run_job(store, job_id) == "done"
+    assert run_job(store, job_id) == "failed"
     job = store.get(job_id)
-    assert (job["status"], job["error"], job["done"], job["total"]) == ("done", None, 4, 4)
-    by_chain = {tuple(row["chain"]): row for row in store.steps(job_id)}
+    assert job["error"].startswith("ValueError: lowrank cannot be applied to this model") and "\n" not in job["error"]
+    assert "no layer gets cheaper at rank ratio 0.99" in job["error"]
+    by_chain = {tuple(row["chain"]): row for row in store.steps(job_id)}  # the finished steps stay
     assert by_chain[("prune",)]["status"] == "ok"
     assert by_chain[("prune", "lowrank")]["status"] == "incompatible"
     assert "no layer gets cheaper at rank ratio 0.99" in by_chain[("prune", "lowrank")]["reason"]
     assert by_chain[("lowrank", "prune")]["reason"] == "lowrank could not be applied"
-    [outcome] = job["result"]["outcomes"]
-    assert "no layer gets cheaper" in outcome["incompatible"]
-    assert any("incompatible" in line["message"] and "rank ratio" in line["message"] for line in store.log(job_id))
 
 
 def test_an_error_fails_the_job_with_one_line_and_the_traceback_in_the_log(store, tiny_spec, tmp_path):
