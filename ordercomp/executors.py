@@ -45,6 +45,7 @@ Events = Callable[[dict], None]
 EXECUTORS = ("inprocess", "ray")
 RAY_POLL_S = 0.5
 CONNECT_TIMEOUT_S = 5.0
+RAY_WORKER_NICENESS = "RAY_worker_niceness"  # Ray's setting, read from the environment when a cluster starts
 RAY_OPTIONS = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
 
 
@@ -193,8 +194,11 @@ def host_port(address: str) -> tuple[str, int] | None:
 
 
 def start_local_ray(ray, num_cpus: int, **resources) -> None:
-    """A local Ray cluster in this process. Ray gives its raylet a fixed 30 s to start, which a heavily
-    loaded machine can miss; that is reported in one line instead of Ray's traceback."""
+    """A local Ray cluster in this process. Its workers run at normal priority: Ray starts them at nice 15,
+    so on a busy machine the steps of the exploration the user asked for got a few percent of a core
+    (`RAY_worker_niceness` set in the environment still wins). Ray gives its raylet a fixed 30 s to start,
+    which a heavily loaded machine can miss; that is reported in one line instead of Ray's traceback."""
+    os.environ.setdefault(RAY_WORKER_NICENESS, "0")
     try:
         ray.init(num_cpus=num_cpus, **resources, **RAY_OPTIONS)
     except Exception as error:  # Ray reports a start-up timeout as a bare Exception

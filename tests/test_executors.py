@@ -111,6 +111,11 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+def test_the_local_cluster_runs_its_steps_at_normal_priority(ray_cluster):
+    # Ray's default nice 15 starved the steps whenever anything else used the CPU
+    assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == 0
+
+
 def test_ray_finds_the_same_results_decisions_and_chain(ray_cluster, one_thread, tmp_path):
     spec = dict(methods=("prune", "quantize", "early_exit"), seeds=2, **FAST)  # the default search: pairs, then whole chains
     local_events, remote_events = [], []
