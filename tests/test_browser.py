@@ -26,9 +26,10 @@ import pytest
 import torch
 
 try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 except ImportError:  # the browser fixture fails with what to run
-    expect = sync_playwright = None
+    expect = sync_playwright = PlaywrightTimeout = None
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMLIT = ROOT / ".venv" / "bin" / "streamlit"
@@ -349,13 +350,7 @@ def test_a_new_user_finds_the_order_and_downloads_the_compressed_model(page, app
     images, labels = _digits_test_split()
     loaded = {}
     for label in ("TorchScript", "torch.export (.pt2)", "int8 ONNX (onnxruntime)"):
-        # The file is read when the button is clicked (a script rerun): wait as long as for a page.
-        with page.expect_download(timeout=PAGE_S) as download_info:
-            main(page).get_by_role("button", name=label, exact=True).click()
-        download = download_info.value
-        path = tmp_path / download.suggested_filename
-        download.save_as(path)
-        loaded[label] = path
+        loaded[label] = download_file(page, label, tmp_path)
     assert loaded["TorchScript"].name == "model.torchscript.pt" and loaded["torch.export (.pt2)"].name == "model.pt2"
     expect(main(page).get_by_role("button", name="All as a zip")).to_be_visible()
     screenshot(page, "6_export")
@@ -379,6 +374,23 @@ def test_a_new_user_finds_the_order_and_downloads_the_compressed_model(page, app
     assert int8_accuracy > 0.5, f"the int8 ONNX model is right on only {int8_accuracy:.0%} of the digits test split"
     print(f"\nbrowser flow: {time.monotonic() - started:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in laps.items())}); "
           f"chain {chain_text}, exported accuracy {accuracy:.1%}")
+
+
+def download_file(page, label: str, folder):
+    """Click a download button and save the file. The file is read when the button is clicked (a script
+    rerun); a click that lands while the page is still rerunning can be lost, so it is clicked once more."""
+    for attempt in range(2):
+        try:
+            with page.expect_download(timeout=PAGE_S // 2) as download_info:
+                main(page).get_by_role("button", name=label, exact=True).click()
+            break
+        except PlaywrightTimeout:
+            if attempt:
+                raise
+    download = download_info.value
+    path = folder / download.suggested_filename
+    download.save_as(path)
+    return path
 
 
 def _digits_test_split() -> tuple[torch.Tensor, torch.Tensor]:
