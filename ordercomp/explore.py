@@ -139,6 +139,11 @@ class ExploreSpec:
         record["budget"] = Budget(**record.get("budget", {}))
         return cls(**record)
 
+    @property
+    def timed(self) -> bool:
+        """Whether every step's latency is measured (the latency objectives)."""
+        return self.objective in order.LATENCY_OBJECTIVES
+
     def torch_device(self) -> torch.device:
         """Where this process trains and measures. With Ray, whether the cluster has the GPU that cuda
         asks for is checked when connecting to it (executors.RayExecutor)."""
@@ -290,7 +295,7 @@ class Explorer:
         """Every chain of `plan` for every seed, by the spec's executor (executors.py); results go through
         the step cache under the same keys whichever executor computes them."""
         fingerprint, budget = state_fingerprint(base), self.spec.budget.to_dict()
-        timed = self.spec.objective in order.LATENCY_OBJECTIVES
+        timed = self.spec.timed
         # a timed result is kept apart from an untimed one (which has no latency) and per runtime
         measured = f"val+latency@{self.spec.runtime}" if timed else "val"
         key = lambda chain, seed: step_key(fingerprint, self.data_fingerprint, chain, self.config_dicts, seed, budget, measured)
@@ -350,9 +355,9 @@ class Explorer:
     def measure_base(self, base: nn.Module) -> None:
         """The base's validation BitOps, and its latency in the spec's runtime for the latency objectives:
         what the weighted objectives score every step against."""
-        timed = self.spec.objective in order.LATENCY_OBJECTIVES and self.spec.runtime == "eager"
-        metrics = measure(base, self.data, "val", device=self.device, latency=timed).to_dict()
-        if self.spec.objective in order.LATENCY_OBJECTIVES and self.spec.runtime != "eager":
+        eager = self.spec.runtime == "eager"
+        metrics = measure(base, self.data, "val", device=self.device, latency=self.spec.timed and eager).to_dict()
+        if self.spec.timed and not eager:
             metrics |= deployed_latency(base, self.data, self.spec.runtime)
         self._base = {"bitops": metrics["bitops"], "latency_ms_b1": metrics["latency_ms_b1"]}
 
