@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from .cifar import read_cifar
+
 SPLIT_SEED = 20240326
 DEFAULT_INPUT_SIZE = 8
 
@@ -144,24 +146,21 @@ def _cifar_kind(path: Path) -> str | None:
 
 
 def _cifar(path: Path, input_size: int, limit: int | None) -> DataBundle:
-    from torchvision.datasets import CIFAR10, CIFAR100
-
     kind = _cifar_kind(path)
-    cls, classes = (CIFAR10, 10) if kind == "cifar10" else (CIFAR100, 100)
     try:
-        train, test = cls(str(path), train=True, download=False), cls(str(path), train=False, download=False)
-    except RuntimeError as error:
+        (train_images, train_labels), (test_images, test_labels), classes = read_cifar(path, kind)
+    except ValueError as error:
         raise DataError(
             f"{path} is not a readable {kind} folder ({error}); expected {path}/cifar-10-batches-py/"
             "data_batch_1..5 and test_batch (or cifar-100-python/train and test)"
         ) from None
 
-    def tensors(dataset, cap):
-        images = torch.tensor(dataset.data[:cap], dtype=torch.float32).permute(0, 3, 1, 2) / 255.0
-        return _resize(images, input_size), torch.tensor(dataset.targets[:cap], dtype=torch.long)
+    def tensors(images, labels, cap):
+        images = torch.from_numpy(np.ascontiguousarray(images[:cap])).permute(0, 3, 1, 2).float() / 255.0
+        return _resize(images, input_size), torch.from_numpy(labels[:cap])
 
-    images, labels = tensors(train, limit)
-    test_split = tensors(test, limit // 5 if limit else None)
+    images, labels = tensors(train_images, train_labels, limit)
+    test_split = tensors(test_images, test_labels, limit // 5 if limit else None)
     return _split_and_normalise(kind, images, labels, classes, input_size, test=test_split)
 
 

@@ -1,10 +1,15 @@
 """Datasets: the embedded digits split is fixed; local paths are read or explained."""
 from __future__ import annotations
 
+import pathlib
+import pickle
+
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from ordercomp.cifar import write_cifar
 from ordercomp.data import DataError, load_data
 
 
@@ -88,3 +93,37 @@ def test_a_split_folder_with_a_class_train_lacks_is_refused(tmp_path):
     tree = image_tree(tmp_path / "pets", {"train/cat": 4, "train/dog": 4, "test/cow": 2})
     with pytest.raises(DataError, match=r"test has classes that .*train lacks \(cow\)"):
         load_data(str(tree), input_size=6)
+
+
+def _cifar_like(root, n_train=50, n_test=10):
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n_train)
+    test = rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n_test)
+    return write_cifar(root, train, test), train, test
+
+
+def test_a_cifar_format_folder_of_other_images_is_read(tmp_path):
+    """torchvision's reader took only the genuine CIFAR-10 files (MD5); a generated folder failed."""
+    root, train, test = _cifar_like(tmp_path)
+    data = load_data(str(root), input_size=32)
+    assert (data.num_classes, data.in_channels, data.input_size) == (10, 3, 32)
+    assert len(data.train) + len(data.val) == 50 and len(data.test) == 10
+    assert sorted(data.test.tensors[1].tolist()) == sorted(test[1].tolist())
+
+
+class _Touch:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_a_crafted_cifar_batch_runs_no_code(tmp_path):
+    root, _, _ = _cifar_like(tmp_path / "data")
+    marker = tmp_path / "ran"
+    batch = root / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(pickle.dumps({"data": _Touch(marker), "labels": []}))
+    with pytest.raises(DataError, match="data_batch_3.*pathlib.*refused") as error:
+        load_data(str(root))
+    assert not marker.exists() and "\n" not in str(error.value)
