@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler, TensorDataset
 
 from .cifar import read_cifar
 
@@ -42,9 +42,9 @@ class DataBundle:
             raise ValueError(f"unknown split {name!r}: use train, val or test")
         return getattr(self, name)
 
-    def loader(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> DataLoader:
-        generator = torch.Generator().manual_seed(seed)
-        return DataLoader(self.split(split), batch_size=batch_size, shuffle=shuffle, generator=generator)
+    def loader(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+               device: torch.device | None = None) -> "Batches":
+        return Batches(self.split(split), batch_size, shuffle=shuffle, seed=seed, device=device)
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         return self.train.tensors[0][:batch].clone()
@@ -63,6 +63,29 @@ class DataBundle:
             "name": self.name, "classes": self.num_classes, "channels": self.in_channels,
             "input_size": self.input_size, "train": len(self.train), "val": len(self.val), "test": len(self.test),
         }
+
+
+class Batches:
+    """A split in batches of (images, labels), indexed straight from its tensors, which are moved to
+    `device` once per pass (on a GPU the data stays resident there). The batches and their order are
+    those of a DataLoader over the split with the same seed (same random draws), without its per-image
+    collation, which dominates an epoch of small images on the CPU."""
+
+    def __init__(self, dataset: TensorDataset, batch_size: int, *, shuffle: bool, seed: int, device: torch.device | None):
+        self.tensors, self.device = dataset.tensors, device
+        self.generator = torch.Generator().manual_seed(seed)
+        order = RandomSampler(dataset, generator=self.generator) if shuffle else SequentialSampler(dataset)
+        self.batches = BatchSampler(order, batch_size, drop_last=False)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # DataLoader's draw of its workers' seed
+        images, labels = (t.to(self.device) if self.device is not None else t for t in self.tensors)
+        for index in self.batches:
+            index = torch.tensor(index, device=images.device)
+            yield images[index], labels[index]
 
 
 def load_data(spec: str = "digits", *, input_size: int | None = None, limit: int | None = None) -> DataBundle:

@@ -42,12 +42,14 @@ def fake_quant_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def fake_quant_activation(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bits: int) -> torch.Tensor:
-    """Asymmetric per-tensor quantisation over [low, high] with a straight-through gradient."""
+    """Asymmetric per-tensor quantisation over [low, high] with a straight-through gradient, computed
+    in float32 (under bf16 autocast too) and returned in the input's dtype."""
     levels = 2 ** bits - 1
     scale = ((high - low) / levels).clamp_min(1e-8)
     zero = torch.round(-low / scale)
-    quantised = (torch.clamp(torch.round(x / scale) + zero, 0, levels) - zero) * scale
-    return x + (quantised - x).detach()
+    full = x.float()
+    quantised = (torch.clamp(torch.round(full / scale) + zero, 0, levels) - zero) * scale
+    return (full + (quantised - full).detach()).to(x.dtype)
 
 
 class _QuantMixin:
@@ -67,7 +69,7 @@ class _QuantMixin:
         return fake_quant_activation(x, self.act_low, self.act_high, self.act_bits)
 
     def _observe(self, x: torch.Tensor) -> None:
-        low, high = x.min().clamp_max(0.0), x.max().clamp_min(0.0)
+        low, high = (v.to(self.act_low.dtype) for v in (x.min().clamp_max(0.0), x.max().clamp_min(0.0)))
         if not bool(self.observed):
             self.act_low.copy_(low), self.act_high.copy_(high), self.observed.fill_(True)
         else:

@@ -2,6 +2,8 @@
 
 A model with early exits (`forward_all`) is trained on the mean loss of all its exits; layers
 marked sparse keep their zeros; parameters without gradients (int8-converted parts) are skipped.
+On a CUDA GPU with bfloat16 the data stays resident on the GPU, the forward pass runs under bf16
+autocast and convolutions in channels_last (faster there, slower on a CPU, so CPU runs keep fp32).
 """
 from __future__ import annotations
 
@@ -57,18 +59,23 @@ def train(model: nn.Module, data: DataBundle, budget: Budget, *, seed: int, devi
     if budget.epochs == 0 or not params:
         return model
     torch.manual_seed(seed)
+    fast = accelerated(device)
     model.to(device).train()
+    if fast:
+        model.to(memory_format=torch.channels_last)
     _freeze_frozen_batchnorm(model)
     optimizer = torch.optim.AdamW(params, lr=budget.lr, weight_decay=budget.weight_decay, foreach=True)
-    loader = data.loader("train", budget.batch_size, shuffle=True, seed=seed)
+    loader = data.loader("train", budget.batch_size, shuffle=True, seed=seed, device=device)
     total_steps = max(1, round(budget.epochs * len(loader)))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, budget.lr, total_steps=total_steps, pct_start=0.15)
     masks = sparse_masks(model)
     step = 0
     while step < total_steps:
         for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            loss = loss_fn(all_outputs(model, x), x, y)
+            if fast:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
+                loss = loss_fn(all_outputs(model, x), x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -79,7 +86,12 @@ def train(model: nn.Module, data: DataBundle, budget: Budget, *, seed: int, devi
                 progress(label, step / total_steps)
             if step >= total_steps:
                 break
-    return model.eval()
+    return model.to(memory_format=torch.contiguous_format).eval()
+
+
+def accelerated(device: torch.device) -> bool:
+    """Whether training on `device` uses bf16 autocast and channels_last (CUDA GPUs with bfloat16)."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def _freeze_frozen_batchnorm(model: nn.Module) -> None:
@@ -100,7 +112,7 @@ def predict(model: nn.Module, data: DataBundle, split: str, device: torch.device
     """(all-exit logits per batch, labels) over a split; used for accuracy and exit statistics."""
     model.to(device).eval()
     logits, labels = [], []
-    for x, y in data.loader(split, batch_size):
-        logits.append([out.cpu() for out in all_outputs(model, x.to(device))])
-        labels.append(y)
+    for x, y in data.loader(split, batch_size, device=device):
+        logits.append([out.cpu() for out in all_outputs(model, x)])
+        labels.append(y.cpu())
     return [torch.cat(outs) for outs in zip(*logits)], torch.cat(labels)

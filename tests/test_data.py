@@ -127,3 +127,22 @@ def test_a_crafted_cifar_batch_runs_no_code(tmp_path):
     with pytest.raises(DataError, match="data_batch_3.*pathlib.*refused") as error:
         load_data(str(root))
     assert not marker.exists() and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_batches_are_those_of_a_dataloader_with_the_same_seed(shuffle):
+    """Results cached by earlier versions (which used a DataLoader) stay reproducible."""
+    from torch.utils.data import DataLoader
+
+    data = load_data("digits")
+    ours = data.loader("train", 64, shuffle=shuffle, seed=7)
+    theirs = DataLoader(data.train, batch_size=64, shuffle=shuffle, generator=torch.Generator().manual_seed(7))
+    assert len(ours) == len(theirs)
+    for _ in range(2):  # a second pass draws a new order from the same generator
+        for (x, y), (x2, y2) in zip(ours, theirs, strict=True):
+            assert torch.equal(x, x2) and torch.equal(y, y2)
+    partial = data.loader("train", 64, shuffle=shuffle, seed=7)
+    reference = DataLoader(data.train, batch_size=64, shuffle=shuffle, generator=torch.Generator().manual_seed(7))
+    for loader in (partial, reference):  # a pass cut short, as training stops mid-epoch
+        next(iter(loader))
+    assert torch.equal(next(iter(partial))[1], next(iter(reference))[1])

@@ -173,3 +173,16 @@ def test_method_config_types_are_frozen():
         config = method.default_config()
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(config, dataclasses.fields(config)[0].name, None)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_method_trains_under_the_gpu_recipe(name, tiny_model, context, digits, monkeypatch):
+    """bf16 autocast and channels_last (what training uses on a CUDA GPU), here on the CPU: each method
+    still applies, learns, and hands on contiguous weights that export and safetensors can write."""
+    from ordercomp import train
+
+    monkeypatch.setattr(train, "accelerated", lambda device: True)
+    method = get_method(name)
+    compressed = method.apply(tiny_model, method.default_config(), context)
+    assert all(t.is_contiguous() for t in compressed.state_dict().values())
+    assert measure(compressed, digits, "val", latency=False).accuracy > 40
