@@ -3,7 +3,7 @@ fresh caches, and whether both found the same step results and chain.
 
     .venv/bin/python benchmarks/bench_executor.py                       # the embedded default (3 seeds, 3 epochs)
     .venv/bin/python benchmarks/bench_executor.py --seeds 1 --epochs 1   # quicker
-    .venv/bin/python benchmarks/bench_executor.py --data PATH --model resnet18 --input-size 32 --device cuda
+    .venv/bin/python benchmarks/bench_executor.py --data PATH --model resnet18 --input-size 32 --device cuda --batch-size 1024
 
 In-process steps run with `--threads` torch threads (1, the thread count of a 1-CPU Ray task, so the
 results match bit for bit); Ray starts a local cluster of all this machine's CPUs inside the timed
@@ -21,8 +21,9 @@ import torch
 from ordercomp.explore import ExploreSpec, explore
 from ordercomp.train import Budget
 
-CUDA_COMMAND = ("python benchmarks/bench_executor.py --data CIFAR10_FOLDER --model resnet18 --input-size 32 --device cuda "
-                "--methods distill,prune,quantize,early_exit --seeds 3 --epochs 1")
+CUDA_COMMAND = ("python benchmarks/make_cifar_folder.py /tmp/cifar-like && python benchmarks/bench_executor.py "
+                "--data /tmp/cifar-like --model resnet18 --input-size 32 --device cuda "
+                "--methods distill,prune,quantize,early_exit --seeds 3 --epochs 1 --batch-size 1024")
 
 
 def timed(spec: ExploreSpec) -> tuple[float, dict]:
@@ -40,12 +41,13 @@ def main() -> None:
     parser.add_argument("--methods", default="distill,prune,quantize,early_exit")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=float, default=Budget.epochs)
+    parser.add_argument("--batch-size", type=int, default=Budget.batch_size)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process run")
     parser.add_argument("--ray-address", help="join this cluster instead of starting a local one")
     args = parser.parse_args()
     spec = dict(model=args.model, data=args.data, input_size=args.input_size, methods=tuple(args.methods.split(",")),
-                seeds=args.seeds, budget=Budget(epochs=args.epochs), device=args.device)
+                seeds=args.seeds, budget=Budget(epochs=args.epochs, batch_size=args.batch_size), device=args.device)
     torch.set_num_threads(args.threads)
     local_s, local = timed(ExploreSpec(**spec))
     ray_s, remote = timed(ExploreSpec(**spec, executor="ray", ray_address=args.ray_address))

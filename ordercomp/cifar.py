@@ -83,9 +83,12 @@ def read_cifar(root: Path, kind: str) -> tuple[tuple[np.ndarray, np.ndarray], tu
 
 
 def write_cifar(root: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> Path:
-    """Write images (N x 32 x 32 x 3 uint8) and labels as a CIFAR-10 python-version folder under `root`."""
+    """Write images (N x 32 x 32 x 3 uint8) and labels as a CIFAR-10 python-version folder under `root`
+    (refused when `root` already holds one: its files are not ordercomp's to replace)."""
     folder = Path(root) / CIFAR10_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists():
+        raise FileExistsError(f"{folder} exists already: give a new folder")
+    folder.mkdir(parents=True)
 
     def dump(name, images, labels):
         record = {"data": np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1)),

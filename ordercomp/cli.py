@@ -57,6 +57,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, help="resize images to this many pixels")
     parser.add_argument("--epochs", type=float, default=Budget.epochs, help="fine-tuning epochs per step (same for every step)")
     parser.add_argument("--lr", type=float, default=Budget.lr, help="fine-tuning learning rate")
+    parser.add_argument("--batch-size", type=int, default=Budget.batch_size,
+                        help="fine-tuning batch size (large batches, e.g. 1024, keep a GPU busy)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--trust-torchscript", action="store_true",
                         help="run a TorchScript --model file; it executes code from the file, so only for files you trust")
@@ -114,12 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _budget(args) -> Budget:
+    return Budget(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
+
+
 def _spec(args):
     from .explore import ExploreSpec
 
     return ExploreSpec(
         model=args.model, data=args.data, methods=tuple(parse_methods(args.methods)), settings=parse_settings(args),
-        objective=args.objective, weight=args.weight, seeds=args.seeds, budget=Budget(epochs=args.epochs, lr=args.lr),
+        objective=args.objective, weight=args.weight, seeds=args.seeds, budget=_budget(args),
         confidence=args.confidence, **({"search": args.search} if args.search else {}),
         device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
         trust_torchscript=args.trust_torchscript,
@@ -153,7 +159,7 @@ def run_apply(args) -> int:
     check_export_folder(args.export)
     bar = ProgressBar()
     outcome = compress(model=args.model, data=args.data, chain=chain, settings=parse_settings(args),
-                       budget=Budget(epochs=args.epochs, lr=args.lr), device=args.device, architecture=args.arch,
+                       budget=_budget(args), device=args.device, architecture=args.arch,
                        input_size=args.input_size, seed=args.seed, events=bar, trust_torchscript=args.trust_torchscript)
     bar.close()
     print_chain_steps(outcome.base_metrics, outcome.steps)

@@ -27,6 +27,7 @@ from ordercomp.cli import main
     (["explore", "--objective", "weighted", "--weight", "nan"], "weight must be a finite number, got nan"),
     (["explore", "--epochs", "nan"], "epochs must be a finite number"),
     (["explore", "--lr", "inf"], "lr must be a finite number"),
+    (["explore", "--batch-size", "0"], "batch size must be between 1 and 65536"),
     (["explore", "--set", "distill.init=1"], "distill.init must be text"),
     (["explore", "--objective", "latency", "--runtime", "tflite"], "unknown runtime 'tflite'"),
     (["explore", "--search", "greedy"], "unknown search strategy 'greedy'"),
@@ -120,3 +121,10 @@ def test_export_into_an_earlier_export_keeps_other_files_and_drops_stale_formats
     assert main(first + ["--formats", "state_dict"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [".ordercomp-export", "README.txt", "manifest.json", "model.state_dict.pt"]
     assert json.loads((out / "manifest.json").read_text())["files"] == ["model.state_dict.pt"]
+
+
+def test_batch_size_reaches_the_fine_tuning_budget():
+    from ordercomp.cli import _spec, build_parser
+
+    spec = _spec(build_parser().parse_args(["explore", "--batch-size", "1024", "--epochs", "2"]))
+    assert (spec.budget.batch_size, spec.budget.epochs) == (1024, 2.0)
