@@ -146,3 +146,11 @@ def test_batches_are_those_of_a_dataloader_with_the_same_seed(shuffle):
     for loader in (partial, reference):  # a pass cut short, as training stops mid-epoch
         next(iter(loader))
     assert torch.equal(next(iter(partial))[1], next(iter(reference))[1])
+
+
+def test_writing_a_cifar_folder_never_replaces_one(tmp_path):
+    root, _, _ = _cifar_like(tmp_path)
+    before = (root / "cifar-10-batches-py" / "test_batch").read_bytes()
+    with pytest.raises(FileExistsError, match="exists already"):
+        _cifar_like(tmp_path, n_test=3)
+    assert (root / "cifar-10-batches-py" / "test_batch").read_bytes() == before
