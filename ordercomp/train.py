@@ -86,7 +86,9 @@ def train(model: nn.Module, data: DataBundle, budget: Budget, *, seed: int, devi
                 progress(label, step / total_steps)
             if step >= total_steps:
                 break
-    return model.to(memory_format=torch.contiguous_format).eval()
+    if fast:
+        model.to(memory_format=torch.contiguous_format)  # export and safetensors want contiguous weights
+    return model.eval()
 
 
 def accelerated(device: torch.device) -> bool:
