@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import statistics
 import tempfile
 
 import torch
@@ -58,6 +59,9 @@ def main() -> None:
     show("BitOps", orders, "bitops", explorer._base)
     tau = order.kendall_tau({c: -r["latency_ms_b1"] for c, r in orders.items()}, {c: -r["bitops"] for c, r in orders.items()})
     print(f"\nKendall's tau between the latency and the BitOps rankings: {tau:+.2f}")
+    latencies = sorted(row["latency_ms_b1"] for row in orders.values())
+    print(f"latency over all {len(orders)} orders: {latencies[0]:.3f} to {latencies[-1]:.3f} ms "
+          f"(median {statistics.median(latencies):.3f} ms): the spread the order choice decides")
 
 
 if __name__ == "__main__":
