@@ -1,7 +1,7 @@
 """Benchmark of the embedded default: exploration wall time, application counts, and the chain's
 BitOps and measured-latency ratios against the base model, all from one run.
 
-    .venv/bin/python benchmarks/bench_explore.py              # pairwise only
+    .venv/bin/python benchmarks/bench_explore.py              # the default search
     .venv/bin/python benchmarks/bench_explore.py --exhaustive # also every permutation
 
 Latency is the median of repeated batch-1 and batch-32 forward passes on 1 thread. The chain as
@@ -34,11 +34,12 @@ def main() -> None:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        result = explore(ExploreSpec(seeds=args.seeds, exhaustive=args.exhaustive), cache_dir=cache).to_dict()
+        spec = ExploreSpec(seeds=args.seeds, exhaustive=args.exhaustive)
+        result = explore(spec, cache_dir=cache).to_dict()
         wall = time.perf_counter() - start
     base, final = result["base_metrics"], result["chain_steps"][-1]["metrics"]
     counts = result["applications"]
-    print(f"exploration wall time (2 threads, {args.seeds} seeds, {'exhaustive' if args.exhaustive else 'pairwise'}): {wall:.1f} s")
+    print(f"exploration wall time (2 threads, {args.seeds} seeds, {spec.search} search{' + exhaustive' if args.exhaustive else ''}): {wall:.1f} s")
     print(f"method applications per seed: pairwise {counts['pairwise_per_seed']}, exhaustive {counts['exhaustive_per_seed']} "
           f"(no prefix sharing {counts['naive_exhaustive_per_seed']}); ratio {counts['exhaustive_per_seed'] / counts['pairwise_per_seed']:.1f}x")
     if result["exhaustive"]:
