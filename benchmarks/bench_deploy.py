@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from ordercomp.cli import parse_settings
-from ordercomp.explore import compress
-from ordercomp.export import DEFAULT_FORMATS, export_compressed
+from ordercomp.exploration.explorer import compress
+from ordercomp.deploy.export import DEFAULT_FORMATS, export_compressed
 from ordercomp.train import Budget
 
 SPEED_FORMATS = ("onnx", "onnx_int8")

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from ordercomp.explore import ExploreSpec, explore
+from ordercomp.exploration.explorer import ExploreSpec, explore
 from ordercomp.train import Budget
 
 CUDA_COMMAND = ("python benchmarks/make_cifar_folder.py /tmp/cifar-like && python benchmarks/bench_executor.py "

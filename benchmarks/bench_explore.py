@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ordercomp.explore import ExploreSpec, compress, explore
+from ordercomp.exploration.explorer import ExploreSpec, compress, explore
 from ordercomp.methods.int8 import compile_int8
 from ordercomp.metrics import latency_ms, measure
 

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ordercomp.explore import ExploreSpec
+from ordercomp.exploration.explorer import ExploreSpec
 from ordercomp.jobs import JobStore, dispatch, resume_job, set_worker_limit, start_job
 from ordercomp.jobs.launch import cores, holds_slot
 from ordercomp.train import Budget

@@ -18,7 +18,7 @@ import tempfile
 import torch
 
 from ordercomp import order
-from ordercomp.explore import RUNTIMES, Explorer, ExploreSpec
+from ordercomp.exploration.explorer import RUNTIMES, Explorer, ExploreSpec
 
 
 def full_orders(steps, n: int) -> dict[tuple, dict]:

@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from ordercomp.explore import compress
+from ordercomp.exploration.explorer import compress
 
 
 def main() -> None:

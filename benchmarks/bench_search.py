@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from search_settings import SETTINGS, setting_spec  # noqa: E402
 
 from ordercomp import order  # noqa: E402
-from ordercomp.explore import SEARCHES, Explorer, ranked_orders  # noqa: E402
+from ordercomp.exploration.explorer import SEARCHES, Explorer, ranked_orders  # noqa: E402
 from ordercomp.order import OBJECTIVES  # noqa: E402
 
 CACHE = Path(".ordercomp/bench-search-cache")

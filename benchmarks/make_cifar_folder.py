@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from ordercomp.cifar import write_cifar
+from ordercomp.data.cifar import write_cifar
 
 
 def generated(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ exhaustive ground truth affordable on 2 cores). The default setting is whatever 
 """
 from __future__ import annotations
 
-from ordercomp.explore import DEFAULT_METHODS, ExploreSpec
+from ordercomp.exploration.explorer import DEFAULT_METHODS, ExploreSpec
 from ordercomp.train import Budget
 
 SETTINGS: dict[str, dict] = {

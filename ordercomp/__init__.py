@@ -10,11 +10,12 @@ The public names load lazily, so `ordercomp.order` (the pure, torch-free core) a
 from importlib import import_module
 
 _EXPORTS = {
-    "ExploreSpec": "explore", "Explorer": "explore", "Exploration": "explore", "explore": "explore", "compress": "explore",
-    "Budget": "train", "measure": "metrics", "Metrics": "metrics", "load_data": "data", "create_model": "zoo",
-    "list_architectures": "zoo", "METHODS": "methods.registry", "get_method": "methods.registry",
-    "apply_chain": "pipeline", "export_compressed": "export", "meeting_report": "report",
-    "resolve_model": "checkpoints", "list_samples": "checkpoints",
+    "ExploreSpec": "exploration.explorer", "Explorer": "exploration.explorer", "Exploration": "exploration.explorer",
+    "explore": "exploration.explorer", "compress": "exploration.explorer",
+    "Budget": "train", "measure": "metrics", "Metrics": "metrics", "load_data": "data.datasets", "create_model": "models.zoo",
+    "list_architectures": "models.zoo", "METHODS": "methods.registry", "get_method": "methods.registry",
+    "apply_chain": "exploration.pipeline", "export_compressed": "deploy.export", "meeting_report": "report.meeting",
+    "resolve_model": "models.checkpoints", "list_samples": "models.checkpoints",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -13,7 +13,7 @@ import ast
 import sys
 import time
 
-from .executors import EXECUTORS
+from .exploration.executors import EXECUTORS
 from .methods.registry import METHODS, parse_methods
 from .train import Budget
 
@@ -121,7 +121,7 @@ def _budget(args) -> Budget:
 
 
 def _spec(args):
-    from .explore import ExploreSpec
+    from .exploration.explorer import ExploreSpec
 
     return ExploreSpec(
         model=args.model, data=args.data, methods=tuple(parse_methods(args.methods)), settings=parse_settings(args),
@@ -134,8 +134,8 @@ def _spec(args):
 
 
 def run_explore(args) -> int:
-    from .explore import explore
-    from .results import check_results_folder, print_summary, write_results
+    from .exploration.explorer import explore
+    from .exploration.results import check_results_folder, print_summary, write_results
 
     spec = _spec(args)
     check_results_folder(args.out)
@@ -150,9 +150,9 @@ def run_explore(args) -> int:
 
 
 def run_apply(args) -> int:
-    from .explore import compress
-    from .export import DEFAULT_FORMATS, check_export_folder, check_formats, export_compressed, print_export
-    from .results import print_chain_steps
+    from .exploration.explorer import compress
+    from .deploy.export import DEFAULT_FORMATS, check_export_folder, check_formats, export_compressed, print_export
+    from .exploration.results import print_chain_steps
 
     chain = parse_methods(args.chain)
     check_formats(args.formats.split(",") if args.formats else DEFAULT_FORMATS)

@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from .data import DataBundle
+from .data.datasets import DataBundle
 from .layers import FULL_BITS, all_outputs, bits_of, has_bits, int8_weights, is_int8_part, sparsity_of
 from .methods.early_exit import select_exits
 from .train import predict

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DataBundle
+from .data.datasets import DataBundle
 from .fields import typed_fields
 from .layers import all_outputs, sparse_masks
 

@@ -1,7 +1,7 @@
 """Files a user hands to the dashboard: uploaded checkpoints and zipped ImageFolder trees, kept
 next to the job store and checked before anything uses them.
 
-Nothing from an uploaded file is run: a checkpoint is read by `ordercomp.checkpoints` (weights only),
+Nothing from an uploaded file is run: a checkpoint is read by `ordercomp.models.checkpoints` (weights only),
 a zip is unpacked member by member under limits on names, links, encryption, file count, unpacked
 size and compression ratio (declared, and counted while writing).
 
@@ -22,7 +22,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from .data import DataError, check_layout
+from .data.datasets import DataError, check_layout
 
 UPLOAD_LIMIT_MB = 200
 ZIP_LIMIT_MB = 200
@@ -144,7 +144,7 @@ def _tree_root(folder: Path) -> Path:
 
 def checkpoint_types() -> list[str]:
     """File name endings an uploaded model may have."""
-    from .checkpoints import PROGRAM_SUFFIXES, STATE_SUFFIXES
+    from .models.checkpoints import PROGRAM_SUFFIXES, STATE_SUFFIXES
 
     return sorted(suffix.lstrip(".") for suffix in STATE_SUFFIXES | PROGRAM_SUFFIXES)
 
@@ -197,7 +197,7 @@ def keep_checkpoint(folder: Path, name: str, data: bytes) -> Path:
     """Save an uploaded model file and read it once (running nothing from it); an unreadable file is
     removed again and refused with a CheckpointError saying why. TorchScript is not read here: loading
     it runs its code (see `read_checkpoint`)."""
-    from .checkpoints import CheckpointError, is_torchscript
+    from .models.checkpoints import CheckpointError, is_torchscript
 
     path = save_upload(folder, name, data)
     try:
@@ -214,7 +214,7 @@ def read_checkpoint(path: Path, *, trust_torchscript: bool = False):
 
     Loading TorchScript runs code stored in the file (it can read and write files), so a TorchScript
     file is refused, unread, unless `trust_torchscript` is set."""
-    from .checkpoints import PROGRAM_SUFFIXES, STATE_SUFFIXES, CheckpointError, is_torchscript, load_program, read_state_dict
+    from .models.checkpoints import PROGRAM_SUFFIXES, STATE_SUFFIXES, CheckpointError, is_torchscript, load_program, read_state_dict
 
     if is_torchscript(path):
         if not trust_torchscript:
@@ -232,7 +232,7 @@ def check_checkpoint(path: Path, architecture: str | None, *, trust_torchscript:
     """One line saying what an uploaded model file holds; a state dict is checked against `architecture`.
 
     A state dict needs an architecture; a .pt2 or TorchScript archive is a whole model."""
-    from .checkpoints import CheckpointError
+    from .models.checkpoints import CheckpointError
 
     content = read_checkpoint(path, trust_torchscript=trust_torchscript)
     if not isinstance(content, dict):
@@ -249,7 +249,7 @@ def check_checkpoint(path: Path, architecture: str | None, *, trust_torchscript:
 def state_dict_mismatch(state: dict, architecture: str) -> str | None:
     """What keeps `state` from loading into `architecture` (built for the classes and input channels
     the weights themselves have): missing and unexpected keys and shape mismatches; None if it fits."""
-    from .zoo import create_model
+    from .models.zoo import create_model
 
     expected = create_model(architecture, *_classes_and_channels(state)).state_dict()
     missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]

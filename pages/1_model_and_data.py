@@ -4,11 +4,11 @@ from pathlib import Path
 import streamlit as st
 
 from ordercomp import uploads
-from ordercomp.checkpoints import CheckpointError, is_torchscript, list_samples, sample_card
+from ordercomp.models.checkpoints import CheckpointError, is_torchscript, list_samples, sample_card
 from ordercomp.dashboard import formatting, plan, session, views
-from ordercomp.data import DataError
+from ordercomp.data.datasets import DataError
 from ordercomp.jobs import start_job
-from ordercomp.zoo import ARCHITECTURES, list_architectures
+from ordercomp.models.zoo import ARCHITECTURES, list_architectures
 from pages._shared import KEEP, job_status, live_job, metric_row, run_inside_app
 
 run_inside_app()

@@ -2,15 +2,15 @@
 import streamlit as st
 
 from ordercomp.dashboard import estimate, formatting, plan, session
-from ordercomp.executors import EXECUTORS
+from ordercomp.exploration.executors import EXECUTORS
 
 SEARCH_LABELS = {"surrogate": "surrogate: whole orders around the pairwise chain (≤2x its cost)",
                  "pairwise": "pairwise: the paper's precedence graph", "random": "random whole orders (≤2x the pairwise cost)",
                  "exhaustive": "exhaustive: every order"}
 from ordercomp.methods.registry import METHODS
-from ordercomp.explore import RUNTIMES
+from ordercomp.exploration.explorer import RUNTIMES
 from ordercomp.order import LATENCY_OBJECTIVES, MAX_EXHAUSTIVE_METHODS, OBJECTIVES
-from ordercomp.runtimes import runtime_name
+from ordercomp.deploy.runtimes import runtime_name
 from pages._shared import KEEP, run_inside_app
 
 run_inside_app()

@@ -4,7 +4,7 @@ import streamlit as st
 
 from ordercomp.dashboard import estimate, formatting, plan, session, views
 from ordercomp.jobs import queue_positions, set_worker_limit, start_job, worker_limit
-from ordercomp.zoo import ARCHITECTURES
+from ordercomp.models.zoo import ARCHITECTURES
 from pages._shared import job_log, job_status, live_job, run_inside_app
 
 run_inside_app()

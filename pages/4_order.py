@@ -2,9 +2,9 @@
 import streamlit as st
 
 from ordercomp.dashboard import formatting, plan, session
-from ordercomp.charts import pair_matrix_figure, precedence_dot
-from ordercomp.report import evidence_sentence, exhaustive_table, notes, search_table
-from ordercomp.results import pairs_table
+from ordercomp.report.charts import pair_matrix_figure, precedence_dot
+from ordercomp.report.meeting import evidence_sentence, exhaustive_table, notes, search_table
+from ordercomp.exploration.results import pairs_table
 from pages._shared import open_exploration, run_inside_app
 
 run_inside_app()

@@ -3,9 +3,9 @@ chain step by step."""
 import streamlit as st
 
 from ordercomp.dashboard import formatting, session
-from ordercomp.charts import AXES, chain_steps_figure, tradeoff_figure
-from ordercomp.report import headline_figures, speed_text
-from ordercomp.results import chain_table
+from ordercomp.report.charts import AXES, chain_steps_figure, tradeoff_figure
+from ordercomp.report.meeting import headline_figures, speed_text
+from ordercomp.exploration.results import chain_table
 from pages._shared import open_exploration, run_inside_app
 
 run_inside_app()

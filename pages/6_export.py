@@ -6,9 +6,9 @@ from pathlib import Path
 import streamlit as st
 
 from ordercomp.dashboard import formatting, plan, session, views
-from ordercomp.export import FORMATS, export_zip
+from ordercomp.deploy.export import FORMATS, export_zip
 from ordercomp.jobs import start_job
-from ordercomp.report import meeting_report, results_csv
+from ordercomp.report.meeting import meeting_report, results_csv
 from pages._shared import KEEP, job_status, live_job, metric_row, open_exploration, run_inside_app
 
 run_inside_app()

@@ -4,7 +4,7 @@
     python sample_models/make_samples.py digits_cnn --out /tmp # one, elsewhere (to compare)
 
 Each model is trained from a seeded initialisation on the embedded digits data (8x8, or upscaled
-to the recipe's input size; the fixed split of ordercomp.data) with AdamW + one-cycle; the card records how and how well.
+to the recipe's input size; the fixed split of ordercomp.data.datasets) with AdamW + one-cycle; the card records how and how well.
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ordercomp.data import load_data
+from ordercomp.data.datasets import load_data
 from ordercomp.metrics import measure
 from ordercomp.train import Budget, train
-from ordercomp.zoo import ARCHITECTURES, create_model
+from ordercomp.models.zoo import ARCHITECTURES, create_model
 
 HERE = Path(__file__).resolve().parent
 SAMPLES = {

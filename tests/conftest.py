@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ordercomp.data import load_data
+from ordercomp.data.datasets import load_data
 from ordercomp.methods.base import Context
 from ordercomp.train import Budget, train
-from ordercomp.zoo import create_model
+from ordercomp.models.zoo import create_model
 
 torch.set_num_threads(2)
 

@@ -356,7 +356,7 @@ def test_a_new_user_finds_the_order_and_downloads_the_compressed_model(page, app
     screenshot(page, "6_export")
     lap("export")
 
-    from ordercomp.checkpoints import load_program
+    from ordercomp.models.checkpoints import load_program
 
     torchscript = torch.jit.load(str(loaded["TorchScript"]), map_location="cpu").eval()
     program = load_program(loaded["torch.export (.pt2)"])
@@ -394,7 +394,7 @@ def download_file(page, label: str, folder):
 
 
 def _digits_test_split() -> tuple[torch.Tensor, torch.Tensor]:
-    from ordercomp.data import load_data
+    from ordercomp.data.datasets import load_data
 
     images, labels = load_data("digits").test.tensors
     return images, labels

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from plotly.offline import get_plotlyjs
 
-from ordercomp import charts
-from ordercomp.report import meeting_report, results_csv, speed_text
+from ordercomp.report import charts
+from ordercomp.report.meeting import meeting_report, results_csv, speed_text
 
 METHODS = ["prune", "quantize", "early_exit", "int8"]
 CHAIN = ["prune", "quantize", "early_exit", "int8"]

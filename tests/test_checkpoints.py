@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ordercomp.checkpoints import CheckpointError, input_size_for, list_samples, load_program, load_sample, resolve_model, sample_card
-from ordercomp.data import load_data
+from ordercomp.models.checkpoints import CheckpointError, input_size_for, list_samples, load_program, load_sample, resolve_model, sample_card
+from ordercomp.data.datasets import load_data
 from ordercomp.metrics import measure
-from ordercomp.zoo import create_model
+from ordercomp.models.zoo import create_model
 
 
 class Payload:

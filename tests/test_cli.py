@@ -88,10 +88,10 @@ def test_apply_exports_a_model_that_loads_back(tmp_path):
 def test_a_folder_holding_other_files_is_refused_before_any_work_and_kept(tmp_path, capsys, monkeypatch, command):
     (tmp_path / "notes.txt").write_text("keep me")
     (tmp_path / "data").mkdir()
-    import ordercomp.explore
+    import ordercomp.exploration.explorer
 
-    monkeypatch.setattr(ordercomp.explore.Explorer, "explore", lambda self: pytest.fail("work started"))
-    monkeypatch.setattr(ordercomp.explore, "prepare_base", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(ordercomp.exploration.explorer.Explorer, "explore", lambda self: pytest.fail("work started"))
+    monkeypatch.setattr(ordercomp.exploration.explorer, "prepare_base", lambda *a, **k: pytest.fail("work started"))
     monkeypatch.chdir(tmp_path)
     assert main(command + ["."]) == 2
     err = capsys.readouterr().err.strip()

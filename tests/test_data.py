@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ordercomp.cifar import write_cifar
-from ordercomp.data import DataError, load_data
+from ordercomp.data.cifar import write_cifar
+from ordercomp.data.datasets import DataError, load_data
 
 
 def test_digits_split_is_fixed_and_normalised():

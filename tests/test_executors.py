@@ -17,12 +17,12 @@ import torch
 
 from ordercomp import order
 from ordercomp.dashboard import plan
-from ordercomp.cache import StepCache
-from ordercomp.checkpoints import state_fingerprint
+from ordercomp.exploration.cache import StepCache
+from ordercomp.models.checkpoints import state_fingerprint
 from ordercomp.cli import main
-from ordercomp.executors import InProcessExecutor, RayExecutor, StepFunction, Work, start_local_ray
-from ordercomp.explore import Explorer, ExploreSpec, explore
-from ordercomp.pipeline import OK, make_configs, run_step
+from ordercomp.exploration.executors import InProcessExecutor, RayExecutor, StepFunction, Work, start_local_ray
+from ordercomp.exploration.explorer import Explorer, ExploreSpec, explore
+from ordercomp.exploration.pipeline import OK, make_configs, run_step
 from ordercomp.train import Budget
 
 FAST = dict(model="cnn_tiny", budget=Budget(epochs=0.2), device="cpu")
@@ -83,7 +83,7 @@ def test_an_unreachable_ray_address_is_one_line(capsys, tmp_path, address, messa
 
 
 def test_an_exploration_starts_its_local_ray_cluster_once_and_stops_it_after(monkeypatch, tmp_path):
-    from ordercomp import executors
+    from ordercomp.exploration import executors
 
     starts = []
     monkeypatch.setattr(executors, "start_local_ray", lambda ray, cpus, **resources: starts.append(cpus) or start_local_ray(ray, 2, num_gpus=0))

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ordercomp import order
-from ordercomp.explore import ExploreSpec, Explorer, compress, explore, no_order_reason
-from ordercomp.pipeline import INCOMPATIBLE, OK, StepResult, make_configs
+from ordercomp.exploration.explorer import ExploreSpec, Explorer, compress, explore, no_order_reason
+from ordercomp.exploration.pipeline import INCOMPATIBLE, OK, StepResult, make_configs
 from ordercomp.train import Budget
 
 FAST = dict(model="cnn_tiny", budget=Budget(epochs=0.2), device="cpu")
@@ -184,8 +184,8 @@ def test_the_latency_objectives_time_each_step_in_the_runtime_it_will_ship_in(tm
 
 
 def test_a_step_that_cannot_be_built_for_the_runtime_is_incompatible_with_it(monkeypatch, tiny_model, digits):
-    from ordercomp import executors
-    from ordercomp.onnx_int8 import CannotBuild
+    from ordercomp.exploration import executors
+    from ordercomp.deploy.onnx_int8 import CannotBuild
 
     def refuse(model, data, runtime):
         raise CannotBuild("cannot be built as onnx_int8: 2-bit weights have no int8 kernel")

@@ -11,15 +11,16 @@ import zipfile
 import pytest
 import torch
 
-from ordercomp import explore, export
-from ordercomp.checkpoints import load_program
-from ordercomp.explore import compress
-from ordercomp.export import export_compressed, export_zip, verify_export
+from ordercomp.deploy import export
+from ordercomp.exploration import explorer
+from ordercomp.models.checkpoints import load_program
+from ordercomp.exploration.explorer import compress
+from ordercomp.deploy.export import export_compressed, export_zip, verify_export
 from ordercomp.methods.base import Context
 from ordercomp.methods.early_exit import EarlyExitNet
 from ordercomp.methods.registry import METHODS, get_method
 from ordercomp.train import Budget
-from ordercomp.zoo import create_model
+from ordercomp.models.zoo import create_model
 
 CHAIN = ["quantize", "early_exit"]
 
@@ -28,7 +29,7 @@ CHAIN = ["quantize", "early_exit"]
 def compressed():
     """cnn_tiny, briefly trained, then quantised (QAT, 8 bits) and given early exits."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(explore, "BASE_BUDGET", Budget(epochs=0.2))
+        patch.setattr(explorer, "BASE_BUDGET", Budget(epochs=0.2))
         outcome = compress(model="cnn_tiny", chain=CHAIN, budget=Budget(epochs=0.2), device="cpu")
     assert [s.status for s in outcome.steps] == ["ok", "ok"]
     return outcome

@@ -11,7 +11,7 @@ from ordercomp.methods.base import Incompatible, config_to_dict
 from ordercomp.methods.early_exit import EarlyExitNet
 from ordercomp.methods.registry import METHODS, get_method, parse_methods
 from ordercomp.metrics import measure
-from ordercomp.zoo import create_model
+from ordercomp.models.zoo import create_model
 
 NAMES = list(METHODS)
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from ordercomp.layers import to_quant
 from ordercomp.metrics import expected_cost, measure, storage_bytes, unpack_hits
-from ordercomp.zoo import StagedNet
+from ordercomp.models.zoo import StagedNet
 
 
 def toy_net():

@@ -5,9 +5,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ordercomp.export import INPUT_NAME, onnx_file
-from ordercomp.onnx_int8 import quantize_onnx
-from ordercomp.runtimes import onnx_session
+from ordercomp.deploy.export import INPUT_NAME, onnx_file
+from ordercomp.deploy.onnx_int8 import quantize_onnx
+from ordercomp.deploy.runtimes import onnx_session
 
 
 def test_int8_sums_do_not_saturate_on_cpus_without_vnni(tmp_path):

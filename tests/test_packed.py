@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 from ordercomp.methods.early_exit import EarlyExitNet
 from ordercomp.methods.registry import get_method
 from ordercomp.metrics import storage_bytes
-from ordercomp.packed import METADATA_KEY, PackError, load_packed, pack_codes, unpack_codes, write_packed
+from ordercomp.deploy.packed import METADATA_KEY, PackError, load_packed, pack_codes, unpack_codes, write_packed
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])

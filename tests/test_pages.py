@@ -19,15 +19,15 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from ordercomp import uploads
-from ordercomp.checkpoints import sample_card
+from ordercomp.models.checkpoints import sample_card
 from ordercomp.dashboard import estimate, formatting, plan, session
-from ordercomp.data import DataError
-from ordercomp.explore import ExploreSpec
+from ordercomp.data.datasets import DataError
+from ordercomp.exploration.explorer import ExploreSpec
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, launch, set_worker_limit, start_job
 from ordercomp.jobs.worker import run_job
 from ordercomp.methods.registry import METHODS
 from ordercomp.train import Budget
-from ordercomp.zoo import create_model
+from ordercomp.models.zoo import create_model
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = {name: f"pages/{name}.py" for name in ("1_model_and_data", "2_methods", "3_runs", "4_order", "5_tradeoffs", "6_export")}

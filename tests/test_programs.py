@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from ordercomp.checkpoints import CheckpointError, load_program, resolve_model
+from ordercomp.models.checkpoints import CheckpointError, load_program, resolve_model
 from ordercomp.cli import main
-from ordercomp.explore import compress
+from ordercomp.exploration.explorer import compress
 from ordercomp.train import Budget
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.* deprecation notices

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from ordercomp import uploads
-from ordercomp.checkpoints import CheckpointError
-from ordercomp.data import DataError
-from ordercomp.zoo import create_model
+from ordercomp.models.checkpoints import CheckpointError
+from ordercomp.data.datasets import DataError
+from ordercomp.models.zoo import create_model
 
 
 def png() -> bytes:

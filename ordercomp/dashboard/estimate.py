@@ -29,7 +29,7 @@ def plan_cost(spec, mean_seconds: float | None) -> dict:
 def sample_step_seconds(spec) -> float | None:
     """Seconds per application of a sample model on its own data, from its card's MACs and training
     images; None for other models or data."""
-    from ..checkpoints import list_samples, sample_card
+    from ..models.checkpoints import list_samples, sample_card
 
     if spec.model not in list_samples() or spec.data != "digits":
         return None

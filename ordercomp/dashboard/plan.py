@@ -61,7 +61,7 @@ def method_settings(method) -> list[Setting]:
 
 def plan_defaults() -> dict:
     """Widget keys of the Methods page and their starting values: the engine's defaults."""
-    from ..explore import ExploreSpec
+    from ..exploration.explorer import ExploreSpec
     from ..methods.registry import METHODS
 
     spec = ExploreSpec()
@@ -76,7 +76,7 @@ def plan_defaults() -> dict:
 
 def plan_from_state(state):
     """The ExploreSpec the current choices make; a ValueError says what is impossible about them."""
-    from ..explore import ExploreSpec
+    from ..exploration.explorer import ExploreSpec
     from ..methods.registry import get_method
     from ..train import Budget
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..explore import Explorer, ExploreSpec, compress, prepare_base, resolve_device
-from ..export import DEFAULT_FORMATS, export_compressed, verify_export
+from ..exploration.explorer import Explorer, ExploreSpec, compress, prepare_base, resolve_device
+from ..deploy.export import DEFAULT_FORMATS, export_compressed, verify_export
 from ..metrics import measure
-from ..pipeline import OK
+from ..exploration.pipeline import OK
 from ..train import Budget
 from .specs import BaselineSpec, ExportSpec
 from .store import JobStore

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:  # the store itself needs no torch: dashboard pages that only list jobs load fast
-    from ..explore import ExploreSpec
+    from ..exploration.explorer import ExploreSpec
     from .specs import BaselineSpec, ExportSpec
 
 DEFAULT_PATH = ".ordercomp/jobs.sqlite"

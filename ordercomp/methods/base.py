@@ -15,10 +15,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..data import DataBundle
+from ..data.datasets import DataBundle
 from ..fields import number, typed_fields
 from ..layers import is_int8_converted, is_staged
-from ..programs import ProgramModel
+from ..models.programs import ProgramModel
 from ..train import Budget, Progress
 
 CONFIG_VERSION = 1

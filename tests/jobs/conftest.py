@@ -10,10 +10,10 @@ import time
 import pytest
 import torch
 
-from ordercomp.explore import ExploreSpec
+from ordercomp.exploration.explorer import ExploreSpec
 from ordercomp.jobs import JobStore, is_alive
 from ordercomp.train import Budget
-from ordercomp.zoo import create_model
+from ordercomp.models.zoo import create_model
 
 
 @pytest.fixture

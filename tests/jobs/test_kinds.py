@@ -5,8 +5,8 @@ import sqlite3
 
 import pytest
 
-from ordercomp import explore
-from ordercomp.export import export_zip
+from ordercomp.exploration import explorer
+from ordercomp.deploy.export import export_zip
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, start_job
 from ordercomp.jobs.worker import run_job
 from ordercomp.train import Budget
@@ -67,7 +67,7 @@ def test_an_export_of_an_order_that_cannot_apply_fails_and_keeps_its_steps(store
 
 
 def test_a_zoo_base_is_trained_once_for_baseline_and_export(store, monkeypatch):
-    monkeypatch.setattr(explore, "BASE_BUDGET", Budget(epochs=0.05))
+    monkeypatch.setattr(explorer, "BASE_BUDGET", Budget(epochs=0.05))
     spec = {"model": "cnn_tiny", "data": "digits", "device": "cpu"}
     baseline = store.create(BaselineSpec(**spec), "baseline")
     assert run_job(store, baseline) == "done"

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from ordercomp.explore import ExploreSpec
+from ordercomp.exploration.explorer import ExploreSpec
 from ordercomp.jobs import JobStore, StoreError
 
 

@@ -1,7 +1,7 @@
 """The int8 ONNX artifact: int8 weights and activations (QDQ) that onnxruntime runs with integer kernels.
 
 The chain's deployable float form (BatchNorm folded, quantised weights on their grid, see
-ordercomp.packed) is exported to ONNX and quantised by onnxruntime's static quantisation:
+ordercomp.deploy.packed) is exported to ONNX and quantised by onnxruntime's static quantisation:
 per-channel symmetric weights on a 7-bit grid in int8 storage and uint8 activations whose ranges
 are calibrated on training images. Seven bits because CPUs without VNNI (AVX2) add pairs of
 uint8 x int8 products in int16, which 2 * 255 * 127 overflows: with 8-bit weights a pruned ResNet
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .layers import is_int8_converted
+from ..layers import is_int8_converted
 from .packed import rebuilt
 
 CALIBRATION_BATCH = 32

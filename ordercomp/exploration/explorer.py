@@ -15,19 +15,19 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import order
+from .. import order
 from .cache import StepCache, content_key, step_key
-from .checkpoints import input_size_for, read_state_dict, resolve_model, save_state_atomically, state_fingerprint
-from .data import DataBundle, load_data
-from .fields import number, typed_fields
+from ..models.checkpoints import input_size_for, read_state_dict, resolve_model, save_state_atomically, state_fingerprint
+from ..data.datasets import DataBundle, load_data
+from ..fields import number, typed_fields
 from .executors import StepFunction, Work, check_executor, make_executor
-from .export import PROGRAM_FORMATS, deployed_latency
-from .runtimes import require_onnxruntime
-from .methods.base import Context, config_to_dict
-from .metrics import measure, unpack_hits
-from .order import OBJECTIVES
+from ..deploy.export import PROGRAM_FORMATS, deployed_latency
+from ..deploy.runtimes import require_onnxruntime
+from ..methods.base import Context, config_to_dict
+from ..metrics import measure, unpack_hits
+from ..order import OBJECTIVES
 from .pipeline import OK, StepResult, apply_chain, make_configs, run_step
-from .train import Budget, train
+from ..train import Budget, train
 
 DEFAULT_METHODS = ("distill", "prune", "quantize", "early_exit")
 SEARCHES = tuple(order.STRATEGIES)

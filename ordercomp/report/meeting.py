@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from . import charts
-from .results import chain_table, pairs_table, steps_table
+from ..exploration.results import chain_table, pairs_table, steps_table
 
 STYLE = """
 body{font-family:Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}

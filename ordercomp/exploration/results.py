@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .folders import check_writable, staged
+from ..folders import check_writable, staged
 from .pipeline import StepResult
 
 MARKER = ".ordercomp-results"

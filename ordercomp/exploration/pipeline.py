@@ -12,9 +12,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .methods.base import Context, Incompatible
-from .methods.registry import get_method
-from .metrics import measure
+from ..methods.base import Context, Incompatible
+from ..methods.registry import get_method
+from ..metrics import measure
 
 OK, INCOMPATIBLE, FAILED = "ok", "incompatible", "failed"
 

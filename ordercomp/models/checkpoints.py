@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import DataBundle
+from ..data.datasets import DataBundle
 from .programs import TORCHSCRIPT, TORCHSCRIPT_SUFFIXES, ProgramError, load_pt2, load_torchscript, program_kind
 from .zoo import ARCHITECTURES, create_model
 
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_models"
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_models"
 STATE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".safetensors"}
 PROGRAM_SUFFIXES = {".pt2"} | TORCHSCRIPT_SUFFIXES
 

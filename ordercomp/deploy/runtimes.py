@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoints import load_program
-from .data import DataBundle
+from ..models.checkpoints import load_program
+from ..data.datasets import DataBundle
 
 THREADS = 2
 BATCHES = (1, 32)

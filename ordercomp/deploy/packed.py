@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from .layers import FULL_BITS, QuantConv2d, QuantLinear, bits_of, is_quantised, sparsity_of
-from .methods.early_exit import EarlyExitNet
-from .zoo import StagedNet
+from ..layers import FULL_BITS, QuantConv2d, QuantLinear, bits_of, is_quantised, sparsity_of
+from ..methods.early_exit import EarlyExitNet
+from ..models.zoo import StagedNet
 
 METADATA_KEY = "ordercomp.packed"
 FORMAT_VERSION = 1

@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoints import load_program, read_state_dict
-from .data import DataBundle
-from .folders import check_writable, staged
-from .methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelect
-from .methods.int8 import MAX_BATCH
+from ..models.checkpoints import load_program, read_state_dict
+from ..data.datasets import DataBundle
+from ..folders import check_writable, staged
+from ..methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelect
+from ..methods.int8 import MAX_BATCH
 from .onnx_int8 import CannotBuild, deployable_float, quantize_onnx
 from .packed import PackError, write_packed
 from .runtimes import BATCHES, THREADS, RuntimeMissing, latency_ms, load_runner, measure_file, runtime_name

@@ -32,13 +32,13 @@ import torch
 from torch import nn
 
 from .cache import StepCache
-from .data import DataBundle
-from .methods.base import Context
-from .export import deployed_latency
-from .onnx_int8 import CannotBuild
+from ..data.datasets import DataBundle
+from ..methods.base import Context
+from ..deploy.export import deployed_latency
+from ..deploy.onnx_int8 import CannotBuild
 from .pipeline import INCOMPATIBLE, OK, StepResult, run_step
-from .runtimes import RuntimeMissing
-from .train import Budget, Progress
+from ..deploy.runtimes import RuntimeMissing
+from ..train import Budget, Progress
 
 Chain = tuple[str, ...]
 Events = Callable[[dict], None]

@@ -1,0 +1,1 @@
+"""The Order of Compression procedure: explorer, step pipeline, executors, step cache, results."""

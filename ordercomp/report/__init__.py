@@ -1,0 +1,1 @@
+"""The meeting report and its charts."""
