@@ -363,6 +363,18 @@ def test_a_corrupt_or_read_only_job_store_is_one_line(tmp_path, monkeypatch, dam
     assert error.endswith("make it a writable SQLite file, or set ORDERCOMP_STORE to a new path")
 
 
+def test_a_job_store_damaged_while_in_use_is_one_line(tmp_path, monkeypatch, damage_pages):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    for _ in range(20):
+        store.append_log(store.create(ExploreSpec(methods=("prune", "quantize"))), "a log line " * 40)
+    damage_pages(store.path)  # after the store was opened: its open-time check passed
+    monkeypatch.setattr(session, "open_store", lambda: store)
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    assert not at.exception
+    [error] = texts(at.error)
+    assert error.startswith(f"the job store {store.path} cannot be used (database disk image is malformed): ") and "\n" not in error
+
+
 INJECTION = "[pwn](http://evil.example/x) **loud** :red[red] $x^2$ _it_ `tick`"
 
 
