@@ -301,14 +301,19 @@ class JobStore:
 
 
 def _foreign(connection: sqlite3.Connection, application_id: int) -> str | None:
-    """Why the open database is not an ordercomp job store, or None: it must be empty, carry ordercomp's
-    application id, or have exactly the tables of an older ordercomp store (which had none)."""
+    """Why the open database is not an ordercomp job store, or None: it carries ordercomp's application id,
+    or (as older stores did, with id 0) holds only tables and indexes of ordercomp's schema, column for column."""
     if application_id not in (0, APPLICATION_ID):
         return f"its application id is {application_id:#x}"
-    shape = _shape(connection)
-    if application_id == 0 and shape and shape not in _older_shapes():
-        tables = sorted(set(shape) - set(_shape_of(SCHEMA)))
-        return f"it holds the table{'s' if len(tables) > 1 else ''} {', '.join(tables)}" if tables else "its tables have other columns"
+    if application_id == APPLICATION_ID:
+        return None
+    ours, shape = _shape_of(SCHEMA), _shape(connection)
+    before_kinds = frozenset(column for column in ours["jobs"] if column[0] != "kind")  # stores older than job kinds
+    others = sorted(set(shape) - set(ours))
+    if others:
+        return f"it holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, which ordercomp never made"
+    if any(shape[name] != ours[name] and not (name == "jobs" and shape[name] == before_kinds) for name in shape):
+        return "its tables have other columns"
     return None
 
 
@@ -316,7 +321,7 @@ Shape = dict[str, frozenset]
 
 
 def _shape(connection: sqlite3.Connection) -> Shape:
-    """Every table and index of the database, with the columns of each table."""
+    """Every table and index of the database, with the columns of each table (whatever their order)."""
     objects = connection.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall()
     return {name: frozenset(tuple(column)[1:] for column in connection.execute(f"PRAGMA table_info({_quoted(name)})"))
             if kind == "table" else frozenset({kind}) for kind, name in objects}
@@ -333,14 +338,6 @@ def _shape_of(schema: str) -> Shape:
         return _shape(connection)
     finally:
         connection.close()
-
-
-def _older_shapes() -> list[Shape]:
-    """The schemas of older stores: before the settings table (version 2), and before job kinds."""
-    current = _shape_of(SCHEMA)
-    without_settings = {name: columns for name, columns in current.items() if name != "settings"}
-    without_kind = without_settings | {"jobs": frozenset(c for c in current["jobs"] if c[0] != "kind")}
-    return [current, without_settings, without_kind]
 
 
 def _add_kind_column(connection: sqlite3.Connection) -> None:

@@ -27,7 +27,7 @@ INSERT INTO jobs (id, spec, status, created, updated) VALUES ('0123456789ab', '{
 # Issue 19's reproductions: SQLite files of other programs that ORDERCOMP_STORE could point at.
 OTHER_PROGRAMS = {
     "other tables": ("CREATE TABLE jobs (id INTEGER PRIMARY KEY, title TEXT); CREATE TABLE users (name TEXT); "
-                     "INSERT INTO jobs VALUES (1, 'print the report');", "it holds the table users"),
+                     "INSERT INTO jobs VALUES (1, 'print the report');", "it holds users, which ordercomp never made"),
     "jobs of another shape": ("CREATE TABLE jobs (id INTEGER PRIMARY KEY, title TEXT); INSERT INTO jobs VALUES (1, 'x');",
                               "its tables have other columns"),
     "another application id": ("PRAGMA application_id = 1234; CREATE TABLE notes (text TEXT);", "its application id is 0x4d2"),
