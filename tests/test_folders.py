@@ -216,3 +216,16 @@ def test_results_whose_folder_gained_a_foreign_file_during_the_run_are_moved_els
     [elsewhere] = temp_folder.iterdir()
     assert sorted(os.listdir(elsewhere)) == sorted(RESULT_FILES + (".ordercomp-results",))
     assert not [p for p in out.iterdir() if p.name.startswith(".ordercomp-staging")]
+
+
+def test_the_dashboards_export_job_checks_its_folder_before_any_work(tmp_path, monkeypatch):
+    from ordercomp.jobs import ExportSpec, JobStore, kinds
+
+    store = JobStore(tmp_path / "store" / "jobs.sqlite")
+    monkeypatch.setattr(kinds, "compress", lambda *a, **k: pytest.fail("work started"))
+    real = folders.shutil.disk_usage
+    monkeypatch.setattr(folders.shutil, "disk_usage", lambda path: real(path)._replace(free=1 << 20))
+    spec = ExportSpec(model="digits_cnn", data="digits", chain=("prune",), formats=("state_dict",))
+    with pytest.raises(ValueError, match=r"exports/0123456789ab needs about 2 MiB free for the export \(a rough estimate\)"):
+        kinds.run_export(store, "0123456789ab", spec.to_dict(), lambda event: None)
+    assert not (store.path.parent / "exports").exists()
