@@ -134,7 +134,8 @@ def _check_writable(folder: Path, what: str) -> None:
 
 def write_folder(out: Path, kind: FolderKind, write: Callable[[Path], T]) -> T:
     """`write(folder)` into a staging folder, whose files then replace ordercomp's own in `out`; ordercomp's
-    files there that were not written again are removed. On a folder problem, see `_write_elsewhere`."""
+    files there that were not written again are removed. A folder problem on the way (the staging folder
+    cannot be made, a full disk, the destination changed during the run) writes everything elsewhere."""
     out = Path(out).absolute()
     try:
         temp = Path(tempfile.mkdtemp(dir=out if out.is_dir() else _existing_folder(out, kind.what), prefix=".ordercomp-staging-"))
@@ -150,8 +151,8 @@ def write_folder(out: Path, kind: FolderKind, write: Callable[[Path], T]) -> T:
             _write_elsewhere(out, kind, write, problem)
         try:
             _publish(temp, out, kind)
-        except (OSError, ValueError) as problem:
-            _move_elsewhere(temp, out, kind, problem)
+        except (OSError, ValueError) as problem:  # the destination changed during the run
+            _write_elsewhere(out, kind, write, problem)
     finally:
         shutil.rmtree(temp, ignore_errors=True)  # the staging folder this function made, empty after publishing
     return value
@@ -180,22 +181,17 @@ def _publish(temp: Path, out: Path, kind: FolderKind) -> None:
 
 
 def _write_elsewhere(out: Path, kind: FolderKind, write: Callable[[Path], object], problem: Exception) -> NoReturn:
-    """Write into a new folder in the system's temporary folder instead, and say so in one line."""
-    elsewhere = Path(tempfile.mkdtemp(prefix=f"ordercomp-{kind.what}-"))
+    """Write everything again into a new folder in the system's temporary folder, and say so in one line."""
+    elsewhere = None
     try:
+        elsewhere = Path(tempfile.mkdtemp(prefix=f"ordercomp-{kind.what}-"))
         write(elsewhere)
         record_checksums(elsewhere, kind)
     except OSError as second:
-        shutil.rmtree(elsewhere, ignore_errors=True)
-        raise ValueError(f"could not write the {kind.what} to {out} ({_reason(problem)}) nor to {elsewhere} ({_reason(second)})") from None
-    raise ValueError(f"could not write the {kind.what} to {out} ({_reason(problem)}); they were written to {elsewhere} instead") from None
-
-
-def _move_elsewhere(temp: Path, out: Path, kind: FolderKind, problem: Exception) -> NoReturn:
-    """Move the finished staging folder to the system's temporary folder, and say so in one line."""
-    elsewhere = Path(tempfile.mkdtemp(prefix=f"ordercomp-{kind.what}-"))
-    for path in temp.iterdir():
-        shutil.move(path, elsewhere / path.name)
+        if elsewhere is not None:
+            shutil.rmtree(elsewhere, ignore_errors=True)
+        raise ValueError(f"could not write the {kind.what} to {out} ({_reason(problem)}) nor to the temporary folder "
+                         f"({_reason(second)})") from None
     raise ValueError(f"could not write the {kind.what} to {out} ({_reason(problem)}); they were written to {elsewhere} instead") from None
 
 

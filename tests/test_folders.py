@@ -7,6 +7,7 @@ exploration are replaced by a failure), so the module takes seconds.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from ordercomp import folders
 from ordercomp.cli import main
 from ordercomp.export import EXPORT_FOLDER, MANIFEST
 from ordercomp.folders import write_folder
-from ordercomp.results import RESULT_FILES, check_results_folder, write_results
+from ordercomp.results import RESULT_FILES, RESULTS_FOLDER, check_results_folder, write_results
 
 OLD_EXPORT_MARKER = "written by ordercomp (export); ordercomp replaces only its own files in this folder\n"
 OLD_RESULTS_MARKER = "written by ordercomp (results); ordercomp replaces only its own files in this folder\n"
@@ -202,7 +203,20 @@ def test_results_whose_folder_fails_at_the_end_are_written_elsewhere(tmp_path, r
     assert list(parent.iterdir()) == []
 
 
-def test_results_whose_folder_gained_a_foreign_file_during_the_run_are_moved_elsewhere(tmp_path, temp_folder):
+def test_a_disk_that_fills_while_writing_sends_the_files_elsewhere(tmp_path, temp_folder):
+    def write(folder):
+        if temp_folder not in folder.parents:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        (folder / "steps.csv").write_text("the table\n")
+
+    with pytest.raises(ValueError, match=r"could not write the results to .*run \(No space left on device\); they were written to"):
+        write_folder(tmp_path / "run", RESULTS_FOLDER, write)
+    [elsewhere] = temp_folder.iterdir()
+    assert sorted(os.listdir(elsewhere)) == [".ordercomp-results", "steps.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["system-temp"]  # no staging folder left behind
+
+
+def test_results_whose_folder_gained_a_foreign_file_during_the_run_are_written_elsewhere(tmp_path, temp_folder):
     out = tmp_path / "run"
     write_results(Finished(lambda: RECORD), out)
 
