@@ -14,6 +14,10 @@ resume and cache hits behave the same. Both send the same `step` events; progres
 inside the steps in process and from the driver while it waits on Ray, so a cancel raised by the
 events callback stops either (Ray tasks still running are cancelled; finished steps stay cached).
 
+A HOST:PORT Ray address is probed before anything connects (`probe_cluster`): a port where no Ray head
+listens, or a cluster that refuses this process's authentication token, is one line within seconds
+rather than Ray's minutes of retries.
+
 A step's result depends only on its inputs: `run_step` seeds the global RNG with the step's seed,
 and a Ray task runs with as many torch threads as CPUs it requests (1 by default); an in-process run
 with the same thread count (`torch.set_num_threads`) gives the same numbers, bit for bit on one kind

@@ -7,6 +7,9 @@ The dashboard, its worker processes and the CLI read and write the same file at 
 call opens its own connection (safe from Streamlit's threads and from several processes), the
 database runs in WAL mode (readers never block the writer) and a busy timeout waits out locks.
 Step results of all jobs share one cache folder next to the file, so identical work is reused.
+A file is used only when it is ordercomp's (its application id, or an older store's exact tables) and
+undamaged; anything else is one StoreError line and the file is left as it was, and so is an SQLite
+error in any later call.
 """
 from __future__ import annotations
 
