@@ -113,15 +113,19 @@ def _existing_folder(out: Path, what: str) -> Path:
     return path
 
 
-def _check_ours(out: Path, kind: FolderKind, writes: Iterable[str]) -> None:
+def _check_ours(out: Path, kind: FolderKind, writes: Iterable[str]) -> set[str]:
+    """The files of ordercomp's in the existing folder `out`; a ValueError when it is not ordercomp's folder or
+    one of `writes` is there but not ordercomp's."""
     entries = sorted(os.listdir(out))
     if entries and not is_marked(out, kind):
         raise ValueError(f"{out} is not an ordercomp {kind.what} folder (it holds {', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}): "
                          f"choose a new or empty folder for the {kind.what}; nothing there was changed")
-    changed = sorted((set(writes) & set(entries)) - owned_files(out, kind))
+    owned = owned_files(out, kind)
+    changed = sorted((set(writes) & set(entries)) - owned)
     if changed:
         raise ValueError(f"{out / changed[0]} was not written by ordercomp, or was changed since: move it away or choose another folder "
                          f"for the {kind.what}; nothing there was changed")
+    return owned
 
 
 def _check_writable(folder: Path, what: str) -> None:
@@ -172,8 +176,7 @@ def _publish(temp: Path, out: Path, kind: FolderKind) -> None:
         os.replace(temp, out)
         return
     written = {path.name for path in temp.iterdir()}
-    _check_ours(out, kind, written - {kind.marker})  # again: files may have changed during the run
-    owned = owned_files(out, kind)
+    owned = _check_ours(out, kind, written - {kind.marker})  # again: files may have changed during the run
     for name in sorted(written - {kind.marker}) + [kind.marker]:
         os.replace(temp / name, out / name)
     for name in owned - written:
