@@ -53,7 +53,7 @@ class FolderKind:
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
+        for block in iter(lambda: stream.read(MIB), b""):
             digest.update(block)
     return digest.hexdigest()
 
@@ -87,7 +87,7 @@ def owned_files(folder: Path, kind: FolderKind) -> set[str]:
 
 def check_destination(out: Path, kind: FolderKind, writes: Iterable[str], need_bytes: int) -> None:
     """Refuse, in one line, a destination ordercomp cannot write `writes` into, or one with less than
-    `need_bytes` free; nothing is created or changed."""
+    `need_bytes` free; nothing is left changed (a probe folder is made and removed again)."""
     out = Path(out).absolute()
     existing = _existing_folder(out, kind.what)
     if existing == out:
