@@ -84,7 +84,7 @@ def one_line_error(capsys, argv) -> str:
 
 
 APPLY = ["apply", "--chain", "prune", "--formats", "state_dict,onnx", "--export"]
-EXPLORE = ["explore", "--quiet", "--out"]
+EXPLORE = ["explore", "--quiet", "--cache", "", "--out"]  # no cache folder in the checkout, whatever happens
 
 
 @pytest.mark.parametrize("folder, message", [("foreign_manifest_folder", "is not an ordercomp export folder"),
