@@ -10,8 +10,8 @@ from functools import partial
 import streamlit as st
 
 from ordercomp.dashboard import formatting, plan, session
-from ordercomp.jobs import JobStore, StoreError
-from pages._shared import job_summary, live_job
+from ordercomp.jobs import JobStore
+from pages._shared import job_summary, live_job, store_errors_in_one_line
 
 PAGES = [
     st.Page("pages/1_model_and_data.py", title="Model & data", icon=":material/database:", default=True),
@@ -38,11 +38,8 @@ def sidebar(store: JobStore) -> None:
 st.set_page_config(page_title="Order of compression", page_icon=":material/compress:", layout="wide")
 session.sync_job_param(st.session_state, st.query_params)
 page = st.navigation(PAGES)
-try:
+with store_errors_in_one_line():  # not ordercomp's, damaged, read-only, or failing later in any call
     job_store = session.open_store()
-except StoreError as error:  # corrupt, read-only or in a folder that cannot be made
-    st.error(formatting.md(error))
-    st.stop()
-with st.sidebar:
-    sidebar(job_store)
-page.run()
+    with st.sidebar:
+        sidebar(job_store)
+    page.run()

@@ -143,20 +143,19 @@ def run_explore(args) -> int:
     result = explore(spec, cache_dir=args.cache or None, events=bar)
     if bar:
         bar.close()
-    folder = write_results(result, args.out)
     print_summary(result)
-    print(f"\nresults written to {folder}")
+    print(f"\nresults written to {write_results(result, args.out)}")
     return 0
 
 
 def run_apply(args) -> int:
     from .exploration.explorer import compress
-    from .deploy.export import DEFAULT_FORMATS, check_export_folder, check_formats, export_compressed, print_export
+    from .deploy.export import DEFAULT_FORMATS, check_export_folder, export_bytes, export_compressed, print_export
     from .exploration.results import print_chain_steps
 
     chain = parse_methods(args.chain)
-    check_formats(args.formats.split(",") if args.formats else DEFAULT_FORMATS)
-    check_export_folder(args.export)
+    formats = args.formats.split(",") if args.formats else DEFAULT_FORMATS
+    check_export_folder(args.export, formats, export_bytes(args.model, formats))
     bar = ProgressBar()
     outcome = compress(model=args.model, data=args.data, chain=chain, settings=parse_settings(args),
                        budget=_budget(args), device=args.device, architecture=args.arch,
@@ -166,7 +165,7 @@ def run_apply(args) -> int:
     broken = [s for s in outcome.steps if s.status != "ok"]
     if broken:
         raise ValueError(f"{' -> '.join(broken[0].chain)} is {broken[0].status}: {broken[0].reason}")
-    manifest = export_compressed(outcome.model, args.export, formats=args.formats.split(",") if args.formats else DEFAULT_FORMATS, chain=chain,
+    manifest = export_compressed(outcome.model, args.export, formats=formats, chain=chain,
                                  configs=outcome.configs, metrics=outcome.steps[-1].metrics, data=outcome.data, base=outcome.source,
                                  base_model=outcome.base, measure=not args.no_measure)
     print_export(manifest)

@@ -6,14 +6,15 @@ Not a page itself (app.py lists the pages); logic and state helpers live in `ord
 from __future__ import annotations
 
 import runpy
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from ordercomp.dashboard import formatting, session, views
-from ordercomp.jobs import JobStore, cancel_job, dispatch, queue_positions, resume_job, worker_limit
+from ordercomp.jobs import JobStore, StoreError, cancel_job, dispatch, queue_positions, resume_job, worker_limit
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 KEEP = {"persist_state": "session"}  # a widget keeps its value on other pages (its key starts with w_)
@@ -35,17 +36,29 @@ def run_inside_app() -> None:
         st.stop()
 
 
+@contextmanager
+def store_errors_in_one_line() -> Iterator[None]:
+    """A job store that fails (not ordercomp's, damaged, read-only, locked too long) is one line on the page
+    and the run stops there, instead of a traceback."""
+    try:
+        yield
+    except StoreError as error:
+        st.error(formatting.md(error))
+        st.stop()
+
+
 def live_job(store: JobStore, job_id: str, draw: Callable[[dict], None]) -> None:
     """Draw a job with `draw(job)`; while the job is active the drawing polls the store."""
     polling = views.is_active(store.get(job_id))
 
     def panel() -> None:
-        move_queue(store)
-        job = store.get(job_id)
-        if job is None:
-            st.error(f"There is no job {formatting.md(job_id)} in the job store {formatting.code(store.path)}.")
-            return
-        draw(job)
+        with store_errors_in_one_line():  # a polling rerun runs this alone, outside app.py's guard
+            move_queue(store)
+            job = store.get(job_id)
+            if job is None:
+                st.error(f"There is no job {formatting.md(job_id)} in the job store {formatting.code(store.path)}.")
+                return
+            draw(job)
         if polling and not views.is_active(job):
             st.rerun()  # the whole page: it shows the result, and the polling stops
 

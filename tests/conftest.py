@@ -89,3 +89,16 @@ def fake_workers(monkeypatch):
     for process in processes:
         process.kill()
         process.wait()
+
+
+@pytest.fixture
+def damage_pages():
+    """Issue 19, item 6: overwrite the start of every page of an SQLite file but the first, so its header and
+    schema stay valid while its tables are damaged (as a bad disk or a half-copied file leaves them)."""
+    def damage(path):
+        data = bytearray(path.read_bytes())
+        page_size = int.from_bytes(data[16:18], "big")
+        for offset in range(page_size, len(data), page_size):
+            data[offset:offset + 64] = b"\xff" * 64
+        path.write_bytes(bytes(data))
+    return damage

@@ -106,11 +106,13 @@ def test_results_replace_only_ordercomp_files(tmp_path, capsys):
            "--out", str(out), "--cache", str(cache), "--quiet"]
     assert main(run) == 0
     (out / "notes.txt").write_text("my notes on this run")
-    (out / "steps.csv").write_text("stale")
+    (out / "steps.csv").unlink()
     assert main(run) == 0
-    assert (out / "notes.txt").read_text() == "my notes on this run"
-    assert (out / "steps.csv").read_text() != "stale"
+    assert (out / "notes.txt").read_text() == "my notes on this run" and (out / "steps.csv").is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".ordercomp-staging")]
+    (out / "steps.csv").write_text("edited")
+    assert main(run) == 2  # a result file the user changed is theirs now: refused before the run
+    assert (out / "steps.csv").read_text() == "edited"
 
 
 def test_export_into_an_earlier_export_keeps_other_files_and_drops_stale_formats(tmp_path):

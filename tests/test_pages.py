@@ -165,7 +165,7 @@ def test_a_corrupt_or_pickled_checkpoint_upload_is_refused_and_a_state_dict_is_u
 
 
 def test_torchscript_runs_only_when_the_user_ticks_that_they_trust_the_file(store, tmp_path, monkeypatch, spawned):
-    from ordercomp import checkpoints
+    from ordercomp.models import checkpoints
 
     scripted = io.BytesIO()
     torch.jit.save(torch.jit.script(create_model("cnn_tiny", 10, 1)), scripted)
@@ -361,6 +361,18 @@ def test_a_corrupt_or_read_only_job_store_is_one_line(tmp_path, monkeypatch, dam
     [error] = texts(at.error)
     assert error.startswith(f"the job store {path} cannot be used (") and "\n" not in error
     assert error.endswith("make it a writable SQLite file, or set ORDERCOMP_STORE to a new path")
+
+
+def test_a_job_store_damaged_while_in_use_is_one_line(tmp_path, monkeypatch, damage_pages):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    for _ in range(20):
+        store.append_log(store.create(ExploreSpec(methods=("prune", "quantize"))), "a log line " * 40)
+    damage_pages(store.path)  # after the store was opened: its open-time check passed
+    monkeypatch.setattr(session, "open_store", lambda: store)
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    assert not at.exception
+    [error] = texts(at.error)
+    assert error.startswith(f"the job store {store.path} cannot be used (database disk image is malformed): ") and "\n" not in error
 
 
 INJECTION = "[pwn](http://evil.example/x) **loud** :red[red] $x^2$ _it_ `tick`"

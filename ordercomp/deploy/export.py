@@ -2,8 +2,9 @@
 a packed low-bit file and a state dict, and measure what ships.
 
 Every file goes into a staging folder and reaches the destination only when all of it is written,
-so a failure midway never leaves half an export; an earlier export's files are replaced, and any
-other file in the folder is kept (a folder of someone else's files is refused, see `folders.py`).
+so a failure midway never leaves half an export; an earlier export's files are replaced while they
+have the checksums ordercomp recorded, and any other file in the folder is kept (a folder of someone
+else's files is refused before the work, see `folders.py`).
 A format that cannot represent a model (an exporter error, a runtime that is not installed) is
 recorded in `manifest.json` as one line instead of stopping the others. Every program file is
 loaded back (the ONNX ones in onnxruntime) and checked against PyTorch on a few test images; then
@@ -34,14 +35,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.checkpoints import load_program, read_state_dict
+from ..models.checkpoints import SAMPLE_DIR, list_samples, load_program, read_state_dict, sample_card
 from ..data.datasets import DataBundle
-from ..folders import check_writable, staged
+from ..folders import MIB, FolderKind, check_destination, sha256, write_folder
 from ..methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelect
 from ..methods.int8 import MAX_BATCH
 from .onnx_int8 import CannotBuild, deployable_float, quantize_onnx
 from .packed import PackError, write_packed
 from .runtimes import BATCHES, THREADS, RuntimeMissing, latency_ms, load_runner, measure_file, runtime_name
+from ..models.zoo import ARCHITECTURES, create_model
 
 MANIFEST = "manifest.json"
 MARKER = ".ordercomp-export"
@@ -189,18 +191,46 @@ def check_formats(formats) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def earlier_export_files(out: Path) -> list[str]:
-    """The files an earlier export wrote into `out`, by its manifest (none when there is no readable manifest)."""
+def legacy_checksums(folder: Path) -> dict[str, str]:
+    """An export folder written before markers held checksums: the model files by the manifest's checksums,
+    the manifest itself when it is exactly as ordercomp writes one (its JSON written back unchanged)."""
     try:
-        files = json.loads((Path(out) / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    return [name for name in files if isinstance(name, str)] + [MANIFEST, MARKER]
+        text = (folder / MANIFEST).read_text()
+        manifest = json.loads(text)
+        recorded = {name: digest for name, digest in manifest["sha256"].items() if isinstance(digest, str)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no manifest, or not one of ours
+        return {}
+    if json.dumps(manifest, indent=1, default=str) == text:
+        recorded[MANIFEST] = hashlib.sha256(text.encode()).hexdigest()
+    return recorded
 
 
-def check_export_folder(out) -> None:
-    """Refuse, before any work, an export folder that holds files ordercomp did not write."""
-    check_writable(Path(out), MARKER, "export", own=earlier_export_files(out))
+EXPORT_FOLDER = FolderKind(MARKER, "export", frozenset([filename for filename, _ in FORMATS.values()] + [MANIFEST]),
+                           legacy=legacy_checksums)
+
+
+def base_weight_bytes(model: str) -> int:
+    """Roughly the bytes of the float weights of the model `model` names, without loading it: a sample's or
+    a file's size, an architecture's parameters at 4 bytes each (10 classes, 3 input channels); 0 if unknown."""
+    if model in list_samples():
+        return (SAMPLE_DIR / sample_card(model)["weights"]).stat().st_size
+    if model in ARCHITECTURES:
+        return 4 * sum(parameter.numel() for parameter in create_model(model, 10, 3).parameters())
+    path = Path(model).expanduser()
+    return path.stat().st_size if path.is_file() else 0
+
+
+def export_bytes(model: str, formats) -> int:
+    """A rough bound of what an export writes: every format at most the base's float weights (compression
+    only shrinks them) plus 1 MiB for program code and the manifest."""
+    return len(check_formats(formats)) * (base_weight_bytes(model) + MIB)
+
+
+def check_export_folder(out, formats=DEFAULT_FORMATS, need_bytes: int = 0) -> None:
+    """Refuse, before any work, an export folder ordercomp cannot write the `formats` into (or with less
+    than `need_bytes` free), or that holds files ordercomp did not write."""
+    names = [FORMATS[name][0] for name in check_formats(formats)] + [MANIFEST]
+    check_destination(Path(out), EXPORT_FOLDER, names, need_bytes)
 
 
 def write_format(name: str, src: Sources, folder: Path) -> dict:
@@ -290,39 +320,34 @@ def export_compressed(model: nn.Module, out_dir, *, formats=DEFAULT_FORMATS, cha
     """Write `model` in every requested format plus manifest.json into `out_dir`; return the manifest.
     With `measure`, every program file is timed in its runtime, next to `base_model` when given."""
     names, out = check_formats(formats), Path(out_dir)
-    earlier = earlier_export_files(out)
+    check_export_folder(out, names)
     src = Sources.of(model, data)
     images = data.test.tensors[0][:CHECK_IMAGES].contiguous()
-    with staged(out, MARKER, "export", own=earlier, stale=earlier) as temp:
-        entries = [export_format(name, src, images, temp) for name in names]
+
+    def write(folder: Path) -> dict:
+        entries = [export_format(name, src, images, folder) for name in names]
         if measure:
             timing = {"repeats": repeats, "threads": threads}
             with tempfile.TemporaryDirectory(prefix="ordercomp-base-") as base_folder:
                 base_runs = BaseRuns(base_model, data, Path(base_folder), timing) if base_model is not None else None
-                entries = [measure_entry(e, temp, data, base_runs, timing) if "file" in e and e["format"] in PROGRAM_FORMATS else e
+                entries = [measure_entry(e, folder, data, base_runs, timing) if "file" in e and e["format"] in PROGRAM_FORMATS else e
                            for e in entries]
-        manifest = describe(temp, entries, chain=chain, configs=configs, metrics=metrics, data=data, base=base)
+        manifest = describe(folder, entries, chain=chain, configs=configs, metrics=metrics, data=data, base=base)
         manifest["threads"] = threads
-        (temp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
-    return manifest
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+        return manifest
+
+    return write_folder(out, EXPORT_FOLDER, write)
 
 
 def describe(folder: Path, entries: list[dict], *, chain, configs, metrics, data: DataBundle, base: dict) -> dict:
-    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != MARKER)
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
     return {"chain": list(chain), "configs": configs, "metrics": metrics, "data": data.describe(),
             "base": {k: v for k, v in base.items() if k != "card"},
             "input_shape": ["batch", data.in_channels, data.input_size, data.input_size],
             "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "files": files, "sha256": {name: sha256(folder / name) for name in files}, "formats": entries,
             "reported_storage_bytes": metrics.get("size_bytes"), "batches": list(BATCHES)}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(out_dir) -> dict:

@@ -14,6 +14,10 @@ resume and cache hits behave the same. Both send the same `step` events; progres
 inside the steps in process and from the driver while it waits on Ray, so a cancel raised by the
 events callback stops either (Ray tasks still running are cancelled; finished steps stay cached).
 
+A HOST:PORT Ray address is probed before anything connects (`probe_cluster`): a port where no Ray head
+listens, or a cluster that refuses this process's authentication token, is one line within seconds
+rather than Ray's minutes of retries.
+
 A step's result depends only on its inputs: `run_step` seeds the global RNG with the step's seed,
 and a Ray task runs with as many torch threads as CPUs it requests (1 by default); an in-process run
 with the same thread count (`torch.set_num_threads`) gives the same numbers, bit for bit on one kind
@@ -25,8 +29,9 @@ import copy
 import logging
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -46,6 +51,9 @@ EXECUTORS = ("inprocess", "ray")
 RAY_POLL_S = 0.5
 CONNECT_TIMEOUT_S = 5.0
 RAY_WORKER_NICENESS = "RAY_worker_niceness"  # Ray's setting, read from the environment when a cluster starts
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # client preface + empty SETTINGS
+HTTP2_SETTINGS = 4  # frame type, the 4th byte of a frame header
+RAY_AUTH_MODE = "RAY_AUTH_MODE"  # "token": this process sends the cluster's token (Ray reads it from the environment)
 RAY_OPTIONS = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
 
 
@@ -193,6 +201,71 @@ def host_port(address: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
+def probe_cluster(address: str | None) -> None:
+    """Refuse, in one line and within seconds, a HOST:PORT where no Ray cluster answers, that is not a Ray head's
+    GCS port (ray.init retries such a port for minutes), or whose cluster refuses this process's token;
+    'auto' and None are left to ray.init."""
+    target = None if address is None else host_port(address)
+    if target is None:
+        return
+    try:
+        connection = socket.create_connection(target, timeout=CONNECT_TIMEOUT_S)
+    except OSError as error:
+        raise ValueError(f"no Ray cluster answers at {address} ({error.strerror or error}): start one there with "
+                         "`ray start --head --port PORT`, or check --ray-address") from None
+    with connection:
+        if not speaks_grpc(connection):
+            raise ValueError(f"{address} answers but is not a Ray cluster (no gRPC reply within {CONNECT_TIMEOUT_S:.0f} s): "
+                             "give the port of the head's GCS (`ray start --head --port PORT`) in --ray-address")
+    check_token(address)
+
+
+def check_token(address: str) -> None:
+    """Ask the cluster for its id with Ray's own GCS client, for at most CONNECT_TIMEOUT_S: a token it refuses
+    (`ray start --head` turns token authentication on once a token exists on the head) is one line saying
+    how to send the right one."""
+    try:
+        from ray._raylet import InnerGcsClient
+        from ray.exceptions import AuthenticationError, RpcError
+    except ImportError:  # a Ray without this client: ray.init reports what it finds
+        return
+    try:
+        with native_stderr_silenced():  # Ray's C++ client logs every refused attempt; the outcome is one line below
+            InnerGcsClient.standalone(address, None, int(CONNECT_TIMEOUT_S * 1000))
+    except AuthenticationError:
+        sent = "a token it does not accept" if os.environ.get(RAY_AUTH_MODE) == "token" else f"no token ({RAY_AUTH_MODE} is not token)"
+        raise ValueError(f"the Ray cluster at {address} uses token authentication and this process sent {sent}: set "
+                         f"{RAY_AUTH_MODE}=token and give it the head's token (`ray get-auth-token` there) in ~/.ray/auth_token, "
+                         "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN") from None
+    except RpcError as error:
+        raise ValueError(f"{address} answers gRPC but is not a Ray cluster ({_first_line(error)}): give the port of the "
+                         "head's GCS (`ray start --head --port PORT`) in --ray-address") from None
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null meanwhile: C++ code writes there directly, past sys.stderr."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def speaks_grpc(connection: socket.socket) -> bool:
+    """Whether the server at the other end answers an HTTP/2 client preface with a SETTINGS frame, as every
+    gRPC server does at once (a plain TCP or HTTP/1 server does not)."""
+    try:
+        connection.sendall(HTTP2_PREFACE)
+        header = connection.recv(9)
+    except OSError:  # no answer within the socket's timeout, or a reset
+        return False
+    return len(header) > 3 and header[3] == HTTP2_SETTINGS
+
+
 def start_local_ray(ray, num_cpus: int, **resources) -> None:
     """A local Ray cluster in this process. Its workers run at normal priority: Ray starts them at nice 15,
     so on a busy machine the steps of the exploration the user asked for got a few percent of a core
@@ -255,23 +328,13 @@ class RayExecutor:
         if self.address is None:
             start_local_ray(ray, self.local_cpus or os.cpu_count())
             return True
-        self._check_reachable()
+        probe_cluster(self.address)
         try:
             ray.init(address=self.address, **RAY_OPTIONS)
         except (ConnectionError, RuntimeError, TimeoutError) as error:
             raise ValueError(f"could not connect to the Ray cluster at {self.address}: {_first_line(error)}; "
                              "start one with `ray start --head` or check --ray-address") from None
         return True
-
-    def _check_reachable(self) -> None:
-        target = host_port(self.address)
-        if target is None:
-            return
-        try:
-            socket.create_connection(target, timeout=CONNECT_TIMEOUT_S).close()
-        except OSError as error:
-            raise ValueError(f"no Ray cluster answers at {self.address} ({error.strerror or error}): start one there with "
-                             "`ray start --head --port PORT`, or check --ray-address") from None
 
     def _gpus_per_step(self, ray) -> int:
         """1 for CUDA steps, 0 for CPU steps; a ValueError when the cluster cannot serve the request."""

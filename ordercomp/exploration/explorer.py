@@ -20,7 +20,7 @@ from .cache import StepCache, content_key, step_key
 from ..models.checkpoints import input_size_for, read_state_dict, resolve_model, save_state_atomically, state_fingerprint
 from ..data.datasets import DataBundle, load_data
 from ..fields import number, typed_fields
-from .executors import StepFunction, Work, check_executor, make_executor
+from .executors import StepFunction, Work, check_executor, make_executor, probe_cluster
 from ..deploy.export import PROGRAM_FORMATS, deployed_latency
 from ..deploy.runtimes import require_onnxruntime
 from ..methods.base import Context, config_to_dict
@@ -331,6 +331,8 @@ class Explorer:
 
     def _explore(self) -> Exploration:
         start = time.perf_counter()
+        if self.spec.executor == "ray":
+            probe_cluster(self.spec.ray_address)  # a wrong address or token is one line before the base is prepared
         base, source = self.load_base()
         found = self.find_order(base)
         reason = no_order_reason(self.spec.methods, found.steps, found.outcomes)

@@ -1,20 +1,25 @@
 """Exploration results as tables: printed for the CLI, written as JSON and CSV to a folder.
 
 Results are staged and then moved into place (see `folders.py`): an interrupted run never leaves
-half a result set behind, and a folder holding anyone else's files is refused, never emptied.
+half a result set behind, a folder holding anyone else's files is refused before the run, and a
+folder problem found at the end sends the results to a temporary folder the error line names.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from ..folders import check_writable, staged
+from ..folders import MIB, FolderKind, check_destination, write_folder
 from .pipeline import StepResult
 
 MARKER = ".ordercomp-results"
 RESULT_FILES = ("exploration.json", "steps.csv", "pairs.csv", "chain.csv")
+# What a results folder needs, roughly: a 4-step exploration writes 5.8 KiB of exploration.json (0.5 KiB a step
+# and the summary) and less in CSV, so 8 MiB holds thousands of steps.
+RESULTS_BYTES = 8 * MIB
 
 
 def steps_table(steps: list[dict]) -> pd.DataFrame:
@@ -70,19 +75,41 @@ def _round(value):
     return None if value is None else round(value, 3)
 
 
+def result_files(record: dict) -> dict[str, str]:
+    """{file name: content} of an exploration record's results."""
+    return {"exploration.json": json.dumps(record, indent=1, default=str),
+            "steps.csv": steps_table(record["steps"]).to_csv(index=False),
+            "pairs.csv": pairs_table(record["outcomes"]).to_csv(index=False),
+            "chain.csv": chain_table(record["base_metrics"], record["chain_steps"]).to_csv(index=False)}
+
+
+def legacy_checksums(folder: Path) -> dict[str, str]:
+    """A results folder written before markers held checksums: its files are ordercomp's exactly when they
+    are what its exploration.json writes (the JSON itself written back unchanged)."""
+    try:
+        expected = result_files(json.loads((folder / "exploration.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # not an exploration record
+        return {}
+    return {name: hashlib.sha256(content.encode()).hexdigest() for name, content in expected.items()}
+
+
+RESULTS_FOLDER = FolderKind(MARKER, "results", frozenset(RESULT_FILES), legacy=legacy_checksums)
+
+
 def check_results_folder(out: str | Path) -> None:
-    """Refuse, before any work, a results folder that holds files ordercomp did not write."""
-    check_writable(Path(out), MARKER, "results", own=RESULT_FILES)
+    """Refuse, before any work, a results folder ordercomp cannot write or that holds files it did not write."""
+    check_destination(Path(out), RESULTS_FOLDER, RESULT_FILES, RESULTS_BYTES)
 
 
 def write_results(result, out: str | Path) -> Path:
     """exploration.json plus steps.csv, pairs.csv and chain.csv in `out`, replacing only earlier results."""
-    record = result.to_dict()
-    with staged(Path(out), MARKER, "results", own=RESULT_FILES) as temp:
-        (temp / "exploration.json").write_text(json.dumps(record, indent=1, default=str))
-        steps_table(record["steps"]).to_csv(temp / "steps.csv", index=False)
-        pairs_table(record["outcomes"]).to_csv(temp / "pairs.csv", index=False)
-        chain_table(record["base_metrics"], record["chain_steps"]).to_csv(temp / "chain.csv", index=False)
+    files = result_files(result.to_dict())
+
+    def write(folder: Path) -> None:
+        for name, content in files.items():
+            (folder / name).write_text(content, encoding="utf-8")
+
+    write_folder(Path(out), RESULTS_FOLDER, write)
     return Path(out)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..exploration.explorer import Explorer, ExploreSpec, compress, prepare_base, resolve_device
-from ..deploy.export import DEFAULT_FORMATS, export_compressed, verify_export
+from ..deploy.export import DEFAULT_FORMATS, check_export_folder, export_bytes, export_compressed, verify_export
 from ..metrics import measure
 from ..exploration.pipeline import OK
 from ..train import Budget
@@ -42,6 +42,8 @@ def run_baseline(store: JobStore, job_id: str, spec: dict, events: Events) -> tu
 
 def run_export(store: JobStore, job_id: str, spec: dict, events: Events) -> tuple[dict, str]:
     spec = ExportSpec.from_dict(spec)
+    folder, formats = store.path.parent / "exports" / job_id, spec.formats or DEFAULT_FORMATS
+    check_export_folder(folder, formats, export_bytes(spec.model, formats))  # before the work: a full disk, a read-only store folder
     compressed = compress(model=spec.model, data=spec.data, chain=spec.chain, settings=spec.settings, budget=Budget(**spec.budget),
                           device=spec.device, architecture=spec.architecture, input_size=spec.input_size, seed=spec.seed,
                           cache_dir=store.cache_dir(), events=events, trust_torchscript=spec.trust_torchscript)
@@ -49,8 +51,7 @@ def run_export(store: JobStore, job_id: str, spec: dict, events: Events) -> tupl
     if broken:
         raise ValueError(f"{' -> '.join(broken.chain)} is {broken.status}: {broken.reason}; choose another order")
     events({"kind": "stage", "stage": "export", "label": "writing and checking the export files"})
-    folder = store.path.parent / "exports" / job_id
-    manifest = export_compressed(compressed.model, folder, formats=spec.formats or DEFAULT_FORMATS, chain=list(spec.chain),
+    manifest = export_compressed(compressed.model, folder, formats=formats, chain=list(spec.chain),
                                  configs=compressed.configs, metrics=compressed.steps[-1].metrics, data=compressed.data,
                                  base=compressed.source, base_model=compressed.base)
     result = {"folder": str(folder), "manifest": manifest, "verify": verify_export(folder),

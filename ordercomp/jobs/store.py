@@ -7,6 +7,9 @@ The dashboard, its worker processes and the CLI read and write the same file at 
 call opens its own connection (safe from Streamlit's threads and from several processes), the
 database runs in WAL mode (readers never block the writer) and a busy timeout waits out locks.
 Step results of all jobs share one cache folder next to the file, so identical work is reused.
+A file is used only when it is ordercomp's (its application id, or an older store's exact tables) and
+undamaged; anything else is one StoreError line and the file is left as it was, and so is an SQLite
+error in any later call.
 """
 from __future__ import annotations
 
@@ -67,7 +70,8 @@ CREATE TABLE IF NOT EXISTS settings (
     value TEXT NOT NULL
 );
 """
-SCHEMA_VERSION = 2  # 2: settings table
+SCHEMA_VERSION = 3  # 2: settings table; 3: application_id set
+APPLICATION_ID = 0x4F524443  # "ORDC" in the file header: a store ordercomp created (stores before version 3 have 0)
 
 # Every column but the result: a job list stays light however big the explorations are.
 SUMMARY_COLUMNS = "id, kind, spec, status, error, pid, created, updated, done, total, label, fraction"
@@ -82,7 +86,10 @@ class StoreError(ValueError):
 
 
 class JobStore:
-    """Jobs, step rows and log lines in the SQLite file at `path` (created with its folder)."""
+    """Jobs, step rows and log lines in the SQLite file at `path` (created with its folder).
+
+    Opening checks the file before changing anything: another program's SQLite database is refused and
+    left as it was, a damaged one is refused; an SQLite error in any later call is a StoreError too."""
 
     def __init__(self, path: Path | str | None = None):
         self.path = Path(path or default_path()).expanduser().resolve()
@@ -90,16 +97,37 @@ class JobStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = self._open()
             try:
+                self._check(connection)
                 connection.execute("PRAGMA journal_mode=WAL")
-                connection.executescript(SCHEMA)
                 _add_kind_column(connection)
-                # A write every store needs anyway: a read-only file is found here, not halfway through a job.
-                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                # One transaction, so another process opening the store meanwhile sees it before or after, never
+                # half made; and a write every store needs anyway: a read-only file is found here, not halfway through a job.
+                connection.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; "
+                                         f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
             finally:
                 connection.close()
         except (sqlite3.Error, OSError) as error:
-            raise StoreError(f"the job store {self.path} cannot be used ({str(error).splitlines()[0]}): make it a writable "
-                             "SQLite file, or set ORDERCOMP_STORE to a new path") from None
+            raise self._unusable(error) from None
+
+    def _check(self, connection: sqlite3.Connection) -> None:
+        """Refuse, reading only, another program's database, another version's store or a damaged store."""
+        application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if application_id == APPLICATION_ID and version != SCHEMA_VERSION:
+            raise StoreError(f"the job store {self.path} was written by another ordercomp version (schema {version}, this one uses "
+                             f"{SCHEMA_VERSION}): open it with that version, or set ORDERCOMP_STORE to a new path; the file was left as it was")
+        foreign = _foreign(connection, application_id)
+        if foreign:
+            raise StoreError(f"the job store {self.path} is not an ordercomp job store ({foreign}): set ORDERCOMP_STORE to a "
+                             "new path; the file was left as it was")
+        problem = connection.execute("PRAGMA quick_check(1)").fetchone()[0]  # damaged pages behind a valid header
+        if problem != "ok":
+            raise StoreError(f"the job store {self.path} is damaged ({' '.join(problem.split())}): set ORDERCOMP_STORE to a new "
+                             "path, or restore the file from a backup; the file was left as it was")
+
+    def _unusable(self, error: Exception) -> StoreError:
+        return StoreError(f"the job store {self.path} cannot be used ({str(error).splitlines()[0]}): make it a writable "
+                          "SQLite file, or set ORDERCOMP_STORE to a new path")
 
     def _open(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -111,17 +139,21 @@ class JobStore:
         """A fresh connection inside one transaction, committed on success and rolled back on error.
 
         A write transaction takes the write lock at once (BEGIN IMMEDIATE), so a status read and
-        the update that depends on it cannot interleave with another process's.
+        the update that depends on it cannot interleave with another process's. Any SQLite error
+        (a file damaged since it was opened, a lock held too long) becomes one StoreError line.
         """
-        connection = self._open()
         try:
-            connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            yield connection
-            connection.execute("COMMIT")
-        finally:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            connection.close()
+            connection = self._open()
+            try:
+                connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                yield connection
+                connection.execute("COMMIT")
+            finally:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                connection.close()
+        except sqlite3.Error as error:
+            raise self._unusable(error) from None
 
     def cache_dir(self) -> Path:
         """The step cache shared by every job of this store."""
@@ -271,10 +303,50 @@ class JobStore:
         return row
 
 
+def _foreign(connection: sqlite3.Connection, application_id: int) -> str | None:
+    """Why the open database is not an ordercomp job store, or None: it carries ordercomp's application id,
+    or (as older stores did, with id 0) holds only tables and indexes of ordercomp's schema, column for column."""
+    if application_id not in (0, APPLICATION_ID):
+        return f"its application id is {application_id:#x}"
+    if application_id == APPLICATION_ID:
+        return None
+    ours, shape = _shape_of(SCHEMA), _shape(connection)
+    before_kinds = frozenset(column for column in ours["jobs"] if column[0] != "kind")  # stores older than job kinds
+    others = sorted(set(shape) - set(ours))
+    if others:
+        return f"it holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, which ordercomp never made"
+    if any(shape[name] != ours[name] and not (name == "jobs" and shape[name] == before_kinds) for name in shape):
+        return "its tables have other columns"
+    return None
+
+
+Shape = dict[str, frozenset]
+
+
+def _shape(connection: sqlite3.Connection) -> Shape:
+    """Every table and index of the database, with the columns of each table (whatever their order)."""
+    objects = connection.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall()
+    return {name: frozenset(tuple(column)[1:] for column in connection.execute(f"PRAGMA table_info({_quoted(name)})"))
+            if kind == "table" else frozenset({kind}) for kind, name in objects}
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _shape_of(schema: str) -> Shape:
+    connection = sqlite3.connect(":memory:")
+    try:
+        connection.executescript(schema)
+        return _shape(connection)
+    finally:
+        connection.close()
+
+
 def _add_kind_column(connection: sqlite3.Connection) -> None:
     """Stores written before job kinds existed hold explorations only."""
     columns = {row["name"] for row in connection.execute("PRAGMA table_info(jobs)")}
-    if "kind" not in columns:
+    if columns and "kind" not in columns:
         try:
             connection.execute("ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'explore'")
         except sqlite3.OperationalError as error:  # another process added it a moment ago

@@ -1,0 +1,245 @@
+"""Results and export folders (issue 19, items 2 and 9): a folder is ordercomp's only with its marker,
+a file is replaced or removed only while it has the checksum ordercomp recorded, a destination that
+cannot be written is refused before any work, and a folder problem found at the end costs no results.
+
+The audit's reproductions are the fixtures below; the CLI refusals run no work (the base and the
+exploration are replaced by a failure), so the module takes seconds.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from collections import namedtuple
+
+import pytest
+
+import ordercomp.exploration.explorer
+from ordercomp import folders
+from ordercomp.cli import main
+from ordercomp.deploy.export import EXPORT_FOLDER, MANIFEST
+from ordercomp.folders import write_folder
+from ordercomp.exploration.results import RESULT_FILES, RESULTS_FOLDER, check_results_folder, write_results
+
+OLD_EXPORT_MARKER = "written by ordercomp (export); ordercomp replaces only its own files in this folder\n"
+OLD_RESULTS_MARKER = "written by ordercomp (results); ordercomp replaces only its own files in this folder\n"
+RECORD = {"spec": {"objective": "weighted", "seeds": 1}, "steps": [], "outcomes": [], "chain_steps": [], "chain": ["prune"],
+          "base_metrics": {"accuracy": 97.5, "params": 2610, "size_bytes": 10440, "macs": 40000, "bitops": 4.1e7}}
+Finished = namedtuple("Finished", "to_dict")  # what write_results needs of an exploration
+
+
+def snapshot(folder) -> dict:
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """A CLI command that gets past its checks fails the test instead of training anything."""
+    monkeypatch.setattr(ordercomp.exploration.explorer.Explorer, "explore", lambda self: pytest.fail("work started"))
+    monkeypatch.setattr(ordercomp.exploration.explorer, "prepare_base", lambda *a, **k: pytest.fail("work started"))
+
+
+@pytest.fixture(autouse=True)
+def temp_folder(tmp_path, monkeypatch):
+    """The system's temporary folder, where results that could not reach their destination go: under tmp_path."""
+    folder = tmp_path / "system-temp"
+    folder.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(folder))
+    return folder
+
+
+@pytest.fixture
+def foreign_manifest_folder(tmp_path):
+    """Item 2: another tool's folder with a manifest.json listing its files, and no ordercomp marker."""
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"another tool's weights")
+    (folder / "model.onnx").write_bytes(b"another tool's model")
+    (folder / MANIFEST).write_text(json.dumps({"tool": "other", "files": ["weights.bin", "model.onnx"]}))
+    return folder
+
+
+@pytest.fixture
+def planted_marker_folder(foreign_manifest_folder):
+    """The same folder with ordercomp's (older, plain-text) marker planted in it."""
+    (foreign_manifest_folder / EXPORT_FOLDER.marker).write_text(OLD_EXPORT_MARKER)
+    return foreign_manifest_folder
+
+
+@pytest.fixture
+def steps_csv_folder(tmp_path):
+    """Item 9: a folder whose only file is named like one of ordercomp's results."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "steps.csv").write_text("my own table\n")
+    return folder
+
+
+def one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ordercomp: error: ") and "Traceback" not in err
+    return err
+
+
+APPLY = ["apply", "--chain", "prune", "--formats", "state_dict,onnx", "--export"]
+EXPLORE = ["explore", "--quiet", "--cache", "", "--out"]  # no cache folder in the checkout, whatever happens
+
+
+@pytest.mark.parametrize("folder, message", [("foreign_manifest_folder", "is not an ordercomp export folder"),
+                                             ("planted_marker_folder", "manifest.json was not written by ordercomp")])
+def test_apply_refuses_another_tools_export_folder_and_changes_nothing(request, capsys, no_work, folder, message):
+    folder = request.getfixturevalue(folder)
+    before = snapshot(folder)
+    assert message in one_line_error(capsys, APPLY + [str(folder)])
+    assert snapshot(folder) == before
+
+
+def test_explore_refuses_a_folder_only_named_like_ordercomps(capsys, no_work, steps_csv_folder):
+    assert "is not an ordercomp results folder (it holds steps.csv)" in one_line_error(capsys, EXPLORE + [str(steps_csv_folder)])
+    assert snapshot(steps_csv_folder) == {"steps.csv": b"my own table\n"}
+
+
+def unwritable_destinations(tmp_path, read_only):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    read_only(locked)
+    (tmp_path / "file.txt").write_text("a file")
+    (tmp_path / "link").symlink_to(tmp_path / "gone" / "away")
+    return {"read-only parent": (locked / "run", "cannot write the"),
+            "dangling link": (tmp_path / "link", "which does not exist"),
+            "path through a file": (tmp_path / "file.txt" / "run", "file.txt is a file, not a folder")}
+
+
+@pytest.mark.parametrize("command", [EXPLORE, APPLY], ids=["explore", "apply"])
+@pytest.mark.parametrize("case", ["read-only parent", "dangling link", "path through a file"])
+def test_an_unwritable_destination_is_one_line_before_any_work(tmp_path, capsys, no_work, read_only, command, case):
+    out, message = unwritable_destinations(tmp_path, read_only)[case]
+    before = sorted(tmp_path.rglob("*"))
+    assert message in one_line_error(capsys, command + [str(out)])
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("command, need", [(EXPLORE, "8 MiB"), (APPLY, "4 MiB")], ids=["explore", "apply"])
+def test_too_little_free_space_is_one_line_before_any_work(tmp_path, capsys, no_work, monkeypatch, temp_folder, command, need):
+    # apply: the default model, digits_cnn (1.2 MB of weights), in two formats
+    real = folders.shutil.disk_usage
+    monkeypatch.setattr(folders.shutil, "disk_usage", lambda path: real(path)._replace(free=3 << 19))  # 1.5 MiB
+    err = one_line_error(capsys, command + [str(tmp_path / "out")])
+    assert f"needs about {need} free" in err and "a rough estimate" in err and "its disk has 2 MiB" in err
+    assert not (tmp_path / "out").exists() and not any(temp_folder.iterdir())
+
+
+def test_results_are_replaced_only_while_unchanged_and_other_files_kept(tmp_path):
+    out = tmp_path / "run"
+    write_results(Finished(lambda: RECORD), out)
+    (out / "notes.txt").write_text("my notes")
+    write_results(Finished(lambda: RECORD | {"chain": ["quantize"]}), out)
+    assert json.loads((out / "exploration.json").read_text())["chain"] == ["quantize"]
+    assert (out / "notes.txt").read_text() == "my notes"
+    (out / "pairs.csv").write_text("edited by hand\n")
+    with pytest.raises(ValueError, match="pairs.csv was not written by ordercomp, or was changed since"):
+        check_results_folder(out)
+    assert (out / "pairs.csv").read_text() == "edited by hand\n"
+
+
+def test_a_results_folder_an_older_ordercomp_wrote_is_still_ours_unless_edited(tmp_path):
+    out = tmp_path / "run"
+    write_results(Finished(lambda: RECORD), out)
+    (out / ".ordercomp-results").write_text(OLD_RESULTS_MARKER)  # what ordercomp wrote before markers held checksums
+    check_results_folder(out)
+    (out / "steps.csv").write_text("edited\n")
+    with pytest.raises(ValueError, match="steps.csv was not written by ordercomp"):
+        check_results_folder(out)
+
+
+def export_files(files: dict[str, bytes]):
+    """A writer of an export: the given files and a manifest recording them as export_compressed does."""
+    def write(folder):
+        for name, content in files.items():
+            (folder / name).write_bytes(content)
+        manifest = {"files": sorted(files), "sha256": {name: hashlib.sha256(content).hexdigest() for name, content in files.items()}}
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+    return write
+
+
+@pytest.mark.parametrize("marker", ["checksums", "older plain text"])
+def test_an_export_removes_only_stale_files_with_the_recorded_checksum(tmp_path, marker):
+    out = tmp_path / "export"
+    write_folder(out, EXPORT_FOLDER, export_files({"model.onnx": b"onnx 1", "model.pt2": b"pt2 1", "model.packed.safetensors": b"p 1"}))
+    if marker != "checksums":
+        (out / EXPORT_FOLDER.marker).write_text(OLD_EXPORT_MARKER)
+    (out / "model.pt2").write_bytes(b"pt2 edited by its user")
+    write_folder(out, EXPORT_FOLDER, export_files({"model.onnx": b"onnx 2"}))
+    assert snapshot(out).keys() == {".ordercomp-export", MANIFEST, "model.onnx", "model.pt2"}  # the stale packed file went
+    assert (out / "model.onnx").read_bytes() == b"onnx 2" and (out / "model.pt2").read_bytes() == b"pt2 edited by its user"
+
+
+def test_a_planted_marker_claims_no_file_ordercomp_did_not_write(tmp_path):
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"someone's model")
+    (out / "keep.db").write_bytes(b"someone's database")
+    planted = {"model.onnx": hashlib.sha256(b"another content").hexdigest(), "keep.db": hashlib.sha256(b"someone's database").hexdigest()}
+    (out / EXPORT_FOLDER.marker).write_text(json.dumps({"written_by": "ordercomp", "sha256": planted}))
+    write_folder(out, EXPORT_FOLDER, export_files({"model.pt2": b"pt2"}))
+    assert (out / "model.onnx").read_bytes() == b"someone's model"  # listed, but not with its checksum
+    assert (out / "keep.db").read_bytes() == b"someone's database"  # its checksum, but never a name ordercomp writes
+
+
+def test_results_whose_folder_fails_at_the_end_are_written_elsewhere(tmp_path, read_only, temp_folder):
+    parent = tmp_path / "runs"
+    parent.mkdir()
+    check_results_folder(parent / "latest")
+    read_only(parent)  # the folder problem appears while the exploration runs
+    with pytest.raises(ValueError, match=rf"^could not write the results to {parent / 'latest'} \(.+\); they were written to "
+                                         rf"{temp_folder}/ordercomp-results-\w+ instead$") as refusal:
+        write_results(Finished(lambda: RECORD), parent / "latest")
+    [elsewhere] = temp_folder.iterdir()
+    assert str(elsewhere) in str(refusal.value)
+    assert sorted(os.listdir(elsewhere)) == sorted(RESULT_FILES + (".ordercomp-results",))
+    assert json.loads((elsewhere / "exploration.json").read_text()) == RECORD
+    assert list(parent.iterdir()) == []
+
+
+def test_a_disk_that_fills_while_writing_sends_the_files_elsewhere(tmp_path, temp_folder):
+    def write(folder):
+        if temp_folder not in folder.parents:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        (folder / "steps.csv").write_text("the table\n")
+
+    with pytest.raises(ValueError, match=r"could not write the results to .*run \(No space left on device\); they were written to"):
+        write_folder(tmp_path / "run", RESULTS_FOLDER, write)
+    [elsewhere] = temp_folder.iterdir()
+    assert sorted(os.listdir(elsewhere)) == [".ordercomp-results", "steps.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["system-temp"]  # no staging folder left behind
+
+
+def test_results_whose_folder_gained_a_foreign_file_during_the_run_are_written_elsewhere(tmp_path, temp_folder):
+    out = tmp_path / "run"
+    write_results(Finished(lambda: RECORD), out)
+
+    def user_edits_during_the_run():
+        (out / "chain.csv").write_text("edited while the run went on\n")
+        return RECORD
+
+    with pytest.raises(ValueError, match="chain.csv was not written by ordercomp.*; they were written to .*ordercomp-results-"):
+        write_results(Finished(user_edits_during_the_run), out)
+    assert (out / "chain.csv").read_text() == "edited while the run went on\n"
+    [elsewhere] = temp_folder.iterdir()
+    assert sorted(os.listdir(elsewhere)) == sorted(RESULT_FILES + (".ordercomp-results",))
+    assert not [p for p in out.iterdir() if p.name.startswith(".ordercomp-staging")]
+
+
+def test_the_dashboards_export_job_checks_its_folder_before_any_work(tmp_path, monkeypatch):
+    from ordercomp.jobs import ExportSpec, JobStore, kinds
+
+    store = JobStore(tmp_path / "store" / "jobs.sqlite")
+    monkeypatch.setattr(kinds, "compress", lambda *a, **k: pytest.fail("work started"))
+    real = folders.shutil.disk_usage
+    monkeypatch.setattr(folders.shutil, "disk_usage", lambda path: real(path)._replace(free=1 << 20))
+    spec = ExportSpec(model="digits_cnn", data="digits", chain=("prune",), formats=("state_dict",))
+    with pytest.raises(ValueError, match=r"exports/0123456789ab needs about 2 MiB free for the export \(a rough estimate\)"):
+        kinds.run_export(store, "0123456789ab", spec.to_dict(), lambda event: None)
+    assert not (store.path.parent / "exports").exists()
