@@ -19,6 +19,7 @@ from .cifar import read_cifar
 
 SPLIT_SEED = 20240326
 DEFAULT_INPUT_SIZE = 8
+MIN_SPLIT = {"train": 1, "validation": 2, "test": 1}  # pair decisions compare two orders image by image on validation
 
 
 class DataError(ValueError):
@@ -138,16 +139,14 @@ def _resize(images: torch.Tensor, input_size: int) -> torch.Tensor:
 
 def _split_and_normalise(name, images, labels, num_classes, input_size, test=None, val=None) -> DataBundle:
     """Seeded split into train/val/test (of the splits not given), then normalise with the training statistics."""
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    images, labels = images[order], labels[order]
     n = len(images)
-    carve_test = test is None
-    if carve_test:
-        n_test = n // 5
+    n_test, n_val = _carved_sizes(name, n, test, val)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    images, labels = images[order], labels[order]
+    if test is None:
         test = (images[n - n_test:], labels[n - n_test:])
         images, labels = images[: n - n_test], labels[: n - n_test]
     if val is None:
-        n_val = n // 5 if carve_test else n // 10
         val = (images[:n_val], labels[:n_val])
         images, labels = images[n_val:], labels[n_val:]
     train = (images, labels)
@@ -158,6 +157,24 @@ def _split_and_normalise(name, images, labels, num_classes, input_size, test=Non
         return TensorDataset(((split[0] - mean) / std).contiguous(), split[1].contiguous())
 
     return DataBundle(name, dataset(train), dataset(val), dataset(test), num_classes, images.shape[1], input_size)
+
+
+def _carved_sizes(name: str, count: int, test, val) -> tuple[int, int]:
+    """(test, validation) images to carve from `count` of the splits not given: a fifth each, or a tenth
+    for validation alone. A split too small to train or decide on is refused here, before any work."""
+    n_test = count // 5 if test is None else 0
+    n_val = (count // 5 if test is None else count // 10) if val is None else 0
+    sizes = {"train": (count - n_test - n_val, False), "validation": (n_val, False) if val is None else (len(val[0]), True),
+             "test": (n_test, False) if test is None else (len(test[0]), True)}
+    for split, (size, given) in sizes.items():
+        if size >= MIN_SPLIT[split]:
+            continue
+        if given:
+            raise DataError(f"the data set {name} has {size} {split} image{'s' * (size != 1)}; it needs at least "
+                            f"{MIN_SPLIT[split]}: give it more")
+        raise DataError(f"the data set {name} has {count} image{'s' * (count != 1)} to split: too few (its {split} split would "
+                        f"hold {size}, it needs at least {MIN_SPLIT[split]}); give more images")
+    return n_test, n_val
 
 
 def _cifar_kind(path: Path) -> str | None:
