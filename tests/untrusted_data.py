@@ -2,10 +2,10 @@
 feeds them to ordercomp in a child process whose memory and CPU time are capped.
 
 Each maker returns a small file's bytes (or writes a small folder) that declares far more than it
-holds or carries a value a reader must refuse: CIFAR batches (pickles). `run_bounded` runs CLI commands and packed-file loads in one child process limited
-(RLIMIT_AS) to BOUND_BYTES above what it holds once torch and ordercomp are imported, so a reader
-that trusts a declared size fails there instead of exhausting the machine, and a hash that never
-ends runs into RLIMIT_CPU.
+holds or carries a value a reader must refuse: CIFAR batches (pickles) and images. `run_bounded`
+runs CLI commands and packed-file loads in one child process limited (RLIMIT_AS) to BOUND_BYTES
+above what it holds once torch and ordercomp are imported, so a reader that trusts a declared size
+fails there instead of exhausting the machine, and a hash that never ends runs into RLIMIT_CPU.
 """
 from __future__ import annotations
 
@@ -119,6 +119,60 @@ def cifar_folder(root: Path, batches: dict[str, bytes], train: int = 50, test: i
     for name, data in batches.items():
         (root / CIFAR10_DIR / name).write_bytes(data)
     return root
+
+
+def flat_png(width: int, height: int, channels: int = 3) -> bytes:
+    """A real PNG of width x height black pixels, compressed as it is written (never held whole)."""
+    colour_type = {1: 0, 3: 2, 4: 6}[channels]
+    row, packer = bytes(1 + width * channels), zlib.compressobj(9)
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def zipped(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def image_bomb_zip() -> bytes:
+    """An ImageFolder zip of 2.5 kB: a 36-megapixel PNG (105 kB, under the zip's 1 MB ratio floor,
+    decoding to 144 MB and more) beside two small images."""
+    return zipped({"cat/bomb.png": flat_png(6000, 6000), "cat/1.png": flat_png(8, 8), "dog/1.png": flat_png(8, 8)})
+
+
+def tiled_tiff(width: int, height: int, tile: int) -> bytes:
+    """A deflate-compressed greyscale TIFF of width x height pixels stored as one tile x tile tile of
+    zeros: libtiff allocates the whole tile (a 16 x 16 image in 4096-pixel tiles asks for 16 MB)."""
+    packer, row = zlib.compressobj(9), bytes(tile)
+    pixels = b"".join(packer.compress(row) for _ in range(tile)) + packer.flush()
+    tags = [(256, width), (257, height), (258, 8), (259, 8), (262, 1), (277, 1), (322, tile), (323, tile), (324, 0), (325, len(pixels))]
+    data_offset = 8 + 2 + 12 * len(tags) + 4
+    entries = b"".join(struct.pack("<HHII", tag, 4, 1, data_offset if tag == 324 else value) for tag, value in tags)  # LONG values
+    return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + entries + struct.pack("<I", 0) + pixels
+
+
+def many_scan_jpeg(repeats: int) -> bytes:
+    """A progressive 200 x 200 JPEG whose smallest scan is repeated `repeats` times: each scan is a pass
+    over every coefficient (20,000 repeats at 4 megapixels took a minute of CPU in 300 kB)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (200, 200), 128).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    starts = [index for index in range(len(data) - 1) if data[index:index + 2] == b"\xff\xda"] + [len(data) - 2]
+    smallest = min((data[a:b] for a, b in zip(starts[1:], starts[2:])), key=len)
+    return data[:-2] + smallest * repeats + b"\xff\xd9"
+
+
+EPS_AS_PNG = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
 
 
 CHILD = r"""
