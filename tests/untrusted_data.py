@@ -2,10 +2,11 @@
 feeds them to ordercomp in a child process whose memory and CPU time are capped.
 
 Each maker returns a small file's bytes (or writes a small folder) that declares far more than it
-holds or carries a value a reader must refuse: CIFAR batches (pickles) and images. `run_bounded`
-runs CLI commands and packed-file loads in one child process limited (RLIMIT_AS) to BOUND_BYTES
-above what it holds once torch and ordercomp are imported, so a reader that trusts a declared size
-fails there instead of exhausting the machine, and a hash that never ends runs into RLIMIT_CPU.
+holds or carries a value a reader must refuse: CIFAR batches (pickles), images and packed model
+files. `run_bounded` runs CLI commands and packed-file loads in one child process limited (RLIMIT_AS)
+to BOUND_BYTES above what it holds once torch and ordercomp are imported, so a reader that trusts a
+declared size fails there instead of exhausting the machine, and a hash that never ends runs into
+RLIMIT_CPU.
 """
 from __future__ import annotations
 
@@ -173,6 +174,34 @@ def many_scan_jpeg(repeats: int) -> bytes:
 
 
 EPS_AS_PNG = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
+
+
+def packed_file(path: Path, arch, blob: bytes = bytes(8), *, version=1, text: str | None = None) -> Path:
+    """A packed safetensors file holding `blob` and the description {"version", "arch"} (or `text` as it is)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ordercomp.packed import METADATA_KEY
+
+    description = text if text is not None else json.dumps({"version": version, "arch": arch})
+    save_file({"blob": torch.frombuffer(bytearray(blob), dtype=torch.uint8)}, str(path), metadata={METADATA_KEY: description})
+    return path
+
+
+def reused_bitmap_packed(path: Path, layers: int = 200) -> Path:
+    """200 linear layers of 1024 x 8192 weights, every one naming the same 1 MiB bitmap (all zero, so no
+    values are stored) and the same bias: a 1 MiB file asking for 6.7 GB of float weights."""
+    bitmap, bias = [0, 1 << 20], [1 << 20, 4096]
+    layer = {"t": "linear", "w": {"shape": [1024, 8192], "bits": 32, "bitmap": bitmap, "values": [0, 0]}, "b": bias}
+    return packed_file(path, {"t": "seq", "c": [layer] * layers}, bytes((1 << 20) + 4096))
+
+
+def nested_description(levels: int) -> dict:
+    """Sequences inside sequences, `levels` deep (two JSON levels each)."""
+    node = {"t": "id"}
+    for _ in range(levels):
+        node = {"t": "seq", "c": [node]}
+    return node
 
 
 CHILD = r"""
