@@ -20,9 +20,10 @@ import tempfile
 import time
 import zipfile
 import zlib
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from .data.datasets import DataError, check_layout
+from .data.datasets import IMAGE_SUFFIXES, DataError, check_layout, opened_image
 
 UPLOAD_LIMIT_MB = 200
 ZIP_LIMIT_MB = 200
@@ -54,6 +55,7 @@ def extract_image_zip(data: bytes, folder: Path) -> str:
         raise DataError("the upload is not a zip archive: zip the dataset folder (one sub-folder per class) and upload that") from None
     members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
     _check_members(members, len(data))
+    _check_images(archive, members)
     target = folder / hashlib.sha256(data).hexdigest()[:16]
     if target.exists():
         _mark_used(target)
@@ -99,8 +101,12 @@ def _member_path(member: zipfile.ZipInfo) -> PurePosixPath:
     return PurePosixPath(member.filename.replace("\\", "/"))
 
 
+def _shown(member: zipfile.ZipInfo) -> str:
+    return member.filename[:80] + ("..." if len(member.filename) > 80 else "")
+
+
 def _check_member(member: zipfile.ZipInfo, name: PurePosixPath) -> None:
-    shown = member.filename[:80] + ("..." if len(member.filename) > 80 else "")
+    shown = _shown(member)
     if name.is_absolute() or ".." in name.parts or re.match(r"^[A-Za-z]:", member.filename):
         raise DataError(f"the zip holds an unsafe path {shown!r}: nothing was extracted; zip the folder itself")
     if (member.external_attr >> 16) & 0o170000 == 0o120000:
@@ -115,20 +121,37 @@ def _check_member(member: zipfile.ZipInfo, name: PurePosixPath) -> None:
                         f"(the limit is {ZIP_MAX_RATIO}:1): nothing was extracted; the zip looks like a zip bomb")
 
 
+def _check_images(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo]) -> None:
+    """Refuse, before anything is written, an image that cannot be read or would decode out of
+    proportion to its bytes (a 36-megapixel PNG of 35 kB zips to 2.5 kB, well within the zip's ratio):
+    the header of each is read as `ordercomp.data.datasets` reads it when loading the tree."""
+    for member in members:
+        if _member_path(member).suffix.lower() in IMAGE_SUFFIXES:
+            with _unpacking(member), archive.open(member) as source, opened_image(source, _shown(member), member.file_size):
+                pass
+
+
+@contextmanager
+def _unpacking(member: zipfile.ZipInfo):
+    """A member that cannot be unpacked is one DataError line."""
+    try:
+        yield
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, zlib.error) as error:
+        raise DataError(f"{member.filename} cannot be unpacked ({error}): the zip is damaged; zip the folder again") from None
+
+
 def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, root: Path) -> None:
     """Write one member, counting the bytes actually written against what it declared."""
     destination = root / _member_path(member)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        with archive.open(member) as source, open(destination, "xb") as target:
+        with _unpacking(member), archive.open(member) as source, open(destination, "xb") as target:
             written = 0
             for block in iter(lambda: source.read(1 << 20), b""):
                 written += len(block)
                 if written > member.file_size:
                     raise DataError(f"{member.filename} unpacks to more than it declares: the zip is damaged or malicious")
                 target.write(block)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, zlib.error) as error:
-        raise DataError(f"{member.filename} cannot be unpacked ({error}): the zip is damaged; zip the folder again") from None
     except OSError as error:
         raise DataError(f"{member.filename} cannot be written ({error.strerror or error}): nothing was kept") from None
 

@@ -1,13 +1,18 @@
-"""Datasets: the embedded digits split is fixed; local paths are read or explained."""
+"""Datasets: the embedded digits split is fixed; local paths are read or explained; hostile files
+(tests/untrusted_data.py) are one line, in bounded memory."""
 from __future__ import annotations
 
 import pathlib
 import pickle
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from untrusted_data import (BOUND_BYTES, EPS_AS_PNG, batch, blank_images, cifar_folder, flat_png, forged_dtype_batch,
+                            hashed_key_batch, many_scan_jpeg, nested_labels_batch, overlong_bytes_batch, python2_batch,
+                            run_bounded, strided_batch, tiled_tiff, unknown_codec_batch)
 
 from ordercomp.data.cifar import write_cifar
 from ordercomp.data.datasets import DataError, load_data
@@ -154,3 +159,185 @@ def test_writing_a_cifar_folder_never_replaces_one(tmp_path):
     with pytest.raises(FileExistsError, match="exists already"):
         _cifar_like(tmp_path, n_test=3)
     assert (root / "cifar-10-batches-py" / "test_batch").read_bytes() == before
+
+
+def flat_image(path, size, fmt, **options):
+    """A one-colour greyscale image: it compresses to almost nothing in every format but BMP."""
+    Image.new("L", size, 90).save(path, format=fmt, **options)
+
+
+def small_tree(root, per_class: int = 6):
+    """root/cat and root/dog holding `per_class` small PNGs each."""
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for index in range(per_class):
+            (root / label / f"{index}.png").write_bytes(flat_png(8, 8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def bounded(tmp_path_factory):
+    """The reproductions that ask for memory (or endless CPU), each through `ordercomp explore` in one
+    child process capped at 1.5 GiB above its size after imports: (scratch folder, results)."""
+    root = tmp_path_factory.mktemp("bounded")
+    bomb_tree = small_tree(root / "bomb-tree")
+    (bomb_tree / "cat" / "bomb.png").write_bytes(flat_png(6000, 6000))
+    folders = {"strided images": cifar_folder(root / "strided", {"data_batch_1": strided_batch()}),
+               "nested labels": cifar_folder(root / "nested", {"data_batch_2": nested_labels_batch()}),
+               "hashed key": cifar_folder(root / "key", {"test_batch": hashed_key_batch()}),
+               "image bomb": bomb_tree}
+    argv = ["explore", "--quiet", "--cache", str(root / "cache"), "--out", str(root / "out"), "--data"]
+    return root, run_bounded({name: ("cli", argv + [str(folder)]) for name, folder in folders.items()}, root)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("strided images", "data_batch_1 is not a CIFAR batch: it calls numpy.ndarray directly"),
+    ("nested labels", "data_batch_2 is not a CIFAR batch: its 'labels' are not all whole numbers in 0..9"),
+    ("hashed key", "test_batch is not a CIFAR batch: it holds a dict key of type tuple"),
+    ("image bomb", "bomb.png is 6000x6000 pixels in 105,048 bytes"),
+])
+def test_a_small_file_declaring_huge_contents_is_one_line_in_bounded_memory(bounded, case, message):
+    """Issue 19: a 281-byte batch asked torch for 12 GB, 3.4 kB of labels ran into a MemoryError, a tuple
+    key hashed without end, a 36-megapixel PNG of 105 kB decoded to hundreds of MB."""
+    root, results = bounded
+    lines = results[case]["stderr"].splitlines()
+    assert results[case]["code"] == 2 and len(lines) == 1, results[case]["stderr"][-2000:]
+    assert lines[0].startswith("ordercomp: error: ") and message in lines[0]
+    assert not (root / "cache").exists() and not (root / "out").exists()
+    assert results["peak_growth"] < BOUND_BYTES
+
+
+def one_error_line(capfd, argv) -> str:
+    """The CLI's only output for a refused input: one `ordercomp: error:` line, exit 2, no warning."""
+    from ordercomp import cli
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = cli.main(argv)
+    err = capfd.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("ordercomp: error: "), err
+    assert not caught, [str(warning.message) for warning in caught]
+    return err.strip()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: cifar_folder(root, {"data_batch_1": batch(blank_images(1), [2 ** 70])}), "not all whole numbers in 0..9"),
+    (lambda root: cifar_folder(root, {"data_batch_1": batch(blank_images(1), [float("inf")])}), "not all whole numbers in 0..9"),
+    (lambda root: cifar_folder(root, {"data_batch_1": unknown_codec_batch()}), "_codecs.encode for something other than bytes"),
+    (lambda root: cifar_folder(root, {"data_batch_1": forged_dtype_batch()}), "u1 dtype with a state numpy never writes"),
+    (lambda root: cifar_folder(root, {"data_batch_1": overlong_bytes_batch()}), "data_batch_1 is not a CIFAR batch: pickle exhausted"),
+    (lambda root: cifar_folder(root, {"data_batch_1": batch(blank_images(2), np.array([0, 1], dtype=object))}), "holds 'O8' values"),
+    (lambda root: cifar_folder(root, {"data_batch_1": batch(np.zeros(1, [("pixels", "u1", 3072)]), [0])}), "holds 'V3072' values"),
+    (lambda root: cifar_folder(root, {"data_batch_1": pickle.dumps({"data": blank_images(1), "labels": [0], "seen": {1}})}),
+     "it holds a set"),
+    (lambda root: cifar_folder(root, train_batches([0] * 5)), "has 0 images to split: too few"),
+    (lambda root: cifar_folder(root, train_batches([1, 0, 0, 0, 0])), "has 1 image to split: too few (its validation split would hold 0"),
+])
+def test_cifar_values_no_batch_holds_are_one_line(tmp_path, capfd, make, message):
+    """Issue 19: 2**70 and inf were an OverflowError, an unknown codec a LookupError, forged dtype flags
+    numpy's "Internal error", empty batches a torch warning and a single image a crash after training."""
+    folder = make(tmp_path / "data")
+    line = one_error_line(capfd, ["explore", "--quiet", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+                                  "--data", str(folder)])
+    assert message in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def train_batches(counts: list[int]) -> dict[str, bytes]:
+    """data_batch_1..5 holding `counts` blank images."""
+    return {f"data_batch_{index}": batch(blank_images(count), [0] * count) for index, count in enumerate(counts, 1)}
+
+
+def test_a_cifar_folder_with_fewer_images_than_batches_is_written(tmp_path):
+    """Splitting 3 images over 5 batches left empty ones, which reshape(0, -1) could not write."""
+    root, train, _ = _cifar_like(tmp_path, n_train=3)
+    from ordercomp.data.cifar import read_cifar
+
+    (images, labels), _, _ = read_cifar(root, "cifar10")
+    assert np.array_equal(images, train[0]) and np.array_equal(labels, train[1])
+
+
+def _reencoded(images, labels):
+    """(name, batch bytes) of one CIFAR batch as other writers pickle it."""
+    flat = np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1))
+    return [("protocol 2", batch(flat, [int(v) for v in labels], protocol=2)),
+            ("protocol 5", batch(flat, [int(v) for v in labels], protocol=5)),
+            ("Python 2", python2_batch(flat, [int(v) for v in labels])),
+            ("Fortran order, big-endian labels", batch(np.asfortranarray(flat), labels.astype(">i8"), protocol=4)),
+            ("int32 label array", batch(flat, labels.astype("<i4"), protocol=4))]
+
+
+def test_numpy_pickles_as_others_write_them_still_load(tmp_path):
+    """The restricted reader takes what numpy writes in every protocol, and the genuine files' Python 2 form."""
+    from ordercomp.data.cifar import read_cifar
+
+    root, train, _ = _cifar_like(tmp_path / "plain")
+    expected = read_cifar(root, "cifar10")
+    first = expected[0][0][:10], expected[0][1][:10]  # data_batch_1 holds the first 10 of 50
+    for name, data in _reencoded(*first):
+        (root / "cifar-10-batches-py" / "data_batch_1").write_bytes(data)
+        (images, labels), _, _ = read_cifar(root, "cifar10")
+        assert np.array_equal(images, expected[0][0]) and np.array_equal(labels, expected[0][1]), name
+
+
+@pytest.mark.parametrize("fmt, options", [("PNG", {}), ("GIF", {}), ("TIFF", {"compression": "tiff_adobe_deflate"}),
+                                          ("WEBP", {"lossless": True})])
+def test_an_image_out_of_proportion_to_its_bytes_is_refused_before_decoding(tmp_path, fmt, options):
+    """Under 40 megapixels but over 100 pixels per byte of its file: a decompression bomb's shape."""
+    tree = small_tree(tmp_path / "tree")
+    flat_image(tree / "dog" / f"flat.{fmt.lower()}", (3000, 2000), fmt, **options)
+    with pytest.raises(DataError, match=r"flat\.\w+ is 3000x2000 pixels in [\d,]+ bytes \([\d,]+ pixels per byte; over 4 "
+                                        r"megapixels the limit is 100\)") as error:
+        load_data(str(tree))
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("tiled.tif", lambda: tiled_tiff(16, 16, 4096), r"tiled\.tif is 16x16 pixels in 4096x4096-pixel tiles in [\d,]+ bytes"),
+    ("scans.jpg", lambda: many_scan_jpeg(200), r"scans\.jpg is a JPEG of 206 scans \(photos have about ten"),
+])
+def test_an_image_whose_decoder_would_work_out_of_proportion_is_refused(tmp_path, name, data, message):
+    """Found beside issue 19: libtiff allocates whole tiles whatever the image size (1 GB for a 16 x 16
+    image in a 1 MB file), and repeated JPEG scans each cost a pass over every pixel."""
+    tree = small_tree(tmp_path / "tree")
+    (tree / "dog" / name).write_bytes(data())
+    with pytest.raises(DataError, match=message):
+        load_data(str(tree))
+
+
+def test_photos_of_a_few_megapixels_still_load(tmp_path):
+    tree = small_tree(tmp_path / "tree")
+    noise = np.random.default_rng(0).integers(0, 256, (2000, 2600, 3), dtype=np.uint8)  # 5.2 MP, a photo's entropy
+    Image.fromarray(noise).save(tree / "cat" / "photo.jpg", quality=80)
+    data = load_data(str(tree), input_size=16)
+    assert len(data.train) + len(data.val) + len(data.test) == 13 and data.in_channels == 3
+
+
+def test_sixteen_bit_greyscale_keeps_its_values(tmp_path):
+    """Converting a 16-bit image to 8-bit L clipped every value above 255: a ramp read as a white field."""
+    ramp = np.tile(np.linspace(0, 65535, 16).astype(np.uint16), (16, 1))
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        for index in range(6):
+            Image.fromarray(ramp).save(tmp_path / label / f"{index}.png")
+    row = load_data(str(tmp_path), input_size=16).train.tensors[0][0, 0, 0]
+    assert torch.all(row[1:] > row[:-1])
+
+
+def test_an_image_in_a_format_outside_the_suffixes_is_not_decoded(tmp_path, monkeypatch):
+    """PIL identifies a file by its content: an EPS file named .png went to Ghostscript, which runs PostScript."""
+    from PIL import EpsImagePlugin
+
+    ran = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: ran.append(args) or Image.new("L", (8, 8)).im)
+    tree = small_tree(tmp_path / "tree")
+    (tree / "cat" / "drawing.png").write_bytes(EPS_AS_PNG)
+    with pytest.raises(DataError, match=r"cannot read image .*drawing.png: cannot identify image file"):
+        load_data(str(tree))
+    assert ran == []
+
+
+def test_a_tree_too_small_to_split_is_one_line_before_any_work(tmp_path):
+    """Two images per class left the validation split with fewer than the 2 images a pair decision needs."""
+    with pytest.raises(DataError, match=r"has 4 images to split: too few \(its validation split would hold 0, it needs at least 2\)"):
+        load_data(str(image_tree(tmp_path / "tree", {"cat": 2, "dog": 2})))

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+from untrusted_data import image_bomb_zip
 
 from ordercomp import uploads
 from ordercomp.models.checkpoints import sample_card
@@ -195,6 +196,10 @@ def test_an_uploaded_zip_is_extracted_safely(store, tmp_path):
     at.file_uploader(key="data_zip").set_value(("evil.zip", zip_of({"../escape/a.png": png()}), "application/zip")).run()
     assert "unsafe path '../escape/a.png'" in plain(at.main.error[0].value)
     assert not (store.path.parent / "escape").exists()
+    at.file_uploader(key="data_zip").set_value(("bomb.zip", image_bomb_zip(), "application/zip")).run()
+    assert len(at.main.error) == 1 and "cat/bomb.png is 6000x6000 pixels in 105,048 bytes" in plain(at.main.error[0].value)
+    extracted = session.data_folder(store, "datasets")
+    assert not (extracted.exists() and any(extracted.iterdir()))
     at.file_uploader(key="data_zip").set_value(("pets.zip", zip_of({"pets/cat/1.png": png(), "pets/dog/1.png": png()}),
                                                 "application/zip")).run()
     assert not at.main.error

@@ -1,4 +1,4 @@
-"""Uploaded files: zips refused before anything is written (bombs, collisions, long names,
+"""Uploaded files: zips refused before anything is written (bombs, image bombs, collisions, long names,
 encryption), refused and abandoned uploads removed (only what ordercomp wrote), state dicts
 checked against the architecture."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ import zipfile
 import pytest
 import torch
 from PIL import Image
+from untrusted_data import EPS_AS_PNG, image_bomb_zip
 
 from ordercomp import uploads
 from ordercomp.models.checkpoints import CheckpointError
@@ -140,3 +141,19 @@ def test_torchscript_is_kept_but_not_loaded_without_trust(tmp_path):
     with pytest.raises(CheckpointError, match="model.pt is TorchScript: loading it runs code stored in the file, so nothing from it was run"):
         uploads.check_checkpoint(path, None)
     assert "TorchScript model (its code runs: you trust it)" in uploads.check_checkpoint(path, None, trust_torchscript=True)
+
+
+def test_a_zipped_image_bomb_under_the_ratio_limit_is_refused_before_anything_is_written(tmp_path):
+    """Issue 19: a 36-megapixel PNG of 105 kB zips to 2.5 kB, below the 1 MB from which the 100:1 ratio
+    applies, and decoded to hundreds of MB when the tree was loaded."""
+    bomb = image_bomb_zip()
+    assert len(bomb) < 4096
+    with pytest.raises(DataError, match=r"^image cat/bomb.png is 6000x6000 pixels in 105,048 bytes \(342 pixels per byte") as error:
+        uploads.extract_image_zip(bomb, tmp_path / "datasets")
+    assert "\n" not in str(error.value) and everything_under(tmp_path) == []
+
+
+def test_an_unreadable_image_in_a_zip_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(DataError, match=r"^cannot read image cat/drawing.png: cannot identify image file"):
+        uploads.extract_image_zip(zip_of({"cat/drawing.png": EPS_AS_PNG, "dog/1.png": png()}), tmp_path / "datasets")
+    assert everything_under(tmp_path) == []

@@ -7,6 +7,8 @@ sees exactly the same images.
 from __future__ import annotations
 
 import hashlib
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from .cifar import read_cifar
 
 SPLIT_SEED = 20240326
 DEFAULT_INPUT_SIZE = 8
+MIN_SPLIT = {"train": 1, "validation": 2, "test": 1}  # pair decisions compare two orders image by image on validation
 
 
 class DataError(ValueError):
@@ -138,16 +141,14 @@ def _resize(images: torch.Tensor, input_size: int) -> torch.Tensor:
 
 def _split_and_normalise(name, images, labels, num_classes, input_size, test=None, val=None) -> DataBundle:
     """Seeded split into train/val/test (of the splits not given), then normalise with the training statistics."""
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    images, labels = images[order], labels[order]
     n = len(images)
-    carve_test = test is None
-    if carve_test:
-        n_test = n // 5
+    n_test, n_val = _carved_sizes(name, n, test, val)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    images, labels = images[order], labels[order]
+    if test is None:
         test = (images[n - n_test:], labels[n - n_test:])
         images, labels = images[: n - n_test], labels[: n - n_test]
     if val is None:
-        n_val = n // 5 if carve_test else n // 10
         val = (images[:n_val], labels[:n_val])
         images, labels = images[n_val:], labels[n_val:]
     train = (images, labels)
@@ -158,6 +159,24 @@ def _split_and_normalise(name, images, labels, num_classes, input_size, test=Non
         return TensorDataset(((split[0] - mean) / std).contiguous(), split[1].contiguous())
 
     return DataBundle(name, dataset(train), dataset(val), dataset(test), num_classes, images.shape[1], input_size)
+
+
+def _carved_sizes(name: str, count: int, test, val) -> tuple[int, int]:
+    """(test, validation) images to carve from `count` of the splits not given: a fifth each, or a tenth
+    for validation alone. A split too small to train or decide on is refused here, before any work."""
+    n_test = count // 5 if test is None else 0
+    n_val = (count // 5 if test is None else count // 10) if val is None else 0
+    sizes = {"train": (count - n_test - n_val, False), "validation": (n_val, False) if val is None else (len(val[0]), True),
+             "test": (n_test, False) if test is None else (len(test[0]), True)}
+    for split, (size, given) in sizes.items():
+        if size >= MIN_SPLIT[split]:
+            continue
+        if given:
+            raise DataError(f"the data set {name} has {size} {split} image{'s' * (size != 1)}; it needs at least "
+                            f"{MIN_SPLIT[split]}: give it more")
+        raise DataError(f"the data set {name} has {count} image{'s' * (count != 1)} to split: too few (its {split} split would "
+                        f"hold {size}, it needs at least {MIN_SPLIT[split]}); give more images")
+    return n_test, n_val
 
 
 def _cifar_kind(path: Path) -> str | None:
@@ -188,7 +207,19 @@ def _cifar(path: Path, input_size: int, limit: int | None) -> DataBundle:
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# the formats those suffixes hold: Image.open tries no other decoder, whatever a file's content says (an EPS
+# file named cat.png would otherwise be handed to Ghostscript, which runs the PostScript program it holds)
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 MAX_IMAGE_PIXELS = 40_000_000  # every image is shrunk to at most 512x512; a bigger one is a mistake or a decompression bomb
+# a photo takes a byte per 20 pixels or fewer, a plain drawing one per 100 or so, a decompression bomb one per 300
+# and more (a black 36-megapixel PNG is 105 kB): beyond FREE_PIXELS, an image may decode to this many pixels per byte
+FREE_PIXELS = 4_000_000
+MAX_PIXELS_PER_BYTE = 100
+# a progressive JPEG has about ten scans, each a pass over every coefficient: 20,000 repeats of a 14-byte scan
+# make a 300 kB file of 4 megapixels that takes a minute of CPU to decode
+MAX_JPEG_SCANS = 100
+# greyscale modes of more than 8 bits, read as numbers scaled by their range: converting them to L clips at 255
+DEEP_GREY = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
 
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -244,19 +275,68 @@ def _read_classes(path: Path, classes: list[str], input_size: int, limit: int | 
 
 def _read_image(file: Path, input_size: int) -> torch.Tensor:
     """One image as a tensor; an unreadable or oversized file is one DataError line, checked before decoding."""
-    from PIL import Image, UnidentifiedImageError
+    with opened_image(file, str(file), file.stat().st_size) as image:
+        image.draft(None, (input_size, input_size))  # a JPEG decodes at 1/2, 1/4 or 1/8 scale while still at least the input size
+        return _image_tensor(image, input_size)
+
+
+@contextmanager
+def opened_image(source, name: str, file_bytes: int):
+    """An image (a path or a binary file) opened with its header read and its pixels not yet decoded,
+    if it is one of IMAGE_FORMATS and its size is in proportion to its `file_bytes`: at most
+    MAX_IMAGE_PIXELS, and beyond FREE_PIXELS at most MAX_PIXELS_PER_BYTE pixels per byte. A refused
+    or unreadable image, found here or while the caller decodes it, is one DataError line naming `name`."""
+    from PIL import Image
 
     try:
-        with Image.open(file) as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise DataError(f"image {file} is {image.width}x{image.height} pixels, over the {MAX_IMAGE_PIXELS // 1_000_000} "
-                                "megapixel limit: shrink or remove it")
-            return _image_tensor(image, input_size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # PIL's notes on metadata (corrupt EXIF, palette transparency) it skips
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL's own bomb warning is a refusal here
+            with Image.open(source, formats=IMAGE_FORMATS) as image:
+                _check_proportion(image, name, file_bytes)
+                yield image
     except DataError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
-        raise DataError(f"cannot read image {file}: {str(error).splitlines()[0] if str(error) else type(error).__name__}; "
+    except (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DataError(f"cannot read image {name}: {str(error).splitlines()[0] if str(error) else type(error).__name__}; "
                         "remove or replace it") from None
+
+
+def _check_proportion(image, name: str, file_bytes: int) -> None:
+    """Refuse an image whose decoder would allocate, or work, out of proportion to its file."""
+    (width, height), tile = image.size, _tile(image)
+    shape = f"{width}x{height} pixels" + (f" in {tile[0]}x{tile[1]}-pixel tiles" if tile else "")
+    pixels = max(width * height, tile[0] * tile[1] if tile else 0)
+    if pixels > MAX_IMAGE_PIXELS:
+        raise DataError(f"image {name} is {shape}, over the {MAX_IMAGE_PIXELS // 1_000_000} megapixel limit: shrink or remove it")
+    if pixels > FREE_PIXELS and pixels > MAX_PIXELS_PER_BYTE * file_bytes:
+        raise DataError(f"image {name} is {shape} in {file_bytes:,} bytes ({pixels // max(file_bytes, 1):,} pixels "
+                        f"per byte; over {FREE_PIXELS // 1_000_000} megapixels the limit is {MAX_PIXELS_PER_BYTE}): it would decode "
+                        "out of all proportion to its file, like a decompression bomb; shrink or remove it")
+    scans = _jpeg_scans(image.fp) if image.format in ("JPEG", "MPO") else 0
+    if scans > MAX_JPEG_SCANS:
+        raise DataError(f"image {name} is a JPEG of {scans:,} scans (photos have about ten; each scan is a pass over every pixel, "
+                        f"the limit is {MAX_JPEG_SCANS}): save it again")
+
+
+def _tile(image) -> tuple[int, int] | None:
+    """A tiled TIFF's tile size: libtiff allocates whole tiles, however small the image."""
+    tags = getattr(image, "tag_v2", {})
+    sizes = [tags.get(322), tags.get(323)]  # TileWidth, TileLength
+    if sizes[0] is None and sizes[1] is None:
+        return None
+    return tuple(max(size) if isinstance(size, tuple) else int(size or 0) for size in sizes)
+
+
+def _jpeg_scans(fp) -> int:
+    """Start-of-scan markers (0xFF 0xDA) in a JPEG file, read in blocks; entropy-coded data never holds one."""
+    position, count, previous = fp.tell(), 0, b""
+    fp.seek(0)
+    for block in iter(lambda: fp.read(1 << 20), b""):
+        count += (previous[-1:] + block).count(b"\xff\xda")
+        previous = block
+    fp.seek(position)
+    return count
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -264,7 +344,10 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def _image_tensor(image, input_size: int) -> torch.Tensor:
-    mode = "L" if image.mode in ("L", "1", "I", "I;16") else "RGB"
+    if image.mode in DEEP_GREY:
+        pixels = np.asarray(image.convert("F").resize((input_size, input_size)), dtype=np.float32) / DEEP_GREY[image.mode]
+        return torch.from_numpy(pixels).unsqueeze(0)
+    mode = "L" if image.mode in ("L", "1") else "RGB"
     image = image.convert(mode).resize((input_size, input_size))
     tensor = torch.from_numpy(np.asarray(image, dtype=np.float32)) / 255.0
     return tensor.unsqueeze(0) if mode == "L" else tensor.permute(2, 0, 1)

@@ -12,6 +12,7 @@ description without executing anything from the file, with early exits that stop
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from pathlib import Path
@@ -27,7 +28,12 @@ from ..models.zoo import StagedNet
 
 METADATA_KEY = "ordercomp.packed"
 FORMAT_VERSION = 1
-MAX_BLOB_BYTES = 1 << 31
+# what a file may ask the loader to build; a ResNet-18 takes a 4 kB description nested 11 deep, 47 modules, 11 M weights
+MAX_DESCRIPTION_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_MODULES = 10_000
+MAX_VALUES = 1 << 28  # 1 GiB of float32 weights
+MAX_SPATIAL = 512     # strides, paddings, pooling sizes: the largest input ordercomp takes
 
 
 class PackError(ValueError):
@@ -182,60 +188,149 @@ def rebuilt(model: nn.Module, *, act_quant: bool = True) -> nn.Module:
 
 
 def load_packed(path, *, act_quant: bool = True) -> nn.Module:
-    """The model stored in a packed file, in eval mode; a file that is not one raises PackError."""
+    """The model stored in a packed file, in eval mode; a file that is not one raises PackError.
+
+    Nothing in the file is run, and what is built is bounded by the bytes present: the description
+    is at most MAX_DESCRIPTION_BYTES of JSON nested at most MAX_DEPTH deep with finite numbers, every
+    number is checked for its type and range before use, and `_Builder` reads each byte of the blob
+    for one tensor only, MAX_VALUES weights at most."""
     from safetensors import SafetensorError, safe_open
 
+    name = Path(path).name
     try:
         with safe_open(str(path), framework="pt") as stream:
             text = (stream.metadata() or {}).get(METADATA_KEY)
             if text is None or list(stream.keys()) != ["blob"]:
-                raise PackError(f"{Path(path).name} is not an ordercomp packed model (no {METADATA_KEY} description)")
+                raise PackError(f"{name} is not an ordercomp packed model (no {METADATA_KEY} description)")
+            data = stream.get_slice("blob")
+            if data.get_dtype() != "U8" or len(data.get_shape()) != 1:
+                raise PackError(f"{name} is not an ordercomp packed model (its blob is not one row of bytes)")
             blob = stream.get_tensor("blob").numpy().tobytes()
-        description = json.loads(text)
-    except (SafetensorError, OSError, json.JSONDecodeError) as error:
-        raise PackError(f"{Path(path).name} is not a readable packed model ({error})") from None
-    if not isinstance(description, dict) or description.get("version") != FORMAT_VERSION:
-        raise PackError(f"{Path(path).name} has packed format version {description.get('version') if isinstance(description, dict) else '?'}; "
+    except (SafetensorError, OSError) as error:
+        raise PackError(f"{name} is not a readable packed model ({error})") from None
+    description = _description(text, name)
+    if type(description.get("version")) is not int or description["version"] != FORMAT_VERSION:
+        raise PackError(f"{name} has packed format version {_shown(description.get('version'))}; "
                         f"this ordercomp reads version {FORMAT_VERSION}")
-    return build(description["arch"], blob, act_quant=act_quant).eval()
+    return build(description.get("arch"), blob, act_quant=act_quant).eval()
+
+
+def _description(text: str, name: str) -> dict:
+    """The JSON description, refused when larger or deeper than ordercomp writes or when a number in
+    it is not finite (Infinity, NaN, 1e400)."""
+    if len(text) > MAX_DESCRIPTION_BYTES:
+        raise PackError(f"{name} has a {len(text):,}-character description; ordercomp writes at most {MAX_DESCRIPTION_BYTES:,}")
+    try:  # json.loads recurses once per level: nesting beyond the recursion limit is a RecursionError, caught
+        description = json.loads(text, parse_constant=_not_finite, parse_float=_finite)
+    except (ValueError, RecursionError) as error:
+        raise PackError(f"{name} is not a readable packed model ({type(error).__name__}: {str(error)[:200]})") from None
+    if _depth(description) > MAX_DEPTH:
+        raise PackError(f"{name} has a description nested over {MAX_DEPTH} deep; ordercomp's nest about a dozen")
+    if type(description) is not dict:
+        raise PackError(f"{name} is not an ordercomp packed model (its description is not a JSON object)")
+    return description
+
+
+def _depth(value) -> int:
+    """How deep JSON lists and objects nest (counted without recursion: the builder recurses once per level)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if type(item) is dict else item if type(item) is list else ()
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _not_finite(constant: str):
+    raise ValueError(f"the number {constant} is not finite")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is not finite")
+    return value
+
+
+def _shown(value) -> str:
+    return repr(value)[:40]
 
 
 def build(node: dict, blob: bytes, *, act_quant: bool = True) -> nn.Module:
     """A module from its description (only the kinds this file writes; anything else is refused)."""
     try:
         return _Builder(blob, act_quant).build(node)
-    except (KeyError, TypeError, ValueError, IndexError) as error:
-        if isinstance(error, PackError):
-            raise
-        raise PackError(f"the packed model's description is malformed ({type(error).__name__}: {error})") from None
+    except PackError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as error:
+        raise PackError(f"the packed model's description is malformed ({type(error).__name__}: {str(error)[:200]})") from None
+    except (RuntimeError, MemoryError) as error:
+        raise PackError(f"the packed model cannot be built ({type(error).__name__}: {str(error)[:200]})") from None
+
+
+def _whole(value, low: int, high: int, what: str) -> int:
+    """A whole number from the description, in low..high (a float, a bool or text is refused)."""
+    if type(value) is not int or not low <= value <= high:
+        raise PackError(f"the packed model has {what} {_shown(value)}, not a whole number in {low}..{high}")
+    return value
+
+
+def _ints(value, low: int, high: int, what: str):
+    """A whole number or a list of one or two, as module arguments take them."""
+    if type(value) is list and 1 <= len(value) <= 2:
+        return tuple(_whole(v, low, high, what) for v in value)
+    return _whole(value, low, high, what)
+
+
+def _number(value, low: float, high: float, what: str) -> float:
+    if type(value) not in (int, float) or not low <= value <= high:
+        raise PackError(f"the packed model has {what} {_shown(value)}, not a number in {low}..{high}")
+    return float(value)
 
 
 class _Builder:
+    """Modules from a description. Each byte of the blob is read for one tensor only (a 1 MiB bitmap
+    named by 200 layers would decode to gigabytes), and at most MAX_VALUES weights and MAX_MODULES
+    modules are built, so the memory a file can ask for is bounded by the bytes it holds."""
+
     def __init__(self, blob: bytes, act_quant: bool):
         self.blob, self.act_quant = blob, act_quant
+        self.starts, self.ends = [], []  # the blob ranges read so far, sorted by start
+        self.modules = self.values = 0
 
     def build(self, node: dict) -> nn.Module:
+        self.modules += 1
+        if self.modules > MAX_MODULES:
+            raise PackError(f"the packed model describes more than {MAX_MODULES:,} modules; ordercomp writes fewer")
+        if type(node) is not dict:
+            raise PackError(f"the packed model's description is malformed (a module is a {type(node).__name__})")
         kind = node["t"]
         if kind in ("conv", "linear"):
             return self.layer(node)
         if kind in ("seq", "list"):
+            if type(node["c"]) is not list:
+                raise PackError("the packed model's description is malformed (children are not a list)")
             children = [self.build(child) for child in node["c"]]
             return nn.Sequential(*children) if kind == "seq" else nn.ModuleList(children)
         if kind == "staged":
             return StagedNet(self.build(node["stem"]), list(self.build(node["stages"])), self.build(node["head"]))
         if kind == "exits":
             return EarlyExitNet(self.build(node["stem"]), self.build(node["stages"]), self.build(node["head"]),
-                                list(self.build(node["exits"])), float(node["threshold"]))
+                                list(self.build(node["exits"])), _number(node["threshold"], 0.0, 1.0, "an exit threshold"))
         if kind == "block":
             return self.block(node)
         return self.leaf(node)
 
     def leaf(self, node: dict) -> nn.Module:
         makers = {"relu": lambda: nn.ReLU(), "relu6": lambda: nn.ReLU6(), "id": lambda: nn.Identity(),
-                  "flatten": lambda: nn.Flatten(int(node["start"]), int(node["end"])),
-                  "avgpool": lambda: nn.AdaptiveAvgPool2d(_ints(node["size"])),
-                  "maxpool": lambda: nn.MaxPool2d(_ints(node["k"]), _ints(node["s"]), _ints(node["p"]))}
-        if node["t"] not in makers:
+                  "flatten": lambda: nn.Flatten(_whole(node["start"], -4, 4, "a flatten dimension"),
+                                                _whole(node["end"], -4, 4, "a flatten dimension")),
+                  "avgpool": lambda: nn.AdaptiveAvgPool2d(_ints(node["size"], 1, MAX_SPATIAL, "a pooled size")),
+                  "maxpool": lambda: nn.MaxPool2d(_ints(node["k"], 1, MAX_SPATIAL, "a pooling kernel"),
+                                                  _ints(node["s"], 1, MAX_SPATIAL, "a pooling stride"),
+                                                  _ints(node["p"], 0, MAX_SPATIAL, "a pooling padding"))}
+        if type(node["t"]) is not str or node["t"] not in makers:
             raise PackError(f"the packed model names an unknown module kind {str(node['t'])[:40]!r}")
         return makers[node["t"]]()
 
@@ -247,19 +342,36 @@ class _Builder:
         return block
 
     def tensor(self, where, dtype: str, count: int) -> np.ndarray:
-        start, length = int(where[0]), int(where[1])
+        if type(where) is not list or len(where) != 2 or any(type(v) is not int for v in where):
+            raise PackError("the packed model's description is malformed (a data range is not two whole numbers)")
+        start, length = where
         if start < 0 or length < 0 or start + length > len(self.blob):
             raise PackError("the packed model points outside its data: the file is truncated or corrupt")
-        values = np.frombuffer(self.blob[start:start + length], dtype=dtype)
+        self.claim(start, length)
+        values = np.frombuffer(memoryview(self.blob)[start:start + length], dtype=dtype)
         if values.size < count:
             raise PackError("the packed model holds fewer values than its shapes need: the file is corrupt")
         return values[:count]
 
-    def weight(self, entry: dict) -> torch.Tensor:
-        shape, bits = [int(d) for d in entry["shape"]], int(entry["bits"])
+    def claim(self, start: int, length: int) -> None:
+        """Note blob[start:start + length] as read; a byte read for a second tensor is refused."""
+        if length == 0:
+            return
+        index = bisect.bisect_right(self.starts, start)
+        if (index and self.ends[index - 1] > start) or (index < len(self.starts) and self.starts[index] < start + length):
+            raise PackError("the packed model reads the same bytes for two tensors (ordercomp never does): the file is corrupt or crafted")
+        self.starts.insert(index, start)
+        self.ends.insert(index, start + length)
+
+    def weight(self, entry: dict, dims: int) -> torch.Tensor:
+        shape, bits = entry["shape"], entry["bits"]
+        if type(shape) is not list or len(shape) != dims or type(bits) is not int or bits not in (2, 4, 8, FULL_BITS):
+            raise PackError(f"the packed model has an impossible weight ({_shown(shape)}, {_shown(bits)} bits)")
+        shape = [_whole(n, 1, MAX_VALUES, "a weight dimension") for n in shape]
         count = math.prod(shape)
-        if not 0 < count <= MAX_BLOB_BYTES * 8 or bits not in (2, 4, 8, FULL_BITS):
-            raise PackError(f"the packed model has an impossible weight ({shape}, {bits} bits)")
+        self.values += count
+        if self.values > MAX_VALUES:
+            raise PackError(f"the packed model holds more than {MAX_VALUES:,} weights; ordercomp writes fewer")
         mask = None
         if "bitmap" in entry:
             mask = unpack_codes(self.tensor(entry["bitmap"], np.uint8, math.ceil(count / 8)).tobytes(), 1, count).astype(bool)
@@ -278,27 +390,28 @@ class _Builder:
         return torch.from_numpy(full.reshape(shape))
 
     def layer(self, node: dict) -> nn.Module:
-        weight = self.weight(node["w"])
+        conv = node["t"] == "conv"
+        weight = self.weight(node["w"], 4 if conv else 2)
         bias = torch.from_numpy(self.tensor(node["b"], "<f4", weight.shape[0]).astype(np.float32))
-        act = node.get("act") if self.act_quant else None
-        if node["t"] == "conv":
-            if weight.dim() != 4:
-                raise PackError("the packed model has a conv weight that is not 4-dimensional")
-            groups = int(node["groups"])
-            layer = (QuantConv2d if act else nn.Conv2d)(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
-                                                         _ints(node["stride"]), _ints(node["padding"]), _ints(node["dilation"]), groups)
+        act = self.activation(node["act"]) if self.act_quant and node.get("act") is not None else None
+        if conv:
+            groups = _whole(node["groups"], 1, weight.shape[0], "a group count")
+            layer = (QuantConv2d if act else nn.Conv2d)(
+                weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), _ints(node["stride"], 1, MAX_SPATIAL, "a stride"),
+                _ints(node["padding"], 0, MAX_SPATIAL, "a padding"), _ints(node["dilation"], 1, MAX_SPATIAL, "a dilation"), groups)
         else:
-            if weight.dim() != 2:
-                raise PackError("the packed model has a linear weight that is not 2-dimensional")
             layer = (QuantLinear if act else nn.Linear)(weight.shape[1], weight.shape[0])
         if act:
-            layer._init_quant(FULL_BITS, int(act[0]))
-            layer.act_low.fill_(float(act[1])), layer.act_high.fill_(float(act[2])), layer.observed.fill_(True)
+            layer._init_quant(FULL_BITS, act[0])
+            layer.act_low.fill_(act[1]), layer.act_high.fill_(act[2]), layer.observed.fill_(True)
         with torch.no_grad():
             layer.weight.copy_(weight)
             layer.bias.copy_(bias)
         return layer
 
-
-def _ints(value):
-    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else int(value)
+    @staticmethod
+    def activation(act) -> tuple[int, float, float]:
+        """[bits, low, high] of a fake-quantised activation."""
+        if type(act) is not list or len(act) != 3 or act[0] not in (2, 4, 8) or type(act[0]) is not int:
+            raise PackError(f"the packed model has an impossible activation quantiser {_shown(act)}")
+        return act[0], _number(act[1], -1e30, 1e30, "an activation bound"), _number(act[2], -1e30, 1e30, "an activation bound")
