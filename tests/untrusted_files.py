@@ -16,6 +16,7 @@ import zlib
 import torch
 
 PROGRAM, WEIGHTS = "models/model.json", "data/weights/model_weights_config.json"
+NOTES = b"hello world: notes for the meeting, not a checkpoint\n"  # a text file given as a state dict
 
 
 def genuine_pt2(model: torch.nn.Module) -> bytes:
