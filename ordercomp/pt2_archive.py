@@ -52,7 +52,7 @@ class Malformed(ValueError):
 def checked_archive(data: bytes) -> bytes:
     """The archive rebuilt from its checked members; raises Unsafe or Malformed naming the refused part."""
     archive = open_zip(io.BytesIO(data), "the file")
-    members = _layout(stored_members(archive, len(data)))
+    members = _layout(_stored_members(archive, len(data)))
     records = {name: _record(archive, members[name], name) for name in (WEIGHTS, CONSTANTS, PROGRAM)}
     for kind, name in (("weight", WEIGHTS), ("constant", CONSTANTS)):
         _check_payloads(records[name], kind, members)
@@ -87,7 +87,7 @@ def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
         raise Malformed(f"a damaged member {info.filename[:80]!r} ({type(error).__name__})") from None
 
 
-def stored_members(archive: zipfile.ZipFile, archive_bytes: int) -> list[zipfile.ZipInfo]:
+def _stored_members(archive: zipfile.ZipFile, archive_bytes: int) -> list[zipfile.ZipInfo]:
     """The members of a torch zip, each stored uncompressed (as torch writes them) and named once, together
     no larger than the archive: reading them all takes no more memory than the archive's own bytes."""
     members = archive.infolist()
@@ -153,12 +153,12 @@ def _check_payloads(record, kind: str, members: dict[str, zipfile.ZipInfo]) -> N
             raise Unsafe(f"pickled {kind} {fqn[:60]}")
         if folder + path_name not in members:
             raise Malformed(f"{kind} {fqn[:60]} without its record {path_name[:60]!r}")
-        needed, present = tensor_bytes(payload.get("tensor_meta"), f"{kind} {fqn[:60]}"), members[folder + path_name].file_size
+        needed, present = _tensor_bytes(payload.get("tensor_meta"), f"{kind} {fqn[:60]}"), members[folder + path_name].file_size
         if needed > present:
             raise Malformed(f"{kind} {fqn[:60]} declares {needed:,} bytes but its record holds {present:,}")
 
 
-def tensor_bytes(meta, what: str) -> int:
+def _tensor_bytes(meta, what: str) -> int:
     """The bytes a raw tensor record must hold for its declared dtype, sizes, strides and storage offset."""
     if not isinstance(meta, dict):
         raise Malformed(f"{what} without its tensor metadata")
@@ -193,7 +193,7 @@ def _dimensions(values, what: str) -> list[int]:
 
 
 def _check_sample_inputs(data: bytes) -> None:
-    stored_members(open_zip(io.BytesIO(data), SAMPLES), len(data))
+    _stored_members(open_zip(io.BytesIO(data), SAMPLES), len(data))
     try:
         torch.load(io.BytesIO(data), weights_only=True)
     except Exception:  # any failure here makes torch retry with a full unpickle
