@@ -218,15 +218,15 @@ def sweep_abandoned(folder: Path, in_use: set[str], max_age_s: float = ABANDONED
 
 def keep_checkpoint(folder: Path, name: str, data: bytes) -> Path:
     """Save an uploaded model file and read it once (running nothing from it); an unreadable file is
-    removed again and refused with a CheckpointError saying why. TorchScript is not read here: loading
-    it runs its code (see `read_checkpoint`)."""
-    from .models.checkpoints import CheckpointError, is_torchscript
+    refused with a CheckpointError saying why, and removed again whatever stopped the reading.
+    TorchScript is not read here: loading it runs its code (see `read_checkpoint`)."""
+    from .models.checkpoints import is_torchscript
 
     path = save_upload(folder, name, data)
     try:
         if not is_torchscript(path):
             read_checkpoint(path)
-    except CheckpointError:
+    except Exception:
         discard_upload(path)
         raise
     return path

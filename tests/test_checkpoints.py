@@ -8,9 +8,11 @@ import torch
 from safetensors.torch import save_file
 
 from ordercomp.models.checkpoints import CheckpointError, input_size_for, list_samples, load_program, load_sample, resolve_model, sample_card
+from ordercomp.cli import main
 from ordercomp.data.datasets import load_data
 from ordercomp.metrics import measure
 from ordercomp.models.zoo import create_model
+from untrusted_files import NOTES
 
 
 class Payload:
@@ -63,6 +65,29 @@ def test_corrupt_files_give_one_line_errors(tmp_path, digits, suffix):
     with pytest.raises(CheckpointError) as error:
         resolve_model(str(path), digits, architecture="cnn_tiny")
     assert "\n" not in str(error.value) and path.name in str(error.value)
+
+
+# text files given as state dicts: torch's weights-only unpickler raises KeyError, IndexError, EOFError on them
+TEXTS = {"KeyError": NOTES, "IndexError": b"apple pie\n", "EOFError": b"}"}
+
+
+@pytest.mark.parametrize("raised, text", TEXTS.items(), ids=TEXTS)
+def test_a_text_file_given_as_a_state_dict_is_one_line(tmp_path, digits, raised, text):
+    (tmp_path / "notes.pt").write_bytes(text)
+    with pytest.raises(CheckpointError) as error:
+        resolve_model(str(tmp_path / "notes.pt"), digits, architecture="cnn_tiny")
+    assert str(error.value) == (f"notes.pt is not a readable torch checkpoint ({raised}): "
+                                "re-save it with torch.save(model.state_dict(), path)")
+
+
+def test_a_text_file_given_as_a_state_dict_through_the_cli_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes.pt").write_bytes(NOTES)
+    out = tmp_path / "out"
+    assert main(["explore", "--model", str(tmp_path / "notes.pt"), "--arch", "cnn_tiny", "--out", str(out),
+                 "--cache", str(tmp_path / "cache"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "ordercomp: error: notes.pt is not a readable torch checkpoint (KeyError): re-save it with torch.save(model.state_dict(), path)"
+    assert not out.exists()
 
 
 def test_mismatching_keys_and_shapes_name_the_problem(tmp_path, digits, tiny_model):

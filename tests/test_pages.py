@@ -29,6 +29,7 @@ from ordercomp.jobs.worker import run_job
 from ordercomp.methods.registry import METHODS
 from ordercomp.train import Budget
 from ordercomp.models.zoo import create_model
+from untrusted_files import NOTES, genuine_pt2, sympy_in_batch_size
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = {name: f"pages/{name}.py" for name in ("1_model_and_data", "2_methods", "3_runs", "4_order", "5_tradeoffs", "6_export")}
@@ -163,6 +164,22 @@ def test_a_corrupt_or_pickled_checkpoint_upload_is_refused_and_a_state_dict_is_u
     choice = at.session_state[session.BASE]
     assert Path(choice["model"]).name == "tiny.pt" and choice["architecture"] == "cnn_tiny"
     assert Path(choice["model"]).is_relative_to(store.path.parent / "uploads")
+
+
+def test_a_text_file_or_a_pt2_running_python_is_one_line_on_the_page_and_leaves_nothing(store, tmp_path):
+    """A text file named like a state dict made torch's unpickler raise KeyError, which reached the page and
+    left the upload behind; a .pt2 whose batch size is Python ran it while loading."""
+    marker = tmp_path / "marker"
+    torch.manual_seed(0)
+    evil = sympy_in_batch_size(genuine_pt2(create_model("cnn_tiny", 10, 1)), marker)
+    at = app("1_model_and_data")
+    at.radio(key="w_model_source").set_value("upload").run()
+    for name, data in (("notes.pt", NOTES), ("evil.pt2", evil)):
+        at.file_uploader(key="model_file").set_value((name, data, "application/octet-stream")).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert len(at.main.error) == 1 and plain(at.main.error[0].value).startswith(f"{name} ")
+    assert not marker.exists()
+    assert [p.name for p in (store.path.parent / "uploads").iterdir()] == []
 
 
 def test_torchscript_runs_only_when_the_user_ticks_that_they_trust_the_file(store, tmp_path, monkeypatch, spawned):

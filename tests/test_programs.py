@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import zipfile
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from ordercomp.models.checkpoints import CheckpointError, load_program, resolve_
 from ordercomp.cli import main
 from ordercomp.exploration.explorer import compress
 from ordercomp.train import Budget
+from untrusted_files import genuine_pt2, record, rewrite, with_record
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.* deprecation notices
 
@@ -42,21 +42,7 @@ class FileWriter(nn.Module):
 
 @pytest.fixture(scope="module")
 def pt2_bytes(tiny_model):
-    buffer = io.BytesIO()
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    torch.export.save(torch.export.export(tiny_model.eval(), (torch.zeros(2, 1, 8, 8),), dynamic_shapes=({0: batch},)), buffer)
-    return buffer.getvalue()
-
-
-def rewrite(archive: bytes, path, changes: dict[str, bytes]) -> None:
-    """Copy a zip archive to `path`, replacing or adding the entries in `changes` (names below the root folder)."""
-    with zipfile.ZipFile(io.BytesIO(archive)) as source, zipfile.ZipFile(path, "w") as target:
-        root = source.namelist()[0].split("/")[0]
-        for info in source.infolist():
-            name = info.filename.split("/", 1)[1]
-            target.writestr(info.filename, changes.pop(name, None) or source.read(info))
-        for name, data in changes.items():
-            target.writestr(f"{root}/{name}", data)
+    return genuine_pt2(tiny_model)
 
 
 def pickled(obj) -> bytes:
@@ -66,11 +52,9 @@ def pickled(obj) -> bytes:
 
 
 def config_with(archive: bytes, name: str, edit) -> bytes:
-    with zipfile.ZipFile(io.BytesIO(archive)) as source:
-        full = next(n for n in source.namelist() if n.endswith(name))
-        record = json.loads(source.read(full))
-    edit(record["config"])
-    return json.dumps(record).encode()
+    changed = record(archive, name)
+    edit(changed["config"])
+    return json.dumps(changed).encode()
 
 
 def pickled_weight(archive, marker):
@@ -111,7 +95,7 @@ def compiled_code(archive, marker):
 ])
 def test_crafted_pt2_is_refused_and_runs_nothing(tmp_path, digits, pt2_bytes, craft, message):
     marker, path = tmp_path / "marker", tmp_path / "evil.pt2"
-    rewrite(pt2_bytes, path, craft(pt2_bytes, marker))
+    path.write_bytes(rewrite(pt2_bytes, craft(pt2_bytes, marker)))
     with pytest.raises(CheckpointError, match=message) as error:
         resolve_model(str(path), digits)
     assert "\n" not in str(error.value) and "could run code" in str(error.value)
@@ -120,7 +104,7 @@ def test_crafted_pt2_is_refused_and_runs_nothing(tmp_path, digits, pt2_bytes, cr
 
 def test_crafted_pt2_through_the_cli_leaves_no_trace(tmp_path, capsys, pt2_bytes):
     marker, path, out = tmp_path / "marker", tmp_path / "evil.pt2", tmp_path / "out"
-    rewrite(pt2_bytes, path, pickled_weight(pt2_bytes, marker))
+    path.write_bytes(rewrite(pt2_bytes, pickled_weight(pt2_bytes, marker)))
     assert main(["explore", "--model", str(path), "--methods", "prune,quantize", "--out", str(out), "--cache", "", "--quiet"]) == 2
     assert "pickled weight" in capsys.readouterr().err
     assert not marker.exists() and not out.exists()
@@ -128,18 +112,17 @@ def test_crafted_pt2_through_the_cli_leaves_no_trace(tmp_path, capsys, pt2_bytes
 
 def test_unrewritten_archive_still_loads(tmp_path, digits, pt2_bytes):
     """The crafting helper itself keeps a valid archive valid, so the refusals above come from the payloads."""
-    rewrite(pt2_bytes, tmp_path / "same.pt2", {})
+    (tmp_path / "same.pt2").write_bytes(rewrite(pt2_bytes, {}))
     model, source = resolve_model(str(tmp_path / "same.pt2"), digits)
     assert source["source"] == "program" and model(digits.example_input(5)).shape == (5, 10)
 
 
 def test_graph_calling_a_python_function_is_refused(tmp_path, digits, pt2_bytes):
     """A crafted graph may name any attribute path under torch (torch.os.system resolves); only tensor operators run."""
-    with zipfile.ZipFile(io.BytesIO(pt2_bytes)) as source:
-        record = json.loads(source.read(next(n for n in source.namelist() if n.endswith("models/model.json"))))
-    node = next(n for n in record["graph_module"]["graph"]["nodes"] if n["target"] == "torch.ops.aten.relu_.default")
-    node["target"] = "torch.os.system"
-    rewrite(pt2_bytes, tmp_path / "system.pt2", {"models/model.json": json.dumps(record).encode()})
+    def call_system(program):
+        node = next(n for n in program["graph_module"]["graph"]["nodes"] if n["target"] == "torch.ops.aten.relu_.default")
+        node["target"] = "torch.os.system"
+    (tmp_path / "system.pt2").write_bytes(with_record(pt2_bytes, call_system))
     with pytest.raises(CheckpointError, match="not a readable"):  # torch's verifier refuses a Python callable
         resolve_model(str(tmp_path / "system.pt2"), digits)
 
@@ -147,13 +130,12 @@ def test_graph_calling_a_python_function_is_refused(tmp_path, digits, pt2_bytes)
 def test_graph_calling_a_file_operator_is_refused(tmp_path, digits, pt2_bytes):
     """torch's verifier accepts any operator; aten.from_file(shared=True) would create a file when the model runs."""
     marker = tmp_path / "marker"
-    with zipfile.ZipFile(io.BytesIO(pt2_bytes)) as source:
-        record = json.loads(source.read(next(n for n in source.namelist() if n.endswith("models/model.json"))))
-    node = next(n for n in record["graph_module"]["graph"]["nodes"] if n["target"] == "torch.ops.aten.relu_.default")
-    node["target"] = "torch.ops.aten.from_file.default"
-    node["inputs"] = [{"name": "filename", "arg": {"as_string": str(marker)}, "kind": 1},
-                      {"name": "shared", "arg": {"as_bool": True}, "kind": 1}, {"name": "size", "arg": {"as_int": 4}, "kind": 1}]
-    rewrite(pt2_bytes, tmp_path / "writer.pt2", {"models/model.json": json.dumps(record).encode()})
+    def read_file(program):
+        node = next(n for n in program["graph_module"]["graph"]["nodes"] if n["target"] == "torch.ops.aten.relu_.default")
+        node["target"] = "torch.ops.aten.from_file.default"
+        node["inputs"] = [{"name": "filename", "arg": {"as_string": str(marker)}, "kind": 1},
+                          {"name": "shared", "arg": {"as_bool": True}, "kind": 1}, {"name": "size", "arg": {"as_int": 4}, "kind": 1}]
+    (tmp_path / "writer.pt2").write_bytes(with_record(pt2_bytes, read_file))
     with pytest.raises(CheckpointError, match="calls aten.from_file.default, which is not a tensor operator"):
         resolve_model(str(tmp_path / "writer.pt2"), digits)
     assert not marker.exists()

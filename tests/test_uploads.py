@@ -17,6 +17,7 @@ from ordercomp import uploads
 from ordercomp.models.checkpoints import CheckpointError
 from ordercomp.data.datasets import DataError
 from ordercomp.models.zoo import create_model
+from untrusted_files import NOTES
 
 
 def png() -> bytes:
@@ -100,6 +101,14 @@ def test_an_unreadable_checkpoint_upload_is_removed_but_nothing_else(tmp_path):
         uploads.keep_checkpoint(folder, "broken.pt", b"not a checkpoint")
     assert everything_under(folder) == ["notes", "notes/keep.txt"]
     assert not uploads.discard_upload(theirs) and theirs.exists()
+
+
+def test_a_text_file_uploaded_as_a_state_dict_is_one_line_and_removed(tmp_path):
+    """The weights-only unpickler raises KeyError on this text; it used to reach the page, the file left behind."""
+    folder = tmp_path / "uploads"
+    with pytest.raises(CheckpointError, match=r"^notes.pt is not a readable torch checkpoint \(KeyError\)"):
+        uploads.keep_checkpoint(folder, "notes.pt", NOTES)
+    assert everything_under(folder) == []
 
 
 def test_abandoned_uploads_are_swept_but_used_recent_and_foreign_ones_stay(tmp_path):

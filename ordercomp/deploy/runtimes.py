@@ -19,6 +19,7 @@ import torch
 
 from ..models.checkpoints import load_program
 from ..data.datasets import DataBundle
+from ..models.programs import exported_module
 
 THREADS = 2
 BATCHES = (1, 32)
@@ -71,7 +72,7 @@ def load_runner(fmt: str, path: Path, threads: int = THREADS, *, trust_torchscri
 
         return _torch_runner(load_packed(path))
     if fmt == "pt2":
-        return _inductor_runner(torch.export.load(str(path)).module())
+        return _inductor_runner(exported_module(path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated but still the way to read TorchScript
         return _torch_runner(load_program(path, trust_torchscript=trust_torchscript))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -82,8 +81,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise _pickle_refusal(path, str(error)) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({_first_line(error)}): re-save it with torch.save(model.state_dict(), path)") from None
+    except Exception as error:  # on a file that is no checkpoint the weights-only unpickler raises IndexError, KeyError, ...
+        raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({_load_failure(error)}): "
+                              "re-save it with torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -108,6 +108,12 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path.name} is not a readable safetensors file ({error}): re-save it with safetensors.torch.save_file") from None
+
+
+def _load_failure(error: Exception) -> str:
+    """What torch said when it could not read a file: its own words, or only the error's type when the
+    unpickler tripped over bytes that are no pickle (an IndexError 'pop from empty list' tells a user nothing)."""
+    return _first_line(error) if isinstance(error, (RuntimeError, OSError, ValueError, EOFError)) else type(error).__name__
 
 
 def _first_line(error: BaseException) -> str:

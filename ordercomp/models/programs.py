@@ -1,23 +1,24 @@
 """Whole-model files (torch.export `.pt2`, TorchScript) read so that nothing from an untrusted file runs.
 
-A `.pt2` archive is read into memory once and inspected before torch sees it: an archive that
-would make `torch.export.load` unpickle anything (weights or constants marked `use_pickle`,
-custom or opaque objects, legacy pickled weight files, sample inputs that are more than tensors)
-or load compiled AOTInductor code is refused, and the loaded graph may only call tensor operators
-(aten, prims and the quantisation kernels), never a Python function or a file-touching operator.
+A `.pt2` archive is read into memory once and checked before torch sees it (`pt2_archive`,
+`pt2_record`): an archive that would make `torch.export.load` unpickle anything, load compiled
+code, evaluate a string from the file as Python (symbolic sizes, guards, pytree specs) or allocate
+more than the file holds is refused, and torch reads the archive rebuilt from the checked members.
+The loaded graph may only call tensor operators (aten, prims and the quantisation kernels), never a
+Python function or a file-touching operator.
 TorchScript is code by design (its forward can e.g. write files), so it loads only when the
 caller says the file is trusted. Both become a `ProgramModel`: measurable, but fixed.
 """
 from __future__ import annotations
 
 import io
-import json
 import operator
-import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .pt2_archive import Malformed, Unsafe, checked_archive, open_zip
 
 PT2, TORCHSCRIPT = "torch.export (.pt2)", "TorchScript"
 TORCHSCRIPT_SUFFIXES = {".ts", ".torchscript", ".jit"}
@@ -64,9 +65,9 @@ def program_kind(path: Path) -> str | None:
 def _zip_entries(path: Path) -> list[str]:
     """Entry names below the archive's root folder (torch archives keep everything under one)."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with path.open("rb") as file, open_zip(file, path.name) as archive:
             return [name.split("/", 1)[-1] for name in archive.namelist()]
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except (Malformed, OSError):
         return []
 
 
@@ -83,66 +84,38 @@ def load_torchscript(path: Path, *, trusted: bool) -> ProgramModel:
 
 
 def load_pt2(path: Path) -> ProgramModel:
-    """A torch.export archive, refused if loading it could run anything but tensor operators."""
-    data = path.read_bytes()
-    refusal = _unsafe_part(path.name, data)
-    if refusal:
-        raise ProgramError(f"{path.name} holds {refusal}; loading it could run code from the file, so it was not loaded: "
-                           "re-export the model with torch.export.save from plain tensors")
-    try:
-        exported = torch.export.load(io.BytesIO(data))
+    """A torch.export archive as a measurable model (see `exported_module`)."""
+    return ProgramModel(exported_module(path), PT2)
+
+
+def exported_module(path: Path) -> nn.Module:
+    """The module of the program in a .pt2 archive, refused (ProgramError) unless the archive passes
+    `checked_archive` and its graph calls only tensor operators: nothing from the file runs, and
+    nothing it declares is allocated beyond the bytes it holds."""
+    from torch.export.pt2_archive._package import load_pt2 as read_archive
+
+    archive = _checked(path)
+    try:  # what torch.export.load does, without its fallback to the legacy reader (which unpickles) and its traceback in the log
+        exported = read_archive(io.BytesIO(archive)).exported_programs["model"]
+        call = _foreign_call(exported)
+        module = None if call else exported.module()
     except Exception as error:  # the deserializer raises many types for a damaged archive
         raise ProgramError(f"{path.name} is not a readable {PT2} archive ({type(error).__name__}): re-export the model") from None
-    call = _foreign_call(exported)
     if call:
         raise ProgramError(f"{path.name} calls {call}, which is not a tensor operator; it was not run: export the plain model")
-    return ProgramModel(exported.module(), PT2)
+    return module
 
 
-def _unsafe_part(name: str, data: bytes) -> str | None:
-    """What in a .pt2 archive torch would unpickle or run as compiled code, or None when it holds only tensors and JSON."""
-    from torch.export.pt2_archive import PT2ArchiveReader
-    from torch.export.pt2_archive import constants as layout
-
+def _checked(path: Path) -> bytes:
+    """The archive torch may read, rebuilt by `checked_archive` from the file; its refusals as one ProgramError line."""
     try:
-        reader = PT2ArchiveReader(io.BytesIO(data))
-        names = reader.get_file_names()
-    except Exception:  # not a zip, or a zip that is not a .pt2 archive
-        raise ProgramError(f"{name} is not a readable {PT2} archive ({len(data)} bytes, no archive_format 'pt2'): "
+        return checked_archive(path.read_bytes())
+    except Unsafe as refusal:
+        raise ProgramError(f"{path.name} holds {refusal}; loading it could run code from the file, so it was not loaded: "
+                           "re-export the model with torch.export.save from plain tensors") from None
+    except Malformed as refusal:
+        raise ProgramError(f"{path.name} is not a readable {PT2} archive ({refusal}); nothing in it was loaded: "
                            "re-export the model with torch.export.save") from None
-    if any(name.startswith(layout.AOTINDUCTOR_DIR) for name in names):
-        return "compiled AOTInductor code"
-    prefix, suffix = layout.MODELS_FILENAME_FORMAT.split("{}")
-    models = [name[len(prefix):-len(suffix)] for name in names if name.startswith(layout.MODELS_DIR)]
-    if not models:
-        return "no exported program in the current format (older archives load weights with pickle)"
-    for model in models:
-        found = _pickled_payload(reader, names, model, layout)
-        if found:
-            return found
-    return None
-
-
-def _pickled_payload(reader, names: list[str], model: str, layout) -> str | None:
-    if f"{layout.WEIGHTS_DIR}{model}.pt" in names or f"{layout.CONSTANTS_DIR}{model}.pt" in names:
-        return "pickled weights in the legacy layout"
-    try:
-        weights = json.loads(reader.read_string(layout.WEIGHTS_CONFIG_FILENAME_FORMAT.format(model)))["config"]
-        constants = json.loads(reader.read_string(layout.CONSTANTS_CONFIG_FILENAME_FORMAT.format(model)))["config"]
-        samples = reader.read_bytes(layout.SAMPLE_INPUTS_FILENAME_FORMAT.format(model))
-    except Exception:  # a missing or malformed part: refuse rather than let torch guess
-        return "an incomplete weights, constants or sample-inputs record"
-    for name, payload in weights.items():
-        if payload.get("use_pickle") is not False:
-            return f"pickled weight {name[:60]}"
-    for name, payload in constants.items():
-        if payload.get("use_pickle") is not False or not str(payload.get("path_name", "")).startswith(layout.TENSOR_CONSTANT_FILENAME_PREFIX):
-            return f"pickled constant {name[:60]}"
-    try:
-        torch.load(io.BytesIO(samples), weights_only=True)  # torch falls back to a full unpickle when this fails
-    except Exception:
-        return "sample inputs that are more than tensors"
-    return None
 
 
 def _foreign_call(exported) -> str | None:
