@@ -23,6 +23,7 @@ import zlib
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+from . import archives
 from .data.datasets import IMAGE_SUFFIXES, DataError, check_layout, opened_image
 
 UPLOAD_LIMIT_MB = 200
@@ -50,9 +51,10 @@ def extract_image_zip(data: bytes, folder: Path) -> str:
     Checks every member before writing anything (see `_check_members`), stops a member that unpacks
     to more than it declares, and removes what it wrote when the zip or the tree it holds is refused."""
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise DataError("the upload is not a zip archive: zip the dataset folder (one sub-folder per class) and upload that") from None
+        archive = archives.open_zip(io.BytesIO(data), "the upload", ZIP_MAX_FILES)
+    except archives.ZipRefused as refusal:
+        raise DataError(f"{refusal}: zip the dataset folder (one sub-folder per class, at most {ZIP_MAX_FILES:,} files) "
+                        "and upload that, or use a folder on this machine") from None
     members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
     _check_members(members, len(data))
     _check_images(archive, members)

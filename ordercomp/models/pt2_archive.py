@@ -27,11 +27,11 @@ from typing import BinaryIO
 
 import torch
 
+from .. import archives
 from .pt2_record import MAX_DEPTH, depth, record_refusal
 
 MAX_JSON_BYTES = 8 << 20         # MobileNetV2's program record is 0.44 MB; torch takes ~20 MB of memory per MB it reads
 MAX_MEMBERS = 100_000
-CENTRAL_DIRECTORY_ENTRY = b"PK\x01\x02"
 MAX_DIMENSION = 1 << 48          # sizes, strides and offsets; more than any tensor on any machine
 PROGRAM, WEIGHTS, CONSTANTS, SAMPLES = ("models/model.json", "data/weights/model_weights_config.json",
                                         "data/constants/model_constants_config.json", "data/sample_inputs/model.pt")
@@ -65,19 +65,13 @@ def checked_archive(data: bytes) -> bytes:
 
 
 def open_zip(source: BinaryIO, what: str) -> zipfile.ZipFile:
-    """A zip archive, refused (Malformed) unless zipfile can open it. zipfile builds an object for every
-    central directory entry it finds, and each starts with a signature: counting those first keeps a
-    file of millions of empty entries from taking gigabytes."""
-    count, tail = 0, b""
-    for block in iter(lambda: source.read(1 << 20), b""):
-        count, tail = count + (tail + block).count(CENTRAL_DIRECTORY_ENTRY), block[-3:]
-    if count > MAX_MEMBERS:
-        raise Malformed(f"{what} holds more than {MAX_MEMBERS:,} members; torch writes far fewer")
-    source.seek(0)
+    """A zip archive of at most MAX_MEMBERS entries (counted before zipfile parses them), else Malformed."""
     try:
-        return zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
-        raise Malformed(f"{what} is not a zip archive") from None
+        return archives.open_zip(source, what, MAX_MEMBERS)
+    except archives.TooManyMembers as refusal:
+        raise Malformed(f"{refusal}; torch writes far fewer") from None
+    except archives.ZipRefused as refusal:
+        raise Malformed(str(refusal)) from None
 
 
 def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
