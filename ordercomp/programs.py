@@ -2,7 +2,8 @@
 
 A `.pt2` archive is read into memory once and inspected before torch sees it: an archive that
 would make `torch.export.load` unpickle anything (weights or constants marked `use_pickle`,
-custom or opaque objects, legacy pickled weight files, sample inputs that are more than tensors)
+custom or opaque objects, legacy pickled weight files, the whole layout of torch 2.7 and older, sample
+inputs that are more than tensors)
 or load compiled AOTInductor code is refused, and the loaded graph may only call tensor operators
 (aten, prims and the quantisation kernels), never a Python function or a file-touching operator.
 TorchScript is code by design (its forward can e.g. write files), so it loads only when the
@@ -23,6 +24,7 @@ PT2, TORCHSCRIPT = "torch.export (.pt2)", "TorchScript"
 TORCHSCRIPT_SUFFIXES = {".ts", ".torchscript", ".jit"}
 OPERATOR_NAMESPACES = {"aten", "prims", "quantized_decomposed", "torchao"}
 FILE_OPERATORS = {"from_file", "_print"}
+OLD_PROGRAM_FILE = "serialized_exported_program.json"  # torch <= 2.7 wrote it beside pickled weights, with no archive_format
 PURE_BUILTINS = {getattr(operator, name) for name in ("getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow",
                                                      "neg", "pos", "abs", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_")}
 
@@ -108,6 +110,8 @@ def _unsafe_part(name: str, data: bytes) -> str | None:
         reader = PT2ArchiveReader(io.BytesIO(data))
         names = reader.get_file_names()
     except Exception:  # not a zip, or a zip that is not a .pt2 archive
+        if _in_torch_27_layout(data):
+            return "a program in the layout of torch 2.7 and older, whose weights load with pickle"
         raise ProgramError(f"{name} is not a readable {PT2} archive ({len(data)} bytes, no archive_format 'pt2'): "
                            "re-export the model with torch.export.save") from None
     if any(name.startswith(layout.AOTINDUCTOR_DIR) for name in names):
@@ -121,6 +125,15 @@ def _unsafe_part(name: str, data: bytes) -> str | None:
         if found:
             return found
     return None
+
+
+def _in_torch_27_layout(data: bytes) -> bool:
+    """Whether a zip is a .pt2 archive as torch 2.7 and older wrote it (torch.export.load still reads those)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return any(entry.rsplit("/", 1)[-1] == OLD_PROGRAM_FILE for entry in archive.namelist())
+    except (zipfile.BadZipFile, ValueError):
+        return False
 
 
 def _pickled_payload(reader, names: list[str], model: str, layout) -> str | None:
