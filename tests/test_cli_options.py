@@ -5,6 +5,7 @@ the ones the compressed model was made with."""
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -14,8 +15,10 @@ from safetensors import safe_open
 from ordercomp import export
 from ordercomp.cli import _spec, build_parser, main
 from ordercomp.explore import Explorer
+from ordercomp.methods.registry import METHODS
 from ordercomp.order import exhaustive_plan
 from ordercomp.packed import METADATA_KEY, unpack_codes
+from ordercomp.pipeline import make_configs
 
 THREE = "prune,quantize,early_exit"
 
@@ -167,6 +170,22 @@ def test_a_method_setting_reaches_the_config_that_made_the_model(checkpoint, tin
     assert manifest["configs"]["prune"]["ratio"] == 0.3
     widths = [t.shape[0] for name, t in tiny_model.state_dict().items() if name.endswith("weight") and t.dim() == 4]
     assert [t.shape[0] for name, t in state.items() if name.endswith("weight") and t.dim() == 4] == [int(w * (1 - 0.3)) for w in widths]
+
+
+def another_value(config, name: str):
+    """A valid value of a config field other than its default: another choice, or half the default."""
+    default, choices = getattr(config, name), next(f for f in fields(config) if f.name == name).metadata.get("choices")
+    return next(c for c in choices if c != default) if choices else type(default)(default / 2)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_s_strength_reaches_its_config_as_a_flag_and_as_set(method):
+    strength, config = METHODS[method].strength, METHODS[method].default_config()
+    value = another_value(config, strength)
+    flag = f"--{method}-{strength}".replace("_", "-")
+    for option in ([flag, str(value)], ["--set", f"{method}.{strength}={value}"]):
+        spec = _spec(build_parser().parse_args(["explore", "--methods", f"{method},{'prune' if method != 'prune' else 'quantize'}", *option]))
+        assert getattr(make_configs(spec.methods, spec.settings)[method], strength) == value != getattr(config, strength), option
 
 
 def stage_blocks(state: dict) -> set[str]:
