@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pytest
 import torch
@@ -22,12 +23,9 @@ from ordercomp.executors import InProcessExecutor
 from ordercomp.explore import Explorer, ExploreSpec, prepare_base
 from ordercomp.jobs import BaselineSpec, JobStore
 from ordercomp.jobs.worker import run_job
-from ordercomp.order import pairwise_plan
 from ordercomp.train import Budget
 
 METHODS = ("prune", "quantize")
-PLAN = pairwise_plan(METHODS)  # prune, quantize, prune -> quantize, quantize -> prune
-EVERY_STEP = {(chain, 0) for chain in PLAN}
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +44,28 @@ def weights(tmp_path_factory, tiny_model) -> dict:
 def spec_for(weights: dict, **changes) -> ExploreSpec:
     fields = dict(model=weights["tiny"], architecture="cnn_tiny", methods=METHODS, seeds=1, budget=Budget(epochs=0.0),
                   device="cpu", search="pairwise")
-    return ExploreSpec(**(fields | changes))
+    return ExploreSpec(**(fields | {k: weights[v] if k == "model" else v for k, v in changes.items()}))
 
 
-@dataclass
-class Variant:
-    """A spec changed from the first run's (`then`), possibly after another run (`first`), and the (chain, seed)
-    steps that must be computed again; `patch(monkeypatch)` changes what the spec cannot (device, libraries)."""
+def explore_steps(spec: ExploreSpec, folder) -> list[dict]:
+    """A single method and a pair through an Explorer with the step cache in `folder`."""
+    explorer = Explorer(spec, cache_dir=folder / "cache")
+    try:
+        return [step.to_dict() for step in explorer.run_plan(explorer.load_base()[0], [("prune",), ("prune", "quantize")])]
+    finally:
+        explorer.close()
 
-    then: dict = field(default_factory=dict)
-    computed: set = field(default_factory=set)
-    first: dict | None = None
-    patch: object = None
+
+def worker_steps(spec: ExploreSpec, folder) -> list[dict]:
+    """A whole exploration (pairwise plan: both singles, both pairs) as a job of the store in `folder`, run by the
+    worker (in this process)."""
+    store = JobStore(folder / "jobs.sqlite")
+    job_id = store.create(spec)
+    assert run_job(store, job_id) == "done", store.log(job_id)
+    return store.get(job_id)["result"]["steps"]
+
+
+LEVELS = {"explorer": explore_steps, "worker": worker_steps}
 
 
 def other_device(monkeypatch):
@@ -73,44 +81,48 @@ def next_cache_version(monkeypatch):
     monkeypatch.setattr(cache, "CACHE_VERSION", cache.CACHE_VERSION + 1)
 
 
-WITH_PRUNE = {(chain, 0) for chain in PLAN if "prune" in chain}
-WITH_QUANTIZE = {(chain, 0) for chain in PLAN if "quantize" in chain}
+def every_step(chain, seed) -> bool:
+    return True
+
+
+def no_step(chain, seed) -> bool:
+    return False
+
+
+@dataclass
+class Variant:
+    """A change to the first run's spec (`then`, possibly after another run, `first`) or to what the spec cannot say
+    (`patch(monkeypatch)`: device, libraries), which (chain, seed) steps it `affects`, and what a computed step shows."""
+
+    then: dict = field(default_factory=dict)
+    affects: Callable[[tuple, int], bool] = no_step
+    first: dict | None = None
+    patch: Callable | None = None
+    shows: Callable[[dict, dict], bool] = lambda step, before: True  # a computed step against the first run's step
+    worker: bool = True  # also through the worker (its spec carries the change)
+
+
 VARIANTS = {
     "the same spec": Variant(),
     "the same weights in another file": Variant({"model": "copy"}),
     "only how results are judged": Variant({"weight": 2.0, "confidence": 0.9, "min_margin": 1.0, "objective": "accuracy"}),
-    "weights": Variant({"model": "changed"}, EVERY_STEP),
-    "data (input size)": Variant({"input_size": 10}, EVERY_STEP),
-    "prune's config": Variant({"settings": {"prune": {"ratio": 0.3}}}, WITH_PRUNE),
-    "quantize's config": Variant({"settings": {"quantize": {"weight_bits": 8}}}, WITH_QUANTIZE),
-    "a second seed": Variant({"seeds": 2}, {(chain, 1) for chain in PLAN}),
-    "budget": Variant({"budget": Budget(epochs=0.0, lr=1e-3)}, EVERY_STEP),
-    "latency measured": Variant({"objective": "latency"}, EVERY_STEP),
-    "latency runtime": Variant({"objective": "latency", "runtime": "packed"}, EVERY_STEP, first={"objective": "latency"}),
-    "device": Variant(computed=EVERY_STEP, patch=other_device),
-    "library versions": Variant(computed=EVERY_STEP, patch=other_torch),
-    "cache version": Variant(computed=EVERY_STEP, patch=next_cache_version),
+    "weights": Variant({"model": "changed"}, every_step),
+    "data (input size)": Variant({"input_size": 10}, every_step, worker=False),
+    "prune's config": Variant({"settings": {"prune": {"ratio": 0.3}}}, lambda chain, seed: "prune" in chain,
+                              shows=lambda step, before: step["metrics"]["params"] > before["metrics"]["params"]),
+    "quantize's config": Variant({"settings": {"quantize": {"weight_bits": 8}}}, lambda chain, seed: "quantize" in chain, worker=False),
+    "a second seed": Variant({"seeds": 2}, lambda chain, seed: seed == 1, shows=lambda step, before: step["seed"] == 1),
+    "budget": Variant({"budget": Budget(epochs=0.0, lr=1e-3)}, every_step, worker=False),
+    "latency measured": Variant({"objective": "latency"}, every_step, worker=False,
+                                shows=lambda step, before: step["metrics"]["latency_ms_b1"] > 0 and before["metrics"]["latency_ms_b1"] is None),
+    "latency runtime": Variant({"objective": "latency", "runtime": "packed"}, every_step, first={"objective": "latency"}, worker=False),
+    "device": Variant(affects=every_step, patch=other_device, worker=False),
+    "library versions": Variant(affects=every_step, patch=other_torch, worker=False),
+    "cache version": Variant(affects=every_step, patch=next_cache_version, worker=False),
 }
-
-
-def explore_steps(spec: ExploreSpec, folder) -> list[dict]:
-    """The pairwise plan through an Explorer with the step cache in `folder`."""
-    explorer = Explorer(spec, cache_dir=folder / "cache")
-    try:
-        return [step.to_dict() for step in explorer.run_plan(explorer.load_base()[0], PLAN)]
-    finally:
-        explorer.close()
-
-
-def worker_steps(spec: ExploreSpec, folder) -> list[dict]:
-    """A whole exploration as a job of the store in `folder`, run by the worker (in this process)."""
-    store = JobStore(folder / "jobs.sqlite")
-    job_id = store.create(spec)
-    assert run_job(store, job_id) == "done", store.log(job_id)
-    return store.get(job_id)["result"]["steps"]
-
-
-LEVELS = {"explorer": explore_steps, "worker": worker_steps}
+# The worker builds no key of its own: it runs an Explorer on the store's shared cache folder. Through it, jobs must
+# share that cache (the first three) and a changed input must compute exactly its steps; every input is varied above.
+CASES = [(level, name) for name, variant in VARIANTS.items() for level in LEVELS if level == "explorer" or variant.worker]
 
 
 @pytest.fixture(scope="module")
@@ -137,19 +149,11 @@ def computed(monkeypatch) -> list:
     return stored
 
 
-def changed_spec(weights: dict, changes: dict) -> ExploreSpec:
-    return spec_for(weights, **{k: weights[v] if k == "model" else v for k, v in changes.items()})
-
-
 @pytest.fixture(autouse=True)
 def quick_timing(monkeypatch):
     """Latency in an export runtime is timed for at least 0.7 s a model; what is timed matters here, not how well."""
     monkeypatch.setattr(runtimes, "WARMUP_S", 0.0)
     monkeypatch.setattr(runtimes, "MIN_TIMED_S", 0.0)
-
-
-# the job spec carries every input but the environment, which is the worker's process's own
-CASES = [(level, name) for name, variant in VARIANTS.items() for level in LEVELS if level == "explorer" or variant.patch is None]
 
 
 @pytest.mark.parametrize("level, name", CASES)
@@ -159,29 +163,19 @@ def test_a_step_is_computed_again_exactly_when_something_that_decides_it_changed
     folder = shutil.copytree(first_folder, tmp_path / "copy")
     run = LEVELS[level]
     if variant.first is not None:
-        run(changed_spec(weights, variant.first), folder)
+        run(spec_for(weights, **variant.first), folder)
         computed.clear()
     if variant.patch:
         variant.patch(monkeypatch)
-    steps = run(changed_spec(weights, variant.then), folder)
-    assert set(computed) == variant.computed and len(computed) == len(variant.computed)
-    reused = [step for step in steps if (tuple(step["chain"]), step["seed"]) not in variant.computed]
-    if variant.first is None:  # a reused step is the first run's result, record for record
-        assert all(step in first_steps for step in reused)
-
-
-def test_what_a_changed_input_computes_is_that_input_s_result(first_runs, weights, tmp_path):
-    """The steps computed again show the change: the weaker prune keeps more parameters, a timed step has a
-    latency, a second seed's steps carry that seed."""
-    folder = shutil.copytree(first_runs["explorer"][0], tmp_path / "copy")
-    first = {tuple(s["chain"]): s for s in first_runs["explorer"][1]}
-    lighter = {tuple(s["chain"]): s for s in explore_steps(changed_spec(weights, {"settings": {"prune": {"ratio": 0.3}}}), folder)}
-    assert lighter[("prune",)]["metrics"]["params"] > first[("prune",)]["metrics"]["params"]
-    timed = explore_steps(changed_spec(weights, {"objective": "latency"}), folder)
-    assert all(step["metrics"]["latency_ms_b1"] > 0 for step in timed)
-    assert all(first[tuple(step["chain"])]["metrics"]["latency_ms_b1"] is None for step in timed)
-    seeds = explore_steps(changed_spec(weights, {"seeds": 2}), folder)
-    assert sorted(step["seed"] for step in seeds) == [0] * len(PLAN) + [1] * len(PLAN)
+    steps = run(spec_for(weights, **variant.then), folder)
+    expected = {(tuple(step["chain"]), step["seed"]) for step in steps if variant.affects(tuple(step["chain"]), step["seed"])}
+    assert sorted(computed) == sorted(expected)  # each affected step once, no other
+    before = {tuple(step["chain"]): step for step in first_steps}
+    for step in steps:
+        if (tuple(step["chain"]), step["seed"]) in expected:
+            assert variant.shows(step, before[tuple(step["chain"])]), step
+        elif variant.first is None:
+            assert step == before[tuple(step["chain"])]  # a reused step is the first run's result, record for record
 
 
 # --- the trained base --------------------------------------------------------------------------------
