@@ -8,9 +8,9 @@ A format that cannot represent a model (an exporter error, a runtime that is not
 recorded in `manifest.json` as one line instead of stopping the others. Every program file is
 loaded back (the ONNX ones in onnxruntime) and checked against PyTorch: the float formats on a few
 test images to a logit tolerance, the int8 ONNX file on the whole test split against the deployable
-float model it was quantised from (`check_int8`); then each is measured in its own runtime (accuracy on the test split, latency at batch 1 and 32, 2
-threads) next to the base model written and measured the same way, and its real file size is
-recorded beside the reported storage.
+float model it was quantised from (`check_int8`). Then each is measured in its own runtime (accuracy
+on the test split, latency at batch 1 and 32, 2 threads) next to the base model written and measured
+the same way, and its real file size is recorded beside the reported storage.
 
     manifest = export_compressed(outcome.model, "out/", chain=chain, configs=outcome.configs,
                                  metrics=outcome.steps[-1].metrics, data=outcome.data, base=outcome.source,
