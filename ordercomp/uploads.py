@@ -48,8 +48,10 @@ def check_data_path(text: str) -> str:
 def extract_image_zip(data: bytes, folder: Path) -> str:
     """Unpack an uploaded ImageFolder zip under `folder` (once per content) and return its tree's root.
 
-    Checks every member before writing anything (see `_check_members`), stops a member that unpacks
-    to more than it declares, and removes what it wrote when the zip or the tree it holds is refused."""
+    Checks the upload's size and every member before writing anything (see `_check_members`), stops a
+    member that unpacks to more than it declares, and removes what it wrote when the zip or the tree it
+    holds is refused."""
+    check_upload_size("the zip", data, ZIP_LIMIT_MB, "use a folder on this machine instead")
     try:
         archive = archives.open_zip(io.BytesIO(data), "the upload", ZIP_MAX_FILES)
     except archives.ZipRefused as refusal:
@@ -174,10 +176,15 @@ def checkpoint_types() -> list[str]:
     return sorted(suffix.lstrip(".") for suffix in STATE_SUFFIXES | PROGRAM_SUFFIXES)
 
 
+def check_upload_size(name: str, data: bytes, limit_mb: int, remedy: str) -> None:
+    """Refuse an upload over its limit (the page's file uploader states it; this holds it whatever sent the bytes)."""
+    if len(data) > limit_mb << 20:
+        raise DataError(f"{name} is larger than the {limit_mb} MB an upload may be ({len(data) / 2**20:.1f} MB): {remedy}")
+
+
 def save_upload(folder: Path, name: str, data: bytes, limit_mb: int = UPLOAD_LIMIT_MB) -> Path:
     """Keep an uploaded file under `folder`, as `<content hash>/<cleaned file name>`."""
-    if len(data) > limit_mb << 20:
-        raise ValueError(f"{name} is {len(data) / 2**20:.0f} MB; the limit is {limit_mb} MB: give a smaller file")
+    check_upload_size(name, data, limit_mb, "give a smaller file")
     clean = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name).lstrip(".") or "upload"
     path = folder / hashlib.sha256(data).hexdigest()[:16] / clean
     path.parent.mkdir(parents=True, exist_ok=True)

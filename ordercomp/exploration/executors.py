@@ -145,6 +145,10 @@ class InProcessExecutor:
         """Forget the kept models (the exploration is over)."""
         self._models.clear()
 
+    def step_device(self, device: torch.device) -> str:
+        """The type of device the steps run on (part of their cache key): this process's."""
+        return device.type
+
     def _step(self, work: Work, chain: Chain, seed: int, models: dict, parents: set[Chain]) -> StepResult:
         key = work.key(chain, seed)
         cached = work.cache.get(key)
@@ -309,17 +313,27 @@ class RayExecutor:
         self._started = False  # this executor connected the session, so `close` shuts it down
 
     def run(self, work: Work, plan: list[Chain], seeds: int) -> list[StepResult]:
-        ray = require_ray()
-        self._started |= self._connect(ray)
+        ray = self._session()
         gpus = self._gpus_per_step(ray)
         work.events({"kind": "stage", "stage": "ray", "label": self._describe(ray, gpus)})
         return RayRun(ray, work, self._task(ray, gpus), "cuda" if gpus else "cpu", self.cpus_per_step).run(plan, seeds)
+
+    def step_device(self, device: torch.device) -> str:
+        """The type of device the steps run on (part of their cache key): the cluster's GPUs when it has
+        them and the spec allows, whatever the driver's own device."""
+        return "cuda" if self._gpus_per_step(self._session()) else "cpu"
 
     def close(self) -> None:
         """Shut down the session this executor started (a cluster it joined keeps running)."""
         if self._started:
             require_ray().shutdown()
             self._started = False
+
+    def _session(self):
+        """The ray module, connected (a local cluster is started the first time when there is no address)."""
+        ray = require_ray()
+        self._started |= self._connect(ray)
+        return ray
 
     def _connect(self, ray) -> bool:
         """Connect (True when this call started the session and must shut it down)."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import order
-from .cache import StepCache, content_key, step_key
+from .cache import StepCache, content_key, environment, step_key
 from ..models.checkpoints import input_size_for, read_state_dict, resolve_model, save_state_atomically, state_fingerprint
 from ..data.datasets import DataBundle, load_data
 from ..fields import number, typed_fields
@@ -61,8 +61,9 @@ def prepare_base(model: str = "digits_cnn", data: str = "digits", *, architectur
 
 
 def _train_base(model: nn.Module, data: DataBundle, device: torch.device, cache: StepCache, events: Events) -> nn.Module:
-    """Train a zoo architecture once per (initial weights, data, budget); later runs reuse the weights."""
-    key = content_key(init=state_fingerprint(model), data=data.fingerprint(), budget=BASE_BUDGET.to_dict())
+    """Train a zoo architecture once per (initial weights, data, budget, device and libraries); later runs reuse the weights."""
+    key = content_key(init=state_fingerprint(model), data=data.fingerprint(), budget=BASE_BUDGET.to_dict(),
+                      environment=environment(device.type))
     saved = cache.folder / f"base-{key}.safetensors" if cache.folder else None
     if saved and saved.exists():
         model.load_state_dict(read_state_dict(saved))
@@ -294,15 +295,16 @@ class Explorer:
     def run_plan(self, base: nn.Module, plan: list[tuple[str, ...]]) -> list[StepResult]:
         """Every chain of `plan` for every seed, by the spec's executor (executors.py); results go through
         the step cache under the same keys whichever executor computes them."""
+        if self._executor is None:  # one executor per exploration: in-process, it keeps prefix models for later plans
+            self._executor = make_executor(self.spec.executor, self.spec.ray_address, device=self.spec.device)
         fingerprint, budget = state_fingerprint(base), self.spec.budget.to_dict()
         timed = self.spec.timed
         # a timed result is kept apart from an untimed one (which has no latency) and per runtime
         measured = f"val+latency@{self.spec.runtime}" if timed else "val"
-        key = lambda chain, seed: step_key(fingerprint, self.data_fingerprint, chain, self.config_dicts, seed, budget, measured)
+        where = environment(self._executor.step_device(self.device))
+        key = lambda chain, seed: step_key(fingerprint, self.data_fingerprint, chain, self.config_dicts, seed, budget, measured, where)
         step = StepFunction(self.configs, self.spec.budget, latency=timed, runtime=self.spec.runtime)
         work = Work(base, self.data, step, key, self.cache, self.device, self._counting_steps_so_far(), keep_below=self._deepest)
-        if self._executor is None:  # one executor per exploration: in-process, it keeps prefix models for later plans
-            self._executor = make_executor(self.spec.executor, self.spec.ray_address, device=self.spec.device)
         results = self._executor.run(work, plan, self.spec.seeds)
         self._steps_done += len(results)
         return results

@@ -131,6 +131,7 @@ def print_summary(result) -> None:
         print("\nChain applied to the base model (test split):")
         print(chain_table(record["base_metrics"], record["chain_steps"]).to_string(index=False))
         _print_exhaustive(record)
+        _print_repeat(record)
         counts = record["applications"]
         print(f"\nMethod applications per seed: pairwise {counts['pairwise_per_seed']}, exhaustive {counts['exhaustive_per_seed']} "
               f"(without prefix sharing {counts['naive_exhaustive_per_seed']}); cached steps reused: {counts['cache_hits']}; "
@@ -141,11 +142,26 @@ def _print_exhaustive(record: dict) -> None:
     summary = record.get("exhaustive")
     if not summary:
         return
-    print(f"\nExhaustive validation: the found chain ranks {summary['rank']} of {summary['of']} orders; "
+    regret = "" if summary["regret"] is None else f", regret {summary['regret']:.3f} (the best order's standard error {summary['best_se']:.3f})"
+    print(f"\nExhaustive validation: the found chain ranks {summary['rank']} of {summary['of']} orders{regret}; "
           f"applications pairwise {summary['applications_pairwise']} vs exhaustive {summary['applications_exhaustive']} "
           f"({summary['cost_ratio']:.1f}x)")
     for index, item in enumerate(summary["orders"][:5], 1):
         print(f"  {index}. {' -> '.join(item['chain'])}: {item['score']:.3f}")
+
+
+def _print_repeat(record: dict) -> None:
+    """Whether applying the --repeat method once more after the chain helps, with the test-split figures it rests on."""
+    repeat = record.get("repeat")
+    if not repeat:
+        return
+    before, after = repeat["before"], repeat["after"]
+    if after["status"] != "ok":
+        print(f"\nRepeating {repeat['method']} after the chain: {after['status']} ({after['reason']})")
+        return
+    print(f"\nRepeating {repeat['method']} after the chain {'helps' if repeat['helps'] else 'does not help'} (test split): "
+          f"accuracy {before['accuracy']:.2f}% -> {after['metrics']['accuracy']:.2f}%, "
+          f"BitOps {before['bitops']:.3g} -> {after['metrics']['bitops']:.3g}")
 
 
 def print_chain_steps(base_metrics: dict, steps: list[StepResult]) -> None:
