@@ -8,6 +8,7 @@ from ordercomp.data import load_data
 from ordercomp.methods.base import Context
 from ordercomp.train import Budget, train
 from ordercomp.zoo import create_model
+from testkit import wait_for as wait_until
 
 torch.set_num_threads(2)
 
@@ -89,3 +90,19 @@ def fake_workers(monkeypatch):
     for process in processes:
         process.kill()
         process.wait()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained cnn_tiny (seed 0) saved as a state dict: every process that loads it sees the same
+    weights (and the same cache keys), and no test pays for training a base."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "cnn_tiny.pt"
+    torch.save(create_model("cnn_tiny", 10, 1).state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def wait_for():
+    """`testkit.wait_for`: poll a condition until it holds, fail with what was awaited after a timeout."""
+    return wait_until

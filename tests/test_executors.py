@@ -21,11 +21,10 @@ from ordercomp.cache import StepCache
 from ordercomp.checkpoints import state_fingerprint
 from ordercomp.cli import main
 from ordercomp.executors import InProcessExecutor, RayExecutor, StepFunction, Work, start_local_ray
-from ordercomp.explore import Explorer, ExploreSpec, explore
+from ordercomp.explore import Explorer, ExploreSpec
 from ordercomp.pipeline import OK, make_configs, run_step
-from ordercomp.train import Budget
+from testkit import FAST
 
-FAST = dict(model="cnn_tiny", budget=Budget(epochs=0.2), device="cpu")
 # Ray workers cannot import this test module; its step functions travel by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -8,8 +8,7 @@ from ordercomp import order
 from ordercomp.explore import ExploreSpec, Explorer, compress, explore, no_order_reason
 from ordercomp.pipeline import INCOMPATIBLE, OK, StepResult, make_configs
 from ordercomp.train import Budget
-
-FAST = dict(model="cnn_tiny", budget=Budget(epochs=0.2), device="cpu")
+from testkit import FAST
 
 
 class Interrupt(Exception):

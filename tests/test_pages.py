@@ -28,17 +28,10 @@ from ordercomp.jobs.worker import run_job
 from ordercomp.methods.registry import METHODS
 from ordercomp.train import Budget
 from ordercomp.zoo import create_model
+from testkit import png, zip_of
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = {name: f"pages/{name}.py" for name in ("1_model_and_data", "2_methods", "3_runs", "4_order", "5_tradeoffs", "6_export")}
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "cnn_tiny.pt"
-    torch.save(create_model("cnn_tiny", 10, 1).state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -200,20 +193,6 @@ def test_an_uploaded_zip_is_extracted_safely(store, tmp_path):
     assert not at.main.error
     data = Path(at.session_state[session.BASE]["data"])
     assert data.name == "pets" and sorted(p.name for p in data.iterdir()) == ["cat", "dog"]
-
-
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (4, 4)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def zip_of(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def test_zip_limits_and_links_are_refused(tmp_path, monkeypatch):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
 
 import pytest
@@ -14,18 +13,9 @@ from ordercomp.checkpoints import CheckpointError, load_program, resolve_model
 from ordercomp.cli import main
 from ordercomp.explore import compress
 from ordercomp.train import Budget
+from testkit import Payload
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.* deprecation notices
-
-
-class Payload:
-    """Unpickling this creates the marker file: no loader may ever do it."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 class FileWriter(nn.Module):

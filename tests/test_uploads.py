@@ -10,26 +10,12 @@ import zipfile
 
 import pytest
 import torch
-from PIL import Image
 
 from ordercomp import uploads
 from ordercomp.checkpoints import CheckpointError
 from ordercomp.data import DataError
 from ordercomp.zoo import create_model
-
-
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (4, 4)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def zip_of(files: dict, *, compression=zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
+from testkit import png, zip_of
 
 
 def everything_under(folder):

@@ -10,7 +10,7 @@ from ordercomp.export import export_zip
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, start_job
 from ordercomp.jobs.worker import run_job
 from ordercomp.train import Budget
-from waits import WORKER_S
+from testkit import WORKER_S
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from ordercomp.jobs import STALE_REASON, is_alive, refresh_stale, resume_job, set_worker_limit, start_job, worker_log_path
-from waits import WORKER_S
+from testkit import WORKER_S
 
 FINAL = ("done", "failed", "cancelled")
 
