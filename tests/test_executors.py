@@ -66,9 +66,10 @@ def one_line_error(capsys, argv: list[str]) -> str:
 
 def test_ray_not_installed_is_one_line(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
-    err = one_line_error(capsys, ["explore", "--executor", "ray", "--methods", "prune,quantize", "--out", str(tmp_path)])
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    err = one_line_error(capsys, ["explore", "--executor", "ray", "--methods", "prune,quantize", "--out", str(out), "--cache", str(cache)])
     assert "pip install 'ordercomp[ray]'" in err
-    assert not (tmp_path / "exploration.json").exists()
+    assert not out.exists() and not cache.exists()
 
 
 @pytest.mark.parametrize("address, message", [("127.0.0.1:1", "no Ray cluster answers at 127.0.0.1:1"),

@@ -474,7 +474,7 @@ def test_a_launched_exploration_runs_in_a_worker_and_its_result_reaches_the_resu
     assert plain(at.main.markdown[0].value).startswith("### Recommended order:") and charts(at, "graphviz_chart") == 1
 
 
-def test_the_methods_page_runtime_choice_reaches_the_spec_only_for_latency_objectives():
+def test_the_methods_page_runtime_choice_reaches_the_spec_only_for_latency_objectives(store):
     assert plan.plan_from_state({"w_objective": "weighted_latency", "w_runtime": "onnx_int8"}).runtime == "onnx_int8"
     assert plan.plan_from_state({"w_objective": "weighted", "w_runtime": "onnx_int8"}).runtime == "eager"
     at = app("2_methods")
