@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import re
 import shutil
-import time
 import zipfile
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from ordercomp.jobs.worker import run_job
 from ordercomp.methods.registry import METHODS
 from ordercomp.train import Budget
 from ordercomp.zoo import create_model
-from testkit import png, zip_of
+from testkit import WORKER_S, png, zip_of
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = {name: f"pages/{name}.py" for name in ("1_model_and_data", "2_methods", "3_runs", "4_order", "5_tradeoffs", "6_export")}
@@ -450,8 +449,8 @@ def test_the_sidebar_shows_the_open_run_device_and_store(store, finished):
     assert any(f"job `{finished['exploration']}`" in plain(markdown.value) for markdown in at.sidebar.markdown)
 
 
-@pytest.mark.timeout(1200)
-def test_a_launched_exploration_runs_in_a_worker_and_its_result_reaches_the_result_pages(store, finished, real_workers):
+@pytest.mark.timeout(2 * WORKER_S)
+def test_a_launched_exploration_runs_in_a_worker_and_its_result_reaches_the_result_pages(store, finished, real_workers, wait_for):
     spec = finished["record"]["spec"]  # the same plan: its steps come back from the store's cache
     at = app("2_methods")
     at.session_state[session.BASE] = {key: spec[key] for key in ("model", "architecture", "data", "input_size")}
@@ -462,9 +461,7 @@ def test_a_launched_exploration_runs_in_a_worker_and_its_result_reaches_the_resu
     at.switch_page(PAGES["3_runs"]).run()
     next(button for button in at.main.button if button.label == "Launch exploration").click().run()
     job_id = at.session_state["job"]
-    deadline = time.monotonic() + 900  # a worker process on a busy machine (minutes at load 20): generous, but finite
-    while store.get(job_id)["status"] not in ("done", "failed", "cancelled") and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: store.get(job_id)["status"] in ("done", "failed", "cancelled"), f"job {job_id} to end", timeout=WORKER_S)
     at.run()
     job = store.get(job_id)
     assert job["status"] == "done", store.log(job_id)
