@@ -22,7 +22,7 @@ from ordercomp.checkpoints import sample_card
 from ordercomp.dashboard import estimate, formatting, plan, session
 from ordercomp.data import DataError
 from ordercomp.explore import ExploreSpec
-from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, launch, set_worker_limit, start_job
+from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, is_alive, launch, set_worker_limit, start_job
 from ordercomp.jobs.worker import run_job
 from ordercomp.methods.registry import METHODS
 from ordercomp.train import Budget
@@ -305,7 +305,7 @@ def test_a_failed_pair_shows_its_reason_and_cancel_and_resume_act_on_the_store(s
     at.run()
     assert "The job failed: RuntimeError: out of memory" in texts(at.main.error)
     next(button for button in at.main.button if button.label == "Resume").click().run()
-    assert store.get(job)["status"] == "queued" and spawned[-1] == job and store.get(job)["pid"] is not None
+    assert store.get(job)["status"] == "queued" and spawned[-1] == job and is_alive(store.get(job))
 
 
 def test_waiting_runs_show_their_place_in_the_queue_cancel_at_once_and_start_as_the_limit_rises(store, spawned):

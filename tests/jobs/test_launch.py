@@ -57,7 +57,10 @@ def test_two_jobs_started_at_once_both_finish(store, tiny_spec, wait_for):
         assert sorted(job["result"]["chain"]) == sorted(spec.methods)
         assert job["result"]["spec"] == spec.to_dict()
         assert len(store.steps(job["id"])) == 4
-        assert all(row["status"] == "ok" and row["metrics"]["accuracy"] >= 0 for row in store.steps(job["id"]))
+        # every step row is the result's step: the same chain, seed, status and figures
+        rows = {(tuple(row["chain"]), row["seed"]): (row["status"], row["metrics"]) for row in store.steps(job["id"])}
+        assert rows == {(tuple(step["chain"]), step["seed"]): (step["status"], step["metrics"]) for step in job["result"]["steps"]}
+        assert {status for status, _ in rows.values()} == {"ok"}
         assert any(line["message"].startswith("done in") for line in store.log(job["id"]))
         assert worker_log_path(store, job["id"]).is_file()
     assert jobs[0]["pid"] != jobs[1]["pid"]
