@@ -81,6 +81,12 @@ def app(page: str, job: str | None = None) -> AppTest:
     return at
 
 
+def si_value(text: str) -> float:
+    """The number an SI-prefixed figure stands for: '3.04 G' -> 3.04e9."""
+    number, _, prefix = text.partition(" ")
+    return float(number) * {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}[prefix]
+
+
 def plain(markdown: str) -> str:
     """Markdown source as it reads on screen: the pages escape user text (see formatting.md)."""
     return re.sub(r"\\(.)", r"\1", markdown)
@@ -102,7 +108,12 @@ def test_model_page_shows_the_sample_card_and_offers_a_baseline_job(store, spawn
     assert at.radio(key="w_data_source").value == "digits" and at.radio(key="w_model_source").value == "sample"
     assert at.main.selectbox(key="w_sample").value == "digits_cnn"
     figures = {metric.label: metric.value for metric in at.main.metric}
-    assert figures["Accuracy (test)"] == "99.16%" and figures["BitOps"] == "3.04 G" and figures["Latency (batch 1)"] == "not measured"
+    card = sample_card("digits_cnn")["metrics"]  # the card's own figures, read back from what the page shows
+    assert float(figures["Accuracy (test)"].removesuffix("%")) == pytest.approx(card["test_accuracy"], abs=0.005)
+    assert si_value(figures["BitOps"]) == pytest.approx(card["bitops"], rel=5e-3)
+    assert si_value(figures["MACs"]) == pytest.approx(card["macs"], rel=5e-3)
+    assert si_value(figures["Parameters"]) == pytest.approx(card["params"], rel=5e-3)
+    assert figures["Latency (batch 1)"] == "not measured"  # a card holds no latency: it depends on the machine
     assert "digits_cnn on digits" in plain(at.main.success[0].value)
     at.main.button[0].click().run()
     [job] = store.list_jobs("baseline")
