@@ -1,12 +1,21 @@
-"""End-to-end browser test of the dashboard: the real app, real worker processes, a real Chromium.
+"""End-to-end browser tests of the dashboard: the real app, real worker processes, a real Chromium.
 
-A new user's path, small enough for a 2-core machine: keep the embedded digits and the sample
-`digits_cnn`, measure its baseline, compare two cheap methods (prune, quantize) with one seed and
-one epoch of fine-tuning, launch the exploration, follow it to the end (it survives a reload),
-look at the order and the trade-offs, export the chain and download the TorchScript and .pt2
-files, which are loaded back here and run on the digits test split.
+A new user's path, one test per page, small enough for a 2-core machine. Model & data: keep the
+embedded digits and the sample `digits_cnn`, measure its baseline. Methods: compare two cheap methods
+(prune, quantize) with one seed and one epoch of fine-tuning. Runs: launch that plan, follow it to the
+end, find it again after a reload. Order and Trade-offs: the finished run's chain, graph and charts.
+Export: the chain to TorchScript, .pt2 and int8 ONNX, downloaded, loaded back here and run on the
+digits test split.
 
-It also writes the README's screenshots, one per page, to docs/screenshots/.
+The tests share one server, one browser and one finished exploration of the plan (`exploration`, run
+once through the app's job store; the Runs test's own launch of the same plan is served from the step
+cache). Each test opens its own browser session, so a page that fails hides nothing of the others and
+the tests hold in any order. A script run is awaited as an event (the server's "script finished"
+message on the page's websocket, then no stale element on the page), never as a pause.
+
+With ORDERCOMP_SCREENSHOTS naming a folder, each test also pictures its page there (one PNG per page);
+`scripts/screenshots` does that to refresh the README's pictures in docs/screenshots/. The suite itself
+writes nothing in the checkout.
 
 Needs Chromium at /usr/bin/chromium (`scripts/setup --test` installs it); Playwright's own browser
 downloads are not used.
@@ -18,12 +27,19 @@ import re
 import signal
 import socket
 import subprocess
-import time
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+from ordercomp.checkpoints import load_program, sample_card
+from ordercomp.dashboard import plan
+from ordercomp.data import load_data
+from ordercomp.jobs import JobStore, start_job
+from testkit import WORKER_S, wait_for
 
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -32,19 +48,22 @@ except ImportError:  # the browser fixture fails with what to run
     expect = sync_playwright = PlaywrightTimeout = None
 
 ROOT = Path(__file__).resolve().parent.parent
-STREAMLIT = ROOT / ".venv" / "bin" / "streamlit"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 900}
 SERVER_START_S = 180       # s: a cold start on a busy machine
 PAGE_S = 180_000          # ms: a page switch, a rerun or a download on a busy 2-core machine
-JOB_S = 900_000           # ms: an exploration or export job in its worker (minutes on a heavily shared machine)
-EXPECTED_METHODS = ["prune", "quantize"]
+JOB_S = WORKER_S * 1000   # ms: an exploration, baseline or export job in its worker
+METHODS = ["prune", "quantize"]
+# The Methods page's choices for the small plan, and the ExploreSpec they make (what `exploration` runs)
+PLAN_STATE = {"w_methods": METHODS, "w_epochs": 1.0, "w_seeds": 1, "w_device": "cpu"}
+FULL_RUN_ENDS = {ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_WITH_COMPILE_ERROR}  # not a fragment's poll, not a rerun
+FINAL = ("done", "failed", "cancelled")
 
 if expect is not None:
     expect.set_options(timeout=PAGE_S)
+pytestmark = pytest.mark.timeout(2 * WORKER_S)  # a test may wait for the shared exploration, then for a job of its own
 
 
 # --- the app, its workers and the browser -------------------------------------------------------
@@ -55,19 +74,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"streamlit exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read().decode().strip() == "ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"streamlit did not answer {url}/_stcore/health within {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+def answers_healthy(url: str, server: subprocess.Popen, log: Path) -> bool:
+    if server.poll() is not None:
+        pytest.fail(f"streamlit exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.read().decode().strip() == "ok"
+    except OSError:
+        return False
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -94,23 +108,35 @@ def stop(pid: int, *, group: bool) -> None:
         pass
 
 
+def no_worker_left(store: Path) -> bool:
+    """Stop what still runs for `store`; True once nothing does. Workers run in sessions of their own
+    (they outlive a page): they are found by the store path on their command line."""
+    pids = processes_mentioning(str(store))
+    for pid in pids:
+        try:
+            leader = os.getpgid(pid) == pid  # a worker leads its own session: stop its children too
+        except ProcessLookupError:
+            continue
+        stop(pid, group=leader)
+    return not pids
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """The dashboard on a free port with its own job store; stops it and every worker it spawned."""
-    if not STREAMLIT.exists():
-        pytest.fail(f"{STREAMLIT} is missing: run scripts/setup --test")
     folder = tmp_path_factory.mktemp("browser-store")
     store = folder / "jobs.sqlite"
     log = folder / "streamlit.log"
     port = free_port()
     env = os.environ | {"ORDERCOMP_STORE": str(store)}
-    with open(log, "wb") as output:
-        server = subprocess.Popen([str(STREAMLIT), "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-                                   "--browser.gatherUsageStats", "false"],
+    with open(log, "wb") as output:  # from the checkout: app.py and .streamlit/config.toml
+        server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                                   "--server.port", str(port), "--browser.gatherUsageStats", "false"],
                                   cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, server, log)
+        wait_for(lambda: answers_healthy(url, server, log), f"streamlit to answer {url}/_stcore/health", timeout=SERVER_START_S,
+                 interval=0.5)
         yield {"url": url, "store": store, "log": log}
     finally:
         stop(server.pid, group=True)  # the server and anything left in its session
@@ -118,19 +144,7 @@ def app(tmp_path_factory):
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        # Workers run in sessions of their own (they outlive a page): find them by the store path.
-        for _ in range(3):
-            pids = processes_mentioning(str(store))
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    leader = os.getpgid(pid) == pid  # a worker leads its own session: stop its children too
-                except ProcessLookupError:
-                    continue
-                stop(pid, group=leader)
-            time.sleep(0.5)
-        assert not processes_mentioning(str(store)), "worker processes of the test's store are still running"
+        wait_for(lambda: no_worker_left(store), "the workers of the test's store to be gone", timeout=30, interval=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -146,86 +160,107 @@ def browser():
         chromium.close()
 
 
+class ScriptRuns:
+    """The app's websocket as the page sees it: `after_run(action)` waits for the whole-page script run
+    that `action` starts to finish (the server says so), then for the page to show its result."""
+
+    def __init__(self, page):
+        self.page, self.socket = page, None
+        page.on("websocket", self._connected)
+
+    def _connected(self, websocket) -> None:
+        self.socket = websocket  # a reload or a new address opens a new one
+
+    def after_run(self, action) -> None:
+        with self.socket.expect_event("framereceived", predicate=ends_a_full_run, timeout=PAGE_S):
+            action()
+        settled(self.page)
+
+
+def ends_a_full_run(payload) -> bool:
+    if isinstance(payload, str):
+        return False
+    message = ForwardMsg()
+    message.ParseFromString(payload)
+    return message.WhichOneof("type") == "script_finished" and message.script_finished in FULL_RUN_ENDS
+
+
+def settled(page) -> None:
+    """The page shows a finished script run: no run going on, no stale (greyed) element left."""
+    page.wait_for_function("""() => {
+        const app = document.querySelector("[data-testid='stApp']");
+        return app && app.dataset.testScriptState === "notRunning" && !document.querySelector("[data-stale='true']");
+    }""", timeout=PAGE_S)
+
+
 @pytest.fixture
 def page(browser):
+    """A fresh browser session (its own Streamlit session) with its script runs followed."""
     context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(PAGE_S)
+    page.runs = ScriptRuns(page)
     yield page
     context.close()
 
 
-# --- helpers -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def exploration(app) -> dict:
+    """The small plan explored once, as the Runs page would launch it, in the app's job store."""
+    store = JobStore(app["store"])
+    spec = plan.plan_from_state(PLAN_STATE)
+    job_id = start_job(store, spec)
+    status = wait_for(lambda: store.get(job_id)["status"] in FINAL and store.get(job_id)["status"], f"exploration {job_id}",
+                      timeout=WORKER_S, interval=0.5)
+    assert status == "done", [line["message"] for line in store.log(job_id)]
+    chain = store.get(job_id)["result"]["chain"]
+    return {"id": job_id, "spec": spec.to_dict(), "chain": chain, "chain_text": " → ".join(chain)}
+
+
+# --- moving about the app ------------------------------------------------------------------------
 
 def main(page):
     return page.get_by_test_id("stMain")
 
 
+def open_app(page, app, job: str | None = None) -> None:
+    page.goto(app["url"] + "/" + (f"?job={job}" if job else ""))
+    expect(main(page).get_by_role("heading", name="Model & data", exact=True)).to_be_visible()
+    settled(page)
+
+
 def go(page, title: str, heading: str | None = None) -> None:
     """Switch pages with the sidebar navigation (the session, and so the widget values, stay)."""
-    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title, exact=True).click()
+    page.runs.after_run(lambda: page.get_by_test_id("stSidebarNav").get_by_role("link", name=title, exact=True).click())
     expect(main(page).get_by_role("heading", name=heading or title, exact=True)).to_be_visible()
-    settle(page)
-
-
-def settle(page, quiet_ms: int = 700) -> None:
-    """Wait until the script run is over (no 'Running' indicator) and the page stayed quiet a moment."""
-    deadline = time.monotonic() + PAGE_S / 1000
-    quiet_since = None
-    while time.monotonic() < deadline:
-        running = page.get_by_test_id("stStatusWidget").count()  # shown only while running or connecting
-        stale = page.locator("[data-stale='true']").count()
-        if running or stale:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= quiet_ms / 1000:
-            return
-        page.wait_for_timeout(100)
 
 
 def set_number(page, label: str, value: str) -> None:
     box = page.get_by_label(label, exact=True)
     box.fill(value)
-    box.press("Enter")
+    page.runs.after_run(lambda: box.press("Enter"))
     expect(box).to_have_value(value)
-    settle(page)
 
 
 def pick(page, label: str, option: str) -> None:
     """Choose `option` in the selectbox labelled `label`."""
     page.get_by_role("combobox", name=label, exact=True).click()
-    page.get_by_role("option", name=option, exact=True).click()
-    settle(page)
+    page.runs.after_run(lambda: page.get_by_role("option", name=option, exact=True).click())
 
 
 def remove_chips(page, labels: list[str]) -> None:
     for label in labels:
-        page.get_by_role("button", name=f"Remove {label}", exact=True).click()
+        page.runs.after_run(lambda: page.get_by_role("button", name=f"Remove {label}", exact=True).click())
         expect(page.get_by_role("button", name=f"Remove {label}", exact=True)).to_have_count(0)
-        settle(page)
 
 
-def screenshot(page, name: str) -> None:
-    """The whole page as docs/screenshots/<name>.png.
-
-    Streamlit scrolls inside its main element, not the document, so a full-page screenshot alone
-    shows one screen: the viewport is stretched to the page's height for the picture."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    settle(page)
-    expect(page.get_by_test_id("stException")).to_have_count(0)
-    page.mouse.move(0, 0)  # no hovered button and no focused widget in the picture
-    page.evaluate("() => document.activeElement && document.activeElement.blur()")
-    height = 0
-    for _ in range(5):  # charts re-lay themselves out after a resize: until the height holds
-        wanted = max(VIEWPORT["height"], page.get_by_test_id("stMain").evaluate("main => main.scrollHeight"))
-        if wanted == height:
-            break
-        height = wanted
-        page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
-        page.wait_for_timeout(700)  # layout, and the charts' entry animation
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-    page.set_viewport_size(VIEWPORT)
+def choose_the_small_plan(page) -> None:
+    """On Methods: prune and quantize, one epoch of fine-tuning (half an epoch leaves a pruned digits_cnn
+    near 22 %: the pictures would mislead), one seed, on the CPU (PLAN_STATE)."""
+    remove_chips(page, ["Knowledge distillation (distill)", "Early exit (early_exit)"])
+    set_number(page, "Fine-tuning epochs per step (the same for every step)", "1.00")
+    set_number(page, "Seeds (each comparison is repeated this often)", "1")
+    pick(page, "Device", "cpu")
 
 
 def job_in_url(page) -> str:
@@ -234,149 +269,32 @@ def job_in_url(page) -> str:
     return match.group(1)
 
 
-def accuracy_of(model, images: torch.Tensor, labels: torch.Tensor) -> float:
-    with torch.no_grad():
-        logits = model(images)
-    assert tuple(logits.shape) == (len(images), 10)
-    return float((logits.argmax(1) == labels).float().mean())
+def no_exception(page) -> None:
+    expect(page.get_by_test_id("stException")).to_have_count(0)
 
 
-# --- the test ------------------------------------------------------------------------------------
+def picture(page, name: str) -> None:
+    """With ORDERCOMP_SCREENSHOTS set, the whole page as <that folder>/<name>.png (for the README).
 
-@pytest.mark.timeout(3600)
-def test_a_new_user_finds_the_order_and_downloads_the_compressed_model(page, app, tmp_path):
-    started = time.monotonic()
-    laps: dict[str, float] = {}
-
-    def lap(name: str) -> None:
-        laps[name] = time.monotonic() - started - sum(laps.values())
-
-    # 1. Model & data: the defaults (embedded digits, sample digits_cnn); measure the baseline here.
-    page.goto(app["url"] + "/")
-    expect(main(page).get_by_role("heading", name="Model & data", exact=True)).to_be_visible()
-    expect(page.get_by_role("radio", name="Embedded digits (default)")).to_be_checked()
-    expect(page.get_by_role("radio", name="Sample model")).to_be_checked()
-    expect(page.get_by_role("combobox", name="Sample model")).to_have_value("digits_cnn")
-    expect(main(page).get_by_text("Explorations start from digits_cnn on digits.")).to_be_visible()
-    page.get_by_role("button", name="Measure the baseline on this machine").click()
-    expect(main(page).get_by_text(re.compile(r"^Measured on \w+, test split of digits"))).to_be_visible(timeout=JOB_S)
-    expect(main(page).get_by_text("done", exact=True)).to_be_visible()
-    screenshot(page, "1_model_and_data")
-    lap("model")
-
-    # 2. Methods: two cheap methods, one seed, one epoch of fine-tuning (half an epoch leaves a pruned
-    #    digits_cnn near 22%: the pictures would mislead), on the CPU.
-    go(page, "Methods")
-    remove_chips(page, ["Knowledge distillation (distill)", "Early exit (early_exit)"])
-    chips = page.get_by_role("group", name="Selected values").get_by_title(re.compile(r"\((\w+)\)$"))
-    expect(chips).to_have_text(["Structured pruning (prune)", "Quantization-aware training (quantize)"])
-    set_number(page, "Fine-tuning epochs per step (the same for every step)", "1.00")
-    set_number(page, "Seeds (each comparison is repeated this often)", "1")
-    pick(page, "Device", "cpu")
-    # (2 singles + 2 ordered pairs) x 1 seed + the chain's 2 applications
-    applications = page.get_by_test_id("stMetric").filter(has_text="Method applications")
-    expect(applications.get_by_test_id("stMetricValue")).to_have_text("6")
-    screenshot(page, "2_methods")
-    lap("methods")
-
-    # 3. Runs: the plan from Methods; launch it, its id goes to the URL; follow it to the end.
-    go(page, "Runs")
-    summary = main(page).get_by_text(re.compile(r"methods prune, quantize"))
-    expect(summary).to_contain_text("1 seed(s)")
-    expect(summary).to_contain_text("1 fine-tuning epoch(s) per step")
-    page.get_by_role("button", name="Launch exploration").click()
-    expect(page).to_have_url(re.compile(r"/runs\?(.*&)?job=[0-9a-f]+"))
-    expect(main(page).get_by_role("heading", name=re.compile(r"^Run [0-9a-f]+$"))).to_be_visible()
-    job = job_in_url(page)
-    expect(main(page).get_by_role("heading", name=f"Run {job}", exact=True)).to_be_visible()
-    expect(page.get_by_test_id("stSidebar").get_by_text(f"job {job}", exact=False)).to_be_visible()
-    recommended = main(page).get_by_text(re.compile(r"^Recommended order: "))
-    expect(recommended).to_be_visible(timeout=JOB_S)
-    chain_text = recommended.inner_text().removeprefix("Recommended order: ").strip()
-    chain = chain_text.split(" → ")
-    assert sorted(chain) == sorted(EXPECTED_METHODS), chain_text
-    expect(main(page).get_by_text(re.compile(rf"\bdone · job {job}$"))).to_be_visible()
-    expect(main(page).get_by_text(re.compile(r"^(\d+) of \1 method applications finished$"))).to_be_visible()
-    pairs = main(page).get_by_test_id("stDataFrame").first
-    expect(pairs).to_be_visible()
-    main(page).get_by_test_id("stExpander").filter(has_text="Log").get_by_text("Log", exact=True).click()
-    log = main(page).get_by_test_id("stCode")
-    expect(log).to_contain_text("prune -> quantize (seed 0): ok")
-    expect(log).to_contain_text("quantize -> prune (seed 0)")
-    expect(log).to_contain_text("done in ")
-    settle(page)
-    screenshot(page, "3_runs")
-    lap("runs")
-
-    # The run survives a reload: a fresh session takes the job from the URL.
-    page.reload()
-    expect(main(page).get_by_role("heading", name="Runs", exact=True)).to_be_visible()
-    expect(main(page).get_by_role("heading", name=f"Run {job}", exact=True)).to_be_visible()
-    expect(main(page).get_by_text(re.compile(rf"\bdone · job {job}$"))).to_be_visible()
-    expect(main(page).get_by_text(f"Recommended order: {chain_text}", exact=True)).to_be_visible()
-    assert job_in_url(page) == job
-
-    # 4. Order: the chain and the precedence graph (Graphviz draws an SVG with both methods).
-    go(page, "Order", heading=f"Recommended order: {chain_text}")
-    assert job_in_url(page) == job
-    graph = main(page).get_by_test_id("stGraphVizChart")
-    expect(graph.locator("svg")).to_be_visible()
-    for method in EXPECTED_METHODS:
-        expect(graph.locator("svg g.node").filter(has_text=method)).to_have_count(1)
-    expect(main(page).get_by_test_id("stPlotlyChart")).to_have_count(1)
-    expect(main(page).get_by_role("heading", name="Every valid order", exact=True)).to_be_visible()
-    screenshot(page, "4_order")
-    lap("order")
-
-    # 5. Trade-offs: headline figures, one chart per tab and the chain step by step.
-    go(page, "Trade-offs")
-    assert job_in_url(page) == job
-    expect(page.get_by_test_id("stMetric").filter(has_text="Fewer BitOps than the base")).to_be_visible()
-    charts = main(page).get_by_test_id("stPlotlyChart")
-    expect(charts.first.locator(".main-svg").first).to_be_visible()
-    expect(charts.last.locator(".main-svg").first).to_be_visible()
-    expect(main(page).get_by_text("Accuracy against BitOps").first).to_be_attached()
-    expect(main(page).get_by_role("tab")).to_have_count(3)
-    screenshot(page, "5_tradeoffs")
-    lap("tradeoffs")
-
-    # 6. Export: the recommended chain to TorchScript and .pt2, as a background job; download both.
-    go(page, "Export")
-    assert job_in_url(page) == job
-    expect(main(page).get_by_text(f"{chain_text}: the recommended chain.")).to_be_visible()
-    remove_chips(page, ["ONNX (checked in onnxruntime)", "state dict"])
-    page.get_by_role("button", name="Apply and export").click()
-    expect(main(page).get_by_text("Every file loads back, runs and matches its checksum.")).to_be_visible(timeout=JOB_S)
-    images, labels = _digits_test_split()
-    loaded = {}
-    for label in ("TorchScript", "torch.export (.pt2)", "int8 ONNX (onnxruntime)"):
-        loaded[label] = download_file(page, label, tmp_path)
-    assert loaded["TorchScript"].name == "model.torchscript.pt" and loaded["torch.export (.pt2)"].name == "model.pt2"
-    expect(main(page).get_by_role("button", name="All as a zip")).to_be_visible()
-    screenshot(page, "6_export")
-    lap("export")
-
-    from ordercomp.checkpoints import load_program
-
-    torchscript = torch.jit.load(str(loaded["TorchScript"]), map_location="cpu").eval()
-    program = load_program(loaded["torch.export (.pt2)"])
-    for model in (torchscript, program):
-        accuracy = accuracy_of(model, images, labels)
-        assert accuracy > 0.5, f"the exported model is right on only {accuracy:.0%} of the digits test split"
-    with torch.no_grad():
-        agree = (torchscript(images).argmax(1) == program(images).argmax(1)).float().mean()
-    assert agree >= 0.99, f"TorchScript and .pt2 agree on only {agree:.0%} of the test images"
-    import onnxruntime as ort  # the downloaded int8 ONNX runs in onnxruntime on its own
-
-    session = ort.InferenceSession(str(loaded["int8 ONNX (onnxruntime)"]), providers=["CPUExecutionProvider"])
-    int8_logits = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
-    int8_accuracy = float((int8_logits.argmax(1) == labels.numpy()).mean())
-    assert int8_accuracy > 0.5, f"the int8 ONNX model is right on only {int8_accuracy:.0%} of the digits test split"
-    print(f"\nbrowser flow: {time.monotonic() - started:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in laps.items())}); "
-          f"chain {chain_text}, exported accuracy {accuracy:.1%}")
+    Streamlit scrolls inside its main element, not the document, so a full-page screenshot alone shows
+    one screen: the viewport is stretched to the page's height, until the height holds (charts lay
+    themselves out again after a resize)."""
+    folder = os.environ.get("ORDERCOMP_SCREENSHOTS")
+    if not folder:
+        return
+    page.mouse.move(0, 0)  # no hovered button and no focused widget in the picture
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    height = 0
+    while (wanted := max(VIEWPORT["height"], main(page).evaluate("main => main.scrollHeight"))) != height:
+        height = wanted
+        page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
+        page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")  # laid out, painted
+    settled(page)
+    page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True, animations="disabled")
+    page.set_viewport_size(VIEWPORT)
 
 
-def download_file(page, label: str, folder):
+def download_file(page, label: str, folder: Path) -> Path:
     """Click a download button and save the file. The file is read when the button is clicked (a script
     rerun); a click that lands while the page is still rerunning can be lost, so it is clicked once more."""
     for attempt in range(2):
@@ -393,8 +311,139 @@ def download_file(page, label: str, folder):
     return path
 
 
-def _digits_test_split() -> tuple[torch.Tensor, torch.Tensor]:
-    from ordercomp.data import load_data
+def accuracy_of(predict, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent of a function from images to logits."""
+    with torch.no_grad():
+        logits = torch.as_tensor(predict(images))
+    assert tuple(logits.shape) == (len(images), 10)
+    return 100.0 * float((logits.argmax(1) == labels).float().mean())
 
+
+# --- one test per page ---------------------------------------------------------------------------
+
+def test_model_and_data_page_measures_the_sample_baseline_on_this_machine(page, app):
+    open_app(page, app)
+    expect(page.get_by_role("radio", name="Embedded digits (default)")).to_be_checked()
+    expect(page.get_by_role("radio", name="Sample model")).to_be_checked()
+    expect(page.get_by_role("combobox", name="Sample model")).to_have_value("digits_cnn")
+    expect(main(page).get_by_text("Explorations start from digits_cnn on digits.")).to_be_visible()
+    page.runs.after_run(lambda: page.get_by_role("button", name="Measure the baseline on this machine").click())
+    expect(main(page).get_by_text(re.compile(r"^Measured on \w+, test split of digits"))).to_be_visible(timeout=JOB_S)
+    expect(main(page).get_by_text("done", exact=True)).to_be_visible()
+    settled(page)
+    no_exception(page)
+    # the card's figure and the one measured here: the same sample on the same test split
+    accuracies = main(page).get_by_test_id("stMetric").filter(has_text="Accuracy (test)").get_by_test_id("stMetricValue")
+    expect(accuracies).to_have_count(2)
+    card = sample_card("digits_cnn")["metrics"]["test_accuracy"]
+    assert [float(text.removesuffix("%")) for text in accuracies.all_inner_texts()] == [pytest.approx(card, abs=0.005)] * 2
+    picture(page, "1_model_and_data")
+
+
+def test_methods_page_counts_the_applications_of_the_small_plan(page, app):
+    open_app(page, app)
+    go(page, "Methods")
+    choose_the_small_plan(page)
+    chips = page.get_by_role("group", name="Selected values").get_by_title(re.compile(r"\((\w+)\)$"))
+    expect(chips).to_have_text(["Structured pruning (prune)", "Quantization-aware training (quantize)"])
+    # (2 singles + 2 ordered pairs) x 1 seed + the chain's 2
+    applications = page.get_by_test_id("stMetric").filter(has_text="Method applications")
+    expect(applications.get_by_test_id("stMetricValue")).to_have_text("6")
+    no_exception(page)
+    picture(page, "2_methods")
+
+
+def test_runs_page_launches_the_plan_follows_it_to_the_end_and_keeps_it_after_a_reload(page, app, exploration):
+    open_app(page, app)
+    go(page, "Methods")
+    choose_the_small_plan(page)
+    go(page, "Runs")
+    summary = main(page).get_by_text(re.compile(r"methods prune, quantize"))
+    expect(summary).to_contain_text("1 seed(s)")
+    expect(summary).to_contain_text("1 fine-tuning epoch(s) per step")
+    page.runs.after_run(lambda: page.get_by_role("button", name="Launch exploration").click())
+    expect(page).to_have_url(re.compile(r"/runs\?(.*&)?job=[0-9a-f]+"))
+    job = job_in_url(page)
+    expect(main(page).get_by_role("heading", name=f"Run {job}", exact=True)).to_be_visible()
+    expect(page.get_by_test_id("stSidebar").get_by_text(f"job {job}", exact=False)).to_be_visible()
+    launched = JobStore(app["store"]).get(job)
+    assert launched["spec"] == exploration["spec"]  # the plan chosen on Methods, as the store received it
+    recommended = main(page).get_by_text(f"Recommended order: {exploration['chain_text']}", exact=True)
+    expect(recommended).to_be_visible(timeout=JOB_S)  # the same plan and seed: the same steps (from the cache), the same chain
+    expect(main(page).get_by_text(re.compile(rf"\bdone · job {job}$"))).to_be_visible()
+    expect(main(page).get_by_text(re.compile(r"^(\d+) of \1 method applications finished$"))).to_be_visible()
+    expect(main(page).get_by_test_id("stDataFrame").first).to_be_visible()
+    main(page).get_by_test_id("stExpander").filter(has_text="Log").get_by_text("Log", exact=True).click()
+    log = main(page).get_by_test_id("stCode")
+    expect(log).to_contain_text("prune -> quantize (seed 0): ok")
+    expect(log).to_contain_text("quantize -> prune (seed 0)")
+    expect(log).to_contain_text("done in ")
+    settled(page)
+    no_exception(page)
+    picture(page, "3_runs")
+
+    page.reload()  # a fresh session takes the job from the URL
+    expect(main(page).get_by_role("heading", name="Runs", exact=True)).to_be_visible()
+    expect(main(page).get_by_role("heading", name=f"Run {job}", exact=True)).to_be_visible()
+    expect(main(page).get_by_text(re.compile(rf"\bdone · job {job}$"))).to_be_visible()
+    expect(main(page).get_by_text(f"Recommended order: {exploration['chain_text']}", exact=True)).to_be_visible()
+    assert job_in_url(page) == job
+
+
+def test_order_page_draws_the_chain_and_the_precedence_graph_of_the_run(page, app, exploration):
+    open_app(page, app, exploration["id"])
+    go(page, "Order", heading=f"Recommended order: {exploration['chain_text']}")
+    assert job_in_url(page) == exploration["id"]
+    graph = main(page).get_by_test_id("stGraphVizChart")
+    expect(graph.locator("svg")).to_be_visible()
+    for method in METHODS:
+        expect(graph.locator("svg g.node").filter(has_text=method)).to_have_count(1)
+    expect(main(page).get_by_test_id("stPlotlyChart")).to_have_count(1)
+    expect(main(page).get_by_role("heading", name="Every valid order", exact=True)).to_be_visible()
+    no_exception(page)
+    picture(page, "4_order")
+
+
+def test_tradeoffs_page_shows_the_headline_figures_and_a_chart_per_tab(page, app, exploration):
+    open_app(page, app, exploration["id"])
+    go(page, "Trade-offs")
+    assert job_in_url(page) == exploration["id"]
+    expect(page.get_by_test_id("stMetric").filter(has_text="Fewer BitOps than the base")).to_be_visible()
+    charts = main(page).get_by_test_id("stPlotlyChart")
+    expect(charts.first.locator(".main-svg").first).to_be_visible()
+    expect(charts.last.locator(".main-svg").first).to_be_visible()
+    expect(main(page).get_by_text("Accuracy against BitOps").first).to_be_attached()
+    expect(main(page).get_by_role("tab")).to_have_count(3)
+    no_exception(page)
+    picture(page, "5_tradeoffs")
+
+
+def test_export_page_exports_the_chain_and_the_downloaded_files_are_the_measured_model(page, app, exploration, tmp_path):
+    open_app(page, app, exploration["id"])
+    go(page, "Export")
+    assert job_in_url(page) == exploration["id"]
+    expect(main(page).get_by_text(f"{exploration['chain_text']}: the recommended chain.")).to_be_visible()
+    remove_chips(page, ["ONNX (checked in onnxruntime)", "state dict"])
+    page.runs.after_run(lambda: page.get_by_role("button", name="Apply and export").click())
+    expect(main(page).get_by_text("Every file loads back, runs and matches its checksum.")).to_be_visible(timeout=JOB_S)
+    settled(page)
+    files = {label: download_file(page, label, tmp_path) for label in ("TorchScript", "torch.export (.pt2)", "int8 ONNX (onnxruntime)")}
+    assert files["TorchScript"].name == "model.torchscript.pt" and files["torch.export (.pt2)"].name == "model.pt2"
+    expect(main(page).get_by_role("button", name="All as a zip")).to_be_visible()
+    no_exception(page)
+    picture(page, "6_export")
+
+    store = JobStore(app["store"])
+    [export] = [store.get(job["id"]) for job in store.list_jobs("export")]
+    chain_accuracy = export["result"]["steps"][-1]["metrics"]["accuracy"]  # the chain applied, measured on the test split
+    int8_file = next(entry for entry in export["result"]["manifest"]["formats"] if entry["format"] == "onnx_int8")
     images, labels = load_data("digits").test.tensors
-    return images, labels
+    one_image = 100 / len(labels)
+    torchscript = torch.jit.load(str(files["TorchScript"]), map_location="cpu").eval()
+    assert accuracy_of(torchscript, images, labels) == pytest.approx(chain_accuracy, abs=one_image)
+    assert accuracy_of(load_program(files["torch.export (.pt2)"]), images, labels) == pytest.approx(chain_accuracy, abs=one_image)
+    import onnxruntime as ort  # the downloaded int8 ONNX file runs in onnxruntime on its own
+
+    session = ort.InferenceSession(str(files["int8 ONNX (onnxruntime)"]), providers=["CPUExecutionProvider"])
+    int8 = lambda x: session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert accuracy_of(int8, images, labels) == pytest.approx(int8_file["measured"]["accuracy"], abs=one_image)
