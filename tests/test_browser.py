@@ -7,10 +7,10 @@ end, find it again after a reload. Order and Trade-offs: the finished run's chai
 Export: the chain to TorchScript, .pt2 and int8 ONNX, downloaded, loaded back here and run on the
 digits test split.
 
-The tests share one server, one browser and one finished exploration of the plan (`exploration`, run
-once through the app's job store; the Runs test's own launch of the same plan is served from the step
-cache). Each test opens its own browser session, so a page that fails hides nothing of the others and
-the tests hold in any order. A script run is awaited as an event (the server's "script finished"
+The tests share one server, one browser and one exploration of the plan (`exploration`: launched
+once from the Runs page and followed there to its end, in a browser session of its own). Each test
+opens its own browser session, so a page that fails hides nothing of the others (those that look at
+the run need it launched) and the tests hold in any order. A script run is awaited as an event (the server's "script finished"
 message on the page's websocket, then no stale element on the page), never as a pause.
 
 With ORDERCOMP_SCREENSHOTS naming a folder, each test also pictures its page there (one PNG per page);
@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,8 @@ from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from ordercomp.checkpoints import load_program, sample_card
 from ordercomp.dashboard import plan
 from ordercomp.data import load_data
-from ordercomp.jobs import JobStore, start_job
+from ordercomp.jobs import JobStore
+from ordercomp.metrics import unpack_hits
 from testkit import WORKER_S, wait_for
 
 try:
@@ -56,10 +58,10 @@ SERVER_START_S = 180       # s: a cold start on a busy machine
 PAGE_S = 180_000          # ms: a page switch, a rerun or a download on a busy 2-core machine
 JOB_S = WORKER_S * 1000   # ms: an exploration, baseline or export job in its worker
 METHODS = ["prune", "quantize"]
-# The Methods page's choices for the small plan, and the ExploreSpec they make (what `exploration` runs)
+NEAR_TIES = 2  # test images on which a file may differ from the measurement of the model it holds (see the Export test)
+# The Methods page's choices for the small plan (`choose_the_small_plan` makes them in the browser)
 PLAN_STATE = {"w_methods": METHODS, "w_epochs": 1.0, "w_seeds": 1, "w_device": "cpu"}
 FULL_RUN_ENDS = {ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_WITH_COMPILE_ERROR}  # not a fragment's poll, not a rerun
-FINAL = ("done", "failed", "cancelled")
 
 if expect is not None:
     expect.set_options(timeout=PAGE_S)
@@ -193,28 +195,45 @@ def settled(page) -> None:
     }""", timeout=PAGE_S)
 
 
-@pytest.fixture
-def page(browser):
+@contextmanager
+def browser_session(browser):
     """A fresh browser session (its own Streamlit session) with its script runs followed."""
     context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(PAGE_S)
     page.runs = ScriptRuns(page)
-    yield page
-    context.close()
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(browser):
+    with browser_session(browser) as page:
+        yield page
 
 
 @pytest.fixture(scope="module")
-def exploration(app) -> dict:
-    """The small plan explored once, as the Runs page would launch it, in the app's job store."""
-    store = JobStore(app["store"])
-    spec = plan.plan_from_state(PLAN_STATE)
-    job_id = start_job(store, spec)
-    status = wait_for(lambda: store.get(job_id)["status"] in FINAL and store.get(job_id)["status"], f"exploration {job_id}",
-                      timeout=WORKER_S, interval=0.5)
-    assert status == "done", [line["message"] for line in store.log(job_id)]
-    chain = store.get(job_id)["result"]["chain"]
-    return {"id": job_id, "spec": spec.to_dict(), "chain": chain, "chain_text": " → ".join(chain)}
+def exploration(app, browser) -> dict:
+    """The small plan, chosen on Methods and launched from Runs once, followed on that page until it
+    recommends an order (the page polls the job, then shows its result)."""
+    with browser_session(browser) as page:
+        open_app(page, app)
+        go(page, "Methods")
+        choose_the_small_plan(page)
+        go(page, "Runs")
+        summary = main(page).get_by_text(re.compile(r"methods prune, quantize"))
+        expect(summary).to_contain_text("1 seed(s)")
+        expect(summary).to_contain_text("1 fine-tuning epoch(s) per step")
+        page.runs.after_run(lambda: page.get_by_role("button", name="Launch exploration").click())
+        expect(page).to_have_url(re.compile(r"/runs\?(.*&)?job=[0-9a-f]+"))
+        job_id = job_in_url(page)
+        expect(main(page).get_by_text(re.compile(r"^Recommended order: "))).to_be_visible(timeout=JOB_S)
+    job = JobStore(app["store"]).get(job_id)
+    assert job["status"] == "done", job["error"]
+    chain = job["result"]["chain"]
+    return {"id": job_id, "spec": job["spec"], "chain": chain, "chain_text": " → ".join(chain)}
 
 
 # --- moving about the app ------------------------------------------------------------------------
@@ -311,12 +330,12 @@ def download_file(page, label: str, folder: Path) -> Path:
     return path
 
 
-def accuracy_of(predict, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy in percent of a function from images to logits."""
+def right_on(predict, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Which images a function from images to logits classifies correctly."""
     with torch.no_grad():
         logits = torch.as_tensor(predict(images))
     assert tuple(logits.shape) == (len(images), 10)
-    return 100.0 * float((logits.argmax(1) == labels).float().mean())
+    return logits.argmax(1) == labels
 
 
 # --- one test per page ---------------------------------------------------------------------------
@@ -353,23 +372,16 @@ def test_methods_page_counts_the_applications_of_the_small_plan(page, app):
     picture(page, "2_methods")
 
 
-def test_runs_page_launches_the_plan_follows_it_to_the_end_and_keeps_it_after_a_reload(page, app, exploration):
-    open_app(page, app)
-    go(page, "Methods")
-    choose_the_small_plan(page)
+def test_runs_page_shows_the_launched_run_to_its_end_and_keeps_it_after_a_reload(page, app, exploration):
+    job = exploration["id"]
+    assert exploration["spec"] == plan.plan_from_state(PLAN_STATE).to_dict()  # the plan chosen on Methods, as the store got it
+    assert sorted(exploration["chain"]) == METHODS
+    open_app(page, app, job)
     go(page, "Runs")
-    summary = main(page).get_by_text(re.compile(r"methods prune, quantize"))
-    expect(summary).to_contain_text("1 seed(s)")
-    expect(summary).to_contain_text("1 fine-tuning epoch(s) per step")
-    page.runs.after_run(lambda: page.get_by_role("button", name="Launch exploration").click())
-    expect(page).to_have_url(re.compile(r"/runs\?(.*&)?job=[0-9a-f]+"))
-    job = job_in_url(page)
+    assert job_in_url(page) == job
     expect(main(page).get_by_role("heading", name=f"Run {job}", exact=True)).to_be_visible()
     expect(page.get_by_test_id("stSidebar").get_by_text(f"job {job}", exact=False)).to_be_visible()
-    launched = JobStore(app["store"]).get(job)
-    assert launched["spec"] == exploration["spec"]  # the plan chosen on Methods, as the store received it
-    recommended = main(page).get_by_text(f"Recommended order: {exploration['chain_text']}", exact=True)
-    expect(recommended).to_be_visible(timeout=JOB_S)  # the same plan and seed: the same steps (from the cache), the same chain
+    expect(main(page).get_by_text(f"Recommended order: {exploration['chain_text']}", exact=True)).to_be_visible()
     expect(main(page).get_by_text(re.compile(rf"\bdone · job {job}$"))).to_be_visible()
     expect(main(page).get_by_text(re.compile(r"^(\d+) of \1 method applications finished$"))).to_be_visible()
     expect(main(page).get_by_test_id("stDataFrame").first).to_be_visible()
@@ -435,15 +447,18 @@ def test_export_page_exports_the_chain_and_the_downloaded_files_are_the_measured
 
     store = JobStore(app["store"])
     [export] = [store.get(job["id"]) for job in store.list_jobs("export")]
-    chain_accuracy = export["result"]["steps"][-1]["metrics"]["accuracy"]  # the chain applied, measured on the test split
-    int8_file = next(entry for entry in export["result"]["manifest"]["formats"] if entry["format"] == "onnx_int8")
     images, labels = load_data("digits").test.tensors
-    one_image = 100 / len(labels)
+    # which test images the chain the export job applied got right, as it measured them; the files, run here in
+    # another batch size and thread count, may tip an image whose two best logits nearly tie
+    measured = torch.tensor(unpack_hits(export["result"]["steps"][-1]["metrics"]["correct"]), dtype=torch.bool)
     torchscript = torch.jit.load(str(files["TorchScript"]), map_location="cpu").eval()
-    assert accuracy_of(torchscript, images, labels) == pytest.approx(chain_accuracy, abs=one_image)
-    assert accuracy_of(load_program(files["torch.export (.pt2)"]), images, labels) == pytest.approx(chain_accuracy, abs=one_image)
+    for name, predict in (("TorchScript", torchscript), (".pt2", load_program(files["torch.export (.pt2)"]))):
+        differ = int((right_on(predict, images, labels) != measured).sum())
+        assert differ <= NEAR_TIES, f"the downloaded {name} file and the chain it holds disagree on {differ} of {len(labels)} test images"
     import onnxruntime as ort  # the downloaded int8 ONNX file runs in onnxruntime on its own
 
     session = ort.InferenceSession(str(files["int8 ONNX (onnxruntime)"]), providers=["CPUExecutionProvider"])
-    int8 = lambda x: session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    assert accuracy_of(int8, images, labels) == pytest.approx(int8_file["measured"]["accuracy"], abs=one_image)
+    int8 = right_on(lambda x: session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], images, labels)
+    int8_file = next(entry for entry in export["result"]["manifest"]["formats"] if entry["format"] == "onnx_int8")
+    right_as_measured = round(int8_file["measured"]["accuracy"] * len(labels) / 100)
+    assert abs(int(int8.sum()) - right_as_measured) <= NEAR_TIES, f"int8 ONNX: {int(int8.sum())} images right here, {right_as_measured} as measured"
