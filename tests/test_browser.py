@@ -242,9 +242,11 @@ def main(page):
     return page.get_by_test_id("stMain")
 
 
-def open_app(page, app, job: str | None = None) -> None:
-    page.goto(app["url"] + "/" + (f"?job={job}" if job else ""))
-    expect(main(page).get_by_role("heading", name="Model & data", exact=True)).to_be_visible()
+def open_app(page, app, job: str | None = None, *, at: tuple[str, str] = ("", "Model & data")) -> None:
+    """Open the app in this session, at the page with address `at[0]` and heading `at[1]`, with `job` open."""
+    path, heading = at
+    page.goto(f"{app['url']}/{path}" + (f"?job={job}" if job else ""))
+    expect(main(page).get_by_role("heading", name=heading, exact=True)).to_be_visible()
     settled(page)
 
 
@@ -376,8 +378,7 @@ def test_runs_page_shows_the_launched_run_to_its_end_and_keeps_it_after_a_reload
     job = exploration["id"]
     assert exploration["spec"] == plan.plan_from_state(PLAN_STATE).to_dict()  # the plan chosen on Methods, as the store got it
     assert sorted(exploration["chain"]) == METHODS
-    open_app(page, app, job)
-    go(page, "Runs")
+    open_app(page, app, job, at=("runs", "Runs"))  # a link to the run
     assert job_in_url(page) == job
     expect(main(page).get_by_role("heading", name=f"Run {job}", exact=True)).to_be_visible()
     expect(page.get_by_test_id("stSidebar").get_by_text(f"job {job}", exact=False)).to_be_visible()
@@ -404,7 +405,7 @@ def test_runs_page_shows_the_launched_run_to_its_end_and_keeps_it_after_a_reload
 
 def test_order_page_draws_the_chain_and_the_precedence_graph_of_the_run(page, app, exploration):
     open_app(page, app, exploration["id"])
-    go(page, "Order", heading=f"Recommended order: {exploration['chain_text']}")
+    go(page, "Order", heading=f"Recommended order: {exploration['chain_text']}")  # the open run goes along
     assert job_in_url(page) == exploration["id"]
     graph = main(page).get_by_test_id("stGraphVizChart")
     expect(graph.locator("svg")).to_be_visible()
@@ -417,8 +418,7 @@ def test_order_page_draws_the_chain_and_the_precedence_graph_of_the_run(page, ap
 
 
 def test_tradeoffs_page_shows_the_headline_figures_and_a_chart_per_tab(page, app, exploration):
-    open_app(page, app, exploration["id"])
-    go(page, "Trade-offs")
+    open_app(page, app, exploration["id"], at=("tradeoffs", "Trade-offs"))
     assert job_in_url(page) == exploration["id"]
     expect(page.get_by_test_id("stMetric").filter(has_text="Fewer BitOps than the base")).to_be_visible()
     charts = main(page).get_by_test_id("stPlotlyChart")
@@ -431,8 +431,7 @@ def test_tradeoffs_page_shows_the_headline_figures_and_a_chart_per_tab(page, app
 
 
 def test_export_page_exports_the_chain_and_the_downloaded_files_are_the_measured_model(page, app, exploration, tmp_path):
-    open_app(page, app, exploration["id"])
-    go(page, "Export")
+    open_app(page, app, exploration["id"], at=("export", "Export"))
     assert job_in_url(page) == exploration["id"]
     expect(main(page).get_by_text(f"{exploration['chain_text']}: the recommended chain.")).to_be_visible()
     remove_chips(page, ["ONNX (checked in onnxruntime)", "state dict"])
