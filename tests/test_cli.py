@@ -49,10 +49,10 @@ def test_bad_input_is_one_line_with_status_2_and_writes_nothing(tmp_path, capsys
         (bomb / label).mkdir(parents=True)
         Image.new("L", (8, 8)).save(bomb / label / "0.png")
     bomb_png(bomb / "dog" / "1.png")
-    out = tmp_path / "out"
+    out, cache = tmp_path / "out", tmp_path / "cache"
     args = [a.format(out=out, bad=bad, empty=tmp_path / "empty", bomb=bomb) for a in args]
     if args[0] == "explore":
-        args += ["--out", str(out), "--quiet"]
+        args += ["--out", str(out), "--cache", str(cache), "--quiet"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     last = err.splitlines()[-1]

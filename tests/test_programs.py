@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
+import zipfile
 
 import pytest
 import torch
@@ -12,20 +12,11 @@ from torch import nn
 from ordercomp.models.checkpoints import CheckpointError, load_program, resolve_model
 from ordercomp.cli import main
 from ordercomp.exploration.explorer import compress
+from ordercomp.metrics import measure
 from ordercomp.train import Budget
-from untrusted_files import genuine_pt2, record, rewrite, with_record
+from testkit import Payload
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.* deprecation notices
-
-
-class Payload:
-    """Unpickling this creates the marker file: no loader may ever do it."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 class FileWriter(nn.Module):
@@ -169,11 +160,12 @@ def test_untrusted_torchscript_through_the_cli_leaves_no_trace(writer_script, tm
     assert not marker.exists() and not out.exists()
 
 
-def test_a_pt2_program_is_a_base_that_is_measured_and_methods_say_why_not(tmp_path, pt2_bytes, capsys):
+def test_a_pt2_program_is_a_base_that_is_measured_and_methods_say_why_not(tmp_path, pt2_bytes, capsys, tiny_model, digits):
     path = tmp_path / "tiny.pt2"
     path.write_bytes(pt2_bytes)
     outcome = compress(model=str(path), chain=["prune", "quantize"], budget=Budget(epochs=0.1), device="cpu")
-    assert outcome.base_metrics["accuracy"] > 40 and outcome.base_metrics["macs"] > 0
+    exported = measure(tiny_model, digits, "test", latency=False)  # the program is tiny_model exported: the same figures
+    assert outcome.base_metrics["accuracy"] == pytest.approx(exported.accuracy) and outcome.base_metrics["macs"] == exported.macs
     assert outcome.steps[0].status == "incompatible" and "--arch" in outcome.steps[0].reason
     out = tmp_path / "run"
     # no method applies to a program, so there is no order to recommend: one line, nothing written

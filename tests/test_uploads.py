@@ -10,28 +10,14 @@ import zipfile
 
 import pytest
 import torch
-from PIL import Image
 from untrusted_data import EPS_AS_PNG, image_bomb_zip
 
 from ordercomp import uploads
 from ordercomp.models.checkpoints import CheckpointError
 from ordercomp.data.datasets import DataError
 from ordercomp.models.zoo import create_model
+from testkit import png, zip_of
 from untrusted_files import NOTES, many_members
-
-
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (4, 4)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def zip_of(files: dict, *, compression=zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def everything_under(folder):

@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
 from .launch import dispatch, worker_limit, worker_threads
 from .store import JobStore
@@ -31,10 +32,12 @@ class Cancelled(Exception):
 
 
 class JobEvents:
-    """The Explorer's events callback for one job: stores steps, progress and log lines; stops on cancel."""
+    """The Explorer's events callback for one job: stores steps, progress and log lines; stops on cancel.
+    Progress is written and a cancel looked for at most once per interval of `clock` (seconds; a test
+    passes a clock of its own)."""
 
-    def __init__(self, store: JobStore, job_id: str):
-        self.store, self.job_id = store, job_id
+    def __init__(self, store: JobStore, job_id: str, clock: Callable[[], float] = time.monotonic):
+        self.store, self.job_id, self.clock = store, job_id, clock
         self.last_progress = self.last_cancel_check = float("-inf")
 
     def __call__(self, event: dict) -> None:
@@ -47,7 +50,7 @@ class JobEvents:
         self.store.set_progress(self.job_id, event["label"], 0.0)
 
     def on_progress(self, event: dict) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self.last_progress >= PROGRESS_INTERVAL_S:
             self.last_progress = now
             self.store.set_progress(self.job_id, event["label"], event["fraction"])
@@ -59,7 +62,7 @@ class JobEvents:
         self.store.append_log(self.job_id, describe_step(step))
 
     def check_cancel(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self.last_cancel_check < CANCEL_CHECK_INTERVAL_S:
             return
         self.last_cancel_check = now
