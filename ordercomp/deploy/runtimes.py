@@ -71,7 +71,8 @@ def load_runner(fmt: str, path: Path, threads: int = THREADS, *, trust_torchscri
 
         return _torch_runner(load_packed(path))
     if fmt == "pt2":
-        return _inductor_runner(torch.export.load(str(path)).module())
+        # a ProgramModel: the module torch.export.load gives refuses train()/eval(), which the runner calls
+        return _inductor_runner(load_program(path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated but still the way to read TorchScript
         return _torch_runner(load_program(path, trust_torchscript=trust_torchscript))
