@@ -117,6 +117,11 @@ def load_data(spec="digits", *, input_size: int | None = None, limit: int | None
     return _image_folder(path, input_size or 32, limit, normalization)
 
 
+def data_label(data) -> str:
+    """What a spec records as its data: the text given, or object:<type> for data a caller held."""
+    return data if isinstance(data, str) else f"object:{type(data).__name__}"
+
+
 def check_layout(spec: str) -> tuple[str, Path]:
     """('cifar10' | 'cifar100' | 'imagefolder' | 'npz', path) for a dataset path, checked without loading images."""
     path = Path(spec).expanduser()

@@ -76,6 +76,15 @@ def record(normalization: Normalization, mean: torch.Tensor, std: torch.Tensor, 
             "input_size": input_size, "channels": mean.shape[1], "channel_handling": "as loaded"}
 
 
+def describe_preprocessing(steps: dict) -> str:
+    """One line: how an image becomes the model's input."""
+    if not steps:
+        return "preprocessing not recorded"
+    numbers = lambda values: "/".join(f"{v:.4g}" for v in values)
+    return (f"normalize {steps['normalize']} (mean {numbers(steps['mean'])}, std {numbers(steps['std'])}), pixels {steps['pixels']}, "
+            f"{steps['input_size']} px, {steps['channels']} channel(s) ({steps['channel_handling']})")
+
+
 def repeat_channels(bundle, channels: int):
     """The bundle with its one image channel repeated `channels` times (gray images for a colour model),
     after normalisation, recorded in its preprocessing."""
@@ -84,7 +93,7 @@ def repeat_channels(bundle, channels: int):
         return type(split)(images.expand(-1, channels, -1, -1).contiguous(), labels)
 
     steps = dict(bundle.preprocessing)
-    steps.update(mean=steps["mean"] * channels, std=steps["std"] * channels, channels=channels,
+    steps.update(mean=steps.get("mean", []) * channels, std=steps.get("std", []) * channels, channels=channels,
                  channel_handling=f"the data's 1 channel repeated to the model's {channels}, after normalisation")
     return replace(bundle, train=repeated(bundle.train), val=repeated(bundle.val), test=repeated(bundle.test),
                    in_channels=channels, preprocessing=steps)
