@@ -253,8 +253,9 @@ class ProgressBar:
     def _draw(self, label: str, newline: bool = False) -> None:
         filled = int(self.width * self.done / self.total) if self.total else 0
         bar = "#" * filled + "-" * (self.width - filled)
-        line = f"[{bar}] {self.done}/{self.total} {time.perf_counter() - self.started:5.0f}s {label}"[:110]
-        sys.stderr.write(("\r" + line.ljust(110)) if self.tty and not newline else line + "\n")
+        line = f"[{bar}] {self.done}/{self.total} {time.perf_counter() - self.started:5.0f}s {label}"
+        # a line that stays is written whole (it may say what was recognised in a weights file); the live one fits the terminal
+        sys.stderr.write(("\r" + line[:110].ljust(110)) if self.tty and not newline else line + "\n")
         sys.stderr.flush()
 
     def close(self) -> None:
