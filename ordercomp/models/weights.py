@@ -61,7 +61,7 @@ def read_weights(path: Path) -> Weights:
     if path.suffix == ".safetensors":
         return Weights(_read_safetensors(path))
     loaded, foreign = _torch_load(path)
-    weights = _weights_entry(loaded, path)
+    weights = _weights_entry(loaded, path, foreign)
     if foreign:
         weights.notes.append(f"left out Python objects beside the weights ({', '.join(foreign[:3])}), read without running them")
     return weights
@@ -113,8 +113,9 @@ def _refusal(path: Path, message: str) -> CheckpointError:
     return CheckpointError(f"{path.name} is not a readable torch checkpoint: re-save it with torch.save(model.state_dict(), path)")
 
 
-def _weights_entry(loaded, path: Path) -> Weights:
-    """The state dict itself, or the one nested under a framework's entry."""
+def _weights_entry(loaded, path: Path, foreign: list[str]) -> Weights:
+    """The state dict itself, or the one nested under a framework's entry; where neither is found in a file of
+    foreign objects (a whole pickled model), the refusal names the first of them."""
     if _is_state_dict(loaded):
         return Weights(dict(loaded))
     if isinstance(loaded, dict):
@@ -123,8 +124,9 @@ def _weights_entry(loaded, path: Path) -> Weights:
                 others = [str(key) for key in loaded if key != entry]
                 note = f"read its '{entry}' entry" + (f" (left out: {', '.join(others[:5])})" if others else "")
                 return Weights(dict(loaded[entry]), [note])
-    if isinstance(loaded, dict) and any(_holds_inert(value) for value in loaded.values()):
-        raise CheckpointError(f"{path.name} holds more than tensors among its weights; nothing from it was run: save model.state_dict() instead")
+    if foreign:
+        raise CheckpointError(f"{path.name} holds more than tensors (GLOBAL {foreign[0]}) and no state dict; nothing from it "
+                              "was run: save model.state_dict() instead")
     if isinstance(loaded, dict) and loaded:
         keys = ", ".join(str(key) for key in list(loaded)[:5])
         raise CheckpointError(f"{path.name} holds no state dict (name -> tensor) at its top or under "
@@ -134,10 +136,6 @@ def _weights_entry(loaded, path: Path) -> Weights:
 
 def _is_state_dict(value) -> bool:
     return isinstance(value, dict) and bool(value) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
-
-
-def _holds_inert(value) -> bool:
-    return isinstance(value, Inert) or (isinstance(value, dict) and any(isinstance(v, Inert) for v in value.values()))
 
 
 def fit_weights(model: nn.Module, weights: Weights, file: str, what: str, hint: str) -> Weights:
