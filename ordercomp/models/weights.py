@@ -142,8 +142,7 @@ def fit_weights(model: nn.Module, weights: Weights, file: str, what: str, hint: 
     """The tensors renamed to the model's names (a prefix stripped), checked name for name and shape for shape.
     `what` names the model in messages; `hint` says how to build the model the file was saved from."""
     expected = model.state_dict()
-    prefix = _best_prefix(weights.tensors, expected)
-    inside = {name[len(prefix):]: tensor for name, tensor in weights.tensors.items() if name.startswith(prefix)}
+    prefix, inside = within_prefix(weights.tensors, expected)
     missing, unexpected = sorted(set(expected) - set(inside)), sorted(set(inside) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{file} does not fit {what}: {len(missing)} missing keys (the model's, not in the file; e.g. "
@@ -163,12 +162,14 @@ def fit_weights(model: nn.Module, weights: Weights, file: str, what: str, hint: 
     return Weights(inside, notes)
 
 
-def _best_prefix(tensors: dict, expected: dict) -> str:
-    """The prefix (none, or up to MAX_PREFIX_PARTS leading name parts) under which most names are the model's."""
+def within_prefix(tensors: dict, expected: dict) -> tuple[str, dict]:
+    """The prefix (none, or up to MAX_PREFIX_PARTS leading name parts) under which most names are the model's
+    (`expected`), and the tensors under it, renamed without it."""
     candidates = {""} | {".".join(name.split(".")[:parts]) + "." for name in tensors
                          for parts in range(1, min(MAX_PREFIX_PARTS, name.count(".")) + 1)}
     matches = lambda prefix: sum(name.startswith(prefix) and name[len(prefix):] in expected for name in tensors)
-    return max(sorted(candidates, key=lambda prefix: (len(prefix), prefix)), key=matches)
+    prefix = max(sorted(candidates, key=lambda prefix: (len(prefix), prefix)), key=matches)
+    return prefix, {name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
 
 
 def load_weights(model: nn.Module, path: Path, what: str, hint: str) -> list[str]:
