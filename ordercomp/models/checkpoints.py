@@ -55,14 +55,14 @@ def sample_card(name: str) -> dict:
 
 def load_sample(name: str) -> nn.Module:
     card = sample_card(name)
-    return load_state_file(SAMPLE_DIR / card["weights"], card["architecture"], card["num_classes"], card["in_channels"])
+    return load_state_file(SAMPLE_DIR / card["weights"], card["architecture"], card["num_classes"], card["in_channels"])[0]
 
 
-def load_state_file(path: Path, architecture: str, num_classes: int, in_channels: int) -> nn.Module:
-    """An architecture from the zoo with weights from a state-dict or safetensors file."""
+def load_state_file(path: Path, architecture: str, num_classes: int, in_channels: int) -> tuple[nn.Module, list[str]]:
+    """An architecture from the zoo with weights from a state-dict or safetensors file, and what was recognised in it."""
     model = create_model(architecture, num_classes, in_channels)
-    load_weights(model, path, f"{architecture} ({num_classes} classes, {in_channels} channel(s))", zoo_hint(architecture))
-    return model.eval()
+    notes = load_weights(model, path, f"{architecture} ({num_classes} classes, {in_channels} channel(s))", zoo_hint(architecture))
+    return model.eval(), notes
 
 
 def zoo_hint(architecture: str) -> str:
@@ -150,8 +150,8 @@ def _refuse_class_options(spec: str, model_args, weights) -> None:
 
 def _architecture(name: str, data: DataBundle, weights: str | None, train_base) -> tuple[nn.Module, dict]:
     if weights:
-        model = load_state_file(Path(weights).expanduser(), name, data.num_classes, data.in_channels)
-        return model, {"source": "checkpoint", "path": str(weights), "architecture": name}
+        model, notes = load_state_file(Path(weights).expanduser(), name, data.num_classes, data.in_channels)
+        return model, {"source": "checkpoint", "path": str(weights), "architecture": name, "weights_notes": notes}
     if train_base is None:
         raise CheckpointError(f"{name} is an untrained architecture: give a trainer or a checkpoint")
     torch.manual_seed(0)  # the same untrained start in every process, so trained bases match across runs
@@ -170,7 +170,8 @@ def _model_file(path: Path, data: DataBundle, architecture: str | None, trust_to
                               "or give its class: --model FILE.py:NAME --weights FILE")
     if architecture in RENAMED:
         raise CheckpointError(renamed_message(architecture))
-    return load_state_file(path, architecture, data.num_classes, data.in_channels), {"source": "checkpoint", "path": str(path), "architecture": architecture}
+    model, notes = load_state_file(path, architecture, data.num_classes, data.in_channels)
+    return model, {"source": "checkpoint", "path": str(path), "architecture": architecture, "weights_notes": notes}
 
 
 def _factory_model(reference: str, data: DataBundle, model_args, weights, train_base, source: dict) -> tuple[nn.Module, dict]:
@@ -222,7 +223,8 @@ def describe_source(source: dict) -> str:
     if kind == "program":
         return f"{source['path']} ({source['kind']} program)"
     if kind == "checkpoint":
-        return f"{source['path']} ({source['architecture']})"
+        notes = source.get("weights_notes")
+        return f"{source['path']} ({source['architecture']})" + (f": {'; '.join(notes)}" if notes else "")
     return source.get("name") or source.get("architecture") or str(source)
 
 

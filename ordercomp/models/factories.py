@@ -37,7 +37,7 @@ from typing import Callable
 
 from torch import nn
 
-from .weights import CheckpointError
+from .weights import CheckpointError, first_line
 
 ENTRY_POINT_GROUP = "ordercomp.models"
 MODELS_ENV = "ORDERCOMP_MODELS"
@@ -98,7 +98,7 @@ def _import_file(path: Path):
         module.__spec__.loader.exec_module(module)
     except Exception as error:  # the user's module raises whatever its code raises
         del sys.modules[name]
-        raise FactoryError(f"importing {path.name} raised {_one_line(error)}") from None
+        raise FactoryError(f"importing {path.name} raised {first_line(error, with_type=True)}") from None
     finally:
         sys.path.remove(folder)
     _FILE_MODULES.update(n for n in set(sys.modules) - before if _within(sys.modules[n], folder))
@@ -117,7 +117,7 @@ def _import_module(target: str):
         raise FactoryError(f"no module named {error.name or target}: install the package that provides {target}, "
                            "or give FILE.py:NAME") from None
     except Exception as error:  # the module raises whatever its code raises
-        raise FactoryError(f"importing {target} raised {_one_line(error)}") from None
+        raise FactoryError(f"importing {target} raised {first_line(error, with_type=True)}") from None
 
 
 def build(factory: Callable, what: str, num_classes: int, in_channels: int, args: dict | None = None) -> nn.Module:
@@ -130,7 +130,7 @@ def build(factory: Callable, what: str, num_classes: int, in_channels: int, args
         model = factory(**kwargs)
     except Exception as error:  # the user's code raises whatever it raises
         call = ", ".join(f"{key}={value!r}" for key, value in kwargs.items())
-        raise FactoryError(f"{what}({call}) raised {_one_line(error)}: check --model-args") from None
+        raise FactoryError(f"{what}({call}) raised {first_line(error, with_type=True)}: check --model-args") from None
     if not isinstance(model, nn.Module):
         raise FactoryError(f"{what} returned a {type(model).__name__}, not an nn.Module")
     return model
@@ -210,7 +210,3 @@ def _source(module_name: str) -> str:
     except (OSError, TypeError):  # no file (an interactive session): the class names stand for the code
         return ""
 
-
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__

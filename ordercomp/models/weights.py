@@ -179,7 +179,10 @@ def load_weights(model: nn.Module, path: Path, what: str, hint: str) -> list[str
     return fitted.notes
 
 
-def first_line(error: BaseException) -> str:
-    """The start of an error's message, or its type when it has none (an empty file raises a bare EOFError)."""
+def first_line(error: BaseException, *, with_type: bool = False) -> str:
+    """The start of an error's message (after its type's name, `with_type`), or its type when it has none (an empty
+    file raises a bare EOFError)."""
     lines = str(error).strip().splitlines()
-    return lines[0][:120] if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {lines[0][:160]}" if with_type else lines[0][:160]
