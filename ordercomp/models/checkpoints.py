@@ -151,7 +151,7 @@ def _refuse_class_options(spec: str, model_args, weights) -> None:
 def _architecture(name: str, data: DataBundle, weights: str | None, train_base) -> tuple[nn.Module, dict]:
     if weights:
         model, notes = load_state_file(Path(weights).expanduser(), name, data.num_classes, data.in_channels)
-        return model, {"source": "checkpoint", "path": str(weights), "architecture": name, "weights_notes": notes}
+        return model, {"source": "checkpoint", "path": str(weights), "architecture": name} | _recognised(notes)
     if train_base is None:
         raise CheckpointError(f"{name} is an untrained architecture: give a trainer or a checkpoint")
     torch.manual_seed(0)  # the same untrained start in every process, so trained bases match across runs
@@ -171,7 +171,12 @@ def _model_file(path: Path, data: DataBundle, architecture: str | None, trust_to
     if architecture in RENAMED:
         raise CheckpointError(renamed_message(architecture))
     model, notes = load_state_file(path, architecture, data.num_classes, data.in_channels)
-    return model, {"source": "checkpoint", "path": str(path), "architecture": architecture, "weights_notes": notes}
+    return model, {"source": "checkpoint", "path": str(path), "architecture": architecture} | _recognised(notes)
+
+
+def _recognised(notes: list[str]) -> dict:
+    """What was recognised in a checkpoint's file, for its source record (nothing for a plain state dict)."""
+    return {"weights_notes": notes} if notes else {}
 
 
 def _factory_model(reference: str, data: DataBundle, model_args, weights, train_base, source: dict) -> tuple[nn.Module, dict]:
