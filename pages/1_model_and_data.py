@@ -4,8 +4,8 @@ from pathlib import Path
 import streamlit as st
 
 from ordercomp import uploads
-from ordercomp.models.checkpoints import CheckpointError, is_torchscript, list_samples, sample_card
-from ordercomp.models.factories import ENTRY_POINT_GROUP, MODELS_ENV, registered_factories
+from ordercomp.models.checkpoints import CheckpointError, is_torchscript, list_samples, registered_models, sample_card
+from ordercomp.models.factories import ENTRY_POINT_GROUP, MODELS_ENV
 from ordercomp.dashboard import formatting, plan, session, views
 from ordercomp.data.datasets import DataError
 from ordercomp.data.preprocessing import Normalization
@@ -108,8 +108,8 @@ def registered_model() -> dict | None:
     """A model factory the server's operator registered, its arguments and optional uploaded weights. Nothing typed
     here names code: only registered factories are offered, and the job workers build nothing else."""
     try:
-        factories = registered_factories()
-    except ValueError as error:  # the operator's $ORDERCOMP_MODELS is malformed
+        factories = registered_models()
+    except ValueError as error:  # the operator's registration is malformed or takes a name already in use
         st.error(formatting.md(error))
         return None
     if not factories:

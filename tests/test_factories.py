@@ -130,6 +130,12 @@ def test_a_bad_registration_is_one_line(monkeypatch, digits):
         resolve("digits_cnn", digits)
 
 
+def test_a_registered_name_that_is_already_taken_is_one_line(monkeypatch, digits):
+    monkeypatch.setenv(factories.MODELS_ENV, "digits_cnn=torchvision.models:resnet18")
+    with pytest.raises(FactoryError, match="registered as digits_cnn has the name of a sample or zoo architecture"):
+        resolve("cnn_tiny", digits)
+
+
 def test_entry_points_register_factories(monkeypatch):
     from importlib.metadata import EntryPoint
 

@@ -45,9 +45,10 @@ def base_options(choice: dict) -> dict:
 def registered_choice(name: str, args_text: str) -> tuple[str, dict]:
     """(name, model arguments) of a registered factory picked on the page; a ValueError says what is wrong. Only a
     name the server's operator registered passes: a path or reference typed anywhere is never imported."""
-    from ..models.factories import check_args, registered_factories
+    from ..models.checkpoints import registered_models
+    from ..models.factories import check_args
 
-    registered = registered_factories()
+    registered = registered_models()
     if name not in registered:
         raise ValueError(f"{name!r} is not a model factory registered on this server ({', '.join(sorted(registered)) or 'none'}): "
                          "the dashboard imports no path typed into it; the server's operator registers factories")
@@ -56,11 +57,11 @@ def registered_choice(name: str, args_text: str) -> tuple[str, dict]:
 
 def trains_here(choice: dict) -> bool:
     """Whether the base is trained by its baseline job: a zoo architecture, or a registered factory without weights."""
-    from ..models.factories import registered_factories
+    from ..models.checkpoints import registered_models
     from ..models.zoo import ARCHITECTURES
 
     try:
-        registered = registered_factories()
+        registered = registered_models()
     except ValueError:  # a malformed registration is reported where factories are chosen
         registered = {}
     return choice["model"] in ARCHITECTURES or (choice["model"] in registered and not choice.get("weights"))

@@ -7,7 +7,7 @@ dict and the events callback, and returns the job's result record and a one-line
 
 Every kind shares the store's cache, so a zoo architecture is trained once for all of them. A worker
 never imports a FILE.py:NAME or package.module:NAME a spec names: it builds only the model factories
-the server's operator registered (`ordercomp.models.factories.registered_factories`).
+the server's operator registered (`ordercomp.models.checkpoints.registered_models`).
 """
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def resolve_model(spec, data: DataBundle, *, architecture: str | None = None, mo
     """
     if not isinstance(spec, str):
         return _held_model(spec, data, model_args, weights, train_base)
-    registered = registered_factories()
+    registered = registered_models()
     if spec in registered:
         return _factory_model(registered[spec], data, model_args, weights, train_base, {"source": "registered", "name": spec})
     if spec in RENAMED:
@@ -136,6 +136,17 @@ def resolve_model(spec, data: DataBundle, *, architecture: str | None = None, mo
         raise CheckpointError(f"{spec} was a Python object handed to the API: hand it again (explore(spec, model=...), compress(model=...))")
     raise CheckpointError(f"model {spec!r} is neither a sample ({', '.join(list_samples())}), an architecture "
                           f"({', '.join(sorted(ARCHITECTURES))}), an existing file, FILE.py:NAME nor package.module:NAME")
+
+
+def registered_models() -> dict[str, str]:
+    """The model factories this server's operator registered (`factories.registered_factories`); a name that is
+    already a sample's or a zoo architecture's is refused, since one of the two could never be chosen."""
+    registered = registered_factories()
+    taken = sorted(set(registered) & (set(list_samples()) | set(ARCHITECTURES)))
+    if taken:
+        raise FactoryError(f"the model factory registered as {taken[0]} has the name of a sample or zoo architecture: "
+                           "register it under another name")
+    return registered
 
 
 def _refuse_class_options(spec: str, model_args, weights) -> None:
