@@ -235,9 +235,12 @@ EXPORT_FOLDER = FolderKind(MARKER, "export", frozenset([filename for filename, _
                            legacy=legacy_checksums)
 
 
-def base_weight_bytes(model: str) -> int:
-    """Roughly the bytes of the float weights of the model `model` names, without loading it: a sample's or
-    a file's size, an architecture's parameters at 4 bytes each (10 classes, 3 input channels); 0 if unknown."""
+def base_weight_bytes(model: str, weights: str | None = None) -> int:
+    """Roughly the bytes of the float weights of the model `model` names, without loading it: a weights file's,
+    a sample's or a file's size, an architecture's parameters at 4 bytes each (10 classes, 3 input channels);
+    0 if unknown (a class trained here)."""
+    if weights and Path(weights).expanduser().is_file():
+        return Path(weights).expanduser().stat().st_size
     if model in list_samples():
         return (SAMPLE_DIR / sample_card(model)["weights"]).stat().st_size
     if model in ARCHITECTURES:
@@ -246,10 +249,10 @@ def base_weight_bytes(model: str) -> int:
     return path.stat().st_size if path.is_file() else 0
 
 
-def export_bytes(model: str, formats) -> int:
+def export_bytes(model: str, formats, weights: str | None = None) -> int:
     """A rough bound of what an export writes: every format at most the base's float weights (compression
     only shrinks them) plus 1 MiB for program code and the manifest."""
-    return len(check_formats(formats)) * (base_weight_bytes(model) + MIB)
+    return len(check_formats(formats)) * (base_weight_bytes(model, weights) + MIB)
 
 
 def check_export_folder(out, formats=DEFAULT_FORMATS, need_bytes: int = 0) -> None:
@@ -369,7 +372,7 @@ def export_compressed(model: nn.Module, out_dir, *, formats=DEFAULT_FORMATS, cha
 def describe(folder: Path, entries: list[dict], *, chain, configs, metrics, data: DataBundle, base: dict) -> dict:
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
     return {"chain": list(chain), "configs": configs, "metrics": metrics, "data": data.describe(),
-            "base": {k: v for k, v in base.items() if k != "card"},
+            "preprocessing": data.preprocessing, "base": {k: v for k, v in base.items() if k != "card"},
             "input_shape": ["batch", data.in_channels, data.input_size, data.input_size],
             "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "files": files, "sha256": {name: sha256(folder / name) for name in files}, "formats": entries,

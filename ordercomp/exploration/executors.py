@@ -14,6 +14,9 @@ resume and cache hits behave the same. Both send the same `step` events; progres
 inside the steps in process and from the driver while it waits on Ray, so a cancel raised by the
 events callback stops either (Ray tasks still running are cancelled; finished steps stay cached).
 
+A model built from a user's FILE.py:NAME travels to Ray workers with its classes (registered with
+cloudpickle to be pickled by value), since the workers cannot import the user's file.
+
 A HOST:PORT Ray address is probed before anything connects (`probe_cluster`): a port where no Ray head
 listens, or a cluster that refuses this process's authentication token, is one line within seconds
 rather than Ray's minutes of retries.
@@ -43,6 +46,7 @@ from ..deploy.export import deployed_latency
 from ..deploy.onnx_int8 import CannotBuild
 from .pipeline import INCOMPATIBLE, OK, StepResult, run_step
 from ..deploy.runtimes import RuntimeMissing
+from ..models.factories import user_modules
 from ..train import Budget, Progress
 
 Chain = tuple[str, ...]
@@ -382,6 +386,8 @@ class RayRun:
         results: dict[tuple[Chain, int], StepResult] = {}
         pending: dict = {}
         total = len(plan) * seeds
+        for module in user_modules():  # a worker cannot import a user's file: its classes travel with the model
+            self.ray.cloudpickle.register_pickle_by_value(module)
         data = self.ray.put(self.work.data)
         base = self.ray.put(copy.deepcopy(self.work.base).cpu())
         try:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..data.preprocessing import describe_preprocessing
 from ..folders import MIB, FolderKind, check_destination, write_folder
+from ..models.checkpoints import describe_source
 from .pipeline import StepResult
 
 MARKER = ".ordercomp-results"
@@ -116,6 +118,8 @@ def write_results(result, out: str | Path) -> Path:
 def print_summary(result) -> None:
     record = result.to_dict()
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 60):
+        print(f"\nBase: {describe_source(record['base'])}")
+        print(f"Data: {record['data']['name']}; {describe_preprocessing(record['data']['preprocessing'])}")
         print("\nPair outcomes (objective: %s, %d seed(s))" % (record["spec"]["objective"], record["spec"]["seeds"]))
         print(pairs_table(record["outcomes"]).to_string(index=False))
         print("\nPrecedence edges (before -> after, margin):")

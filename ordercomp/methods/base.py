@@ -18,7 +18,7 @@ from torch import nn
 from ..data.datasets import DataBundle
 from ..fields import number, typed_fields
 from ..layers import is_int8_converted, is_staged
-from ..models.programs import ProgramModel
+from ..models.programs import ProgramModel, measure_only_reason
 from ..train import Budget, Progress
 
 CONFIG_VERSION = 1
@@ -67,8 +67,7 @@ class Method:
         if not isinstance(config, self.config_type):
             raise TypeError(f"{self.name} needs a {self.config_type.__name__}, got {type(config).__name__}")
         if isinstance(model, ProgramModel):
-            raise Incompatible(f"{self.name} rewrites layers, and a {model.kind} program has them fixed in its graph: "
-                               "give the model as a state dict with its architecture (--arch) to compress it")
+            raise Incompatible(f"{self.name} rewrites layers: {measure_only_reason(model.kind, model.path)}")
         return self.apply_fn(copy.deepcopy(model), config, context)
 
 
