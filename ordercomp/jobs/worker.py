@@ -19,6 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
+from ..errors import one_line
 from .launch import dispatch, worker_limit, worker_threads
 from .store import JobStore
 
@@ -72,11 +73,6 @@ def describe_step(step: dict) -> str:
     if step["reason"]:
         outcome += f": {step['reason']}"
     return f"{' -> '.join(step['chain'])} (seed {step['seed']}): {outcome}"
-
-
-def one_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def run_job(store: JobStore, job_id: str) -> str:
