@@ -140,6 +140,20 @@ def to_quant(layer: nn.Module, weight_bits: int, act_bits: int) -> nn.Module:
     return quant
 
 
+@torch.no_grad()
+def plain_layers_(model: nn.Module) -> nn.Module:
+    """Replace every fake-quantised layer by a plain one holding its quantised weights (no activation
+    quantisation), in place: what int8 conversion and runtime quantisers start from."""
+    for name, layer in quantised_layers(model):
+        plain = layer_like(layer)
+        plain.weight.copy_(fake_quant_weight(layer.weight, layer.weight_bits) if layer.weight_bits < FULL_BITS else layer.weight)
+        if layer.bias is not None:
+            plain.bias.copy_(layer.bias)
+        copy_marks(layer, plain)
+        replace_module(model, name, plain.to(layer.weight.device))
+    return model
+
+
 def layer_like(layer: nn.Module, conv_type: type = nn.Conv2d, linear_type: type = nn.Linear) -> nn.Module:
     """A new, uninitialised layer of the given class with `layer`'s shape and hyperparameters."""
     if isinstance(layer, nn.Conv2d):
