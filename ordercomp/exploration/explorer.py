@@ -26,7 +26,7 @@ from ..deploy.runtimes import require_onnxruntime
 from ..methods.base import Context, config_to_dict
 from ..metrics import measure, unpack_hits
 from ..order import OBJECTIVES
-from .pipeline import OK, StepResult, apply_chain, make_configs, run_step
+from .pipeline import FAILED, OK, StepResult, apply_chain, make_configs, run_step
 from ..train import Budget, train
 
 DEFAULT_METHODS = ("distill", "prune", "quantize", "early_exit")
@@ -171,6 +171,8 @@ class Exploration:
     seconds: float
     configs: dict
     search: dict | None = None
+    left_out: list[dict] = field(default_factory=list)  # methods that applied on no seed, with why
+    failed_steps: list[dict] = field(default_factory=list)  # steps that raised an error, with the error's line
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,18 +190,35 @@ class OrderFound:
     search: dict | None
 
 
-def no_order_reason(methods: tuple[str, ...], steps: list[StepResult], outcomes: list[order.PairOutcome]) -> str | None:
-    """Why there is no order to recommend, or None: a method that applied to the base on no seed, or
-    no pair of methods that can follow each other in either order."""
+def left_out(methods: tuple[str, ...], steps: list[StepResult]) -> list[dict]:
+    """The methods that applied to the base on no seed, each with its first try's status and reason:
+    the chain is found among the others."""
     applied = {s.chain[0] for s in steps if len(s.chain) == 1 and s.status == OK}
-    unusable = [m for m in methods if m not in applied]
-    if unusable:
-        why = next((s.reason for s in steps if s.chain == (unusable[0],) and s.reason), "it failed")
-        return (f"{', '.join(unusable)} cannot be applied to this model ({unusable[0]}: {why}): "
-                f"remove {'it' if len(unusable) == 1 else 'them'} from the methods")
-    if outcomes and all(o.incompatible for o in outcomes):
-        return f"no two of the methods can follow each other on this model ({outcomes[0].incompatible}): choose other methods"
+    first_try = lambda method: next(s for s in steps if s.chain == (method,))
+    return [{"method": m, "status": first_try(m).status, "reason": first_try(m).reason or "it failed"} for m in methods if m not in applied]
+
+
+def usable_methods(methods: tuple[str, ...], steps: list[StepResult]) -> list[str]:
+    dropped = {entry["method"] for entry in left_out(methods, steps)}
+    return [m for m in methods if m not in dropped]
+
+
+def no_order_reason(methods: tuple[str, ...], steps: list[StepResult], outcomes: list[order.PairOutcome]) -> str | None:
+    """Why there is no order to recommend, or None: no method applied to the base on any seed, or no
+    two of those that did can follow each other in either order."""
+    usable = usable_methods(methods, steps)
+    if not usable:
+        first = left_out(methods, steps)[0]
+        return f"{', '.join(methods)} cannot be applied to this model ({first['method']}: {first['reason']}): no method is left to order"
+    pairs = [o for o in outcomes if o.first in usable and o.second in usable]
+    if pairs and all(o.incompatible for o in pairs):
+        return f"no two of the methods can follow each other on this model ({pairs[0].incompatible}): choose other methods"
     return None
+
+
+def failed_steps(steps: list[StepResult]) -> list[dict]:
+    """Every step that raised an error (not an incompatibility), with its one-line reason."""
+    return [{"chain": list(s.chain), "seed": s.seed, "reason": s.reason} for s in steps if s.status == FAILED]
 
 
 def edge_record(before: str, after: str, data: dict, outcomes: list[order.PairOutcome]) -> dict:
@@ -352,6 +371,7 @@ class Explorer:
             repeat=self.try_repeat(final, chain) if self.spec.repeat else None,
             weak_pairs=sum(o.weak_evidence for o in found.outcomes if o.incompatible is None),
             seconds=time.perf_counter() - start, configs=self.config_dicts, search=found.search,
+            left_out=left_out(self.spec.methods, found.steps), failed_steps=failed_steps(found.steps + chain_steps),
         )
 
     def measure_base(self, base: nn.Module) -> None:
@@ -371,13 +391,18 @@ class Explorer:
         self._deepest = len(self.spec.methods)
         steps = self.run_plan(base, plan)
         outcomes = self.decide(steps)
-        dag, dropped = order.break_cycles(order.precedence_graph(list(self.spec.methods), outcomes))
-        chain, search, steps = self.search(base, steps, outcomes, order.recommended_chain(dag, outcomes))
+        usable = usable_methods(self.spec.methods, steps) or list(self.spec.methods)
+        among = [o for o in outcomes if o.first in usable and o.second in usable]
+        dag, dropped = order.break_cycles(order.precedence_graph(usable, among))
+        if len(usable) < 2:
+            return OrderFound(steps, outcomes, dag, dropped, usable, None)
+        chain, search, steps = self.search(base, usable, steps, among, order.recommended_chain(dag, among))
         return OrderFound(steps, outcomes, dag, dropped, chain, search)
 
-    def search(self, base: nn.Module, steps: list[StepResult], outcomes, pairwise_chain: list[str]):
-        """(chain, search summary, every step run) for the spec's search strategy: the pairwise chain,
-        or the best whole order that the strategy evaluated within its budget of applications."""
+    def search(self, base: nn.Module, methods: list[str], steps: list[StepResult], outcomes, pairwise_chain: list[str]):
+        """(chain, search summary, every step run) for the spec's search strategy over `methods` (those that
+        applied to the base): the pairwise chain, or the best whole order that the strategy evaluated
+        within its budget of applications."""
         steps = list(steps)
         higher = OBJECTIVES[self.spec.objective][0]
 
@@ -388,7 +413,7 @@ class Explorer:
                 steps.extend(self.run_plan(base, plan))
             return {chain: self._full_scores([s for s in steps if s.chain == chain]) for chain in chains}
 
-        result = order.search_chains(self.spec.methods, self.spec.search, evaluate, outcomes=outcomes, higher_is_better=higher)
+        result = order.search_chains(methods, self.spec.search, evaluate, outcomes=outcomes, higher_is_better=higher)
         chain = list(result.chain) if result.evaluated else pairwise_chain
         return chain, search_summary(result), _unique(steps)
 

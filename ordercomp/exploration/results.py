@@ -125,12 +125,15 @@ def print_summary(result) -> None:
             print(f"  dropped to break a cycle: {edge['before']} -> {edge['after']} (margin {edge['margin']:.2f})")
         if not record["edges"]:
             print("  none: every pair is a tie or incompatible")
+        for entry in record.get("left_out", []):
+            print(f"\nLeft out of the chain: {entry['method']} ({entry['status']} on the base: {entry['reason']})")
         print(f"\nValid orders: {len(record['valid_chains'])}; recommended chain: {' -> '.join(record['chain'])}")
         if record["weak_pairs"]:
             print(f"Note: {record['weak_pairs']} pair decision(s) rest on weak evidence; more --seeds would make them firmer.")
         print("\nChain applied to the base model (test split):")
         print(chain_table(record["base_metrics"], record["chain_steps"]).to_string(index=False))
         _print_exhaustive(record)
+        _print_failed(record.get("failed_steps", []))
         counts = record["applications"]
         print(f"\nMethod applications per seed: pairwise {counts['pairwise_per_seed']}, exhaustive {counts['exhaustive_per_seed']} "
               f"(without prefix sharing {counts['naive_exhaustive_per_seed']}); cached steps reused: {counts['cache_hits']}; "
@@ -146,6 +149,13 @@ def _print_exhaustive(record: dict) -> None:
           f"({summary['cost_ratio']:.1f}x)")
     for index, item in enumerate(summary["orders"][:5], 1):
         print(f"  {index}. {' -> '.join(item['chain'])}: {item['score']:.3f}")
+
+
+def _print_failed(failed: list[dict]) -> None:
+    if failed:
+        print(f"\nSteps that failed with an error ({len(failed)}; the exploration went on without them):")
+    for step in failed:
+        print(f"  {' -> '.join(step['chain'])} (seed {step['seed']}): {step['reason']}")
 
 
 def print_chain_steps(base_metrics: dict, steps: list[StepResult]) -> None:

@@ -27,8 +27,9 @@ PROGRESS_INTERVAL_S = 0.25
 CANCEL_CHECK_INTERVAL_S = 0.5
 
 
-class Cancelled(Exception):
-    """The job was asked to stop. Not a RuntimeError: run_step would turn that into a failed step."""
+class Cancelled(BaseException):
+    """The job was asked to stop. A BaseException, like KeyboardInterrupt (and asyncio's CancelledError): a
+    step turns every Exception into a failed result, and a cancel must stop the exploration instead."""
 
 
 class JobEvents:
