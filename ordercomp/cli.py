@@ -53,6 +53,10 @@ def _strength_dest(method) -> str:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="digits_cnn", help="sample model name, zoo architecture, or checkpoint path")
     parser.add_argument("--arch", help="architecture of a state-dict checkpoint given to --model")
+    parser.add_argument("--classifier", metavar="MODULE", help="your network's layer that gives the logits (e.g. fc), "
+                        "when tracing the forward cannot find it")
+    parser.add_argument("--stages", metavar="MODULE,...", help="the modules whose outputs end your network's stages "
+                        "(e.g. layer1,layer2,layer3,layer4), when tracing the forward cannot find them")
     parser.add_argument("--data", default="digits", help="'digits' or a CIFAR-10/100 / ImageFolder path")
     parser.add_argument("--input-size", type=int, help="resize images to this many pixels")
     parser.add_argument("--epochs", type=float, default=Budget.epochs, help="fine-tuning epochs per step (same for every step)")
@@ -128,7 +132,7 @@ def _spec(args):
         objective=args.objective, weight=args.weight, seeds=args.seeds, budget=_budget(args),
         confidence=args.confidence, **({"search": args.search} if args.search else {}),
         device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
-        trust_torchscript=args.trust_torchscript,
+        trust_torchscript=args.trust_torchscript, classifier=args.classifier, stages=args.stages,
         executor=args.executor, ray_address=args.ray_address, runtime=args.runtime,
     )
 
@@ -159,7 +163,8 @@ def run_apply(args) -> int:
     bar = ProgressBar()
     outcome = compress(model=args.model, data=args.data, chain=chain, settings=parse_settings(args),
                        budget=_budget(args), device=args.device, architecture=args.arch,
-                       input_size=args.input_size, seed=args.seed, events=bar, trust_torchscript=args.trust_torchscript)
+                       input_size=args.input_size, seed=args.seed, events=bar, trust_torchscript=args.trust_torchscript,
+                       classifier=args.classifier, stages=args.stages)
     bar.close()
     print_chain_steps(outcome.base_metrics, outcome.steps)
     broken = [s for s in outcome.steps if s.status != "ok"]

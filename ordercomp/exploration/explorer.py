@@ -18,6 +18,7 @@ from torch import nn
 from .. import order
 from .cache import StepCache, content_key, step_key
 from ..models.checkpoints import input_size_for, read_state_dict, resolve_model, save_state_atomically, state_fingerprint
+from ..models.structure import base_fingerprint, structure_of, with_structure
 from ..data.datasets import DataBundle, load_data
 from ..fields import number, typed_fields
 from .executors import StepFunction, Work, check_executor, make_executor, probe_cluster
@@ -47,9 +48,12 @@ def resolve_device(device: str) -> torch.device:
 
 def prepare_base(model: str = "digits_cnn", data: str = "digits", *, architecture: str | None = None,
                  input_size: int | None = None, device: str = "auto", cache_dir=None, events: Events | None = None,
-                 bundle: DataBundle | None = None, trust_torchscript: bool = False) -> tuple[nn.Module, dict, DataBundle]:
+                 bundle: DataBundle | None = None, trust_torchscript: bool = False, classifier: str | None = None,
+                 stages: tuple[str, ...] | None = None) -> tuple[nn.Module, dict, DataBundle]:
     """The base model (a sample, a checkpoint, a program file, or a zoo architecture trained once per
-    cache), where it came from, and the data it works on. TorchScript runs only with `trust_torchscript`."""
+    cache), where it came from, and the data it works on. TorchScript runs only with `trust_torchscript`.
+    A network from outside the zoo gets its structure found (or the named `classifier` and `stages`)
+    once here, and the source records it."""
     events = events or (lambda event: None)
     bundle = bundle or load_data(data, input_size=input_size_for(model, input_size))
     target = resolve_device(device)
@@ -57,6 +61,9 @@ def prepare_base(model: str = "digits_cnn", data: str = "digits", *, architectur
     events({"kind": "stage", "stage": "base", "label": "preparing the base model"})
     trainer = lambda untrained: _train_base(untrained, bundle, target, cache, events)
     base, source = resolve_model(model, bundle, architecture=architecture, train_base=trainer, trust_torchscript=trust_torchscript)
+    base = with_structure(base, bundle.example_input(2), bundle.num_classes, classifier=classifier, stages=stages)
+    if structure_of(base):
+        source = source | {"structure": structure_of(base).to_dict()}
     return base.to(target).eval(), source, bundle
 
 
@@ -98,10 +105,13 @@ class ExploreSpec:
     executor: str = "inprocess"
     ray_address: str | None = None
     runtime: str = "eager"  # where the latency objectives time each step: PyTorch eager or an export format's runtime
+    classifier: str | None = None  # the layer giving the logits, when tracing cannot find it (models.structure)
+    stages: tuple[str, ...] | None = None  # the modules whose outputs end the stages, when tracing cannot find them
 
     def __post_init__(self):
-        checked = typed_fields(ExploreSpec, {k: v for k, v in vars(self).items() if k not in ("budget", "methods", "settings")})
+        checked = typed_fields(ExploreSpec, {k: v for k, v in vars(self).items() if k not in ("budget", "methods", "settings", "stages")})
         vars(self).update(checked)
+        self.stages = check_stage_names(self.stages)
         if not isinstance(self.budget, Budget):
             raise ValueError(f"budget must be a Budget, got {type(self.budget).__name__}")
         self.methods = tuple(self.methods)
@@ -131,6 +141,7 @@ class ExploreSpec:
     def to_dict(self) -> dict:
         record = asdict(self)
         record["methods"] = list(self.methods)
+        record["stages"] = list(self.stages) if self.stages else None
         return record
 
     @classmethod
@@ -277,6 +288,16 @@ def score(metrics: dict, objective: str, base: dict, weight: float) -> float:
     return order.weighted_score(metrics["accuracy"], metrics[cost], base[cost], weight)
 
 
+def check_stage_names(stages) -> tuple[str, ...] | None:
+    """Stage names as a tuple of module names ('layer1,layer2' or a list), or None; a ValueError for anything else."""
+    if stages is None:
+        return None
+    names = tuple(part.strip() for part in stages.split(",")) if isinstance(stages, str) else stages
+    if not isinstance(names, (tuple, list)) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"stages must name modules whose outputs end the stages, e.g. layer1,layer2,layer3; got {stages!r}")
+    return tuple(names)
+
+
 def check_runtime(runtime: str, objective: str) -> None:
     """Refuse an unknown runtime, one the latency objectives do not use, or one that is not installed."""
     if runtime not in RUNTIMES:
@@ -307,13 +328,14 @@ class Explorer:
         # the driver's device: with Ray, a GPU the steps ask for may be on another node
         base, source, _ = prepare_base(self.spec.model, architecture=self.spec.architecture, device=self.spec.torch_device().type,
                                        cache_dir=self.cache.folder, events=self.events, bundle=self.data,
-                                       trust_torchscript=self.spec.trust_torchscript)
+                                       trust_torchscript=self.spec.trust_torchscript, classifier=self.spec.classifier,
+                                       stages=self.spec.stages)
         return base, source
 
     def run_plan(self, base: nn.Module, plan: list[tuple[str, ...]]) -> list[StepResult]:
         """Every chain of `plan` for every seed, by the spec's executor (executors.py); results go through
         the step cache under the same keys whichever executor computes them."""
-        fingerprint, budget = state_fingerprint(base), self.spec.budget.to_dict()
+        fingerprint, budget = base_fingerprint(base), self.spec.budget.to_dict()
         timed = self.spec.timed
         # a timed result is kept apart from an untimed one (which has no latency) and per runtime
         measured = f"val+latency@{self.spec.runtime}" if timed else "val"
@@ -362,7 +384,7 @@ class Explorer:
         base_test = measure(base, self.data, "test", device=self.device).to_dict()
         final, chain_steps = apply_chain(base, chain, self.configs, self._context(0, chain), latency=True)
         return Exploration(
-            spec=self.spec.to_dict(), base={k: v for k, v in source.items() if k != "card"} | {"fingerprint": state_fingerprint(base)},
+            spec=self.spec.to_dict(), base={k: v for k, v in source.items() if k != "card"} | {"fingerprint": base_fingerprint(base)},
             base_metrics=base_test, steps=[s.to_dict() for s in found.steps], outcomes=[o.to_dict() for o in found.outcomes],
             edges=[edge_record(u, v, d, found.outcomes) for u, v, d in found.dag.edges(data=True)],
             dropped_edges=[{"before": u, "after": v, "margin": m} for u, v, m in found.dropped],
@@ -507,8 +529,9 @@ class Compressed:
 def compress(model: str = "digits_cnn", data: str = "digits", chain=DEFAULT_METHODS, *, settings=None,
              budget: Budget | None = None, device: str = "auto", architecture: str | None = None,
              input_size: int | None = None, seed: int = 0, cache_dir=None, events: Events | None = None,
-             trust_torchscript: bool = False) -> Compressed:
-    """Apply `chain` to the base model and measure every step on the test split."""
+             trust_torchscript: bool = False, classifier: str | None = None, stages=None) -> Compressed:
+    """Apply `chain` to the base model and measure every step on the test split. `classifier` and `stages`
+    name the parts of a network whose structure tracing cannot find (see ExploreSpec)."""
     chain = list(chain)
     if not chain:
         raise ValueError("the chain is empty: name at least one method")
@@ -517,7 +540,8 @@ def compress(model: str = "digits_cnn", data: str = "digits", chain=DEFAULT_METH
     configs = make_configs(list(dict.fromkeys(chain)), settings)
     events = events or (lambda event: None)
     base, source, bundle = prepare_base(model, data, architecture=architecture, input_size=input_size, device=device,
-                                        cache_dir=cache_dir, events=events, trust_torchscript=trust_torchscript)
+                                        cache_dir=cache_dir, events=events, trust_torchscript=trust_torchscript,
+                                        classifier=classifier, stages=check_stage_names(stages))
     target = resolve_device(device)
     base_metrics = measure(base, bundle, "test", device=target).to_dict()
     progress = lambda label, fraction: events({"kind": "progress", "label": label, "fraction": fraction, "seed": seed})
