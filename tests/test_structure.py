@@ -209,13 +209,16 @@ def test_a_classifier_tracing_cannot_find_can_be_named(digits):
     ({"classifier": "head"}, "the model has no module 'head': name one of its modules, e.g. conv1, bn1"),
     ({"classifier": "proj"}, "--classifier proj gives 32 outputs and the data has 10 classes"),
     ({"classifier": "bn5"}, "--classifier bn5 is a BatchNorm2d: name the Linear or Conv2d layer"),
+    ({"classifier": "unused"}, "--classifier unused: the forward never calls it"),
     ({"stages": ("conv9",)}, "the model has no module 'conv9'"),
     ({"stages": ("conv1", "conv4")}, "--stages: conv4 is not a point where one tensor is live"),
     ({"stages": ("conv5", "conv1")}, "name modules in the order the forward calls them"),
 ])
 def test_names_that_do_not_fit_are_refused_with_one_line(names, message, digits):
+    model = UserNet()
+    model.unused = nn.Linear(32, 10)  # registered, never called
     with pytest.raises(StructureError, match=message) as refused:
-        with_structure(UserNet(), digits.example_input(2), 10, **names)
+        with_structure(model, digits.example_input(2), 10, **names)
     assert "\n" not in str(refused.value)
 
 

@@ -312,8 +312,10 @@ class Traced:
     def _feature_maps(self, classifier: str) -> list[fx.Node]:
         """The cut points holding a feature map (N, C, H, W), from the first layer to the body's end: the
         last one before the classifier, or before the pooling that leads to it."""
-        head = self.position[next(n for n in self.nodes if n.op == "call_module" and n.target == classifier)]
-        first = next(self.position[n] for n in self.nodes if self.calls_layer(n))
+        calls = [self.position[n] for n in self.nodes if n.op == "call_module" and n.target == classifier]
+        if not calls:
+            raise StructureError(f"--classifier {classifier}: the forward never calls it; name the layer that gives the logits")
+        head, first = calls[0], next(self.position[n] for n in self.nodes if self.calls_layer(n))
         maps = [cut for cut in self.cuts if first <= self.position[cut] < head and self.resolution(cut)]
         if not maps:
             raise NotFound("tracing found no feature map (N, C, H, W) that is the only live tensor between the first layer and the classifier")
