@@ -65,6 +65,10 @@ def _base_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", metavar="FILE", help="state dict (.pt, .pth, .bin, .ckpt) or safetensors for --model's "
                         "class or zoo architecture; checkpoints of training frameworks are unwrapped")
     parser.add_argument("--arch", help="architecture of a state-dict checkpoint given to --model")
+    parser.add_argument("--classifier", metavar="MODULE", help="your network's layer that gives the logits (e.g. fc), "
+                        "when tracing the forward cannot find it")
+    parser.add_argument("--stages", metavar="MODULE,...", help="the modules whose outputs end your network's stages "
+                        "(e.g. layer1,layer2,layer3,layer4), when tracing the forward cannot find them")
     parser.add_argument("--data", default="digits", help="'digits', a CIFAR-10/100 or ImageFolder folder, or a .npz file "
                         "(x, y, or x_train, y_train with optional x_val, y_val, x_test, y_test)")
     parser.add_argument("--input-size", type=int, help="resize images to this many pixels")
@@ -157,7 +161,7 @@ def _spec(args):
         objective=args.objective, weight=args.weight, seeds=args.seeds, budget=_budget(args),
         confidence=args.confidence, **({"search": args.search} if args.search else {}),
         device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
-        trust_torchscript=args.trust_torchscript,
+        trust_torchscript=args.trust_torchscript, classifier=args.classifier, stages=args.stages,
         executor=args.executor, ray_address=args.ray_address, runtime=args.runtime,
     )
 
@@ -190,7 +194,8 @@ def run_apply(args) -> int:
     bar = ProgressBar()
     outcome = compress(model=args.model, data=args.data, chain=chain, settings=settings, budget=budget, device=args.device,
                        architecture=args.arch, model_args=model_args, weights=args.weights, normalize=args.normalize,
-                       input_size=args.input_size, seed=args.seed, events=bar, trust_torchscript=args.trust_torchscript)
+                       input_size=args.input_size, seed=args.seed, events=bar, trust_torchscript=args.trust_torchscript,
+                       classifier=args.classifier, stages=args.stages)
     bar.close()
     print_chain_steps(outcome.base_metrics, outcome.steps)
     broken = [s for s in outcome.steps if s.status != "ok"]

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..models.checkpoints import SAMPLE_DIR, list_samples, load_program, read_state_dict, sample_card
 from ..data.datasets import DataBundle
+from ..errors import one_line
 from ..folders import MIB, FolderKind, check_destination, sha256, write_folder
 from ..methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelect
 from ..methods.int8 import MAX_BATCH
@@ -202,11 +203,6 @@ DEFAULT_FORMATS = tuple(FORMATS)
 PROGRAM_FORMATS = ("torchscript", "pt2", "onnx", "onnx_int8", "packed")
 # the base model is measured in the same runtime: as float ONNX next to the int8 ONNX file
 BASE_FORMAT = {"onnx_int8": "onnx"}
-
-
-def one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
 
 
 def check_formats(formats) -> list[str]:

@@ -41,10 +41,11 @@ from torch import nn
 
 from .cache import StepCache
 from ..data.datasets import DataBundle
+from ..errors import one_line
 from ..methods.base import Context
 from ..deploy.export import deployed_latency
 from ..deploy.onnx_int8 import CannotBuild
-from .pipeline import INCOMPATIBLE, OK, StepResult, run_step
+from .pipeline import FAILED, INCOMPATIBLE, OK, StepResult, run_step
 from ..deploy.runtimes import RuntimeMissing
 from ..models.factories import user_modules
 from ..train import Budget, Progress
@@ -89,6 +90,8 @@ def deployed_timing(model: nn.Module, result: StepResult, data: DataBundle, runt
         timing = deployed_latency(model, data, runtime)
     except (CannotBuild, RuntimeMissing) as reason:
         return replace(result, status=INCOMPATIBLE, reason=str(reason), metrics=None)
+    except Exception as error:  # the runtime could not run the file it was given: this step fails, the exploration goes on
+        return replace(result, status=FAILED, reason=one_line(error), metrics=None)
     return replace(result, metrics=result.metrics | timing)
 
 

@@ -17,12 +17,13 @@ from torch import nn
 
 from .. import order
 from .cache import StepCache, content_key, environment, step_key
-from ..models.checkpoints import (base_fingerprint, describe_source, input_size_for, model_label, read_state_dict,
+from ..models.checkpoints import (describe_source, input_size_for, model_label, read_state_dict,
                                   resolve_model, save_state_atomically, state_fingerprint)
 from ..models.factories import check_args, code_fingerprint
 from ..models.programs import ProgramModel, measure_only_reason
 from ..data.datasets import DataBundle, data_label, load_data
 from ..data.preprocessing import Normalization, repeat_channels
+from ..models.structure import base_fingerprint, structure_of, with_structure
 from ..fields import number, typed_fields
 from .executors import StepFunction, Work, check_executor, make_executor, probe_cluster
 from ..deploy.export import PROGRAM_FORMATS, deployed_latency
@@ -30,7 +31,7 @@ from ..deploy.runtimes import require_onnxruntime
 from ..methods.base import Context, config_to_dict
 from ..metrics import measure, unpack_hits
 from ..order import OBJECTIVES
-from .pipeline import OK, StepResult, apply_chain, make_configs, run_step
+from .pipeline import FAILED, OK, StepResult, apply_chain, make_configs, run_step
 from ..train import Budget, train
 
 DEFAULT_METHODS = ("distill", "prune", "quantize", "early_exit")
@@ -52,11 +53,14 @@ def resolve_device(device: str) -> torch.device:
 def prepare_base(model="digits_cnn", data="digits", *, architecture: str | None = None, model_args: dict | None = None,
                  weights: str | None = None, normalize: str = "dataset", input_size: int | None = None, device: str = "auto",
                  cache_dir=None, events: Events | None = None, trust_torchscript: bool = False,
-                 import_code: bool = True) -> tuple[nn.Module, dict, DataBundle]:
+                 import_code: bool = True, classifier: str | None = None,
+                 stages: tuple[str, ...] | None = None) -> tuple[nn.Module, dict, DataBundle]:
     """The base model (a sample, a checkpoint, a program file, a zoo architecture trained once per cache, or a
     user's class: see `resolve_model`), where it came from, and the data as it takes them (`data` is anything
     `load_data` reads; gray images are repeated for a model whose first convolution takes 3 channels).
-    TorchScript runs only with `trust_torchscript`, a user's file or module is imported only with `import_code`."""
+    TorchScript runs only with `trust_torchscript`, a user's file or module is imported only with `import_code`.
+    A network from outside the zoo gets its structure found (or the named `classifier` and `stages`)
+    once here, and the source records it."""
     events = events or (lambda event: None)
     bundle = load_data(data, input_size=input_size_for(model, input_size), normalize=normalize)
     target = resolve_device(device)
@@ -67,6 +71,9 @@ def prepare_base(model="digits_cnn", data="digits", *, architecture: str | None 
                                  trust_torchscript=trust_torchscript, import_code=import_code)
     if source.get("in_channels", bundle.in_channels) != bundle.in_channels:
         bundle = repeat_channels(bundle, source["in_channels"])
+    base = with_structure(base, bundle.example_input(2), bundle.num_classes, classifier=classifier, stages=stages)
+    if structure_of(base):
+        source = source | {"structure": structure_of(base).to_dict()}
     events({"kind": "stage", "stage": "base", "label": f"base: {describe_source(source)}"})
     return base.to(target).eval(), source, bundle
 
@@ -115,16 +122,19 @@ class ExploreSpec:
     executor: str = "inprocess"
     ray_address: str | None = None
     runtime: str = "eager"  # where the latency objectives time each step: PyTorch eager or an export format's runtime
+    classifier: str | None = None  # the layer giving the logits, when tracing cannot find it (models.structure)
+    stages: tuple[str, ...] | None = None  # the modules whose outputs end the stages, when tracing cannot find them
 
     def __post_init__(self):
         for name, call in (("model", "model=net"), ("data", "data=(images, labels)")):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be text (what the command line's --{name} takes): hand a Python object to "
                                  f"explore(spec, {call}) or compress({call}), which record what it was")
-        checked = typed_fields(ExploreSpec, {k: v for k, v in vars(self).items() if k not in ("budget", "methods", "settings", "model_args")})
+        checked = typed_fields(ExploreSpec, {k: v for k, v in vars(self).items() if k not in ("budget", "methods", "settings", "model_args", "stages")})
         vars(self).update(checked)
         self.model_args = check_args(self.model_args)
         Normalization.parse(self.normalize)
+        self.stages = check_stage_names(self.stages)
         if not isinstance(self.budget, Budget):
             raise ValueError(f"budget must be a Budget, got {type(self.budget).__name__}")
         self.methods = tuple(self.methods)
@@ -154,6 +164,7 @@ class ExploreSpec:
     def to_dict(self) -> dict:
         record = asdict(self)
         record["methods"] = list(self.methods)
+        record["stages"] = list(self.stages) if self.stages else None
         return record
 
     @classmethod
@@ -195,6 +206,8 @@ class Exploration:
     configs: dict
     search: dict | None = None
     data: dict | None = None  # DataBundle.describe(): the splits and the preprocessing every figure was measured with
+    left_out: list[dict] = field(default_factory=list)  # methods that applied on no seed, with why
+    failed_steps: list[dict] = field(default_factory=list)  # steps that raised an error, with the error's line
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -212,18 +225,35 @@ class OrderFound:
     search: dict | None
 
 
-def no_order_reason(methods: tuple[str, ...], steps: list[StepResult], outcomes: list[order.PairOutcome]) -> str | None:
-    """Why there is no order to recommend, or None: a method that applied to the base on no seed, or
-    no pair of methods that can follow each other in either order."""
+def left_out(methods: tuple[str, ...], steps: list[StepResult]) -> list[dict]:
+    """The methods that applied to the base on no seed, each with its first try's status and reason:
+    the chain is found among the others."""
     applied = {s.chain[0] for s in steps if len(s.chain) == 1 and s.status == OK}
-    unusable = [m for m in methods if m not in applied]
-    if unusable:
-        why = next((s.reason for s in steps if s.chain == (unusable[0],) and s.reason), "it failed")
-        return (f"{', '.join(unusable)} cannot be applied to this model ({unusable[0]}: {why}): "
-                f"remove {'it' if len(unusable) == 1 else 'them'} from the methods")
-    if outcomes and all(o.incompatible for o in outcomes):
-        return f"no two of the methods can follow each other on this model ({outcomes[0].incompatible}): choose other methods"
+    first_try = lambda method: next(s for s in steps if s.chain == (method,))
+    return [{"method": m, "status": first_try(m).status, "reason": first_try(m).reason or "it failed"} for m in methods if m not in applied]
+
+
+def usable_methods(methods: tuple[str, ...], steps: list[StepResult]) -> list[str]:
+    dropped = {entry["method"] for entry in left_out(methods, steps)}
+    return [m for m in methods if m not in dropped]
+
+
+def no_order_reason(methods: tuple[str, ...], steps: list[StepResult], outcomes: list[order.PairOutcome]) -> str | None:
+    """Why there is no order to recommend, or None: no method applied to the base on any seed, or no
+    two of those that did can follow each other in either order."""
+    usable = usable_methods(methods, steps)
+    if not usable:
+        first = left_out(methods, steps)[0]
+        return f"{', '.join(methods)} cannot be applied to this model ({first['method']}: {first['reason']}): no method is left to order"
+    pairs = [o for o in outcomes if o.first in usable and o.second in usable]
+    if pairs and all(o.incompatible for o in pairs):
+        return f"no two of the methods can follow each other on this model ({pairs[0].incompatible}): choose other methods"
     return None
+
+
+def failed_steps(steps: list[StepResult]) -> list[dict]:
+    """Every step that raised an error (not an incompatibility), with its one-line reason."""
+    return [{"chain": list(s.chain), "seed": s.seed, "reason": s.reason} for s in steps if s.status == FAILED]
 
 
 def edge_record(before: str, after: str, data: dict, outcomes: list[order.PairOutcome]) -> dict:
@@ -282,6 +312,16 @@ def score(metrics: dict, objective: str, base: dict, weight: float) -> float:
     return order.weighted_score(metrics["accuracy"], metrics[cost], base[cost], weight)
 
 
+def check_stage_names(stages) -> tuple[str, ...] | None:
+    """Stage names as a tuple of module names ('layer1,layer2' or a list), or None; a ValueError for anything else."""
+    if stages is None:
+        return None
+    names = tuple(part.strip() for part in stages.split(",")) if isinstance(stages, str) else stages
+    if not isinstance(names, (tuple, list)) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"stages must name modules whose outputs end the stages, e.g. layer1,layer2,layer3; got {stages!r}")
+    return tuple(names)
+
+
 def check_runtime(runtime: str, objective: str) -> None:
     """Refuse an unknown runtime, one the latency objectives do not use, or one that is not installed."""
     if runtime not in RUNTIMES:
@@ -321,7 +361,8 @@ class Explorer:
         base, self.source, self.data = prepare_base(
             self.spec.model if self.model is None else self.model, self.data, architecture=self.spec.architecture,
             model_args=self.spec.model_args, weights=self.spec.weights, device=self.spec.torch_device().type,
-            cache_dir=self.cache.folder, events=self.events, trust_torchscript=self.spec.trust_torchscript, import_code=self.import_code)
+            cache_dir=self.cache.folder, events=self.events, trust_torchscript=self.spec.trust_torchscript, import_code=self.import_code,
+            classifier=self.spec.classifier, stages=self.spec.stages)
         self.data_fingerprint = self.data.fingerprint()
         return base, self.source
 
@@ -389,6 +430,7 @@ class Explorer:
             repeat=self.try_repeat(final, chain) if self.spec.repeat else None,
             weak_pairs=sum(o.weak_evidence for o in found.outcomes if o.incompatible is None),
             seconds=time.perf_counter() - start, configs=self.config_dicts, search=found.search, data=self.data.describe(),
+            left_out=left_out(self.spec.methods, found.steps), failed_steps=failed_steps(found.steps + chain_steps),
         )
 
     def measure_base(self, base: nn.Module) -> None:
@@ -408,13 +450,18 @@ class Explorer:
         self._deepest = len(self.spec.methods)
         steps = self.run_plan(base, plan)
         outcomes = self.decide(steps)
-        dag, dropped = order.break_cycles(order.precedence_graph(list(self.spec.methods), outcomes))
-        chain, search, steps = self.search(base, steps, outcomes, order.recommended_chain(dag, outcomes))
+        usable = usable_methods(self.spec.methods, steps) or list(self.spec.methods)
+        among = [o for o in outcomes if o.first in usable and o.second in usable]
+        dag, dropped = order.break_cycles(order.precedence_graph(usable, among))
+        if len(usable) < 2:
+            return OrderFound(steps, outcomes, dag, dropped, usable, None)
+        chain, search, steps = self.search(base, usable, steps, among, order.recommended_chain(dag, among))
         return OrderFound(steps, outcomes, dag, dropped, chain, search)
 
-    def search(self, base: nn.Module, steps: list[StepResult], outcomes, pairwise_chain: list[str]):
-        """(chain, search summary, every step run) for the spec's search strategy: the pairwise chain,
-        or the best whole order that the strategy evaluated within its budget of applications."""
+    def search(self, base: nn.Module, methods: list[str], steps: list[StepResult], outcomes, pairwise_chain: list[str]):
+        """(chain, search summary, every step run) for the spec's search strategy over `methods` (those that
+        applied to the base): the pairwise chain, or the best whole order that the strategy evaluated
+        within its budget of applications."""
         steps = list(steps)
         higher = OBJECTIVES[self.spec.objective][0]
 
@@ -425,7 +472,7 @@ class Explorer:
                 steps.extend(self.run_plan(base, plan))
             return {chain: self._full_scores([s for s in steps if s.chain == chain]) for chain in chains}
 
-        result = order.search_chains(self.spec.methods, self.spec.search, evaluate, outcomes=outcomes, higher_is_better=higher)
+        result = order.search_chains(methods, self.spec.search, evaluate, outcomes=outcomes, higher_is_better=higher)
         chain = list(result.chain) if result.evaluated else pairwise_chain
         return chain, search_summary(result), _unique(steps)
 
@@ -519,9 +566,11 @@ class Compressed:
 def compress(model="digits_cnn", data="digits", chain=DEFAULT_METHODS, *, settings=None, budget: Budget | None = None,
              device: str = "auto", architecture: str | None = None, model_args: dict | None = None, weights: str | None = None,
              normalize: str = "dataset", input_size: int | None = None, seed: int = 0, cache_dir=None,
-             events: Events | None = None, trust_torchscript: bool = False, import_code: bool = True) -> Compressed:
+             events: Events | None = None, trust_torchscript: bool = False, import_code: bool = True,
+             classifier: str | None = None, stages=None) -> Compressed:
     """Apply `chain` to the base model and measure every step on the test split. `model` and `data` are
-    what `prepare_base` takes: names and paths as on the command line, or Python objects."""
+    what `prepare_base` takes: names and paths as on the command line, or Python objects. `classifier` and `stages`
+    name the parts of a network whose structure tracing cannot find (see ExploreSpec)."""
     chain = list(chain)
     if not chain:
         raise ValueError("the chain is empty: name at least one method")
@@ -531,7 +580,8 @@ def compress(model="digits_cnn", data="digits", chain=DEFAULT_METHODS, *, settin
     events = events or (lambda event: None)
     base, source, bundle = prepare_base(model, data, architecture=architecture, model_args=model_args, weights=weights,
                                         normalize=normalize, input_size=input_size, device=device, cache_dir=cache_dir,
-                                        events=events, trust_torchscript=trust_torchscript, import_code=import_code)
+                                        events=events, trust_torchscript=trust_torchscript, import_code=import_code,
+                                        classifier=classifier, stages=check_stage_names(stages))
     target = resolve_device(device)
     base_metrics = measure(base, bundle, "test", device=target).to_dict()
     progress = lambda label, fraction: events({"kind": "progress", "label": label, "fraction": fraction, "seed": seed})

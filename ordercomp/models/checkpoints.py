@@ -264,15 +264,6 @@ def save_state_atomically(model: nn.Module, path: Path) -> None:
     temp.replace(path)
 
 
-def base_fingerprint(model: nn.Module, source: dict) -> str:
-    """What identifies a base in cache keys: its weights and, for a base whose code is not ordercomp's own (a
-    program file, a user's class), that code too, so that another forward never reuses a step's result."""
-    weights = state_fingerprint(model)
-    if not source.get("code"):
-        return weights
-    return hashlib.sha256(json.dumps([weights, source["code"]]).encode()).hexdigest()[:16]
-
-
 def state_fingerprint(model: nn.Module) -> str:
     """A short hash of a model's weights, used in cache keys."""
     digest = hashlib.sha256()

@@ -16,6 +16,8 @@ from torch import nn
 from torchvision.models import mobilenet_v2, resnet18, resnet34, vgg11_bn
 from torchvision.models.resnet import BasicBlock
 
+from ..layers import mark_logits_layer
+
 
 class StagedNet(nn.Module):
     """A CNN split into a stem, a list of stages and a classifier head."""
@@ -34,7 +36,7 @@ class StagedNet(nn.Module):
 
 
 def classifier_head(features: int, num_classes: int) -> nn.Sequential:
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(features, num_classes))
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), mark_logits_layer(nn.Linear(features, num_classes)))
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
