@@ -280,10 +280,13 @@ def check_checkpoint(path: Path, architecture: str | None, *, trust_torchscript:
 
 def state_dict_mismatch(state: dict, architecture: str) -> str | None:
     """What keeps `state` from loading into `architecture` (built for the classes and input channels
-    the weights themselves have): missing and unexpected keys and shape mismatches; None if it fits."""
+    the weights themselves have): missing and unexpected keys and shape mismatches; None if it fits.
+    A framework's prefix on the names (module., model.) is left out, as it is when the weights load."""
+    from .models.weights import within_prefix
     from .models.zoo import create_model
 
     expected = create_model(architecture, *_classes_and_channels(state)).state_dict()
+    state = within_prefix(state, expected)[1]
     missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
     wrong = [f"{k} is {tuple(state[k].shape)}, needs {tuple(expected[k].shape)}" for k in expected
              if k in state and state[k].shape != expected[k].shape]

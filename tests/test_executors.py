@@ -208,3 +208,19 @@ def test_a_gpu_the_cluster_lacks_is_one_line(ray_cluster, capsys, tmp_path):
                                   "--seeds", "1", "--epochs", "0.1", "--cache", "", "--out", str(tmp_path), "--quiet"])
     assert "the Ray cluster has no GPU" in err
     assert ray.is_initialized()
+
+
+def test_a_users_class_from_a_file_reaches_the_ray_workers(ray_cluster, digits, tmp_path):
+    """Ray workers cannot import a user's FILE.py (imported here under a module name of ordercomp's making):
+    its classes travel with the model."""
+    from ordercomp.models.checkpoints import resolve_model
+
+    (tmp_path / "net.py").write_text("from torch import nn\nclass Net(nn.Module):\n    def __init__(self, num_classes):\n"
+                                     "        super().__init__()\n        self.fc = nn.Linear(64, num_classes)\n\n"
+                                     "    def forward(self, x):\n        return self.fc(x.flatten(1))\n")
+    base, _ = resolve_model(f"{tmp_path / 'net.py'}:Net", digits)
+    explorer = Explorer(ExploreSpec(methods=("sparsify", "quantize"), seeds=1, **FAST))
+    step = StepFunction(explorer.configs, explorer.spec.budget)
+    plan = [("sparsify",), ("sparsify", "quantize")]
+    results = RayExecutor().run(plan_work(explorer, base, step, StepCache(None), lambda e: None), plan, 1)
+    assert [(r.chain, r.status) for r in results] == [(chain, OK) for chain in plan]

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ordercomp import order
-from ordercomp.exploration.explorer import ExploreSpec, Explorer, compress, explore, no_order_reason
-from ordercomp.exploration.pipeline import INCOMPATIBLE, OK, StepResult, make_configs
+from ordercomp.exploration.explorer import ExploreSpec, Explorer, compress, explore, left_out, no_order_reason
+from ordercomp.exploration.pipeline import FAILED, INCOMPATIBLE, OK, StepResult, make_configs
 from ordercomp.train import Budget
 from testkit import FAST
 
@@ -157,10 +157,13 @@ def test_a_sample_trained_at_32_px_gets_its_data_at_32_px_unless_told_otherwise(
     assert told.data.input_size == 16
 
 
-def test_there_is_no_order_to_recommend_when_a_method_never_applies_or_no_pair_can_follow_each_other():
+def test_there_is_no_order_to_recommend_when_no_method_applies_or_no_pair_can_follow_each_other():
     singles = [StepResult(("prune",), OK, metrics={}), StepResult(("int8",), INCOMPATIBLE, "not a float model")]
-    assert no_order_reason(("prune", "int8"), singles, []) == \
-        "int8 cannot be applied to this model (int8: not a float model): remove it from the methods"
+    assert no_order_reason(("prune", "int8"), singles, []) is None  # int8 is left out; prune alone is the chain
+    assert left_out(("prune", "int8"), singles) == [{"method": "int8", "status": INCOMPATIBLE, "reason": "not a float model"}]
+    nothing = [StepResult(("prune",), FAILED, "IndexError: out of range"), StepResult(("int8",), INCOMPATIBLE, "not a float model")]
+    assert no_order_reason(("prune", "int8"), nothing, []) == \
+        "prune, int8 cannot be applied to this model (prune: IndexError: out of range): no method is left to order"
     both_ok = [StepResult(("prune",), OK, metrics={}), StepResult(("lowrank",), OK, metrics={})]
     blocked = [order.incompatible_pair("prune", "lowrank", "no layer gets cheaper", higher_is_better=True)]
     assert "no two of the methods can follow each other" in no_order_reason(("prune", "lowrank"), both_ok, blocked)

@@ -230,3 +230,19 @@ def test_a_runtime_that_is_not_installed_is_one_line_and_the_rest_are_built(comp
     assert "error" not in entries["packed"]["measured"]  # the packed file runs in PyTorch, as the model it holds does
     assert entries["packed"]["measured"]["accuracy"] == pytest.approx(compressed.steps[-1].metrics["accuracy"], abs=100 / 359)
     assert manifest["files"] == ["model.onnx", "model.packed.safetensors"]
+
+
+
+def test_the_pt2_file_is_measured_in_its_runtime(compressed, tmp_path):
+    """Issue 14: no .pt2 file was ever measured (NotImplementedError: Calling train() is not supported yet).
+    An untrained cnn_tiny keeps Inductor's compilation short."""
+    torch.manual_seed(0)
+    model, data = create_model("cnn_tiny").eval(), compressed.data
+    manifest = export_compressed(model, tmp_path / "out", formats=("pt2",), chain=[], configs={}, metrics={}, data=data,
+                                 base={"source": "test"}, repeats=1, threads=1)
+    [entry] = manifest["formats"]
+    images, labels = data.test.tensors
+    with torch.no_grad():
+        expected = 100 * (model(images).argmax(1) == labels).float().mean().item()
+    assert "error" not in entry["measured"], entry["measured"]
+    assert entry["measured"]["accuracy"] == pytest.approx(expected, abs=0.3) and entry["measured"]["latency_ms"]["32"] > 0

@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 from untrusted_data import image_bomb_zip
 
 from ordercomp import uploads
+from ordercomp.models import factories
 from ordercomp.models.checkpoints import sample_card
 from ordercomp.dashboard import estimate, formatting, plan, session
 from ordercomp.data.datasets import DataError
@@ -32,6 +33,7 @@ from testkit import WORKER_S, png, zip_of
 from untrusted_files import NOTES, genuine_pt2, sympy_in_batch_size
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
+MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"
 PAGES = {name: f"pages/{name}.py" for name in ("1_model_and_data", "2_methods", "3_runs", "4_order", "5_tradeoffs", "6_export")}
 
 
@@ -208,6 +210,45 @@ def test_torchscript_runs_only_when_the_user_ticks_that_they_trust_the_file(stor
     assert Path(choice["model"]).name == "tiny.ts" and choice["trust_torchscript"] is True and len(loads) == 1
     next(button for button in at.main.button if button.label.startswith("Measure")).click().run()
     assert store.get(spawned[-1])["spec"]["trust_torchscript"] is True
+
+
+def test_a_registered_factory_is_offered_and_runs_a_baseline_and_a_typed_reference_is_never_imported(store, tmp_path,
+                                                                                                       monkeypatch, spawned):
+    """Issue 14: the dashboard offers only the model factories its operator registered; its workers import nothing else."""
+    from tests.user_models.my_net import MyNet
+
+    at = app("1_model_and_data")
+    at.radio(key="w_model_source").set_value("registered").run()
+    assert f"${factories.MODELS_ENV}" in plain(at.main.info[0].value) and "never imports a path typed into it" in plain(at.main.info[0].value)
+    monkeypatch.setenv(factories.MODELS_ENV, f"my_net={MY_NET}:MyNet")
+    at.run()
+    assert at.main.selectbox(key="w_factory").value == "my_net"
+    at.text_input(key="w_model_args").set_value('{"width": 4}').run()
+    weights = io.BytesIO()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in MyNet(width=4).state_dict().items()}}, weights)
+    at.file_uploader(key="weights_file").set_value(("mine.ckpt", weights.getvalue(), "application/octet-stream")).run()
+    choice = at.session_state[session.BASE]
+    assert (choice["model"], choice["model_args"], Path(choice["weights"]).name) == ("my_net", {"width": 4}, "mine.ckpt")
+    assert "my_net {\"width\": 4} with weights mine.ckpt on digits" in plain(at.main.success[0].value)
+    next(button for button in at.main.button if button.label.startswith("Measure")).click().run()
+    job = store.get(spawned[-1])
+    assert job["spec"]["model"] == "my_net" and job["spec"]["weights"] == choice["weights"]
+    assert run_job(store, job["id"]) == "done", store.log(job["id"])
+    assert store.get(job["id"])["result"]["base"]["weights_notes"] == ["read its 'state_dict' entry", "stripped the prefix 'model.'"]
+    at.run()
+    assert any("Measured on cpu" in caption or "Measured on cuda" in caption for caption in texts(at.main.caption))
+
+    marker = tmp_path / "imported"
+    typed = tmp_path / "typed.py"
+    typed.write_text(f"open({str(marker)!r}, 'w').close()\nfrom torch import nn\nclass Net(nn.Linear):\n    pass\n")
+    crafted = AppTest.from_file(APP, default_timeout=180)  # a session holding a typed reference, as a crafted one could
+    crafted.session_state["w_model_source"], crafted.session_state["w_factory"] = "registered", f"{typed}:Net"
+    crafted.run()
+    assert not crafted.exception and "is not a model factory registered on this server (my_net)" in plain(crafted.main.error[0].value)
+    assert session.BASE not in crafted.session_state  # nothing was chosen from it
+    job = store.create(BaselineSpec(model=f"{typed}:Net", device="cpu"), "baseline")  # as a crafted store would hold it
+    assert run_job(store, job) == "failed"
+    assert "is not a model factory registered on this server" in store.get(job)["error"] and not marker.exists()
 
 
 def test_an_uploaded_zip_is_extracted_safely(store, tmp_path):

@@ -129,6 +129,12 @@ def test_a_state_dict_is_checked_against_the_architecture_at_upload(tmp_path):
         uploads.check_checkpoint(tmp_path / "cut.pt", "cnn_tiny")
 
 
+def test_a_training_frameworks_checkpoint_passes_the_upload_check_as_it_loads(tmp_path):
+    state = create_model("cnn_tiny", 10, 1).state_dict()
+    torch.save({"epoch": 3, "state_dict": {f"model.{k}": v for k, v in state.items()}}, tmp_path / "lightning.ckpt")
+    assert uploads.check_checkpoint(tmp_path / "lightning.ckpt", "cnn_tiny").startswith("lightning.ckpt: a state dict of")
+
+
 def test_torchscript_is_kept_but_not_loaded_without_trust(tmp_path):
     scripted = io.BytesIO()
     torch.jit.save(torch.jit.script(create_model("cnn_tiny", 10, 1)), scripted)

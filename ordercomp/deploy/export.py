@@ -38,6 +38,7 @@ from torch import nn
 
 from ..models.checkpoints import SAMPLE_DIR, list_samples, load_program, read_state_dict, sample_card
 from ..data.datasets import DataBundle
+from ..errors import one_line
 from ..folders import MIB, FolderKind, check_destination, sha256, write_folder
 from ..methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelect
 from ..methods.int8 import MAX_BATCH
@@ -204,11 +205,6 @@ PROGRAM_FORMATS = ("torchscript", "pt2", "onnx", "onnx_int8", "packed")
 BASE_FORMAT = {"onnx_int8": "onnx"}
 
 
-def one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
-
-
 def check_formats(formats) -> list[str]:
     names = [name.strip() for name in formats if name.strip()]
     unknown = [name for name in names if name not in FORMATS]
@@ -235,9 +231,12 @@ EXPORT_FOLDER = FolderKind(MARKER, "export", frozenset([filename for filename, _
                            legacy=legacy_checksums)
 
 
-def base_weight_bytes(model: str) -> int:
-    """Roughly the bytes of the float weights of the model `model` names, without loading it: a sample's or
-    a file's size, an architecture's parameters at 4 bytes each (10 classes, 3 input channels); 0 if unknown."""
+def base_weight_bytes(model: str, weights: str | None = None) -> int:
+    """Roughly the bytes of the float weights of the model `model` names, without loading it: a weights file's,
+    a sample's or a file's size, an architecture's parameters at 4 bytes each (10 classes, 3 input channels);
+    0 if unknown (a class trained here)."""
+    if weights and Path(weights).expanduser().is_file():
+        return Path(weights).expanduser().stat().st_size
     if model in list_samples():
         return (SAMPLE_DIR / sample_card(model)["weights"]).stat().st_size
     if model in ARCHITECTURES:
@@ -246,10 +245,10 @@ def base_weight_bytes(model: str) -> int:
     return path.stat().st_size if path.is_file() else 0
 
 
-def export_bytes(model: str, formats) -> int:
+def export_bytes(model: str, formats, weights: str | None = None) -> int:
     """A rough bound of what an export writes: every format at most the base's float weights (compression
     only shrinks them) plus 1 MiB for program code and the manifest."""
-    return len(check_formats(formats)) * (base_weight_bytes(model) + MIB)
+    return len(check_formats(formats)) * (base_weight_bytes(model, weights) + MIB)
 
 
 def check_export_folder(out, formats=DEFAULT_FORMATS, need_bytes: int = 0) -> None:
@@ -369,7 +368,7 @@ def export_compressed(model: nn.Module, out_dir, *, formats=DEFAULT_FORMATS, cha
 def describe(folder: Path, entries: list[dict], *, chain, configs, metrics, data: DataBundle, base: dict) -> dict:
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
     return {"chain": list(chain), "configs": configs, "metrics": metrics, "data": data.describe(),
-            "base": {k: v for k, v in base.items() if k != "card"},
+            "preprocessing": data.preprocessing, "base": {k: v for k, v in base.items() if k != "card"},
             "input_shape": ["batch", data.in_channels, data.input_size, data.input_size],
             "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "files": files, "sha256": {name: sha256(folder / name) for name in files}, "formats": entries,

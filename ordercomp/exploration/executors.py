@@ -14,6 +14,9 @@ resume and cache hits behave the same. Both send the same `step` events; progres
 inside the steps in process and from the driver while it waits on Ray, so a cancel raised by the
 events callback stops either (Ray tasks still running are cancelled; finished steps stay cached).
 
+A model built from a user's FILE.py:NAME travels to Ray workers with its classes (registered with
+cloudpickle to be pickled by value), since the workers cannot import the user's file.
+
 A HOST:PORT Ray address is probed before anything connects (`probe_cluster`): a port where no Ray head
 listens, or a cluster that refuses this process's authentication token, is one line within seconds
 rather than Ray's minutes of retries.
@@ -38,11 +41,13 @@ from torch import nn
 
 from .cache import StepCache
 from ..data.datasets import DataBundle
+from ..errors import one_line
 from ..methods.base import Context
 from ..deploy.export import deployed_latency
 from ..deploy.onnx_int8 import CannotBuild
-from .pipeline import INCOMPATIBLE, OK, StepResult, run_step
+from .pipeline import FAILED, INCOMPATIBLE, OK, StepResult, run_step
 from ..deploy.runtimes import RuntimeMissing
+from ..models.factories import user_modules
 from ..train import Budget, Progress
 
 Chain = tuple[str, ...]
@@ -85,6 +90,8 @@ def deployed_timing(model: nn.Module, result: StepResult, data: DataBundle, runt
         timing = deployed_latency(model, data, runtime)
     except (CannotBuild, RuntimeMissing) as reason:
         return replace(result, status=INCOMPATIBLE, reason=str(reason), metrics=None)
+    except Exception as error:  # the runtime could not run the file it was given: this step fails, the exploration goes on
+        return replace(result, status=FAILED, reason=one_line(error), metrics=None)
     return replace(result, metrics=result.metrics | timing)
 
 
@@ -382,6 +389,8 @@ class RayRun:
         results: dict[tuple[Chain, int], StepResult] = {}
         pending: dict = {}
         total = len(plan) * seeds
+        for module in user_modules():  # a worker cannot import a user's file: its classes travel with the model
+            self.ray.cloudpickle.register_pickle_by_value(module)
         data = self.ray.put(self.work.data)
         base = self.ray.put(copy.deepcopy(self.work.base).cpu())
         try:

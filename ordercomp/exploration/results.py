@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..data.preprocessing import describe_preprocessing
 from ..folders import MIB, FolderKind, check_destination, write_folder
+from ..models.checkpoints import describe_source
 from .pipeline import StepResult
 
 MARKER = ".ordercomp-results"
@@ -116,6 +118,8 @@ def write_results(result, out: str | Path) -> Path:
 def print_summary(result) -> None:
     record = result.to_dict()
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 60):
+        print(f"\nBase: {describe_source(record['base'])}")
+        print(f"Data: {record['data']['name']}; {describe_preprocessing(record['data']['preprocessing'])}")
         print("\nPair outcomes (objective: %s, %d seed(s))" % (record["spec"]["objective"], record["spec"]["seeds"]))
         print(pairs_table(record["outcomes"]).to_string(index=False))
         print("\nPrecedence edges (before -> after, margin):")
@@ -125,6 +129,8 @@ def print_summary(result) -> None:
             print(f"  dropped to break a cycle: {edge['before']} -> {edge['after']} (margin {edge['margin']:.2f})")
         if not record["edges"]:
             print("  none: every pair is a tie or incompatible")
+        for entry in record.get("left_out", []):
+            print(f"\nLeft out of the chain: {entry['method']} ({entry['status']} on the base: {entry['reason']})")
         print(f"\nValid orders: {len(record['valid_chains'])}; recommended chain: {' -> '.join(record['chain'])}")
         if record["weak_pairs"]:
             print(f"Note: {record['weak_pairs']} pair decision(s) rest on weak evidence; more --seeds would make them firmer.")
@@ -132,6 +138,7 @@ def print_summary(result) -> None:
         print(chain_table(record["base_metrics"], record["chain_steps"]).to_string(index=False))
         _print_exhaustive(record)
         _print_repeat(record)
+        _print_failed(record.get("failed_steps", []))
         counts = record["applications"]
         print(f"\nMethod applications per seed: pairwise {counts['pairwise_per_seed']}, exhaustive {counts['exhaustive_per_seed']} "
               f"(without prefix sharing {counts['naive_exhaustive_per_seed']}); cached steps reused: {counts['cache_hits']}; "
@@ -162,6 +169,13 @@ def _print_repeat(record: dict) -> None:
     print(f"\nRepeating {repeat['method']} after the chain {'helps' if repeat['helps'] else 'does not help'} (test split): "
           f"accuracy {before['accuracy']:.2f}% -> {after['metrics']['accuracy']:.2f}%, "
           f"BitOps {before['bitops']:.3g} -> {after['metrics']['bitops']:.3g}")
+
+
+def _print_failed(failed: list[dict]) -> None:
+    if failed:
+        print(f"\nSteps that failed with an error ({len(failed)}; the exploration went on without them):")
+    for step in failed:
+        print(f"  {' -> '.join(step['chain'])} (seed {step['seed']}): {step['reason']}")
 
 
 def print_chain_steps(base_metrics: dict, steps: list[StepResult]) -> None:

@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from ..errors import one_line
 from .launch import dispatch, worker_limit, worker_threads
 from .store import JobStore
 
@@ -27,8 +28,9 @@ PROGRESS_INTERVAL_S = 0.25
 CANCEL_CHECK_INTERVAL_S = 0.5
 
 
-class Cancelled(Exception):
-    """The job was asked to stop. Not a RuntimeError: run_step would turn that into a failed step."""
+class Cancelled(BaseException):
+    """The job was asked to stop. A BaseException, like KeyboardInterrupt (and asyncio's CancelledError): a
+    step turns every Exception into a failed result, and a cancel must stop the exploration instead."""
 
 
 class JobEvents:
@@ -75,11 +77,6 @@ def describe_step(step: dict) -> str:
     if step["reason"]:
         outcome += f": {step['reason']}"
     return f"{' -> '.join(step['chain'])} (seed {step['seed']}): {outcome}"
-
-
-def one_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def run_job(store: JobStore, job_id: str) -> str:

@@ -57,14 +57,15 @@ def test_events_raise_cancelled_once_a_cancel_is_requested():
         JobEvents(store, "job")({"kind": "stage", "stage": "base", "label": "preparing the base model"})
 
 
-def test_a_method_that_applies_nowhere_fails_the_job_with_its_reason_and_keeps_the_steps(store, tiny_spec):
-    # At rank ratio 0.99 no layer of cnn_tiny gets cheaper: lowrank applies on no seed, so there is no order to recommend.
+def test_a_method_that_applies_nowhere_is_left_out_and_the_job_ends_with_the_others(store, tiny_spec):
+    # At rank ratio 0.99 no layer of cnn_tiny gets cheaper: lowrank applies on no seed, so the chain is found without it.
     job_id = store.create(tiny_spec(methods=("prune", "lowrank"), settings={"lowrank": {"rank_ratio": 0.99}}))
-    assert run_job(store, job_id) == "failed"
-    job = store.get(job_id)
-    assert job["error"].startswith("ValueError: lowrank cannot be applied to this model") and "\n" not in job["error"]
-    assert "no layer gets cheaper at rank ratio 0.99" in job["error"]
-    by_chain = {tuple(row["chain"]): row for row in store.steps(job_id)}  # the finished steps stay
+    assert run_job(store, job_id) == "done"
+    result = store.get(job_id)["result"]
+    assert result["chain"] == ["prune"]
+    assert result["left_out"] == [{"method": "lowrank", "status": "incompatible",
+                                   "reason": "no layer gets cheaper at rank ratio 0.99: lower the rank ratio"}]
+    by_chain = {tuple(row["chain"]): row for row in store.steps(job_id)}
     assert by_chain[("prune",)]["status"] == "ok"
     assert by_chain[("prune", "lowrank")]["status"] == "incompatible"
     assert "no layer gets cheaper at rank ratio 0.99" in by_chain[("prune", "lowrank")]["reason"]
