@@ -49,8 +49,8 @@ def store_errors_in_one_line() -> Iterator[None]:
         st.stop()
 
 
-def live_job(store: JobStore, job_id: str, draw: Callable[[dict], None]) -> None:
-    """Draw a job with `draw(job)`; while the job is active the drawing polls the store."""
+def live_job(store: JobStore, job_id: str, draw: Callable[[dict], None], every: float = session.POLL_SECONDS) -> None:
+    """Draw a job with `draw(job)`; while the job is active the drawing polls the store every `every` seconds."""
     polling = views.is_active(store.get(job_id))
 
     def panel() -> None:
@@ -64,7 +64,7 @@ def live_job(store: JobStore, job_id: str, draw: Callable[[dict], None]) -> None
         if polling and not views.is_active(job):
             st.rerun()  # the whole page: it shows the result, and the polling stops
 
-    st.fragment(panel, run_every=session.POLL_SECONDS if polling else None)()
+    st.fragment(panel, run_every=every if polling else None)()
 
 
 def live_jobs(store: JobStore, jobs: list[dict], draw: Callable[[list[dict]], None], kind: str = "explore") -> None:
