@@ -19,6 +19,7 @@ import time
 from .data.preprocessing import NORMALIZE_HELP, Normalization, describe_preprocessing
 from .exploration.executors import EXECUTORS
 from .methods.registry import METHODS, parse_methods
+from .order.plan import chain_text
 from .models.checkpoints import describe_source
 from .train import Budget
 
@@ -200,7 +201,7 @@ def run_apply(args) -> int:
     print_chain_steps(outcome.base_metrics, outcome.steps)
     broken = [s for s in outcome.steps if s.status != "ok"]
     if broken:
-        raise ValueError(f"{' -> '.join(broken[0].chain)} is {broken[0].status}: {broken[0].reason}")
+        raise ValueError(f"{chain_text(broken[0].chain)} is {broken[0].status}: {broken[0].reason}")
     manifest = export_compressed(outcome.model, args.export, formats=formats, chain=chain,
                                  configs=outcome.configs, metrics=outcome.steps[-1].metrics, data=outcome.data, base=outcome.source,
                                  base_model=outcome.base, measure=not args.no_measure)
@@ -249,7 +250,7 @@ class ProgressBar:
             self.done, self.total = event["done"], event["total"]
             result = event["result"]
             note = "" if result["status"] == "ok" else f" [{result['status']}]"
-            self._draw(f"{' -> '.join(result['chain'])} (seed {result['seed']}){note}", newline=not self.tty)
+            self._draw(f"{chain_text(result['chain'])} (seed {result['seed']}){note}", newline=not self.tty)
         elif event["kind"] == "stage":
             self._draw(event["label"], newline=True)
         elif event["kind"] == "progress" and self.tty:

@@ -30,7 +30,7 @@ from ..deploy.export import PROGRAM_FORMATS, deployed_latency
 from ..deploy.runtimes import require_onnxruntime
 from ..methods.base import Context, config_to_dict
 from ..metrics import measure, unpack_hits
-from ..order import OBJECTIVES
+from ..order import OBJECTIVES, chain_text
 from .pipeline import FAILED, OK, StepResult, apply_chain, make_configs, run_step
 from ..train import Budget, train
 
@@ -173,6 +173,20 @@ class ExploreSpec:
         record["budget"] = Budget(**record.get("budget", {}))
         return cls(**record)
 
+    def planned_applications(self) -> dict:
+        """The method applications this exploration takes at most, known before it starts: per seed the plan
+        (pairwise, or every prefix with exhaustive validation) or the search's budget around it (never more than
+        every order), times the seeds, plus the chain applied once to the base on the test split. Progress counts
+        against `total`, so it only moves forward; a search that finds its order sooner ends below it."""
+        n = len(self.methods)
+        pairwise, exhaustive = order.pairwise_applications(n), order.exhaustive_applications(n)
+        if self.exhaustive or self.search == "exhaustive":
+            per_seed = exhaustive
+        else:
+            per_seed = pairwise if self.search == "pairwise" else min(order.search_budget(n, self.search), exhaustive)
+        return {"pairwise_per_seed": pairwise, "exhaustive_per_seed": exhaustive, "per_seed": per_seed, "seeds": self.seeds,
+                "chain": n, "total": per_seed * self.seeds + n}
+
     @property
     def timed(self) -> bool:
         """Whether every step's latency is measured (the latency objectives)."""
@@ -208,6 +222,7 @@ class Exploration:
     data: dict | None = None  # DataBundle.describe(): the splits and the preprocessing every figure was measured with
     left_out: list[dict] = field(default_factory=list)  # methods that applied on no seed, with why
     failed_steps: list[dict] = field(default_factory=list)  # steps that raised an error, with the error's line
+    device: str | None = None  # where the steps ran ("cpu", "cuda:0"), the spec's "auto" resolved
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -386,11 +401,20 @@ class Explorer:
     def _counting_steps_so_far(self) -> Events:
         """Step events counted over the whole exploration, not per plan (the search runs several)."""
         offset = self._steps_done
-        return lambda event: self.events(event | {"done": event["done"] + offset, "total": event["total"] + offset}
-                                         if event.get("kind") == "step" else event)
+        return lambda event: self.events(self._counted(event, event["done"] + offset) if event.get("kind") == "step" else event)
+
+    def _counted(self, event: dict, done: int) -> dict:
+        """A step event with `done` against the planned total, known at the start, so progress only moves forward
+        (the total grows only if more ran than planned, which the plan rules out)."""
+        return event | {"done": done, "total": max(self.spec.planned_applications()["total"], done)}
+
+    def _chain_step_done(self, step: StepResult) -> None:
+        """A step of the chain applied to the base on the test split: counted in the progress, no pair's evidence."""
+        self._steps_done += 1
+        self.events(self._counted({"kind": "step", "result": step.to_dict(), "split": "test"}, self._steps_done))
 
     def _context(self, seed: int, chain) -> Context:
-        label = " -> ".join(chain)
+        label = chain_text(chain)
         progress = lambda step, fraction: self.events({"kind": "progress", "label": f"{label}: {step}", "fraction": fraction, "seed": seed})
         return Context(self.data, self.spec.budget, seed, self.device, progress)
 
@@ -417,9 +441,10 @@ class Explorer:
         if reason:
             raise ValueError(f"{reason} (the steps that ran are cached, so a rerun reuses them)")
         chain = found.chain
-        self.events({"kind": "stage", "stage": "chain", "label": f"applying the chain {' -> '.join(chain)}"})
+        self.events({"kind": "stage", "stage": "chain", "label": f"applying the chain {chain_text(chain)}"})
         base_test = measure(base, self.data, "test", device=self.device).to_dict()
-        final, chain_steps = apply_chain(base, chain, self.configs, self._context(0, chain), latency=True)
+        final, chain_steps = apply_chain(base, chain, self.configs, self._context(0, chain), latency=True,
+                                         on_step=self._chain_step_done)
         return Exploration(
             spec=self.spec.to_dict(), base={k: v for k, v in source.items() if k != "card"} | {"fingerprint": base_fingerprint(base, source)},
             base_metrics=base_test, steps=[s.to_dict() for s in found.steps], outcomes=[o.to_dict() for o in found.outcomes],
@@ -431,6 +456,7 @@ class Explorer:
             weak_pairs=sum(o.weak_evidence for o in found.outcomes if o.incompatible is None),
             seconds=time.perf_counter() - start, configs=self.config_dicts, search=found.search, data=self.data.describe(),
             left_out=left_out(self.spec.methods, found.steps), failed_steps=failed_steps(found.steps + chain_steps),
+            device=str(self.device),
         )
 
     def measure_base(self, base: nn.Module) -> None:
@@ -497,7 +523,7 @@ class Explorer:
                                      higher_is_better=higher, min_margin=self._margin(), confidence=self.spec.confidence,
                                      images_first_then_second=self._hits(ab), images_second_then_first=self._hits(ba))
         broken = next((s for s in ab + ba if s.status != OK), None)
-        reason = f"{' -> '.join(broken.chain)}: {broken.reason}" if broken else "not run"
+        reason = f"{chain_text(broken.chain)}: {broken.reason}" if broken else "not run"
         one_way_blocked = broken is not None and all(s.status in (OK, "incompatible") for s in ab + ba)
         if one_way_blocked and (ab_ok or ba_ok):
             return order.only_order_pair(a, b, a if ab_ok else b, reason, higher_is_better=higher)

@@ -15,6 +15,7 @@ import pandas as pd
 from ..data.preprocessing import describe_preprocessing
 from ..folders import MIB, FolderKind, check_destination, write_folder
 from ..models.checkpoints import describe_source
+from ..order.plan import chain_text
 from .pipeline import StepResult
 
 MARKER = ".ordercomp-results"
@@ -28,7 +29,7 @@ def steps_table(steps: list[dict]) -> pd.DataFrame:
     rows = []
     for step in steps:
         metrics = step.get("metrics") or {}
-        rows.append({"chain": " -> ".join(step["chain"]), "seed": step.get("seed", 0), "status": step["status"],
+        rows.append({"chain": chain_text(step["chain"]), "seed": step.get("seed", 0), "status": step["status"],
                      "accuracy": metrics.get("accuracy"), "bitops": metrics.get("bitops"), "macs": metrics.get("macs"),
                      "size_bytes": metrics.get("size_bytes"), "latency_ms": metrics.get("latency_ms_b1"),
                      "seconds": round(step.get("seconds", 0.0), 2), "reason": step.get("reason") or ""})
@@ -46,7 +47,7 @@ def pairs_table(outcomes: list[dict]) -> pd.DataFrame:
                      "mean diff": round(o["mean_diff"], 3) if not o["incompatible"] else None,
                      "interval": interval_text(o), "spread": round(o["spread"], 3), "seeds": len(o["scores_first_then_second"]),
                      "images": o.get("images", 0),
-                     "weak evidence": o["weak_evidence"], "reason": o["incompatible"] or o.get("only_order") or ""})
+                     "weak evidence": "yes" if o["weak_evidence"] else "no", "reason": o["incompatible"] or o.get("only_order") or ""})
     return pd.DataFrame(rows)
 
 
@@ -61,7 +62,7 @@ def chain_table(base_metrics: dict, steps: list[dict]) -> pd.DataFrame:
     rows = [{"step": "base", **_figures(base_metrics, base_metrics)}]
     for step in steps:
         metrics = step.get("metrics")
-        row = {"step": " -> ".join(step["chain"])}
+        row = {"step": chain_text(step["chain"])}
         rows.append(row | (_figures(metrics, base_metrics) if metrics else {"status": f"{step['status']}: {step['reason']}"}))
     return pd.DataFrame(rows)
 
@@ -124,14 +125,14 @@ def print_summary(result) -> None:
         print(pairs_table(record["outcomes"]).to_string(index=False))
         print("\nPrecedence edges (before -> after, margin):")
         for edge in record["edges"]:
-            print(f"  {edge['before']} -> {edge['after']}  margin {edge['margin']:.2f}{' (weak)' if edge.get('weak') else ''}")
+            print(f"  {edge['before']} → {edge['after']}  margin {edge['margin']:.2f}{' (weak)' if edge.get('weak') else ''}")
         for edge in record["dropped_edges"]:
-            print(f"  dropped to break a cycle: {edge['before']} -> {edge['after']} (margin {edge['margin']:.2f})")
+            print(f"  dropped to break a cycle: {edge['before']} → {edge['after']} (margin {edge['margin']:.2f})")
         if not record["edges"]:
             print("  none: every pair is a tie or incompatible")
         for entry in record.get("left_out", []):
             print(f"\nLeft out of the chain: {entry['method']} ({entry['status']} on the base: {entry['reason']})")
-        print(f"\nValid orders: {len(record['valid_chains'])}; recommended chain: {' -> '.join(record['chain'])}")
+        print(f"\nValid orders: {len(record['valid_chains'])}; recommended chain: {chain_text(record['chain'])}")
         if record["weak_pairs"]:
             print(f"Note: {record['weak_pairs']} pair decision(s) rest on weak evidence; more --seeds would make them firmer.")
         print("\nChain applied to the base model (test split):")
@@ -154,7 +155,7 @@ def _print_exhaustive(record: dict) -> None:
           f"applications pairwise {summary['applications_pairwise']} vs exhaustive {summary['applications_exhaustive']} "
           f"({summary['cost_ratio']:.1f}x)")
     for index, item in enumerate(summary["orders"][:5], 1):
-        print(f"  {index}. {' -> '.join(item['chain'])}: {item['score']:.3f}")
+        print(f"  {index}. {chain_text(item['chain'])}: {item['score']:.3f}")
 
 
 def _print_repeat(record: dict) -> None:
@@ -175,7 +176,7 @@ def _print_failed(failed: list[dict]) -> None:
     if failed:
         print(f"\nSteps that failed with an error ({len(failed)}; the exploration went on without them):")
     for step in failed:
-        print(f"  {' -> '.join(step['chain'])} (seed {step['seed']}): {step['reason']}")
+        print(f"  {chain_text(step['chain'])} (seed {step['seed']}): {step['reason']}")
 
 
 def print_chain_steps(base_metrics: dict, steps: list[StepResult]) -> None:

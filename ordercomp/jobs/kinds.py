@@ -16,6 +16,7 @@ from typing import Callable
 from ..exploration.explorer import Explorer, ExploreSpec, compress, prepare_base, resolve_device
 from ..deploy.export import DEFAULT_FORMATS, check_export_folder, export_bytes, export_compressed, verify_export
 from ..metrics import measure
+from ..order.plan import chain_text
 from ..exploration.pipeline import OK
 from ..train import Budget
 from .specs import BaselineSpec, ExportSpec
@@ -26,7 +27,7 @@ Events = Callable[[dict], None]
 
 def run_exploration(store: JobStore, job_id: str, spec: dict, events: Events) -> tuple[dict, str]:
     exploration = Explorer(ExploreSpec.from_dict(spec), cache_dir=store.cache_dir(), events=events, import_code=False).explore()
-    return exploration.to_dict(), f"chain {' -> '.join(exploration.chain)}"
+    return exploration.to_dict(), f"chain {chain_text(exploration.chain)}"
 
 
 def run_baseline(store: JobStore, job_id: str, spec: dict, events: Events) -> tuple[dict, str]:
@@ -53,7 +54,7 @@ def run_export(store: JobStore, job_id: str, spec: dict, events: Events) -> tupl
                           events=events, trust_torchscript=spec.trust_torchscript, import_code=False)
     broken = next((step for step in compressed.steps if step.status != OK), None)
     if broken:
-        raise ValueError(f"{' -> '.join(broken.chain)} is {broken.status}: {broken.reason}; choose another order")
+        raise ValueError(f"{chain_text(broken.chain)} is {broken.status}: {broken.reason}; choose another order")
     events({"kind": "stage", "stage": "export", "label": "writing and checking the export files"})
     manifest = export_compressed(compressed.model, folder, formats=formats, chain=list(spec.chain),
                                  configs=compressed.configs, metrics=compressed.steps[-1].metrics, data=compressed.data,
