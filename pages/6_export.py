@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from ordercomp.dashboard import formatting, plan, session, views
-from ordercomp.deploy.export import FORMATS, export_zip
+from ordercomp.deploy.export import FORMATS, download_name, download_stem, export_verdict, export_zip
 from ordercomp.jobs import start_job
 from ordercomp.report.meeting import meeting_report, results_csv
 from pages._shared import KEEP, job_status, live_job, metric_row, open_exploration, run_inside_app
@@ -58,14 +58,12 @@ def draw_export(job: dict) -> None:
     st.dataframe([format_row(entry, manifest.get("reported_storage_bytes")) for entry in manifest["formats"]], hide_index=True)
     st.caption(f"Each file measured in its own runtime on the test split, {manifest.get('threads', '?')} threads, next to the base "
                "model written and measured the same way; the reported size is the storage the metrics count.")
-    if result["verify"]["ok"]:
-        st.success("Every file loads back, runs and matches its checksum.")
-    else:
-        st.warning(f"Some files did not verify: {formatting.md(result['verify'])}")
+    verdict = export_verdict(manifest, result["verify"])
+    (st.success if verdict["ok"] else st.warning)(formatting.md(verdict["text"]))
     if not folder.is_dir():
         st.error(f"The export folder {formatting.code(folder)} is gone: export again.")
         return
-    downloads(job["id"], folder, views.export_files(result))
+    downloads(job["spec"].get("exploration") or job["id"], job["spec"]["chain"], folder, views.export_files(result))
 
 
 def format_row(entry: dict, reported: float | None) -> dict:
@@ -79,16 +77,20 @@ def format_row(entry: dict, reported: float | None) -> dict:
             "base accuracy %": base.get("accuracy"),
             **{f"ms batch {b}": t for b, t in (measured.get("latency_ms") or {}).items()},
             **{f"speed-up batch {b}": s for b, s in (entry.get("speedup") or {}).items()},
-            "check against PyTorch": verdict, "argmax agreement": check.get("argmax_agreement")}
+            "check against PyTorch": verdict, "argmax agreement": check.get("argmax_agreement"),
+            "largest logit difference": check.get("max_abs_diff")}
 
 
-def downloads(job_id: str, folder: Path, files: list[tuple[str, Path]]) -> None:
+def downloads(run_id: str, chain, folder: Path, files: list[tuple[str, Path]]) -> None:
+    """A button per file and one for all as a zip, named by the run, the chain and the format."""
     columns = st.columns(len(files) + 1)
     for column, (name, path) in zip(columns, files):
-        column.download_button(formatting.FORMAT_LABELS.get(name, name), data=partial(path.read_bytes), file_name=path.name,
-                               mime="application/octet-stream", on_click="ignore", key=f"file-{job_id}-{name}")
-    columns[-1].download_button("All as a zip", data=partial(export_zip, folder), file_name=f"ordercomp-export-{job_id}.zip",
-                                mime="application/zip", on_click="ignore", type="primary", key=f"zip-{job_id}")
+        column.download_button(formatting.FORMAT_LABELS.get(name, name), data=partial(path.read_bytes),
+                               file_name=download_name(run_id, chain, path.name), mime="application/octet-stream",
+                               on_click="ignore", key=f"file-{run_id}-{name}")
+    folder_name = download_stem(run_id, chain)
+    columns[-1].download_button("All as a zip", data=partial(export_zip, folder, folder_name), file_name=f"{folder_name}.zip",
+                                mime="application/zip", on_click="ignore", type="primary", key=f"zip-{run_id}")
 
 
 st.title("Export")
