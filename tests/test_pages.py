@@ -500,8 +500,8 @@ def test_export_page_offers_reports_and_the_finished_export_files(store, finishe
     assert labels[:2] == ["Meeting report (self-contained HTML)", "Results CSV (every step)"]
     assert labels[2:] == ["state dict", "TorchScript", "manifest (JSON)", "All as a zip"]
     assert at.multiselect(key=f"w_export_order_{finished['exploration']}").value == finished["record"]["chain"]
-    assert plain(at.main.success[-1].value) == "Every file loads back, runs and matches its checksum."
-    assert list(at.main.dataframe[0].value["check against PyTorch"]) == ["passed", "passed"]
+    assert plain(at.main.success[-1].value) == "All 2 files load back, run, match their checksums and pass their checks on the whole test split."
+    assert list(at.main.dataframe[0].value["check against PyTorch"]) == ["passed", "passed"]  # the verdict is these rows
 
 
 def test_export_of_an_order_of_ones_own_is_a_background_job(store, finished, spawned):
