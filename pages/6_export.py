@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from ordercomp.dashboard import formatting, plan, session, views
-from ordercomp.deploy.export import FORMATS, export_zip
+from ordercomp.deploy.export import FORMATS, download_name, download_stem, export_verdict, export_zip
 from ordercomp.jobs import start_job
 from ordercomp.order import chain_text
 from ordercomp.report.figures import FORMAT_NAMES
@@ -59,8 +59,8 @@ def draw_export(job: dict) -> None:
     result = job["result"]
     folder = Path(result["folder"])
     manifest = result["manifest"]
-    ok, verdict = views.export_verdict(result)
-    (st.success if ok else st.warning)(formatting.md(verdict))
+    verdict = export_verdict(manifest, result["verify"])  # computed from the rows below it
+    (st.success if verdict["ok"] else st.warning)(formatting.md(verdict["text"]))
     st.dataframe(views.export_rows(manifest), hide_index=True, column_config={"check": st.column_config.TextColumn(width="large")})
     st.caption(f"Each file measured in its own runtime on the whole test split after warm-up, {manifest.get('threads', '?')} threads, "
                "next to the base model written and measured the same way (latency, then the speed-up against the base); "
@@ -68,18 +68,20 @@ def draw_export(job: dict) -> None:
     if not folder.is_dir():
         st.error(f"The export folder {formatting.code(folder)} is gone: export again.")
         return
-    downloads(job["id"], folder, views.export_files(result))
+    downloads(job["spec"].get("exploration") or job["id"], job["spec"]["chain"], folder, views.export_files(result))
 
 
-def downloads(job_id: str, folder: Path, files: list[tuple[str, Path]]) -> None:
-    """A button per file, four to a row so that every label fits; the file's name carries the run and its format."""
+def downloads(run_id: str, chain, folder: Path, files: list[tuple[str, Path]]) -> None:
+    """A button per file, four to a row so that every label fits, and one for all as a zip; the names carry the run,
+    the chain and the format, so two runs' files never collide."""
     buttons = [(FORMAT_NAMES.get(name, name), formatting.FORMAT_LABELS.get(name, name), name, path) for name, path in files]
     for start in range(0, len(buttons), DOWNLOADS_PER_ROW):
         for column, (label, full, name, path) in zip(st.columns(DOWNLOADS_PER_ROW), buttons[start:start + DOWNLOADS_PER_ROW]):
-            column.download_button(label, data=partial(path.read_bytes), file_name=f"ordercomp-{job_id}-{path.name}", help=full,
-                                   mime="application/octet-stream", on_click="ignore", key=f"file-{job_id}-{name}")
-    st.download_button("All as a zip", data=partial(export_zip, folder), file_name=f"ordercomp-export-{job_id}.zip",
-                       mime="application/zip", on_click="ignore", type="primary", key=f"zip-{job_id}")
+            column.download_button(label, data=partial(path.read_bytes), file_name=download_name(run_id, chain, path.name), help=full,
+                                   mime="application/octet-stream", on_click="ignore", key=f"file-{run_id}-{name}")
+    folder_name = download_stem(run_id, chain)
+    st.download_button("All as a zip", data=partial(export_zip, folder, folder_name), file_name=f"{folder_name}.zip",
+                       mime="application/zip", on_click="ignore", type="primary", key=f"zip-{run_id}")
 
 
 st.title("Export")

@@ -502,7 +502,7 @@ def test_export_page_exports_the_chain_and_the_downloaded_files_are_the_measured
     expect(main(page).get_by_text(f"{exploration['chain_text']}: the recommended chain.")).to_be_visible()
     remove_chips(page, ["ONNX (checked in onnxruntime)", "state dict"])
     page.runs.after_run(lambda: page.get_by_role("button", name="Apply and export").click())
-    verdict = main(page).get_by_text(re.compile(r"^(All \d+ files load back|Not every file is usable)"))
+    verdict = main(page).get_by_text(re.compile(r"^(All|\d+ of) \d+ files load back, run, match their checksums"))
     expect(verdict).to_be_visible(timeout=JOB_S)
     settled(page)
     # the verdict agrees with the rows: all good only when every row ran in its runtime and passed its check
@@ -513,9 +513,8 @@ def test_export_page_exports_the_chain_and_the_downloaded_files_are_the_measured
         "error" not in entry and "error" not in entry.get("measured", {}) and entry.get("check", {}).get("passed", True)
         for entry in JobStore(app["store"]).get(checks[0]["id"])["result"]["manifest"]["formats"])
     files = {label: download_file(page, label, tmp_path) for label in ("TorchScript", ".pt2", "int8 ONNX")}
-    # the run and the format in the name, so two runs' files do not collide
-    assert files["TorchScript"].name == f"ordercomp-{checks[0]['id']}-model.torchscript.pt"
-    assert files[".pt2"].name == f"ordercomp-{checks[0]['id']}-model.pt2"
+    stem = f"ordercomp-{exploration['id']}-{'-'.join(exploration['chain'])}"  # two runs' files never collide
+    assert files["TorchScript"].name == f"{stem}.torchscript.pt" and files[".pt2"].name == f"{stem}.pt2"
     expect(main(page).get_by_role("button", name="All as a zip")).to_be_visible()
     no_exception(page)
     nothing_cut(page)

@@ -78,7 +78,7 @@ def synthetic_record(*, latency=True) -> dict:
 
 # The recommended chain's deployable file measured in its runtime after warm-up, next to the base's (issue 15, item 3)
 SHIPPED = {"format": "onnx", "runtime": "onnxruntime 1.23 (CPUExecutionProvider)", "file_bytes": 15_400, "accuracy": 97.5,
-           "latency_ms": {"1": 0.05, "32": 0.4}, "threads": 2, "cpu": "Intel Xeon (test)", "speedup": {"1": 8.0, "32": 10.0},
+           "latency_ms": {"1": 0.05, "32": 0.4}, "threads": 2, "cpu": {"model": "Intel Xeon (test)", "logical_cores": 2, "flags": ["avx2"]}, "speedup": {"1": 8.0, "32": 10.0},
            "size_ratio": 80.0, "base": {"format": "onnx", "file_bytes": 1_232_000, "accuracy": 98.0, "latency_ms": {"1": 0.4, "32": 4.0}}}
 
 
@@ -264,10 +264,19 @@ def test_report_of_a_chain_that_stopped_early():
     assert "The chain stopped at prune → quantize → early_exit → int8 (incompatible" in report
 
 
-def test_results_csv_is_the_steps_table(record):
-    table = pd.read_csv(io.BytesIO(results_csv(record)))
-    assert len(table) == len(record["steps"]) and list(table.columns[:3]) == ["chain", "seed", "status"]
-    assert (table["status"] == "incompatible").sum() == 2
+def test_results_csv_holds_every_step_and_the_chain_on_the_test_split_rounded(record):
+    table = pd.read_csv(io.BytesIO(results_csv(record)), keep_default_na=False)
+    assert len(table) == len(record["steps"]) + len(record["chain_steps"])
+    assert list(table.columns[:4]) == ["chain", "split", "seed", "status"]
+    assert list(table["split"]) == ["val"] * len(record["steps"]) + ["test"] * len(record["chain_steps"])
+    assert (table["status"] == "incompatible").sum() == 2 + sum(s["status"] == "incompatible" for s in record["chain_steps"])
+    chain = table[table["split"] == "test"]
+    assert list(chain["chain"]) == [" → ".join(s["chain"]) for s in record["chain_steps"]]
+    timed = [s for s in record["chain_steps"] if (s.get("metrics") or {}).get("latency_ms_b1") is not None]
+    assert (chain["latency_runtime"] == "eager").sum() == len(timed)  # latency only where measured, and where it was
+    measured = table[table["status"] == "ok"]
+    assert all(float(b).is_integer() for b in measured["size_bytes"]) and all(float(b).is_integer() for b in measured["bitops"])
+    assert all(round(float(a), 2) == float(a) for a in measured["accuracy"])
 
 
 @pytest.mark.parametrize("speedup, text", [(1 / 2.333, "2.33× slower"), (1.0, "1.00× faster"), (2.0, "2.00× faster"),

@@ -116,7 +116,7 @@ def test_one_way_incompatibility_forces_the_order_that_applies(tmp_path):
 
 
 def test_compress_applies_a_chain_and_measures_every_step():
-    outcome = compress(chain=["prune", "quantize"], **FAST)
+    outcome = compress(chain=["prune", "quantize"], model=FAST["model"], budget=FAST["budget"], device=FAST["device"])
     assert [s.status for s in outcome.steps] == ["ok", "ok"]
     assert outcome.steps[-1].metrics["bitops"] < outcome.base_metrics["bitops"]
 

@@ -154,32 +154,12 @@ def _export_row(entry: dict) -> dict:
 
 
 def check_text(entry: dict) -> str:
-    """The verdict of a file's check against PyTorch, with the evidence it rests on."""
+    """The verdict of a file's check against PyTorch, with the evidence it rests on (`export.check_text`)."""
+    from ..deploy import export  # torch is imported only where a page shows an export
+
     if "error" in entry:
         return f"failed: {entry['error']}"
-    check = entry.get("check")
-    if not check:
-        return "not checked"
-    if "error" in check:
-        return f"failed: {check['error']}"
-    verdict = "passed" if check["passed"] else "failed"
-    agreement = f"top-1 agrees on {100 * check['argmax_agreement']:.1f} % of {check['images']} images"
-    if "tolerance" in check:
-        return f"{verdict}: largest logit difference {check['max_abs_diff']:.2g} (tolerance {check['tolerance']:.2g}); {agreement}"
-    return (f"{verdict}: {agreement} (needs {100 * check['min_agreement']:.0f} %), accuracy {check['accuracy']:.2f} % against "
-            f"{check['reference_accuracy']:.2f} % (within {check['max_accuracy_points']:g} points); largest logit difference "
-            f"{check['max_abs_diff']:.2g}")
-
-
-def export_verdict(result: dict) -> tuple[bool, str]:
-    """(all good, one line) over every file: written, loaded back, run in its runtime, checked, checksum matched."""
-    entries = result["manifest"]["formats"]
-    broken = [FORMAT_LABELS.get(e["format"], e["format"]) for e in entries
-              if "error" in e or "error" in (e.get("measured") or {}) or not (e.get("check") or {"passed": True})["passed"]]
-    if result["verify"]["ok"] and not broken:
-        return True, f"All {len(entries)} files load back, run in their runtime, pass their check and match their checksums."
-    why = f"{', '.join(broken)}: see the row" + ("s" if len(broken) > 1 else "") if broken else "a checksum or a load failed"
-    return False, f"Not every file is usable: {why}."
+    return export.check_text(entry["check"]) if entry.get("check") else "not checked"
 
 
 def card_metrics(card: dict) -> dict:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import order
-from .cache import StepCache, content_key, environment, step_key
+from .cache import StepCache, chain_key, content_key, environment, step_key
 from ..models.checkpoints import (describe_source, input_size_for, model_label, read_state_dict,
                                   resolve_model, save_state_atomically, state_fingerprint)
 from ..models.factories import check_args, code_fingerprint
@@ -26,7 +26,7 @@ from ..data.preprocessing import Normalization, repeat_channels
 from ..models.structure import base_fingerprint, structure_of, with_structure
 from ..fields import number, typed_fields
 from .executors import StepFunction, Work, check_executor, make_executor, probe_cluster
-from ..deploy.export import PROGRAM_FORMATS, deployed_latency
+from ..deploy.export import PROGRAM_FORMATS, SHIPPED_FORMAT, deployed_latency, shipped_figures
 from ..deploy.runtimes import require_onnxruntime
 from ..methods.base import Context, config_to_dict
 from ..metrics import measure, unpack_hits
@@ -124,6 +124,7 @@ class ExploreSpec:
     runtime: str = "eager"  # where the latency objectives time each step: PyTorch eager or an export format's runtime
     classifier: str | None = None  # the layer giving the logits, when tracing cannot find it (models.structure)
     stages: tuple[str, ...] | None = None  # the modules whose outputs end the stages, when tracing cannot find them
+    ship: str | None = SHIPPED_FORMAT  # the format the chain and the base are written in and timed as the headline; None: neither
 
     def __post_init__(self):
         for name, call in (("model", "model=net"), ("data", "data=(images, labels)")):
@@ -158,6 +159,7 @@ class ExploreSpec:
             raise ValueError(f"--repeat {self.repeat} must be one of the chosen methods")
         check_executor(self.executor, self.ray_address)
         check_runtime(self.runtime, self.objective)
+        check_ship(self.ship)
         self.torch_device()
         make_configs(self.methods, self.settings)
 
@@ -223,6 +225,13 @@ class Exploration:
     left_out: list[dict] = field(default_factory=list)  # methods that applied on no seed, with why
     failed_steps: list[dict] = field(default_factory=list)  # steps that raised an error, with the error's line
     device: str | None = None  # where the steps ran ("cpu", "cuda:0"), the spec's "auto" resolved
+    # What ships: the chain's model and the base, each written as spec.ship (float ONNX by default) and measured in
+    # its runtime after warm-up (`deploy.export.shipped_figures`): {format, runtime, file_bytes, accuracy (test split,
+    # percent), latency_ms: {"1", "32"}, threads, check (against PyTorch, whole test split), base: {format, runtime,
+    # file_bytes, accuracy, latency_ms}, speedup: {"1", "32"} (base ms / chain ms), size_ratio (base bytes / chain
+    # bytes), cpu: {model, logical_cores, flags}}; {format, runtime, error} when it could not be built or run;
+    # None when spec.ship is None or the chain stopped early.
+    shipped: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -337,6 +346,12 @@ def check_stage_names(stages) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+def check_ship(ship: str | None) -> None:
+    """None, or a format whose file runs in a runtime (what `Exploration.shipped` measures)."""
+    if ship is not None and ship not in PROGRAM_FORMATS:
+        raise ValueError(f"unknown format to ship {ship!r}: choose one of {', '.join(PROGRAM_FORMATS)}, or none")
+
+
 def check_runtime(runtime: str, objective: str) -> None:
     """Refuse an unknown runtime, one the latency objectives do not use, or one that is not installed."""
     if runtime not in RUNTIMES:
@@ -443,8 +458,10 @@ class Explorer:
         chain = found.chain
         self.events({"kind": "stage", "stage": "chain", "label": f"applying the chain {chain_text(chain)}"})
         base_test = measure(base, self.data, "test", device=self.device).to_dict()
-        final, chain_steps = apply_chain(base, chain, self.configs, self._context(0, chain), latency=True,
-                                         on_step=self._chain_step_done)
+        key = chain_key(base_fingerprint(base, self.source), self.data_fingerprint, chain, self.config_dicts, 0,
+                        self.spec.budget.to_dict(), environment(self.device.type))
+        final, chain_steps, _ = apply_chain_once(base, chain, self.configs, self._context(0, chain), self.cache, key,
+                                                 on_step=self._chain_step_done)
         return Exploration(
             spec=self.spec.to_dict(), base={k: v for k, v in source.items() if k != "card"} | {"fingerprint": base_fingerprint(base, source)},
             base_metrics=base_test, steps=[s.to_dict() for s in found.steps], outcomes=[o.to_dict() for o in found.outcomes],
@@ -457,7 +474,15 @@ class Explorer:
             seconds=time.perf_counter() - start, configs=self.config_dicts, search=found.search, data=self.data.describe(),
             left_out=left_out(self.spec.methods, found.steps), failed_steps=failed_steps(found.steps + chain_steps),
             device=str(self.device),
+            shipped=self.ship(final, base, chain_steps),
         )
+
+    def ship(self, final: nn.Module, base: nn.Module, chain_steps: list[StepResult]) -> dict | None:
+        """The chain's deployable file next to the base's, measured where they run (see Exploration.shipped)."""
+        if self.spec.ship is None or any(step.status != OK for step in chain_steps):
+            return None
+        self.events({"kind": "stage", "stage": "ship", "label": f"writing the chain and the base as {self.spec.ship} and timing them"})
+        return shipped_figures(final, base, self.data, fmt=self.spec.ship)
 
     def measure_base(self, base: nn.Module) -> None:
         """The base's validation BitOps, and its latency in the spec's runtime for the latency objectives:
@@ -587,6 +612,7 @@ class Compressed:
     data: DataBundle
     source: dict
     base: nn.Module | None = None  # the uncompressed model, for measuring exports against it
+    reused: bool = False  # the model is the one an exploration (or an earlier compress) kept under the same key
 
 
 def compress(model="digits_cnn", data="digits", chain=DEFAULT_METHODS, *, settings=None, budget: Budget | None = None,
@@ -613,8 +639,29 @@ def compress(model="digits_cnn", data="digits", chain=DEFAULT_METHODS, *, settin
     progress = lambda label, fraction: events({"kind": "progress", "label": label, "fraction": fraction, "seed": seed})
     context = Context(bundle, budget or Budget(), seed, target, progress)
     report = lambda step: events({"kind": "step", "result": step.to_dict(), "done": len(step.chain), "total": len(chain)})
-    final, steps = apply_chain(base, chain, configs, context, latency=True, on_step=report)
-    return Compressed(final, steps, base_metrics, {name: config_to_dict(name, c) for name, c in configs.items()}, bundle, source, base)
+    config_dicts = {name: config_to_dict(name, c) for name, c in configs.items()}
+    key = chain_key(base_fingerprint(base, source), bundle.fingerprint(), chain, config_dicts, seed, context.budget.to_dict(),
+                    environment(target.type))
+    final, steps, reused = apply_chain_once(base, chain, configs, context, StepCache(cache_dir), key, on_step=report)
+    return Compressed(final, steps, base_metrics, config_dicts, bundle, source, base, reused)
+
+
+def apply_chain_once(base: nn.Module, chain: list[str], configs: dict, context: Context, cache: StepCache, key: str,
+                     on_step=None) -> tuple[nn.Module, list[StepResult], bool]:
+    """`apply_chain` on the test split, or the model and steps kept under `key` (the chain, base, data,
+    configs, seed, budget and environment: cache.chain_key) when an exploration or an earlier call already
+    applied it; the last item says which. A chain that applies to the end is kept for the next call."""
+    kept = cache.get_chain(key)
+    if kept is not None:
+        model, steps = kept
+        for step in steps:
+            if on_step:
+                on_step(step)
+        return model.to(context.device).eval(), steps, True
+    final, steps = apply_chain(base, chain, configs, context, latency=True, on_step=on_step)
+    if all(step.status == OK for step in steps):
+        cache.put_chain(key, final, steps)
+    return final, steps, False
 
 
 def explore(spec: ExploreSpec | None = None, *, model=None, data=None, cache_dir=".ordercomp/cache",

@@ -16,6 +16,7 @@ from ..data.preprocessing import describe_preprocessing
 from ..folders import MIB, FolderKind, check_destination, write_folder
 from ..models.checkpoints import describe_source
 from ..order.plan import chain_text
+from ..order import LATENCY_OBJECTIVES
 from .pipeline import StepResult
 
 MARKER = ".ordercomp-results"
@@ -25,15 +26,42 @@ RESULT_FILES = ("exploration.json", "steps.csv", "pairs.csv", "chain.csv")
 RESULTS_BYTES = 8 * MIB
 
 
-def steps_table(steps: list[dict]) -> pd.DataFrame:
+def steps_table(steps: list[dict], split: str = "val", latency_runtime: str = "eager") -> pd.DataFrame:
+    """One row per step, its figures rounded to what they mean: accuracy to 2 decimals, bytes, MACs and BitOps
+    whole (BitOps with early exits are an expectation over images), milliseconds to 3 significant digits.
+    Latency is filled only where the step was timed, and `latency_runtime` names where (the eager PyTorch
+    simulation, or the runtime the latency objectives timed the steps in)."""
     rows = []
     for step in steps:
         metrics = step.get("metrics") or {}
-        rows.append({"chain": chain_text(step["chain"]), "seed": step.get("seed", 0), "status": step["status"],
-                     "accuracy": metrics.get("accuracy"), "bitops": metrics.get("bitops"), "macs": metrics.get("macs"),
-                     "size_bytes": metrics.get("size_bytes"), "latency_ms": metrics.get("latency_ms_b1"),
-                     "seconds": round(step.get("seconds", 0.0), 2), "reason": step.get("reason") or ""})
+        latency = metrics.get("latency_ms_b1")
+        rows.append({"chain": chain_text(step["chain"]), "split": split, "seed": step.get("seed", 0), "status": step["status"],
+                     "accuracy": _rounded(metrics.get("accuracy"), 2), "bitops": _whole(metrics.get("bitops")),
+                     "macs": _whole(metrics.get("macs")), "size_bytes": _whole(metrics.get("size_bytes")),
+                     "latency_ms_b1": _significant(latency), "latency_runtime": latency_runtime if latency is not None else "",
+                     "seconds": round(step.get("seconds", 0.0), 1), "reason": step.get("reason") or ""})
     return pd.DataFrame(rows)
+
+
+def results_table(record: dict) -> pd.DataFrame:
+    """Every step of an exploration (validation split) and the recommended chain applied step by step
+    (test split, seed 0, timed in eager PyTorch): what steps.csv and the dashboard's results CSV hold."""
+    spec = record["spec"]
+    runtime = spec.get("runtime", "eager") if spec["objective"] in LATENCY_OBJECTIVES else "eager"
+    return pd.concat([steps_table(record["steps"], "val", runtime), steps_table(record["chain_steps"], "test", "eager")],
+                     ignore_index=True)
+
+
+def _rounded(value, digits: int):
+    return None if value is None else round(value, digits)
+
+
+def _whole(value):
+    return None if value is None else int(round(value))
+
+
+def _significant(value, digits: int = 3):
+    return None if value is None else float(f"{value:.{digits}g}")
 
 
 def pairs_table(outcomes: list[dict]) -> pd.DataFrame:
@@ -81,7 +109,7 @@ def _round(value):
 def result_files(record: dict) -> dict[str, str]:
     """{file name: content} of an exploration record's results."""
     return {"exploration.json": json.dumps(record, indent=1, default=str),
-            "steps.csv": steps_table(record["steps"]).to_csv(index=False),
+            "steps.csv": results_table(record).to_csv(index=False),
             "pairs.csv": pairs_table(record["outcomes"]).to_csv(index=False),
             "chain.csv": chain_table(record["base_metrics"], record["chain_steps"]).to_csv(index=False)}
 

@@ -3,7 +3,8 @@ dict and the events callback, and returns the job's result record and a one-line
 
     explore   the Order of Compression exploration of an ExploreSpec -> Exploration.to_dict()
     baseline  prepare the base model of a BaselineSpec and measure it on the test split
-    export    apply the chain of an ExportSpec to the base and write the compressed model files
+    export    apply the chain of an ExportSpec to the base (or reuse the model an exploration kept under the
+              same key: cache.chain_key) and write the compressed model files
 
 Every kind shares the store's cache, so a zoo architecture is trained once for all of them. A worker
 never imports a FILE.py:NAME or package.module:NAME a spec names: it builds only the model factories
@@ -58,8 +59,9 @@ def run_export(store: JobStore, job_id: str, spec: dict, events: Events) -> tupl
     events({"kind": "stage", "stage": "export", "label": "writing and checking the export files"})
     manifest = export_compressed(compressed.model, folder, formats=formats, chain=list(spec.chain),
                                  configs=compressed.configs, metrics=compressed.steps[-1].metrics, data=compressed.data,
-                                 base=compressed.source, base_model=compressed.base)
-    result = {"folder": str(folder), "manifest": manifest, "verify": verify_export(folder),
+                                 base=compressed.source, base_model=compressed.base, reused=compressed.reused)
+    # the folder is this worker's, written a moment ago in the store's exports folder: its TorchScript is ordercomp's own
+    result = {"folder": str(folder), "manifest": manifest, "verify": verify_export(folder, trust_torchscript=True),
               "steps": [step.to_dict() for step in compressed.steps], "base_metrics": compressed.base_metrics}
     return result, f"exported {', '.join(manifest['files'])}"
 

@@ -99,7 +99,7 @@ def headline(figures: dict) -> list[Headline]:
 def _shipped_headline(shipped: dict) -> list[Headline]:
     base, fmt = shipped["base"], FORMAT_NAMES.get(shipped["format"], shipped["format"])
     runtime = shipped.get("runtime") or RUNTIME_NAMES.get(shipped["format"], shipped["format"])
-    where = f"{fmt} file in {runtime}, after warm-up, {shipped.get('cpu') or 'this CPU'}"
+    where = f"{fmt} file in {runtime}, after warm-up, {(shipped.get('cpu') or {}).get('model') or 'this CPU'}"
     latency, base_latency = shipped["latency_ms"], base["latency_ms"]
     items = [Headline("Shipped file size", size_text(shipped["file_bytes"]),
                       f"{fmt} file, {times_text(shipped.get('size_ratio'))} smaller than the base's {size_text(base['file_bytes'])}")]

@@ -22,7 +22,7 @@ from . import charts
 from .figures import SIMULATION, applications, duration, epochs_text, headline, plural
 from ..order import OBJECTIVES
 from ..order.plan import chain_text
-from ..exploration.results import chain_table, pairs_table, steps_table
+from ..exploration.results import chain_table, pairs_table, results_table, steps_table
 
 STYLE = """
 body{font-family:Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -41,8 +41,25 @@ def _ratio(before: float | None, after: float | None) -> float | None:
 
 
 def headline_figures(record: dict) -> dict:
-    """The chain's effect against the base model on the test split (the last measured step), and the shipped file's
-    figures in its runtime (`record["shipped"]`) when the exploration measured one. `figures.headline` words them."""
+    """The one place a record becomes headline numbers (pages and report call it; `figures.headline` words them). Keys:
+
+    bitops_reduction    base BitOps / chain BitOps (test split, the last measured step)
+    accuracy_change     chain accuracy - base accuracy, points (PyTorch, test split)
+    size_reduction      base storage / chain storage, as the metrics count it (bit widths, sparsity)
+    latency_ms          (base, chain) batch-1 ms of the eager PyTorch simulation (fake quantisation): not what ships
+    latency_change      chain / base of those: the simulation's, label it so
+    measured_chain      the chain the figures are for (shorter when the chain stopped early)
+    shipped             the record's `shipped` entry (Exploration.shipped) when it measured a file, else None; then:
+    shipped_format, shipped_runtime   e.g. "onnx", "onnxruntime (CPU)"
+    shipped_bytes       (base file bytes, chain file bytes)
+    shipped_size_reduction            base file bytes / chain file bytes
+    shipped_accuracy    (base, chain) accuracy of the files in their runtime, test split
+    shipped_accuracy_change           chain file - base file, points
+    shipped_latency_ms  {"1": (base ms, chain ms), "32": (...)}, after warm-up, timed in alternating rounds
+    shipped_speedup     {"1": base ms / chain ms, "32": ...}: above 1 is faster
+    shipped_threads, shipped_cpu      the threads and the CPU (model, logical_cores, flags) they were timed with
+    shipped_error       why no file was measured (None when one was, or none was asked for)
+    """
     base, final = record["base_metrics"], charts.last_measured_step(record)
     after = final["metrics"] if final else {}
     latency = (base.get("latency_ms_b1"), after.get("latency_ms_b1"))
@@ -50,7 +67,20 @@ def headline_figures(record: dict) -> dict:
             "accuracy_change": after["accuracy"] - base["accuracy"] if after else None,
             "size_reduction": _ratio(base["size_bytes"], after.get("size_bytes")),
             "latency_ms": latency, "latency_change": _ratio(latency[1], latency[0]),
-            "measured_chain": final["chain"] if final else [], "shipped": record.get("shipped")}
+            "measured_chain": final["chain"] if final else []} | shipped_figures(record.get("shipped"))
+
+
+def shipped_figures(shipped: dict | None) -> dict:
+    """The `shipped_*` headline keys of a record's shipped entry (see `headline_figures`)."""
+    if not shipped or "error" in shipped:
+        return {"shipped": None, "shipped_error": (shipped or {}).get("error")}
+    base = shipped["base"]
+    return {"shipped": shipped, "shipped_error": None, "shipped_format": shipped["format"], "shipped_runtime": shipped["runtime"],
+            "shipped_bytes": (base["file_bytes"], shipped["file_bytes"]), "shipped_size_reduction": shipped["size_ratio"],
+            "shipped_accuracy": (base["accuracy"], shipped["accuracy"]),
+            "shipped_accuracy_change": shipped["accuracy"] - base["accuracy"],
+            "shipped_latency_ms": {b: (base["latency_ms"][b], ms) for b, ms in shipped["latency_ms"].items()},
+            "shipped_speedup": dict(shipped["speedup"]), "shipped_threads": shipped["threads"], "shipped_cpu": shipped["cpu"]}
 
 
 def _headline_cards(figures: dict) -> str:
@@ -289,5 +319,5 @@ def meeting_report(record: dict, finished: float | None = None) -> str:
 
 
 def results_csv(record: dict) -> bytes:
-    """Every step of the exploration as CSV, e.g. for a browser download."""
-    return steps_table(record["steps"]).to_csv(index=False).encode()
+    """Every step of the exploration and of the recommended chain as CSV (`results_table`), e.g. for a browser download."""
+    return results_table(record).to_csv(index=False).encode()
