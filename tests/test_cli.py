@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 from ordercomp.cli import main
-
-MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"
+from testkit import MY_NET
 
 
 @pytest.mark.parametrize("args, message", [

@@ -29,10 +29,9 @@ from ordercomp.jobs.worker import run_job
 from ordercomp.methods.registry import METHODS
 from ordercomp.train import Budget
 from ordercomp.models.zoo import create_model
-from testkit import WORKER_S, png, zip_of
+from testkit import MY_NET, WORKER_S, png, zip_of
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"
 PAGES = {name: f"pages/{name}.py" for name in ("1_model_and_data", "2_methods", "3_runs", "4_order", "5_tradeoffs", "6_export")}
 
 
