@@ -14,8 +14,7 @@ from ordercomp.models import factories
 from ordercomp.models.checkpoints import CheckpointError, resolve_model, state_fingerprint
 from ordercomp.models.structure import base_fingerprint
 from ordercomp.models.factories import FactoryError
-
-MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"
+from testkit import MY_NET
 
 
 def resolve(spec, data, **options):

@@ -30,11 +30,10 @@ from ordercomp.methods.registry import METHODS
 from ordercomp.report.figures import duration
 from ordercomp.train import Budget
 from ordercomp.models.zoo import create_model
-from testkit import WORKER_S, png, zip_of
+from testkit import MY_NET, WORKER_S, png, zip_of
 from untrusted_files import NOTES, genuine_pt2, sympy_in_batch_size
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"
 PAGES = {name: f"pages/{name}.py" for name in ("1_model_and_data", "2_methods", "3_runs", "4_order", "5_tradeoffs", "6_export")}
 
 
