@@ -140,6 +140,21 @@ def test_torchvision_networks_are_split_by_tracing_and_take_exits_and_pruning_wi
         assert classes_out(compressed, images) == 10 and all(layer.out_features == 10 for layer in output_layers(compressed))
 
 
+def test_a_convolution_whose_channels_are_the_classes_is_found_through_its_activation_and_pooling():
+    """Issue 14, a network from outside the benchmark: SqueezeNet's logits come from a 1x1 convolution, then ReLU and
+    global pooling; tracing stopped at the pooling, so prune, sparsify, lowrank, distill, int8 and early_exit were
+    incompatible. Now its classifier is found, the network is split, and pruning keeps its 10 output channels."""
+    digits32 = in_colour(fewer(load_data("digits", input_size=32)))
+    torch.manual_seed(0)
+    model = tv.squeezenet1_1(num_classes=10).eval()
+    view = with_structure(model, digits32.example_input(2), 10)
+    found = structure_of(view)
+    assert found.classifier == "classifier.1" and len(found.stages) >= 2 and found.why_no_stages is None
+    context = Context(digits32, Budget(epochs=0), seed=0)
+    pruned = get_method("prune").apply(view, get_method("prune").default_config(), context)
+    assert classes_out(pruned, digits32.test.tensors[0][:4]) == 10 and [layer.out_channels for layer in output_layers(pruned)] == [10]
+
+
 def test_a_user_cnn_is_split_at_its_resolution_drops_and_its_classifier_is_fc_not_the_last_registered_layer(digits):
     model = UserNet().eval()
     view = with_structure(model, digits.example_input(2), 10)
