@@ -155,6 +155,17 @@ def test_a_convolution_whose_channels_are_the_classes_is_found_through_its_activ
     assert classes_out(pruned, digits32.test.tensors[0][:4]) == 10 and [layer.out_channels for layer in output_layers(pruned)] == [10]
 
 
+@pytest.mark.parametrize("name", ["prune", "distill"])
+def test_a_network_torch_pruning_cannot_walk_fails_the_step_with_a_reason_that_names_it(name, digits16):
+    """Issue 14, a network from outside the benchmark: on ShuffleNetV2, Torch-Pruning raises ZeroDivisionError while
+    mapping channels through its shuffles, and prune and distill failed with that line alone."""
+    view = with_structure(tv.shufflenet_v2_x0_5(num_classes=10), digits16.example_input(2), 10)
+    context = Context(digits16, Budget(epochs=0), seed=0)
+    _, result = run_step(view, (name,), make_configs([name]), context)
+    assert result.status == FAILED and result.reason.startswith("PruningError: Torch-Pruning could not prune this network's channels (")
+    assert "\n" not in result.reason
+
+
 def test_a_user_cnn_is_split_at_its_resolution_drops_and_its_classifier_is_fc_not_the_last_registered_layer(digits):
     model = UserNet().eval()
     view = with_structure(model, digits.example_input(2), 10)
