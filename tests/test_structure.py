@@ -271,6 +271,28 @@ def test_distill_depth_is_incompatible_where_it_cannot_drop_a_block(user_base, d
         distill.apply(user_base, distill.make_config(width=1.0, depth=0.5), context)
 
 
+class SizeBranch(UserNet):
+    """A forward with a Python branch on the input's size, which torch.fx cannot trace."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x if x.shape[-1] >= 8 else F.interpolate(x, size=8))
+
+
+def test_a_forward_tracing_cannot_follow_has_its_classifier_named_and_is_told_stages_need_it_traced(digits):
+    """Issue 14, a network from outside the benchmark: early_exit and int8 told the user to name the stages with
+    --stages, which is refused for a forward that cannot be traced."""
+    view = with_structure(SizeBranch(), digits.example_input(2), 10, classifier="fc")
+    assert structure_of(view).classifier == "fc" and not structure_of(view).traced
+    context = Context(fewer(digits), Budget(epochs=0), seed=0)
+    assert get_method("prune").apply(view, get_method("prune").default_config(), context).fc.out_features == 10
+    for name in ("early_exit", "int8"):
+        with pytest.raises(Incompatible) as why:
+            get_method(name).apply(view, get_method(name).default_config(), context)
+        assert "torch.fx could not trace the forward" in str(why.value) and "--stages needs it traced too" in str(why.value)
+    with pytest.raises(StructureError, match="--stages needs the forward traced"):
+        with_structure(SizeBranch(), digits.example_input(2), 10, stages=("conv2", "conv4"))
+
+
 def test_methods_that_need_stages_say_what_is_missing(digits):
     context = Context(fewer(digits), Budget(epochs=0), seed=0)
     vit = with_structure(small_vit(), digits.example_input(2), 10)

@@ -89,6 +89,7 @@ class Structure:
     named: tuple[str, ...] = ()  # what the user named: "classifier", "stages"
     why_no_classifier: str | None = None
     why_no_stages: str | None = None
+    traced: bool = True  # whether torch.fx traced the forward: stages are found or named in the traced graph only
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -140,7 +141,8 @@ def _discover(model: nn.Module, example: torch.Tensor, classifier: str | None, s
     except NotFound as why:
         if stages:
             raise StructureError(f"--stages needs the forward traced, and {why}") from None
-        return model, {"classifier": classifier, "why_no_stages": str(why), **({} if classifier else {"why_no_classifier": str(why)})}
+        return model, {"classifier": classifier, "why_no_stages": str(why), "traced": False,
+                       **({} if classifier else {"why_no_classifier": str(why)})}
     details = {"classifier": classifier}
     if classifier is None:
         try:
