@@ -138,12 +138,16 @@ def metric_row(metrics: dict) -> None:
         column.metric(label, value)
 
 
+HEADLINE_PER_ROW = 3
+
+
 def headline_row(record: dict) -> None:
     """What the recommended chain buys (`figures.headline`): the same figures, words and units as the meeting report."""
     items = headline(headline_figures(record))
-    for column, item in zip(st.columns(len(items)), items):
-        column.metric(item.label, item.value)
-        column.caption(formatting.md(item.detail))
+    for start in range(0, len(items), HEADLINE_PER_ROW):  # at most three a row: a value such as "254.3× fewer" fits at 1400 px
+        for column, item in zip(st.columns(HEADLINE_PER_ROW), items[start:start + HEADLINE_PER_ROW]):
+            column.metric(item.label, item.value)
+            column.caption(formatting.md(item.detail))
 
 
 def open_exploration(store: JobStore) -> tuple[str, dict]:
