@@ -275,9 +275,14 @@ def pick(page, label: str, option: str) -> None:
 
 
 def remove_chips(page, labels: list[str]) -> None:
+    """Remove chips from a multiselect, then leave it. A focused multiselect whose chips fill its first line keeps a
+    second line for typing; the mouse-down of the next click elsewhere blurs it, the box shrinks, what lies below moves
+    up, and the click lands where its target no longer is (five export formats, then "Apply and export")."""
     for label in labels:
         page.runs.after_run(lambda: page.get_by_role("button", name=f"Remove {label}", exact=True).click())
         expect(page.get_by_role("button", name=f"Remove {label}", exact=True)).to_have_count(0)
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    settled(page)
 
 
 def choose_the_small_plan(page) -> None:
