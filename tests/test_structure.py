@@ -341,7 +341,9 @@ def test_an_exploration_of_a_vit_goes_on_past_the_methods_that_fail_and_says_whi
     result = Explorer(spec, cache_dir=None, data=fewer(digits)).explore().to_dict()
     assert sorted(result["chain"]) == ["quantize", "sparsify"]
     assert {entry["method"]: entry["status"] for entry in result["left_out"]} == {"prune": FAILED, "distill": FAILED}
-    assert any(step["chain"] == ["prune"] and step["reason"] for step in result["failed_steps"])
+    # before: "RuntimeError: shape '[64, 32, 4]' is invalid for input of size 4096", raised by fine-tuning the pruned model
+    assert any(step["chain"] == ["prune"] and "Torch-Pruning removed channels that the forward still expects" in step["reason"]
+               for step in result["failed_steps"])
     assert [step["status"] for step in result["chain_steps"]] == [OK, OK]
     assert result["base"]["structure"]["classifier"] == "heads.head"
     print_summary(explorer.Exploration(**result))
