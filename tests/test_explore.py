@@ -7,6 +7,7 @@ import torch
 from ordercomp import order
 from ordercomp.exploration.explorer import ExploreSpec, Explorer, compress, explore, left_out, no_order_reason
 from ordercomp.exploration.pipeline import FAILED, INCOMPATIBLE, OK, StepResult, make_configs
+from ordercomp.report.figures import applications
 from ordercomp.train import Budget
 from testkit import FAST
 
@@ -82,7 +83,14 @@ def test_exhaustive_mode_ranks_the_found_chain(tmp_path):
 
 def test_the_default_search_picks_the_best_whole_order_it_evaluated_within_twice_the_pairwise_cost(tmp_path):
     methods = ("prune", "quantize", "early_exit", "sparsify")
-    record = explore(ExploreSpec(methods=methods, seeds=1, **FAST), cache_dir=tmp_path).to_dict()
+    events = []
+    record = Explorer(ExploreSpec(methods=methods, seeds=1, **FAST), cache_dir=tmp_path, events=events.append).explore().to_dict()
+    # progress counts against the total planned at the start (the budget, 32 a seed, + the chain's 4), so it only moves
+    # forward: each plan the search ran used to bring its own total ("16 of 16", then "17 of 20") and the chain none
+    progress = [(event["done"], event["total"]) for event in events if event["kind"] == "step"]
+    assert {total for _, total in progress} == {32 + 4}
+    assert [done for done, _ in progress] == list(range(1, len(progress) + 1))
+    assert progress[-1][0] == applications(record) == len(record["steps"]) + 4
     search = record["search"]
     assert search["strategy"] == "surrogate" and search["budget_per_seed"] == 32
     assert search["applications_per_seed"] <= 32 and len({tuple(s["chain"]) for s in record["steps"]}) <= 32
@@ -108,7 +116,7 @@ def test_one_way_incompatibility_forces_the_order_that_applies(tmp_path):
 
 
 def test_compress_applies_a_chain_and_measures_every_step():
-    outcome = compress(chain=["prune", "quantize"], **FAST)
+    outcome = compress(chain=["prune", "quantize"], model=FAST["model"], budget=FAST["budget"], device=FAST["device"])
     assert [s.status for s in outcome.steps] == ["ok", "ok"]
     assert outcome.steps[-1].metrics["bitops"] < outcome.base_metrics["bitops"]
 

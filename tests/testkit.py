@@ -22,8 +22,9 @@ from ordercomp.train import Budget
 # waits on workers are generous, and still finite.
 WORKER_S = 900
 
-# An exploration small enough for a test: the zoo's cnn_tiny and a fifth of an epoch of fine-tuning per step.
-FAST = dict(model="cnn_tiny", budget=Budget(epochs=0.2), device="cpu")
+# An exploration small enough for a test: the zoo's cnn_tiny and a fifth of an epoch of fine-tuning per step, and no
+# shipped file (writing the chain and the base as ONNX and timing them takes seconds; test_shipped.py tests it).
+FAST = dict(model="cnn_tiny", budget=Budget(epochs=0.2), device="cpu", ship=None)
 
 # A user's own class as a file, by absolute path: every test runs in a working folder of its own.
 MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"

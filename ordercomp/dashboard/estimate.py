@@ -1,6 +1,9 @@
-"""How many method applications an exploration takes and about how long: from the finished steps
-in the job store, from a sample model's size, or a default guess."""
+"""How many method applications an exploration takes and about how long: from the steps measured on
+this machine (the job store's finished steps of the same model and data), else a guess from a sample
+model's size, else a default guess; the text says which."""
 from __future__ import annotations
+
+from ..report.figures import duration
 
 DEFAULT_STEP_SECONDS = 20.0      # per method application, until the store has finished steps to go by
 # Seconds per multiply-accumulate of fine-tuning on 2 CPU cores (forward + backward ~ 3x the MACs), with each
@@ -8,22 +11,24 @@ DEFAULT_STEP_SECONDS = 20.0      # per method application, until the store has f
 CPU_SECONDS_PER_MAC = 5.3e-11
 
 
-def plan_cost(spec, mean_seconds: float | None) -> dict:
-    """Method applications of an exploration and an estimate of its time."""
-    from .. import order
-
-    n = len(spec.methods)
-    pairwise, exhaustive = order.pairwise_applications(n), order.exhaustive_applications(n)
-    if spec.exhaustive or spec.search == "exhaustive":
-        per_seed = exhaustive
-    else:  # the search spends at most its budget (whole orders around the pairwise plan), never more than every order
-        per_seed = pairwise if spec.search == "pairwise" else min(order.search_budget(n, spec.search), exhaustive)
-    applications = per_seed * spec.seeds + n  # + the chain applied once to the base on the test split
+def plan_cost(spec, measured: tuple[float, int] | None) -> dict:
+    """Method applications of an exploration (`ExploreSpec.planned_applications`) and an estimate of its time;
+    `measured` is (mean seconds, steps) of this model and data from the job store (`JobStore.step_seconds`)."""
+    planned = spec.planned_applications()
     guess = sample_step_seconds(spec)
-    each = mean_seconds or guess or DEFAULT_STEP_SECONDS
-    basis = "measured" if mean_seconds else ("sample" if guess else "default")
-    return {"pairwise_per_seed": pairwise, "exhaustive_per_seed": exhaustive, "per_seed": per_seed, "seeds": spec.seeds,
-            "applications": applications, "seconds_each": each, "basis": basis, "seconds": applications * each}
+    if measured:
+        each, basis = measured[0], f"from {measured[1]} steps measured here"
+    elif guess:
+        each, basis = guess, "a guess from the sample's size (no step of it measured here yet)"
+    else:
+        each, basis = DEFAULT_STEP_SECONDS, "a default guess (no step of this model and data measured here yet)"
+    return planned | {"applications": planned["total"], "seconds_each": each, "basis": basis,
+                      "seconds": planned["total"] * each}
+
+
+def estimate_text(cost: dict) -> str:
+    """'about 3 min, from 96 steps measured here': the one wording of the time estimate on every page."""
+    return f"about {duration(cost['seconds'])}, {cost['basis']}"
 
 
 def sample_step_seconds(spec) -> float | None:

@@ -73,7 +73,7 @@ def apply(model: nn.Module, config: PruneConfig, context: Context) -> nn.Module:
     require_classifier(model, "prune")
     shrink_width(model, config.ratio, config.importance, context)
     return train(model, context.data, context.budget, seed=context.seed, device=context.device,
-                 progress=context.progress, label="prune: fine-tune")
+                 progress=context.progress, label="fine-tune")
 
 
 METHOD = Method("prune", "Structured pruning", PruneConfig, apply, "ratio",

@@ -20,7 +20,9 @@ from ordercomp.order.pairwise import (
     weighted_score,
 )
 from ordercomp.order.plan import (
+    ARROW,
     MAX_EXHAUSTIVE_METHODS,
+    chain_text,
     exhaustive_applications,
     exhaustive_plan,
     naive_exhaustive_applications,
@@ -46,6 +48,7 @@ __all__ = [
     "DEFAULT_STRATEGY",
     "MAX_EXHAUSTIVE_METHODS",
     "ACCURACY_OBJECTIVES",
+    "ARROW",
     "LATENCY_OBJECTIVES",
     "OBJECTIVES",
     "STRATEGIES",
@@ -56,6 +59,7 @@ __all__ = [
     "SearchResult",
     "agreement",
     "break_cycles",
+    "chain_text",
     "decide_pair",
     "difference_interval",
     "exhaustive_applications",
