@@ -26,6 +26,7 @@ WORKER_MODULE = "ordercomp.jobs.worker"
 STALE_REASON = "worker stopped (killed or crashed): resume to continue"
 MAX_WORKERS_ENV = "ORDERCOMP_MAX_WORKERS"
 MAX_WORKERS_SETTING = "max_workers"
+KERNEL_THREADS_PARENT = "2"  # kthreadd's pid: a recycled pid that now names a kernel thread runs no worker
 
 
 def start_job(store: JobStore, spec, kind: str = "explore") -> str:
@@ -193,11 +194,19 @@ def _process_exists(pid: int) -> bool:
 def _runs_worker(pid: int) -> bool:
     """False when the pid now belongs to another program; trusted as is where there is no /proc."""
     try:
-        return WORKER_MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if arguments:
+            return WORKER_MODULE.encode() in arguments
+        # No arguments to read: a process still inside exec (Popen returns before the kernel has set the new
+        # program's arguments: a quarter of immediate reads here), one that is exiting, or a kernel thread.
+        state, parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
     except FileNotFoundError:
         return not Path("/proc/self").exists()
     except PermissionError:
         return True
+    except ProcessLookupError:  # gone while we read
+        return False
+    return state not in ("Z", "X") and parent != KERNEL_THREADS_PARENT
 
 
 def refresh_stale(store: JobStore) -> list[str]:

@@ -72,6 +72,23 @@ def test_a_worker_that_dies_while_starting_fails_its_job_with_its_last_words(sto
     assert job["error"] == "its worker stopped before it started the job: ImportError: libtorch.so: cannot open shared object file"
 
 
+def test_a_worker_is_alive_from_the_moment_it_is_spawned(store, tiny_spec, monkeypatch):
+    """Popen returns while the kernel is still inside exec, before the new program's arguments can be read: a
+    quarter of immediate reads of /proc/<pid>/cmdline were empty, so a job whose worker had just started could be
+    taken for stale and failed ("its worker stopped before it started the job"); the queue test that checks a
+    dying worker failed that way under load."""
+    monkeypatch.setattr(launch, "worker_command", lambda store, job_id: ["sh", "-c", "sleep 60; :", WORKER_MODULE])
+    job_id = store.create(tiny_spec())
+    for _ in range(100):
+        pid = launch.spawn_worker(store, job_id)
+        try:
+            assert is_alive({"pid": pid}), "a worker spawned a moment ago was taken for gone"
+        finally:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert not is_alive({"pid": pid})
+
+
 def test_cancel_always_ends(store, tiny_spec, fake_workers, wait_for):
     set_worker_limit(store, 1)
     running, waiting = start_job(store, tiny_spec()), start_job(store, tiny_spec())
