@@ -92,7 +92,7 @@ def batch_one_anatomy(entry: dict, outcome, threads: int, folder: Path) -> None:
         nodes = optimised_nodes(path, threads, folder)
         reorders = nodes["ReorderInput"] + nodes["ReorderOutput"]
         print(f"  {role}: {sum(nodes.values())} nodes after onnxruntime's optimisation, {nodes['Conv']} convolutions, "
-              f"{reorders} layout reorders (out of channel blocks: after the last convolution, and after each layer "
+              f"{reorders} layout reorder(s) (out of channel blocks: after the last convolution, and after each layer "
               "narrower than the CPU's block, whose outputs are padded to it)")
 
 
