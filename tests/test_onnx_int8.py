@@ -3,6 +3,7 @@ check holds it to that on the whole test split."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -31,6 +32,21 @@ def test_int8_sums_do_not_saturate_on_cpus_without_vnni(tmp_path):
     with torch.no_grad():
         expected = model(images[:8]).numpy()
     assert np.abs(got - expected).max() < 0.03 * np.abs(expected).max()
+
+
+def test_a_session_writes_the_graph_it_runs_when_asked(tmp_path):
+    """bench_deploy counts the nodes onnxruntime runs per call: the session's optimised graph, with the
+    ReLUs fused into the convolutions, written where `optimized_model` says."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten()).eval()
+    images = torch.rand(2, 1, 8, 8)
+    path, optimised = tmp_path / "float.onnx", tmp_path / "optimised.onnx"
+    onnx_file(model, images, path)
+    session = onnx_session(path, 1, optimized_model=optimised)
+    exported_ops = [node.op_type for node in onnx.load(path).graph.node]
+    run_ops = [node.op_type for node in onnx.load(optimised).graph.node]
+    assert exported_ops.count("Relu") == 2 and "Relu" not in run_ops and run_ops.count("Conv") == 2
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {INPUT_NAME: images.numpy()})[0], model(images).numpy(), atol=1e-5)
 
 
 @pytest.fixture(scope="module")

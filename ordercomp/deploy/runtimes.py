@@ -61,7 +61,9 @@ def require_onnxruntime() -> None:
                          "or measure latency with --runtime eager") from None
 
 
-def onnx_session(path: Path, threads: int = THREADS):
+def onnx_session(path: Path, threads: int = THREADS, *, optimized_model: Path | None = None):
+    """An onnxruntime CPU session with `threads` intra-op threads; with `optimized_model`, the graph it runs on
+    this CPU (after fusion and channel-block layout) is written there too."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -69,6 +71,8 @@ def onnx_session(path: Path, threads: int = THREADS):
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.log_severity_level = 3
+    if optimized_model is not None:
+        options.optimized_model_filepath = str(optimized_model)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
