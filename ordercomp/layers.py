@@ -121,6 +121,11 @@ def is_quantised(layer: nn.Module) -> bool:
     return isinstance(layer, (QuantConv2d, QuantLinear))
 
 
+def quantises_activations(model: nn.Module) -> bool:
+    """True when a fake-quantised layer of the model rounds its input activation (below full precision)."""
+    return any(bits_of(layer)[1] < FULL_BITS for _, layer in quantised_layers(model))
+
+
 def quantised_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, layer) for name, layer in compute_layers(model) if is_quantised(layer)]
 

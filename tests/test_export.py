@@ -2,6 +2,7 @@
 bad requests refused before anything is written; a failure midway leaves no half-written folder."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -87,6 +88,34 @@ def test_every_program_passes_its_check_against_pytorch(exported):
         if name != "onnx_int8":
             assert check["max_abs_diff"] <= check["tolerance"] and check["argmax_agreement"] == 1.0, name
     assert next(e for e in manifest["formats"] if e["format"] == "onnx")["exporter"] == "dynamo"
+
+
+class OffsetLogits(torch.nn.Module):
+    """A model with `offset` added to the logits of the first image of each batch the check runs, or of every image."""
+
+    def __init__(self, model: torch.nn.Module, offset: float, every: bool = False):
+        super().__init__()
+        self.model, self.offset, self.every = model, offset, every
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.model(images).clone()
+        logits[slice(None) if self.every else slice(0, 1)] += self.offset
+        return logits
+
+
+def test_a_rounding_step_on_a_few_images_passes_only_where_activations_are_quantised(exported, compressed, monkeypatch):
+    """On the 32-px sample's chain, one value of 2.9 million moved across a 4-bit rounding step in the packed file
+    (BatchNorm folded: one ulp) and one image of 359 left the tolerance: what two images here stand for."""
+    out, _ = exported
+    path, program = out / "model.packed.safetensors", export.exportable(copy.deepcopy(compressed.model))
+    two_images = export.check_program("packed", path, OffsetLogits(program, 0.3), compressed.data)
+    assert (two_images["images"], two_images["images_beyond_tolerance"], two_images["allowed_beyond_tolerance"]) == (359, 2, 3)
+    assert two_images["passed"] and "2 image(s) beyond it, 3 allowed" in export.check_text(two_images)
+    every_image = export.check_program("packed", path, OffsetLogits(program, 0.3, every=True), compressed.data)
+    assert every_image["images_beyond_tolerance"] == 359 and not every_image["passed"]
+    monkeypatch.setattr(export, "quantises_activations", lambda model: False)  # float activations: nothing rounds
+    strict = export.check_program("packed", path, OffsetLogits(program, 0.3), compressed.data)
+    assert strict["allowed_beyond_tolerance"] == 0 and not strict["passed"] and "FAILED" in export.check_text(strict)
 
 
 def test_every_float_file_is_checked_on_the_whole_test_split_with_its_tolerance_stated(exported, compressed):
