@@ -227,7 +227,9 @@ def draw_baseline(job: dict) -> None:
         result = job["result"]
         data = result["data"]
         st.caption(f"Measured on {result['device']}, test split of {formatting.md(data['name'])}: {plural(data['classes'], 'class')}, "
-                   f"{plural(data['channels'], 'channel')}, {data['input_size']} px, {data['test']} test images.")
+                   f"{plural(data['channels'], 'channel')}, {data['input_size']} px, {data['test']} test images; latency of the "
+                   f"model in eager PyTorch{', 1 thread' if result['device'] == 'cpu' else ''} (what a deployable file does in its "
+                   "runtime is on Trade-offs and Export).")
         metric_row(result["metrics"])
 
 

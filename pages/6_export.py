@@ -40,8 +40,10 @@ def new_export(job_id: str, record: dict) -> None:
     if order:
         same = order == record["chain"]
         st.caption(f"{chain_text(order)}: {'the recommended chain' if same else 'your own order, not the recommended chain'}.")
-    formats = st.multiselect("Formats", list(FORMATS), key="w_export_formats",
-                             format_func=formatting.FORMAT_LABELS.get, **KEEP)
+    # pills, not a multiselect: a focused multiselect shrank as the next click blurred it, and "Apply and export"
+    # moved from under that click (the first click after removing a format was lost)
+    formats = st.pills("Formats", list(FORMATS), selection_mode="multi", key="w_export_formats",
+                       format_func=formatting.FORMAT_LABELS.get, **KEEP)
     if st.button("Apply and export", type="primary", disabled=not order or not formats):
         try:
             start_job(store, plan.export_spec(record, order, formats, job_id), kind="export")

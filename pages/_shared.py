@@ -134,8 +134,8 @@ def job_log(store: JobStore, job_id: str, lines: int = 200) -> None:
 
 
 def metric_row(metrics: dict) -> None:
-    for column, (label, value) in zip(st.columns(6), views.metric_figures(metrics)):
-        column.metric(label, value)
+    for column, (label, value, about) in zip(st.columns(6), views.metric_figures(metrics)):
+        column.metric(label, value, help=about)
 
 
 HEADLINE_PER_ROW = 3

@@ -130,9 +130,12 @@ def test_a_finished_baseline_job_shows_its_measured_figures(store):
     assert run_job(store, job) == "done"
     at = app("1_model_and_data")
     # one row of figures, the measured one (the card's row, still "not measured", stood above it)
-    [latency] = [metric.value for metric in at.main.metric if metric.label == "Latency, batch 1"]
-    assert latency.endswith(" ms")
-    assert any("Measured on cpu" in plain(caption.value) for caption in at.main.caption)
+    [latency] = [metric for metric in at.main.metric if metric.label == "Latency, batch 1"]
+    assert latency.value.endswith(" ms")
+    # which runtime it is: the module in eager PyTorch, not a deployable file (whose speed Trade-offs and Export show)
+    assert "eager" in latency.help and "not a deployable file" in latency.help
+    assert any("Measured on cpu" in plain(caption.value) and "eager PyTorch, 1 thread" in plain(caption.value)
+               for caption in at.main.caption)
     assert not [b for b in at.main.button if b.label.startswith("Measure")]
 
 
@@ -545,7 +548,7 @@ def test_export_of_an_order_of_ones_own_is_a_background_job(store, finished, spa
     reverse = finished["record"]["chain"][::-1]
     at.multiselect(key=f"w_export_order_{finished['exploration']}").set_value(reverse).run()
     assert "your own order" in plain(at.main.caption[-1].value) or any("your own order" in plain(c.value) for c in at.main.caption)
-    at.multiselect(key="w_export_formats").set_value(["onnx"]).run()
+    at.button_group(key="w_export_formats").set_value(["onnx"]).run()
     next(button for button in at.main.button if button.label == "Apply and export").click().run()
     job = store.get(spawned[0])
     assert (job["kind"], job["spec"]["chain"], job["spec"]["formats"]) == ("export", reverse, ["onnx"])

@@ -172,8 +172,13 @@ def card_metrics(card: dict) -> dict:
             "macs": metrics["macs"], "bitops": metrics["bitops"], "latency_ms_b1": None}
 
 
-def metric_figures(metrics: dict) -> list[tuple[str, str]]:
-    """(label, value) for the headline figures of a model."""
-    return [("Accuracy (test)", accuracy_text(metrics["accuracy"])), ("Parameters", si(metrics["params"])),
-            ("Size", size_text(metrics["size_bytes"])), ("MACs", si(metrics["macs"])), ("BitOps", si(metrics["bitops"])),
-            ("Latency, batch 1", latency_text(metrics.get("latency_ms_b1")))]
+EAGER_LATENCY = ("The model as a PyTorch module, run eagerly on this machine (1 thread on a CPU): not a deployable "
+                 "file. The shipped file's speed in its own runtime is on Trade-offs and Export.")
+
+
+def metric_figures(metrics: dict) -> list[tuple[str, str, str | None]]:
+    """(label, value, what it is when the label cannot say it all) for the headline figures of a model."""
+    return [("Accuracy (test)", accuracy_text(metrics["accuracy"]), None), ("Parameters", si(metrics["params"]), None),
+            ("Size", size_text(metrics["size_bytes"]), None), ("MACs", si(metrics["macs"]), None),
+            ("BitOps", si(metrics["bitops"]), None),
+            ("Latency, batch 1", latency_text(metrics.get("latency_ms_b1")), EAGER_LATENCY)]
