@@ -111,9 +111,22 @@ def test_surrogate_recovers_where_pairwise_is_badly_wrong(n):
     worlds = [landscape(n, trap=True, seed=seed) for seed in range(6)]
     pairwise = [_regret(w, search_chains(w.methods, "pairwise", Recorder(w), outcomes=outcomes_of(w)).chain) for w in worlds]
     surrogate = [_regret(w, search_chains(w.methods, "surrogate", Recorder(w), outcomes=outcomes_of(w)).chain) for w in worlds]
-    # measured: pairwise up to 12.6 (n=4) and 37.0 (n=5) points off; surrogate 0 but one at 1.87
+    # measured: pairwise up to 12.6 (n=4) and 37.0 (n=5) points off; surrogate at most 0.01 (n=4) and 2.77 (n=5):
+    # with 5 methods the cover of every position takes 15 of the 25 applications per seed beyond the pairs
     assert statistics.median(pairwise) > 3.0
-    assert statistics.median(surrogate) <= 0.5 and max(surrogate) < 2.0
+    assert statistics.median(surrogate) <= 0.5 and max(surrogate) < 3.0
+
+
+@pytest.mark.parametrize("n", [4, 5])
+def test_every_method_is_evaluated_at_every_position_before_any_model_guided_proposal(n):
+    world = landscape(n, trap=True, seed=2)
+    evaluate = Recorder(world)
+    search_chains(world.methods, "surrogate", evaluate, outcomes=outcomes_of(world))
+    first = evaluate.asked[:n]
+    assert {(m, p) for chain in first for p, m in enumerate(chain)} == {(m, p) for m in world.methods for p in range(n)}
+    for index in range(n, len(evaluate.asked)):  # no later proposal puts a method where none was measured
+        seen = {(m, p) for chain in evaluate.asked[:index] for p, m in enumerate(chain)}
+        assert {(m, p) for p, m in enumerate(evaluate.asked[index])} <= seen
 
 
 def test_failed_chains_are_reported_and_never_recommended():
