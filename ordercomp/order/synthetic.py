@@ -10,6 +10,8 @@ of seed-to-seed accuracy spread.
 
 `Landscape` scores every prefix of every order of n methods from known
 effects, so that exhaustive ground truth is free; see its docstring.
+`EqualOrders` measures every order of n methods as equally good on the same
+validation images, per seed and per image: the A/A check of the race.
 """
 
 from __future__ import annotations
@@ -60,14 +62,36 @@ def _image_difficulty(rng: random.Random) -> float:
     return rng.gauss(-8.0, 1.0)
 
 
-def _correctness(rng: random.Random, difficulty: list[float]) -> list[int]:
+def _correctness(rng: random.Random, difficulty: list[float] | tuple[float, ...], noise: float = TRAINING_NOISE) -> list[int]:
     """One trained model: its own training shift, then an independent flip per image."""
-    shift = rng.gauss(0.0, TRAINING_NOISE)
+    shift = rng.gauss(0.0, noise)
     return [int(rng.random() >= 1 / (1 + math.exp(-(value + shift)))) for value in difficulty]
 
 
 def _accuracy(correct: list[int]) -> float:
     return 100 * sum(correct) / len(correct)
+
+
+@dataclass(frozen=True)
+class EqualOrders:
+    """Every prefix of every order of `methods` is the same model family: on seed s it gets the shared
+    image difficulties shifted by its own training noise (`noise`, in log-odds: 0.5 gives about 0.4
+    points of seed-to-seed sd, 3.0 about 3 points), then flips per image. No order is better than
+    another, so any order the race finds significantly worse is a false elimination."""
+
+    methods: tuple[str, ...]
+    difficulty: tuple[float, ...]
+    noise: float
+    tag: str
+
+    def trial(self, prefix: tuple[str, ...], seed: int) -> tuple[float, list[int]]:
+        """(accuracy in percent, 0/1 correctness per image) of the prefix on one seed, the same on every call."""
+        hits = _correctness(random.Random(f"{self.tag}|{prefix}|{seed}"), self.difficulty, self.noise)
+        return _accuracy(hits), hits
+
+
+def equal_orders(rng: random.Random, methods: list[str], *, images: int = 359, noise: float = TRAINING_NOISE) -> EqualOrders:
+    return EqualOrders(tuple(methods), tuple(_image_difficulty(rng) for _ in range(images)), noise, str(rng.random()))
 
 
 @dataclass(frozen=True)
