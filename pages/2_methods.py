@@ -91,8 +91,9 @@ def plan_summary() -> None:
     n = len(spec.methods)
     left, right = st.columns(2)
     left.metric("Method applications", cost["applications"])
-    left.caption(f"{'exhaustive' if spec.exhaustive else spec.search}: at most {cost['per_seed']} per seed x {spec.seeds} seed(s), "
-                 f"+ {n} to apply the chain. Pairwise needs n + n(n-1) = {cost['pairwise_per_seed']} per seed; "
+    beyond = f", up to {cost['beyond']} on extra seeds for the orders still in contention" if cost["beyond"] else ""
+    left.caption(f"{'exhaustive' if spec.exhaustive else spec.search}: at most {cost['per_seed']} per seed x {spec.seeds} seed(s)"
+                 f"{beyond}, + {n} to apply the chain. Pairwise needs n + n(n-1) = {cost['pairwise_per_seed']} per seed; "
                  f"every order (exhaustive) {cost['exhaustive_per_seed']}.")
     right.metric("Estimated time", formatting.duration(cost["seconds"]))
     basis = {"measured": "the mean of the finished steps in the job store",

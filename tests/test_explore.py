@@ -74,7 +74,8 @@ def test_exhaustive_mode_ranks_the_found_chain(tmp_path):
     summary = record["exhaustive"]
     assert summary["of"] == 6 and 1 <= summary["rank"] <= 6
     assert summary["applications_exhaustive"] == 15 and summary["applications_pairwise"] == 9
-    assert len(record["steps"]) == 15
+    assert len([s for s in record["steps"] if s["seed"] == 0]) == 15  # later seeds: the search's race
+    assert summary["of"] == len({tuple(o["chain"]) for o in summary["orders"]}) and all(o["seeds"] == 1 for o in summary["orders"])
 
 
 def test_the_default_search_picks_the_best_whole_order_it_evaluated_within_twice_the_pairwise_cost(tmp_path):
@@ -82,11 +83,41 @@ def test_the_default_search_picks_the_best_whole_order_it_evaluated_within_twice
     record = explore(ExploreSpec(methods=methods, seeds=1, **FAST), cache_dir=tmp_path).to_dict()
     search = record["search"]
     assert search["strategy"] == "surrogate" and search["budget_per_seed"] == 32
-    assert search["applications_per_seed"] <= 32 and len({tuple(s["chain"]) for s in record["steps"]}) <= 32
+    assert search["applications_per_seed"] <= 32 and len({tuple(s["chain"]) for s in record["steps"] if s["seed"] == 0}) <= 32
+    assert search["applications"]["total"] <= 2.5 * 16 and len(record["steps"]) == search["applications"]["total"]
     whole = [o for o in search["orders"] if len(o["chain"]) == 4]
     assert len(whole) == len(search["orders"]) >= 4
-    assert record["chain"] == search["orders"][0]["chain"]
+    assert [o["chain"] for o in search["orders"] if o["status"] == "recommended"] == [record["chain"]]
     assert [o["score"] for o in search["orders"]] == sorted((o["score"] for o in search["orders"]), reverse=True)
+
+
+def test_the_race_runs_extra_seeds_through_the_step_cache_and_a_rerun_reuses_every_step(tmp_path):
+    spec = ExploreSpec(methods=("prune", "quantize", "early_exit"), seeds=1, **FAST)
+    first = explore(spec, cache_dir=tmp_path).to_dict()
+    search = first["search"]
+    extra = search["verdict"]["extra_seeds"]
+    assert extra and extra[0] == 1  # the spec's seed is 0; the race goes on with 1, 2, ...
+    raced = {tuple(s["chain"]) for s in first["steps"] if s["seed"] in extra and len(s["chain"]) == 3}
+    assert len(raced) >= 2 and raced <= {tuple(o["chain"]) for o in search["orders"]}
+    assert search["applications"]["total"] <= 2.5 * order.pairwise_applications(3) * spec.seeds
+    assert len(list(tmp_path.glob("*.json"))) == len(first["steps"])  # one cache file per (chain, seed)
+    rerun = explore(spec, cache_dir=tmp_path).to_dict()
+    assert rerun["applications"]["cache_hits"] == len(rerun["steps"]) == len(first["steps"])
+    assert rerun["search"] == search and rerun["chain"] == first["chain"]
+
+
+def test_a_screen_trains_the_search_for_a_fraction_of_the_epochs_and_confirms_the_best_at_the_full_budget(tmp_path):
+    spec = ExploreSpec(methods=("prune", "quantize", "early_exit"), seeds=1, screen=0.5, **FAST)
+    record = explore(spec, cache_dir=tmp_path).to_dict()
+    screened = [s for s in record["steps"] if s["fidelity"] == 0.5]
+    full = [s for s in record["steps"] if s["fidelity"] == 1.0]
+    assert {tuple(s["chain"]) for s in screened} >= set(order.pairwise_plan(list(spec.methods)))
+    assert full and {tuple(s["chain"]) for s in full if len(s["chain"]) == 3} == {tuple(o["chain"]) for o in record["search"]["orders"]}
+    search = record["search"]
+    assert search["screen"] == 0.5 and len(search["screened_orders"]) >= len(search["orders"]) >= 1
+    assert record["chain"] == search["verdict"]["chain"]
+    assert search["applications"]["cost"] < search["applications"]["total"]  # a screened application costs half
+    assert len(list(tmp_path.glob("*.json"))) == len(record["steps"])  # the budget is in the key: nothing shared
 
 
 def test_pair_decisions_use_the_per_image_evidence_and_report_an_interval(tmp_path):
@@ -128,6 +159,10 @@ def test_compress_applies_a_chain_and_measures_every_step():
     ({"exhaustive": "yes"}, "exhaustive must be true or false"),
     ({"trust_torchscript": 1}, "trust_torchscript must be true or false"),
     ({"budget": {"epochs": 1}}, "budget must be a Budget"),
+    ({"screen": 1.5}, "screen must be a fraction of the fine-tuning epochs between 0 and 1"),
+    ({"screen": 0.0}, "screen must be a fraction"),
+    ({"screen": float("nan")}, "screen must be a finite number"),
+    ({"screen": 0.25, "search": "pairwise"}, "screening needs a search that evaluates whole orders"),
 ])
 def test_impossible_specs_are_refused_before_any_work(fields, message):
     with pytest.raises(ValueError, match=message):

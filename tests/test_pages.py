@@ -264,7 +264,7 @@ def test_methods_page_builds_widgets_from_the_registry_and_counts_applications(s
     assert at.selectbox(key="w_quantize.weight_bits").value == METHODS["quantize"].default_config().weight_bits
     assert at.selectbox(key="w_quantize.weight_bits").options == ["2", "4", "8"]
     count = lambda: next(metric for metric in at.main.metric if metric.label == "Method applications").value
-    assert count() == "100"  # the default search: at most 2 x 16 per seed x 3 seeds + the chain's 4
+    assert count() == "124"  # the default search: at most 2.5 x 16 x 3 seeds, the race's extra seeds included, + the chain's 4
     at.selectbox(key="w_search").set_value("pairwise").run()
     assert count() == "52"
     at.multiselect(key="w_methods").set_value(["prune", "quantize"]).run()
@@ -438,6 +438,9 @@ def test_order_page_draws_the_matrix_graph_orders_and_exhaustive_rank(store, fin
     record = finished["record"]
     at = app("4_order", job=finished["exploration"])
     assert plain(at.main.markdown[0].value) == f"### Recommended order: {' → '.join(record['chain'])}"
+    verdict = record["search"]["verdict"]  # how sure the search is, in the words of the CLI and the report
+    assert plain(at.main.info[0].value).startswith(f"The recommended order is the best of the {verdict['evaluated']} evaluated")
+    assert "method applications were spent" in plain(at.main.info[0].value)
     assert charts(at) == 1 and charts(at, "graphviz_chart") == 1
     assert "digraph precedence" in at.get("graphviz_chart")[0].proto.spec
     assert list(at.main.dataframe[0].value["pair"]) == ["prune / quantize"]

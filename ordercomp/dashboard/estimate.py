@@ -9,21 +9,27 @@ CPU_SECONDS_PER_MAC = 5.3e-11
 
 
 def plan_cost(spec, mean_seconds: float | None) -> dict:
-    """Method applications of an exploration and an estimate of its time."""
+    """Method applications of an exploration (at most: the search, its race of the contenders on extra seeds,
+    a screen's confirmation) and an estimate of its time, a screened application counting its fraction of the epochs."""
     from .. import order
 
     n = len(spec.methods)
     pairwise, exhaustive = order.pairwise_applications(n), order.exhaustive_applications(n)
-    if spec.exhaustive or spec.search == "exhaustive":
+    planned = order.recommend.planned_applications(n, spec.seeds, spec.search, spec.screen)
+    per_seed, searched = planned["per_seed"], planned["per_seed"] * spec.seeds
+    beyond = planned["total"] - searched  # extra seeds of the race; with a screen, the full-budget confirmation too
+    total, cost = planned["total"], planned["cost"]
+    if spec.exhaustive:  # every order on the spec's seeds; an unscreened search's orders are among them
         per_seed = exhaustive
-    else:  # the search spends at most its budget (whole orders around the pairwise plan), never more than every order
-        per_seed = pairwise if spec.search == "pairwise" else min(order.search_budget(n, spec.search), exhaustive)
-    applications = per_seed * spec.seeds + n  # + the chain applied once to the base on the test split
+        total, cost = (exhaustive * spec.seeds + beyond,) * 2 if spec.screen is None else \
+            (exhaustive * spec.seeds + total, exhaustive * spec.seeds + cost)
+    applications = total + n  # + the chain applied once to the base on the test split
     guess = sample_step_seconds(spec)
     each = mean_seconds or guess or DEFAULT_STEP_SECONDS
     basis = "measured" if mean_seconds else ("sample" if guess else "default")
-    return {"pairwise_per_seed": pairwise, "exhaustive_per_seed": exhaustive, "per_seed": per_seed, "seeds": spec.seeds,
-            "applications": applications, "seconds_each": each, "basis": basis, "seconds": applications * each}
+    return {"pairwise_per_seed": pairwise, "exhaustive_per_seed": exhaustive, "per_seed": per_seed, "beyond": beyond,
+            "seeds": spec.seeds, "applications": applications, "seconds_each": each, "basis": basis,
+            "seconds": (cost + n) * each}
 
 
 def sample_step_seconds(spec) -> float | None:

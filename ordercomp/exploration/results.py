@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..folders import MIB, FolderKind, check_destination, write_folder
+from ..report.verdict import arrow, evidence_sentences
 from .pipeline import StepResult
 
 MARKER = ".ordercomp-results"
@@ -23,10 +24,13 @@ RESULTS_BYTES = 8 * MIB
 
 
 def steps_table(steps: list[dict]) -> pd.DataFrame:
+    """One row per step; with a screen (`--screen`), a column for the fraction of the epochs each step had."""
+    screened = any(step.get("fidelity", 1.0) != 1.0 for step in steps)
     rows = []
     for step in steps:
         metrics = step.get("metrics") or {}
         rows.append({"chain": " -> ".join(step["chain"]), "seed": step.get("seed", 0), "status": step["status"],
+                     **({"epochs fraction": step.get("fidelity", 1.0)} if screened else {}),
                      "accuracy": metrics.get("accuracy"), "bitops": metrics.get("bitops"), "macs": metrics.get("macs"),
                      "size_bytes": metrics.get("size_bytes"), "latency_ms": metrics.get("latency_ms_b1"),
                      "seconds": round(step.get("seconds", 0.0), 2), "reason": step.get("reason") or ""})
@@ -46,6 +50,24 @@ def pairs_table(outcomes: list[dict]) -> pd.DataFrame:
                      "images": o.get("images", 0),
                      "weak evidence": o["weak_evidence"], "reason": o["incompatible"] or o.get("only_order") or ""})
     return pd.DataFrame(rows)
+
+
+def search_table(record: dict) -> pd.DataFrame | None:
+    """The whole orders the search evaluated (at the full budget), best first: score, standard error and
+    seeds, regret against the best, the probability of being the best of them and what the race made of it."""
+    orders = (record.get("search") or {}).get("orders") or []
+    if not orders:
+        return None
+    best, objective = orders[0]["score"], record["spec"]["objective"]
+    return pd.DataFrame([{"rank": index, "order": arrow(item["chain"]), f"{objective} score": round(item["score"], 3),
+                          "standard error": round(item["se"], 3), "seeds": item["seeds"],
+                          "regret": round(abs(best - item["score"]), 3), "P(best)": _probability(item.get("probability")),
+                          "race": item.get("status", ""), "recommended": "★" if item["chain"] == list(record["chain"]) else ""}
+                         for index, item in enumerate(orders, 1)])
+
+
+def _probability(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.0f}%"
 
 
 def interval_text(outcome: dict) -> str:
@@ -125,7 +147,10 @@ def print_summary(result) -> None:
             print(f"  dropped to break a cycle: {edge['before']} -> {edge['after']} (margin {edge['margin']:.2f})")
         if not record["edges"]:
             print("  none: every pair is a tie or incompatible")
+        _print_search(record)
         print(f"\nValid orders: {len(record['valid_chains'])}; recommended chain: {' -> '.join(record['chain'])}")
+        for sentence in evidence_sentences(record):
+            print(sentence)
         if record["weak_pairs"]:
             print(f"Note: {record['weak_pairs']} pair decision(s) rest on weak evidence; more --seeds would make them firmer.")
         print("\nChain applied to the base model (test split):")
@@ -135,6 +160,14 @@ def print_summary(result) -> None:
         print(f"\nMethod applications per seed: pairwise {counts['pairwise_per_seed']}, exhaustive {counts['exhaustive_per_seed']} "
               f"(without prefix sharing {counts['naive_exhaustive_per_seed']}); cached steps reused: {counts['cache_hits']}; "
               f"wall time {record['seconds']:.0f} s")
+
+
+def _print_search(record: dict) -> None:
+    table = search_table(record)
+    if table is not None:
+        budget = "" if record["search"].get("screen") is None else " (confirmed at the full budget)"
+        print(f"\nWhole orders evaluated by the {record['search']['strategy']} search{budget}, validation split, best first:")
+        print(table.to_string(index=False))
 
 
 def _print_exhaustive(record: dict) -> None:

@@ -38,6 +38,7 @@ Chain = tuple[str, ...]
 Measure = Callable[[list[Chain], Sequence[int], float], Mapping[Chain, Mapping[int, Trial] | None]]
 TOTAL_FACTOR = 2.5  # all applications, every seed and the race included, at most this x the pairwise plan's
 SCREEN_FULL_FACTOR = 1.0  # with a screen: full-budget applications (confirmation and race) at most this x the pairwise plan's
+SURE = 0.9  # a screen whose leader is the best of its orders with this probability explores on instead of racing
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,12 @@ def recommend_order(methods: Sequence[str], strategy: str, measure: Measure, *, 
     methods = tuple(methods)
     fidelity = 1.0 if screen is None else screen
     screened: Evidence = {}
-    result = search_chains(methods, strategy, _evaluator(measure, seeds, fidelity, screened), outcomes=outcomes,
-                           higher_is_better=higher_is_better, seed=seed)
+    evaluate = _evaluator(measure, seeds, fidelity, screened)
+    search = lambda budget=None: search_chains(methods, strategy, evaluate, outcomes=outcomes, budget=budget,
+                                               higher_is_better=higher_is_better, seed=seed)
+    result = search()
+    if screen is None and STRATEGIES[strategy].races and _sure(screened, higher_is_better, seed):
+        result = search(int(TOTAL_FACTOR * pairwise_applications(len(methods))))  # nothing to race: explore on
     allowance = _full_allowance(len(methods), seeds, screen, result.applications_per_seed)
     evidence, confirmed = (screened, 0) if screen is None else _confirm(screened, measure, seeds, allowance // 2,
                                                                          higher_is_better, confidence)
@@ -144,17 +149,27 @@ def _check(seeds: int, screen: float | None, strategy: str) -> None:
 
 
 def _evaluator(measure: Measure, seeds: int, fidelity: float, screened: Evidence):
-    """search_chains' evaluate: per-seed scores on the exploration's seeds, keeping each order's trials."""
+    """search_chains' evaluate: per-seed scores on the exploration's seeds, keeping each order's trials; an
+    order asked for again (a search resumed with a larger budget repeats its proposals) is not measured again."""
+    known: dict[Chain, list[float]] = {}
+
     def evaluate(chains: list[Chain]) -> dict[Chain, list[float]]:
-        trials = measure(chains, range(seeds), fidelity)
-        scores = {}
-        for chain in chains:
+        fresh = [chain for chain in chains if chain not in known]
+        trials = measure(fresh, range(seeds), fidelity) if fresh else {}
+        for chain in fresh:
             got = trials.get(chain)
             if got:
                 screened[chain] = dict(got)
-            scores[chain] = [got[s].score for s in sorted(got)] if got else []
-        return scores
+            known[chain] = [got[s].score for s in sorted(got)] if got else []
+        return {chain: known[chain] for chain in chains}
     return evaluate
+
+
+def _sure(screened: Evidence, higher_is_better: bool, seed: int) -> bool:
+    """Whether the screen's leader is the best of its orders with probability SURE or more (then a race has
+    little to decide, and the rest of the budget goes to exploring more orders)."""
+    probabilities = probability_best(screened, higher_is_better, seed=seed) if len(screened) > 1 else None
+    return bool(probabilities) and max(probabilities.values()) >= SURE
 
 
 def _full_allowance(n: int, seeds: int, screen: float | None, screen_per_seed: int) -> int:

@@ -13,6 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .verdict import arrow
+
 KIND_COLOURS = {"base": "#444444", "single": "#1f77b4", "pair": "#ff7f0e", "prefix": "#c5b0d5", "whole order": "#9467bd",
                 "chain": "#d62728"}
 # trade-off axis -> (what it measures, axis title with units, hover format)
@@ -22,10 +24,6 @@ METRIC_COLUMNS = {"accuracy": "accuracy", "bitops": "bitops", "size_bytes": "siz
 OBJECTIVE_UNITS = {"accuracy": "accuracy points", "bitops": "BitOps", "latency": "ms", "weighted": "score", "weighted_latency": "score"}
 HOVER_COLUMNS = ["label", "split", "seeds", "config"]
 CHAIN_COLOUR, DROPPED_COLOUR, EDGE_COLOUR = "#d62728", "#e41a1c", "#555555"
-
-
-def arrow(chain) -> str:
-    return " -> ".join(chain)
 
 
 def config_text(record: dict, chain) -> str:
@@ -57,12 +55,12 @@ def _kind_of(chain: tuple, methods: int) -> str:
 
 
 def tradeoff_points(record: dict) -> pd.DataFrame:
-    """One row per point: base, each single, pair, longer prefix and whole order evaluated (val mean
-    over seeds), the chain (test)."""
+    """One row per point: base, each single, pair, longer prefix and whole order evaluated at the full
+    fine-tuning budget (val mean over seeds; screening steps are another budget's models), the chain (test)."""
     rows = [_point(record, "base", "base", [], record["base_metrics"], "test", 1)]
     by_chain: dict[tuple, list[dict]] = {}
     for step in record["steps"]:
-        if step["status"] == "ok" and step.get("metrics"):
+        if step["status"] == "ok" and step.get("metrics") and step.get("fidelity", 1.0) == 1.0:
             by_chain.setdefault(tuple(step["chain"]), []).append(step)
     for chain, steps in by_chain.items():
         rows.append(_point(record, arrow(chain), _kind_of(chain, len(record["spec"]["methods"])), chain, _mean_metrics(steps), "val", len(steps)))
