@@ -3,7 +3,7 @@ fresh caches, and whether both found the same step results and chain.
 
     .venv/bin/python benchmarks/bench_executor.py                       # the embedded default (3 seeds, 3 epochs)
     .venv/bin/python benchmarks/bench_executor.py --seeds 1 --epochs 1   # quicker
-    .venv/bin/python benchmarks/bench_executor.py --data PATH --model resnet18 --input-size 32 --device cuda --batch-size 1024
+    .venv/bin/python benchmarks/bench_executor.py --data PATH --model resnet18_small_input --input-size 32 --device cuda --batch-size 1024
 
 In-process steps run with `--threads` torch threads (1, the thread count of a 1-CPU Ray task, so the
 results match bit for bit); Ray starts a local cluster of all this machine's CPUs inside the timed
@@ -22,7 +22,7 @@ from ordercomp.exploration.explorer import ExploreSpec, explore
 from ordercomp.train import Budget
 
 CUDA_COMMAND = ("python benchmarks/make_cifar_folder.py /tmp/cifar-like && python benchmarks/bench_executor.py "
-                "--data /tmp/cifar-like --model resnet18 --input-size 32 --device cuda "
+                "--data /tmp/cifar-like --model resnet18_small_input --input-size 32 --device cuda "
                 "--methods distill,prune,quantize,early_exit --seeds 3 --epochs 1 --batch-size 1024")
 
 

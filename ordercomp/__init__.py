@@ -2,6 +2,7 @@
 
     from ordercomp import ExploreSpec, explore, compress
     result = explore(ExploreSpec(methods=("distill", "prune", "quantize", "early_exit")))
+    result = explore(ExploreSpec(methods=("prune", "quantize")), model=my_net, data=(images, labels))  # your objects
     print(result.chain)
 
 The public names load lazily, so `ordercomp.order` (the pure, torch-free core) and

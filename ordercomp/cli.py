@@ -1,8 +1,11 @@
-"""Command line: `ordercomp explore` finds the order, `ordercomp apply` compresses and exports.
+"""Command line: `ordercomp explore` finds the order, `ordercomp apply` compresses and exports,
+`ordercomp measure` measures any base.
 
     ordercomp explore                      # the embedded default: digits, 4 methods
     ordercomp explore --methods prune,quantize --seeds 5 --out runs/x
+    ordercomp explore --model my_net.py:MyNet --weights my_net.pt --normalize none
     ordercomp apply --chain distill,prune,quantize,early_exit --export out/
+    ordercomp measure --model model.pt2 --data digits
 
 Bad input prints one line saying what to fix and exits with status 2.
 """
@@ -13,8 +16,10 @@ import ast
 import sys
 import time
 
+from .data.preprocessing import NORMALIZE_HELP, Normalization, describe_preprocessing
 from .exploration.executors import EXECUTORS
 from .methods.registry import METHODS, parse_methods
+from .models.checkpoints import describe_source
 from .train import Budget
 
 EXIT_USAGE = 2
@@ -50,18 +55,35 @@ def _strength_dest(method) -> str:
     return f"{method.name}_{method.strength}"
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="digits_cnn", help="sample model name, zoo architecture, or checkpoint path")
+def _base_options(parser: argparse.ArgumentParser) -> None:
+    """Where the base model and the data come from, and how images become its input."""
+    parser.add_argument("--model", default="digits_cnn", help="sample model name, zoo architecture, registered factory, a "
+                        "checkpoint or program file, or your class: FILE.py:NAME or package.module:NAME (a class or a "
+                        "function returning an nn.Module; importing it runs its code)")
+    parser.add_argument("--model-args", metavar="JSON", help="keyword arguments of a FILE.py:NAME or package.module:NAME, "
+                        "e.g. '{\"num_classes\": 10}' (num_classes and in_channels come from the data when it names them)")
+    parser.add_argument("--weights", metavar="FILE", help="state dict (.pt, .pth, .bin, .ckpt) or safetensors for --model's "
+                        "class or zoo architecture; checkpoints of training frameworks are unwrapped")
     parser.add_argument("--arch", help="architecture of a state-dict checkpoint given to --model")
-    parser.add_argument("--data", default="digits", help="'digits' or a CIFAR-10/100 / ImageFolder path")
+    parser.add_argument("--classifier", metavar="MODULE", help="your network's layer that gives the logits (e.g. fc), "
+                        "when tracing the forward cannot find it")
+    parser.add_argument("--stages", metavar="MODULE,...", help="the modules whose outputs end your network's stages "
+                        "(e.g. layer1,layer2,layer3,layer4), when tracing the forward cannot find them")
+    parser.add_argument("--data", default="digits", help="'digits', a CIFAR-10/100 or ImageFolder folder, or a .npz file "
+                        "(x, y, or x_train, y_train with optional x_val, y_val, x_test, y_test)")
     parser.add_argument("--input-size", type=int, help="resize images to this many pixels")
+    parser.add_argument("--normalize", default="dataset", help=NORMALIZE_HELP)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--trust-torchscript", action="store_true",
+                        help="run a TorchScript --model file; it executes code from the file, so only for files you trust")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    _base_options(parser)
     parser.add_argument("--epochs", type=float, default=Budget.epochs, help="fine-tuning epochs per step (same for every step)")
     parser.add_argument("--lr", type=float, default=Budget.lr, help="fine-tuning learning rate")
     parser.add_argument("--batch-size", type=int, default=Budget.batch_size,
                         help="fine-tuning batch size (large batches, e.g. 1024, keep a GPU busy)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--trust-torchscript", action="store_true",
-                        help="run a TorchScript --model file; it executes code from the file, so only for files you trust")
     parser.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE", help="any method setting, repeatable")
     for method in METHODS.values():
         parser.add_argument(f"--{method.name.replace('_', '-')}-{method.strength.replace('_', '-')}", dest=_strength_dest(method),
@@ -104,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--formats", help="export formats (default: all: torchscript, pt2, onnx, onnx_int8, packed, state_dict)")
     ap.add_argument("--no-measure", action="store_true", help="skip timing each file in its runtime against the base")
     ap.add_argument("--seed", type=int, default=0)
+    me = sub.add_parser("measure", help="measure a base model: accuracy, size, MACs, BitOps, latency, peak memory")
+    _base_options(me)
+    me.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to measure on")
+    me.add_argument("--cache", default=".ordercomp/cache", help="where an architecture or class trained here keeps its weights ('' for nowhere)")
     return parser
 
 
@@ -111,13 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"explore": run_explore, "apply": run_apply}[args.command](args)
+        return {"explore": run_explore, "apply": run_apply, "measure": run_measure}[args.command](args)
     except (ValueError, OSError) as error:
         print(f"ordercomp: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("ordercomp: interrupted; finished steps are cached, run the same command to resume", file=sys.stderr)
         return 130
+
+
+def _model_args(args) -> dict:
+    from .models.factories import check_args
+
+    return check_args(args.model_args)
 
 
 def _budget(args) -> Budget:
@@ -128,11 +160,12 @@ def _spec(args):
     from .exploration.explorer import ExploreSpec
 
     return ExploreSpec(
-        model=args.model, data=args.data, methods=tuple(parse_methods(args.methods)), settings=parse_settings(args),
+        model=args.model, data=args.data, model_args=_model_args(args), weights=args.weights, normalize=args.normalize,
+        methods=tuple(parse_methods(args.methods)), settings=parse_settings(args),
         objective=args.objective, weight=args.weight, seeds=args.seeds, budget=_budget(args),
         confidence=args.confidence, **({"search": args.search} if args.search else {}), screen=args.screen,
         device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
-        trust_torchscript=args.trust_torchscript,
+        trust_torchscript=args.trust_torchscript, classifier=args.classifier, stages=args.stages,
         executor=args.executor, ray_address=args.ray_address, runtime=args.runtime,
     )
 
@@ -159,11 +192,14 @@ def run_apply(args) -> int:
 
     chain = parse_methods(args.chain)
     formats = args.formats.split(",") if args.formats else DEFAULT_FORMATS
-    check_export_folder(args.export, formats, export_bytes(args.model, formats))
+    model_args, settings, budget = _model_args(args), parse_settings(args), _budget(args)
+    Normalization.parse(args.normalize)
+    check_export_folder(args.export, formats, export_bytes(args.model, formats, args.weights))
     bar = ProgressBar()
-    outcome = compress(model=args.model, data=args.data, chain=chain, settings=parse_settings(args),
-                       budget=_budget(args), device=args.device, architecture=args.arch,
-                       input_size=args.input_size, seed=args.seed, events=bar, trust_torchscript=args.trust_torchscript)
+    outcome = compress(model=args.model, data=args.data, chain=chain, settings=settings, budget=budget, device=args.device,
+                       architecture=args.arch, model_args=model_args, weights=args.weights, normalize=args.normalize,
+                       input_size=args.input_size, seed=args.seed, events=bar, trust_torchscript=args.trust_torchscript,
+                       classifier=args.classifier, stages=args.stages)
     bar.close()
     print_chain_steps(outcome.base_metrics, outcome.steps)
     broken = [s for s in outcome.steps if s.status != "ok"]
@@ -175,6 +211,34 @@ def run_apply(args) -> int:
     print_export(manifest)
     print(f"compressed model and manifest written to {args.export}: {', '.join(manifest['files'])}")
     return 0
+
+
+def run_measure(args) -> int:
+    from .exploration.explorer import prepare_base, resolve_device
+    from .metrics import measure
+
+    bar = ProgressBar()
+    base, source, data = prepare_base(args.model, args.data, architecture=args.arch, model_args=_model_args(args),
+                                      weights=args.weights, normalize=args.normalize, input_size=args.input_size,
+                                      device=args.device, cache_dir=args.cache or None, events=bar,
+                                      trust_torchscript=args.trust_torchscript)
+    bar.close()
+    metrics = measure(base, data, args.split, device=resolve_device(args.device))
+    split = len(data.split(args.split))
+    print(f"model: {describe_source(source)}")
+    print(f"data: {data.name}, {args.split} split of {split} images; {describe_preprocessing(data.preprocessing)}")
+    for label, value in measure_lines(metrics):
+        print(f"{label}: {value}")
+    return 0
+
+
+def measure_lines(metrics) -> list[tuple[str, str]]:
+    """One (figure, value) per line of `ordercomp measure`."""
+    latency = lambda ms: "not measured" if ms is None else f"{ms:.3f} ms"
+    return [("accuracy", f"{metrics.accuracy:.2f} %"), ("parameters", f"{metrics.params:,}"),
+            ("size", f"{metrics.size_bytes / 1024:.1f} KiB"), ("MACs", f"{metrics.macs:,.0f}"), ("BitOps", f"{metrics.bitops:.4g}"),
+            ("latency at batch 1", latency(metrics.latency_ms_b1)), ("latency at batch 32", latency(metrics.latency_ms_batch)),
+            ("peak memory", "not measured" if metrics.peak_memory_bytes is None else f"{metrics.peak_memory_bytes / 2**20:.2f} MiB")]
 
 
 class ProgressBar:
@@ -198,8 +262,9 @@ class ProgressBar:
     def _draw(self, label: str, newline: bool = False) -> None:
         filled = int(self.width * self.done / self.total) if self.total else 0
         bar = "#" * filled + "-" * (self.width - filled)
-        line = f"[{bar}] {self.done}/{self.total} {time.perf_counter() - self.started:5.0f}s {label}"[:110]
-        sys.stderr.write(("\r" + line.ljust(110)) if self.tty and not newline else line + "\n")
+        line = f"[{bar}] {self.done}/{self.total} {time.perf_counter() - self.started:5.0f}s {label}"
+        # a line that stays is written whole (it may say what was recognised in a weights file); the live one fits the terminal
+        sys.stderr.write(("\r" + line[:110].ljust(110)) if self.tty and not newline else line + "\n")
         sys.stderr.flush()
 
     def close(self) -> None:

@@ -10,8 +10,13 @@ below (methods, metrics, export and training use nothing else):
 - int8 kernels: `mark_int8(part)` on a converted part; `is_int8_converted(model)` is true when any
   part of the model runs int8 kernels (its weights are no longer trainable).
 - exit heads: `exit_heads(model)` (empty for a plain model), `all_outputs(model, x)` the logits of
-  every exit, `output_layers(model)` the layers that produce class logits.
-- stage boundaries: `is_staged(model)` (stem, stages, head from the ordercomp zoo).
+  every exit.
+- classifiers: `mark_logits_layer(layer)` on the layer that produces the class logits (the zoo's
+  heads and exit heads mark theirs, `models.structure` the one it traces or the user names);
+  `output_layers(model)` lists them: they are never pruned, sparsified or factored, so the number
+  of classes never changes. A layer that replaces a marked one inherits the mark.
+- stage boundaries: `is_staged(model)` (stem, stages, head: a zoo model, or a user's network split
+  by `models.structure`).
 `compression_marks(model)` sums them up for tests and manifests.
 
 The "B after A" contract: a method B applied to the output of a method A keeps every mark A left,
@@ -94,6 +99,13 @@ def compute_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
+def called_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The conv and linear layers that are called as modules, so a replacement changes what the model
+    computes: a MultiheadAttention reads its out_proj's weight itself and never calls the layer."""
+    read_directly = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    return [(name, layer) for name, layer in compute_layers(model) if id(layer) not in read_directly]
+
+
 def bits_of(layer: nn.Module) -> tuple[int, int]:
     """(weight bits, activation bits) of a layer or int8 part; full precision unless quantised."""
     return getattr(layer, "weight_bits", FULL_BITS), getattr(layer, "act_bits", FULL_BITS)
@@ -128,6 +140,20 @@ def to_quant(layer: nn.Module, weight_bits: int, act_bits: int) -> nn.Module:
     return quant
 
 
+@torch.no_grad()
+def plain_layers_(model: nn.Module) -> nn.Module:
+    """Replace every fake-quantised layer by a plain one holding its quantised weights (no activation
+    quantisation), in place: what int8 conversion and runtime quantisers start from."""
+    for name, layer in quantised_layers(model):
+        plain = layer_like(layer)
+        plain.weight.copy_(fake_quant_weight(layer.weight, layer.weight_bits) if layer.weight_bits < FULL_BITS else layer.weight)
+        if layer.bias is not None:
+            plain.bias.copy_(layer.bias)
+        copy_marks(layer, plain)
+        replace_module(model, name, plain.to(layer.weight.device))
+    return model
+
+
 def layer_like(layer: nn.Module, conv_type: type = nn.Conv2d, linear_type: type = nn.Linear) -> nn.Module:
     """A new, uninitialised layer of the given class with `layer`'s shape and hyperparameters."""
     if isinstance(layer, nn.Conv2d):
@@ -137,9 +163,21 @@ def layer_like(layer: nn.Module, conv_type: type = nn.Conv2d, linear_type: type 
 
 
 def copy_marks(source: nn.Module, target: nn.Module) -> None:
-    """Carry the sparsity mark over to a layer that replaces `source`."""
+    """Carry the sparsity and classifier marks over to a layer that replaces `source`."""
     if sparsity_of(source) is not None:
         target.sparsity = sparsity_of(source)
+    if produces_logits(source):
+        mark_logits_layer(target)
+
+
+def mark_logits_layer(layer: nn.Module) -> nn.Module:
+    """Mark the layer whose output is the class logits (the model's classifier or an exit head's)."""
+    layer.produces_logits = True
+    return layer
+
+
+def produces_logits(layer: nn.Module) -> bool:
+    return getattr(layer, "produces_logits", False)
 
 
 def sparsity_of(layer: nn.Module) -> float | None:
@@ -203,7 +241,7 @@ def lowest_sparsity(model: nn.Module) -> float | None:
 
 
 def is_staged(model: nn.Module) -> bool:
-    """True for a zoo model split into stem, stages and head (where exits attach)."""
+    """True for a model split into stem, stages and head (where exits attach)."""
     return all(hasattr(model, part) for part in ("stem", "stages", "head"))
 
 
@@ -218,9 +256,9 @@ def all_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def output_layers(model: nn.Module) -> list[nn.Module]:
-    """The layers that produce class logits (main head and every exit head): never pruned."""
-    heads = [model.head] + exit_heads(model) if hasattr(model, "head") else [model]
-    return [compute_layers(head)[-1][1] for head in heads if compute_layers(head)]
+    """The layers marked as producing class logits (the classifier and every exit head's): never pruned;
+    empty when the classifier is unknown."""
+    return [module for module in model.modules() if produces_logits(module)]
 
 
 def compression_marks(model: nn.Module) -> dict:

@@ -48,8 +48,10 @@ def check_data_path(text: str) -> str:
 def extract_image_zip(data: bytes, folder: Path) -> str:
     """Unpack an uploaded ImageFolder zip under `folder` (once per content) and return its tree's root.
 
-    Checks every member before writing anything (see `_check_members`), stops a member that unpacks
-    to more than it declares, and removes what it wrote when the zip or the tree it holds is refused."""
+    Checks the upload's size and every member before writing anything (see `_check_members`), stops a
+    member that unpacks to more than it declares, and removes what it wrote when the zip or the tree it
+    holds is refused."""
+    check_upload_size("the zip", data, ZIP_LIMIT_MB, "use a folder on this machine instead")
     try:
         archive = archives.open_zip(io.BytesIO(data), "the upload", ZIP_MAX_FILES)
     except archives.ZipRefused as refusal:
@@ -174,10 +176,15 @@ def checkpoint_types() -> list[str]:
     return sorted(suffix.lstrip(".") for suffix in STATE_SUFFIXES | PROGRAM_SUFFIXES)
 
 
+def check_upload_size(name: str, data: bytes, limit_mb: int, remedy: str) -> None:
+    """Refuse an upload over its limit (the page's file uploader states it; this holds it whatever sent the bytes)."""
+    if len(data) > limit_mb << 20:
+        raise DataError(f"{name} is larger than the {limit_mb} MB an upload may be ({len(data) / 2**20:.1f} MB): {remedy}")
+
+
 def save_upload(folder: Path, name: str, data: bytes, limit_mb: int = UPLOAD_LIMIT_MB) -> Path:
     """Keep an uploaded file under `folder`, as `<content hash>/<cleaned file name>`."""
-    if len(data) > limit_mb << 20:
-        raise ValueError(f"{name} is {len(data) / 2**20:.0f} MB; the limit is {limit_mb} MB: give a smaller file")
+    check_upload_size(name, data, limit_mb, "give a smaller file")
     clean = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name).lstrip(".") or "upload"
     path = folder / hashlib.sha256(data).hexdigest()[:16] / clean
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,10 +280,13 @@ def check_checkpoint(path: Path, architecture: str | None, *, trust_torchscript:
 
 def state_dict_mismatch(state: dict, architecture: str) -> str | None:
     """What keeps `state` from loading into `architecture` (built for the classes and input channels
-    the weights themselves have): missing and unexpected keys and shape mismatches; None if it fits."""
+    the weights themselves have): missing and unexpected keys and shape mismatches; None if it fits.
+    A framework's prefix on the names (module., model.) is left out, as it is when the weights load."""
+    from .models.weights import within_prefix
     from .models.zoo import create_model
 
     expected = create_model(architecture, *_classes_and_channels(state)).state_dict()
+    state = within_prefix(state, expected)[1]
     missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
     wrong = [f"{k} is {tuple(state[k].shape)}, needs {tuple(expected[k].shape)}" for k in expected
              if k in state and state[k].shape != expected[k].shape]

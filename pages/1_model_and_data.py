@@ -4,9 +4,11 @@ from pathlib import Path
 import streamlit as st
 
 from ordercomp import uploads
-from ordercomp.models.checkpoints import CheckpointError, is_torchscript, list_samples, sample_card
+from ordercomp.models.checkpoints import CheckpointError, is_torchscript, list_samples, registered_models, sample_card
+from ordercomp.models.factories import ENTRY_POINT_GROUP, MODELS_ENV
 from ordercomp.dashboard import formatting, plan, session, views
 from ordercomp.data.datasets import DataError
+from ordercomp.data.preprocessing import Normalization
 from ordercomp.jobs import start_job
 from ordercomp.models.zoo import ARCHITECTURES, list_architectures
 from pages._shared import KEEP, job_status, live_job, metric_row, run_inside_app
@@ -16,7 +18,8 @@ store = session.open_store()
 state = st.session_state
 session.set_defaults(state, {"w_data_source": "digits", "w_data_path": "", "w_input_size": 0, "w_model_source": "sample",
                              "w_sample": session.DEFAULT_BASE["model"], "w_architecture": "cnn_small", "w_upload_arch": None,
-                             "w_trust_torchscript": False})
+                             "w_trust_torchscript": False, "w_normalize": "dataset", "w_normalize_numbers": "",
+                             "w_model_args": ""})
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading the checkpoint (nothing in it is run)")
@@ -26,6 +29,21 @@ def checked_checkpoint(path: str, architecture: str | None, trust: bool) -> tupl
         return uploads.check_checkpoint(Path(path), architecture, trust_torchscript=trust), None
     except (CheckpointError, ValueError) as error:
         return None, str(error)
+
+
+def choose_normalize() -> str | None:
+    """The --normalize text of the choice, or None while the given numbers are wrong (one line says why)."""
+    mode = st.selectbox("Normalisation of the images", list(plan.NORMALIZE_CHOICES), format_func=plan.NORMALIZE_CHOICES.get,
+                        key="w_normalize", **KEEP)
+    if mode != "given":
+        return mode
+    text = st.text_input("Mean and std: one pair for every channel, or every channel's means then their stds",
+                         placeholder="0.485,0.456,0.406,0.229,0.224,0.225", key="w_normalize_numbers", **KEEP)
+    try:
+        return Normalization.parse(text).text
+    except ValueError as error:
+        st.error(formatting.md(error))
+        return None
 
 
 def choose_data() -> str | None:
@@ -65,8 +83,8 @@ def uploaded_data() -> str | None:
     return previous.get("path")
 
 
-def choose_model() -> tuple[str, str | None, bool] | None:
-    """(model, architecture of a state dict, whether its TorchScript code may run), or None while unusable."""
+def choose_model() -> dict | None:
+    """The model part of the base choice (model, architecture, trust, model arguments, weights), or None while unusable."""
     st.subheader("Model")
     source = st.radio("Model source", list(plan.MODEL_SOURCES), format_func=plan.MODEL_SOURCES.get, key="w_model_source",
                       **KEEP)
@@ -75,16 +93,79 @@ def choose_model() -> tuple[str, str | None, bool] | None:
         card = sample_card(name)
         st.caption(f"{card['description']} ({card['architecture']}), trained on {card['data']['name']}: "
                    f"{card['training']['epochs']} epochs, {card['training']['optimizer']}.")
-        return name, None, False
+        return {"model": name}
     if source == "zoo":
         architecture = st.selectbox("Architecture", list_architectures(), key="w_architecture",
                                     format_func=lambda name: f"{name}: {ARCHITECTURES[name][1]}", **KEEP)
         st.caption("Trained from scratch on the chosen data as a background job (below); explorations reuse the trained weights.")
-        return architecture, None, False
+        return {"model": architecture}
+    if source == "registered":
+        return registered_model()
     return uploaded_model()
 
 
-def uploaded_model() -> tuple[str, str | None, bool] | None:
+def registered_model() -> dict | None:
+    """A model factory the server's operator registered, its arguments and optional uploaded weights. Nothing typed
+    here names code: only registered factories are offered, and the job workers build nothing else."""
+    try:
+        factories = registered_models()
+    except ValueError as error:  # the operator's registration is malformed or takes a name already in use
+        st.error(formatting.md(error))
+        return None
+    if not factories:
+        st.info(f"This server registers no model factories. Its operator declares them before starting it, as entry points "
+                f"of the group {ENTRY_POINT_GROUP} or in ${MODELS_ENV} (e.g. my_net=my_project.nets:MyNet); the dashboard "
+                "never imports a path typed into it.")
+        return None
+    if state.get("w_factory", next(iter(factories))) not in factories:  # a stale or crafted session: never imported
+        try:
+            plan.registered_choice(state.pop("w_factory"), "")
+        except ValueError as error:
+            st.error(formatting.md(error))
+            return None
+    name = st.selectbox("Model factory", sorted(factories), key="w_factory", format_func=lambda n: f"{n}: {factories[n]}", **KEEP)
+    args_text = st.text_input("Model arguments as JSON (num_classes and in_channels come from the data where it takes them)",
+                              placeholder='{"num_classes": 10}', key="w_model_args", **KEEP)
+    st.caption("Without weights the model is trained here from scratch (a background job, below), as a zoo architecture is.")
+    try:
+        name, args = plan.registered_choice(name, args_text)
+    except ValueError as error:
+        st.error(formatting.md(error))
+        return None
+    weights = uploaded_weights()
+    if weights:
+        st.caption(f"Weights: {formatting.md(Path(weights).name)}, checked against the model when the baseline job runs.")
+    return {"model": name, "model_args": args, "weights": weights}
+
+
+def kept_upload(upload, state_key: str) -> str | None:
+    """The path of the checkpoint last uploaded under `state_key` (a new one is read once, nothing in it runs, and kept
+    next to the store); None when there is none, or when the new one is refused (one line says why)."""
+    previous = state.get(state_key) or {}
+    if upload is not None and previous.get("id") != upload.file_id:
+        session.sweep_uploads(store)
+        try:
+            path = uploads.keep_checkpoint(session.data_folder(store, "uploads"), upload.name, upload.getvalue())
+        except (ValueError, OSError) as error:  # CheckpointError is a ValueError
+            st.error(formatting.md(error))
+            return None
+        previous = state[state_key] = {"id": upload.file_id, "path": str(path)}
+    return previous.get("path")
+
+
+def uploaded_weights() -> str | None:
+    """Weights uploaded for a registered factory; they stay chosen until forgotten."""
+    upload = st.file_uploader(f"Weights (optional, at most {uploads.UPLOAD_LIMIT_MB} MB): a state dict (.pt, .pth, .bin, .ckpt) "
+                              "or safetensors; checkpoints of training frameworks are unwrapped", type=uploads.checkpoint_types(),
+                              max_upload_size=uploads.UPLOAD_LIMIT_MB, key="weights_file")
+    path = kept_upload(upload, session.UPLOADED_WEIGHTS)
+    if path and st.button("Forget the weights"):
+        state.pop(session.UPLOADED_WEIGHTS, None)
+        st.rerun()
+    return path
+
+
+def uploaded_model() -> dict | None:
     upload = st.file_uploader(f"Checkpoint (at most {uploads.UPLOAD_LIMIT_MB} MB): a state dict (.pt, .pth, .safetensors), "
                               "a torch.export program (.pt2) or a TorchScript model", type=uploads.checkpoint_types(),
                               max_upload_size=uploads.UPLOAD_LIMIT_MB, key="model_file")
@@ -94,24 +175,17 @@ def uploaded_model() -> tuple[str, str | None, bool] | None:
     st.caption("Loading TorchScript runs code stored in the file, with your rights on this machine: it can read, write "
                "and delete files. Tick this only for a file you made yourself. State dicts, safetensors and .pt2 programs "
                "are read without running anything from them.")
-    previous = state.get(session.UPLOADED_MODEL) or {}
-    if upload is not None and previous.get("id") != upload.file_id:
-        session.sweep_uploads(store)
-        try:
-            path = uploads.keep_checkpoint(session.data_folder(store, "uploads"), upload.name, upload.getvalue())
-        except (ValueError, OSError) as error:  # CheckpointError is a ValueError
-            st.error(formatting.md(error))
-            return None
-        previous = state[session.UPLOADED_MODEL] = {"id": upload.file_id, "path": str(path)}
-    if not previous:
-        st.info("Upload a checkpoint to use it.")
+    path = kept_upload(upload, session.UPLOADED_MODEL)
+    if path is None:
+        if upload is None:
+            st.info("Upload a checkpoint to use it.")
         return None
-    summary, error = checked_checkpoint(previous["path"], architecture, trust)
+    summary, error = checked_checkpoint(path, architecture, trust)
     if error:
         st.error(formatting.md(error))
         return None
     st.success(formatting.md(summary))
-    return previous["path"], architecture, trust and is_torchscript(Path(previous["path"]))
+    return {"model": path, "architecture": architecture, "trust_torchscript": trust and is_torchscript(Path(path))}
 
 
 def baseline(choice: dict) -> None:
@@ -129,7 +203,7 @@ def baseline(choice: dict) -> None:
     if job is not None:
         live_job(store, job["id"], draw_baseline)
         return
-    label = "Train the base model" if choice["model"] in ARCHITECTURES else "Measure the baseline on this machine"
+    label = "Train the base model" if plan.trains_here(choice) else "Measure the baseline on this machine"
     if st.button(label, type="primary"):
         try:
             start_job(store, spec, kind="baseline")
@@ -155,11 +229,12 @@ st.caption("The model to compress and the data it is fine-tuned and measured on.
 data_column, model_column = st.columns(2)
 with data_column:
     data = choose_data()
+    normalize = choose_normalize()
 with model_column:
     model = choose_model()
-if data and model:
-    state[session.BASE] = {"model": model[0], "architecture": model[1], "data": data, "input_size": state["w_input_size"] or None,
-                           "trust_torchscript": model[2]}
+if data and model and normalize:
+    state[session.BASE] = session.DEFAULT_BASE | model | {"data": data, "input_size": state["w_input_size"] or None,
+                                                          "normalize": normalize}
 elif session.BASE in state:
     st.warning("The choice above is not usable yet; explorations still start from the last usable one.")
 current = session.base_choice(state)

@@ -1,8 +1,6 @@
 """Loading user models: state dicts and safetensors load; pickles, corrupt files and mismatches are refused."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -12,17 +10,8 @@ from ordercomp.cli import main
 from ordercomp.data.datasets import load_data
 from ordercomp.metrics import measure
 from ordercomp.models.zoo import create_model
+from testkit import Payload
 from untrusted_files import NOTES
-
-
-class Payload:
-    """Unpickling this would create a marker file: the loader must never do it."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_samples_ship_with_cards_and_reach_their_stated_accuracy(digits):

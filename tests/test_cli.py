@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 from ordercomp.cli import main
+
+MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -40,6 +43,18 @@ from ordercomp.cli import main
     (["apply", "--chain", "prune", "--export", "{out}", "--prune-ratio", "nan"], "prune.ratio must be a finite number"),
     (["apply", "--chain", "prune", "--export", "{out}", "--seed", "-1"], "seed must be >= 0"),
     (["apply", "--chain", "prune", "--export", "{out}", "--formats", "pt2,tflite"], "unknown export format"),
+    (["explore", "--model", "{net}:MyNet", "--model-args", "{{width"], "--model-args must be a JSON object"),
+    (["explore", "--model-args", '{{"width": 8}}'], "--model-args is for a class or function"),
+    (["apply", "--chain", "prune", "--export", "{out}", "--weights", "{bad}"], "--weights is for a zoo architecture or a class"),
+    (["explore", "--normalize", "imagenet"], "normalize must be dataset"),
+    (["apply", "--chain", "prune", "--export", "{out}", "--normalize", "0.5"], "even count of finite numbers"),
+    (["explore", "--model", "{tmp}/absent.py:Net"], "absent.py does not exist: give FILE.py:NAME"),
+    (["measure", "--model", "{net}:Nope"], "my_net.py has no Nope: its model classes are Block, MyNet"),
+    (["apply", "--chain", "prune", "--export", "{out}", "--model", "{net}:MyNet", "--model-args", '{{"depth": 2}}'],
+     "MyNet(num_classes=10, in_channels=1, depth=2) raised TypeError"),
+    (["explore", "--model", "torchvision.models:resnet18"], "gives (3, 1000) for 3 images, not one logit per class (10)"),
+    (["explore", "--model", "resnet18"], "the zoo's resnet18 is now named resnet18_small_input"),
+    (["explore", "--data", "{tmp}/absent.npz"], "absent.npz does not exist"),
 ])
 def test_bad_input_is_one_line_with_status_2_and_writes_nothing(tmp_path, capsys, bomb_png, args, message):
     bad = tmp_path / "bad.pt"
@@ -51,10 +66,10 @@ def test_bad_input_is_one_line_with_status_2_and_writes_nothing(tmp_path, capsys
         (bomb / label).mkdir(parents=True)
         Image.new("L", (8, 8)).save(bomb / label / "0.png")
     bomb_png(bomb / "dog" / "1.png")
-    out = tmp_path / "out"
-    args = [a.format(out=out, bad=bad, empty=tmp_path / "empty", bomb=bomb) for a in args]
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = [a.format(out=out, bad=bad, empty=tmp_path / "empty", bomb=bomb, net=MY_NET, tmp=tmp_path) for a in args]
     if args[0] == "explore":
-        args += ["--out", str(out), "--quiet"]
+        args += ["--out", str(out), "--cache", str(cache), "--quiet"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     last = err.splitlines()[-1]
@@ -135,3 +150,54 @@ def test_batch_size_reaches_the_fine_tuning_budget():
 
     spec = _spec(build_parser().parse_args(["explore", "--batch-size", "1024", "--epochs", "2"]))
     assert (spec.budget.batch_size, spec.budget.epochs) == (1024, 2.0)
+
+
+def test_a_user_class_from_a_file_is_explored_applied_and_exported(tmp_path, capsys):
+    """Issue 14: a user's own class had no way in from the command line. Its weights, saved as Lightning saves them,
+    load with what was recognised said in full; the float ONNX file predicts as the compressed model does."""
+    from tests.user_models.my_net import MyNet
+
+    torch.manual_seed(0)
+    weights = tmp_path / "my_net.ckpt"
+    torch.save({"epoch": 1, "state_dict": {f"model.{k}": v for k, v in MyNet(width=8).state_dict().items()}}, weights)
+    model = ["--model", f"{MY_NET}:MyNet", "--model-args", '{"width": 8}', "--weights", str(weights), "--epochs", "0.1",
+             "--device", "cpu"]
+    out, notes = tmp_path / "run", ["read its 'state_dict' entry (left out: epoch)", "stripped the prefix 'model.'"]
+    assert main(["explore", *model, "--methods", "sparsify,quantize", "--seeds", "1", "--out", str(out),
+                 "--cache", str(tmp_path / "cache")]) == 0
+    printed = capsys.readouterr()
+    assert f"weights {weights}: {'; '.join(notes)}" in printed.err and f"Base: {MY_NET}:MyNet (my_net.py:MyNet" in printed.out
+    record = json.loads((out / "exploration.json").read_text())
+    assert record["base"]["class"] == "my_net.py:MyNet" and record["base"]["weights_notes"] == notes
+    assert record["data"]["preprocessing"]["normalize"] == "dataset" and sorted(record["chain"]) == ["quantize", "sparsify"]
+    export = tmp_path / "export"
+    assert main(["apply", *model, "--chain", ",".join(record["chain"]), "--export", str(export), "--formats", "onnx,state_dict"]) == 0
+    manifest = json.loads((export / "manifest.json").read_text())
+    [onnx] = [entry for entry in manifest["formats"] if entry["format"] == "onnx"]
+    # the same images right: the accuracies differ only in float32 against float64 rounding
+    assert onnx["check"]["argmax_agreement"] == 1.0 and onnx["measured"]["accuracy"] == pytest.approx(manifest["metrics"]["accuracy"], abs=1e-4)
+    assert manifest["preprocessing"] == record["data"]["preprocessing"] and manifest["base"]["reference"] == f"{MY_NET}:MyNet"
+
+
+def test_a_model_trained_on_its_own_preprocessing_keeps_its_accuracy_with_normalize_none(tmp_path, capsys):
+    """Issue 14: the digits were always normalised with the tool's own statistics, written nowhere: a model trained
+    on 0..1 pixels lost 23 points."""
+    from ordercomp.data.datasets import load_data
+    from ordercomp.metrics import measure
+    from ordercomp.models.zoo import create_model
+    from ordercomp.train import Budget, train
+
+    raw = load_data("digits", normalize="none")
+    torch.manual_seed(0)
+    model = train(create_model("cnn_tiny"), raw, Budget(epochs=3, lr=5e-3), seed=0, device=torch.device("cpu"))
+    own = measure(model, raw, "test", latency=False).accuracy
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    lines = {}
+    for normalize in ("none", "dataset"):
+        assert main(["measure", "--model", "cnn_tiny", "--weights", str(tmp_path / "w.pt"), "--normalize", normalize,
+                     "--cache", "", "--device", "cpu"]) == 0
+        lines[normalize] = capsys.readouterr().out.strip().splitlines()
+    accuracy = {normalize: dict(line.split(": ", 1) for line in printed[2:])["accuracy"] for normalize, printed in lines.items()}
+    assert accuracy["none"] == f"{own:.2f} %" and "normalize none (mean 0, std 1)" in lines["none"][1]
+    assert "normalize dataset (mean 0.3049, std 0.3756)" in lines["dataset"][1]
+    assert float(accuracy["dataset"].rstrip(" %")) < own - 2  # the default is not this model's preprocessing

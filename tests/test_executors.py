@@ -2,8 +2,9 @@
 same results, decisions and chain as the in-process one, survives a killed worker, and refuses bad
 input (unknown executor, Ray missing, an unreachable cluster, a GPU the cluster lacks) with one line.
 
-The Ray tests share one local cluster of 2 CPUs (no GPU), started once for this module and shut down
-after it. The tests that need Ray not connected come first.
+The Ray tests share one local cluster of 2 CPUs (no GPU): `ray_cluster` starts it when it is not
+running and the module stops it at its end; `ray_stopped` gives a test the state of a fresh process
+(Ray not connected), so the tests hold in any order.
 """
 from __future__ import annotations
 
@@ -21,11 +22,10 @@ from ordercomp.exploration.cache import StepCache
 from ordercomp.models.checkpoints import state_fingerprint
 from ordercomp.cli import main
 from ordercomp.exploration.executors import InProcessExecutor, RayExecutor, StepFunction, Work, start_local_ray
-from ordercomp.exploration.explorer import Explorer, ExploreSpec, explore
+from ordercomp.exploration.explorer import Explorer, ExploreSpec
 from ordercomp.exploration.pipeline import OK, StepResult, make_configs, run_step
-from ordercomp.train import Budget
+from testkit import FAST
 
-FAST = dict(model="cnn_tiny", budget=Budget(epochs=0.2), device="cpu")
 # Ray workers cannot import this test module; its step functions travel by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -67,22 +67,22 @@ def one_line_error(capsys, argv: list[str]) -> str:
 
 def test_ray_not_installed_is_one_line(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
-    err = one_line_error(capsys, ["explore", "--executor", "ray", "--methods", "prune,quantize", "--out", str(tmp_path)])
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    err = one_line_error(capsys, ["explore", "--executor", "ray", "--methods", "prune,quantize", "--out", str(out), "--cache", str(cache)])
     assert "pip install 'ordercomp[ray]'" in err
-    assert not (tmp_path / "exploration.json").exists()
+    assert not out.exists() and not cache.exists()
 
 
 @pytest.mark.parametrize("address, message", [("127.0.0.1:1", "no Ray cluster answers at 127.0.0.1:1"),
                                               ("auto", "could not connect to the Ray cluster at auto")])
-def test_an_unreachable_ray_address_is_one_line(capsys, tmp_path, address, message):
-    assert not ray.is_initialized()
+def test_an_unreachable_ray_address_is_one_line(ray_stopped, capsys, tmp_path, address, message):
     err = one_line_error(capsys, ["explore", "--executor", "ray", "--ray-address", address, "--methods", "prune,quantize",
                                   "--seeds", "1", "--epochs", "0.1", "--cache", "", "--out", str(tmp_path), "--quiet"])
     assert message in err
     assert not ray.is_initialized()
 
 
-def test_an_exploration_starts_its_local_ray_cluster_once_and_stops_it_after(monkeypatch, tmp_path):
+def test_an_exploration_starts_its_local_ray_cluster_once_and_stops_it_after(ray_stopped, monkeypatch, tmp_path):
     from ordercomp.exploration import executors
 
     starts = []
@@ -96,10 +96,24 @@ def test_an_exploration_starts_its_local_ray_cluster_once_and_stops_it_after(mon
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    start_local_ray(ray, 2, num_gpus=0)
+def ray_stopped_after_the_module():
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_cluster(ray_stopped_after_the_module):
+    """The module's local cluster (2 CPUs, no GPU), started here unless it is running already."""
+    if not ray.is_initialized():
+        start_local_ray(ray, 2, num_gpus=0)
+
+
+@pytest.fixture
+def ray_stopped():
+    """Ray not connected in this process, as a fresh command line finds it (the module's cluster is stopped;
+    the next test that needs it starts it again)."""
+    ray.shutdown()
+    assert not ray.is_initialized()
 
 
 @pytest.fixture()
@@ -218,3 +232,19 @@ def test_a_gpu_the_cluster_lacks_is_one_line(ray_cluster, capsys, tmp_path):
                                   "--seeds", "1", "--epochs", "0.1", "--cache", "", "--out", str(tmp_path), "--quiet"])
     assert "the Ray cluster has no GPU" in err
     assert ray.is_initialized()
+
+
+def test_a_users_class_from_a_file_reaches_the_ray_workers(ray_cluster, digits, tmp_path):
+    """Ray workers cannot import a user's FILE.py (imported here under a module name of ordercomp's making):
+    its classes travel with the model."""
+    from ordercomp.models.checkpoints import resolve_model
+
+    (tmp_path / "net.py").write_text("from torch import nn\nclass Net(nn.Module):\n    def __init__(self, num_classes):\n"
+                                     "        super().__init__()\n        self.fc = nn.Linear(64, num_classes)\n\n"
+                                     "    def forward(self, x):\n        return self.fc(x.flatten(1))\n")
+    base, _ = resolve_model(f"{tmp_path / 'net.py'}:Net", digits)
+    explorer = Explorer(ExploreSpec(methods=("sparsify", "quantize"), seeds=1, **FAST))
+    step = StepFunction(explorer.configs, explorer.spec.budget)
+    plan = [("sparsify",), ("sparsify", "quantize")]
+    results = RayExecutor().run(plan_work(explorer, base, step, StepCache(None), lambda e: None), plan, 1)
+    assert [(r.chain, r.status) for r in results] == [(chain, OK) for chain in plan]

@@ -5,11 +5,10 @@ import pytest
 import torch
 
 from ordercomp import order
-from ordercomp.exploration.explorer import ExploreSpec, Explorer, compress, explore, no_order_reason
-from ordercomp.exploration.pipeline import INCOMPATIBLE, OK, StepResult, make_configs
+from ordercomp.exploration.explorer import ExploreSpec, Explorer, compress, explore, left_out, no_order_reason
+from ordercomp.exploration.pipeline import FAILED, INCOMPATIBLE, OK, StepResult, make_configs
 from ordercomp.train import Budget
-
-FAST = dict(model="cnn_tiny", budget=Budget(epochs=0.2), device="cpu")
+from testkit import FAST
 
 
 class Interrupt(Exception):
@@ -72,7 +71,11 @@ def test_exhaustive_mode_ranks_the_found_chain(tmp_path):
     record = explore(ExploreSpec(methods=("prune", "quantize", "early_exit"), seeds=1, exhaustive=True, **FAST),
                      cache_dir=tmp_path).to_dict()
     summary = record["exhaustive"]
-    assert summary["of"] == 6 and 1 <= summary["rank"] <= 6
+    scores = {tuple(o["chain"]): o["score"] for o in summary["orders"]}
+    assert summary["of"] == len(scores) == 6 and tuple(record["chain"]) in scores
+    found = scores[tuple(record["chain"])]
+    assert summary["rank"] == 1 + sum(score > found for score in scores.values())  # weighted: higher is better
+    assert summary["regret"] == pytest.approx(max(scores.values()) - found)
     assert summary["applications_exhaustive"] == 15 and summary["applications_pairwise"] == 9
     assert len([s for s in record["steps"] if s["seed"] == 0]) == 15  # later seeds: the search's race
     assert summary["of"] == len({tuple(o["chain"]) for o in summary["orders"]}) and all(o["seeds"] == 1 for o in summary["orders"])
@@ -189,10 +192,13 @@ def test_a_sample_trained_at_32_px_gets_its_data_at_32_px_unless_told_otherwise(
     assert told.data.input_size == 16
 
 
-def test_there_is_no_order_to_recommend_when_a_method_never_applies_or_no_pair_can_follow_each_other():
+def test_there_is_no_order_to_recommend_when_no_method_applies_or_no_pair_can_follow_each_other():
     singles = [StepResult(("prune",), OK, metrics={}), StepResult(("int8",), INCOMPATIBLE, "not a float model")]
-    assert no_order_reason(("prune", "int8"), singles, []) == \
-        "int8 cannot be applied to this model (int8: not a float model): remove it from the methods"
+    assert no_order_reason(("prune", "int8"), singles, []) is None  # int8 is left out; prune alone is the chain
+    assert left_out(("prune", "int8"), singles) == [{"method": "int8", "status": INCOMPATIBLE, "reason": "not a float model"}]
+    nothing = [StepResult(("prune",), FAILED, "IndexError: out of range"), StepResult(("int8",), INCOMPATIBLE, "not a float model")]
+    assert no_order_reason(("prune", "int8"), nothing, []) == \
+        "prune, int8 cannot be applied to this model (prune: IndexError: out of range): no method is left to order"
     both_ok = [StepResult(("prune",), OK, metrics={}), StepResult(("lowrank",), OK, metrics={})]
     blocked = [order.incompatible_pair("prune", "lowrank", "no layer gets cheaper", higher_is_better=True)]
     assert "no two of the methods can follow each other" in no_order_reason(("prune", "lowrank"), both_ok, blocked)
@@ -207,15 +213,39 @@ def test_a_latency_exploration_times_every_step_even_where_an_untimed_run_cached
     assert all(s["metrics"]["latency_ms_b1"] > 0 for s in timed["steps"])
 
 
-def test_the_latency_objectives_time_each_step_in_the_runtime_it_will_ship_in(tmp_path):
+class TimedRunners:
+    """Spies on the files written for timing: the format each was loaded as, and the calls made to each runner."""
+
+    def __init__(self, monkeypatch):
+        from ordercomp.deploy import export
+
+        self.formats, self.calls, real = [], [], export.load_runner
+
+        def load_runner(fmt, path, *args, **kwargs):
+            run, index = real(fmt, path, *args, **kwargs), len(self.formats)
+            self.formats.append(fmt)
+            self.calls.append(0)
+
+            def counted(x):
+                self.calls[index] += 1
+                return run(x)
+            return counted
+
+        monkeypatch.setattr(export, "load_runner", load_runner)
+
+
+def test_the_latency_objectives_time_each_step_in_the_runtime_it_will_ship_in(tmp_path, monkeypatch):
+    timed = TimedRunners(monkeypatch)
     spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, search="pairwise", objective="weighted_latency", runtime="onnx", **FAST)
-    explorer = Explorer(spec, cache_dir=tmp_path)
-    record = explorer.explore().to_dict()
-    assert explorer._base["latency_ms_b1"] > 0  # the base, written as ONNX and run in onnxruntime
+    record = Explorer(spec, cache_dir=tmp_path).explore().to_dict()
     steps = [s for s in record["steps"] if s["status"] == "ok"]
-    assert len(steps) == 4 and all(s["metrics"]["latency_ms_b1"] > 0 and s["metrics"]["latency_ms_batch"] > 0 for s in steps)
+    assert len(steps) == 4
+    # the base and each of the 4 steps: written as ONNX, loaded into onnxruntime and timed there at batch 1 and 32
+    assert timed.formats == ["onnx"] * 5 and all(calls >= 2 * 20 for calls in timed.calls)
+    assert all(s["metrics"]["latency_ms_b1"] > 0 and s["metrics"]["latency_ms_batch"] > 0 for s in steps)
     eager = explore(ExploreSpec(**{**vars(spec), "runtime": "eager"}), cache_dir=tmp_path).to_dict()
-    assert [s["metrics"]["latency_ms_b1"] for s in eager["steps"]] != [s["metrics"]["latency_ms_b1"] for s in record["steps"]]
+    assert timed.formats == ["onnx"] * 5  # eager timing runs no exported file
+    assert all(s["metrics"]["latency_ms_b1"] > 0 for s in eager["steps"] if s["status"] == "ok")
 
 
 def test_a_step_that_cannot_be_built_for_the_runtime_is_incompatible_with_it(monkeypatch, tiny_model, digits):
@@ -229,4 +259,5 @@ def test_a_step_that_cannot_be_built_for_the_runtime_is_incompatible_with_it(mon
     step = executors.StepFunction(make_configs(["prune"]), Budget(epochs=0), latency=True, runtime="onnx_int8")
     model, result = step(tiny_model, ("prune",), 0, digits, torch.device("cpu"))
     assert result.status == INCOMPATIBLE and result.reason == "cannot be built as onnx_int8: 2-bit weights have no int8 kernel"
-    assert model is not None  # later steps still build on it
+    # later steps still build on the pruned model
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in tiny_model.parameters())

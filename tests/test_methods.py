@@ -14,14 +14,30 @@ from ordercomp.metrics import measure
 from ordercomp.models.zoo import create_model
 
 NAMES = list(METHODS)
+KEEP_EVERY_WEIGHT = {"quantize", "int8", "early_exit"}  # fewer bits or added exit heads: no weight is removed
 
 
 def state_copy(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+@pytest.fixture(scope="module")
+def base_accuracy(tiny_model, digits) -> float:
+    return measure(tiny_model, digits, "val", latency=False).accuracy
+
+
+def accuracy_floor(name: str, base: float, classes: int) -> float:
+    """What a method must keep of the base after one epoch of fine-tuning (the `context` budget): a method
+    that keeps every weight holds the base within 3 points (11 of the 359 validation images); one that
+    removes weights or channels keeps at least 40 % of what the base learned above chance."""
+    if name in KEEP_EVERY_WEIGHT:
+        return base - 3.0
+    chance = 100 / classes
+    return chance + 0.4 * (base - chance)
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_apply_leaves_input_untouched_and_output_runs(name, tiny_model, context, digits):
+def test_apply_leaves_input_untouched_and_output_runs(name, tiny_model, context, digits, base_accuracy):
     before, structure = state_copy(tiny_model), str(tiny_model)
     method = get_method(name)
     compressed = method.apply(tiny_model, method.default_config(), context)
@@ -30,7 +46,7 @@ def test_apply_leaves_input_untouched_and_output_runs(name, tiny_model, context,
         assert torch.equal(value, before[key]), f"{name} changed the input's {key}"
     logits = compressed.eval()(digits.test.tensors[0][:5])
     assert logits.shape == (5, digits.num_classes)
-    assert measure(compressed, digits, "val", latency=False).accuracy > 40
+    assert measure(compressed, digits, "val", latency=False).accuracy >= accuracy_floor(name, base_accuracy, digits.num_classes)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -116,8 +132,10 @@ def test_sparsify_keeps_macs_but_stores_less_and_fine_tuning_keeps_zeros(tiny_mo
     sparse = get_method("sparsify").apply(tiny_model, get_method("sparsify").make_config(sparsity=0.8), context)
     base, out = measure(tiny_model, digits, "val", latency=False), measure(sparse, digits, "val", latency=False)
     assert out.macs == base.macs and out.size_bytes < 0.5 * base.size_bytes
-    conv = compute_layers(sparse)[1][1]
-    assert (conv.weight == 0).float().mean() >= 0.79
+    marked = [layer for _, layer in compute_layers(sparse) if sparsity_of(layer) is not None]
+    assert len(marked) == len(compute_layers(sparse)) - 1  # the classifier stays dense
+    for layer in marked:  # zeroed to the mark, and kept zero by fine-tuning
+        assert int((layer.weight == 0).sum()) >= round(0.8 * layer.weight.numel())
 
 
 def test_int8_holds_real_int8_weights_and_blocks_later_training(tiny_model, context, digits):
@@ -165,7 +183,8 @@ def test_lowrank_factors_inherit_sparsity(tiny_model, context):
     factored = get_method("lowrank").apply(sparse, get_method("lowrank").default_config(), context)
     factors = [layer for _, layer in compute_layers(factored) if sparsity_of(layer) is not None]
     assert len(factors) > len(compute_layers(tiny_model))
-    assert all((layer.weight == 0).float().mean() > 0.5 for layer in factors[:-1])
+    # every factor re-sparsified to the mark it inherited (0.6), and fine-tuning kept those zeros
+    assert all(sparsity_of(layer) == 0.6 and int((layer.weight == 0).sum()) >= round(0.6 * layer.weight.numel()) for layer in factors)
 
 
 def test_method_config_types_are_frozen():
@@ -176,7 +195,7 @@ def test_method_config_types_are_frozen():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_every_method_trains_under_the_gpu_recipe(name, tiny_model, context, digits, monkeypatch):
+def test_every_method_trains_under_the_gpu_recipe(name, tiny_model, context, digits, monkeypatch, base_accuracy):
     """bf16 autocast and channels_last (what training uses on a CUDA GPU), here on the CPU: each method
     still applies, learns, and hands on contiguous weights that export and safetensors can write."""
     from ordercomp import train
@@ -185,4 +204,4 @@ def test_every_method_trains_under_the_gpu_recipe(name, tiny_model, context, dig
     method = get_method(name)
     compressed = method.apply(tiny_model, method.default_config(), context)
     assert all(t.is_contiguous() for t in compressed.state_dict().values())
-    assert measure(compressed, digits, "val", latency=False).accuracy > 40
+    assert measure(compressed, digits, "val", latency=False).accuracy >= accuracy_floor(name, base_accuracy, digits.num_classes)

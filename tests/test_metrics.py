@@ -44,7 +44,8 @@ def test_storage_counts_bits_and_sparse_storage():
 def test_measure_reports_every_figure(digits, tiny_model):
     metrics = measure(tiny_model, digits, "test", repeats=3)
     assert 80 < metrics.accuracy <= 100
-    assert metrics.latency_ms_b1 > 0 and metrics.latency_ms_batch >= metrics.latency_ms_b1 * 0.5
+    # both timed; no relation between them is asserted: on a shared machine any call can be slowed
+    assert all(0 < latency < float("inf") for latency in (metrics.latency_ms_b1, metrics.latency_ms_batch))
     assert metrics.peak_memory_bytes > metrics.size_bytes
     assert metrics.exit_fractions is None
 

@@ -1,13 +1,18 @@
-"""The int8 ONNX artifact computes what the float model computes, on the CPU that runs it."""
+"""The int8 ONNX artifact computes what the float model computes, on the CPU that runs it, and its export
+check holds it to that on the whole test split."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from ordercomp.deploy.export import INPUT_NAME, onnx_file
-from ordercomp.deploy.onnx_int8 import quantize_onnx
+from ordercomp.deploy.export import INPUT_NAME, INT8_ACCURACY_POINTS, INT8_AGREEMENT, check_int8, check_text, export_compressed, exportable, onnx_file
+from ordercomp.methods.base import Context
+from ordercomp.methods.registry import get_method
+from ordercomp.deploy.onnx_int8 import deployable_float, quantize_onnx
 from ordercomp.deploy.runtimes import onnx_session
+from ordercomp.train import Budget
 
 
 def test_int8_sums_do_not_saturate_on_cpus_without_vnni(tmp_path):
@@ -26,3 +31,38 @@ def test_int8_sums_do_not_saturate_on_cpus_without_vnni(tmp_path):
     with torch.no_grad():
         expected = model(images[:8]).numpy()
     assert np.abs(got - expected).max() < 0.03 * np.abs(expected).max()
+
+
+@pytest.fixture(scope="module")
+def int8_export(tiny_model, digits, tmp_path_factory):
+    """A 4-bit QAT chain with early exits (as the default chain ends) exported as int8 ONNX, and its model."""
+    context = Context(digits, Budget(epochs=0.2), seed=0)
+    model = get_method("early_exit").apply(get_method("quantize").apply(tiny_model, get_method("quantize").make_config(), context),
+                                           get_method("early_exit").make_config(), context)
+    out = tmp_path_factory.mktemp("int8") / "export"
+    manifest = export_compressed(model, out, formats=("onnx_int8",), chain=["quantize", "early_exit"], configs={}, metrics={},
+                                 data=digits, base={"source": "test"}, measure=False)
+    return model, out / "model.int8.onnx", manifest["formats"][0]["check"]
+
+
+def test_the_int8_file_meets_its_tolerance_on_the_whole_test_split_and_records_the_real_figures(int8_export, digits):
+    model, path, check = int8_export
+    images, labels = digits.test.tensors
+    got = onnx_session(path).run(None, {INPUT_NAME: images.numpy()})[0]
+    with torch.no_grad():
+        expected = exportable(deployable_float(model))(images).numpy()
+    accuracy = lambda logits: 100.0 * float((logits.argmax(1) == labels.numpy()).mean())
+    assert check["images"] == len(labels) == 359 and check["against"] == "deployable float model"
+    assert check["argmax_agreement"] == float((got.argmax(1) == expected.argmax(1)).mean())
+    assert (check["accuracy"], check["reference_accuracy"]) == (accuracy(got), accuracy(expected))
+    assert check["max_abs_diff"] == pytest.approx(float(np.abs(got - expected).max()))
+    assert (check["min_agreement"], check["max_accuracy_points"]) == (INT8_AGREEMENT, INT8_ACCURACY_POINTS) == (0.99, 0.5)
+    assert check["argmax_agreement"] >= 0.99 and abs(check["accuracy"] - check["reference_accuracy"]) <= 0.5 and check["passed"]
+
+
+def test_an_int8_file_that_disagrees_with_its_float_model_fails_its_check(int8_export, digits):
+    model, path, _ = int8_export
+    reference = exportable(deployable_float(model))
+    check = check_int8(path, lambda images: -reference(images), digits)  # the least likely class wins: another model
+    assert check["argmax_agreement"] < 0.5 and check["reference_accuracy"] < 20 and not check["passed"]
+    assert "FAILED: top-1 agreement" in check_text(check)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
+import zipfile
 
 import pytest
 import torch
@@ -11,21 +11,12 @@ from torch import nn
 
 from ordercomp.models.checkpoints import CheckpointError, load_program, resolve_model
 from ordercomp.cli import main
-from ordercomp.exploration.explorer import compress
+from ordercomp.exploration.explorer import Explorer, ExploreSpec, compress
+from ordercomp.metrics import measure
 from ordercomp.train import Budget
-from untrusted_files import genuine_pt2, record, rewrite, with_record
+from testkit import Payload
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.* deprecation notices
-
-
-class Payload:
-    """Unpickling this creates the marker file: no loader may ever do it."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 class FileWriter(nn.Module):
@@ -169,21 +160,46 @@ def test_untrusted_torchscript_through_the_cli_leaves_no_trace(writer_script, tm
     assert not marker.exists() and not out.exists()
 
 
-def test_a_pt2_program_is_a_base_that_is_measured_and_methods_say_why_not(tmp_path, pt2_bytes, capsys):
+def test_a_pt2_program_is_a_base_that_is_measured_and_the_user_is_told_it_can_only_be_measured(tmp_path, pt2_bytes, capsys, tiny_model, digits):
+    """Issue 14: every refusal told the user to give a state dict with --arch, impossible for a class of their own."""
     path = tmp_path / "tiny.pt2"
     path.write_bytes(pt2_bytes)
     outcome = compress(model=str(path), chain=["prune", "quantize"], budget=Budget(epochs=0.1), device="cpu")
-    assert outcome.base_metrics["accuracy"] > 40 and outcome.base_metrics["macs"] > 0
-    assert outcome.steps[0].status == "incompatible" and "--arch" in outcome.steps[0].reason
+    exported = measure(tiny_model, digits, "test", latency=False)  # the program is tiny_model exported: the same figures
+    assert outcome.base_metrics["accuracy"] == pytest.approx(exported.accuracy) and outcome.base_metrics["macs"] == exported.macs
+    reason = outcome.steps[0].reason
+    assert outcome.steps[0].status == "incompatible" and f"ordercomp measure --model {path}" in reason and "--arch" not in reason
     out = tmp_path / "run"
-    # no method applies to a program, so there is no order to recommend: one line, nothing written
+    # a program can only be measured: one line before any step runs, nothing written
     assert main(["explore", "--model", str(path), "--methods", "prune,sparsify", "--seeds", "1", "--epochs", "0.1",
                  "--out", str(out), "--cache", "", "--quiet", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "prune, sparsify cannot be applied to this model" in err and "--arch" in err
+    assert len(err.splitlines()) == 1 and "tiny.pt2 is a torch.export (.pt2) program" in err
+    assert f"can be measured (ordercomp measure --model {path})" in err and "--model FILE.py:NAME --weights FILE" in err
     assert not (out / "exploration.json").exists()
     assert main(["apply", "--model", str(path), "--chain", "prune", "--export", str(tmp_path / "export"), "--device", "cpu"]) == 2
     assert "prune is incompatible" in capsys.readouterr().err and not (tmp_path / "export").exists()
+    assert main(["measure", "--model", str(path), "--device", "cpu", "--cache", ""]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f"model: {path} (torch.export (.pt2) program)" and lines[1].startswith("data: digits, test split of 359 images")
+    figures = dict(line.split(": ", 1) for line in lines[2:])
+    assert list(figures) == ["accuracy", "parameters", "size", "MACs", "BitOps", "latency at batch 1", "latency at batch 32", "peak memory"]
+    assert figures["accuracy"] == f"{outcome.base_metrics['accuracy']:.2f} %" and figures["MACs"] == f"{outcome.base_metrics['macs']:,.0f}"
+
+
+def test_a_torchscript_base_never_reuses_the_steps_of_a_pt2_base_with_the_same_weights(tmp_path, tiny_model, pt2_bytes, digits):
+    """Issue 14: with the cache on, a TorchScript run reused the .pt2 run's message: the step cache keyed a base by its
+    weights alone, which both files of one model share (and so would two programs with the same weights and another graph)."""
+    (tmp_path / "tiny.pt2").write_bytes(pt2_bytes)
+    torch.jit.trace(tiny_model.eval(), digits.example_input(2)).save(str(tmp_path / "tiny.ts"))
+    reasons = {}
+    for name in ("tiny.pt2", "tiny.ts"):
+        spec = ExploreSpec(model=str(tmp_path / name), methods=("prune", "quantize"), seeds=1, device="cpu", trust_torchscript=True)
+        explorer = Explorer(spec, cache_dir=tmp_path / "cache", data=digits)
+        base, _ = explorer.load_base()
+        [result] = explorer.run_plan(base, [("prune",)])
+        reasons[name] = result.reason
+    assert "torch.export (.pt2) program" in reasons["tiny.pt2"] and "TorchScript program" in reasons["tiny.ts"]
 
 
 def test_a_program_with_a_fixed_batch_size_is_explained(tmp_path, digits, tiny_model):

@@ -10,28 +10,14 @@ import zipfile
 
 import pytest
 import torch
-from PIL import Image
 from untrusted_data import EPS_AS_PNG, image_bomb_zip
 
 from ordercomp import uploads
 from ordercomp.models.checkpoints import CheckpointError
 from ordercomp.data.datasets import DataError
 from ordercomp.models.zoo import create_model
+from testkit import png, zip_of
 from untrusted_files import NOTES, many_members
-
-
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (4, 4)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def zip_of(files: dict, *, compression=zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def everything_under(folder):
@@ -141,6 +127,12 @@ def test_a_state_dict_is_checked_against_the_architecture_at_upload(tmp_path):
     torch.save(state, tmp_path / "cut.pt")
     with pytest.raises(CheckpointError, match=rf"1 shape mismatches \({name} is \(3, .*\), needs \(\d+, .*\)\); choose the architecture"):
         uploads.check_checkpoint(tmp_path / "cut.pt", "cnn_tiny")
+
+
+def test_a_training_frameworks_checkpoint_passes_the_upload_check_as_it_loads(tmp_path):
+    state = create_model("cnn_tiny", 10, 1).state_dict()
+    torch.save({"epoch": 3, "state_dict": {f"model.{k}": v for k, v in state.items()}}, tmp_path / "lightning.ckpt")
+    assert uploads.check_checkpoint(tmp_path / "lightning.ckpt", "cnn_tiny").startswith("lightning.ckpt: a state dict of")
 
 
 def test_torchscript_is_kept_but_not_loaded_without_trust(tmp_path):

@@ -6,6 +6,7 @@ page switches with `persist_state="session"`).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
@@ -17,19 +18,57 @@ WIDGET_PREFIX = "w_"
 NO_REPEAT = "(none)"
 DATA_SOURCES = {"digits": "Embedded digits (default)", "folder": "A folder on this machine (CIFAR-10/100 or ImageFolder)",
                 "zip": "Upload a zip of an ImageFolder tree"}
-MODEL_SOURCES = {"sample": "Sample model", "zoo": "Train a zoo architecture", "upload": "Upload a checkpoint"}
+MODEL_SOURCES = {"sample": "Sample model", "zoo": "Train a zoo architecture", "upload": "Upload a checkpoint",
+                 "registered": "Your model (registered by this server)"}
+NORMALIZE_CHOICES = {"dataset": "the training split's mean and std (default)", "none": "none: pixel values in 0..1",
+                     "given": "given numbers (MEAN,STD)"}
 
 
 def describe_base(choice: dict) -> str:
     size = f", {choice['input_size']} px" if choice.get("input_size") else ""
     architecture = f" ({choice['architecture']})" if choice.get("architecture") else ""
+    args = f" {json.dumps(choice['model_args'])}" if choice.get("model_args") else ""
+    weights = f" with weights {Path(choice['weights']).name}" if choice.get("weights") else ""
     trusted = ", its TorchScript code trusted" if choice.get("trust_torchscript") else ""
-    return f"{Path(choice['model']).name}{architecture} on {Path(choice['data']).name}{size}{trusted}"
+    normalize = f", normalize {choice['normalize']}" if choice.get("normalize", "dataset") != "dataset" else ""
+    return f"{Path(choice['model']).name}{architecture}{args}{weights} on {Path(choice['data']).name}{size}{normalize}{trusted}"
+
+
+def base_options(choice: dict) -> dict:
+    """The spec fields every job kind takes from the Model & data page's choice (older choices lack the newer ones)."""
+    return {"model": choice["model"], "data": choice["data"], "architecture": choice.get("architecture"),
+            "input_size": choice.get("input_size"), "trust_torchscript": choice.get("trust_torchscript", False),
+            "model_args": choice.get("model_args") or {}, "weights": choice.get("weights"),
+            "normalize": choice.get("normalize") or "dataset"}
+
+
+def registered_choice(name: str, args_text: str) -> tuple[str, dict]:
+    """(name, model arguments) of a registered factory picked on the page; a ValueError says what is wrong. Only a
+    name the server's operator registered passes: a path or reference typed anywhere is never imported."""
+    from ..models.checkpoints import registered_models
+    from ..models.factories import check_args
+
+    registered = registered_models()
+    if name not in registered:
+        raise ValueError(f"{name!r} is not a model factory registered on this server ({', '.join(sorted(registered)) or 'none'}): "
+                         "the dashboard imports no path typed into it; the server's operator registers factories")
+    return name, check_args(args_text)
+
+
+def trains_here(choice: dict) -> bool:
+    """Whether the base is trained by its baseline job: a zoo architecture, or a registered factory without weights."""
+    from ..models.checkpoints import registered_models
+    from ..models.zoo import ARCHITECTURES
+
+    try:
+        registered = registered_models()
+    except ValueError:  # a malformed registration is reported where factories are chosen
+        registered = {}
+    return choice["model"] in ARCHITECTURES or (choice["model"] in registered and not choice.get("weights"))
 
 
 def baseline_spec(choice: dict, device: str = "auto") -> BaselineSpec:
-    return BaselineSpec(model=choice["model"], data=choice["data"], architecture=choice["architecture"],
-                        input_size=choice["input_size"], device=device, trust_torchscript=choice.get("trust_torchscript", False))
+    return BaselineSpec(**base_options(choice), device=device)
 
 
 def export_spec(record: dict, chain, formats, exploration: str) -> ExportSpec:
@@ -90,12 +129,10 @@ def plan_from_state(state):
             settings[name] = changed
     repeat = value("w_repeat")
     choice = base_choice(state)
-    return ExploreSpec(model=choice["model"], data=choice["data"], architecture=choice["architecture"],
-                       input_size=choice["input_size"], methods=methods, settings=settings, objective=value("w_objective"),
+    return ExploreSpec(**base_options(choice), methods=methods, settings=settings, objective=value("w_objective"),
                        weight=float(value("w_weight")), seeds=int(value("w_seeds")),
                        budget=Budget(epochs=float(value("w_epochs")), lr=float(value("w_lr"))), device=value("w_device"),
                        exhaustive=bool(value("w_exhaustive")), min_margin=float(value("w_min_margin")),
-                       repeat=None if repeat in (None, NO_REPEAT) or repeat not in methods else repeat,
-                       trust_torchscript=choice.get("trust_torchscript", False), search=value("w_search"),
+                       repeat=None if repeat in (None, NO_REPEAT) or repeat not in methods else repeat, search=value("w_search"),
                        executor=value("w_executor"), ray_address=(value("w_ray_address") or "").strip() or None,
                        runtime=value("w_runtime") if value("w_objective") in LATENCY_OBJECTIVES else "eager")

@@ -12,7 +12,9 @@ JOB = "job"                      # session key and query parameter: the explorat
 BASE = "base_choice"             # session key: the base model and data explorations start from
 UPLOADED_MODEL = "uploaded_model"  # session key: {"id": upload id, "path": where the uploaded checkpoint was kept}
 UPLOADED_DATA = "uploaded_data"    # session key: {"id": upload id, "path": the root of the extracted ImageFolder zip}
-DEFAULT_BASE = {"model": "digits_cnn", "architecture": None, "data": "digits", "input_size": None, "trust_torchscript": False}
+UPLOADED_WEIGHTS = "uploaded_weights"  # session key: {"id": upload id, "path": weights uploaded for a registered factory}
+DEFAULT_BASE = {"model": "digits_cnn", "architecture": None, "data": "digits", "input_size": None, "trust_torchscript": False,
+                "model_args": {}, "weights": None, "normalize": "dataset"}
 POLL_SECONDS = 1.5               # how often a page showing an active job reads the store again
 
 
@@ -30,7 +32,7 @@ def sweep_uploads(store: JobStore) -> None:
     """Remove uploads (checkpoints, extracted zips) that no job of the store uses and nobody used for a week."""
     from ..uploads import sweep_abandoned
 
-    in_use = {job["spec"][key] for job in store.list_jobs() for key in ("model", "data") if job["spec"].get(key)}
+    in_use = {job["spec"][key] for job in store.list_jobs() for key in ("model", "data", "weights") if job["spec"].get(key)}
     for name in ("uploads", "datasets"):
         sweep_abandoned(data_folder(store, name), in_use)
 
@@ -55,4 +57,5 @@ def set_defaults(state, defaults: dict) -> None:
 
 
 def base_choice(state) -> dict:
-    return dict(state.get(BASE) or DEFAULT_BASE)
+    """The chosen base and data, with the defaults of any option a choice made before it existed leaves out."""
+    return DEFAULT_BASE | dict(state.get(BASE) or {})

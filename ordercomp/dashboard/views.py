@@ -84,9 +84,10 @@ def exploration_record(store: JobStore, job_id: str | None) -> tuple[dict | None
 
 
 def find_baseline(store: JobStore, spec: BaselineSpec) -> dict | None:
-    """The newest baseline job for exactly this base model, data and device."""
+    """The newest baseline job for exactly this base model, data and device (a record from before an option
+    existed has that option's default)."""
     wanted = spec.to_dict()
-    return next((job for job in store.list_jobs("baseline") if job["spec"] == wanted), None)
+    return next((job for job in store.list_jobs("baseline") if BaselineSpec.from_dict(job["spec"]).to_dict() == wanted), None)
 
 
 def latest_export(store: JobStore, exploration: str) -> dict | None:

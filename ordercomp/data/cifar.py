@@ -15,7 +15,7 @@ every level, a dtype with forged flags, a dict key whose hash never ends), so:
   shape and plain whole-number dtype declare, and accepts as labels one whole number in the class
   range per image (a flat list or a 1-D array), checked without expanding anything else.
 
-`write_cifar` writes the layout (the CIFAR-size benchmark folder, the tests).
+`write_cifar` writes either layout (the CIFAR-size benchmark folder, the tests).
 """
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ import numpy as np
 
 CIFAR10_DIR, CIFAR100_DIR = "cifar-10-batches-py", "cifar-100-python"
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+# kind: (folder, training batches, test batch, the labels read, classes)
+LAYOUTS = {"cifar10": (CIFAR10_DIR, CIFAR10_TRAIN, "test_batch", "labels", 10),
+           "cifar100": (CIFAR100_DIR, ("train",), "test", "fine_labels", 100)}
 MAX_BATCH_BYTES = 1 << 30
 IMAGE_BYTES = 3 * 32 * 32
 WHOLE_NUMBER_TYPES = ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8")  # the dtype names numpy pickles for them
@@ -230,9 +233,8 @@ def batch_arrays(record: dict, label_key: str, classes: int) -> tuple[np.ndarray
 def read_cifar(root: Path, kind: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], int]:
     """((train images, labels), (test images, labels), classes) of a CIFAR-10 or CIFAR-100 folder.
     Raises ValueError naming the file and what is wrong with it."""
-    folder, train_files, test_file, label_key, classes = (
-        (root / CIFAR10_DIR, CIFAR10_TRAIN, "test_batch", "labels", 10) if kind == "cifar10"
-        else (root / CIFAR100_DIR, ("train",), "test", "fine_labels", 100))
+    folder_name, train_files, test_file, label_key, classes = LAYOUTS[kind]
+    folder = root / folder_name
 
     def read(names):
         parts = []
@@ -249,20 +251,24 @@ def read_cifar(root: Path, kind: str) -> tuple[tuple[np.ndarray, np.ndarray], tu
     return read(train_files), read((test_file,)), classes
 
 
-def write_cifar(root: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> Path:
-    """Write images (N x 32 x 32 x 3 uint8) and labels as a CIFAR-10 python-version folder under `root`
-    (refused when `root` already holds one: its files are not ordercomp's to replace)."""
-    folder = Path(root) / CIFAR10_DIR
+def write_cifar(root: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], kind: str = "cifar10") -> Path:
+    """Write images (N x 32 x 32 x 3 uint8) and labels as a CIFAR-10 or CIFAR-100 python-version folder under
+    `root` (CIFAR-100: the labels as fine labels, and coarse labels beside them as fine // 5, five classes a
+    superclass like the real set's 20); refused when `root` already holds one: its files are not ordercomp's to replace."""
+    folder_name, train_files, test_file, label_key, _ = LAYOUTS[kind]
+    folder = Path(root) / folder_name
     if folder.exists():
         raise FileExistsError(f"{folder} exists already: give a new folder")
     folder.mkdir(parents=True)
 
     def dump(name, images, labels):
         record = {"data": np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), IMAGE_BYTES)),
-                  "labels": [int(v) for v in labels]}
+                  label_key: [int(v) for v in labels]}
+        if kind == "cifar100":
+            record["coarse_labels"] = [int(v) // 5 for v in labels]
         (folder / name).write_bytes(pickle.dumps(record, protocol=4))
 
-    for name, part in zip(CIFAR10_TRAIN, np.array_split(np.arange(len(train[0])), len(CIFAR10_TRAIN))):
+    for name, part in zip(train_files, np.array_split(np.arange(len(train[0])), len(train_files))):
         dump(name, train[0][part], train[1][part])
-    dump("test_batch", *test)
+    dump(test_file, *test)
     return Path(root)

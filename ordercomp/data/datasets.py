@@ -1,15 +1,16 @@
-"""Datasets for ordercomp: the embedded digits default and local CIFAR / ImageFolder trees.
+"""Datasets for ordercomp: the embedded digits default, local CIFAR / ImageFolder trees, NumPy .npz
+files, and data a Python caller holds (tensors, torch Datasets; see `arrays.py`).
 
 Nothing here downloads. Every dataset is materialised as three in-memory tensor splits
 (train / validation / test) with a fixed, seeded split, so every method and every order
-sees exactly the same images.
+sees exactly the same images, normalised as `--normalize` says (`preprocessing.py`).
 """
 from __future__ import annotations
 
 import hashlib
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler, TensorDataset
 
 from .cifar import read_cifar
+from .preprocessing import Normalization, record
 
 SPLIT_SEED = 20240326
 DEFAULT_INPUT_SIZE = 8
@@ -39,6 +41,7 @@ class DataBundle:
     num_classes: int
     in_channels: int
     input_size: int
+    preprocessing: dict = field(default_factory=dict)  # how an image becomes the model's input (preprocessing.record)
 
     def split(self, name: str) -> TensorDataset:
         if name not in ("train", "val", "test"):
@@ -65,6 +68,7 @@ class DataBundle:
         return {
             "name": self.name, "classes": self.num_classes, "channels": self.in_channels,
             "input_size": self.input_size, "train": len(self.train), "val": len(self.val), "test": len(self.test),
+            "preprocessing": self.preprocessing,
         }
 
 
@@ -91,23 +95,44 @@ class Batches:
             yield images[index], labels[index]
 
 
-def load_data(spec: str = "digits", *, input_size: int | None = None, limit: int | None = None) -> DataBundle:
-    """Load `digits`, a CIFAR-10/100 folder or an ImageFolder tree given by path."""
+def load_data(spec="digits", *, input_size: int | None = None, limit: int | None = None, normalize: str = "dataset") -> DataBundle:
+    """Load `digits`, a CIFAR-10/100 folder, an ImageFolder tree or a .npz file given by path, or data a
+    caller holds: a torch Dataset, a (train, val, test) triple, (images, labels) tensors, or a DataBundle
+    (returned as it is). Images are normalised as `normalize` says (preprocessing.Normalization)."""
+    if isinstance(spec, DataBundle):
+        return spec
     if input_size is not None and not 4 <= input_size <= 512:
         raise DataError(f"input size {input_size} is out of range: use 4..512 pixels")
+    normalization = Normalization.parse(normalize)
+    if not isinstance(spec, str):
+        from .arrays import held_data
+
+        return held_data(spec, input_size, normalization)
     if spec == "digits":
-        return _digits(input_size or DEFAULT_INPUT_SIZE)
+        return _digits(input_size or DEFAULT_INPUT_SIZE, normalization)
     kind, path = check_layout(spec)
+    if kind == "npz":
+        from .arrays import read_npz
+
+        return read_npz(path, input_size, normalization)
     if kind != "imagefolder":
-        return _cifar(path, input_size or 32, limit)
-    return _image_folder(path, input_size or 32, limit)
+        return _cifar(path, input_size or 32, limit, normalization)
+    return _image_folder(path, input_size or 32, limit, normalization)
+
+
+def data_label(data) -> str:
+    """What a spec records as its data: the text given, or object:<type> for data a caller held."""
+    return data if isinstance(data, str) else f"object:{type(data).__name__}"
 
 
 def check_layout(spec: str) -> tuple[str, Path]:
-    """('cifar10' | 'cifar100' | 'imagefolder', folder) for a dataset path, checked without loading images."""
+    """('cifar10' | 'cifar100' | 'imagefolder' | 'npz', path) for a dataset path, checked without loading images."""
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".npz":
+        return "npz", path
     if not path.is_dir():
-        raise DataError(f"data path {path} does not exist or is not a folder: give 'digits', a CIFAR-10/100 folder or an ImageFolder tree")
+        raise DataError(f"data path {path} does not exist or is not a folder: give 'digits', a CIFAR-10/100 folder, "
+                        "an ImageFolder tree or a .npz file")
     kind = _cifar_kind(path)
     if kind:
         return kind, path
@@ -123,14 +148,18 @@ def _class_folders(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.rglob("*")))
 
 
-def _digits(input_size: int) -> DataBundle:
+BILINEAR = "bilinear (torch.nn.functional.interpolate, align_corners=False)"
+
+
+def _digits(input_size: int, normalization: Normalization) -> DataBundle:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.tensor(digits.target, dtype=torch.long)
     images = _resize(images, input_size)
-    return _split_and_normalise("digits", images, labels, 10, input_size)
+    return split_and_normalise("digits", images, labels, 10, input_size, normalization=normalization,
+                               pixels="scikit-learn's gray levels 0..16, divided by 16", resize=BILINEAR)
 
 
 def _resize(images: torch.Tensor, input_size: int) -> torch.Tensor:
@@ -139,8 +168,10 @@ def _resize(images: torch.Tensor, input_size: int) -> torch.Tensor:
     return F.interpolate(images, size=(input_size, input_size), mode="bilinear", align_corners=False)
 
 
-def _split_and_normalise(name, images, labels, num_classes, input_size, test=None, val=None) -> DataBundle:
-    """Seeded split into train/val/test (of the splits not given), then normalise with the training statistics."""
+def split_and_normalise(name, images, labels, num_classes, input_size, test=None, val=None, *,
+                        normalization: Normalization, pixels: str, resize: str) -> DataBundle:
+    """Seeded split into train/val/test (of the splits not given), then normalise as `normalization` says
+    (by default with the training statistics); `pixels` and `resize` say how the images were read."""
     n = len(images)
     n_test, n_val = _carved_sizes(name, n, test, val)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
@@ -152,13 +183,13 @@ def _split_and_normalise(name, images, labels, num_classes, input_size, test=Non
         val = (images[:n_val], labels[:n_val])
         images, labels = images[n_val:], labels[n_val:]
     train = (images, labels)
-    mean = train[0].mean(dim=(0, 2, 3), keepdim=True)
-    std = train[0].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    mean, std = normalization.statistics(train[0])
 
     def dataset(split):
         return TensorDataset(((split[0] - mean) / std).contiguous(), split[1].contiguous())
 
-    return DataBundle(name, dataset(train), dataset(val), dataset(test), num_classes, images.shape[1], input_size)
+    steps = record(normalization, mean, std, pixels=pixels, resize=resize, input_size=input_size)
+    return DataBundle(name, dataset(train), dataset(val), dataset(test), num_classes, images.shape[1], input_size, steps)
 
 
 def _carved_sizes(name: str, count: int, test, val) -> tuple[int, int]:
@@ -187,7 +218,7 @@ def _cifar_kind(path: Path) -> str | None:
     return None
 
 
-def _cifar(path: Path, input_size: int, limit: int | None) -> DataBundle:
+def _cifar(path: Path, input_size: int, limit: int | None, normalization: Normalization) -> DataBundle:
     kind = _cifar_kind(path)
     try:
         (train_images, train_labels), (test_images, test_labels), classes = read_cifar(path, kind)
@@ -203,7 +234,8 @@ def _cifar(path: Path, input_size: int, limit: int | None) -> DataBundle:
 
     images, labels = tensors(train_images, train_labels, limit)
     test_split = tensors(test_images, test_labels, limit // 5 if limit else None)
-    return _split_and_normalise(kind, images, labels, classes, input_size, test=test_split)
+    return split_and_normalise(kind, images, labels, classes, input_size, test=test_split, normalization=normalization,
+                               pixels="8-bit RGB values divided by 255", resize=BILINEAR)
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -235,7 +267,12 @@ def split_folders(path: Path) -> dict[str, Path]:
     return found if "train" in found else {}
 
 
-def _split_image_folder(path: Path, splits: dict[str, Path], input_size: int, limit: int | None) -> DataBundle:
+PIL_RESIZE = "PIL Image.resize to the input size (bicubic)"
+PIL_PIXELS = "8-bit values divided by 255; gray images as 1 channel (L), others as RGB; gray repeated when the tree mixes both"
+
+
+def _split_image_folder(path: Path, splits: dict[str, Path], input_size: int, limit: int | None,
+                        normalization: Normalization) -> DataBundle:
     """An ImageFolder tree split into folders: the classes are train/'s; a split without a folder is
     carved from train/ as usual (seeded)."""
     classes = _class_folders(splits["train"])
@@ -247,17 +284,18 @@ def _split_image_folder(path: Path, splits: dict[str, Path], input_size: int, li
         read[split] = _read_classes(folder, classes, input_size, limit)
     channels = max(images.shape[1] for images, _ in read.values())
     read = {split: (images.expand(-1, channels, -1, -1), labels) for split, (images, labels) in read.items()}
-    return _split_and_normalise(f"imagefolder:{path.name}", *read["train"], len(classes), input_size, test=read.get("test"),
-                                val=read.get("val"))
+    return split_and_normalise(f"imagefolder:{path.name}", *read["train"], len(classes), input_size, test=read.get("test"),
+                               val=read.get("val"), normalization=normalization, pixels=PIL_PIXELS, resize=PIL_RESIZE)
 
 
-def _image_folder(path: Path, input_size: int, limit: int | None) -> DataBundle:
+def _image_folder(path: Path, input_size: int, limit: int | None, normalization: Normalization) -> DataBundle:
     splits = split_folders(path)
     if splits:
-        return _split_image_folder(path, splits, input_size, limit)
+        return _split_image_folder(path, splits, input_size, limit, normalization)
     classes = _class_folders(path)
     images, labels = _read_classes(path, classes, input_size, limit)
-    return _split_and_normalise(f"imagefolder:{path.name}", images, labels, len(classes), input_size)
+    return split_and_normalise(f"imagefolder:{path.name}", images, labels, len(classes), input_size,
+                               normalization=normalization, pixels=PIL_PIXELS, resize=PIL_RESIZE)
 
 
 def _read_classes(path: Path, classes: list[str], input_size: int, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,14 +10,15 @@ A chain already converted to torchao int8 kernels cannot be re-quantised here (u
 """
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..layers import is_int8_converted
-from .packed import rebuilt
+from ..layers import is_int8_converted, plain_layers_
+from .packed import PackError, rebuilt
 
 CALIBRATION_BATCH = 32
 
@@ -27,10 +28,15 @@ class CannotBuild(ValueError):
 
 
 def deployable_float(model: nn.Module) -> nn.Module:
-    """The model as plain float layers: BatchNorm folded in, quantised weights on their grid, no fake quantisation."""
+    """The model as plain float layers: BatchNorm folded in, quantised weights on their grid, no fake quantisation.
+    A model the packed format cannot describe (a traced piece of a user's forward) keeps its own modules, with
+    plain layers for quantised ones; onnxruntime folds its BatchNorm when it prepares the file."""
     if is_int8_converted(model):
         raise CannotBuild("the chain already runs torchao int8 kernels, which onnxruntime cannot re-quantise: use the .pt2 artifact")
-    return rebuilt(model, act_quant=False)
+    try:
+        return rebuilt(model, act_quant=False)
+    except PackError:
+        return plain_layers_(copy.deepcopy(model).cpu().eval())
 
 
 def _reader(images: torch.Tensor, input_name: str):

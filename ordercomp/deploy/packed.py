@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from ..layers import FULL_BITS, QuantConv2d, QuantLinear, bits_of, is_quantised, sparsity_of
+from ..layers import FULL_BITS, QuantConv2d, QuantLinear, bits_of, is_int8_part, is_quantised, sparsity_of
 from ..methods.early_exit import EarlyExitNet
 from ..models.zoo import StagedNet
 
@@ -162,6 +162,9 @@ LEAVES = {
 
 def _describe_leaf(module: nn.Module) -> dict:
     kind = LEAVES.get(type(module))
+    if isinstance(module, torch.fx.GraphModule) and not is_int8_part(module):
+        raise PackError(f"the packed format holds a closed list of layer kinds, not a traced piece of your network's own forward "
+                        f"({type(module).__name__}): use the ONNX or pt2 artifact for this model")
     if kind is None:
         raise PackError(f"the packed format cannot describe a {type(module).__name__} (e.g. int8-converted parts): "
                         "use the ONNX or pt2 artifact for this chain")

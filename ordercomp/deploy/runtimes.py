@@ -80,7 +80,10 @@ def load_runner(fmt: str, path: Path, threads: int = THREADS, *, trust_torchscri
 
 def _torch_runner(module: torch.nn.Module) -> Runner:
     module.eval()
+    return _calls(module)
 
+
+def _calls(module: torch.nn.Module) -> Runner:
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return module(torch.from_numpy(x)).numpy()
@@ -89,13 +92,14 @@ def _torch_runner(module: torch.nn.Module) -> Runner:
 
 
 def _inductor_runner(module: torch.nn.Module) -> Runner:
-    """Inductor with freezing: it lowers int8 quantise/dequantise patterns to integer kernels."""
+    """Inductor with freezing: it lowers int8 quantise/dequantise patterns to integer kernels. An exported
+    program runs in the mode it was exported in (eval) and refuses `eval()`, so none is asked of it."""
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _torch_runner(torch.compile(module, dynamic=False))
+        return _calls(torch.compile(module, dynamic=False))
 
 
 def measure_runner(run: Runner, data: DataBundle, *, threads: int = THREADS, batches=BATCHES, repeats: int = 20) -> dict:

@@ -15,6 +15,9 @@ resume and cache hits behave the same. Both send the same `step` events; progres
 inside the steps in process and from the driver while it waits on Ray, so a cancel raised by the
 events callback stops either (Ray tasks still running are cancelled; finished steps stay cached).
 
+A model built from a user's FILE.py:NAME travels to Ray workers with its classes (registered with
+cloudpickle to be pickled by value), since the workers cannot import the user's file.
+
 A HOST:PORT Ray address is probed before anything connects (`probe_cluster`): a port where no Ray head
 listens, or a cluster that refuses this process's authentication token, is one line within seconds
 rather than Ray's minutes of retries.
@@ -39,11 +42,13 @@ from torch import nn
 
 from .cache import StepCache
 from ..data.datasets import DataBundle
+from ..errors import one_line
 from ..methods.base import Context
 from ..deploy.export import deployed_latency
 from ..deploy.onnx_int8 import CannotBuild
-from .pipeline import INCOMPATIBLE, OK, StepResult, run_step
+from .pipeline import FAILED, INCOMPATIBLE, OK, StepResult, run_step
 from ..deploy.runtimes import RuntimeMissing
+from ..models.factories import user_modules
 from ..train import Budget, Progress
 
 Chain = tuple[str, ...]
@@ -86,6 +91,8 @@ def deployed_timing(model: nn.Module, result: StepResult, data: DataBundle, runt
         timing = deployed_latency(model, data, runtime)
     except (CannotBuild, RuntimeMissing) as reason:
         return replace(result, status=INCOMPATIBLE, reason=str(reason), metrics=None)
+    except Exception as error:  # the runtime could not run the file it was given: this step fails, the exploration goes on
+        return replace(result, status=FAILED, reason=one_line(error), metrics=None)
     return replace(result, metrics=result.metrics | timing)
 
 
@@ -146,6 +153,10 @@ class InProcessExecutor:
     def close(self) -> None:
         """Forget the kept models (the exploration is over)."""
         self._models.clear()
+
+    def step_device(self, device: torch.device) -> str:
+        """The type of device the steps run on (part of their cache key): this process's."""
+        return device.type
 
     def _step(self, work: Work, chain: Chain, seed: int, models: dict, parents: set[Chain]) -> StepResult:
         key = work.key(chain, seed)
@@ -311,17 +322,27 @@ class RayExecutor:
         self._started = False  # this executor connected the session, so `close` shuts it down
 
     def run(self, work: Work, plan: list[Chain], seeds: Sequence[int]) -> list[StepResult]:
-        ray = require_ray()
-        self._started |= self._connect(ray)
+        ray = self._session()
         gpus = self._gpus_per_step(ray)
         work.events({"kind": "stage", "stage": "ray", "label": self._describe(ray, gpus)})
         return RayRun(ray, work, self._task(ray, gpus), "cuda" if gpus else "cpu", self.cpus_per_step).run(plan, seeds)
+
+    def step_device(self, device: torch.device) -> str:
+        """The type of device the steps run on (part of their cache key): the cluster's GPUs when it has
+        them and the spec allows, whatever the driver's own device."""
+        return "cuda" if self._gpus_per_step(self._session()) else "cpu"
 
     def close(self) -> None:
         """Shut down the session this executor started (a cluster it joined keeps running)."""
         if self._started:
             require_ray().shutdown()
             self._started = False
+
+    def _session(self):
+        """The ray module, connected (a local cluster is started the first time when there is no address)."""
+        ray = require_ray()
+        self._started |= self._connect(ray)
+        return ray
 
     def _connect(self, ray) -> bool:
         """Connect (True when this call started the session and must shut it down)."""
@@ -370,6 +391,8 @@ class RayRun:
         results: dict[tuple[Chain, int], StepResult] = {}
         pending: dict = {}
         total = len(plan) * len(seeds)
+        for module in user_modules():  # a worker cannot import a user's file: its classes travel with the model
+            self.ray.cloudpickle.register_pickle_by_value(module)
         data = self.ray.put(self.work.data)
         base = self.ray.put(copy.deepcopy(self.work.base).cpu())
         try:

@@ -21,9 +21,14 @@ import torch
 from torch import nn
 
 from .. import order
-from .cache import StepCache, content_key, step_key
-from ..models.checkpoints import input_size_for, read_state_dict, resolve_model, save_state_atomically, state_fingerprint
-from ..data.datasets import DataBundle, load_data
+from .cache import StepCache, content_key, environment, step_key
+from ..models.checkpoints import (describe_source, input_size_for, model_label, read_state_dict,
+                                  resolve_model, save_state_atomically, state_fingerprint)
+from ..models.factories import check_args, code_fingerprint
+from ..models.programs import ProgramModel, measure_only_reason
+from ..data.datasets import DataBundle, data_label, load_data
+from ..data.preprocessing import Normalization, repeat_channels
+from ..models.structure import base_fingerprint, structure_of, with_structure
 from ..fields import number, typed_fields
 from .executors import StepFunction, Work, check_executor, make_executor, probe_cluster
 from ..deploy.export import PROGRAM_FORMATS, deployed_latency
@@ -31,7 +36,7 @@ from ..deploy.runtimes import require_onnxruntime
 from ..methods.base import Context, config_to_dict
 from ..metrics import measure, unpack_hits
 from ..order import OBJECTIVES
-from .pipeline import OK, StepResult, apply_chain, make_configs, run_step
+from .pipeline import FAILED, OK, StepResult, apply_chain, make_configs, run_step
 from ..train import Budget, train
 
 DEFAULT_METHODS = ("distill", "prune", "quantize", "early_exit")
@@ -50,24 +55,40 @@ def resolve_device(device: str) -> torch.device:
     return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def prepare_base(model: str = "digits_cnn", data: str = "digits", *, architecture: str | None = None,
-                 input_size: int | None = None, device: str = "auto", cache_dir=None, events: Events | None = None,
-                 bundle: DataBundle | None = None, trust_torchscript: bool = False) -> tuple[nn.Module, dict, DataBundle]:
-    """The base model (a sample, a checkpoint, a program file, or a zoo architecture trained once per
-    cache), where it came from, and the data it works on. TorchScript runs only with `trust_torchscript`."""
+def prepare_base(model="digits_cnn", data="digits", *, architecture: str | None = None, model_args: dict | None = None,
+                 weights: str | None = None, normalize: str = "dataset", input_size: int | None = None, device: str = "auto",
+                 cache_dir=None, events: Events | None = None, trust_torchscript: bool = False,
+                 import_code: bool = True, classifier: str | None = None,
+                 stages: tuple[str, ...] | None = None) -> tuple[nn.Module, dict, DataBundle]:
+    """The base model (a sample, a checkpoint, a program file, a zoo architecture trained once per cache, or a
+    user's class: see `resolve_model`), where it came from, and the data as it takes them (`data` is anything
+    `load_data` reads; gray images are repeated for a model whose first convolution takes 3 channels).
+    TorchScript runs only with `trust_torchscript`, a user's file or module is imported only with `import_code`.
+    A network from outside the zoo gets its structure found (or the named `classifier` and `stages`)
+    once here, and the source records it."""
     events = events or (lambda event: None)
-    bundle = bundle or load_data(data, input_size=input_size_for(model, input_size))
+    bundle = load_data(data, input_size=input_size_for(model, input_size), normalize=normalize)
     target = resolve_device(device)
     cache = StepCache(cache_dir)
     events({"kind": "stage", "stage": "base", "label": "preparing the base model"})
-    trainer = lambda untrained: _train_base(untrained, bundle, target, cache, events)
-    base, source = resolve_model(model, bundle, architecture=architecture, train_base=trainer, trust_torchscript=trust_torchscript)
+    trainer = lambda untrained, data: _train_base(untrained, data, target, cache, events)
+    base, source = resolve_model(model, bundle, architecture=architecture, model_args=model_args, weights=weights, train_base=trainer,
+                                 trust_torchscript=trust_torchscript, import_code=import_code)
+    if source.get("in_channels", bundle.in_channels) != bundle.in_channels:
+        bundle = repeat_channels(bundle, source["in_channels"])
+    base = with_structure(base, bundle.example_input(2), bundle.num_classes, classifier=classifier, stages=stages)
+    if structure_of(base):
+        source = source | {"structure": structure_of(base).to_dict()}
+    events({"kind": "stage", "stage": "base", "label": f"base: {describe_source(source)}"})
     return base.to(target).eval(), source, bundle
 
 
 def _train_base(model: nn.Module, data: DataBundle, device: torch.device, cache: StepCache, events: Events) -> nn.Module:
-    """Train a zoo architecture once per (initial weights, data, budget); later runs reuse the weights."""
-    key = content_key(init=state_fingerprint(model), data=data.fingerprint(), budget=BASE_BUDGET.to_dict())
+    """Train a zoo architecture or a user's class once per (initial weights, data, budget; for a class that is
+    not ordercomp's own, its code too; device and libraries); later runs reuse the weights."""
+    code = {} if type(model).__module__.startswith("ordercomp.") else {"code": code_fingerprint(model)}
+    key = content_key(init=state_fingerprint(model), data=data.fingerprint(), budget=BASE_BUDGET.to_dict(),
+                      environment=environment(device.type), **code)
     saved = cache.folder / f"base-{key}.safetensors" if cache.folder else None
     if saved and saved.exists():
         model.load_state_dict(read_state_dict(saved))
@@ -85,6 +106,9 @@ class ExploreSpec:
 
     model: str = "digits_cnn"
     data: str = "digits"
+    model_args: dict = field(default_factory=dict)  # keyword arguments of a FILE.py:NAME / package.module:NAME factory
+    weights: str | None = None  # weights for a factory's model or a zoo architecture
+    normalize: str = "dataset"  # preprocessing.Normalization: dataset, none or MEAN,STD
     methods: tuple[str, ...] = DEFAULT_METHODS
     settings: dict[str, dict] = field(default_factory=dict)
     objective: str = "weighted"
@@ -104,10 +128,19 @@ class ExploreSpec:
     ray_address: str | None = None
     runtime: str = "eager"  # where the latency objectives time each step: PyTorch eager or an export format's runtime
     screen: float | None = None  # search at this fraction of the fine-tuning epochs, confirm the best at the full budget
+    classifier: str | None = None  # the layer giving the logits, when tracing cannot find it (models.structure)
+    stages: tuple[str, ...] | None = None  # the modules whose outputs end the stages, when tracing cannot find them
 
     def __post_init__(self):
-        checked = typed_fields(ExploreSpec, {k: v for k, v in vars(self).items() if k not in ("budget", "methods", "settings")})
+        for name, call in (("model", "model=net"), ("data", "data=(images, labels)")):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be text (what the command line's --{name} takes): hand a Python object to "
+                                 f"explore(spec, {call}) or compress({call}), which record what it was")
+        checked = typed_fields(ExploreSpec, {k: v for k, v in vars(self).items() if k not in ("budget", "methods", "settings", "model_args", "stages")})
         vars(self).update(checked)
+        self.model_args = check_args(self.model_args)
+        Normalization.parse(self.normalize)
+        self.stages = check_stage_names(self.stages)
         if not isinstance(self.budget, Budget):
             raise ValueError(f"budget must be a Budget, got {type(self.budget).__name__}")
         self.methods = tuple(self.methods)
@@ -138,6 +171,7 @@ class ExploreSpec:
     def to_dict(self) -> dict:
         record = asdict(self)
         record["methods"] = list(self.methods)
+        record["stages"] = list(self.stages) if self.stages else None
         return record
 
     @classmethod
@@ -178,6 +212,9 @@ class Exploration:
     seconds: float
     configs: dict
     search: dict | None = None
+    data: dict | None = None  # DataBundle.describe(): the splits and the preprocessing every figure was measured with
+    left_out: list[dict] = field(default_factory=list)  # methods that applied on no seed, with why
+    failed_steps: list[dict] = field(default_factory=list)  # steps that raised an error, with the error's line
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -195,18 +232,35 @@ class OrderFound:
     search: dict | None
 
 
-def no_order_reason(methods: tuple[str, ...], steps: list[StepResult], outcomes: list[order.PairOutcome]) -> str | None:
-    """Why there is no order to recommend, or None: a method that applied to the base on no seed, or
-    no pair of methods that can follow each other in either order."""
+def left_out(methods: tuple[str, ...], steps: list[StepResult]) -> list[dict]:
+    """The methods that applied to the base on no seed, each with its first try's status and reason:
+    the chain is found among the others."""
     applied = {s.chain[0] for s in steps if len(s.chain) == 1 and s.status == OK}
-    unusable = [m for m in methods if m not in applied]
-    if unusable:
-        why = next((s.reason for s in steps if s.chain == (unusable[0],) and s.reason), "it failed")
-        return (f"{', '.join(unusable)} cannot be applied to this model ({unusable[0]}: {why}): "
-                f"remove {'it' if len(unusable) == 1 else 'them'} from the methods")
-    if outcomes and all(o.incompatible for o in outcomes):
-        return f"no two of the methods can follow each other on this model ({outcomes[0].incompatible}): choose other methods"
+    first_try = lambda method: next(s for s in steps if s.chain == (method,))
+    return [{"method": m, "status": first_try(m).status, "reason": first_try(m).reason or "it failed"} for m in methods if m not in applied]
+
+
+def usable_methods(methods: tuple[str, ...], steps: list[StepResult]) -> list[str]:
+    dropped = {entry["method"] for entry in left_out(methods, steps)}
+    return [m for m in methods if m not in dropped]
+
+
+def no_order_reason(methods: tuple[str, ...], steps: list[StepResult], outcomes: list[order.PairOutcome]) -> str | None:
+    """Why there is no order to recommend, or None: no method applied to the base on any seed, or no
+    two of those that did can follow each other in either order."""
+    usable = usable_methods(methods, steps)
+    if not usable:
+        first = left_out(methods, steps)[0]
+        return f"{', '.join(methods)} cannot be applied to this model ({first['method']}: {first['reason']}): no method is left to order"
+    pairs = [o for o in outcomes if o.first in usable and o.second in usable]
+    if pairs and all(o.incompatible for o in pairs):
+        return f"no two of the methods can follow each other on this model ({pairs[0].incompatible}): choose other methods"
     return None
+
+
+def failed_steps(steps: list[StepResult]) -> list[dict]:
+    """Every step that raised an error (not an incompatibility), with its one-line reason."""
+    return [{"chain": list(s.chain), "seed": s.seed, "reason": s.reason} for s in steps if s.status == FAILED]
 
 
 def edge_record(before: str, after: str, data: dict, outcomes: list[order.PairOutcome]) -> dict:
@@ -267,6 +321,16 @@ def check_screen(screen: float | None, search: str) -> None:
         raise ValueError("screening needs a search that evaluates whole orders (surrogate, random or exhaustive), not pairwise")
 
 
+def check_stage_names(stages) -> tuple[str, ...] | None:
+    """Stage names as a tuple of module names ('layer1,layer2' or a list), or None; a ValueError for anything else."""
+    if stages is None:
+        return None
+    names = tuple(part.strip() for part in stages.split(",")) if isinstance(stages, str) else stages
+    if not isinstance(names, (tuple, list)) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"stages must name modules whose outputs end the stages, e.g. layer1,layer2,layer3; got {stages!r}")
+    return tuple(names)
+
+
 def check_runtime(runtime: str, objective: str) -> None:
     """Refuse an unknown runtime, one the latency objectives do not use, or one that is not installed."""
     if runtime not in RUNTIMES:
@@ -281,40 +345,52 @@ def check_runtime(runtime: str, objective: str) -> None:
 class Explorer:
     """Runs the steps of an exploration, sharing prefixes and caching results on disk."""
 
-    def __init__(self, spec: ExploreSpec, *, cache_dir=None, events: Events | None = None, data: DataBundle | None = None):
+    def __init__(self, spec: ExploreSpec, *, cache_dir=None, events: Events | None = None, data=None, model=None,
+                 import_code: bool = True):
+        """`data` and `model`, when given, stand for the spec's (a DataBundle or anything `load_data` reads; an
+        nn.Module, its class or a function returning one); `import_code` lets a FILE.py:NAME or package.module:NAME
+        model be imported (the dashboard's workers build only registered factories)."""
         self.spec, self.events = spec, events or (lambda event: None)
+        self.model, self.import_code = model, import_code
         self._deepest = len(spec.methods)
         self._executor = None
         self._steps_done = 0
         self.device = spec.torch_device()
-        self.data = data or load_data(spec.data, input_size=input_size_for(spec.model, spec.input_size))
+        self.data = load_data(spec.data if data is None else data, input_size=input_size_for(spec.model, spec.input_size),
+                              normalize=spec.normalize)
+        self.source: dict = {}
         self.cache = StepCache(cache_dir)
         self.data_fingerprint = self.data.fingerprint()
         self.configs = make_configs(spec.methods, spec.settings)
         self.config_dicts = {name: config_to_dict(name, c) for name, c in self.configs.items()}
 
     def load_base(self) -> tuple[nn.Module, dict]:
+        """The base and where it came from; the data become what the base takes (gray repeated for 3 channels)."""
         # the driver's device: with Ray, a GPU the steps ask for may be on another node
-        base, source, _ = prepare_base(self.spec.model, architecture=self.spec.architecture, device=self.spec.torch_device().type,
-                                       cache_dir=self.cache.folder, events=self.events, bundle=self.data,
-                                       trust_torchscript=self.spec.trust_torchscript)
-        return base, source
+        base, self.source, self.data = prepare_base(
+            self.spec.model if self.model is None else self.model, self.data, architecture=self.spec.architecture,
+            model_args=self.spec.model_args, weights=self.spec.weights, device=self.spec.torch_device().type,
+            cache_dir=self.cache.folder, events=self.events, trust_torchscript=self.spec.trust_torchscript, import_code=self.import_code,
+            classifier=self.spec.classifier, stages=self.spec.stages)
+        self.data_fingerprint = self.data.fingerprint()
+        return base, self.source
 
     def run_plan(self, base: nn.Module, plan: list[tuple[str, ...]], *, seeds: Sequence[int] | None = None,
                  fidelity: float = 1.0) -> list[StepResult]:
         """Every chain of `plan` for every seed (the spec's 0..k-1 unless `seeds` names others, as the race
         does), trained for `fidelity` of the fine-tuning epochs, by the spec's executor (executors.py); results
         go through the step cache under the same keys whichever executor computes them."""
+        if self._executor is None:  # one executor per exploration: in-process, it keeps prefix models for later plans
+            self._executor = make_executor(self.spec.executor, self.spec.ray_address, device=self.spec.device)
         budget = replace(self.spec.budget, epochs=self.spec.budget.epochs * fidelity)
-        fingerprint, budget_record = state_fingerprint(base), budget.to_dict()
+        fingerprint, budget_record = base_fingerprint(base, self.source), budget.to_dict()
         timed = self.spec.timed
         # a timed result is kept apart from an untimed one (which has no latency) and per runtime
         measured = f"val+latency@{self.spec.runtime}" if timed else "val"
-        key = lambda chain, seed: step_key(fingerprint, self.data_fingerprint, chain, self.config_dicts, seed, budget_record, measured)
+        where = environment(self._executor.step_device(self.device))
+        key = lambda chain, seed: step_key(fingerprint, self.data_fingerprint, chain, self.config_dicts, seed, budget_record, measured, where)
         step = StepFunction(self.configs, budget, latency=timed, runtime=self.spec.runtime)
         work = Work(base, self.data, step, key, self.cache, self.device, self._counting_steps_so_far(), keep_below=self._deepest)
-        if self._executor is None:  # one executor per exploration: in-process, it keeps prefix models for later plans
-            self._executor = make_executor(self.spec.executor, self.spec.ray_address, device=self.spec.device)
         results = self._executor.run(work, plan, list(range(self.spec.seeds)) if seeds is None else list(seeds))
         self._steps_done += len(results)
         return [replace(result, fidelity=fidelity) for result in results]
@@ -346,6 +422,8 @@ class Explorer:
         if self.spec.executor == "ray":
             probe_cluster(self.spec.ray_address)  # a wrong address or token is one line before the base is prepared
         base, source = self.load_base()
+        if isinstance(base, ProgramModel):
+            raise ValueError(measure_only_reason(base.kind, source["path"]))
         found = self.find_order(base)
         reason = no_order_reason(self.spec.methods, found.steps, found.outcomes)
         if reason:
@@ -355,7 +433,7 @@ class Explorer:
         base_test = measure(base, self.data, "test", device=self.device).to_dict()
         final, chain_steps = apply_chain(base, chain, self.configs, self._context(0, chain), latency=True)
         return Exploration(
-            spec=self.spec.to_dict(), base={k: v for k, v in source.items() if k != "card"} | {"fingerprint": state_fingerprint(base)},
+            spec=self.spec.to_dict(), base={k: v for k, v in source.items() if k != "card"} | {"fingerprint": base_fingerprint(base, source)},
             base_metrics=base_test, steps=[s.to_dict() for s in found.steps], outcomes=[o.to_dict() for o in found.outcomes],
             edges=[edge_record(u, v, d, found.outcomes) for u, v, d in found.dag.edges(data=True)],
             dropped_edges=[{"before": u, "after": v, "margin": m} for u, v, m in found.dropped],
@@ -363,7 +441,8 @@ class Explorer:
             applications=self.application_counts(), exhaustive=self.exhaustive_summary(found.steps, chain),
             repeat=self.try_repeat(final, chain) if self.spec.repeat else None,
             weak_pairs=sum(o.weak_evidence for o in found.outcomes if o.incompatible is None),
-            seconds=time.perf_counter() - start, configs=self.config_dicts, search=found.search,
+            seconds=time.perf_counter() - start, configs=self.config_dicts, search=found.search, data=self.data.describe(),
+            left_out=left_out(self.spec.methods, found.steps), failed_steps=failed_steps(found.steps + chain_steps),
         )
 
     def measure_base(self, base: nn.Module) -> None:
@@ -392,15 +471,20 @@ class Explorer:
             steps = self.run_plan(base, order.pairwise_plan(methods), fidelity=fidelity)
             steps += self.run_plan(base, order.exhaustive_plan(methods)) if self.spec.exhaustive else []
         outcomes = self.decide([s for s in steps if s.fidelity == fidelity])
-        dag, dropped = order.break_cycles(order.precedence_graph(list(methods), outcomes))
-        chain, search, steps = self.search(base, steps, outcomes, order.recommended_chain(dag, outcomes))
+        usable = usable_methods(methods, steps) or list(methods)
+        among = [o for o in outcomes if o.first in usable and o.second in usable]
+        dag, dropped = order.break_cycles(order.precedence_graph(usable, among))
+        if len(usable) < 2:
+            return OrderFound(steps, outcomes, dag, dropped, usable, None)
+        chain, search, steps = self.search(base, usable, steps, among, order.recommended_chain(dag, among))
         return OrderFound(steps, outcomes, dag, dropped, chain, search)
 
-    def search(self, base: nn.Module, steps: list[StepResult], outcomes, pairwise_chain: list[str]):
-        """(chain, search record, every step run) for the spec's search strategy: the pairwise chain, or the
-        order that the search, its race and its assessment (order.recommend_order) recommend."""
+    def search(self, base: nn.Module, methods: list[str], steps: list[StepResult], outcomes, pairwise_chain: list[str]):
+        """(chain, search record, every step run) for the spec's search strategy over `methods` (those that
+        applied to the base): the pairwise chain, or the order that the search, its race and its assessment
+        (order.recommend_order) recommend."""
         steps = list(steps)
-        found = order.recommend_order(self.spec.methods, self.spec.search, self._measure(base, steps), outcomes=outcomes,
+        found = order.recommend_order(methods, self.spec.search, self._measure(base, steps), outcomes=outcomes,
                                 seeds=self.spec.seeds, higher_is_better=OBJECTIVES[self.spec.objective][0],
                                 confidence=self.spec.confidence, screen=self.spec.screen)
         chain = list(found.chain) if found.evidence else pairwise_chain
@@ -512,11 +596,14 @@ class Compressed:
     base: nn.Module | None = None  # the uncompressed model, for measuring exports against it
 
 
-def compress(model: str = "digits_cnn", data: str = "digits", chain=DEFAULT_METHODS, *, settings=None,
-             budget: Budget | None = None, device: str = "auto", architecture: str | None = None,
-             input_size: int | None = None, seed: int = 0, cache_dir=None, events: Events | None = None,
-             trust_torchscript: bool = False) -> Compressed:
-    """Apply `chain` to the base model and measure every step on the test split."""
+def compress(model="digits_cnn", data="digits", chain=DEFAULT_METHODS, *, settings=None, budget: Budget | None = None,
+             device: str = "auto", architecture: str | None = None, model_args: dict | None = None, weights: str | None = None,
+             normalize: str = "dataset", input_size: int | None = None, seed: int = 0, cache_dir=None,
+             events: Events | None = None, trust_torchscript: bool = False, import_code: bool = True,
+             classifier: str | None = None, stages=None) -> Compressed:
+    """Apply `chain` to the base model and measure every step on the test split. `model` and `data` are
+    what `prepare_base` takes: names and paths as on the command line, or Python objects. `classifier` and `stages`
+    name the parts of a network whose structure tracing cannot find (see ExploreSpec)."""
     chain = list(chain)
     if not chain:
         raise ValueError("the chain is empty: name at least one method")
@@ -524,8 +611,10 @@ def compress(model: str = "digits_cnn", data: str = "digits", chain=DEFAULT_METH
         raise ValueError(f"seed must be >= 0, got {seed}")
     configs = make_configs(list(dict.fromkeys(chain)), settings)
     events = events or (lambda event: None)
-    base, source, bundle = prepare_base(model, data, architecture=architecture, input_size=input_size, device=device,
-                                        cache_dir=cache_dir, events=events, trust_torchscript=trust_torchscript)
+    base, source, bundle = prepare_base(model, data, architecture=architecture, model_args=model_args, weights=weights,
+                                        normalize=normalize, input_size=input_size, device=device, cache_dir=cache_dir,
+                                        events=events, trust_torchscript=trust_torchscript, import_code=import_code,
+                                        classifier=classifier, stages=check_stage_names(stages))
     target = resolve_device(device)
     base_metrics = measure(base, bundle, "test", device=target).to_dict()
     progress = lambda label, fraction: events({"kind": "progress", "label": label, "fraction": fraction, "seed": seed})
@@ -535,6 +624,16 @@ def compress(model: str = "digits_cnn", data: str = "digits", chain=DEFAULT_METH
     return Compressed(final, steps, base_metrics, {name: config_to_dict(name, c) for name, c in configs.items()}, bundle, source, base)
 
 
-def explore(spec: ExploreSpec | None = None, *, cache_dir=".ordercomp/cache", events: Events | None = None) -> Exploration:
-    """Run the whole Order of Compression procedure for `spec` (defaults: the embedded digits example)."""
-    return Explorer(spec or ExploreSpec(), cache_dir=cache_dir, events=events).explore()
+def explore(spec: ExploreSpec | None = None, *, model=None, data=None, cache_dir=".ordercomp/cache",
+            events: Events | None = None) -> Exploration:
+    """Run the whole Order of Compression procedure for `spec` (defaults: the embedded digits example).
+
+    `model` (an nn.Module, its class, or a function returning one) and `data` (a torch Dataset, a
+    (train, val, test) triple, or (images, labels) tensors) stand for the spec's; the spec and the result
+    record what they were (object:<class>), and the cache keys their weights, code and images."""
+    spec = spec or ExploreSpec()
+    if model is not None:
+        spec = replace(spec, model=model_label(model))
+    if data is not None:
+        spec = replace(spec, data=data_label(data))
+    return Explorer(spec, cache_dir=cache_dir, events=events, model=model, data=data).explore()

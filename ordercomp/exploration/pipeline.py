@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..errors import one_line
 from ..methods.base import Context, Incompatible
 from ..methods.registry import get_method
 from ..metrics import measure
@@ -59,20 +60,30 @@ def apply_step(model: nn.Module, method: str, config, context: Context) -> nn.Mo
 
 def run_step(model: nn.Module, chain: tuple[str, ...], configs: dict, context: Context, *,
              split: str = "val", latency: bool = False) -> tuple[nn.Module | None, StepResult]:
-    """Apply chain[-1] to `model` and measure it; incompatibility and errors become results.
+    """Apply chain[-1] to `model` and measure it; incompatibility and any error (an Exception: not an interrupt
+    nor a cancel) become results, so one step never ends an exploration.
     The global RNG (new layers' initial weights) is seeded with the step's seed, so the result does not
     depend on what ran before in this process: any executor's worker gives the same one."""
     start = time.perf_counter()
     torch.manual_seed(context.seed)
     try:
         compressed = apply_step(model, chain[-1], configs[chain[-1]], context)
+        check_logits(compressed, chain[-1], context)
         metrics = measure(compressed, context.data, split, device=context.device, latency=latency).to_dict()
     except Incompatible as reason:
         return None, StepResult(chain, INCOMPATIBLE, str(reason), seconds=time.perf_counter() - start, seed=context.seed)
-    except (RuntimeError, ValueError, TypeError, torch.fx.proxy.TraceError) as error:
-        message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        return None, StepResult(chain, FAILED, message, seconds=time.perf_counter() - start, seed=context.seed)
+    except Exception as error:  # whatever a method raises (Torch-Pruning, torchao, a shape it did not expect) fails this step only
+        return None, StepResult(chain, FAILED, one_line(error), seconds=time.perf_counter() - start, seed=context.seed)
     return compressed, StepResult(chain, OK, None, metrics, time.perf_counter() - start, context.seed)
+
+
+@torch.no_grad()
+def check_logits(model: nn.Module, method: str, context: Context) -> None:
+    """A method must leave one logit per class: a classifier that lost outputs fails the step."""
+    example = context.data.example_input(2).to(context.device)
+    classes = model.eval()(example).shape[-1]
+    if classes != context.data.num_classes:
+        raise RuntimeError(f"{method} changed the model's outputs from {context.data.num_classes} logits to {classes}")
 
 
 def apply_chain(model: nn.Module, chain: list[str], configs: dict, context: Context, *, split: str = "test",

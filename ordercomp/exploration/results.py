@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..data.preprocessing import describe_preprocessing
 from ..folders import MIB, FolderKind, check_destination, write_folder
+from ..models.checkpoints import describe_source
 from ..report.verdict import arrow, evidence_sentences
 from .pipeline import StepResult
 
@@ -138,6 +140,8 @@ def write_results(result, out: str | Path) -> Path:
 def print_summary(result) -> None:
     record = result.to_dict()
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 60):
+        print(f"\nBase: {describe_source(record['base'])}")
+        print(f"Data: {record['data']['name']}; {describe_preprocessing(record['data']['preprocessing'])}")
         print("\nPair outcomes (objective: %s, %d seed(s))" % (record["spec"]["objective"], record["spec"]["seeds"]))
         print(pairs_table(record["outcomes"]).to_string(index=False))
         print("\nPrecedence edges (before -> after, margin):")
@@ -148,6 +152,8 @@ def print_summary(result) -> None:
         if not record["edges"]:
             print("  none: every pair is a tie or incompatible")
         _print_search(record)
+        for entry in record.get("left_out", []):
+            print(f"\nLeft out of the chain: {entry['method']} ({entry['status']} on the base: {entry['reason']})")
         print(f"\nValid orders: {len(record['valid_chains'])}; recommended chain: {' -> '.join(record['chain'])}")
         for sentence in evidence_sentences(record):
             print(sentence)
@@ -156,6 +162,8 @@ def print_summary(result) -> None:
         print("\nChain applied to the base model (test split):")
         print(chain_table(record["base_metrics"], record["chain_steps"]).to_string(index=False))
         _print_exhaustive(record)
+        _print_repeat(record)
+        _print_failed(record.get("failed_steps", []))
         counts = record["applications"]
         print(f"\nMethod applications per seed: pairwise {counts['pairwise_per_seed']}, exhaustive {counts['exhaustive_per_seed']} "
               f"(without prefix sharing {counts['naive_exhaustive_per_seed']}); cached steps reused: {counts['cache_hits']}; "
@@ -174,11 +182,33 @@ def _print_exhaustive(record: dict) -> None:
     summary = record.get("exhaustive")
     if not summary:
         return
-    print(f"\nExhaustive validation: the found chain ranks {summary['rank']} of {summary['of']} orders; "
+    regret = "" if summary["regret"] is None else f", regret {summary['regret']:.3f} (the best order's standard error {summary['best_se']:.3f})"
+    print(f"\nExhaustive validation: the found chain ranks {summary['rank']} of {summary['of']} orders{regret}; "
           f"applications pairwise {summary['applications_pairwise']} vs exhaustive {summary['applications_exhaustive']} "
           f"({summary['cost_ratio']:.1f}x)")
     for index, item in enumerate(summary["orders"][:5], 1):
         print(f"  {index}. {' -> '.join(item['chain'])}: {item['score']:.3f}")
+
+
+def _print_repeat(record: dict) -> None:
+    """Whether applying the --repeat method once more after the chain helps, with the test-split figures it rests on."""
+    repeat = record.get("repeat")
+    if not repeat:
+        return
+    before, after = repeat["before"], repeat["after"]
+    if after["status"] != "ok":
+        print(f"\nRepeating {repeat['method']} after the chain: {after['status']} ({after['reason']})")
+        return
+    print(f"\nRepeating {repeat['method']} after the chain {'helps' if repeat['helps'] else 'does not help'} (test split): "
+          f"accuracy {before['accuracy']:.2f}% -> {after['metrics']['accuracy']:.2f}%, "
+          f"BitOps {before['bitops']:.3g} -> {after['metrics']['bitops']:.3g}")
+
+
+def _print_failed(failed: list[dict]) -> None:
+    if failed:
+        print(f"\nSteps that failed with an error ({len(failed)}; the exploration went on without them):")
+    for step in failed:
+        print(f"  {' -> '.join(step['chain'])} (seed {step['seed']}): {step['reason']}")
 
 
 def print_chain_steps(base_metrics: dict, steps: list[StepResult]) -> None:

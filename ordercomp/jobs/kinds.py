@@ -5,7 +5,9 @@ dict and the events callback, and returns the job's result record and a one-line
     baseline  prepare the base model of a BaselineSpec and measure it on the test split
     export    apply the chain of an ExportSpec to the base and write the compressed model files
 
-Every kind shares the store's cache, so a zoo architecture is trained once for all of them.
+Every kind shares the store's cache, so a zoo architecture is trained once for all of them. A worker
+never imports a FILE.py:NAME or package.module:NAME a spec names: it builds only the model factories
+the server's operator registered (`ordercomp.models.checkpoints.registered_models`).
 """
 from __future__ import annotations
 
@@ -23,15 +25,16 @@ Events = Callable[[dict], None]
 
 
 def run_exploration(store: JobStore, job_id: str, spec: dict, events: Events) -> tuple[dict, str]:
-    exploration = Explorer(ExploreSpec.from_dict(spec), cache_dir=store.cache_dir(), events=events).explore()
+    exploration = Explorer(ExploreSpec.from_dict(spec), cache_dir=store.cache_dir(), events=events, import_code=False).explore()
     return exploration.to_dict(), f"chain {' -> '.join(exploration.chain)}"
 
 
 def run_baseline(store: JobStore, job_id: str, spec: dict, events: Events) -> tuple[dict, str]:
     spec = BaselineSpec.from_dict(spec)
-    base, source, data = prepare_base(spec.model, spec.data, architecture=spec.architecture, input_size=spec.input_size,
+    base, source, data = prepare_base(spec.model, spec.data, architecture=spec.architecture, model_args=spec.model_args,
+                                      weights=spec.weights, normalize=spec.normalize, input_size=spec.input_size,
                                       device=spec.device, cache_dir=store.cache_dir(), events=events,
-                                      trust_torchscript=spec.trust_torchscript)
+                                      trust_torchscript=spec.trust_torchscript, import_code=False)
     events({"kind": "stage", "stage": "measure", "label": "measuring the base model on the test split"})
     device = resolve_device(spec.device)
     metrics = measure(base, data, "test", device=device).to_dict()
@@ -43,10 +46,11 @@ def run_baseline(store: JobStore, job_id: str, spec: dict, events: Events) -> tu
 def run_export(store: JobStore, job_id: str, spec: dict, events: Events) -> tuple[dict, str]:
     spec = ExportSpec.from_dict(spec)
     folder, formats = store.path.parent / "exports" / job_id, spec.formats or DEFAULT_FORMATS
-    check_export_folder(folder, formats, export_bytes(spec.model, formats))  # before the work: a full disk, a read-only store folder
+    check_export_folder(folder, formats, export_bytes(spec.model, formats, spec.weights))  # before the work: a full disk, a read-only store folder
     compressed = compress(model=spec.model, data=spec.data, chain=spec.chain, settings=spec.settings, budget=Budget(**spec.budget),
-                          device=spec.device, architecture=spec.architecture, input_size=spec.input_size, seed=spec.seed,
-                          cache_dir=store.cache_dir(), events=events, trust_torchscript=spec.trust_torchscript)
+                          device=spec.device, architecture=spec.architecture, model_args=spec.model_args, weights=spec.weights,
+                          normalize=spec.normalize, input_size=spec.input_size, seed=spec.seed, cache_dir=store.cache_dir(),
+                          events=events, trust_torchscript=spec.trust_torchscript, import_code=False)
     broken = next((step for step in compressed.steps if step.status != OK), None)
     if broken:
         raise ValueError(f"{' -> '.join(broken.chain)} is {broken.status}: {broken.reason}; choose another order")

@@ -20,6 +20,16 @@ def _check_trust(trust_torchscript) -> None:
         raise ValueError(f"trust_torchscript must be true or false, got {trust_torchscript!r}")
 
 
+def _check_base(model_args, weights, normalize) -> None:
+    """The base's own options: checked in full where the base is built; here only their kinds."""
+    if not isinstance(model_args, dict):
+        raise ValueError(f"model_args must be an object of keyword arguments, got {model_args!r}")
+    if weights is not None and not isinstance(weights, str):
+        raise ValueError(f"weights must be a path, got {weights!r}")
+    if not isinstance(normalize, str):
+        raise ValueError(f"normalize must be text (dataset, none or MEAN,STD), got {normalize!r}")
+
+
 @dataclass
 class BaselineSpec:
     """Prepare the base model (a sample, a checkpoint, or a zoo architecture trained on `data`) and
@@ -32,10 +42,14 @@ class BaselineSpec:
     input_size: int | None = None
     device: str = "auto"
     trust_torchscript: bool = False
+    model_args: dict = field(default_factory=dict)  # for a registered factory
+    weights: str | None = None
+    normalize: str = "dataset"
 
     def __post_init__(self):
         _check_device(self.device)
         _check_trust(self.trust_torchscript)
+        _check_base(self.model_args, self.weights, self.normalize)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +76,9 @@ class ExportSpec:
     formats: tuple[str, ...] = ()
     exploration: str | None = None  # the exploration job the settings came from, if any
     trust_torchscript: bool = False  # a TorchScript base runs code from its file
+    model_args: dict = field(default_factory=dict)
+    weights: str | None = None
+    normalize: str = "dataset"
 
     def __post_init__(self):
         self.chain, self.formats = tuple(self.chain), tuple(self.formats)
@@ -69,6 +86,7 @@ class ExportSpec:
             raise ValueError("the order to export is empty: pick at least one method")
         _check_device(self.device)
         _check_trust(self.trust_torchscript)
+        _check_base(self.model_args, self.weights, self.normalize)
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         # compress() accepts settings only for the methods of its chain
@@ -76,12 +94,13 @@ class ExportSpec:
 
     @classmethod
     def from_exploration(cls, record: dict, chain, *, formats=(), seed: int = 0, exploration: str | None = None) -> "ExportSpec":
-        """The base, data, settings, budget, device and trust of an exploration record, with another chain."""
+        """The base, data, preprocessing, settings, budget, device and trust of an exploration record, with another chain."""
         spec = record["spec"]
         return cls(model=spec["model"], data=spec["data"], chain=tuple(chain), architecture=spec["architecture"],
                    input_size=spec["input_size"], device=spec["device"], settings=spec["settings"], budget=spec["budget"],
                    seed=seed, formats=tuple(formats), exploration=exploration,
-                   trust_torchscript=spec.get("trust_torchscript", False))
+                   trust_torchscript=spec.get("trust_torchscript", False), model_args=spec.get("model_args", {}),
+                   weights=spec.get("weights"), normalize=spec.get("normalize", "dataset"))
 
     def to_dict(self) -> dict:
         record = asdict(self)

@@ -18,7 +18,9 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
+from ..errors import one_line
 from .launch import dispatch, worker_limit, worker_threads
 from .store import JobStore
 
@@ -26,15 +28,18 @@ PROGRESS_INTERVAL_S = 0.25
 CANCEL_CHECK_INTERVAL_S = 0.5
 
 
-class Cancelled(Exception):
-    """The job was asked to stop. Not a RuntimeError: run_step would turn that into a failed step."""
+class Cancelled(BaseException):
+    """The job was asked to stop. A BaseException, like KeyboardInterrupt (and asyncio's CancelledError): a
+    step turns every Exception into a failed result, and a cancel must stop the exploration instead."""
 
 
 class JobEvents:
-    """The Explorer's events callback for one job: stores steps, progress and log lines; stops on cancel."""
+    """The Explorer's events callback for one job: stores steps, progress and log lines; stops on cancel.
+    Progress is written and a cancel looked for at most once per interval of `clock` (seconds; a test
+    passes a clock of its own)."""
 
-    def __init__(self, store: JobStore, job_id: str):
-        self.store, self.job_id = store, job_id
+    def __init__(self, store: JobStore, job_id: str, clock: Callable[[], float] = time.monotonic):
+        self.store, self.job_id, self.clock = store, job_id, clock
         self.last_progress = self.last_cancel_check = float("-inf")
 
     def __call__(self, event: dict) -> None:
@@ -47,7 +52,7 @@ class JobEvents:
         self.store.set_progress(self.job_id, event["label"], 0.0)
 
     def on_progress(self, event: dict) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self.last_progress >= PROGRESS_INTERVAL_S:
             self.last_progress = now
             self.store.set_progress(self.job_id, event["label"], event["fraction"])
@@ -59,7 +64,7 @@ class JobEvents:
         self.store.append_log(self.job_id, describe_step(step))
 
     def check_cancel(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self.last_cancel_check < CANCEL_CHECK_INTERVAL_S:
             return
         self.last_cancel_check = now
@@ -72,11 +77,6 @@ def describe_step(step: dict) -> str:
     if step["reason"]:
         outcome += f": {step['reason']}"
     return f"{' -> '.join(step['chain'])} (seed {step['seed']}): {outcome}"
-
-
-def one_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def run_job(store: JobStore, job_id: str) -> str:

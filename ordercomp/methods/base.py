@@ -17,8 +17,9 @@ from torch import nn
 
 from ..data.datasets import DataBundle
 from ..fields import number, typed_fields
-from ..layers import is_int8_converted, is_staged
-from ..models.programs import ProgramModel
+from ..layers import is_int8_converted, is_staged, output_layers
+from ..models.programs import ProgramModel, measure_only_reason
+from ..models.structure import structure_of
 from ..train import Budget, Progress
 
 CONFIG_VERSION = 1
@@ -67,8 +68,7 @@ class Method:
         if not isinstance(config, self.config_type):
             raise TypeError(f"{self.name} needs a {self.config_type.__name__}, got {type(config).__name__}")
         if isinstance(model, ProgramModel):
-            raise Incompatible(f"{self.name} rewrites layers, and a {model.kind} program has them fixed in its graph: "
-                               "give the model as a state dict with its architecture (--arch) to compress it")
+            raise Incompatible(f"{self.name} rewrites layers: {measure_only_reason(model.kind, model.path)}")
         return self.apply_fn(copy.deepcopy(model), config, context)
 
 
@@ -105,5 +105,17 @@ def require_trainable(model: nn.Module, method: str) -> None:
 
 
 def require_staged(model: nn.Module, method: str) -> None:
+    """Early exits, int8 part by part and distillation's depth need the stem -> stages -> head split."""
     if not is_staged(model):
-        raise Incompatible(f"{method} needs a staged model (stem, stages, head) from the ordercomp zoo; this model has no stage boundaries")
+        structure = structure_of(model)
+        why = structure.why_no_stages if structure and structure.why_no_stages else "the model is not split into stem, stages and head"
+        raise Incompatible(f"{method} needs stage boundaries: {why}; name them with --stages (the modules whose outputs end the stages)")
+
+
+def require_classifier(model: nn.Module, method: str) -> None:
+    """Methods that change layers keep the classifier whole, so they must know which layer it is."""
+    if not output_layers(model):
+        structure = structure_of(model)
+        why = structure.why_no_classifier if structure and structure.why_no_classifier else "no layer is marked as the classifier"
+        raise Incompatible(f"{method} keeps the classifier's outputs and does not know which layer gives the logits: {why}; "
+                           "name it with --classifier")

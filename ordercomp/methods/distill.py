@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import all_outputs, is_staged
+from ..layers import all_outputs
 from ..train import train
-from .base import Context, Method, check_choice, check_range, require_trainable
+from .base import Context, Incompatible, Method, check_choice, check_range, require_classifier, require_staged, require_trainable
 from .prune import shrink_width
 
 
@@ -50,10 +50,10 @@ def _block_shapes(stage: nn.Sequential, x: torch.Tensor) -> tuple[list[bool], to
 
 
 def drop_blocks(model: nn.Module, depth: float, example: torch.Tensor) -> None:
-    """Keep ceil(depth * n) blocks of each stage, dropping shape-preserving blocks from the end."""
-    if not is_staged(model):
-        return
-    x = model.stem(example)
+    """Keep ceil(depth * n) blocks of each stage, dropping shape-preserving blocks from the end;
+    Incompatible when there are no stages or nothing to drop: a depth setting is never ignored."""
+    require_staged(model, f"distill with depth {depth}")
+    x, dropped = model.stem(example), 0
     for index, stage in enumerate(model.stages):
         if not isinstance(stage, nn.Sequential):
             x = stage(x)
@@ -62,6 +62,11 @@ def drop_blocks(model: nn.Module, depth: float, example: torch.Tensor) -> None:
         removable = [i for i, same in enumerate(keeps_shape) if same and i > 0]
         drop = set(removable[::-1][: len(stage) - math.ceil(depth * len(stage))])
         model.stages[index] = nn.Sequential(*(b for i, b in enumerate(stage) if i not in drop))
+        dropped += len(drop)
+    if not dropped:
+        blocks = ", ".join(str(len(stage)) if isinstance(stage, nn.Sequential) else "1" for stage in model.stages)
+        raise Incompatible(f"distill's depth {depth} drops no block: the stages have {blocks} blocks, and only a block after a stage's "
+                           "first that keeps its input's shape can go; lower the depth or leave it at 1")
 
 
 def kd_loss(teacher: nn.Module, config: DistillConfig):
@@ -89,6 +94,8 @@ def _reset(model: nn.Module) -> None:
 
 def apply(model: nn.Module, config: DistillConfig, context: Context) -> nn.Module:
     require_trainable(model, "distill")
+    if config.width < 1.0:
+        require_classifier(model, "distill with width < 1")
     teacher = model.to(context.device).eval()
     student = copy.deepcopy(teacher)
     example = context.data.example_input(2).to(context.device)

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..train import train
-from ..layers import bits_of, quantised_layers, to_quant
-from .base import Context, Method, check_range, require_staged
+from ..layers import bits_of, mark_logits_layer, quantised_layers, to_quant
+from .base import Context, Incompatible, Method, check_range, require_staged
 
 
 class EarlyExitNet(nn.Module):
@@ -122,20 +122,28 @@ class EarlyExitConfig:
 
 
 def exit_head(channels: int, num_classes: int) -> nn.Sequential:
-    return nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * channels, num_classes))
+    return nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), mark_logits_layer(nn.Linear(4 * channels, num_classes)))
 
 
 @torch.no_grad()
 def stage_channels(model: nn.Module, example: torch.Tensor) -> list[int]:
+    """The channels of every stage's output; Incompatible when a stage ends in something else than a
+    feature map (N, C, H, W), which an exit head cannot pool."""
     x, channels = model.stem(example), []
-    for stage in model.stages:
+    for index, stage in enumerate(model.stages):
         x = stage(x)
+        if x.dim() != 4:
+            raise Incompatible(f"early exit heads pool feature maps (N, C, H, W), and stage {index + 1} ends in a tensor of shape "
+                               f"{tuple(x.shape)}: end the stages (--stages) at convolutional feature maps")
         channels.append(x.shape[1])
     return channels
 
 
 def apply(model: nn.Module, config: EarlyExitConfig, context: Context) -> nn.Module:
     require_staged(model, "early_exit")
+    if len(model.stages) < 2:
+        raise Incompatible("early_exit adds exits after every stage but the last, and this model has one stage: "
+                           "name at least two with --stages")
     model.to(context.device).eval()
     if not isinstance(model, EarlyExitNet):
         model = _add_exits(model, context)

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers import (FULL_BITS, all_outputs, bits_of, compute_layers, exit_heads, fake_quant_weight, is_int8_converted, layer_like,
-                      lowest_sparsity, mark_int8, quantised_layers, replace_module)
+from ..layers import all_outputs, bits_of, compute_layers, exit_heads, is_int8_converted, lowest_sparsity, mark_int8, plain_layers_, replace_module
 from .base import Context, Incompatible, Method, check_range, require_staged
 
 MAX_BATCH = 4096
@@ -93,18 +92,6 @@ def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
             delattr(graph_module.get_submodule(owner) if owner else graph_module, attribute)
 
 
-@torch.no_grad()
-def _drop_fake_quant(model: nn.Module) -> None:
-    """8-bit QAT layers become plain layers holding their quantised weights; pt2e re-quantises
-    them to the same int8 grid and observes the activations itself."""
-    for name, layer in quantised_layers(model):
-        plain = layer_like(layer)
-        plain.weight.copy_(fake_quant_weight(layer.weight, layer.weight_bits) if layer.weight_bits < FULL_BITS else layer.weight)
-        if layer.bias is not None:
-            plain.bias.copy_(layer.bias)
-        replace_module(model, name, plain.to(layer.weight.device))
-
-
 def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
     require_staged(model, "int8")
     if is_int8_converted(model):
@@ -118,7 +105,7 @@ def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
         context = Context(context.data, context.budget, context.seed, torch.device("cpu"), context.progress)
     names = _parts(model)
     sparsity = {name: lowest_sparsity(model.get_submodule(name)) for name in names}
-    _drop_fake_quant(model)
+    plain_layers_(model)  # pt2e re-quantises the weights to the same int8 grid and observes the activations itself
     model.eval()
     inputs = _part_inputs(model, names, context, config.calibration_batches)
     with warnings.catch_warnings():

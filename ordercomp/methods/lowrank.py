@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from ..train import train
-from ..layers import bits_of, compute_layers, copy_marks, is_quantised, magnitude_prune_, output_layers, replace_module, sparsity_of, to_quant
-from .base import Context, Incompatible, Method, check_range, require_trainable
+from ..layers import bits_of, called_layers, copy_marks, is_quantised, magnitude_prune_, output_layers, replace_module, sparsity_of, to_quant
+from .base import Context, Incompatible, Method, check_range, require_classifier, require_trainable
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,10 @@ def _inherit(original: nn.Module, part: nn.Module) -> nn.Module:
 
 def apply(model: nn.Module, config: LowRankConfig, context: Context) -> nn.Module:
     require_trainable(model, "lowrank")
+    require_classifier(model, "lowrank")
     keep = {id(layer) for layer in output_layers(model)}
     factored = 0
-    for name, layer in compute_layers(model):
+    for name, layer in called_layers(model):
         if id(layer) in keep or getattr(layer, "groups", 1) != 1:
             continue
         rank = factor_rank(layer, config.rank_ratio)

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..layers import all_outputs, output_layers
 from ..train import train
-from .base import Context, Method, check_choice, check_range, require_trainable
+from .base import Context, Method, check_choice, check_range, require_classifier, require_trainable
 
 IMPORTANCE = {
     "l1": lambda: tp.importance.MagnitudeImportance(p=1),
@@ -34,7 +34,7 @@ class PruneConfig:
 
 
 def shrink_width(model: nn.Module, ratio: float, importance: str, context: Context) -> nn.Module:
-    """Remove `ratio` of the channels of every prunable layer, in place."""
+    """Remove `ratio` of the channels of every prunable layer but the classifiers, in place."""
     example = context.data.example_input(2).to(context.device)
     model.to(context.device).eval()
     torch.manual_seed(context.seed)
@@ -49,6 +49,7 @@ def shrink_width(model: nn.Module, ratio: float, importance: str, context: Conte
 
 def apply(model: nn.Module, config: PruneConfig, context: Context) -> nn.Module:
     require_trainable(model, "prune")
+    require_classifier(model, "prune")
     shrink_width(model, config.ratio, config.importance, context)
     return train(model, context.data, context.budget, seed=context.seed, device=context.device,
                  progress=context.progress, label="prune: fine-tune")

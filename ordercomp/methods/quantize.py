@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..layers import SUPPORTED_BITS, all_outputs, compute_layers, quantised_layers, replace_module, to_quant
+from ..layers import SUPPORTED_BITS, all_outputs, called_layers, quantised_layers, replace_module, to_quant
 from ..train import train
 from .base import Context, Method, check_choice, require_trainable
 
@@ -41,7 +41,7 @@ def calibrate(model: nn.Module, context: Context, batches: int = 4) -> None:
 
 def apply(model: nn.Module, config: QuantizeConfig, context: Context) -> nn.Module:
     require_trainable(model, "quantize")
-    for name, layer in compute_layers(model):
+    for name, layer in called_layers(model):
         replace_module(model, name, to_quant(layer, config.weight_bits, config.act_bits))
     calibrate(model, context)
     return train(model, context.data, context.budget, seed=context.seed, device=context.device,

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..train import train
 from ..layers import compute_layers, magnitude_prune_, output_layers
-from .base import Context, Method, check_range, require_trainable
+from .base import Context, Method, check_range, require_classifier, require_trainable
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class SparsifyConfig:
 
 def apply(model: nn.Module, config: SparsifyConfig, context: Context) -> nn.Module:
     require_trainable(model, "sparsify")
+    require_classifier(model, "sparsify")
     keep_dense = {id(layer) for layer in output_layers(model)}
     for _, layer in compute_layers(model):
         if id(layer) not in keep_dense:

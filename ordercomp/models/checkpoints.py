@@ -1,30 +1,37 @@
-"""Where a base model comes from: a shipped sample, a zoo architecture trained here, or a user file.
+"""Where a base model comes from: a shipped sample, a zoo architecture (trained here, or with weights),
+a user's class (`FILE.py:NAME`, `package.module:NAME`, a registered factory, or an object handed to
+the API, see `factories.py`) with optional weights, or a whole-program file.
 
-User files are read without executing anything from them: state dicts through
-`torch.load(weights_only=True)` or safetensors, `.pt2` programs through the checks of
-`programs.py`. TorchScript is code, so it loads only with `trust_torchscript=True`. A pickled
-module, a corrupt file or mismatching keys give one `CheckpointError` line.
+User files are read without executing anything from them: weights through `weights.py`
+(`torch.load(weights_only=True)` or safetensors, framework layouts unwrapped), `.pt2` programs through
+the checks of `programs.py`. TorchScript is code, so it loads only with `trust_torchscript=True`; a
+user's Python class is code too, imported only where `import_code` allows (the command line and the
+API; never the dashboard, which builds only registered factories). A pickled module, a corrupt file
+or mismatching names give one `CheckpointError` line.
 """
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
-import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..data.datasets import DataBundle
+from .factories import (FactoryError, build, check_args, check_factory, code_fingerprint, describe_class, is_reference,
+                        load_factory, registered_factories)
+from .fitting import PROGRAM_HINT, data_for
 from .programs import TORCHSCRIPT, TORCHSCRIPT_SUFFIXES, ProgramError, load_pt2, load_torchscript, program_kind
-from .zoo import ARCHITECTURES, create_model
+from .weights import CheckpointError, load_weights, read_weights
+from .zoo import ARCHITECTURES, RENAMED, create_model, renamed_message
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_models"
 STATE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".safetensors"}
 PROGRAM_SUFFIXES = {".pt2"} | TORCHSCRIPT_SUFFIXES
-
-
-class CheckpointError(ValueError):
-    """A model file could not be used; the message says what to fix."""
+OBJECT_PREFIX = "object:"  # an ExploreSpec's model or data when the API was handed an object
+CLASS_HINT = "build the model as the file was saved from it: the same class and arguments (e.g. --model-args '{\"num_classes\": N}')"
 
 
 def list_samples() -> list[str]:
@@ -48,78 +55,24 @@ def sample_card(name: str) -> dict:
 
 def load_sample(name: str) -> nn.Module:
     card = sample_card(name)
-    return load_state_file(SAMPLE_DIR / card["weights"], card["architecture"], card["num_classes"], card["in_channels"])
+    return load_state_file(SAMPLE_DIR / card["weights"], card["architecture"], card["num_classes"], card["in_channels"])[0]
 
 
-def load_state_file(path: Path, architecture: str, num_classes: int, in_channels: int) -> nn.Module:
-    """An architecture from the zoo with weights from a state-dict or safetensors file."""
-    state = read_state_dict(path)
+def load_state_file(path: Path, architecture: str, num_classes: int, in_channels: int) -> tuple[nn.Module, list[str]]:
+    """An architecture from the zoo with weights from a state-dict or safetensors file, and what was recognised in it."""
     model = create_model(architecture, num_classes, in_channels)
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{path.name} does not fit {architecture}: {len(missing)} missing keys (e.g. "
-                              f"{', '.join(missing[:2]) or '-'}), {len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2]) or '-'}); "
-                              "check --arch and the number of classes/channels")
-    wrong = [k for k in expected if expected[k].shape != state[k].shape]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointError(f"{path.name} does not fit {architecture}: {k} has shape {tuple(state[k].shape)}, "
-                              f"the architecture needs {tuple(expected[k].shape)}; check the number of classes/channels")
-    model.load_state_dict(state)
-    return model.eval()
+    notes = load_weights(model, path, f"{architecture} ({num_classes} classes, {in_channels} channel(s))", zoo_hint(architecture))
+    return model.eval(), notes
+
+
+def zoo_hint(architecture: str) -> str:
+    return (f"check the number of classes and channels; the zoo's {architecture} is ordercomp's own class, so weights saved from "
+            "another class (torchvision's, your own) load with that class: --model FILE.py:NAME or package.module:NAME --weights FILE")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors by name from a safetensors or torch file, refusing anything that is not plain data."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist: give the path of a .pt/.pth/.safetensors file")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise _pickle_refusal(path, str(error)) from None
-    except Exception as error:  # on a file that is no checkpoint the weights-only unpickler raises IndexError, KeyError, ...
-        raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({_load_failure(error)}): "
-                              "re-save it with torch.save(model.state_dict(), path)") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path.name} is not a state dict (name -> tensor): save model.state_dict() instead")
-    return state
-
-
-def _pickle_refusal(path: Path, message: str) -> CheckpointError:
-    """The weights-only unpickler names the object it refused; say which, or that the file is not a checkpoint."""
-    refused = next((line.strip() for line in message.splitlines() if "GLOBAL" in line), None)
-    if refused:
-        return CheckpointError(f"{path.name} holds more than tensors ({refused[:100]}); nothing from it was run: "
-                               "save model.state_dict() instead")
-    return CheckpointError(f"{path.name} is not a readable torch checkpoint: re-save it with torch.save(model.state_dict(), path)")
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path.name} is not a readable safetensors file ({error}): re-save it with safetensors.torch.save_file") from None
-
-
-def _load_failure(error: Exception) -> str:
-    """What torch said when it could not read a file: its own words, or only the error's type when the
-    unpickler tripped over bytes that are no pickle (an IndexError 'pop from empty list' tells a user nothing)."""
-    return _first_line(error) if isinstance(error, (RuntimeError, OSError, ValueError, EOFError)) else type(error).__name__
-
-
-def _first_line(error: BaseException) -> str:
-    """The start of an error's message, or its type when it has none (an empty file raises a bare EOFError)."""
-    lines = str(error).strip().splitlines()
-    return lines[0][:120] if lines else type(error).__name__
+    """Tensors by name from a safetensors or torch file (a framework's checkpoint unwrapped), refusing anything else."""
+    return read_weights(path).tensors
 
 
 def load_program(path: Path, *, trust_torchscript: bool = False) -> nn.Module:
@@ -144,48 +97,156 @@ def is_torchscript(path: Path) -> bool:
     return program_kind(Path(path)) == TORCHSCRIPT
 
 
-def resolve_model(spec: str, data: DataBundle, *, architecture: str | None = None, train_base=None,
-                  trust_torchscript: bool = False) -> tuple[nn.Module, dict]:
+def resolve_model(spec, data: DataBundle, *, architecture: str | None = None, model_args: dict | None = None,
+                  weights: str | None = None, train_base=None, trust_torchscript: bool = False,
+                  import_code: bool = True) -> tuple[nn.Module, dict]:
     """The base model named by `spec`, and a description of where it came from.
 
-    `spec` is a sample model name, a zoo architecture (trained here by `train_base`), or a path.
+    `spec` is a sample model name, a zoo architecture, a registered factory's name, a path (weights with
+    `architecture`, or a program), a FILE.py:NAME or package.module:NAME reference (imported only with
+    `import_code`), or an nn.Module class, instance or function handed to the API. A class or function is
+    called with the data's classes and channels where it takes them and `model_args`. What a zoo
+    architecture, a class or a function builds gets `weights`, or else is trained by `train_base(model, data)`
+    when that is given (an instance is used with the weights it has).
     A TorchScript file runs code from it, so it is refused unless `trust_torchscript` is set.
     """
+    if not isinstance(spec, str):
+        return _held_model(spec, data, model_args, weights, train_base)
+    registered = registered_models()
+    if spec in registered:
+        return _factory_model(registered[spec], data, model_args, weights, train_base, {"source": "registered", "name": spec})
+    if spec in RENAMED:
+        raise CheckpointError(renamed_message(spec))
+    _refuse_class_options(spec, model_args, weights)
     if spec in list_samples():
         card = sample_card(spec)
         _check_fits(card["num_classes"], card["in_channels"], data, spec)
         return load_sample(spec), {"source": "sample", "name": spec, "card": card}
     if spec in ARCHITECTURES:
-        if train_base is None:
-            raise CheckpointError(f"{spec} is an untrained architecture: give a trainer or a checkpoint")
-        torch.manual_seed(0)  # the same untrained start in every process, so trained bases match across runs
-        return train_base(create_model(spec, data.num_classes, data.in_channels)), {"source": "trained", "architecture": spec}
+        return _architecture(spec, data, weights, train_base)
     path = Path(spec).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"model {spec!r} is neither a sample ({', '.join(list_samples())}), an architecture "
-                              f"({', '.join(sorted(ARCHITECTURES))}) nor an existing file")
+    if path.exists():
+        return _model_file(path, data, architecture, trust_torchscript)
+    if is_reference(spec):
+        if not import_code:
+            raise FactoryError(f"{spec} is not a model factory registered on this server, and a typed reference is never "
+                               f"imported here: registered are {', '.join(sorted(registered)) or 'none'}")
+        return _factory_model(spec, data, model_args, weights, train_base, {"source": "factory"})
+    if spec.startswith(OBJECT_PREFIX):
+        raise CheckpointError(f"{spec} was a Python object handed to the API: hand it again (explore(spec, model=...), compress(model=...))")
+    raise CheckpointError(f"model {spec!r} is neither a sample ({', '.join(list_samples())}), an architecture "
+                          f"({', '.join(sorted(ARCHITECTURES))}), an existing file, FILE.py:NAME nor package.module:NAME")
+
+
+def registered_models() -> dict[str, str]:
+    """The model factories this server's operator registered (`factories.registered_factories`); a name that is
+    already a sample's or a zoo architecture's is refused, since one of the two could never be chosen."""
+    registered = registered_factories()
+    taken = sorted(set(registered) & (set(list_samples()) | set(ARCHITECTURES)))
+    if taken:
+        raise FactoryError(f"the model factory registered as {taken[0]} has the name of a sample or zoo architecture: "
+                           "register it under another name")
+    return registered
+
+
+def _refuse_class_options(spec: str, model_args, weights) -> None:
+    """--model-args is for a class or function; --weights for one, or for a zoo architecture."""
+    if model_args and not is_reference(spec):
+        raise CheckpointError(f"--model-args is for a class or function (--model FILE.py:NAME, package.module:NAME or a "
+                              f"registered factory), not for {spec}")
+    if weights and not (spec in ARCHITECTURES or is_reference(spec)):
+        raise CheckpointError(f"--weights is for a zoo architecture or a class (--model FILE.py:NAME, package.module:NAME); "
+                              f"{spec} has its own weights")
+
+
+def _architecture(name: str, data: DataBundle, weights: str | None, train_base) -> tuple[nn.Module, dict]:
+    if weights:
+        model, notes = load_state_file(Path(weights).expanduser(), name, data.num_classes, data.in_channels)
+        return model, {"source": "checkpoint", "path": str(weights), "architecture": name} | _recognised(notes)
+    if train_base is None:
+        raise CheckpointError(f"{name} is an untrained architecture: give a trainer or a checkpoint")
+    torch.manual_seed(0)  # the same untrained start in every process, so trained bases match across runs
+    return train_base(create_model(name, data.num_classes, data.in_channels), data), {"source": "trained", "architecture": name}
+
+
+def _model_file(path: Path, data: DataBundle, architecture: str | None, trust_torchscript: bool) -> tuple[nn.Module, dict]:
     if is_program(path):
         program = load_program(path, trust_torchscript=trust_torchscript)
-        _check_program_fits(program, data, path.name)
-        return program, {"source": "program", "path": str(path)}
+        data_for(program, data, path.name, PROGRAM_HINT)
+        # the file's bytes: its graph and kind, not only its weights, decide what a step gives
+        code = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        return program, {"source": "program", "path": str(path), "kind": program.kind, "code": code}
     if architecture is None:
-        raise CheckpointError(f"{path.name} holds weights only: name its architecture with --arch ({', '.join(sorted(ARCHITECTURES))})")
-    return load_state_file(path, architecture, data.num_classes, data.in_channels), {"source": "checkpoint", "path": str(path), "architecture": architecture}
+        raise CheckpointError(f"{path.name} holds weights only: name its architecture with --arch ({', '.join(sorted(ARCHITECTURES))}), "
+                              "or give its class: --model FILE.py:NAME --weights FILE")
+    if architecture in RENAMED:
+        raise CheckpointError(renamed_message(architecture))
+    model, notes = load_state_file(path, architecture, data.num_classes, data.in_channels)
+    return model, {"source": "checkpoint", "path": str(path), "architecture": architecture} | _recognised(notes)
 
 
-def _check_program_fits(program: nn.Module, data: DataBundle, name: str) -> None:
-    """A program must take batches of any size of the data's images and give one logit per class."""
-    images = data.example_input(3)
-    try:
-        with torch.no_grad():
-            logits = program(images)
-    except Exception as error:  # a program raises whatever its graph raises for an input it cannot take
-        raise CheckpointError(f"{name} does not run on a batch of {tuple(images.shape)} images ({_first_line(error)}): "
-                              "export it for this data with a dynamic batch dimension (torch.export.Dim)") from None
-    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (len(images), data.num_classes):
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise CheckpointError(f"{name} gives {shape} for {len(images)} images, not one logit per class "
-                              f"({data.num_classes}): check the model and the data")
+def _recognised(notes: list[str]) -> dict:
+    """What was recognised in a checkpoint's file, for its source record (nothing for a plain state dict)."""
+    return {"weights_notes": notes} if notes else {}
+
+
+def _factory_model(reference: str, data: DataBundle, model_args, weights, train_base, source: dict) -> tuple[nn.Module, dict]:
+    """Build a user's class from its reference, then give it its weights (see `_fitted`)."""
+    args = check_args(model_args)
+    factory = load_factory(reference)
+    torch.manual_seed(0)  # the same untrained start in every process, so trained bases match across runs
+    model = build(factory, reference, data.num_classes, data.in_channels, args)
+    return _fitted(model, data, weights, train_base, reference, source | {"reference": reference, "args": args})
+
+
+def _held_model(held, data: DataBundle, model_args, weights, train_base) -> tuple[nn.Module, dict]:
+    """A model object handed to the API: an instance (copied, so the caller's stays as it was; it keeps its
+    weights unless `weights` are given), or a class or function built like a factory."""
+    what, args = describe_class(held), check_args(model_args)
+    if isinstance(held, nn.Module):
+        if args:
+            raise CheckpointError(f"model arguments are for a class or function, and {what} is an instance")
+        return _fitted(copy.deepcopy(held), data, weights, None, what, {"source": "object", "args": args})
+    check_factory(held, what)
+    torch.manual_seed(0)
+    model = build(held, what, data.num_classes, data.in_channels, args)
+    return _fitted(model, data, weights, train_base, what, {"source": "object", "args": args})
+
+
+def _fitted(model: nn.Module, data: DataBundle, weights, train_base, what: str, source: dict) -> tuple[nn.Module, dict]:
+    """The model with its weights (loaded, or trained by `train_base` on the data as the model takes them), checked
+    against the data; the source records the class, its code, the weights and the channels it takes."""
+    notes = load_weights(model, Path(weights).expanduser(), what, CLASS_HINT) if weights else []
+    fitted = data_for(model.eval(), data, what)
+    trained = not weights and train_base is not None
+    if trained:
+        model = train_base(model, fitted)
+    return model, source | {"class": describe_class(model), "code": code_fingerprint(model), "weights": weights and str(weights),
+                            "weights_notes": notes, "trained_here": trained, "in_channels": fitted.in_channels}
+
+
+def describe_source(source: dict) -> str:
+    """One line: where a base came from, and what was recognised in its weights file."""
+    kind = source.get("source")
+    if kind in ("factory", "registered", "object"):
+        what = source.get("name") or source.get("reference") or source["class"]
+        line = f"{what} ({source['class']}" + (f", {json.dumps(source['args'])}" if source.get("args") else "") + ")"
+        if source.get("weights"):
+            line += f", weights {source['weights']}" + (f": {'; '.join(source['weights_notes'])}" if source.get("weights_notes") else "")
+        elif source.get("trained_here"):
+            line += ", trained here"
+        return line
+    if kind == "program":
+        return f"{source['path']} ({source['kind']} program)"
+    if kind == "checkpoint":
+        notes = source.get("weights_notes")
+        return f"{source['path']} ({source['architecture']})" + (f": {'; '.join(notes)}" if notes else "")
+    return source.get("name") or source.get("architecture") or str(source)
+
+
+def model_label(spec) -> str:
+    """What an ExploreSpec records as its model: the text given, or object:<class> for an object."""
+    return spec if isinstance(spec, str) else OBJECT_PREFIX + describe_class(spec)
 
 
 def _check_fits(num_classes: int, in_channels: int, data: DataBundle, name: str) -> None:
@@ -205,8 +266,6 @@ def save_state_atomically(model: nn.Module, path: Path) -> None:
 
 def state_fingerprint(model: nn.Module) -> str:
     """A short hash of a model's weights, used in cache keys."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())

@@ -37,9 +37,9 @@ class ProgramModel(nn.Module):
     graph has its mode baked in) and its weights are frozen, because compression methods rewrite
     layers that a program no longer has."""
 
-    def __init__(self, program: nn.Module, kind: str):
+    def __init__(self, program: nn.Module, kind: str, path: Path | str = "the file"):
         super().__init__()
-        self.program, self.kind = program, kind
+        self.program, self.kind, self.path = program, kind, str(path)
         self.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +48,13 @@ class ProgramModel(nn.Module):
     def train(self, mode: bool = True) -> "ProgramModel":
         self.training = mode
         return self
+
+
+def measure_only_reason(kind: str, path) -> str:
+    """Why a program cannot be compressed, and what can be done with it instead."""
+    return (f"{Path(path).name} is a {kind} program: its layers are fixed in its graph, so it can be measured "
+            f"(ordercomp measure --model {path}) but not compressed; to compress the model, give its class and weights "
+            "(--model FILE.py:NAME --weights FILE)")
 
 
 def program_kind(path: Path) -> str | None:
@@ -78,14 +85,14 @@ def load_torchscript(path: Path, *, trusted: bool) -> ProgramModel:
     if _zip_entries(path) == [] or program_kind(path) != TORCHSCRIPT:
         raise ProgramError(f"{path.name} is not a readable TorchScript archive: re-export the model with torch.jit.save")
     try:
-        return ProgramModel(torch.jit.load(str(path), map_location="cpu"), TORCHSCRIPT)
+        return ProgramModel(torch.jit.load(str(path), map_location="cpu"), TORCHSCRIPT, path)
     except Exception as error:  # the TorchScript loader raises many types for a corrupt archive
         raise ProgramError(f"{path.name} is not a readable TorchScript archive ({type(error).__name__}): re-export the model") from None
 
 
 def load_pt2(path: Path) -> ProgramModel:
     """A torch.export archive as a measurable model (see `exported_module`)."""
-    return ProgramModel(exported_module(path), PT2)
+    return ProgramModel(exported_module(path), PT2, path)
 
 
 def exported_module(path: Path) -> nn.Module:

@@ -38,6 +38,7 @@ PROGRAM, WEIGHTS, CONSTANTS, SAMPLES = ("models/model.json", "data/weights/model
 PAYLOADS = {"weight": ("data/weights/", "weight_"), "constant": ("data/constants/", "tensor_")}
 LAYOUT = re.compile(r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|models/model\.json|"
                     r"data/(weights|constants)/[A-Za-z0-9_.]{1,200}|data/sample_inputs/model\.pt|extra/[A-Za-z0-9_.-]{1,200}")
+OLD_PROGRAM_FILE = "serialized_exported_program.json"  # torch <= 2.7 wrote it beside pickled weights
 ROOT = re.compile(r"[^/\\\x00]{1,255}")  # torch.export.save names it after the file: "my model (v2)"
 
 
@@ -99,6 +100,8 @@ def _stored_members(archive: zipfile.ZipFile, archive_bytes: int) -> list[zipfil
 
 def _layout(members: list[zipfile.ZipInfo]) -> dict[str, zipfile.ZipInfo]:
     """The members by their name under the archive's one root folder, each from the layout torch.export.save writes."""
+    if any(info.filename.rpartition("/")[2] == OLD_PROGRAM_FILE for info in members):
+        raise Unsafe("a program in the layout of torch 2.7 and older, whose weights load with pickle")
     roots = {info.filename.partition("/")[0] for info in members}
     if len(roots) != 1:
         raise Malformed(f"members under {len(roots)} root folders instead of one")

@@ -1,8 +1,11 @@
 """Model architectures, all in one staged shape: stem -> stages -> head.
 
 The stage boundaries are where early exits attach and where a depth factor may drop blocks,
-so every architecture in the registry is expressed as a `StagedNet`. torchvision's ResNets,
-MobileNetV2 and VGG11-BN are adapted to small inputs and any number of classes and channels.
+so every architecture in the registry is expressed as a `StagedNet`. The `*_small_input` ones are
+ordercomp's own adaptations of torchvision's ResNets, MobileNetV2 and VGG11-BN to small inputs and any
+number of classes and channels: other classes, with other layer names, than torchvision's (which load
+as they are with `--model torchvision.models:resnet18`). They were named `resnet18` etc. before; those
+names now say where each went (`RENAMED`).
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import torch
 from torch import nn
 from torchvision.models import mobilenet_v2, resnet18, resnet34, vgg11_bn
 from torchvision.models.resnet import BasicBlock
+
+from ..layers import mark_logits_layer
 
 
 class StagedNet(nn.Module):
@@ -31,7 +36,7 @@ class StagedNet(nn.Module):
 
 
 def classifier_head(features: int, num_classes: int) -> nn.Sequential:
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(features, num_classes))
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), mark_logits_layer(nn.Linear(features, num_classes)))
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -102,11 +107,18 @@ ARCHITECTURES: dict[str, tuple[Callable[[int, int], StagedNet], str]] = {
     "cnn_medium": (lambda c, i: plain_cnn((32, 64, 128), c, i), "3-stage plain CNN, widths 32/64/128"),
     "resnet_mini": (lambda c, i: mini_resnet((32, 64, 128), 2, c, i), "CIFAR-style ResNet, 3 stages x 2 BasicBlocks, widths 32/64/128"),
     "resnet18_narrow": (lambda c, i: mini_resnet((16, 32, 64, 128), 2, c, i), "ResNet-18 layout (4 stages x 2 BasicBlocks), widths 16/32/64/128"),
-    "resnet18": (lambda c, i: _torchvision_resnet(resnet18, c, i), "torchvision ResNet-18, 3x3 stem, no max-pool"),
-    "resnet34": (lambda c, i: _torchvision_resnet(resnet34, c, i), "torchvision ResNet-34, 3x3 stem, no max-pool"),
-    "mobilenet_v2": (_mobilenet_v2, "torchvision MobileNetV2, stride-1 stem"),
-    "vgg11_bn": (_vgg11_bn, "torchvision VGG11-BN, global-pool classifier"),
+    "resnet18_small_input": (lambda c, i: _torchvision_resnet(resnet18, c, i), "torchvision's ResNet-18 stages, 3x3 stem, no max-pool"),
+    "resnet34_small_input": (lambda c, i: _torchvision_resnet(resnet34, c, i), "torchvision's ResNet-34 stages, 3x3 stem, no max-pool"),
+    "mobilenet_v2_small_input": (_mobilenet_v2, "torchvision's MobileNetV2 blocks, stride-1 stem"),
+    "vgg11_bn_small_input": (_vgg11_bn, "torchvision's VGG11-BN features, global-pool classifier"),
 }
+RENAMED = {name.removesuffix("_small_input"): name for name in ARCHITECTURES if name.endswith("_small_input")}
+
+
+def renamed_message(name: str) -> str:
+    """Where an old zoo name went, and how to get torchvision's own class of that name."""
+    return (f"the zoo's {name} is now named {RENAMED[name]} (ordercomp's adaptation to small inputs, not torchvision's class); "
+            f"torchvision's own {name}: --model torchvision.models:{name} --model-args '{{\"num_classes\": N}}'")
 
 
 def list_architectures() -> list[str]:
@@ -115,6 +127,8 @@ def list_architectures() -> list[str]:
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 1) -> StagedNet:
     """Build an untrained architecture from the registry."""
+    if name in RENAMED:
+        raise ValueError(renamed_message(name))
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}: choose one of {', '.join(list_architectures())}")
     if num_classes < 2 or in_channels < 1:

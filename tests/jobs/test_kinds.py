@@ -1,7 +1,10 @@
 """Tests for the job kinds besides explorations: baseline and export jobs, their specs, the kind
 column of the store (with stores written before it existed) and the step-time estimate."""
+import io
 import json
 import sqlite3
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -9,8 +12,10 @@ from ordercomp.exploration import explorer
 from ordercomp.deploy.export import export_zip
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, start_job
 from ordercomp.jobs.worker import run_job
+from ordercomp.data.datasets import load_data
 from ordercomp.train import Budget
-from waits import WORKER_S
+from ordercomp.models.zoo import create_model
+from testkit import WORKER_S
 
 
 @pytest.fixture
@@ -24,7 +29,9 @@ def test_a_baseline_job_measures_the_base_on_the_test_split(store, base):
     job = store.get(job_id)
     assert job["kind"] == "baseline" and job["result"]["base"] == {"source": "checkpoint", "path": base["model"], "architecture": "cnn_tiny"}
     metrics = job["result"]["metrics"]
-    assert metrics["params"] > 0 and metrics["bitops"] > 0 and metrics["latency_ms_b1"] > 0
+    model = create_model("cnn_tiny", 10, 1)
+    assert metrics["params"] == sum(p.numel() for p in model.parameters())
+    assert metrics["bitops"] == metrics["macs"] * 32 * 32 and metrics["latency_ms_b1"] > 0  # a float model: 32-bit weights and activations
     assert job["result"]["data"]["test"] == 359 and job["result"]["device"] == "cpu"
     assert store.log(job_id)[-1]["message"].startswith("done in") and "base accuracy" in store.log(job_id)[-1]["message"]
 
@@ -51,9 +58,22 @@ def test_an_export_job_applies_the_chain_writes_every_format_and_verifies_them(s
                                          "model.torchscript.pt"]
     assert all(entry["check"]["passed"] for entry in manifest["formats"] if "check" in entry)
     int8 = next(entry for entry in manifest["formats"] if entry["format"] == "onnx_int8")
-    assert int8["measured"]["accuracy"] > 0 and int8["base_measured"]["format"] == "onnx" and set(int8["speedup"]) == {"1", "32"}
+    assert int8["base_measured"]["format"] == "onnx" and set(int8["speedup"]) == {"1", "32"}
+    assert int8["measured"]["accuracy"] == pytest.approx(onnx_accuracy(Path(result["folder"]) / int8["file"]))
     assert result["verify"]["ok"] and result["steps"][-1]["metrics"]["bitops"] < result["base_metrics"]["bitops"]
-    assert len(export_zip(result["folder"])) > 0
+    with zipfile.ZipFile(io.BytesIO(export_zip(result["folder"]))) as archive:  # every file and the manifest, as written
+        assert sorted(archive.namelist()) == sorted(f"{job_id}/{name}" for name in manifest["files"] + ["manifest.json"])
+        assert all(archive.read(f"{job_id}/{name}") == (Path(result["folder"]) / name).read_bytes() for name in manifest["files"])
+
+
+def onnx_accuracy(path: Path) -> float:
+    """Top-1 accuracy (percent) of an ONNX file on the digits test split, run here in onnxruntime."""
+    import onnxruntime
+
+    images, labels = load_data("digits").test.tensors
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    return 100.0 * float((logits.argmax(1) == labels.numpy()).mean())
 
 
 def test_an_export_of_an_order_that_cannot_apply_fails_and_keeps_its_steps(store, base):

@@ -6,15 +6,36 @@ import sys
 
 import pytest
 
-from ordercomp.jobs import STALE_REASON, is_alive, refresh_stale, resume_job, set_worker_limit, start_job, worker_log_path
-from waits import WORKER_S
+from ordercomp.jobs import STALE_REASON, is_alive, launch, refresh_stale, resume_job, set_worker_limit, start_job, worker_log_path
+from testkit import WORKER_S
 
 FINAL = ("done", "failed", "cancelled")
+
+# A real worker that stops itself (SIGSTOP) right after it recorded its first step, so a test can kill
+# it at a known point instead of racing the steps that follow.
+STOPS_AFTER_ONE_STEP = """
+import os, signal, sys
+import ordercomp.jobs.worker as worker
+record = worker.JobEvents.on_step
+def on_step(self, event):
+    record(self, event)
+    os.kill(os.getpid(), signal.SIGSTOP)
+worker.JobEvents.on_step = on_step
+sys.exit(worker.main(sys.argv[1:]))
+"""
 
 
 def final_status(store, job_id):
     status = store.get(job_id)["status"]
     return status if status in FINAL else None
+
+
+def stopped(pid: int) -> bool:
+    """Whether the process is stopped by a signal (state T in /proc); a process that ended fails the test."""
+    with open(f"/proc/{pid}/stat") as stat:
+        state = stat.read().rpartition(")")[2].split()[0]
+    assert state not in ("Z", "X"), f"worker {pid} ended instead of stopping after its first step"
+    return state == "T"
 
 
 def ended_process():
@@ -36,20 +57,28 @@ def test_two_jobs_started_at_once_both_finish(store, tiny_spec, wait_for):
         assert sorted(job["result"]["chain"]) == sorted(spec.methods)
         assert job["result"]["spec"] == spec.to_dict()
         assert len(store.steps(job["id"])) == 4
-        assert all(row["status"] == "ok" and row["metrics"]["accuracy"] >= 0 for row in store.steps(job["id"]))
+        # every step row is the result's step: the same chain, seed, status and figures
+        rows = {(tuple(row["chain"]), row["seed"]): (row["status"], row["metrics"]) for row in store.steps(job["id"])}
+        assert rows == {(tuple(step["chain"]), step["seed"]): (step["status"], step["metrics"]) for step in job["result"]["steps"]}
+        assert {status for status, _ in rows.values()} == {"ok"}
         assert any(line["message"].startswith("done in") for line in store.log(job["id"]))
         assert worker_log_path(store, job["id"]).is_file()
     assert jobs[0]["pid"] != jobs[1]["pid"]
 
 
 @pytest.mark.timeout(2 * WORKER_S)
-def test_a_killed_job_is_marked_stale_and_resumes_without_recomputing(store, tiny_spec, wait_for):
+def test_a_killed_job_is_marked_stale_and_resumes_without_recomputing(store, tiny_spec, wait_for, monkeypatch):
+    real_command = launch.worker_command
+    monkeypatch.setattr(launch, "worker_command", lambda store, job_id: [sys.executable, "-c", STOPS_AFTER_ONE_STEP,
+                                                                          *real_command(store, job_id)[3:]])
     job_id = start_job(store, tiny_spec(("prune", "quantize")))
-    wait_for(lambda: store.steps(job_id), "the first step row", timeout=WORKER_S)
-    os.kill(store.get(job_id)["pid"], signal.SIGKILL)
+    pid = store.get(job_id)["pid"]
+    wait_for(lambda: stopped(pid), "the worker to stop after its first step", timeout=WORKER_S)
+    monkeypatch.setattr(launch, "worker_command", real_command)  # the resumed job runs in a plain worker
     before = {(tuple(row["chain"]), row["seed"]): row["seconds"] for row in store.steps(job_id)}
+    os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not is_alive(store.get(job_id)), "the killed worker to be gone", timeout=60)
-    assert store.get(job_id)["status"] == "running" and 0 < len(before) < 4
+    assert store.get(job_id)["status"] == "running" and len(before) == 1
 
     assert refresh_stale(store) == [job_id]
     assert (store.get(job_id)["status"], store.get(job_id)["error"]) == ("failed", STALE_REASON)

@@ -9,7 +9,7 @@ import pytest
 from ordercomp.jobs import (cancel_job, dispatch, is_alive, launch, queue_positions, refresh_stale, set_worker_limit, start_job,
                             worker_limit)
 from ordercomp.jobs.launch import MAX_WORKERS_ENV, WORKER_MODULE, default_worker_limit, holds_slot
-from waits import WORKER_S
+from testkit import WORKER_S
 
 FINAL = ("done", "failed", "cancelled")
 

@@ -5,13 +5,13 @@ from ordercomp.jobs.worker import Cancelled, JobEvents, main, run_job
 
 
 class RecordingStore:
-    """A toy store that counts writes and reports a fixed status."""
+    """A toy store that counts writes and status reads, and reports a fixed status."""
 
     def __init__(self, status="running"):
-        self.status, self.writes = status, []
+        self.status, self.writes, self.reads = status, [], 0
 
     def set_progress(self, job_id, label, fraction, done=None, total=None):
-        self.writes.append(("progress", label, done, total))
+        self.writes.append(("progress", label, fraction, done, total))
 
     def append_log(self, job_id, message):
         self.writes.append(("log", message))
@@ -20,19 +20,34 @@ class RecordingStore:
         self.writes.append(("step", tuple(step["chain"])))
 
     def require(self, job_id):
+        self.reads += 1
         return {"status": self.status}
 
 
+class Clock:
+    """Seconds that move only when the test says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
 def test_progress_writes_are_throttled_but_every_step_is_written():
-    store = RecordingStore()
-    events = JobEvents(store, "job")
-    for index in range(200):
+    store, clock = RecordingStore(), Clock()
+    events = JobEvents(store, "job", clock=clock)
+    for index in range(200):  # 200 progress events over 3.1 s, one every 1/64 s (exact in binary)
+        clock.now = index / 64
         events({"kind": "progress", "label": "prune: fine-tune", "fraction": index / 200})
     step = {"chain": ["prune"], "seed": 0, "status": "ok", "reason": None, "metrics": {}, "seconds": 0.5}
     events({"kind": "step", "result": step, "done": 1, "total": 4})
-    assert sum(write[0] == "progress" and write[2] is None for write in store.writes) <= 2
+    # a progress write every PROGRESS_INTERVAL_S (16 events), a look for a cancel every CANCEL_CHECK_INTERVAL_S (32)
+    written = [write[2] for write in store.writes if write[:2] == ("progress", "prune: fine-tune")]
+    assert written == [index / 200 for index in range(0, 200, 16)]
+    assert store.reads == len(range(0, 200, 32))
     assert ("step", ("prune",)) in store.writes
-    assert ("progress", "prune", 1, 4) in store.writes
+    assert ("progress", "prune", 1.0, 1, 4) in store.writes
     assert ("log", "prune (seed 0): ok in 0.5 s") in store.writes
 
 
@@ -42,14 +57,15 @@ def test_events_raise_cancelled_once_a_cancel_is_requested():
         JobEvents(store, "job")({"kind": "stage", "stage": "base", "label": "preparing the base model"})
 
 
-def test_a_method_that_applies_nowhere_fails_the_job_with_its_reason_and_keeps_the_steps(store, tiny_spec):
-    # At rank ratio 0.99 no layer of cnn_tiny gets cheaper: lowrank applies on no seed, so there is no order to recommend.
+def test_a_method_that_applies_nowhere_is_left_out_and_the_job_ends_with_the_others(store, tiny_spec):
+    # At rank ratio 0.99 no layer of cnn_tiny gets cheaper: lowrank applies on no seed, so the chain is found without it.
     job_id = store.create(tiny_spec(methods=("prune", "lowrank"), settings={"lowrank": {"rank_ratio": 0.99}}))
-    assert run_job(store, job_id) == "failed"
-    job = store.get(job_id)
-    assert job["error"].startswith("ValueError: lowrank cannot be applied to this model") and "\n" not in job["error"]
-    assert "no layer gets cheaper at rank ratio 0.99" in job["error"]
-    by_chain = {tuple(row["chain"]): row for row in store.steps(job_id)}  # the finished steps stay
+    assert run_job(store, job_id) == "done"
+    result = store.get(job_id)["result"]
+    assert result["chain"] == ["prune"]
+    assert result["left_out"] == [{"method": "lowrank", "status": "incompatible",
+                                   "reason": "no layer gets cheaper at rank ratio 0.99: lower the rank ratio"}]
+    by_chain = {tuple(row["chain"]): row for row in store.steps(job_id)}
     assert by_chain[("prune",)]["status"] == "ok"
     assert by_chain[("prune", "lowrank")]["status"] == "incompatible"
     assert "no layer gets cheaper at rank ratio 0.99" in by_chain[("prune", "lowrank")]["reason"]

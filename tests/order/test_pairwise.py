@@ -2,6 +2,7 @@
 
 import json
 import math
+import statistics
 
 import pytest
 
@@ -14,7 +15,7 @@ def test_consistent_gain_makes_first_the_winner():
     assert not outcome.tie
     assert outcome.mean_diff == pytest.approx(2.0667, abs=1e-3)
     assert outcome.margin == pytest.approx(outcome.mean_diff)
-    assert outcome.spread > 0
+    assert outcome.spread == pytest.approx(statistics.stdev([71.0 - 69.0, 71.2 - 69.1, 70.9 - 68.8]))
     assert not outcome.weak_evidence
     assert outcome.incompatible is None
 

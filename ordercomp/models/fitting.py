@@ -1,0 +1,78 @@
+"""Whether a model fits the data: the channels its first convolution takes, and one logit per class.
+
+A model that takes 3 channels (torchvision's classes, as they are) gets gray data with its one channel
+repeated, recorded in the data's preprocessing; the model itself is not changed. Any other mismatch,
+and a model that does not run on a batch of the data or does not give one logit per class, is one
+`CheckpointError` line that says what to change.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data.datasets import DataBundle
+from ..data.preprocessing import repeat_channels
+from .weights import CheckpointError, first_line
+
+CHECK_BATCH = 3
+
+
+class _Reached(Exception):
+    """Raised by a pre-hook to stop a forward pass at its first convolution."""
+
+
+def first_conv_channels(model: nn.Module, images: torch.Tensor) -> int | None:
+    """The input channels of the first Conv2d the model's forward calls, or None when it calls none
+    (the forward stops there, so a model that cannot take the images' channels is still read)."""
+    found: list[int] = []
+
+    def stop(module, inputs):
+        found.append(module.in_channels)
+        raise _Reached
+
+    hooks = [m.register_forward_pre_hook(stop) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(images)
+    except Exception:  # _Reached, or the model fails before any convolution: check_logits says why
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found[0] if found else None
+
+
+BUILD_HINT = "check that it fits the data's channels and size"
+PROGRAM_HINT = "export it for this data with a dynamic batch dimension (torch.export.Dim)"
+
+
+def data_for(model: nn.Module, data: DataBundle, name: str, hint: str = BUILD_HINT) -> DataBundle:
+    """The data as `model` takes it (gray repeated to its first convolution's channels), checked by running it;
+    `hint` says what to do when it does not run."""
+    wanted = first_conv_channels(model, data.example_input(CHECK_BATCH))
+    if wanted is not None and wanted != data.in_channels:
+        if data.in_channels != 1:
+            raise CheckpointError(f"{name} takes {wanted} input channel(s) and the data has {data.in_channels}: build it for "
+                                  f"{data.in_channels} (e.g. --model-args '{{\"in_channels\": {data.in_channels}}}') or give other data")
+        data = repeat_channels(data, wanted)
+    check_logits(model, data, name, hint)
+    return data
+
+
+def check_logits(model: nn.Module, data: DataBundle, name: str, hint: str = BUILD_HINT) -> None:
+    """The model must take batches of the data's images and give one logit per class."""
+    images = data.example_input(CHECK_BATCH)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(images)
+    except Exception as error:  # a model raises whatever its forward raises for an input it cannot take
+        raise CheckpointError(f"{name} does not run on a batch of {tuple(images.shape)} images ({first_line(error)}): "
+                              f"{hint}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (len(images), data.num_classes):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise CheckpointError(f"{name} gives {shape} for {len(images)} images, not one logit per class ({data.num_classes}): "
+                              f"build it for {data.num_classes} classes (e.g. --model-args '{{\"num_classes\": {data.num_classes}}}')")

@@ -1,0 +1,420 @@
+"""Find a network's structure by tracing its own forward: the classifier and the stages.
+
+The methods need two facts about a network. Which layer produces the logits: pruning, sparsity and
+low-rank factorisation keep it whole, so the number of classes never changes. Where its stages end:
+early exits attach there, distillation's depth drops whole blocks of a stage, int8 converts stage by
+stage. Both are read from the graph torch.fx traces of the user's `forward`:
+
+- the classifier is the Linear or Conv2d layer whose output is the logits: from the graph's output,
+  back through operations that only pass the logits on (flatten, view, reshape, squeeze, dropout, identity);
+- a cut point is a place in the graph where exactly one tensor is live: what follows depends on what
+  came before only through that tensor, so a residual block (whose shortcut keeps a second tensor
+  live) is never cut in half;
+- a stage ends at the last cut point before the spatial resolution drops; the stem is the first block;
+  the body ends at the last feature map (a 4-D tensor at a cut point) before the classifier, or before
+  the pooling that leads to it, where the head begins.
+
+The graph is split there into stem -> stages -> head GraphModules that call the user's own layers; a
+stage is an nn.Sequential of its blocks, the pieces between consecutive cut points, each holding a
+conv or linear layer (normalisation, activation and pooling join the layer before them). The split
+is used only when it computes the same logits as the model on an example batch.
+
+When tracing cannot tell, the user names them: `classifier="fc"`, `stages=("layer1", "layer2")` (the
+modules whose outputs end the stages; the stem ends where the first of them starts). When neither
+works, the model is used as it is, with the reason recorded in its `Structure`, and each method that
+needs a missing part reports `incompatible` with that reason.
+
+Why torch.fx and not torch.export: fx keeps every layer a call of the user's module object, so the
+methods (which replace, shrink and quantise modules) work on the split as on any model, and dropout
+and batch norm keep their train/eval behaviour; torch.export flattens the model into ATen operations
+with the weights lifted out of the modules. Modules of torchvision.ops (conv-norm-activation,
+squeeze-excitation, stochastic depth, MLP) and any module whose forward reads `self.training` are
+traced as single calls, as torchvision's feature extraction does, so the graph holds no train- or
+eval-only branch.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import inspect
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import one_line
+from ..layers import is_staged, mark_logits_layer
+from .checkpoints import state_fingerprint
+from .programs import ProgramModel
+from .zoo import StagedNet
+
+LAYER_TYPES = (nn.Conv2d, nn.Linear)
+PASS_ON_MODULES = (nn.Flatten, nn.Dropout, nn.Identity)
+PASS_ON_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, F.dropout}
+PASS_ON_METHODS = {"flatten", "view", "reshape", "squeeze", "contiguous"}
+POOLING_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
+POOLING_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d}
+CONTAINERS = (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict)
+TOLERANCE = 1e-5
+STRUCTURE_ATTRIBUTE = "_ordercomp_structure"
+
+
+class StructureError(ValueError):
+    """A classifier or stage the user named does not fit the model; the message says what to name instead."""
+
+
+class NotFound(Exception):
+    """Tracing could not find a part of the structure; the message says why (recorded, not raised to the user)."""
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What was found or named, recorded with the base model and in every result (JSON-ready)."""
+
+    weights: str  # fingerprint of the model's own weights, before the split
+    classifier: str | None = None
+    stem: str | None = None  # where the stem ends
+    stages: tuple[str, ...] = ()  # where each stage ends
+    blocks: tuple[int, ...] = ()  # blocks per stage
+    named: tuple[str, ...] = ()  # what the user named: "classifier", "stages"
+    why_no_classifier: str | None = None
+    why_no_stages: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def fingerprint(self) -> str:
+        """The weights and how they were split: two splits of one model give different step results."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def structure_of(model: nn.Module) -> Structure | None:
+    """The structure recorded on a base model by `with_structure`, if any."""
+    return getattr(model, STRUCTURE_ATTRIBUTE, None)
+
+
+def base_fingerprint(model: nn.Module, source: dict) -> str:
+    """What identifies a base in cache keys: its weights, for a user's network how it was split, and for a base
+    whose code is not ordercomp's own (a program file, a user's class) that code too, so that another forward
+    never reuses a step's result."""
+    structure = structure_of(model)
+    weights = structure.fingerprint() if structure else state_fingerprint(model)
+    if not source.get("code"):
+        return weights
+    return hashlib.sha256(json.dumps([weights, source["code"]]).encode()).hexdigest()[:16]
+
+
+def with_structure(model: nn.Module, example: torch.Tensor, num_classes: int, *, classifier: str | None = None,
+                   stages: tuple[str, ...] | None = None) -> nn.Module:
+    """The model the methods work on: a zoo model or a program as it is; any other network copied, its
+    classifier marked, and split into stem -> stages -> head when its stages are found or named."""
+    if is_staged(model) or isinstance(model, ProgramModel):
+        if classifier or stages:
+            what = "a program, which is only measured" if isinstance(model, ProgramModel) else "split into stages already"
+            raise StructureError(f"--classifier and --stages name parts of your own network; this model is {what}")
+        return model
+    model = copy.deepcopy(model).eval()  # marks go on the copy: the caller's model stays as it was
+    _check_names(model, classifier, stages, num_classes)
+    named = tuple(name for name, given in (("classifier", classifier), ("stages", stages)) if given)
+    found, details = _discover(model, example, classifier, stages)
+    if details.get("classifier"):
+        mark_logits_layer(model.get_submodule(details["classifier"]))  # the split calls the same layer object
+    setattr(found, STRUCTURE_ATTRIBUTE, Structure(weights=state_fingerprint(model), named=named, **details))
+    return found
+
+
+def _discover(model: nn.Module, example: torch.Tensor, classifier: str | None, stages) -> tuple[nn.Module, dict]:
+    """(the split model, or the model itself when the stages are missing; what was found and why not)."""
+    try:
+        traced = Traced(model, example)
+    except NotFound as why:
+        if stages:
+            raise StructureError(f"--stages needs the forward traced, and {why}") from None
+        return model, {"classifier": classifier, "why_no_stages": str(why), **({} if classifier else {"why_no_classifier": str(why)})}
+    details = {"classifier": classifier}
+    if classifier is None:
+        try:
+            details["classifier"] = traced.classifier()
+        except NotFound as why:
+            details["why_no_classifier"] = str(why)
+    try:
+        stem_end, ends = traced.named_ends(stages) if stages else traced.stage_ends(details["classifier"])
+        view = traced.split(stem_end, ends)
+    except NotFound as why:
+        return model, details | {"why_no_stages": str(why)}
+    return view, details | traced.describe(view, stem_end, ends)
+
+
+def _check_names(model: nn.Module, classifier: str | None, stages, num_classes: int) -> None:
+    """One line for a classifier or stage name that the model does not have, or a classifier of the wrong size."""
+    names = dict(model.named_modules())
+    for name in ([classifier] if classifier else []) + list(stages or ()):
+        if name not in names or not name:
+            top = ", ".join(n for n in names if n and "." not in n)
+            raise StructureError(f"the model has no module {name!r}: name one of its modules, e.g. {top}")
+    if classifier:
+        layer = names[classifier]
+        if not isinstance(layer, LAYER_TYPES):
+            raise StructureError(f"--classifier {classifier} is a {type(layer).__name__}: name the Linear or Conv2d layer that gives the logits")
+        outputs = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+        if outputs != num_classes:
+            raise StructureError(f"--classifier {classifier} gives {outputs} outputs and the data has {num_classes} classes: "
+                                 "name the layer that gives the logits")
+
+
+def _leaf_types() -> tuple[type, ...]:
+    import torchvision
+
+    return tuple(obj for _, obj in inspect.getmembers(torchvision.ops) if inspect.isclass(obj) and issubclass(obj, nn.Module))
+
+
+def _reads_training(module: nn.Module) -> bool:
+    try:
+        return "self.training" in inspect.getsource(type(module).forward)
+    except (OSError, TypeError):  # no source (a built-in or generated class): traced through
+        return False
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer with torchvision.ops modules, layers of torch.nn (subclasses too, e.g. quantised
+    layers) and modules that branch on self.training kept as single calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.leaves = _leaf_types()
+
+    def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
+        from_torch_nn = any(c.__module__.startswith("torch.nn") and c not in CONTAINERS for c in type(module).__mro__)
+        return (isinstance(module, self.leaves) or from_torch_nn or (qualname != "" and _reads_training(module))
+                or super().is_leaf_module(module, qualname))
+
+
+def trace(model: nn.Module) -> fx.Graph:
+    """The graph of `model.forward` (extra arguments fixed at their defaults); NotFound when fx cannot trace it
+    or when the forward outside its leaf modules differs between training and evaluation."""
+    parameters = list(inspect.signature(model.forward).parameters.values())[1:]
+    fixed = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    graphs = []
+    for training in (False, True):
+        model.train(training)
+        try:
+            graphs.append(_Tracer().trace(model, concrete_args=fixed or None))
+        except Exception as error:  # fx raises many error types for code it cannot follow symbolically
+            raise NotFound(f"torch.fx could not trace the forward ({one_line(error)})") from None
+        finally:
+            model.eval()
+    if _ops(graphs[0]) != _ops(graphs[1]):
+        raise NotFound("the forward runs different operations in training and in evaluation outside its submodules")
+    return graphs[0]
+
+
+def _ops(graph: fx.Graph) -> list[tuple[str, str]]:
+    return [(node.op, str(node.target)) for node in graph.nodes]
+
+
+class Traced:
+    """A model's traced graph with the shape of every value on an example batch and its cut points."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor):
+        self.model, self.example = model, example
+        self.graph = trace(model)
+        self.nodes = list(self.graph.nodes)
+        self.position = {node: index for index, node in enumerate(self.nodes)}
+        if sum(node.op == "placeholder" for node in self.nodes) != 1:
+            raise NotFound("the forward takes more than one tensor")
+        with torch.no_grad():
+            try:
+                ShapeProp(fx.GraphModule(model, self.graph)).propagate(example)
+            except Exception as error:  # the traced graph raises whatever the model raises on this input
+                raise NotFound(f"the traced forward does not run on the example batch ({one_line(error)})") from None
+        self.cuts = self._cut_points()
+        self.spans = self._module_spans()
+
+    def _cut_points(self) -> list[fx.Node]:
+        """Nodes after which their own tensor is the only live value (parameters read with get_attr do
+        not count: every piece reads them itself)."""
+        last_use = {node: max(self.position[user] for user in node.users)
+                    for node in self.nodes if node.users and node.op != "get_attr"}
+        born, dead = Counter(self.position[node] for node in last_use), Counter(last_use.values())
+        live, cuts = 0, []
+        for index, node in enumerate(self.nodes):
+            live += born[index] - dead[index]
+            if live == 1 and node in last_use and self.shape(node) is not None:
+                cuts.append(node)
+        return cuts
+
+    def shape(self, node: fx.Node) -> tuple[int, ...] | None:
+        meta = node.meta.get("tensor_meta")
+        return tuple(meta.shape) if hasattr(meta, "shape") else None
+
+    def resolution(self, node: fx.Node) -> int | None:
+        shape = self.shape(node)
+        return shape[2] * shape[3] if shape is not None and len(shape) == 4 else None
+
+    def module(self, node: fx.Node) -> nn.Module | None:
+        return self.model.get_submodule(node.target) if node.op == "call_module" else None
+
+    def calls_layer(self, node: fx.Node) -> bool:
+        """Whether the node calls a conv or linear layer (or a module holding one)."""
+        return node.op == "call_module" and any(isinstance(m, LAYER_TYPES) for m in self.module(node).modules())
+
+    def has_layer(self, start: fx.Node, end: fx.Node) -> bool:
+        """Whether a node after `start` up to `end` calls a conv or linear layer."""
+        return any(self.calls_layer(node) for node in self._between(start, end))
+
+    def _between(self, start: fx.Node, end: fx.Node) -> list[fx.Node]:
+        return self.nodes[self.position[start] + 1:self.position[end] + 1]
+
+    def _pools(self, node: fx.Node) -> bool:
+        return isinstance(self.module(node), POOLING_MODULES) or (node.op == "call_function" and node.target in POOLING_FUNCTIONS)
+
+    def output_node(self) -> fx.Node:
+        value = self.nodes[-1].args[0]
+        if not isinstance(value, fx.Node):
+            raise NotFound(f"the forward returns a {type(value).__name__}, not one tensor of logits")
+        return value
+
+    def classifier(self) -> str:
+        """The name of the conv or linear layer whose output the forward returns (through pass-on operations)."""
+        node = self.output_node()
+        while self._passes_on(node):
+            node = node.args[0]
+        if node.op == "call_module" and isinstance(self.module(node), LAYER_TYPES):
+            return node.target
+        raise NotFound(f"the logits come from {self._describe(node)}, not from a Linear or Conv2d layer")
+
+    def _passes_on(self, node: fx.Node) -> bool:
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            return False
+        if node.op == "call_module":
+            return isinstance(self.module(node), PASS_ON_MODULES)
+        return (node.op == "call_function" and node.target in PASS_ON_FUNCTIONS) or (node.op == "call_method" and node.target in PASS_ON_METHODS)
+
+    def _describe(self, node: fx.Node) -> str:
+        kind = type(self.module(node)).__name__ if node.op == "call_module" else getattr(node.target, "__name__", str(node.target))
+        return f"{node.name} ({kind})"
+
+    def stage_ends(self, classifier: str | None) -> tuple[fx.Node, list[fx.Node]]:
+        """(where the stem ends, where each stage ends): the last cut point before each drop of the spatial
+        resolution; the last stage ends at the last feature map before the classifier's pooling."""
+        if classifier is None:
+            raise NotFound("the classifier is unknown, so where the body ends is too")
+        maps = self._feature_maps(classifier)
+        ends = [cut for cut, after in zip(maps, maps[1:]) if self.resolution(after) < self.resolution(cut)] + [maps[-1]]
+        ends = self._without_empty_stages(ends)
+        if len(ends) < 2:
+            raise NotFound(f"the spatial resolution never drops at a point where one tensor is live, between the first layer "
+                           f"and the classifier's pooling (input {tuple(self.example.shape[2:])})")
+        first_blocks = self._blocks(self.nodes[0], ends[0])
+        stem_end = first_blocks[0][1]  # the stem is the first block; the rest at full resolution is the first stage
+        return stem_end, ends[1:] if stem_end is ends[0] else ends
+
+    def _feature_maps(self, classifier: str) -> list[fx.Node]:
+        """The cut points holding a feature map (N, C, H, W), from the first layer to the body's end: the
+        last one before the classifier, or before the pooling that leads to it."""
+        calls = [self.position[n] for n in self.nodes if n.op == "call_module" and n.target == classifier]
+        if not calls:
+            raise StructureError(f"--classifier {classifier}: the forward never calls it; name the layer that gives the logits")
+        head, first = calls[0], next(self.position[n] for n in self.nodes if self.calls_layer(n))
+        maps = [cut for cut in self.cuts if first <= self.position[cut] < head and self.resolution(cut)]
+        if not maps:
+            raise NotFound("tracing found no feature map (N, C, H, W) that is the only live tensor between the first layer and the classifier")
+        while len(maps) > 1 and all(self._pools(node) for node in self._between(maps[-2], maps[-1])):
+            maps.pop()
+        return maps
+
+    def _without_empty_stages(self, ends: list[fx.Node]) -> list[fx.Node]:
+        """A stage without a conv or linear layer (a lone pooling) joins the one before it."""
+        kept = [ends[0]]
+        for end in ends[1:]:
+            if not self.has_layer(kept[-1], end):
+                kept.pop()
+            kept.append(end)
+        return kept
+
+    def named_ends(self, names: tuple[str, ...]) -> tuple[fx.Node, list[fx.Node]]:
+        """(stem end, stage ends) for stages named by the modules whose outputs end them."""
+        spans = self.spans
+        for name in names:
+            if name not in spans:
+                raise StructureError(f"--stages {name}: the forward never calls it; name modules the forward calls")
+        order = [spans[name] for name in names]
+        if any(b[0] <= a[1] for a, b in zip(order, order[1:])):
+            raise StructureError(f"--stages {','.join(names)}: name modules in the order the forward calls them, each after the last")
+        stem_end = self.nodes[order[0][0] - 1]
+        for label, node in [(f"the start of {names[0]}", stem_end)] + [(name, self.nodes[span[1]]) for name, span in zip(names, order)]:
+            if node not in self.cuts:
+                raise StructureError(f"--stages: {label} is not a point where one tensor is live (a branch such as a residual "
+                                     f"shortcut crosses it): name modules that end whole blocks")
+        return stem_end, [self.nodes[span[1]] for span in order]
+
+    def _module_spans(self) -> dict[str, tuple[int, int]]:
+        """(first, last) position of the nodes each module's call produced."""
+        spans: dict[str, tuple[int, int]] = {}
+        for node in self.nodes:
+            stack = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
+            for path in stack + ([node.target] if node.op == "call_module" else []):
+                first, _ = spans.get(path, (self.position[node], 0))
+                spans[path] = (first, self.position[node])
+        return spans
+
+    def split(self, stem_end: fx.Node, ends: list[fx.Node]) -> StagedNet:
+        """stem -> stages -> head calling the model's layers; NotFound when it does not compute the model's logits."""
+        output = self.output_node()
+        bounds = [self.nodes[0], stem_end] + ends
+        stem = self._piece(self.nodes[0], stem_end, "Stem")
+        stages = [nn.Sequential(*(self._piece(a, b, "Block") for a, b in self._blocks(start, end)))
+                  for start, end in zip(bounds[1:], bounds[2:])]
+        view = StagedNet(stem, stages, self._piece(ends[-1], output, "Head")).eval()
+        self._check_same(view)
+        return view
+
+    def _blocks(self, start: fx.Node, end: fx.Node) -> list[tuple[fx.Node, fx.Node]]:
+        """The pieces of a stage between consecutive cut points; a piece without a conv or linear layer
+        joins the one before it (a convolution keeps its normalisation and activation)."""
+        pieces, begin = [], start
+        for cut in [c for c in self.cuts if self.position[start] < self.position[c] < self.position[end]] + [end]:
+            if pieces and not (self.has_layer(begin, cut) and self.has_layer(*pieces[-1])):
+                pieces[-1] = (pieces[-1][0], cut)
+            else:
+                pieces.append((begin, cut))
+            begin = cut
+        return pieces
+
+    def _piece(self, start: fx.Node, end: fx.Node, name: str) -> fx.GraphModule:
+        """The nodes after `start` up to `end` as a GraphModule taking start's value and returning end's."""
+        graph, env = fx.Graph(), {start: None}
+        env[start] = graph.placeholder("x")
+
+        def value(node: fx.Node) -> fx.Node:
+            if node not in env:  # a parameter or buffer read earlier in the graph: read it here again
+                env[node] = graph.get_attr(node.target)
+            return env[node]
+
+        for node in self._between(start, end):
+            if node.op != "get_attr":
+                env[node] = graph.node_copy(node, value)
+        graph.output(env[end])
+        return fx.GraphModule(self.model, graph, class_name=name)
+
+    @torch.no_grad()
+    def _check_same(self, view: nn.Module) -> None:
+        expected, got = self.model(self.example), view(self.example)
+        scale = max(1.0, float(expected.abs().max()))
+        if expected.shape != got.shape or not torch.allclose(expected, got, rtol=TOLERANCE, atol=TOLERANCE * scale):
+            difference = float((expected - got).abs().max()) if expected.shape == got.shape else f"shape {tuple(got.shape)}"
+            raise NotFound(f"the stem -> stages -> head split does not compute the model's logits (largest difference {difference})")
+
+    def describe(self, view: StagedNet, stem_end: fx.Node, ends: list[fx.Node]) -> dict:
+        return {"stem": self.name_of(stem_end), "stages": tuple(self.name_of(end) for end in ends),
+                "blocks": tuple(len(stage) for stage in view.stages)}
+
+    def name_of(self, node: fx.Node) -> str:
+        """The outermost module whose call ends at `node`, else the node's own name."""
+        ending = [path for path, (_, last) in self.spans.items() if last == self.position[node]]
+        return min(ending, key=lambda path: path.count(".")) if ending else node.name

@@ -1,0 +1,193 @@
+"""Weights into a model, from files as people and training frameworks save them.
+
+A torch file (.pt, .pth, .bin, .ckpt) is read with `torch.load(weights_only=True)`, a .safetensors file
+with safetensors; nothing from either runs. What is recognised besides a plain state dict:
+
+- the weights nested under an entry (WEIGHT_ENTRIES): `state_dict` (Lightning, timm), `model`
+  (torchvision's reference scripts), `model_state_dict`, `module`, `net`, `network`;
+- a prefix on the names (DataParallel's `module.`, Lightning's `model.` when the LightningModule holds
+  the network as `self.model`, torch.compile's `_orig_mod.`): the prefix under which most names fit the
+  model is stripped, and names outside it (a loss's or a teacher's weights) are left out;
+- Python objects beside the weights (timm's and torchvision's `args`, an argparse.Namespace; Lightning's
+  hyper-parameters): the weights-only reader refuses them, so they are read again as `Inert`
+  placeholders, which keep what the file gave them and run nothing. A placeholder among the weights
+  themselves is refused.
+
+What was recognised is said in `notes`; names that do not fit give one line that says which are
+missing and which are not the model's, and how to build the model the file was saved from.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+WEIGHT_ENTRIES = ("state_dict", "model_state_dict", "model", "module", "net", "network")
+MAX_PREFIX_PARTS = 3
+
+
+class CheckpointError(ValueError):
+    """A model file could not be used (it is refused, unreadable, or does not fit); the message says what to fix."""
+
+
+class Inert:
+    """Stands for a Python object of another program inside a checkpoint: it keeps the arguments and
+    state the pickle gives it and does nothing else."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+@dataclass
+class Weights:
+    """Tensors by name from a file, and what was recognised on the way."""
+
+    tensors: dict[str, torch.Tensor]
+    notes: list[str] = field(default_factory=list)
+
+
+def read_weights(path: Path) -> Weights:
+    """The state dict a file holds, unwrapped from a framework's checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist: give the path of a .pt/.pth/.bin/.ckpt/.safetensors file")
+    if path.suffix == ".safetensors":
+        return Weights(_read_safetensors(path))
+    loaded, foreign = _torch_load(path)
+    weights = _weights_entry(loaded, path, foreign)
+    if foreign:
+        weights.notes.append(f"left out Python objects beside the weights ({', '.join(foreign[:3])}), read without running them")
+    return weights
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file ({error}): re-save it with safetensors.torch.save_file") from None
+
+
+def _torch_load(path: Path) -> tuple[object, list[str]]:
+    """The file's content and the names of the foreign objects read as placeholders."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), []
+    except pickle.UnpicklingError as error:
+        refused = str(error)
+    except Exception as error:  # on a file that is no checkpoint the weights-only unpickler raises IndexError, KeyError, ...
+        raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({_load_failure(error)}): "
+                           "re-save it with torch.save(model.state_dict(), path)") from None
+    foreign = _foreign_names(path)
+    if not foreign:
+        raise _refusal(path, refused)
+    try:
+        with torch.serialization.safe_globals([(Inert, name) for name in foreign]):
+            return torch.load(path, map_location="cpu", weights_only=True), foreign
+    except Exception:  # a blocked module (os, sys) or an object the placeholders cannot stand for
+        raise _refusal(path, refused) from None
+
+
+def _load_failure(error: Exception) -> str:
+    """What torch said when it could not read a file: its own words, or only the error's type when the
+    unpickler tripped over bytes that are no pickle (an IndexError 'pop from empty list' tells a user nothing)."""
+    return first_line(error) if isinstance(error, (RuntimeError, OSError, ValueError, EOFError)) else type(error).__name__
+
+
+def _foreign_names(path: Path) -> list[str]:
+    """Globals the weights-only reader refuses, listed from the pickle without running it."""
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # an old (non-zip) torch file or a damaged one: refused as it is
+        return []
+
+
+def _refusal(path: Path, message: str) -> CheckpointError:
+    """The weights-only reader names the object it refused; say which, or that the file is not a checkpoint."""
+    refused = next((line.strip() for line in message.splitlines() if "GLOBAL" in line), None)
+    if refused:
+        return CheckpointError(f"{path.name} holds more than tensors ({refused[:100]}); nothing from it was run: "
+                            "save model.state_dict() instead")
+    return CheckpointError(f"{path.name} is not a readable torch checkpoint: re-save it with torch.save(model.state_dict(), path)")
+
+
+def _weights_entry(loaded, path: Path, foreign: list[str]) -> Weights:
+    """The state dict itself, or the one nested under a framework's entry; where neither is found in a file of
+    foreign objects (a whole pickled model), the refusal names the first of them."""
+    if _is_state_dict(loaded):
+        return Weights(dict(loaded))
+    if isinstance(loaded, dict):
+        for entry in WEIGHT_ENTRIES:
+            if _is_state_dict(loaded.get(entry)):
+                others = [str(key) for key in loaded if key != entry]
+                note = f"read its '{entry}' entry" + (f" (left out: {', '.join(others[:5])})" if others else "")
+                return Weights(dict(loaded[entry]), [note])
+    if foreign:
+        raise CheckpointError(f"{path.name} holds more than tensors (GLOBAL {foreign[0]}) and no state dict; nothing from it "
+                              "was run: save model.state_dict() instead")
+    if isinstance(loaded, dict) and loaded:
+        keys = ", ".join(str(key) for key in list(loaded)[:5])
+        raise CheckpointError(f"{path.name} holds no state dict (name -> tensor) at its top or under "
+                           f"{', '.join(WEIGHT_ENTRIES)} (its entries: {keys}): save model.state_dict() instead")
+    raise CheckpointError(f"{path.name} is not a state dict (name -> tensor): save model.state_dict() instead")
+
+
+def _is_state_dict(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def fit_weights(model: nn.Module, weights: Weights, file: str, what: str, hint: str) -> Weights:
+    """The tensors renamed to the model's names (a prefix stripped), checked name for name and shape for shape.
+    `what` names the model in messages; `hint` says how to build the model the file was saved from."""
+    expected = model.state_dict()
+    prefix, inside = within_prefix(weights.tensors, expected)
+    missing, unexpected = sorted(set(expected) - set(inside)), sorted(set(inside) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{file} does not fit {what}: {len(missing)} missing keys (the model's, not in the file; e.g. "
+                              f"{', '.join(missing[:2]) or '-'}), {len(unexpected)} unexpected (in the file, not the model's; e.g. "
+                              f"{', '.join(unexpected[:2]) or '-'}): {hint}")
+    wrong = [name for name in expected if expected[name].shape != inside[name].shape]
+    if wrong:
+        name = wrong[0]
+        raise CheckpointError(f"{file} does not fit {what}: {name} has shape {tuple(inside[name].shape)} in the file, the "
+                              f"model needs {tuple(expected[name].shape)}: {hint}")
+    notes = list(weights.notes)
+    if prefix:
+        notes.append(f"stripped the prefix '{prefix}'")
+    outside = len(weights.tensors) - len(inside)
+    if outside:
+        notes.append(f"left out {outside} tensor(s) outside '{prefix}'")
+    return Weights(inside, notes)
+
+
+def within_prefix(tensors: dict, expected: dict) -> tuple[str, dict]:
+    """The prefix (none, or up to MAX_PREFIX_PARTS leading name parts) under which most names are the model's
+    (`expected`), and the tensors under it, renamed without it."""
+    candidates = {""} | {".".join(name.split(".")[:parts]) + "." for name in tensors
+                         for parts in range(1, min(MAX_PREFIX_PARTS, name.count(".")) + 1)}
+    matches = lambda prefix: sum(name.startswith(prefix) and name[len(prefix):] in expected for name in tensors)
+    prefix = max(sorted(candidates, key=lambda prefix: (len(prefix), prefix)), key=matches)
+    return prefix, {name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+
+
+def load_weights(model: nn.Module, path: Path, what: str, hint: str) -> list[str]:
+    """Load the weights of a file into `model` (strictly, after `fit_weights`); returns what was recognised."""
+    fitted = fit_weights(model, read_weights(path), Path(path).name, what, hint)
+    model.load_state_dict(fitted.tensors)
+    return fitted.notes
+
+
+def first_line(error: BaseException, *, with_type: bool = False) -> str:
+    """The start of an error's message (after its type's name, `with_type`), or its type when it has none (an empty
+    file raises a bare EOFError)."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {lines[0][:160]}" if with_type else lines[0][:160]

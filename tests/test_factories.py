@@ -1,0 +1,158 @@
+"""Users' own classes as bases: FILE.py:NAME and package.module:NAME built for the data and used as they are,
+torchvision's classes with their own names and weights, registered factories (the only code the dashboard's
+workers build), objects from the API, and one line for every way a reference can be wrong."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from ordercomp.models import factories
+from ordercomp.models.checkpoints import CheckpointError, resolve_model, state_fingerprint
+from ordercomp.models.structure import base_fingerprint
+from ordercomp.models.factories import FactoryError
+
+MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"
+
+
+def resolve(spec, data, **options):
+    return resolve_model(spec, data, **options)
+
+
+def test_a_class_from_a_file_is_built_for_the_data_and_used_as_it_is(digits, tmp_path):
+    model, source = resolve(f"{MY_NET}:MyNet", digits, model_args={"width": 8})
+    assert type(model).__name__ == "MyNet" and type(model).__module__.startswith("ordercomp_user_")
+    assert model.fc.out_features == 10 and model.stem.in_channels == 1 and model.stem.out_channels == 8
+    assert source["source"] == "factory" and source["class"] == "my_net.py:MyNet" and source["args"] == {"width": 8}
+    again, _ = resolve(f"{MY_NET}:my_net", digits)  # a function taking num_classes (but not in_channels)
+    assert type(again) is type(model), "one module per file content: the same class both times"
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    loaded, source = resolve(f"{MY_NET}:MyNet", digits, model_args={"width": 8}, weights=str(tmp_path / "w.pt"))
+    x = digits.example_input(4)
+    assert torch.equal(loaded.eval()(x), model.eval()(x)) and source["weights_notes"] == [] and not source["trained_here"]
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+NET = "from torch import nn\nclass Net(nn.Sequential):\n    def __init__(self, num_classes=10):\n" \
+      "        super().__init__(nn.Flatten(), nn.Linear(64, num_classes))\n"
+
+
+@pytest.mark.parametrize("text, reference, message", [
+    (NET, "{folder}/absent.py:Net", "model file {folder}/absent.py does not exist"),
+    (NET, "{file}:Nope", "has no Nope: its model classes are Net"),
+    (NET + "net = Net()\n", "{file}:net", "is an instance of Net, not a class or a function"),
+    (NET + "class Config:\n    pass\n", "{file}:Config", "is a class but not an nn.Module"),
+    (NET + "WIDTH = 3\n", "{file}:WIDTH", "is a int, not an nn.Module class or a function"),
+    (NET + "def broken(num_classes):\n    raise RuntimeError('no such layer\\nmore')\n", "{file}:broken",
+     "broken(num_classes=10) raised RuntimeError: no such layer: check --model-args"),
+    (NET + "def config(num_classes):\n    return {'classes': num_classes}\n", "{file}:config", "returned a dict, not an nn.Module"),
+    ("import no_such_package_here\n", "{file}:Net", "importing net.py raised ModuleNotFoundError: No module named"),
+    (NET, "no_such_package_here.models:Net", "no module named no_such_package_here: install the package"),
+    (NET, "torchvision.models:resnet18 --oops", "neither a sample"),
+])
+def test_a_wrong_reference_is_one_line(digits, tmp_path, text, reference, message):
+    file = write(tmp_path, "net.py", text)
+    reference = reference.format(folder=tmp_path, file=file)
+    with pytest.raises(CheckpointError) as error:
+        resolve(reference, digits)
+    assert message.format(folder=tmp_path) in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("args, message", [
+    ('{"width": ', "--model-args must be a JSON object"), ('[8]', "must be a JSON object of keyword arguments"),
+    ('{"depth": 3}', "unexpected keyword argument 'depth'"),
+])
+def test_bad_model_args_are_one_line(digits, args, message):
+    with pytest.raises(FactoryError, match=message):
+        resolve(f"{MY_NET}:MyNet", digits, model_args=args)
+
+
+def test_a_file_imports_its_neighbours_and_leaves_sys_path_as_it_was(digits, tmp_path):
+    write(tmp_path, "blocks.py", "from torch import nn\ndef head(classes):\n    return nn.Linear(64, classes)\n")
+    file = write(tmp_path, "net.py", "from torch import nn\nfrom blocks import head\n"
+                                     "def net(num_classes):\n    return nn.Sequential(nn.Flatten(), head(num_classes))\n")
+    path_before = list(sys.path)
+    model, _ = resolve(f"{file}:net", digits)
+    assert model[1].out_features == 10 and sys.path == path_before
+    shipped = {module.__name__ for module in factories.user_modules()}  # what Ray workers get by value
+    assert "blocks" in shipped and any(name.startswith(factories.USER_MODULE_PREFIX) for name in shipped)
+
+
+def test_torchvision_as_it_is_with_its_own_names_and_weights(digits, tmp_path):
+    """Issue 14: torchvision's resnet18 weights did not fit the zoo's re-wrapped resnet18 (122 missing keys, 122 unexpected)
+    and the hint pointed at the classes and channels."""
+    torch.manual_seed(0)
+    trained_elsewhere = torchvision.models.resnet18(num_classes=10).eval()
+    torch.save(trained_elsewhere.state_dict(), tmp_path / "r18.pt")
+    with pytest.raises(CheckpointError, match="torchvision's own resnet18: --model torchvision.models:resnet18"):
+        resolve(str(tmp_path / "r18.pt"), digits, architecture="resnet18")
+    model, source = resolve("torchvision.models:resnet18", digits, model_args={"num_classes": 10}, weights=str(tmp_path / "r18.pt"))
+    assert type(model) is torchvision.models.ResNet and model.conv1.in_channels == 3 and source["in_channels"] == 3
+    images = digits.example_input(4).expand(-1, 3, -1, -1)  # gray repeated to the 3 channels torchvision's conv1 takes
+    assert torch.equal(model.eval()(images), trained_elsewhere(images))
+
+
+def test_the_code_identifies_a_class_beside_its_weights(digits, tmp_path):
+    """Two files with the same layers (same weights) and another forward never share cached steps."""
+    plain = write(tmp_path, "plain.py", NET)
+    doubled = write(tmp_path, "doubled.py", NET + "    def forward(self, x):\n        return 2 * super().forward(x)\n")
+    torch.manual_seed(0)
+    first, first_source = resolve(f"{plain}:Net", digits)
+    torch.save(first.state_dict(), tmp_path / "w.pt")
+    second, second_source = resolve(f"{doubled}:Net", digits, weights=str(tmp_path / "w.pt"))
+    assert state_fingerprint(first) == state_fingerprint(second)
+    assert base_fingerprint(first, first_source) != base_fingerprint(second, second_source)
+
+
+def test_registered_factories_are_built_and_nothing_else_is_imported_where_code_may_not_be(digits, tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    typed = write(tmp_path, "typed.py", f"open({str(marker)!r}, 'w').close()\n" + NET)
+    monkeypatch.setenv(factories.MODELS_ENV, f"my_net={MY_NET}:MyNet, torchvision.models:resnet18")
+    assert factories.registered_factories() == {"my_net": f"{MY_NET}:MyNet", "resnet18": "torchvision.models:resnet18"}
+    model, source = resolve("my_net", digits, model_args={"width": 4}, import_code=False)
+    assert type(model).__name__ == "MyNet" and source["source"] == "registered" and source["name"] == "my_net"
+    for reference in (f"{typed}:Net", "torchvision.models:vgg11"):
+        with pytest.raises(FactoryError, match="is not a model factory registered on this server.*registered are my_net, resnet18"):
+            resolve(reference, digits, import_code=False)
+    assert not marker.exists()
+
+
+def test_a_bad_registration_is_one_line(monkeypatch, digits):
+    monkeypatch.setenv(factories.MODELS_ENV, "mine=/opt/nets/net.py")
+    with pytest.raises(FactoryError, match=r"\$ORDERCOMP_MODELS entry 'mine=/opt/nets/net.py' must be NAME=package.module:NAME"):
+        resolve("digits_cnn", digits)
+
+
+def test_a_registered_name_that_is_already_taken_is_one_line(monkeypatch, digits):
+    monkeypatch.setenv(factories.MODELS_ENV, "digits_cnn=torchvision.models:resnet18")
+    with pytest.raises(FactoryError, match="registered as digits_cnn has the name of a sample or zoo architecture"):
+        resolve("cnn_tiny", digits)
+
+
+def test_entry_points_register_factories(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    points = [EntryPoint("tv_resnet18", "torchvision.models:resnet18", factories.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(factories, "entry_points", lambda group: points if group == factories.ENTRY_POINT_GROUP else [])
+    monkeypatch.delenv(factories.MODELS_ENV, raising=False)
+    assert factories.registered_factories() == {"tv_resnet18": "torchvision.models:resnet18"}
+
+
+def test_an_object_from_the_api_is_copied_and_a_class_is_built(digits):
+    from tests.user_models.my_net import MyNet
+
+    net = MyNet(width=4).train()
+    model, source = resolve(net, digits)
+    assert model is not net and net.training and source["source"] == "object" and source["class"].endswith("my_net.MyNet")
+    built, _ = resolve(MyNet, digits, model_args={"width": 4})
+    assert isinstance(built, MyNet) and built.fc.out_features == 10
+    with pytest.raises(CheckpointError, match="model arguments are for a class or function"):
+        resolve(net, digits, model_args={"width": 4})

@@ -1,0 +1,319 @@
+"""Networks from outside the zoo (issue 14, items 3 and 4): their classifier and stages found by tracing
+(or named), every method applied without changing the classifier's outputs, any error in a step a failed
+result of that step, and the split exported. Test models: a user-style CNN with functional ReLU, residual
+adds, pooling, a linear head `fc` and a 1x1 projection registered after it; torchvision's own ResNet-18,
+MobileNetV3-Small, EfficientNet-B0 and RegNetX-400MF (only the number of classes changed, fed 3-channel
+digits); a small ViT."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+from torchvision import models as tv
+
+from ordercomp.data.datasets import load_data
+from ordercomp.exploration import explorer
+from ordercomp.exploration.explorer import ExploreSpec, Explorer
+from ordercomp.exploration.pipeline import FAILED, INCOMPATIBLE, OK, make_configs, run_step
+from ordercomp.layers import output_layers, produces_logits
+from ordercomp.methods.base import Context, Incompatible
+from ordercomp.methods.early_exit import EarlyExitNet
+from ordercomp.methods.registry import METHODS, get_method
+from ordercomp.models.structure import StructureError, structure_of, with_structure
+from ordercomp.train import Budget, train
+
+
+class UserNet(nn.Module):
+    """What a user writes: functional ReLU and pooling, residual adds, and a 1x1 projection registered
+    after the classifier, so the last registered layer is not the one giving the logits."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv3, self.bn3 = nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.conv4, self.bn4 = nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.conv5, self.bn5 = nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, num_classes)
+        self.proj = nn.Conv2d(16, 32, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(x + self.bn2(self.conv2(x)))
+        x = F.max_pool2d(x, 2)
+        y = F.relu(self.bn3(self.conv3(x)))
+        x = F.relu(self.proj(x) + self.bn4(self.conv4(y)))
+        x = F.max_pool2d(x, 2)
+        x = F.relu(self.bn5(self.conv5(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class ScaledLogits(UserNet):
+    """Logits scaled by a learned temperature after the classifier: tracing stops at the multiplication."""
+
+    def __init__(self):
+        super().__init__()
+        self.temperature = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.temperature
+
+
+def small_vit(in_channels: int = 1) -> nn.Module:
+    vit = tv.VisionTransformer(image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)
+    vit.conv_proj = nn.Conv2d(in_channels, 32, 4, 4)
+    return vit
+
+
+def fewer(data, train: int = 128, held_out: int = 64):
+    """The data with fewer images per split, so each method trains one or two batches."""
+    few = copy.copy(data)
+    for name, count in (("train", train), ("val", held_out), ("test", held_out)):
+        setattr(few, name, TensorDataset(*(t[:count] for t in getattr(data, name).tensors)))
+    return few
+
+
+def in_colour(data):
+    """Digits as 3-channel images, so torchvision's networks run as torchvision defines them."""
+    coloured = copy.copy(data)
+    for name in ("train", "val", "test"):
+        images, labels = getattr(data, name).tensors
+        setattr(coloured, name, TensorDataset(images.repeat(1, 3, 1, 1), labels))
+    coloured.in_channels = 3
+    return coloured
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    return in_colour(fewer(load_data("digits", input_size=16)))
+
+
+@pytest.fixture(scope="module")
+def user_base(digits):
+    """UserNet trained briefly on the 8-px digits, split by tracing."""
+    torch.manual_seed(0)
+    model = train(UserNet(), fewer(digits, 256), Budget(epochs=2, lr=5e-3), seed=0, device=torch.device("cpu"))
+    return with_structure(model, digits.example_input(2), digits.num_classes)
+
+
+@pytest.fixture(scope="module")
+def resnet18_at_16px(digits16):
+    """torchvision's ResNet-18, untrained, split by tracing at 16 px."""
+    torch.manual_seed(0)
+    return with_structure(tv.resnet18(num_classes=10), digits16.example_input(2), 10)
+
+
+def classes_out(model: nn.Module, images: torch.Tensor) -> int:
+    with torch.no_grad():
+        return model.eval()(images).shape[-1]
+
+
+TORCHVISION = {  # factory, classifier, stages at 16 px
+    "resnet18": (lambda: tv.resnet18(num_classes=10), "fc", 3),
+    "mobilenet_v3_small": (lambda: tv.mobilenet_v3_small(num_classes=10), "classifier.3", 3),
+    "efficientnet_b0": (lambda: tv.efficientnet_b0(num_classes=10), "classifier.1", 4),
+    "regnet_x_400mf": (lambda: tv.regnet_x_400mf(num_classes=10), "fc", 3),
+}
+
+
+@pytest.mark.parametrize("network", TORCHVISION)
+def test_torchvision_networks_are_split_by_tracing_and_take_exits_and_pruning_with_ten_outputs(network, digits16):
+    factory, classifier, stages = TORCHVISION[network]
+    torch.manual_seed(0)
+    model = factory().eval()
+    view = with_structure(model, digits16.example_input(2), 10)
+    found = structure_of(view)
+    assert (found.classifier, len(found.stages)) == (classifier, stages)
+    assert output_layers(view) == [view.head.get_submodule(classifier)] and not produces_logits(model.get_submodule(classifier))
+    images = digits16.test.tensors[0][:4]
+    with torch.no_grad():
+        assert torch.allclose(view(images), model(images), atol=1e-5)
+    context = Context(digits16, Budget(epochs=0), seed=0)  # no fine-tuning: what matters here is that each applies
+    for name in ("early_exit", "prune"):
+        compressed = get_method(name).apply(view, get_method(name).default_config(), context)
+        assert classes_out(compressed, images) == 10 and all(layer.out_features == 10 for layer in output_layers(compressed))
+
+
+def test_a_user_cnn_is_split_at_its_resolution_drops_and_its_classifier_is_fc_not_the_last_registered_layer(digits):
+    model = UserNet().eval()
+    view = with_structure(model, digits.example_input(2), 10)
+    found = structure_of(view)
+    assert found.classifier == "fc" and len(found.stages) == 3 and found.why_no_stages is None
+    assert [id(layer) for layer in output_layers(view)] == [id(view.head.fc)]
+    images = digits.test.tensors[0][:32]
+    with torch.no_grad():
+        assert torch.equal(view(images), model(images))
+    assert found.weights != structure_of(with_structure(UserNet(), digits.example_input(2), 10)).weights
+
+
+def test_a_vit_has_its_classifier_found_and_no_stages_with_the_reason(digits):
+    found = structure_of(with_structure(small_vit(), digits.example_input(2), 10))
+    assert found.classifier == "heads.head" and found.stages == ()
+    assert "no feature map (N, C, H, W)" in found.why_no_stages
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_applies_to_the_user_cnn_and_keeps_ten_outputs_from_fc(name, user_base, digits):
+    # before: prune protected `proj`, the last registered layer, and cut fc from 10 outputs to 6
+    context = Context(fewer(digits), Budget(epochs=1), seed=0)
+    method = get_method(name)
+    compressed = method.apply(user_base, method.default_config(), context)
+    assert classes_out(compressed, digits.test.tensors[0][:5]) == 10
+    assert all(layer.out_features == 10 for layer in output_layers(compressed))
+    if name == "prune":
+        assert compressed.head.fc.out_features == 10 and compressed.head.fc.in_features < 32
+    if name == "early_exit":
+        assert isinstance(compressed, EarlyExitNet) and len(compressed.exits) == 2
+
+
+def test_named_stages_and_classifier_are_honoured(resnet18_at_16px, digits16):
+    # at 16 px layer3 and layer4 both end at 1 x 1, so tracing finds three stages; naming them gives four
+    assert structure_of(resnet18_at_16px).stages == ("layer1", "layer2", "layer4")
+    model = tv.resnet18(num_classes=10)
+    named = with_structure(model, digits16.example_input(2), 10, classifier="fc", stages=("layer1", "layer2", "layer3", "layer4"))
+    assert structure_of(named).stages == ("layer1", "layer2", "layer3", "layer4") and structure_of(named).named == ("classifier", "stages")
+    assert [len(stage) for stage in named.stages] == [2, 2, 2, 2] and structure_of(named).stem == "maxpool"
+
+
+def test_distill_depth_drops_whole_residual_blocks_of_a_traced_resnet(resnet18_at_16px, digits16):
+    from ordercomp.methods.distill import drop_blocks
+
+    view = copy.deepcopy(resnet18_at_16px)
+    assert [len(stage) for stage in view.stages] == [2, 2, 4]  # layer3 and layer4 share the 1 x 1 resolution at 16 px
+    drop_blocks(view, 0.5, digits16.example_input(2))
+    assert [len(stage) for stage in view.stages] == [1, 1, 2]
+    kept = {name.split(".")[0] for stage in view.stages for block in stage for name, _ in block.named_children()}
+    assert kept == {"maxpool", "layer1", "layer2", "layer3", "layer4"}  # the first block of each, with its maxpool
+    assert classes_out(view, digits16.test.tensors[0][:2]) == 10
+
+
+def test_a_classifier_tracing_cannot_find_can_be_named(digits):
+    context = Context(fewer(digits), Budget(epochs=0), seed=0)
+    prune = get_method("prune")
+    found = with_structure(ScaledLogits(), digits.example_input(2), 10)
+    assert structure_of(found).classifier is None and "the logits come from mul" in structure_of(found).why_no_classifier
+    with pytest.raises(Incompatible, match="does not know which layer gives the logits: the logits come from mul.*--classifier"):
+        prune.apply(found, prune.default_config(), context)
+    named = with_structure(ScaledLogits(), digits.example_input(2), 10, classifier="fc")
+    assert structure_of(named).classifier == "fc" and len(structure_of(named).stages) == 3
+    assert prune.apply(named, prune.default_config(), context).head.fc.out_features == 10
+
+
+@pytest.mark.parametrize("names, message", [
+    ({"classifier": "head"}, "the model has no module 'head': name one of its modules, e.g. conv1, bn1"),
+    ({"classifier": "proj"}, "--classifier proj gives 32 outputs and the data has 10 classes"),
+    ({"classifier": "bn5"}, "--classifier bn5 is a BatchNorm2d: name the Linear or Conv2d layer"),
+    ({"classifier": "unused"}, "--classifier unused: the forward never calls it"),
+    ({"stages": ("conv9",)}, "the model has no module 'conv9'"),
+    ({"stages": ("conv1", "conv4")}, "--stages: conv4 is not a point where one tensor is live"),
+    ({"stages": ("conv5", "conv1")}, "name modules in the order the forward calls them"),
+])
+def test_names_that_do_not_fit_are_refused_with_one_line(names, message, digits):
+    model = UserNet()
+    model.unused = nn.Linear(32, 10)  # registered, never called
+    with pytest.raises(StructureError, match=message) as refused:
+        with_structure(model, digits.example_input(2), 10, **names)
+    assert "\n" not in str(refused.value)
+
+
+def test_the_zoo_and_the_spec_refuse_structure_names_with_one_line(tmp_path, capsys):
+    from ordercomp.cli import main
+
+    with pytest.raises(ValueError, match="stages must name modules"):
+        ExploreSpec(stages=("layer1", ""))
+    assert ExploreSpec(stages="layer1, layer2").stages == ("layer1", "layer2")
+    assert main(["explore", "--model", "digits_cnn", "--classifier", "fc", "--methods", "prune,quantize", "--seeds", "1",
+                 "--out", str(tmp_path / "out"), "--cache", "", "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ordercomp: error: --classifier and --stages name parts of your own network" in err
+
+
+def test_distill_depth_is_incompatible_where_it_cannot_drop_a_block(user_base, digits):
+    # before: a model without stages kept every block and reported the student as distilled to that depth
+    context = Context(fewer(digits), Budget(epochs=0), seed=0)
+    distill = get_method("distill")
+    unstaged = with_structure(small_vit(), digits.example_input(2), 10)
+    with pytest.raises(Incompatible, match="needs stage boundaries: tracing found no feature map.*--stages"):
+        distill.apply(unstaged, distill.make_config(width=1.0, depth=0.5), context)
+    with pytest.raises(Incompatible, match="drops no block: the stages have 1, 1, 1 blocks"):
+        distill.apply(user_base, distill.make_config(width=1.0, depth=0.5), context)
+
+
+def test_methods_that_need_stages_say_what_is_missing(digits):
+    context = Context(fewer(digits), Budget(epochs=0), seed=0)
+    vit = with_structure(small_vit(), digits.example_input(2), 10)
+    for name in ("early_exit", "int8"):
+        with pytest.raises(Incompatible, match=f"{name} needs stage boundaries: tracing found no feature map"):
+            get_method(name).apply(vit, get_method(name).default_config(), context)
+
+
+def test_any_error_inside_a_method_is_a_failed_step_and_a_cancel_or_interrupt_still_stops(monkeypatch, user_base, digits):
+    from ordercomp.jobs.worker import Cancelled
+
+    context = Context(fewer(digits), Budget(epochs=0), seed=0)
+    configs = make_configs(["prune"])
+    for error in (IndexError("index 12 is out of bounds for dimension 0 with size 8"), KeyError("weight"), AssertionError()):
+        def broken(model, config, context, error=error):
+            raise error
+        monkeypatch.setitem(METHODS, "prune", dataclasses.replace(METHODS["prune"], apply_fn=broken))
+        model, result = run_step(user_base, ("prune",), configs, context)
+        assert model is None and result.status == FAILED and result.reason.startswith(type(error).__name__)
+        assert "\n" not in result.reason
+    for stop in (Cancelled, KeyboardInterrupt):
+        def stopped(model, config, context, stop=stop):
+            raise stop()
+        monkeypatch.setitem(METHODS, "prune", dataclasses.replace(METHODS["prune"], apply_fn=stopped))
+        with pytest.raises(stop):
+            run_step(user_base, ("prune",), configs, context)
+
+
+def test_a_method_that_changes_the_number_of_outputs_fails_its_step(monkeypatch, user_base, digits):
+    def cut_classifier(model, config, context):
+        model.head.fc = nn.Linear(32, 6)
+        return model
+
+    monkeypatch.setitem(METHODS, "prune", dataclasses.replace(METHODS["prune"], apply_fn=cut_classifier))
+    _, result = run_step(user_base, ("prune",), make_configs(["prune"]), Context(fewer(digits), Budget(epochs=0), seed=0))
+    assert result.status == FAILED and result.reason == "RuntimeError: prune changed the model's outputs from 10 logits to 6"
+
+
+def test_an_exploration_of_a_vit_goes_on_past_the_methods_that_fail_and_says_which(monkeypatch, digits, tmp_path, capsys):
+    # before: Torch-Pruning's error inside prune ended the whole exploration
+    from ordercomp.exploration.results import print_summary
+
+    torch.manual_seed(0)
+    monkeypatch.setattr(explorer, "resolve_model", lambda *args, **kwargs: (small_vit(), {"source": "test", "name": "vit"}))
+    spec = ExploreSpec(methods=("prune", "distill", "quantize", "sparsify"), seeds=1, search="pairwise", budget=Budget(epochs=0.5), device="cpu")
+    result = Explorer(spec, cache_dir=None, data=fewer(digits)).explore().to_dict()
+    assert sorted(result["chain"]) == ["quantize", "sparsify"]
+    assert {entry["method"]: entry["status"] for entry in result["left_out"]} == {"prune": FAILED, "distill": FAILED}
+    assert any(step["chain"] == ["prune"] and step["reason"] for step in result["failed_steps"])
+    assert [step["status"] for step in result["chain_steps"]] == [OK, OK]
+    assert result["base"]["structure"]["classifier"] == "heads.head"
+    print_summary(explorer.Exploration(**result))
+    out = capsys.readouterr().out
+    assert "Left out of the chain: prune (failed on the base:" in out and "Steps that failed with an error" in out
+
+
+def test_a_user_cnn_with_early_exits_exports_to_float_onnx_that_predicts_as_pytorch_does(user_base, digits, tmp_path):
+    from ordercomp.deploy.export import export_compressed
+    from ordercomp.deploy.runtimes import load_runner
+
+    context = Context(fewer(digits), Budget(epochs=1), seed=0)
+    exits = get_method("early_exit").apply(user_base, get_method("early_exit").make_config(threshold=0.6), context)
+    manifest = export_compressed(exits, tmp_path / "out", formats=("onnx", "packed"), chain=["early_exit"], configs={},
+                                 metrics={}, data=digits, base={"source": "test"}, measure=False)
+    entries = {entry["format"]: entry for entry in manifest["formats"]}
+    assert entries["onnx"]["check"]["passed"]
+    assert entries["packed"]["error"].startswith("not built: the packed format holds a closed list of layer kinds")
+    images = digits.test.tensors[0]
+    with torch.no_grad():
+        expected = exits.eval()(images).argmax(1).numpy()
+    got = load_runner("onnx", tmp_path / "out" / "model.onnx")(images.contiguous().numpy()).argmax(1)
+    assert np.array_equal(got, expected)

@@ -1,0 +1,104 @@
+"""Weights as training frameworks save them: nested entries, name prefixes and Python objects beside the
+weights are recognised and said so; nothing in a file runs; names that do not fit say which and why."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ordercomp.models.checkpoints import CheckpointError, resolve_model
+from ordercomp.models.weights import fit_weights, read_weights
+
+
+class Payload:
+    """Unpickling this would write the marker file (shutil is not one of the modules torch blocks outright)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (shutil.copyfile, (__file__, str(self.marker)))
+
+
+def prefixed(state: dict, prefix: str) -> dict:
+    return {prefix + name: tensor for name, tensor in state.items()}
+
+
+@pytest.fixture()
+def state(tiny_model):
+    return tiny_model.state_dict()
+
+
+LAYOUTS = {
+    "lightning": (lambda s, m: {"epoch": 3, "global_step": 50, "state_dict": prefixed(s, "model."), "optimizer_states": [],
+                                "hyper_parameters": argparse.Namespace(lr=0.1)},
+                  ["read its 'state_dict' entry (left out: epoch, global_step, optimizer_states, hyper_parameters)",
+                   "left out Python objects beside the weights (argparse.Namespace), read without running them",
+                   "stripped the prefix 'model.'"]),
+    "torchvision references": (lambda s, m: {"model": s, "optimizer": {"state": {}}, "epoch": 9, "args": argparse.Namespace(lr=0.1)},
+                               ["read its 'model' entry (left out: optimizer, epoch, args)",
+                                "left out Python objects beside the weights (argparse.Namespace), read without running them"]),
+    "timm": (lambda s, m: {"epoch": 9, "arch": "cnn_tiny", "state_dict": s, "state_dict_ema": s, "args": Payload(m)},
+             ["read its 'state_dict' entry (left out: epoch, arch, state_dict_ema, args)",
+              "left out Python objects beside the weights (shutil.copyfile), read without running them"]),
+    "DataParallel": (lambda s, m: prefixed(s, "module."), ["stripped the prefix 'module.'"]),
+    "torch.compile inside DataParallel": (lambda s, m: prefixed(s, "module._orig_mod."), ["stripped the prefix 'module._orig_mod.'"]),
+    "a teacher beside the student": (lambda s, m: {"state_dict": prefixed(s, "student.") | prefixed(s, "teacher.")},
+                                     ["read its 'state_dict' entry", "stripped the prefix 'student.'",
+                                      "left out {count} tensor(s) outside 'student.'"]),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_framework_checkpoints_load_and_say_what_was_recognised(tmp_path, digits, tiny_model, state, layout):
+    """Issue 14: {"state_dict": ...} with prefixes, {"model": ...} and module. prefixes were refused or mismatched."""
+    make, notes = LAYOUTS[layout]
+    marker = tmp_path / "marker"
+    torch.save(make(state, marker), tmp_path / "w.ckpt")
+    model, source = resolve_model(f"{tmp_path / 'w.ckpt'}", digits, architecture="cnn_tiny")
+    x = digits.example_input(4)
+    assert torch.equal(model(x), tiny_model.eval()(x))
+    assert not marker.exists()
+    found = fit_weights(model, read_weights(tmp_path / "w.ckpt"), "w.ckpt", "cnn_tiny", "-").notes
+    assert found == [note.format(count=len(state)) for note in notes]
+
+
+def test_safetensors_with_a_prefix_load(tmp_path, digits, tiny_model, state):
+    save_file(prefixed(state, "module."), str(tmp_path / "w.safetensors"))
+    model, _ = resolve_model("cnn_tiny", digits, weights=str(tmp_path / "w.safetensors"))
+    assert torch.equal(model(digits.example_input(2)), tiny_model.eval()(digits.example_input(2)))
+
+
+def test_objects_among_the_weights_are_refused_and_never_run(tmp_path, digits, state):
+    marker = tmp_path / "marker"
+    torch.save({"state_dict": {**state, "stem.0.weight": Payload(marker)}}, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match="holds more than tensors"):
+        resolve_model(str(tmp_path / "w.pt"), digits, architecture="cnn_tiny")
+    torch.save({"weight": Payload(marker), "args": Payload(marker)}, tmp_path / "flat.pt")
+    with pytest.raises(CheckpointError, match="holds more than tensors"):
+        resolve_model(str(tmp_path / "flat.pt"), digits, architecture="cnn_tiny")
+    assert not marker.exists()
+
+
+def test_a_checkpoint_without_weights_names_its_entries(tmp_path, digits):
+    torch.save({"epoch": 3, "optimizer": {"state": {}}}, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match=r"holds no state dict .* \(its entries: epoch, optimizer\)"):
+        resolve_model(str(tmp_path / "w.pt"), digits, architecture="cnn_tiny")
+
+
+def test_names_that_do_not_fit_point_to_the_class_and_its_arguments(tmp_path, digits):
+    from tests.user_models.my_net import MyNet
+
+    torch.save(MyNet(num_classes=7).state_dict(), tmp_path / "seven.pt")
+    with pytest.raises(CheckpointError) as error:
+        resolve_model("tests/user_models/my_net.py:MyNet", digits, weights=str(tmp_path / "seven.pt"))
+    assert "fc.weight has shape (7, 64) in the file, the model needs (10, 64)" in str(error.value)
+    assert "the same class and arguments (e.g. --model-args" in str(error.value)
+    with pytest.raises(CheckpointError, match=r"missing keys .* unexpected .*: check the number of classes and channels; "
+                                              r"the zoo's cnn_tiny is ordercomp's own class"):
+        resolve_model("cnn_tiny", digits, weights=str(tmp_path / "seven.pt"))
+    assert os.path.exists(tmp_path / "seven.pt")

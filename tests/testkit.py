@@ -1,0 +1,62 @@
+"""What several test modules share: crafted files for the refusal tests, the small exploration
+setting, and waiting on a condition (never on a fixed interval).
+
+A plain module: pytest puts tests/ on sys.path (rootdir conftest, no __init__.py), so test modules
+in tests/ and its sub-folders import it as `testkit`.
+"""
+from __future__ import annotations
+
+import io
+import os
+import time
+import zipfile
+
+import pytest
+from PIL import Image
+
+from ordercomp.train import Budget
+
+# A job in a worker process takes seconds on an idle machine but minutes on a 2-core machine shared
+# with a dozen busy processes (measured: 215 s for one tiny exploration at load average 20), so the
+# waits on workers are generous, and still finite.
+WORKER_S = 900
+
+# An exploration small enough for a test: the zoo's cnn_tiny and a fifth of an epoch of fine-tuning per step.
+FAST = dict(model="cnn_tiny", budget=Budget(epochs=0.2), device="cpu")
+
+
+def wait_for(condition, what: str, timeout: float = 60.0, interval: float = 0.02):
+    """Poll `condition` until it returns something truthy and return that; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Payload:
+    """Unpickling this runs `touch marker`: no loader may ever do it (the marker file tells)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def png() -> bytes:
+    """A 4x4 grey PNG."""
+    buffer = io.BytesIO()
+    Image.new("L", (4, 4)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def zip_of(files: dict[str, bytes], *, compression=zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip archive holding `files` (name -> content)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
