@@ -160,7 +160,7 @@ def search_chains(
         if not batch:
             break
         _record(state, batch, evaluate(batch))
-    chain = plan.recommend_order(state)
+    chain = plan.recommend(state)
     return SearchResult(strategy, chain, _ranked(state), sorted(state.tried - set(state.full_chains())),
                         len(state.applied), state.budget)
 
@@ -207,7 +207,7 @@ class PairwiseSearch:
     def propose(self, state: SearchState) -> list[Chain]:
         return []
 
-    def recommend_order(self, state: SearchState) -> Chain:
+    def recommend(self, state: SearchState) -> Chain:
         return pairwise_chain(state.methods, state.outcomes)
 
 
@@ -218,7 +218,7 @@ class BestEvaluated:
     needs_pairwise = True
     races = True
 
-    def recommend_order(self, state: SearchState) -> Chain:
+    def recommend(self, state: SearchState) -> Chain:
         best = state.full_chains()
         if best:
             return best[0]
