@@ -17,6 +17,7 @@ from plotly.offline import get_plotlyjs
 
 from ordercomp.report import charts
 from ordercomp.report.meeting import evidence_sentence, meeting_report, results_csv, speed_text
+from ordercomp.report.verdict import percent
 
 METHODS = ["prune", "quantize", "early_exit", "int8"]
 CHAIN = ["prune", "quantize", "early_exit", "int8"]
@@ -247,3 +248,8 @@ def test_the_sentence_follows_the_pair_rule_when_every_pair_is_a_tie(record):
     assert "supports" not in sentence
     assert sentence.startswith("Every one of the 5 pairs is a tie") and "rests on leanings within noise" in sentence
 
+
+
+@pytest.mark.parametrize("fraction, text", [(0.41, "41%"), (0.004, "0.4%"), (0.9996, "over 99%"), (1.0, "100%")])
+def test_a_probability_short_of_certain_is_never_rounded_to_100_percent(fraction, text):
+    assert percent(fraction) == text

@@ -15,7 +15,7 @@ import pandas as pd
 from ..data.preprocessing import describe_preprocessing
 from ..folders import MIB, FolderKind, check_destination, write_folder
 from ..models.checkpoints import describe_source
-from ..report.verdict import arrow, evidence_sentences
+from ..report.verdict import arrow, evidence_sentences, percent
 from .pipeline import StepResult
 
 MARKER = ".ordercomp-results"
@@ -63,13 +63,9 @@ def search_table(record: dict) -> pd.DataFrame | None:
     best, objective = orders[0]["score"], record["spec"]["objective"]
     return pd.DataFrame([{"rank": index, "order": arrow(item["chain"]), f"{objective} score": round(item["score"], 3),
                           "standard error": round(item["se"], 3), "seeds": item["seeds"],
-                          "regret": round(abs(best - item["score"]), 3), "P(best)": _probability(item.get("probability")),
+                          "regret": round(abs(best - item["score"]), 3), "P(best)": "" if item.get("probability") is None else percent(item["probability"]),
                           "race": item.get("status", ""), "recommended": "★" if item["chain"] == list(record["chain"]) else ""}
                          for index, item in enumerate(orders, 1)])
-
-
-def _probability(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.0f}%"
 
 
 def interval_text(outcome: dict) -> str:

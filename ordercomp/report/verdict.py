@@ -38,7 +38,7 @@ def _probability(verdict: dict, confidence: float) -> str:
     if verdict["probability"] is None:
         return (f"The recommended order scored best of the {count} evaluated; how likely it is the best cannot be "
                 "estimated (one seed and no per-image evidence)")
-    return f"The recommended order is the best of the {count} evaluated with probability {_percent(verdict['probability'])}"
+    return f"The recommended order is the best of the {count} evaluated with probability {percent(verdict['probability'])}"
 
 
 def _separation(verdict: dict) -> str:
@@ -61,11 +61,11 @@ def cost_sentence(search: dict) -> str:
     extra = f", {spent['race']} on extra seeds for the contenders" if spent["race"] else ""
     screened = ""
     if search.get("screen") is not None:
-        screened = (f"; the search ran at {_percent(search['screen'])} of the fine-tuning epochs and {spent['confirm']} "
+        screened = (f"; the search ran at {percent(search['screen'])} of the fine-tuning epochs and {spent['confirm']} "
                     f"applications confirmed its best orders at the full budget, {spent['cost']:.0f} full-budget "
                     "applications in cost")
     return (f"{spent['total']} method applications were spent ({spent['per_seed']} per seed for the search{extra}"
-            f"{screened}), {_percent(spent['share_of_exhaustive'])} of exhaustive ({spent['exhaustive']}).")
+            f"{screened}), {percent(spent['share_of_exhaustive'])} of exhaustive ({spent['exhaustive']}).")
 
 
 def pairs_sentence(outcomes: list[dict]) -> str:
@@ -95,5 +95,9 @@ def exhaustive_sentences(summary: dict | None) -> list[str]:
                f"more than that order's standard error ({summary['best_se']:.2f}).")]
 
 
-def _percent(fraction: float) -> str:
+def percent(fraction: float) -> str:
+    """A probability or share as a percentage: whole percent, one decimal below 1 %; short of certain is never
+    rounded up to 100 % (a Monte-Carlo estimate of 0.999 is not a certainty)."""
+    if 0.995 <= fraction < 1:
+        return "over 99%"
     return f"{100 * fraction:.0f}%" if fraction >= 0.01 else f"{100 * fraction:.1f}%"
