@@ -253,3 +253,12 @@ def test_the_sentence_follows_the_pair_rule_when_every_pair_is_a_tie(record):
 @pytest.mark.parametrize("fraction, text", [(0.41, "41%"), (0.004, "0.4%"), (0.9996, "over 99%"), (1.0, "100%")])
 def test_a_probability_short_of_certain_is_never_rounded_to_100_percent(fraction, text):
     assert percent(fraction) == text
+
+
+def test_the_positions_a_forced_pair_rules_out_are_said_and_nothing_is_said_without_one(record):
+    search = searched(record)["search"]
+    plain = evidence_sentence(searched(record))
+    ruled = evidence_sentence(searched(record) | {"search": search | {"positions_not_allowed": [["prune", 4], ["int8", 1], ["int8", 2]]}})
+    assert "Forced pairs" not in plain
+    assert ruled == plain + (" Forced pairs rule out prune at position 4; int8 at positions 1, 2; the search put every method "
+                             "at every position they allow before any model-guided proposal.")

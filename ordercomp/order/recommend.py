@@ -67,7 +67,8 @@ class Recommendation:
         record = {"strategy": self.search.strategy, "applications_per_seed": self.search.applications_per_seed,
                   "budget_per_seed": self.search.budget, "orders": self._orders(self.evidence, self.probabilities),
                   "failed": [list(c) for c in self.search.failed + (self.race.failed if self.race else [])],
-                  "screen": self.screen, "applications": self.applications, "confidence": self.confidence}
+                  "screen": self.screen, "applications": self.applications, "confidence": self.confidence,
+                  "positions_not_allowed": [[method, place + 1] for method, place in self.search.uncovered]}
         if self.screen is not None:
             record["screened_orders"] = self._orders(self.screened, None)
         if self.evidence:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ordercomp.order.cover import covering_orders
+from ordercomp.order.cover import Cell, covering_orders, uncoverable
 from ordercomp.order.graph import agreement, break_cycles, precedence_graph, recommended_chain
 from ordercomp.order.pairwise import PairOutcome
 from ordercomp.order.plan import exhaustive_applications, pairwise_applications, pairwise_plan
@@ -118,7 +118,8 @@ class ChainScore:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The recommended chain, every full chain evaluated, and the applications spent per seed."""
+    """The recommended chain, every full chain evaluated, the applications spent per seed, and (for a
+    strategy that covers every position) the (method, position) cells no allowed order reaches."""
 
     strategy: str
     chain: Chain
@@ -126,12 +127,14 @@ class SearchResult:
     failed: list[Chain]
     applications_per_seed: int
     budget: int
+    uncovered: list[Cell] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "chain": list(self.chain),
                 "evaluated": [score.to_dict() for score in self.evaluated],
                 "failed": [list(chain) for chain in self.failed],
-                "applications_per_seed": self.applications_per_seed, "budget": self.budget}
+                "applications_per_seed": self.applications_per_seed, "budget": self.budget,
+                "uncovered": [list(cell) for cell in self.uncovered]}
 
 
 def search_chains(
@@ -161,8 +164,9 @@ def search_chains(
             break
         _record(state, batch, evaluate(batch))
     chain = plan.recommend(state)
+    uncovered = uncoverable(state.methods, state.allowed) if plan.covers else []
     return SearchResult(strategy, chain, _ranked(state), sorted(state.tried - set(state.full_chains())),
-                        len(state.applied), state.budget)
+                        len(state.applied), state.budget, uncovered)
 
 
 def pairwise_chain(methods: Sequence[str], outcomes: Sequence[PairOutcome]) -> Chain:
@@ -203,6 +207,7 @@ class PairwiseSearch:
 
     needs_pairwise = True
     races = False  # nothing evaluated to race
+    covers = False
 
     def propose(self, state: SearchState) -> list[Chain]:
         return []
@@ -217,6 +222,7 @@ class BestEvaluated:
 
     needs_pairwise = True
     races = True
+    covers = False  # whether it puts every method at every allowed position before any other order
 
     def recommend(self, state: SearchState) -> Chain:
         best = state.full_chains()
@@ -232,6 +238,8 @@ class SurrogateSearch(BestEvaluated):
     order that a least-squares model of the evaluated chains predicts best (cheapest on ties). The model:
     score ~ intercept + beta * agreement with the pairs + per method, a * place + b * place^2; the cover
     comes first so that the model never extrapolates a method into a position no evaluated order put it."""
+
+    covers = True
 
     def propose(self, state: SearchState) -> list[Chain]:
         ranking = pairwise_ranking(state.methods, state.outcomes)

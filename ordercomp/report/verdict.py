@@ -28,7 +28,20 @@ def evidence_sentences(record: dict) -> list[str]:
 def search_sentences(search: dict) -> list[str]:
     """How sure the search is of its order, which orders it could not tell apart, and its cost."""
     verdict = search["verdict"]
-    return [_probability(verdict, search.get("confidence", 0.95)) + _separation(verdict), cost_sentence(search)]
+    sentences = [_probability(verdict, search.get("confidence", 0.95)) + _separation(verdict), cost_sentence(search)]
+    return sentences + coverage_sentences(search.get("positions_not_allowed") or [])
+
+
+def coverage_sentences(not_allowed: list) -> list[str]:
+    """Which positions forced pairs (one order only applies) keep a method out of: the cover could not reach them."""
+    if not not_allowed:
+        return []
+    places: dict[str, list[int]] = {}
+    for method, place in not_allowed:
+        places.setdefault(method, []).append(place)
+    ruled_out = "; ".join(f"{method} at position{'s' if len(p) > 1 else ''} {', '.join(map(str, p))}" for method, p in places.items())
+    return [f"Forced pairs rule out {ruled_out}; the search put every method at every position they allow before any "
+            "model-guided proposal."]
 
 
 def _probability(verdict: dict, confidence: float) -> str:
