@@ -28,7 +28,7 @@ def sidebar(store: JobStore) -> None:
     job_id = st.session_state.get(session.JOB)
     if job_id and store.get(job_id):
         st.markdown("**Open run**")
-        live_job(store, job_id, partial(job_summary, store))
+        live_job(store, job_id, partial(job_summary, store), every=session.SIDEBAR_POLL_SECONDS)
     else:
         st.caption("No run open yet.")
     st.caption(f"Device: {formatting.device_label()}")

@@ -19,6 +19,7 @@ import time
 from .data.preprocessing import NORMALIZE_HELP, Normalization, describe_preprocessing
 from .exploration.executors import EXECUTORS
 from .methods.registry import METHODS, parse_methods
+from .order.plan import chain_text
 from .models.checkpoints import describe_source
 from .train import Budget
 
@@ -126,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--formats", help="export formats (default: all: torchscript, pt2, onnx, onnx_int8, packed, state_dict)")
     ap.add_argument("--no-measure", action="store_true", help="skip timing each file in its runtime against the base")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", default=".ordercomp/cache", help="step cache folder: an exploration's chain with the same "
+                    "settings is reused from it instead of trained again ('' to disable)")
     me = sub.add_parser("measure", help="measure a base model: accuracy, size, MACs, BitOps, latency, peak memory")
     _base_options(me)
     me.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to measure on")
@@ -199,15 +202,17 @@ def run_apply(args) -> int:
     outcome = compress(model=args.model, data=args.data, chain=chain, settings=settings, budget=budget, device=args.device,
                        architecture=args.arch, model_args=model_args, weights=args.weights, normalize=args.normalize,
                        input_size=args.input_size, seed=args.seed, events=bar, trust_torchscript=args.trust_torchscript,
-                       classifier=args.classifier, stages=args.stages)
+                       classifier=args.classifier, stages=args.stages, cache_dir=args.cache or None)
     bar.close()
     print_chain_steps(outcome.base_metrics, outcome.steps)
     broken = [s for s in outcome.steps if s.status != "ok"]
     if broken:
-        raise ValueError(f"{' -> '.join(broken[0].chain)} is {broken[0].status}: {broken[0].reason}")
+        raise ValueError(f"{chain_text(broken[0].chain)} is {broken[0].status}: {broken[0].reason}")
     manifest = export_compressed(outcome.model, args.export, formats=formats, chain=chain,
                                  configs=outcome.configs, metrics=outcome.steps[-1].metrics, data=outcome.data, base=outcome.source,
-                                 base_model=outcome.base, measure=not args.no_measure)
+                                 base_model=outcome.base, measure=not args.no_measure, reused=outcome.reused)
+    if outcome.reused:
+        print("the chain's model is the one an exploration with the same settings trained (from the cache): no method was applied again")
     print_export(manifest)
     print(f"compressed model and manifest written to {args.export}: {', '.join(manifest['files'])}")
     return 0
@@ -253,7 +258,7 @@ class ProgressBar:
             self.done, self.total = event["done"], event["total"]
             result = event["result"]
             note = "" if result["status"] == "ok" else f" [{result['status']}]"
-            self._draw(f"{' -> '.join(result['chain'])} (seed {result['seed']}){note}", newline=not self.tty)
+            self._draw(f"{chain_text(result['chain'])} (seed {result['seed']}){note}", newline=not self.tty)
         elif event["kind"] == "stage":
             self._draw(event["label"], newline=True)
         elif event["kind"] == "progress" and self.tty:

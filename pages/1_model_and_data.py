@@ -10,6 +10,7 @@ from ordercomp.dashboard import formatting, plan, session, views
 from ordercomp.data.datasets import DataError
 from ordercomp.data.preprocessing import Normalization
 from ordercomp.jobs import start_job
+from ordercomp.report.figures import plural
 from ordercomp.models.zoo import ARCHITECTURES, list_architectures
 from pages._shared import KEEP, job_status, live_job, metric_row, run_inside_app
 
@@ -188,18 +189,25 @@ def uploaded_model() -> dict | None:
     return {"model": path, "architecture": architecture, "trust_torchscript": trust and is_torchscript(Path(path))}
 
 
+def sample_card_row(choice: dict) -> None:
+    """A sample's figures from its card, until the baseline is measured here."""
+    if choice["model"] not in list_samples():
+        return
+    card = sample_card(choice["model"])
+    if choice["data"] != card["data"]["name"]:
+        st.warning(f"{choice['model']} was trained on {card['data']['name']} ({plural(card['num_classes'], 'class')}, "
+                   f"{plural(card['in_channels'], 'channel')}): other data needs as many classes and channels, or the jobs fail. "
+                   "Train a zoo architecture on it instead.")
+    st.caption(f"From the model card (test split of {card['data']['name']}); latency depends on the machine: measure it below.")
+    metric_row(views.card_metrics(card))
+
+
 def baseline(choice: dict) -> None:
     st.subheader("Baseline")
-    if choice["model"] in list_samples():
-        card = sample_card(choice["model"])
-        if choice["data"] != card["data"]["name"]:
-            st.warning(f"{choice['model']} was trained on {card['data']['name']} ({card['num_classes']} classes, "
-                       f"{card['in_channels']} channel(s)): other data needs as many classes and channels, or the jobs fail. "
-                       "Train a zoo architecture on it instead.")
-        st.caption(f"From the model card (test split of {card['data']['name']}); latency depends on the machine: measure it below.")
-        metric_row(views.card_metrics(card))
     spec = plan.baseline_spec(choice, state.get("w_device", "auto"))
     job = views.find_baseline(store, spec)
+    if job is None or job["status"] != "done":  # the measured row replaces the card's: one row of figures
+        sample_card_row(choice)
     if job is not None:
         live_job(store, job["id"], draw_baseline)
         return
@@ -218,8 +226,8 @@ def draw_baseline(job: dict) -> None:
     if job["status"] == "done":
         result = job["result"]
         data = result["data"]
-        st.caption(f"Measured on {result['device']}, test split of {formatting.md(data['name'])}: {data['classes']} classes, "
-                   f"{data['channels']} channel(s), {data['input_size']} px, {data['test']} test images.")
+        st.caption(f"Measured on {result['device']}, test split of {formatting.md(data['name'])}: {plural(data['classes'], 'class')}, "
+                   f"{plural(data['channels'], 'channel')}, {data['input_size']} px, {data['test']} test images.")
         metric_row(result["metrics"])
 
 

@@ -2,16 +2,20 @@
 import streamlit as st
 
 from ordercomp.dashboard import estimate, formatting, plan, session
+from ordercomp.report.figures import duration, plural
 from ordercomp.exploration.executors import EXECUTORS
 
-SEARCH_LABELS = {"surrogate": "surrogate: whole orders around the pairwise chain (≤2x its cost)",
-                 "pairwise": "pairwise: the paper's precedence graph", "random": "random whole orders (≤2x the pairwise cost)",
-                 "exhaustive": "exhaustive: every order"}
 from ordercomp.methods.registry import METHODS
 from ordercomp.exploration.explorer import RUNTIMES
 from ordercomp.order import LATENCY_OBJECTIVES, MAX_EXHAUSTIVE_METHODS, OBJECTIVES
 from ordercomp.deploy.runtimes import runtime_name
 from pages._shared import KEEP, run_inside_app
+
+SEARCH_LABELS = {"surrogate": "surrogate (default)", "pairwise": "pairwise (the paper's)", "random": "random whole orders",
+                 "exhaustive": "exhaustive: every order"}
+SEARCH_HELP = ("surrogate: the pairwise chain, then whole orders around it, within 2× the pairwise plan's applications. "
+               "pairwise: the paper's precedence graph, topologically sorted. random: random whole orders within the same "
+               "budget. exhaustive: every order.")
 
 run_inside_app()
 
@@ -55,8 +59,9 @@ def budget_and_decision(chosen: list[str]) -> None:
     left.number_input("Fine-tuning epochs per step (the same for every step)", min_value=0.0, max_value=1000.0, step=0.5,
                       key="w_epochs", **KEEP)
     left.number_input("Learning rate", min_value=1e-6, max_value=1.0, format="%g", key="w_lr", **KEEP)
-    middle.selectbox("Objective", list(OBJECTIVES), key="w_objective", format_func=lambda name: f"{name}: {OBJECTIVES[name][1]}",
+    middle.selectbox("Objective", list(OBJECTIVES), key="w_objective", help="\n".join(f"- {name}: {text}" for name, (_, text) in OBJECTIVES.items()),
                      **KEEP)
+    middle.caption(formatting.md(OBJECTIVES[state["w_objective"]][1]))
     if state["w_objective"].startswith("weighted"):
         cost = "latency" if state["w_objective"] == "weighted_latency" else "BitOps"
         middle.number_input(f"Weight: accuracy points per halving of {cost}", min_value=0.0, format="%g", key="w_weight", **KEEP)
@@ -73,7 +78,8 @@ def budget_and_decision(chosen: list[str]) -> None:
         state["w_repeat"] = plan.NO_REPEAT
     right.selectbox("Repeat one method after the chain (does applying it twice help?)", [plan.NO_REPEAT, *chosen],
                     key="w_repeat", **KEEP)
-    right.selectbox("How the order is chosen", list(SEARCH_LABELS), key="w_search", format_func=SEARCH_LABELS.get, **KEEP)
+    right.selectbox("How the order is chosen", list(SEARCH_LABELS), key="w_search", format_func=SEARCH_LABELS.get, help=SEARCH_HELP,
+                    **KEEP)
     right.selectbox("Run the steps", EXECUTORS, key="w_executor", **KEEP,
                     format_func=lambda name: {"inprocess": "in the job's process", "ray": "as Ray tasks"}[name])
     if state["w_executor"] == "ray":
@@ -87,19 +93,15 @@ def plan_summary() -> None:
     except ValueError as error:
         st.error(f"This plan cannot run: {formatting.md(error)}")
         return
-    cost = estimate.plan_cost(spec, store.mean_step_seconds(spec.model, spec.data))
+    cost = estimate.plan_cost(spec, store.step_seconds(spec.model, spec.data))
     n = len(spec.methods)
     left, right = st.columns(2)
-    left.metric("Method applications", cost["applications"])
-    beyond = f", up to {cost['beyond']} on extra seeds for the orders still in contention" if cost["beyond"] else ""
-    left.caption(f"{'exhaustive' if spec.exhaustive else spec.search}: at most {cost['per_seed']} per seed x {spec.seeds} seed(s)"
-                 f"{beyond}, + {n} to apply the chain. Pairwise needs n + n(n-1) = {cost['pairwise_per_seed']} per seed; "
-                 f"every order (exhaustive) {cost['exhaustive_per_seed']}.")
-    right.metric("Estimated time", formatting.duration(cost["seconds"]))
-    basis = {"measured": "the mean of the finished steps in the job store",
-             "sample": "the sample's size (MACs x training images x epochs), as the job store has no finished steps of it yet",
-             "default": "a default guess, as the job store has no finished steps of this model and data yet"}[cost["basis"]]
-    right.caption(f"{cost['seconds_each']:.1f} s per application, from {basis}.")
+    left.metric("Method applications", cost["applications"], help="At most: the search may find its order with fewer")
+    left.caption(f"{'exhaustive' if spec.exhaustive else spec.search}: at most {cost['per_seed']} per seed × "
+                 f"{plural(spec.seeds, 'seed')}{estimate.beyond_text(spec, cost['beyond'])}, + {n} to apply the chain. Pairwise needs "
+                 f"n + n(n−1) = {cost['pairwise_per_seed']} per seed; every order (exhaustive) {cost['exhaustive_per_seed']}.")
+    right.metric("Estimated time", f"about {duration(cost['seconds'])}")
+    right.caption(f"{cost['seconds_each']:.1f} s per application, {cost['basis']}.")
     st.page_link("pages/3_runs.py", label="Next: launch it on the Runs page", icon=":material/play_circle:")
 
 

@@ -3,9 +3,11 @@ and open any earlier run. The open run's id is in the URL (?job=...), so it surv
 import streamlit as st
 
 from ordercomp.dashboard import estimate, formatting, plan, session, views
+from ordercomp.report.figures import epochs_text, plural
 from ordercomp.jobs import queue_positions, set_worker_limit, start_job, worker_limit
 from ordercomp.models.zoo import ARCHITECTURES
-from pages._shared import job_log, job_status, live_job, run_inside_app
+from ordercomp.order import chain_text
+from pages._shared import job_log, job_status, live_job, live_jobs, run_inside_app
 
 run_inside_app()
 
@@ -21,12 +23,14 @@ def new_exploration() -> None:
         st.error(f"The plan from the Methods page cannot run: {formatting.md(error)}")
         st.page_link("pages/2_methods.py", label="Fix it on the Methods page", icon=":material/tune:")
         return
-    cost = estimate.plan_cost(spec, store.mean_step_seconds(spec.model, spec.data))
-    settings = "; ".join(f"{name}: {fields}" for name, fields in spec.settings.items()) or "defaults"
+    cost = estimate.plan_cost(spec, store.step_seconds(spec.model, spec.data))
+    settings = "; ".join(f"{name}: " + ", ".join(f"{key} {value}" for key, value in fields.items())
+                         for name, fields in spec.settings.items()) or "the defaults"
     st.markdown(f"**{formatting.md(plan.describe_base(session.base_choice(state)))}** · methods **{', '.join(spec.methods)}** · "
-                f"objective **{spec.objective}** · **{spec.seeds}** seed(s) · {spec.budget.epochs:g} fine-tuning epoch(s) per step"
+                f"objective **{spec.objective}** · **{plural(spec.seeds, 'seed')}** · {epochs_text(spec.budget.epochs)} of fine-tuning per step"
                 + (" · exhaustive validation" if spec.exhaustive else ""))
-    st.caption(f"Settings: {formatting.md(settings)}. {cost['applications']} method applications, about {formatting.duration(cost['seconds'])}.")
+    st.caption(f"Settings: {formatting.md(settings)}. At most {cost['applications']} method applications, "
+               f"{formatting.md(estimate.estimate_text(cost))}.")
     if spec.model in ARCHITECTURES:
         st.caption(f"{spec.model} is trained from scratch first unless it was already (Model & data shows its baseline).")
     if st.button("Launch exploration", type="primary"):
@@ -42,16 +46,16 @@ def new_exploration() -> None:
 
 def draw_run(job: dict) -> None:
     spec = job["spec"]
-    st.caption(f"{formatting.md(views.job_title(job))} · objective {spec['objective']} · {spec['seeds']} seed(s)")
+    st.caption(f"{formatting.md(views.job_title(job))} · objective {spec['objective']} · {plural(spec['seeds'], 'seed')}")
     job_status(store, job)
-    rows = views.pair_progress(spec, store.steps(job["id"]))
+    rows = views.pair_progress(spec, store.steps(job["id"]), finished=not views.is_active(job))
     st.dataframe(rows, hide_index=True, column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")})
     for row in rows:
         if row["reason"]:
             st.warning(formatting.md(f"{row['applications']}: {row['status']}: {row['reason']}"))
     if job["status"] == "done":
-        st.success(f"Recommended order: **{' → '.join(job['result']['chain'])}**")
+        st.success(f"Recommended order: **{chain_text(job['result']['chain'])}**")
         st.page_link("pages/4_order.py", label="See the order and its evidence", icon=":material/account_tree:")
     job_log(store, job["id"])
 
@@ -62,7 +66,8 @@ def all_runs() -> None:
     if not jobs:
         st.caption("No runs yet.")
         return
-    st.dataframe(views.job_rows(jobs, queue_positions(store.list_jobs())), hide_index=True)
+    # redrawn with the open run's panel while any run is active, so its status and count agree with the panel
+    live_jobs(store, jobs, lambda current: st.dataframe(views.job_rows(current, queue_positions(store.list_jobs())), hide_index=True))
     ids = [job["id"] for job in jobs]
     titles = {job["id"]: views.job_title(job) for job in jobs}
     current = state.get(session.JOB)

@@ -3,9 +3,11 @@ every valid order and the exhaustive check."""
 import streamlit as st
 
 from ordercomp.dashboard import formatting, plan, session
-from ordercomp.report.charts import pair_matrix_figure, precedence_dot
-from ordercomp.report.meeting import evidence_sentence, exhaustive_table, notes, search_table
-from ordercomp.exploration.results import pairs_table
+from ordercomp.report.charts import pair_matrix_figure, precedence_caption, precedence_dot
+from ordercomp.report.figures import applications, duration, plural
+from ordercomp.report.meeting import evidence_sentence, exhaustive_table, notes
+from ordercomp.exploration.results import pairs_table, search_table
+from ordercomp.order import chain_text
 from pages._shared import open_exploration, run_inside_app
 
 run_inside_app()
@@ -15,10 +17,10 @@ st.title("Order")
 job_id, record = open_exploration(store)
 spec, chain = record["spec"], record["chain"]
 search = record.get("search") or {"strategy": "pairwise"}
-st.markdown(f"### Recommended order: {' → '.join(chain)}")
-st.caption(f"Run {formatting.md(job_id)} · {formatting.md(plan.describe_base(spec))} · objective {spec['objective']} · {spec['seeds']} seed(s) · "
-           f"search {search['strategy']}" + (f" ({search['applications_per_seed']} method applications per seed)" if "applications_per_seed" in search else "")
-           + f" · {record['seconds']:.0f} s")
+st.markdown(f"### Recommended order: {chain_text(chain)}")
+st.caption(f"Run {formatting.md(job_id)} · {formatting.md(plan.describe_base(spec))} · objective {spec['objective']} · "
+           f"{plural(spec['seeds'], 'seed')} · search {search['strategy']} · {applications(record)} method applications · "
+           f"{duration(record['seconds'])}")
 st.info(evidence_sentence(record))
 
 st.subheader("Pair outcomes")
@@ -29,8 +31,7 @@ st.dataframe(pairs_table(record["outcomes"]), hide_index=True)
 st.plotly_chart(pair_matrix_figure(record))
 
 st.subheader("Precedence graph")
-st.caption("An edge A → B: apply A before B, labelled with the mean margin. Red and numbered: the chain; "
-           "dashed: weak evidence; dotted red: dropped to break a cycle.")
+st.caption(precedence_caption(record))
 st.graphviz_chart(precedence_dot(record))
 for line in notes(record):
     st.markdown(f"- {formatting.md(line)}")
@@ -45,7 +46,7 @@ if ranked is not None:
     st.dataframe(ranked, hide_index=True)
 
 st.subheader("Every valid order")
-st.dataframe([{"order": " → ".join(c), "recommended": "★" if c == chain else ""} for c in record["valid_chains"]], hide_index=True)
+st.dataframe([{"order": chain_text(c), "recommended": "★" if c == chain else ""} for c in record["valid_chains"]], hide_index=True)
 
 st.subheader("Exhaustive validation")
 ranking = exhaustive_table(record)

@@ -4,9 +4,9 @@ import streamlit as st
 
 from ordercomp.dashboard import formatting, session
 from ordercomp.report.charts import AXES, chain_steps_figure, tradeoff_figure
-from ordercomp.report.meeting import headline_figures, speed_text
+from ordercomp.report.figures import SIMULATION
 from ordercomp.exploration.results import chain_table
-from pages._shared import open_exploration, run_inside_app
+from pages._shared import headline_row, open_exploration, run_inside_app
 
 run_inside_app()
 
@@ -16,13 +16,9 @@ job_id, record = open_exploration(store)
 st.caption(f"Run {formatting.md(job_id)}: the base and the chain are measured on the test split; single methods and pairs are "
            "validation means over the seeds.")
 
-figures = headline_figures(record)
-times = lambda value: "n/a" if value is None else f"{value:.1f}x"
-columns = st.columns(4)
-columns[0].metric("Fewer BitOps than the base", times(figures["bitops_reduction"]))
-columns[1].metric("Accuracy change", "n/a" if figures["accuracy_change"] is None else f"{figures['accuracy_change']:+.2f} pts")
-columns[2].metric("Smaller than the base", times(figures["size_reduction"]))
-columns[3].metric("Latency at batch 1", speed_text(figures["latency_change"]), help="measured latency of the compressed model against the base's")
+headline_row(record)
+st.caption(f"Latencies in the charts and the table below: the {SIMULATION} (fake-quantised layers run as PyTorch modules), "
+           "which a deployable file need not match.")
 
 for tab, axis in zip(st.tabs([f"Accuracy vs {AXES[axis][0]}" for axis in AXES]), AXES):
     with tab:

@@ -6,21 +6,26 @@ from pathlib import Path
 import streamlit as st
 
 from ordercomp.dashboard import formatting, plan, session, views
-from ordercomp.deploy.export import FORMATS, export_zip
+from ordercomp.deploy.export import FORMATS, download_name, download_stem, export_verdict, export_zip
 from ordercomp.jobs import start_job
+from ordercomp.order import chain_text
+from ordercomp.report.figures import FORMAT_NAMES
 from ordercomp.report.meeting import meeting_report, results_csv
-from pages._shared import KEEP, job_status, live_job, metric_row, open_exploration, run_inside_app
+from pages._shared import KEEP, job_status, live_job, open_exploration, run_inside_app
 
 run_inside_app()
 
 store = session.open_store()
 state = st.session_state
+DOWNLOADS_PER_ROW = 4
 
 
 def reports(job_id: str, record: dict) -> None:
     st.subheader("Report and results")
     left, right = st.columns(2)
-    left.download_button("Meeting report (self-contained HTML)", data=partial(meeting_report, record),
+    finished = store.get(job_id)["updated"]
+    left.download_button("Meeting report (HTML)", data=partial(meeting_report, record, finished=finished),
+                         help="One self-contained HTML file, readable offline by someone who has not seen the app",
                          file_name=f"ordercomp-report-{job_id}.html", mime="text/html", on_click="ignore", icon=":material/description:")
     right.download_button("Results CSV (every step)", data=partial(results_csv, record), file_name=f"ordercomp-steps-{job_id}.csv",
                           mime="text/csv", on_click="ignore", icon=":material/table:")
@@ -34,7 +39,7 @@ def new_export(job_id: str, record: dict) -> None:
                            **KEEP)
     if order:
         same = order == record["chain"]
-        st.caption(f"{' → '.join(order)}: {'the recommended chain' if same else 'your own order, not the recommended chain'}.")
+        st.caption(f"{chain_text(order)}: {'the recommended chain' if same else 'your own order, not the recommended chain'}.")
     formats = st.multiselect("Formats", list(FORMATS), key="w_export_formats",
                              format_func=formatting.FORMAT_LABELS.get, **KEEP)
     if st.button("Apply and export", type="primary", disabled=not order or not formats):
@@ -47,48 +52,36 @@ def new_export(job_id: str, record: dict) -> None:
 
 
 def draw_export(job: dict) -> None:
-    st.caption(f"Order {' → '.join(job['spec']['chain'])} · formats {', '.join(job['spec']['formats']) or 'all'}")
+    st.caption(f"Order {chain_text(job['spec']['chain'])} · formats {', '.join(job['spec']['formats']) or 'all'}")
     job_status(store, job, unit="chain steps")
     if job["status"] != "done":
         return
     result = job["result"]
     folder = Path(result["folder"])
-    metric_row(result["steps"][-1]["metrics"])
     manifest = result["manifest"]
-    st.dataframe([format_row(entry, manifest.get("reported_storage_bytes")) for entry in manifest["formats"]], hide_index=True)
-    st.caption(f"Each file measured in its own runtime on the test split, {manifest.get('threads', '?')} threads, next to the base "
-               "model written and measured the same way; the reported size is the storage the metrics count.")
-    if result["verify"]["ok"]:
-        st.success("Every file loads back, runs and matches its checksum.")
-    else:
-        st.warning(f"Some files did not verify: {formatting.md(result['verify'])}")
+    verdict = export_verdict(manifest, result["verify"])  # computed from the rows below it
+    (st.success if verdict["ok"] else st.warning)(formatting.md(verdict["text"]))
+    st.dataframe(views.export_rows(manifest), hide_index=True, column_config={"check": st.column_config.TextColumn(width="large")})
+    st.caption(f"Each file measured in its own runtime on the whole test split after warm-up, {manifest.get('threads', '?')} threads, "
+               "next to the base model written and measured the same way (latency, then the speed-up against the base); "
+               "the check compares the file's outputs with PyTorch's.")
     if not folder.is_dir():
         st.error(f"The export folder {formatting.code(folder)} is gone: export again.")
         return
-    downloads(job["id"], folder, views.export_files(result))
+    downloads(job["spec"].get("exploration") or job["id"], job["spec"]["chain"], folder, views.export_files(result))
 
 
-def format_row(entry: dict, reported: float | None) -> dict:
-    check, measured, base = entry.get("check") or {}, entry.get("measured") or {}, entry.get("base_measured") or {}
-    verdict = "failed: " + entry["error"] if "error" in entry else ("passed" if check.get("passed", True) else "mismatch")
-    size = entry.get("size_bytes")
-    return {"format": formatting.FORMAT_LABELS.get(entry["format"], entry["format"]), "file": entry.get("file", ""),
-            "file size": formatting.si(size, "B") if size else "",
-            "reported (packed) size": formatting.si(reported, "B") if size and reported and abs(size - reported) > 0.02 * reported else "",
-            "runtime": measured.get("error") or measured.get("runtime", ""), "accuracy %": measured.get("accuracy"),
-            "base accuracy %": base.get("accuracy"),
-            **{f"ms batch {b}": t for b, t in (measured.get("latency_ms") or {}).items()},
-            **{f"speed-up batch {b}": s for b, s in (entry.get("speedup") or {}).items()},
-            "check against PyTorch": verdict, "argmax agreement": check.get("argmax_agreement")}
-
-
-def downloads(job_id: str, folder: Path, files: list[tuple[str, Path]]) -> None:
-    columns = st.columns(len(files) + 1)
-    for column, (name, path) in zip(columns, files):
-        column.download_button(formatting.FORMAT_LABELS.get(name, name), data=partial(path.read_bytes), file_name=path.name,
-                               mime="application/octet-stream", on_click="ignore", key=f"file-{job_id}-{name}")
-    columns[-1].download_button("All as a zip", data=partial(export_zip, folder), file_name=f"ordercomp-export-{job_id}.zip",
-                                mime="application/zip", on_click="ignore", type="primary", key=f"zip-{job_id}")
+def downloads(run_id: str, chain, folder: Path, files: list[tuple[str, Path]]) -> None:
+    """A button per file, four to a row so that every label fits, and one for all as a zip; the names carry the run,
+    the chain and the format, so two runs' files never collide."""
+    buttons = [(FORMAT_NAMES.get(name, name), formatting.FORMAT_LABELS.get(name, name), name, path) for name, path in files]
+    for start in range(0, len(buttons), DOWNLOADS_PER_ROW):
+        for column, (label, full, name, path) in zip(st.columns(DOWNLOADS_PER_ROW), buttons[start:start + DOWNLOADS_PER_ROW]):
+            column.download_button(label, data=partial(path.read_bytes), file_name=download_name(run_id, chain, path.name), help=full,
+                                   mime="application/octet-stream", on_click="ignore", key=f"file-{run_id}-{name}")
+    folder_name = download_stem(run_id, chain)
+    st.download_button("All as a zip", data=partial(export_zip, folder, folder_name), file_name=f"{folder_name}.zip",
+                       mime="application/zip", on_click="ignore", type="primary", key=f"zip-{run_id}")
 
 
 st.title("Export")

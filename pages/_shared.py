@@ -15,6 +15,8 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from ordercomp.dashboard import formatting, session, views
 from ordercomp.jobs import JobStore, StoreError, cancel_job, dispatch, queue_positions, resume_job, worker_limit
+from ordercomp.report.figures import headline
+from ordercomp.report.meeting import headline_figures
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 KEEP = {"persist_state": "session"}  # a widget keeps its value on other pages (its key starts with w_)
@@ -47,8 +49,8 @@ def store_errors_in_one_line() -> Iterator[None]:
         st.stop()
 
 
-def live_job(store: JobStore, job_id: str, draw: Callable[[dict], None]) -> None:
-    """Draw a job with `draw(job)`; while the job is active the drawing polls the store."""
+def live_job(store: JobStore, job_id: str, draw: Callable[[dict], None], every: float = session.POLL_SECONDS) -> None:
+    """Draw a job with `draw(job)`; while the job is active the drawing polls the store every `every` seconds."""
     polling = views.is_active(store.get(job_id))
 
     def panel() -> None:
@@ -61,6 +63,21 @@ def live_job(store: JobStore, job_id: str, draw: Callable[[dict], None]) -> None
             draw(job)
         if polling and not views.is_active(job):
             st.rerun()  # the whole page: it shows the result, and the polling stops
+
+    st.fragment(panel, run_every=every if polling else None)()
+
+
+def live_jobs(store: JobStore, jobs: list[dict], draw: Callable[[list[dict]], None], kind: str = "explore") -> None:
+    """Draw a list of jobs with `draw(jobs)`; while one of them is active the drawing polls the store, as the open
+    job's panel does, so the two never disagree."""
+    polling = any(views.is_active(job) for job in jobs)
+
+    def panel() -> None:
+        with store_errors_in_one_line():
+            current = store.list_jobs(kind)
+            draw(current)
+        if polling and not any(views.is_active(job) for job in current):
+            st.rerun()  # the whole page: the polling stops
 
     st.fragment(panel, run_every=session.POLL_SECONDS if polling else None)()
 
@@ -83,14 +100,14 @@ def job_summary(store: JobStore, job: dict, *, unit: str = "method applications"
         except ValueError:  # an impossible limit: move_queue says so
             pass
     if job["total"]:
-        st.progress(job["done"] / job["total"], text=f"{job['done']} of {job['total']} {unit} finished")
+        st.progress(min(job["done"] / job["total"], 1.0), text=views.progress_text(job, unit))
 
 
 def job_status(store: JobStore, job: dict, *, unit: str = "method applications") -> None:
     """Status line, overall and current-step progress, the error, and cancel / resume buttons."""
     job_summary(store, job, unit=unit)
     if views.is_active(job) and job["label"]:
-        st.progress(min(max(job["fraction"], 0.0), 1.0), text=f"now: {job['label']}")
+        st.progress(min(max(job["fraction"], 0.0), 1.0), text=f"now: {formatting.md(job['label'])}")
     if job["status"] == "failed":
         st.error(f"The job failed: {formatting.md(job['error'])}")
     if views.is_active(job) and job["status"] != "cancelling":
@@ -119,6 +136,18 @@ def job_log(store: JobStore, job_id: str, lines: int = 200) -> None:
 def metric_row(metrics: dict) -> None:
     for column, (label, value) in zip(st.columns(6), views.metric_figures(metrics)):
         column.metric(label, value)
+
+
+HEADLINE_PER_ROW = 3
+
+
+def headline_row(record: dict) -> None:
+    """What the recommended chain buys (`figures.headline`): the same figures, words and units as the meeting report."""
+    items = headline(headline_figures(record))
+    for start in range(0, len(items), HEADLINE_PER_ROW):  # at most three a row: a value such as "254.3× fewer" fits at 1400 px
+        for column, item in zip(st.columns(HEADLINE_PER_ROW), items[start:start + HEADLINE_PER_ROW]):
+            column.metric(item.label, item.value)
+            column.caption(formatting.md(item.detail))
 
 
 def open_exploration(store: JobStore) -> tuple[str, dict]:

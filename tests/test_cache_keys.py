@@ -170,6 +170,8 @@ def test_a_step_is_computed_again_exactly_when_something_that_decides_it_changed
     if variant.patch:
         variant.patch(monkeypatch)
     steps = run(spec_for(weights, **variant.then), folder)
+    # every seed's own result: a key that forgets the seed serves seed 0's record for seed 1
+    assert {step["seed"] for step in steps} == set(range(variant.then.get("seeds", 1)))
     expected = {(tuple(step["chain"]), step["seed"]) for step in steps if variant.affects(tuple(step["chain"]), step["seed"])}
     assert sorted(computed) == sorted(expected)  # each affected step once, no other
     before = {tuple(step["chain"]): step for step in first_steps}

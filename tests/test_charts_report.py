@@ -1,7 +1,7 @@
 """Charts and the meeting report, drawn from a small hand-made exploration record.
 
-The record has four methods: prune -> quantize -> early_exit -> int8 is the chain, early_exit ->
-prune was dropped to break a cycle, early_exit -> int8 is weak, prune / int8 is a tie and
+The record has four methods: prune → quantize → early_exit → int8 is the chain, early_exit →
+prune was dropped to break a cycle, early_exit → int8 is weak, prune / int8 is a tie and
 quantize / int8 is incompatible.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from ordercomp.report import charts
-from ordercomp.report.meeting import evidence_sentence, meeting_report, results_csv, speed_text
-from ordercomp.report.verdict import percent
+from ordercomp.report.figures import share_text, speed_text
+from ordercomp.report.meeting import evidence_sentence, meeting_report, results_csv
 
 METHODS = ["prune", "quantize", "early_exit", "int8"]
 CHAIN = ["prune", "quantize", "early_exit", "int8"]
@@ -57,7 +57,7 @@ def synthetic_record(*, latency=True) -> dict:
         "steps": steps,
         "outcomes": [outcome("prune", "quantize", 2.0, winner="prune"), outcome("prune", "early_exit", -0.8, winner="early_exit"),
                      outcome("prune", "int8", 0.1, tie=True), outcome("quantize", "early_exit", 3.0, winner="quantize"),
-                     outcome("quantize", "int8", 0.0, incompatible="quantize -> int8: already quantised below 8 bits"),
+                     outcome("quantize", "int8", 0.0, incompatible="quantize → int8: already quantised below 8 bits"),
                      outcome("early_exit", "int8", 1.5, winner="early_exit", weak=True)],
         "edges": [{"before": "prune", "after": "quantize", "margin": 2.0, "spread": 0.5, "weak": False},
                   {"before": "quantize", "after": "early_exit", "margin": 3.0, "spread": 0.5, "weak": False},
@@ -76,9 +76,22 @@ def synthetic_record(*, latency=True) -> dict:
     }
 
 
+# The recommended chain's deployable file measured in its runtime after warm-up, next to the base's (issue 15, item 3)
+SHIPPED = {"format": "onnx", "runtime": "onnxruntime 1.23 (CPUExecutionProvider)", "file_bytes": 15_400, "accuracy": 97.5,
+           "latency_ms": {"1": 0.05, "32": 0.4}, "threads": 2, "cpu": {"model": "Intel Xeon (test)", "logical_cores": 2, "flags": ["avx2"]}, "speedup": {"1": 8.0, "32": 10.0},
+           "size_ratio": 80.0, "base": {"format": "onnx", "file_bytes": 1_232_000, "accuracy": 98.0, "latency_ms": {"1": 0.4, "32": 4.0}}}
+
+
 @pytest.fixture(scope="module")
 def record() -> dict:
     return synthetic_record()
+
+
+@pytest.fixture(scope="module")
+def shipped_record() -> dict:
+    return synthetic_record() | {"shipped": SHIPPED, "device": "cpu",
+                                 "data": {"name": "digits", "classes": 10, "channels": 1, "input_size": 8, "train": 1257, "val": 180,
+                                          "test": 360, "preprocessing": {}}}
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -88,13 +101,13 @@ def test_pareto_front_keeps_only_undominated_points():
 
 def test_tradeoff_points_average_seeds_and_mark_kinds(record):
     df = charts.tradeoff_points(record).set_index("label")
-    assert df.loc["prune -> quantize", "accuracy"] == pytest.approx(96.5)
-    assert df.loc["prune -> quantize", "seeds"] == 2 and df.loc["prune -> quantize", "split"] == "val"
-    assert "quantize -> int8" not in df.index
+    assert df.loc["prune → quantize", "accuracy"] == pytest.approx(96.5)
+    assert df.loc["prune → quantize", "seeds"] == 2 and df.loc["prune → quantize", "split"] == "val"
+    assert "quantize → int8" not in df.index
     assert df["kind"].value_counts().to_dict() == {"pair": 11, "single": 4, "base": 1, "chain": 1}
-    final = df.loc["chain: prune -> quantize -> early_exit -> int8"]
+    final = df.loc["chain: prune → quantize → early_exit → int8"]
     assert final["kind"] == "chain" and final["split"] == "test" and final["latency_ms"] == pytest.approx(0.1)
-    assert "prune: ratio=0.5, importance=l2" in df.loc["prune -> quantize", "config"]
+    assert "prune: ratio=0.5, importance=l2" in df.loc["prune → quantize", "config"]
 
 
 def test_tradeoff_figure_is_log_scaled_with_a_frontier(record):
@@ -110,19 +123,25 @@ def test_tradeoff_figure_is_log_scaled_with_a_frontier(record):
 def test_tradeoff_figure_notes_missing_latency_and_empty_state(record):
     fig = charts.tradeoff_figure(record, "latency_ms")
     assert [t.name for t in fig.data] == ["base", "chain", "Pareto frontier"]
-    assert "15 point(s) without a latency" in fig.layout.annotations[0].text
+    note = fig.layout.annotations[0]
+    assert note.text == "15 points without a latency measurement not shown"
+    # above the plot area (paper y 1 and up), not over the x axis's title below it (it sat at y -0.18)
+    assert note.yref == "paper" and note.y >= 1 and note.yanchor == "bottom"
     empty = charts.tradeoff_figure(synthetic_record(latency=False), "latency_ms")
     assert len(empty.data) == 0 and "No point of this record" in empty.layout.annotations[0].text
     with pytest.raises(ValueError, match="choose one of bitops, size_bytes, latency_ms"):
         charts.tradeoff_figure(record, "flops")
 
 
-def test_chain_steps_figure_has_a_log_secondary_axis(record):
+def test_chain_steps_figure_gives_accuracy_bitops_and_size_an_axis_each(record):
     fig = charts.chain_steps_figure(record)
-    assert [t.name for t in fig.data] == ["accuracy (%)", "BitOps per image", "size (bytes)"]
+    assert [t.yaxis for t in fig.data] == ["y", "y2", "y3"]  # BitOps and bytes no longer share one axis
+    assert [t.name for t in fig.data] == ["Top-1 accuracy (%)", "BitOps per image (log)", "Size in bytes (log)"]
     assert list(fig.data[0].x) == ["base", "+ prune", "+ quantize", "+ early_exit", "+ int8"]
-    assert fig.layout.yaxis2.type == "log" and "log scale" in fig.layout.yaxis2.title.text
-    assert fig.layout.yaxis.title.text == "Top-1 accuracy (%)"
+    assert fig.layout.yaxis2.type == "log" and fig.layout.yaxis3.type == "log" and fig.layout.yaxis.type != "log"
+    # the accuracy axis spans the values drawn, so a drop of a point or two shows (it was fixed at 0..100)
+    low, high = fig.layout.yaxis.range
+    assert low > 90 and high < 100 and low < min(fig.data[0].y) and high > max(fig.data[0].y)
 
 
 def test_pair_matrix_orients_differences_and_marks_cells(record):
@@ -158,12 +177,46 @@ def test_precedence_dot_shows_methods_dropped_edge_and_chain(record):
     assert len({firm, weak, dropped}) == 3 and firm == "solid"
 
 
-def test_precedence_figure_draws_the_same_graph(record):
+def test_precedence_figure_draws_the_same_graph_left_to_right(record):
     fig = charts.precedence_figure(record)
     assert [t.name for t in fig.data] == ["chain order", "dropped edge", "method"]
-    assert list(fig.data[-1].text) == ["1. prune", "2. quantize", "3. early_exit", "4. int8"]
-    labels = [a.text for a in fig.layout.annotations]
+    nodes = fig.data[-1]
+    assert list(nodes.text) == ["1. prune", "2. quantize", "3. early_exit", "4. int8"]
+    assert list(nodes.x) == sorted(nodes.x) and len(set(nodes.y)) == 1  # the chain in order on one line (it was a circle)
+    assert nodes.textposition == "bottom center"  # names under the nodes, labels of the arrows above them
+    labels = {a.text: a for a in fig.layout.annotations if a.text}
     assert "dropped (0.80)" in labels and "1.50 (weak)" in labels
+    # the dropped edge early_exit -> prune skips quantize: it arcs above the line instead of crossing quantize's node
+    assert labels["dropped (0.80)"].y > nodes.y[0]
+
+
+def test_the_graph_caption_says_what_its_edges_carry(record):
+    caption = charts.precedence_caption(record)
+    assert "labelled with a number: the pair was decided" in caption and "Dashed: weak evidence" in caption
+    assert "Dotted red: dropped" in caption and "chain order" not in caption  # every chain link here is a decided pair
+    ties = synthetic_record()
+    ties["outcomes"] = [o | {"winner": None, "tie": True} for o in ties["outcomes"]]
+    ties["edges"], ties["dropped_edges"] = [], []
+    # every pair a tie: the edges are the chain's links and say so, not "the mean margin" (main labelled them "chain")
+    caption = charts.precedence_caption(ties)
+    assert "labelled with a number" not in caption and "'chain order': consecutive methods of the chain that no pair" in caption
+    assert {a.text for a in charts.precedence_figure(ties).layout.annotations if a.text} == {"chain order"}
+
+
+def test_the_pair_matrix_title_promises_stars_only_where_it_draws_them(record):
+    fig = charts.pair_matrix_figure(record)
+    stars = sum("★" in cell for row in fig.data[0].text for cell in row)
+    assert stars == 4 and "★ first: the row method should come first" in fig.layout.title.text
+    ties = synthetic_record()
+    ties["outcomes"] = [o | {"winner": None, "tie": True} for o in ties["outcomes"]]
+    fig = charts.pair_matrix_figure(ties)
+    assert not any("★" in cell for row in fig.data[0].text for cell in row)
+    assert "no cell has a ★" in fig.layout.title.text  # main promised "★ marks the winner" over a matrix of ties
+
+
+def first_screen(report: str) -> str:
+    """The text of the report before its first section heading."""
+    return re.sub(r"<[^>]+>", " ", html.unescape(report.split("<h2>", 1)[0].split("<body>", 1)[1]))
 
 
 def test_report_is_one_offline_html_file_with_the_headlines(record):
@@ -171,12 +224,34 @@ def test_report_is_one_offline_html_file_with_the_headlines(record):
     assert report.startswith("<!DOCTYPE html>") and report.rstrip().endswith("</html>")
     assert not re.search(r"<script[^>]*\ssrc=", report) and not re.search(r"<link[^>]*href=[\"']?https?:", report)
     assert report.count(get_plotlyjs()) == 1
-    assert html.escape("prune -> quantize -> early_exit -> int8") in report
-    assert "16.0x" in report and "-4.00 pts" in report and "4.00x faster" in report
-    for title in ("Precedence graph", "Pair matrix", "Trade-offs", "Exhaustive ranking of every order", "Notes", "Run settings"):
+    assert "prune → quantize → early_exit → int8" in report and " -&gt; " not in report and " -> " not in first_screen(report)
+    screen = first_screen(report)
+    # no shipped file in this record: the eager simulation's figures, labelled as such
+    assert "What it buys (PyTorch eager simulation)" in screen
+    assert "16.0× smaller" in screen and "-4.00 points" in screen and "4.00× faster" in screen and "16.0× fewer" in screen
+    for title in ("Terms", "Precedence graph", "Pair matrix", "Trade-offs", "Exhaustive ranking of every order", "Notes", "Run settings"):
         assert f"<h2>{title}</h2>" in report
     assert "dropped to break a cycle" in report and "weak evidence (early_exit / int8)" in report
     assert "quantize / int8 could not be compared" in report
+
+
+def test_the_reports_first_screen_tells_a_manager_what_the_shipped_file_buys(shipped_record):
+    report = meeting_report(shipped_record, finished=1_780_000_000)  # 28 May 2026
+    screen = first_screen(report)
+    assert "28 May 2026" in screen and "device cpu" in screen
+    assert "compared pairwise: 36 method applications over 2 seeds" in screen and "on digits: 10 classes, 8×8 px" in screen
+    assert ("First structured pruning (prune), then quantization-aware training (quantize), then early exit (early_exit), "
+            "and last int8 post-training quantization (int8).") in screen
+    # the shipped file in its runtime: size, speed at both batch sizes, accuracy; no eager simulation in the headline
+    assert "15.0 KiB" in screen and "ONNX file, 80.0× smaller than the base's 1.2 MiB" in screen
+    assert "8.00× faster" in screen and "10.0× faster" in screen and "onnxruntime 1.23" in screen and "Intel Xeon (test)" in screen
+    assert "97.50 %" in screen and "-0.50 points against the base's 98.00 %" in screen and "simulation" not in screen
+    assert "How sure." in screen and "Next step." in screen and "more seeds" in screen
+    assert "BitOps</b>: bit operations per image" in report and "<b>prune</b> (structured pruning): " in report
+    settings = dict(re.findall(r"<tr>\s*<td>([^<]+)</td>\s*<td>([^<]*)</td>", report.split("<h2>Run settings</h2>")[1]))
+    assert settings["fine-tuning per step"] == "0.3 epochs, learning rate 0.002" and settings["device"] == "cpu"
+    assert settings["method settings"].startswith("prune: ratio 0.5, importance l2; quantize: weight_bits 8")
+    assert not re.search(r"\b(True|False)\b|[{}]", report.split("<h2>Precedence graph</h2>")[0].split("<body>")[1])  # no Python, no JSON
 
 
 def test_report_of_a_chain_that_stopped_early():
@@ -184,26 +259,37 @@ def test_report_of_a_chain_that_stopped_early():
     record["chain_steps"][-1] = step(CHAIN, status="incompatible")
     record["exhaustive"] = None
     report = meeting_report(record)
-    assert "Figures after prune -&gt; quantize -&gt; early_exit: the chain stopped early" in report
-    assert "8.0x" in report and "-3.00 pts" in report and "Exhaustive ranking" not in report
-    assert "The chain stopped at prune -&gt; quantize -&gt; early_exit -&gt; int8 (incompatible" in report
+    assert "Figures after prune → quantize → early_exit: the chain stopped early" in report
+    assert "8.00× smaller" in report and "-3.00 points" in report and "Exhaustive ranking" not in report
+    assert "The chain stopped at prune → quantize → early_exit → int8 (incompatible" in report
 
 
-def test_results_csv_is_the_steps_table(record):
-    table = pd.read_csv(io.BytesIO(results_csv(record)))
-    assert len(table) == len(record["steps"]) and list(table.columns[:3]) == ["chain", "seed", "status"]
-    assert (table["status"] == "incompatible").sum() == 2
+def test_results_csv_holds_every_step_and_the_chain_on_the_test_split_rounded(record):
+    table = pd.read_csv(io.BytesIO(results_csv(record)), keep_default_na=False)
+    assert len(table) == len(record["steps"]) + len(record["chain_steps"])
+    assert list(table.columns[:4]) == ["chain", "split", "seed", "status"]
+    assert list(table["split"]) == ["val"] * len(record["steps"]) + ["test"] * len(record["chain_steps"])
+    assert (table["status"] == "incompatible").sum() == 2 + sum(s["status"] == "incompatible" for s in record["chain_steps"])
+    chain = table[table["split"] == "test"]
+    assert list(chain["chain"]) == [" → ".join(s["chain"]) for s in record["chain_steps"]]
+    timed = [s for s in record["chain_steps"] if (s.get("metrics") or {}).get("latency_ms_b1") is not None]
+    assert (chain["latency_runtime"] == "eager").sum() == len(timed)  # latency only where measured, and where it was
+    measured = table[table["status"] == "ok"]
+    assert all(float(b).is_integer() for b in measured["size_bytes"]) and all(float(b).is_integer() for b in measured["bitops"])
+    assert all(round(float(a), 2) == float(a) for a in measured["accuracy"])
 
 
-@pytest.mark.parametrize("change, text", [(2.333, "2.33x slower"), (1.0, "1.00x slower"), (0.5, "2.00x faster"), (None, "n/a")])
-def test_latency_headline_says_slower_or_faster(change, text):
-    assert speed_text(change) == text
+@pytest.mark.parametrize("speedup, text", [(1 / 2.333, "2.33× slower"), (1.0, "1.00× faster"), (2.0, "2.00× faster"),
+                                            (28.8, "28.8× faster"), (None, "n/a")])
+def test_speed_headline_says_slower_or_faster(speedup, text):
+    assert speed_text(speedup) == text
 
 
 def test_chain_steps_axis_uses_short_si_ticks_not_raw_billions(record):
     fig = charts.chain_steps_figure(record)
-    kind = re.fullmatch(r"[^a-z%]*([a-z%])", fig.layout.yaxis2.tickformat)  # d3-format: the type is the last letter
-    assert kind and kind.group(1) == "s"  # SI prefix: 1.02G, not 1020000000
+    for axis in (fig.layout.yaxis2, fig.layout.yaxis3):
+        kind = re.fullmatch(r"[^a-z%]*([a-z%])", axis.tickformat)  # d3-format: the type is the last letter
+        assert kind and kind.group(1) == "s"  # SI prefix: 1.02G, not 1020000000
 
 
 OTHER, THIRD = ["quantize", "prune", "early_exit", "int8"], ["prune", "early_exit", "quantize", "int8"]
@@ -225,7 +311,7 @@ def searched(record, *, separated=False, probability=0.41, inseparable=(OTHER, T
 def test_the_sentence_says_how_sure_the_search_is_which_orders_are_within_noise_and_what_it_cost(record):
     sentence = evidence_sentence(searched(record))
     assert sentence == ("The recommended order is the best of the 3 evaluated with probability 41%; it cannot be separated from "
-                        "quantize -> prune -> early_exit -> int8; prune -> early_exit -> quantize -> int8: the top orders are within "
+                        "quantize → prune → early_exit → int8; prune → early_exit → quantize → int8: the top orders are within "
                         "noise of each other, and any of them is a sound choice. 76 method applications were spent (32 per seed for "
                         "the search, 12 on extra seeds for the contenders), 59% of exhaustive (128).")
     report = meeting_report(searched(record))
@@ -249,10 +335,9 @@ def test_the_sentence_follows_the_pair_rule_when_every_pair_is_a_tie(record):
     assert sentence.startswith("Every one of the 5 pairs is a tie") and "rests on leanings within noise" in sentence
 
 
-
 @pytest.mark.parametrize("fraction, text", [(0.41, "41%"), (0.004, "0.4%"), (0.9996, "over 99%"), (1.0, "100%")])
 def test_a_probability_short_of_certain_is_never_rounded_to_100_percent(fraction, text):
-    assert percent(fraction) == text
+    assert share_text(fraction) == text
 
 
 def test_the_positions_a_forced_pair_rules_out_are_said_and_nothing_is_said_without_one(record):

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 from ordercomp.cli import main
-
-MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"
+from testkit import MY_NET
 
 
 @pytest.mark.parametrize("args, message", [
@@ -152,31 +150,63 @@ def test_batch_size_reaches_the_fine_tuning_budget():
     assert (spec.budget.batch_size, spec.budget.epochs) == (1024, 2.0)
 
 
-def test_a_user_class_from_a_file_is_explored_applied_and_exported(tmp_path, capsys):
-    """Issue 14: a user's own class had no way in from the command line. Its weights, saved as Lightning saves them,
-    load with what was recognised said in full; the float ONNX file predicts as the compressed model does."""
+def test_a_user_class_from_a_file_is_explored_and_applied_with_early_exits_and_its_onnx_file_predicts_as_pytorch(
+        tmp_path, capsys, monkeypatch):
+    """Issue 14: a user's own class had no way in from the command line, and early exit needed the zoo's stem/stages/head.
+    Its weights, trained and saved as Lightning saves them, load with what was recognised said in full; explore and
+    apply run end to end with early exits applied to the traced stages; the float ONNX file predicts as the compressed
+    model does, on the whole test split."""
+    from ordercomp.data.datasets import load_data
+    from ordercomp.deploy import export
+    from ordercomp.deploy.runtimes import load_runner
+    from ordercomp.layers import exit_heads
+    from ordercomp.methods.early_exit import select_exits
+    from ordercomp.train import Budget, train
     from tests.user_models.my_net import MyNet
 
+    digits = load_data("digits")
     torch.manual_seed(0)
+    trained = train(MyNet(width=8), digits, Budget(epochs=3, lr=2e-2), seed=0, device=torch.device("cpu"))
     weights = tmp_path / "my_net.ckpt"
-    torch.save({"epoch": 1, "state_dict": {f"model.{k}": v for k, v in MyNet(width=8).state_dict().items()}}, weights)
-    model = ["--model", f"{MY_NET}:MyNet", "--model-args", '{"width": 8}', "--weights", str(weights), "--epochs", "0.1",
-             "--device", "cpu"]
+    torch.save({"epoch": 1, "state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()}}, weights)
+    model = ["--model", f"{MY_NET}:MyNet", "--model-args", '{"width": 8}', "--weights", str(weights), "--device", "cpu",
+             "--prune-ratio", "0.3", "--early-exit-threshold", "0.2"]  # mild enough for a few images to leave at the first exit
     out, notes = tmp_path / "run", ["read its 'state_dict' entry (left out: epoch)", "stripped the prefix 'model.'"]
-    assert main(["explore", *model, "--methods", "sparsify,quantize", "--seeds", "1", "--out", str(out),
+    assert main(["explore", *model, "--methods", "prune,early_exit", "--seeds", "1", "--epochs", "0.2", "--out", str(out),
                  "--cache", str(tmp_path / "cache")]) == 0
     printed = capsys.readouterr()
     assert f"weights {weights}: {'; '.join(notes)}" in printed.err and f"Base: {MY_NET}:MyNet (my_net.py:MyNet" in printed.out
     record = json.loads((out / "exploration.json").read_text())
     assert record["base"]["class"] == "my_net.py:MyNet" and record["base"]["weights_notes"] == notes
-    assert record["data"]["preprocessing"]["normalize"] == "dataset" and sorted(record["chain"]) == ["quantize", "sparsify"]
-    export = tmp_path / "export"
-    assert main(["apply", *model, "--chain", ",".join(record["chain"]), "--export", str(export), "--formats", "onnx,state_dict"]) == 0
-    manifest = json.loads((export / "manifest.json").read_text())
-    [onnx] = [entry for entry in manifest["formats"] if entry["format"] == "onnx"]
-    # the same images right: the accuracies differ only in float32 against float64 rounding
-    assert onnx["check"]["argmax_agreement"] == 1.0 and onnx["measured"]["accuracy"] == pytest.approx(manifest["metrics"]["accuracy"], abs=1e-4)
+    assert record["base"]["structure"]["classifier"] == "fc" and len(record["base"]["structure"]["stages"]) >= 2
+    assert record["data"]["preprocessing"]["normalize"] == "dataset" and sorted(record["chain"]) == ["early_exit", "prune"]
+    assert all(step["status"] == "ok" for step in record["chain_steps"])
+
+    exported = {}
+
+    def export_and_keep(model, *args, **options):  # the compressed model apply hands to the export, as PyTorch runs it
+        exported["model"] = model
+        return export_compressed(model, *args, **options)
+
+    export_compressed = export.export_compressed
+    monkeypatch.setattr(export, "export_compressed", export_and_keep)
+    folder = tmp_path / "export"
+    assert main(["apply", *model, "--chain", "prune,early_exit", "--epochs", "1", "--export", str(folder),
+                 "--formats", "onnx,state_dict", "--no-measure"]) == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    compressed = exported["model"].eval()
+    assert len(exit_heads(compressed)) == len(record["base"]["structure"]["stages"]) - 1
     assert manifest["preprocessing"] == record["data"]["preprocessing"] and manifest["base"]["reference"] == f"{MY_NET}:MyNet"
+    [onnx] = [entry for entry in manifest["formats"] if entry["format"] == "onnx"]
+    assert manifest["chain"] == ["prune", "early_exit"] and onnx["check"]["passed"]
+    images = digits.test.tensors[0]
+    with torch.no_grad():
+        expected = compressed(images).numpy()
+        _, leaves_at = select_exits(compressed.forward_all(images), compressed.threshold)
+    assert 0 < int((leaves_at == 0).sum()) < len(images)  # some images leave at the first exit, the others go on
+    got = load_runner("onnx", folder / "model.onnx")(images.contiguous().numpy())
+    assert expected.shape == got.shape == (len(images), 10) and (got.argmax(1) == expected.argmax(1)).all()
+    assert abs(got - expected).max() <= export.CHECK_TOLERANCE * max(1.0, abs(expected).max())
 
 
 def test_a_model_trained_on_its_own_preprocessing_keeps_its_accuracy_with_normalize_none(tmp_path, capsys):

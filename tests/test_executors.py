@@ -238,13 +238,16 @@ def test_a_users_class_from_a_file_reaches_the_ray_workers(ray_cluster, digits, 
     """Ray workers cannot import a user's FILE.py (imported here under a module name of ordercomp's making):
     its classes travel with the model."""
     from ordercomp.models.checkpoints import resolve_model
+    from ordercomp.models.structure import with_structure
 
     (tmp_path / "net.py").write_text("from torch import nn\nclass Net(nn.Module):\n    def __init__(self, num_classes):\n"
-                                     "        super().__init__()\n        self.fc = nn.Linear(64, num_classes)\n\n"
-                                     "    def forward(self, x):\n        return self.fc(x.flatten(1))\n")
+                                     "        super().__init__()\n        self.conv = nn.Conv2d(1, 8, 3, padding=1)\n"
+                                     "        self.fc = nn.Linear(8 * 64, num_classes)\n\n"  # fc is the classifier: sparsify works on conv
+                                     "    def forward(self, x):\n        return self.fc(self.conv(x).flatten(1))\n")
     base, _ = resolve_model(f"{tmp_path / 'net.py'}:Net", digits)
+    base = with_structure(base, digits.example_input(2), digits.num_classes)  # as prepare_base does: fc marked as the classifier
     explorer = Explorer(ExploreSpec(methods=("sparsify", "quantize"), seeds=1, **FAST))
     step = StepFunction(explorer.configs, explorer.spec.budget)
     plan = [("sparsify",), ("sparsify", "quantize")]
     results = RayExecutor().run(plan_work(explorer, base, step, StepCache(None), lambda e: None), plan, 1)
-    assert [(r.chain, r.status) for r in results] == [(chain, OK) for chain in plan]
+    assert [(r.chain, r.status) for r in results] == [(chain, OK) for chain in plan], [r.reason for r in results]

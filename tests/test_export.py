@@ -7,6 +7,7 @@ import io
 import json
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,6 +87,69 @@ def test_every_program_passes_its_check_against_pytorch(exported):
         if name != "onnx_int8":
             assert check["max_abs_diff"] <= check["tolerance"] and check["argmax_agreement"] == 1.0, name
     assert next(e for e in manifest["formats"] if e["format"] == "onnx")["exporter"] == "dynamo"
+
+
+def test_every_float_file_is_checked_on_the_whole_test_split_with_its_tolerance_stated(exported, compressed):
+    _, manifest = exported
+    test_images = len(compressed.data.test.tensors[1])
+    for entry in manifest["formats"]:
+        if "check" in entry:
+            assert entry["check"]["images"] == test_images, entry["format"]  # 16 images before
+    assert set(manifest["tolerances"]) == {"float formats", "onnx_int8"}
+
+
+def test_the_float_onnx_file_carries_no_exporter_metadata(exported, compressed):
+    import onnx
+
+    out, manifest = exported
+    model = onnx.load(str(out / "model.onnx"))
+    graphs = list(export._graphs(model.graph))
+    assert len(graphs) > 1  # the early exits' If branches are searched too
+    assert not any(node.metadata_props or node.doc_string for graph in graphs for node in graph.node)
+    assert not any(graph.value_info for graph in graphs)
+    # measured on this chain: 3.4x its float weights before (the exporter's per-node metadata), 1.2x after
+    weights = 4 * sum(t.numel() for t in export.exportable(compressed.model).state_dict().values() if t.is_floating_point())
+    assert (out / "model.onnx").stat().st_size <= 2 * weights
+
+
+def test_stripping_onnx_metadata_leaves_what_the_file_computes(compressed, tmp_path):
+    import onnxruntime
+
+    src = export.Sources.of(compressed.model, compressed.data)
+    raw = torch.onnx.export(src.program, (src.sample,), dynamo=True, dynamic_shapes=export._batch_dim(), input_names=["images"])
+    raw.save(str(tmp_path / "raw.onnx"))
+    (tmp_path / "stripped.onnx").write_bytes((tmp_path / "raw.onnx").read_bytes())
+    removed = export.strip_onnx_metadata(tmp_path / "stripped.onnx")["metadata_bytes_removed"]
+    assert removed > 0
+    images = compressed.data.test.tensors[0].numpy()
+    raw_logits, stripped_logits = (onnxruntime.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+                                   .run(None, {"images": images})[0] for name in ("raw.onnx", "stripped.onnx"))
+    assert (raw_logits == stripped_logits).all()
+
+
+def test_the_export_verdict_is_computed_from_its_rows(exported):
+    out, manifest = exported
+    verify = verify_export(out, trust_torchscript=True)
+    assert export.export_verdict(manifest, verify)["ok"]
+    failing = json.loads(json.dumps(manifest))
+    onnx_entry = next(e for e in failing["formats"] if e["format"] == "onnx")
+    onnx_entry["check"] |= {"passed": False, "max_abs_diff": 4.65}
+    next(e for e in failing["formats"] if e["format"] == "pt2")["measured"] = {"runtime": "Inductor", "error": "NotImplementedError: train()"}
+    verdict = export.export_verdict(failing, verify)
+    assert not verdict["ok"] and verdict["text"].startswith("4 of 6 files")
+    assert "onnx: check against PyTorch" in verdict["text"] and "FAILED" in verdict["text"]
+    assert verdict["problems"]["pt2"] == ["not measured: NotImplementedError: train()"]
+    untrusted = export.export_verdict(manifest, verify_export(out))  # TorchScript not run back: the verdict says so
+    assert not untrusted["ok"] and untrusted["problems"]["torchscript"][0].startswith("does not load back")
+
+
+def test_downloads_are_named_by_run_chain_and_format(exported):
+    out, manifest = exported
+    assert export.download_name("3f9a1c0b2d4e", CHAIN, "model.int8.onnx") == "ordercomp-3f9a1c0b2d4e-quantize-early_exit.int8.onnx"
+    assert export.download_name("3f9a1c0b2d4e", CHAIN, "manifest.json") == "ordercomp-3f9a1c0b2d4e-quantize-early_exit.manifest.json"
+    stem = export.download_stem("3f9a1c0b2d4e", CHAIN)
+    with zipfile.ZipFile(io.BytesIO(export_zip(out, stem))) as archive:
+        assert {Path(name).parent.name for name in archive.namelist()} == {stem}
 
 
 def test_the_onnx_file_stops_at_the_first_confident_exit_and_predicts_as_pytorch(exported, compressed):

@@ -14,8 +14,7 @@ from ordercomp.models import factories
 from ordercomp.models.checkpoints import CheckpointError, resolve_model, state_fingerprint
 from ordercomp.models.structure import base_fingerprint
 from ordercomp.models.factories import FactoryError
-
-MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"
+from testkit import MY_NET
 
 
 def resolve(spec, data, **options):
@@ -54,6 +53,8 @@ NET = "from torch import nn\nclass Net(nn.Sequential):\n    def __init__(self, n
     (NET + "def broken(num_classes):\n    raise RuntimeError('no such layer\\nmore')\n", "{file}:broken",
      "broken(num_classes=10) raised RuntimeError: no such layer: check --model-args"),
     (NET + "def config(num_classes):\n    return {'classes': num_classes}\n", "{file}:config", "returned a dict, not an nn.Module"),
+    (NET + "class Pair(Net):\n    def forward(self, x):\n        return super().forward(x), x\n", "{file}:Pair",
+     "returns a tuple, not a tensor of logits: give a model whose forward returns the logits alone"),  # issue 14: it said to set num_classes
     ("import no_such_package_here\n", "{file}:Net", "importing net.py raised ModuleNotFoundError: No module named"),
     (NET, "no_such_package_here.models:Net", "no module named no_such_package_here: install the package"),
     (NET, "torchvision.models:resnet18 --oops", "neither a sample"),

@@ -36,3 +36,11 @@ def test_readme_test_command_is_what_ci_runs():
 def test_streamlit_toolbar_hides_the_deploy_button():
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["client"]["toolbarMode"] in ("minimal", "viewer")
+
+
+def test_the_dashboards_streamlit_config_watches_no_files_and_never_reruns_on_save():
+    """Issue 15, item 1: the server watched the project folder, with the .venv scripts/setup makes there (5,152
+    inotify watches, an overflowing queue), and kept a core busy with one idle tab open. What it costs then is
+    measured in tests/test_browser.py; this is the setting that makes it so, for `streamlit run app.py` from here."""
+    server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
+    assert server["fileWatcherType"] == "none" and server["runOnSave"] is False

@@ -21,18 +21,19 @@ from untrusted_data import image_bomb_zip
 from ordercomp import uploads
 from ordercomp.models import factories
 from ordercomp.models.checkpoints import sample_card
-from ordercomp.dashboard import estimate, formatting, plan, session
+from ordercomp.dashboard import estimate, formatting, plan, session, views
 from ordercomp.data.datasets import DataError
 from ordercomp.exploration.explorer import ExploreSpec
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, is_alive, launch, set_worker_limit, start_job
 from ordercomp.jobs.worker import run_job
 from ordercomp.methods.registry import METHODS
+from ordercomp.report.figures import duration
 from ordercomp.train import Budget
 from ordercomp.models.zoo import create_model
-from testkit import WORKER_S, png, zip_of
+from testkit import MY_NET, WORKER_S, png, zip_of
+from untrusted_files import NOTES, genuine_pt2, sympy_in_batch_size
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"
 PAGES = {name: f"pages/{name}.py" for name in ("1_model_and_data", "2_methods", "3_runs", "4_order", "5_tradeoffs", "6_export")}
 
 
@@ -112,11 +113,11 @@ def test_model_page_shows_the_sample_card_and_offers_a_baseline_job(store, spawn
     assert at.main.selectbox(key="w_sample").value == "digits_cnn"
     figures = {metric.label: metric.value for metric in at.main.metric}
     card = sample_card("digits_cnn")["metrics"]  # the card's own figures, read back from what the page shows
-    assert float(figures["Accuracy (test)"].removesuffix("%")) == pytest.approx(card["test_accuracy"], abs=0.005)
+    assert float(figures["Accuracy (test)"].removesuffix(" %")) == pytest.approx(card["test_accuracy"], abs=0.005)
     assert si_value(figures["BitOps"]) == pytest.approx(card["bitops"], rel=5e-3)
     assert si_value(figures["MACs"]) == pytest.approx(card["macs"], rel=5e-3)
     assert si_value(figures["Parameters"]) == pytest.approx(card["params"], rel=5e-3)
-    assert figures["Latency (batch 1)"] == "not measured"  # a card holds no latency: it depends on the machine
+    assert figures["Latency, batch 1"] == "not measured"  # a card holds no latency: it depends on the machine
     assert "digits_cnn on digits" in plain(at.main.success[0].value)
     at.main.button[0].click().run()
     [job] = store.list_jobs("baseline")
@@ -128,8 +129,9 @@ def test_a_finished_baseline_job_shows_its_measured_figures(store):
     job = store.create(BaselineSpec(model="digits_cnn"), "baseline")
     assert run_job(store, job) == "done"
     at = app("1_model_and_data")
-    latency = [metric.value for metric in at.main.metric if metric.label == "Latency (batch 1)"]
-    assert latency[0] == "not measured" and latency[1].endswith(" ms")
+    # one row of figures, the measured one (the card's row, still "not measured", stood above it)
+    [latency] = [metric.value for metric in at.main.metric if metric.label == "Latency, batch 1"]
+    assert latency.endswith(" ms")
     assert any("Measured on cpu" in plain(caption.value) for caption in at.main.caption)
     assert not [b for b in at.main.button if b.label.startswith("Measure")]
 
@@ -147,7 +149,7 @@ def test_a_wrong_data_path_is_an_error_and_a_valid_folder_becomes_the_data(store
     assert not at.main.error
     assert at.session_state[session.BASE]["data"] == str((tmp_path / "pets").resolve())
     assert "digits_cnn on pets" in plain(at.main.success[0].value)
-    assert plain(at.main.warning[0].value).startswith("digits_cnn was trained on digits (10 classes, 1 channel(s))")
+    assert plain(at.main.warning[0].value).startswith("digits_cnn was trained on digits (10 classes, 1 channel)")
 
 
 def test_a_corrupt_or_pickled_checkpoint_upload_is_refused_and_a_state_dict_is_used(store, tmp_path):
@@ -303,16 +305,16 @@ def test_methods_page_builds_widgets_from_the_registry_and_counts_applications(s
     # the default sample, not yet run in this store: the guess goes by its size (MACs x images x epochs)
     card = sample_card("digits_cnn")
     guess = card["metrics"]["macs"] * card["data"]["train"] * Budget().epochs * 3 * estimate.CPU_SECONDS_PER_MAC
-    assert f"{guess:.1f} s per application, from the sample's size" in plain(at.main.caption[-1].value)
+    assert f"{guess:.1f} s per application, a guess from the sample's size (no step of it measured here yet)" in plain(at.main.caption[-1].value)
     at.session_state[session.BASE] = {"model": "cnn_tiny", "architecture": None, "data": "digits", "input_size": None}
     at.run()
-    assert f"{estimate.DEFAULT_STEP_SECONDS:.1f} s per application, from a default guess" in plain(at.main.caption[-1].value)
+    assert f"{estimate.DEFAULT_STEP_SECONDS:.1f} s per application, a default guess" in plain(at.main.caption[-1].value)
     spec = finished["record"]["spec"]  # a base with finished steps in the store: the estimate goes by them
     at.session_state[session.BASE] = {key: spec[key] for key in ("model", "architecture", "data", "input_size")}
     at.run()
-    assert "from the mean of the finished steps in the job store" in plain(at.main.caption[-1].value)
-    mean = store.mean_step_seconds(spec["model"], "digits")
-    assert next(metric for metric in at.main.metric if metric.label == "Estimated time").value == formatting.duration(10 * mean)
+    mean, count = store.step_seconds(spec["model"], "digits")
+    assert f"{mean:.1f} s per application, from {count} steps measured here" in plain(at.main.caption[-1].value)
+    assert next(metric for metric in at.main.metric if metric.label == "Estimated time").value == "about " + duration(10 * mean)
 
 
 def test_an_impossible_plan_is_an_error_on_methods_and_runs(store):
@@ -335,8 +337,8 @@ def test_choices_on_methods_flow_to_runs_and_launch_a_job_kept_in_the_url(store,
     at.number_input(key="w_epochs").set_value(0.5).run()
     at.switch_page(PAGES["3_runs"]).run()
     summary = plain(at.main.markdown[0].value)
-    assert "methods **quantize, prune**" in summary and "**2** seed(s)" in summary and "0.5 fine-tuning epoch(s)" in summary
-    assert "prune: {'ratio': 0.3}" in plain(at.main.caption[0].value)
+    assert "methods **quantize, prune**" in summary and "**2 seeds**" in summary and "0.5 epochs of fine-tuning per step" in summary
+    assert plain(at.main.caption[0].value).startswith("Settings: prune: ratio 0.3. At most 10 method applications, about ")
     next(button for button in at.main.button if button.label == "Launch exploration").click().run()
     job = store.get(spawned[0])
     assert (job["kind"], job["status"]) == ("explore", "queued")
@@ -357,7 +359,7 @@ def test_runs_page_shows_the_finished_run_from_the_url_with_pairs_log_and_list(s
     assert list(pairs["status"]) == ["ok", "ok", "ok"] and list(pairs["done"]) == [1, 1, 2]
     chain = " → ".join(finished["record"]["chain"])
     assert plain(at.main.success[0].value) == f"Recommended order: **{chain}**"
-    assert "prune -> quantize (seed 0): ok" in at.main.code[0].value
+    assert "prune → quantize (seed 0): ok" in at.main.code[0].value
     assert finished["exploration"] in list(at.main.dataframe[1].value["id"])
     assert at.main.selectbox[0].value == finished["exploration"]
 
@@ -381,6 +383,40 @@ def test_a_failed_pair_shows_its_reason_and_cancel_and_resume_act_on_the_store(s
     assert store.get(job)["status"] == "queued" and spawned[-1] == job and is_alive(store.get(job))
 
 
+def step_row(chain, seed, status="ok"):
+    return {"chain": list(chain), "seed": seed, "status": status, "reason": None if status == "ok" else "why", "metrics": None}
+
+
+def test_pair_progress_says_running_for_a_started_group_and_counts_the_search_apart():
+    spec = ExploreSpec(methods=("prune", "quantize", "early_exit"), seeds=3).to_dict()
+    steps = [step_row(("prune",), 0), step_row(("prune",), 1)] + [step_row(c, 0) for c in (("quantize",), ("early_exit",))]
+    steps += [step_row(c, seed) for c in (("prune", "quantize"), ("quantize", "prune")) for seed in range(3)]
+    steps += [step_row(("prune", "quantize", "early_exit"), 0)]
+    rows = {row["applications"]: row for row in views.pair_progress(spec, steps)}
+    # two of three seeds done: running (main said "waiting" at 66.67 %), none done: waiting, all: ok
+    assert (rows["prune alone"]["status"], rows["prune alone"]["done"], rows["prune alone"]["of"]) == ("running", 2, 3)
+    assert rows["prune / early_exit"]["status"] == "waiting" and rows["prune / quantize"]["status"] == "ok"
+    # the whole orders of the search have a row of their own: (2 x 9, capped at every order's 15, - 9) per seed x 3 seeds
+    assert (rows["whole orders (search)"]["done"], rows["whole orders (search)"]["of"], rows["whole orders (search)"]["status"]) == (1, 18, "running")
+    # the race's extra seeds (3, 4, ... beyond the spec's 0-2) have a row of their own, up to the budget's 2.5 x 9 x 3 - 45 = 22
+    assert (rows["extra seeds for the contenders (race)"]["done"], rows["extra seeds for the contenders (race)"]["of"]) == (0, 22)
+    steps += [step_row(prefix, 3) for prefix in (("prune",), ("prune", "quantize"), ("prune", "quantize", "early_exit"))]
+    rows = {row["applications"]: row for row in views.pair_progress(spec, steps)}
+    assert rows["prune alone"]["done"] == 2 and rows["whole orders (search)"]["done"] == 1  # seed 3 is not theirs
+    assert (rows["extra seeds for the contenders (race)"]["done"], rows["extra seeds for the contenders (race)"]["status"]) == (3, "running")
+    done = {row["applications"]: row["status"] for row in views.pair_progress(spec, steps, finished=True)}
+    assert done["whole orders (search)"] == "ok" and done["prune / early_exit"] == "not needed"
+    assert done["extra seeds for the contenders (race)"] == "ok"
+
+
+@pytest.mark.parametrize("status, done, total, text", [
+    ("running", 24, 100, "24 of at most 100 method applications finished"),
+    ("done", 72, 100, "72 method applications finished: the search found its order within its budget of 100"),
+    ("done", 100, 100, "100 of 100 method applications finished")])
+def test_progress_reads_against_the_planned_total(status, done, total, text):
+    assert views.progress_text({"status": status, "done": done, "total": total, "kind": "explore"}) == text
+
+
 def test_waiting_runs_show_their_place_in_the_queue_cancel_at_once_and_start_as_the_limit_rises(store, spawned):
     set_worker_limit(store, 1)
     spec = ExploreSpec(model="digits_cnn", methods=("prune", "quantize"), seeds=1)
@@ -390,8 +426,9 @@ def test_waiting_runs_show_their_place_in_the_queue_cancel_at_once_and_start_as_
     at = app("3_runs", job=second)
     assert "2nd in the queue: it starts when a worker is free; 1 worker runs at a time (the job store's setting)." in texts(at.main.caption)
     table = at.main.dataframe[-1].value
-    queue = {job_id: place for job_id, place in zip(table["id"], table["queue"]) if place == place}  # NaN: not waiting
-    assert queue == {second: 2, first: 1}
+    queue = dict(zip(table["id"], table["queue"]))
+    assert {job_id: place for job_id, place in queue.items() if place} == {second: "2nd", first: "1st"}
+    assert set(queue.values()) == {"", "1st", "2nd"}  # a job not waiting has an empty cell, not "None"
     next(button for button in at.main.button if button.label == "Cancel").click().run()
     assert store.get(second)["status"] == "cancelled" and spawned == [running]
     at.number_input[-1].set_value(2).run()
@@ -493,18 +530,24 @@ def test_tradeoffs_page_draws_three_tradeoffs_and_the_chain(store, finished):
     titles = [chart.proto.spec for chart in at.get("plotly_chart")]
     for title in ("Accuracy against BitOps", "Accuracy against model size", "Accuracy against latency", "The chain step by step"):
         assert any(title in spec for spec in titles), title
-    assert {metric.label for metric in at.main.metric} >= {"Fewer BitOps than the base", "Accuracy change"}
+    # the exploration measured its shipped file (float ONNX, the default): the headline is that file's, in its runtime
+    headline = {metric.label: metric.value for metric in at.main.metric}
+    assert set(headline) == {"Shipped file size", "Speed, batch 1", "Speed, batch 32", "Accuracy (test)", "BitOps"}
+    assert headline["BitOps"].endswith("× fewer") and headline["Speed, batch 1"].endswith(("faster", "slower"))
+    shipped = finished["record"]["shipped"]
+    assert shipped["format"] == "onnx" and headline["Accuracy (test)"] == f"{shipped['accuracy']:.2f} %"
     assert list(at.main.dataframe[0].value["step"])[0] == "base"
 
 
 def test_export_page_offers_reports_and_the_finished_export_files(store, finished):
     at = app("6_export", job=finished["exploration"])
     labels = [button.label for button in at.main.get("download_button")]
-    assert labels[:2] == ["Meeting report (self-contained HTML)", "Results CSV (every step)"]
-    assert labels[2:] == ["state dict", "TorchScript", "manifest (JSON)", "All as a zip"]
+    assert labels[:2] == ["Meeting report (HTML)", "Results CSV (every step)"]
+    assert labels[2:] == ["state dict", "TorchScript", "manifest", "All as a zip"]
     assert at.multiselect(key=f"w_export_order_{finished['exploration']}").value == finished["record"]["chain"]
-    assert plain(at.main.success[-1].value) == "Every file loads back, runs and matches its checksum."
-    assert list(at.main.dataframe[0].value["check against PyTorch"]) == ["passed", "passed"]
+    assert plain(at.main.success[-1].value) == "All 2 files load back, run, match their checksums and pass their checks on the whole test split."
+    checks = list(at.main.dataframe[0].value["check"])  # the verdict is these rows
+    assert checks[0] == "not checked" and checks[1].startswith("check against PyTorch on ") and " passed: largest logit difference " in checks[1]
 
 
 def test_export_of_an_order_of_ones_own_is_a_background_job(store, finished, spawned):

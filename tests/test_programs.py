@@ -15,6 +15,7 @@ from ordercomp.exploration.explorer import Explorer, ExploreSpec, compress
 from ordercomp.metrics import measure
 from ordercomp.train import Budget
 from testkit import Payload
+from untrusted_files import genuine_pt2, record, rewrite, with_record
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.* deprecation notices
 

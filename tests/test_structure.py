@@ -140,6 +140,32 @@ def test_torchvision_networks_are_split_by_tracing_and_take_exits_and_pruning_wi
         assert classes_out(compressed, images) == 10 and all(layer.out_features == 10 for layer in output_layers(compressed))
 
 
+def test_a_convolution_whose_channels_are_the_classes_is_found_through_its_activation_and_pooling():
+    """Issue 14, a network from outside the benchmark: SqueezeNet's logits come from a 1x1 convolution, then ReLU and
+    global pooling; tracing stopped at the pooling, so prune, sparsify, lowrank, distill, int8 and early_exit were
+    incompatible. Now its classifier is found, the network is split, and pruning keeps its 10 output channels."""
+    digits32 = in_colour(fewer(load_data("digits", input_size=32)))
+    torch.manual_seed(0)
+    model = tv.squeezenet1_1(num_classes=10).eval()
+    view = with_structure(model, digits32.example_input(2), 10)
+    found = structure_of(view)
+    assert found.classifier == "classifier.1" and len(found.stages) >= 2 and found.why_no_stages is None
+    context = Context(digits32, Budget(epochs=0), seed=0)
+    pruned = get_method("prune").apply(view, get_method("prune").default_config(), context)
+    assert classes_out(pruned, digits32.test.tensors[0][:4]) == 10 and [layer.out_channels for layer in output_layers(pruned)] == [10]
+
+
+@pytest.mark.parametrize("name", ["prune", "distill"])
+def test_a_network_torch_pruning_cannot_walk_fails_the_step_with_a_reason_that_names_it(name, digits16):
+    """Issue 14, a network from outside the benchmark: on ShuffleNetV2, Torch-Pruning raises ZeroDivisionError while
+    mapping channels through its shuffles, and prune and distill failed with that line alone."""
+    view = with_structure(tv.shufflenet_v2_x0_5(num_classes=10), digits16.example_input(2), 10)
+    context = Context(digits16, Budget(epochs=0), seed=0)
+    _, result = run_step(view, (name,), make_configs([name]), context)
+    assert result.status == FAILED and result.reason.startswith("PruningError: Torch-Pruning could not prune this network's channels (")
+    assert "\n" not in result.reason
+
+
 def test_a_user_cnn_is_split_at_its_resolution_drops_and_its_classifier_is_fc_not_the_last_registered_layer(digits):
     model = UserNet().eval()
     view = with_structure(model, digits.example_input(2), 10)
@@ -243,6 +269,28 @@ def test_distill_depth_is_incompatible_where_it_cannot_drop_a_block(user_base, d
         distill.apply(unstaged, distill.make_config(width=1.0, depth=0.5), context)
     with pytest.raises(Incompatible, match="drops no block: the stages have 1, 1, 1 blocks"):
         distill.apply(user_base, distill.make_config(width=1.0, depth=0.5), context)
+
+
+class SizeBranch(UserNet):
+    """A forward with a Python branch on the input's size, which torch.fx cannot trace."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x if x.shape[-1] >= 8 else F.interpolate(x, size=8))
+
+
+def test_a_forward_tracing_cannot_follow_has_its_classifier_named_and_is_told_stages_need_it_traced(digits):
+    """Issue 14, a network from outside the benchmark: early_exit and int8 told the user to name the stages with
+    --stages, which is refused for a forward that cannot be traced."""
+    view = with_structure(SizeBranch(), digits.example_input(2), 10, classifier="fc")
+    assert structure_of(view).classifier == "fc" and not structure_of(view).traced
+    context = Context(fewer(digits), Budget(epochs=0), seed=0)
+    assert get_method("prune").apply(view, get_method("prune").default_config(), context).fc.out_features == 10
+    for name in ("early_exit", "int8"):
+        with pytest.raises(Incompatible) as why:
+            get_method(name).apply(view, get_method(name).default_config(), context)
+        assert "torch.fx could not trace the forward" in str(why.value) and "--stages needs it traced too" in str(why.value)
+    with pytest.raises(StructureError, match="--stages needs the forward traced"):
+        with_structure(SizeBranch(), digits.example_input(2), 10, stages=("conv2", "conv4"))
 
 
 def test_methods_that_need_stages_say_what_is_missing(digits):

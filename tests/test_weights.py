@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from ordercomp.models.checkpoints import CheckpointError, resolve_model
 from ordercomp.models.weights import fit_weights, read_weights
+from testkit import MY_NET
 
 
 class Payload:
@@ -95,7 +96,7 @@ def test_names_that_do_not_fit_point_to_the_class_and_its_arguments(tmp_path, di
 
     torch.save(MyNet(num_classes=7).state_dict(), tmp_path / "seven.pt")
     with pytest.raises(CheckpointError) as error:
-        resolve_model("tests/user_models/my_net.py:MyNet", digits, weights=str(tmp_path / "seven.pt"))
+        resolve_model(f"{MY_NET}:MyNet", digits, weights=str(tmp_path / "seven.pt"))
     assert "fc.weight has shape (7, 64) in the file, the model needs (10, 64)" in str(error.value)
     assert "the same class and arguments (e.g. --model-args" in str(error.value)
     with pytest.raises(CheckpointError, match=r"missing keys .* unexpected .*: check the number of classes and channels; "

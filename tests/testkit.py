@@ -1,5 +1,5 @@
 """What several test modules share: crafted files for the refusal tests, the small exploration
-setting, and waiting on a condition (never on a fixed interval).
+setting, the user's class the tests load by path, and waiting on a condition (never on a fixed interval).
 
 A plain module: pytest puts tests/ on sys.path (rootdir conftest, no __init__.py), so test modules
 in tests/ and its sub-folders import it as `testkit`.
@@ -10,6 +10,7 @@ import io
 import os
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -21,8 +22,12 @@ from ordercomp.train import Budget
 # waits on workers are generous, and still finite.
 WORKER_S = 900
 
-# An exploration small enough for a test: the zoo's cnn_tiny and a fifth of an epoch of fine-tuning per step.
-FAST = dict(model="cnn_tiny", budget=Budget(epochs=0.2), device="cpu")
+# An exploration small enough for a test: the zoo's cnn_tiny and a fifth of an epoch of fine-tuning per step, and no
+# shipped file (writing the chain and the base as ONNX and timing them takes seconds; test_shipped.py tests it).
+FAST = dict(model="cnn_tiny", budget=Budget(epochs=0.2), device="cpu", ship=None)
+
+# A user's own class as a file, by absolute path: every test runs in a working folder of its own.
+MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"
 
 
 def wait_for(condition, what: str, timeout: float = 60.0, interval: float = 0.02):

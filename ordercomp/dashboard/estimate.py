@@ -1,6 +1,9 @@
-"""How many method applications an exploration takes and about how long: from the finished steps
-in the job store, from a sample model's size, or a default guess."""
+"""How many method applications an exploration takes and about how long: from the steps measured on
+this machine (the job store's finished steps of the same model and data), else a guess from a sample
+model's size, else a default guess; the text says which."""
 from __future__ import annotations
+
+from ..report.figures import duration
 
 DEFAULT_STEP_SECONDS = 20.0      # per method application, until the store has finished steps to go by
 # Seconds per multiply-accumulate of fine-tuning on 2 CPU cores (forward + backward ~ 3x the MACs), with each
@@ -8,28 +11,35 @@ DEFAULT_STEP_SECONDS = 20.0      # per method application, until the store has f
 CPU_SECONDS_PER_MAC = 5.3e-11
 
 
-def plan_cost(spec, mean_seconds: float | None) -> dict:
-    """Method applications of an exploration (at most: the search, its race of the contenders on extra seeds,
-    a screen's confirmation) and an estimate of its time, a screened application counting its fraction of the epochs."""
-    from .. import order
-
-    n = len(spec.methods)
-    pairwise, exhaustive = order.pairwise_applications(n), order.exhaustive_applications(n)
-    planned = order.recommend.planned_applications(n, spec.seeds, spec.search, spec.screen)
-    per_seed, searched = planned["per_seed"], planned["per_seed"] * spec.seeds
-    beyond = planned["total"] - searched  # extra seeds of the race; with a screen, the full-budget confirmation too
-    total, cost = planned["total"], planned["cost"]
-    if spec.exhaustive:  # every order on the spec's seeds; an unscreened search's orders are among them
-        per_seed = exhaustive
-        total, cost = (exhaustive * spec.seeds + beyond,) * 2 if spec.screen is None else \
-            (exhaustive * spec.seeds + total, exhaustive * spec.seeds + cost)
-    applications = total + n  # + the chain applied once to the base on the test split
+def plan_cost(spec, measured: tuple[float, int] | None) -> dict:
+    """Method applications of an exploration (`ExploreSpec.planned_applications`) and an estimate of its time, a
+    screened application counting its fraction of the epochs; `measured` is (mean seconds, steps) of this model and
+    data from the job store (`JobStore.step_seconds`)."""
+    planned = spec.planned_applications()
     guess = sample_step_seconds(spec)
-    each = mean_seconds or guess or DEFAULT_STEP_SECONDS
-    basis = "measured" if mean_seconds else ("sample" if guess else "default")
-    return {"pairwise_per_seed": pairwise, "exhaustive_per_seed": exhaustive, "per_seed": per_seed, "beyond": beyond,
-            "seeds": spec.seeds, "applications": applications, "seconds_each": each, "basis": basis,
-            "seconds": (cost + n) * each}
+    if measured:
+        each, basis = measured[0], f"from {measured[1]} steps measured here"
+    elif guess:
+        each, basis = guess, "a guess from the sample's size (no step of it measured here yet)"
+    else:
+        each, basis = DEFAULT_STEP_SECONDS, "a default guess (no step of this model and data measured here yet)"
+    return planned | {"applications": planned["total"], "seconds_each": each, "basis": basis,
+                      "seconds": planned["cost"] * each}
+
+
+def estimate_text(cost: dict) -> str:
+    """'about 3 min, from 96 steps measured here': the one wording of the time estimate on every page."""
+    return f"about {duration(cost['seconds'])}, {cost['basis']}"
+
+
+def beyond_text(spec, beyond: int) -> str:
+    """What the applications after the search are for (a screen's confirmation at the full budget, the race's extra
+    seeds), as the Methods page's count says it; '' when there are none."""
+    if not beyond:
+        return ""
+    if spec.screen is not None:
+        return f", up to {beyond} to confirm the best orders at the full budget and race them on extra seeds"
+    return f", up to {beyond} on extra seeds for the orders still in contention"
 
 
 def sample_step_seconds(spec) -> float | None:

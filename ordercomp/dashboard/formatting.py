@@ -39,21 +39,6 @@ def si(value: float | None, unit: str = "") -> str:
     return f"{value:.3g} {unit}".strip()
 
 
-def human_bytes(value: float) -> str:
-    for prefix, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if value >= scale:
-            return f"{value / scale:.1f} {prefix}"
-    return f"{value:.0f} B"
-
-
-def duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def device_label() -> str:
     import torch
 

@@ -6,7 +6,9 @@ import time
 from pathlib import Path
 
 from ..jobs import ACTIVE, BaselineSpec, JobStore
-from .formatting import human_bytes, si
+from ..order.plan import chain_text
+from ..report.figures import accuracy_text, latency_text, size_text, speed_text
+from .formatting import FORMAT_LABELS, si
 
 
 def is_active(job: dict | None) -> bool:
@@ -16,7 +18,7 @@ def is_active(job: dict | None) -> bool:
 def job_title(job: dict) -> str:
     spec = job["spec"]
     what = {"explore": lambda: ", ".join(spec["methods"]), "baseline": lambda: "baseline",
-            "export": lambda: "export " + " -> ".join(spec["chain"])}[job.get("kind", "explore")]()
+            "export": lambda: "export " + chain_text(spec["chain"])}[job.get("kind", "explore")]()
     return f"{job['id']} · {what} · {Path(spec['model']).name} on {Path(spec['data']).name} · {job['status']}"
 
 
@@ -33,40 +35,67 @@ def ordinal(number: int) -> str:
     return f"{number}{suffix}"
 
 
+def progress_text(job: dict, unit: str = "method applications") -> str:
+    """'24 of at most 100 method applications finished' while it runs: the total is known when the job starts (the plan
+    and the search budget), so the count only moves forward; a finished search that needed fewer says so."""
+    done, total = job["done"], job["total"]
+    if job["status"] == "done" and done < total:
+        return f"{done} {unit} finished: the search found its order within its budget of {total}"
+    return f"{done} of {'at most ' if done < total and job.get('kind', 'explore') == 'explore' else ''}{total} {unit} finished"
+
+
 def job_rows(jobs: list[dict], positions: dict[str, int] | None = None) -> list[dict]:
     """One row per job for a table; `positions` (job id -> place in the queue) fill the queue column."""
     positions = positions or {}
-    return [{"id": job["id"], "status": job["status"], "queue": positions.get(job["id"]), "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created"])),
+    return [{"id": job["id"], "status": job["status"],
+             "queue": ordinal(positions[job["id"]]) if job["id"] in positions else "",
+             "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created"])),
              "model": Path(job["spec"]["model"]).name, "data": Path(job["spec"]["data"]).name,
              "methods": ", ".join(job["spec"].get("methods") or job["spec"].get("chain", ())),
-             "seeds": job["spec"].get("seeds"), "applications": f"{job['done']}/{job['total']}" if job["total"] else "",
+             "seeds": job["spec"].get("seeds"), "applications": f"{job['done']} of {job['total']}" if job["total"] else "",
              "error": job["error"] or ""} for job in jobs]
 
 
-def pair_progress(spec: dict, steps: list[dict]) -> list[dict]:
-    """Finished applications per single method, per pair (both orders) and, in an exhaustive run, of
-    the longer orders; with the first failure's reason."""
+def pair_progress(spec: dict, steps: list[dict], *, finished: bool = False) -> list[dict]:
+    """Finished applications per single method, per pair (both orders), of the whole orders the search evaluates, in an
+    exhaustive run of the longer orders, and of the race's extra seeds for the orders in contention; with the first
+    failure's reason. A group is waiting before its first step, running until its last, ok after it (a search that
+    found its order within its budget, or a race that separated its leader early, ends ok below it)."""
     from .. import order
+    from ..exploration.explorer import ExploreSpec
 
     methods, seeds = spec["methods"], spec["seeds"]
+    planned = ExploreSpec.from_dict(spec).planned_applications()
     by_chain: dict[tuple, list[dict]] = {}
     for step in steps:
-        by_chain.setdefault(tuple(step["chain"]), []).append(step)
+        if step["seed"] < seeds:  # the race's extra seeds have a row of their own
+            by_chain.setdefault(tuple(step["chain"]), []).append(step)
     groups = [(f"{m} alone", [(m,)]) for m in methods]
     groups += [(f"{a} / {b}", [(a, b), (b, a)]) for i, a in enumerate(methods) for b in methods[i + 1:]]
     if spec["exhaustive"]:
         groups.append(("orders of 3 or more", [c for c in order.exhaustive_plan(methods) if len(c) > 2]))
-    rows = []
-    for label, chains in groups:
-        if not chains:
-            continue
-        done = [s for chain in chains for s in by_chain.get(chain, [])]
-        broken = next((s for s in done if s["status"] != "ok"), None)
-        total = len(chains) * seeds
-        rows.append({"applications": label, "done": len(done), "of": total, "progress": len(done) / total,
-                     "status": broken["status"] if broken else ("ok" if len(done) == total else "waiting"),
-                     "reason": broken["reason"] if broken else ""})
+    rows = [_progress_row(label, [s for chain in chains for s in by_chain.get(chain, [])], len(chains) * seeds, finished)
+            for label, chains in groups if chains]
+    searched = 0 if spec["exhaustive"] else (planned["per_seed"] - planned["pairwise_per_seed"]) * seeds
+    if searched:  # prefixes of 3 or more methods, beyond the pairwise plan
+        longer = [s for chain, found in by_chain.items() if len(chain) > 2 for s in found]
+        rows.append(_progress_row("whole orders (search)", longer, searched, finished))
+    if planned["beyond"]:
+        raced = [s for s in steps if s["seed"] >= seeds]
+        rows.append(_progress_row("extra seeds for the contenders (race)", raced, planned["beyond"], finished))
     return rows
+
+
+def _progress_row(label: str, done: list[dict], total: int, finished: bool) -> dict:
+    broken = next((s for s in done if s["status"] != "ok"), None)
+    if broken:
+        status = broken["status"]
+    elif len(done) >= total or (finished and done):
+        status = "ok"
+    else:
+        status = "running" if done else ("not needed" if finished else "waiting")
+    return {"applications": label, "done": len(done), "of": total, "progress": min(len(done) / total, 1.0), "status": status,
+            "reason": broken["reason"] if broken else ""}
 
 
 def exploration_record(store: JobStore, job_id: str | None) -> tuple[dict | None, str]:
@@ -102,6 +131,34 @@ def export_files(result: dict) -> list[tuple[str, Path]]:
     return files + [("manifest", folder / "manifest.json")]
 
 
+def export_rows(manifest: dict) -> list[dict]:
+    """One row per exported file: its size, where it ran, accuracy and latency there next to the base written and
+    measured the same way, and its check against PyTorch, rounded to what the figures mean."""
+    return [_export_row(entry) for entry in manifest["formats"]]
+
+
+def _export_row(entry: dict) -> dict:
+    measured, base = entry.get("measured") or {}, entry.get("base_measured") or {}
+    latency, speedup = measured.get("latency_ms") or {}, entry.get("speedup") or {}
+    return {"format": FORMAT_LABELS.get(entry["format"], entry["format"]),
+            "file size": size_text(entry["size_bytes"]) if entry.get("size_bytes") else "",
+            "runtime": measured.get("error") or measured.get("runtime", ""),
+            "accuracy": accuracy_text(measured.get("accuracy")) if "accuracy" in measured else "",
+            "base accuracy": accuracy_text(base.get("accuracy")) if "accuracy" in base else "",
+            **{f"batch {b}": f"{latency_text(t)}, {speed_text(speedup.get(b))}" if b in speedup else latency_text(t)
+               for b, t in latency.items()},
+            "check": check_text(entry)}
+
+
+def check_text(entry: dict) -> str:
+    """The verdict of a file's check against PyTorch, with the evidence it rests on (`export.check_text`)."""
+    from ..deploy import export  # torch is imported only where a page shows an export
+
+    if "error" in entry:
+        return f"failed: {entry['error']}"
+    return export.check_text(entry["check"]) if entry.get("check") else "not checked"
+
+
 def card_metrics(card: dict) -> dict:
     """A sample model card's test metrics in the names `measure` uses (no latency: it depends on the machine)."""
     metrics = card["metrics"]
@@ -111,7 +168,6 @@ def card_metrics(card: dict) -> dict:
 
 def metric_figures(metrics: dict) -> list[tuple[str, str]]:
     """(label, value) for the headline figures of a model."""
-    latency = metrics.get("latency_ms_b1")
-    return [("Accuracy (test)", f"{metrics['accuracy']:.2f}%"), ("Parameters", si(metrics["params"])),
-            ("Size", human_bytes(metrics["size_bytes"])), ("MACs", si(metrics["macs"])), ("BitOps", si(metrics["bitops"])),
-            ("Latency (batch 1)", "not measured" if latency is None else f"{latency:.3f} ms")]
+    return [("Accuracy (test)", accuracy_text(metrics["accuracy"])), ("Parameters", si(metrics["params"])),
+            ("Size", size_text(metrics["size_bytes"])), ("MACs", si(metrics["macs"])), ("BitOps", si(metrics["bitops"])),
+            ("Latency, batch 1", latency_text(metrics.get("latency_ms_b1")))]

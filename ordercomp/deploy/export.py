@@ -44,16 +44,21 @@ from ..methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelec
 from ..methods.int8 import MAX_BATCH
 from .onnx_int8 import CannotBuild, deployable_float, quantize_onnx
 from .packed import PackError, write_packed
-from .runtimes import BATCHES, THREADS, RuntimeMissing, latency_ms, load_runner, measure_file, runtime_name
+from .runtimes import (BATCHES, THREADS, Runner, RuntimeMissing, cpu_description, latency_ms, load_runner, measure_pair,
+                       measure_runner, runtime_name, torch_threads)
 from ..models.zoo import ARCHITECTURES, create_model
 
 MANIFEST = "manifest.json"
 MARKER = ".ordercomp-export"
-CHECK_IMAGES = 16
 CHECK_TOLERANCE = 1e-3
 INT8_AGREEMENT = 0.99        # top-1 agreement of the int8 file with its float model, over the whole test split
 INT8_ACCURACY_POINTS = 0.5   # and their accuracies at most this far apart
 CHECK_BATCH = 256
+TOLERANCES = {  # what each check demands, as the manifest states it
+    "float formats": f"every logit within {CHECK_TOLERANCE:g} x max(1, largest |logit|) of PyTorch's, on the whole test split",
+    "onnx_int8": f"top-1 agreement with the deployable float model on at least {100 * INT8_AGREEMENT:g}% of the whole test split, "
+                 f"and accuracy within {INT8_ACCURACY_POINTS:g} points of it",
+}
 CALIBRATION_IMAGES = 256
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
@@ -138,7 +143,7 @@ def onnx_file(program: nn.Module, sample: torch.Tensor, path: Path, *, legacy: b
         onnx_program = torch.onnx.export(program, (sample,), dynamo=True, dynamic_shapes=_batch_dim(), verbose=False,
                                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
         onnx_program.save(str(path))
-        return {"exporter": "dynamo"}
+        return {"exporter": "dynamo", **strip_onnx_metadata(path)}
     except OSError:
         raise
     except Exception as dynamo_error:  # the dynamo exporter raises many error types
@@ -151,22 +156,59 @@ def onnx_file(program: nn.Module, sample: torch.Tensor, path: Path, *, legacy: b
             raise
         except Exception as legacy_error:
             raise RuntimeError(f"dynamo exporter: {one_line(dynamo_error)}; legacy exporter: {one_line(legacy_error)}") from None
-        return {"exporter": "legacy", "dynamo_error": one_line(dynamo_error)}
+        return {"exporter": "legacy", "dynamo_error": one_line(dynamo_error), **strip_onnx_metadata(path)}
 
 
-def check_program(name: str, path: Path, program: nn.Module, images: torch.Tensor) -> dict:
-    """The written file, loaded back, against PyTorch on the same images: it passes when no logit differs by
-    more than the tolerance; argmax agreement is recorded too."""
+def strip_onnx_metadata(path: Path) -> dict:
+    """Remove what the exporter records for people debugging it and onnxruntime never reads: every node's
+    metadata (the dynamo exporter's FX node, module path, class hierarchy and stack trace: ~922 KB of a
+    1.06 MB file whose weights are 112 KB), doc strings, and the intermediate shapes in `value_info`
+    (onnxruntime infers them again), in the main graph and every If branch. Returns the bytes saved."""
+    import onnx
+
+    before = path.stat().st_size
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    model.doc_string = ""
+    for graph in _graphs(model.graph):
+        graph.doc_string = ""
+        del graph.value_info[:]
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+        for value in (*graph.input, *graph.output):
+            del value.metadata_props[:]
+            value.doc_string = ""
+    onnx.save(model, str(path))
+    return {"metadata_bytes_removed": before - path.stat().st_size}
+
+
+def _graphs(graph):
+    """An ONNX graph and, depth first, the subgraphs of its nodes (If branches, loop bodies)."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _graphs(sub)
+
+
+def check_program(name: str, path: Path, program: nn.Module, data: DataBundle) -> dict:
+    """The written file, loaded back, against PyTorch on the whole test split: it passes when no logit differs
+    by more than CHECK_TOLERANCE x max(1, largest |logit|); the largest difference and the top-1 agreement
+    are recorded as they are."""
+    images = data.test.tensors[0]
     try:
-        got = run_program(name, path, images, trust_torchscript=True)  # the file was written a moment ago by this process
+        got = np.concatenate([run_program(name, path, batch.contiguous(), trust_torchscript=True)  # written a moment ago by this process
+                              for batch in images.split(CHECK_BATCH)])
     except Exception as error:  # loaders and onnxruntime raise their own error types for files they cannot run
         return {"images": len(images), "passed": False, "error": one_line(error)}
     with torch.no_grad():
-        expected = program(images).numpy()
+        expected = torch.cat([program(batch) for batch in images.split(CHECK_BATCH)]).numpy()
     diff = float(np.abs(got - expected).max())
     tolerance = CHECK_TOLERANCE * max(1.0, float(np.abs(expected).max()))
     agreement = float((got.argmax(1) == expected.argmax(1)).mean())
-    return {"images": len(images), "max_abs_diff": diff, "tolerance": tolerance, "argmax_agreement": agreement, "passed": diff <= tolerance}
+    return {"images": len(images), "against": "PyTorch", "max_abs_diff": diff, "tolerance": tolerance,
+            "argmax_agreement": agreement, "passed": diff <= tolerance}
 
 
 def check_int8(path: Path, reference: nn.Module, data: DataBundle) -> dict:
@@ -203,6 +245,10 @@ DEFAULT_FORMATS = tuple(FORMATS)
 PROGRAM_FORMATS = ("torchscript", "pt2", "onnx", "onnx_int8", "packed")
 # the base model is measured in the same runtime: as float ONNX next to the int8 ONNX file
 BASE_FORMAT = {"onnx_int8": "onnx"}
+# What an exploration ships and measures as its headline (Exploration.shipped): float ONNX in onnxruntime is the
+# fastest file on the CPUs measured (README, Deployment), runs without PyTorch, and keeps early exits that stop at
+# run time; int8 ONNX is smaller but its kernels were slower than the float ones on an AVX2 CPU without VNNI.
+SHIPPED_FORMAT = "onnx"
 
 
 def check_formats(formats) -> list[str]:
@@ -282,7 +328,7 @@ def export_format(name: str, src: Sources, data: DataBundle, folder: Path) -> di
     if name == "onnx_int8" and "file" in entry:
         entry["check"] = check_int8(folder / entry["file"], src.deployable(), data)
     elif name in PROGRAM_FORMATS and "file" in entry:
-        entry["check"] = check_program(name, folder / entry["file"], src.program, data.test.tensors[0][:CHECK_IMAGES].contiguous())
+        entry["check"] = check_program(name, folder / entry["file"], src.program, data)
     return entry
 
 
@@ -294,58 +340,109 @@ def deployed_latency(model: nn.Module, data: DataBundle, fmt: str, *, threads: i
         if "error" in entry:
             raise CannotBuild(f"cannot be built as {fmt}: {entry['error']}")
         run = load_runner(fmt, Path(temp) / entry["file"], threads, trust_torchscript=True)  # written just now
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             return {"latency_ms_b1": latency_ms(run, data, 1, repeats), "latency_ms_batch": latency_ms(run, data, BATCHES[-1], repeats)}
-        finally:
-            torch.set_num_threads(previous)
 
 
 def measure_entry(entry: dict, folder: Path, data: DataBundle, base: "BaseRuns | None", timing: dict) -> dict:
-    """The written file's accuracy and latency in its runtime, the base's beside it, and their ratios."""
+    """The written file's accuracy and latency in its runtime; with a base, the base written in the same
+    runtime is measured beside it (their latencies in alternating rounds) and the speed-ups are their ratio."""
+    fmt = entry["format"]
     try:
-        entry["measured"] = measure_file(entry["format"], folder / entry["file"], data, trust_torchscript=True, **timing)  # written just now
+        run = load_runner(fmt, folder / entry["file"], timing["threads"], trust_torchscript=True)  # written just now
+        reference, base_run = base.prepared(fmt) if base is not None else (None, None)
+        if base_run is None:
+            entry["measured"] = {"runtime": runtime_name(fmt), **measure_runner(run, data, **timing)}
+        else:
+            measured, base_measured = measure_pair(run, base_run, data, **timing)
+            entry["measured"] = {"runtime": runtime_name(fmt), **measured}
+            reference = reference | base_measured
+            entry["speedup"] = speedups(base_measured["latency_ms"], measured["latency_ms"])
     except RuntimeMissing as reason:
-        entry["measured"] = {"runtime": runtime_name(entry["format"]), "error": str(reason)}
+        entry["measured"] = {"runtime": runtime_name(fmt), "error": str(reason)}
         return entry
     except Exception as error:  # a runtime that cannot run a file raises its own error types
-        entry["measured"] = {"runtime": runtime_name(entry["format"]), "error": one_line(error)}
+        entry["measured"] = {"runtime": runtime_name(fmt), "error": one_line(error)}
         return entry
-    if base is not None:
-        reference = base.measure(entry["format"])
+    if reference is not None:
         entry["base_measured"] = reference
-        if "latency_ms" in reference:
-            entry["speedup"] = {b: reference["latency_ms"][b] / t for b, t in entry["measured"]["latency_ms"].items()}
     return entry
 
 
+def speedups(base_ms: dict, file_ms: dict) -> dict:
+    """Base latency / file latency per batch size."""
+    return {b: base_ms[b] / t for b, t in file_ms.items()}
+
+
 class BaseRuns:
-    """The base model written and measured once per runtime, in a folder of its own."""
+    """The base model written once per runtime, in a folder of its own, and loaded into that runtime."""
 
     def __init__(self, model: nn.Module, data: DataBundle, folder: Path, timing: dict):
-        self.src, self.data, self.folder, self.timing, self.done = Sources.of(model, data), data, folder, timing, {}
+        self.src, self.folder, self.threads, self.done = Sources.of(model, data), folder, timing["threads"], {}
 
-    def measure(self, fmt: str) -> dict:
+    def prepared(self, fmt: str) -> tuple[dict, Runner | None]:
+        """(what the base file is: format, runtime, size, or the error that kept it from being built or
+        loaded; its runner, or None) for the runtime of `fmt`."""
         fmt = BASE_FORMAT.get(fmt, fmt)
         if fmt not in self.done:
-            entry = write_format(fmt, self.src, self.folder)
+            entry, run = write_format(fmt, self.src, self.folder), None
+            record = {"format": fmt, "runtime": runtime_name(fmt)}
             if "error" in entry:
-                self.done[fmt] = {"format": fmt, "error": entry["error"]}
+                record["error"] = entry["error"]
             else:
+                record["size_bytes"] = entry["size_bytes"]
                 try:
-                    self.done[fmt] = {"format": fmt, "size_bytes": entry["size_bytes"],
-                                      **measure_file(fmt, self.folder / entry["file"], self.data, trust_torchscript=True, **self.timing)}
+                    run = load_runner(fmt, self.folder / entry["file"], self.threads, trust_torchscript=True)  # written just now
                 except Exception as error:  # runtimes raise their own error types
-                    self.done[fmt] = {"format": fmt, "error": one_line(error)}
+                    record["error"] = one_line(error)
+            self.done[fmt] = (record, run)
         return self.done[fmt]
+
+
+def shipped_figures(model: nn.Module, base_model: nn.Module, data: DataBundle, *, fmt: str = SHIPPED_FORMAT,
+                    threads: int = THREADS, repeats: int = 20) -> dict:
+    """What ships, measured where it runs: `model` and `base_model` each written as `fmt` (the writer the
+    export uses), the file checked against PyTorch on the whole test split, both run in that format's
+    runtime with `threads` threads, accuracy on the test split and latency at every batch size after
+    warm-up, timed in alternating rounds. The record (see `Exploration.shipped`):
+    {format, runtime, file_bytes, accuracy, latency_ms: {"1", "32"}, threads, check, base: {format, runtime,
+    file_bytes, accuracy, latency_ms}, speedup: {"1", "32"} (base ms / file ms), size_ratio (base bytes /
+    file bytes), cpu}; or {format, runtime, error} when either file cannot be built or run."""
+    runtime = runtime_name(fmt)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ordercomp-shipped-") as temp:
+            files = {role: _written(fmt, m, data, Path(temp) / role) for role, m in (("chain", model), ("base", base_model))}
+            check = check_program(fmt, files["chain"], exportable(copy.deepcopy(model).cpu().eval()), data)
+            run, base_run = (load_runner(fmt, files[role], threads, trust_torchscript=True) for role in ("chain", "base"))  # written just now
+            measured, base = measure_pair(run, base_run, data, threads=threads, repeats=repeats)
+            sizes = {role: path.stat().st_size for role, path in files.items()}
+    except (CannotBuild, RuntimeMissing) as reason:
+        return {"format": fmt, "runtime": runtime, "error": str(reason)}
+    except OSError:
+        raise
+    except Exception as error:  # runtimes raise their own error types
+        return {"format": fmt, "runtime": runtime, "error": one_line(error)}
+    return {"format": fmt, "runtime": runtime, "file_bytes": sizes["chain"], **measured, "threads": threads, "check": check,
+            "base": {"format": fmt, "runtime": runtime, "file_bytes": sizes["base"], **base},
+            "speedup": speedups(base["latency_ms"], measured["latency_ms"]), "size_ratio": sizes["base"] / sizes["chain"],
+            "cpu": cpu_description()}
+
+
+def _written(fmt: str, model: nn.Module, data: DataBundle, folder: Path) -> Path:
+    """`model` written as `fmt` into `folder`; CannotBuild with the writer's one line when it cannot be."""
+    folder.mkdir()
+    entry = write_format(fmt, Sources.of(model, data), folder)
+    if "error" in entry:
+        raise CannotBuild(entry["error"])
+    return folder / entry["file"]
 
 
 def export_compressed(model: nn.Module, out_dir, *, formats=DEFAULT_FORMATS, chain, configs: dict, metrics: dict,
                       data: DataBundle, base: dict, base_model: nn.Module | None = None, measure: bool = True,
-                      repeats: int = 20, threads: int = THREADS) -> dict:
+                      repeats: int = 20, threads: int = THREADS, reused: bool = False) -> dict:
     """Write `model` in every requested format plus manifest.json into `out_dir`; return the manifest.
-    With `measure`, every program file is timed in its runtime, next to `base_model` when given."""
+    With `measure`, every program file is timed in its runtime, next to `base_model` when given.
+    `reused` records that `model` is the one an exploration trained (`compress` found it by its key)."""
     names, out = check_formats(formats), Path(out_dir)
     check_export_folder(out, names)
     src = Sources.of(model, data)
@@ -359,6 +456,7 @@ def export_compressed(model: nn.Module, out_dir, *, formats=DEFAULT_FORMATS, cha
                            for e in entries]
         manifest = describe(folder, entries, chain=chain, configs=configs, metrics=metrics, data=data, base=base)
         manifest["threads"] = threads
+        manifest["reused_chain_model"] = reused
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
         return manifest
 
@@ -372,7 +470,7 @@ def describe(folder: Path, entries: list[dict], *, chain, configs, metrics, data
             "input_shape": ["batch", data.in_channels, data.input_size, data.input_size],
             "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "files": files, "sha256": {name: sha256(folder / name) for name in files}, "formats": entries,
-            "reported_storage_bytes": metrics.get("size_bytes"), "batches": list(BATCHES)}
+            "reported_storage_bytes": metrics.get("size_bytes"), "batches": list(BATCHES), "tolerances": TOLERANCES}
 
 
 def read_manifest(out_dir) -> dict:
@@ -415,16 +513,61 @@ def run_program(name: str, path: Path, sample: torch.Tensor, trust_torchscript: 
     return load_runner(name, path, trust_torchscript=trust_torchscript)(sample.contiguous().numpy())
 
 
-def export_zip(out_dir) -> bytes:
-    """The exported files and manifest as a zip archive (under the folder's name), e.g. for a browser download;
+def download_stem(run_id: str, chain) -> str:
+    """'ordercomp-<run id>-<method>-<method>...': what an export's downloads are named after."""
+    return "-".join(["ordercomp", run_id, *chain])
+
+
+def download_name(run_id: str, chain, filename: str) -> str:
+    """What a downloaded file is called: the run, the chain and the format, so that two runs' files never collide,
+    e.g. 'ordercomp-3f9a1c0b2d4e-distill-prune.int8.onnx' for 'model.int8.onnx'."""
+    return download_stem(run_id, chain) + (filename.removeprefix("model") if filename.startswith("model.") else "." + filename)
+
+
+def export_zip(out_dir, folder_name: str | None = None) -> bytes:
+    """The exported files and manifest as a zip archive, under one folder (`folder_name`, else the export
+    folder's name; the Export page gives `download_stem(run, chain)`), e.g. for a browser download.
+    The files keep the names the manifest's checksums give them, so `verify_export` checks the unpacked folder;
     other files in the folder are not ordercomp's to hand out."""
     out = Path(out_dir)
     names = [name for name in read_manifest(out)["files"] + [MANIFEST] if Path(name).name == name]
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name in sorted(names):
-            archive.write(out / name, f"{out.name}/{name}")
+            archive.write(out / name, f"{folder_name or out.name}/{name}")
     return buffer.getvalue()
+
+
+def export_verdict(manifest: dict, verify: dict) -> dict:
+    """The Export page's verdict, computed from its rows: {"ok", "problems": {format: [what failed]}, "text"}.
+    A row is good when its file was built, loads back and runs (`verify`), matches its checksum, passed its
+    check against PyTorch (float formats: every logit within the tolerance; int8 ONNX: top-1 agreement and
+    accuracy, `check_int8`) and was measured in its runtime; `ok` only when every row is."""
+    problems = {entry["format"]: row_problems(entry, verify) for entry in manifest["formats"]}
+    bad = {fmt: items for fmt, items in problems.items() if items}
+    if not bad:
+        text = (f"All {len(problems)} files load back, run, match their checksums and pass their checks on the whole test split.")
+    else:
+        text = (f"{len(problems) - len(bad)} of {len(problems)} files load back, run, match their checksums and pass their checks; "
+                + "; ".join(f"{fmt}: {', '.join(items)}" for fmt, items in bad.items()) + ".")
+    return {"ok": not bad, "problems": problems, "text": text}
+
+
+def row_problems(entry: dict, verify: dict) -> list[str]:
+    """What keeps one format's row from being good (empty when nothing does)."""
+    if "error" in entry:
+        return [entry["error"]]
+    problems, loaded = [], verify["loads"].get(entry["format"], {})
+    if not verify["checksums"].get(entry["file"], False):
+        problems.append("checksum differs")
+    if "error" in loaded or "skipped" in loaded:
+        problems.append(f"does not load back ({loaded.get('error') or loaded['skipped']})")
+    check = entry.get("check")
+    if check is not None and not check["passed"]:
+        problems.append(check_text(check))
+    if "error" in (entry.get("measured") or {}):
+        problems.append(f"not measured: {entry['measured']['error']}")
+    return problems
 
 
 def export_summary(manifest: dict) -> list[str]:
@@ -457,11 +600,12 @@ def check_text(check: dict) -> str:
     if "error" in check:
         return f"check could not run the file: {check['error']}"
     verdict = "passed" if check["passed"] else "FAILED"
-    if "against" in check:
+    if "reference_accuracy" in check:
         return (f"check against the {check['against']} on {check['images']} test images {verdict}: top-1 agreement "
                 f"{100 * check['argmax_agreement']:.1f}%, accuracy {check['accuracy']:.2f}% vs {check['reference_accuracy']:.2f}%, "
                 f"largest logit difference {check['max_abs_diff']:.3g}")
-    return f"check against PyTorch {verdict} (largest logit difference {check['max_abs_diff']:.1e})"
+    return (f"check against PyTorch on {check['images']} test images {verdict}: largest logit difference "
+            f"{check['max_abs_diff']:.1e} (tolerance {check['tolerance']:.1e}), top-1 agreement {100 * check['argmax_agreement']:.1f}%")
 
 
 def print_export(manifest: dict) -> None:

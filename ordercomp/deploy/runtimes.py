@@ -3,11 +3,20 @@
 Each format names the runtime that ships it: onnxruntime for the ONNX files (the int8 one runs its
 integer kernels), Inductor for the .pt2 program, TorchScript, and ordercomp's packed loader (PyTorch
 eager, early exits stop at run time). `measure_file` gives accuracy on the test split and median
-latency at batch 1 and 32 with a fixed number of threads (at least 0.25 s of calls each); a runtime
-that is not installed raises `RuntimeMissing` with one line saying what to install.
+latency at batch 1 and 32 with a fixed number of threads; a runtime that is not installed raises
+`RuntimeMissing` with one line saying what to install.
+
+Timing is after warm-up by calls and by time until the calls are stable (TorchScript's profiling
+executor re-optimises during its first calls, and again for each new batch size: 100+ ms each), and a
+file and the base it is compared with are timed in alternating rounds (`paired_latency_ms`), so both
+see the same machine: on a busy machine a call with 2 threads waits for a descheduled thread, and a
+base timed alone while another process held a core read 62.8 ms at batch 32 where its warmed-up
+calls take 2.4 ms.
 """
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 import warnings
@@ -24,6 +33,9 @@ from ..models.programs import exported_module
 THREADS = 2
 BATCHES = (1, 32)
 WARMUP_S, MIN_TIMED_S = 0.1, 0.25
+WARMUP_CALLS, WARMUP_MAX_S = 20, 1.0  # at least this many warm-up calls; stop warming up after this long even if unstable
+STABLE_ROUND, STABLE_RATIO = 5, 1.5   # warm until a round of 5 calls has a median within 1.5x of the best round's
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")  # what decides which kernels run
 Runner = Callable[[np.ndarray], np.ndarray]
 
 RUNTIME_NAMES = {
@@ -104,12 +116,34 @@ def _inductor_runner(module: torch.nn.Module) -> Runner:
 
 def measure_runner(run: Runner, data: DataBundle, *, threads: int = THREADS, batches=BATCHES, repeats: int = 20) -> dict:
     """Accuracy (percent) on the test split and median latency (ms) per batch size."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return {"accuracy": accuracy(run, data), "latency_ms": {str(b): latency_ms(run, data, b, repeats) for b in batches}}
-    finally:
-        torch.set_num_threads(previous)
+
+
+def measure_pair(run: Runner, base: Runner, data: DataBundle, *, threads: int = THREADS, batches=BATCHES,
+                 repeats: int = 20) -> tuple[dict, dict]:
+    """`measure_runner` of a file and of the base it is compared with, their latencies timed in alternating
+    rounds (`paired_latency_ms`), so that a ratio of the two compares them on the same machine state."""
+    with torch_threads(threads):
+        figures = [{"accuracy": accuracy(runner, data), "latency_ms": {}} for runner in (run, base)]
+        for b in batches:
+            for record, ms in zip(figures, paired_latency_ms([run, base], data, b, repeats)):
+                record["latency_ms"][str(b)] = ms
+    return figures[0], figures[1]
+
+
+class torch_threads:
+    """Run a block with `threads` torch threads, then restore the previous count."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def __enter__(self):
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.previous)
 
 
 def accuracy(run: Runner, data: DataBundle, batch: int = 32) -> float:
@@ -121,24 +155,70 @@ def accuracy(run: Runner, data: DataBundle, batch: int = 32) -> float:
     return 100.0 * correct / len(labels)
 
 
-def latency_ms(run: Runner, data: DataBundle, batch: int, repeats: int) -> float:
-    """Median wall time of one call on `batch` test images: after WARMUP_S of calls (3 at least),
-    `repeats` calls and MIN_TIMED_S of them at least. (Twenty calls of a 0.2 ms model took 4 ms in all,
-    and the median moved by 20 % from one run to the next.)"""
+def timing_input(data: DataBundle, batch: int) -> np.ndarray:
     images = data.test.tensors[0]
-    x = images[torch.arange(batch) % len(images)].numpy()
-    _calls_for(run, x, WARMUP_S, 3)
-    return statistics.median(_calls_for(run, x, MIN_TIMED_S, repeats))
+    return images[torch.arange(batch) % len(images)].numpy()
 
 
-def _calls_for(run: Runner, x: np.ndarray, seconds: float, at_least: int) -> list[float]:
-    """Call `run(x)` for `seconds` and `at_least` times; each call's wall time in ms."""
-    times, end = [], time.perf_counter() + seconds
-    while len(times) < at_least or time.perf_counter() < end:
-        start = time.perf_counter()
-        run(x)
-        times.append((time.perf_counter() - start) * 1000)
-    return times
+def latency_ms(run: Runner, data: DataBundle, batch: int, repeats: int) -> float:
+    """Median wall time of one call on `batch` test images, after `warm_up`: `repeats` calls and MIN_TIMED_S
+    of them at least. (Twenty calls of a 0.2 ms model took 4 ms in all, and the median moved by 20 %
+    from one run to the next.)"""
+    return paired_latency_ms([run], data, batch, repeats)[0]
+
+
+def paired_latency_ms(runs: list[Runner], data: DataBundle, batch: int, repeats: int) -> list[float]:
+    """The median wall time of one call of each runner on `batch` test images: each warmed up (`warm_up`),
+    then timed in alternating rounds, one call of each per round, for `repeats` rounds and MIN_TIMED_S
+    of wall time per runner at least."""
+    x = timing_input(data, batch)
+    for run in runs:
+        warm_up(run, x)
+    times: list[list[float]] = [[] for _ in runs]
+    end = time.perf_counter() + MIN_TIMED_S * len(runs)
+    while len(times[0]) < repeats or time.perf_counter() < end:
+        for run, record in zip(runs, times):
+            record.append(_call_ms(run, x))
+    return [statistics.median(record) for record in times]
+
+
+def warm_up(run: Runner, x: np.ndarray) -> int:
+    """Call `run(x)` until it is warm: WARMUP_CALLS calls and WARMUP_S at least, and then until the last
+    round of STABLE_ROUND calls has a median within STABLE_RATIO of the fastest round's (a runtime that
+    still compiles or re-profiles is not stable), for WARMUP_MAX_S at most. Returns the calls made."""
+    rounds, start = [], time.perf_counter()
+    while True:
+        rounds.append(statistics.median(_call_ms(run, x) for _ in range(STABLE_ROUND)))
+        calls, spent = len(rounds) * STABLE_ROUND, time.perf_counter() - start
+        if spent >= WARMUP_MAX_S or (calls >= WARMUP_CALLS and spent >= WARMUP_S and rounds[-1] <= STABLE_RATIO * min(rounds)):
+            return calls
+
+
+def _call_ms(run: Runner, x: np.ndarray) -> float:
+    start = time.perf_counter()
+    run(x)
+    return (time.perf_counter() - start) * 1000
+
+
+def cpu_description() -> dict:
+    """The processor the latencies were measured on: its model name, logical cores and the instruction-set
+    flags that decide which kernels the runtimes pick (AVX2, AVX-512, VNNI, AMX)."""
+    info = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: the platform's own name
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    flags = set(info.get("flags", "").split())
+    return {"model": info.get("model name") or platform.processor() or platform.machine(), "logical_cores": os.cpu_count(),
+            "flags": [flag for flag in CPU_FLAGS if flag in flags]}
+
+
+def cpu_text(cpu: dict) -> str:
+    """'AMD EPYC 7B13 (2 logical cores; avx2)'."""
+    return f"{cpu['model']} ({cpu['logical_cores']} logical cores; {', '.join(cpu['flags']) or 'no AVX2'})"
 
 
 def measure_file(fmt: str, path: Path, data: DataBundle, *, trust_torchscript: bool = False, **options) -> dict:

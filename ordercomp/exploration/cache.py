@@ -9,17 +9,34 @@ The torch thread count is left out on purpose: it moves float sums in their last
 the in-process and Ray executors (1 thread per task) share one cache. A change to ordercomp that
 changes step results bumps CACHE_VERSION.
 Files are written atomically (temp file + rename): a crash never leaves half a record.
+
+The chain an exploration recommends is applied to the base once more, on the test split, and that
+compressed model is kept too (`put_chain`), so that an export of the same chain with the same settings
+(`compress`: the dashboard's export job, `ordercomp apply`) ships that very model instead of training
+another. It is kept as `torch.save` of the whole module, because a compressed model's architecture
+(pruned widths, a student, exit heads, quantiser state) is not rebuilt from a state dict; loading it
+unpickles, which can run code. It is loaded only from this folder, which only ordercomp writes (as it
+does the step records, whose figures decide the order), only under the key of the exact inputs that
+made it, and only when its SHA-256 matches the one recorded beside it when it was written, so a file
+that was cut short or swapped is applied again rather than loaded. The cache folder must therefore be
+as private as the project's own code: anyone who can write into it can write the record too.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
 import os
+import pickle
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import torch
+from torch import nn
+
+from ..folders import sha256
 from .pipeline import StepResult
 
 CACHE_VERSION = 3
@@ -35,6 +52,12 @@ def step_key(base: str, data: str, chain: tuple[str, ...], configs: dict[str, di
              environment: dict) -> str:
     return content_key(base=base, data=data, chain=list(chain), configs=[configs[name] for name in chain],
                        seed=seed, budget=budget, split=split, environment=environment)
+
+
+def chain_key(base: str, data: str, chain, configs: dict[str, dict], seed: int, budget: dict, environment: dict) -> str:
+    """The key of a whole chain applied to the base on the test split (every step measured with latency)."""
+    return content_key(kind="applied chain", base=base, data=data, chain=list(chain), configs=[configs[name] for name in chain],
+                       seed=seed, budget=budget, split="test+latency", environment=environment)
 
 
 def environment(device: str) -> dict:
@@ -80,3 +103,39 @@ class StepCache:
         with os.fdopen(handle, "w") as file:
             json.dump(result.to_dict(), file)
         os.replace(temp, self.folder / f"{key}.json")
+
+    def get_chain(self, key: str) -> tuple[nn.Module, list[StepResult]] | None:
+        """The compressed model and step results kept under `key` (see the module's docstring), or None when
+        there are none, or the model file is not the one recorded, or it cannot be loaded here."""
+        if not self.folder or not (self.folder / f"chain-{key}.json").exists():
+            return None
+        path = self.folder / f"chain-{key}.pt"
+        try:
+            record = json.loads((self.folder / f"chain-{key}.json").read_text())
+            if not path.is_file() or sha256(path) != record["sha256"]:
+                return None
+            model = torch.load(path, map_location="cpu", weights_only=False)  # ordercomp's own file, checked above
+            steps = [StepResult.from_dict(step) for step in record["steps"]]
+        except Exception:  # a record of another version, a class that no longer imports: apply the chain again
+            return None
+        return (model, steps) if isinstance(model, nn.Module) else None
+
+    def put_chain(self, key: str, model: nn.Module, steps: list[StepResult]) -> None:
+        """Keep a compressed model (CPU copy) and its step results under `key`; the model file first, then the
+        record naming its checksum, so a record never names a file that is not there. A model that cannot be
+        pickled (a module holding a lambda) is not kept: an export applies its chain again."""
+        if not self.folder:
+            return
+        handle, temp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        os.close(handle)
+        try:
+            torch.save(copy.deepcopy(model).cpu(), temp)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            os.unlink(temp)
+            return
+        os.replace(temp, self.folder / f"chain-{key}.pt")
+        record = {"sha256": sha256(self.folder / f"chain-{key}.pt"), "steps": [step.to_dict() for step in steps]}
+        handle, temp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        with os.fdopen(handle, "w") as file:
+            json.dump(record, file)
+        os.replace(temp, self.folder / f"chain-{key}.json")

@@ -49,6 +49,7 @@ from ..deploy.onnx_int8 import CannotBuild
 from .pipeline import FAILED, INCOMPATIBLE, OK, StepResult, run_step
 from ..deploy.runtimes import RuntimeMissing
 from ..models.factories import user_modules
+from ..order.plan import chain_text
 from ..train import Budget, Progress
 
 Chain = tuple[str, ...]
@@ -119,7 +120,7 @@ def step_on(step: Step, parent: nn.Module | None, chain: Chain, seed: int, data:
             progress: Progress | None = None) -> tuple[nn.Module | None, StepResult]:
     """The step, or an incompatible result when its prefix could not be applied."""
     if parent is None:
-        return None, StepResult(chain, INCOMPATIBLE, f"{' -> '.join(chain[:-1])} could not be applied", seed=seed)
+        return None, StepResult(chain, INCOMPATIBLE, f"{chain_text(chain[:-1])} could not be applied", seed=seed)
     return step(parent, chain, seed, data, device, progress)
 
 
@@ -178,7 +179,7 @@ class InProcessExecutor:
 
     @staticmethod
     def _progress(work: Work, chain: Chain, seed: int) -> Progress:
-        label = " -> ".join(chain)
+        label = chain_text(chain)
         return lambda step, fraction: work.events({"kind": "progress", "label": f"{label}: {step}", "fraction": fraction, "seed": seed})
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .. import order
-from .cache import StepCache, content_key, environment, step_key
+from .cache import StepCache, chain_key, content_key, environment, step_key
 from ..models.checkpoints import (describe_source, input_size_for, model_label, read_state_dict,
                                   resolve_model, save_state_atomically, state_fingerprint)
 from ..models.factories import check_args, code_fingerprint
@@ -31,11 +31,11 @@ from ..data.preprocessing import Normalization, repeat_channels
 from ..models.structure import base_fingerprint, structure_of, with_structure
 from ..fields import number, typed_fields
 from .executors import StepFunction, Work, check_executor, make_executor, probe_cluster
-from ..deploy.export import PROGRAM_FORMATS, deployed_latency
+from ..deploy.export import PROGRAM_FORMATS, SHIPPED_FORMAT, deployed_latency, shipped_figures
 from ..deploy.runtimes import require_onnxruntime
 from ..methods.base import Context, config_to_dict
 from ..metrics import measure, unpack_hits
-from ..order import OBJECTIVES
+from ..order import OBJECTIVES, chain_text
 from .pipeline import FAILED, OK, StepResult, apply_chain, make_configs, run_step
 from ..train import Budget, train
 
@@ -130,6 +130,7 @@ class ExploreSpec:
     screen: float | None = None  # search at this fraction of the fine-tuning epochs, confirm the best at the full budget
     classifier: str | None = None  # the layer giving the logits, when tracing cannot find it (models.structure)
     stages: tuple[str, ...] | None = None  # the modules whose outputs end the stages, when tracing cannot find them
+    ship: str | None = SHIPPED_FORMAT  # the format the chain and the base are written in and timed as the headline; None: neither
 
     def __post_init__(self):
         for name, call in (("model", "model=net"), ("data", "data=(images, labels)")):
@@ -165,6 +166,7 @@ class ExploreSpec:
         check_screen(self.screen, self.search)
         check_executor(self.executor, self.ray_address)
         check_runtime(self.runtime, self.objective)
+        check_ship(self.ship)
         self.torch_device()
         make_configs(self.methods, self.settings)
 
@@ -179,6 +181,28 @@ class ExploreSpec:
         record = dict(record)
         record["budget"] = Budget(**record.get("budget", {}))
         return cls(**record)
+
+    def planned_applications(self) -> dict:
+        """The method applications this exploration takes at most, known before it starts: per seed the plan
+        (pairwise, or every prefix with exhaustive validation) or the search's budget around it (never more than
+        every order), times the seeds; `beyond`, those at the full budget after the search (a screen's confirmation,
+        the race's extra seeds for the orders in contention: as many as the budget allows, since how many the race
+        needs shows only as it runs); plus the chain applied once to the base on the test split. Progress counts
+        against `total`, so it only moves forward; a search that finds its order sooner ends below it. `cost` counts
+        a screened application as its fraction of the epochs (for the time estimate)."""
+        n, fidelity = len(self.methods), 1.0 if self.screen is None else self.screen
+        pairwise, exhaustive = order.pairwise_applications(n), order.exhaustive_applications(n)
+        per_seed = pairwise if self.search == "pairwise" else min(order.search_budget(n, self.search), exhaustive)
+        # with every order run, the search's orders cost nothing new, and what it spent bounds the race no longer
+        beyond = order.recommend.full_budget_allowance(n, self.seeds, self.search, self.screen,
+                                                       search_per_seed=None if self.exhaustive else per_seed)
+        searched, validated = per_seed * self.seeds, 0
+        if self.exhaustive:  # every order's prefixes at the full budget on the spec's seeds
+            per_seed, validated = exhaustive, exhaustive * self.seeds
+            searched = 0 if self.screen is None else searched  # an unscreened search's orders are among them
+        return {"pairwise_per_seed": pairwise, "exhaustive_per_seed": exhaustive, "per_seed": per_seed, "seeds": self.seeds,
+                "beyond": beyond, "chain": n, "total": validated + searched + beyond + n,
+                "cost": validated + fidelity * searched + beyond + n}
 
     @property
     def timed(self) -> bool:
@@ -215,6 +239,14 @@ class Exploration:
     data: dict | None = None  # DataBundle.describe(): the splits and the preprocessing every figure was measured with
     left_out: list[dict] = field(default_factory=list)  # methods that applied on no seed, with why
     failed_steps: list[dict] = field(default_factory=list)  # steps that raised an error, with the error's line
+    device: str | None = None  # where the steps ran ("cpu", "cuda:0"), the spec's "auto" resolved
+    # What ships: the chain's model and the base, each written as spec.ship (float ONNX by default) and measured in
+    # its runtime after warm-up (`deploy.export.shipped_figures`): {format, runtime, file_bytes, accuracy (test split,
+    # percent), latency_ms: {"1", "32"}, threads, check (against PyTorch, whole test split), base: {format, runtime,
+    # file_bytes, accuracy, latency_ms}, speedup: {"1", "32"} (base ms / chain ms), size_ratio (base bytes / chain
+    # bytes), cpu: {model, logical_cores, flags}}; {format, runtime, error} when it could not be built or run;
+    # None when spec.ship is None or the chain stopped early.
+    shipped: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -331,6 +363,12 @@ def check_stage_names(stages) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+def check_ship(ship: str | None) -> None:
+    """None, or a format whose file runs in a runtime (what `Exploration.shipped` measures)."""
+    if ship is not None and ship not in PROGRAM_FORMATS:
+        raise ValueError(f"unknown format to ship {ship!r}: choose one of {', '.join(PROGRAM_FORMATS)}, or none")
+
+
 def check_runtime(runtime: str, objective: str) -> None:
     """Refuse an unknown runtime, one the latency objectives do not use, or one that is not installed."""
     if runtime not in RUNTIMES:
@@ -398,11 +436,20 @@ class Explorer:
     def _counting_steps_so_far(self) -> Events:
         """Step events counted over the whole exploration, not per plan (the search runs several)."""
         offset = self._steps_done
-        return lambda event: self.events(event | {"done": event["done"] + offset, "total": event["total"] + offset}
-                                         if event.get("kind") == "step" else event)
+        return lambda event: self.events(self._counted(event, event["done"] + offset) if event.get("kind") == "step" else event)
+
+    def _counted(self, event: dict, done: int) -> dict:
+        """A step event with `done` against the planned total, known at the start, so progress only moves forward
+        (the total grows only if more ran than planned, which the plan rules out)."""
+        return event | {"done": done, "total": max(self.spec.planned_applications()["total"], done)}
+
+    def _chain_step_done(self, step: StepResult) -> None:
+        """A step of the chain applied to the base on the test split: counted in the progress, no pair's evidence."""
+        self._steps_done += 1
+        self.events(self._counted({"kind": "step", "result": step.to_dict(), "split": "test"}, self._steps_done))
 
     def _context(self, seed: int, chain) -> Context:
-        label = " -> ".join(chain)
+        label = chain_text(chain)
         progress = lambda step, fraction: self.events({"kind": "progress", "label": f"{label}: {step}", "fraction": fraction, "seed": seed})
         return Context(self.data, self.spec.budget, seed, self.device, progress)
 
@@ -429,9 +476,12 @@ class Explorer:
         if reason:
             raise ValueError(f"{reason} (the steps that ran are cached, so a rerun reuses them)")
         chain = found.chain
-        self.events({"kind": "stage", "stage": "chain", "label": f"applying the chain {' -> '.join(chain)}"})
+        self.events({"kind": "stage", "stage": "chain", "label": f"applying the chain {chain_text(chain)}"})
         base_test = measure(base, self.data, "test", device=self.device).to_dict()
-        final, chain_steps = apply_chain(base, chain, self.configs, self._context(0, chain), latency=True)
+        key = chain_key(base_fingerprint(base, self.source), self.data_fingerprint, chain, self.config_dicts, 0,
+                        self.spec.budget.to_dict(), environment(self.device.type))
+        final, chain_steps, _ = apply_chain_once(base, chain, self.configs, self._context(0, chain), self.cache, key,
+                                                 on_step=self._chain_step_done)
         return Exploration(
             spec=self.spec.to_dict(), base={k: v for k, v in source.items() if k != "card"} | {"fingerprint": base_fingerprint(base, source)},
             base_metrics=base_test, steps=[s.to_dict() for s in found.steps], outcomes=[o.to_dict() for o in found.outcomes],
@@ -443,7 +493,16 @@ class Explorer:
             weak_pairs=sum(o.weak_evidence for o in found.outcomes if o.incompatible is None),
             seconds=time.perf_counter() - start, configs=self.config_dicts, search=found.search, data=self.data.describe(),
             left_out=left_out(self.spec.methods, found.steps), failed_steps=failed_steps(found.steps + chain_steps),
+            device=str(self.device),
+            shipped=self.ship(final, base, chain_steps),
         )
+
+    def ship(self, final: nn.Module, base: nn.Module, chain_steps: list[StepResult]) -> dict | None:
+        """The chain's deployable file next to the base's, measured where they run (see Exploration.shipped)."""
+        if self.spec.ship is None or any(step.status != OK for step in chain_steps):
+            return None
+        self.events({"kind": "stage", "stage": "ship", "label": f"writing the chain and the base as {self.spec.ship} and timing them"})
+        return shipped_figures(final, base, self.data, fmt=self.spec.ship)
 
     def measure_base(self, base: nn.Module) -> None:
         """The base's validation BitOps, and its latency in the spec's runtime for the latency objectives:
@@ -529,7 +588,7 @@ class Explorer:
                                      higher_is_better=higher, min_margin=self._margin(), confidence=self.spec.confidence,
                                      images_first_then_second=self._hits(ab), images_second_then_first=self._hits(ba))
         broken = next((s for s in ab + ba if s.status != OK), None)
-        reason = f"{' -> '.join(broken.chain)}: {broken.reason}" if broken else "not run"
+        reason = f"{chain_text(broken.chain)}: {broken.reason}" if broken else "not run"
         one_way_blocked = broken is not None and all(s.status in (OK, "incompatible") for s in ab + ba)
         if one_way_blocked and (ab_ok or ba_ok):
             return order.only_order_pair(a, b, a if ab_ok else b, reason, higher_is_better=higher)
@@ -594,6 +653,7 @@ class Compressed:
     data: DataBundle
     source: dict
     base: nn.Module | None = None  # the uncompressed model, for measuring exports against it
+    reused: bool = False  # the model is the one an exploration (or an earlier compress) kept under the same key
 
 
 def compress(model="digits_cnn", data="digits", chain=DEFAULT_METHODS, *, settings=None, budget: Budget | None = None,
@@ -620,8 +680,29 @@ def compress(model="digits_cnn", data="digits", chain=DEFAULT_METHODS, *, settin
     progress = lambda label, fraction: events({"kind": "progress", "label": label, "fraction": fraction, "seed": seed})
     context = Context(bundle, budget or Budget(), seed, target, progress)
     report = lambda step: events({"kind": "step", "result": step.to_dict(), "done": len(step.chain), "total": len(chain)})
-    final, steps = apply_chain(base, chain, configs, context, latency=True, on_step=report)
-    return Compressed(final, steps, base_metrics, {name: config_to_dict(name, c) for name, c in configs.items()}, bundle, source, base)
+    config_dicts = {name: config_to_dict(name, c) for name, c in configs.items()}
+    key = chain_key(base_fingerprint(base, source), bundle.fingerprint(), chain, config_dicts, seed, context.budget.to_dict(),
+                    environment(target.type))
+    final, steps, reused = apply_chain_once(base, chain, configs, context, StepCache(cache_dir), key, on_step=report)
+    return Compressed(final, steps, base_metrics, config_dicts, bundle, source, base, reused)
+
+
+def apply_chain_once(base: nn.Module, chain: list[str], configs: dict, context: Context, cache: StepCache, key: str,
+                     on_step=None) -> tuple[nn.Module, list[StepResult], bool]:
+    """`apply_chain` on the test split, or the model and steps kept under `key` (the chain, base, data,
+    configs, seed, budget and environment: cache.chain_key) when an exploration or an earlier call already
+    applied it; the last item says which. A chain that applies to the end is kept for the next call."""
+    kept = cache.get_chain(key)
+    if kept is not None:
+        model, steps = kept
+        for step in steps:
+            if on_step:
+                on_step(step)
+        return model.to(context.device).eval(), steps, True
+    final, steps = apply_chain(base, chain, configs, context, latency=True, on_step=on_step)
+    if all(step.status == OK for step in steps):
+        cache.put_chain(key, final, steps)
+    return final, steps, False
 
 
 def explore(spec: ExploreSpec | None = None, *, model=None, data=None, cache_dir=".ordercomp/cache",

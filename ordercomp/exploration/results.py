@@ -15,7 +15,10 @@ import pandas as pd
 from ..data.preprocessing import describe_preprocessing
 from ..folders import MIB, FolderKind, check_destination, write_folder
 from ..models.checkpoints import describe_source
-from ..report.verdict import arrow, evidence_sentences, percent
+from ..order.plan import chain_text
+from ..order import LATENCY_OBJECTIVES
+from ..report.figures import share_text
+from ..report.verdict import evidence_sentences
 from .pipeline import StepResult
 
 MARKER = ".ordercomp-results"
@@ -25,18 +28,45 @@ RESULT_FILES = ("exploration.json", "steps.csv", "pairs.csv", "chain.csv")
 RESULTS_BYTES = 8 * MIB
 
 
-def steps_table(steps: list[dict]) -> pd.DataFrame:
-    """One row per step; with a screen (`--screen`), a column for the fraction of the epochs each step had."""
-    screened = any(step.get("fidelity", 1.0) != 1.0 for step in steps)
+def steps_table(steps: list[dict], split: str = "val", latency_runtime: str = "eager", screened: bool = False) -> pd.DataFrame:
+    """One row per step, its figures rounded to what they mean: accuracy to 2 decimals, bytes, MACs and BitOps
+    whole (BitOps with early exits are an expectation over images), milliseconds to 3 significant digits.
+    Latency is filled only where the step was timed, and `latency_runtime` names where (the eager PyTorch
+    simulation, or the runtime the latency objectives timed the steps in). With a screen (`--screen`),
+    `epochs_fraction` says what fraction of the fine-tuning epochs each step had."""
     rows = []
     for step in steps:
         metrics = step.get("metrics") or {}
-        rows.append({"chain": " -> ".join(step["chain"]), "seed": step.get("seed", 0), "status": step["status"],
-                     **({"epochs fraction": step.get("fidelity", 1.0)} if screened else {}),
-                     "accuracy": metrics.get("accuracy"), "bitops": metrics.get("bitops"), "macs": metrics.get("macs"),
-                     "size_bytes": metrics.get("size_bytes"), "latency_ms": metrics.get("latency_ms_b1"),
-                     "seconds": round(step.get("seconds", 0.0), 2), "reason": step.get("reason") or ""})
+        latency = metrics.get("latency_ms_b1")
+        rows.append({"chain": chain_text(step["chain"]), "split": split, "seed": step.get("seed", 0), "status": step["status"],
+                     **({"epochs_fraction": step.get("fidelity", 1.0)} if screened else {}),
+                     "accuracy": _rounded(metrics.get("accuracy"), 2), "bitops": _whole(metrics.get("bitops")),
+                     "macs": _whole(metrics.get("macs")), "size_bytes": _whole(metrics.get("size_bytes")),
+                     "latency_ms_b1": _significant(latency), "latency_runtime": latency_runtime if latency is not None else "",
+                     "seconds": round(step.get("seconds", 0.0), 1), "reason": step.get("reason") or ""})
     return pd.DataFrame(rows)
+
+
+def results_table(record: dict) -> pd.DataFrame:
+    """Every step of an exploration (validation split) and the recommended chain applied step by step
+    (test split, seed 0, timed in eager PyTorch): what steps.csv and the dashboard's results CSV hold."""
+    spec = record["spec"]
+    runtime = spec.get("runtime", "eager") if spec["objective"] in LATENCY_OBJECTIVES else "eager"
+    screened = spec.get("screen") is not None
+    return pd.concat([steps_table(record["steps"], "val", runtime, screened),
+                      steps_table(record["chain_steps"], "test", "eager", screened)], ignore_index=True)
+
+
+def _rounded(value, digits: int):
+    return None if value is None else round(value, digits)
+
+
+def _whole(value):
+    return None if value is None else int(round(value))
+
+
+def _significant(value, digits: int = 3):
+    return None if value is None else float(f"{value:.{digits}g}")
 
 
 def pairs_table(outcomes: list[dict]) -> pd.DataFrame:
@@ -50,7 +80,7 @@ def pairs_table(outcomes: list[dict]) -> pd.DataFrame:
                      "mean diff": round(o["mean_diff"], 3) if not o["incompatible"] else None,
                      "interval": interval_text(o), "spread": round(o["spread"], 3), "seeds": len(o["scores_first_then_second"]),
                      "images": o.get("images", 0),
-                     "weak evidence": o["weak_evidence"], "reason": o["incompatible"] or o.get("only_order") or ""})
+                     "weak evidence": "yes" if o["weak_evidence"] else "no", "reason": o["incompatible"] or o.get("only_order") or ""})
     return pd.DataFrame(rows)
 
 
@@ -61,9 +91,9 @@ def search_table(record: dict) -> pd.DataFrame | None:
     if not orders:
         return None
     best, objective = orders[0]["score"], record["spec"]["objective"]
-    return pd.DataFrame([{"rank": index, "order": arrow(item["chain"]), f"{objective} score": round(item["score"], 3),
+    return pd.DataFrame([{"rank": index, "order": chain_text(item["chain"]), f"{objective} score": round(item["score"], 3),
                           "standard error": round(item["se"], 3), "seeds": item["seeds"],
-                          "regret": round(abs(best - item["score"]), 3), "P(best)": "" if item.get("probability") is None else percent(item["probability"]),
+                          "regret": round(abs(best - item["score"]), 3), "P(best)": "" if item.get("probability") is None else share_text(item["probability"]),
                           "race": item.get("status", ""), "recommended": "★" if item["chain"] == list(record["chain"]) else ""}
                          for index, item in enumerate(orders, 1)])
 
@@ -79,7 +109,7 @@ def chain_table(base_metrics: dict, steps: list[dict]) -> pd.DataFrame:
     rows = [{"step": "base", **_figures(base_metrics, base_metrics)}]
     for step in steps:
         metrics = step.get("metrics")
-        row = {"step": " -> ".join(step["chain"])}
+        row = {"step": chain_text(step["chain"])}
         rows.append(row | (_figures(metrics, base_metrics) if metrics else {"status": f"{step['status']}: {step['reason']}"}))
     return pd.DataFrame(rows)
 
@@ -98,7 +128,7 @@ def _round(value):
 def result_files(record: dict) -> dict[str, str]:
     """{file name: content} of an exploration record's results."""
     return {"exploration.json": json.dumps(record, indent=1, default=str),
-            "steps.csv": steps_table(record["steps"]).to_csv(index=False),
+            "steps.csv": results_table(record).to_csv(index=False),
             "pairs.csv": pairs_table(record["outcomes"]).to_csv(index=False),
             "chain.csv": chain_table(record["base_metrics"], record["chain_steps"]).to_csv(index=False)}
 
@@ -142,15 +172,15 @@ def print_summary(result) -> None:
         print(pairs_table(record["outcomes"]).to_string(index=False))
         print("\nPrecedence edges (before -> after, margin):")
         for edge in record["edges"]:
-            print(f"  {edge['before']} -> {edge['after']}  margin {edge['margin']:.2f}{' (weak)' if edge.get('weak') else ''}")
+            print(f"  {edge['before']} → {edge['after']}  margin {edge['margin']:.2f}{' (weak)' if edge.get('weak') else ''}")
         for edge in record["dropped_edges"]:
-            print(f"  dropped to break a cycle: {edge['before']} -> {edge['after']} (margin {edge['margin']:.2f})")
+            print(f"  dropped to break a cycle: {edge['before']} → {edge['after']} (margin {edge['margin']:.2f})")
         if not record["edges"]:
             print("  none: every pair is a tie or incompatible")
         _print_search(record)
         for entry in record.get("left_out", []):
             print(f"\nLeft out of the chain: {entry['method']} ({entry['status']} on the base: {entry['reason']})")
-        print(f"\nValid orders: {len(record['valid_chains'])}; recommended chain: {' -> '.join(record['chain'])}")
+        print(f"\nValid orders: {len(record['valid_chains'])}; recommended chain: {chain_text(record['chain'])}")
         for sentence in evidence_sentences(record):
             print(sentence)
         if record["weak_pairs"]:
@@ -183,7 +213,7 @@ def _print_exhaustive(record: dict) -> None:
           f"applications pairwise {summary['applications_pairwise']} vs exhaustive {summary['applications_exhaustive']} "
           f"({summary['cost_ratio']:.1f}x)")
     for index, item in enumerate(summary["orders"][:5], 1):
-        print(f"  {index}. {' -> '.join(item['chain'])}: {item['score']:.3f}")
+        print(f"  {index}. {chain_text(item['chain'])}: {item['score']:.3f}")
 
 
 def _print_repeat(record: dict) -> None:
@@ -204,7 +234,7 @@ def _print_failed(failed: list[dict]) -> None:
     if failed:
         print(f"\nSteps that failed with an error ({len(failed)}; the exploration went on without them):")
     for step in failed:
-        print(f"  {' -> '.join(step['chain'])} (seed {step['seed']}): {step['reason']}")
+        print(f"  {chain_text(step['chain'])} (seed {step['seed']}): {step['reason']}")
 
 
 def print_chain_steps(base_metrics: dict, steps: list[StepResult]) -> None:

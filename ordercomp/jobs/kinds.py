@@ -3,7 +3,8 @@ dict and the events callback, and returns the job's result record and a one-line
 
     explore   the Order of Compression exploration of an ExploreSpec -> Exploration.to_dict()
     baseline  prepare the base model of a BaselineSpec and measure it on the test split
-    export    apply the chain of an ExportSpec to the base and write the compressed model files
+    export    apply the chain of an ExportSpec to the base (or reuse the model an exploration kept under the
+              same key: cache.chain_key) and write the compressed model files
 
 Every kind shares the store's cache, so a zoo architecture is trained once for all of them. A worker
 never imports a FILE.py:NAME or package.module:NAME a spec names: it builds only the model factories
@@ -16,6 +17,7 @@ from typing import Callable
 from ..exploration.explorer import Explorer, ExploreSpec, compress, prepare_base, resolve_device
 from ..deploy.export import DEFAULT_FORMATS, check_export_folder, export_bytes, export_compressed, verify_export
 from ..metrics import measure
+from ..order.plan import chain_text
 from ..exploration.pipeline import OK
 from ..train import Budget
 from .specs import BaselineSpec, ExportSpec
@@ -26,7 +28,7 @@ Events = Callable[[dict], None]
 
 def run_exploration(store: JobStore, job_id: str, spec: dict, events: Events) -> tuple[dict, str]:
     exploration = Explorer(ExploreSpec.from_dict(spec), cache_dir=store.cache_dir(), events=events, import_code=False).explore()
-    return exploration.to_dict(), f"chain {' -> '.join(exploration.chain)}"
+    return exploration.to_dict(), f"chain {chain_text(exploration.chain)}"
 
 
 def run_baseline(store: JobStore, job_id: str, spec: dict, events: Events) -> tuple[dict, str]:
@@ -53,12 +55,13 @@ def run_export(store: JobStore, job_id: str, spec: dict, events: Events) -> tupl
                           events=events, trust_torchscript=spec.trust_torchscript, import_code=False)
     broken = next((step for step in compressed.steps if step.status != OK), None)
     if broken:
-        raise ValueError(f"{' -> '.join(broken.chain)} is {broken.status}: {broken.reason}; choose another order")
+        raise ValueError(f"{chain_text(broken.chain)} is {broken.status}: {broken.reason}; choose another order")
     events({"kind": "stage", "stage": "export", "label": "writing and checking the export files"})
     manifest = export_compressed(compressed.model, folder, formats=formats, chain=list(spec.chain),
                                  configs=compressed.configs, metrics=compressed.steps[-1].metrics, data=compressed.data,
-                                 base=compressed.source, base_model=compressed.base)
-    result = {"folder": str(folder), "manifest": manifest, "verify": verify_export(folder),
+                                 base=compressed.source, base_model=compressed.base, reused=compressed.reused)
+    # the folder is this worker's, written a moment ago in the store's exports folder: its TorchScript is ordercomp's own
+    result = {"folder": str(folder), "manifest": manifest, "verify": verify_export(folder, trust_torchscript=True),
               "steps": [step.to_dict() for step in compressed.steps], "base_metrics": compressed.base_metrics}
     return result, f"exported {', '.join(manifest['files'])}"
 

@@ -190,15 +190,16 @@ class JobStore:
                                       parameters).fetchall()
         return [_job_record(row) for row in rows]
 
-    def mean_step_seconds(self, model: str | None = None, data: str | None = None, recent: int = 200) -> float | None:
-        """Mean seconds of the last `recent` successful method applications of explorations (of that
-        model and data when given), or None when there are none: a basis for time estimates."""
-        query = ("SELECT AVG(seconds) FROM (SELECT steps.seconds FROM steps JOIN jobs ON jobs.id = steps.job_id "
+    def step_seconds(self, model: str | None = None, data: str | None = None, recent: int = 200) -> tuple[float, int] | None:
+        """(mean seconds, how many) of the last `recent` successful method applications of explorations (of that
+        model and data when given), or None when there are none: the basis of time estimates measured here."""
+        query = ("SELECT AVG(seconds), COUNT(seconds) FROM (SELECT steps.seconds FROM steps JOIN jobs ON jobs.id = steps.job_id "
                  "WHERE steps.status = 'ok' AND jobs.kind = 'explore' "
                  "AND (? IS NULL OR json_extract(jobs.spec, '$.model') = ?) AND (? IS NULL OR json_extract(jobs.spec, '$.data') = ?) "
                  "ORDER BY steps.rowid DESC LIMIT ?)")
         with self._connect() as connection:
-            return connection.execute(query, (model, model, data, data, recent)).fetchone()[0]
+            mean, count = connection.execute(query, (model, model, data, data, recent)).fetchone()
+        return (mean, count) if count else None
 
     def steps(self, job_id: str) -> list[dict]:
         """The finished method applications of a job, in the order they were first recorded."""

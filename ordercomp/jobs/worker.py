@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import one_line
+from ..order.plan import chain_text
 from .launch import dispatch, worker_limit, worker_threads
 from .store import JobStore
 
@@ -59,8 +60,9 @@ class JobEvents:
 
     def on_step(self, event: dict) -> None:
         step = event["result"]
-        self.store.record_step(self.job_id, step)
-        self.store.set_progress(self.job_id, " -> ".join(step["chain"]), 1.0, event["done"], event["total"])
+        if event.get("split", "val") == "val":  # the chain applied on the test split is no pair's evidence
+            self.store.record_step(self.job_id, step)
+        self.store.set_progress(self.job_id, chain_text(step["chain"]), 1.0, event["done"], event["total"])
         self.store.append_log(self.job_id, describe_step(step))
 
     def check_cancel(self) -> None:
@@ -76,7 +78,7 @@ def describe_step(step: dict) -> str:
     outcome = f"{step['status']} in {step['seconds']:.1f} s"
     if step["reason"]:
         outcome += f": {step['reason']}"
-    return f"{' -> '.join(step['chain'])} (seed {step['seed']}): {outcome}"
+    return f"{chain_text(step['chain'])} (seed {step['seed']}): {outcome}"
 
 
 def run_job(store: JobStore, job_id: str) -> str:

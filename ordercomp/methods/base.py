@@ -109,7 +109,9 @@ def require_staged(model: nn.Module, method: str) -> None:
     if not is_staged(model):
         structure = structure_of(model)
         why = structure.why_no_stages if structure and structure.why_no_stages else "the model is not split into stem, stages and head"
-        raise Incompatible(f"{method} needs stage boundaries: {why}; name them with --stages (the modules whose outputs end the stages)")
+        how = ("naming them with --stages needs it traced too: keep Python branches on a tensor's values or sizes out of "
+               "the forward" if structure and not structure.traced else "name them with --stages (the modules whose outputs end the stages)")
+        raise Incompatible(f"{method} needs stage boundaries: {why}; {how}")
 
 
 def require_classifier(model: nn.Module, method: str) -> None:

@@ -108,7 +108,7 @@ def apply(model: nn.Module, config: DistillConfig, context: Context) -> nn.Modul
     for p in teacher.parameters():
         p.requires_grad_(False)
     return train(student, context.data, context.budget, seed=context.seed, device=context.device,
-                 loss_fn=kd_loss(teacher, config), progress=context.progress, label="distill: train student")
+                 loss_fn=kd_loss(teacher, config), progress=context.progress, label="train student")
 
 
 METHOD = Method("distill", "Knowledge distillation", DistillConfig, apply, "width",

@@ -155,7 +155,7 @@ def apply(model: nn.Module, config: EarlyExitConfig, context: Context) -> nn.Mod
         p.requires_grad_(False)
     budget = dataclasses.replace(context.budget, lr=config.head_lr)
     train(model, context.data, budget, seed=context.seed, device=context.device, params=exit_params,
-          progress=context.progress, label="early exit: train exits")
+          progress=context.progress, label="train exits")
     for p in frozen:
         p.requires_grad_(True)
     return model

@@ -77,7 +77,7 @@ def apply(model: nn.Module, config: LowRankConfig, context: Context) -> nn.Modul
     if factored == 0:
         raise Incompatible(f"no layer gets cheaper at rank ratio {config.rank_ratio}: lower the rank ratio")
     return train(model, context.data, context.budget, seed=context.seed, device=context.device,
-                 progress=context.progress, label="lowrank: fine-tune")
+                 progress=context.progress, label="fine-tune")
 
 
 METHOD = Method("lowrank", "Low-rank factorization", LowRankConfig, apply, "rank_ratio",

@@ -11,6 +11,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..errors import one_line
 from ..layers import all_outputs, output_layers
 from ..train import train
 from .base import Context, Method, check_choice, check_range, require_classifier, require_trainable
@@ -33,17 +34,25 @@ class PruneConfig:
         check_choice("prune importance", self.importance, tuple(IMPORTANCE))
 
 
+class PruningError(RuntimeError):
+    """Torch-Pruning failed on this network: the step fails with a reason that says so."""
+
+
 def shrink_width(model: nn.Module, ratio: float, importance: str, context: Context) -> nn.Module:
     """Remove `ratio` of the channels of every prunable layer but the classifiers, in place."""
     example = context.data.example_input(2).to(context.device)
     model.to(context.device).eval()
     torch.manual_seed(context.seed)
-    pruner = tp.pruner.BasePruner(
-        model, example, importance=IMPORTANCE[importance](), pruning_ratio=ratio,
-        ignored_layers=output_layers(model), forward_fn=lambda m, x: sum(all_outputs(m, x)),
-        in_channel_groups={}, out_channel_groups={}, num_heads={},
-    )
-    pruner.step()
+    try:
+        pruner = tp.pruner.BasePruner(
+            model, example, importance=IMPORTANCE[importance](), pruning_ratio=ratio,
+            ignored_layers=output_layers(model), forward_fn=lambda m, x: sum(all_outputs(m, x)),
+            in_channel_groups={}, out_channel_groups={}, num_heads={},
+        )
+        pruner.step()
+    except Exception as error:  # raised deep inside Torch-Pruning's graph walk, where the bare error names no culprit
+        raise PruningError(f"Torch-Pruning could not prune this network's channels ({one_line(error)}): "
+                           "sparsify or lowrank make it smaller without it") from error
     return model
 
 
@@ -52,7 +61,7 @@ def apply(model: nn.Module, config: PruneConfig, context: Context) -> nn.Module:
     require_classifier(model, "prune")
     shrink_width(model, config.ratio, config.importance, context)
     return train(model, context.data, context.budget, seed=context.seed, device=context.device,
-                 progress=context.progress, label="prune: fine-tune")
+                 progress=context.progress, label="fine-tune")
 
 
 METHOD = Method("prune", "Structured pruning", PruneConfig, apply, "ratio",

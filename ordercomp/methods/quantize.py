@@ -45,7 +45,7 @@ def apply(model: nn.Module, config: QuantizeConfig, context: Context) -> nn.Modu
         replace_module(model, name, to_quant(layer, config.weight_bits, config.act_bits))
     calibrate(model, context)
     return train(model, context.data, context.budget, seed=context.seed, device=context.device,
-                 progress=context.progress, label="quantize: QAT")
+                 progress=context.progress, label="quantization-aware training")
 
 
 METHOD = Method("quantize", "Quantization-aware training", QuantizeConfig, apply, "weight_bits",

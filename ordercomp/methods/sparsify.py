@@ -30,7 +30,7 @@ def apply(model: nn.Module, config: SparsifyConfig, context: Context) -> nn.Modu
         if id(layer) not in keep_dense:
             magnitude_prune_(layer, config.sparsity)
     return train(model, context.data, context.budget, seed=context.seed, device=context.device,
-                 progress=context.progress, label="sparsify: fine-tune")
+                 progress=context.progress, label="fine-tune")
 
 
 METHOD = Method("sparsify", "Unstructured pruning", SparsifyConfig, apply, "sparsity",

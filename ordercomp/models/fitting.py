@@ -72,7 +72,10 @@ def check_logits(model: nn.Module, data: DataBundle, name: str, hint: str = BUIL
                               f"{hint}") from None
     finally:
         model.train(was_training)
-    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (len(images), data.num_classes):
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise CheckpointError(f"{name} gives {shape} for {len(images)} images, not one logit per class ({data.num_classes}): "
+    if not isinstance(logits, torch.Tensor):
+        # (logits, features) or a dict: the methods compare, train and export by the forward's one tensor of logits
+        raise CheckpointError(f"{name} returns a {type(logits).__name__}, not a tensor of logits: give a model whose forward "
+                              "returns the logits alone (e.g. a small nn.Module that calls yours and returns its logits)")
+    if tuple(logits.shape) != (len(images), data.num_classes):
+        raise CheckpointError(f"{name} gives {tuple(logits.shape)} for {len(images)} images, not one logit per class ({data.num_classes}): "
                               f"build it for {data.num_classes} classes (e.g. --model-args '{{\"num_classes\": {data.num_classes}}}')")

@@ -6,7 +6,8 @@ early exits attach there, distillation's depth drops whole blocks of a stage, in
 stage. Both are read from the graph torch.fx traces of the user's `forward`:
 
 - the classifier is the Linear or Conv2d layer whose output is the logits: from the graph's output,
-  back through operations that only pass the logits on (flatten, view, reshape, squeeze, dropout, identity);
+  back through operations that only pass the logits on (flatten, view, reshape, squeeze, dropout, identity,
+  and the activation and pooling after a convolution whose channels are the classes, as in SqueezeNet);
 - a cut point is a place in the graph where exactly one tensor is live: what follows depends on what
   came before only through that tensor, so a residual block (whose shortcut keeps a second tensor
   live) is never cut in half;
@@ -54,11 +55,15 @@ from .programs import ProgramModel
 from .zoo import StagedNet
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
-PASS_ON_MODULES = (nn.Flatten, nn.Dropout, nn.Identity)
-PASS_ON_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, F.dropout}
-PASS_ON_METHODS = {"flatten", "view", "reshape", "squeeze", "contiguous"}
 POOLING_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
 POOLING_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d}
+# What passes the logits on unchanged in number: reshaping, dropout, and, after a convolution whose channels are the
+# classes (SqueezeNet's classifier), an activation and pooling; a layer found through them must still give as many
+# outputs as there are logits.
+PASS_ON_MODULES = (nn.Flatten, nn.Dropout, nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.GELU) + POOLING_MODULES
+PASS_ON_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, F.dropout, F.relu, torch.relu, F.relu6, F.leaky_relu,
+                     F.silu, F.hardswish, F.gelu} | POOLING_FUNCTIONS
+PASS_ON_METHODS = {"flatten", "view", "reshape", "squeeze", "contiguous", "relu"}
 CONTAINERS = (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict)
 TOLERANCE = 1e-5
 STRUCTURE_ATTRIBUTE = "_ordercomp_structure"
@@ -84,6 +89,7 @@ class Structure:
     named: tuple[str, ...] = ()  # what the user named: "classifier", "stages"
     why_no_classifier: str | None = None
     why_no_stages: str | None = None
+    traced: bool = True  # whether torch.fx traced the forward: stages are found or named in the traced graph only
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -135,7 +141,8 @@ def _discover(model: nn.Module, example: torch.Tensor, classifier: str | None, s
     except NotFound as why:
         if stages:
             raise StructureError(f"--stages needs the forward traced, and {why}") from None
-        return model, {"classifier": classifier, "why_no_stages": str(why), **({} if classifier else {"why_no_classifier": str(why)})}
+        return model, {"classifier": classifier, "why_no_stages": str(why), "traced": False,
+                       **({} if classifier else {"why_no_classifier": str(why)})}
     details = {"classifier": classifier}
     if classifier is None:
         try:
@@ -161,10 +168,15 @@ def _check_names(model: nn.Module, classifier: str | None, stages, num_classes: 
         layer = names[classifier]
         if not isinstance(layer, LAYER_TYPES):
             raise StructureError(f"--classifier {classifier} is a {type(layer).__name__}: name the Linear or Conv2d layer that gives the logits")
-        outputs = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+        outputs = layer_outputs(layer)
         if outputs != num_classes:
             raise StructureError(f"--classifier {classifier} gives {outputs} outputs and the data has {num_classes} classes: "
                                  "name the layer that gives the logits")
+
+
+def layer_outputs(layer: nn.Module) -> int:
+    """The outputs of a Linear layer, the output channels of a convolution."""
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
 def _leaf_types() -> tuple[type, ...]:
@@ -281,12 +293,15 @@ class Traced:
 
     def classifier(self) -> str:
         """The name of the conv or linear layer whose output the forward returns (through pass-on operations)."""
-        node = self.output_node()
+        output = node = self.output_node()
         while self._passes_on(node):
             node = node.args[0]
-        if node.op == "call_module" and isinstance(self.module(node), LAYER_TYPES):
-            return node.target
-        raise NotFound(f"the logits come from {self._describe(node)}, not from a Linear or Conv2d layer")
+        if not (node.op == "call_module" and isinstance(self.module(node), LAYER_TYPES)):
+            raise NotFound(f"the logits come from {self._describe(node)}, not from a Linear or Conv2d layer")
+        outputs, logits = layer_outputs(self.module(node)), self.shape(output)[-1]
+        if outputs != logits:
+            raise NotFound(f"the logits come from {node.target} ({outputs} outputs) through operations that make them {logits}")
+        return node.target
 
     def _passes_on(self, node: fx.Node) -> bool:
         if not node.args or not isinstance(node.args[0], fx.Node):

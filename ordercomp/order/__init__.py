@@ -23,7 +23,9 @@ from ordercomp.order.pairwise import (
     weighted_score,
 )
 from ordercomp.order.plan import (
+    ARROW,
     MAX_EXHAUSTIVE_METHODS,
+    chain_text,
     exhaustive_applications,
     exhaustive_plan,
     naive_exhaustive_applications,
@@ -51,6 +53,7 @@ __all__ = [
     "DEFAULT_STRATEGY",
     "MAX_EXHAUSTIVE_METHODS",
     "ACCURACY_OBJECTIVES",
+    "ARROW",
     "LATENCY_OBJECTIVES",
     "OBJECTIVES",
     "STRATEGIES",
@@ -64,6 +67,7 @@ __all__ = [
     "Trial",
     "agreement",
     "break_cycles",
+    "chain_text",
     "covering_orders",
     "decide_pair",
     "difference_interval",

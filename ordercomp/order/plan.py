@@ -12,6 +12,12 @@ import itertools
 import math
 
 MAX_EXHAUSTIVE_METHODS = 6
+ARROW = " → "  # between the methods of a chain, wherever a chain is written for people (pages, report, log, CLI)
+
+
+def chain_text(chain) -> str:
+    """A chain as people read it: 'prune → quantize'."""
+    return ARROW.join(chain)
 
 
 def pairwise_plan(methods: list[str]) -> list[tuple[str, ...]]:

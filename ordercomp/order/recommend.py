@@ -32,7 +32,7 @@ from ordercomp.order.certainty import probability_best
 from ordercomp.order.pairwise import PairOutcome
 from ordercomp.order.plan import exhaustive_applications, pairwise_applications
 from ordercomp.order.race import Evidence, RaceResult, Trial, eliminated, race, standing
-from ordercomp.order.search import STRATEGIES, SearchResult, prefix_cost, search_budget, search_chains
+from ordercomp.order.search import STRATEGIES, SearchResult, prefix_cost, search_chains
 
 Chain = tuple[str, ...]
 Measure = Callable[[list[Chain], Sequence[int], float], Mapping[Chain, Mapping[int, Trial] | None]]
@@ -112,8 +112,9 @@ def recommend_order(methods: Sequence[str], strategy: str, measure: Measure, *, 
     result = search()
     if screen is None and STRATEGIES[strategy].races and _sure(screened, higher_is_better, seed):
         result = search(int(TOTAL_FACTOR * pairwise_applications(len(methods))))  # nothing to race: explore on
-    allowance = _full_allowance(len(methods), seeds, screen, result.applications_per_seed)
-    evidence, confirmed = (screened, 0) if screen is None else _confirm(screened, measure, seeds, allowance // 2,
+    allowance = full_budget_allowance(len(methods), seeds, strategy, screen, search_per_seed=result.applications_per_seed)
+    confirming = allowance // 2 if STRATEGIES[strategy].races else allowance  # a racing strategy keeps half for the race
+    evidence, confirmed = (screened, 0) if screen is None else _confirm(screened, measure, seeds, confirming,
                                                                          higher_is_better, confidence)
     raced = _race(evidence, measure, seeds, allowance - confirmed, strategy, higher_is_better, confidence)
     chain = raced.leader if raced else result.chain
@@ -123,21 +124,18 @@ def recommend_order(methods: Sequence[str], strategy: str, measure: Measure, *, 
                           applications, confidence, higher_is_better)
 
 
-def planned_applications(n: int, seeds: int, strategy: str, screen: float | None = None) -> dict[str, float]:
-    """At most how many applications `recommend_order` spends after none are cached, in all and per seed of the
-    search, and their `cost` in full-budget applications (a screened one costs its fraction)."""
-    pairwise, exhaustive = pairwise_applications(n), exhaustive_applications(n)
-    per_seed = pairwise if strategy == "pairwise" else min(search_budget(n, strategy), exhaustive)
-    fidelity = 1.0 if screen is None else screen
+def full_budget_allowance(n: int, seeds: int, strategy: str, screen: float | None = None, *,
+                          search_per_seed: int | None = None) -> int:
+    """At most how many applications `recommend_order` spends at the full budget after the search, over all seeds:
+    a screen's confirmation and the race's extra seeds. `search_per_seed` is what the search spent per seed
+    (before it runs: the least it can spend, the pairwise plan, which makes this a bound known at the start)."""
     if screen is not None:
-        full = _full_allowance(n, seeds, screen, per_seed)
-        if not STRATEGIES[strategy].races:
-            full //= 2  # exhaustive confirms its best orders and runs no extra seed
-    elif STRATEGIES[strategy].races:
-        full = _full_allowance(n, seeds, screen, per_seed)
-    else:
-        full = 0
-    return {"per_seed": per_seed, "total": per_seed * seeds + full, "cost": fidelity * per_seed * seeds + full}
+        allowance = int(SCREEN_FULL_FACTOR * pairwise_applications(n) * seeds)
+        return allowance if STRATEGIES[strategy].races else allowance // 2  # exhaustive confirms, runs no extra seed
+    if not STRATEGIES[strategy].races:
+        return 0
+    spent = pairwise_applications(n) if search_per_seed is None else search_per_seed
+    return max(0, int(TOTAL_FACTOR * pairwise_applications(n) * seeds) - spent * seeds)
 
 
 def _check(seeds: int, screen: float | None, strategy: str) -> None:
@@ -171,13 +169,6 @@ def _sure(screened: Evidence, higher_is_better: bool, seed: int) -> bool:
     little to decide, and the rest of the budget goes to exploring more orders)."""
     probabilities = probability_best(screened, higher_is_better, seed=seed) if len(screened) > 1 else None
     return bool(probabilities) and max(probabilities.values()) >= SURE
-
-
-def _full_allowance(n: int, seeds: int, screen: float | None, screen_per_seed: int) -> int:
-    """Applications at the full budget after the screen: the rest of the total, or the screen's allowance."""
-    if screen is not None:
-        return int(SCREEN_FULL_FACTOR * pairwise_applications(n) * seeds)
-    return max(0, int(TOTAL_FACTOR * pairwise_applications(n) * seeds) - screen_per_seed * seeds)
 
 
 def _confirm(screened: Evidence, measure: Measure, seeds: int, allowance: int, higher_is_better: bool,

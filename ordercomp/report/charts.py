@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import statistics
 
-import networkx as nx
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .verdict import arrow
+from ..order.plan import chain_text
+from .figures import plural
 
 KIND_COLOURS = {"base": "#444444", "single": "#1f77b4", "pair": "#ff7f0e", "prefix": "#c5b0d5", "whole order": "#9467bd",
                 "chain": "#d62728"}
@@ -24,6 +24,7 @@ METRIC_COLUMNS = {"accuracy": "accuracy", "bitops": "bitops", "size_bytes": "siz
 OBJECTIVE_UNITS = {"accuracy": "accuracy points", "bitops": "BitOps", "latency": "ms", "weighted": "score", "weighted_latency": "score"}
 HOVER_COLUMNS = ["label", "split", "seeds", "config"]
 CHAIN_COLOUR, DROPPED_COLOUR, EDGE_COLOUR = "#d62728", "#e41a1c", "#555555"
+CHAIN_ONLY = "chain order"  # the label of a chain link that no decided pair backs
 
 
 def config_text(record: dict, chain) -> str:
@@ -63,10 +64,10 @@ def tradeoff_points(record: dict) -> pd.DataFrame:
         if step["status"] == "ok" and step.get("metrics") and step.get("fidelity", 1.0) == 1.0:
             by_chain.setdefault(tuple(step["chain"]), []).append(step)
     for chain, steps in by_chain.items():
-        rows.append(_point(record, arrow(chain), _kind_of(chain, len(record["spec"]["methods"])), chain, _mean_metrics(steps), "val", len(steps)))
+        rows.append(_point(record, chain_text(chain), _kind_of(chain, len(record["spec"]["methods"])), chain, _mean_metrics(steps), "val", len(steps)))
     final = last_measured_step(record)
     if final:
-        rows.append(_point(record, f"chain: {arrow(final['chain'])}", "chain", final["chain"], final["metrics"], "test", 1))
+        rows.append(_point(record, f"chain: {chain_text(final['chain'])}", "chain", final["chain"], final["metrics"], "test", 1))
     return pd.DataFrame(rows)
 
 
@@ -131,34 +132,51 @@ def _point_traces(shown: pd.DataFrame, x: str) -> list[go.Scatter]:
 
 
 def _note_missing(fig: go.Figure, missing: int, shown: int, x: str) -> None:
+    """Say which points are not drawn: mid-plot when none is, else above the plot's top right corner, clear of
+    the axis titles and of the legend."""
     if shown == 0:
-        text = f"No point of this record has a {AXES[x][0]} measurement; choose another axis."
+        text, place = f"No point of this record has a {AXES[x][0]} measurement; choose another axis.", {"x": 0.5, "y": 0.5}
     elif missing:
-        text = f"{missing} point(s) without a {AXES[x][0]} measurement are not shown."
+        text = f"{plural(missing, 'point')} without a {AXES[x][0]} measurement not shown"
+        place = {"x": 1.0, "y": 1.0, "xanchor": "right", "yanchor": "bottom"}
     else:
         return
-    fig.add_annotation(text=text, xref="paper", yref="paper", x=0.5, y=0.5 if shown == 0 else -0.18,
-                       showarrow=False, font={"size": 14 if shown == 0 else 11, "color": "#666666"})
+    fig.add_annotation(text=text, xref="paper", yref="paper", showarrow=False, **place,
+                       font={"size": 14 if shown == 0 else 11, "color": "#666666"})
+
+
+# the chain step by step: (metrics key, row title, hover format); one row each, so no axis mixes units
+STEP_ROWS = (("accuracy", "Top-1 accuracy (%)", "%{y:.2f}%"), ("bitops", "BitOps per image (log)", "%{y:.3s}"),
+             ("size_bytes", "Size in bytes (log)", "%{y:.3s}B"))
+STEP_COLOURS = {"accuracy": "#1f77b4", "bitops": "#d62728", "size_bytes": "#2ca02c"}
 
 
 def chain_steps_figure(record: dict) -> go.Figure:
-    """Accuracy (bars) and BitOps and size (lines, log axis) of the base and after every chain step."""
+    """Accuracy, BitOps and size of the base and after every chain step, one row each on a shared x axis. The
+    accuracy axis spans the values drawn (a 1.7-point drop shows), BitOps and size are on log axes of their own."""
     steps = [("base", record["base_metrics"])] + [(f"+ {s['chain'][-1]}" if s.get("metrics") else f"+ {s['chain'][-1]} ({s['status']})",
                                                    s.get("metrics") or {}) for s in record["chain_steps"]]
     labels = [label for label, _ in steps]
-    value = lambda key: [metrics.get(key) for _, metrics in steps]
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Bar(x=labels, y=value("accuracy"), name="accuracy (%)", marker_color="#1f77b4", opacity=0.75,
-                         texttemplate="%{y:.1f}%", hovertemplate="%{x}<br>accuracy %{y:.2f}%<extra></extra>"), secondary_y=False)
-    fig.add_trace(go.Scatter(x=labels, y=value("bitops"), name="BitOps per image", mode="lines+markers", line={"color": "#d62728"},
-                             hovertemplate="%{x}<br>BitOps %{y:.3s}<extra></extra>"), secondary_y=True)
-    fig.add_trace(go.Scatter(x=labels, y=value("size_bytes"), name="size (bytes)", mode="lines+markers", line={"color": "#2ca02c"},
-                             hovertemplate="%{x}<br>size %{y:.3s}B<extra></extra>"), secondary_y=True)
-    fig.update_layout(title=f"The chain step by step: {arrow(record['chain'])} (test split)", template="plotly_white",
-                      xaxis_title="after step", legend={"orientation": "h", "y": -0.2})
-    fig.update_yaxes(title_text="Top-1 accuracy (%)", range=[0, 100], secondary_y=False)
-    fig.update_yaxes(title_text="BitOps per image and size in bytes (log scale)", type="log", tickformat=".3~s", secondary_y=True)
+    fig = make_subplots(rows=len(STEP_ROWS), cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    for row, (key, title, value) in enumerate(STEP_ROWS, 1):
+        fig.add_trace(go.Scatter(x=labels, y=[metrics.get(key) for _, metrics in steps], name=title, mode="lines+markers+text",
+                                 line={"color": STEP_COLOURS[key]}, texttemplate=value, textposition="top center",
+                                 hovertemplate=f"%{{x}}<br>{value}<extra></extra>", showlegend=False), row=row, col=1)
+        fig.update_yaxes(title_text=title, row=row, col=1, **_step_axis(key, [m.get(key) for _, m in steps]))
+    fig.update_layout(title=f"The chain step by step: {chain_text(record['chain'])} (test split)", template="plotly_white",
+                      height=620, margin={"t": 60})
+    fig.update_xaxes(title_text="after step", row=len(STEP_ROWS), col=1)
     return fig
+
+
+def _step_axis(key: str, values: list) -> dict:
+    """Accuracy: a linear axis around the values with room for the labels; costs: a log axis with SI ticks."""
+    if key != "accuracy":
+        return {"type": "log", "tickformat": ".3~s"}
+    drawn = [v for v in values if v is not None]
+    low, high = (min(drawn), max(drawn)) if drawn else (0.0, 100.0)
+    pad = max(0.5, (high - low) * 0.25)
+    return {"range": [low - pad, high + pad]}
 
 
 def _pair_cells(record: dict) -> dict[tuple[str, str], tuple[float | None, str]]:
@@ -197,10 +215,18 @@ def pair_matrix_figure(record: dict) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=z, x=methods, y=methods, text=text, texttemplate="%{text}", colorscale="RdBu", zmid=0,
                                colorbar={"title": {"text": OBJECTIVE_UNITS.get(objective, objective)}},
                                hovertemplate="%{y} then %{x}<br>advantage over the reverse: %{z:.3f}<extra></extra>"))
-    fig.update_layout(title=f"Pair outcomes ({objective}): row first, then column, minus the reverse order; ★ marks the winner",
+    fig.update_layout(title=f"Pair outcomes ({objective}): row first, then column, minus the reverse order<br>"
+                            f"<sup>{_winner_key(record)}</sup>",
                       xaxis_title="applied second", yaxis_title="applied first", template="plotly_white")
     fig.update_yaxes(autorange="reversed")
     return fig
+
+
+def _winner_key(record: dict) -> str:
+    """What the stars in the matrix mean, or why there are none."""
+    if any(o["winner"] for o in record["outcomes"] if not o["incompatible"]):
+        return "★ first: the row method should come first (its interval excludes 0 and it clears the minimum margin)"
+    return "No pair was decided (every interval contains 0 or the margin is too small), so no cell has a ★"
 
 
 def _quote(name: str) -> str:
@@ -246,7 +272,7 @@ def edge_groups(record: dict) -> dict[str, list[tuple[str, str, str, bool]]]:
         interval = f" [{edge['low']:.2f}, {edge['high']:.2f}]" if edge.get("low") is not None else ""
         groups[group].append((*pair, f"{edge['margin']:.2f}{interval}" + (" (weak)" if weak else ""), weak))
     kept = {(e["before"], e["after"]) for e in record["edges"]}
-    groups["chain order"] += [(a, b, "chain", False) for a, b in sorted(links - kept)]
+    groups["chain order"] += [(a, b, CHAIN_ONLY, False) for a, b in sorted(links - kept)]
     groups["dropped edge"] = [(e["before"], e["after"], f"dropped ({e['margin']:.2f})", False) for e in record["dropped_edges"]]
     return groups
 
@@ -255,35 +281,69 @@ EDGE_STYLES = {"chain order": {"color": CHAIN_COLOUR, "width": 3}, "kept edge": 
                "weak edge": {"color": EDGE_COLOUR, "width": 1.5, "dash": "dash"}, "dropped edge": {"color": DROPPED_COLOUR, "width": 1.5, "dash": "dot"}}
 
 
+def precedence_caption(record: dict) -> str:
+    """What the precedence graph draws, for the drawing at hand: which arrows are decided pairs and what their
+    labels say, which only join the chain, and the weak and dropped ones."""
+    groups = edge_groups(record)
+    parts = ["Red and numbered: the recommended chain, left to right."]
+    if groups["chain order"] or groups["kept edge"]:
+        decided = [e for e in groups["chain order"] + groups["kept edge"] if e[2] != CHAIN_ONLY]
+        if decided:
+            parts.append("An arrow A → B labelled with a number: the pair was decided, A before B, by that mean margin "
+                         "(accuracy points or the objective's unit), with its interval in brackets.")
+        if any(e[2] == CHAIN_ONLY for e in groups["chain order"]):
+            parts.append(f"An arrow labelled '{CHAIN_ONLY}': consecutive methods of the chain that no pair decision orders "
+                         "(a tie); the search chose their order.")
+    if groups["weak edge"] or any(e[3] for e in groups["chain order"]):
+        parts.append("Dashed: weak evidence (one seed, or the mean within a standard error of the margin).")
+    if groups["dropped edge"]:
+        parts.append("Dotted red: dropped to break a cycle of pair decisions.")
+    return " ".join(parts)
+
+
+def chain_layout(record: dict) -> dict[str, tuple[float, float]]:
+    """Left to right: the chain's methods in order on one line, methods outside it below."""
+    chain = list(record["chain"])
+    others = [m for m in record["spec"]["methods"] if m not in chain]
+    position = {name: (float(index), 0.0) for index, name in enumerate(chain)}
+    position |= {name: (index + 0.5, -1.0) for index, name in enumerate(others)}
+    return position
+
+
 def precedence_figure(record: dict) -> go.Figure:
-    """The precedence graph drawn with plotly on a circular layout, chain order numbered."""
-    chain, methods = record["chain"], list(record["spec"]["methods"])
-    graph = nx.DiGraph()
-    graph.add_nodes_from(chain + [m for m in methods if m not in chain])
-    position = nx.circular_layout(graph)
+    """The precedence graph with plotly, laid out left to right in the chain's order: arrows between neighbours run
+    straight, longer ones arc above the line; labels sit on the arrows, method names below their nodes."""
+    chain, position = record["chain"], chain_layout(record)
     fig = go.Figure()
     for group, edges in edge_groups(record).items():
         if edges:
             _draw_edges(fig, group, edges, position)
-    names = list(graph.nodes)
+    names = list(position)
     labels = [f"{chain.index(n) + 1}. {n}" if n in chain else n for n in names]
     fig.add_trace(go.Scatter(x=[position[n][0] for n in names], y=[position[n][1] for n in names], mode="markers+text",
-                             text=labels, textposition="top center", name="method", hoverinfo="text",
+                             text=labels, textposition="bottom center", name="method", hoverinfo="text",
                              marker={"size": 26, "color": ["#fde0dd" if n in chain else "#f2f2f2" for n in names],
                                      "line": {"width": 2, "color": [CHAIN_COLOUR if n in chain else "#888888" for n in names]}}))
-    fig.update_layout(title=f"Precedence graph (an edge A -> B: apply A before B); chain {arrow(chain)}", template="plotly_white",
-                      xaxis={"visible": False, "range": [-1.5, 1.5]}, yaxis={"visible": False, "range": [-1.4, 1.5], "scaleanchor": "x"})
+    width = max(len(names) - 1, 1)
+    fig.update_layout(title=f"Precedence graph: {chain_text(chain)}", template="plotly_white", height=360,
+                      xaxis={"visible": False, "range": [-0.6, width + 0.6]}, yaxis={"visible": False, "range": [-1.6, 1.4]},
+                      legend={"orientation": "h", "y": -0.05})
     return fig
 
 
 def _draw_edges(fig: go.Figure, group: str, edges, position) -> None:
+    """Each edge as a line (through a point above the chain's line when it skips methods), an arrowhead at its end
+    and its label at its highest point."""
     xs, ys = [], []
+    colour = EDGE_STYLES[group]["color"]
     for before, after, label, _ in edges:
         (x0, y0), (x1, y1) = position[before], position[after]
-        xs += [x0, x1, None]
-        ys += [y0, y1, None]
-        fig.add_annotation(x=x1, y=y1, ax=x0, ay=y0, xref="x", yref="y", axref="x", ayref="y", showarrow=True,
-                           arrowhead=3, arrowsize=1.5, standoff=16, startstandoff=16, arrowcolor=EDGE_STYLES[group]["color"], text="")
-        fig.add_annotation(x=(x0 + x1) / 2, y=(y0 + y1) / 2, text=label, showarrow=False, bgcolor="white",
-                           font={"size": 11, "color": EDGE_STYLES[group]["color"]})
+        lift = 0.35 * (abs(x1 - x0) - 1) if y0 == y1 else 0.0  # neighbours: straight; a longer jump arcs over the nodes between
+        middle = ((x0 + x1) / 2, (y0 + y1) / 2 + lift)
+        xs += [x0, middle[0], x1, None]
+        ys += [y0, middle[1], y1, None]
+        fig.add_annotation(x=x1, y=y1, ax=middle[0], ay=middle[1], xref="x", yref="y", axref="x", ayref="y", showarrow=True,
+                           arrowhead=3, arrowsize=1.5, standoff=16, arrowcolor=colour, text="")
+        fig.add_annotation(x=middle[0], y=middle[1], text=label, showarrow=False, bgcolor="white", yshift=10,
+                           font={"size": 11, "color": colour})
     fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=group, line=EDGE_STYLES[group], hoverinfo="skip"))

@@ -1,31 +1,39 @@
 """The meeting report: one self-contained HTML file of an exploration record, readable offline.
 
-It leads with the recommended chain and what it buys against the base model, then shows the
-evidence (precedence graph, pair matrix, trade-offs, the chain step by step, tables) and the notes
-a reader needs to weigh it. plotly's JavaScript is inlined once; nothing is fetched from the web.
+Its first screen is for a reader who has not seen the app: the date, the model and data, what was
+compared, the recommended order in words, what it buys in the shipped file (size, speed in its runtime,
+accuracy; `figures.headline`), how sure the evidence is, and the next step. Then one-line explanations
+of BitOps and of the methods, the evidence (precedence graph, pair matrix, trade-offs, the chain step
+by step, tables), the notes a reader needs to weigh it and the settings as a table. plotly's
+JavaScript is inlined once; nothing is fetched from the web.
 
     Path("report.html").write_text(meeting_report(json.loads(Path("exploration.json").read_text())))
 """
 from __future__ import annotations
 
 import html
-import json
+import time
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from . import charts
-from ..exploration.results import chain_table, pairs_table, search_table, steps_table
+from .figures import SIMULATION, applications, duration, epochs_text, headline, plural
 from .verdict import evidence_sentences
+from ..order import OBJECTIVES
+from ..order.plan import chain_text
+from ..exploration.results import chain_table, pairs_table, results_table, search_table, steps_table
 
 STYLE = """
 body{font-family:Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{margin-bottom:.2em} .chain{font-size:2.2em;font-weight:bold;color:#b2182b;margin:.3em 0 .8em}
-.headlines{display:flex;gap:1em;flex-wrap:wrap} .headline{border:1px solid #ddd;border-radius:8px;padding:.7em 1.2em;min-width:180px}
+.headlines{display:flex;gap:1em;flex-wrap:wrap} .headline{border:1px solid #ddd;border-radius:8px;padding:.6em 1em;flex:1 1 0;min-width:170px;box-sizing:border-box}
 .headline .value{font-size:1.8em;font-weight:bold} .headline .label{color:#666;font-size:.9em}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em} th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right}
 th{background:#f5f5f5} td:first-child,th:first-child{text-align:left} .notes li{margin:.3em 0} .muted{color:#666}
+td,th{overflow-wrap:anywhere} .wide{overflow-x:auto;max-width:100%} .lead p{margin:.5em 0;font-size:1.05em}
+.headline .detail{color:#666;font-size:.8em} .settings td{text-align:left}
 """
 
 
@@ -34,7 +42,25 @@ def _ratio(before: float | None, after: float | None) -> float | None:
 
 
 def headline_figures(record: dict) -> dict:
-    """The chain's effect against the base model on the test split (the last measured step)."""
+    """The one place a record becomes headline numbers (pages and report call it; `figures.headline` words them). Keys:
+
+    bitops_reduction    base BitOps / chain BitOps (test split, the last measured step)
+    accuracy_change     chain accuracy - base accuracy, points (PyTorch, test split)
+    size_reduction      base storage / chain storage, as the metrics count it (bit widths, sparsity)
+    latency_ms          (base, chain) batch-1 ms of the eager PyTorch simulation (fake quantisation): not what ships
+    latency_change      chain / base of those: the simulation's, label it so
+    measured_chain      the chain the figures are for (shorter when the chain stopped early)
+    shipped             the record's `shipped` entry (Exploration.shipped) when it measured a file, else None; then:
+    shipped_format, shipped_runtime   e.g. "onnx", "onnxruntime (CPU)"
+    shipped_bytes       (base file bytes, chain file bytes)
+    shipped_size_reduction            base file bytes / chain file bytes
+    shipped_accuracy    (base, chain) accuracy of the files in their runtime, test split
+    shipped_accuracy_change           chain file - base file, points
+    shipped_latency_ms  {"1": (base ms, chain ms), "32": (...)}, after warm-up, timed in alternating rounds
+    shipped_speedup     {"1": base ms / chain ms, "32": ...}: above 1 is faster
+    shipped_threads, shipped_cpu      the threads and the CPU (model, logical_cores, flags) they were timed with
+    shipped_error       why no file was measured (None when one was, or none was asked for)
+    """
     base, final = record["base_metrics"], charts.last_measured_step(record)
     after = final["metrics"] if final else {}
     latency = (base.get("latency_ms_b1"), after.get("latency_ms_b1"))
@@ -42,41 +68,35 @@ def headline_figures(record: dict) -> dict:
             "accuracy_change": after["accuracy"] - base["accuracy"] if after else None,
             "size_reduction": _ratio(base["size_bytes"], after.get("size_bytes")),
             "latency_ms": latency, "latency_change": _ratio(latency[1], latency[0]),
-            "measured_chain": final["chain"] if final else []}
+            "measured_chain": final["chain"] if final else []} | shipped_figures(record.get("shipped"))
+
+
+def shipped_figures(shipped: dict | None) -> dict:
+    """The `shipped_*` headline keys of a record's shipped entry (see `headline_figures`)."""
+    if not shipped or "error" in shipped:
+        return {"shipped": None, "shipped_error": (shipped or {}).get("error")}
+    base = shipped["base"]
+    return {"shipped": shipped, "shipped_error": None, "shipped_format": shipped["format"], "shipped_runtime": shipped["runtime"],
+            "shipped_bytes": (base["file_bytes"], shipped["file_bytes"]), "shipped_size_reduction": shipped["size_ratio"],
+            "shipped_accuracy": (base["accuracy"], shipped["accuracy"]),
+            "shipped_accuracy_change": shipped["accuracy"] - base["accuracy"],
+            "shipped_latency_ms": {b: (base["latency_ms"][b], ms) for b, ms in shipped["latency_ms"].items()},
+            "shipped_speedup": dict(shipped["speedup"]), "shipped_threads": shipped["threads"], "shipped_cpu": shipped["cpu"]}
 
 
 def _headline_cards(figures: dict) -> str:
-    def card(value: str, label: str) -> str:
-        return f'<div class="headline"><div class="value">{html.escape(value)}</div><div class="label">{html.escape(label)}</div></div>'
-
-    base_ms, final_ms = figures["latency_ms"]
-    cards = [card(_times(figures["bitops_reduction"]), "fewer BitOps than the base"),
-             card("n/a" if figures["accuracy_change"] is None else f"{figures['accuracy_change']:+.2f} pts", "top-1 accuracy change"),
-             card(_times(figures["size_reduction"]), "smaller model than the base"),
-             card(speed_text(figures["latency_change"]),
-                  "latency at batch 1 against the base" + (f" ({base_ms:.3f} -> {final_ms:.3f} ms)" if figures["latency_change"] else ""))]
+    cards = [f'<div class="headline"><div class="label">{html.escape(item.label)}</div><div class="value">{html.escape(item.value)}</div>'
+             f'<div class="detail">{html.escape(item.detail)}</div></div>' for item in headline(figures)]
     return f'<div class="headlines">{"".join(cards)}</div>'
-
-
-def speed_text(latency_change: float | None) -> str:
-    """'2.33x slower' or '1.50x faster' from latency after / latency before."""
-    if latency_change is None:
-        return "n/a"
-    if latency_change >= 1:
-        return f"{latency_change:.2f}x slower"
-    return f"{1 / latency_change:.2f}x faster"
-
-
-def _times(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}x"
 
 
 def _figure(fig: go.Figure) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
 
 
-def _table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, na_rep="—", border=0)
+def _table(df: pd.DataFrame, css: str = "") -> str:
+    """A table that wraps its cells and scrolls inside its own box when it cannot fit the page."""
+    return f'<div class="wide">{df.to_html(index=False, na_rep="—", border=0, classes=css or None)}</div>'
 
 
 def exhaustive_table(record: dict) -> pd.DataFrame | None:
@@ -85,7 +105,7 @@ def exhaustive_table(record: dict) -> pd.DataFrame | None:
         return None
     chain = list(record["chain"])
     best = summary["orders"][0]["score"] if summary["orders"] else 0.0
-    return pd.DataFrame([{"rank": index, "order": charts.arrow(item["chain"]), f"{record['spec']['objective']} score": round(item["score"], 3),
+    return pd.DataFrame([{"rank": index, "order": chain_text(item["chain"]), f"{record['spec']['objective']} score": round(item["score"], 3),
                           "standard error": round(item.get("se", 0.0), 3), "regret": round(abs(best - item["score"]), 3),
                           "recommended": "★" if item["chain"] == chain else ""}
                          for index, item in enumerate(summary["orders"], 1)])
@@ -111,11 +131,11 @@ def notes(record: dict) -> list[str]:
     if ties:
         items.append(f"Ties (either order is as good): {', '.join(ties)}.")
     items += [f"{pair_name(o)} could not be compared: {o['incompatible']}" for o in record["outcomes"] if o["incompatible"]]
-    items += [f"The edge {e['before']} -> {e['after']} (margin {e['margin']:.2f}) was dropped to break a cycle of pair decisions."
+    items += [f"The edge {e['before']} → {e['after']} (margin {e['margin']:.2f}) was dropped to break a cycle of pair decisions."
               for e in record["dropped_edges"]]
     broken = [s for s in record["chain_steps"] if s["status"] != "ok"]
     if broken:
-        items.append(f"The chain stopped at {charts.arrow(broken[0]['chain'])} ({broken[0]['status']}: {broken[0]['reason']}); "
+        items.append(f"The chain stopped at {chain_text(broken[0]['chain'])} ({broken[0]['status']}: {broken[0]['reason']}); "
                      "the headline figures are for the steps before it.")
     if len(record["valid_chains"]) > 1:
         items.append(f"{len(record['valid_chains'])} orders are consistent with the precedence graph; the recommended one is shown.")
@@ -141,14 +161,37 @@ def _repeat_note(record: dict) -> list[str]:
 
 
 def run_settings(record: dict) -> pd.DataFrame:
-    spec, counts = record["spec"], record["applications"]
-    rows = {"model": spec["model"], "base source": json.dumps(record["base"]), "data": spec["data"],
-            "methods": ", ".join(spec["methods"]), "objective": spec["objective"], "seeds": spec["seeds"],
-            "fine-tuning budget": json.dumps(spec["budget"]), "minimum margin": spec["min_margin"], "device": spec["device"],
-            "method settings": "; ".join(f"{k}: {json.dumps(v)}" for k, v in record["configs"].items()),
-            "method applications per seed": f"{counts['pairwise_per_seed']} (cache hits {counts['cache_hits']})",
-            "wall time": f"{record['seconds']:.0f} s"}
+    """The run's settings as a reader reads them: one setting a row, in words and rounded numbers."""
+    spec, budget = record["spec"], record["spec"]["budget"]
+    objective = spec["objective"]
+    rows = {"model": _base_text(record), "data": _data_text(record), "methods compared": ", ".join(spec["methods"]),
+            "objective": f"{objective}: {OBJECTIVES[objective][1]}" if objective in OBJECTIVES else objective,
+            "seeds": spec["seeds"], "fine-tuning per step": f"{epochs_text(budget['epochs'])}, learning rate {budget['lr']:g}",
+            "minimum margin": f"{spec['min_margin']:g} accuracy points", "device": record.get("device") or spec["device"],
+            "method settings": "; ".join(_config_text(name, config) for name, config in record["configs"].items()),
+            "method applications": f"{applications(record)} ({record['applications'].get('cache_hits', 0)} found in the step cache)",
+            "wall time": duration(record["seconds"])}
     return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
+
+
+def _config_text(name: str, config: dict) -> str:
+    fields = ", ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+                       for key, value in config.items() if key not in ("method", "version"))
+    return f"{name}: {fields}" if fields else name
+
+
+def _base_text(record: dict) -> str:
+    base = record.get("base") or {}
+    what = base.get("architecture") or base.get("source")
+    return f"{record['spec']['model']}" + (f" ({what})" if what and what != record["spec"]["model"] else "")
+
+
+def _data_text(record: dict) -> str:
+    data = record.get("data")
+    if not data:
+        return record["spec"]["data"]
+    return (f"{data['name']}: {plural(data['classes'], 'class')}, {data['input_size']}×{data['input_size']} px, "
+            f"{data['train']} training, {data['val']} validation and {data['test']} test images")
 
 
 def _section(title: str, body: str) -> str:
@@ -161,16 +204,57 @@ def _tradeoff_sections(record: dict) -> str:
     return "".join(_figure(charts.tradeoff_figure(record, x)) for x in axes)
 
 
-def _summary(record: dict) -> str:
-    """Title, the recommended chain in big text and the headline figures."""
-    spec, chain, figures = record["spec"], charts.arrow(record["chain"]), headline_figures(record)
+def _summary(record: dict, finished: float | None) -> str:
+    """The first screen: when, on what, what was compared, the order in words, what it buys, how sure, what next."""
+    spec, chain, figures = record["spec"], chain_text(record["chain"]), headline_figures(record)
+    when = time.strftime("%d %B %Y, %H:%M", time.localtime(finished or time.time()))
+    compared = (f"Every order of applying {len(spec['methods'])} compression methods ({', '.join(spec['methods'])}) to "
+                f"{_base_text(record)} was compared pairwise: {applications(record)} method applications over "
+                f"{plural(spec['seeds'], 'seed')}, {duration(record['seconds'])}, on {_data_text(record)}.")
     parts = [f"<h1>Order of compression: {html.escape(spec['model'])} on {html.escape(spec['data'])}</h1>",
-             '<p class="muted">Recommended order of compression methods</p>', f'<div class="chain">{html.escape(chain)}</div>',
-             f"<p>{html.escape(evidence_sentence(record))}</p>", _headline_cards(figures)]
+             f'<p class="muted">{html.escape(when)} · device {html.escape(record.get("device") or spec["device"])}</p>',
+             '<div class="lead">', f"<p><b>What was compared.</b> {html.escape(compared)}</p>",
+             f"<p><b>Recommended order.</b> {html.escape(order_in_words(record['chain']))}</p>", f'<div class="chain">{html.escape(chain)}</div>',
+             f"<p><b>What it buys{'' if figures['shipped'] else ' (' + SIMULATION + ')'}.</b></p>", _headline_cards(figures),
+             f"<p><b>How sure.</b> {html.escape(evidence_sentence(record))}</p>",
+             f"<p><b>Next step.</b> {html.escape(next_step(record, figures))}</p>", "</div>"]
     if figures["measured_chain"] != list(record["chain"]):
-        measured = charts.arrow(figures["measured_chain"]) or "no step"
+        measured = chain_text(figures["measured_chain"]) or "no step"
         parts.append(f'<p class="muted">Figures after {html.escape(measured)}: the chain stopped early (see the notes).</p>')
     return "\n".join(parts)
+
+
+def order_in_words(chain: list[str]) -> str:
+    """'First structured pruning (prune), then quantization-aware training (quantize).'"""
+    from ..methods.registry import METHODS
+
+    names = [f"{METHODS[m].title[0].lower() + METHODS[m].title[1:]} ({m})" if m in METHODS else m for m in chain]
+    if len(names) == 1:
+        return f"Only {names[0]}."
+    return f"First {names[0]}, " + "".join(f"then {name}, " for name in names[1:-1]) + f"and last {names[-1]}."
+
+
+def next_step(record: dict, figures: dict) -> str:
+    """What to do with the result: firm up undecided pairs first, else try the shipped file where it will run."""
+    undecided = [o for o in record["outcomes"] if not o["incompatible"] and (o["tie"] or o["weak_evidence"])]
+    if undecided:
+        return (f"{plural(len(undecided), 'pair')} of methods could not be told apart with {plural(record['spec']['seeds'], 'seed')}: "
+                "run the exploration again with more seeds before relying on the order; meanwhile the recommended order "
+                "is a reasonable default, as the pairs involved are about as good either way.")
+    shipped = figures["shipped"]
+    target = f"the {shipped['format']} file" if shipped else "the compressed model (Export page)"
+    return f"Export {target} and measure it on the hardware and data it will serve, then decide whether to ship it."
+
+
+def glossary(record: dict) -> str:
+    """One line on BitOps and on every method compared."""
+    from ..methods.registry import METHODS
+
+    lines = ["<b>BitOps</b>: bit operations per image, multiply-accumulates × weight bits × activation bits; a model-level "
+             "count that predicts hardware cost, not a measured speed."]
+    lines += [f"<b>{html.escape(m)}</b> ({html.escape(METHODS[m].title.lower())}): {html.escape(METHODS[m].summary)}"
+              for m in record["spec"]["methods"] if m in METHODS]
+    return "<ul>" + "".join(f"<li>{line}</li>" for line in lines) + "</ul>"
 
 
 def _tables(record: dict) -> list[str]:
@@ -186,22 +270,24 @@ def _tables(record: dict) -> list[str]:
     return tables + [_section("Every step of the exploration (validation split)", steps)]
 
 
-def meeting_report(record: dict) -> str:
-    """The whole report as one HTML string."""
+def meeting_report(record: dict, finished: float | None = None) -> str:
+    """The whole report as one HTML string; `finished` (seconds since the epoch) dates it, else the time it is written."""
     note_items = "".join(f"<li>{html.escape(item)}</li>" for item in notes(record)) or "<li>No caveats.</li>"
-    body = [_summary(record),
-            _section("Precedence graph", _figure(charts.precedence_figure(record))),
+    body = [_summary(record, finished), _section("Terms", glossary(record)),
+            _section("Precedence graph", f'<p class="muted">{html.escape(charts.precedence_caption(record))}</p>'
+                     + _figure(charts.precedence_figure(record))),
             _section("Pair matrix", _figure(charts.pair_matrix_figure(record))),
             _section("Trade-offs", _tradeoff_sections(record)),
             _section("The chain step by step", _figure(charts.chain_steps_figure(record))),
             *_tables(record), _section("Notes", f'<ul class="notes">{note_items}</ul>'),
-            _section("Run settings", _table(run_settings(record)))]
-    title = html.escape(charts.arrow(record["chain"]))
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Order of compression: {title}</title>"
+            _section("Run settings", _table(run_settings(record), "settings"))]
+    title = html.escape(chain_text(record["chain"]))
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">"
+            f"<title>Order of compression: {title}</title>"
             f"<style>{STYLE}</style><script type=\"text/javascript\">{get_plotlyjs()}</script></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")
 
 
 def results_csv(record: dict) -> bytes:
-    """Every step of the exploration as CSV, e.g. for a browser download."""
-    return steps_table(record["steps"]).to_csv(index=False).encode()
+    """Every step of the exploration and of the recommended chain as CSV (`results_table`), e.g. for a browser download."""
+    return results_table(record).to_csv(index=False).encode()

@@ -11,11 +11,10 @@ best order's standard error.
 """
 from __future__ import annotations
 
+from ..order.plan import chain_text
+from .figures import share_text
+
 SHOWN_ORDERS = 3  # orders named in a sentence before "and N more"
-
-
-def arrow(chain) -> str:
-    return " -> ".join(chain)
 
 
 def evidence_sentences(record: dict) -> list[str]:
@@ -51,7 +50,7 @@ def _probability(verdict: dict, confidence: float) -> str:
     if verdict["probability"] is None:
         return (f"The recommended order scored best of the {count} evaluated; how likely it is the best cannot be "
                 "estimated (one seed and no per-image evidence)")
-    return f"The recommended order is the best of the {count} evaluated with probability {percent(verdict['probability'])}"
+    return f"The recommended order is the best of the {count} evaluated with probability {share_text(verdict['probability'])}"
 
 
 def _separation(verdict: dict) -> str:
@@ -60,7 +59,7 @@ def _separation(verdict: dict) -> str:
     if verdict["separated"]:
         return "; every other evaluated order is worse by a paired interval over seeds and images."
     tied = verdict["inseparable"]
-    names = "; ".join(arrow(chain) for chain in tied[:SHOWN_ORDERS])
+    names = "; ".join(chain_text(chain) for chain in tied[:SHOWN_ORDERS])
     more = f" and {len(tied) - SHOWN_ORDERS} more" if len(tied) > SHOWN_ORDERS else ""
     return (f"; it cannot be separated from {names}{more}: the top orders are within noise of each other, "
             "and any of them is a sound choice.")
@@ -74,11 +73,11 @@ def cost_sentence(search: dict) -> str:
     extra = f", {spent['race']} on extra seeds for the contenders" if spent["race"] else ""
     screened = ""
     if search.get("screen") is not None:
-        screened = (f"; the search ran at {percent(search['screen'])} of the fine-tuning epochs and {spent['confirm']} "
+        screened = (f"; the search ran at {share_text(search['screen'])} of the fine-tuning epochs and {spent['confirm']} "
                     f"applications confirmed its best orders at the full budget, {spent['cost']:.0f} full-budget "
                     "applications in cost")
     return (f"{spent['total']} method applications were spent ({spent['per_seed']} per seed for the search{extra}"
-            f"{screened}), {percent(spent['share_of_exhaustive'])} of exhaustive ({spent['exhaustive']}).")
+            f"{screened}), {share_text(spent['share_of_exhaustive'])} of exhaustive ({spent['exhaustive']}).")
 
 
 def pairs_sentence(outcomes: list[dict]) -> str:
@@ -106,11 +105,3 @@ def exhaustive_sentences(summary: dict | None) -> list[str]:
             f"{summary['regret']:.2f} below the best order, "
             + (f"within that order's standard error ({summary['best_se']:.2f})." if within else
                f"more than that order's standard error ({summary['best_se']:.2f}).")]
-
-
-def percent(fraction: float) -> str:
-    """A probability or share as a percentage: whole percent, one decimal below 1 %; short of certain is never
-    rounded up to 100 % (a Monte-Carlo estimate of 0.999 is not a certainty)."""
-    if 0.995 <= fraction < 1:
-        return "over 99%"
-    return f"{100 * fraction:.0f}%" if fraction >= 0.01 else f"{100 * fraction:.1f}%"

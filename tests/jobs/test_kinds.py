@@ -81,7 +81,7 @@ def test_an_export_of_an_order_that_cannot_apply_fails_and_keeps_its_steps(store
     job_id = store.create(spec, "export")
     assert run_job(store, job_id) == "failed"
     job = store.get(job_id)
-    assert job["error"].startswith("ValueError: prune -> lowrank is incompatible: ") and "choose another order" in job["error"]
+    assert job["error"].startswith("ValueError: prune → lowrank is incompatible: ") and "choose another order" in job["error"]
     assert [row["status"] for row in store.steps(job_id)] == ["ok", "incompatible"]
     assert not (store.path.parent / "exports" / job_id).exists()
 
@@ -145,14 +145,14 @@ def test_a_store_from_before_job_kinds_reads_its_jobs_as_explorations(tmp_path):
     assert JobStore(path).get("old")["kind"] == "explore"
 
 
-def test_mean_step_seconds_averages_successful_steps_of_explorations(store, tiny_spec):
-    assert store.mean_step_seconds() is None
+def test_step_seconds_averages_and_counts_successful_steps_of_explorations(store, tiny_spec):
+    assert store.step_seconds() is None
     job_id = store.create(tiny_spec())
     for chain, status, seconds in ((["prune"], "ok", 2.0), (["quantize"], "ok", 4.0), (["prune", "quantize"], "failed", 100.0)):
         store.record_step(job_id, {"chain": chain, "seed": 0, "status": status, "reason": None, "metrics": None, "seconds": seconds})
     model = store.get(job_id)["spec"]["model"]
-    assert store.mean_step_seconds() == 3.0 and store.mean_step_seconds(model, "digits") == 3.0
-    assert store.mean_step_seconds("digits_cnn") is None and store.mean_step_seconds(model, "/data/cifar") is None
+    assert store.step_seconds() == (3.0, 2) and store.step_seconds(model, "digits") == (3.0, 2)
+    assert store.step_seconds("digits_cnn") is None and store.step_seconds(model, "/data/cifar") is None
 
 
 @pytest.mark.timeout(2 * WORKER_S)

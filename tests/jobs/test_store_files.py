@@ -77,7 +77,7 @@ def test_every_call_on_a_store_damaged_after_it_was_opened_is_one_store_error(us
     calls = [lambda: used_store.get(job_id), used_store.list_jobs, lambda: used_store.create(tiny_spec()),
              lambda: used_store.steps(job_id), lambda: used_store.log(job_id), lambda: used_store.append_log(job_id, "x"),
              lambda: used_store.set_status(job_id, "failed"), lambda: used_store.request_cancel(job_id),
-             lambda: used_store.set_progress(job_id, "x", 0.5), used_store.mean_step_seconds]
+             lambda: used_store.set_progress(job_id, "x", 0.5), used_store.step_seconds]
     for call in calls:
         with pytest.raises(StoreError, match=r"^the job store .* cannot be used \(database disk image is malformed\): ") as refusal:
             call()

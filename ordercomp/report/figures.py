@@ -1,0 +1,134 @@
+"""Every figure the dashboard and the meeting report state about an exploration, as text, from one place:
+the headline (what the shipped file buys, in its runtime; the eager simulation labelled as such), the
+number of method applications, and the units and rounding of sizes, latencies, accuracies, probabilities and durations.
+A figure read on any page, in the report or in the CSV comes from here, so they read the same.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RUNTIME_NAMES = {"onnx": "onnxruntime", "onnx_int8": "onnxruntime", "torchscript": "TorchScript", "pt2": "torch.export",
+                 "packed": "PyTorch (packed weights)"}
+FORMAT_NAMES = {"onnx": "ONNX", "onnx_int8": "int8 ONNX", "torchscript": "TorchScript", "pt2": ".pt2", "packed": "packed file",
+                "state_dict": "state dict", "manifest": "manifest"}
+SIMULATION = "PyTorch eager simulation"  # fake-quantised layers, masks and exit heads run as PyTorch modules
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 channel', '3 channels', '10 classes'."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {noun}es" if noun.endswith(("s", "x", "ch", "sh")) else f"{count} {noun}s"
+
+
+def epochs_text(epochs: float) -> str:
+    """'1 epoch', '0.5 epochs', '3 epochs'."""
+    return f"{epochs:g} epoch" if epochs == 1 else f"{epochs:g} epochs"
+
+
+def size_text(size_bytes: float | None) -> str:
+    """Bytes in binary units, one decimal: '14.6 KiB'."""
+    if size_bytes is None:
+        return "n/a"
+    for prefix, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size_bytes >= scale:
+            return f"{size_bytes / scale:.1f} {prefix}"
+    return f"{size_bytes:.0f} B"
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '39 min', '2.1 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def latency_text(ms: float | None) -> str:
+    """Milliseconds to three significant digits: '0.569 ms', '12.2 ms'."""
+    return "not measured" if ms is None else f"{ms:.3g} ms"
+
+
+def share_text(fraction: float) -> str:
+    """A probability or share as a percentage: whole percent, one decimal below 1 %; short of certain is never
+    rounded up to 100 % (a Monte-Carlo estimate of 0.999 is not a certainty)."""
+    if 0.995 <= fraction < 1:
+        return "over 99%"
+    return f"{100 * fraction:.0f}%" if fraction >= 0.01 else f"{100 * fraction:.1f}%"
+
+
+def accuracy_text(percent: float | None) -> str:
+    return "n/a" if percent is None else f"{percent:.2f} %"
+
+
+def points_text(change: float | None) -> str:
+    return "n/a" if change is None else f"{change:+.2f} points"
+
+
+def times_text(ratio: float | None) -> str:
+    """'80.4×'; ratios below 10 get two significant decimals: '1.76×'."""
+    if ratio is None:
+        return "n/a"
+    return f"{ratio:.1f}×" if ratio >= 10 else f"{ratio:.2f}×"
+
+
+def speed_text(speedup: float | None) -> str:
+    """'1.50× faster' or '1.76× slower' from the base's latency over the model's."""
+    if speedup is None:
+        return "n/a"
+    return f"{times_text(speedup)} faster" if speedup >= 1 else f"{times_text(1 / speedup)} slower"
+
+
+def applications(record: dict) -> int:
+    """Method applications an exploration made: every step on the validation split (cached ones included) and
+    the chain applied once on the test split; the count its progress reached."""
+    return len(record["steps"]) + len(record["chain_steps"])
+
+
+@dataclass(frozen=True)
+class Headline:
+    """One headline figure: a short label, its value, and a line saying what it is and where it was measured."""
+
+    label: str
+    value: str
+    detail: str
+
+
+def headline(figures: dict) -> list[Headline]:
+    """The headline of `meeting.headline_figures(record)`: the shipped file's size, speed in its runtime and accuracy
+    when the record has them, else the eager simulation's, labelled as such; and the BitOps the metrics count."""
+    shipped = figures.get("shipped")
+    items = _shipped_headline(shipped) if shipped else _simulated_headline(figures)
+    return items + [Headline("BitOps", f"{times_text(figures['bitops_reduction'])} fewer",
+                             "bit operations per image counted by ordercomp (MACs × weight bits × activation bits), against the base")]
+
+
+def _shipped_headline(shipped: dict) -> list[Headline]:
+    base, fmt = shipped["base"], FORMAT_NAMES.get(shipped["format"], shipped["format"])
+    runtime = shipped.get("runtime") or RUNTIME_NAMES.get(shipped["format"], shipped["format"])
+    where = f"{fmt} file in {runtime}, after warm-up, {(shipped.get('cpu') or {}).get('model') or 'this CPU'}"
+    latency, base_latency = shipped["latency_ms"], base["latency_ms"]
+    items = [Headline("Shipped file size", size_text(shipped["file_bytes"]),
+                      f"{fmt} file, {times_text(shipped.get('size_ratio'))} smaller than the base's {size_text(base['file_bytes'])}")]
+    for batch in sorted(latency, key=int):
+        items.append(Headline(f"Speed, batch {batch}", speed_text((shipped.get("speedup") or {}).get(batch)),
+                              f"{latency_text(latency[batch])} against the base's {latency_text(base_latency.get(batch))}; {where}"))
+    items.append(Headline("Accuracy (test)", accuracy_text(shipped["accuracy"]),
+                          f"{points_text(shipped['accuracy'] - base['accuracy'])} against the base's {accuracy_text(base['accuracy'])} "
+                          f"(the {fmt} file on the test split)"))
+    return items
+
+
+def _simulated_headline(figures: dict) -> list[Headline]:
+    base_ms, final_ms = figures["latency_ms"]
+    return [Headline("Size (counted)", f"{times_text(figures['size_reduction'])} smaller",
+                     "storage the metrics count (quantised layers at their bit width), against the base; no deployable file measured"),
+            Headline("Speed, batch 1", speed_text(_ratio(base_ms, final_ms)),
+                     f"{latency_text(final_ms)} against the base's {latency_text(base_ms)} in the {SIMULATION}, "
+                     "not a deployable file"),
+            Headline("Accuracy (test)", points_text(figures["accuracy_change"]), f"against the base, in the {SIMULATION}")]
+
+
+def _ratio(before: float | None, after: float | None) -> float | None:
+    return before / after if before and after else None

@@ -1,0 +1,115 @@
+"""What ships is what is shown: runtimes timed after warm-up and against the base in the same runtime, the
+exploration's record of its shipped file, and an export that reuses the model the exploration trained."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from ordercomp.deploy import runtimes
+from ordercomp.deploy.export import export_compressed
+from ordercomp.exploration import explorer, pipeline
+from ordercomp.exploration.explorer import ExploreSpec, compress, explore
+from ordercomp.report.meeting import headline_figures
+from ordercomp.train import Budget
+from testkit import FAST
+
+SLOW_MS = 50
+
+
+@pytest.fixture(autouse=True)
+def quick_base(monkeypatch):
+    monkeypatch.setattr(explorer, "BASE_BUDGET", Budget(epochs=0.2))  # cnn_tiny is trained here: briefly, for a test
+
+
+class Profiling:
+    """A runner whose first `slow` calls take SLOW_MS, as TorchScript's profiling and re-optimising calls do."""
+
+    def __init__(self, slow: int, name: str = "", log: list | None = None):
+        self.slow, self.calls, self.name, self.log = slow, 0, name, log
+
+    def __call__(self, x):
+        self.calls += 1
+        if self.log is not None:
+            self.log.append(self.name)
+        if self.calls <= self.slow:
+            time.sleep(SLOW_MS / 1000)
+        return x
+
+
+def test_a_runtime_s_first_slow_calls_are_warm_up_not_timing(digits):
+    # 15 slow calls: 3 warm-up calls and 20 timed ones reported a median of 50 ms before
+    reported = runtimes.latency_ms(Profiling(slow=15), digits, 1, repeats=20)
+    assert reported < SLOW_MS / 2
+
+
+def test_a_file_and_its_base_are_timed_in_alternating_rounds(digits):
+    log: list[str] = []
+    runs = [Profiling(0, "file", log), Profiling(0, "base", log)]
+    runtimes.paired_latency_ms(runs, digits, 1, repeats=10)
+    file_warm_up = log.index("base")
+    base_warm_up = log.index("file", file_warm_up) - file_warm_up
+    timed = log[file_warm_up + base_warm_up:]
+    assert file_warm_up >= runtimes.WARMUP_CALLS and base_warm_up >= runtimes.WARMUP_CALLS
+    assert len(timed) >= 20 and timed == ["file", "base"] * (len(timed) // 2)
+
+
+def test_speedups_are_against_the_base_in_the_same_runtime(compressed_pair, tmp_path, monkeypatch):
+    monkeypatch.setattr(runtimes, "MIN_TIMED_S", 0.0)
+    model, base, outcome = compressed_pair
+    manifest = export_compressed(model, tmp_path / "out", formats=("torchscript", "onnx", "onnx_int8", "packed"), chain=["prune"],
+                                 configs=outcome.configs, metrics=outcome.steps[-1].metrics, data=outcome.data,
+                                 base=outcome.source, base_model=base, repeats=5)
+    for entry in manifest["formats"]:
+        measured, reference = entry["measured"], entry["base_measured"]
+        same = "onnx" if entry["format"] == "onnx_int8" else entry["format"]
+        assert reference["format"] == same and reference["runtime"] == runtimes.runtime_name(same), entry["format"]
+        assert entry["speedup"] == {b: reference["latency_ms"][b] / ms for b, ms in measured["latency_ms"].items()}
+
+
+@pytest.fixture
+def compressed_pair():
+    outcome = compress(chain=["prune"], model=FAST["model"], budget=FAST["budget"], device="cpu", cache_dir=None)
+    return outcome.model, outcome.base, outcome
+
+
+def test_an_exploration_records_its_shipped_file_next_to_the_base_in_the_same_runtime(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtimes, "MIN_TIMED_S", 0.0)
+    spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, search="pairwise", **(FAST | {"ship": "onnx"}))
+    record = explore(spec, cache_dir=tmp_path).to_dict()
+    shipped = record["shipped"]
+    assert shipped["format"] == shipped["base"]["format"] == "onnx"
+    assert shipped["runtime"] == shipped["base"]["runtime"] == "onnxruntime (CPU)"
+    assert shipped["check"]["passed"] and shipped["check"]["images"] == 359  # the whole test split of digits
+    assert shipped["speedup"] == {b: shipped["base"]["latency_ms"][b] / ms for b, ms in shipped["latency_ms"].items()}
+    assert set(shipped["latency_ms"]) == {"1", "32"} and shipped["threads"] == runtimes.THREADS
+    assert shipped["size_ratio"] == shipped["base"]["file_bytes"] / shipped["file_bytes"]
+    assert shipped["cpu"]["model"] and isinstance(shipped["cpu"]["flags"], list)
+    figures = headline_figures(record)
+    assert figures["shipped_speedup"] == shipped["speedup"] and figures["shipped_runtime"] == "onnxruntime (CPU)"
+    assert figures["shipped_bytes"] == (shipped["base"]["file_bytes"], shipped["file_bytes"])
+    assert headline_figures(record | {"shipped": None})["shipped"] is None
+
+
+def test_an_export_after_an_exploration_reuses_its_chain_model_and_applies_no_method(tmp_path, monkeypatch):
+    record = explore(ExploreSpec(methods=("prune", "quantize"), seeds=1, search="pairwise", **FAST), cache_dir=tmp_path).to_dict()
+    applied = []
+    apply_step = pipeline.apply_step
+    monkeypatch.setattr(pipeline, "apply_step", lambda model, method, *rest: applied.append(method) or apply_step(model, method, *rest))
+    again = compress(chain=record["chain"], model=FAST["model"], budget=FAST["budget"], device="cpu", cache_dir=tmp_path)
+    assert again.reused and applied == []
+    assert [s.to_dict() for s in again.steps] == record["chain_steps"]
+    other = compress(chain=record["chain"], model=FAST["model"], budget=FAST["budget"], device="cpu", cache_dir=tmp_path, seed=1)
+    assert not other.reused and applied == record["chain"]  # another seed is another key: applied, not reused
+    manifest = export_compressed(again.model, tmp_path / "out", formats=("state_dict",), chain=record["chain"], configs=again.configs,
+                                 metrics=again.steps[-1].metrics, data=again.data, base=again.source, measure=False, reused=again.reused)
+    assert manifest["reused_chain_model"] is True
+
+
+def test_a_kept_chain_model_that_is_not_the_one_recorded_is_applied_again(tmp_path, monkeypatch):
+    compress(chain=["prune"], model=FAST["model"], budget=FAST["budget"], device="cpu", cache_dir=tmp_path)
+    (kept,) = tmp_path.glob("chain-*.pt")
+    torch.save(torch.nn.Linear(1, 1), kept)  # another model under the key: its checksum is not the recorded one
+    again = compress(chain=["prune"], model=FAST["model"], budget=FAST["budget"], device="cpu", cache_dir=tmp_path)
+    assert not again.reused and again.steps[-1].status == "ok"
