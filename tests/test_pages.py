@@ -338,7 +338,8 @@ def test_choices_on_methods_flow_to_runs_and_launch_a_job_kept_in_the_url(store,
     at.switch_page(PAGES["3_runs"]).run()
     summary = plain(at.main.markdown[0].value)
     assert "methods **quantize, prune**" in summary and "**2 seeds**" in summary and "0.5 epochs of fine-tuning per step" in summary
-    assert plain(at.main.caption[0].value).startswith("Settings: prune: ratio 0.3. At most 10 method applications, about ")
+    # (2 singles + 2 ordered pairs, both whole orders) x 2 seeds, the race's extra seeds up to 2.5 x 4 x 2, + the chain's 2
+    assert plain(at.main.caption[0].value).startswith("Settings: prune: ratio 0.3. At most 22 method applications, about ")
     next(button for button in at.main.button if button.label == "Launch exploration").click().run()
     job = store.get(spawned[0])
     assert (job["kind"], job["status"]) == ("explore", "queued")
@@ -355,8 +356,9 @@ def test_runs_page_shows_the_finished_run_from_the_url_with_pairs_log_and_list(s
     assert any("**done**" in plain(markdown.value) for markdown in at.main.markdown)
     assert at.main.get("progress")[0].value == 100
     pairs = at.main.dataframe[0].value
-    assert list(pairs["applications"]) == ["prune alone", "quantize alone", "prune / quantize"]
-    assert list(pairs["status"]) == ["ok", "ok", "ok"] and list(pairs["done"]) == [1, 1, 2]
+    assert list(pairs["applications"]) == ["prune alone", "quantize alone", "prune / quantize", "extra seeds for the contenders (race)"]
+    raced = len([s for s in finished["record"]["steps"] if s["seed"] >= 1])  # the spec's seed is 0
+    assert list(pairs["status"]) == ["ok"] * 4 and list(pairs["done"]) == [1, 1, 2, raced] and raced > 0
     chain = " → ".join(finished["record"]["chain"])
     assert plain(at.main.success[0].value) == f"Recommended order: **{chain}**"
     assert "prune → quantize (seed 0): ok" in at.main.code[0].value
@@ -596,7 +598,8 @@ def test_a_launched_exploration_runs_in_a_worker_and_its_result_reaches_the_resu
     at.run()
     job = store.get(job_id)
     assert job["status"] == "done", store.log(job_id)
-    assert job["result"]["applications"]["cache_hits"] == 4
+    # the pairs and the race's extra seed, every one from the finished run's cache
+    assert job["result"]["applications"]["cache_hits"] == len(job["result"]["steps"]) == len(finished["record"]["steps"])
     assert plain(at.main.success[0].value) == f"Recommended order: **{' → '.join(job['result']['chain'])}**"
     at.switch_page(PAGES["4_order"]).run()
     assert plain(at.main.markdown[0].value).startswith("### Recommended order:") and charts(at, "graphviz_chart") == 1

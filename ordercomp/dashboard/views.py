@@ -44,6 +44,12 @@ def progress_text(job: dict, unit: str = "method applications") -> str:
     return f"{done} of {'at most ' if done < total and job.get('kind', 'explore') == 'explore' else ''}{total} {unit} finished"
 
 
+def progress_fraction(job: dict) -> float:
+    """How full the progress bar is: done of the total planned at the start, and full once the job is done (a search or
+    a race that needed fewer applications than the most its budget allows ends below its total)."""
+    return 1.0 if job["status"] == "done" else min(job["done"] / job["total"], 1.0)
+
+
 def job_rows(jobs: list[dict], positions: dict[str, int] | None = None) -> list[dict]:
     """One row per job for a table; `positions` (job id -> place in the queue) fill the queue column."""
     positions = positions or {}
