@@ -249,5 +249,5 @@ def test_a_users_class_from_a_file_reaches_the_ray_workers(ray_cluster, digits, 
     explorer = Explorer(ExploreSpec(methods=("sparsify", "quantize"), seeds=1, **FAST))
     step = StepFunction(explorer.configs, explorer.spec.budget)
     plan = [("sparsify",), ("sparsify", "quantize")]
-    results = RayExecutor().run(plan_work(explorer, base, step, StepCache(None), lambda e: None), plan, 1)
+    results = RayExecutor().run(plan_work(explorer, base, step, StepCache(None), lambda e: None), plan, [0])
     assert [(r.chain, r.status) for r in results] == [(chain, OK) for chain in plan], [r.reason for r in results]
