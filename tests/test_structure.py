@@ -341,7 +341,9 @@ def test_an_exploration_of_a_vit_goes_on_past_the_methods_that_fail_and_says_whi
     result = Explorer(spec, cache_dir=None, data=fewer(digits)).explore().to_dict()
     assert sorted(result["chain"]) == ["quantize", "sparsify"]
     assert {entry["method"]: entry["status"] for entry in result["left_out"]} == {"prune": FAILED, "distill": FAILED}
-    assert any(step["chain"] == ["prune"] and step["reason"] for step in result["failed_steps"])
+    # before: "RuntimeError: shape '[64, 32, 4]' is invalid for input of size 4096", raised by fine-tuning the pruned model
+    assert any(step["chain"] == ["prune"] and "Torch-Pruning removed channels that the forward still expects" in step["reason"]
+               for step in result["failed_steps"])
     assert [step["status"] for step in result["chain_steps"]] == [OK, OK]
     assert result["base"]["structure"]["classifier"] == "heads.head"
     print_summary(explorer.Exploration(**result))
@@ -355,10 +357,12 @@ def test_a_user_cnn_with_early_exits_exports_to_float_onnx_that_predicts_as_pyto
 
     context = Context(fewer(digits), Budget(epochs=1), seed=0)
     exits = get_method("early_exit").apply(user_base, get_method("early_exit").make_config(threshold=0.6), context)
-    manifest = export_compressed(exits, tmp_path / "out", formats=("onnx", "packed"), chain=["early_exit"], configs={},
-                                 metrics={}, data=digits, base={"source": "test"}, measure=False)
+    manifest = export_compressed(exits, tmp_path / "out", formats=("onnx", "packed", "state_dict"), chain=["early_exit"],
+                                 configs={}, metrics={}, data=digits, base={"source": "test"}, measure=False)
     entries = {entry["format"]: entry for entry in manifest["formats"]}
-    assert entries["onnx"]["check"]["passed"]
+    assert entries["onnx"]["check"]["passed"] and entries["onnx"]["early_exit"] == "stops at run time"
+    # the weights and a graph: the exporter's stack trace on every node made it 2.6x the weights (MobileNetV3-Small: 120 MB)
+    assert entries["onnx"]["size_bytes"] < 1.25 * entries["state_dict"]["size_bytes"]
     assert entries["packed"]["error"].startswith("not built: the packed format holds a closed list of layer kinds")
     images = digits.test.tensors[0]
     with torch.no_grad():

@@ -53,7 +53,19 @@ def shrink_width(model: nn.Module, ratio: float, importance: str, context: Conte
     except Exception as error:  # raised deep inside Torch-Pruning's graph walk, where the bare error names no culprit
         raise PruningError(f"Torch-Pruning could not prune this network's channels ({one_line(error)}): "
                            "sparsify or lowrank make it smaller without it") from error
+    _check_runs(model, example)
     return model
+
+
+@torch.no_grad()
+def _check_runs(model: nn.Module, example: torch.Tensor) -> None:
+    """The pruned network must still run its own forward, which may hold widths Torch-Pruning cannot see."""
+    try:
+        all_outputs(model, example)
+    except Exception as error:  # the user's forward raises whatever its code meets
+        raise PruningError(f"Torch-Pruning removed channels that the forward still expects ({one_line(error)}): a forward that "
+                           "reshapes to a width it keeps in an attribute (as torchvision's VisionTransformer does) cannot be "
+                           "pruned") from error
 
 
 def apply(model: nn.Module, config: PruneConfig, context: Context) -> nn.Module:
