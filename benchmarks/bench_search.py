@@ -1,17 +1,25 @@
 """Order search checked against exhaustive ground truth, on the settings of `search_settings.py`.
 
 For every setting, every order of its methods is run on the same seeds (prefixes shared, results
-cached in .ordercomp/bench-search-cache, so a rerun only re-reads them); then each search strategy
-is run on the same cache and judged against that ground truth. Printed per setting and strategy:
-the chain, its rank among the orders, its regret (the best order's mean score minus the chain's,
-in the objective's points), Kendall's tau between the ranking the pair decisions imply and the
-exhaustive ranking, and the method applications per seed the strategy spent.
+cached in --cache, so a rerun only re-reads them); then each search strategy is run on the same
+cache and judged against that ground truth. Printed per setting and strategy: the chain, its rank
+among the orders, its regret (the best order's mean score minus the chain's, in the objective's
+points), Kendall's tau between the ranking the pair decisions imply and the exhaustive ranking, the
+method applications it spent over all seeds (the race's extra seeds included) and, for the
+strategies that evaluate whole orders, the probability it claims that its order is the best of those
+it evaluated, whether it truly is (by the ground truth), and the orders it could not separate it from.
 
-Last, a real A/A run: every pair order of the default setting on seeds 0-2 against the same order
-on seeds 3-5; a calibrated decision rule declares (almost) no winner.
+With --screens, the default strategy also runs with --screen at each fraction of the fine-tuning
+epochs: its regret, its cost in full-budget applications, and Kendall's tau between the cheap and the
+full scores of the orders its screen evaluated (the full ones from the ground truth).
+
+Last, a real A/A run: every pair order of the default setting on seeds 0-2 against the same order on
+seeds 3-5, judged by the pair decision and by the race's elimination test; a calibrated rule drops
+(almost) none.
 
     .venv/bin/python benchmarks/bench_search.py                       # every setting
     .venv/bin/python benchmarks/bench_search.py --settings default    # some of them
+    .venv/bin/python benchmarks/bench_search.py --cache /tmp/bench-search-cache --screens 0.25,0.5
 """
 from __future__ import annotations
 
@@ -29,8 +37,10 @@ from search_settings import SETTINGS, setting_spec  # noqa: E402
 from ordercomp import order  # noqa: E402
 from ordercomp.exploration.explorer import SEARCHES, Explorer, ranked_orders  # noqa: E402
 from ordercomp.order import OBJECTIVES  # noqa: E402
+from ordercomp.order.race import Trial, eliminated  # noqa: E402
 
 CACHE = Path(".ordercomp/bench-search-cache")
+DEFAULT = order.DEFAULT_STRATEGY
 
 
 def ground_truth(explorer: Explorer, base) -> tuple[list[dict], list]:
@@ -54,9 +64,9 @@ def describe_orders(explorer: Explorer, truth: list[dict], full: list) -> str:
             f"{reduction[by_accuracy]:.0f}x), rank {by_accuracy + 1} by {explorer.spec.objective}")
 
 
-def judge(name: str, strategy: str, truth: list[dict]) -> dict:
-    """Run `strategy` on the cached steps of setting `name` and compare its chain with the truth."""
-    explorer = Explorer(setting_spec(name, search=strategy), cache_dir=CACHE)
+def judge(name: str, strategy: str, truth: list[dict], cache: Path, screen: float | None = None) -> dict:
+    """Run `strategy` (with `screen`, if given) on the cached steps of setting `name` and compare its chain with the truth."""
+    explorer = Explorer(setting_spec(name, search=strategy, screen=screen), cache_dir=cache)
     base, _ = explorer.load_base()
     found = explorer.find_order(base)
     scores = {tuple(o["chain"]): o["score"] for o in truth}
@@ -64,68 +74,139 @@ def judge(name: str, strategy: str, truth: list[dict]) -> dict:
     rank = [tuple(o["chain"]) for o in truth].index(tuple(found.chain)) + 1 if chosen is not None else None
     implied = order.pairwise_ranking(list(explorer.spec.methods), found.outcomes)
     tau = order.kendall_tau({c: implied[c] for c in scores}, scores) if len(scores) > 1 else None
-    return {"setting": name, "strategy": strategy, "chain": " -> ".join(found.chain), "rank": rank, "of": len(truth),
-            "regret": None if chosen is None else abs(truth[0]["score"] - chosen), "best_se": truth[0]["se"],
-            "tau": tau, "applications": found.search["applications_per_seed"]}
+    search = found.search
+    verdict = search.get("verdict") or {}
+    evaluated = [tuple(o["chain"]) for o in search["orders"] if tuple(o["chain"]) in scores]
+    higher = OBJECTIVES[explorer.spec.objective][0]
+    truly = max(evaluated, key=lambda c: scores[c] if higher else -scores[c]) if evaluated else None
+    spent = search.get("applications") or {}
+    return {"setting": name, "strategy": strategy, "screen": screen, "chain": " -> ".join(found.chain), "rank": rank,
+            "of": len(truth), "regret": None if chosen is None else abs(truth[0]["score"] - chosen), "best_se": truth[0]["se"],
+            "tau": tau, "applications": spent.get("total", search["applications_per_seed"] * explorer.spec.seeds),
+            "cost": spent.get("cost", search["applications_per_seed"] * explorer.spec.seeds),
+            "pairwise_total": order.pairwise_applications(len(explorer.spec.methods)) * explorer.spec.seeds,
+            "probability": verdict.get("probability"), "truly_best_of_evaluated": truly == tuple(found.chain),
+            "separated": verdict.get("separated"), "inseparable": len(verdict.get("inseparable", [])),
+            "screen_tau": screen_tau(search, scores) if screen else None}
 
 
-def aa_run(seeds: int = 3) -> tuple[int, int]:
-    """(winners declared, comparisons): each pair order on seeds 0..k-1 against itself on seeds k..2k-1."""
+def screen_tau(search: dict, full: dict) -> float | None:
+    """Kendall's tau between the screened scores of the orders the screen evaluated and their full-budget truth."""
+    cheap = {tuple(o["chain"]): o["score"] for o in search.get("screened_orders", []) if tuple(o["chain"]) in full}
+    return order.kendall_tau(cheap, {c: full[c] for c in cheap}) if len(cheap) > 1 else None
+
+
+def aa_run(cache: Path, seeds: int = 3) -> tuple[int, int, int]:
+    """(pair decisions declaring a winner, race tests dropping an order, comparisons): each pair order on
+    seeds 0..k-1 against itself on seeds k..2k-1."""
     spec = setting_spec("default", seeds=2 * seeds)
-    explorer = Explorer(spec, cache_dir=CACHE)
+    explorer = Explorer(spec, cache_dir=cache)
     base, _ = explorer.load_base()
     explorer.measure_base(base)
     steps = explorer.run_plan(base, order.pairwise_plan(spec.methods))
-    winners, total = 0, 0
+    winners = dropped = total = 0
     for chain in {s.chain for s in steps if len(s.chain) == 2}:
         runs = sorted((s for s in steps if s.chain == chain), key=lambda s: s.seed)
         first, second = runs[:seeds], runs[seeds:]
         outcome = order.decide_pair("A", "A2", explorer._scores(first), explorer._scores(second),
                                     min_margin=spec.min_margin, confidence=spec.confidence,
                                     images_first_then_second=explorer._hits(first), images_second_then_first=explorer._hits(second))
+        copies = {("A",): explorer._trials(first), ("A2",): _reseeded(explorer._trials(second), seeds)}
         winners += outcome.winner is not None
+        dropped += bool(eliminated(copies, list(copies), True, spec.confidence))
         total += 1
-    return winners, total
+    return winners, dropped, total
+
+
+def _reseeded(trials: dict[int, Trial], offset: int) -> dict[int, Trial]:
+    """Seeds k..2k-1 relabelled 0..k-1, so that the race's test pairs them with the first copy's seeds."""
+    return {seed - offset: trial for seed, trial in trials.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--cache", type=Path, default=CACHE, help=f"step cache of the ground truth (default {CACHE})")
+    parser.add_argument("--screens", default="0.25", help="fractions of the epochs to screen at with the default strategy "
+                        "('' for none), e.g. 0.25,0.5")
     parser.add_argument("--no-aa", action="store_true", help="skip the real A/A run")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    screens = [float(value) for value in args.screens.split(",") if value]
     rows = []
     for name in args.settings.split(","):
-        start = time.perf_counter()
-        explorer = Explorer(setting_spec(name), cache_dir=CACHE)
-        base, _ = explorer.load_base()
-        truth, full = ground_truth(explorer, base)
-        if not truth:
-            print(f"\n{name}: no order applied on every seed; see the failed steps in the cache")
-            continue
-        print(f"\n{name}: {len(truth)} orders, best {' -> '.join(truth[0]['chain'])} {truth[0]['score']:.2f} ± {truth[0]['se']:.2f}, "
-              f"worst {truth[-1]['score']:.2f}; mean seed-to-seed sd of one order "
-              f"{statistics.fmean(o['se'] * o['seeds'] ** 0.5 for o in truth):.2f} ({time.perf_counter() - start:.0f} s)")
-        print(f"  {describe_orders(explorer, truth, full)}")
-        for strategy in SEARCHES:
-            row = judge(name, strategy, truth)
-            rows.append(row)
-            print(f"  {strategy:10s} rank {row['rank']}/{row['of']}  regret {row['regret']:.2f}  tau {row['tau'] or 0:+.2f}  "
-                  f"applications/seed {row['applications']:3d}  {row['chain']}")
+        rows += run_setting(name, args.cache, screens)
     summarize(rows)
+    calibration(rows)
     if not args.no_aa:
-        winners, total = aa_run()
-        print(f"\nreal A/A run (default setting, seeds 0-2 vs 3-5): {winners} winner(s) declared in {total} comparisons")
+        winners, dropped, total = aa_run(args.cache)
+        print(f"\nreal A/A run (default setting, seeds 0-2 vs 3-5): the pair decision declared {winners} winner(s) and the "
+              f"race's test dropped {dropped} order(s) in {total} comparisons")
+
+
+def run_setting(name: str, cache: Path, screens: list[float]) -> list[dict]:
+    """Ground truth of one setting, then every strategy (and the screened default) judged against it."""
+    start = time.perf_counter()
+    explorer = Explorer(setting_spec(name), cache_dir=cache)
+    base, _ = explorer.load_base()
+    truth, full = ground_truth(explorer, base)
+    if not truth:
+        print(f"\n{name}: no order applied on every seed; see the failed steps in the cache")
+        return []
+    sd = statistics.fmean(o["se"] * o["seeds"] ** 0.5 for o in truth)
+    print(f"\n{name}: {len(truth)} orders, best {' -> '.join(truth[0]['chain'])} {truth[0]['score']:.2f} ± {truth[0]['se']:.2f}, "
+          f"worst {truth[-1]['score']:.2f} (spread {abs(truth[0]['score'] - truth[-1]['score']):.2f}); mean seed-to-seed sd "
+          f"of one order {sd:.2f} ({time.perf_counter() - start:.0f} s)")
+    print(f"  {describe_orders(explorer, truth, full)}")
+    rows = [judge(name, strategy, truth, cache) for strategy in SEARCHES]
+    rows += [judge(name, DEFAULT, truth, cache, screen) for screen in screens]
+    for row in rows:
+        print_row(row)
+    return rows
+
+
+def print_row(row: dict) -> None:
+    label = row["strategy"] + (f" --screen {row['screen']:g}" if row["screen"] else "")
+    sure = "" if row["probability"] is None else (
+        f"  P(best of evaluated) {row['probability']:.2f} (truly: {'yes' if row['truly_best_of_evaluated'] else 'no'}), "
+        + ("separated" if row["separated"] else f"not separated from {row['inseparable']}"))
+    cheap = "" if row["screen_tau"] is None else f"  tau cheap vs full {row['screen_tau']:+.2f}"
+    print(f"  {label:22s} rank {row['rank']}/{row['of']}  regret {row['regret']:.2f}  tau {row['tau'] or 0:+.2f}  "
+          f"applications {row['applications']} (cost {row['cost']:.0f}, {row['applications'] / row['pairwise_total']:.2f}x "
+          f"pairwise){sure}{cheap}  {row['chain']}")
 
 
 def summarize(rows: list[dict]) -> None:
-    print("\n| strategy | median regret | worst regret | median rank | applications per seed |")
-    print("|---|---|---|---|---|")
-    for strategy in SEARCHES:
-        mine = [r for r in rows if r["strategy"] == strategy and r["regret"] is not None]
+    print("\n| strategy | median regret | worst regret | worst regret / best order's se | median rank | "
+          "applications (all seeds) / pairwise's | cost in full-budget applications |")
+    print("|---|---|---|---|---|---|---|")
+    for label in dict.fromkeys(_label(r) for r in rows):
+        mine = [r for r in rows if _label(r) == label and r["regret"] is not None]
         if mine:
-            print(f"| {strategy} | {statistics.median(r['regret'] for r in mine):.2f} | {max(r['regret'] for r in mine):.2f} | "
-                  f"{statistics.median(r['rank'] for r in mine):.0f} | {', '.join(str(r['applications']) for r in mine)} |")
+            print(f"| {label} | {statistics.median(r['regret'] for r in mine):.2f} | {max(r['regret'] for r in mine):.2f} | "
+                  f"{max(r['regret'] / r['best_se'] if r['best_se'] else float('inf') for r in mine):.2f} | "
+                  f"{statistics.median(r['rank'] for r in mine):.0f} | "
+                  f"{', '.join(_ratio(r) for r in mine)} | {', '.join(str(round(r['cost'])) for r in mine)} |")
+    worse = [(r["setting"], r["regret"] - p["regret"], r["best_se"]) for r in rows if _label(r) == DEFAULT
+             for p in rows if p["setting"] == r["setting"] and _label(p) == "pairwise" and r["regret"] is not None]
+    print("default minus pairwise regret per setting (positive: worse than pairwise), against the best order's se: "
+          + ", ".join(f"{name} {difference:+.2f} ({se:.2f})" for name, difference, se in worse))
+
+
+def calibration(rows: list[dict]) -> None:
+    claimed = [r for r in rows if r["probability"] is not None and _label(r) == DEFAULT]
+    if claimed:
+        print(f"\n{DEFAULT}: mean claimed P(best of evaluated) {statistics.fmean(r['probability'] for r in claimed):.2f} "
+              f"over {len(claimed)} settings; truly the best of its evaluated orders in "
+              f"{statistics.fmean(r['truly_best_of_evaluated'] for r in claimed):.2f} of them")
+
+
+def _ratio(row: dict) -> str:
+    return f"{row['applications'] / row['pairwise_total']:.2f}"
+
+
+def _label(row: dict) -> str:
+    return row["strategy"] + (f" --screen {row['screen']:g}" if row["screen"] else "")
 
 
 if __name__ == "__main__":

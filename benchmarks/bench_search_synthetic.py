@@ -2,14 +2,24 @@
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_search_synthetic.py --landscapes 200
 
-For n = 4 and n = 5 methods, draws landscapes (ordercomp.order.synthetic.random_landscape) of three
+For n = 4 and n = 5 methods, draws landscapes (ordercomp.order.synthetic.random_landscape) of five
 kinds: ordinary; "trap", where one method hurts an already compressed model while every pair says
 it should go last; "rugged", ordinary with 1.5 points of unexplained interaction per chain instead
-of 0.3. Pair outcomes come from 3 noisy seeds of each ordered pair; each strategy then spends at most
+of 0.3; "noisy" and "noisy-trap", where the seed-to-seed sd of an order is 1.5-3.5 points (drawn per
+landscape) times a factor that varies from order to order (noise_spread 0.35), as on the strong
+digits settings, instead of 0.4. Pair outcomes come from 3 noisy seeds of each ordered pair; each strategy then spends at most
 its budget (2x the pairwise plan per seed for all but exhaustive). Prints per strategy and kind:
 median and worst regret (best order's true score minus the chosen chain's, in points), median and
-worst rank of n!, applications per seed, and Kendall's tau between the pairwise-implied ranking
-and the true ranking.
+worst rank of n!, applications over all seeds (the race included), Kendall's tau between the
+pairwise-implied ranking and the true ranking, and the mean probability the search claims for its
+order being the best of those it evaluated next to the share of landscapes where it truly is.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_search_synthetic.py --aa 200
+
+The A/A check of the race: every order equally good, measured per seed and per image
+(ordercomp.order.synthetic.EqualOrders, 359 images, about 0.4 and about 2 points of seed sd);
+prints the share of runs in which the race drops an order (a false elimination) and in which it
+declares the recommended order separated from every other (a false winner).
 """
 from __future__ import annotations
 
@@ -19,11 +29,22 @@ import math
 import random
 import statistics
 
-from ordercomp.order import decide_pair, kendall_tau, pairwise_ranking, search_chains
-from ordercomp.order.synthetic import Landscape, random_landscape
+from dataclasses import dataclass
+
+from ordercomp.order import decide_pair, kendall_tau, pairwise_ranking
+from ordercomp.order.race import Trial
+from ordercomp.order.recommend import recommend_order
+from ordercomp.order.synthetic import EqualOrders, Landscape, equal_orders, random_landscape
 
 STRATEGIES = ("pairwise", "surrogate", "random")
 SEEDS = 3
+KINDS = {  # name: (trap, interaction, seed noise range, noise spread)
+    "ordinary": (False, 0.3, (0.4, 0.4), 0.0),
+    "trap": (True, 0.3, (0.4, 0.4), 0.0),
+    "rugged": (False, 1.5, (0.4, 0.4), 0.0),
+    "noisy": (False, 0.3, (1.5, 3.5), 0.35),
+    "noisy-trap": (True, 0.3, (1.5, 3.5), 0.35),
+}
 
 
 def pair_outcomes(landscape: Landscape, min_margin: float):
@@ -33,17 +54,38 @@ def pair_outcomes(landscape: Landscape, min_margin: float):
 
 
 def run_landscape(landscape: Landscape, min_margin: float, search_seed: int) -> dict:
-    """Regret, rank and applications of every strategy on one landscape, and the pairwise tau."""
+    """Regret, rank, applications over all seeds and the claimed probability of every strategy on one
+    landscape, and the pairwise tau."""
     truth = {chain: landscape.true(chain) for chain in itertools.permutations(landscape.methods)}
     best = max(truth.values())
     outcomes = pair_outcomes(landscape, min_margin)
-    evaluate = lambda chains: {chain: landscape.measure(chain, SEEDS) for chain in chains}
-    row = {"tau": kendall_tau(pairwise_ranking(landscape.methods, outcomes), truth)}
+    best_chain = max(truth, key=truth.get)
+    row = {"tau": kendall_tau(pairwise_ranking(landscape.methods, outcomes), truth),
+           "best_se": landscape.noise(best_chain) / math.sqrt(SEEDS)}
     for strategy in STRATEGIES:
-        result = search_chains(landscape.methods, strategy, evaluate, outcomes=outcomes, seed=search_seed)
-        rank = 1 + sum(score > truth[result.chain] for score in truth.values())
-        row[strategy] = (best - truth[result.chain], rank, result.applications_per_seed)
+        found = recommend_order(landscape.methods, strategy, landscape_measure(landscape), outcomes=outcomes, seeds=SEEDS,
+                          seed=search_seed)
+        rank = 1 + sum(score > truth[found.chain] for score in truth.values())
+        evaluated = max(found.evidence, key=truth.get) if found.evidence else None
+        claimed = found.probabilities.get(found.chain) if found.probabilities else None
+        row[strategy] = Run(best - truth[found.chain], rank, found.applications["total"], claimed,
+                            found.chain == evaluated, found.race is not None and found.race.separated)
     return row
+
+
+@dataclass(frozen=True)
+class Run:
+    regret: float
+    rank: int
+    applications: int  # all seeds, the race included
+    claimed: float | None  # probability that the recommended order is the best of those evaluated
+    best_of_evaluated: bool  # whether it truly is
+    separated: bool  # the race found every other evaluated order significantly worse
+
+
+def landscape_measure(landscape: Landscape):
+    """recommend's measure: each chain's trial on each seed (the landscape has one fidelity)."""
+    return lambda chains, seeds, fidelity: {chain: {s: Trial(landscape.score(chain, s)) for s in seeds} for chain in chains}
 
 
 def summarise(rows: list[dict], n: int, kind: str) -> None:
@@ -51,10 +93,61 @@ def summarise(rows: list[dict], n: int, kind: str) -> None:
     print(f"n={n} {kind:>8} ({len(rows)} landscapes, {math.factorial(n)} orders): "
           f"Kendall tau pairwise vs truth median {statistics.median(taus):+.2f}, worst {min(taus):+.2f}")
     for strategy in STRATEGIES:
-        regrets, ranks, spent = zip(*(row[strategy] for row in rows))
+        runs = [row[strategy] for row in rows]
+        regrets = [run.regret for run in runs]
+        within = statistics.fmean(run.regret <= row["best_se"] for run, row in zip(runs, rows))
         print(f"  {strategy:>9}: regret median {statistics.median(regrets):5.2f} p90 {_quantile(regrets, 0.9):5.2f} "
-              f"worst {max(regrets):5.2f} pts | rank median {statistics.median(ranks):4.1f} worst {max(ranks):3d} | "
-              f"applications/seed {max(spent)}")
+              f"worst {max(regrets):5.2f} pts, within the best order's se {within:4.0%} | rank median "
+              f"{statistics.median(run.rank for run in runs):4.1f} worst {max(run.rank for run in runs):3d} | "
+              f"applications (all {SEEDS} seeds) median {statistics.median(run.applications for run in runs):.0f} "
+              f"max {max(run.applications for run in runs)}{_calibration(runs)}")
+
+
+def _calibration(runs: list[Run]) -> str:
+    claimed = [run for run in runs if run.claimed is not None]
+    if not claimed:
+        return ""
+    return (f" | claimed P(best of evaluated) {statistics.fmean(run.claimed for run in claimed):.2f}, truly best "
+            f"{statistics.fmean(run.best_of_evaluated for run in claimed):.2f}; separated {statistics.fmean(run.separated for run in runs):.0%}")
+
+
+def aa_check(runs: int, n: int = 4) -> None:
+    """False eliminations and false winners of the race when every order is equally good."""
+    methods = [f"m{i}" for i in range(n)]
+    for noise in (0.5, 2.0):
+        rng = random.Random(f"aa-{noise}")
+        dropped = winners = orders = 0
+        for index in range(runs):
+            world = equal_orders(rng, methods, noise=noise)
+            found = recommend_order(methods, "surrogate", world_measure(world), outcomes=world_outcomes(world), seeds=SEEDS,
+                              seed=index)
+            dropped += bool(found.race.dropped)
+            winners += found.race.separated
+            orders += len(found.evidence)
+        print(f"A/A, {n} methods, training noise {noise} ({runs} runs, {orders / runs:.1f} orders evaluated per run): "
+              f"an order dropped in {dropped / runs:.1%} of runs, a separated winner declared in {winners / runs:.1%}")
+
+
+def world_measure(world: EqualOrders):
+    def measure(chains, seeds, fidelity):
+        return {chain: {s: Trial(*_scored(world.trial(chain, s))) for s in seeds} for chain in chains}
+    return measure
+
+
+def _scored(trial: tuple[float, list[int]]) -> tuple[float, tuple[int, ...]]:
+    return trial[0], tuple(trial[1])
+
+
+def world_outcomes(world: EqualOrders):
+    """Pair outcomes with the per-image evidence, as the explorer decides them."""
+    def side(chain):
+        trials = [world.trial(chain, s) for s in range(SEEDS)]
+        return [t[0] for t in trials], [t[1] for t in trials]
+    outcomes = []
+    for a, b in itertools.combinations(world.methods, 2):
+        (ab, ab_hits), (ba, ba_hits) = side((a, b)), side((b, a))
+        outcomes.append(decide_pair(a, b, ab, ba, images_first_then_second=ab_hits, images_second_then_first=ba_hits))
+    return outcomes
 
 
 def _quantile(values, q: float) -> float:
@@ -67,14 +160,25 @@ def main() -> None:
     parser.add_argument("--landscapes", type=int, default=200, help="landscapes per n and kind")
     parser.add_argument("--min-margin", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sizes", default="4,5", help="numbers of methods, comma-separated")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"landscape kinds, from {','.join(KINDS)}")
+    parser.add_argument("--aa", type=int, metavar="RUNS", help="only the A/A check of the race, with this many runs")
     args = parser.parse_args()
-    for n in (4, 5):
+    if args.aa:
+        aa_check(args.aa)
+        return
+    for n in map(int, args.sizes.split(",")):
         methods = [f"m{i}" for i in range(n)]
-        for kind, trap, interaction in (("ordinary", False, 0.3), ("trap", True, 0.3), ("rugged", False, 1.5)):
+        for kind in args.kinds.split(","):
             rng = random.Random(f"{args.seed}-{n}-{kind}")
-            rows = [run_landscape(random_landscape(rng, methods, trap=trap, interaction=interaction), args.min_margin, index)
-                    for index in range(args.landscapes)]
+            rows = [run_landscape(draw(rng, methods, kind), args.min_margin, index) for index in range(args.landscapes)]
             summarise(rows, n, kind)
+
+
+def draw(rng: random.Random, methods: list[str], kind: str) -> Landscape:
+    trap, interaction, (low, high), spread = KINDS[kind]
+    noise = low if low == high else rng.uniform(low, high)  # ordinary kinds draw nothing here: their landscapes stay as before
+    return random_landscape(rng, methods, trap=trap, interaction=interaction, seed_noise=noise, noise_spread=spread)
 
 
 if __name__ == "__main__":

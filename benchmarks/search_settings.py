@@ -1,9 +1,12 @@
 """The settings `bench_search.py` validates order search on, each with exhaustive ground truth.
 
 Both sample models, mild and strong strengths, shorter fine-tuning budgets than the default (less
-recovery, and affordable ground truth on 2 cores), method sets with sparsify, lowrank and int8, and
-one with five methods (int8 among them: it can only come last, which keeps its
-exhaustive ground truth affordable on 2 cores). The default setting is whatever `ordercomp explore` runs with no options.
+recovery, and affordable ground truth on 2 cores), method sets with sparsify, lowrank and int8, one
+with five methods (int8 among them: it can only come last, which keeps its exhaustive ground truth
+affordable on 2 cores), two where training noise is large (a seed-to-seed sd of 2 points or more for
+a typical order: harsh strengths and one epoch of fine-tuning, so that recovery depends on the seed),
+and one with six methods (720 orders; 1,956 applications a seed for its ground truth, so 2 seeds).
+The default setting is whatever `ordercomp explore` runs with no options.
 """
 from __future__ import annotations
 
@@ -28,6 +31,19 @@ SETTINGS: dict[str, dict] = {
     # 2 seeds: its 325 applications per seed (int8 in every position) are the dearest ground truth here
     "cnn-five": {"methods": DEFAULT_METHODS + ("int8",), "settings": {"quantize": {"weight_bits": 8, "act_bits": 8}},
                  "budget": {"epochs": 2}, "seeds": 2},
+    # high noise: 2-bit weights and a quarter of the channels after pruning, fine-tuned for one epoch
+    "cnn-noisy-lowbit": {"methods": ("prune", "sparsify", "quantize", "lowrank"),
+                         "settings": {"prune": {"ratio": 0.75}, "sparsify": {"sparsity": 0.85},
+                                      "quantize": {"weight_bits": 2, "act_bits": 4}, "lowrank": {"rank_ratio": 0.2}},
+                         "budget": {"epochs": 1}},
+    # high noise on the ResNet: a thin student, 2-bit weights, a low exit threshold, one epoch
+    "resnet-noisy-exit": {"model": "digits_resnet", "methods": ("distill", "sparsify", "quantize", "early_exit"),
+                          "settings": {"distill": {"width": 0.35}, "sparsify": {"sparsity": 0.9},
+                                       "quantize": {"weight_bits": 2, "act_bits": 8}, "early_exit": {"threshold": 0.7}},
+                          "budget": {"epochs": 1}},
+    # 2 seeds: 1,956 applications a seed (720 orders, no forced pair) are the dearest ground truth here
+    "cnn-six": {"methods": ("distill", "prune", "sparsify", "quantize", "early_exit", "lowrank"),
+                "settings": {"quantize": {"weight_bits": 8, "act_bits": 8}}, "budget": {"epochs": 1}, "seeds": 2},
 }
 
 

@@ -98,8 +98,8 @@ def plan_summary() -> None:
     left, right = st.columns(2)
     left.metric("Method applications", cost["applications"], help="At most: the search may find its order with fewer")
     left.caption(f"{'exhaustive' if spec.exhaustive else spec.search}: at most {cost['per_seed']} per seed × "
-                 f"{plural(spec.seeds, 'seed')}, + {n} to apply the chain. Pairwise needs n + n(n−1) = {cost['pairwise_per_seed']} "
-                 f"per seed; every order (exhaustive) {cost['exhaustive_per_seed']}.")
+                 f"{plural(spec.seeds, 'seed')}{estimate.beyond_text(spec, cost['beyond'])}, + {n} to apply the chain. Pairwise needs "
+                 f"n + n(n−1) = {cost['pairwise_per_seed']} per seed; every order (exhaustive) {cost['exhaustive_per_seed']}.")
     right.metric("Estimated time", f"about {duration(cost['seconds'])}")
     right.caption(f"{cost['seconds_each']:.1f} s per application, {cost['basis']}.")
     st.page_link("pages/3_runs.py", label="Next: launch it on the Runs page", icon=":material/play_circle:")

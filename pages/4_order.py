@@ -1,11 +1,12 @@
-"""Step 4, Order: the pair outcomes, the precedence graph, every valid order and the exhaustive check."""
+"""Step 4, Order: how sure the evidence is, the pair outcomes, the precedence graph, the whole orders evaluated,
+every valid order and the exhaustive check."""
 import streamlit as st
 
 from ordercomp.dashboard import formatting, plan, session
 from ordercomp.report.charts import pair_matrix_figure, precedence_caption, precedence_dot
 from ordercomp.report.figures import applications, duration, plural
-from ordercomp.report.meeting import evidence_sentence, exhaustive_table, notes, search_table
-from ordercomp.exploration.results import pairs_table
+from ordercomp.report.meeting import evidence_sentence, exhaustive_table, notes
+from ordercomp.exploration.results import pairs_table, search_table
 from ordercomp.order import chain_text
 from pages._shared import open_exploration, run_inside_app
 
@@ -38,8 +39,10 @@ for line in notes(record):
 ranked = search_table(record)
 if ranked is not None:
     st.subheader(f"Whole orders evaluated by the {search['strategy']} search")
-    st.caption("Each order applied in full to the base on every seed (validation split); regret: the best evaluated order's "
-               "mean score minus this one's.")
+    st.caption("Each order applied in full to the base on every seed (validation split; the race gives the orders still in "
+               "contention extra seeds); regret: the best evaluated order's mean score minus this one's; P(best): the "
+               "probability that the order is the best of these, from the paired seed and per-image evidence; race: "
+               "dropped once a paired interval put it below the leader, else not separated from it.")
     st.dataframe(ranked, hide_index=True)
 
 st.subheader("Every valid order")

@@ -100,7 +100,7 @@ def job_summary(store: JobStore, job: dict, *, unit: str = "method applications"
         except ValueError:  # an impossible limit: move_queue says so
             pass
     if job["total"]:
-        st.progress(min(job["done"] / job["total"], 1.0), text=views.progress_text(job, unit))
+        st.progress(views.progress_fraction(job), text=views.progress_text(job, unit))
 
 
 def job_status(store: JobStore, job: dict, *, unit: str = "method applications") -> None:

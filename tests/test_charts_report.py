@@ -16,8 +16,8 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from ordercomp.report import charts
-from ordercomp.report.figures import speed_text
-from ordercomp.report.meeting import meeting_report, results_csv
+from ordercomp.report.figures import share_text, speed_text
+from ordercomp.report.meeting import evidence_sentence, meeting_report, results_csv
 
 METHODS = ["prune", "quantize", "early_exit", "int8"]
 CHAIN = ["prune", "quantize", "early_exit", "int8"]
@@ -290,3 +290,60 @@ def test_chain_steps_axis_uses_short_si_ticks_not_raw_billions(record):
     for axis in (fig.layout.yaxis2, fig.layout.yaxis3):
         kind = re.fullmatch(r"[^a-z%]*([a-z%])", axis.tickformat)  # d3-format: the type is the last letter
         assert kind and kind.group(1) == "s"  # SI prefix: 1.02G, not 1020000000
+
+
+OTHER, THIRD = ["quantize", "prune", "early_exit", "int8"], ["prune", "early_exit", "quantize", "int8"]
+
+
+def searched(record, *, separated=False, probability=0.41, inseparable=(OTHER, THIRD)):
+    """The record as the default search leaves it: three whole orders at the full budget, raced on 2 extra seeds."""
+    rows = [{"chain": chain, "score": score, "se": 0.4, "seeds": seeds, "probability": p, "status": status}
+            for chain, score, seeds, p, status in ((CHAIN, 95.0, 4, probability, "recommended"), (OTHER, 94.8, 4, 0.35, "not separated"),
+                                                   (THIRD, 94.5, 3, 0.24, "not separated"))]
+    return record | {"exhaustive": None, "search": {
+        "strategy": "surrogate", "applications_per_seed": 32, "budget_per_seed": 32, "orders": rows, "failed": [], "screen": None,
+        "confidence": 0.95, "applications": {"per_seed": 32, "screen": 64, "confirm": 0, "race": 12, "total": 76, "cost": 76,
+                                             "pairwise": 32, "exhaustive": 128, "share_of_exhaustive": 76 / 128},
+        "verdict": {"chain": CHAIN, "evaluated": 3, "probability": probability, "separated": separated,
+                    "inseparable": [] if separated else [list(c) for c in inseparable], "extra_seeds": [2, 3]}}}
+
+
+def test_the_sentence_says_how_sure_the_search_is_which_orders_are_within_noise_and_what_it_cost(record):
+    sentence = evidence_sentence(searched(record))
+    assert sentence == ("The recommended order is the best of the 3 evaluated with probability 41%; it cannot be separated from "
+                        "quantize → prune → early_exit → int8; prune → early_exit → quantize → int8: the top orders are within "
+                        "noise of each other, and any of them is a sound choice. 76 method applications were spent (32 per seed for "
+                        "the search, 12 on extra seeds for the contenders), 59% of exhaustive (128).")
+    report = meeting_report(searched(record))
+    assert html.escape(sentence) in report and "P(best)" in report and "not separated" in report
+
+
+def test_a_separated_order_is_said_to_be_better_than_every_other(record):
+    sentence = evidence_sentence(searched(record, separated=True, probability=0.97))
+    assert "best of the 3 evaluated with probability 97%; every other evaluated order is worse by a paired interval" in sentence
+    assert "sound choice" not in sentence
+
+
+def test_the_sentence_follows_the_pair_rule_when_every_pair_is_a_tie(record):
+    """Issue 17: the sentence said 'the evidence supports it' when one whole order scored a standard error ahead, while every
+    pair was a tie. Without a race's verdict, only the pair decisions speak, and here they decide nothing."""
+    ties = [o | {"winner": None, "tie": True, "weak_evidence": False} for o in record["outcomes"]]
+    old_search = {"strategy": "surrogate", "applications_per_seed": 32, "budget_per_seed": 32, "failed": [],
+                  "orders": [{"chain": CHAIN, "score": 95.0, "se": 0.2, "seeds": 2}, {"chain": OTHER, "score": 94.0, "se": 0.2, "seeds": 2}]}
+    sentence = evidence_sentence(record | {"outcomes": ties, "exhaustive": None, "search": old_search})
+    assert "supports" not in sentence
+    assert sentence.startswith("Every one of the 5 pairs is a tie") and "rests on leanings within noise" in sentence
+
+
+@pytest.mark.parametrize("fraction, text", [(0.41, "41%"), (0.004, "0.4%"), (0.9996, "over 99%"), (1.0, "100%")])
+def test_a_probability_short_of_certain_is_never_rounded_to_100_percent(fraction, text):
+    assert share_text(fraction) == text
+
+
+def test_the_positions_a_forced_pair_rules_out_are_said_and_nothing_is_said_without_one(record):
+    search = searched(record)["search"]
+    plain = evidence_sentence(searched(record))
+    ruled = evidence_sentence(searched(record) | {"search": search | {"positions_not_allowed": [["prune", 4], ["int8", 1], ["int8", 2]]}})
+    assert "Forced pairs" not in plain
+    assert ruled == plain + (" Forced pairs rule out prune at position 4; int8 at positions 1, 2; the search put every method "
+                             "at every position they allow before any model-guided proposal.")

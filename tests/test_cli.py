@@ -34,6 +34,8 @@ from testkit import MY_NET
     (["explore", "--search", "greedy"], "unknown search strategy 'greedy'"),
     (["explore", "--confidence", "1.5"], "confidence must be in [0.5, 1)"),
     (["explore", "--confidence", "nan"], "confidence must be a finite number"),
+    (["explore", "--screen", "1.5"], "screen must be a fraction of the fine-tuning epochs between 0 and 1, e.g. 0.25, got 1.5"),
+    (["explore", "--screen", "0.25", "--search", "pairwise"], "screening needs a search that evaluates whole orders"),
     (["explore", "--runtime", "onnx_int8"], "a runtime only changes where latency is measured"),
     (["apply", "--chain", "prune", "--export", "{out}", "--epochs=-inf"], "epochs must be a finite number"),
     (["apply", "--chain", "prune", "--export", "{out}", "--prune-ratio", "nan"], "prune.ratio must be a finite number"),
@@ -83,6 +85,9 @@ def test_explore_writes_json_and_csv_results(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "recommended chain" in printed and "BitOps reduction" in printed
     record = json.loads((out / "exploration.json").read_text())
+    spent = record["search"]["applications"]["total"]  # the default search says how sure it is and what it spent
+    assert "Whole orders evaluated by the surrogate search" in printed and "P(best)" in printed
+    assert "The recommended order is the best of the 2 evaluated" in printed and f"{spent} method applications were spent" in printed
     assert sorted(record["chain"]) == ["prune", "quantize"]
     assert {p.name for p in out.iterdir()} == {"exploration.json", "steps.csv", "pairs.csv", "chain.csv", ".ordercomp-results"}
 

@@ -23,7 +23,7 @@ from ordercomp.models.checkpoints import state_fingerprint
 from ordercomp.cli import main
 from ordercomp.exploration.executors import InProcessExecutor, RayExecutor, StepFunction, Work, start_local_ray
 from ordercomp.exploration.explorer import Explorer, ExploreSpec
-from ordercomp.exploration.pipeline import OK, make_configs, run_step
+from ordercomp.exploration.pipeline import OK, StepResult, make_configs, run_step
 from testkit import FAST
 
 # Ray workers cannot import this test module; its step functions travel by value.
@@ -139,9 +139,33 @@ def test_ray_finds_the_same_results_decisions_and_chain(ray_cluster, one_thread,
     assert [(s["chain"], s["seed"], s["status"]) for s in remote["steps"]] == [(s["chain"], s["seed"], s["status"]) for s in local["steps"]]
     assert remote["outcomes"] == local["outcomes"] and remote["chain"] == local["chain"]
     assert remote["search"] == local["search"]
+    extra = local["search"]["verdict"]["extra_seeds"]  # the race's seeds, beyond the spec's 0 and 1
+    assert extra and extra[0] == 2 and {s["seed"] for s in remote["steps"]} >= set(extra)
     progress = [[(e["done"], e["total"]) for e in events if e["kind"] == "step"] for events in (local_events, remote_events)]
     assert progress[0] == progress[1] and len(progress[0]) >= 18  # the pairwise plan alone is 9 steps a seed
     assert len(list((tmp_path / "ray").glob("*.json"))) == len(list((tmp_path / "local").glob("*.json"))) >= 18
+
+
+class Recording:
+    """A step that builds nothing: it records (chain, seed, tag) and hands its parent on."""
+
+    def __init__(self, tag, calls):
+        self.tag, self.calls = tag, calls
+
+    def __call__(self, parent, chain, seed, data, device, progress=None):
+        self.calls.append((chain, seed, self.tag))
+        return parent, StepResult(chain, OK, seed=seed)
+
+
+def test_in_process_a_step_at_another_budget_never_builds_on_a_model_of_the_first(tiny_model, digits):
+    """Issue 17: a screened prefix (a fraction of the epochs) must not serve a full-budget step, nor seed 0's one seed 3's."""
+    calls, executor = [], InProcessExecutor()
+    for tag, seeds in (("screen", [0]), ("full", [0]), ("full", [3])):
+        key = lambda chain, seed, tag=tag: f"{tag}:{'-'.join(chain)}.{seed}"
+        work = Work(tiny_model, digits, Recording(tag, calls), key, StepCache(None), torch.device("cpu"), lambda e: None, keep_below=2)
+        executor.run(work, [("prune",), ("prune", "quantize")], seeds)
+    assert calls == [(("prune",), 0, "screen"), (("prune", "quantize"), 0, "screen"), (("prune",), 0, "full"),
+                     (("prune", "quantize"), 0, "full"), (("prune",), 3, "full"), (("prune", "quantize"), 3, "full")]
 
 
 class KillsItsWorkerOnce:
@@ -170,7 +194,7 @@ def test_a_killed_worker_is_retried_without_losing_finished_steps(ray_cluster, t
     step = KillsItsWorkerOnce(StepFunction(explorer.configs, explorer.spec.budget), ("prune", "quantize"), tmp_path)
     cache = StepCache(tmp_path / "cache")
     plan = order.pairwise_plan(["prune", "quantize"])
-    results = RayExecutor(max_retries=2).run(plan_work(explorer, tiny_model, step, cache, lambda e: None), plan, 1)
+    results = RayExecutor(max_retries=2).run(plan_work(explorer, tiny_model, step, cache, lambda e: None), plan, [0])
     assert [r.chain for r in results] == plan and all(r.status == OK for r in results)
     runs = sorted(path.name.rsplit(".", 3)[0] for path in tmp_path.glob("*.ran"))
     assert runs == ["prune", "prune-quantize", "prune-quantize", "quantize", "quantize-prune"]
@@ -194,11 +218,11 @@ def test_a_cancel_stops_ray_and_the_in_process_executor_resumes_from_the_cache(r
     plan = order.pairwise_plan(["prune", "quantize"])
     step = StepFunction(explorer.configs, spec.budget)
     with pytest.raises(Cancel):
-        RayExecutor().run(plan_work(explorer, tiny_model, step, explorer.cache, cancel_after_first_step), plan, 1)
+        RayExecutor().run(plan_work(explorer, tiny_model, step, explorer.cache, cancel_after_first_step), plan, [0])
     computed = []
     resumed = StepCache(tmp_path)
     resumed.put = lambda key, result: computed.append(result.chain)
-    results = InProcessExecutor().run(plan_work(explorer, tiny_model, step, resumed, lambda e: None), plan, 1)
+    results = InProcessExecutor().run(plan_work(explorer, tiny_model, step, resumed, lambda e: None), plan, [0])
     assert len(finished) == 1 and resumed.hits == 1
     assert set(computed) == set(plan) - set(finished) and all(r.status == OK for r in results)
 
@@ -225,5 +249,5 @@ def test_a_users_class_from_a_file_reaches_the_ray_workers(ray_cluster, digits, 
     explorer = Explorer(ExploreSpec(methods=("sparsify", "quantize"), seeds=1, **FAST))
     step = StepFunction(explorer.configs, explorer.spec.budget)
     plan = [("sparsify",), ("sparsify", "quantize")]
-    results = RayExecutor().run(plan_work(explorer, base, step, StepCache(None), lambda e: None), plan, 1)
+    results = RayExecutor().run(plan_work(explorer, base, step, StepCache(None), lambda e: None), plan, [0])
     assert [(r.chain, r.status) for r in results] == [(chain, OK) for chain in plan], [r.reason for r in results]

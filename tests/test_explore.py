@@ -1,11 +1,13 @@
 """The exploration procedure end to end on a tiny model: decisions, chain, cache and resume."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
 from ordercomp import order
-from ordercomp.exploration.explorer import ExploreSpec, Explorer, compress, explore, left_out, no_order_reason
+from ordercomp.exploration.explorer import ExploreSpec, Explorer, compress, explore, left_out, no_order_reason, prepare_base
 from ordercomp.exploration.pipeline import FAILED, INCOMPATIBLE, OK, StepResult, make_configs
 from ordercomp.report.figures import applications
 from ordercomp.train import Budget
@@ -14,6 +16,23 @@ from testkit import FAST
 
 class Interrupt(Exception):
     pass
+
+
+@pytest.fixture(scope="module")
+def trained_base(tmp_path_factory):
+    """The FAST base (the zoo's cnn_tiny, trained on digits for 20 epochs) trained once for the searches below: each of
+    them trained its own in its empty cache, more than half of its time on a busy machine."""
+    folder = tmp_path_factory.mktemp("trained-base")
+    prepare_base(FAST["model"], "digits", device=FAST["device"], cache_dir=folder)
+    (weights,) = folder.glob("base-*.safetensors")
+    return weights
+
+
+@pytest.fixture
+def cache(tmp_path, trained_base):
+    """An empty step cache that holds the trained base."""
+    shutil.copy(trained_base, tmp_path / trained_base.name)
+    return tmp_path
 
 
 def test_pairwise_exploration_decides_every_pair_and_applies_the_chain(tmp_path):
@@ -78,26 +97,68 @@ def test_exhaustive_mode_ranks_the_found_chain(tmp_path):
     assert summary["rank"] == 1 + sum(score > found for score in scores.values())  # weighted: higher is better
     assert summary["regret"] == pytest.approx(max(scores.values()) - found)
     assert summary["applications_exhaustive"] == 15 and summary["applications_pairwise"] == 9
-    assert len(record["steps"]) == 15
+    assert len([s for s in record["steps"] if s["seed"] == 0]) == 15  # later seeds: the search's race
+    assert summary["of"] == len({tuple(o["chain"]) for o in summary["orders"]}) and all(o["seeds"] == 1 for o in summary["orders"])
 
 
-def test_the_default_search_picks_the_best_whole_order_it_evaluated_within_twice_the_pairwise_cost(tmp_path):
+def test_the_default_search_picks_the_best_whole_order_it_evaluated_within_twice_the_pairwise_cost(cache):
     methods = ("prune", "quantize", "early_exit", "sparsify")
     events = []
-    record = Explorer(ExploreSpec(methods=methods, seeds=1, **FAST), cache_dir=tmp_path, events=events.append).explore().to_dict()
-    # progress counts against the total planned at the start (the budget, 32 a seed, + the chain's 4), so it only moves
-    # forward: each plan the search ran used to bring its own total ("16 of 16", then "17 of 20") and the chain none
+    record = Explorer(ExploreSpec(methods=methods, seeds=1, **FAST), cache_dir=cache, events=events.append).explore().to_dict()
+    # progress counts against the total planned at the start (the search's budget of 32 a seed and the race's extra seeds,
+    # 2.5 x 16 in all, + the chain's 4), so it only moves forward: each plan the search ran used to bring its own total
+    # ("16 of 16", then "17 of 20") and the chain none
     progress = [(event["done"], event["total"]) for event in events if event["kind"] == "step"]
-    assert {total for _, total in progress} == {32 + 4}
+    assert {total for _, total in progress} == {40 + 4}
     assert [done for done, _ in progress] == list(range(1, len(progress) + 1))
     assert progress[-1][0] == applications(record) == len(record["steps"]) + 4
     search = record["search"]
     assert search["strategy"] == "surrogate" and search["budget_per_seed"] == 32
-    assert search["applications_per_seed"] <= 32 and len({tuple(s["chain"]) for s in record["steps"]}) <= 32
+    assert search["applications_per_seed"] <= 32 and len({tuple(s["chain"]) for s in record["steps"] if s["seed"] == 0}) <= 32
+    assert search["applications"]["total"] <= 2.5 * 16 and len(record["steps"]) == search["applications"]["total"]
     whole = [o for o in search["orders"] if len(o["chain"]) == 4]
     assert len(whole) == len(search["orders"]) >= 4
-    assert record["chain"] == search["orders"][0]["chain"]
+    assert [o["chain"] for o in search["orders"] if o["status"] == "recommended"] == [record["chain"]]
     assert [o["score"] for o in search["orders"]] == sorted((o["score"] for o in search["orders"]), reverse=True)
+
+
+def step_files(cache) -> list:
+    """The step cache's files of single steps (the chain models export reuses are `chain-*` files)."""
+    return [path for path in cache.glob("*.json") if not path.name.startswith("chain-")]
+
+
+def test_the_race_runs_extra_seeds_through_the_step_cache_and_a_rerun_reuses_every_step(cache):
+    # two methods keep it small: both orders are whole orders, and the race has 2.5 x 4 - 4 = 6 applications for extra seeds
+    spec, events = ExploreSpec(methods=("prune", "quantize"), seeds=1, **FAST), []
+    first = Explorer(spec, cache_dir=cache, events=events.append).explore().to_dict()
+    search = first["search"]
+    extra = search["verdict"]["extra_seeds"]
+    assert extra and extra[0] == 1  # the spec's seed is 0; the race goes on with 1, 2, ...
+    raced = {tuple(s["chain"]) for s in first["steps"] if s["seed"] in extra and len(s["chain"]) == 2}
+    assert len(raced) == 2 and raced <= {tuple(o["chain"]) for o in search["orders"]}
+    assert search["applications"]["total"] <= 2.5 * order.pairwise_applications(2) * spec.seeds
+    # progress counts the race's seeds against the total planned at the start, which never moves: 10 + the chain's 2
+    progress = [(event["done"], event["total"]) for event in events if event["kind"] == "step"]
+    assert {total for _, total in progress} == {spec.planned_applications()["total"]} == {12}
+    assert [done for done, _ in progress] == list(range(1, len(progress) + 1)) and progress[-1][0] == applications(first)
+    assert len(step_files(cache)) == len(first["steps"])  # one cache file per (chain, seed)
+    rerun = explore(spec, cache_dir=cache).to_dict()
+    assert rerun["applications"]["cache_hits"] == len(rerun["steps"]) == len(first["steps"])
+    assert rerun["search"] == search and rerun["chain"] == first["chain"]
+
+
+def test_a_screen_trains_the_search_for_a_fraction_of_the_epochs_and_confirms_the_best_at_the_full_budget(cache):
+    spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, screen=0.5, **FAST)
+    record = explore(spec, cache_dir=cache).to_dict()
+    screened = [s for s in record["steps"] if s["fidelity"] == 0.5]
+    full = [s for s in record["steps"] if s["fidelity"] == 1.0]
+    assert {tuple(s["chain"]) for s in screened} >= set(order.pairwise_plan(list(spec.methods)))
+    assert full and {tuple(s["chain"]) for s in full if len(s["chain"]) == 2} == {tuple(o["chain"]) for o in record["search"]["orders"]}
+    search = record["search"]
+    assert search["screen"] == 0.5 and len(search["screened_orders"]) >= len(search["orders"]) >= 1
+    assert record["chain"] == search["verdict"]["chain"]
+    assert search["applications"]["cost"] < search["applications"]["total"]  # a screened application costs half
+    assert len(step_files(cache)) == len(record["steps"])  # the budget is in the key: nothing shared
 
 
 def test_pair_decisions_use_the_per_image_evidence_and_report_an_interval(tmp_path):
@@ -121,6 +182,22 @@ def test_compress_applies_a_chain_and_measures_every_step():
     assert outcome.steps[-1].metrics["bitops"] < outcome.base_metrics["bitops"]
 
 
+@pytest.mark.parametrize("fields, per_seed, beyond, total, cost", [
+    ({}, 32, 24, 124, 124),  # the default: the search's 32 a seed x 3 seeds and the race's extra seeds, 2.5 x 16 x 3 in all, + the chain's 4
+    ({"search": "pairwise"}, 16, 0, 52, 52),  # the paper's procedure runs no race
+    ({"search": "exhaustive"}, 64, 0, 196, 196),
+    # every order on the 3 seeds; the race gets 2.5 x 16 x 3 less what the search spent, at least the pairwise plan
+    ({"exhaustive": True}, 64, 120 - 48, 192 + 72 + 4, 268),
+    # the search at a quarter of the epochs; confirming and racing at the full budget within 1 x 16 x 3
+    ({"screen": 0.25}, 32, 48, 96 + 48 + 4, 24 + 48 + 4),
+])
+def test_the_planned_applications_bound_the_search_and_its_race_before_either_runs(fields, per_seed, beyond, total, cost):
+    """The one count of an exploration's applications (Methods page, time estimate, progress): the race's extra seeds are
+    known only as it runs, so the plan counts as many as the budget allows, and the total never has to grow."""
+    planned = ExploreSpec(**fields).planned_applications()
+    assert (planned["per_seed"], planned["beyond"], planned["total"], planned["cost"]) == (per_seed, beyond, total, cost)
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"methods": ("prune",)}, "at least two"),
     ({"objective": "speed"}, "unknown objective"),
@@ -139,6 +216,10 @@ def test_compress_applies_a_chain_and_measures_every_step():
     ({"exhaustive": "yes"}, "exhaustive must be true or false"),
     ({"trust_torchscript": 1}, "trust_torchscript must be true or false"),
     ({"budget": {"epochs": 1}}, "budget must be a Budget"),
+    ({"screen": 1.5}, "screen must be a fraction of the fine-tuning epochs between 0 and 1"),
+    ({"screen": 0.0}, "screen must be a fraction"),
+    ({"screen": float("nan")}, "screen must be a finite number"),
+    ({"screen": 0.25, "search": "pairwise"}, "screening needs a search that evaluates whole orders"),
 ])
 def test_impossible_specs_are_refused_before_any_work(fields, message):
     with pytest.raises(ValueError, match=message):

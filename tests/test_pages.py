@@ -298,7 +298,7 @@ def test_methods_page_builds_widgets_from_the_registry_and_counts_applications(s
     assert at.selectbox(key="w_quantize.weight_bits").value == METHODS["quantize"].default_config().weight_bits
     assert at.selectbox(key="w_quantize.weight_bits").options == ["2", "4", "8"]
     count = lambda: next(metric for metric in at.main.metric if metric.label == "Method applications").value
-    assert count() == "100"  # the default search: at most 2 x 16 per seed x 3 seeds + the chain's 4
+    assert count() == "124"  # the default search: at most 2.5 x 16 x 3 seeds, the race's extra seeds included, + the chain's 4
     at.selectbox(key="w_search").set_value("pairwise").run()
     assert count() == "52"
     at.multiselect(key="w_methods").set_value(["prune", "quantize"]).run()
@@ -341,7 +341,8 @@ def test_choices_on_methods_flow_to_runs_and_launch_a_job_kept_in_the_url(store,
     at.switch_page(PAGES["3_runs"]).run()
     summary = plain(at.main.markdown[0].value)
     assert "methods **quantize, prune**" in summary and "**2 seeds**" in summary and "0.5 epochs of fine-tuning per step" in summary
-    assert plain(at.main.caption[0].value).startswith("Settings: prune: ratio 0.3. At most 10 method applications, about ")
+    # (2 singles + 2 ordered pairs, both whole orders) x 2 seeds, the race's extra seeds up to 2.5 x 4 x 2, + the chain's 2
+    assert plain(at.main.caption[0].value).startswith("Settings: prune: ratio 0.3. At most 22 method applications, about ")
     next(button for button in at.main.button if button.label == "Launch exploration").click().run()
     job = store.get(spawned[0])
     assert (job["kind"], job["status"]) == ("explore", "queued")
@@ -358,8 +359,9 @@ def test_runs_page_shows_the_finished_run_from_the_url_with_pairs_log_and_list(s
     assert any("**done**" in plain(markdown.value) for markdown in at.main.markdown)
     assert at.main.get("progress")[0].value == 100
     pairs = at.main.dataframe[0].value
-    assert list(pairs["applications"]) == ["prune alone", "quantize alone", "prune / quantize"]
-    assert list(pairs["status"]) == ["ok", "ok", "ok"] and list(pairs["done"]) == [1, 1, 2]
+    assert list(pairs["applications"]) == ["prune alone", "quantize alone", "prune / quantize", "extra seeds for the contenders (race)"]
+    raced = len([s for s in finished["record"]["steps"] if s["seed"] >= 1])  # the spec's seed is 0
+    assert list(pairs["status"]) == ["ok"] * 4 and list(pairs["done"]) == [1, 1, 2, raced] and raced > 0
     chain = " → ".join(finished["record"]["chain"])
     assert plain(at.main.success[0].value) == f"Recommended order: **{chain}**"
     assert "prune → quantize (seed 0): ok" in at.main.code[0].value
@@ -401,8 +403,15 @@ def test_pair_progress_says_running_for_a_started_group_and_counts_the_search_ap
     assert rows["prune / early_exit"]["status"] == "waiting" and rows["prune / quantize"]["status"] == "ok"
     # the whole orders of the search have a row of their own: (2 x 9, capped at every order's 15, - 9) per seed x 3 seeds
     assert (rows["whole orders (search)"]["done"], rows["whole orders (search)"]["of"], rows["whole orders (search)"]["status"]) == (1, 18, "running")
+    # the race's extra seeds (3, 4, ... beyond the spec's 0-2) have a row of their own, up to the budget's 2.5 x 9 x 3 - 45 = 22
+    assert (rows["extra seeds for the contenders (race)"]["done"], rows["extra seeds for the contenders (race)"]["of"]) == (0, 22)
+    steps += [step_row(prefix, 3) for prefix in (("prune",), ("prune", "quantize"), ("prune", "quantize", "early_exit"))]
+    rows = {row["applications"]: row for row in views.pair_progress(spec, steps)}
+    assert rows["prune alone"]["done"] == 2 and rows["whole orders (search)"]["done"] == 1  # seed 3 is not theirs
+    assert (rows["extra seeds for the contenders (race)"]["done"], rows["extra seeds for the contenders (race)"]["status"]) == (3, "running")
     done = {row["applications"]: row["status"] for row in views.pair_progress(spec, steps, finished=True)}
     assert done["whole orders (search)"] == "ok" and done["prune / early_exit"] == "not needed"
+    assert done["extra seeds for the contenders (race)"] == "ok"
 
 
 @pytest.mark.parametrize("status, done, total, text", [
@@ -500,6 +509,9 @@ def test_order_page_draws_the_matrix_graph_orders_and_exhaustive_rank(store, fin
     record = finished["record"]
     at = app("4_order", job=finished["exploration"])
     assert plain(at.main.markdown[0].value) == f"### Recommended order: {' → '.join(record['chain'])}"
+    verdict = record["search"]["verdict"]  # how sure the search is, in the words of the CLI and the report
+    assert plain(at.main.info[0].value).startswith(f"The recommended order is the best of the {verdict['evaluated']} evaluated")
+    assert "method applications were spent" in plain(at.main.info[0].value)
     assert charts(at) == 1 and charts(at, "graphviz_chart") == 1
     assert "digraph precedence" in at.get("graphviz_chart")[0].proto.spec
     assert list(at.main.dataframe[0].value["pair"]) == ["prune / quantize"]
@@ -589,7 +601,8 @@ def test_a_launched_exploration_runs_in_a_worker_and_its_result_reaches_the_resu
     at.run()
     job = store.get(job_id)
     assert job["status"] == "done", store.log(job_id)
-    assert job["result"]["applications"]["cache_hits"] == 4
+    # the pairs and the race's extra seed, every one from the finished run's cache
+    assert job["result"]["applications"]["cache_hits"] == len(job["result"]["steps"]) == len(finished["record"]["steps"])
     assert plain(at.main.success[0].value) == f"Recommended order: **{' → '.join(job['result']['chain'])}**"
     at.switch_page(PAGES["4_order"]).run()
     assert plain(at.main.markdown[0].value).startswith("### Recommended order:") and charts(at, "graphviz_chart") == 1

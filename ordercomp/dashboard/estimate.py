@@ -12,8 +12,9 @@ CPU_SECONDS_PER_MAC = 5.3e-11
 
 
 def plan_cost(spec, measured: tuple[float, int] | None) -> dict:
-    """Method applications of an exploration (`ExploreSpec.planned_applications`) and an estimate of its time;
-    `measured` is (mean seconds, steps) of this model and data from the job store (`JobStore.step_seconds`)."""
+    """Method applications of an exploration (`ExploreSpec.planned_applications`) and an estimate of its time, a
+    screened application counting its fraction of the epochs; `measured` is (mean seconds, steps) of this model and
+    data from the job store (`JobStore.step_seconds`)."""
     planned = spec.planned_applications()
     guess = sample_step_seconds(spec)
     if measured:
@@ -23,12 +24,22 @@ def plan_cost(spec, measured: tuple[float, int] | None) -> dict:
     else:
         each, basis = DEFAULT_STEP_SECONDS, "a default guess (no step of this model and data measured here yet)"
     return planned | {"applications": planned["total"], "seconds_each": each, "basis": basis,
-                      "seconds": planned["total"] * each}
+                      "seconds": planned["cost"] * each}
 
 
 def estimate_text(cost: dict) -> str:
     """'about 3 min, from 96 steps measured here': the one wording of the time estimate on every page."""
     return f"about {duration(cost['seconds'])}, {cost['basis']}"
+
+
+def beyond_text(spec, beyond: int) -> str:
+    """What the applications after the search are for (a screen's confirmation at the full budget, the race's extra
+    seeds), as the Methods page's count says it; '' when there are none."""
+    if not beyond:
+        return ""
+    if spec.screen is not None:
+        return f", up to {beyond} to confirm the best orders at the full budget and race them on extra seeds"
+    return f", up to {beyond} on extra seeds for the orders still in contention"
 
 
 def sample_step_seconds(spec) -> float | None:

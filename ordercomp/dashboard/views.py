@@ -44,6 +44,12 @@ def progress_text(job: dict, unit: str = "method applications") -> str:
     return f"{done} of {'at most ' if done < total and job.get('kind', 'explore') == 'explore' else ''}{total} {unit} finished"
 
 
+def progress_fraction(job: dict) -> float:
+    """How full the progress bar is: done of the total planned at the start, and full once the job is done (a search or
+    a race that needed fewer applications than the most its budget allows ends below its total)."""
+    return 1.0 if job["status"] == "done" else min(job["done"] / job["total"], 1.0)
+
+
 def job_rows(jobs: list[dict], positions: dict[str, int] | None = None) -> list[dict]:
     """One row per job for a table; `positions` (job id -> place in the queue) fill the queue column."""
     positions = positions or {}
@@ -57,36 +63,33 @@ def job_rows(jobs: list[dict], positions: dict[str, int] | None = None) -> list[
 
 
 def pair_progress(spec: dict, steps: list[dict], *, finished: bool = False) -> list[dict]:
-    """Finished applications per single method, per pair (both orders), of the whole orders the search evaluates and,
-    in an exhaustive run, of the longer orders; with the first failure's reason. A group is waiting before its first
-    step, running until its last, ok after it (a search that found its order within its budget ends ok below it)."""
+    """Finished applications per single method, per pair (both orders), of the whole orders the search evaluates, in an
+    exhaustive run of the longer orders, and of the race's extra seeds for the orders in contention; with the first
+    failure's reason. A group is waiting before its first step, running until its last, ok after it (a search that
+    found its order within its budget, or a race that separated its leader early, ends ok below it)."""
     from .. import order
+    from ..exploration.explorer import ExploreSpec
 
     methods, seeds = spec["methods"], spec["seeds"]
+    planned = ExploreSpec.from_dict(spec).planned_applications()
     by_chain: dict[tuple, list[dict]] = {}
     for step in steps:
-        by_chain.setdefault(tuple(step["chain"]), []).append(step)
+        if step["seed"] < seeds:  # the race's extra seeds have a row of their own
+            by_chain.setdefault(tuple(step["chain"]), []).append(step)
     groups = [(f"{m} alone", [(m,)]) for m in methods]
     groups += [(f"{a} / {b}", [(a, b), (b, a)]) for i, a in enumerate(methods) for b in methods[i + 1:]]
     if spec["exhaustive"]:
         groups.append(("orders of 3 or more", [c for c in order.exhaustive_plan(methods) if len(c) > 2]))
     rows = [_progress_row(label, [s for chain in chains for s in by_chain.get(chain, [])], len(chains) * seeds, finished)
             for label, chains in groups if chains]
-    searched = _search_budget(spec)
-    if searched:
-        longer = [s for s in steps if len(s["chain"]) > 2]
+    searched = 0 if spec["exhaustive"] else (planned["per_seed"] - planned["pairwise_per_seed"]) * seeds
+    if searched:  # prefixes of 3 or more methods, beyond the pairwise plan
+        longer = [s for chain, found in by_chain.items() if len(chain) > 2 for s in found]
         rows.append(_progress_row("whole orders (search)", longer, searched, finished))
+    if planned["beyond"]:
+        raced = [s for s in steps if s["seed"] >= seeds]
+        rows.append(_progress_row("extra seeds for the contenders (race)", raced, planned["beyond"], finished))
     return rows
-
-
-def _search_budget(spec: dict) -> int:
-    """Applications the search may spend beyond the pairwise plan (prefixes of 3 or more methods), over every seed."""
-    from ..exploration.explorer import ExploreSpec
-
-    if spec["exhaustive"] or len(spec["methods"]) < 3:
-        return 0
-    planned = ExploreSpec.from_dict(spec).planned_applications()
-    return (planned["per_seed"] - planned["pairwise_per_seed"]) * spec["seeds"]
 
 
 def _progress_row(label: str, done: list[dict], total: int, finished: bool) -> dict:

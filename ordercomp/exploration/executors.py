@@ -1,9 +1,10 @@
 """Executors: who runs the steps of an exploration plan, this process or a Ray cluster.
 
-A plan is a list of chains run for every seed; a chain's step applies its last method to the model
-its prefix made, so per seed the steps form a tree rooted at the base model. An executor turns
-`Work` (the base, the data, the step function, the step cache and the events callback) into one
-`StepResult` per chain and seed, in plan order:
+A plan is a list of chains run for every seed asked for (the exploration's 0..k-1, or a later seed
+the race of the contenders adds); a chain's step applies its last method to the model its prefix
+made, so per seed the steps form a tree rooted at the base model. An executor turns `Work` (the
+base, the data, the step function, the step cache and the events callback) into one `StepResult`
+per chain and seed, in plan order:
 
     InProcessExecutor()                   this process; parent models stay in memory for their children
     RayExecutor("auto" | "HOST:PORT" | None)   one Ray task per step, started as soon as its prefix is done
@@ -34,7 +35,7 @@ import os
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -137,13 +138,14 @@ class InProcessExecutor:
     a cached result needs no model, and a parent that was not kept is rebuilt only when a child needs it."""
 
     def __init__(self):
-        # Per (base, seed), kept across runs: a search extends chains an earlier plan started.
-        self._models: dict[tuple[int, int], dict[Chain, nn.Module | None]] = {}
+        # Per tree, kept across runs: a search extends chains an earlier plan started. A tree is named by
+        # the key of its root (base, data, seed, budget), so a screened model never serves a full-budget step.
+        self._models: dict[str, dict[Chain, nn.Module | None]] = {}
 
-    def run(self, work: Work, plan: list[Chain], seeds: int) -> list[StepResult]:
-        results, total, parents = [], len(plan) * seeds, parents_in(plan)
-        for seed in range(seeds):
-            models = self._models.setdefault((id(work.base), seed), {(): work.base})
+    def run(self, work: Work, plan: list[Chain], seeds: Sequence[int]) -> list[StepResult]:
+        results, total, parents = [], len(plan) * len(seeds), parents_in(plan)
+        for seed in seeds:
+            models = self._models.setdefault(work.key((), seed), {(): work.base})
             for chain in plan:
                 results.append(self._step(work, chain, seed, models, parents))
                 work.events(step_event(results[-1], len(results), total))
@@ -320,7 +322,7 @@ class RayExecutor:
         self.max_retries, self.local_cpus = max_retries, local_cpus
         self._started = False  # this executor connected the session, so `close` shuts it down
 
-    def run(self, work: Work, plan: list[Chain], seeds: int) -> list[StepResult]:
+    def run(self, work: Work, plan: list[Chain], seeds: Sequence[int]) -> list[StepResult]:
         ray = self._session()
         gpus = self._gpus_per_step(ray)
         work.events({"kind": "stage", "stage": "ray", "label": self._describe(ray, gpus)})
@@ -386,16 +388,16 @@ class RayRun:
         self.ray, self.work, self.task, self.device, self.threads = ray, work, task, device, threads
         self.submitted: list = []
 
-    def run(self, plan: list[Chain], seeds: int) -> list[StepResult]:
+    def run(self, plan: list[Chain], seeds: Sequence[int]) -> list[StepResult]:
         results: dict[tuple[Chain, int], StepResult] = {}
         pending: dict = {}
-        total = len(plan) * seeds
+        total = len(plan) * len(seeds)
         for module in user_modules():  # a worker cannot import a user's file: its classes travel with the model
             self.ray.cloudpickle.register_pickle_by_value(module)
         data = self.ray.put(self.work.data)
         base = self.ray.put(copy.deepcopy(self.work.base).cpu())
         try:
-            for seed in range(seeds):
+            for seed in seeds:
                 cached = {chain: self.work.cache.get(self.work.key(chain, seed)) for chain in plan}
                 for chain in plan:
                     if cached[chain] is not None:
@@ -407,7 +409,7 @@ class RayRun:
         except BaseException:
             self._cancel()
             raise
-        return [results[(chain, seed)] for seed in range(seeds) for chain in plan]
+        return [results[(chain, seed)] for seed in seeds for chain in plan]
 
     def _submit(self, plan: list[Chain], seed: int, cached: dict, base, data) -> dict:
         """A task for every step to compute and every prefix it needs; {result ref: (chain, seed)} of those to record."""

@@ -3,14 +3,19 @@
 For every pair {A, B} of the chosen methods, A->B and B->A are applied to the same base model
 with the same seeds and budget; single-method results are shared by the pairs (n + n(n-1)
 applications per seed). Pair decisions become a precedence graph whose topological order is the
-chain, which is then applied to the base and measured step by step on the test split.
+paper's chain; the search (ordercomp.order.recommend) then evaluates whole orders, races the
+contenders on extra seeds and says how sure the evidence is. The recommended chain is applied to
+the base and measured step by step on the test split.
+
+With `screen`, the pairs and the whole orders of the search are trained for that fraction of the
+fine-tuning epochs, and only the best of them are confirmed at the full budget.
 """
 from __future__ import annotations
 
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -122,6 +127,7 @@ class ExploreSpec:
     executor: str = "inprocess"
     ray_address: str | None = None
     runtime: str = "eager"  # where the latency objectives time each step: PyTorch eager or an export format's runtime
+    screen: float | None = None  # search at this fraction of the fine-tuning epochs, confirm the best at the full budget
     classifier: str | None = None  # the layer giving the logits, when tracing cannot find it (models.structure)
     stages: tuple[str, ...] | None = None  # the modules whose outputs end the stages, when tracing cannot find them
     ship: str | None = SHIPPED_FORMAT  # the format the chain and the base are written in and timed as the headline; None: neither
@@ -157,6 +163,7 @@ class ExploreSpec:
             raise ValueError(f"exhaustive mode takes at most {order.MAX_EXHAUSTIVE_METHODS} methods")
         if self.repeat is not None and self.repeat not in self.methods:
             raise ValueError(f"--repeat {self.repeat} must be one of the chosen methods")
+        check_screen(self.screen, self.search)
         check_executor(self.executor, self.ray_address)
         check_runtime(self.runtime, self.objective)
         check_ship(self.ship)
@@ -178,16 +185,24 @@ class ExploreSpec:
     def planned_applications(self) -> dict:
         """The method applications this exploration takes at most, known before it starts: per seed the plan
         (pairwise, or every prefix with exhaustive validation) or the search's budget around it (never more than
-        every order), times the seeds, plus the chain applied once to the base on the test split. Progress counts
-        against `total`, so it only moves forward; a search that finds its order sooner ends below it."""
-        n = len(self.methods)
+        every order), times the seeds; `beyond`, those at the full budget after the search (a screen's confirmation,
+        the race's extra seeds for the orders in contention: as many as the budget allows, since how many the race
+        needs shows only as it runs); plus the chain applied once to the base on the test split. Progress counts
+        against `total`, so it only moves forward; a search that finds its order sooner ends below it. `cost` counts
+        a screened application as its fraction of the epochs (for the time estimate)."""
+        n, fidelity = len(self.methods), 1.0 if self.screen is None else self.screen
         pairwise, exhaustive = order.pairwise_applications(n), order.exhaustive_applications(n)
-        if self.exhaustive or self.search == "exhaustive":
-            per_seed = exhaustive
-        else:
-            per_seed = pairwise if self.search == "pairwise" else min(order.search_budget(n, self.search), exhaustive)
+        per_seed = pairwise if self.search == "pairwise" else min(order.search_budget(n, self.search), exhaustive)
+        # with every order run, the search's orders cost nothing new, and what it spent bounds the race no longer
+        beyond = order.recommend.full_budget_allowance(n, self.seeds, self.search, self.screen,
+                                                       search_per_seed=None if self.exhaustive else per_seed)
+        searched, validated = per_seed * self.seeds, 0
+        if self.exhaustive:  # every order's prefixes at the full budget on the spec's seeds
+            per_seed, validated = exhaustive, exhaustive * self.seeds
+            searched = 0 if self.screen is None else searched  # an unscreened search's orders are among them
         return {"pairwise_per_seed": pairwise, "exhaustive_per_seed": exhaustive, "per_seed": per_seed, "seeds": self.seeds,
-                "chain": n, "total": per_seed * self.seeds + n}
+                "beyond": beyond, "chain": n, "total": validated + searched + beyond + n,
+                "cost": validated + fidelity * searched + beyond + n}
 
     @property
     def timed(self) -> bool:
@@ -304,19 +319,11 @@ def ranked_orders(results: list[StepResult], score_of: Callable[[StepResult], fl
     return sorted(rows, key=lambda row: -row["score"] if higher_is_better else row["score"])
 
 
-def search_summary(result: order.SearchResult) -> dict:
-    """The search's record: strategy, applications spent and budget per seed, and the whole orders
-    it evaluated, best first (the shape `ranked_orders` gives)."""
-    orders = [{"chain": list(s.chain), "score": s.mean, "se": s.standard_error, "seeds": s.seeds} for s in result.evaluated]
-    return {"strategy": result.strategy, "applications_per_seed": result.applications_per_seed,
-            "budget_per_seed": result.budget, "orders": orders, "failed": [list(c) for c in result.failed]}
-
-
 def _unique(steps: list[StepResult]) -> list[StepResult]:
-    """One result per (chain, seed), in the order first run."""
+    """One result per (chain, seed, fidelity), in the order first run."""
     first: dict[tuple, StepResult] = {}
     for step in steps:
-        first.setdefault((step.chain, step.seed), step)
+        first.setdefault((step.chain, step.seed, step.fidelity), step)
     return list(first.values())
 
 
@@ -334,6 +341,16 @@ def score(metrics: dict, objective: str, base: dict, weight: float) -> float:
         return metrics["latency_ms_b1"]
     cost = "latency_ms_b1" if objective == "weighted_latency" else "bitops"
     return order.weighted_score(metrics["accuracy"], metrics[cost], base[cost], weight)
+
+
+def check_screen(screen: float | None, search: str) -> None:
+    """Refuse a screen that is not a fraction of the epochs, or one with a search that evaluates no whole order."""
+    if screen is None:
+        return
+    if not 0 < screen < 1:
+        raise ValueError(f"screen must be a fraction of the fine-tuning epochs between 0 and 1, e.g. 0.25, got {screen}")
+    if search == "pairwise":
+        raise ValueError("screening needs a search that evaluates whole orders (surrogate, random or exhaustive), not pairwise")
 
 
 def check_stage_names(stages) -> tuple[str, ...] | None:
@@ -396,22 +413,25 @@ class Explorer:
         self.data_fingerprint = self.data.fingerprint()
         return base, self.source
 
-    def run_plan(self, base: nn.Module, plan: list[tuple[str, ...]]) -> list[StepResult]:
-        """Every chain of `plan` for every seed, by the spec's executor (executors.py); results go through
-        the step cache under the same keys whichever executor computes them."""
+    def run_plan(self, base: nn.Module, plan: list[tuple[str, ...]], *, seeds: Sequence[int] | None = None,
+                 fidelity: float = 1.0) -> list[StepResult]:
+        """Every chain of `plan` for every seed (the spec's 0..k-1 unless `seeds` names others, as the race
+        does), trained for `fidelity` of the fine-tuning epochs, by the spec's executor (executors.py); results
+        go through the step cache under the same keys whichever executor computes them."""
         if self._executor is None:  # one executor per exploration: in-process, it keeps prefix models for later plans
             self._executor = make_executor(self.spec.executor, self.spec.ray_address, device=self.spec.device)
-        fingerprint, budget = base_fingerprint(base, self.source), self.spec.budget.to_dict()
+        budget = replace(self.spec.budget, epochs=self.spec.budget.epochs * fidelity)
+        fingerprint, budget_record = base_fingerprint(base, self.source), budget.to_dict()
         timed = self.spec.timed
         # a timed result is kept apart from an untimed one (which has no latency) and per runtime
         measured = f"val+latency@{self.spec.runtime}" if timed else "val"
         where = environment(self._executor.step_device(self.device))
-        key = lambda chain, seed: step_key(fingerprint, self.data_fingerprint, chain, self.config_dicts, seed, budget, measured, where)
-        step = StepFunction(self.configs, self.spec.budget, latency=timed, runtime=self.spec.runtime)
+        key = lambda chain, seed: step_key(fingerprint, self.data_fingerprint, chain, self.config_dicts, seed, budget_record, measured, where)
+        step = StepFunction(self.configs, budget, latency=timed, runtime=self.spec.runtime)
         work = Work(base, self.data, step, key, self.cache, self.device, self._counting_steps_so_far(), keep_below=self._deepest)
-        results = self._executor.run(work, plan, self.spec.seeds)
+        results = self._executor.run(work, plan, list(range(self.spec.seeds)) if seeds is None else list(seeds))
         self._steps_done += len(results)
-        return results
+        return [replace(result, fidelity=fidelity) for result in results]
 
     def _counting_steps_so_far(self) -> Events:
         """Step events counted over the whole exploration, not per plan (the search runs several)."""
@@ -493,15 +513,24 @@ class Explorer:
             metrics |= deployed_latency(base, self.data, self.spec.runtime)
         self._base = {"bitops": metrics["bitops"], "latency_ms_b1": metrics["latency_ms_b1"]}
 
+    @property
+    def search_fidelity(self) -> float:
+        """The fraction of the fine-tuning epochs the pairs and the search's whole orders get."""
+        return 1.0 if self.spec.screen is None else self.spec.screen
+
     def find_order(self, base: nn.Module) -> "OrderFound":
-        """Run the plan (pairwise, or every order with --exhaustive), decide every pair, build the
+        """Run the plan (pairwise, and every order with --exhaustive), decide every pair, build the
         precedence graph, then let the chosen search strategy pick the chain."""
         self.measure_base(base)
-        plan = order.exhaustive_plan(self.spec.methods) if self.spec.exhaustive else order.pairwise_plan(self.spec.methods)
-        self._deepest = len(self.spec.methods)
-        steps = self.run_plan(base, plan)
-        outcomes = self.decide(steps)
-        usable = usable_methods(self.spec.methods, steps) or list(self.spec.methods)
+        methods, fidelity = self.spec.methods, self.search_fidelity
+        self._deepest = len(methods)
+        if self.spec.exhaustive and fidelity == 1.0:  # the pairs are part of every order's prefixes
+            steps = self.run_plan(base, order.exhaustive_plan(methods))
+        else:
+            steps = self.run_plan(base, order.pairwise_plan(methods), fidelity=fidelity)
+            steps += self.run_plan(base, order.exhaustive_plan(methods)) if self.spec.exhaustive else []
+        outcomes = self.decide([s for s in steps if s.fidelity == fidelity])
+        usable = usable_methods(methods, steps) or list(methods)
         among = [o for o in outcomes if o.first in usable and o.second in usable]
         dag, dropped = order.break_cycles(order.precedence_graph(usable, among))
         if len(usable) < 2:
@@ -510,26 +539,37 @@ class Explorer:
         return OrderFound(steps, outcomes, dag, dropped, chain, search)
 
     def search(self, base: nn.Module, methods: list[str], steps: list[StepResult], outcomes, pairwise_chain: list[str]):
-        """(chain, search summary, every step run) for the spec's search strategy over `methods` (those that
-        applied to the base): the pairwise chain, or the best whole order that the strategy evaluated
-        within its budget of applications."""
+        """(chain, search record, every step run) for the spec's search strategy over `methods` (those that
+        applied to the base): the pairwise chain, or the order that the search, its race and its assessment
+        (order.recommend_order) recommend."""
         steps = list(steps)
-        higher = OBJECTIVES[self.spec.objective][0]
+        found = order.recommend_order(methods, self.spec.search, self._measure(base, steps), outcomes=outcomes,
+                                seeds=self.spec.seeds, higher_is_better=OBJECTIVES[self.spec.objective][0],
+                                confidence=self.spec.confidence, screen=self.spec.screen)
+        chain = list(found.chain) if found.evidence else pairwise_chain
+        return chain, found.to_dict(), _unique(steps)
 
-        def evaluate(chains):
-            run = {s.chain for s in steps}
-            plan = [p for p in dict.fromkeys(p for chain in chains for p in order.search.prefixes(chain)) if p not in run]
+    def _measure(self, base: nn.Module, steps: list[StepResult]) -> order.recommend.Measure:
+        """recommend_order's measure: runs the prefixes not run yet for those seeds at that fidelity (appending
+        to `steps`) and returns each chain's trials, or None when a seed could not apply it."""
+        def measure(chains, seeds, fidelity):
+            seeds = list(seeds)
+            done = {(s.chain, s.seed) for s in steps if s.fidelity == fidelity}
+            prefixes = dict.fromkeys(p for chain in chains for p in order.search.prefixes(chain))
+            plan = [p for p in prefixes if any((p, seed) not in done for seed in seeds)]
             if plan:
-                steps.extend(self.run_plan(base, plan))
-            return {chain: self._full_scores([s for s in steps if s.chain == chain]) for chain in chains}
+                steps.extend(self.run_plan(base, plan, seeds=seeds, fidelity=fidelity))
+            found = {(s.chain, s.seed): s for s in steps if s.fidelity == fidelity}
+            return {chain: self._trials([found[(chain, seed)] for seed in seeds]) for chain in chains}
+        return measure
 
-        result = order.search_chains(methods, self.spec.search, evaluate, outcomes=outcomes, higher_is_better=higher)
-        chain = list(result.chain) if result.evaluated else pairwise_chain
-        return chain, search_summary(result), _unique(steps)
-
-    def _full_scores(self, results: list[StepResult]) -> list[float]:
-        """Per-seed scores of a whole chain, or [] when a seed could not apply it."""
-        return self._scores(results) if _all_ok(results) else []
+    def _trials(self, results: list[StepResult]) -> dict[int, order.Trial] | None:
+        """Per seed, the chain's score and (accuracy objectives) per-image correctness; None unless every seed applied it."""
+        if not _all_ok(results):
+            return None
+        hits = self._hits(results) or [None] * len(results)
+        return {r.seed: order.Trial(score, None if h is None else tuple(h))
+                for r, score, h in zip(sorted(results, key=lambda r: r.seed), self._scores(results), hits)}
 
     def decide(self, steps: list[StepResult]) -> list[order.PairOutcome]:
         """A pair outcome for every pair, from the per-seed scores of both orders."""
@@ -580,7 +620,8 @@ class Explorer:
         if not self.spec.exhaustive:
             return None
         n, higher = len(self.spec.methods), OBJECTIVES[self.spec.objective][0]
-        orders = ranked_orders([s for s in steps if len(s.chain) == n], self._score_of, higher)
+        ground = [s for s in steps if len(s.chain) == n and s.fidelity == 1.0 and s.seed < self.spec.seeds]  # the race's seeds aside
+        orders = ranked_orders(ground, self._score_of, higher)
         means = {tuple(o["chain"]): o["score"] for o in orders}
         found = means.get(tuple(chain))
         regret = None if found is None or not orders else abs(orders[0]["score"] - found)

@@ -22,7 +22,9 @@ OK, INCOMPATIBLE, FAILED = "ok", "incompatible", "failed"
 
 @dataclass
 class StepResult:
-    """The outcome of applying the last method of `chain` to the model the earlier ones made."""
+    """The outcome of applying the last method of `chain` to the model the earlier ones made.
+    `fidelity` is the fraction of the fine-tuning epochs the step had: 1 for the full budget, less
+    for a screening step (`--screen`)."""
 
     chain: tuple[str, ...]
     status: str
@@ -30,6 +32,7 @@ class StepResult:
     metrics: dict | None = None
     seconds: float = 0.0
     seed: int = 0
+    fidelity: float = 1.0
 
     def to_dict(self) -> dict:
         record = asdict(self)

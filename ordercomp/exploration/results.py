@@ -17,6 +17,8 @@ from ..folders import MIB, FolderKind, check_destination, write_folder
 from ..models.checkpoints import describe_source
 from ..order.plan import chain_text
 from ..order import LATENCY_OBJECTIVES
+from ..report.figures import share_text
+from ..report.verdict import evidence_sentences
 from .pipeline import StepResult
 
 MARKER = ".ordercomp-results"
@@ -26,16 +28,18 @@ RESULT_FILES = ("exploration.json", "steps.csv", "pairs.csv", "chain.csv")
 RESULTS_BYTES = 8 * MIB
 
 
-def steps_table(steps: list[dict], split: str = "val", latency_runtime: str = "eager") -> pd.DataFrame:
+def steps_table(steps: list[dict], split: str = "val", latency_runtime: str = "eager", screened: bool = False) -> pd.DataFrame:
     """One row per step, its figures rounded to what they mean: accuracy to 2 decimals, bytes, MACs and BitOps
     whole (BitOps with early exits are an expectation over images), milliseconds to 3 significant digits.
     Latency is filled only where the step was timed, and `latency_runtime` names where (the eager PyTorch
-    simulation, or the runtime the latency objectives timed the steps in)."""
+    simulation, or the runtime the latency objectives timed the steps in). With a screen (`--screen`),
+    `epochs_fraction` says what fraction of the fine-tuning epochs each step had."""
     rows = []
     for step in steps:
         metrics = step.get("metrics") or {}
         latency = metrics.get("latency_ms_b1")
         rows.append({"chain": chain_text(step["chain"]), "split": split, "seed": step.get("seed", 0), "status": step["status"],
+                     **({"epochs_fraction": step.get("fidelity", 1.0)} if screened else {}),
                      "accuracy": _rounded(metrics.get("accuracy"), 2), "bitops": _whole(metrics.get("bitops")),
                      "macs": _whole(metrics.get("macs")), "size_bytes": _whole(metrics.get("size_bytes")),
                      "latency_ms_b1": _significant(latency), "latency_runtime": latency_runtime if latency is not None else "",
@@ -48,8 +52,9 @@ def results_table(record: dict) -> pd.DataFrame:
     (test split, seed 0, timed in eager PyTorch): what steps.csv and the dashboard's results CSV hold."""
     spec = record["spec"]
     runtime = spec.get("runtime", "eager") if spec["objective"] in LATENCY_OBJECTIVES else "eager"
-    return pd.concat([steps_table(record["steps"], "val", runtime), steps_table(record["chain_steps"], "test", "eager")],
-                     ignore_index=True)
+    screened = spec.get("screen") is not None
+    return pd.concat([steps_table(record["steps"], "val", runtime, screened),
+                      steps_table(record["chain_steps"], "test", "eager", screened)], ignore_index=True)
 
 
 def _rounded(value, digits: int):
@@ -77,6 +82,20 @@ def pairs_table(outcomes: list[dict]) -> pd.DataFrame:
                      "images": o.get("images", 0),
                      "weak evidence": "yes" if o["weak_evidence"] else "no", "reason": o["incompatible"] or o.get("only_order") or ""})
     return pd.DataFrame(rows)
+
+
+def search_table(record: dict) -> pd.DataFrame | None:
+    """The whole orders the search evaluated (at the full budget), best first: score, standard error and
+    seeds, regret against the best, the probability of being the best of them and what the race made of it."""
+    orders = (record.get("search") or {}).get("orders") or []
+    if not orders:
+        return None
+    best, objective = orders[0]["score"], record["spec"]["objective"]
+    return pd.DataFrame([{"rank": index, "order": chain_text(item["chain"]), f"{objective} score": round(item["score"], 3),
+                          "standard error": round(item["se"], 3), "seeds": item["seeds"],
+                          "regret": round(abs(best - item["score"]), 3), "P(best)": "" if item.get("probability") is None else share_text(item["probability"]),
+                          "race": item.get("status", ""), "recommended": "★" if item["chain"] == list(record["chain"]) else ""}
+                         for index, item in enumerate(orders, 1)])
 
 
 def interval_text(outcome: dict) -> str:
@@ -158,9 +177,12 @@ def print_summary(result) -> None:
             print(f"  dropped to break a cycle: {edge['before']} → {edge['after']} (margin {edge['margin']:.2f})")
         if not record["edges"]:
             print("  none: every pair is a tie or incompatible")
+        _print_search(record)
         for entry in record.get("left_out", []):
             print(f"\nLeft out of the chain: {entry['method']} ({entry['status']} on the base: {entry['reason']})")
         print(f"\nValid orders: {len(record['valid_chains'])}; recommended chain: {chain_text(record['chain'])}")
+        for sentence in evidence_sentences(record):
+            print(sentence)
         if record["weak_pairs"]:
             print(f"Note: {record['weak_pairs']} pair decision(s) rest on weak evidence; more --seeds would make them firmer.")
         print("\nChain applied to the base model (test split):")
@@ -172,6 +194,14 @@ def print_summary(result) -> None:
         print(f"\nMethod applications per seed: pairwise {counts['pairwise_per_seed']}, exhaustive {counts['exhaustive_per_seed']} "
               f"(without prefix sharing {counts['naive_exhaustive_per_seed']}); cached steps reused: {counts['cache_hits']}; "
               f"wall time {record['seconds']:.0f} s")
+
+
+def _print_search(record: dict) -> None:
+    table = search_table(record)
+    if table is not None:
+        budget = "" if record["search"].get("screen") is None else " (confirmed at the full budget)"
+        print(f"\nWhole orders evaluated by the {record['search']['strategy']} search{budget}, validation split, best first:")
+        print(table.to_string(index=False))
 
 
 def _print_exhaustive(record: dict) -> None:

@@ -1,5 +1,8 @@
-"""Pure order-finding core: pairwise decisions with intervals, precedence graph, exploration plans and chain search."""
+"""Pure order-finding core: pairwise decisions with intervals, precedence graph, exploration plans, chain search,
+the race of the contenders and how sure the evidence is."""
 
+from ordercomp.order.certainty import probability_best
+from ordercomp.order.cover import covering_orders, uncoverable
 from ordercomp.order.evidence import DifferenceInterval, difference_interval, t_quantile
 from ordercomp.order.graph import (
     agreement,
@@ -29,6 +32,8 @@ from ordercomp.order.plan import (
     pairwise_applications,
     pairwise_plan,
 )
+from ordercomp.order.race import RaceResult, Trial, race
+from ordercomp.order.recommend import Recommendation, recommend_order
 from ordercomp.order.search import (
     DEFAULT_STRATEGY,
     STRATEGIES,
@@ -56,10 +61,14 @@ __all__ = [
     "DifferenceInterval",
     "PairEvidence",
     "PairOutcome",
+    "RaceResult",
+    "Recommendation",
     "SearchResult",
+    "Trial",
     "agreement",
     "break_cycles",
     "chain_text",
+    "covering_orders",
     "decide_pair",
     "difference_interval",
     "exhaustive_applications",
@@ -73,6 +82,9 @@ __all__ = [
     "pairwise_plan",
     "pairwise_ranking",
     "prefix_cost",
+    "probability_best",
+    "race",
+    "recommend_order",
     "prefixes",
     "precedence_graph",
     "rank_of_chain",
@@ -81,5 +93,6 @@ __all__ = [
     "search_chains",
     "simulate_pair",
     "t_quantile",
+    "uncoverable",
     "valid_chains",
 ]

@@ -11,12 +11,13 @@ strategies (`STRATEGIES`):
 - `pairwise`: the paper's procedure: the chain of the precedence graph of
   the pair outcomes; nothing beyond the pairwise plan.
 - `surrogate` (the default): starts from the pair outcomes, evaluates the
-  pairwise chain and the order that best agrees with the pairs for every
-  possible last method (a pair measured on the base cannot see what a method
-  does to a model the others already compressed), then, while the budget
-  lasts, the order that a least-squares model of the chains evaluated so far
-  (agreement with the pairs + each method's place and place^2) predicts
-  best; recommends the best evaluated chain. See
+  pairwise chain and orders that together put every method at every position
+  it can take (cover.py: a Latin square of n orders when no pair is forced,
+  each agreeing with the pairs as well as it can; a pair measured on the base
+  cannot see what a method does to a model the others already compressed),
+  then, while the budget lasts, the order that a least-squares model of the
+  chains evaluated so far (agreement with the pairs + each method's place and
+  place^2) predicts best; recommends the best evaluated chain. See
   benchmarks/bench_search_synthetic.py for how it was chosen.
 - `random`: random orders until the budget is spent (a baseline).
 - `exhaustive`: every order (budget: the whole prefix tree).
@@ -32,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ordercomp.order.cover import Cell, covering_orders, uncoverable
 from ordercomp.order.graph import agreement, break_cycles, precedence_graph, recommended_chain
 from ordercomp.order.pairwise import PairOutcome
 from ordercomp.order.plan import exhaustive_applications, pairwise_applications, pairwise_plan
@@ -116,7 +118,8 @@ class ChainScore:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The recommended chain, every full chain evaluated, and the applications spent per seed."""
+    """The recommended chain, every full chain evaluated, the applications spent per seed, and (for a
+    strategy that covers every position) the (method, position) cells no allowed order reaches."""
 
     strategy: str
     chain: Chain
@@ -124,12 +127,14 @@ class SearchResult:
     failed: list[Chain]
     applications_per_seed: int
     budget: int
+    uncovered: list[Cell] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "chain": list(self.chain),
                 "evaluated": [score.to_dict() for score in self.evaluated],
                 "failed": [list(chain) for chain in self.failed],
-                "applications_per_seed": self.applications_per_seed, "budget": self.budget}
+                "applications_per_seed": self.applications_per_seed, "budget": self.budget,
+                "uncovered": [list(cell) for cell in self.uncovered]}
 
 
 def search_chains(
@@ -159,8 +164,9 @@ def search_chains(
             break
         _record(state, batch, evaluate(batch))
     chain = plan.recommend(state)
+    uncovered = uncoverable(state.methods, state.allowed) if plan.covers else []
     return SearchResult(strategy, chain, _ranked(state), sorted(state.tried - set(state.full_chains())),
-                        len(state.applied), state.budget)
+                        len(state.applied), state.budget, uncovered)
 
 
 def pairwise_chain(methods: Sequence[str], outcomes: Sequence[PairOutcome]) -> Chain:
@@ -200,6 +206,8 @@ class PairwiseSearch:
     """The paper's procedure: the pairwise chain, no full chain evaluated."""
 
     needs_pairwise = True
+    races = False  # nothing evaluated to race
+    covers = False
 
     def propose(self, state: SearchState) -> list[Chain]:
         return []
@@ -209,9 +217,12 @@ class PairwiseSearch:
 
 
 class BestEvaluated:
-    """Shared rule: recommend the best evaluated full chain, else the pairwise chain."""
+    """Shared rule: recommend the best evaluated full chain, else the pairwise chain. Its orders are
+    raced (recommend.py) with what the budget leaves."""
 
     needs_pairwise = True
+    races = True
+    covers = False  # whether it puts every method at every allowed position before any other order
 
     def recommend(self, state: SearchState) -> Chain:
         best = state.full_chains()
@@ -223,17 +234,18 @@ class BestEvaluated:
 
 
 class SurrogateSearch(BestEvaluated):
-    """Pairwise chain and the best-agreeing order per last method, then, each round, the untried order
-    that a least-squares model of the evaluated chains predicts best (cheapest on ties). The model:
-    score ~ intercept + beta * agreement with the pairs + per method, a * place + b * place^2."""
+    """The pairwise chain and a cover of every allowed (method, position), then, each round, the untried
+    order that a least-squares model of the evaluated chains predicts best (cheapest on ties). The model:
+    score ~ intercept + beta * agreement with the pairs + per method, a * place + b * place^2; the cover
+    comes first so that the model never extrapolates a method into a position no evaluated order put it."""
+
+    covers = True
 
     def propose(self, state: SearchState) -> list[Chain]:
         ranking = pairwise_ranking(state.methods, state.outcomes)
         if not state.tried:
-            return [pairwise_chain(state.methods, state.outcomes)]
-        seeds = _best_per_last_method(state, ranking)
-        if seeds:
-            return seeds
+            start = [pairwise_chain(state.methods, state.outcomes)]
+            return covering_orders(state.methods, state.allowed, ranking, start)
         predict = _fit_surrogate(state, ranking) if state.full_chains() else ranking.__getitem__
         candidates = [chain for chain in _affordable_untried(state) if state.allowed(chain)]
         return sorted(candidates, key=lambda chain: (-predict(chain), state.cost([chain]), chain))[:1]
@@ -251,9 +263,10 @@ class RandomSearch(BestEvaluated):
 
 
 class ExhaustiveSearch(BestEvaluated):
-    """Every order; the budget must cover the whole prefix tree."""
+    """Every order; the budget must cover the whole prefix tree (and leaves nothing to race)."""
 
     needs_pairwise = False
+    races = False
 
     def propose(self, state: SearchState) -> list[Chain]:
         return [chain for chain in itertools.permutations(state.methods) if chain not in state.tried]
@@ -272,19 +285,6 @@ def _affordable_untried(state: SearchState) -> list[Chain]:
     """Orders not tried yet that fit in the remaining budget, in permutation order."""
     return [chain for chain in itertools.permutations(state.methods)
             if chain not in state.tried and state.cost([chain]) <= state.remaining]
-
-
-def _best_per_last_method(state: SearchState, ranking: dict[Chain, float]) -> list[Chain]:
-    """For each method not yet tried last, the allowed order ending with it that agrees best with the pairs."""
-    tried_last = {chain[-1] for chain in state.tried}
-    candidates = []
-    for last in state.methods:
-        if last in tried_last:
-            continue
-        ending = [chain for chain in ranking if chain[-1] == last and state.allowed(chain)]
-        if ending:
-            candidates.append(min(ending, key=lambda chain: (-ranking[chain], chain)))
-    return candidates
 
 
 def _features(chain: Chain, methods: Chain, ranking: dict[Chain, float]) -> list[float]:

@@ -10,6 +10,8 @@ of seed-to-seed accuracy spread.
 
 `Landscape` scores every prefix of every order of n methods from known
 effects, so that exhaustive ground truth is free; see its docstring.
+`EqualOrders` measures every order of n methods as equally good on the same
+validation images, per seed and per image: the A/A check of the race.
 """
 
 from __future__ import annotations
@@ -60,14 +62,36 @@ def _image_difficulty(rng: random.Random) -> float:
     return rng.gauss(-8.0, 1.0)
 
 
-def _correctness(rng: random.Random, difficulty: list[float]) -> list[int]:
+def _correctness(rng: random.Random, difficulty: list[float] | tuple[float, ...], noise: float = TRAINING_NOISE) -> list[int]:
     """One trained model: its own training shift, then an independent flip per image."""
-    shift = rng.gauss(0.0, TRAINING_NOISE)
+    shift = rng.gauss(0.0, noise)
     return [int(rng.random() >= 1 / (1 + math.exp(-(value + shift)))) for value in difficulty]
 
 
 def _accuracy(correct: list[int]) -> float:
     return 100 * sum(correct) / len(correct)
+
+
+@dataclass(frozen=True)
+class EqualOrders:
+    """Every prefix of every order of `methods` is the same model family: on seed s it gets the shared
+    image difficulties shifted by its own training noise (`noise`, in log-odds: 0.5 gives about 0.4
+    points of seed-to-seed sd, 3.0 about 3 points), then flips per image. No order is better than
+    another, so any order the race finds significantly worse is a false elimination."""
+
+    methods: tuple[str, ...]
+    difficulty: tuple[float, ...]
+    noise: float
+    tag: str
+
+    def trial(self, prefix: tuple[str, ...], seed: int) -> tuple[float, list[int]]:
+        """(accuracy in percent, 0/1 correctness per image) of the prefix on one seed, the same on every call."""
+        hits = _correctness(random.Random(f"{self.tag}|{prefix}|{seed}"), self.difficulty, self.noise)
+        return _accuracy(hits), hits
+
+
+def equal_orders(rng: random.Random, methods: list[str], *, images: int = 359, noise: float = TRAINING_NOISE) -> EqualOrders:
+    return EqualOrders(tuple(methods), tuple(_image_difficulty(rng) for _ in range(images)), noise, str(rng.random()))
 
 
 @dataclass(frozen=True)
@@ -78,7 +102,10 @@ class Landscape:
                  + sum over ordered pairs (a before b) of precedence[a, b]
                  - sum of damage[m] * p^growth for the method m at 0-based place p
                  + place[m, p] + a fixed interaction term per prefix.
-    A measurement adds Gaussian seed noise. With growth 2, a method that
+    A measurement on seed s adds Gaussian seed noise of sd seed_noise, times
+    exp(noise_spread * z) for a z fixed per prefix, so that with noise_spread > 0
+    some orders are noisier than others (on the digits settings the seed-to-seed
+    sd of one order ranges over a factor of 3). With growth 2, a method that
     hurts a model the others already compressed costs 1x as the second of a
     pair but 9x as the last of four, which no pair measured on the base can
     see; `place` holds the rest of the position effects.
@@ -94,6 +121,7 @@ class Landscape:
     interaction: float
     seed_noise: float
     tag: str
+    noise_spread: float = 0.0
 
     def true(self, prefix: tuple[str, ...]) -> float:
         """Noise-free score of a prefix."""
@@ -104,15 +132,23 @@ class Landscape:
         return score + self.interaction * _unit_normal(f"{self.tag}|{prefix}")
 
     def measure(self, prefix: tuple[str, ...], seeds: int) -> list[float]:
-        """Per-seed scores of a prefix: its true score plus seed noise, the same on every call."""
-        return [self.true(prefix) + self.seed_noise * _unit_normal(f"{self.tag}|{prefix}|{seed}") for seed in range(seeds)]
+        """Scores of a prefix on seeds 0 .. seeds-1."""
+        return [self.score(prefix, seed) for seed in range(seeds)]
+
+    def score(self, prefix: tuple[str, ...], seed: int) -> float:
+        """The prefix measured on one seed: its true score plus seed noise, the same on every call."""
+        return self.true(prefix) + self.noise(prefix) * _unit_normal(f"{self.tag}|{prefix}|{seed}")
+
+    def noise(self, prefix: tuple[str, ...]) -> float:
+        """Seed-to-seed standard deviation of the prefix's score."""
+        return self.seed_noise * math.exp(self.noise_spread * _unit_normal(f"{self.tag}|{prefix}|noise"))
 
 
 def random_landscape(rng: random.Random, methods: list[str], *, trap: bool, interaction: float = 0.3,
-                     seed_noise: float = 0.4) -> Landscape:
+                     seed_noise: float = 0.4, noise_spread: float = 0.0) -> Landscape:
     """A landscape with random effects in points; with `trap`, one method hurts a compressed model
     (in the last place as much as 1-3 points x place^2, growing as place^1 to place^3) while every pair
-    says it should go after the others."""
+    says it should go after the others. `seed_noise` and `noise_spread`: see Landscape."""
     precedence_scale = rng.uniform(0.2, 1.5)
     precedence: dict[tuple[str, str], float] = {}
     for a, b in itertools.combinations(methods, 2):
@@ -131,7 +167,7 @@ def random_landscape(rng: random.Random, methods: list[str], *, trap: bool, inte
     cost = {method: rng.uniform(0.5, 3.0) for method in methods}
     place = {(method, index): rng.gauss(0.0, 0.3) for method in methods for index in range(len(methods))}
     return Landscape(tuple(methods), 98.0, cost, precedence, damage, growth, place, interaction, seed_noise,
-                     str(rng.random()))
+                     str(rng.random()), noise_spread)
 
 
 def _unit_normal(key: str) -> float:

@@ -56,12 +56,12 @@ def _kind_of(chain: tuple, methods: int) -> str:
 
 
 def tradeoff_points(record: dict) -> pd.DataFrame:
-    """One row per point: base, each single, pair, longer prefix and whole order evaluated (val mean
-    over seeds), the chain (test)."""
+    """One row per point: base, each single, pair, longer prefix and whole order evaluated at the full
+    fine-tuning budget (val mean over seeds; screening steps are another budget's models), the chain (test)."""
     rows = [_point(record, "base", "base", [], record["base_metrics"], "test", 1)]
     by_chain: dict[tuple, list[dict]] = {}
     for step in record["steps"]:
-        if step["status"] == "ok" and step.get("metrics"):
+        if step["status"] == "ok" and step.get("metrics") and step.get("fidelity", 1.0) == 1.0:
             by_chain.setdefault(tuple(step["chain"]), []).append(step)
     for chain, steps in by_chain.items():
         rows.append(_point(record, chain_text(chain), _kind_of(chain, len(record["spec"]["methods"])), chain, _mean_metrics(steps), "val", len(steps)))

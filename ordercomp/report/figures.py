@@ -1,6 +1,6 @@
 """Every figure the dashboard and the meeting report state about an exploration, as text, from one place:
 the headline (what the shipped file buys, in its runtime; the eager simulation labelled as such), the
-number of method applications, and the units and rounding of sizes, latencies, accuracies and durations.
+number of method applications, and the units and rounding of sizes, latencies, accuracies, probabilities and durations.
 A figure read on any page, in the report or in the CSV comes from here, so they read the same.
 """
 from __future__ import annotations
@@ -48,6 +48,14 @@ def duration(seconds: float) -> str:
 def latency_text(ms: float | None) -> str:
     """Milliseconds to three significant digits: '0.569 ms', '12.2 ms'."""
     return "not measured" if ms is None else f"{ms:.3g} ms"
+
+
+def share_text(fraction: float) -> str:
+    """A probability or share as a percentage: whole percent, one decimal below 1 %; short of certain is never
+    rounded up to 100 % (a Monte-Carlo estimate of 0.999 is not a certainty)."""
+    if 0.995 <= fraction < 1:
+        return "over 99%"
+    return f"{100 * fraction:.0f}%" if fraction >= 0.01 else f"{100 * fraction:.1f}%"
 
 
 def accuracy_text(percent: float | None) -> str:

@@ -20,9 +20,10 @@ from plotly.offline import get_plotlyjs
 
 from . import charts
 from .figures import SIMULATION, applications, duration, epochs_text, headline, plural
+from .verdict import evidence_sentences
 from ..order import OBJECTIVES
 from ..order.plan import chain_text
-from ..exploration.results import chain_table, pairs_table, results_table, steps_table
+from ..exploration.results import chain_table, pairs_table, results_table, search_table, steps_table
 
 STYLE = """
 body{font-family:Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -111,39 +112,8 @@ def exhaustive_table(record: dict) -> pd.DataFrame | None:
 
 
 def evidence_sentence(record: dict) -> str:
-    """One plain sentence on whether the evidence supports the recommended order."""
-    exhaustive, search = record.get("exhaustive"), record.get("search") or {}
-    if exhaustive and exhaustive.get("regret") is not None:
-        supported = exhaustive["regret"] <= exhaustive["best_se"]
-        return (f"Checked against all {exhaustive['of']} orders: the recommended order ranks {exhaustive['rank']}, "
-                f"{exhaustive['regret']:.2f} below the best order, whose standard error is {exhaustive['best_se']:.2f}; "
-                + ("the evidence supports it." if supported else "the evidence does not support it over the best order."))
-    orders = search.get("orders") or []
-    if len(orders) >= 2 and orders[0]["chain"] == list(record["chain"]):
-        lead, se = orders[0]["score"] - orders[1]["score"], orders[0]["se"]
-        close = sum(1 for o in orders[1:] if orders[0]["score"] - o["score"] <= se)
-        verdict = ("the evidence supports it." if close == 0 else
-                   f"{close} other order(s) are within one standard error of it, so they are about as good.")
-        return (f"Of {len(orders)} whole orders evaluated, the recommended one scored best, {lead:.2f} ahead of the next "
-                f"(standard error {se:.2f}); {verdict}")
-    pairs = [o for o in record["outcomes"] if not o["incompatible"]]
-    decided = [o for o in pairs if not o["tie"]]
-    if pairs and len(decided) == len(pairs) and not any(o["weak_evidence"] for o in decided):
-        return f"All {len(pairs)} pair decisions are outside their confidence intervals: the evidence supports the order."
-    return (f"{len(decided)} of {len(pairs)} pair decisions are outside their confidence intervals; the rest are ties, so "
-            "part of the order rests on leanings, not evidence.")
-
-
-def search_table(record: dict) -> pd.DataFrame | None:
-    """The whole orders the search evaluated, best first, with each one's regret against the best."""
-    orders = (record.get("search") or {}).get("orders") or []
-    if not orders:
-        return None
-    best, objective = orders[0]["score"], record["spec"]["objective"]
-    return pd.DataFrame([{"rank": index, "order": chain_text(item["chain"]), f"{objective} score": round(item["score"], 3),
-                          "standard error": round(item["se"], 3), "regret": round(abs(best - item["score"]), 3),
-                          "recommended": "★" if item["chain"] == list(record["chain"]) else ""}
-                         for index, item in enumerate(orders, 1)])
+    """Plain sentences on how far the evidence supports the recommended order (report/verdict.py)."""
+    return " ".join(evidence_sentences(record))
 
 
 def pair_name(outcome: dict) -> str:

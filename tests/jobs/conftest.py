@@ -26,8 +26,10 @@ def store(tmp_path):
 
 @pytest.fixture
 def tiny_spec(tiny_checkpoint):
-    """An ExploreSpec on the tiny checkpoint: one seed, no fine-tuning unless `epochs` is given."""
+    """An ExploreSpec on the tiny checkpoint: one seed, the pairwise plan, no fine-tuning unless `epochs` is given. The job
+    tests are about the queue, the workers and the store; the default search's race would add extra seeds to every job
+    (tests/test_explore.py and tests/test_pages.py run it through the explorer and a worker)."""
     def make(methods=("prune", "quantize"), epochs=0.0, **fields):
-        fields = {"model": str(tiny_checkpoint), "architecture": "cnn_tiny", "seeds": 1, "device": "cpu"} | fields
+        fields = {"model": str(tiny_checkpoint), "architecture": "cnn_tiny", "seeds": 1, "device": "cpu", "search": "pairwise"} | fields
         return ExploreSpec(methods=methods, budget=Budget(epochs=epochs), **fields)
     return make

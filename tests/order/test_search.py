@@ -11,6 +11,7 @@ from ordercomp.order import (
     STRATEGIES,
     decide_pair,
     exhaustive_applications,
+    only_order_pair,
     kendall_tau,
     pairwise_applications,
     pairwise_chain,
@@ -128,6 +129,32 @@ def test_surrogate_is_never_worse_than_pairwise_and_recovers_where_pairwise_is_w
             recovered += world.true(surrogate) > world.true(pairwise) + noise
     if kind == "trap":
         assert badly_wrong and recovered > badly_wrong / 2, (recovered, badly_wrong)
+
+
+@pytest.mark.parametrize("n", [4, 5])
+def test_every_method_is_evaluated_at_every_position_before_any_model_guided_proposal(n):
+    world = landscape(n, trap=True, seed=2)
+    evaluate = Recorder(world)
+    search_chains(world.methods, "surrogate", evaluate, outcomes=outcomes_of(world))
+    first = evaluate.asked[:n]
+    assert {(m, p) for chain in first for p, m in enumerate(chain)} == {(m, p) for m in world.methods for p in range(n)}
+    for index in range(n, len(evaluate.asked)):  # no later proposal puts a method where none was measured
+        seen = {(m, p) for chain in evaluate.asked[:index] for p, m in enumerate(chain)}
+        assert {(m, p) for p, m in enumerate(evaluate.asked[index])} <= seen
+
+
+@pytest.mark.parametrize("strategy", ["surrogate", "pairwise", "exhaustive"])
+def test_the_cells_a_forced_pair_rules_out_are_named_by_the_search_that_covers_positions(strategy):
+    """Issue 17: int8 can only come last, so no Latin square exists; the cover says which positions it could not reach."""
+    world = landscape(4, seed=5)
+    last = "m3"  # stands for int8: every other method must come before it
+    outcomes = [only_order_pair(o.first, o.second, o.second if last == o.first else o.first, "int8 cannot be fine-tuned")
+                if last in (o.first, o.second) else o for o in outcomes_of(world)]
+    result = search_chains(world.methods, strategy, Recorder(world), outcomes=outcomes)
+    expected = [("m0", 3), ("m1", 3), ("m2", 3), ("m3", 0), ("m3", 1), ("m3", 2)] if strategy == "surrogate" else []
+    assert result.uncovered == expected and result.to_dict()["uncovered"] == [list(cell) for cell in expected]
+    if strategy != "exhaustive":  # exhaustive asks for every order; a real forced pair makes the others fail
+        assert all(chain[-1] == last for chain in [result.chain] + [score.chain for score in result.evaluated])
 
 
 def test_failed_chains_are_reported_and_never_recommended():

@@ -1,0 +1,210 @@
+"""From pair outcomes to a recommended order and how sure the evidence is: screen, confirm, race, assess.
+
+`recommend_order` is the whole procedure after the pairwise plan; it decides which orders get which
+seeds at which budget, and the caller measures them (`measure(chains, seeds, fidelity)`, fidelity
+being the fraction of the fine-tuning budget). Its phases:
+
+1. screen: the search strategy (search.py) evaluates whole orders on the exploration's seeds, at
+   most BUDGET_FACTOR x the pairwise plan's applications per seed (including it); with `screen`,
+   at that fraction of the fine-tuning budget;
+2. confirm (only with `screen`): the screened orders still in contention, best first, are measured
+   at the full budget on the same seeds while they fit in half the full-budget allowance
+   (SCREEN_FULL_FACTOR x the pairwise plan's applications over all seeds);
+3. race (race.py): extra seeds for the orders in contention at the full budget, with what the
+   total allows: TOTAL_FACTOR x the pairwise plan's applications over all seeds, minus what the
+   screen spent (with `screen`: the rest of the full-budget allowance);
+4. assess (certainty.py): the probability that each order measured at the full budget is the best
+   of them, and the orders the recommended one could not be separated from.
+
+The pairwise strategy evaluates no whole order (the paper's chain is recommended as it is), and
+exhaustive evaluates every order, so neither races.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ordercomp.order.certainty import probability_best
+from ordercomp.order.pairwise import PairOutcome
+from ordercomp.order.plan import exhaustive_applications, pairwise_applications
+from ordercomp.order.race import Evidence, RaceResult, Trial, eliminated, race, standing
+from ordercomp.order.search import STRATEGIES, SearchResult, prefix_cost, search_chains
+
+Chain = tuple[str, ...]
+Measure = Callable[[list[Chain], Sequence[int], float], Mapping[Chain, Mapping[int, Trial] | None]]
+TOTAL_FACTOR = 2.5  # all applications, every seed and the race included, at most this x the pairwise plan's
+SCREEN_FULL_FACTOR = 1.0  # with a screen: full-budget applications (confirmation and race) at most this x the pairwise plan's
+SURE = 0.9  # a screen whose leader is the best of its orders with this probability explores on instead of racing
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The recommended order, the evidence at the full budget (and the screen's, if any), and the cost."""
+
+    chain: Chain
+    search: SearchResult
+    evidence: Evidence
+    screened: Evidence
+    screen: float | None
+    race: RaceResult | None
+    probabilities: dict[Chain, float] | None
+    applications: dict[str, float]
+    confidence: float
+    higher_is_better: bool
+
+    @property
+    def inseparable(self) -> list[Chain]:
+        """The orders the recommended one could not be separated from (the race's other contenders)."""
+        return [chain for chain in self.race.contenders if chain != self.chain] if self.race else []
+
+    def to_dict(self) -> dict[str, Any]:
+        """The search's record: what every consumer (CLI, pages, report) reads."""
+        probability = self.probabilities.get(self.chain) if self.probabilities else None
+        record = {"strategy": self.search.strategy, "applications_per_seed": self.search.applications_per_seed,
+                  "budget_per_seed": self.search.budget, "orders": self._orders(self.evidence, self.probabilities),
+                  "failed": [list(c) for c in self.search.failed + (self.race.failed if self.race else [])],
+                  "screen": self.screen, "applications": self.applications, "confidence": self.confidence,
+                  "positions_not_allowed": [[method, place + 1] for method, place in self.search.uncovered]}
+        if self.screen is not None:
+            record["screened_orders"] = self._orders(self.screened, None)
+        if self.evidence:
+            record["verdict"] = {"chain": list(self.chain), "evaluated": len(self.evidence), "probability": probability,
+                                 "inseparable": [list(c) for c in self.inseparable],
+                                 "separated": bool(self.race and self.race.separated),
+                                 "extra_seeds": list(self.race.seeds_run) if self.race else []}
+        return record
+
+    def _orders(self, evidence: Evidence, probabilities: dict[Chain, float] | None) -> list[dict[str, Any]]:
+        """Orders best first with mean, standard error and seeds; at the full budget also P(best) and status."""
+        rows = []
+        for chain in standing(evidence, self.higher_is_better):
+            scores = [trial.score for trial in evidence[chain].values()]
+            se = statistics.stdev(scores) / math.sqrt(len(scores)) if len(scores) > 1 else 0.0
+            row = {"chain": list(chain), "score": statistics.fmean(scores), "se": se, "seeds": len(scores)}
+            if evidence is self.evidence:
+                row |= {"probability": probabilities.get(chain) if probabilities else None, "status": self._status(chain)}
+            rows.append(row)
+        return rows
+
+    def _status(self, chain: Chain) -> str:
+        if chain == self.chain:
+            return "recommended"
+        if self.race and chain in self.race.dropped:
+            return f"dropped after {self.race.dropped[chain]} seeds"
+        return "not separated"
+
+
+def recommend_order(methods: Sequence[str], strategy: str, measure: Measure, *, outcomes: Sequence[PairOutcome] = (),
+              seeds: int, higher_is_better: bool = True, confidence: float = 0.95, screen: float | None = None,
+              seed: int = 0) -> Recommendation:
+    """Screen, confirm, race and assess (module docstring); `seeds` is the exploration's seed count."""
+    _check(seeds, screen, strategy)
+    methods = tuple(methods)
+    fidelity = 1.0 if screen is None else screen
+    screened: Evidence = {}
+    evaluate = _evaluator(measure, seeds, fidelity, screened)
+    search = lambda budget=None: search_chains(methods, strategy, evaluate, outcomes=outcomes, budget=budget,
+                                               higher_is_better=higher_is_better, seed=seed)
+    result = search()
+    if screen is None and STRATEGIES[strategy].races and _sure(screened, higher_is_better, seed):
+        result = search(int(TOTAL_FACTOR * pairwise_applications(len(methods))))  # nothing to race: explore on
+    allowance = full_budget_allowance(len(methods), seeds, strategy, screen, search_per_seed=result.applications_per_seed)
+    confirming = allowance // 2 if STRATEGIES[strategy].races else allowance  # a racing strategy keeps half for the race
+    evidence, confirmed = (screened, 0) if screen is None else _confirm(screened, measure, seeds, confirming,
+                                                                         higher_is_better, confidence)
+    raced = _race(evidence, measure, seeds, allowance - confirmed, strategy, higher_is_better, confidence)
+    chain = raced.leader if raced else result.chain
+    applications = _applications(len(methods), seeds, fidelity, result.applications_per_seed, confirmed, raced)
+    return Recommendation(chain, result, evidence, screened, screen, raced,
+                          probability_best(evidence, higher_is_better, seed=seed) if evidence else None,
+                          applications, confidence, higher_is_better)
+
+
+def full_budget_allowance(n: int, seeds: int, strategy: str, screen: float | None = None, *,
+                          search_per_seed: int | None = None) -> int:
+    """At most how many applications `recommend_order` spends at the full budget after the search, over all seeds:
+    a screen's confirmation and the race's extra seeds. `search_per_seed` is what the search spent per seed
+    (before it runs: the least it can spend, the pairwise plan, which makes this a bound known at the start)."""
+    if screen is not None:
+        allowance = int(SCREEN_FULL_FACTOR * pairwise_applications(n) * seeds)
+        return allowance if STRATEGIES[strategy].races else allowance // 2  # exhaustive confirms, runs no extra seed
+    if not STRATEGIES[strategy].races:
+        return 0
+    spent = pairwise_applications(n) if search_per_seed is None else search_per_seed
+    return max(0, int(TOTAL_FACTOR * pairwise_applications(n) * seeds) - spent * seeds)
+
+
+def _check(seeds: int, screen: float | None, strategy: str) -> None:
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a whole number >= 1, got {seeds!r}")
+    if screen is not None and not 0 < screen < 1:
+        raise ValueError(f"screen must be a fraction of the fine-tuning budget in (0, 1), e.g. 0.25, got {screen!r}")
+    if screen is not None and strategy == "pairwise":
+        raise ValueError("screening needs a search that evaluates whole orders (surrogate, random or exhaustive), not pairwise")
+
+
+def _evaluator(measure: Measure, seeds: int, fidelity: float, screened: Evidence):
+    """search_chains' evaluate: per-seed scores on the exploration's seeds, keeping each order's trials; an
+    order asked for again (a search resumed with a larger budget repeats its proposals) is not measured again."""
+    known: dict[Chain, list[float]] = {}
+
+    def evaluate(chains: list[Chain]) -> dict[Chain, list[float]]:
+        fresh = [chain for chain in chains if chain not in known]
+        trials = measure(fresh, range(seeds), fidelity) if fresh else {}
+        for chain in fresh:
+            got = trials.get(chain)
+            if got:
+                screened[chain] = dict(got)
+            known[chain] = [got[s].score for s in sorted(got)] if got else []
+        return {chain: known[chain] for chain in chains}
+    return evaluate
+
+
+def _sure(screened: Evidence, higher_is_better: bool, seed: int) -> bool:
+    """Whether the screen's leader is the best of its orders with probability SURE or more (then a race has
+    little to decide, and the rest of the budget goes to exploring more orders)."""
+    probabilities = probability_best(screened, higher_is_better, seed=seed) if len(screened) > 1 else None
+    return bool(probabilities) and max(probabilities.values()) >= SURE
+
+
+def _confirm(screened: Evidence, measure: Measure, seeds: int, allowance: int, higher_is_better: bool,
+             confidence: float) -> tuple[Evidence, int]:
+    """The screened contenders, best first, measured at the full budget while `allowance` (over all seeds)
+    affords them; (their evidence, applications spent)."""
+    out = set(eliminated(screened, standing(screened, higher_is_better), higher_is_better, confidence))
+    chosen: list[Chain] = []
+    for chain in (c for c in standing(screened, higher_is_better) if c not in out):
+        if prefix_cost(chosen + [chain]) * seeds > allowance:
+            break
+        chosen.append(chain)
+    if not chosen:
+        return {}, 0
+    trials = measure(chosen, range(seeds), 1.0)
+    return {chain: dict(trials[chain]) for chain in chosen if trials.get(chain)}, prefix_cost(chosen) * seeds
+
+
+def _race(evidence: Evidence, measure: Measure, seeds: int, budget: int, strategy: str, higher_is_better: bool,
+          confidence: float) -> RaceResult | None:
+    """The race over the full-budget evidence (no extra seed for strategies that do not race)."""
+    if not evidence:
+        return None
+    run = lambda chains, seed: {chain: (trials or {}).get(seed) for chain, trials in measure(chains, [seed], 1.0).items()}
+    return race(evidence, run, next_seed=seeds, budget=budget if STRATEGIES[strategy].races else 0,
+                higher_is_better=higher_is_better, confidence=confidence)
+
+
+def _applications(n: int, seeds: int, fidelity: float, screen_per_seed: int, confirmed: int, raced: RaceResult | None) -> dict:
+    """Applications spent: the screen (per seed and over all seeds), the confirmation and the race; `cost`
+    counts a screened application as its fraction of the budget; `exhaustive` every order on every seed."""
+    screen_total = screen_per_seed * seeds
+    race_total = raced.applications if raced else 0
+    total = screen_total + confirmed + race_total
+    cost = fidelity * screen_total + confirmed + race_total
+    exhaustive = exhaustive_applications(n) * seeds
+    return {"per_seed": screen_per_seed, "screen": screen_total, "confirm": confirmed, "race": race_total,
+            "total": total, "cost": cost, "pairwise": pairwise_applications(n) * seeds, "exhaustive": exhaustive,
+            "share_of_exhaustive": cost / exhaustive}

@@ -1,0 +1,107 @@
+"""What the evidence says about the recommended order, in plain sentences: the CLI summary, the Order
+page and the meeting report all say it with these words.
+
+Each sentence follows a decision rule and says no more than it does. With a search that evaluated
+whole orders: the probability that the recommended order is the best of those evaluated, the orders
+it could not be separated from (the race's contenders: no paired interval over seeds and images put
+them below it), and what was spent. With the paper's pairwise procedure alone: how many pair
+decisions are outside their confidence intervals; where every pair is a tie, the order rests on
+leanings. With exhaustive validation: where the order ranks, and whether its regret is within the
+best order's standard error.
+"""
+from __future__ import annotations
+
+from ..order.plan import chain_text
+from .figures import share_text
+
+SHOWN_ORDERS = 3  # orders named in a sentence before "and N more"
+
+
+def evidence_sentences(record: dict) -> list[str]:
+    """The sentences for an exploration record, most important first."""
+    search = record.get("search") or {}
+    sentences = search_sentences(search) if search.get("verdict") else [pairs_sentence(record["outcomes"])]
+    return sentences + exhaustive_sentences(record.get("exhaustive"))
+
+
+def search_sentences(search: dict) -> list[str]:
+    """How sure the search is of its order, which orders it could not tell apart, and its cost."""
+    verdict = search["verdict"]
+    sentences = [_probability(verdict, search.get("confidence", 0.95)) + _separation(verdict), cost_sentence(search)]
+    return sentences + coverage_sentences(search.get("positions_not_allowed") or [])
+
+
+def coverage_sentences(not_allowed: list) -> list[str]:
+    """Which positions forced pairs (one order only applies) keep a method out of: the cover could not reach them."""
+    if not not_allowed:
+        return []
+    places: dict[str, list[int]] = {}
+    for method, place in not_allowed:
+        places.setdefault(method, []).append(place)
+    ruled_out = "; ".join(f"{method} at position{'s' if len(p) > 1 else ''} {', '.join(map(str, p))}" for method, p in places.items())
+    return [f"Forced pairs rule out {ruled_out}; the search put every method at every position they allow before any "
+            "model-guided proposal."]
+
+
+def _probability(verdict: dict, confidence: float) -> str:
+    count = verdict["evaluated"]
+    if count == 1:
+        return "The recommended order is the only whole order evaluated"
+    if verdict["probability"] is None:
+        return (f"The recommended order scored best of the {count} evaluated; how likely it is the best cannot be "
+                "estimated (one seed and no per-image evidence)")
+    return f"The recommended order is the best of the {count} evaluated with probability {share_text(verdict['probability'])}"
+
+
+def _separation(verdict: dict) -> str:
+    if verdict["evaluated"] == 1:
+        return "."
+    if verdict["separated"]:
+        return "; every other evaluated order is worse by a paired interval over seeds and images."
+    tied = verdict["inseparable"]
+    names = "; ".join(chain_text(chain) for chain in tied[:SHOWN_ORDERS])
+    more = f" and {len(tied) - SHOWN_ORDERS} more" if len(tied) > SHOWN_ORDERS else ""
+    return (f"; it cannot be separated from {names}{more}: the top orders are within noise of each other, "
+            "and any of them is a sound choice.")
+
+
+def cost_sentence(search: dict) -> str:
+    """'X method applications were spent (Y per seed, Z on extra seeds), W% of exhaustive (E).'"""
+    spent = search.get("applications")
+    if not spent:
+        return f"{search['applications_per_seed']} method applications per seed were spent."
+    extra = f", {spent['race']} on extra seeds for the contenders" if spent["race"] else ""
+    screened = ""
+    if search.get("screen") is not None:
+        screened = (f"; the search ran at {share_text(search['screen'])} of the fine-tuning epochs and {spent['confirm']} "
+                    f"applications confirmed its best orders at the full budget, {spent['cost']:.0f} full-budget "
+                    "applications in cost")
+    return (f"{spent['total']} method applications were spent ({spent['per_seed']} per seed for the search{extra}"
+            f"{screened}), {share_text(spent['share_of_exhaustive'])} of exhaustive ({spent['exhaustive']}).")
+
+
+def pairs_sentence(outcomes: list[dict]) -> str:
+    """What the pair decisions alone support, by the pair rule (interval excludes 0 and beats the margin)."""
+    pairs = [o for o in outcomes if not o["incompatible"]]
+    decided = [o for o in pairs if not o["tie"]]
+    if not pairs:
+        return "No two methods could be compared in both orders; the order follows what could be applied."
+    if not decided:
+        return (f"Every one of the {len(pairs)} pairs is a tie (each interval contains 0 or is under the minimum "
+                "margin): the order rests on leanings within noise, not on evidence, and any order the pairs allow "
+                "is as well supported.")
+    if len(decided) == len(pairs) and not any(o["weak_evidence"] for o in decided):
+        return f"All {len(pairs)} pair decisions are outside their confidence intervals: the evidence supports the order."
+    return (f"{len(decided)} of {len(pairs)} pair decisions are outside their confidence intervals; the rest are ties or "
+            "weak, so part of the order rests on leanings, not evidence.")
+
+
+def exhaustive_sentences(summary: dict | None) -> list[str]:
+    """Where the recommended order ranks among all orders, against the best order's standard error."""
+    if not summary or summary.get("regret") is None:
+        return []
+    within = summary["regret"] <= summary["best_se"]
+    return [f"Checked against all {summary['of']} orders: the recommended order ranks {summary['rank']}, "
+            f"{summary['regret']:.2f} below the best order, "
+            + (f"within that order's standard error ({summary['best_se']:.2f})." if within else
+               f"more than that order's standard error ({summary['best_se']:.2f}).")]

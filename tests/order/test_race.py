@@ -1,0 +1,101 @@
+"""Tests for the race: which orders get extra seeds, which are dropped, and what it spends."""
+
+import random
+
+import pytest
+
+from ordercomp.order.evidence import difference_interval
+from ordercomp.order.race import Trial, eliminated, paired_interval, race
+from ordercomp.order.search import prefix_cost
+from ordercomp.order.synthetic import equal_orders
+
+A, B, C, D = ("a", "b", "c"), ("b", "a", "c"), ("c", "a", "b"), ("a", "c", "b")
+
+
+class World:
+    """Known true means plus a fixed noise per (order, seed); records every run asked for."""
+
+    def __init__(self, means, noise=0.5, fail=()):
+        self.means, self.noise, self.fail, self.runs = means, noise, set(fail), []
+
+    def trial(self, chain, seed):
+        return Trial(self.means[chain] + self.noise * random.Random(f"{chain}|{seed}").gauss(0, 1))
+
+    def evidence(self, seeds=3):
+        return {chain: {s: self.trial(chain, s) for s in range(seeds)} for chain in self.means}
+
+    def __call__(self, chains, seed):
+        self.runs.append((list(chains), seed))
+        return {chain: None if (chain, seed) in self.fail else self.trial(chain, seed) for chain in chains}
+
+
+def test_an_order_far_below_the_leader_is_dropped_and_close_ones_stay():
+    world = World({A: 90.0, B: 89.8, C: 70.0})
+    assert eliminated(world.evidence(), [A, B, C], True, 0.95) == [C]
+
+
+def test_the_race_runs_extra_seeds_only_for_the_better_half_of_the_contenders_within_its_budget():
+    world = World({A: 90.0, B: 89.9, C: 89.8, D: 89.7}, noise=1.0)
+    evidence = world.evidence()
+    result = race(evidence, world, next_seed=3, budget=20)
+    assert [seed for _, seed in world.runs] == list(range(3, 3 + len(world.runs))) == result.seeds_run
+    assert all(len(chains) == 2 for chains, _ in world.runs)  # 4 contenders: the better half
+    assert result.applications == sum(prefix_cost(chains) for chains, _ in world.runs) <= 20
+    assert len(world.runs) >= 2
+    for chains, seed in world.runs:
+        assert all(seed in evidence[chain] for chain in chains)
+    assert set(result.contenders) | set(result.dropped) == {A, B, C, D}
+
+
+def test_a_race_ends_when_one_order_is_left_and_says_it_is_separated():
+    world = World({A: 90.0, B: 80.0, C: 70.0}, noise=0.2)
+    result = race(world.evidence(), world, next_seed=3, budget=100)
+    assert result.contenders == [A] and result.separated and world.runs == []
+    assert result.dropped == {B: 3, C: 3}
+
+
+def test_equal_orders_are_not_separated_and_the_budget_bounds_the_seeds():
+    world = World({A: 90.0, B: 90.0}, noise=1.0)
+    result = race(world.evidence(), world, next_seed=3, budget=12)
+    assert not result.separated and sorted(result.contenders) == sorted([A, B])
+    assert result.applications == 12 and len(result.seeds_run) == 2  # both orders: 6 prefixes on each new seed
+
+
+def test_an_order_that_fails_on_an_extra_seed_leaves_the_race():
+    world = World({A: 90.0, B: 90.0, C: 89.0}, noise=1.0, fail={(B, 3)})
+    result = race(world.evidence(), world, next_seed=3, budget=30)
+    assert result.failed == [B] and B not in result.contenders and B not in result.dropped
+
+
+def test_no_budget_means_no_extra_seed():
+    world = World({A: 90.0, B: 90.0})
+    result = race(world.evidence(), world, next_seed=3, budget=0)
+    assert world.runs == [] and result.applications == 0 and len(result.contenders) == 2
+
+
+@pytest.mark.parametrize("budget", [-1, 2.5, True])
+def test_a_bad_budget_is_one_line(budget):
+    with pytest.raises(ValueError, match="budget must be a whole number") as error:
+        race({A: {0: Trial(1.0)}}, World({A: 1.0}), next_seed=1, budget=budget)
+    assert "\n" not in str(error.value)
+
+
+def test_the_comparison_is_paired_per_seed_and_per_image_with_the_seeds_degrees_of_freedom():
+    world = equal_orders(random.Random(3), ["a", "b"], images=50)
+    first = {s: Trial(*_trial(world.trial(("a", "b"), s))) for s in range(4)}
+    second = {s: Trial(*_trial(world.trial(("b", "a"), s))) for s in range(1, 5)}  # common seeds: 1, 2, 3
+    interval = paired_interval(first, second, True, 0.9)
+    expected = difference_interval([first[s].score - second[s].score for s in (1, 2, 3)],
+                                   [first[s].hits for s in (1, 2, 3)], [second[s].hits for s in (1, 2, 3)],
+                                   confidence=0.9, seed_df=True)
+    assert interval == expected and interval.images == 50 and interval.degrees_of_freedom == 2
+
+
+def test_lower_is_better_orients_the_leader():
+    world = World({A: 1.0, B: 5.0}, noise=0.1)
+    assert eliminated(world.evidence(), [A, B], False, 0.95) == [B]
+
+
+def _trial(trial):
+    score, hits = trial
+    return score, tuple(hits)

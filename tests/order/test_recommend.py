@@ -1,0 +1,105 @@
+"""Tests for the whole procedure after the pairwise plan: screen, confirm, race, assess."""
+
+import itertools
+import random
+
+import pytest
+
+from ordercomp.order import decide_pair, pairwise_applications, pairwise_chain
+from ordercomp.order.race import Trial
+from ordercomp.order.recommend import SCREEN_FULL_FACTOR, TOTAL_FACTOR, recommend_order
+from ordercomp.order.synthetic import random_landscape
+
+SEEDS = 3
+
+
+class Measured:
+    """recommend's measure over a synthetic landscape; a screened step (fidelity < 1) scores lower by an
+    amount fixed per order. Records every call as (chains, seeds, fidelity)."""
+
+    def __init__(self, world):
+        self.world, self.calls = world, []
+
+    def __call__(self, chains, seeds, fidelity):
+        self.calls.append((list(chains), list(seeds), fidelity))
+        return {chain: {s: Trial(self.world.score(chain, s) - (1 - fidelity) * self._lag(chain)) for s in seeds}
+                for chain in chains}
+
+    @staticmethod
+    def _lag(chain):
+        return 3 * random.Random(str(chain)).random()
+
+
+def world(n=4, noise=2.0, seed=0):
+    return random_landscape(random.Random(seed), [f"m{i}" for i in range(n)], trap=False, seed_noise=noise)
+
+
+def outcomes(landscape):
+    return [decide_pair(a, b, landscape.measure((a, b), SEEDS), landscape.measure((b, a), SEEDS))
+            for a, b in itertools.combinations(landscape.methods, 2)]
+
+
+def test_the_default_screens_races_and_stays_within_its_total_budget():
+    landscape = world()
+    measure = Measured(landscape)
+    found = recommend_order(landscape.methods, "surrogate", measure, outcomes=outcomes(landscape), seeds=SEEDS)
+    screened = [call for call in measure.calls if call[1] == list(range(SEEDS))]
+    extra = [call for call in measure.calls if call[1] != list(range(SEEDS))]
+    assert all(fidelity == 1.0 for _, _, fidelity in measure.calls) and extra
+    assert [seeds for _, seeds, _ in extra] == [[s] for s in range(SEEDS, SEEDS + len(extra))]
+    assert found.applications["total"] <= TOTAL_FACTOR * pairwise_applications(4) * SEEDS
+    assert found.applications["total"] == found.applications["screen"] + found.applications["race"]
+    assert found.chain == found.race.leader and set(found.evidence) == {c for chains, _, _ in screened for c in chains}
+    record = found.to_dict()
+    verdict = record["verdict"]
+    assert verdict["chain"] == list(found.chain) and verdict["evaluated"] == len(found.evidence)
+    assert 0 < verdict["probability"] <= 1 and verdict["extra_seeds"] == found.race.seeds_run
+    assert record["orders"][0]["chain"] == list(found.chain) and record["orders"][0]["status"] == "recommended"
+    assert sum(row["probability"] for row in record["orders"]) == pytest.approx(1.0)
+    assert {tuple(c) for c in verdict["inseparable"]} == set(found.race.contenders) - {found.chain}
+
+
+def test_a_screen_evaluates_at_a_fraction_and_confirms_the_best_at_the_full_budget():
+    landscape = world(noise=0.3)
+    measure = Measured(landscape)
+    found = recommend_order(landscape.methods, "surrogate", measure, outcomes=outcomes(landscape), seeds=SEEDS, screen=0.25)
+    cheap = [call for call in measure.calls if call[2] == 0.25]
+    full = [call for call in measure.calls if call[2] == 1.0]
+    assert cheap and full and all(seeds == list(range(SEEDS)) for _, seeds, _ in cheap)
+    confirmed = full[0][0]
+    assert full[0][1] == list(range(SEEDS)) and set(confirmed) <= set(found.screened)
+    assert set(found.evidence) == set(confirmed) and found.chain in confirmed
+    costs = found.applications
+    assert costs["cost"] == pytest.approx(0.25 * costs["screen"] + costs["confirm"] + costs["race"])
+    assert costs["confirm"] + costs["race"] <= SCREEN_FULL_FACTOR * pairwise_applications(4) * SEEDS
+    assert found.to_dict()["screened_orders"] and found.to_dict()["screen"] == 0.25
+
+
+def test_the_pairwise_strategy_measures_no_whole_order_and_states_no_probability():
+    landscape = world()
+    measure = Measured(landscape)
+    pairs = outcomes(landscape)
+    found = recommend_order(landscape.methods, "pairwise", measure, outcomes=pairs, seeds=SEEDS)
+    assert measure.calls == [] and found.chain == pairwise_chain(landscape.methods, pairs)
+    assert found.race is None and found.probabilities is None and "verdict" not in found.to_dict()
+
+
+def test_exhaustive_runs_no_extra_seed_but_still_says_how_sure_it_is():
+    landscape = world(n=3)
+    measure = Measured(landscape)
+    found = recommend_order(landscape.methods, "exhaustive", measure, seeds=SEEDS)
+    assert all(seeds == list(range(SEEDS)) for _, seeds, _ in measure.calls)
+    assert len(found.evidence) == 6 and found.race.seeds_run == [] and found.probabilities
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"screen": 0.0}, "screen must be a fraction"), ({"screen": 1.0}, "screen must be a fraction"),
+    ({"screen": 0.5, "strategy": "pairwise"}, "screening needs a search that evaluates whole orders"),
+    ({"seeds": 0}, "seeds must be a whole number"),
+])
+def test_bad_settings_are_one_line(kwargs, message):
+    landscape = world(n=3)
+    arguments = {"strategy": "surrogate", "seeds": SEEDS} | kwargs
+    with pytest.raises(ValueError, match=message) as error:
+        recommend_order(landscape.methods, arguments.pop("strategy"), Measured(landscape), outcomes=outcomes(landscape), **arguments)
+    assert "\n" not in str(error.value)
