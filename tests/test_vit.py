@@ -1,0 +1,48 @@
+"""A Vision Transformer as a base (issue 16): the zoo's torchvision VisionTransformer and the digits32_vit sample,
+grey digits repeated to its 3 channels."""
+from __future__ import annotations
+
+import pytest
+from safetensors.torch import save_file
+from torchvision.models.vision_transformer import VisionTransformer
+
+from ordercomp.exploration.explorer import prepare_base
+from ordercomp.metrics import measure
+from ordercomp.models.checkpoints import resolve_model, sample_card
+from ordercomp.models.weights import CheckpointError
+from ordercomp.models.zoo import create_model
+
+
+@pytest.fixture(scope="module")
+def vit_base():
+    """The shipped sample as an exploration takes it: 32-px digits, grey repeated to 3 channels, classifier marked."""
+    base, source, data = prepare_base("digits32_vit", device="cpu")
+    return base, data
+
+
+def test_the_zoo_vit_is_torchvisions_class_as_it_is():
+    model = create_model("vit_tiny_32", 10, 1)
+    assert type(model) is VisionTransformer and model.conv_proj.in_channels == 3  # grey images are repeated to 3
+    assert (model.image_size, model.patch_size, len(model.encoder.layers), model.hidden_dim, model.mlp_dim) == (32, 4, 4, 64, 128)
+    assert model.encoder.layers[0].num_heads == 4 and model.heads.head.out_features == 10
+    with pytest.raises(ValueError, match="takes 3-channel images .* got 2 channels"):
+        create_model("vit_tiny_32", 10, 2)
+
+
+def test_a_zoo_vit_gets_its_data_at_its_size_with_grey_repeated_and_a_wrong_size_is_one_line(tmp_path, digits):
+    weights = tmp_path / "vit.safetensors"
+    save_file(create_model("vit_tiny_32").state_dict(), str(weights))
+    base, source, data = prepare_base("vit_tiny_32", weights=str(weights), device="cpu")
+    assert (data.input_size, data.in_channels, source["in_channels"]) == (32, 3, 3)
+    assert "repeated to the model's 3" in data.preprocessing["channel_handling"]
+    with pytest.raises(CheckpointError, match=r"^vit_tiny_32 does not run on a batch of \(3, 1, 8, 8\) images .*"
+                                              r"the zoo's vit_tiny_32 takes 32x32 images: --input-size 32$"):
+        resolve_model("vit_tiny_32", digits, weights=str(weights))
+
+
+def test_the_vit_sample_leaves_compression_something_to_lose(vit_base):
+    base, data = vit_base
+    card = sample_card("digits32_vit")
+    assert card["architecture"] == "vit_tiny_32" and card["in_channels"] == 3 and card["input_size"] == 32
+    assert "token_merge" in card["methods"]
+    assert measure(base, data, "test", latency=False).accuracy == pytest.approx(card["metrics"]["test_accuracy"], abs=0.01)
