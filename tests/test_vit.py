@@ -1,16 +1,23 @@
 """A Vision Transformer as a base (issue 16): the zoo's torchvision VisionTransformer and the digits32_vit sample,
-grey digits repeated to its 3 channels."""
+grey digits repeated to its 3 channels; pruning its width; and every registered method on it applying or saying why not."""
 from __future__ import annotations
 
+import copy
+
 import pytest
+import torch
 from safetensors.torch import save_file
+from torch.utils.data import TensorDataset
 from torchvision.models.vision_transformer import VisionTransformer
 
 from ordercomp.exploration.explorer import prepare_base
-from ordercomp.metrics import measure
+from ordercomp.methods.base import Context, Incompatible
+from ordercomp.methods.registry import METHODS, get_method
+from ordercomp.metrics import expected_cost, measure
 from ordercomp.models.checkpoints import resolve_model, sample_card
 from ordercomp.models.weights import CheckpointError
 from ordercomp.models.zoo import create_model
+from ordercomp.train import Budget
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +25,14 @@ def vit_base():
     """The shipped sample as an exploration takes it: 32-px digits, grey repeated to 3 channels, classifier marked."""
     base, source, data = prepare_base("digits32_vit", device="cpu")
     return base, data
+
+
+def fewer(data, train: int = 256, held_out: int = 359):
+    """A quarter of the training images (fine-tuning in seconds), all the validation images."""
+    few = copy.copy(data)
+    for name, count in (("train", train), ("val", held_out), ("test", held_out)):
+        setattr(few, name, TensorDataset(*(t[:count] for t in getattr(data, name).tensors)))
+    return few
 
 
 def test_the_zoo_vit_is_torchvisions_class_as_it_is():
@@ -46,3 +61,33 @@ def test_the_vit_sample_leaves_compression_something_to_lose(vit_base):
     assert card["architecture"] == "vit_tiny_32" and card["in_channels"] == 3 and card["input_size"] == 32
     assert "token_merge" in card["methods"]
     assert measure(base, data, "test", latency=False).accuracy == pytest.approx(card["metrics"]["test_accuracy"], abs=0.01)
+
+
+def test_prune_narrows_the_vit_keeping_its_heads_and_it_runs(vit_base):
+    base, data = vit_base
+    method = get_method("prune")
+    pruned = method.apply(base, method.default_config(), Context(fewer(data), Budget(epochs=0), seed=0))
+    attention = pruned.encoder.layers[0].self_attention
+    assert (pruned.hidden_dim, attention.embed_dim, attention.num_heads, attention.head_dim) == (32, 32, 4, 8)
+    assert pruned.encoder.layers[0].mlp[0].out_features == 64 and pruned.heads.head.out_features == 10
+    with torch.no_grad():
+        assert pruned(data.test.tensors[0][:5]).shape == (5, 10)
+    assert expected_cost(pruned, data.example_input(1), None)[0] < 0.4 * expected_cost(base, data.example_input(1), None)[0]
+
+
+# What each method does on the ViT today: applies, or the reason it cannot
+INCOMPATIBLE_ON_VIT = {"early_exit": "needs stage boundaries", "int8": "needs stage boundaries"}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_on_the_vit_applies_or_says_why(name, vit_base):
+    base, data = vit_base
+    method = get_method(name)
+    context = Context(fewer(data, train=64, held_out=64), Budget(epochs=0.25), seed=0)
+    if name in INCOMPATIBLE_ON_VIT:
+        with pytest.raises(Incompatible, match=INCOMPATIBLE_ON_VIT[name]):
+            method.apply(base, method.default_config(), context)
+        return
+    compressed = method.apply(base, method.default_config(), context)
+    with torch.no_grad():
+        assert compressed.eval()(data.test.tensors[0][:5]).shape == (5, 10)

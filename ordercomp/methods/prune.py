@@ -2,14 +2,23 @@
 
 B after A: the channels of whatever A produced are ranked and removed, quantised layers stay
 quantised, exit heads are pruned together with the body they hang from; then fine-tuning.
+
+A Vision Transformer (torchvision's) loses width as Torch-Pruning prunes it: the MLPs' hidden units, and
+the embedding every block shares (patch embedding, class token, position embeddings, norms, the attention's
+projections and the classifier's input) in multiples of the heads: the heads keep their number with a
+narrower head dimension (nn.MultiheadAttention's inner width is its embedding, so a head cannot leave alone;
+channels are ranked over the whole embedding, so a head need not keep its own ones, which fine-tuning
+follows). The model's `hidden_dim`, which its forward reshapes the patches to, follows the pruned embedding.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer
 
 from ..errors import one_line
 from ..layers import all_outputs, output_layers
@@ -47,13 +56,28 @@ def shrink_width(model: nn.Module, ratio: float, importance: str, context: Conte
         pruner = tp.pruner.BasePruner(
             model, example, importance=IMPORTANCE[importance](), pruning_ratio=ratio,
             ignored_layers=output_layers(model), forward_fn=lambda m, x: sum(all_outputs(m, x)),
-            in_channel_groups={}, out_channel_groups={}, num_heads={},
+            in_channel_groups={}, out_channel_groups={}, num_heads={}, round_to=_heads(model),
+            unwrapped_parameters=[(p, p.dim() - 1) for vit in _vits(model) for p in (vit.class_token, vit.encoder.pos_embedding)],
         )
         pruner.step()
     except Exception as error:  # raised deep inside Torch-Pruning's graph walk, where the bare error names no culprit
         raise PruningError(f"Torch-Pruning could not prune this network's channels ({one_line(error)}): "
                            "sparsify or lowrank make it smaller without it") from error
+    for vit in _vits(model):
+        vit.hidden_dim = vit.conv_proj.out_channels  # its forward reshapes the patch embedding to this width
     return model
+
+
+def _vits(model: nn.Module) -> list[VisionTransformer]:
+    """torchvision's Vision Transformers in the model: their class token and position embeddings are parameters
+    that no layer owns, pruned along the embedding (their last dimension)."""
+    return [m for m in model.modules() if isinstance(m, VisionTransformer)]
+
+
+def _heads(model: nn.Module) -> int | None:
+    """Widths are pruned in multiples of the attention's heads (None without attention), so the heads keep their number."""
+    heads = [m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    return math.lcm(*heads) if heads else None
 
 
 def apply(model: nn.Module, config: PruneConfig, context: Context) -> nn.Module:
