@@ -1,5 +1,6 @@
 """A Vision Transformer as a base (issue 16): the zoo's torchvision VisionTransformer and the digits32_vit sample,
-grey digits repeated to its 3 channels; pruning its width; and every registered method on it applying or saying why not."""
+grey digits repeated to its 3 channels; pruning its width; quantising its attention; and every registered method on it
+applying or saying why not."""
 from __future__ import annotations
 
 import copy
@@ -11,9 +12,10 @@ from torch.utils.data import TensorDataset
 from torchvision.models.vision_transformer import VisionTransformer
 
 from ordercomp.exploration.explorer import prepare_base
+from ordercomp.layers import QuantMultiheadAttention, bits_of, is_quantised, to_quant
 from ordercomp.methods.base import Context, Incompatible
 from ordercomp.methods.registry import METHODS, get_method
-from ordercomp.metrics import expected_cost, measure
+from ordercomp.metrics import expected_cost, measure, storage_bytes
 from ordercomp.models.checkpoints import resolve_model, sample_card
 from ordercomp.models.weights import CheckpointError
 from ordercomp.models.zoo import create_model
@@ -73,6 +75,32 @@ def test_prune_narrows_the_vit_keeping_its_heads_and_it_runs(vit_base):
     with torch.no_grad():
         assert pruned(data.test.tensors[0][:5]).shape == (5, 10)
     assert expected_cost(pruned, data.example_input(1), None)[0] < 0.4 * expected_cost(base, data.example_input(1), None)[0]
+
+
+def test_quantize_makes_every_projection_and_product_of_the_vit_four_bit(vit_base):
+    base, data = vit_base
+    method = get_method("quantize")
+    quantised = method.apply(base, method.default_config(), Context(fewer(data), Budget(epochs=0), seed=0))
+    for block in quantised.encoder.layers:
+        attention = block.self_attention
+        assert isinstance(attention, QuantMultiheadAttention) and bits_of(attention) == bits_of(attention.out_proj) == (4, 4)
+        assert is_quantised(block.mlp[0]) and is_quantised(block.mlp[3])
+    example = data.example_input(1)
+    assert expected_cost(quantised, example, None)[1] == expected_cost(base, example, None)[1] / 64  # 4 x 4 bits against 32 x 32
+    in_projections = sum(block.self_attention.in_proj_weight.numel() for block in base.encoder.layers)
+    assert storage_bytes(base) - storage_bytes(quantised) > in_projections * (4 - 0.5)  # read as raw weights, stored at 4 bits
+
+
+def test_quantised_attention_at_full_bits_computes_what_multihead_attention_does(vit_base):
+    base, data = vit_base
+    attention = base.encoder.layers[0].self_attention
+    tokens = torch.randn(3, 65, 64)
+    mask = torch.randn(3 * 4, 65, 65)  # token merging's proportional attention adds one like it
+    with torch.no_grad():
+        for given in (None, mask):
+            expected = attention(tokens, tokens, tokens, need_weights=False, attn_mask=given)[0]
+            got = to_quant(copy.deepcopy(attention), 32, 32).eval()(tokens, tokens, tokens, need_weights=False, attn_mask=given)[0]
+            assert torch.allclose(got, expected, atol=1e-5)
 
 
 # What each method does on the ViT today: applies, or the reason it cannot
