@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("explore", help="pairwise comparison of orders -> precedence graph -> chain")
     _common(ex)
-    ex.add_argument("--methods", default="distill,prune,quantize,early_exit", help=f"comma-separated, from {','.join(METHODS)}")
+    ex.add_argument("--methods", help=f"comma-separated, from {','.join(METHODS)} (default: a sample's own, e.g. digits32_vit's "
+                    "include token_merge; else distill,prune,quantize,early_exit)")
     ex.add_argument("--objective", default="weighted", help="weighted (default: accuracy + weight x halvings of BitOps), "
                     "weighted_latency (the same with latency in --runtime), accuracy, bitops or latency")
     ex.add_argument("--weight", type=float, default=1.0, help="weighted objectives: accuracy points per halving of the cost")
@@ -160,7 +161,7 @@ def _spec(args):
 
     return ExploreSpec(
         model=args.model, data=args.data, model_args=_model_args(args), weights=args.weights, normalize=args.normalize,
-        methods=tuple(parse_methods(args.methods)), settings=parse_settings(args),
+        methods=tuple(parse_methods(args.methods)) if args.methods is not None else None, settings=parse_settings(args),
         objective=args.objective, weight=args.weight, seeds=args.seeds, budget=_budget(args),
         confidence=args.confidence, **({"search": args.search} if args.search else {}),
         device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,

@@ -5,7 +5,8 @@ below (methods, metrics, export and training use nothing else):
 
 - bit widths: `bits_of(layer)` -> (weight bits, activation bits); `is_quantised(layer)` for a
   fake-quantised conv/linear layer (`to_quant` makes one, and a quantised self-attention from a
-  MultiheadAttention); a converted int8 part also has bits.
+  MultiheadAttention); a converted int8 part also has bits; a unit without weights that multiplies
+  activations (token merging's matching) has activation bits only, which quantisation lowers.
 - sparsity: `sparsity_of(layer)` (None when not marked); `magnitude_prune_` zeroes and marks;
   `sparse_masks` lets fine-tuning keep the zeros.
 - int8 kernels: `mark_int8(part)` on a converted part; `is_int8_converted(model)` is true when any
@@ -171,6 +172,19 @@ def bits_of(layer: nn.Module) -> tuple[int, int]:
 def has_bits(module: nn.Module) -> bool:
     """True for a module that carries its own bit widths (a quantised layer or an int8 part)."""
     return hasattr(module, "weight_bits")
+
+
+def multiplies_activations_at_bits(module: nn.Module) -> bool:
+    """True for a module whose products of activations run at its own activation bits: a quantised layer, an
+    int8 part, or a unit without weights such as token merging's matching."""
+    return hasattr(module, "act_bits")
+
+
+def lower_activation_bits_(model: nn.Module, act_bits: int) -> None:
+    """Quantisation lowers the bits of the units without weights too (bits never go up)."""
+    for module in model.modules():
+        if multiplies_activations_at_bits(module) and not has_bits(module):
+            module.act_bits = min(module.act_bits, act_bits)
 
 
 def is_quantised(layer: nn.Module) -> bool:

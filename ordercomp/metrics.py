@@ -25,7 +25,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from .data.datasets import DataBundle
-from .layers import FULL_BITS, all_outputs, bits_of, has_bits, int8_weights, is_int8_part, sparsity_of
+from .layers import FULL_BITS, all_outputs, bits_of, int8_weights, is_int8_part, multiplies_activations_at_bits, sparsity_of
 from .methods.early_exit import select_exits
 from .train import predict
 
@@ -138,14 +138,15 @@ def _projection_weights(module: nn.Module) -> list[torch.Tensor]:
 
 
 def _unit_costs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, float, float]]:
-    """(module name, MACs, BitOps) for every bit-annotated part, conv/linear layer and attention."""
+    """(module name, MACs, BitOps) for every bit-annotated part, conv/linear layer and attention; a unit's products
+    of activations (attention's, token matching's) cost MACs x activation bits squared."""
     model.eval()
     counts = _flop_counts(model, example)
     units, covered = [], 0.0
     for name, module in model.named_modules():
         if not name or any(name.startswith(u + ".") for u, _, _ in units):
             continue
-        if has_bits(module) or isinstance(module, (nn.Conv2d, nn.Linear, nn.MultiheadAttention)):
+        if multiplies_activations_at_bits(module) or isinstance(module, (nn.Conv2d, nn.Linear, nn.MultiheadAttention)):
             ops = counts.get(f"_EveryExit.model.{name}", {})
             products = sum(flops for op, flops in ops.items() if op in ATTENTION_PRODUCTS) / 2
             macs = sum(ops.values()) / 2

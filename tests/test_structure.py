@@ -27,6 +27,7 @@ from ordercomp.methods.early_exit import EarlyExitNet
 from ordercomp.methods.registry import METHODS, get_method
 from ordercomp.models.structure import StructureError, structure_of, with_structure
 from ordercomp.train import Budget, train
+from testkit import TRANSFORMER_ONLY
 
 
 class UserNet(nn.Module):
@@ -184,7 +185,7 @@ def test_a_vit_has_its_classifier_found_and_no_stages_with_the_reason(digits):
     assert "no feature map (N, C, H, W)" in found.why_no_stages
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", [name for name in METHODS if name not in TRANSFORMER_ONLY])
 def test_every_method_applies_to_the_user_cnn_and_keeps_ten_outputs_from_fc(name, user_base, digits):
     # before: prune protected `proj`, the last registered layer, and cut fc from 10 outputs to 6
     context = Context(fewer(digits), Budget(epochs=1), seed=0)
@@ -332,9 +333,16 @@ def test_a_method_that_changes_the_number_of_outputs_fails_its_step(monkeypatch,
 
 
 def test_an_exploration_of_a_vit_goes_on_past_the_methods_that_fail_and_says_which(monkeypatch, digits, tmp_path, capsys):
-    # before: Torch-Pruning's error inside prune ended the whole exploration
+    # before: Torch-Pruning's error inside prune ended the whole exploration. Since issue 16 it prunes a ViT, so its
+    # error (an IndexError in its importance, as it raised on ViTs then) is made here
+    import torch_pruning as tp
+
     from ordercomp.exploration.results import print_summary
 
+    def index_error(pruner):
+        raise IndexError("index 12 is out of bounds for dimension 0 with size 8")
+
+    monkeypatch.setattr(tp.pruner.BasePruner, "step", index_error)
     torch.manual_seed(0)
     monkeypatch.setattr(explorer, "resolve_model", lambda *args, **kwargs: (small_vit(), {"source": "test", "name": "vit"}))
     spec = ExploreSpec(methods=("prune", "distill", "quantize", "sparsify"), seeds=1, search="pairwise", budget=Budget(epochs=0.5), device="cpu")

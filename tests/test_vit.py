@@ -1,5 +1,5 @@
 """A Vision Transformer as a base (issue 16): the zoo's torchvision VisionTransformer and the digits32_vit sample,
-grey digits repeated to its 3 channels; pruning its width; quantising its attention; and every registered method on it
+grey digits repeated to its 3 channels; token merging; pruning its width; and every registered method on it
 applying or saying why not."""
 from __future__ import annotations
 
@@ -8,18 +8,21 @@ import copy
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 from torch.utils.data import TensorDataset
 from torchvision.models.vision_transformer import VisionTransformer
 
-from ordercomp.exploration.explorer import prepare_base
+from ordercomp.exploration.explorer import DEFAULT_METHODS, ExploreSpec, prepare_base
 from ordercomp.layers import QuantMultiheadAttention, bits_of, is_quantised, to_quant
 from ordercomp.methods.base import Context, Incompatible
 from ordercomp.methods.registry import METHODS, get_method
+from ordercomp.methods.token_merge import TokenMergingLayers, bipartite_merge, merge_tokens_
 from ordercomp.metrics import expected_cost, measure, storage_bytes
 from ordercomp.models.checkpoints import resolve_model, sample_card
 from ordercomp.models.weights import CheckpointError
 from ordercomp.models.zoo import create_model
 from ordercomp.train import Budget
+from testkit import TRANSFORMER_ONLY
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,19 @@ def fewer(data, train: int = 256, held_out: int = 359):
     for name, count in (("train", train), ("val", held_out), ("test", held_out)):
         setattr(few, name, TensorDataset(*(t[:count] for t in getattr(data, name).tensors)))
     return few
+
+
+def tokens_reaching(model: nn.Module, images: torch.Tensor) -> tuple[list[int], list[int]]:
+    """(tokens each block's attention reads, tokens each block's MLP reads) in one forward pass."""
+    attention, mlp = [], []
+    blocks = [m for m in model.modules() if type(m).__name__ == "EncoderBlock"]
+    hooks = [b.self_attention.register_forward_hook(lambda m, i, o: attention.append(i[0].shape[1])) for b in blocks]
+    hooks += [b.mlp.register_forward_hook(lambda m, i, o: mlp.append(i[0].shape[1])) for b in blocks]
+    with torch.no_grad():
+        model.eval()(images)
+    for hook in hooks:
+        hook.remove()
+    return attention, mlp
 
 
 def test_the_zoo_vit_is_torchvisions_class_as_it_is():
@@ -63,6 +79,66 @@ def test_the_vit_sample_leaves_compression_something_to_lose(vit_base):
     assert card["architecture"] == "vit_tiny_32" and card["in_channels"] == 3 and card["input_size"] == 32
     assert "token_merge" in card["methods"]
     assert measure(base, data, "test", latency=False).accuracy == pytest.approx(card["metrics"]["test_accuracy"], abs=0.01)
+
+
+def test_an_exploration_of_the_vit_sample_compares_its_own_methods_unless_told():
+    from ordercomp.cli import _spec, build_parser
+
+    card = sample_card("digits32_vit")
+    assert ExploreSpec(model="digits32_vit").methods == tuple(card["methods"]) and ExploreSpec().methods == DEFAULT_METHODS
+    assert _spec(build_parser().parse_args(["explore", "--model", "digits32_vit"])).methods == tuple(card["methods"])
+    assert _spec(build_parser().parse_args(["explore"])).methods == DEFAULT_METHODS  # the other samples' default is as it was
+    assert _spec(build_parser().parse_args(["explore", "--model", "digits32_vit", "--methods", "prune,quantize"])).methods == ("prune", "quantize")
+
+
+def test_bipartite_merge_averages_by_size_and_never_merges_the_class_token():
+    # tokens 0..4: A = (0, 2, 4), B = (1, 3); token 2 is closest to 3, token 4 to 1 and less so; the class token 0
+    # is closest of all to 1 and is never merged
+    metric = torch.tensor([[[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.0, 1.0], [1.0, 0.5]]])
+    x = torch.arange(10.0).view(1, 5, 2)
+    size = torch.tensor([[[1.0], [1.0], [3.0], [1.0], [1.0]]])
+    merged, sizes = bipartite_merge(x, metric, size, r=1)
+    assert sizes.flatten().tolist() == [1.0, 1.0, 1.0, 4.0]  # kept A (0, 4), then B (1, 3 holding 2)
+    assert torch.equal(merged[0, 0], x[0, 0]) and torch.equal(merged[0, 1], x[0, 4])
+    assert torch.allclose(merged[0, 3], (3 * x[0, 2] + x[0, 3]) / 4)  # size-weighted
+    merged, sizes = bipartite_merge(x, metric, size, r=5)  # at most all of A but the class token
+    assert merged.shape[1] == 3 and sizes.sum() == size.sum() and torch.equal(merged[0, 0], x[0, 0])
+
+
+def test_token_merge_merges_r_tokens_per_block_and_cuts_macs(vit_base):
+    base, data = vit_base
+    images = data.test.tensors[0][:5]
+    merged = merge_tokens_(copy.deepcopy(base), 8)
+    assert isinstance(merged.encoder.layers, TokenMergingLayers)
+    assert merged.state_dict().keys() == base.state_dict().keys()  # torchvision's blocks, under their own names
+    assert tokens_reaching(base, images) == ([65] * 4, [65] * 4)
+    assert tokens_reaching(merged, images) == ([65, 57, 49, 41], [57, 49, 41, 33])
+    with torch.no_grad():
+        assert merged(images).shape == (5, 10)
+    # MACs per block: projections 4 * 64 * 64 and MLP 2 * 64 * 128 a token, attention products 2 * 64 a pair of tokens;
+    # merging adds the similarity of the two halves of the tokens (|A| * |B| * 64) before the MLP
+    projections, products = 4 * 64 * 64, 2 * 64
+    expected = sum(t * projections + t * t * products + (t + 1) // 2 * (t // 2) * 64 + m * 2 * 64 * 128
+                   for t, m in zip([65, 57, 49, 41], [57, 49, 41, 33]))
+    block_macs = lambda model: expected_cost(model, images[:1], None)[0] - (4 * 4 * 3 * 64 * 64 + 64 * 10)  # patches, head
+    assert block_macs(merged) == expected < block_macs(base) * 0.8
+
+
+def test_token_merge_keeps_accuracy_after_fine_tuning(vit_base):
+    base, data = vit_base
+    few, method = fewer(data), get_method("token_merge")  # r = 16: 65 tokens become 49, 33, 17, 9
+    merged = method.apply(base, method.default_config(), Context(few, Budget(epochs=0.5, lr=5e-4), seed=0))
+    figures, card = measure(merged, few, "val", latency=False), sample_card("digits32_vit")["metrics"]
+    assert figures.accuracy >= card["val_accuracy"] - 2.0  # 7 of the 359 validation images
+    assert figures.bitops < 0.6 * card["bitops"]
+
+
+@pytest.mark.parametrize("name", TRANSFORMER_ONLY)
+def test_a_transformer_method_is_incompatible_on_a_cnn_in_one_line(name, context):
+    method = get_method(name)
+    with pytest.raises(Incompatible, match="applies to transformers only$") as reason:
+        method.apply(create_model("cnn_tiny"), method.default_config(), context)
+    assert "\n" not in str(reason.value)
 
 
 def test_prune_narrows_the_vit_keeping_its_heads_and_it_runs(vit_base):
@@ -101,6 +177,19 @@ def test_quantised_attention_at_full_bits_computes_what_multihead_attention_does
             expected = attention(tokens, tokens, tokens, need_weights=False, attn_mask=given)[0]
             got = to_quant(copy.deepcopy(attention), 32, 32).eval()(tokens, tokens, tokens, need_weights=False, attn_mask=given)[0]
             assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("chain", [("quantize", "token_merge"), ("token_merge", "quantize")])
+def test_token_matching_runs_at_the_attention_s_activation_bits_in_either_order(chain, vit_base):
+    base, data = vit_base
+    model, context = base, Context(fewer(data, train=64, held_out=64), Budget(epochs=0), seed=0)
+    for name in chain:
+        model = get_method(name).apply(model, get_method(name).default_config(), context)
+    assert model.encoder.layers.matching.act_bits == 4
+    # everything at 4 x 4 bits: 64 times fewer BitOps than the merged float model
+    float_merged = merge_tokens_(copy.deepcopy(base), get_method("token_merge").default_config().r)
+    example = data.example_input(1)
+    assert expected_cost(model, example, None)[1] == expected_cost(float_merged, example, None)[1] / 64
 
 
 # What each method does on the ViT today: applies, or the reason it cannot

@@ -17,8 +17,8 @@ from torch import nn
 
 from .. import order
 from .cache import StepCache, chain_key, content_key, environment, step_key
-from ..models.checkpoints import (describe_source, input_size_for, model_label, read_state_dict,
-                                  resolve_model, save_state_atomically, state_fingerprint)
+from ..models.checkpoints import (describe_source, input_size_for, list_samples, model_label, read_state_dict,
+                                  resolve_model, sample_card, save_state_atomically, state_fingerprint)
 from ..models.factories import check_args, code_fingerprint
 from ..models.programs import ProgramModel, measure_only_reason
 from ..data.datasets import DataBundle, data_label, load_data
@@ -39,6 +39,13 @@ SEARCHES = tuple(order.STRATEGIES)
 RUNTIMES = ("eager",) + PROGRAM_FORMATS
 BASE_BUDGET = Budget(epochs=20, lr=3e-3)
 Events = Callable[[dict], None]
+
+
+def default_methods(model: str) -> tuple[str, ...]:
+    """The methods an exploration compares unless told: a sample's own (its card's `methods`: digits32_vit's
+    include token merging, which a CNN cannot take), else DEFAULT_METHODS."""
+    card = sample_card(model) if model in list_samples() else {}
+    return tuple(card.get("methods", DEFAULT_METHODS))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -104,7 +111,7 @@ class ExploreSpec:
     model_args: dict = field(default_factory=dict)  # keyword arguments of a FILE.py:NAME / package.module:NAME factory
     weights: str | None = None  # weights for a factory's model or a zoo architecture
     normalize: str = "dataset"  # preprocessing.Normalization: dataset, none or MEAN,STD
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] | None = None  # None: default_methods(model)
     settings: dict[str, dict] = field(default_factory=dict)
     objective: str = "weighted"
     weight: float = 1.0
@@ -138,7 +145,7 @@ class ExploreSpec:
         self.stages = check_stage_names(self.stages)
         if not isinstance(self.budget, Budget):
             raise ValueError(f"budget must be a Budget, got {type(self.budget).__name__}")
-        self.methods = tuple(self.methods)
+        self.methods = tuple(self.methods) if self.methods is not None else default_methods(self.model)
         if len(self.methods) < 2 or len(set(self.methods)) != len(self.methods):
             raise ValueError("choose at least two different methods to compare orders")
         if self.objective not in OBJECTIVES:

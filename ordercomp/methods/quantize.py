@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..layers import SUPPORTED_BITS, all_outputs, called_layers, quantisable_attention, quantised_units, replace_module, to_quant
+from ..layers import (SUPPORTED_BITS, all_outputs, called_layers, lower_activation_bits_, quantisable_attention, quantised_units,
+                      replace_module, to_quant)
 from ..train import train
 from .base import Context, Method, check_choice, require_trainable
 
@@ -45,6 +46,7 @@ def apply(model: nn.Module, config: QuantizeConfig, context: Context) -> nn.Modu
     require_trainable(model, "quantize")
     for name, layer in called_layers(model) + quantisable_attention(model):
         replace_module(model, name, to_quant(layer, config.weight_bits, config.act_bits))
+    lower_activation_bits_(model, config.act_bits)
     calibrate(model, context)
     return train(model, context.data, context.budget, seed=context.seed, device=context.device,
                  progress=context.progress, label="quantization-aware training")
