@@ -265,9 +265,12 @@ def test_distill_depth_is_incompatible_where_it_cannot_drop_a_block(user_base, d
     # before: a model without stages kept every block and reported the student as distilled to that depth
     context = Context(fewer(digits), Budget(epochs=0), seed=0)
     distill = get_method("distill")
-    unstaged = with_structure(small_vit(), digits.example_input(2), 10)
-    with pytest.raises(Incompatible, match="needs stage boundaries: tracing found no feature map.*--stages"):
+    unstaged = with_structure(SizeBranch(), digits.example_input(2), 10)
+    with pytest.raises(Incompatible, match="needs stage boundaries: torch.fx could not trace the forward"):
         distill.apply(unstaged, distill.make_config(width=1.0, depth=0.5), context)
+    vit = with_structure(small_vit(), digits.example_input(2), 10)  # a ViT's depth is its encoder's blocks (issue 16)
+    with pytest.raises(Incompatible, match="drops no block: the encoder has 2 blocks"):
+        distill.apply(vit, distill.make_config(width=1.0, depth=0.9), context)
     with pytest.raises(Incompatible, match="drops no block: the stages have 1, 1, 1 blocks"):
         distill.apply(user_base, distill.make_config(width=1.0, depth=0.5), context)
 

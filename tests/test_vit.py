@@ -192,6 +192,20 @@ def test_token_matching_runs_at_the_attention_s_activation_bits_in_either_order(
     assert expected_cost(model, example, None)[1] == expected_cost(float_merged, example, None)[1] / 64
 
 
+@pytest.mark.parametrize("merging", [False, True])
+def test_distill_depth_keeps_the_first_encoder_blocks_of_the_vit(merging, vit_base):
+    # before: distill's depth needed stage boundaries, which a ViT has none of, and was incompatible
+    base, data = vit_base
+    teacher = merge_tokens_(copy.deepcopy(base), 16) if merging else base
+    distill = get_method("distill")
+    student = distill.apply(teacher, distill.make_config(width=1.0, depth=0.5), Context(fewer(data, 64, 64), Budget(epochs=0), seed=0))
+    blocks = {name.split(".")[2] for name in student.state_dict() if name.startswith("encoder.layers.")}
+    assert blocks == {"encoder_layer_0", "encoder_layer_1"} and len(student.encoder.layers.block_names if merging else student.encoder.layers) == 2
+    with torch.no_grad():
+        assert student(data.test.tensors[0][:5]).shape == (5, 10)
+    assert tokens_reaching(student, data.test.tensors[0][:5]) == (([65, 49], [49, 33]) if merging else ([65, 65], [65, 65]))
+
+
 # What each method does on the ViT today: applies, or the reason it cannot
 INCOMPATIBLE_ON_VIT = {"early_exit": "needs stage boundaries", "int8": "needs stage boundaries"}
 

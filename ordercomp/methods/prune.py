@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import torch
 import torch_pruning as tp
 from torch import nn
-from torchvision.models.vision_transformer import VisionTransformer
 
 from ..errors import one_line
 from ..layers import all_outputs, output_layers
+from ..models.structure import vision_transformers
 from ..train import train
 from .base import Context, Method, check_choice, check_range, require_classifier, require_trainable
 
@@ -57,21 +57,16 @@ def shrink_width(model: nn.Module, ratio: float, importance: str, context: Conte
             model, example, importance=IMPORTANCE[importance](), pruning_ratio=ratio,
             ignored_layers=output_layers(model), forward_fn=lambda m, x: sum(all_outputs(m, x)),
             in_channel_groups={}, out_channel_groups={}, num_heads={}, round_to=_heads(model),
-            unwrapped_parameters=[(p, p.dim() - 1) for vit in _vits(model) for p in (vit.class_token, vit.encoder.pos_embedding)],
+            # a ViT's class token and position embeddings are parameters no layer owns, pruned along the embedding
+            unwrapped_parameters=[(p, p.dim() - 1) for vit in vision_transformers(model) for p in (vit.class_token, vit.encoder.pos_embedding)],
         )
         pruner.step()
     except Exception as error:  # raised deep inside Torch-Pruning's graph walk, where the bare error names no culprit
         raise PruningError(f"Torch-Pruning could not prune this network's channels ({one_line(error)}): "
                            "sparsify or lowrank make it smaller without it") from error
-    for vit in _vits(model):
+    for vit in vision_transformers(model):
         vit.hidden_dim = vit.conv_proj.out_channels  # its forward reshapes the patch embedding to this width
     return model
-
-
-def _vits(model: nn.Module) -> list[VisionTransformer]:
-    """torchvision's Vision Transformers in the model: their class token and position embeddings are parameters
-    that no layer owns, pruned along the embedding (their last dimension)."""
-    return [m for m in model.modules() if isinstance(m, VisionTransformer)]
 
 
 def _heads(model: nn.Module) -> int | None:

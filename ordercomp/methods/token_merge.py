@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.vision_transformer import EncoderBlock, VisionTransformer
+from torchvision.models.vision_transformer import EncoderBlock
 
 from ..layers import FULL_BITS, bits_of, fake_quant_activation
+from ..models.structure import vision_transformers
 from ..train import train
 from .base import Context, Incompatible, Method, check_range, require_trainable
 
@@ -115,7 +116,7 @@ def _rows(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def merge_tokens_(model: nn.Module, r: int) -> nn.Module:
     """Merge r tokens per block in every VisionTransformer of the model (the higher r where it merges already)."""
-    encoders = [vit.encoder for vit in model.modules() if isinstance(vit, VisionTransformer)]
+    encoders = [vit.encoder for vit in vision_transformers(model)]
     if not encoders:
         raise Incompatible("token_merge merges the tokens of a Vision Transformer (torchvision's VisionTransformer), "
                            "and this model has none: it applies to transformers only")
