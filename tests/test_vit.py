@@ -153,6 +153,16 @@ def test_prune_narrows_the_vit_keeping_its_heads_and_it_runs(vit_base):
     assert expected_cost(pruned, data.example_input(1), None)[0] < 0.4 * expected_cost(base, data.example_input(1), None)[0]
 
 
+@pytest.mark.parametrize("name", ["prune", "distill"])
+def test_prune_and_distill_narrow_a_vit_that_merges_tokens_and_it_still_merges(name, vit_base):
+    # before: Torch-Pruning could not trace the gathers that move tokens (TypeError inside it): both failed after token_merge
+    base, data = vit_base
+    merged = merge_tokens_(copy.deepcopy(base), 16)
+    narrowed = get_method(name).apply(merged, get_method(name).default_config(), Context(fewer(data, 64, 64), Budget(epochs=0), seed=0))
+    assert narrowed.hidden_dim < 64 and narrowed.encoder.layers.r == 16
+    assert tokens_reaching(narrowed, data.test.tensors[0][:5]) == ([65, 49, 33, 17], [49, 33, 17, 9])
+
+
 def test_quantize_makes_every_projection_and_product_of_the_vit_four_bit(vit_base):
     base, data = vit_base
     method = get_method("quantize")

@@ -24,6 +24,7 @@ from ..layers import all_outputs, output_layers
 from ..models.structure import vision_transformers
 from ..train import train
 from .base import Context, Method, check_choice, check_range, require_classifier, require_trainable
+from .token_merge import tokens_unmerged
 
 IMPORTANCE = {
     "l1": lambda: tp.importance.MagnitudeImportance(p=1),
@@ -53,14 +54,16 @@ def shrink_width(model: nn.Module, ratio: float, importance: str, context: Conte
     model.to(context.device).eval()
     torch.manual_seed(context.seed)
     try:
-        pruner = tp.pruner.BasePruner(
-            model, example, importance=IMPORTANCE[importance](), pruning_ratio=ratio,
-            ignored_layers=output_layers(model), forward_fn=lambda m, x: sum(all_outputs(m, x)),
-            in_channel_groups={}, out_channel_groups={}, num_heads={}, round_to=_heads(model),
-            # a ViT's class token and position embeddings are parameters no layer owns, pruned along the embedding
-            unwrapped_parameters=[(p, p.dim() - 1) for vit in vision_transformers(model) for p in (vit.class_token, vit.encoder.pos_embedding)],
-        )
-        pruner.step()
+        with tokens_unmerged(model):
+            pruner = tp.pruner.BasePruner(
+                model, example, importance=IMPORTANCE[importance](), pruning_ratio=ratio,
+                ignored_layers=output_layers(model), forward_fn=lambda m, x: sum(all_outputs(m, x)),
+                in_channel_groups={}, out_channel_groups={}, num_heads={}, round_to=_heads(model),
+                # a ViT's class token and position embeddings are parameters no layer owns, pruned along the embedding
+                unwrapped_parameters=[(p, p.dim() - 1) for vit in vision_transformers(model)
+                                      for p in (vit.class_token, vit.encoder.pos_embedding)],
+            )
+            pruner.step()
     except Exception as error:  # raised deep inside Torch-Pruning's graph walk, where the bare error names no culprit
         raise PruningError(f"Torch-Pruning could not prune this network's channels ({one_line(error)}): "
                            "sparsify or lowrank make it smaller without it") from error

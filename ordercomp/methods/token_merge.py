@@ -14,6 +14,7 @@ each block's own layers with the merge between them. B after A: merging again ke
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,10 @@ class TokenMergingLayers(nn.Module):
         self.r = r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.r:  # merging paused (`tokens_unmerged`): torchvision's own forward of each block
+            for name in self.block_names:
+                x = getattr(self, name)(x)
+            return x
         size = None  # patches per token, (B, T, 1); None while every token is one patch
         for name in self.block_names:
             x, size = self.merging_block(getattr(self, name), x, size)
@@ -112,6 +117,21 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor, r
 
 def _rows(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return tokens.gather(1, index.expand(-1, -1, tokens.shape[-1]))
+
+
+@contextlib.contextmanager
+def tokens_unmerged(model: nn.Module):
+    """Every block runs on all its tokens inside the context: Torch-Pruning traces the channels a model's forward
+    couples, and cannot follow the gathers and scatters that move tokens (which never couple channels)."""
+    merging = [m for m in model.modules() if isinstance(m, TokenMergingLayers)]
+    saved = [m.r for m in merging]
+    for module in merging:
+        module.r = 0
+    try:
+        yield
+    finally:
+        for module, r in zip(merging, saved):
+            module.r = r
 
 
 def merge_tokens_(model: nn.Module, r: int) -> nn.Module:
