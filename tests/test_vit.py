@@ -141,16 +141,27 @@ def test_a_transformer_method_is_incompatible_on_a_cnn_in_one_line(name, context
     assert "\n" not in str(reason.value)
 
 
-def test_prune_narrows_the_vit_keeping_its_heads_and_it_runs(vit_base):
+def test_prune_narrows_the_vit_s_mlps_and_keeps_its_embedding_and_its_accuracy(vit_base):
     base, data = vit_base
     method = get_method("prune")
     pruned = method.apply(base, method.default_config(), Context(fewer(data), Budget(epochs=0), seed=0))
     attention = pruned.encoder.layers[0].self_attention
-    assert (pruned.hidden_dim, attention.embed_dim, attention.num_heads, attention.head_dim) == (32, 32, 4, 8)
-    assert pruned.encoder.layers[0].mlp[0].out_features == 64 and pruned.heads.head.out_features == 10
+    assert (pruned.hidden_dim, attention.embed_dim, attention.num_heads, attention.head_dim) == (64, 64, 4, 16)
+    assert [block.mlp[0].out_features for block in pruned.encoder.layers] == [64] * 4 and pruned.heads.head.out_features == 10
+    # before any fine-tuning (the embedding pruned by 30 % left the sample at 11.7 %, chance)
+    assert measure(pruned, data, "val", latency=False).accuracy > 80
+    mlp_macs = 4 * 65 * 2 * 64 * 128  # four blocks' MLPs, halved
+    assert expected_cost(pruned, data.example_input(1), None)[0] == expected_cost(base, data.example_input(1), None)[0] - mlp_macs / 2
+
+
+def test_distill_narrows_the_vit_s_embedding_in_multiples_of_its_heads(vit_base):
+    base, data = vit_base
+    distill = get_method("distill")
+    student = distill.apply(base, distill.make_config(width=0.5), Context(fewer(data, 64, 64), Budget(epochs=0), seed=0))
+    attention = student.encoder.layers[0].self_attention
+    assert (student.hidden_dim, attention.embed_dim, attention.num_heads, attention.head_dim) == (32, 32, 4, 8)
     with torch.no_grad():
-        assert pruned(data.test.tensors[0][:5]).shape == (5, 10)
-    assert expected_cost(pruned, data.example_input(1), None)[0] < 0.4 * expected_cost(base, data.example_input(1), None)[0]
+        assert student(data.test.tensors[0][:5]).shape == (5, 10)
 
 
 @pytest.mark.parametrize("name", ["prune", "distill"])
@@ -159,7 +170,7 @@ def test_prune_and_distill_narrow_a_vit_that_merges_tokens_and_it_still_merges(n
     base, data = vit_base
     merged = merge_tokens_(copy.deepcopy(base), 16)
     narrowed = get_method(name).apply(merged, get_method(name).default_config(), Context(fewer(data, 64, 64), Budget(epochs=0), seed=0))
-    assert narrowed.hidden_dim < 64 and narrowed.encoder.layers.r == 16
+    assert narrowed.encoder.layers.encoder_layer_0.mlp[0].out_features < 128 and narrowed.encoder.layers.r == 16
     assert tokens_reaching(narrowed, data.test.tensors[0][:5]) == ([65, 49, 33, 17], [49, 33, 17, 9])
 
 
