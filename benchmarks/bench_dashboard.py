@@ -22,6 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from ordercomp.deploy.runtimes import cpu_description, cpu_text
 from ordercomp.exploration.explorer import ExploreSpec
 from ordercomp.jobs import JobStore, start_job
 from ordercomp.train import Budget
@@ -30,13 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CHROMIUM = "/usr/bin/chromium"
 IDLE_WINDOW_S = 10.0
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical cores"
-    return f"unknown CPU, {os.cpu_count()} logical cores"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -124,7 +118,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=ExploreSpec().seeds)
     parser.add_argument("--epochs", type=float, default=ExploreSpec().budget.epochs)
     args = parser.parse_args()
-    print(f"CPU: {cpu_model()}")
+    print(f"CPU: {cpu_text(cpu_description())}")
     print(f"plan: {args.methods}, {args.seeds} seed(s), {args.epochs:g} epoch(s) per step, the default search, a fresh cache each")
     with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as scratch:
         cli = cli_run(args, Path(scratch) / "cli")

@@ -216,14 +216,15 @@ def run_apply(args) -> int:
 
 
 def run_measure(args) -> int:
-    from .exploration.explorer import prepare_base, resolve_device
+    from .exploration.explorer import check_stage_names, prepare_base, resolve_device
     from .metrics import measure
 
     bar = ProgressBar()
     base, source, data = prepare_base(args.model, args.data, architecture=args.arch, model_args=_model_args(args),
                                       weights=args.weights, normalize=args.normalize, input_size=args.input_size,
                                       device=args.device, cache_dir=args.cache or None, events=bar,
-                                      trust_torchscript=args.trust_torchscript)
+                                      trust_torchscript=args.trust_torchscript, classifier=args.classifier,
+                                      stages=check_stage_names(args.stages))
     bar.close()
     metrics = measure(base, data, args.split, device=resolve_device(args.device))
     split = len(data.split(args.split))

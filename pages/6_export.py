@@ -61,7 +61,9 @@ def draw_export(job: dict) -> None:
     manifest = result["manifest"]
     verdict = export_verdict(manifest, result["verify"])  # computed from the rows below it
     (st.success if verdict["ok"] else st.warning)(formatting.md(verdict["text"]))
-    st.dataframe(views.export_rows(manifest), hide_index=True, column_config={"check": st.column_config.TextColumn(width="large")})
+    # a static table wraps its cells to the page's width; a data grid of these eight columns scrolled sideways
+    st.table([{column: formatting.md(value) for column, value in row.items()} for row in views.export_rows(manifest)],
+             hide_index=True)
     st.caption(f"Each file measured in its own runtime on the whole test split after warm-up, {manifest.get('threads', '?')} threads, "
                "next to the base model written and measured the same way (latency, then the speed-up against the base); "
                "the check compares the file's outputs with PyTorch's.")

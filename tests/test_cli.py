@@ -46,6 +46,7 @@ from testkit import MY_NET
     (["apply", "--chain", "prune", "--export", "{out}", "--normalize", "0.5"], "even count of finite numbers"),
     (["explore", "--model", "{tmp}/absent.py:Net"], "absent.py does not exist: give FILE.py:NAME"),
     (["measure", "--model", "{net}:Nope"], "my_net.py has no Nope: its model classes are Block, MyNet"),
+    (["measure", "--classifier", "fc"], "--classifier and --stages name parts of your own network"),  # measure ignored them
     (["apply", "--chain", "prune", "--export", "{out}", "--model", "{net}:MyNet", "--model-args", '{{"depth": 2}}'],
      "MyNet(num_classes=10, in_channels=1, depth=2) raised TypeError"),
     (["explore", "--model", "torchvision.models:resnet18"], "gives (3, 1000) for 3 images, not one logit per class (10)"),

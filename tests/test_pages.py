@@ -536,7 +536,7 @@ def test_export_page_offers_reports_and_the_finished_export_files(store, finishe
     assert labels[2:] == ["state dict", "TorchScript", "manifest", "All as a zip"]
     assert at.multiselect(key=f"w_export_order_{finished['exploration']}").value == finished["record"]["chain"]
     assert plain(at.main.success[-1].value) == "All 2 files load back, run, match their checksums and pass their checks on the whole test split."
-    checks = list(at.main.dataframe[0].value["check"])  # the verdict is these rows
+    checks = [plain(check) for check in at.main.table[0].value["check"]]  # the verdict is these rows
     assert checks[0] == "not checked" and checks[1].startswith("check against PyTorch on ") and " passed: largest logit difference " in checks[1]
 
 

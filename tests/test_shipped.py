@@ -74,10 +74,19 @@ def compressed_pair():
     return outcome.model, outcome.base, outcome
 
 
-def test_an_exploration_records_its_shipped_file_next_to_the_base_in_the_same_runtime(tmp_path, monkeypatch):
-    monkeypatch.setattr(runtimes, "MIN_TIMED_S", 0.0)
-    spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, search="pairwise", **(FAST | {"ship": "onnx"}))
-    record = explore(spec, cache_dir=tmp_path).to_dict()
+@pytest.fixture(scope="module")
+def shipping(tmp_path_factory):
+    """An exploration that shipped float ONNX, and its cache folder."""
+    folder = tmp_path_factory.mktemp("shipping")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(explorer, "BASE_BUDGET", Budget(epochs=0.2))
+        patch.setattr(runtimes, "MIN_TIMED_S", 0.0)
+        spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, search="pairwise", **(FAST | {"ship": "onnx"}))
+        return explore(spec, cache_dir=folder).to_dict(), folder
+
+
+def test_an_exploration_records_its_shipped_file_next_to_the_base_in_the_same_runtime(shipping):
+    record, _ = shipping
     shipped = record["shipped"]
     assert shipped["format"] == shipped["base"]["format"] == "onnx"
     assert shipped["runtime"] == shipped["base"]["runtime"] == "onnxruntime (CPU)"
@@ -105,6 +114,27 @@ def test_an_export_after_an_exploration_reuses_its_chain_model_and_applies_no_me
     manifest = export_compressed(again.model, tmp_path / "out", formats=("state_dict",), chain=record["chain"], configs=again.configs,
                                  metrics=again.steps[-1].metrics, data=again.data, base=again.source, measure=False, reused=again.reused)
     assert manifest["reused_chain_model"] is True
+
+
+def test_an_export_of_the_shipped_file_reads_the_exploration_s_own_measurement(shipping, tmp_path, monkeypatch):
+    monkeypatch.setattr(runtimes, "MIN_TIMED_S", 0.0)
+    record, cache_dir = shipping
+    shipped = record["shipped"]
+
+    def export(seed: int, name: str) -> list[dict]:
+        outcome = compress(chain=record["chain"], model=FAST["model"], budget=FAST["budget"], device="cpu", cache_dir=cache_dir,
+                           seed=seed)
+        return export_compressed(outcome.model, tmp_path / name, formats=("onnx", "torchscript"), chain=record["chain"],
+                                 configs=outcome.configs, metrics=outcome.steps[-1].metrics, data=outcome.data, base=outcome.source,
+                                 base_model=outcome.base, repeats=5, shipped=shipped)["formats"]
+
+    onnx, torchscript = export(0, "same")
+    # the very file the exploration timed: its figures, the ones every page and the report show, not a second timing
+    assert onnx["measured_by"] == "exploration" and onnx["measured"]["latency_ms"] == shipped["latency_ms"]
+    assert onnx["speedup"] == shipped["speedup"] and onnx["base_measured"]["latency_ms"] == shipped["base"]["latency_ms"]
+    assert "measured_by" not in torchscript and set(torchscript["measured"]["latency_ms"]) == {"1", "32"}  # another file
+    other, _ = export(1, "other")  # another seed's chain: other bytes, timed here
+    assert "measured_by" not in other and other["measured"]["latency_ms"] != shipped["latency_ms"]
 
 
 def test_a_kept_chain_model_that_is_not_the_one_recorded_is_applied_again(tmp_path, monkeypatch):

@@ -140,12 +140,15 @@ def export_rows(manifest: dict) -> list[dict]:
     return [_export_row(entry) for entry in manifest["formats"]]
 
 
+TIMED_BY_EXPLORATION = ", as the exploration timed this same file"
+
+
 def _export_row(entry: dict) -> dict:
     measured, base = entry.get("measured") or {}, entry.get("base_measured") or {}
     latency, speedup = measured.get("latency_ms") or {}, entry.get("speedup") or {}
     return {"format": FORMAT_LABELS.get(entry["format"], entry["format"]),
             "file size": size_text(entry["size_bytes"]) if entry.get("size_bytes") else "",
-            "runtime": measured.get("error") or measured.get("runtime", ""),
+            "runtime": measured.get("error") or measured.get("runtime", "") + (TIMED_BY_EXPLORATION if entry.get("measured_by") else ""),
             "accuracy": accuracy_text(measured.get("accuracy")) if "accuracy" in measured else "",
             "base accuracy": accuracy_text(base.get("accuracy")) if "accuracy" in base else "",
             **{f"batch {b}": f"{latency_text(t)}, {speed_text(speedup.get(b))}" if b in speedup else latency_text(t)

@@ -369,6 +369,21 @@ def measure_entry(entry: dict, folder: Path, data: DataBundle, base: "BaseRuns |
     return entry
 
 
+def measured_before(entry: dict, folder: Path, shipped: dict | None, threads: int) -> dict | None:
+    """`entry` with the figures `shipped` (an exploration's `shipped_figures`) measured for this very file: the
+    same format and bytes (SHA-256), timed with the same threads on the same CPU; None when any of them differs."""
+    if not shipped or "error" in shipped or shipped.get("format") != entry["format"] or shipped.get("threads") != threads:
+        return None
+    if shipped.get("sha256") != sha256(folder / entry["file"]) or shipped.get("cpu") != cpu_description():
+        return None
+    base = shipped["base"]
+    entry["measured"] = {"runtime": shipped["runtime"], "accuracy": shipped["accuracy"], "latency_ms": shipped["latency_ms"]}
+    entry["base_measured"] = {"format": base["format"], "runtime": base["runtime"], "size_bytes": base["file_bytes"],
+                              "accuracy": base["accuracy"], "latency_ms": base["latency_ms"]}
+    entry["speedup"], entry["measured_by"] = shipped["speedup"], "exploration"
+    return entry
+
+
 def speedups(base_ms: dict, file_ms: dict) -> dict:
     """Base latency / file latency per batch size."""
     return {b: base_ms[b] / t for b, t in file_ms.items()}
@@ -405,8 +420,8 @@ def shipped_figures(model: nn.Module, base_model: nn.Module, data: DataBundle, *
     export uses), the file checked against PyTorch on the whole test split, both run in that format's
     runtime with `threads` threads, accuracy on the test split and latency at every batch size after
     warm-up, timed in alternating rounds. The record (see `Exploration.shipped`):
-    {format, runtime, file_bytes, accuracy, latency_ms: {"1", "32"}, threads, check, base: {format, runtime,
-    file_bytes, accuracy, latency_ms}, speedup: {"1", "32"} (base ms / file ms), size_ratio (base bytes /
+    {format, runtime, file_bytes, sha256, accuracy, latency_ms: {"1", "32"}, threads, check, base: {format, runtime,
+    file_bytes, sha256, accuracy, latency_ms}, speedup: {"1", "32"} (base ms / file ms), size_ratio (base bytes /
     file bytes), cpu}; or {format, runtime, error} when either file cannot be built or run."""
     runtime = runtime_name(fmt)
     try:
@@ -416,14 +431,16 @@ def shipped_figures(model: nn.Module, base_model: nn.Module, data: DataBundle, *
             run, base_run = (load_runner(fmt, files[role], threads, trust_torchscript=True) for role in ("chain", "base"))  # written just now
             measured, base = measure_pair(run, base_run, data, threads=threads, repeats=repeats)
             sizes = {role: path.stat().st_size for role, path in files.items()}
+            digests = {role: sha256(path) for role, path in files.items()}
     except (CannotBuild, RuntimeMissing) as reason:
         return {"format": fmt, "runtime": runtime, "error": str(reason)}
     except OSError:
         raise
     except Exception as error:  # runtimes raise their own error types
         return {"format": fmt, "runtime": runtime, "error": one_line(error)}
-    return {"format": fmt, "runtime": runtime, "file_bytes": sizes["chain"], **measured, "threads": threads, "check": check,
-            "base": {"format": fmt, "runtime": runtime, "file_bytes": sizes["base"], **base},
+    return {"format": fmt, "runtime": runtime, "file_bytes": sizes["chain"], "sha256": digests["chain"], **measured,
+            "threads": threads, "check": check,
+            "base": {"format": fmt, "runtime": runtime, "file_bytes": sizes["base"], "sha256": digests["base"], **base},
             "speedup": speedups(base["latency_ms"], measured["latency_ms"]), "size_ratio": sizes["base"] / sizes["chain"],
             "cpu": cpu_description()}
 
@@ -439,10 +456,12 @@ def _written(fmt: str, model: nn.Module, data: DataBundle, folder: Path) -> Path
 
 def export_compressed(model: nn.Module, out_dir, *, formats=DEFAULT_FORMATS, chain, configs: dict, metrics: dict,
                       data: DataBundle, base: dict, base_model: nn.Module | None = None, measure: bool = True,
-                      repeats: int = 20, threads: int = THREADS, reused: bool = False) -> dict:
+                      repeats: int = 20, threads: int = THREADS, reused: bool = False, shipped: dict | None = None) -> dict:
     """Write `model` in every requested format plus manifest.json into `out_dir`; return the manifest.
     With `measure`, every program file is timed in its runtime, next to `base_model` when given.
-    `reused` records that `model` is the one an exploration trained (`compress` found it by its key)."""
+    `reused` records that `model` is the one an exploration trained (`compress` found it by its key).
+    `shipped` is that exploration's measurement of its shipped file (`shipped_figures`): a file written here with
+    the same bytes is not timed again but takes those figures, so the export and the headline read one measurement."""
     names, out = check_formats(formats), Path(out_dir)
     check_export_folder(out, names)
     src = Sources.of(model, data)
@@ -452,8 +471,8 @@ def export_compressed(model: nn.Module, out_dir, *, formats=DEFAULT_FORMATS, cha
             timing = {"repeats": repeats, "threads": threads}
             with tempfile.TemporaryDirectory(prefix="ordercomp-base-") as base_folder:
                 base_runs = BaseRuns(base_model, data, Path(base_folder), timing) if base_model is not None else None
-                entries = [measure_entry(e, folder, data, base_runs, timing) if "file" in e and e["format"] in PROGRAM_FORMATS else e
-                           for e in entries]
+                entries = [(measured_before(e, folder, shipped, threads) or measure_entry(e, folder, data, base_runs, timing))
+                           if "file" in e and e["format"] in PROGRAM_FORMATS else e for e in entries]
         manifest = describe(folder, entries, chain=chain, configs=configs, metrics=metrics, data=data, base=base)
         manifest["threads"] = threads
         manifest["reused_chain_model"] = reused

@@ -59,11 +59,18 @@ def run_export(store: JobStore, job_id: str, spec: dict, events: Events) -> tupl
     events({"kind": "stage", "stage": "export", "label": "writing and checking the export files"})
     manifest = export_compressed(compressed.model, folder, formats=formats, chain=list(spec.chain),
                                  configs=compressed.configs, metrics=compressed.steps[-1].metrics, data=compressed.data,
-                                 base=compressed.source, base_model=compressed.base, reused=compressed.reused)
+                                 base=compressed.source, base_model=compressed.base, reused=compressed.reused,
+                                 shipped=exploration_shipped(store, spec.exploration))
     # the folder is this worker's, written a moment ago in the store's exports folder: its TorchScript is ordercomp's own
     result = {"folder": str(folder), "manifest": manifest, "verify": verify_export(folder, trust_torchscript=True),
               "steps": [step.to_dict() for step in compressed.steps], "base_metrics": compressed.base_metrics}
     return result, f"exported {', '.join(manifest['files'])}"
+
+
+def exploration_shipped(store: JobStore, exploration: str | None) -> dict | None:
+    """The shipped file the exploration an export came from measured (`Exploration.shipped`), if it did."""
+    job = store.get(exploration) if exploration else None
+    return ((job or {}).get("result") or {}).get("shipped")
 
 
 RUNNERS: dict[str, Callable[[JobStore, str, dict, Events], tuple[dict, str]]] = {

@@ -73,6 +73,7 @@ def shrink_width(model: nn.Module, ratio: float, importance: str, context: Conte
                            "sparsify or lowrank make it smaller without it") from error
     for vit in vision_transformers(model):
         vit.hidden_dim = vit.conv_proj.out_channels  # its forward reshapes the patch embedding to this width
+    _check_runs(model, example)
     return model
 
 
@@ -90,6 +91,17 @@ def _heads(model: nn.Module) -> int | None:
     """Widths are pruned in multiples of the attention's heads (None without attention), so the heads keep their number."""
     heads = [m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
     return math.lcm(*heads) if heads else None
+
+
+@torch.no_grad()
+def _check_runs(model: nn.Module, example: torch.Tensor) -> None:
+    """The pruned network must still run its own forward, which may hold widths Torch-Pruning cannot see."""
+    try:
+        all_outputs(model, example)
+    except Exception as error:  # the user's forward raises whatever its code meets
+        raise PruningError(f"Torch-Pruning removed channels that the forward still expects ({one_line(error)}): a forward that "
+                           "reshapes to a width it keeps in an attribute cannot be pruned (torchvision's VisionTransformer "
+                           "can: its hidden_dim follows)") from error
 
 
 def apply(model: nn.Module, config: PruneConfig, context: Context) -> nn.Module:
