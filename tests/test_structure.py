@@ -374,8 +374,8 @@ class WidthInAttribute(nn.Module):
 
 
 def test_pruning_a_forward_that_keeps_its_width_in_an_attribute_fails_its_step_and_says_why(digits):
-    # before (issue 14): "RuntimeError: shape '[64, 32, 4]' is invalid ...", raised later by fine-tuning the pruned model
-    base = with_structure(WidthInAttribute(), digits.example_input(2), digits.num_classes)
+    # without the check: "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x16 and 8x10)", with no word of pruning
+    base = with_structure(WidthInAttribute(), digits.example_input(2), digits.num_classes, classifier="fc")
     _, result = run_step(base, ("prune",), make_configs(["prune"]), Context(fewer(digits), Budget(epochs=0), seed=0))
     assert result.status == FAILED
     assert result.reason.startswith("PruningError: Torch-Pruning removed channels that the forward still expects (")
