@@ -201,21 +201,13 @@ def expected_cost(model: nn.Module, example: torch.Tensor, fractions: list[float
     units = _unit_costs(model, example)
     if not fractions:
         return sum(u[1] for u in units), sum(u[2] for u in units)
-    per_exit = [_cost_to_exit(units, index, len(fractions)) for index in range(len(fractions))]
+    per_exit = [_cost_to_exit(model, units, index) for index in range(len(fractions))]
     return (sum(f * c[0] for f, c in zip(fractions, per_exit)), sum(f * c[1] for f, c in zip(fractions, per_exit)))
 
 
-def _cost_to_exit(units, exit_index: int, exits_total: int) -> tuple[float, float]:
-    """Cost of a sample that leaves at `exit_index` (the last index is the final head)."""
-    final = exit_index == exits_total - 1
-
-    def reached(name: str) -> bool:
-        part, _, rest = name.partition(".")
-        if part in ("stages", "exits"):
-            return final or int(rest.split(".")[0]) <= exit_index
-        return part != "head" or final
-
-    chosen = [u for u in units if reached(u[0])]
+def _cost_to_exit(model: nn.Module, units, exit_index: int) -> tuple[float, float]:
+    """Cost of a sample that leaves at `exit_index` (the last index is the final head): the parts the model says it runs."""
+    chosen = [u for u in units if model.reaches(u[0], exit_index)]
     return sum(u[1] for u in chosen), sum(u[2] for u in chosen)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -15,6 +16,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 from ordercomp.exploration.explorer import DEFAULT_METHODS, ExploreSpec, prepare_base
 from ordercomp.layers import QuantMultiheadAttention, bits_of, is_quantised, to_quant
 from ordercomp.methods.base import Context, Incompatible
+from ordercomp.methods.early_exit import TransformerExits, select_exits
 from ordercomp.methods.registry import METHODS, get_method
 from ordercomp.methods.token_merge import TokenMergingLayers, bipartite_merge, merge_tokens_
 from ordercomp.metrics import expected_cost, measure, storage_bytes
@@ -227,8 +229,44 @@ def test_distill_depth_keeps_the_first_encoder_blocks_of_the_vit(merging, vit_ba
     assert tokens_reaching(student, data.test.tensors[0][:5]) == (([65, 49], [49, 33]) if merging else ([65, 65], [65, 65]))
 
 
+@pytest.mark.parametrize("merging", [False, True])
+def test_early_exit_reads_the_vit_s_class_token_after_its_blocks_and_confident_images_leave_early(merging, vit_base):
+    # before: early_exit needed stage boundaries, which a ViT has none of, and was incompatible
+    base, data = vit_base
+    body = merge_tokens_(copy.deepcopy(base), 16) if merging else base
+    method = get_method("early_exit")
+    exits = method.apply(body, method.make_config(threshold=0.8), Context(fewer(data), Budget(epochs=1), seed=0))
+    assert isinstance(exits, TransformerExits) and list(exits.exits) == ["encoder_layer_0", "encoder_layer_1", "encoder_layer_2"]
+    assert torch.equal(exits.vit.heads.head.weight, base.heads.head.weight)  # the body was frozen while the exits trained
+    images, labels = data.test.tensors
+    with torch.no_grad():
+        outputs = exits.eval().forward_all(images)
+        chosen, leaves_at = select_exits(outputs, 0.8)
+        assert [out.shape for out in outputs] == [(len(images), 10)] * 4
+        assert torch.allclose(exits(images), chosen, atol=1e-5)  # stopping at the exit predicts what selecting does
+    fractions = (torch.bincount(leaves_at, minlength=4).float() / len(images)).tolist()
+    assert fractions[-1] < 0.9  # more than a tenth of the test images leave before the last block
+    accuracy = lambda logits: 100 * (logits.argmax(1) == labels).float().mean()
+    assert accuracy(chosen) >= accuracy(outputs[-1]) - 2.0
+    example = data.example_input(1)
+    assert expected_cost(exits, example, fractions)[1] < 0.9 * expected_cost(body, example, None)[1]
+
+
+def test_a_vit_with_exits_still_merges_prunes_and_loses_the_exits_of_the_blocks_distillation_drops(vit_base):
+    base, data = vit_base
+    context = Context(fewer(data, 64, 64), Budget(epochs=0), seed=0)
+    model = get_method("early_exit").apply(base, get_method("early_exit").default_config(), context)
+    for name, config in (("token_merge", {}), ("prune", {}), ("distill", {"width": 1.0, "depth": 0.5})):
+        model = get_method(name).apply(model, get_method(name).make_config(**config), context)
+    assert list(model.exits) == ["encoder_layer_0"] and model.vit.encoder.layers.block_names == ["encoder_layer_0", "encoder_layer_1"]
+    assert model.vit.encoder.layers.encoder_layer_0.mlp[0].out_features == 64
+    assert tokens_reaching(model, data.test.tensors[0][:5]) == ([65, 49], [49, 33])
+    with torch.no_grad():
+        assert [out.shape for out in model.forward_all(data.test.tensors[0][:5])] == [(5, 10)] * 2
+
+
 # What each method does on the ViT today: applies, or the reason it cannot
-INCOMPATIBLE_ON_VIT = {"early_exit": "needs stage boundaries", "int8": "needs stage boundaries"}
+INCOMPATIBLE_ON_VIT = {"int8": "needs stage boundaries"}
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -243,3 +281,29 @@ def test_every_method_on_the_vit_applies_or_says_why(name, vit_base):
     compressed = method.apply(base, method.default_config(), context)
     with torch.no_grad():
         assert compressed.eval()(data.test.tensors[0][:5]).shape == (5, 10)
+
+
+def test_a_vit_chain_with_merged_tokens_and_exits_exports_to_float_onnx_that_predicts_as_pytorch_does(digits, tmp_path):
+    # before: early_exit was incompatible on a ViT, and the chain's export was not attempted
+    from ordercomp.deploy.export import export_compressed
+    from ordercomp.deploy.runtimes import load_runner
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=8, patch_size=2, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10)
+    vit.conv_proj = nn.Conv2d(1, 16, 2, 2)  # the 8-px digits' one channel: 17 tokens, 13 after the first block, 9 after the second
+    context = Context(fewer(digits, 64, 64), Budget(epochs=0.5), seed=0)
+    model = get_method("token_merge").apply(vit, get_method("token_merge").make_config(r=4), context)
+    model = get_method("early_exit").apply(model, get_method("early_exit").default_config(), context)
+    images = digits.test.tensors[0]
+    with torch.no_grad():
+        first_exit = model.eval().forward_all(images)[0]
+    model.threshold = first_exit.softmax(1).amax(1).median().item()  # half the images leave at the exit, half at the end
+    manifest = export_compressed(model, tmp_path / "out", formats=("onnx", "packed"), configs={}, chain=["token_merge", "early_exit"],
+                                 metrics={}, data=digits, base={"source": "test"}, measure=False)
+    entries = {entry["format"]: entry for entry in manifest["formats"]}
+    assert entries["onnx"]["check"]["passed"] and entries["onnx"]["early_exit"].startswith("every exit computed (")
+    assert entries["packed"]["error"].startswith("not built: the packed format cannot describe a TransformerExits")
+    with torch.no_grad():
+        expected = model.eval()(images)
+    got = load_runner("onnx", tmp_path / "out" / "model.onnx")(images.contiguous().numpy())
+    assert got.shape == (len(images), 10) and np.allclose(got, expected.numpy(), atol=1e-4)

@@ -19,8 +19,9 @@ from ..layers import all_outputs
 from ..models.structure import vision_transformers
 from ..train import train
 from .base import Context, Incompatible, Method, check_choice, check_range, require_classifier, require_staged, require_trainable
+from .early_exit import TransformerExits
 from .prune import shrink_width
-from .token_merge import TokenMergingLayers
+from .token_merge import TokenMergingLayers, block_names
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,10 @@ def drop_blocks(model: nn.Module, depth: float, example: torch.Tensor) -> None:
     Transformer: of its encoder); Incompatible when there are no stages or nothing to drop: a depth setting
     is never ignored."""
     if vision_transformers(model):
-        return _drop_encoder_blocks(model, depth)
+        _drop_encoder_blocks(model, depth)
+        if isinstance(model, TransformerExits):
+            model.drop_orphan_exits()
+        return
     require_staged(model, f"distill with depth {depth}")
     x, dropped = model.stem(example), 0
     for index, stage in enumerate(model.stages):
@@ -80,7 +84,7 @@ def _drop_encoder_blocks(model: nn.Module, depth: float) -> None:
     for vit in vision_transformers(model):
         layers = vit.encoder.layers  # torchvision's Sequential of blocks, or token merging's module holding them
         merging = isinstance(layers, TokenMergingLayers)
-        names = list(layers.block_names) if merging else [name for name, _ in layers.named_children()]
+        names = block_names(layers)
         keep = math.ceil(depth * len(names))
         for name in names[keep:]:
             delattr(layers, name)  # by name: the kept blocks keep torchvision's names (del on a Sequential renumbers them)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -70,14 +72,14 @@ class TokenMergingLayers(nn.Module):
         self.r = r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.r:  # merging paused (`tokens_unmerged`): torchvision's own forward of each block
-            for name in self.block_names:
-                x = getattr(self, name)(x)
-            return x
         size = None  # patches per token, (B, T, 1); None while every token is one patch
         for name in self.block_names:
-            x, size = self.merging_block(getattr(self, name), x, size)
+            x, size = self.step(getattr(self, name), x, size)
         return x
+
+    def step(self, block: EncoderBlock, x: torch.Tensor, size: torch.Tensor | None):
+        """One block on (tokens, sizes): merging, or torchvision's own forward while merging is paused (`tokens_unmerged`)."""
+        return self.merging_block(block, x, size) if self.r else (block(x), size)
 
     def merging_block(self, block: EncoderBlock, x: torch.Tensor, size: torch.Tensor | None):
         """torchvision's EncoderBlock.forward with the merge between attention and MLP: (tokens, sizes) out."""
@@ -113,6 +115,19 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor, r
     b_size = b_size.scatter_add(1, partner, _rows(a_size, merged))
     tokens, sizes = torch.cat([_rows(a, kept), b], 1), torch.cat([_rows(a_size, kept), b_size], 1)
     return tokens / sizes, sizes
+
+
+def block_names(layers: nn.Module) -> list[str]:
+    """The names of a ViT encoder's blocks in order: torchvision's Sequential of them, or token merging's module."""
+    return list(layers.block_names) if isinstance(layers, TokenMergingLayers) else [name for name, _ in layers.named_children()]
+
+
+def block_steps(layers: nn.Module) -> list[tuple[str, Callable]]:
+    """Each block of a ViT encoder's layers as (name, step), a step taking and giving (tokens, sizes), so a caller can
+    run the encoder block by block (early exits between them) and merge tokens as `layers` does."""
+    if isinstance(layers, TokenMergingLayers):
+        return [(name, partial(layers.step, getattr(layers, name))) for name in layers.block_names]
+    return [(name, lambda x, size, block=block: (block(x), size)) for name, block in layers.named_children()]
 
 
 def _rows(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
