@@ -21,6 +21,7 @@ from ordercomp.methods.registry import METHODS, get_method
 from ordercomp.methods.token_merge import TokenMergingLayers, bipartite_merge, merge_tokens_
 from ordercomp.metrics import expected_cost, measure, storage_bytes
 from ordercomp.models.checkpoints import resolve_model, sample_card
+from ordercomp.models.structure import with_structure
 from ordercomp.models.weights import CheckpointError
 from ordercomp.models.zoo import create_model
 from ordercomp.train import Budget
@@ -40,6 +41,15 @@ def fewer(data, train: int = 256, held_out: int = 359):
     for name, count in (("train", train), ("val", held_out), ("test", held_out)):
         setattr(few, name, TensorDataset(*(t[:count] for t in getattr(data, name).tensors)))
     return few
+
+
+def tiny_vit() -> nn.Module:
+    """torchvision's VisionTransformer at its smallest for the 8-px digits, where the sample is not needed: 2x2 patches
+    (16 tokens and the class token), 2 blocks, 2 heads, width 16, MLP 32."""
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=8, patch_size=2, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10)
+    vit.conv_proj = nn.Conv2d(1, 16, 2, 2)  # the digits' one channel
+    return vit
 
 
 def tokens_reaching(model: nn.Module, images: torch.Tensor) -> tuple[list[int], list[int]]:
@@ -179,7 +189,7 @@ def test_prune_and_distill_narrow_a_vit_that_merges_tokens_and_it_still_merges(n
 def test_quantize_makes_every_projection_and_product_of_the_vit_four_bit(vit_base):
     base, data = vit_base
     method = get_method("quantize")
-    quantised = method.apply(base, method.default_config(), Context(fewer(data), Budget(epochs=0), seed=0))
+    quantised = method.apply(base, method.default_config(), Context(fewer(data, 64, 64), Budget(epochs=0), seed=0))
     for block in quantised.encoder.layers:
         attention = block.self_attention
         assert isinstance(attention, QuantMultiheadAttention) and bits_of(attention) == bits_of(attention.out_proj) == (4, 4)
@@ -270,17 +280,17 @@ INCOMPATIBLE_ON_VIT = {"int8": "needs stage boundaries"}
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_every_method_on_the_vit_applies_or_says_why(name, vit_base):
-    base, data = vit_base
+def test_every_method_on_the_vit_applies_or_says_why(name, digits):
+    base = with_structure(tiny_vit(), digits.example_input(2), digits.num_classes)  # the classifier marked, as for a base
     method = get_method(name)
-    context = Context(fewer(data, train=64, held_out=64), Budget(epochs=0.25), seed=0)
+    context = Context(fewer(digits, train=64, held_out=64), Budget(epochs=0.5), seed=0)
     if name in INCOMPATIBLE_ON_VIT:
         with pytest.raises(Incompatible, match=INCOMPATIBLE_ON_VIT[name]):
             method.apply(base, method.default_config(), context)
         return
     compressed = method.apply(base, method.default_config(), context)
     with torch.no_grad():
-        assert compressed.eval()(data.test.tensors[0][:5]).shape == (5, 10)
+        assert compressed.eval()(digits.test.tensors[0][:5]).shape == (5, 10)
 
 
 def test_a_vit_chain_with_merged_tokens_and_exits_exports_to_float_onnx_that_predicts_as_pytorch_does(digits, tmp_path):
@@ -288,11 +298,9 @@ def test_a_vit_chain_with_merged_tokens_and_exits_exports_to_float_onnx_that_pre
     from ordercomp.deploy.export import export_compressed
     from ordercomp.deploy.runtimes import load_runner
 
-    torch.manual_seed(0)
-    vit = VisionTransformer(image_size=8, patch_size=2, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10)
-    vit.conv_proj = nn.Conv2d(1, 16, 2, 2)  # the 8-px digits' one channel: 17 tokens, 13 after the first block, 9 after the second
     context = Context(fewer(digits, 64, 64), Budget(epochs=0.5), seed=0)
-    model = get_method("token_merge").apply(vit, get_method("token_merge").make_config(r=4), context)
+    # 17 tokens, 13 after the first block, 9 after the second
+    model = get_method("token_merge").apply(tiny_vit(), get_method("token_merge").make_config(r=4), context)
     model = get_method("early_exit").apply(model, get_method("early_exit").default_config(), context)
     images = digits.test.tensors[0]
     with torch.no_grad():
