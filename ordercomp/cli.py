@@ -82,7 +82,8 @@ def _base_options(parser: argparse.ArgumentParser) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     _base_options(parser)
     parser.add_argument("--epochs", type=float, default=Budget.epochs, help="fine-tuning epochs per step (same for every step)")
-    parser.add_argument("--lr", type=float, default=Budget.lr, help="fine-tuning learning rate")
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"fine-tuning learning rate (default {Budget.lr:g}, or the rate a sample's card declares: digits32_vit 2e-4)")
     parser.add_argument("--batch-size", type=int, default=Budget.batch_size,
                         help="fine-tuning batch size (large batches, e.g. 1024, keep a GPU busy)")
     parser.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE", help="any method setting, repeatable")
@@ -153,7 +154,10 @@ def _model_args(args) -> dict:
 
 
 def _budget(args) -> Budget:
-    return Budget(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
+    from .exploration.explorer import default_budget
+
+    lr = args.lr if args.lr is not None else default_budget(args.model).lr
+    return Budget(epochs=args.epochs, lr=lr, batch_size=args.batch_size)
 
 
 def _spec(args):

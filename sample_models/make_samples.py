@@ -33,6 +33,9 @@ SAMPLES = {
     # torchvision's VisionTransformer (grey digits repeated to its 3 channels); its default methods include token merging
     "digits32_vit": {"architecture": "vit_tiny_32", "input_size": 32, "threads": 1,
                      "methods": ("distill", "prune", "quantize", "token_merge"),
+                     # test accuracy after 0.3 epochs at 2e-3 / 5e-4 / 2e-4 (seed 0, base 97.49 %): prune 94.2 / 95.3 / 95.8,
+                     # quantize 86.9 / 89.7 / 93.6, token_merge 88.9 / 97.2 / 97.5 %
+                     "fine_tune_lr": 2e-4,
                      "budget": Budget(epochs=60, lr=2e-3, weight_decay=0.05)},
 }
 
@@ -62,6 +65,7 @@ def make(name: str, out: Path = HERE) -> dict:
                     "macs": test.macs, "bitops": test.bitops},
         "reproduce": f"python sample_models/make_samples.py {name}",
         **({"methods": list(recipe["methods"])} if "methods" in recipe else {}),  # what an exploration of it compares by default
+        **({"fine_tune_lr": recipe["fine_tune_lr"]} if "fine_tune_lr" in recipe else {}),  # and the rate its steps fine-tune at
     }
     (out / f"{name}.json").write_text(json.dumps(card, indent=1) + "\n")
     (out / f"{name}.md").write_text(model_card_markdown(card))
@@ -82,7 +86,8 @@ def model_card_markdown(card: dict) -> str:
   one-cycle schedule, seed {t['seed']}; {t['seconds_on_2_cpu_cores']} s on 2 CPU cores
 - **Weights**: `{card['weights']}` (safetensors, sha256 `{card['sha256'][:16]}…`)
 - **Reproduce**: `{card['reproduce']}`
-""" + (f"- **Methods explored by default**: {', '.join(card['methods'])}\n" if "methods" in card else "")
+""" + (f"- **Methods explored by default**: {', '.join(card['methods'])}\n" if "methods" in card else "") + (
+    f"- **Fine-tuning rate of an exploration's steps** (unless --lr says otherwise): {card['fine_tune_lr']:g}\n" if "fine_tune_lr" in card else "")
 
 
 if __name__ == "__main__":

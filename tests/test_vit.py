@@ -103,6 +103,20 @@ def test_an_exploration_of_the_vit_sample_compares_its_own_methods_unless_told()
     assert _spec(build_parser().parse_args(["explore", "--model", "digits32_vit", "--methods", "prune,quantize"])).methods == ("prune", "quantize")
 
 
+def test_an_exploration_of_the_vit_sample_fine_tunes_at_its_card_s_rate_unless_told():
+    # before: every step fine-tuned at the CNNs' 2e-3, which cost the sample's quantize step 6.7 points against 2e-4
+    from ordercomp.cli import _budget, _spec, build_parser
+
+    rate = sample_card("digits32_vit")["fine_tune_lr"]
+    assert rate == 2e-4 and ExploreSpec(model="digits32_vit").budget == Budget(lr=rate) and ExploreSpec().budget == Budget()
+    assert ExploreSpec(model="digits32_vit").to_dict()["budget"]["lr"] == rate  # recorded with the results' other settings
+    explore_lr = lambda *options: _spec(build_parser().parse_args(["explore", *options])).budget.lr
+    assert explore_lr("--model", "digits32_vit") == rate and explore_lr() == Budget().lr  # the other samples' as it was
+    assert explore_lr("--model", "digits32_vit", "--lr", "1e-3") == 1e-3
+    apply = build_parser().parse_args(["apply", "--model", "digits32_vit", "--chain", "prune,quantize", "--export", "out"])
+    assert _budget(apply).lr == rate
+
+
 def test_bipartite_merge_averages_by_size_and_never_merges_the_class_token():
     # tokens 0..4: A = (0, 2, 4), B = (1, 3); token 2 is closest to 3, token 4 to 1 and less so; the class token 0
     # is closest of all to 1 and is never merged
