@@ -82,7 +82,8 @@ def _base_options(parser: argparse.ArgumentParser) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     _base_options(parser)
     parser.add_argument("--epochs", type=float, default=Budget.epochs, help="fine-tuning epochs per step (same for every step)")
-    parser.add_argument("--lr", type=float, default=Budget.lr, help="fine-tuning learning rate")
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"fine-tuning learning rate (default {Budget.lr:g}, or the rate a sample's card declares: digits32_vit 2e-4)")
     parser.add_argument("--batch-size", type=int, default=Budget.batch_size,
                         help="fine-tuning batch size (large batches, e.g. 1024, keep a GPU busy)")
     parser.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE", help="any method setting, repeatable")
@@ -97,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("explore", help="pairwise comparison of orders -> precedence graph -> chain")
     _common(ex)
-    ex.add_argument("--methods", default="distill,prune,quantize,early_exit", help=f"comma-separated, from {','.join(METHODS)}")
+    ex.add_argument("--methods", help=f"comma-separated, from {','.join(METHODS)} (default: a sample's own, e.g. digits32_vit's "
+                    "include token_merge; else distill,prune,quantize,early_exit)")
     ex.add_argument("--objective", default="weighted", help="weighted (default: accuracy + weight x halvings of BitOps), "
                     "weighted_latency (the same with latency in --runtime), accuracy, bitops or latency")
     ex.add_argument("--weight", type=float, default=1.0, help="weighted objectives: accuracy points per halving of the cost")
@@ -156,7 +158,10 @@ def _model_args(args) -> dict:
 
 
 def _budget(args) -> Budget:
-    return Budget(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
+    from .exploration.explorer import default_budget
+
+    lr = args.lr if args.lr is not None else default_budget(args.model).lr
+    return Budget(epochs=args.epochs, lr=lr, batch_size=args.batch_size)
 
 
 def _spec(args):
@@ -164,7 +169,7 @@ def _spec(args):
 
     return ExploreSpec(
         model=args.model, data=args.data, model_args=_model_args(args), weights=args.weights, normalize=args.normalize,
-        methods=tuple(parse_methods(args.methods)), settings=parse_settings(args),
+        methods=tuple(parse_methods(args.methods)) if args.methods is not None else None, settings=parse_settings(args),
         objective=args.objective, weight=args.weight, seeds=args.seeds, budget=_budget(args),
         confidence=args.confidence, **({"search": args.search} if args.search else {}), screen=args.screen,
         device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,

@@ -4,7 +4,9 @@ Every mark lives on the modules themselves and is read and written only through 
 below (methods, metrics, export and training use nothing else):
 
 - bit widths: `bits_of(layer)` -> (weight bits, activation bits); `is_quantised(layer)` for a
-  fake-quantised conv/linear layer (`to_quant` makes one); a converted int8 part also has bits.
+  fake-quantised conv/linear layer (`to_quant` makes one, and a quantised self-attention from a
+  MultiheadAttention); a converted int8 part also has bits; a unit without weights that multiplies
+  activations (token merging's matching) has activation bits only, which quantisation lowers.
 - sparsity: `sparsity_of(layer)` (None when not marked); `magnitude_prune_` zeroes and marks;
   `sparse_masks` lets fine-tuning keep the zeros.
 - int8 kernels: `mark_int8(part)` on a converted part; `is_int8_converted(model)` is true when any
@@ -57,6 +59,15 @@ def fake_quant_activation(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor
     return (full + (quantised - full).detach()).to(x.dtype)
 
 
+def observe_range_(low: torch.Tensor, high: torch.Tensor, observed: torch.Tensor, x: torch.Tensor) -> None:
+    """Widen [low, high] to hold 0 and follow x's range: set on the first batch, then an EMA (weight 0.1)."""
+    new_low, new_high = (v.to(low.dtype) for v in (x.min().clamp_max(0.0), x.max().clamp_min(0.0)))
+    if not bool(observed):
+        low.copy_(new_low), high.copy_(new_high), observed.fill_(True)
+    else:
+        low.lerp_(new_low, 0.1), high.lerp_(new_high, 0.1)
+
+
 class _QuantMixin:
     """Fake quantisation of the input activation and of the weight, with an EMA range observer."""
 
@@ -74,11 +85,7 @@ class _QuantMixin:
         return fake_quant_activation(x, self.act_low, self.act_high, self.act_bits)
 
     def _observe(self, x: torch.Tensor) -> None:
-        low, high = (v.to(self.act_low.dtype) for v in (x.min().clamp_max(0.0), x.max().clamp_min(0.0)))
-        if not bool(self.observed):
-            self.act_low.copy_(low), self.act_high.copy_(high), self.observed.fill_(True)
-        else:
-            self.act_low.lerp_(low, 0.1), self.act_high.lerp_(high, 0.1)
+        observe_range_(self.act_low, self.act_high, self.observed, x)
 
     def _quant_weight(self) -> torch.Tensor:
         return self.weight if self.weight_bits >= FULL_BITS else fake_quant_weight(self.weight, self.weight_bits)
@@ -92,6 +99,57 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
 class QuantLinear(_QuantMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self._quant_input(x), self._quant_weight(), self.bias)
+
+
+class ActivationRange(nn.Module):
+    """The observed range of one activation an attention product reads, and its fake quantisation over it."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("low", torch.zeros(()))
+        self.register_buffer("high", torch.zeros(()))
+        self.register_buffer("observed", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        if bits >= FULL_BITS:
+            return x
+        if self.training:
+            observe_range_(self.low, self.high, self.observed, x.detach())
+        return fake_quant_activation(x, self.low, self.high, bits)
+
+
+class QuantMultiheadAttention(_QuantMixin, nn.MultiheadAttention):
+    """Self-attention (batch first, as torchvision's EncoderBlock calls it) computed step by step so that every
+    operand is fake-quantised: its input and in-projection, the queries, keys and values the products read
+    (each over its observed range), the attention probabilities (on [0, 1]), and out_proj (a QuantLinear)."""
+
+    def _init_quant(self, weight_bits: int, act_bits: int) -> None:
+        super()._init_quant(weight_bits, act_bits)
+        self.operands = nn.ModuleDict({name: ActivationRange() for name in ("query", "key", "value")})
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask=None,
+                need_weights: bool = True, attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, None]:
+        x = self._quant_input(query)  # (B, T, E): query, key and value are the same tokens
+        weight = self.in_proj_weight if self.weight_bits >= FULL_BITS else fake_quant_weight(self.in_proj_weight, self.weight_bits)
+        batch, tokens, _ = x.shape
+        q, k, v = (self.operands[name](part, self.act_bits).view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+                   for name, part in zip(("query", "key", "value"), F.linear(x, weight, self.in_proj_bias).chunk(3, dim=-1)))
+        scores = q @ k.transpose(-2, -1) * self.head_dim ** -0.5  # (B, H, T, T)
+        if attn_mask is not None:  # (B * H, T, T), added to the logits (token merging's proportional attention)
+            scores = scores + attn_mask.view(batch, self.num_heads, tokens, tokens)
+        probabilities = scores.softmax(dim=-1)
+        if self.act_bits < FULL_BITS:
+            probabilities = fake_quant_activation(probabilities, probabilities.new_zeros(()), probabilities.new_ones(()), self.act_bits)
+        attended = F.dropout(probabilities, self.dropout, self.training) @ v
+        return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)), None
+
+
+def quantisable_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The attention modules quantisation rewrites: self-attention called batch first with one packed in-projection
+    (torchvision's ViT); any other keeps its float projections, and the metrics count them at full bits."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention) and m.batch_first
+            and m.in_proj_weight is not None and m.bias_k is None and not m.add_zero_attn]
 
 
 def compute_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -116,6 +174,19 @@ def has_bits(module: nn.Module) -> bool:
     return hasattr(module, "weight_bits")
 
 
+def multiplies_activations_at_bits(module: nn.Module) -> bool:
+    """True for a module whose products of activations run at its own activation bits: a quantised layer, an
+    int8 part, or a unit without weights such as token merging's matching."""
+    return hasattr(module, "act_bits")
+
+
+def lower_activation_bits_(model: nn.Module, act_bits: int) -> None:
+    """Quantisation lowers the bits of the units without weights too (bits never go up)."""
+    for module in model.modules():
+        if multiplies_activations_at_bits(module) and not has_bits(module):
+            module.act_bits = min(module.act_bits, act_bits)
+
+
 def is_quantised(layer: nn.Module) -> bool:
     """True for a fake-quantised conv/linear layer (quantisation-aware training)."""
     return isinstance(layer, (QuantConv2d, QuantLinear))
@@ -130,18 +201,38 @@ def quantised_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, layer) for name, layer in compute_layers(model) if is_quantised(layer)]
 
 
+def quantised_units(model: nn.Module) -> list[nn.Module]:
+    """Everything that observes activation ranges: quantised layers and quantised attention."""
+    return [m for m in model.modules() if is_quantised(m) or isinstance(m, QuantMultiheadAttention)]
+
+
 def to_quant(layer: nn.Module, weight_bits: int, act_bits: int) -> nn.Module:
-    """A quantised copy of a conv/linear layer; bits never go up if it is quantised already."""
+    """A quantised copy of a conv/linear layer or of self-attention; bits never go up if it is quantised already."""
     old_w, old_a = bits_of(layer)
     weight_bits, act_bits = min(weight_bits, old_w), min(act_bits, old_a)
-    if isinstance(layer, (QuantConv2d, QuantLinear)):
+    if isinstance(layer, (QuantConv2d, QuantLinear, QuantMultiheadAttention)):
         layer.weight_bits, layer.act_bits = weight_bits, act_bits
+        if isinstance(layer, QuantMultiheadAttention):
+            layer.out_proj = to_quant(layer.out_proj, weight_bits, act_bits)
         return layer
+    if isinstance(layer, nn.MultiheadAttention):
+        return _quant_attention(layer, weight_bits, act_bits)
     quant = layer_like(layer, QuantConv2d, QuantLinear)
     quant._init_quant(weight_bits, act_bits)
     quant.to(layer.weight.device)
     quant.load_state_dict(layer.state_dict(), strict=False)
     copy_marks(layer, quant)
+    return quant
+
+
+def _quant_attention(attention: nn.MultiheadAttention, weight_bits: int, act_bits: int) -> QuantMultiheadAttention:
+    device = attention.in_proj_weight.device
+    quant = QuantMultiheadAttention(attention.embed_dim, attention.num_heads, attention.dropout, bias=attention.in_proj_bias is not None,
+                                    batch_first=True, device=device)
+    quant._init_quant(weight_bits, act_bits)
+    quant.to(device)
+    quant.load_state_dict(attention.state_dict(), strict=False)
+    quant.out_proj = to_quant(attention.out_proj, weight_bits, act_bits)
     return quant
 
 

@@ -3,9 +3,16 @@
 MACs come from torch's FLOP counter (FlopCounterMode, per module); BitOps = sum over layers of
 MACs x weight bits x activation bits; a model with early exits costs the expectation over the
 data of the cost up to the exit each sample leaves at. Storage honours bit widths and sparsity.
+
+Attention (`nn.MultiheadAttention`, as torchvision's ViT uses it) is one unit: its projections (the
+in-projection it reads as a raw parameter, and out_proj) cost MACs x weight bits x activation bits,
+its products QK^T and AV (activations times activations) MACs x activation bits squared. They are
+counted on the slow path of the module, which computes them as separate operations the counter
+sees, at the number of tokens that actually reach each block (fewer when tokens merge).
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 import weakref
@@ -18,9 +25,16 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from .data.datasets import DataBundle
-from .layers import FULL_BITS, all_outputs, bits_of, has_bits, int8_weights, is_int8_part, sparsity_of
+from .layers import FULL_BITS, all_outputs, bits_of, int8_weights, is_int8_part, multiplies_activations_at_bits, sparsity_of
 from .methods.early_exit import select_exits
 from .train import predict
+
+aten = torch.ops.aten
+# The attention products of one attention call, in the operations the counter sees for them: the fused
+# kernels, and the batched matrix products of the math path.
+ATTENTION_PRODUCTS = {aten.bmm, aten.baddbmm, aten._scaled_dot_product_flash_attention_for_cpu,
+                      aten._scaled_dot_product_flash_attention, aten._scaled_dot_product_efficient_attention,
+                      aten._scaled_dot_product_cudnn_attention}
 
 @dataclass
 class Metrics:
@@ -94,8 +108,7 @@ def storage_bytes(model: nn.Module) -> float:
     plus non-zero values when that is smaller, everything else at its dtype's width."""
     total, counted = 0.0, set()
     for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, torch.Tensor) and isinstance(module, (nn.Conv2d, nn.Linear)):
+        for weight in _projection_weights(module):
             bits = bits_of(module)[0]
             dense = weight.numel() * bits
             if sparsity_of(module) is not None:
@@ -113,26 +126,63 @@ def storage_bytes(model: nn.Module) -> float:
     return total
 
 
+def _projection_weights(module: nn.Module) -> list[torch.Tensor]:
+    """The weights stored at a module's bit width: a conv or linear layer's, and the in-projection an
+    attention module reads as raw parameters (its out_proj is a Linear layer of its own)."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)) and isinstance(module.weight, torch.Tensor):
+        return [module.weight]
+    if isinstance(module, nn.MultiheadAttention):
+        separate = (module.q_proj_weight, module.k_proj_weight, module.v_proj_weight)
+        return [module.in_proj_weight] if module.in_proj_weight is not None else list(separate)
+    return []
+
+
 def _unit_costs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, float, float]]:
-    """(module name, MACs, BitOps) for every bit-annotated part or conv/linear layer."""
+    """(module name, MACs, BitOps) for every bit-annotated part, conv/linear layer and attention; a unit's products
+    of activations (attention's, token matching's) cost MACs x activation bits squared."""
     model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        _EveryExit(model)(example)
-    flops = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    counts = _flop_counts(model, example)
     units, covered = [], 0.0
     for name, module in model.named_modules():
         if not name or any(name.startswith(u + ".") for u, _, _ in units):
             continue
-        if has_bits(module) or isinstance(module, (nn.Conv2d, nn.Linear)):
-            macs = flops.get(f"_EveryExit.model.{name}", 0) / 2
+        if multiplies_activations_at_bits(module) or isinstance(module, (nn.Conv2d, nn.Linear, nn.MultiheadAttention)):
+            ops = counts.get(f"_EveryExit.model.{name}", {})
+            products = sum(flops for op, flops in ops.items() if op in ATTENTION_PRODUCTS) / 2
+            macs = sum(ops.values()) / 2
             w, a = bits_of(module)
-            units.append((name, macs, macs * w * a))
+            units.append((name, macs, (macs - products) * w * a + products * a * a))
             covered += macs
-    rest = flops.get("Global", 0) / 2 - covered
+    rest = sum(counts.get("Global", {}).values()) / 2 - covered
     if rest > 0:
         units.append(("", rest, rest * FULL_BITS * FULL_BITS))
     return units
+
+
+def _flop_counts(model: nn.Module, example: torch.Tensor) -> dict[str, dict]:
+    """FLOPs per module and operation for one forward pass through every exit, attention on its slow path
+    (the fused fast path of nn.MultiheadAttention is one operation the counter has no formula for)."""
+    counter = FlopCounterMode(display=False, custom_mapping={aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops})
+    with torch.no_grad(), _attention_fast_path(False), counter:
+        _EveryExit(model)(example)
+    return counter.get_flop_counts()
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of scaled dot-product attention, QK^T then AV: queries (B, H, L, E), keys (B, H, S, E), values (B, H, S, Ev)."""
+    batch, heads, queries, width = query_shape
+    keys, value_width = key_shape[-2], value_shape[-1]
+    return 2 * batch * heads * queries * keys * (width + value_width)
+
+
+@contextlib.contextmanager
+def _attention_fast_path(enabled: bool):
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
 
 
 class _EveryExit(nn.Module):
@@ -151,21 +201,13 @@ def expected_cost(model: nn.Module, example: torch.Tensor, fractions: list[float
     units = _unit_costs(model, example)
     if not fractions:
         return sum(u[1] for u in units), sum(u[2] for u in units)
-    per_exit = [_cost_to_exit(units, index, len(fractions)) for index in range(len(fractions))]
+    per_exit = [_cost_to_exit(model, units, index) for index in range(len(fractions))]
     return (sum(f * c[0] for f, c in zip(fractions, per_exit)), sum(f * c[1] for f, c in zip(fractions, per_exit)))
 
 
-def _cost_to_exit(units, exit_index: int, exits_total: int) -> tuple[float, float]:
-    """Cost of a sample that leaves at `exit_index` (the last index is the final head)."""
-    final = exit_index == exits_total - 1
-
-    def reached(name: str) -> bool:
-        part, _, rest = name.partition(".")
-        if part in ("stages", "exits"):
-            return final or int(rest.split(".")[0]) <= exit_index
-        return part != "head" or final
-
-    chosen = [u for u in units if reached(u[0])]
+def _cost_to_exit(model: nn.Module, units, exit_index: int) -> tuple[float, float]:
+    """Cost of a sample that leaves at `exit_index` (the last index is the final head): the parts the model says it runs."""
+    chosen = [u for u in units if model.reaches(u[0], exit_index)]
     return sum(u[1] for u in chosen), sum(u[2] for u in chosen)
 
 

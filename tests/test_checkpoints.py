@@ -9,6 +9,7 @@ from ordercomp.models.checkpoints import CheckpointError, input_size_for, list_s
 from ordercomp.cli import main
 from ordercomp.data.datasets import load_data
 from ordercomp.metrics import measure
+from ordercomp.models.fitting import data_for
 from ordercomp.models.zoo import create_model
 from testkit import Payload
 from untrusted_files import NOTES
@@ -21,6 +22,8 @@ def test_samples_ship_with_cards_and_reach_their_stated_accuracy(digits):
         model = load_sample(name)
         data = load_data("digits", input_size=input_size_for(name, None))  # each sample at its own image size
         assert data.input_size == card["input_size"]
+        data = data_for(model, data, name)  # grey repeated for a sample that takes 3 channels (digits32_vit)
+        assert data.in_channels == card["in_channels"]
         accuracy = measure(model, data, "test", latency=False).accuracy
         assert accuracy == pytest.approx(card["metrics"]["test_accuracy"], abs=0.01)
         assert accuracy > 95

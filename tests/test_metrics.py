@@ -5,6 +5,8 @@ import pytest
 import torch
 from torch import nn
 
+import torchvision.models as tv
+
 from ordercomp.layers import to_quant
 from ordercomp.metrics import expected_cost, measure, storage_bytes, unpack_hits
 from ordercomp.models.zoo import StagedNet
@@ -39,6 +41,46 @@ def test_storage_counts_bits_and_sparse_storage():
     sparse = storage_bytes(model)
     expected_layer = (layer.weight.numel() + int((layer.weight != 0).sum()) * 32) / 8
     assert sparse == pytest.approx(full - layer.weight.numel() * 4 + expected_layer)
+
+
+def tiny_vit():
+    """8x8 grey images in 4x4 patches: 4 tokens and the class token, width 8, 2 heads, MLP 16, 2 blocks."""
+    torch.manual_seed(0)
+    vit = tv.VisionTransformer(image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=10)
+    vit.conv_proj = nn.Conv2d(1, 8, 4, 4)
+    return vit.eval()
+
+
+TOKENS, WIDTH, MLP = 5, 8, 16
+PROJECTIONS = TOKENS * WIDTH * 3 * WIDTH + TOKENS * WIDTH * WIDTH  # in-projection (q, k, v), out_proj: 960 + 320
+PRODUCTS = 2 * TOKENS * TOKENS * WIDTH  # QK^T and AV over all heads: heads x tokens^2 x head width, twice: 400
+BLOCK = PROJECTIONS + PRODUCTS + 2 * TOKENS * WIDTH * MLP  # + the MLP's two layers: 2960
+PATCHES, HEAD = 2 * 2 * 8 * (1 * 4 * 4), WIDTH * 10  # patch embedding (4 outputs of a 4x4 conv to 8 channels), class token to logits
+
+
+def test_vit_macs_count_every_projection_and_the_attention_products():
+    # before: nn.MultiheadAttention's fused fast path was invisible to the counter: 3,152 of 6,512 MACs were counted
+    macs, bitops = expected_cost(tiny_vit(), torch.randn(1, 1, 8, 8), None)
+    assert macs == PATCHES + 2 * BLOCK + HEAD == 6512
+    assert bitops == macs * 32 * 32
+    assert torch.backends.mha.get_fastpath_enabled()  # counting on the slow path leaves the setting as it was
+
+
+def test_vit_attention_bitops_take_weight_bits_for_projections_and_activation_bits_for_products():
+    model = tiny_vit()
+    attention = model.encoder.layers[0].self_attention
+    attention.weight_bits, attention.act_bits = 4, 8  # the marks a quantised layer carries (layers.bits_of)
+    _, bitops = expected_cost(model, torch.randn(1, 1, 8, 8), None)
+    assert bitops == (PATCHES + BLOCK + HEAD + 2 * TOKENS * WIDTH * MLP) * 32 * 32 + PROJECTIONS * 4 * 8 + PRODUCTS * 8 * 8
+
+
+def test_vit_storage_counts_the_in_projection_read_as_a_raw_parameter_at_its_bits():
+    model = tiny_vit()
+    full = storage_bytes(model)
+    assert full == 4 * sum(p.numel() for p in model.parameters())
+    attention = model.encoder.layers[1].self_attention
+    attention.weight_bits = 4
+    assert storage_bytes(model) == full - 3 * WIDTH * WIDTH * (4 - 0.5)
 
 
 def test_measure_reports_every_figure(digits, tiny_model):

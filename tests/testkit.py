@@ -26,6 +26,10 @@ WORKER_S = 900
 # shipped file (writing the chain and the base as ONNX and timing them takes seconds; test_shipped.py tests it).
 FAST = dict(model="cnn_tiny", budget=Budget(epochs=0.2), device="cpu", ship=None)
 
+# Methods that apply to transformers only (a CNN's steps report them incompatible): the tests that apply every
+# method to a CNN leave them out, and test_vit.py checks that a CNN gets their one-line reason.
+TRANSFORMER_ONLY = ("token_merge",)
+
 # A user's own class as a file, by absolute path: every test runs in a working folder of its own.
 MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"
 

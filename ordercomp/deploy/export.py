@@ -40,7 +40,7 @@ from ..models.checkpoints import SAMPLE_DIR, list_samples, load_program, read_st
 from ..data.datasets import DataBundle
 from ..errors import one_line
 from ..folders import MIB, FolderKind, check_destination, sha256, write_folder
-from ..methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelect
+from ..methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelect, TransformerExits
 from ..methods.int8 import MAX_BATCH
 from ..layers import fake_quant_activation, quantises_activations
 from .onnx_int8 import CannotBuild, deployable_float, quantize_onnx
@@ -72,7 +72,7 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 def exportable(model: nn.Module) -> nn.Module:
     """The model in eval mode, without data-dependent control flow (early exits select statically)."""
     model = model.eval()
-    return StaticExitSelect(model).eval() if isinstance(model, EarlyExitNet) else model
+    return StaticExitSelect(model).eval() if isinstance(model, (EarlyExitNet, TransformerExits)) else model
 
 
 def _batch_dim():
@@ -121,6 +121,9 @@ def write_state_dict(src: Sources, path: Path) -> dict:
 def write_onnx(src: Sources, path: Path) -> dict:
     """Float ONNX; with early exits, an If after each exit head stops the run once the batch is confident
     (every exit computed, as a fallback, when the exporter cannot express that)."""
+    if isinstance(src.model, TransformerExits):
+        return {**onnx_file(src.program, src.sample, path), "early_exit": "every exit computed (an If after each exit is "
+                "built for networks of stages; a Vision Transformer's exits are selected after the last block)"}
     if isinstance(src.model, EarlyExitNet):
         try:
             return {**onnx_file(ConditionalExits(src.model).eval(), src.sample, path, legacy=False), "early_exit": "stops at run time"}

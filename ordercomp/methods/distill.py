@@ -16,9 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import all_outputs
+from ..models.structure import vision_transformers
 from ..train import train
 from .base import Context, Incompatible, Method, check_choice, check_range, require_classifier, require_staged, require_trainable
+from .early_exit import TransformerExits
 from .prune import shrink_width
+from .token_merge import TokenMergingLayers, block_names
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,14 @@ def _block_shapes(stage: nn.Sequential, x: torch.Tensor) -> tuple[list[bool], to
 
 
 def drop_blocks(model: nn.Module, depth: float, example: torch.Tensor) -> None:
-    """Keep ceil(depth * n) blocks of each stage, dropping shape-preserving blocks from the end;
-    Incompatible when there are no stages or nothing to drop: a depth setting is never ignored."""
+    """Keep ceil(depth * n) blocks of each stage, dropping shape-preserving blocks from the end (a Vision
+    Transformer: of its encoder); Incompatible when there are no stages or nothing to drop: a depth setting
+    is never ignored."""
+    if vision_transformers(model):
+        _drop_encoder_blocks(model, depth)
+        if isinstance(model, TransformerExits):
+            model.drop_orphan_exits()
+        return
     require_staged(model, f"distill with depth {depth}")
     x, dropped = model.stem(example), 0
     for index, stage in enumerate(model.stages):
@@ -67,6 +76,25 @@ def drop_blocks(model: nn.Module, depth: float, example: torch.Tensor) -> None:
         blocks = ", ".join(str(len(stage)) if isinstance(stage, nn.Sequential) else "1" for stage in model.stages)
         raise Incompatible(f"distill's depth {depth} drops no block: the stages have {blocks} blocks, and only a block after a stage's "
                            "first that keeps its input's shape can go; lower the depth or leave it at 1")
+
+
+def _drop_encoder_blocks(model: nn.Module, depth: float) -> None:
+    """Keep the first ceil(depth * n) encoder blocks of every Vision Transformer (each keeps its tokens' shape)."""
+    dropped, counts = 0, []
+    for vit in vision_transformers(model):
+        layers = vit.encoder.layers  # torchvision's Sequential of blocks, or token merging's module holding them
+        merging = isinstance(layers, TokenMergingLayers)
+        names = block_names(layers)
+        keep = math.ceil(depth * len(names))
+        for name in names[keep:]:
+            delattr(layers, name)  # by name: the kept blocks keep torchvision's names (del on a Sequential renumbers them)
+        if merging:
+            layers.block_names = names[:keep]
+        counts.append(len(names))
+        dropped += len(names) - keep
+    if not dropped:
+        raise Incompatible(f"distill's depth {depth} drops no block: the encoder has {', '.join(map(str, counts))} blocks; "
+                           "lower the depth or leave it at 1")
 
 
 def kd_loss(teacher: nn.Module, config: DistillConfig):

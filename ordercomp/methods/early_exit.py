@@ -3,19 +3,26 @@
 The model's cost becomes an expectation over the data (the fraction of samples leaving at each
 exit, see metrics). The body is frozen while the exit heads (linear probes, trained at their own
 learning rate) train, so the final exit keeps its accuracy; later methods fine-tune body and exits together and prune or quantise them alike.
+
+A Vision Transformer (torchvision's) has blocks of tokens, not stages of feature maps: its exits read the class
+token after every encoder block but the last, through a LayerNorm and a Linear layer as its own head does after
+the encoder's LayerNorm; the same threshold rule decides, and merged tokens go on merged (`TransformerExits`).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer
 
 from ..train import train
 from ..layers import bits_of, mark_logits_layer, quantised_layers, to_quant
 from .base import Context, Incompatible, Method, check_range, require_staged
+from .token_merge import block_names, block_steps
 
 
 class EarlyExitNet(nn.Module):
@@ -40,22 +47,106 @@ class EarlyExitNet(nn.Module):
         """Each sample stops at the first exit whose confidence reaches the threshold."""
         if self.training:
             return self.forward_all(x)[-1]
-        out, active, x = None, torch.arange(x.shape[0], device=x.device), self.stem(x)
-        for index, stage in enumerate(self.stages):
-            x = stage(x)
-            if index == len(self.exits):
-                break
-            logits = self.exits[index](x)
-            out = logits.new_empty(active.shape[0], logits.shape[1]) if out is None else out
-            done = confident(logits, self.threshold)
-            out[active[done]] = logits[done]
-            active, x = active[~done], x[~done]
-            if active.numel() == 0:
-                return out
-        final = self.head(x)
-        out = final.new_empty(active.shape[0], final.shape[1]) if out is None else out
-        out[active] = final
-        return out
+        exits = dict(enumerate(self.exits))  # exit i after stage i
+        return leave_early(self.stem(x), list(self.stages), exits, self.head, self.threshold)
+
+    def reaches(self, unit: str, exit_index: int) -> bool:
+        """Whether a sample leaving at `exit_index` (len(exits): the final head) runs the named part (metrics)."""
+        part, _, rest = unit.partition(".")
+        if exit_index == len(self.exits):
+            return True
+        if part in ("stages", "exits"):
+            return int(rest.split(".")[0]) <= exit_index
+        return part != "head"
+
+
+class TransformerExits(nn.Module):
+    """torchvision's VisionTransformer with an exit head on the class token after every encoder block but the last;
+    with token merging, each block merges as the encoder's own forward would (`block_steps`)."""
+
+    def __init__(self, vit: nn.Module, exits: dict[str, nn.Module], threshold: float):
+        super().__init__()
+        self.vit, self.exits, self.threshold = vit, nn.ModuleDict(exits), threshold  # exits keyed by their block's name
+
+    def _steps(self) -> list[tuple[str, Callable]]:
+        """(block name, step on (tokens, sizes)) for every block of the encoder, in order."""
+        return block_steps(self.vit.encoder.layers)
+
+    def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """VisionTransformer.forward up to its blocks: patches, class token, position embeddings; every token one patch."""
+        vit = self.vit
+        tokens = vit._process_input(images)
+        tokens = torch.cat([vit.class_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # not len(): it fixes the batch in export
+        return vit.encoder.dropout(tokens + vit.encoder.pos_embedding), None
+
+    def _final(self, state: tuple) -> torch.Tensor:
+        return self.vit.heads(self.vit.encoder.ln(state[0])[:, 0])
+
+    def forward_all(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of every exit, the final head last (training and statistics)."""
+        state, outputs = self._embed(images), []
+        for name, step in self._steps():
+            state = step(*state)
+            if name in self.exits:
+                outputs.append(self.exits[name](state[0]))
+        return outputs + [self._final(state)]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Each sample stops at the first exit whose confidence reaches the threshold."""
+        if self.training:
+            return self.forward_all(images)[-1]
+        steps = self._steps()
+        exits = {index: (lambda state, head=self.exits[name]: head(state[0])) for index, (name, _) in enumerate(steps) if name in self.exits}
+        return leave_early(self._embed(images), [lambda state, step=step: step(*state) for _, step in steps], exits,
+                           self._final, self.threshold)
+
+    def reaches(self, unit: str, exit_index: int) -> bool:
+        """Whether a sample leaving at `exit_index` (len(exits): the final head) runs the named part (metrics).
+        Token matching is one module that every block calls, so it counts whole (at most a few % of a block)."""
+        if exit_index == len(self.exits):
+            return True
+        names, exit_blocks = block_names(self.vit.encoder.layers), list(self.exits)
+        parts = unit.split(".")
+        if parts[0] == "exits":
+            return exit_blocks.index(parts[1]) <= exit_index
+        if parts[:3] == ["vit", "encoder", "layers"] and len(parts) > 3 and parts[3] in names:
+            return names.index(parts[3]) <= names.index(exit_blocks[exit_index])
+        return not unit.startswith(("vit.heads", "vit.encoder.ln"))
+
+    def drop_orphan_exits(self) -> None:
+        """Remove the exits after blocks that are gone or now last (distillation's depth dropped blocks)."""
+        for name in set(self.exits) - set(block_names(self.vit.encoder.layers)[:-1]):
+            del self.exits[name]
+
+
+def leave_early(state, blocks: list[Callable], exits: dict[int, Callable], final: Callable, threshold: float) -> torch.Tensor:
+    """Run `blocks` on `state` (a tensor, or a tuple of tensors or None, batch first), with the exit `exits[i]` after
+    block i, `final` after the last: each sample stops at its first exit whose confidence reaches the threshold."""
+    out, active = None, None
+    for index, block in enumerate(blocks):
+        state = block(state)
+        if index not in exits:
+            continue
+        logits = exits[index](state)
+        if out is None:
+            out, active = logits.new_empty(logits.shape), torch.arange(len(logits), device=logits.device)
+        done = confident(logits, threshold)
+        out[active[done]] = logits[done]
+        active, state = active[~done], _samples(state, ~done)
+        if active.numel() == 0:
+            return out
+    final_logits = final(state)
+    if out is None:
+        return final_logits
+    out[active] = final_logits
+    return out
+
+
+def _samples(state, keep: torch.Tensor):
+    """The samples `keep` of a state: a tensor, or a tuple of tensors (None stays None)."""
+    if isinstance(state, tuple):
+        return tuple(None if part is None else part[keep] for part in state)
+    return state[keep]
 
 
 class StaticExitSelect(nn.Module):
@@ -140,12 +231,10 @@ def stage_channels(model: nn.Module, example: torch.Tensor) -> list[int]:
 
 
 def apply(model: nn.Module, config: EarlyExitConfig, context: Context) -> nn.Module:
-    require_staged(model, "early_exit")
-    if len(model.stages) < 2:
-        raise Incompatible("early_exit adds exits after every stage but the last, and this model has one stage: "
-                           "name at least two with --stages")
     model.to(context.device).eval()
-    if not isinstance(model, EarlyExitNet):
+    if isinstance(model, VisionTransformer):
+        model = _transformer_exits(model, context)
+    elif not isinstance(model, (EarlyExitNet, TransformerExits)):
         model = _add_exits(model, context)
     model.threshold = config.threshold
     exit_params = list(model.exits.parameters())
@@ -162,16 +251,46 @@ def apply(model: nn.Module, config: EarlyExitConfig, context: Context) -> nn.Mod
 
 
 def _add_exits(model: nn.Module, context: Context) -> EarlyExitNet:
-    """New exit heads, quantised like the body when the body is quantised already."""
+    """New exit heads after every stage but the last, quantised like the body when the body is quantised already."""
+    require_staged(model, "early_exit")
+    if len(model.stages) < 2:
+        raise Incompatible("early_exit adds exits after every stage but the last, and this model has one stage: "
+                           "name at least two with --stages")
     channels = stage_channels(model, context.data.example_input(2).to(context.device))
     heads = [exit_head(c, context.data.num_classes) for c in channels[:-1]]
-    bits = [bits_of(layer) for _, layer in quantised_layers(model)]
-    if bits:
-        weight_bits, act_bits = min(b[0] for b in bits), min(b[1] for b in bits)
-        for head in heads:
-            head[2] = to_quant(head[2], weight_bits, act_bits)
+    for head in heads:
+        head[2] = _quantised_like_body(head[2], model)
     return EarlyExitNet(model.stem, model.stages, model.head, heads, 1.0).to(context.device)
 
 
+def _transformer_exits(vit: nn.Module, context: Context) -> TransformerExits:
+    """New exit heads on the class token after every block of the encoder but the last."""
+    names = block_names(vit.encoder.layers)
+    if len(names) < 2:
+        raise Incompatible("early_exit adds exits after every block but the last, and this Vision Transformer has one block")
+    heads = {name: class_token_head(vit.hidden_dim, context.data.num_classes) for name in names[:-1]}
+    for head in heads.values():
+        head[2] = _quantised_like_body(head[2], vit)
+    return TransformerExits(vit, heads, 1.0).to(context.device)
+
+
+def class_token_head(width: int, num_classes: int) -> nn.Sequential:
+    """LayerNorm and Linear on token 0, as torchvision's ViT reads its class token (its LayerNorm's eps too)."""
+    return nn.Sequential(ClassToken(), nn.LayerNorm(width, eps=1e-6), mark_logits_layer(nn.Linear(width, num_classes)))
+
+
+class ClassToken(nn.Module):
+    """Token 0 of (B, T, C) tokens: (B, C)."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 0]
+
+
+def _quantised_like_body(layer: nn.Module, body: nn.Module) -> nn.Module:
+    """An exit's layer at the lowest bits of the body's quantised layers, or as it is when none is quantised."""
+    bits = [bits_of(part) for _, part in quantised_layers(body)]
+    return to_quant(layer, min(b[0] for b in bits), min(b[1] for b in bits)) if bits else layer
+
+
 METHOD = Method("early_exit", "Early exit", EarlyExitConfig, apply, "threshold",
-                "Adds trained exit heads after intermediate stages; confident samples stop early.")
+                "Adds trained exit heads after intermediate stages (a ViT: blocks); confident samples stop early.")

@@ -1,7 +1,9 @@
 """Quantisation-aware training: weights and activations fake-quantised to 8, 4 or 2 bits.
 
 Every conv and linear layer (exit heads included) becomes a fake-quantised layer; its bits are
-what BitOps and storage count. Bits never go up: quantising again keeps the lower of the two.
+what BitOps and storage count. A transformer's self-attention becomes a quantised attention that
+fake-quantises the projections it reads as raw weights (in_proj, out_proj) and the operands of its
+products (queries, keys, values, probabilities). Bits never go up: quantising again keeps the lower of the two.
 """
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..layers import SUPPORTED_BITS, all_outputs, called_layers, quantised_layers, replace_module, to_quant
+from ..layers import (SUPPORTED_BITS, all_outputs, called_layers, lower_activation_bits_, quantisable_attention, quantised_units,
+                      replace_module, to_quant)
 from ..train import train
 from .base import Context, Method, check_choice, require_trainable
 
@@ -28,7 +31,7 @@ class QuantizeConfig:
 @torch.no_grad()
 def calibrate(model: nn.Module, context: Context, batches: int = 4) -> None:
     """Set activation ranges from a few training batches without touching BatchNorm statistics."""
-    layers = [layer for _, layer in quantised_layers(model)]
+    layers = quantised_units(model)
     model.to(context.device).eval()
     for layer in layers:
         layer.train()
@@ -41,8 +44,9 @@ def calibrate(model: nn.Module, context: Context, batches: int = 4) -> None:
 
 def apply(model: nn.Module, config: QuantizeConfig, context: Context) -> nn.Module:
     require_trainable(model, "quantize")
-    for name, layer in called_layers(model):
+    for name, layer in called_layers(model) + quantisable_attention(model):
         replace_module(model, name, to_quant(layer, config.weight_bits, config.act_bits))
+    lower_activation_bits_(model, config.act_bits)
     calibrate(model, context)
     return train(model, context.data, context.budget, seed=context.seed, device=context.device,
                  progress=context.progress, label="quantization-aware training")

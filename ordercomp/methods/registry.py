@@ -1,7 +1,7 @@
 """The explicit list of compression methods. A new method is one file plus one line here."""
 from __future__ import annotations
 
-from . import distill, early_exit, int8, lowrank, prune, quantize, sparsify
+from . import distill, early_exit, int8, lowrank, prune, quantize, sparsify, token_merge
 from .base import Method
 
 METHODS: dict[str, Method] = {
@@ -14,6 +14,7 @@ METHODS: dict[str, Method] = {
         int8.METHOD,
         early_exit.METHOD,
         lowrank.METHOD,
+        token_merge.METHOD,
     )
 }
 

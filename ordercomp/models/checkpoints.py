@@ -22,10 +22,11 @@ from torch import nn
 from ..data.datasets import DataBundle
 from .factories import (FactoryError, build, check_args, check_factory, code_fingerprint, describe_class, is_reference,
                         load_factory, registered_factories)
-from .fitting import PROGRAM_HINT, data_for
+from ..data.preprocessing import repeat_channels
+from .fitting import BUILD_HINT, PROGRAM_HINT, data_for
 from .programs import TORCHSCRIPT, TORCHSCRIPT_SUFFIXES, ProgramError, load_pt2, load_torchscript, program_kind
 from .weights import CheckpointError, load_weights, read_weights
-from .zoo import ARCHITECTURES, RENAMED, create_model, renamed_message
+from .zoo import ARCHITECTURES, INPUT_SIZES, RENAMED, create_model, renamed_message
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_models"
 STATE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".safetensors"}
@@ -40,9 +41,12 @@ def list_samples() -> list[str]:
 
 def input_size_for(model: str, input_size: int | None) -> int | None:
     """The image size to load data at: the given one, else a sample model's own (digits32_resnet18
-    was trained at 32 px; at the default 8 px it would score at chance)."""
+    was trained at 32 px; at the default 8 px it would score at chance), else the one size a zoo
+    architecture takes (a ViT's position embeddings fix it)."""
     if input_size is None and model in list_samples():
         return sample_card(model).get("input_size")
+    if input_size is None and model in INPUT_SIZES:
+        return INPUT_SIZES[model]
     return input_size
 
 
@@ -121,7 +125,8 @@ def resolve_model(spec, data: DataBundle, *, architecture: str | None = None, mo
     if spec in list_samples():
         card = sample_card(spec)
         _check_fits(card["num_classes"], card["in_channels"], data, spec)
-        return load_sample(spec), {"source": "sample", "name": spec, "card": card}
+        model = load_sample(spec)
+        return model, {"source": "sample", "name": spec, "card": card} | _channels(model, data, spec)
     if spec in ARCHITECTURES:
         return _architecture(spec, data, weights, train_base)
     path = Path(spec).expanduser()
@@ -162,11 +167,14 @@ def _refuse_class_options(spec: str, model_args, weights) -> None:
 def _architecture(name: str, data: DataBundle, weights: str | None, train_base) -> tuple[nn.Module, dict]:
     if weights:
         model, notes = load_state_file(Path(weights).expanduser(), name, data.num_classes, data.in_channels)
-        return model, {"source": "checkpoint", "path": str(weights), "architecture": name} | _recognised(notes)
+        return model, {"source": "checkpoint", "path": str(weights), "architecture": name} | _recognised(notes) | _channels(model, data, name)
     if train_base is None:
         raise CheckpointError(f"{name} is an untrained architecture: give a trainer or a checkpoint")
     torch.manual_seed(0)  # the same untrained start in every process, so trained bases match across runs
-    return train_base(create_model(name, data.num_classes, data.in_channels), data), {"source": "trained", "architecture": name}
+    model = create_model(name, data.num_classes, data.in_channels)
+    channels = _channels(model, data, name)
+    fitted = data if channels["in_channels"] == data.in_channels else repeat_channels(data, channels["in_channels"])
+    return train_base(model, fitted), {"source": "trained", "architecture": name} | channels
 
 
 def _model_file(path: Path, data: DataBundle, architecture: str | None, trust_torchscript: bool) -> tuple[nn.Module, dict]:
@@ -183,6 +191,13 @@ def _model_file(path: Path, data: DataBundle, architecture: str | None, trust_to
         raise CheckpointError(renamed_message(architecture))
     model, notes = load_state_file(path, architecture, data.num_classes, data.in_channels)
     return model, {"source": "checkpoint", "path": str(path), "architecture": architecture} | _recognised(notes)
+
+
+def _channels(model: nn.Module, data: DataBundle, name: str) -> dict:
+    """The channels a zoo model or sample takes, for its source record: the data's, or 3 for torchvision's
+    VisionTransformer on grey images (`prepare_base` repeats them); one line when it does not run on the data."""
+    hint = f"the zoo's {name} takes {INPUT_SIZES[name]}x{INPUT_SIZES[name]} images: --input-size {INPUT_SIZES[name]}" if name in INPUT_SIZES else BUILD_HINT
+    return {"in_channels": data_for(model.eval(), data, name, hint).in_channels}
 
 
 def _recognised(notes: list[str]) -> dict:
@@ -250,7 +265,8 @@ def model_label(spec) -> str:
 
 
 def _check_fits(num_classes: int, in_channels: int, data: DataBundle, name: str) -> None:
-    if (num_classes, in_channels) != (data.num_classes, data.in_channels):
+    """The sample's classes and channels against the data's; grey data fits a 3-channel sample (repeated)."""
+    if num_classes != data.num_classes or in_channels not in (data.in_channels, 3 if data.in_channels == 1 else None):
         raise CheckpointError(f"sample {name} expects {num_classes} classes and {in_channels} channel(s), the data has "
                               f"{data.num_classes} and {data.in_channels}: choose a zoo architecture to train instead")
 

@@ -99,6 +99,14 @@ class Structure:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def vision_transformers(model: nn.Module) -> list[nn.Module]:
+    """torchvision's Vision Transformers in a model: blocks of tokens rather than stages of feature maps, which
+    pruning, distillation's depth and token merging read through their own attributes."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return [m for m in model.modules() if isinstance(m, VisionTransformer)]
+
+
 def structure_of(model: nn.Module) -> Structure | None:
     """The structure recorded on a base model by `with_structure`, if any."""
     return getattr(model, STRUCTURE_ATTRIBUTE, None)

@@ -1,11 +1,16 @@
-"""Model architectures, all in one staged shape: stem -> stages -> head.
+"""Model architectures: the CNNs in one staged shape (stem -> stages -> head), and a Vision Transformer.
 
 The stage boundaries are where early exits attach and where a depth factor may drop blocks,
-so every architecture in the registry is expressed as a `StagedNet`. The `*_small_input` ones are
+so every CNN in the registry is expressed as a `StagedNet`. The `*_small_input` ones are
 ordercomp's own adaptations of torchvision's ResNets, MobileNetV2 and VGG11-BN to small inputs and any
 number of classes and channels: other classes, with other layer names, than torchvision's (which load
 as they are with `--model torchvision.models:resnet18`). They were named `resnet18` etc. before; those
 names now say where each went (`RENAMED`).
+
+`vit_tiny_32` is torchvision's own `VisionTransformer` class as torchvision defines it, in a small
+configuration for 32-px images: its patch embedding takes 3 channels, and grey images are repeated to
+them (`models.fitting.data_for`, recorded in the data's preprocessing), as for torchvision's other classes.
+An architecture that takes one image size only says so in `INPUT_SIZES`, so its data is loaded at that size.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import torch
 from torch import nn
 from torchvision.models import mobilenet_v2, resnet18, resnet34, vgg11_bn
 from torchvision.models.resnet import BasicBlock
+from torchvision.models.vision_transformer import VisionTransformer
 
 from ..layers import mark_logits_layer
 
@@ -101,7 +107,19 @@ def _vgg11_bn(num_classes: int, in_channels: int) -> StagedNet:
     return StagedNet(nn.Sequential(*features[:3]), stages, classifier_head(512, num_classes))
 
 
-ARCHITECTURES: dict[str, tuple[Callable[[int, int], StagedNet], str]] = {
+def _vision_transformer(num_classes: int, in_channels: int, *, image_size: int, **sizes) -> VisionTransformer:
+    """torchvision's VisionTransformer, unchanged: it takes 3-channel images, so grey ones are repeated to them."""
+    if in_channels not in (1, 3):
+        raise ValueError(f"torchvision's VisionTransformer takes 3-channel images (grey ones are repeated to 3), "
+                         f"got {in_channels} channels: give grey or RGB images")
+    vit = VisionTransformer(image_size=image_size, num_classes=num_classes, **sizes)
+    mark_logits_layer(vit.heads.head)
+    return vit
+
+
+VIT_TINY_32 = dict(image_size=32, patch_size=4, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128)
+
+ARCHITECTURES: dict[str, tuple[Callable[[int, int], nn.Module], str]] = {
     "cnn_tiny": (lambda c, i: plain_cnn((8, 16, 32), c, i), "3-stage plain CNN, widths 8/16/32"),
     "cnn_small": (lambda c, i: plain_cnn((16, 32, 64), c, i), "3-stage plain CNN, widths 16/32/64"),
     "cnn_medium": (lambda c, i: plain_cnn((32, 64, 128), c, i), "3-stage plain CNN, widths 32/64/128"),
@@ -111,7 +129,10 @@ ARCHITECTURES: dict[str, tuple[Callable[[int, int], StagedNet], str]] = {
     "resnet34_small_input": (lambda c, i: _torchvision_resnet(resnet34, c, i), "torchvision's ResNet-34 stages, 3x3 stem, no max-pool"),
     "mobilenet_v2_small_input": (_mobilenet_v2, "torchvision's MobileNetV2 blocks, stride-1 stem"),
     "vgg11_bn_small_input": (_vgg11_bn, "torchvision's VGG11-BN features, global-pool classifier"),
+    "vit_tiny_32": (lambda c, i: _vision_transformer(c, i, **VIT_TINY_32),
+                    "torchvision's VisionTransformer: 32x32 input, patch 4 (64 tokens + class token), 4 blocks, 4 heads, width 64, MLP 128"),
 }
+INPUT_SIZES = {"vit_tiny_32": VIT_TINY_32["image_size"]}  # a ViT's position embeddings fix its image size
 RENAMED = {name.removesuffix("_small_input"): name for name in ARCHITECTURES if name.endswith("_small_input")}
 
 
@@ -125,7 +146,7 @@ def list_architectures() -> list[str]:
     return sorted(ARCHITECTURES)
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 1) -> StagedNet:
+def create_model(name: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """Build an untrained architecture from the registry."""
     if name in RENAMED:
         raise ValueError(renamed_message(name))

@@ -91,13 +91,14 @@ def test_a_zoo_base_is_trained_once_for_baseline_and_export(store, monkeypatch):
     spec = {"model": "cnn_tiny", "data": "digits", "device": "cpu"}
     baseline = store.create(BaselineSpec(**spec), "baseline")
     assert run_job(store, baseline) == "done"
-    assert store.get(baseline)["result"]["base"] == {"source": "trained", "architecture": "cnn_tiny"}
+    # the channels the zoo model takes are part of its record since issue 16 (a ViT takes grey digits repeated to 3)
+    assert store.get(baseline)["result"]["base"] == {"source": "trained", "architecture": "cnn_tiny", "in_channels": 1}
     trained = list(store.cache_dir().glob("base-*.safetensors"))
     export = store.create(ExportSpec(**spec, chain=("prune",), budget={"epochs": 0.0}, formats=("state_dict",)), "export")
     assert run_job(store, export) == "done", store.log(export)
     result = store.get(export)["result"]
     assert len(trained) == 1 and list(store.cache_dir().glob("base-*.safetensors")) == trained
-    assert result["manifest"]["base"] == {"source": "trained", "architecture": "cnn_tiny"}
+    assert result["manifest"]["base"] == {"source": "trained", "architecture": "cnn_tiny", "in_channels": 1}
     assert result["base_metrics"]["accuracy"] == store.get(baseline)["result"]["metrics"]["accuracy"]
 
 

@@ -1,0 +1,331 @@
+"""A Vision Transformer as a base (issue 16): the zoo's torchvision VisionTransformer and the digits32_vit sample,
+grey digits repeated to its 3 channels; token merging; pruning its width; and every registered method on it
+applying or saying why not."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import TensorDataset
+from torchvision.models.vision_transformer import VisionTransformer
+
+from ordercomp.exploration.explorer import DEFAULT_METHODS, ExploreSpec, prepare_base
+from ordercomp.layers import QuantMultiheadAttention, bits_of, is_quantised, to_quant
+from ordercomp.methods.base import Context, Incompatible
+from ordercomp.methods.early_exit import TransformerExits, select_exits
+from ordercomp.methods.registry import METHODS, get_method
+from ordercomp.methods.token_merge import TokenMergingLayers, bipartite_merge, merge_tokens_
+from ordercomp.metrics import expected_cost, measure, storage_bytes
+from ordercomp.models.checkpoints import resolve_model, sample_card
+from ordercomp.models.structure import with_structure
+from ordercomp.models.weights import CheckpointError
+from ordercomp.models.zoo import create_model
+from ordercomp.train import Budget
+from testkit import TRANSFORMER_ONLY
+
+
+@pytest.fixture(scope="module")
+def vit_base():
+    """The shipped sample as an exploration takes it: 32-px digits, grey repeated to 3 channels, classifier marked."""
+    base, source, data = prepare_base("digits32_vit", device="cpu")
+    return base, data
+
+
+def fewer(data, train: int = 256, held_out: int = 359):
+    """A quarter of the training images (fine-tuning in seconds), all the validation images."""
+    few = copy.copy(data)
+    for name, count in (("train", train), ("val", held_out), ("test", held_out)):
+        setattr(few, name, TensorDataset(*(t[:count] for t in getattr(data, name).tensors)))
+    return few
+
+
+def tiny_vit() -> nn.Module:
+    """torchvision's VisionTransformer at its smallest for the 8-px digits, where the sample is not needed: 2x2 patches
+    (16 tokens and the class token), 2 blocks, 2 heads, width 16, MLP 32."""
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=8, patch_size=2, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10)
+    vit.conv_proj = nn.Conv2d(1, 16, 2, 2)  # the digits' one channel
+    return vit
+
+
+def tokens_reaching(model: nn.Module, images: torch.Tensor) -> tuple[list[int], list[int]]:
+    """(tokens each block's attention reads, tokens each block's MLP reads) in one forward pass."""
+    attention, mlp = [], []
+    blocks = [m for m in model.modules() if type(m).__name__ == "EncoderBlock"]
+    hooks = [b.self_attention.register_forward_hook(lambda m, i, o: attention.append(i[0].shape[1])) for b in blocks]
+    hooks += [b.mlp.register_forward_hook(lambda m, i, o: mlp.append(i[0].shape[1])) for b in blocks]
+    with torch.no_grad():
+        model.eval()(images)
+    for hook in hooks:
+        hook.remove()
+    return attention, mlp
+
+
+def test_the_zoo_vit_is_torchvisions_class_as_it_is():
+    model = create_model("vit_tiny_32", 10, 1)
+    assert type(model) is VisionTransformer and model.conv_proj.in_channels == 3  # grey images are repeated to 3
+    assert (model.image_size, model.patch_size, len(model.encoder.layers), model.hidden_dim, model.mlp_dim) == (32, 4, 4, 64, 128)
+    assert model.encoder.layers[0].num_heads == 4 and model.heads.head.out_features == 10
+    with pytest.raises(ValueError, match="takes 3-channel images .* got 2 channels"):
+        create_model("vit_tiny_32", 10, 2)
+
+
+def test_a_zoo_vit_gets_its_data_at_its_size_with_grey_repeated_and_a_wrong_size_is_one_line(tmp_path, digits):
+    weights = tmp_path / "vit.safetensors"
+    save_file(create_model("vit_tiny_32").state_dict(), str(weights))
+    base, source, data = prepare_base("vit_tiny_32", weights=str(weights), device="cpu")
+    assert (data.input_size, data.in_channels, source["in_channels"]) == (32, 3, 3)
+    assert "repeated to the model's 3" in data.preprocessing["channel_handling"]
+    with pytest.raises(CheckpointError, match=r"^vit_tiny_32 does not run on a batch of \(3, 1, 8, 8\) images .*"
+                                              r"the zoo's vit_tiny_32 takes 32x32 images: --input-size 32$"):
+        resolve_model("vit_tiny_32", digits, weights=str(weights))
+
+
+def test_the_vit_sample_leaves_compression_something_to_lose(vit_base):
+    base, data = vit_base
+    card = sample_card("digits32_vit")
+    assert card["architecture"] == "vit_tiny_32" and card["in_channels"] == 3 and card["input_size"] == 32
+    assert "token_merge" in card["methods"]
+    assert measure(base, data, "test", latency=False).accuracy == pytest.approx(card["metrics"]["test_accuracy"], abs=0.01)
+
+
+def test_an_exploration_of_the_vit_sample_compares_its_own_methods_unless_told():
+    from ordercomp.cli import _spec, build_parser
+
+    card = sample_card("digits32_vit")
+    assert ExploreSpec(model="digits32_vit").methods == tuple(card["methods"]) and ExploreSpec().methods == DEFAULT_METHODS
+    assert _spec(build_parser().parse_args(["explore", "--model", "digits32_vit"])).methods == tuple(card["methods"])
+    assert _spec(build_parser().parse_args(["explore"])).methods == DEFAULT_METHODS  # the other samples' default is as it was
+    assert _spec(build_parser().parse_args(["explore", "--model", "digits32_vit", "--methods", "prune,quantize"])).methods == ("prune", "quantize")
+
+
+def test_an_exploration_of_the_vit_sample_fine_tunes_at_its_card_s_rate_unless_told():
+    # before: every step fine-tuned at the CNNs' 2e-3, which cost the sample's quantize step 6.7 points against 2e-4
+    from ordercomp.cli import _budget, _spec, build_parser
+
+    rate = sample_card("digits32_vit")["fine_tune_lr"]
+    assert rate == 2e-4 and ExploreSpec(model="digits32_vit").budget == Budget(lr=rate) and ExploreSpec().budget == Budget()
+    assert ExploreSpec(model="digits32_vit").to_dict()["budget"]["lr"] == rate  # recorded with the results' other settings
+    explore_lr = lambda *options: _spec(build_parser().parse_args(["explore", *options])).budget.lr
+    assert explore_lr("--model", "digits32_vit") == rate and explore_lr() == Budget().lr  # the other samples' as it was
+    assert explore_lr("--model", "digits32_vit", "--lr", "1e-3") == 1e-3
+    apply = build_parser().parse_args(["apply", "--model", "digits32_vit", "--chain", "prune,quantize", "--export", "out"])
+    assert _budget(apply).lr == rate
+
+
+def test_bipartite_merge_averages_by_size_and_never_merges_the_class_token():
+    # tokens 0..4: A = (0, 2, 4), B = (1, 3); token 2 is closest to 3, token 4 to 1 and less so; the class token 0
+    # is closest of all to 1 and is never merged
+    metric = torch.tensor([[[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.0, 1.0], [1.0, 0.5]]])
+    x = torch.arange(10.0).view(1, 5, 2)
+    size = torch.tensor([[[1.0], [1.0], [3.0], [1.0], [1.0]]])
+    merged, sizes = bipartite_merge(x, metric, size, r=1)
+    assert sizes.flatten().tolist() == [1.0, 1.0, 1.0, 4.0]  # kept A (0, 4), then B (1, 3 holding 2)
+    assert torch.equal(merged[0, 0], x[0, 0]) and torch.equal(merged[0, 1], x[0, 4])
+    assert torch.allclose(merged[0, 3], (3 * x[0, 2] + x[0, 3]) / 4)  # size-weighted
+    merged, sizes = bipartite_merge(x, metric, size, r=5)  # at most all of A but the class token
+    assert merged.shape[1] == 3 and sizes.sum() == size.sum() and torch.equal(merged[0, 0], x[0, 0])
+
+
+def test_token_merge_merges_r_tokens_per_block_and_cuts_macs(vit_base):
+    base, data = vit_base
+    images = data.test.tensors[0][:5]
+    merged = merge_tokens_(copy.deepcopy(base), 8)
+    assert isinstance(merged.encoder.layers, TokenMergingLayers)
+    assert merged.state_dict().keys() == base.state_dict().keys()  # torchvision's blocks, under their own names
+    assert tokens_reaching(base, images) == ([65] * 4, [65] * 4)
+    assert tokens_reaching(merged, images) == ([65, 57, 49, 41], [57, 49, 41, 33])
+    with torch.no_grad():
+        assert merged(images).shape == (5, 10)
+    # MACs per block: projections 4 * 64 * 64 and MLP 2 * 64 * 128 a token, attention products 2 * 64 a pair of tokens;
+    # merging adds the similarity of the two halves of the tokens (|A| * |B| * 64) before the MLP
+    projections, products = 4 * 64 * 64, 2 * 64
+    expected = sum(t * projections + t * t * products + (t + 1) // 2 * (t // 2) * 64 + m * 2 * 64 * 128
+                   for t, m in zip([65, 57, 49, 41], [57, 49, 41, 33]))
+    block_macs = lambda model: expected_cost(model, images[:1], None)[0] - (4 * 4 * 3 * 64 * 64 + 64 * 10)  # patches, head
+    assert block_macs(merged) == expected < block_macs(base) * 0.8
+
+
+def test_token_merge_keeps_accuracy_after_fine_tuning(vit_base):
+    base, data = vit_base
+    few, method = fewer(data), get_method("token_merge")  # r = 16: 65 tokens become 49, 33, 17, 9
+    merged = method.apply(base, method.default_config(), Context(few, Budget(epochs=0.5, lr=5e-4), seed=0))
+    figures, card = measure(merged, few, "val", latency=False), sample_card("digits32_vit")["metrics"]
+    assert figures.accuracy >= card["val_accuracy"] - 2.0  # 7 of the 359 validation images
+    assert figures.bitops < 0.6 * card["bitops"]
+
+
+@pytest.mark.parametrize("name", TRANSFORMER_ONLY)
+def test_a_transformer_method_is_incompatible_on_a_cnn_in_one_line(name, context):
+    method = get_method(name)
+    with pytest.raises(Incompatible, match="applies to transformers only$") as reason:
+        method.apply(create_model("cnn_tiny"), method.default_config(), context)
+    assert "\n" not in str(reason.value)
+
+
+def test_prune_narrows_the_vit_s_mlps_and_keeps_its_embedding_and_its_accuracy(vit_base):
+    base, data = vit_base
+    method = get_method("prune")
+    pruned = method.apply(base, method.default_config(), Context(fewer(data), Budget(epochs=0), seed=0))
+    attention = pruned.encoder.layers[0].self_attention
+    assert (pruned.hidden_dim, attention.embed_dim, attention.num_heads, attention.head_dim) == (64, 64, 4, 16)
+    assert [block.mlp[0].out_features for block in pruned.encoder.layers] == [64] * 4 and pruned.heads.head.out_features == 10
+    # before any fine-tuning (the embedding pruned by 30 % left the sample at 11.7 %, chance)
+    assert measure(pruned, data, "val", latency=False).accuracy > 80
+    mlp_macs = 4 * 65 * 2 * 64 * 128  # four blocks' MLPs, halved
+    assert expected_cost(pruned, data.example_input(1), None)[0] == expected_cost(base, data.example_input(1), None)[0] - mlp_macs / 2
+
+
+def test_distill_narrows_the_vit_s_embedding_in_multiples_of_its_heads(vit_base):
+    base, data = vit_base
+    distill = get_method("distill")
+    student = distill.apply(base, distill.make_config(width=0.5), Context(fewer(data, 64, 64), Budget(epochs=0), seed=0))
+    attention = student.encoder.layers[0].self_attention
+    assert (student.hidden_dim, attention.embed_dim, attention.num_heads, attention.head_dim) == (32, 32, 4, 8)
+    with torch.no_grad():
+        assert student(data.test.tensors[0][:5]).shape == (5, 10)
+
+
+@pytest.mark.parametrize("name", ["prune", "distill"])
+def test_prune_and_distill_narrow_a_vit_that_merges_tokens_and_it_still_merges(name, vit_base):
+    # before: Torch-Pruning could not trace the gathers that move tokens (TypeError inside it): both failed after token_merge
+    base, data = vit_base
+    merged = merge_tokens_(copy.deepcopy(base), 16)
+    narrowed = get_method(name).apply(merged, get_method(name).default_config(), Context(fewer(data, 64, 64), Budget(epochs=0), seed=0))
+    assert narrowed.encoder.layers.encoder_layer_0.mlp[0].out_features < 128 and narrowed.encoder.layers.r == 16
+    assert tokens_reaching(narrowed, data.test.tensors[0][:5]) == ([65, 49, 33, 17], [49, 33, 17, 9])
+
+
+def test_quantize_makes_every_projection_and_product_of_the_vit_four_bit(vit_base):
+    base, data = vit_base
+    method = get_method("quantize")
+    quantised = method.apply(base, method.default_config(), Context(fewer(data, 64, 64), Budget(epochs=0), seed=0))
+    for block in quantised.encoder.layers:
+        attention = block.self_attention
+        assert isinstance(attention, QuantMultiheadAttention) and bits_of(attention) == bits_of(attention.out_proj) == (4, 4)
+        assert is_quantised(block.mlp[0]) and is_quantised(block.mlp[3])
+    example = data.example_input(1)
+    assert expected_cost(quantised, example, None)[1] == expected_cost(base, example, None)[1] / 64  # 4 x 4 bits against 32 x 32
+    in_projections = sum(block.self_attention.in_proj_weight.numel() for block in base.encoder.layers)
+    assert storage_bytes(base) - storage_bytes(quantised) > in_projections * (4 - 0.5)  # read as raw weights, stored at 4 bits
+
+
+def test_quantised_attention_at_full_bits_computes_what_multihead_attention_does(vit_base):
+    base, data = vit_base
+    attention = base.encoder.layers[0].self_attention
+    tokens = torch.randn(3, 65, 64)
+    mask = torch.randn(3 * 4, 65, 65)  # token merging's proportional attention adds one like it
+    with torch.no_grad():
+        for given in (None, mask):
+            expected = attention(tokens, tokens, tokens, need_weights=False, attn_mask=given)[0]
+            got = to_quant(copy.deepcopy(attention), 32, 32).eval()(tokens, tokens, tokens, need_weights=False, attn_mask=given)[0]
+            assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("chain", [("quantize", "token_merge"), ("token_merge", "quantize")])
+def test_token_matching_runs_at_the_attention_s_activation_bits_in_either_order(chain, vit_base):
+    base, data = vit_base
+    model, context = base, Context(fewer(data, train=64, held_out=64), Budget(epochs=0), seed=0)
+    for name in chain:
+        model = get_method(name).apply(model, get_method(name).default_config(), context)
+    assert model.encoder.layers.matching.act_bits == 4
+    # everything at 4 x 4 bits: 64 times fewer BitOps than the merged float model
+    float_merged = merge_tokens_(copy.deepcopy(base), get_method("token_merge").default_config().r)
+    example = data.example_input(1)
+    assert expected_cost(model, example, None)[1] == expected_cost(float_merged, example, None)[1] / 64
+
+
+@pytest.mark.parametrize("merging", [False, True])
+def test_distill_depth_keeps_the_first_encoder_blocks_of_the_vit(merging, vit_base):
+    # before: distill's depth needed stage boundaries, which a ViT has none of, and was incompatible
+    base, data = vit_base
+    teacher = merge_tokens_(copy.deepcopy(base), 16) if merging else base
+    distill = get_method("distill")
+    student = distill.apply(teacher, distill.make_config(width=1.0, depth=0.5), Context(fewer(data, 64, 64), Budget(epochs=0), seed=0))
+    blocks = {name.split(".")[2] for name in student.state_dict() if name.startswith("encoder.layers.")}
+    assert blocks == {"encoder_layer_0", "encoder_layer_1"} and len(student.encoder.layers.block_names if merging else student.encoder.layers) == 2
+    with torch.no_grad():
+        assert student(data.test.tensors[0][:5]).shape == (5, 10)
+    assert tokens_reaching(student, data.test.tensors[0][:5]) == (([65, 49], [49, 33]) if merging else ([65, 65], [65, 65]))
+
+
+@pytest.mark.parametrize("merging", [False, True])
+def test_early_exit_reads_the_vit_s_class_token_after_its_blocks_and_confident_images_leave_early(merging, vit_base):
+    # before: early_exit needed stage boundaries, which a ViT has none of, and was incompatible
+    base, data = vit_base
+    body = merge_tokens_(copy.deepcopy(base), 16) if merging else base
+    method = get_method("early_exit")
+    exits = method.apply(body, method.make_config(threshold=0.8), Context(fewer(data), Budget(epochs=1), seed=0))
+    assert isinstance(exits, TransformerExits) and list(exits.exits) == ["encoder_layer_0", "encoder_layer_1", "encoder_layer_2"]
+    assert torch.equal(exits.vit.heads.head.weight, base.heads.head.weight)  # the body was frozen while the exits trained
+    images, labels = data.test.tensors
+    with torch.no_grad():
+        outputs = exits.eval().forward_all(images)
+        chosen, leaves_at = select_exits(outputs, 0.8)
+        assert [out.shape for out in outputs] == [(len(images), 10)] * 4
+        assert torch.allclose(exits(images), chosen, atol=1e-5)  # stopping at the exit predicts what selecting does
+    fractions = (torch.bincount(leaves_at, minlength=4).float() / len(images)).tolist()
+    assert fractions[-1] < 0.9  # more than a tenth of the test images leave before the last block
+    accuracy = lambda logits: 100 * (logits.argmax(1) == labels).float().mean()
+    assert accuracy(chosen) >= accuracy(outputs[-1]) - 2.0
+    example = data.example_input(1)
+    assert expected_cost(exits, example, fractions)[1] < 0.9 * expected_cost(body, example, None)[1]
+
+
+def test_a_vit_with_exits_still_merges_prunes_and_loses_the_exits_of_the_blocks_distillation_drops(vit_base):
+    base, data = vit_base
+    context = Context(fewer(data, 64, 64), Budget(epochs=0), seed=0)
+    model = get_method("early_exit").apply(base, get_method("early_exit").default_config(), context)
+    for name, config in (("token_merge", {}), ("prune", {}), ("distill", {"width": 1.0, "depth": 0.5})):
+        model = get_method(name).apply(model, get_method(name).make_config(**config), context)
+    assert list(model.exits) == ["encoder_layer_0"] and model.vit.encoder.layers.block_names == ["encoder_layer_0", "encoder_layer_1"]
+    assert model.vit.encoder.layers.encoder_layer_0.mlp[0].out_features == 64
+    assert tokens_reaching(model, data.test.tensors[0][:5]) == ([65, 49], [49, 33])
+    with torch.no_grad():
+        assert [out.shape for out in model.forward_all(data.test.tensors[0][:5])] == [(5, 10)] * 2
+
+
+# What each method does on the ViT today: applies, or the reason it cannot
+INCOMPATIBLE_ON_VIT = {"int8": "needs stage boundaries"}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_on_the_vit_applies_or_says_why(name, digits):
+    base = with_structure(tiny_vit(), digits.example_input(2), digits.num_classes)  # the classifier marked, as for a base
+    method = get_method(name)
+    context = Context(fewer(digits, train=64, held_out=64), Budget(epochs=0.5), seed=0)
+    if name in INCOMPATIBLE_ON_VIT:
+        with pytest.raises(Incompatible, match=INCOMPATIBLE_ON_VIT[name]):
+            method.apply(base, method.default_config(), context)
+        return
+    compressed = method.apply(base, method.default_config(), context)
+    with torch.no_grad():
+        assert compressed.eval()(digits.test.tensors[0][:5]).shape == (5, 10)
+
+
+def test_a_vit_chain_with_merged_tokens_and_exits_exports_to_float_onnx_that_predicts_as_pytorch_does(digits, tmp_path):
+    # before: early_exit was incompatible on a ViT, and the chain's export was not attempted
+    from ordercomp.deploy.export import export_compressed
+    from ordercomp.deploy.runtimes import load_runner
+
+    context = Context(fewer(digits, 64, 64), Budget(epochs=0.5), seed=0)
+    # 17 tokens, 13 after the first block, 9 after the second
+    model = get_method("token_merge").apply(tiny_vit(), get_method("token_merge").make_config(r=4), context)
+    model = get_method("early_exit").apply(model, get_method("early_exit").default_config(), context)
+    images = digits.test.tensors[0]
+    with torch.no_grad():
+        first_exit = model.eval().forward_all(images)[0]
+    model.threshold = first_exit.softmax(1).amax(1).median().item()  # half the images leave at the exit, half at the end
+    manifest = export_compressed(model, tmp_path / "out", formats=("onnx", "packed"), configs={}, chain=["token_merge", "early_exit"],
+                                 metrics={}, data=digits, base={"source": "test"}, measure=False)
+    entries = {entry["format"]: entry for entry in manifest["formats"]}
+    assert entries["onnx"]["check"]["passed"] and entries["onnx"]["early_exit"].startswith("every exit computed (")
+    assert entries["packed"]["error"].startswith("not built: the packed format cannot describe a TransformerExits")
+    with torch.no_grad():
+        expected = model.eval()(images)
+    got = load_runner("onnx", tmp_path / "out" / "model.onnx")(images.contiguous().numpy())
+    assert got.shape == (len(images), 10) and np.allclose(got, expected.numpy(), atol=1e-4)
