@@ -91,6 +91,29 @@ def train(model: nn.Module, data: DataBundle, budget: Budget, *, seed: int, devi
     return model.eval()
 
 
+@torch.no_grad()
+def settle_batchnorm(model: nn.Module, data: DataBundle, device: torch.device, batch_size: int = 256) -> nn.Module:
+    """Recompute every BatchNorm's running mean and variance as the exact average over the training split, for the
+    weights the model has now. A slow running average lags training: torchvision's MobileNetV3 keeps 0.99 of the old
+    statistics per step (momentum 0.01), and after the library's 20 epochs on the digits it scored 6.1 % in eval mode
+    against 96.9 % with batch statistics (97.5 % once recomputed)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return model
+    momenta = [norm.momentum for norm in norms]
+    model.to(device).eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: every batch counts the same
+        norm.train()
+    for x, _ in data.loader("train", batch_size, device=device):
+        if len(x) > 1:  # one image has no variance to average (and a 1x1 map then raises in training mode)
+            model(x)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    return model.eval()
+
+
 def accelerated(device: torch.device) -> bool:
     """Whether training on `device` uses bf16 autocast and channels_last (CUDA GPUs with bfloat16)."""
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
