@@ -88,7 +88,7 @@ def train(model: nn.Module, data: DataBundle, budget: Budget, *, seed: int, devi
                 break
     if fast:
         model.to(memory_format=torch.contiguous_format)  # export and safetensors want contiguous weights
-    return model.eval()
+    return settle_batchnorm(model, data, device)
 
 
 DEFAULT_BATCHNORM_MOMENTUM = 0.1  # PyTorch's: an average over the last few dozen steps follows the annealed weights
@@ -97,15 +97,15 @@ DEFAULT_BATCHNORM_MOMENTUM = 0.1  # PyTorch's: an average over the last few doze
 @torch.no_grad()
 def settle_batchnorm(model: nn.Module, data: DataBundle, device: torch.device, batch_size: int = 256) -> nn.Module:
     """Recompute the running mean and variance of every BatchNorm with a slow running average (momentum below
-    PyTorch's 0.1) as the exact average over the training split, for the weights the model has now. A slow average
+    PyTorch's 0.1) as the exact average over the training split, for the weights the model has now; `train` does it
+    at its end, for a base as for every fine-tuning step. A slow average
     lags training: torchvision's MobileNetV3 keeps 0.99 of the old statistics per step (momentum 0.01), and after the
     library's 20 epochs on the digits it scored 6.1 % in eval mode against 96.9 % with batch statistics (97.5 % once
     recomputed). BatchNorms at the default momentum are left as trained: recomputing theirs changed the bases every
     test and sample was built on (the int8 check of a tiny test CNN then fell from 99 % agreement to 95.5 %)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-             and m.momentum is not None and m.momentum < DEFAULT_BATCHNORM_MOMENTUM]
+    norms = slow_batchnorms(model)
     if not norms:
-        return model
+        return model.eval()
     momenta = [norm.momentum for norm in norms]
     model.to(device).eval()
     for norm in norms:
@@ -118,6 +118,12 @@ def settle_batchnorm(model: nn.Module, data: DataBundle, device: torch.device, b
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     return model.eval()
+
+
+def slow_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorms whose running average is slower than PyTorch's default (the ones `settle_batchnorm` recomputes)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            and m.momentum is not None and m.momentum < DEFAULT_BATCHNORM_MOMENTUM]
 
 
 def accelerated(device: torch.device) -> bool:

@@ -37,13 +37,13 @@ from ..methods.base import Context, config_to_dict
 from ..metrics import measure, unpack_hits
 from ..order import OBJECTIVES, chain_text
 from .pipeline import FAILED, OK, StepResult, apply_chain, make_configs, run_step
-from ..train import Budget, settle_batchnorm, train
+from ..train import Budget, slow_batchnorms, train
 
 DEFAULT_METHODS = ("distill", "prune", "quantize", "early_exit")
 SEARCHES = tuple(order.STRATEGIES)
 RUNTIMES = ("eager",) + PROGRAM_FORMATS
 BASE_BUDGET = Budget(epochs=20, lr=3e-3)
-BASE_RECIPE = "train, then BatchNorm statistics recomputed"  # in the key: bases trained before that are trained again
+BASE_RECIPE = "train, then BatchNorm statistics recomputed"  # in the key of a base it changes (slow BatchNorms)
 Events = Callable[[dict], None]
 
 
@@ -105,15 +105,15 @@ def _train_base(model: nn.Module, data: DataBundle, device: torch.device, cache:
     """Train a zoo architecture or a user's class once per (initial weights, data, budget; for a class that is
     not ordercomp's own, its code too; device and libraries); later runs reuse the weights."""
     code = {} if type(model).__module__.startswith("ordercomp.") else {"code": code_fingerprint(model)}
+    recipe = {"recipe": BASE_RECIPE} if slow_batchnorms(model) else {}  # other bases came out the same before it
     key = content_key(init=state_fingerprint(model), data=data.fingerprint(), budget=BASE_BUDGET.to_dict(),
-                      recipe=BASE_RECIPE, environment=environment(device.type), **code)
+                      environment=environment(device.type), **code, **recipe)
     saved = cache.folder / f"base-{key}.safetensors" if cache.folder else None
     if saved and saved.exists():
         model.load_state_dict(read_state_dict(saved))
         return model
     progress = lambda label, fraction: events({"kind": "progress", "label": "train base", "fraction": fraction})
     train(model, data, BASE_BUDGET, seed=0, device=device, progress=progress)
-    settle_batchnorm(model, data, device)
     if saved:
         save_state_atomically(model, saved)
     return model
