@@ -17,6 +17,7 @@ state = st.session_state
 
 def new_exploration() -> None:
     st.subheader("New exploration")
+    plan.follow_base(state)
     try:
         spec = plan.plan_from_state(state)
     except ValueError as error:

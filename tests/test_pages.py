@@ -23,7 +23,7 @@ from ordercomp.models import factories
 from ordercomp.models.checkpoints import sample_card
 from ordercomp.dashboard import estimate, formatting, plan, session, views
 from ordercomp.data.datasets import DataError
-from ordercomp.exploration.explorer import ExploreSpec
+from ordercomp.exploration.explorer import DEFAULT_METHODS, ExploreSpec, default_budget, default_methods
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, is_alive, launch, set_worker_limit, start_job
 from ordercomp.jobs.worker import run_job
 from ordercomp.methods.registry import METHODS
@@ -317,7 +317,33 @@ def test_methods_page_builds_widgets_from_the_registry_and_counts_applications(s
     at.run()
     mean, count = store.step_seconds(spec["model"], "digits")
     assert f"{mean:.1f} s per application, from {count} steps measured here" in plain(at.main.caption[-1].value)
-    assert next(metric for metric in at.main.metric if metric.label == "Estimated time").value == "about " + duration(10 * mean)
+    applications = int(next(metric for metric in at.main.metric if metric.label == "Method applications").value)
+    assert next(metric for metric in at.main.metric if metric.label == "Estimated time").value == "about " + duration(applications * mean)
+
+
+def test_methods_and_learning_rate_follow_the_chosen_base(store, spawned):
+    """A ViT sample chosen on Model & data brought the CNNs' methods (no token merging) and learning rate (2e-3,
+    where its card fine-tunes at 2e-4) to Methods and to the exploration launched from Runs."""
+    vit = {**session.DEFAULT_BASE, "model": "digits32_vit"}
+    own = (list(default_methods("digits32_vit")), default_budget("digits32_vit").lr)
+    at = app("3_runs")  # straight to Runs: the Methods page never opened
+    at.session_state[session.BASE] = vit
+    at.run()
+    next(button for button in at.main.button if button.label == "Launch exploration").click().run()
+    job = store.get(spawned[0])
+    assert (job["spec"]["methods"], job["spec"]["budget"]["lr"]) == own and "token_merge" in own[0]
+    at = app("2_methods")
+    assert (at.multiselect(key="w_methods").value, at.number_input(key="w_lr").value) != own
+    at.session_state[session.BASE] = vit
+    at.run()
+    assert (at.multiselect(key="w_methods").value, at.number_input(key="w_lr").value) == own
+    assert "the base changed since they were set" in plain(at.main.info[0].value)
+    at.multiselect(key="w_methods").set_value(["prune", "token_merge"]).run()
+    at.run()  # the same base: the user's choice stays
+    assert at.multiselect(key="w_methods").value == ["prune", "token_merge"] and not at.main.info
+    at.session_state[session.BASE] = session.DEFAULT_BASE
+    at.run()
+    assert at.multiselect(key="w_methods").value == list(DEFAULT_METHODS) and at.number_input(key="w_lr").value == Budget().lr
 
 
 def test_an_impossible_plan_is_an_error_on_methods_and_runs(store):

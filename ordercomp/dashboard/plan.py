@@ -15,6 +15,7 @@ from ..order import LATENCY_OBJECTIVES
 from .session import base_choice
 
 WIDGET_PREFIX = "w_"
+DEFAULTS_FOR = "w_defaults_for"  # session key: the base whose own defaults (methods, learning rate) the widgets took
 NO_REPEAT = "(none)"
 DATA_SOURCES = {"digits": "Embedded digits (default)", "folder": "A folder on this machine (CIFAR-10/100 or ImageFolder)",
                 "zip": "Upload a zip of an ImageFolder tree"}
@@ -113,13 +114,36 @@ def plan_defaults() -> dict:
     return defaults
 
 
+def base_defaults(model: str) -> dict:
+    """The Methods page's values that belong to the base: a sample's own methods and fine-tuning rate (digits32_vit
+    compares token merging and fine-tunes at 2e-4, where the CNNs' 2e-3 costs its steps points), else the engine's."""
+    from ..exploration.explorer import default_budget, default_methods
+
+    return {"w_methods": list(default_methods(model)), "w_lr": default_budget(model).lr}
+
+
+def follow_base(state) -> bool:
+    """Give the methods and learning rate the chosen base's defaults, where not yet set, and again whenever the base
+    changes: a ViT sample chosen after a CNN gets its own. True when it replaced values set for another base."""
+    model = base_choice(state)["model"]
+    if state.get(DEFAULTS_FOR) == model:
+        return False
+    changed = DEFAULTS_FOR in state
+    for key, value in base_defaults(model).items():
+        if changed or key not in state:
+            state[key] = value
+    state[DEFAULTS_FOR] = model
+    return changed
+
+
 def plan_from_state(state):
-    """The ExploreSpec the current choices make; a ValueError says what is impossible about them."""
+    """The ExploreSpec the current choices make (a choice not made: the engine's default, or the base's own: see
+    `follow_base`); a ValueError says what is impossible about them."""
     from ..exploration.explorer import ExploreSpec
     from ..methods.registry import get_method
     from ..train import Budget
 
-    defaults = plan_defaults()
+    defaults = plan_defaults() | base_defaults(base_choice(state)["model"])
     value = lambda key: state.get(key, defaults[key])
     methods = tuple(value("w_methods"))
     settings = {}
