@@ -114,7 +114,7 @@ def settle_batchnorm(model: nn.Module, data: DataBundle, device: torch.device, b
         norm.train()
     for x, _ in data.loader("train", batch_size, device=device):
         if len(x) > 1:  # one image has no variance to average (and a 1x1 map then raises in training mode)
-            model(x)
+            all_outputs(model, x)  # every exit on every image: in eval mode an early-exit model runs later stages on fewer
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     return model.eval()

@@ -8,7 +8,8 @@ from ordercomp.exploration.cache import StepCache
 from ordercomp.data.datasets import load_data
 from ordercomp.exploration.explorer import _train_base
 from ordercomp.metrics import accuracy_and_exits
-from ordercomp.train import Budget, train
+from ordercomp.methods.early_exit import EarlyExitNet
+from ordercomp.train import Budget, settle_batchnorm, train
 
 
 def slow_statistics_net() -> nn.Module:
@@ -65,3 +66,22 @@ def test_only_bases_the_recipe_changes_are_trained_again(tmp_path, monkeypatch):
     assert saved() == before
     _train_base(slow_statistics_net(), data, torch.device("cpu"), cache, lambda event: None)
     assert len(saved()) == len(before) + 1
+
+
+def test_an_early_exit_model_settles_every_stage_on_every_image():
+    """Settling ran the model in eval mode, where an early-exit model sends only the unconfident images on: its later
+    stages saw fewer images or none (MobileNetV3's early_exit step then failed on a batch of one at a 1x1 map:
+    "Expected more than 1 value per channel when training")."""
+    data = load_data("digits")
+    torch.manual_seed(0)
+    stage = lambda width_in, width: nn.Sequential(nn.Conv2d(width_in, width, 3, stride=2, padding=1),
+                                                  nn.BatchNorm2d(width, momentum=0.01), nn.ReLU())
+    exit_head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    model = EarlyExitNet(nn.Identity(), nn.ModuleList([stage(1, 8), stage(8, 16)]),
+                         nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)), [exit_head], threshold=0.0)
+    settle_batchnorm(model, data, torch.device("cpu"))  # threshold 0: in eval mode every image leaves at the first exit
+    last = model.stages[1][1]
+    images = data.train.tensors[0]
+    with torch.no_grad():
+        inputs = model.stages[1][0](model.stages[0](images))
+    assert torch.allclose(last.running_mean, inputs.mean((0, 2, 3)), atol=0.01)  # (batch means of batch statistics)
