@@ -306,7 +306,7 @@ def test_artifacts_a_chain_cannot_have_get_one_line_and_the_rest_are_built(compr
                                  configs={}, metrics={}, data=data, base={"source": "test"}, measure=False)
     errors = {e["format"]: e.get("error") for e in manifest["formats"]}
     assert errors["onnx_int8"].startswith("not built: the chain already runs torchao int8 kernels")
-    assert errors["packed"].startswith("not built: the packed format cannot describe a GraphModule")
+    assert errors["packed"].startswith("not built: the packed format cannot describe a GraphModule (torchao int8 kernels)")
     assert "\n" not in errors["onnx_int8"] + errors["packed"] and errors["state_dict"] is None
     assert manifest["files"] == ["model.state_dict.pt"]
 

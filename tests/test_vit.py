@@ -324,7 +324,7 @@ def test_a_vit_chain_with_merged_tokens_and_exits_exports_to_float_onnx_that_pre
                                  metrics={}, data=digits, base={"source": "test"}, measure=False)
     entries = {entry["format"]: entry for entry in manifest["formats"]}
     assert entries["onnx"]["check"]["passed"] and entries["onnx"]["early_exit"].startswith("every exit computed (")
-    assert entries["packed"]["error"].startswith("not built: the packed format cannot describe a TransformerExits")
+    assert entries["packed"]["error"].startswith("not built: the packed format cannot describe a TransformerExits") and "int8" not in entries["packed"]["error"]
     with torch.no_grad():
         expected = model.eval()(images)
     got = load_runner("onnx", tmp_path / "out" / "model.onnx")(images.contiguous().numpy())

@@ -166,8 +166,9 @@ def _describe_leaf(module: nn.Module) -> dict:
         raise PackError(f"the packed format holds a closed list of layer kinds, not a traced piece of your network's own forward "
                         f"({type(module).__name__}): use the ONNX or pt2 artifact for this model")
     if kind is None:
-        raise PackError(f"the packed format cannot describe a {type(module).__name__} (e.g. int8-converted parts): "
-                        "use the ONNX or pt2 artifact for this chain")
+        what = " (torchao int8 kernels)" if is_int8_part(module) else ""
+        raise PackError(f"the packed format cannot describe a {type(module).__name__}{what}: it holds a closed list of CNN "
+                        "layer kinds; use the ONNX or pt2 artifact for this chain")
     return {"t": kind[0], **kind[1](module)}
 
 
