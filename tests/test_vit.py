@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 from torchvision.models.vision_transformer import VisionTransformer
 
 from ordercomp.exploration.explorer import DEFAULT_METHODS, ExploreSpec, prepare_base
-from ordercomp.layers import QuantMultiheadAttention, bits_of, is_quantised, to_quant
+from ordercomp.layers import QuantMultiheadAttention, bits_of, compute_layers, is_int8_converted, is_quantised, to_quant
 from ordercomp.methods.base import Context, Incompatible
 from ordercomp.methods.early_exit import TransformerExits, select_exits
 from ordercomp.methods.registry import METHODS, get_method
@@ -289,8 +289,29 @@ def test_a_vit_with_exits_still_merges_prunes_and_loses_the_exits_of_the_blocks_
         assert [out.shape for out in model.forward_all(data.test.tensors[0][:5])] == [(5, 10)] * 2
 
 
+@pytest.mark.parametrize("before", [(), ("token_merge", "early_exit")])
+def test_int8_runs_every_linear_layer_of_the_vit_on_int8_kernels_with_merged_tokens_and_exits(before, vit_base):
+    # before: int8 needed stage boundaries, which a ViT has none of, and was incompatible
+    base, data = vit_base
+    context = Context(fewer(data, train=64), Budget(epochs=0), seed=0)
+    model = copy.deepcopy(base)
+    for name in before:
+        model = get_method(name).apply(model, get_method(name).default_config(), context)
+    converted = get_method("int8").apply(copy.deepcopy(model), get_method("int8").make_config(calibration_batches=1), context)
+    assert is_int8_converted(converted) and not compute_layers(converted)  # projections, MLPs, patch embedding, heads
+    images = data.test.tensors[0]
+    with torch.no_grad():
+        agreement = (converted.eval()(images).argmax(1) == model.eval()(images).argmax(1)).float().mean().item()
+    assert agreement >= 0.97, agreement
+    if before:
+        assert tokens_reaching(converted, images[:5])[1] == [49, 33, 17, 9] and len(converted.exits) == 3
+    example = data.example_input(1)
+    fewer_bitops = expected_cost(model, example, None)[1] / expected_cost(converted, example, None)[1]
+    assert 2 < fewer_bitops < 16, fewer_bitops  # 8 x 8 bits for the layers, the attention products QK^T, AV still float
+
+
 # What each method does on the ViT today: applies, or the reason it cannot
-INCOMPATIBLE_ON_VIT = {"int8": "needs stage boundaries"}
+INCOMPATIBLE_ON_VIT = {}
 
 
 @pytest.mark.parametrize("name", list(METHODS))

@@ -4,6 +4,9 @@ Each part of a staged model (stem, every stage, every exit head, the head) is ex
 torch.export, observed on calibration batches and converted, so the model keeps its stage
 boundaries (early exits still work). Weights and activations become int8; `compile_int8` runs the
 model through Inductor with freezing so the int8 kernels actually execute.
+A Vision Transformer's parts are its linear layers (and patch embedding), each converted alone, so that
+exits on its class token and merged tokens keep working: its attention first computes with its in- and
+out-projections as layers of their own (`LayerAttention`); the attention products QK^T and AV stay float.
 After int8 the weights are no longer trainable: methods that fine-tune report `incompatible`.
 """
 from __future__ import annotations
@@ -12,9 +15,12 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..layers import all_outputs, bits_of, compute_layers, exit_heads, is_int8_converted, lowest_sparsity, mark_int8, plain_layers_, replace_module
+from ..layers import (FULL_BITS, all_outputs, bits_of, compute_layers, exit_heads, fake_quant_weight, is_int8_converted, lowest_sparsity,
+                      mark_int8, plain_layers_, quantisable_attention, replace_module)
+from ..models.structure import vision_transformers
 from .base import Context, Incompatible, Method, check_range, require_staged
 
 MAX_BATCH = 4096
@@ -29,9 +35,41 @@ class Int8Config:
 
 
 def _parts(model: nn.Module) -> list[str]:
+    """The modules converted one by one: a staged model's stem, stages, exits and head; a ViT's layers with weights."""
+    if vision_transformers(model) and not hasattr(model, "stages"):
+        for name, attention in quantisable_attention(model):
+            replace_module(model, name, LayerAttention(attention))
+        return [name for name, _ in compute_layers(model)]
+    require_staged(model, "int8")
     names = ["stem"] + [f"stages.{i}" for i in range(len(model.stages))]
     names += [f"exits.{i}" for i in range(len(exit_heads(model)))]
     return names + ["head"]
+
+
+class LayerAttention(nn.Module):
+    """Self-attention as torchvision's EncoderBlock calls it (batch first, one packed in-projection), computed with its
+    in- and out-projections as Linear layers it calls: nn.MultiheadAttention reads them as raw weights, which the int8
+    quantiser does not see as layers. Takes token merging's additive mask (B * heads, T, T)."""
+
+    def __init__(self, attention: nn.MultiheadAttention):
+        super().__init__()
+        self.num_heads = attention.num_heads
+        bits = getattr(attention, "weight_bits", FULL_BITS)  # quantisation at 8 bits before: its grid
+        weight = attention.in_proj_weight if bits >= FULL_BITS else fake_quant_weight(attention.in_proj_weight, bits)
+        self.in_proj = nn.Linear(attention.embed_dim, 3 * attention.embed_dim, bias=attention.in_proj_bias is not None)
+        self.in_proj.weight.data.copy_(weight.detach())
+        if attention.in_proj_bias is not None:
+            self.in_proj.bias.data.copy_(attention.in_proj_bias.detach())
+        self.out_proj = attention.out_proj
+        self.to(attention.in_proj_weight.device)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask=None,
+                need_weights: bool = False, attn_mask: torch.Tensor | None = None, **_) -> tuple[torch.Tensor, None]:
+        batch, tokens, _ = query.shape  # query, key and value are the same tokens
+        q, k, v = (part.view(batch, tokens, self.num_heads, -1).transpose(1, 2) for part in self.in_proj(query).chunk(3, dim=-1))
+        mask = None if attn_mask is None else attn_mask.view(batch, self.num_heads, tokens, tokens)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, -1)), None
 
 
 @torch.no_grad()
@@ -93,7 +131,8 @@ def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
 
 
 def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
-    require_staged(model, "int8")
+    if not vision_transformers(model):
+        require_staged(model, "int8")
     if is_int8_converted(model):
         raise Incompatible("the model is already converted to int8 kernels")
     low = [bits_of(layer) for _, layer in compute_layers(model) if min(bits_of(layer)) < 8]
@@ -103,9 +142,9 @@ def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
     if context.device.type != "cpu":
         model.to("cpu")
         context = Context(context.data, context.budget, context.seed, torch.device("cpu"), context.progress)
+    plain_layers_(model)  # pt2e re-quantises the weights to the same int8 grid and observes the activations itself
     names = _parts(model)
     sparsity = {name: lowest_sparsity(model.get_submodule(name)) for name in names}
-    plain_layers_(model)  # pt2e re-quantises the weights to the same int8 grid and observes the activations itself
     model.eval()
     inputs = _part_inputs(model, names, context, config.calibration_batches)
     with warnings.catch_warnings():
