@@ -41,7 +41,9 @@ from ordercomp.models.checkpoints import load_program, sample_card
 from ordercomp.dashboard import plan
 from ordercomp.dashboard.formatting import FORMAT_LABELS
 from ordercomp.data.datasets import load_data
+from ordercomp.exploration.explorer import default_budget, default_methods
 from ordercomp.jobs import JobStore
+from ordercomp.methods.registry import METHODS as REGISTRY
 from ordercomp.metrics import unpack_hits
 from ordercomp.report.figures import applications, headline, latency_text, speed_text
 from ordercomp.report.meeting import headline_figures
@@ -62,6 +64,7 @@ SERVER_START_S = 180       # s: a cold start on a busy machine
 PAGE_S = 180_000          # ms: a page switch, a rerun or a download on a busy 2-core machine
 JOB_S = WORKER_S * 1000   # ms: an exploration, baseline or export job in its worker
 METHODS = ["prune", "quantize"]
+VIT, VIT_METHODS = "digits32_vit", ["quantize", "token_merge"]  # the ViT sample and two of its own methods
 IDLE_WINDOW_S = 5         # s: how long the idle server's CPU time is measured
 NEAR_TIES = 2  # test images on which a file may differ from the measurement of the model it holds (see the Export test)
 # The Methods page's choices for the small plan (`choose_the_small_plan` makes them in the browser)
@@ -231,10 +234,34 @@ def exploration(app, browser) -> dict:
         summary = main(page).get_by_text(re.compile(r"methods prune, quantize"))
         expect(summary).to_contain_text("1 seed ·")
         expect(summary).to_contain_text("1 epoch of fine-tuning per step")
-        page.runs.after_run(lambda: page.get_by_role("button", name="Launch exploration").click())
-        expect(page).to_have_url(re.compile(r"/runs\?(.*&)?job=[0-9a-f]+"))
-        job_id = job_in_url(page)
-        expect(main(page).get_by_text(re.compile(r"^Recommended order: "))).to_be_visible(timeout=JOB_S)
+        return launch_and_follow(page, app)
+
+
+@pytest.fixture(scope="module")
+def vit_exploration(app, browser) -> dict:
+    """Issue 16: the ViT sample chosen on Model & data; on Methods its own methods (token merging among them) and
+    fine-tuning rate, cut to two methods at a fifth of an epoch, one seed, on the CPU; launched from Runs."""
+    with browser_session(browser) as page:
+        open_app(page, app)
+        pick(page, "Sample model", VIT)
+        expect(main(page).get_by_text(f"Explorations start from {VIT} on digits.")).to_be_visible()
+        go(page, "Methods")
+        expect(chips(page)).to_have_text([f"{REGISTRY[name].title} ({name})" for name in default_methods(VIT)])
+        expect(page.get_by_label("Learning rate", exact=True)).to_have_value(f"{default_budget(VIT).lr:g}")
+        remove_chips(page, [f"{REGISTRY[name].title} ({name})" for name in default_methods(VIT) if name not in VIT_METHODS])
+        set_number(page, "Fine-tuning epochs per step (the same for every step)", "0.20")
+        set_number(page, "Seeds (each comparison is repeated this often)", "1")
+        pick(page, "Device", "cpu")
+        go(page, "Runs")
+        return launch_and_follow(page, app)
+
+
+def launch_and_follow(page, app) -> dict:
+    """On Runs: launch the plan chosen on Methods and follow the run until it recommends an order; the finished run."""
+    page.runs.after_run(lambda: page.get_by_role("button", name="Launch exploration").click())
+    expect(page).to_have_url(re.compile(r"/runs\?(.*&)?job=[0-9a-f]+"))
+    job_id = job_in_url(page)
+    expect(main(page).get_by_text(re.compile(r"^Recommended order: "))).to_be_visible(timeout=JOB_S)
     job = JobStore(app["store"]).get(job_id)
     assert job["status"] == "done", job["error"]
     chain = job["result"]["chain"]
@@ -292,6 +319,11 @@ def choose_the_small_plan(page) -> None:
     set_number(page, "Fine-tuning epochs per step (the same for every step)", "1.00")
     set_number(page, "Seeds (each comparison is repeated this often)", "1")
     pick(page, "Device", "cpu")
+
+
+def chips(page):
+    """The chosen methods on Methods, as their chips read: 'Title (name)'."""
+    return page.get_by_role("group", name="Selected values").get_by_title(re.compile(r"\((\w+)\)$"))
 
 
 def job_in_url(page) -> str:
@@ -430,8 +462,7 @@ def test_methods_page_counts_the_applications_of_the_small_plan(page, app):
     open_app(page, app)
     go(page, "Methods")
     choose_the_small_plan(page)
-    chips = page.get_by_role("group", name="Selected values").get_by_title(re.compile(r"\((\w+)\)$"))
-    expect(chips).to_have_text(["Structured pruning (prune)", "Quantization-aware training (quantize)"])
+    expect(chips(page)).to_have_text(["Structured pruning (prune)", "Quantization-aware training (quantize)"])
     # (2 singles + 2 ordered pairs) x 1 seed, the race's extra seeds at most, the chain's 2: the plan's one count
     planned = plan.plan_from_state(PLAN_STATE).planned_applications()
     assert (planned["per_seed"], planned["chain"]) == (4, 2) and planned["beyond"] > 0
@@ -511,18 +542,21 @@ def test_tradeoffs_page_shows_the_headline_figures_and_a_chart_per_tab(page, app
     picture(page, "5_tradeoffs")
 
 
-def test_export_page_exports_the_chain_and_the_downloaded_files_are_the_measured_model(page, app, exploration, tmp_path):
+def export_from_the_page(page, app, exploration, left_out: list[str]) -> dict:
+    """On Export, the run's recommended chain in every format but `left_out`, exported; the export job. Asserts that
+    the verdict agrees with the rows (all good only when every row ran in its runtime and passed its check), that
+    the table fits the page, and that the float ONNX row reads the file the exploration shipped."""
     open_app(page, app, exploration["id"], at=("export", "Export"))
     assert job_in_url(page) == exploration["id"]
     expect(main(page).get_by_text(f"{exploration['chain_text']}: the recommended chain.")).to_be_visible()
     # formats are pills: toggling one off leaves the layout as it was, so the next click lands where it is aimed
-    page.runs.after_run(lambda: page.get_by_role("button", name="state dict", exact=True).click())
-    expect(page.get_by_role("button", name="state dict", exact=True)).to_have_attribute("aria-pressed", "false")
+    for label in left_out:
+        page.runs.after_run(lambda: page.get_by_role("button", name=label, exact=True).click())
+        expect(page.get_by_role("button", name=label, exact=True)).to_have_attribute("aria-pressed", "false")
     page.runs.after_run(lambda: page.get_by_role("button", name="Apply and export").click())
     verdict = main(page).get_by_text(re.compile(r"^(All|\d+ of) \d+ files load back, run, match their checksums"))
     expect(verdict).to_be_visible(timeout=JOB_S)
     settled(page)
-    # the verdict agrees with the rows: all good only when every row ran in its runtime and passed its check
     rows = main(page).get_by_test_id("stTable").last
     expect(rows).to_contain_text("int8 ONNX")
     assert rows.evaluate(FITS_ITS_BOX), "the export table is wider than the page"
@@ -531,10 +565,16 @@ def test_export_page_exports_the_chain_and_the_downloaded_files_are_the_measured
     onnx_row = rows.locator("tr", has_text=FORMAT_LABELS["onnx"])
     for batch in ("1", "32"):
         expect(onnx_row).to_contain_text(f"{latency_text(shipped['latency_ms'][batch])}, {speed_text(shipped['speedup'][batch])}")
-    checks = JobStore(app["store"]).list_jobs("export")
+    store = JobStore(app["store"])
+    [export] = [store.get(job["id"]) for job in store.list_jobs("export") if job["spec"].get("exploration") == exploration["id"]]
     assert verdict.inner_text().startswith("All ") == all(
         "error" not in entry and "error" not in entry.get("measured", {}) and entry.get("check", {}).get("passed", True)
-        for entry in JobStore(app["store"]).get(checks[0]["id"])["result"]["manifest"]["formats"])
+        for entry in export["result"]["manifest"]["formats"])
+    return export
+
+
+def test_export_page_exports_the_chain_and_the_downloaded_files_are_the_measured_model(page, app, exploration, tmp_path):
+    export = export_from_the_page(page, app, exploration, left_out=[FORMAT_LABELS["state_dict"]])
     files = {label: download_file(page, label, tmp_path) for label in ("TorchScript", ".pt2", "int8 ONNX")}
     stem = f"ordercomp-{exploration['id']}-{'-'.join(exploration['chain'])}"  # two runs' files never collide
     assert files["TorchScript"].name == f"{stem}.torchscript.pt" and files[".pt2"].name == f"{stem}.pt2"
@@ -545,8 +585,6 @@ def test_export_page_exports_the_chain_and_the_downloaded_files_are_the_measured
     report = download_file(page, "Meeting report (HTML)", tmp_path)
     read_the_report_at_a_laptops_width(page, report, exploration["record"])
 
-    store = JobStore(app["store"])
-    [export] = [store.get(job["id"]) for job in store.list_jobs("export")]
     images, labels = load_data("digits").test.tensors
     # which test images the chain the export job applied got right, as it measured them; the files, run here in
     # another batch size and thread count, may tip an image whose two best logits nearly tie
@@ -562,3 +600,32 @@ def test_export_page_exports_the_chain_and_the_downloaded_files_are_the_measured
     int8_file = next(entry for entry in export["result"]["manifest"]["formats"] if entry["format"] == "onnx_int8")
     right_as_measured = round(int8_file["measured"]["accuracy"] * len(labels) / 100)
     assert abs(int(int8.sum()) - right_as_measured) <= NEAR_TIES, f"int8 ONNX: {int(int8.sum())} images right here, {right_as_measured} as measured"
+
+
+def test_a_vit_exploration_reads_the_same_on_order_tradeoffs_export_and_in_the_report(page, app, vit_exploration, tmp_path):
+    """Issue 16: a ViT exploration chosen and launched through the pages; its order, trade-offs, export and meeting
+    report work for a ViT as for a CNN: the chain and its graph, the headline every page gives, an export whose
+    verdict agrees with its rows (the packed format says in one line why it holds no ViT), the report at a laptop's width."""
+    run = vit_exploration
+    assert sorted(run["chain"]) == VIT_METHODS and run["spec"]["budget"]["lr"] == default_budget(VIT).lr
+    open_app(page, app, run["id"], at=("order", "Order"))
+    expect(main(page).get_by_role("heading", name=f"Recommended order: {run['chain_text']}", exact=True)).to_be_visible()
+    graph = main(page).get_by_test_id("stGraphVizChart")
+    for method in VIT_METHODS:
+        expect(graph.locator("svg g.node").filter(has_text=method)).to_have_count(1)
+    expect(main(page).get_by_text(f"· {applications(run['record'])} method applications ·")).to_be_visible()
+    no_exception(page)
+    nothing_cut(page)
+    open_app(page, app, run["id"], at=("tradeoffs", "Trade-offs"))
+    metrics = main(page).get_by_test_id("stMetric")
+    expect(metrics).to_have_count(len(headline_texts(run["record"])))
+    assert [" ".join(text.split()) for text in metrics.all_inner_texts()] == headline_texts(run["record"])
+    no_exception(page)
+    nothing_cut(page)
+    export = export_from_the_page(page, app, run, left_out=[FORMAT_LABELS["pt2"], FORMAT_LABELS["state_dict"]])
+    entries = {entry["format"]: entry for entry in export["result"]["manifest"]["formats"]}
+    assert entries["onnx"]["check"]["passed"] and entries["packed"]["error"].startswith("not built: the packed format cannot describe")
+    no_exception(page)
+    nothing_cut(page)
+    report = download_file(page, "Meeting report (HTML)", tmp_path)
+    read_the_report_at_a_laptops_width(page, report, run["record"])

@@ -30,6 +30,12 @@ from ..train import train
 from .base import Context, Incompatible, Method, check_range, require_trainable
 
 
+# Quantised similarities take few values and tie often; PyTorch's sort and onnxruntime's break ties differently, so
+# they merged different tokens (a float ONNX file of token_merge -> quantize: 40 of 359 images off its logits). Among
+# equal scores, the earlier token goes first: far below any quantisation step, far above float noise.
+TIE_BREAK = 1e-6
+
+
 @dataclass(frozen=True)
 class TokenMergeConfig:
     r: int = 16  # tokens merged per block: the sample's 65 tokens become 49, 33, 17, 9 (about half its BitOps)
@@ -54,8 +60,8 @@ class TokenMatching(nn.Module):
             metric = fake_quant_activation(metric, metric.new_full((), -1.0), metric.new_ones(()), self.act_bits)
         scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)  # (B, |A|, |B|) cosine similarities
         scores[:, 0] = -torch.inf  # the class token is never merged
-        best, partner = scores.max(dim=-1)
-        ranked = best.argsort(dim=-1, descending=True)[..., None]
+        best, partner = scores.max(dim=-1)  # the first of tied partners, in PyTorch as in ONNX's ArgMax
+        ranked = (best - TIE_BREAK * torch.arange(best.shape[-1], device=best.device)).argsort(dim=-1, descending=True)[..., None]
         merged, kept = ranked[:, :r], ranked[:, r:].sort(dim=1).values
         return merged, kept, partner[..., None].gather(1, merged)
 
