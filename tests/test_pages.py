@@ -616,6 +616,7 @@ def test_a_launched_exploration_runs_in_a_worker_and_its_result_reaches_the_resu
     spec = finished["record"]["spec"]  # the same plan: its steps come back from the store's cache
     at = app("2_methods")
     at.session_state[session.BASE] = {key: spec[key] for key in ("model", "architecture", "data", "input_size")}
+    at.run()  # the base chosen first (on Model & data), then the methods for it
     at.multiselect(key="w_methods").set_value(spec["methods"]).run()
     at.number_input(key="w_seeds").set_value(spec["seeds"]).run()
     at.number_input(key="w_epochs").set_value(spec["budget"]["epochs"]).run()
