@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import (FULL_BITS, all_outputs, bits_of, compute_layers, exit_heads, fake_quant_weight, is_int8_converted, lowest_sparsity,
-                      mark_int8, plain_layers_, quantisable_attention, replace_module)
+from ..layers import (FULL_BITS, all_outputs, bits_of, compute_layers, exit_heads, fake_quant_weight, is_int8_converted, is_staged,
+                      lowest_sparsity, mark_int8, plain_layers_, quantisable_attention, replace_module)
 from ..models.structure import vision_transformers
 from .base import Context, Incompatible, Method, check_range, require_staged
 
@@ -34,13 +34,17 @@ class Int8Config:
         check_range("calibration batches", self.calibration_batches, 1, 1000)
 
 
+def _is_transformer(model: nn.Module) -> bool:
+    """A ViT (with its exits or merged tokens) rather than a network split into stages."""
+    return bool(vision_transformers(model)) and not is_staged(model)
+
+
 def _parts(model: nn.Module) -> list[str]:
     """The modules converted one by one: a staged model's stem, stages, exits and head; a ViT's layers with weights."""
-    if vision_transformers(model) and not hasattr(model, "stages"):
+    if _is_transformer(model):
         for name, attention in quantisable_attention(model):
             replace_module(model, name, LayerAttention(attention))
         return [name for name, _ in compute_layers(model)]
-    require_staged(model, "int8")
     names = ["stem"] + [f"stages.{i}" for i in range(len(model.stages))]
     names += [f"exits.{i}" for i in range(len(exit_heads(model)))]
     return names + ["head"]
@@ -131,7 +135,7 @@ def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
 
 
 def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
-    if not vision_transformers(model):
+    if not _is_transformer(model):
         require_staged(model, "int8")
     if is_int8_converted(model):
         raise Incompatible("the model is already converted to int8 kernels")
