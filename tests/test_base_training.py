@@ -6,6 +6,7 @@ from torch import nn
 from ordercomp.exploration import explorer
 from ordercomp.exploration.cache import StepCache
 from ordercomp.data.datasets import load_data
+from ordercomp.data.preprocessing import repeat_channels
 from ordercomp.exploration.explorer import _train_base
 from ordercomp.metrics import accuracy_and_exits
 from ordercomp.methods.early_exit import EarlyExitNet
@@ -85,3 +86,17 @@ def test_an_early_exit_model_settles_every_stage_on_every_image():
     with torch.no_grad():
         inputs = model.stages[1][0](model.stages[0](images))
     assert torch.allclose(last.running_mean, inputs.mean((0, 2, 3)), atol=0.01)  # (batch means of batch statistics)
+
+
+def test_a_cached_base_of_a_class_that_checks_its_version_loads_again(tmp_path, monkeypatch):
+    """The cache gives back tensors without module versions, which torchvision's MNASNet refuses ("version should be
+    set to 1 or 2 instead of None"): its base trained once could not be read back."""
+    import torchvision
+
+    monkeypatch.setattr(explorer, "BASE_BUDGET", Budget(epochs=0.02))
+    data, cache = repeat_channels(load_data("digits", input_size=32), 3), StepCache(tmp_path)
+    new = lambda: torch.manual_seed(0) and torchvision.models.mnasnet0_5(num_classes=10)  # the same initial weights: one key
+    trained = _train_base(new(), data, torch.device("cpu"), cache, lambda event: None)
+    again = _train_base(new(), data, torch.device("cpu"), cache, lambda event: None)
+    assert len(list(tmp_path.glob("base-*"))) == 1
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), again.state_dict().values()))

@@ -101,6 +101,24 @@ def test_torchvision_as_it_is_with_its_own_names_and_weights(digits, tmp_path):
     assert torch.equal(model.eval()(images), trained_elsewhere(images))
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_weights_of_a_class_that_checks_its_version_load(suffix, digits, tmp_path):
+    """torchvision's MNASNet reads its layout's version from the state dict's metadata, which the tensors a file gives
+    back do not carry: its own weights were refused ("version should be set to 1 or 2 instead of None")."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    trained_elsewhere = torchvision.models.mnasnet0_5(num_classes=10).eval()
+    path = tmp_path / f"mnasnet{suffix}"
+    if suffix == ".pt":
+        torch.save(trained_elsewhere.state_dict(), path)
+    else:
+        save_file({name: tensor.contiguous() for name, tensor in trained_elsewhere.state_dict().items()}, str(path))
+    model, _ = resolve("torchvision.models:mnasnet0_5", digits, model_args={"num_classes": 10}, weights=str(path))
+    images = digits.example_input(4).expand(-1, 3, -1, -1)
+    assert torch.equal(model.eval()(images), trained_elsewhere(images))
+
+
 def test_the_code_identifies_a_class_beside_its_weights(digits, tmp_path):
     """Two files with the same layers (same weights) and another forward never share cached steps."""
     plain = write(tmp_path, "plain.py", NET)

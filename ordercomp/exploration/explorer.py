@@ -29,6 +29,7 @@ from ..models.programs import ProgramModel, measure_only_reason
 from ..data.datasets import DataBundle, data_label, load_data
 from ..data.preprocessing import Normalization, repeat_channels
 from ..models.structure import base_fingerprint, structure_of, with_structure
+from ..models.weights import with_versions_of
 from ..fields import number, typed_fields
 from .executors import StepFunction, Work, check_executor, make_executor, probe_cluster
 from ..deploy.export import PROGRAM_FORMATS, SHIPPED_FORMAT, deployed_latency, shipped_figures
@@ -110,7 +111,7 @@ def _train_base(model: nn.Module, data: DataBundle, device: torch.device, cache:
                       environment=environment(device.type), **code, **recipe)
     saved = cache.folder / f"base-{key}.safetensors" if cache.folder else None
     if saved and saved.exists():
-        model.load_state_dict(read_state_dict(saved))
+        model.load_state_dict(with_versions_of(model, read_state_dict(saved)))
         return model
     progress = lambda label, fraction: events({"kind": "progress", "label": "train base", "fraction": fraction})
     train(model, data, BASE_BUDGET, seed=0, device=device, progress=progress)

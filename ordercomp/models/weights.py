@@ -19,6 +19,7 @@ missing and which are not the model's, and how to build the model the file was s
 from __future__ import annotations
 
 import pickle
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,8 +181,17 @@ def within_prefix(tensors: dict, expected: dict) -> tuple[str, dict]:
 def load_weights(model: nn.Module, path: Path, what: str, hint: str) -> list[str]:
     """Load the weights of a file into `model` (strictly, after `fit_weights`); returns what was recognised."""
     fitted = fit_weights(model, read_weights(path), Path(path).name, what, hint)
-    model.load_state_dict(fitted.tensors)
+    model.load_state_dict(with_versions_of(model, fitted.tensors))
     return fitted.notes
+
+
+def with_versions_of(model: nn.Module, tensors: dict) -> OrderedDict:
+    """`tensors` as a state dict that carries `model`'s module versions: a file gives back tensors without them, and a
+    module that reads its layout's version refuses a state dict that has none (torchvision's MNASNet: "version should
+    be set to 1 or 2 instead of None"). The names and shapes fit the model's (`fit_weights`), so the layout is its own."""
+    state = OrderedDict(tensors)
+    state._metadata = getattr(model.state_dict(), "_metadata", OrderedDict())
+    return state
 
 
 def first_line(error: BaseException, *, with_type: bool = False) -> str:
