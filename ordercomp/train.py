@@ -75,7 +75,7 @@ def train(model: nn.Module, data: DataBundle, budget: Budget, *, seed: int, devi
             if fast:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
-                loss = loss_fn(all_outputs(model, x), x, y)
+                loss = loss_fn(logits_in_training(model, x), x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -89,6 +89,17 @@ def train(model: nn.Module, data: DataBundle, budget: Budget, *, seed: int, devi
     if fast:
         model.to(memory_format=torch.contiguous_format)  # export and safetensors want contiguous weights
     return settle_batchnorm(model, data, device)
+
+
+def logits_in_training(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every exit's logits in training mode; a forward that gives something else there (torchvision's GoogLeNet and
+    Inception add their auxiliary classifiers' outputs) is one clear line, not the loss's TypeError."""
+    outputs = all_outputs(model, x)
+    odd = next((out for out in outputs if not isinstance(out, torch.Tensor)), None)
+    if odd is not None:
+        raise TypeError(f"the model's forward gives {type(odd).__name__} in training mode, not a tensor of logits: build it "
+                        "without auxiliary outputs (torchvision's GoogLeNet and Inception: aux_logits=False)")
+    return outputs
 
 
 DEFAULT_BATCHNORM_MOMENTUM = 0.1  # PyTorch's: an average over the last few dozen steps follows the annealed weights

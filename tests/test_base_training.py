@@ -1,5 +1,7 @@
-"""A base the library trains (a zoo architecture, or a user's class given without weights) is ready for eval mode:
-its BatchNorm statistics belong to its trained weights."""
+"""The library's training loop: a base it trains (a zoo architecture, or a user's class given without weights) and
+every fine-tuning step are ready for eval mode, their BatchNorm statistics those of their weights; a cached base
+loads again; a forward that gives no logits in training says so in one line."""
+import pytest
 import torch
 from torch import nn
 
@@ -100,3 +102,15 @@ def test_a_cached_base_of_a_class_that_checks_its_version_loads_again(tmp_path, 
     again = _train_base(new(), data, torch.device("cpu"), cache, lambda event: None)
     assert len(list(tmp_path.glob("base-*"))) == 1
     assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), again.state_dict().values()))
+
+
+def test_a_forward_with_auxiliary_outputs_in_training_is_one_clear_line():
+    """torchvision's GoogLeNet with its default auxiliary classifiers returns GoogLeNetOutputs in training mode; a
+    fine-tuning step failed with the loss's own TypeError ("cross_entropy_loss(): argument 'input' (position 1) must be
+    Tensor, not GoogLeNetOutputs"), which says nothing of what to change."""
+    import torchvision
+
+    data = repeat_channels(load_data("digits", input_size=32), 3)
+    with pytest.raises(TypeError, match=r"^the model's forward gives GoogLeNetOutputs in training mode, not a tensor of "
+                                        r"logits: build it without auxiliary outputs .*aux_logits=False"):
+        train(torchvision.models.googlenet(num_classes=10, init_weights=False), data, Budget(epochs=0.01), seed=0, device=torch.device("cpu"))
