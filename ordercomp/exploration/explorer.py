@@ -203,6 +203,11 @@ class ExploreSpec:
         record["budget"] = Budget(**record.get("budget", {}))
         return cls(**record)
 
+    @property
+    def search_fidelity(self) -> float:
+        """The fraction of the fine-tuning epochs the pairs and the search's whole orders get."""
+        return 1.0 if self.screen is None else self.screen
+
     def planned_applications(self) -> dict:
         """The method applications this exploration takes at most, known before it starts: per seed the plan
         (pairwise, or every prefix with exhaustive validation) or the search's budget around it (never more than
@@ -211,7 +216,7 @@ class ExploreSpec:
         needs shows only as it runs); plus the chain applied once to the base on the test split. Progress counts
         against `total`, so it only moves forward; a search that finds its order sooner ends below it. `cost` counts
         a screened application as its fraction of the epochs (for the time estimate)."""
-        n, fidelity = len(self.methods), 1.0 if self.screen is None else self.screen
+        n, fidelity = len(self.methods), self.search_fidelity
         pairwise, exhaustive = order.pairwise_applications(n), order.exhaustive_applications(n)
         per_seed = pairwise if self.search == "pairwise" else min(order.search_budget(n, self.search), exhaustive)
         # with every order run, the search's orders cost nothing new, and what it spent bounds the race no longer
@@ -534,16 +539,11 @@ class Explorer:
             metrics |= deployed_latency(base, self.data, self.spec.runtime)
         self._base = {"bitops": metrics["bitops"], "latency_ms_b1": metrics["latency_ms_b1"]}
 
-    @property
-    def search_fidelity(self) -> float:
-        """The fraction of the fine-tuning epochs the pairs and the search's whole orders get."""
-        return 1.0 if self.spec.screen is None else self.spec.screen
-
     def find_order(self, base: nn.Module) -> "OrderFound":
         """Run the plan (pairwise, and every order with --exhaustive), decide every pair, build the
         precedence graph, then let the chosen search strategy pick the chain."""
         self.measure_base(base)
-        methods, fidelity = self.spec.methods, self.search_fidelity
+        methods, fidelity = self.spec.methods, self.spec.search_fidelity
         self._deepest = len(methods)
         if self.spec.exhaustive and fidelity == 1.0:  # the pairs are part of every order's prefixes
             steps = self.run_plan(base, order.exhaustive_plan(methods))
