@@ -42,8 +42,6 @@ def _is_transformer(model: nn.Module) -> bool:
 def _parts(model: nn.Module) -> list[str]:
     """The modules converted one by one: a staged model's stem, stages, exits and head; a ViT's layers with weights."""
     if _is_transformer(model):
-        for name, attention in quantisable_attention(model):
-            replace_module(model, name, LayerAttention(attention))
         return [name for name, _ in compute_layers(model)]
     names = ["stem"] + [f"stages.{i}" for i in range(len(model.stages))]
     names += [f"exits.{i}" for i in range(len(exit_heads(model)))]
@@ -147,6 +145,8 @@ def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
         model.to("cpu")
         context = Context(context.data, context.budget, context.seed, torch.device("cpu"), context.progress)
     plain_layers_(model)  # pt2e re-quantises the weights to the same int8 grid and observes the activations itself
+    for name, attention in quantisable_attention(model) if _is_transformer(model) else []:
+        replace_module(model, name, LayerAttention(attention))  # its projections become layers the quantiser sees
     names = _parts(model)
     sparsity = {name: lowest_sparsity(model.get_submodule(name)) for name in names}
     model.eval()
