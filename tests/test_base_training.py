@@ -24,15 +24,20 @@ def slow_statistics_net() -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
 
 
+def eval_and_batch_accuracy(model: nn.Module, data) -> tuple[float, float]:
+    """Validation accuracy in eval mode (running statistics), and of the same weights with the split's own statistics."""
+    evaluated = accuracy_and_exits(model, data, "val", torch.device("cpu"))[0]
+    images, labels = data.val.tensors
+    with torch.no_grad():
+        return evaluated, 100 * (model.train()(images).argmax(1) == labels).float().mean().item()
+
+
 def test_a_base_trained_here_keeps_its_accuracy_in_eval_mode(tmp_path):
     """MobileNetV3-Small, trained by the library for the architecture benchmark, scored 6.1 % in eval mode against
     96.9 % with batch statistics: 340 steps at momentum 0.01 leave its running statistics far from its weights'."""
     data = load_data("digits")
     model = _train_base(slow_statistics_net(), data, torch.device("cpu"), StepCache(tmp_path), lambda event: None)
-    evaluated = accuracy_and_exits(model, data, "val", torch.device("cpu"))[0]
-    images, labels = data.val.tensors
-    with torch.no_grad():  # the same weights with the split's own statistics
-        with_batch_statistics = 100 * (model.train()(images).argmax(1) == labels).float().mean().item()
+    evaluated, with_batch_statistics = eval_and_batch_accuracy(model, data)
     assert evaluated > 90 and evaluated >= with_batch_statistics - 2, (evaluated, with_batch_statistics)
 
 
@@ -41,10 +46,7 @@ def test_a_fine_tuning_step_leaves_statistics_that_belong_to_its_weights():
     (cells of -86 to -89 points in the architecture benchmark) while its BatchNorms still held the base's statistics."""
     data = load_data("digits")
     model = train(slow_statistics_net(), data, Budget(epochs=1, lr=1e-2), seed=0, device=torch.device("cpu"))
-    evaluated = accuracy_and_exits(model, data, "val", torch.device("cpu"))[0]
-    images, labels = data.val.tensors
-    with torch.no_grad():
-        with_batch_statistics = 100 * (model.train()(images).argmax(1) == labels).float().mean().item()
+    evaluated, with_batch_statistics = eval_and_batch_accuracy(model, data)
     assert evaluated > 40 and evaluated >= with_batch_statistics - 2, (evaluated, with_batch_statistics)
 
 
