@@ -86,7 +86,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help=f"fine-tuning learning rate (default {Budget.lr:g}, or the rate a sample's card declares: digits32_vit 2e-4)")
     parser.add_argument("--batch-size", type=int, default=Budget.batch_size,
                         help="fine-tuning batch size (large batches, e.g. 1024, keep a GPU busy)")
-    parser.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE", help="any method setting, repeatable")
+    parser.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE", help="any method setting, repeatable; over a sample card's own, field by field (digits32_vit: distill width 1, depth 0.5)")
     for method in METHODS.values():
         parser.add_argument(f"--{method.name.replace('_', '-')}-{method.strength.replace('_', '-')}", dest=_strength_dest(method),
                             type=float if isinstance(getattr(method.default_config(), method.strength), float) else int,

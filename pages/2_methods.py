@@ -109,7 +109,7 @@ def plan_summary() -> None:
 st.title("Methods")
 st.caption(f"Base: {formatting.md(plan.describe_base(session.base_choice(state)))} (change it on Model & data).")
 if base_changed:
-    st.info(f"The methods and learning rate are {formatting.md(session.base_choice(state)['model'])}'s defaults "
+    st.info(f"The methods, their settings and the learning rate are {formatting.md(session.base_choice(state)['model'])}'s defaults "
             f"({', '.join(state['w_methods'])}; {state['w_lr']:g}): the base changed since they were set.")
 st.multiselect("Methods to compare (two or more)", list(METHODS), key="w_methods",
                format_func=lambda name: f"{METHODS[name].title} ({name})", **KEEP)

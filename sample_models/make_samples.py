@@ -32,7 +32,10 @@ SAMPLES = {
                           "budget": Budget(epochs=8, lr=3e-3, weight_decay=5e-4)},
     # torchvision's VisionTransformer (grey digits repeated to its 3 channels); its default methods include token merging
     "digits32_vit": {"architecture": "vit_tiny_32", "input_size": 32, "threads": 1,
-                     "methods": ("distill", "prune", "quantize", "token_merge"),
+                     "methods": ("distill", "quantize", "early_exit", "token_merge"),
+                     # its student keeps the width of its embedding and drops half the blocks: at the default width 0.6 the
+                     # 3-epoch student lost 22.6 points (74.93 %), at depth 0.5 it kept 97.49 % (seed 0, test)
+                     "settings": {"distill": {"width": 1.0, "depth": 0.5}},
                      # test accuracy after 0.3 epochs at 2e-3 / 5e-4 / 2e-4 (seed 0, base 97.49 %): prune 94.2 / 95.3 / 95.8,
                      # quantize 86.9 / 89.7 / 93.6, token_merge 88.9 / 97.2 / 97.5 %
                      "fine_tune_lr": 2e-4,
@@ -66,6 +69,7 @@ def make(name: str, out: Path = HERE) -> dict:
         "reproduce": f"python sample_models/make_samples.py {name}",
         **({"methods": list(recipe["methods"])} if "methods" in recipe else {}),  # what an exploration of it compares by default
         **({"fine_tune_lr": recipe["fine_tune_lr"]} if "fine_tune_lr" in recipe else {}),  # and the rate its steps fine-tune at
+        **({"settings": recipe["settings"]} if "settings" in recipe else {}),  # and the settings of its methods
     }
     (out / f"{name}.json").write_text(json.dumps(card, indent=1) + "\n")
     (out / f"{name}.md").write_text(model_card_markdown(card))
@@ -87,7 +91,12 @@ def model_card_markdown(card: dict) -> str:
 - **Weights**: `{card['weights']}` (safetensors, sha256 `{card['sha256'][:16]}…`)
 - **Reproduce**: `{card['reproduce']}`
 """ + (f"- **Methods explored by default**: {', '.join(card['methods'])}\n" if "methods" in card else "") + (
-    f"- **Fine-tuning rate of an exploration's steps** (unless --lr says otherwise): {card['fine_tune_lr']:g}\n" if "fine_tune_lr" in card else "")
+    f"- **Fine-tuning rate of an exploration's steps** (unless --lr says otherwise): {card['fine_tune_lr']:g}\n" if "fine_tune_lr" in card else "") + (
+    f"- **Method settings of an exploration** (unless --set says otherwise): {_settings_text(card['settings'])}\n" if "settings" in card else "")
+
+
+def _settings_text(settings: dict) -> str:
+    return "; ".join(f"{method} " + ", ".join(f"{name} {value:g}" for name, value in fields.items()) for method, fields in settings.items())
 
 
 if __name__ == "__main__":

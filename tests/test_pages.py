@@ -321,29 +321,36 @@ def test_methods_page_builds_widgets_from_the_registry_and_counts_applications(s
     assert next(metric for metric in at.main.metric if metric.label == "Estimated time").value == "about " + duration(applications * mean)
 
 
-def test_methods_and_learning_rate_follow_the_chosen_base(store, spawned):
-    """A ViT sample chosen on Model & data brought the CNNs' methods (no token merging) and learning rate (2e-3,
-    where its card fine-tunes at 2e-4) to Methods and to the exploration launched from Runs."""
+def test_methods_their_settings_and_learning_rate_follow_the_chosen_base(store, spawned):
+    """A ViT sample chosen on Model & data brought the CNNs' methods (no token merging), learning rate (2e-3, where its
+    card fine-tunes at 2e-4) and student (width 0.6, where its card's keeps the width and drops half the blocks) to
+    Methods and to the exploration launched from Runs."""
     vit = {**session.DEFAULT_BASE, "model": "digits32_vit"}
     own = (list(default_methods("digits32_vit")), default_budget("digits32_vit").lr)
+    student = lambda at: (at.slider(key="w_distill.width").value, at.number_input(key="w_distill.depth").value)
     at = app("3_runs")  # straight to Runs: the Methods page never opened
     at.session_state[session.BASE] = vit
     at.run()
     next(button for button in at.main.button if button.label == "Launch exploration").click().run()
     job = store.get(spawned[0])
     assert (job["spec"]["methods"], job["spec"]["budget"]["lr"]) == own and "token_merge" in own[0]
+    assert job["spec"]["settings"] == {"distill": {"width": 1.0, "depth": 0.5}}
     at = app("2_methods")
-    assert (at.multiselect(key="w_methods").value, at.number_input(key="w_lr").value) != own
+    assert (at.multiselect(key="w_methods").value, at.number_input(key="w_lr").value) != own and student(at) == (0.6, 1.0)
     at.session_state[session.BASE] = vit
     at.run()
-    assert (at.multiselect(key="w_methods").value, at.number_input(key="w_lr").value) == own
+    assert (at.multiselect(key="w_methods").value, at.number_input(key="w_lr").value) == own and student(at) == (1.0, 0.5)
     assert "the base changed since they were set" in plain(at.main.info[0].value)
+    at.slider(key="w_distill.width").set_value(0.6).run()  # the engine's default, not this base's: the user's choice
+    assert plan.plan_from_state(at.session_state).settings["distill"] == {"width": 0.6, "depth": 0.5}
+    at.slider(key="w_distill.width").set_value(1.0).run()
     at.multiselect(key="w_methods").set_value(["prune", "token_merge"]).run()
     at.run()  # the same base: the user's choice stays
     assert at.multiselect(key="w_methods").value == ["prune", "token_merge"] and not at.main.info
     at.session_state[session.BASE] = session.DEFAULT_BASE
     at.run()
     assert at.multiselect(key="w_methods").value == list(DEFAULT_METHODS) and at.number_input(key="w_lr").value == Budget().lr
+    assert student(at) == (0.6, 1.0)
 
 
 def test_an_impossible_plan_is_an_error_on_methods_and_runs(store):

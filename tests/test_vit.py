@@ -117,6 +117,35 @@ def test_an_exploration_of_the_vit_sample_fine_tunes_at_its_card_s_rate_unless_t
     assert _budget(apply).lr == rate
 
 
+def test_an_exploration_of_the_vit_sample_takes_its_card_s_method_settings_unless_told():
+    # before: its student narrowed the embedding (width 0.6) and kept 74.93 % of 97.49 %, and the recommended chain
+    # lost 23.95 points; the card's student drops half the blocks instead
+    from ordercomp.cli import _spec, build_parser
+    from ordercomp.exploration.explorer import default_settings
+
+    own = sample_card("digits32_vit")["settings"]
+    assert own == {"distill": {"width": 1.0, "depth": 0.5}}
+    assert ExploreSpec(model="digits32_vit").settings == own and ExploreSpec().settings == {}
+    assert ExploreSpec(model="digits32_vit").to_dict()["settings"] == own  # recorded with the results
+    explore = lambda *options: _spec(build_parser().parse_args(["explore", "--model", "digits32_vit", *options])).settings
+    assert explore("--set", "distill.depth=0.75") == {"distill": {"width": 1.0, "depth": 0.75}}  # field by field
+    assert explore("--methods", "prune,quantize") == {}  # a method not chosen brings none
+    assert explore("--methods", "prune,distill", "--prune-ratio", "0.3") == {"distill": own["distill"], "prune": {"ratio": 0.3}}
+    assert default_settings("digits_cnn", ("distill", "prune")) == {}
+    with pytest.raises(ValueError, match="settings map a method to its fields"):
+        ExploreSpec(model="digits32_vit", settings={"distill": 0.5})
+
+
+def test_the_vit_sample_s_own_student_keeps_its_width_and_drops_half_its_blocks(tmp_path):
+    from ordercomp.exploration.explorer import compress
+
+    outcome = compress(model="digits32_vit", chain=["distill"], budget=Budget(epochs=0.05, lr=2e-4), device="cpu",
+                       cache_dir=tmp_path)
+    vit = outcome.model
+    assert len(vit.encoder.layers) == 2 and vit.hidden_dim == 64
+    assert outcome.configs["distill"]["depth"] == 0.5
+
+
 def test_bipartite_merge_averages_by_size_and_never_merges_the_class_token():
     # tokens 0..4: A = (0, 2, 4), B = (1, 3); token 2 is closest to 3, token 4 to 1 and less so; the class token 0
     # is closest of all to 1 and is never merged

@@ -15,7 +15,7 @@ from ..order import LATENCY_OBJECTIVES
 from .session import base_choice
 
 WIDGET_PREFIX = "w_"
-DEFAULTS_FOR = "w_defaults_for"  # session key: the base whose own defaults (methods, learning rate) the widgets took
+DEFAULTS_FOR = "w_defaults_for"  # session key: the base whose own defaults (methods, settings, rate) the widgets took
 NO_REPEAT = "(none)"
 DATA_SOURCES = {"digits": "Embedded digits (default)", "folder": "A folder on this machine (CIFAR-10/100 or ImageFolder)",
                 "zip": "Upload a zip of an ImageFolder tree"}
@@ -115,16 +115,21 @@ def plan_defaults() -> dict:
 
 
 def base_defaults(model: str) -> dict:
-    """The Methods page's values that belong to the base: a sample's own methods and fine-tuning rate (digits32_vit
-    compares token merging and fine-tunes at 2e-4, where the CNNs' 2e-3 costs its steps points), else the engine's."""
-    from ..exploration.explorer import default_budget, default_methods
+    """The Methods page's values that belong to the base: a sample's own methods, method settings and fine-tuning rate
+    (digits32_vit compares token merging, its student drops blocks, and it fine-tunes at 2e-4, where the CNNs' 2e-3
+    costs its steps points), else the engine's."""
+    from ..exploration.explorer import default_budget, default_methods, default_settings
+    from ..methods.registry import METHODS
 
-    return {"w_methods": list(default_methods(model)), "w_lr": default_budget(model).lr}
+    own = default_settings(model, tuple(METHODS))
+    settings = {s.key: own.get(s.method, {}).get(s.name, s.default) for method in METHODS.values() for s in method_settings(method)}
+    return {"w_methods": list(default_methods(model)), "w_lr": default_budget(model).lr} | settings
 
 
 def follow_base(state) -> bool:
-    """Give the methods and learning rate the chosen base's defaults, where not yet set, and again whenever the base
-    changes: a ViT sample chosen after a CNN gets its own. True when it replaced values set for another base."""
+    """Give the methods, their settings and the learning rate the chosen base's defaults, where not yet set, and again
+    whenever the base changes: a ViT sample chosen after a CNN gets its own. True when it replaced values set for
+    another base."""
     model = base_choice(state)["model"]
     if state.get(DEFAULTS_FOR) == model:
         return False
@@ -148,7 +153,7 @@ def plan_from_state(state):
     methods = tuple(value("w_methods"))
     settings = {}
     for name in methods:
-        changed = {s.name: value(s.key) for s in method_settings(get_method(name)) if value(s.key) != s.default}
+        changed = {s.name: value(s.key) for s in method_settings(get_method(name)) if value(s.key) != defaults[s.key]}
         if changed:
             settings[name] = changed
     repeat = value("w_repeat")
