@@ -72,7 +72,8 @@ def shrink_width(model: nn.Module, ratio: float, importance: str, context: Conte
         raise PruningError(f"Torch-Pruning could not prune this network's channels ({one_line(error)}): "
                            "sparsify or lowrank make it smaller without it") from error
     for vit in vision_transformers(model):
-        vit.hidden_dim = vit.conv_proj.out_channels  # its forward reshapes the patch embedding to this width
+        vit.hidden_dim = vit.class_token.shape[-1]  # its forward reshapes the patch embedding to this width (pruned with
+        # the embedding; the patch embedding may be two convolutions after lowrank)
     _check_runs(model, example)
     return model
 
