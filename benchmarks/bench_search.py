@@ -171,7 +171,9 @@ def print_row(row: dict) -> None:
         f"  P(best of evaluated) {row['probability']:.2f} (truly: {'yes' if row['truly_best_of_evaluated'] else 'no'}), "
         + ("separated" if row["separated"] else f"not separated from {row['inseparable']}"))
     cheap = "" if row["screen_tau"] is None else f"  tau cheap vs full {row['screen_tau']:+.2f}"
-    print(f"  {label:22s} rank {row['rank']}/{row['of']}  regret {row['regret']:.2f}  tau {row['tau'] or 0:+.2f}  "
+    place = (f"rank {row['rank']}/{row['of']}  regret {row['regret']:.2f}" if row["rank"] else
+             f"its chain is not among the {row['of']} orders that applied on every seed")
+    print(f"  {label:22s} {place}  tau {row['tau'] or 0:+.2f}  "
           f"applications {row['applications']} (cost {row['cost']:.0f}, {row['applications'] / row['pairwise_total']:.2f}x "
           f"pairwise){sure}{cheap}  {row['chain']}")
 
@@ -188,7 +190,7 @@ def summarize(rows: list[dict]) -> None:
                   f"{statistics.median(r['rank'] for r in mine):.0f} | "
                   f"{', '.join(_ratio(r) for r in mine)} | {', '.join(str(round(r['cost'])) for r in mine)} |")
     worse = [(r["setting"], r["regret"] - p["regret"], r["best_se"]) for r in rows if _label(r) == DEFAULT
-             for p in rows if p["setting"] == r["setting"] and _label(p) == "pairwise" and r["regret"] is not None]
+             for p in rows if p["setting"] == r["setting"] and _label(p) == "pairwise" and None not in (r["regret"], p["regret"])]
     print("default minus pairwise regret per setting (positive: worse than pairwise), against the best order's se: "
           + ", ".join(f"{name} {difference:+.2f} ({se:.2f})" for name, difference, se in worse))
 

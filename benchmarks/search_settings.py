@@ -5,7 +5,8 @@ recovery, and affordable ground truth on 2 cores), method sets with sparsify, lo
 with five methods (int8 among them: it can only come last, which keeps its exhaustive ground truth
 affordable on 2 cores), two where training noise is large (a seed-to-seed sd of 2 points or more for
 a typical order: harsh strengths and one epoch of fine-tuning, so that recovery depends on the seed),
-and one with six methods (720 orders; 1,956 applications a seed for its ground truth, so 2 seeds).
+one with six methods (720 orders; 1,956 applications a seed for its ground truth, so 2 seeds), and two on the
+Vision Transformer sample (its default, with token merging; token merging beside pruning and low rank).
 The default setting is whatever `ordercomp explore` runs with no options.
 """
 from __future__ import annotations
@@ -41,6 +42,13 @@ SETTINGS: dict[str, dict] = {
                           "settings": {"distill": {"width": 0.35}, "sparsify": {"sparsity": 0.9},
                                        "quantize": {"weight_bits": 2, "act_bits": 8}, "early_exit": {"threshold": 0.7}},
                           "budget": {"epochs": 1}},
+    # the ViT sample as its exploration runs by default (its card's methods and settings: token merging among them)
+    "vit-default": {"model": "digits32_vit"},
+    # the ViT with pruning and low rank beside token merging and 4-bit QAT, one epoch (merging and pruning both thin
+    # what the later blocks see)
+    "vit-merge-prune": {"model": "digits32_vit", "methods": ("prune", "token_merge", "quantize", "lowrank"),
+                        "settings": {"prune": {"ratio": 0.5}, "token_merge": {"r": 24}, "lowrank": {"rank_ratio": 0.5}},
+                        "budget": {"epochs": 1, "lr": 2e-4}},
     # 2 seeds: 1,956 applications a seed (720 orders, no forced pair) are the dearest ground truth here
     "cnn-six": {"methods": ("distill", "prune", "sparsify", "quantize", "early_exit", "lowrank"),
                 "settings": {"quantize": {"weight_bits": 8, "act_bits": 8}}, "budget": {"epochs": 1}, "seeds": 2},
