@@ -17,8 +17,8 @@ import time
 
 import torch
 
+from ordercomp.deploy.runtimes import inductor_compiled
 from ordercomp.exploration.explorer import ExploreSpec, compress, explore
-from ordercomp.methods.int8 import compile_int8
 from ordercomp.metrics import latency_ms, measure
 
 
@@ -59,7 +59,7 @@ def deployable(chain: list[str], base: dict) -> None:
     outcome = compress(chain=int8_chain)
     data = outcome.data
     metrics = measure(outcome.model, data, "test", latency=False)
-    model = compile_int8(outcome.model)
+    model = inductor_compiled(outcome.model.eval())
     for batch in (1, 32):
         chain_ms = latency_ms(model, data, torch.device("cpu"), batch, 50, 1)
         base_ms = base["latency_ms_b1"] if batch == 1 else base["latency_ms_batch"]

@@ -111,8 +111,9 @@ def settle_batchnorm(model: nn.Module, data: DataBundle, device: torch.device, b
     PyTorch's 0.1) as the exact average over the training split, for the weights the model has now; `train` does it
     at its end, for a base as for every fine-tuning step. A slow average lags training: torchvision's MobileNetV3
     keeps 0.99 of the old statistics per step (momentum 0.01), and after the library's 20 epochs on the digits it
-    scored 6.1 % in eval mode against 96.9 % with batch statistics (97.5 % once recomputed). BatchNorms at the default momentum are left as trained: recomputing theirs changed the bases every
-    test and sample was built on (the int8 check of a tiny test CNN then fell from 99 % agreement to 95.5 %)."""
+    scored 6.1 % in eval mode against 96.9 % with batch statistics (97.5 % once recomputed). BatchNorms at the
+    default momentum are left as trained: recomputing theirs changed the bases every test and sample was built on
+    (the int8 check of a tiny test CNN then fell from 99 % agreement to 95.5 %)."""
     norms = slow_batchnorms(model)
     if not norms:
         return model.eval()

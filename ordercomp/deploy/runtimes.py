@@ -108,14 +108,21 @@ def _calls(module: torch.nn.Module) -> Runner:
 
 
 def _inductor_runner(module: torch.nn.Module) -> Runner:
-    """Inductor with freezing: it lowers int8 quantise/dequantise patterns to integer kernels. An exported
-    program runs in the mode it was exported in (eval) and refuses `eval()`, so none is asked of it."""
+    """`inductor_compiled`. An exported program runs in the mode it was exported in (eval) and refuses `eval()`, so
+    none is asked of it."""
+    return _calls(inductor_compiled(module))
+
+
+def inductor_compiled(module: torch.nn.Module) -> torch.nn.Module:
+    """The module compiled by Inductor with freezing, which lowers pt2e's int8 quantise/dequantise patterns to integer
+    kernels. Shapes are static: this torch release's int8 conv lowering rejects the strides of a dynamic batch
+    dimension (each new batch size compiles once)."""
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _calls(torch.compile(module, dynamic=False))
+        return torch.compile(module, dynamic=False)
 
 
 def measure_runner(run: Runner, data: DataBundle, *, threads: int = THREADS, batches=BATCHES, repeats: int = 20) -> dict:

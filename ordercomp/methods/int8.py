@@ -2,8 +2,8 @@
 
 Each part of a staged model (stem, every stage, every exit head, the head) is exported with
 torch.export, observed on calibration batches and converted, so the model keeps its stage
-boundaries (early exits still work). Weights and activations become int8; `compile_int8` runs the
-model through Inductor with freezing so the int8 kernels actually execute.
+boundaries (early exits still work). Weights and activations become int8; Inductor with freezing
+(`deploy.runtimes.inductor_compiled`, the pt2 runtime) runs them on int8 kernels.
 A Vision Transformer's parts are its linear layers (and patch embedding), each converted alone, so that
 exits on its class token and merged tokens keep working: its attention first computes with its in- and
 out-projections as layers of their own (`LayerAttention`); the attention products QK^T and AV stay float.
@@ -133,7 +133,8 @@ def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
 
 
 def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
-    if not _is_transformer(model):
+    transformer = _is_transformer(model)
+    if not transformer:
         require_staged(model, "int8")
     if is_int8_converted(model):
         raise Incompatible("the model is already converted to int8 kernels")
@@ -145,8 +146,9 @@ def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
         model.to("cpu")
         context = Context(context.data, context.budget, context.seed, torch.device("cpu"), context.progress)
     plain_layers_(model)  # pt2e re-quantises the weights to the same int8 grid and observes the activations itself
-    for name, attention in quantisable_attention(model) if _is_transformer(model) else []:
-        replace_module(model, name, LayerAttention(attention))  # its projections become layers the quantiser sees
+    if transformer:
+        for name, attention in quantisable_attention(model):
+            replace_module(model, name, LayerAttention(attention))  # its projections become layers the quantiser sees
     names = _parts(model)
     sparsity = {name: lowest_sparsity(model.get_submodule(name)) for name in names}
     model.eval()
@@ -158,16 +160,6 @@ def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
             if inputs[name]:
                 replace_module(model, name, _convert(model.get_submodule(name), inputs[name], sparsity[name]))
     return model
-
-
-def compile_int8(model: nn.Module) -> nn.Module:
-    """The model compiled by Inductor with freezing, which lowers pt2e's quantise/dequantise
-    patterns to real int8 kernels. Shapes are static: this torch release's int8 conv lowering
-    rejects the strides of a dynamic batch dimension (each new batch size compiles once)."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True
-    return torch.compile(model.eval(), dynamic=False)
 
 
 METHOD = Method("int8", "Int8 post-training quantization", Int8Config, apply, "calibration_batches",
