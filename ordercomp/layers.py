@@ -59,6 +59,20 @@ def fake_quant_activation(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor
     return (full + (quantised - full).detach()).to(x.dtype)
 
 
+def fake_quant_probabilities(p: torch.Tensor, bits: int) -> torch.Tensor:
+    """Attention probabilities (on [0, 1]) with a straight-through gradient. Below 8 bits on a log-sqrt(2) grid
+    (FQ-ViT, Lin et al. 2022: levels 2^(-k/2), k = 0 .. 2^bits - 2, and 0): a uniform 4-bit grid's step is 1/15, so
+    it rounds every probability under 1/30 to zero, which is every one of a 65-token ViT's evenly spread attention.
+    At 8 bits the uniform grid, finer near 1."""
+    if bits >= 8:
+        return fake_quant_activation(p, p.new_zeros(()), p.new_ones(()), bits)
+    zero_code = 2 ** bits - 1
+    full = p.float()
+    codes = torch.clamp(torch.round(-2 * torch.log2(full.clamp_min(2.0 ** -zero_code))), 0, zero_code)
+    quantised = torch.where(codes == zero_code, torch.zeros_like(full), torch.exp2(-codes / 2))
+    return (full + (quantised - full).detach()).to(p.dtype)
+
+
 def observe_range_(low: torch.Tensor, high: torch.Tensor, observed: torch.Tensor, x: torch.Tensor) -> None:
     """Widen [low, high] to hold 0 and follow x's range: set on the first batch, then an EMA (weight 0.1)."""
     new_low, new_high = (v.to(low.dtype) for v in (x.min().clamp_max(0.0), x.max().clamp_min(0.0)))
@@ -121,7 +135,7 @@ class ActivationRange(nn.Module):
 class QuantMultiheadAttention(_QuantMixin, nn.MultiheadAttention):
     """Self-attention (batch first, as torchvision's EncoderBlock calls it) computed step by step so that every
     operand is fake-quantised: its input and in-projection, the queries, keys and values the products read
-    (each over its observed range), the attention probabilities (on [0, 1]), and out_proj (a QuantLinear)."""
+    (each over its observed range), the attention probabilities (fake_quant_probabilities), and out_proj (a QuantLinear)."""
 
     def _init_quant(self, weight_bits: int, act_bits: int) -> None:
         super()._init_quant(weight_bits, act_bits)
@@ -140,7 +154,7 @@ class QuantMultiheadAttention(_QuantMixin, nn.MultiheadAttention):
             scores = scores + attn_mask.view(batch, self.num_heads, tokens, tokens)
         probabilities = scores.softmax(dim=-1)
         if self.act_bits < FULL_BITS:
-            probabilities = fake_quant_activation(probabilities, probabilities.new_zeros(()), probabilities.new_ones(()), self.act_bits)
+            probabilities = fake_quant_probabilities(probabilities, self.act_bits)
         attended = F.dropout(probabilities, self.dropout, self.training) @ v
         return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)), None
 

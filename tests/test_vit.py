@@ -14,7 +14,8 @@ from torch.utils.data import TensorDataset
 from torchvision.models.vision_transformer import VisionTransformer
 
 from ordercomp.exploration.explorer import DEFAULT_METHODS, ExploreSpec, prepare_base
-from ordercomp.layers import QuantMultiheadAttention, bits_of, compute_layers, is_int8_converted, is_quantised, to_quant
+from ordercomp.layers import (QuantMultiheadAttention, bits_of, compute_layers, fake_quant_probabilities, is_int8_converted, is_quantised,
+                             to_quant)
 from ordercomp.methods.base import Context, Incompatible
 from ordercomp.methods.early_exit import TransformerExits, select_exits
 from ordercomp.methods.registry import METHODS, get_method
@@ -278,6 +279,20 @@ def test_quantised_attention_at_full_bits_computes_what_multihead_attention_does
             expected = attention(tokens, tokens, tokens, need_weights=False, attn_mask=given)[0]
             got = to_quant(copy.deepcopy(attention), 32, 32).eval()(tokens, tokens, tokens, need_weights=False, attn_mask=given)[0]
             assert torch.allclose(got, expected, atol=1e-5)
+
+
+
+
+def test_four_bit_attention_probabilities_keep_the_small_ones_that_a_uniform_grid_rounds_to_zero():
+    evenly = torch.full((2, 65), 1 / 65, requires_grad=True)  # a 65-token ViT's evenly spread attention
+    four = fake_quant_probabilities(evenly, 4)
+    assert (four > 0).all() and 2 ** -0.5 <= four[0].sum() <= 2 ** 0.5  # a uniform 4-bit grid (step 1/15) gives all zeros
+    peaked = torch.tensor([[0.9, 0.05, 0.03, 0.012, 0.008]])  # down to the grid's last level, 2^-7
+    assert (fake_quant_probabilities(peaked, 4) / peaked).log2().abs().max() <= 0.25 + 1e-6  # within a quarter octave
+    assert fake_quant_probabilities(torch.tensor([0.005]), 4) == 0  # under 2^-7.25
+    assert (fake_quant_probabilities(evenly, 8) - evenly).abs().max() <= 1 / 510 + 1e-7  # 8 bits: the uniform grid
+    four.sum().backward()
+    assert torch.equal(evenly.grad, torch.ones_like(evenly))  # straight through
 
 
 @pytest.mark.parametrize("chain", [("quantize", "token_merge"), ("token_merge", "quantize")])

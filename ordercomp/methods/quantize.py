@@ -3,7 +3,8 @@
 Every conv and linear layer (exit heads included) becomes a fake-quantised layer; its bits are
 what BitOps and storage count. A transformer's self-attention becomes a quantised attention that
 fake-quantises the projections it reads as raw weights (in_proj, out_proj) and the operands of its
-products (queries, keys, values, probabilities). Bits never go up: quantising again keeps the lower of the two.
+products (queries, keys, values, and the probabilities, on a log grid below 8 bits). Bits never go up:
+quantising again keeps the lower of the two.
 """
 from __future__ import annotations
 
