@@ -281,8 +281,6 @@ def test_quantised_attention_at_full_bits_computes_what_multihead_attention_does
             assert torch.allclose(got, expected, atol=1e-5)
 
 
-
-
 def test_four_bit_attention_probabilities_keep_the_small_ones_that_a_uniform_grid_rounds_to_zero():
     evenly = torch.full((2, 65), 1 / 65, requires_grad=True)  # a 65-token ViT's evenly spread attention
     four = fake_quant_probabilities(evenly, 4)
