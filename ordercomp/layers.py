@@ -31,6 +31,8 @@ pair of registered methods.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,24 +41,39 @@ FULL_BITS = 32
 SUPPORTED_BITS = (2, 4, 8)
 
 
+def straight_through(x: torch.Tensor, rounded: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """`rounded(x)` with the gradient of the identity (the straight-through estimator). In training the rounding runs
+    outside autograd, so none of its steps keeps a tensor for a backward pass that never reaches it; outside training,
+    and when an exporter traces the model, it is the rounded value alone."""
+    if not (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling():
+        return rounded(x)
+    with torch.no_grad():
+        offset = rounded(x).sub_(x)
+    return x + offset
+
+
 def fake_quant_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric per-output-channel quantisation with a straight-through gradient."""
+    return straight_through(weight, lambda w: _weight_grid(w, bits))
+
+
+def _weight_grid(weight: torch.Tensor, bits: int) -> torch.Tensor:
     qmax = 2 ** (bits - 1) - 1
-    flat = weight.detach().flatten(1).abs().amax(dim=1).clamp_min(1e-8)
-    scale = (flat / qmax).view(-1, *([1] * (weight.dim() - 1)))
-    quantised = torch.clamp(torch.round(weight / scale), -qmax, qmax) * scale
-    return weight + (quantised - weight).detach()
+    scale = (weight.flatten(1).abs().amax(dim=1).clamp_min(1e-8) / qmax).view(-1, *([1] * (weight.dim() - 1)))
+    return (weight / scale).round_().clamp_(-qmax, qmax).mul_(scale)
 
 
 def fake_quant_activation(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bits: int) -> torch.Tensor:
     """Asymmetric per-tensor quantisation over [low, high] with a straight-through gradient, computed
     in float32 (under bf16 autocast too) and returned in the input's dtype."""
+    return straight_through(x.float(), lambda full: _activation_grid(full, low, high, bits)).to(x.dtype)
+
+
+def _activation_grid(full: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bits: int) -> torch.Tensor:
     levels = 2 ** bits - 1
     scale = ((high - low) / levels).clamp_min(1e-8)
     zero = torch.round(-low / scale)
-    full = x.float()
-    quantised = (torch.clamp(torch.round(full / scale) + zero, 0, levels) - zero) * scale
-    return (full + (quantised - full).detach()).to(x.dtype)
+    return (full / scale).round_().add_(zero).clamp_(0, levels).sub_(zero).mul_(scale)
 
 
 def fake_quant_probabilities(p: torch.Tensor, bits: int) -> torch.Tensor:
@@ -66,11 +83,14 @@ def fake_quant_probabilities(p: torch.Tensor, bits: int) -> torch.Tensor:
     At 8 bits the uniform grid, finer near 1."""
     if bits >= 8:
         return fake_quant_activation(p, p.new_zeros(()), p.new_ones(()), bits)
+    return straight_through(p.float(), lambda full: _log_sqrt2_grid(full, bits)).to(p.dtype)
+
+
+def _log_sqrt2_grid(full: torch.Tensor, bits: int) -> torch.Tensor:
     zero_code = 2 ** bits - 1
-    full = p.float()
-    codes = torch.clamp(torch.round(-2 * torch.log2(full.clamp_min(2.0 ** -zero_code))), 0, zero_code)
-    quantised = torch.where(codes == zero_code, torch.zeros_like(full), torch.exp2(-codes / 2))
-    return (full + (quantised - full).detach()).to(p.dtype)
+    codes = full.clamp_min(2.0 ** -zero_code).log2_().mul_(-2).round_().clamp_(0, zero_code)
+    rounds_to_zero = codes == zero_code
+    return codes.mul_(-0.5).exp2_().masked_fill_(rounds_to_zero, 0.0)
 
 
 def observe_range_(low: torch.Tensor, high: torch.Tensor, observed: torch.Tensor, x: torch.Tensor) -> None:
