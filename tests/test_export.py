@@ -339,3 +339,21 @@ def test_the_pt2_file_is_measured_in_its_runtime(compressed, tmp_path):
         expected = 100 * (model(images).argmax(1) == labels).float().mean().item()
     assert "error" not in entry["measured"], entry["measured"]
     assert entry["measured"]["accuracy"] == pytest.approx(expected, abs=0.3) and entry["measured"]["latency_ms"]["32"] > 0
+
+
+def test_a_file_s_accuracy_is_computed_in_calls_of_one_batch_size(digits):
+    """A runtime compiled for static shapes (pt2 under Inductor) compiles once per batch size: the test split (359
+    images, not a multiple of 32) is run in calls of 32 images only, and the filler images do not count."""
+    from ordercomp.deploy.runtimes import accuracy
+    images, labels = digits.test.tensors
+    sizes = []
+
+    def labels_as_logits(x):  # right on the first 300 images, wrong on the rest
+        sizes.append(len(x))
+        rows = [int(torch.nonzero((images == torch.from_numpy(image)).flatten(1).all(1))[0]) for image in x]
+        wrong = [(int(labels[row]) + (row >= 300)) % 10 for row in rows]
+        return torch.nn.functional.one_hot(torch.tensor(wrong), 10).float().numpy()
+
+    assert len(labels) % 32 != 0
+    assert accuracy(labels_as_logits, digits) == pytest.approx(100.0 * 300 / len(labels))
+    assert set(sizes) == {32} and len(sizes) == -(-len(labels) // 32)
