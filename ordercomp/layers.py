@@ -152,6 +152,24 @@ class ActivationRange(nn.Module):
         return fake_quant_activation(x, self.low, self.high, bits)
 
 
+def attention_heads(projected: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A packed in-projection's output (B, T, 3E) as the queries, keys and values of every head, each (B, heads, T, E / heads)."""
+    batch, tokens, _ = projected.shape
+    return tuple(part.view(batch, tokens, heads, -1).transpose(1, 2) for part in projected.chunk(3, dim=-1))
+
+
+def per_head_mask(attn_mask: torch.Tensor | None, heads: int, tokens: int) -> torch.Tensor | None:
+    """An additive attention mask given per (batch x head), as nn.MultiheadAttention takes it (token merging's
+    proportional attention), shaped (B, heads, T, T) to add to every head's scores."""
+    return None if attn_mask is None else attn_mask.view(-1, heads, tokens, tokens)
+
+
+def heads_merged(attended: torch.Tensor) -> torch.Tensor:
+    """Every head's output (B, heads, T, D) side by side again: (B, T, heads x D), what the out-projection reads."""
+    batch, heads, tokens, width = attended.shape
+    return attended.transpose(1, 2).reshape(batch, tokens, heads * width)
+
+
 class QuantMultiheadAttention(_QuantMixin, nn.MultiheadAttention):
     """Self-attention (batch first, as torchvision's EncoderBlock calls it) computed step by step so that every
     operand is fake-quantised: its input and in-projection, the queries, keys and values the products read
@@ -166,17 +184,15 @@ class QuantMultiheadAttention(_QuantMixin, nn.MultiheadAttention):
                 is_causal: bool = False) -> tuple[torch.Tensor, None]:
         x = self._quant_input(query)  # (B, T, E): query, key and value are the same tokens
         weight = self.in_proj_weight if self.weight_bits >= FULL_BITS else fake_quant_weight(self.in_proj_weight, self.weight_bits)
-        batch, tokens, _ = x.shape
-        q, k, v = (self.operands[name](part, self.act_bits).view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
-                   for name, part in zip(("query", "key", "value"), F.linear(x, weight, self.in_proj_bias).chunk(3, dim=-1)))
+        q, k, v = (self.operands[name](part, self.act_bits)  # each over its own range, elementwise
+                   for name, part in zip(("query", "key", "value"), attention_heads(F.linear(x, weight, self.in_proj_bias), self.num_heads)))
         scores = q @ k.transpose(-2, -1) * self.head_dim ** -0.5  # (B, H, T, T)
-        if attn_mask is not None:  # (B * H, T, T), added to the logits (token merging's proportional attention)
-            scores = scores + attn_mask.view(batch, self.num_heads, tokens, tokens)
-        probabilities = scores.softmax(dim=-1)
+        mask = per_head_mask(attn_mask, self.num_heads, x.shape[1])
+        probabilities = (scores if mask is None else scores + mask).softmax(dim=-1)
         if self.act_bits < FULL_BITS:
             probabilities = fake_quant_probabilities(probabilities, self.act_bits)
         attended = F.dropout(probabilities, self.dropout, self.training) @ v
-        return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)), None
+        return self.out_proj(heads_merged(attended)), None
 
 
 def quantisable_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
