@@ -31,8 +31,6 @@ pair of registered methods.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,39 +39,24 @@ FULL_BITS = 32
 SUPPORTED_BITS = (2, 4, 8)
 
 
-def straight_through(x: torch.Tensor, rounded: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """`rounded(x)` with the gradient of the identity (the straight-through estimator). In training the rounding runs
-    outside autograd, so none of its steps keeps a tensor for a backward pass that never reaches it; outside training,
-    and when an exporter traces the model, it is the rounded value alone."""
-    if not (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling():
-        return rounded(x)
-    with torch.no_grad():
-        offset = rounded(x).sub_(x)
-    return x + offset
-
-
 def fake_quant_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric per-output-channel quantisation with a straight-through gradient."""
-    return straight_through(weight, lambda w: _weight_grid(w, bits))
-
-
-def _weight_grid(weight: torch.Tensor, bits: int) -> torch.Tensor:
     qmax = 2 ** (bits - 1) - 1
-    scale = (weight.flatten(1).abs().amax(dim=1).clamp_min(1e-8) / qmax).view(-1, *([1] * (weight.dim() - 1)))
-    return (weight / scale).round_().clamp_(-qmax, qmax).mul_(scale)
+    flat = weight.detach().flatten(1).abs().amax(dim=1).clamp_min(1e-8)
+    scale = (flat / qmax).view(-1, *([1] * (weight.dim() - 1)))
+    quantised = torch.clamp(torch.round(weight / scale), -qmax, qmax) * scale
+    return weight + (quantised - weight).detach()
 
 
 def fake_quant_activation(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bits: int) -> torch.Tensor:
     """Asymmetric per-tensor quantisation over [low, high] with a straight-through gradient, computed
     in float32 (under bf16 autocast too) and returned in the input's dtype."""
-    return straight_through(x.float(), lambda full: _activation_grid(full, low, high, bits)).to(x.dtype)
-
-
-def _activation_grid(full: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bits: int) -> torch.Tensor:
     levels = 2 ** bits - 1
     scale = ((high - low) / levels).clamp_min(1e-8)
     zero = torch.round(-low / scale)
-    return (full / scale).round_().add_(zero).clamp_(0, levels).sub_(zero).mul_(scale)
+    full = x.float()
+    quantised = (torch.clamp(torch.round(full / scale) + zero, 0, levels) - zero) * scale
+    return (full + (quantised - full).detach()).to(x.dtype)
 
 
 def fake_quant_probabilities(p: torch.Tensor, bits: int) -> torch.Tensor:
@@ -83,14 +66,11 @@ def fake_quant_probabilities(p: torch.Tensor, bits: int) -> torch.Tensor:
     At 8 bits the uniform grid, finer near 1."""
     if bits >= 8:
         return fake_quant_activation(p, p.new_zeros(()), p.new_ones(()), bits)
-    return straight_through(p.float(), lambda full: _log_sqrt2_grid(full, bits)).to(p.dtype)
-
-
-def _log_sqrt2_grid(full: torch.Tensor, bits: int) -> torch.Tensor:
     zero_code = 2 ** bits - 1
-    codes = full.clamp_min(2.0 ** -zero_code).log2_().mul_(-2).round_().clamp_(0, zero_code)
-    rounds_to_zero = codes == zero_code
-    return codes.mul_(-0.5).exp2_().masked_fill_(rounds_to_zero, 0.0)
+    full = p.float()
+    codes = torch.clamp(torch.round(-2 * torch.log2(full.clamp_min(2.0 ** -zero_code))), 0, zero_code)
+    quantised = torch.where(codes == zero_code, torch.zeros_like(full), torch.exp2(-codes / 2))
+    return (full + (quantised - full).detach()).to(p.dtype)
 
 
 def observe_range_(low: torch.Tensor, high: torch.Tensor, observed: torch.Tensor, x: torch.Tensor) -> None:
@@ -152,24 +132,6 @@ class ActivationRange(nn.Module):
         return fake_quant_activation(x, self.low, self.high, bits)
 
 
-def attention_heads(projected: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A packed in-projection's output (B, T, 3E) as the queries, keys and values of every head, each (B, heads, T, E / heads)."""
-    batch, tokens, _ = projected.shape
-    return tuple(part.view(batch, tokens, heads, -1).transpose(1, 2) for part in projected.chunk(3, dim=-1))
-
-
-def per_head_mask(attn_mask: torch.Tensor | None, heads: int, tokens: int) -> torch.Tensor | None:
-    """An additive attention mask given per (batch x head), as nn.MultiheadAttention takes it (token merging's
-    proportional attention), shaped (B, heads, T, T) to add to every head's scores."""
-    return None if attn_mask is None else attn_mask.view(-1, heads, tokens, tokens)
-
-
-def heads_merged(attended: torch.Tensor) -> torch.Tensor:
-    """Every head's output (B, heads, T, D) side by side again: (B, T, heads x D), what the out-projection reads."""
-    batch, heads, tokens, width = attended.shape
-    return attended.transpose(1, 2).reshape(batch, tokens, heads * width)
-
-
 class QuantMultiheadAttention(_QuantMixin, nn.MultiheadAttention):
     """Self-attention (batch first, as torchvision's EncoderBlock calls it) computed step by step so that every
     operand is fake-quantised: its input and in-projection, the queries, keys and values the products read
@@ -184,15 +146,17 @@ class QuantMultiheadAttention(_QuantMixin, nn.MultiheadAttention):
                 is_causal: bool = False) -> tuple[torch.Tensor, None]:
         x = self._quant_input(query)  # (B, T, E): query, key and value are the same tokens
         weight = self.in_proj_weight if self.weight_bits >= FULL_BITS else fake_quant_weight(self.in_proj_weight, self.weight_bits)
-        q, k, v = (self.operands[name](part, self.act_bits)  # each over its own range, elementwise
-                   for name, part in zip(("query", "key", "value"), attention_heads(F.linear(x, weight, self.in_proj_bias), self.num_heads)))
+        batch, tokens, _ = x.shape
+        q, k, v = (self.operands[name](part, self.act_bits).view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+                   for name, part in zip(("query", "key", "value"), F.linear(x, weight, self.in_proj_bias).chunk(3, dim=-1)))
         scores = q @ k.transpose(-2, -1) * self.head_dim ** -0.5  # (B, H, T, T)
-        mask = per_head_mask(attn_mask, self.num_heads, x.shape[1])
-        probabilities = (scores if mask is None else scores + mask).softmax(dim=-1)
+        if attn_mask is not None:  # (B * H, T, T), added to the logits (token merging's proportional attention)
+            scores = scores + attn_mask.view(batch, self.num_heads, tokens, tokens)
+        probabilities = scores.softmax(dim=-1)
         if self.act_bits < FULL_BITS:
             probabilities = fake_quant_probabilities(probabilities, self.act_bits)
         attended = F.dropout(probabilities, self.dropout, self.training) @ v
-        return self.out_proj(heads_merged(attended)), None
+        return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)), None
 
 
 def quantisable_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
