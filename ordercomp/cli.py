@@ -196,6 +196,7 @@ def run_explore(args) -> int:
 def run_apply(args) -> int:
     from .exploration.explorer import compress
     from .deploy.export import DEFAULT_FORMATS, check_export_folder, export_bytes, export_compressed, print_export
+    from .deploy.kept_files import kept_in
     from .exploration.results import print_chain_steps
 
     chain = parse_methods(args.chain)
@@ -213,9 +214,10 @@ def run_apply(args) -> int:
     broken = [s for s in outcome.steps if s.status != "ok"]
     if broken:
         raise ValueError(f"{chain_text(broken[0].chain)} is {broken[0].status}: {broken[0].reason}")
-    manifest = export_compressed(outcome.model, args.export, formats=formats, chain=chain,
-                                 configs=outcome.configs, metrics=outcome.steps[-1].metrics, data=outcome.data, base=outcome.source,
-                                 base_model=outcome.base, measure=not args.no_measure, reused=outcome.reused)
+    with kept_in(args.cache or None):
+        manifest = export_compressed(outcome.model, args.export, formats=formats, chain=chain,
+                                     configs=outcome.configs, metrics=outcome.steps[-1].metrics, data=outcome.data, base=outcome.source,
+                                     base_model=outcome.base, measure=not args.no_measure, reused=outcome.reused)
     if outcome.reused:
         print("the chain's model is the one an exploration with the same settings trained (from the cache): no method was applied again")
     print_export(manifest)

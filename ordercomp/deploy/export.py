@@ -44,6 +44,7 @@ from ..methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelec
 from ..methods.int8 import MAX_BATCH
 from ..layers import fake_quant_activation, quantises_activations
 from .onnx_int8 import CannotBuild, deployable_float, quantize_onnx
+from .kept_files import kept_or_written
 from .packed import PackError, write_packed
 from .runtimes import (BATCHES, THREADS, Runner, RuntimeMissing, cpu_description, latency_ms, load_runner, measure_pair,
                        measure_runner, runtime_name, torch_threads)
@@ -337,7 +338,7 @@ def write_format(name: str, src: Sources, folder: Path) -> dict:
         with warnings.catch_warnings():
             # deprecation notices and tracer remarks; the check below runs every written file instead
             warnings.simplefilter("ignore")
-            details = writer(src, folder / filename)
+            details = kept_or_written(name, src, folder / filename, writer)
     except OSError:
         raise
     except (CannotBuild, PackError, RuntimeMissing) as reason:

@@ -67,10 +67,10 @@ def environment(device: str) -> dict:
 
 @functools.cache
 def library_versions() -> dict[str, str | None]:
-    return {name: _installed(name) for name in LIBRARIES}
+    return {name: installed_version(name) for name in LIBRARIES}
 
 
-def _installed(name: str) -> str | None:
+def installed_version(name: str) -> str | None:
     try:
         return version(name)
     except PackageNotFoundError:  # the runtimes check for onnxruntime themselves and say what to install

@@ -32,6 +32,7 @@ from ..models.structure import base_fingerprint, structure_of, with_structure
 from ..models.weights import with_versions_of
 from ..fields import number, typed_fields
 from .executors import StepFunction, Work, check_executor, make_executor, probe_cluster
+from ..deploy.kept_files import kept_in
 from ..deploy.export import PROGRAM_FORMATS, SHIPPED_FORMAT, deployed_latency, shipped_figures
 from ..deploy.runtimes import require_onnxruntime
 from ..methods.base import Context, config_to_dict
@@ -498,7 +499,8 @@ class Explorer:
 
     def explore(self) -> Exploration:
         try:
-            return self._explore()
+            with kept_in(self.cache.folder):  # a step timed as a file, then shipped, is exported once
+                return self._explore()
         finally:
             self.close()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..exploration.explorer import Explorer, ExploreSpec, compress, prepare_base, resolve_device
+from ..deploy.kept_files import kept_in
 from ..deploy.export import DEFAULT_FORMATS, check_export_folder, export_bytes, export_compressed, verify_export
 from ..metrics import measure
 from ..order.plan import chain_text
@@ -57,10 +58,11 @@ def run_export(store: JobStore, job_id: str, spec: dict, events: Events) -> tupl
     if broken:
         raise ValueError(f"{chain_text(broken.chain)} is {broken.status}: {broken.reason}; choose another order")
     events({"kind": "stage", "stage": "export", "label": "writing and checking the export files"})
-    manifest = export_compressed(compressed.model, folder, formats=formats, chain=list(spec.chain),
-                                 configs=compressed.configs, metrics=compressed.steps[-1].metrics, data=compressed.data,
-                                 base=compressed.source, base_model=compressed.base, reused=compressed.reused,
-                                 shipped=exploration_shipped(store, spec.exploration))
+    with kept_in(store.cache_dir()):  # the file the exploration shipped is copied, not exported again
+        manifest = export_compressed(compressed.model, folder, formats=formats, chain=list(spec.chain),
+                                     configs=compressed.configs, metrics=compressed.steps[-1].metrics, data=compressed.data,
+                                     base=compressed.source, base_model=compressed.base, reused=compressed.reused,
+                                     shipped=exploration_shipped(store, spec.exploration))
     # the folder is this worker's, written a moment ago in the store's exports folder: its TorchScript is ordercomp's own
     result = {"folder": str(folder), "manifest": manifest, "verify": verify_export(folder, trust_torchscript=True),
               "steps": [step.to_dict() for step in compressed.steps], "base_metrics": compressed.base_metrics}
