@@ -71,7 +71,7 @@ def test_a_file_is_kept_for_exactly_the_content_it_was_written_from(tmp_path, ti
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["files"] and len(list((tmp_path / "cache" / "files").glob("*.file"))) == 4
 
 
-def test_a_kept_file_cut_short_or_swapped_is_written_again(tmp_path, tiny_model, digits, exports):
+def test_a_kept_file_or_record_cut_short_is_written_again(tmp_path, tiny_model, digits, exports):
     with kept_in(tmp_path / "cache"):
         _, first = written(tiny_model, digits, tmp_path / "a")
         (kept,) = (tmp_path / "cache" / "files").glob("*.file")
@@ -79,6 +79,9 @@ def test_a_kept_file_cut_short_or_swapped_is_written_again(tmp_path, tiny_model,
         _, again = written(tiny_model, digits, tmp_path / "b")
         assert len(exports) == 2 and again == first
         assert hashlib.sha256(kept.read_bytes()).digest() == hashlib.sha256(first).digest()  # kept whole again
+        kept.with_suffix(".json").write_text('{"sha256": ')  # a record cut short: written again, not an error
+        entry, third = written(tiny_model, digits, tmp_path / "c")
+        assert len(exports) == 3 and third == first and "error" not in entry
 
 
 def test_a_model_without_a_stable_description_is_exported_every_time(tmp_path, tiny_model, digits, exports):

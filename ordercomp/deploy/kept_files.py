@@ -54,14 +54,23 @@ def kept_or_written(fmt: str, src, path: Path, write: Callable[[object, Path], d
     if key is None:
         return write(src, path)
     kept, record = folder / f"{key}.file", folder / f"{key}.json"
-    if record.exists() and kept.exists():
-        recorded = json.loads(record.read_text())
-        if recorded.get("sha256") == sha256(kept):
-            shutil.copyfile(kept, path)
-            return recorded["details"]
+    details = _recorded_details(kept, record)
+    if details is not None:
+        shutil.copyfile(kept, path)
+        return details
     details = write(src, path)
     _keep(path, details, kept, record)
     return details
+
+
+def _recorded_details(kept: Path, record: Path) -> dict | None:
+    """The writer's details recorded beside a kept file whose SHA-256 is the recorded one; None for a file or record
+    that is missing, cut short, swapped or unreadable (the file is then written again)."""
+    try:
+        recorded = json.loads(record.read_text())
+        return recorded["details"] if recorded["sha256"] == sha256(kept) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _keep(path: Path, details: dict, kept: Path, record: Path) -> None:
