@@ -297,6 +297,7 @@ def test_the_latency_objectives_time_each_step_in_the_runtime_it_will_ship_in(tm
     # the base and each of the 4 steps: written as ONNX, loaded into onnxruntime and timed there at batch 1 and 32
     assert timed.formats == ["onnx"] * 5 and all(calls >= 2 * 20 for calls in timed.calls)
     assert all(s["metrics"]["latency_ms_b1"] > 0 and s["metrics"]["latency_ms_batch"] > 0 for s in steps)
+    assert not (tmp_path / "files").exists()  # a file per step is not kept in the cache: a large network's would fill a disk
     eager = explore(ExploreSpec(**{**vars(spec), "runtime": "eager"}), cache_dir=tmp_path).to_dict()
     assert timed.formats == ["onnx"] * 5  # eager timing runs no exported file
     assert all(s["metrics"]["latency_ms_b1"] > 0 for s in eager["steps"] if s["status"] == "ok")

@@ -44,7 +44,7 @@ from ..methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelec
 from ..methods.int8 import MAX_BATCH
 from ..layers import fake_quant_activation, quantises_activations
 from .onnx_int8 import CannotBuild, deployable_float, quantize_onnx
-from .kept_files import kept_or_written
+from .kept_files import kept_in, kept_or_written
 from .packed import PackError, write_packed
 from .runtimes import (BATCHES, THREADS, Runner, RuntimeMissing, cpu_description, latency_ms, load_runner, measure_pair,
                        measure_runner, runtime_name, torch_threads)
@@ -361,8 +361,9 @@ def export_format(name: str, src: Sources, data: DataBundle, folder: Path) -> di
 
 def deployed_latency(model: nn.Module, data: DataBundle, fmt: str, *, threads: int = 1, repeats: int = 20) -> dict:
     """Batch-1 and batch-32 latency (ms) of `model` written as `fmt` and run in that format's runtime:
-    what the step would cost where it ships. A form that cannot be built raises CannotBuild."""
-    with tempfile.TemporaryDirectory() as temp:
+    what the step would cost where it ships. A form that cannot be built raises CannotBuild. Its file is not kept
+    (kept_files): one per step of a search would fill a disk with a large network's files."""
+    with tempfile.TemporaryDirectory() as temp, kept_in(None):
         entry = write_format(fmt, Sources.of(model, data), Path(temp))
         if "error" in entry:
             raise CannotBuild(f"cannot be built as {fmt}: {entry['error']}")

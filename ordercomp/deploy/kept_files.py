@@ -1,11 +1,11 @@
 """Exported files kept by what they were written from, so that the same model is exported once per cache folder.
 
 The dynamo ONNX exporter takes seconds per model (a 4-bit ViT ~12 s, most of it in its decompositions), and the
-same model is written more than once: an exploration with a latency objective times every step as the file it
-would ship, then ships the chain and the base it has already timed; an exploration run again with another
-objective ships the same chain; the Export page writes the chain the exploration shipped, to check its bytes.
-Within `kept_in(folder)` (the step cache's folder: explorations, export jobs, `ordercomp apply`), the ONNX
-formats are kept in `folder/files`, named by a hash of everything the file is made from: every module's class,
+same model is written more than once: an exploration run again on the same cache (after a reload, or with another
+objective weight) ships the same chain and base; the Export page writes the chain the exploration shipped, to check
+its bytes. Within `kept_in(folder)` (the step cache's folder: explorations, export jobs, `ordercomp apply`), the
+ONNX formats are kept in `folder/files` (not the files a latency objective times each step in: one per step would
+fill a disk with a large network's files), named by a hash of everything the file is made from: every module's class,
 the source file that defines it, its public attributes and its tensors' bytes; the format, the sample's shape, the
 calibration images; ordercomp's own source and the exporting libraries' versions. A model that cannot be
 fingerprinted (a tensor subclass, an attribute whose value has no stable text) is written as before. A kept file is

@@ -499,7 +499,7 @@ class Explorer:
 
     def explore(self) -> Exploration:
         try:
-            with kept_in(self.cache.folder):  # a step timed as a file, then shipped, is exported once
+            with kept_in(self.cache.folder):  # a rerun ships its chain and base without exporting them again
                 return self._explore()
         finally:
             self.close()
