@@ -5,7 +5,8 @@ below (methods, metrics, export and training use nothing else):
 
 - bit widths: `bits_of(layer)` -> (weight bits, activation bits); `is_quantised(layer)` for a
   fake-quantised conv/linear layer (`to_quant` makes one, and a quantised self-attention from a
-  MultiheadAttention); a converted int8 part also has bits; a unit without weights that multiplies
+  MultiheadAttention, computed step by step like the `StepwiseAttention` that head pruning leaves,
+  whose heads may be fewer than its embedding allows); a converted int8 part also has bits; a unit without weights that multiplies
   activations (token merging's matching) has activation bits only, which quantisation lowers.
 - sparsity: `sparsity_of(layer)` (None when not marked); `magnitude_prune_` zeroes and marks;
   `sparse_masks` lets fine-tuning keep the zeros.
@@ -30,6 +31,8 @@ model with int8 parts is not trained again. tests/test_layers.py checks this for
 pair of registered methods.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -132,31 +135,88 @@ class ActivationRange(nn.Module):
         return fake_quant_activation(x, self.low, self.high, bits)
 
 
-class QuantMultiheadAttention(_QuantMixin, nn.MultiheadAttention):
-    """Self-attention (batch first, as torchvision's EncoderBlock calls it) computed step by step so that every
-    operand is fake-quantised: its input and in-projection, the queries, keys and values the products read
-    (each over its observed range), the attention probabilities (fake_quant_probabilities), and out_proj (a QuantLinear)."""
-
-    def _init_quant(self, weight_bits: int, act_bits: int) -> None:
-        super()._init_quant(weight_bits, act_bits)
-        self.operands = nn.ModuleDict({name: ActivationRange() for name in ("query", "key", "value")})
+class StepwiseAttention(nn.MultiheadAttention):
+    """Self-attention as torchvision's EncoderBlock calls it (batch first, one packed in-projection), computed step by
+    step with any number of heads of any width: once heads are removed (`keep_heads_`) its inner width is heads x head
+    width, no longer its embedding, which nn.MultiheadAttention's own forward requires. Takes token merging's additive
+    mask (B * heads, T, T). The hooks below are where quantisation (QuantMultiheadAttention) rounds its operands."""
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask=None,
                 need_weights: bool = True, attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[torch.Tensor, None]:
         x = self._quant_input(query)  # (B, T, E): query, key and value are the same tokens
-        weight = self.in_proj_weight if self.weight_bits >= FULL_BITS else fake_quant_weight(self.in_proj_weight, self.weight_bits)
         batch, tokens, _ = x.shape
-        q, k, v = (self.operands[name](part, self.act_bits).view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
-                   for name, part in zip(("query", "key", "value"), F.linear(x, weight, self.in_proj_bias).chunk(3, dim=-1)))
+        q, k, v = (self._operand(name, part).view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+                   for name, part in zip(("query", "key", "value"), F.linear(x, self._in_weight(), self.in_proj_bias).chunk(3, dim=-1)))
+        mask = None if attn_mask is None else attn_mask.view(batch, self.num_heads, tokens, tokens)
+        attended = self._attend(q, k, v, mask)  # (B, H, T, head width)
+        return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)), None
+
+    def _quant_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _in_weight(self) -> torch.Tensor:
+        return self.in_proj_weight
+
+    def _operand(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+
+
+class QuantMultiheadAttention(_QuantMixin, StepwiseAttention):
+    """Step-by-step self-attention with every operand fake-quantised: its input and in-projection, the queries, keys
+    and values the products read (each over its observed range), the attention probabilities
+    (fake_quant_probabilities), and out_proj (a QuantLinear)."""
+
+    def _init_quant(self, weight_bits: int, act_bits: int) -> None:
+        super()._init_quant(weight_bits, act_bits)
+        self.operands = nn.ModuleDict({name: ActivationRange() for name in ("query", "key", "value")})
+
+    def _in_weight(self) -> torch.Tensor:
+        return self.in_proj_weight if self.weight_bits >= FULL_BITS else fake_quant_weight(self.in_proj_weight, self.weight_bits)
+
+    def _operand(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return self.operands[name](x, self.act_bits)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         scores = q @ k.transpose(-2, -1) * self.head_dim ** -0.5  # (B, H, T, T)
-        if attn_mask is not None:  # (B * H, T, T), added to the logits (token merging's proportional attention)
-            scores = scores + attn_mask.view(batch, self.num_heads, tokens, tokens)
+        if mask is not None:  # added to the logits (token merging's proportional attention)
+            scores = scores + mask
         probabilities = scores.softmax(dim=-1)
         if self.act_bits < FULL_BITS:
             probabilities = fake_quant_probabilities(probabilities, self.act_bits)
-        attended = F.dropout(probabilities, self.dropout, self.training) @ v
-        return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)), None
+        return F.dropout(probabilities, self.dropout, self.training) @ v
+
+
+def attention_as(kind: type, attention: nn.MultiheadAttention) -> StepwiseAttention:
+    """A new step-by-step attention of class `kind` with `attention`'s embedding, heads, head width, dropout and
+    weights (copied)."""
+    inner = attention.num_heads * attention.head_dim
+    new = kind(inner, attention.num_heads, attention.dropout, bias=attention.in_proj_bias is not None, batch_first=True,
+               device=attention.in_proj_weight.device)
+    new.embed_dim = new.kdim = new.vdim = attention.embed_dim
+    new.in_proj_weight = nn.Parameter(attention.in_proj_weight.detach().clone())
+    if attention.in_proj_bias is not None:
+        new.in_proj_bias = nn.Parameter(attention.in_proj_bias.detach().clone())
+    new.out_proj = copy.deepcopy(attention.out_proj)
+    return new
+
+
+@torch.no_grad()
+def keep_heads_(attention: StepwiseAttention, keep: list[int]) -> None:
+    """Keep the heads `keep` (indices in order) of a step-by-step attention, in place: their rows of the packed
+    in-projection (queries, keys and values alike) and their columns of out_proj."""
+    width, inner = attention.head_dim, attention.num_heads * attention.head_dim
+    channels = torch.tensor([head * width + i for head in keep for i in range(width)], device=attention.in_proj_weight.device)
+    rows = torch.cat([channels + part * inner for part in range(3)])
+    attention.in_proj_weight = nn.Parameter(attention.in_proj_weight[rows].clone())
+    if attention.in_proj_bias is not None:
+        attention.in_proj_bias = nn.Parameter(attention.in_proj_bias[rows].clone())
+    attention.out_proj.weight = nn.Parameter(attention.out_proj.weight[:, channels].clone())
+    attention.out_proj.in_features = len(channels)
+    attention.num_heads = len(keep)
 
 
 def quantisable_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -240,13 +300,10 @@ def to_quant(layer: nn.Module, weight_bits: int, act_bits: int) -> nn.Module:
 
 
 def _quant_attention(attention: nn.MultiheadAttention, weight_bits: int, act_bits: int) -> QuantMultiheadAttention:
-    device = attention.in_proj_weight.device
-    quant = QuantMultiheadAttention(attention.embed_dim, attention.num_heads, attention.dropout, bias=attention.in_proj_bias is not None,
-                                    batch_first=True, device=device)
+    quant = attention_as(QuantMultiheadAttention, attention)
     quant._init_quant(weight_bits, act_bits)
-    quant.to(device)
-    quant.load_state_dict(attention.state_dict(), strict=False)
-    quant.out_proj = to_quant(attention.out_proj, weight_bits, act_bits)
+    quant.to(attention.in_proj_weight.device)
+    quant.out_proj = to_quant(quant.out_proj, weight_bits, act_bits)
     return quant
 
 

@@ -2,7 +2,8 @@
 
 The student is derived from the teacher's *current* architecture: a copy whose channels are cut
 by the width factor (Torch-Pruning, so a pruned or quantised teacher gives a pruned, quantised
-student) and whose shape-preserving blocks are dropped by the depth factor. It trains on the
+student), whose shape-preserving blocks are dropped by the depth factor, and (a transformer) whose
+attention keeps the `heads` fraction of its heads. It trains on the
 soft targets of the teacher (temperature T, weight alpha) plus the hard labels, exit by exit.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import all_outputs
+from ..layers import all_outputs, quantisable_attention
 from ..models.structure import vision_transformers
 from ..train import train
 from .base import Context, Incompatible, Method, check_choice, check_range, require_classifier, require_staged, require_trainable
@@ -28,6 +29,7 @@ from .token_merge import TokenMergingLayers, block_names
 class DistillConfig:
     width: float = 0.6
     depth: float = 1.0
+    heads: float = 1.0  # the fraction of each attention's heads the student keeps (a transformer)
     temperature: float = 4.0
     alpha: float = 0.7
     init: str = field(default="teacher", metadata={"choices": ("teacher", "scratch")})
@@ -35,11 +37,12 @@ class DistillConfig:
     def __post_init__(self):
         check_range("student width", self.width, 0.0, 1.0, low_open=True)
         check_range("student depth", self.depth, 0.0, 1.0, low_open=True)
+        check_range("student heads", self.heads, 0.0, 1.0, low_open=True)
         check_range("temperature", self.temperature, 0.0, 100.0, low_open=True)
         check_range("distillation weight alpha", self.alpha, 0.0, 1.0)
         check_choice("student init", self.init, ("teacher", "scratch"))
-        if self.width == 1.0 and self.depth == 1.0:
-            raise ValueError("a student with width 1 and depth 1 is the teacher itself: lower width or depth")
+        if self.width == 1.0 and self.depth == 1.0 and self.heads == 1.0:
+            raise ValueError("a student with width 1, depth 1 and all heads is the teacher itself: lower width, depth or heads")
 
 
 @torch.no_grad()
@@ -122,15 +125,18 @@ def _reset(model: nn.Module) -> None:
 
 def apply(model: nn.Module, config: DistillConfig, context: Context) -> nn.Module:
     require_trainable(model, "distill")
-    if config.width < 1.0:
-        require_classifier(model, "distill with width < 1")
+    if config.width < 1.0 or config.heads < 1.0:
+        require_classifier(model, "distill with width or heads < 1")
+    if config.heads < 1.0 and not quantisable_attention(model):
+        raise Incompatible(f"distill's heads {config.heads} removes attention heads, and this model has no self-attention to "
+                           "remove them from (torchvision's ViT has): leave heads at 1")
     teacher = model.to(context.device).eval()
     student = copy.deepcopy(teacher)
     example = context.data.example_input(2).to(context.device)
     if config.depth < 1.0:
         drop_blocks(student, config.depth, example)
-    if config.width < 1.0:
-        shrink_width(student, 1.0 - config.width, "l2", context)
+    if config.width < 1.0 or config.heads < 1.0:
+        shrink_width(student, 1.0 - config.width, "l2", context, heads=1.0 - config.heads)
     if config.init == "scratch":
         _reset(student)
     for p in teacher.parameters():

@@ -58,7 +58,7 @@ class LayerAttention(nn.Module):
         self.num_heads = attention.num_heads
         bits = getattr(attention, "weight_bits", FULL_BITS)  # quantisation at 8 bits before: its grid
         weight = attention.in_proj_weight if bits >= FULL_BITS else fake_quant_weight(attention.in_proj_weight, bits)
-        self.in_proj = nn.Linear(attention.embed_dim, 3 * attention.embed_dim, bias=attention.in_proj_bias is not None)
+        self.in_proj = nn.Linear(weight.shape[1], weight.shape[0], bias=attention.in_proj_bias is not None)  # heads may be fewer
         self.in_proj.weight.data.copy_(weight.detach())
         if attention.in_proj_bias is not None:
             self.in_proj.bias.data.copy_(attention.in_proj_bias.detach())

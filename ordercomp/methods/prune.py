@@ -1,15 +1,17 @@
-"""Structured channel pruning with Torch-Pruning: whole channels leave, the model gets smaller.
+"""Structured pruning with Torch-Pruning: whole channels (and a transformer's attention heads) leave, the model gets smaller.
 
 B after A: the channels of whatever A produced are ranked and removed, quantised layers stay
 quantised, exit heads are pruned together with the body they hang from; then fine-tuning.
 
-A Vision Transformer (torchvision's) loses the hidden units of its MLPs; the embedding every block adds to
-(patch embedding, attention, each MLP's last layer) keeps its width: pruning 30 % of it left the digits32_vit
-sample at chance before fine-tuning (11.7 %, and 56 % after an epoch), its MLPs alone at 95.0 %.
-Distillation's student narrows the embedding too (`shrink_width(embedding=True)`), in multiples of the heads:
-the heads keep their number with a narrower head dimension (nn.MultiheadAttention's inner width is its
-embedding, so a head cannot leave alone), and the model's `hidden_dim`, which its forward reshapes the
-patches to, follows.
+A Vision Transformer (torchvision's) loses the same fraction of its attention heads (unless `heads` is off) and
+of its MLPs' hidden units; the embedding every block adds to (patch embedding, attention, each MLP's last layer) keeps its width:
+pruning 30 % of it left the digits32_vit sample at chance before fine-tuning (11.7 %, and 56 % after an epoch).
+A head leaves with its rows of the packed in-projection and its columns of out_proj (`remove_heads_`, ranked by
+the same norm as the channels), and its attention becomes a `StepwiseAttention`: nn.MultiheadAttention's inner
+width is its embedding, so it cannot run with fewer heads. Distillation's student narrows the embedding too
+(`shrink_width(embedding=True)`): an attention with all its heads narrows in multiples of them (a narrower head
+dimension, Torch-Pruning's own attention pruner), one with heads removed narrows only the embedding it reads and
+writes (`_EmbeddingOnly`); the model's `hidden_dim`, which its forward reshapes the patches to, follows.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from torch import nn
 from torchvision.models.vision_transformer import EncoderBlock
 
 from ..errors import one_line
-from ..layers import all_outputs, output_layers
+from ..layers import (QuantMultiheadAttention, StepwiseAttention, all_outputs, attention_as, keep_heads_, output_layers,
+                      quantisable_attention, replace_module)
 from ..models.structure import vision_transformers
 from ..train import train
 from .base import Context, Method, check_choice, check_range, require_classifier, require_trainable
@@ -40,22 +43,41 @@ IMPORTANCE = {
 class PruneConfig:
     ratio: float = 0.5
     importance: str = field(default="l2", metadata={"choices": tuple(IMPORTANCE)})
+    heads: bool = True  # a transformer loses the same fraction of its attention heads (False: only its MLPs' hidden units)
 
     def __post_init__(self):
         check_range("prune ratio", self.ratio, 0.0, 1.0, low_open=True, high_open=True)
         check_choice("prune importance", self.importance, tuple(IMPORTANCE))
+        if not isinstance(self.heads, bool):
+            raise ValueError(f"prune heads must be true or false, got {self.heads!r}")
 
 
 class PruningError(RuntimeError):
     """Torch-Pruning failed on this network: the step fails with a reason that says so."""
 
 
-def shrink_width(model: nn.Module, ratio: float, importance: str, context: Context, *, embedding: bool = True) -> nn.Module:
-    """Remove `ratio` of the channels of every prunable layer but the classifiers, in place; without `embedding`,
-    a ViT keeps the width of its embedding (only its MLPs' hidden units go)."""
+def shrink_width(model: nn.Module, ratio: float, importance: str, context: Context, *, embedding: bool = True,
+                 heads: float = 0.0) -> nn.Module:
+    """Remove `ratio` of the channels of every prunable layer but the classifiers, and `heads` of each attention's
+    heads, in place; without `embedding`, a ViT keeps the width of its embedding (its heads and its MLPs' hidden
+    units go)."""
     example = context.data.example_input(2).to(context.device)
     model.to(context.device).eval()
     torch.manual_seed(context.seed)
+    if heads:
+        remove_heads_(model, heads, importance)
+    if ratio:
+        _prune_channels(model, example, ratio, importance, embedding)
+    for vit in vision_transformers(model):
+        vit.hidden_dim = vit.class_token.shape[-1]  # its forward reshapes the patch embedding to this width (pruned with
+        # the embedding; the patch embedding may be two convolutions after lowrank)
+    _check_runs(model, example)
+    return model
+
+
+def _prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, embedding: bool) -> None:
+    """Torch-Pruning's structured pruning of `ratio` of the channels, the classifiers (and without `embedding` a
+    ViT's embedding) kept."""
     try:
         with tokens_unmerged(model):
             pruner = tp.pruner.BasePruner(
@@ -63,6 +85,7 @@ def shrink_width(model: nn.Module, ratio: float, importance: str, context: Conte
                 ignored_layers=output_layers(model) + ([] if embedding else _embedding_writers(model)),
                 forward_fn=lambda m, x: sum(all_outputs(m, x)),
                 in_channel_groups={}, out_channel_groups={}, num_heads={}, round_to=_heads(model),
+                customized_pruners={kind: _EmbeddingOnly() for kind in (StepwiseAttention, QuantMultiheadAttention)},
                 # a ViT's class token and position embeddings are parameters no layer owns, pruned along the embedding
                 unwrapped_parameters=[(p, p.dim() - 1) for vit in vision_transformers(model)
                                       for p in (vit.class_token, vit.encoder.pos_embedding)],
@@ -71,11 +94,60 @@ def shrink_width(model: nn.Module, ratio: float, importance: str, context: Conte
     except Exception as error:  # raised deep inside Torch-Pruning's graph walk, where the bare error names no culprit
         raise PruningError(f"Torch-Pruning could not prune this network's channels ({one_line(error)}): "
                            "sparsify or lowrank make it smaller without it") from error
-    for vit in vision_transformers(model):
-        vit.hidden_dim = vit.class_token.shape[-1]  # its forward reshapes the patch embedding to this width (pruned with
-        # the embedding; the patch embedding may be two convolutions after lowrank)
-    _check_runs(model, example)
-    return model
+
+
+@torch.no_grad()
+def remove_heads_(model: nn.Module, fraction: float, importance: str) -> None:
+    """Remove `fraction` of every attention's heads (rounded, one kept at least), the lowest-ranked by the norm of
+    their query, key and value rows and out_proj columns (l1 or l2; bn_scale, which has no BatchNorm to read
+    here, ranks them by l2; random at random). A plain attention becomes a StepwiseAttention to run with fewer."""
+    for name, attention in quantisable_attention(model):
+        kept = max(1, round(attention.num_heads * (1.0 - fraction)))
+        if kept == attention.num_heads:
+            continue
+        if not isinstance(attention, StepwiseAttention):
+            attention = attention_as(StepwiseAttention, attention)
+        ranked = _head_scores(attention, importance).argsort(descending=True)
+        keep_heads_(attention, sorted(ranked[:kept].tolist()))
+        replace_module(model, name, attention)
+
+
+def _head_scores(attention: StepwiseAttention, importance: str) -> torch.Tensor:
+    """One score per head: the norm of its weights in the in-projection (queries, keys, values) and out_proj."""
+    heads, width = attention.num_heads, attention.head_dim
+    if importance == "random":
+        return torch.rand(heads)
+    power = 1 if importance == "l1" else 2
+    rows = attention.in_proj_weight.detach().abs().pow(power).view(3, heads, width, -1).sum(dim=(0, 2, 3))
+    columns = attention.out_proj.weight.detach().abs().pow(power).view(-1, heads, width).sum(dim=(0, 2))
+    return (rows + columns).cpu()
+
+
+class _EmbeddingOnly(tp.pruner.function.BasePruningFunc):
+    """Torch-Pruning's pruner for a step-by-step attention. With all its heads its inner width is its embedding and
+    Torch-Pruning's own attention pruner narrows both (a narrower head dimension); with heads removed, only the
+    embedding it reads (in-projection columns) and writes (out_proj rows) narrows: its heads stay as they are."""
+
+    native = tp.pruner.function.MultiheadAttentionPruner()
+
+    def prune_out_channels(self, layer: StepwiseAttention, idxs: list) -> nn.Module:
+        if layer.num_heads * layer.head_dim == layer.embed_dim:
+            return self.native.prune_out_channels(layer, idxs)
+        keep = sorted(set(range(layer.embed_dim)) - set(idxs))
+        layer.in_proj_weight = self._prune_parameter_and_grad(layer.in_proj_weight, keep, 1)
+        out = layer.out_proj
+        out.weight = self._prune_parameter_and_grad(out.weight, keep, 0)
+        if out.bias is not None:
+            out.bias = self._prune_parameter_and_grad(out.bias, keep, 0)
+        out.out_features = layer.embed_dim = layer.kdim = layer.vdim = len(keep)
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: StepwiseAttention) -> int:
+        return layer.embed_dim
+
+    get_in_channels = get_out_channels
 
 
 def _embedding_writers(model: nn.Module) -> list[nn.Module]:
@@ -89,8 +161,9 @@ def _embedding_writers(model: nn.Module) -> list[nn.Module]:
 
 
 def _heads(model: nn.Module) -> int | None:
-    """Widths are pruned in multiples of the attention's heads (None without attention), so the heads keep their number."""
-    heads = [m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    """Widths are pruned in multiples of the heads of every attention that has all its heads (None without one), so
+    their heads keep their number with a narrower head dimension."""
+    heads = [m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention) and m.num_heads * m.head_dim == m.embed_dim]
     return math.lcm(*heads) if heads else None
 
 
@@ -108,10 +181,10 @@ def _check_runs(model: nn.Module, example: torch.Tensor) -> None:
 def apply(model: nn.Module, config: PruneConfig, context: Context) -> nn.Module:
     require_trainable(model, "prune")
     require_classifier(model, "prune")
-    shrink_width(model, config.ratio, config.importance, context, embedding=False)
+    shrink_width(model, config.ratio, config.importance, context, embedding=False, heads=config.ratio if config.heads else 0.0)
     return train(model, context.data, context.budget, seed=context.seed, device=context.device,
                  progress=context.progress, label="fine-tune")
 
 
 METHOD = Method("prune", "Structured pruning", PruneConfig, apply, "ratio",
-                "Torch-Pruning removes a fraction of channels in every layer, then fine-tunes.")
+                "Torch-Pruning removes a fraction of channels in every layer (and of a transformer's heads), then fine-tunes.")
