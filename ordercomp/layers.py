@@ -144,13 +144,8 @@ class StepwiseAttention(nn.MultiheadAttention):
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask=None,
                 need_weights: bool = True, attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[torch.Tensor, None]:
-        x = self._quant_input(query)  # (B, T, E): query, key and value are the same tokens
-        batch, tokens, _ = x.shape
-        q, k, v = (self._operand(name, part).view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
-                   for name, part in zip(("query", "key", "value"), F.linear(x, self._in_weight(), self.in_proj_bias).chunk(3, dim=-1)))
-        mask = None if attn_mask is None else attn_mask.view(batch, self.num_heads, tokens, tokens)
-        attended = self._attend(q, k, v, mask)  # (B, H, T, head width)
-        return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)), None
+        packed = F.linear(self._quant_input(query), self._in_weight(), self.in_proj_bias)  # query, key, value: the same tokens
+        return self.out_proj(attend_by_heads(packed, self.num_heads, attn_mask, self._attend, self._operand)), None
 
     def _quant_input(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -163,6 +158,17 @@ class StepwiseAttention(nn.MultiheadAttention):
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+
+
+def attend_by_heads(packed: torch.Tensor, heads: int, attn_mask: torch.Tensor | None, attend, operand=lambda name, x: x) -> torch.Tensor:
+    """The middle of self-attention: packed queries, keys and values (B, T, 3 x inner), each passed through
+    `operand(name, x)`, split into `heads`, attended by `attend(q, k, v, mask)` (token merging's additive mask,
+    (B * heads, T, T), viewed per head), and the heads merged back: (B, T, inner)."""
+    batch, tokens, width = packed.shape[0], packed.shape[1], packed.shape[2] // 3 // heads
+    q, k, v = (operand(name, part).view(batch, tokens, heads, width).transpose(1, 2)
+               for name, part in zip(("query", "key", "value"), packed.chunk(3, dim=-1)))
+    mask = None if attn_mask is None else attn_mask.view(batch, heads, tokens, tokens)
+    return attend(q, k, v, mask).transpose(1, 2).reshape(batch, tokens, heads * width)
 
 
 class QuantMultiheadAttention(_QuantMixin, StepwiseAttention):

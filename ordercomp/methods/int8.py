@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import (FULL_BITS, all_outputs, bits_of, compute_layers, exit_heads, fake_quant_weight, is_int8_converted, is_staged,
-                      lowest_sparsity, mark_int8, plain_layers_, quantisable_attention, replace_module)
+from ..layers import (FULL_BITS, all_outputs, attend_by_heads, bits_of, compute_layers, exit_heads, fake_quant_weight,
+                      is_int8_converted, is_staged, lowest_sparsity, mark_int8, plain_layers_, quantisable_attention, replace_module)
 from ..models.structure import vision_transformers
 from .base import Context, Incompatible, Method, check_range, require_staged
 
@@ -67,11 +67,8 @@ class LayerAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask=None,
                 need_weights: bool = False, attn_mask: torch.Tensor | None = None, **_) -> tuple[torch.Tensor, None]:
-        batch, tokens, _ = query.shape  # query, key and value are the same tokens
-        q, k, v = (part.view(batch, tokens, self.num_heads, -1).transpose(1, 2) for part in self.in_proj(query).chunk(3, dim=-1))
-        mask = None if attn_mask is None else attn_mask.view(batch, self.num_heads, tokens, tokens)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, -1)), None
+        # query, key and value are the same tokens; the mask is scaled_dot_product_attention's fourth argument
+        return self.out_proj(attend_by_heads(self.in_proj(query), self.num_heads, attn_mask, F.scaled_dot_product_attention)), None
 
 
 @torch.no_grad()
