@@ -298,6 +298,20 @@ def test_distill_s_student_keeps_the_fraction_of_heads_it_is_told_and_its_heads_
         assert student.eval()(data.test.tensors[0][:5]).shape == (5, 10)
 
 
+def test_distill_narrows_the_embedding_of_a_vit_whose_heads_prune_removed_and_keeps_its_heads(vit_base):
+    # Torch-Pruning's own attention pruner would cut the packed in-projection's rows at the embedding's width
+    base, data = vit_base
+    context = Context(fewer(data, 64, 64), Budget(epochs=0), seed=0)
+    pruned = get_method("prune").apply(copy.deepcopy(base), get_method("prune").default_config(), context)
+    student = get_method("distill").apply(pruned, get_method("distill").make_config(width=0.5), context)
+    for block in student.encoder.layers:
+        attention = block.self_attention
+        assert (attention.embed_dim, attention.num_heads, attention.head_dim) == (32, 2, 16)
+        assert attention.in_proj_weight.shape == (96, 32) and attention.out_proj.weight.shape == (32, 32)
+    with torch.no_grad():
+        assert student.eval()(data.test.tensors[0][:5]).shape == (5, 10)
+
+
 def test_distill_s_heads_on_a_network_without_attention_is_incompatible_in_one_line(context):
     distill = get_method("distill")
     with pytest.raises(Incompatible, match="no self-attention to remove them from .*leave heads at 1$"):
