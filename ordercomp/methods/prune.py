@@ -124,8 +124,8 @@ def _head_scores(attention: StepwiseAttention, importance: str) -> torch.Tensor:
 
 
 class _EmbeddingOnly(tp.pruner.function.BasePruningFunc):
-    """Torch-Pruning's pruner for a step-by-step attention. With all its heads its inner width is its embedding and
-    Torch-Pruning's own attention pruner narrows both (a narrower head dimension); with heads removed, only the
+    """Torch-Pruning's pruner for a step-by-step attention. While its inner width is its embedding (every head kept)
+    Torch-Pruning's own attention pruner narrows both (a narrower head dimension); once heads are removed, only the
     embedding it reads (in-projection columns) and writes (out_proj rows) narrows: its heads stay as they are."""
 
     native = tp.pruner.function.MultiheadAttentionPruner()
