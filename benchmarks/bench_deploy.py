@@ -43,6 +43,7 @@ from ordercomp.train import Budget
 SPEED_FORMATS = ("onnx", "onnx_int8")
 TARGET_SPEEDUP, TARGET_POINTS = 5.0, 1.0
 VIT_TARGET_SPEEDUP, VIT_TARGET_BATCHES = 3.0, ("32",)
+SPEED_SAMPLE = "digits32_resnet18"
 PARTS = ("speed", "vit", "size")
 
 
@@ -53,7 +54,7 @@ def exported(outcome, chain, out: Path, formats, threads: int, measure: bool) ->
 
 
 def speed_part(chain: list[str], settings: dict, epochs: float, threads: int, seeds: int, folder: Path) -> None:
-    runs, outcome = seeded_runs("digits32_resnet18", chain, settings, Budget(epochs=epochs), SPEED_FORMATS, threads, seeds, folder)
+    runs, outcome = seeded_runs(SPEED_SAMPLE, chain, settings, Budget(epochs=epochs), SPEED_FORMATS, threads, seeds, folder)
     if "onnx" in runs[0]:
         batch_one_anatomy(runs[0]["onnx"], outcome, threads, folder)
     over_seeds(runs, SPEED_FORMATS, seeds, TARGET_SPEEDUP, tuple(str(b) for b in BATCHES))
@@ -112,7 +113,7 @@ def batch_one_anatomy(entry: dict, outcome, threads: int, folder: Path) -> None:
     chain_ms = entry["measured"]["latency_ms"]["1"]
     print(f"\nbatch-1 anatomy: onnxruntime's floor (a one-node graph) {floor[1]:.4f} ms at batch 1, {floor[BATCHES[-1]]:.4f} ms at batch {BATCHES[-1]}; "
           f"seed 0's chain file takes {chain_ms / floor[1]:.0f}x the floor at batch 1")
-    for role, path in (("base", base_file), ("chain (seed 0)", folder / "speed-0" / entry["file"])):
+    for role, path in (("base", base_file), ("chain (seed 0)", folder / f"{SPEED_SAMPLE}-0" / entry["file"])):
         nodes = optimised_nodes(path, threads, folder)
         reorders = nodes["ReorderInput"] + nodes["ReorderOutput"]
         print(f"  {role}: {sum(nodes.values())} nodes after onnxruntime's optimisation, {nodes['Conv']} convolutions, "
