@@ -176,7 +176,7 @@ def size_part(epochs: float, threads: int, folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=float, default=8.0, help="fine-tuning epochs per step on the 32-px sample")
+    parser.add_argument("--epochs", type=float, default=16.0, help="fine-tuning epochs per step on the 32-px sample")
     parser.add_argument("--size-epochs", type=float, default=2.0, help="fine-tuning epochs per step on the default sample")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the 32-px chain (the target is on their means)")
