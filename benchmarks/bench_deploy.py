@@ -29,6 +29,7 @@ import argparse
 import collections
 import statistics
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -60,10 +61,11 @@ def speed_part(chain: list[str], settings: dict, epochs: float, threads: int, se
     over_seeds(runs, SPEED_FORMATS, seeds, TARGET_SPEEDUP, tuple(str(b) for b in BATCHES))
 
 
-def vit_part(chain: list[str], settings: dict, threads: int, seeds: int, folder: Path) -> None:
+def vit_part(chain: list[str], settings: dict, epochs: float, threads: int, seeds: int, folder: Path) -> None:
     """The ViT sample's chain as float ONNX against the ViT base's, in onnxruntime (its card's settings, and any given, and rate)."""
     print(f"\nViT settings over its card's: {settings or 'none'}")
-    runs, _ = seeded_runs("digits32_vit", chain, settings, default_budget("digits32_vit"), ("onnx",), threads, seeds, folder)
+    budget = replace(default_budget("digits32_vit"), epochs=epochs)
+    runs, _ = seeded_runs("digits32_vit", chain, settings, budget, ("onnx",), threads, seeds, folder)
     over_seeds(runs, ("onnx",), seeds, VIT_TARGET_SPEEDUP, VIT_TARGET_BATCHES)
 
 
@@ -177,6 +179,7 @@ def size_part(epochs: float, threads: int, folder: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=16.0, help="fine-tuning epochs per step on the 32-px sample")
+    parser.add_argument("--vit-epochs", type=float, default=3.0, help="fine-tuning epochs per step on the ViT sample (at its card's rate)")
     parser.add_argument("--size-epochs", type=float, default=2.0, help="fine-tuning epochs per step on the default sample")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the 32-px chain (the target is on their means)")
@@ -199,7 +202,8 @@ def main() -> None:
         if "speed" in parts:
             speed_part(chain, settings, args.epochs, args.threads, args.seeds, Path(temp))
         if "vit" in parts:
-            vit_part(args.vit_chain.split(","), parse_settings(argparse.Namespace(set=args.vit_set)), args.threads, args.seeds, Path(temp))
+            vit_part(args.vit_chain.split(","), parse_settings(argparse.Namespace(set=args.vit_set)), args.vit_epochs, args.threads,
+                     args.seeds, Path(temp))
         if "size" in parts:
             size_part(args.size_epochs, args.threads, Path(temp))
 

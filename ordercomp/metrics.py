@@ -8,7 +8,8 @@ Attention (`nn.MultiheadAttention`, as torchvision's ViT uses it) is one unit: i
 in-projection it reads as a raw parameter, and out_proj) cost MACs x weight bits x activation bits,
 its products QK^T and AV (activations times activations) MACs x activation bits squared. They are
 counted on the slow path of the module, which computes them as separate operations the counter
-sees, at the number of tokens that actually reach each block (fewer when tokens merge).
+sees, at the number of tokens that actually reach each block (fewer when tokens merge), and at the heads it
+has (fewer once pruning removed some: a step-by-step attention, whose fused products the counter is told about).
 """
 from __future__ import annotations
 
