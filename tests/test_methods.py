@@ -82,6 +82,8 @@ def typed_fields_of_every_config():
 def wrong_values(kind):
     if kind is str:
         return [3, None, 0.5]
+    if kind is bool:  # a switch takes true or false, not a number or text that reads like one
+        return [1, 0, 1.0, "true", "False", None, float("nan")]
     wrong = [float("nan"), float("inf"), float("-inf"), "abc", "0.5", None, True, [1]]
     return wrong + ([2.5] if kind is int else [])
 
@@ -97,7 +99,8 @@ def test_every_setting_refuses_nan_inf_and_wrong_types_by_name(name, field, valu
 def test_numbers_in_range_are_converted_to_the_declared_type(name):
     method = get_method(name)
     defaults = method.default_config()
-    given = {f.name: float(v) if isinstance(v := getattr(defaults, f.name), int) else v for f in dataclasses.fields(defaults)}
+    given = {f.name: float(v) if isinstance(v := getattr(defaults, f.name), int) and not isinstance(v, bool) else v
+             for f in dataclasses.fields(defaults)}
     assert method.make_config(**given) == defaults
     assert all(type(getattr(method.make_config(**given), k)) is type(getattr(defaults, k)) for k in given)
 
