@@ -215,7 +215,8 @@ def keep_heads_(attention: StepwiseAttention, keep: list[int]) -> None:
     """Keep the heads `keep` (indices in order) of a step-by-step attention, in place: their rows of the packed
     in-projection (queries, keys and values alike) and their columns of out_proj."""
     width, inner = attention.head_dim, attention.num_heads * attention.head_dim
-    channels = torch.tensor([head * width + i for head in keep for i in range(width)], device=attention.in_proj_weight.device)
+    device = attention.in_proj_weight.device
+    channels = (torch.tensor(keep, device=device)[:, None] * width + torch.arange(width, device=device)).flatten()
     rows = torch.cat([channels + part * inner for part in range(3)])
     attention.in_proj_weight = nn.Parameter(attention.in_proj_weight[rows].clone())
     if attention.in_proj_bias is not None:
@@ -223,6 +224,11 @@ def keep_heads_(attention: StepwiseAttention, keep: list[int]) -> None:
     attention.out_proj.weight = nn.Parameter(attention.out_proj.weight[:, channels].clone())
     attention.out_proj.in_features = len(channels)
     attention.num_heads = len(keep)
+
+
+def has_every_head(attention: nn.MultiheadAttention) -> bool:
+    """True while an attention's inner width (heads x head width) is its embedding: no head has been removed."""
+    return attention.num_heads * attention.head_dim == attention.embed_dim
 
 
 def quantisable_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -125,7 +125,8 @@ def _reset(model: nn.Module) -> None:
 
 def apply(model: nn.Module, config: DistillConfig, context: Context) -> nn.Module:
     require_trainable(model, "distill")
-    if config.width < 1.0 or config.heads < 1.0:
+    narrower = config.width < 1.0 or config.heads < 1.0
+    if narrower:
         require_classifier(model, "distill with width or heads < 1")
     if config.heads < 1.0 and not quantisable_attention(model):
         raise Incompatible(f"distill's heads {config.heads} removes attention heads, and this model has no self-attention to "
@@ -135,7 +136,7 @@ def apply(model: nn.Module, config: DistillConfig, context: Context) -> nn.Modul
     example = context.data.example_input(2).to(context.device)
     if config.depth < 1.0:
         drop_blocks(student, config.depth, example)
-    if config.width < 1.0 or config.heads < 1.0:
+    if narrower:
         shrink_width(student, 1.0 - config.width, "l2", context, heads=1.0 - config.heads)
     if config.init == "scratch":
         _reset(student)

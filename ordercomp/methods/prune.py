@@ -24,8 +24,8 @@ from torch import nn
 from torchvision.models.vision_transformer import EncoderBlock
 
 from ..errors import one_line
-from ..layers import (QuantMultiheadAttention, StepwiseAttention, all_outputs, attention_as, keep_heads_, output_layers,
-                      quantisable_attention, replace_module)
+from ..layers import (QuantMultiheadAttention, StepwiseAttention, all_outputs, attention_as, has_every_head, keep_heads_,
+                      output_layers, quantisable_attention, replace_module)
 from ..models.structure import vision_transformers
 from ..train import train
 from .base import Context, Method, check_choice, check_range, require_classifier, require_trainable
@@ -131,7 +131,7 @@ class _EmbeddingOnly(tp.pruner.function.BasePruningFunc):
     native = tp.pruner.function.MultiheadAttentionPruner()
 
     def prune_out_channels(self, layer: StepwiseAttention, idxs: list) -> nn.Module:
-        if layer.num_heads * layer.head_dim == layer.embed_dim:
+        if has_every_head(layer):
             return self.native.prune_out_channels(layer, idxs)
         keep = sorted(set(range(layer.embed_dim)) - set(idxs))
         layer.in_proj_weight = self._prune_parameter_and_grad(layer.in_proj_weight, keep, 1)
@@ -163,7 +163,7 @@ def _embedding_writers(model: nn.Module) -> list[nn.Module]:
 def _heads(model: nn.Module) -> int | None:
     """Widths are pruned in multiples of the heads of every attention that has all its heads (None without one), so
     their heads keep their number with a narrower head dimension."""
-    heads = [m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention) and m.num_heads * m.head_dim == m.embed_dim]
+    heads = [m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention) and has_every_head(m)]
     return math.lcm(*heads) if heads else None
 
 
