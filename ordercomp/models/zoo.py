@@ -125,6 +125,7 @@ ARCHITECTURES: dict[str, tuple[Callable[[int, int], nn.Module], str]] = {
     "cnn_medium": (lambda c, i: plain_cnn((32, 64, 128), c, i), "3-stage plain CNN, widths 32/64/128"),
     "resnet_mini": (lambda c, i: mini_resnet((32, 64, 128), 2, c, i), "CIFAR-style ResNet, 3 stages x 2 BasicBlocks, widths 32/64/128"),
     "resnet18_narrow": (lambda c, i: mini_resnet((16, 32, 64, 128), 2, c, i), "ResNet-18 layout (4 stages x 2 BasicBlocks), widths 16/32/64/128"),
+    "resnet18_half": (lambda c, i: mini_resnet((32, 64, 128, 256), 2, c, i), "ResNet-18 layout (4 stages x 2 BasicBlocks), widths 32/64/128/256 (half of ResNet-18's)"),
     "resnet18_small_input": (lambda c, i: _torchvision_resnet(resnet18, c, i), "torchvision's ResNet-18 stages, 3x3 stem, no max-pool"),
     "resnet34_small_input": (lambda c, i: _torchvision_resnet(resnet34, c, i), "torchvision's ResNet-34 stages, 3x3 stem, no max-pool"),
     "mobilenet_v2_small_input": (_mobilenet_v2, "torchvision's MobileNetV2 blocks, stride-1 stem"),
