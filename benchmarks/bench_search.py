@@ -43,11 +43,17 @@ CACHE = Path(".ordercomp/bench-search-cache")
 DEFAULT = order.DEFAULT_STRATEGY
 
 
-def ground_truth(explorer: Explorer, base) -> tuple[list[dict], list]:
-    """Every full order with its mean score over the seeds, best first, and the full orders' step results."""
+def exhaustive_steps(explorer: Explorer, base=None) -> list:
+    """Every prefix of every order on the setting's seeds (from the cache where it holds them)."""
+    base = explorer.load_base()[0] if base is None else base
     explorer.measure_base(base)
     explorer._deepest = len(explorer.spec.methods)
-    steps = explorer.run_plan(base, order.exhaustive_plan(explorer.spec.methods))
+    return explorer.run_plan(base, order.exhaustive_plan(explorer.spec.methods))
+
+
+def ground_truth(explorer: Explorer, base) -> tuple[list[dict], list]:
+    """Every full order with its mean score over the seeds, best first, and the full orders' step results."""
+    steps = exhaustive_steps(explorer, base)
     full = [s for s in steps if len(s.chain) == len(explorer.spec.methods)]
     return ranked_orders(full, explorer._score_of, OBJECTIVES[explorer.spec.objective][0]), full
 
