@@ -8,7 +8,9 @@ running and the module stops it at its end; `ray_stopped` gives a test the state
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -168,37 +170,31 @@ def test_in_process_a_step_at_another_budget_never_builds_on_a_model_of_the_firs
                      (("prune", "quantize"), 0, "full"), (("prune",), 3, "full"), (("prune", "quantize"), 3, "full")]
 
 
-class KillsItsWorkerOnce:
-    """A step function that kills the worker process running `victim` the first time (a marker file
-    says it happened) and logs every step it runs, attempt by attempt, as a file."""
-
-    def __init__(self, step, victim, folder: Path):
-        self.step, self.victim, self.folder = step, victim, folder
-
-    def __call__(self, parent, chain, seed, data, device, progress=None):
-        (self.folder / f"{'-'.join(chain)}.{seed}.{os.getpid()}.ran").touch()
-        marker = self.folder / "killed"
-        if chain == self.victim and not marker.exists():
-            marker.touch()
-            os._exit(1)
-        return self.step(parent, chain, seed, data, device, progress)
-
-
 def plan_work(explorer: Explorer, base, step, cache: StepCache, events) -> Work:
     key = lambda chain, seed: f"{'-'.join(chain)}.{seed}"
     return Work(base, explorer.data, step, key, cache, explorer.device, events)
 
 
-def test_a_killed_worker_is_retried_without_losing_finished_steps(ray_cluster, tiny_model, tmp_path):
-    explorer = Explorer(ExploreSpec(methods=("prune", "quantize"), seeds=1, **FAST))
-    step = KillsItsWorkerOnce(StepFunction(explorer.configs, explorer.spec.budget), ("prune", "quantize"), tmp_path)
-    cache = StepCache(tmp_path / "cache")
-    plan = order.pairwise_plan(["prune", "quantize"])
-    results = RayExecutor(max_retries=2).run(plan_work(explorer, tiny_model, step, cache, lambda e: None), plan, [0])
-    assert [r.chain for r in results] == plan and all(r.status == OK for r in results)
-    runs = sorted(path.name.rsplit(".", 3)[0] for path in tmp_path.glob("*.ran"))
-    assert runs == ["prune", "prune-quantize", "prune-quantize", "quantize", "quantize-prune"]
-    assert sorted(path.stem for path in (tmp_path / "cache").glob("*.json")) == sorted(f"{'-'.join(c)}.0" for c in plan)
+# Ray's driver can abort when a worker dies mid-task (a Ray bug: its internal check in TaskManager::CompletePendingTask)
+RAY_DRIVER_ABORT = "An unexpected system state has occurred"
+
+
+def test_a_killed_worker_is_retried_without_losing_finished_steps(ray_stopped, tmp_path):
+    """In a process of its own (ray_killed_worker.py), so that Ray's driver aborting there fails this test alone; that
+    abort is Ray's, not the behaviour under test, so the scenario gets one more try after it, and only after it."""
+    for attempt in (1, 2):
+        folder = tmp_path / f"attempt{attempt}"
+        folder.mkdir()
+        child = subprocess.run([sys.executable, str(Path(__file__).parent / "ray_killed_worker.py"), str(folder)],
+                               capture_output=True, text=True, timeout=600)
+        if child.returncode == 0 or RAY_DRIVER_ABORT not in child.stderr:
+            break
+    assert child.returncode == 0, child.stderr[-3000:]
+    outcome = json.loads(child.stdout.strip().splitlines()[-1])
+    plan = ["prune", "quantize", "prune-quantize", "quantize-prune"]
+    assert outcome["results"] == [[chain, OK] for chain in plan]
+    assert outcome["ran"] == ["prune", "prune-quantize", "prune-quantize", "quantize", "quantize-prune"]
+    assert outcome["cached"] == sorted(f"{chain}.0" for chain in plan)
 
 
 class Cancel(Exception):
