@@ -60,7 +60,7 @@ def exported(outcome, chain, out: Path, formats, threads: int, measure: bool) ->
 def speed_part(sample: str, chain: list[str], settings: dict, epochs: float, threads: int, seeds: int, folder: Path) -> None:
     runs, outcome = seeded_runs(sample, chain, settings, Budget(epochs=epochs), SPEED_FORMATS, threads, seeds, folder)
     if "onnx" in runs[0]:
-        batch_one_anatomy(runs[0]["onnx"], outcome, threads, folder)
+        batch_one_anatomy(runs[0]["onnx"], outcome, sample, threads, folder)
     over_seeds(runs, SPEED_FORMATS, seeds, TARGET_SPEEDUP, tuple(str(b) for b in BATCHES))
 
 
@@ -109,7 +109,7 @@ def speed_entry(entry: dict) -> bool:
     return True
 
 
-def batch_one_anatomy(entry: dict, outcome, threads: int, folder: Path) -> None:
+def batch_one_anatomy(entry: dict, outcome, sample: str, threads: int, folder: Path) -> None:
     """Print what bounds the batch-1 speed-up on this CPU: onnxruntime's floor (one node) against seed 0's float
     ONNX file, and the nodes each file runs once onnxruntime has optimised its graph (fused, laid out in channel blocks)."""
     (folder / "base").mkdir()
@@ -118,7 +118,7 @@ def batch_one_anatomy(entry: dict, outcome, threads: int, folder: Path) -> None:
     chain_ms = entry["measured"]["latency_ms"]["1"]
     print(f"\nbatch-1 anatomy: onnxruntime's floor (a one-node graph) {floor[1]:.4f} ms at batch 1, {floor[BATCHES[-1]]:.4f} ms at batch {BATCHES[-1]}; "
           f"seed 0's chain file takes {chain_ms / floor[1]:.0f}x the floor at batch 1")
-    for role, path in (("base", base_file), ("chain (seed 0)", folder / f"{SPEED_SAMPLE}-0" / entry["file"])):
+    for role, path in (("base", base_file), ("chain (seed 0)", folder / f"{sample}-0" / entry["file"])):
         nodes = optimised_nodes(path, threads, folder)
         reorders = nodes["ReorderInput"] + nodes["ReorderOutput"]
         print(f"  {role}: {sum(nodes.values())} nodes after onnxruntime's optimisation, {nodes['Conv']} convolutions, "
