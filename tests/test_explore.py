@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ordercomp import order
-from ordercomp.exploration.explorer import ExploreSpec, Explorer, compress, explore, left_out, no_order_reason, prepare_base
+from ordercomp.exploration.explorer import ExploreSpec, Explorer, compress, explore, keep_apart, left_out, no_order_reason, prepare_base
 from ordercomp.exploration.pipeline import FAILED, INCOMPATIBLE, OK, StepResult, make_configs
 from ordercomp.report.figures import applications
 from ordercomp.train import Budget
@@ -244,6 +244,30 @@ def test_a_sample_trained_at_32_px_gets_its_data_at_32_px_unless_told_otherwise(
     told = Explorer(ExploreSpec(model="digits32_resnet18", methods=("prune", "quantize"), input_size=16, device="cpu"),
                     cache_dir=tmp_path)
     assert told.data.input_size == 16
+
+
+def test_of_two_methods_that_share_no_chain_the_lower_scoring_one_is_left_out_with_why():
+    """quantize at 4 bits and int8 each refuse to follow the other: every chain holding both failed at its last step,
+    and the recommended chain was one of them (prune -> int8 -> quantize, 'incompatible' on the test split)."""
+    steps = [StepResult(("prune",), OK, metrics={"s": 50.0}), StepResult(("quantize",), OK, metrics={"s": 60.0}),
+             StepResult(("int8",), OK, metrics={"s": 55.0}), StepResult(("prune", "int8"), OK, metrics={}),
+             StepResult(("int8", "prune"), INCOMPATIBLE, "prune cannot change a model already converted to int8 kernels"),
+             StepResult(("quantize", "int8"), INCOMPATIBLE, "the model is already quantised below 8 bits (4)"),
+             StepResult(("int8", "quantize"), INCOMPATIBLE, "quantize cannot change a model already converted to int8 kernels")]
+    score = lambda step: step.metrics["s"]
+    kept, apart = keep_apart(["prune", "quantize", "int8"], steps, score, higher_is_better=True)
+    assert kept == ["prune", "quantize"]  # prune and int8 share a chain in one order: both stay
+    assert [(a["method"], a["with"]) for a in apart] == [("int8", "quantize")]
+    assert "already quantised below 8 bits" in apart[0]["reason"] and "scored lower" in apart[0]["reason"]
+    assert keep_apart(["prune", "quantize", "int8"], steps, score, higher_is_better=False)[0] == ["prune", "int8"]
+
+
+def test_an_exploration_never_recommends_a_chain_that_cannot_apply(tmp_path, capsys):
+    spec = ExploreSpec(methods=("prune", "quantize", "int8"), seeds=1, **FAST)
+    result = Explorer(spec, cache_dir=tmp_path).explore()
+    assert len(result.chain) == 2 and "prune" in result.chain
+    assert all(step["status"] == OK for step in result.chain_steps)
+    assert [entry["method"] for entry in result.left_out] == sorted({"quantize", "int8"} - set(result.chain))
 
 
 def test_there_is_no_order_to_recommend_when_no_method_applies_or_no_pair_can_follow_each_other():

@@ -12,6 +12,7 @@ fine-tuning epochs, and only the best of them are confirmed at the full budget.
 """
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -301,6 +302,7 @@ class OrderFound:
     dropped: list[tuple[str, str, float]]
     chain: list[str]
     search: dict | None
+    apart: list[dict] = field(default_factory=list)  # methods left out because another can share no chain with them
 
 
 def left_out(methods: tuple[str, ...], steps: list[StepResult]) -> list[dict]:
@@ -309,6 +311,26 @@ def left_out(methods: tuple[str, ...], steps: list[StepResult]) -> list[dict]:
     applied = {s.chain[0] for s in steps if len(s.chain) == 1 and s.status == OK}
     first_try = lambda method: next(s for s in steps if s.chain == (method,))
     return [{"method": m, "status": first_try(m).status, "reason": first_try(m).reason or "it failed"} for m in methods if m not in applied]
+
+
+def keep_apart(usable: list[str], steps: list[StepResult], score_of: Callable[[StepResult], float],
+               higher_is_better: bool) -> tuple[list[str], list[dict]]:
+    """(methods kept, methods left out with why): of two methods that applied in neither order on any seed (quantize
+    at 4 bits and int8: each refuses to follow the other), every chain holding both fails, so the one whose step on
+    the base scored lower is left out and the chain is found among the others."""
+    tried = {s.chain for s in steps if len(s.chain) == 2}
+    paired = {s.chain for s in steps if len(s.chain) == 2 and s.status == OK}
+    single = lambda method: statistics.fmean(score_of(s) for s in steps if s.chain == (method,) and s.status == OK)
+    kept, apart = list(usable), []
+    for a, b in itertools.combinations(usable, 2):
+        exclusive = {(a, b), (b, a)} <= tried and not {(a, b), (b, a)} & paired
+        if a in kept and b in kept and exclusive:
+            worse, other = (a, b) if (single(a) < single(b)) == higher_is_better else (b, a)
+            reason = next((s.reason for s in steps if s.chain in ((a, b), (b, a)) and s.reason), "neither order applied")
+            kept.remove(worse)
+            apart.append({"method": worse, "status": "incompatible", "with": other,
+                          "reason": f"it can share no chain with {other}, in either order ({reason}); of the two, its step on the base scored lower"})
+    return kept, apart
 
 
 def usable_methods(methods: tuple[str, ...], steps: list[StepResult]) -> list[str]:
@@ -532,7 +554,7 @@ class Explorer:
             repeat=self.try_repeat(final, chain) if self.spec.repeat else None,
             weak_pairs=sum(o.weak_evidence for o in found.outcomes if o.incompatible is None),
             seconds=time.perf_counter() - start, configs=self.config_dicts, search=found.search, data=self.data.describe(),
-            left_out=left_out(self.spec.methods, found.steps), failed_steps=failed_steps(found.steps + chain_steps),
+            left_out=left_out(self.spec.methods, found.steps) + found.apart, failed_steps=failed_steps(found.steps + chain_steps),
             device=str(self.device),
             shipped=self.ship(final, base, chain_steps),
         )
@@ -565,13 +587,14 @@ class Explorer:
             steps = self.run_plan(base, order.pairwise_plan(methods), fidelity=fidelity)
             steps += self.run_plan(base, order.exhaustive_plan(methods)) if self.spec.exhaustive else []
         outcomes = self.decide([s for s in steps if s.fidelity == fidelity])
-        usable = usable_methods(methods, steps) or list(methods)
+        usable, apart = keep_apart(usable_methods(methods, steps) or list(methods), steps, self._score_of,
+                                   OBJECTIVES[self.spec.objective][0])
         among = [o for o in outcomes if o.first in usable and o.second in usable]
         dag, dropped = order.break_cycles(order.precedence_graph(usable, among))
         if len(usable) < 2:
-            return OrderFound(steps, outcomes, dag, dropped, usable, None)
+            return OrderFound(steps, outcomes, dag, dropped, usable, None, apart)
         chain, search, steps = self.search(base, usable, steps, among, order.recommended_chain(dag, among))
-        return OrderFound(steps, outcomes, dag, dropped, chain, search)
+        return OrderFound(steps, outcomes, dag, dropped, chain, search, apart)
 
     def search(self, base: nn.Module, methods: list[str], steps: list[StepResult], outcomes, pairwise_chain: list[str]):
         """(chain, search record, every step run) for the spec's search strategy over `methods` (those that

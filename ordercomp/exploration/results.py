@@ -179,7 +179,8 @@ def print_summary(result) -> None:
             print("  none: every pair is a tie or incompatible")
         _print_search(record)
         for entry in record.get("left_out", []):
-            print(f"\nLeft out of the chain: {entry['method']} ({entry['status']} on the base: {entry['reason']})")
+            why = entry["reason"] if "with" in entry else f"{entry['status']} on the base: {entry['reason']}"
+            print(f"\nLeft out of the chain: {entry['method']} ({why})")
         print(f"\nValid orders: {len(record['valid_chains'])}; recommended chain: {chain_text(record['chain'])}")
         for sentence in evidence_sentences(record):
             print(sentence)
