@@ -587,8 +587,8 @@ class Explorer:
             steps = self.run_plan(base, order.pairwise_plan(methods), fidelity=fidelity)
             steps += self.run_plan(base, order.exhaustive_plan(methods)) if self.spec.exhaustive else []
         outcomes = self.decide([s for s in steps if s.fidelity == fidelity])
-        usable, apart = keep_apart(usable_methods(methods, steps) or list(methods), steps, self._score_of,
-                                   OBJECTIVES[self.spec.objective][0])
+        usable, apart = keep_apart(usable_methods(methods, steps), steps, self._score_of, OBJECTIVES[self.spec.objective][0])
+        usable = usable or list(methods)  # none applied: no_order_reason says so
         among = [o for o in outcomes if o.first in usable and o.second in usable]
         dag, dropped = order.break_cycles(order.precedence_graph(usable, among))
         if len(usable) < 2:
