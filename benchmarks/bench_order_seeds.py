@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_search import CACHE  # noqa: E402
+from bench_search import CACHE, run_orders  # noqa: E402
 from search_settings import SETTINGS, setting_spec  # noqa: E402
 
 from ordercomp import order  # noqa: E402
@@ -40,11 +40,8 @@ def main() -> None:
     chains = [tuple(text.split(",")) for text in args.orders]
     if any(sorted(chain) != sorted(explorer.spec.methods) for chain in chains):
         parser.error(f"each order must hold every method of {args.setting} once: {', '.join(explorer.spec.methods)}")
-    base, _ = explorer.load_base()
-    explorer.measure_base(base)
-    explorer._deepest = len(explorer.spec.methods)
     plan = list(dict.fromkeys(prefix for chain in chains for prefix in order.search.prefixes(chain)))
-    steps = explorer.run_plan(base, plan, seeds=list(range(args.seeds)))
+    steps = run_orders(explorer, plan, seeds=list(range(args.seeds)))
     truth_seeds = explorer.spec.seeds
     print(f"{args.setting}: {args.seeds} seeds; the ground truth's are 0-{truth_seeds - 1}; fresh from {args.fresh_from}")
     for chain in chains:

@@ -43,12 +43,17 @@ CACHE = Path(".ordercomp/bench-search-cache")
 DEFAULT = order.DEFAULT_STRATEGY
 
 
-def exhaustive_steps(explorer: Explorer, base=None) -> list:
-    """Every prefix of every order on the setting's seeds (from the cache where it holds them)."""
+def run_orders(explorer: Explorer, plan: list, base=None, seeds=None) -> list:
+    """The steps of `plan` (prefixes of whole orders) on the setting's seeds or `seeds`, from the cache where it holds them."""
     base = explorer.load_base()[0] if base is None else base
     explorer.measure_base(base)
     explorer._deepest = len(explorer.spec.methods)
-    return explorer.run_plan(base, order.exhaustive_plan(explorer.spec.methods))
+    return explorer.run_plan(base, plan, seeds=seeds)
+
+
+def exhaustive_steps(explorer: Explorer, base=None) -> list:
+    """Every prefix of every order on the setting's seeds."""
+    return run_orders(explorer, order.exhaustive_plan(explorer.spec.methods), base)
 
 
 def ground_truth(explorer: Explorer, base) -> tuple[list[dict], list]:

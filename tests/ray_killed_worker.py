@@ -20,12 +20,15 @@ import torch
 
 from ordercomp import order
 from ordercomp.exploration.cache import StepCache
-from ordercomp.exploration.executors import RayExecutor, StepFunction, Work, start_local_ray
+from ordercomp.exploration.executors import RayExecutor, StepFunction, start_local_ray
 from ordercomp.exploration.explorer import Explorer, ExploreSpec
 from ordercomp.models.zoo import create_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from testkit import FAST  # noqa: E402
+import testkit  # noqa: E402
+from testkit import FAST, plan_work  # noqa: E402
+
+ray.cloudpickle.register_pickle_by_value(testkit)  # the workers cannot import it: its step keys travel by value
 
 VICTIM = ("prune", "quantize")
 
@@ -51,8 +54,7 @@ def run(folder: Path) -> dict:
     torch.manual_seed(0)
     base = create_model("cnn_tiny", explorer.data.num_classes, explorer.data.in_channels)
     step = KillsItsWorkerOnce(StepFunction(explorer.configs, explorer.spec.budget), VICTIM, folder)
-    key = lambda chain, seed: f"{'-'.join(chain)}.{seed}"
-    work = Work(base, explorer.data, step, key, StepCache(folder / "cache"), explorer.device, lambda event: None)
+    work = plan_work(explorer, base, step, StepCache(folder / "cache"), lambda event: None)
     start_local_ray(ray, 2, num_gpus=0)
     try:
         results = RayExecutor(max_retries=2).run(work, order.pairwise_plan(["prune", "quantize"]), [0])

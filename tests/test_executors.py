@@ -26,10 +26,12 @@ from ordercomp.cli import main
 from ordercomp.exploration.executors import InProcessExecutor, RayExecutor, StepFunction, Work, start_local_ray
 from ordercomp.exploration.explorer import Explorer, ExploreSpec
 from ordercomp.exploration.pipeline import OK, StepResult, make_configs, run_step
-from testkit import FAST
+import testkit
+from testkit import FAST, plan_work
 
-# Ray workers cannot import this test module; its step functions travel by value.
+# Ray workers cannot import this test module nor testkit; their step functions and keys travel by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ray.cloudpickle.register_pickle_by_value(testkit)
 
 
 def test_a_step_does_not_depend_on_what_ran_before_in_the_process(tiny_model, context):
@@ -168,11 +170,6 @@ def test_in_process_a_step_at_another_budget_never_builds_on_a_model_of_the_firs
         executor.run(work, [("prune",), ("prune", "quantize")], seeds)
     assert calls == [(("prune",), 0, "screen"), (("prune", "quantize"), 0, "screen"), (("prune",), 0, "full"),
                      (("prune", "quantize"), 0, "full"), (("prune",), 3, "full"), (("prune", "quantize"), 3, "full")]
-
-
-def plan_work(explorer: Explorer, base, step, cache: StepCache, events) -> Work:
-    key = lambda chain, seed: f"{'-'.join(chain)}.{seed}"
-    return Work(base, explorer.data, step, key, cache, explorer.device, events)
 
 
 # Ray's driver can abort when a worker dies mid-task (a Ray bug: its internal check in TaskManager::CompletePendingTask)

@@ -69,3 +69,10 @@ def zip_of(files: dict[str, bytes], *, compression=zipfile.ZIP_DEFLATED) -> byte
         for name, data in files.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+def plan_work(explorer, base, step, cache, events):
+    """The executors' Work for `explorer`'s data and device, its steps cached under readable keys ('prune-quantize.0')."""
+    from ordercomp.exploration.executors import Work
+    key = lambda chain, seed: f"{'-'.join(chain)}.{seed}"
+    return Work(base, explorer.data, step, key, cache, explorer.device, events)
