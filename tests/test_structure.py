@@ -21,7 +21,7 @@ from ordercomp.data.datasets import load_data
 from ordercomp.exploration import explorer
 from ordercomp.exploration.explorer import ExploreSpec, Explorer
 from ordercomp.exploration.pipeline import FAILED, INCOMPATIBLE, OK, make_configs, run_step
-from ordercomp.layers import output_layers, produces_logits
+from ordercomp.layers import compute_layers, is_int8_converted, output_layers, produces_logits
 from ordercomp.methods.base import Context, Incompatible
 from ordercomp.methods.early_exit import EarlyExitNet
 from ordercomp.methods.registry import METHODS, get_method
@@ -300,11 +300,16 @@ def test_a_forward_tracing_cannot_follow_has_its_classifier_named_and_is_told_st
 def test_methods_that_need_stages_say_what_is_missing(digits):
     context = Context(fewer(digits), Budget(epochs=0), seed=0)
     perceptron = with_structure(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), digits.example_input(2), 10)
+    flat_cnn = with_structure(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                                            nn.Linear(512, 10)), digits.example_input(2), 10)
     # a ViT has no stages and needs none (issue 16): its early exits read its class token after its blocks, int8
-    # converts its layers one by one
-    for name, model in (("early_exit", perceptron), ("int8", perceptron)):
-        with pytest.raises(Incompatible, match=f"{name} needs stage boundaries: tracing found no feature map"):
+    # converts its layers one by one, as it does any network without stages or BatchNorm (a user's own transformer,
+    # this perceptron); a network with BatchNorm is converted stage by stage
+    for name, model in (("early_exit", perceptron), ("int8", flat_cnn)):
+        with pytest.raises(Incompatible, match=f"{name} needs stage boundaries: "):
             get_method(name).apply(model, get_method(name).default_config(), context)
+    converted = get_method("int8").apply(perceptron, get_method("int8").default_config(), context)
+    assert is_int8_converted(converted) and not compute_layers(converted)
 
 
 def test_any_error_inside_a_method_is_a_failed_step_and_a_cancel_or_interrupt_still_stops(monkeypatch, user_base, digits):
@@ -375,14 +380,14 @@ class WidthInAttribute(nn.Module):
         return self.fc(self.conv(x).reshape(len(x), self.width, -1).mean(-1))
 
 
-def test_pruning_a_forward_that_keeps_its_width_in_an_attribute_fails_its_step_and_says_why(digits):
-    # without the check: "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x16 and 8x10)", with no word of pruning
+def test_pruning_a_forward_that_keeps_its_only_width_in_an_attribute_is_incompatible_and_says_why(digits):
+    # without the check: "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x16 and 8x10)", with no word of
+    # pruning; then a failed step; now the one layer it could prune is the one whose width the forward holds
     base = with_structure(WidthInAttribute(), digits.example_input(2), digits.num_classes, classifier="fc")
     _, result = run_step(base, ("prune",), make_configs(["prune"]), Context(fewer(digits), Budget(epochs=0), seed=0))
-    assert result.status == FAILED
-    assert result.reason.startswith("PruningError: Torch-Pruning removed channels that the forward still expects (")
-    assert result.reason.endswith("a forward that reshapes to a width it keeps in an attribute cannot be pruned "
-                                  "(torchvision's VisionTransformer can: its hidden_dim follows)")
+    assert result.status == INCOMPATIBLE
+    assert result.reason.startswith("prune found no layer whose channels this network's forward can lose (")
+    assert "shapes cannot be mul" in result.reason and "\n" not in result.reason
 
 
 def test_a_user_cnn_with_early_exits_exports_to_float_onnx_that_predicts_as_pytorch_does(user_base, digits, tmp_path):

@@ -110,7 +110,8 @@ def require_staged(model: nn.Module, method: str) -> None:
         structure = structure_of(model)
         why = structure.why_no_stages if structure and structure.why_no_stages else "the model is not split into stem, stages and head"
         how = ("naming them with --stages needs it traced too: keep Python branches on a tensor's values or sizes out of "
-               "the forward" if structure and not structure.traced else "name them with --stages (the modules whose outputs end the stages)")
+               "the forward" if structure and not structure.traced else
+               "name them with --stages (the modules whose outputs end the stages: a CNN's stages, a transformer's blocks)")
         raise Incompatible(f"{method} needs stage boundaries: {why}; {how}")
 
 

@@ -137,7 +137,7 @@ def apply(model: nn.Module, config: DistillConfig, context: Context) -> nn.Modul
     if config.depth < 1.0:
         drop_blocks(student, config.depth, example)
     if narrower:
-        shrink_width(student, 1.0 - config.width, "l2", context, heads=1.0 - config.heads)
+        student = shrink_width(student, 1.0 - config.width, "l2", context, heads=1.0 - config.heads)
     if config.init == "scratch":
         _reset(student)
     for p in teacher.parameters():

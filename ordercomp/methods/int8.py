@@ -34,14 +34,17 @@ class Int8Config:
         check_range("calibration batches", self.calibration_batches, 1, 1000)
 
 
-def _is_transformer(model: nn.Module) -> bool:
-    """A ViT (with its exits or merged tokens) rather than a network split into stages."""
-    return bool(vision_transformers(model)) and not is_staged(model)
+def _layer_by_layer(model: nn.Module) -> bool:
+    """True for a network converted one layer with weights at a time rather than stage by stage: a ViT (with its exits
+    or merged tokens), or a network without stages or BatchNorm (a user's own transformer: nothing to fold or fuse)."""
+    if is_staged(model):
+        return False
+    return bool(vision_transformers(model)) or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def _parts(model: nn.Module) -> list[str]:
-    """The modules converted one by one: a staged model's stem, stages, exits and head; a ViT's layers with weights."""
-    if _is_transformer(model):
+    """The modules converted one by one: a staged model's stem, stages, exits and head; else its layers with weights."""
+    if _layer_by_layer(model):
         return [name for name, _ in compute_layers(model)]
     names = ["stem"] + [f"stages.{i}" for i in range(len(model.stages))]
     names += [f"exits.{i}" for i in range(len(exit_heads(model)))]
@@ -130,8 +133,8 @@ def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
 
 
 def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
-    transformer = _is_transformer(model)
-    if not transformer:
+    layer_by_layer = _layer_by_layer(model)
+    if not layer_by_layer:
         require_staged(model, "int8")
     if is_int8_converted(model):
         raise Incompatible("the model is already converted to int8 kernels")
@@ -143,7 +146,7 @@ def apply(model: nn.Module, config: Int8Config, context: Context) -> nn.Module:
         model.to("cpu")
         context = Context(context.data, context.budget, context.seed, torch.device("cpu"), context.progress)
     plain_layers_(model)  # pt2e re-quantises the weights to the same int8 grid and observes the activations itself
-    if transformer:
+    if layer_by_layer:
         for name, attention in quantisable_attention(model):
             replace_module(model, name, LayerAttention(attention))  # its projections become layers the quantiser sees
     names = _parts(model)

@@ -15,6 +15,9 @@ writes (`_EmbeddingOnly`); the model's `hidden_dim`, which its forward reshapes 
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import math
 from dataclasses import dataclass, field
 
@@ -28,7 +31,7 @@ from ..layers import (QuantMultiheadAttention, StepwiseAttention, all_outputs, a
                       output_layers, quantisable_attention, replace_module)
 from ..models.structure import vision_transformers
 from ..train import train
-from .base import Context, Method, check_choice, check_range, require_classifier, require_trainable
+from .base import Context, Incompatible, Method, check_choice, check_range, require_classifier, require_trainable
 from .token_merge import tokens_unmerged
 
 IMPORTANCE = {
@@ -59,30 +62,64 @@ class PruningError(RuntimeError):
 def shrink_width(model: nn.Module, ratio: float, importance: str, context: Context, *, embedding: bool = True,
                  heads: float = 0.0) -> nn.Module:
     """Remove `ratio` of the channels of every prunable layer but the classifiers, and `heads` of each attention's
-    heads, in place; without `embedding`, a ViT keeps the width of its embedding (its heads and its MLPs' hidden
-    units go)."""
+    heads; without `embedding`, a ViT keeps the width of its embedding (its heads and its MLPs' hidden units go).
+    Returns the narrower model: the one given, or a copy of it when its forward held widths (see `_prune_channels`)."""
     example = context.data.example_input(2).to(context.device)
     model.to(context.device).eval()
     torch.manual_seed(context.seed)
     if heads:
         remove_heads_(model, heads, importance)
     if ratio:
-        _prune_channels(model, example, ratio, importance, embedding)
-    for vit in vision_transformers(model):
-        vit.hidden_dim = vit.class_token.shape[-1]  # its forward reshapes the patch embedding to this width (pruned with
-        # the embedding; the patch embedding may be two convolutions after lowrank)
+        model = _prune_channels(model, example, ratio, importance, embedding)
     _check_runs(model, example)
     return model
 
 
-def _prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, embedding: bool) -> None:
+def _prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, embedding: bool) -> nn.Module:
     """Torch-Pruning's structured pruning of `ratio` of the channels, the classifiers (and without `embedding` a
-    ViT's embedding) kept."""
+    ViT's embedding) kept. A forward may hold a width Torch-Pruning cannot see (a user's attention reshaping its
+    projections to heads x head width, a block concatenating a parameter of its own): when the pruned model no longer
+    runs, the pruning starts again from a copy of the model taken before, leaving out every layer whose channels the
+    forward cannot lose (each group found by pruning it alone on a copy), so that the rest (a transformer's MLPs) narrows."""
+    kept = _names(model, output_layers(model) + ([] if embedding else _embedding_writers(model)))
+    before = copy.deepcopy(model)
+    if _pruned_and_runs(model, example, ratio, importance, kept) is None:
+        return model
+    held, first_error = _widths_the_forward_holds(before, example, ratio, importance, kept)
+    if not _prunable_groups(before, example, ratio, importance, kept + held):
+        raise Incompatible(f"prune found no layer whose channels this network's forward can lose ({first_error}): "
+                           "its forward reshapes every width to a size it keeps; sparsify or lowrank make it smaller without it")
+    error = _pruned_and_runs(before, example, ratio, importance, kept + held)
+    if error is not None:
+        raise PruningError(f"Torch-Pruning could not prune this network's channels ({error}): "
+                           "sparsify or lowrank make it smaller without it")
+    return before
+
+
+def _pruned_and_runs(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, kept: list[str]) -> str | None:
+    """Prune `model` in place; None when its forward still runs, else the error, in one line, of the pruning or the forward."""
     try:
         with tokens_unmerged(model):
-            pruner = tp.pruner.BasePruner(
+            _pruner(model, example, ratio, importance, kept).step()
+    except Exception as error:  # raised deep inside Torch-Pruning (an index its graph walk got wrong through a reshape)
+        return one_line(error)
+    return _runs(model, example)
+
+
+def _follow_embedding(model: nn.Module) -> None:
+    """A torchvision ViT's forward reshapes the patch embedding to its `hidden_dim`: the width pruning left it (the
+    patch embedding may be two convolutions after lowrank)."""
+    for vit in vision_transformers(model):
+        vit.hidden_dim = vit.class_token.shape[-1]
+
+
+def _pruner(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, kept: list[str]):
+    """Torch-Pruning's pruner of `ratio` of the channels of `model`, the layers named in `kept` at their width."""
+    try:
+        with tokens_unmerged(model):
+            return tp.pruner.BasePruner(
                 model, example, importance=IMPORTANCE[importance](), pruning_ratio=ratio,
-                ignored_layers=output_layers(model) + ([] if embedding else _embedding_writers(model)),
+                ignored_layers=[model.get_submodule(name) for name in kept],
                 forward_fn=lambda m, x: sum(all_outputs(m, x)),
                 in_channel_groups={}, out_channel_groups={}, num_heads={}, round_to=_heads(model),
                 customized_pruners={kind: _EmbeddingOnly() for kind in (StepwiseAttention, QuantMultiheadAttention)},
@@ -90,10 +127,46 @@ def _prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, impor
                 unwrapped_parameters=[(p, p.dim() - 1) for vit in vision_transformers(model)
                                       for p in (vit.class_token, vit.encoder.pos_embedding)],
             )
-            pruner.step()
     except Exception as error:  # raised deep inside Torch-Pruning's graph walk, where the bare error names no culprit
         raise PruningError(f"Torch-Pruning could not prune this network's channels ({one_line(error)}): "
                            "sparsify or lowrank make it smaller without it") from error
+
+
+def _prunable_groups(model: nn.Module, example: torch.Tensor, ratio: float, importance: str,
+                     kept: list[str]) -> list[list[str]]:
+    """The groups Torch-Pruning would prune, each as the names of the layers that lose output channels in it."""
+    pruner = _pruner(model, example, ratio, importance, kept)
+    graph = pruner.DG
+    return [_names(model, [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)])
+            for group in graph.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types)]
+
+
+def _widths_the_forward_holds(model: nn.Module, example: torch.Tensor, ratio: float, importance: str,
+                              kept: list[str]) -> tuple[list[str], str | None]:
+    """The layers of every group whose pruning alone (on a copy, the share of channels `ratio` asks) leaves a forward
+    that no longer runs, and the first such forward's error."""
+    held, first_error = [], None
+    for group in _prunable_groups(model, example, ratio, importance, kept):
+        trial = copy.deepcopy(model)
+        graph = _pruner(trial, example, ratio, importance, kept).DG
+        root = trial.get_submodule(group[0])
+        handler = graph.get_pruner_of_module(root)
+        count = max(1, int(handler.get_out_channels(root) * ratio))
+        try:
+            graph.get_pruning_group(root, handler.prune_out_channels, list(range(count))).prune()
+            error = _runs(trial, example)
+        except Exception as pruning:  # Torch-Pruning's own error on this group
+            error = one_line(pruning)
+        if error is not None:
+            held += group
+            first_error = first_error or error
+    return held, first_error
+
+
+def _names(model: nn.Module, modules: list[nn.Module]) -> list[str]:
+    """The qualified names of `modules` in `model` (the same in a copy of it)."""
+    names = {id(module): name for name, module in model.named_modules()}
+    return [names[id(module)] for module in modules if id(module) in names]
 
 
 @torch.no_grad()
@@ -168,20 +241,33 @@ def _heads(model: nn.Module) -> int | None:
 
 
 @torch.no_grad()
+def _runs(model: nn.Module, example: torch.Tensor) -> str | None:
+    """None when the model's own forward runs on `example` (a ViT's `hidden_dim` following its pruned embedding), else
+    its error in one line (a traced forward's own report of where it failed, which torch.fx prints, is silenced: the
+    error says it)."""
+    _follow_embedding(model)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            all_outputs(model, example)
+    except Exception as error:  # the user's forward raises whatever its code meets
+        return one_line(error)
+    return None
+
+
 def _check_runs(model: nn.Module, example: torch.Tensor) -> None:
     """The pruned network must still run its own forward, which may hold widths Torch-Pruning cannot see."""
-    try:
-        all_outputs(model, example)
-    except Exception as error:  # the user's forward raises whatever its code meets
-        raise PruningError(f"Torch-Pruning removed channels that the forward still expects ({one_line(error)}): a forward that "
+    error = _runs(model, example)
+    if error is not None:
+        raise PruningError(f"Torch-Pruning removed channels that the forward still expects ({error}): a forward that "
                            "reshapes to a width it keeps in an attribute cannot be pruned (torchvision's VisionTransformer "
-                           "can: its hidden_dim follows)") from error
+                           "can: its hidden_dim follows)")
 
 
 def apply(model: nn.Module, config: PruneConfig, context: Context) -> nn.Module:
     require_trainable(model, "prune")
     require_classifier(model, "prune")
-    shrink_width(model, config.ratio, config.importance, context, embedding=False, heads=config.ratio if config.heads else 0.0)
+    model = shrink_width(model, config.ratio, config.importance, context, embedding=False,
+                         heads=config.ratio if config.heads else 0.0)
     return train(model, context.data, context.budget, seed=context.seed, device=context.device,
                  progress=context.progress, label="fine-tune")
 

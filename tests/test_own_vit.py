@@ -1,0 +1,109 @@
+"""A Vision Transformer the user wrote (tests/user_models/own_vit.py, timm's layout, not torchvision's class): every
+method applies to it or says why, pruning narrows what its forward lets it, int8 converts it layer by layer, and with
+its blocks named as stages its exits read their tokens."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from ordercomp.layers import compute_layers, is_int8_converted
+from ordercomp.methods.base import Context, Incompatible
+from ordercomp.methods.early_exit import EarlyExitNet, TokenPool, select_exits
+from ordercomp.methods.registry import METHODS, get_method
+from ordercomp.models.structure import with_structure
+from ordercomp.train import Budget, train
+from tests.user_models.own_vit import OwnViT
+from test_vit import fewer
+
+
+@pytest.fixture(scope="module")
+def own_vit(digits):
+    """The user's transformer trained on the 8-px digits (2x2 patches, 2 blocks, 2 heads, width 16, MLP 32)."""
+    torch.manual_seed(0)
+    model = train(OwnViT(), digits, Budget(epochs=30, lr=5e-3), seed=0, device=torch.device("cpu"))  # 95.5 % on the test split
+    return model.eval()
+
+
+def as_base(model: nn.Module, digits, **names) -> nn.Module:
+    """The network as an exploration takes it: a copy, its classifier marked (and split at `stages` when named)."""
+    return with_structure(model, digits.example_input(2), digits.num_classes, **names)
+
+
+def predictions(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(images).argmax(1)
+
+
+# what cannot apply to the user's own transformer, and the reason's words
+INCOMPATIBLE_ON_OWN_VIT = {"token_merge": "torchvision's VisionTransformer", "early_exit": "stage boundaries"}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_on_a_users_own_transformer_applies_or_says_why(name, own_vit, digits):
+    # before: prune and distill failed (Torch-Pruning cut the attention's packed projection that the forward reshapes to
+    # its heads), int8 was incompatible (no stage boundaries)
+    method = get_method(name)
+    context = Context(fewer(digits, train=64, held_out=64), Budget(epochs=0.5), seed=0)
+    if name in INCOMPATIBLE_ON_OWN_VIT:
+        with pytest.raises(Incompatible, match=INCOMPATIBLE_ON_OWN_VIT[name]):
+            method.apply(as_base(own_vit, digits), method.default_config(), context)
+        return
+    compressed = method.apply(as_base(own_vit, digits), method.default_config(), context)
+    with torch.no_grad():
+        assert compressed.eval()(digits.test.tensors[0][:5]).shape == (5, 10)
+
+
+def test_prune_narrows_the_mlps_of_a_users_transformer_and_keeps_the_widths_its_forward_reshapes(own_vit, digits):
+    pruned = get_method("prune").apply(as_base(own_vit, digits), get_method("prune").make_config(ratio=0.5),
+                                       Context(digits, Budget(epochs=0), seed=0))
+    for block in pruned.blocks:
+        assert (block.mlp[0].out_features, block.mlp[2].in_features) == (16, 16)  # half the hidden units
+        assert (block.attn.qkv.out_features, block.attn.proj.out_features) == (48, 16)  # heads x head width, as reshaped
+    assert pruned.patch_embed.out_channels == 16 and pruned.head.out_features == 10
+    assert own_vit.blocks[0].mlp[0].out_features == 32  # the user's model is left as it was
+    images = digits.test.tensors[0]
+    assert (predictions(pruned, images) == predictions(own_vit, images)).float().mean() > 0.5  # the strongest units kept
+
+
+def test_prune_of_a_network_whose_forward_holds_every_width_is_incompatible_in_one_line(digits):
+    class Held(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.fc = nn.Linear(64, 32), nn.Linear(32, 10)
+
+        def forward(self, x):
+            h = self.hidden(x.flatten(1))
+            return self.fc(h.view(h.shape[0], 4, 8).relu().flatten(1))  # four groups of eight, as it was built
+
+    with pytest.raises(Incompatible, match="no layer whose channels this network's forward can lose") as raised:
+        get_method("prune").apply(as_base(Held(), digits), get_method("prune").default_config(),
+                                  Context(digits, Budget(epochs=0), seed=0))
+    assert "\n" not in str(raised.value)
+
+
+def test_int8_converts_a_users_transformer_layer_by_layer_and_predicts_as_it_did(own_vit, digits):
+    context = Context(fewer(digits, train=256), Budget(epochs=0), seed=0)
+    converted = get_method("int8").apply(as_base(own_vit, digits), get_method("int8").make_config(calibration_batches=2), context)
+    assert is_int8_converted(converted) and not compute_layers(converted)  # patch embedding, projections, MLPs, head
+    images = digits.test.tensors[0]
+    assert (predictions(converted, images) == predictions(own_vit, images)).float().mean() >= 0.95
+
+
+def test_early_exit_on_a_users_transformer_split_at_its_blocks_reads_their_tokens(own_vit, digits):
+    # before: exits pooled feature maps (N, C, H, W) only, and a block's tokens (N, T, C) were incompatible
+    base = as_base(own_vit, digits, stages=("blocks.0", "blocks.1"))
+    method = get_method("early_exit")
+    exits = method.apply(base, method.make_config(threshold=0.8), Context(digits, Budget(epochs=3), seed=0))
+    assert isinstance(exits, EarlyExitNet) and len(exits.exits) == 1 and isinstance(exits.exits[0][0], TokenPool)
+    images, labels = digits.test.tensors
+    with torch.no_grad():
+        outputs = exits.eval().forward_all(images)
+        chosen, leaves_at = select_exits(outputs, 0.8)
+        assert torch.allclose(exits(images), chosen, atol=1e-5)
+    assert 0.1 < (leaves_at == 0).float().mean() < 0.9  # some images leave after the first block, not all (37 %)
+    accuracy = lambda logits: (logits.argmax(1) == labels).float().mean().item()
+    assert accuracy(outputs[0]) > 0.5  # the exit learned to read the first block's tokens (71 %)
+    assert accuracy(chosen) >= accuracy(outputs[-1]) - 0.03  # 94.4 % against 95.5 %
