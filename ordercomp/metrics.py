@@ -140,7 +140,8 @@ def _projection_weights(module: nn.Module) -> list[torch.Tensor]:
 
 def _unit_costs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, float, float]]:
     """(module name, MACs, BitOps) for every bit-annotated part, conv/linear layer and attention; a unit's products
-    of activations (attention's, token matching's) cost MACs x activation bits squared."""
+    of activations (attention's, token matching's) cost MACs x activation bits squared, or full bits squared inside a
+    part converted to int8, whose quantiser (X86InductorQuantizer's default recipe) leaves matmul and attention float."""
     model.eval()
     counts = _flop_counts(model, example)
     units, covered = [], 0.0
@@ -152,7 +153,8 @@ def _unit_costs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, floa
             products = sum(flops for op, flops in ops.items() if op in ATTENTION_PRODUCTS) / 2
             macs = sum(ops.values()) / 2
             w, a = bits_of(module)
-            units.append((name, macs, (macs - products) * w * a + products * a * a))
+            product_bits = FULL_BITS if is_int8_part(module) else a  # the int8 quantiser leaves QK^T and AV float
+            units.append((name, macs, (macs - products) * w * a + products * product_bits * product_bits))
             covered += macs
     rest = sum(counts.get("Global", {}).values()) / 2 - covered
     if rest > 0:
