@@ -1,5 +1,5 @@
 """Which methods apply to which networks: every registered method on torchvision's classes as torchvision
-defines them, a user's class from a file, a small ViT and a sample, then every export format.
+defines them, a user's class from a file, a small ViT (torchvision's, and a user's own), a sample, then every export format.
 
     PYTHONPATH=$PWD python benchmarks/bench_architectures.py --cache /tmp/arch/cache --out /tmp/arch/exports
     PYTHONPATH=$PWD python benchmarks/bench_architectures.py --models my_net,vit --cache /tmp/arch/cache --out /tmp/arch/exports
@@ -35,6 +35,7 @@ from ordercomp.models.checkpoints import describe_source
 from ordercomp.train import Budget
 
 MY_NET = Path(__file__).resolve().parent.parent / "tests" / "user_models" / "my_net.py"
+OWN_VIT = MY_NET.with_name("own_vit.py")
 EXPORT_CHAIN = ("prune", "quantize", "early_exit")
 INPUT_SIZE = 32
 CELL_REASON = 48  # characters of a reason shown in a table cell; the full reason is printed below the table
@@ -47,6 +48,7 @@ class Network:
     model: str
     what: str
     model_args: dict = field(default_factory=dict)
+    stages: tuple[str, ...] | None = None  # --stages, where the row names them
 
 
 NETWORKS = {
@@ -58,6 +60,12 @@ NETWORKS = {
                       "a layer registered after the classifier"),
     "vit": Network("torchvision.models:VisionTransformer", "torchvision's VisionTransformer, 2 layers of width 32, 8-px patches",
                    {"image_size": INPUT_SIZE, "patch_size": 8, "num_layers": 2, "num_heads": 2, "hidden_dim": 32, "mlp_dim": 64}),
+    "own_vit": Network(f"{OWN_VIT}:OwnViT", "a user's own transformer in timm's layout (one qkv layer reshaped to its "
+                       "heads, class token and position embeddings as parameters), 2 blocks of width 32, 8-px patches",
+                       {"image": INPUT_SIZE, "patch": 8, "dim": 32, "depth": 2, "heads": 2, "mlp": 64}),
+    "own_vit_blocks": Network(f"{OWN_VIT}:OwnViT", "the same, split at its blocks (--stages blocks.0,blocks.1)",
+                              {"image": INPUT_SIZE, "patch": 8, "dim": 32, "depth": 2, "heads": 2, "mlp": 64},
+                              ("blocks.0", "blocks.1")),
     "digits32_resnet18": Network("digits32_resnet18", "ordercomp's sample for 32-px digits (ResNet-18 layout, widths 16-128)"),
 }
 
@@ -89,7 +97,7 @@ def run_network(name: str, args, out: Path) -> Row:
     start = time.perf_counter()
     network = NETWORKS[name]
     base, source, data = prepare_base(network.model, "digits", model_args=network.model_args, input_size=INPUT_SIZE,
-                                      device="cpu", cache_dir=args.cache)
+                                      device="cpu", cache_dir=args.cache, stages=network.stages)
     base_metrics = measure(base, data, "test", latency=False).to_dict()
     print(f"  base: {describe_source(source)}; ready in {time.perf_counter() - start:.0f} s", flush=True)
     configs = make_configs(list(METHODS))

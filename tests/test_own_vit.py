@@ -85,9 +85,19 @@ def test_prune_of_a_network_whose_forward_holds_every_width_is_incompatible_in_o
     assert "\n" not in str(raised.value)
 
 
-def test_int8_converts_a_users_transformer_layer_by_layer_and_predicts_as_it_did(own_vit, digits):
-    context = Context(fewer(digits, train=256), Budget(epochs=0), seed=0)
-    converted = get_method("int8").apply(as_base(own_vit, digits), get_method("int8").make_config(calibration_batches=2), context)
+@pytest.fixture(scope="module")
+def int8_context(digits):
+    return Context(fewer(digits, train=128), Budget(epochs=0), seed=0)
+
+
+@pytest.fixture(scope="module")
+def own_vit_int8(own_vit, digits, int8_context):
+    """The user's transformer converted to int8 as an exploration converts it (no stages: layer by layer)."""
+    return get_method("int8").apply(as_base(own_vit, digits), get_method("int8").make_config(calibration_batches=2), int8_context)
+
+
+def test_int8_converts_a_users_transformer_layer_by_layer_and_predicts_as_it_did(own_vit_int8, own_vit, digits):
+    converted = own_vit_int8
     assert is_int8_converted(converted) and not compute_layers(converted)  # patch embedding, projections, MLPs, head
     images = digits.test.tensors[0]
     assert (predictions(converted, images) == predictions(own_vit, images)).float().mean() >= 0.95
@@ -110,14 +120,13 @@ def test_early_exit_on_a_users_transformer_split_at_its_blocks_reads_their_token
     assert accuracy(chosen) >= accuracy(outputs[-1]) - 0.03  # 94.4 % against 95.5 %
 
 
-def test_int8_counts_the_attention_products_it_leaves_float_at_full_bits_whether_split_at_blocks_or_not(own_vit, digits):
+def test_int8_counts_the_attention_products_it_leaves_float_at_full_bits_whether_split_at_blocks_or_not(
+        own_vit_int8, own_vit, digits, int8_context):
     # before: split at its blocks, each block was one int8 part and its QK^T and AV, which the quantiser leaves float,
     # counted at 8 x 8 bits: 16x fewer BitOps claimed against 3.9x converted layer by layer
-    context = Context(fewer(digits, train=64), Budget(epochs=0), seed=0)
     example = digits.example_input(1)
-    reductions = []
-    for stages in (None, ("blocks.0", "blocks.1")):
-        base = as_base(own_vit, digits, stages=stages)
-        converted = get_method("int8").apply(copy.deepcopy(base), get_method("int8").make_config(calibration_batches=1), context)
-        reductions.append(expected_cost(base, example, None)[1] / expected_cost(converted, example, None)[1])
-    assert reductions[0] == pytest.approx(reductions[1]) and 2 < reductions[0] < 8, reductions
+    blocks = as_base(own_vit, digits, stages=("blocks.0", "blocks.1"))
+    by_blocks = get_method("int8").apply(copy.deepcopy(blocks), get_method("int8").make_config(calibration_batches=2), int8_context)
+    reduction = lambda base, converted: expected_cost(base, example, None)[1] / expected_cost(converted, example, None)[1]
+    by_layers = reduction(as_base(own_vit, digits), own_vit_int8)
+    assert reduction(blocks, by_blocks) == pytest.approx(by_layers) and 2 < by_layers < 8, (reduction(blocks, by_blocks), by_layers)
