@@ -243,11 +243,26 @@ def compute_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def called_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def called_layers(model: nn.Module, example: torch.Tensor | None = None) -> list[tuple[str, nn.Module]]:
     """The conv and linear layers that are called as modules, so a replacement changes what the model
-    computes: a MultiheadAttention reads its out_proj's weight itself and never calls the layer."""
+    computes: a MultiheadAttention reads its out_proj's weight itself and never calls the layer. Given an example
+    input, only the layers its forward (through every exit) calls: torchvision's Swin Transformer reads its
+    attention's qkv and proj weights itself too, and a layer replaced there would change nothing it computes."""
     read_directly = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
-    return [(name, layer) for name, layer in compute_layers(model) if id(layer) not in read_directly]
+    layers = [(name, layer) for name, layer in compute_layers(model) if id(layer) not in read_directly]
+    if example is None:
+        return layers
+    called: set[int] = set()
+    hooks = [layer.register_forward_pre_hook(lambda module, args: called.add(id(module))) for _, layer in layers]
+    training = model.training
+    try:
+        with torch.no_grad():
+            all_outputs(model.eval(), example.to(next((p.device for p in model.parameters()), example.device)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(training)
+    return [(name, layer) for name, layer in layers if id(layer) in called]
 
 
 def bits_of(layer: nn.Module) -> tuple[int, int]:

@@ -67,7 +67,7 @@ def apply(model: nn.Module, config: LowRankConfig, context: Context) -> nn.Modul
     require_classifier(model, "lowrank")
     keep = {id(layer) for layer in output_layers(model)}
     factored = 0
-    for name, layer in called_layers(model):
+    for name, layer in called_layers(model, context.data.example_input(2)):
         if id(layer) in keep or getattr(layer, "groups", 1) != 1:
             continue
         rank = factor_rank(layer, config.rank_ratio)

@@ -26,6 +26,7 @@ import torch_pruning as tp
 from torch import nn
 from torchvision.models.vision_transformer import EncoderBlock
 
+from ..bounded import Overrun, bounded
 from ..errors import one_line
 from ..layers import (QuantMultiheadAttention, StepwiseAttention, all_outputs, attention_as, has_every_head, keep_heads_,
                       output_layers, quantisable_attention, replace_module)
@@ -57,6 +58,20 @@ class PruneConfig:
 
 class PruningError(RuntimeError):
     """Torch-Pruning failed on this network: the step fails with a reason that says so."""
+
+
+class PruningOverrun(PruningError):
+    """Torch-Pruning's walk of this network's graph ran away (memory or time) and was stopped."""
+
+
+def _walk(call):
+    """`call()` (Torch-Pruning's work) bounded in memory and time: its graph walk never ends on some layouts
+    (torchvision's swin_t took every gigabyte of the machine), which fails the step instead of the process."""
+    try:
+        return bounded(call, "Torch-Pruning's walk of this network's dependency graph")
+    except Overrun as overrun:
+        raise PruningOverrun(f"{overrun}: Torch-Pruning cannot follow this network's layout; sparsify or lowrank make "
+                             "it smaller without it") from None
 
 
 def shrink_width(model: nn.Module, ratio: float, importance: str, context: Context, *, embedding: bool = True,
@@ -100,7 +115,9 @@ def _pruned_and_runs(model: nn.Module, example: torch.Tensor, ratio: float, impo
     """Prune `model` in place; None when its forward still runs, else the error, in one line, of the pruning or the forward."""
     try:
         with tokens_unmerged(model):
-            _pruner(model, example, ratio, importance, kept).step()
+            _walk(_pruner(model, example, ratio, importance, kept).step)
+    except PruningOverrun:
+        raise
     except Exception as error:  # raised deep inside Torch-Pruning (an index its graph walk got wrong through a reshape)
         return one_line(error)
     return _runs(model, example)
@@ -117,7 +134,7 @@ def _pruner(model: nn.Module, example: torch.Tensor, ratio: float, importance: s
     """Torch-Pruning's pruner of `ratio` of the channels of `model`, the layers named in `kept` at their width."""
     try:
         with tokens_unmerged(model):
-            return tp.pruner.BasePruner(
+            return _walk(lambda: tp.pruner.BasePruner(
                 model, example, importance=IMPORTANCE[importance](), pruning_ratio=ratio,
                 ignored_layers=[model.get_submodule(name) for name in kept],
                 forward_fn=lambda m, x: sum(all_outputs(m, x)),
@@ -126,7 +143,9 @@ def _pruner(model: nn.Module, example: torch.Tensor, ratio: float, importance: s
                 # a ViT's class token and position embeddings are parameters no layer owns, pruned along the embedding
                 unwrapped_parameters=[(p, p.dim() - 1) for vit in vision_transformers(model)
                                       for p in (vit.class_token, vit.encoder.pos_embedding)],
-            )
+            ))
+    except PruningOverrun:
+        raise
     except Exception as error:  # raised deep inside Torch-Pruning's graph walk, where the bare error names no culprit
         raise PruningError(f"Torch-Pruning could not prune this network's channels ({one_line(error)}): "
                            "sparsify or lowrank make it smaller without it") from error
@@ -137,8 +156,10 @@ def _prunable_groups(model: nn.Module, example: torch.Tensor, ratio: float, impo
     """The groups Torch-Pruning would prune, each as the names of the layers that lose output channels in it."""
     pruner = _pruner(model, example, ratio, importance, kept)
     graph = pruner.DG
+    groups = _walk(lambda: list(graph.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                                     root_module_types=pruner.root_module_types)))
     return [_names(model, [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)])
-            for group in graph.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types)]
+            for group in groups]
 
 
 def _widths_the_forward_holds(model: nn.Module, example: torch.Tensor, ratio: float, importance: str,
@@ -153,8 +174,10 @@ def _widths_the_forward_holds(model: nn.Module, example: torch.Tensor, ratio: fl
         handler = graph.get_pruner_of_module(root)
         count = max(1, int(handler.get_out_channels(root) * ratio))
         try:
-            graph.get_pruning_group(root, handler.prune_out_channels, list(range(count))).prune()
+            _walk(lambda: graph.get_pruning_group(root, handler.prune_out_channels, list(range(count))).prune())
             error = _runs(trial, example)
+        except PruningOverrun:
+            raise
         except Exception as pruning:  # Torch-Pruning's own error on this group
             error = one_line(pruning)
         if error is not None:

@@ -45,7 +45,7 @@ def calibrate(model: nn.Module, context: Context, batches: int = 4) -> None:
 
 def apply(model: nn.Module, config: QuantizeConfig, context: Context) -> nn.Module:
     require_trainable(model, "quantize")
-    for name, layer in called_layers(model) + quantisable_attention(model):
+    for name, layer in called_layers(model, context.data.example_input(2)) + quantisable_attention(model):
         replace_module(model, name, to_quant(layer, config.weight_bits, config.act_bits))
     lower_activation_bits_(model, config.act_bits)
     calibrate(model, context)

@@ -1,0 +1,83 @@
+"""torchvision's Swin Transformer, a network from outside the benchmark: Torch-Pruning's graph walk never ends on it
+(ordercomp.bounded stops it and the step fails in one line), and its attention reads its qkv and proj weights
+itself (lowrank and quantize leave those layers as they are)."""
+from __future__ import annotations
+
+import functools
+import time
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.swin_transformer import SwinTransformer
+
+from ordercomp.bounded import GIB, Overrun, bounded, resident_bytes
+from ordercomp.exploration.pipeline import FAILED, OK, make_configs, run_step
+from ordercomp.layers import bits_of
+from ordercomp.methods import prune
+from ordercomp.methods.base import Context
+from ordercomp.methods.registry import get_method
+from ordercomp.models.structure import with_structure
+from ordercomp.train import Budget
+from test_vit import fewer
+
+
+@pytest.fixture()
+def swin(digits):
+    """torchvision's class at its smallest for the 8-px digits: 2x2 patches of one channel, width 16, two stages of
+    one block, 2x2 windows; its classifier marked as a base's is."""
+    torch.manual_seed(0)
+    model = SwinTransformer(patch_size=[2, 2], embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=[2, 2], num_classes=10)
+    model.features[0][0] = nn.Conv2d(1, 16, 2, 2)
+    return with_structure(model, digits.example_input(2), digits.num_classes)
+
+
+@pytest.mark.parametrize("name", ["prune", "distill"])
+def test_torch_pruning_s_endless_walk_on_a_swin_is_stopped_and_fails_the_step_in_one_line(name, swin, digits, monkeypatch):
+    # before: the walk's stack grew until the kernel killed the process (torchvision's swin_t at 32 px: past 8 GB in
+    # a minute), the exploration with it
+    monkeypatch.setattr(prune, "bounded", functools.partial(bounded, seconds=3))  # the default bounds: 2 GiB, 300 s
+    before = resident_bytes()
+    _, result = run_step(swin, (name,), make_configs([name]), Context(fewer(digits, 32, 32), Budget(epochs=0), seed=0))
+    assert result.status == FAILED and "\n" not in result.reason
+    assert result.reason.startswith("PruningOverrun: Torch-Pruning's walk of this network's dependency graph ran for more than 3 s")
+    assert resident_bytes() - before < 1 * GIB
+
+
+def test_lowrank_and_quantize_leave_the_layers_a_swin_reads_itself_and_change_the_layers_it_calls(swin, digits):
+    # before: lowrank failed ("'Sequential' object has no attribute 'weight'": the attention reads qkv.weight), and
+    # quantize marked qkv and proj 4-bit while the attention went on reading their float weights
+    context = Context(fewer(digits, 64, 64), Budget(epochs=0), seed=0)
+    read_itself = [name for name, m in swin.named_modules() if name.endswith(("attn.qkv", "attn.proj"))]
+    called = [name for name, m in swin.named_modules() if name.endswith(("mlp.0", "mlp.3"))]
+    assert len(read_itself) == 4 and len(called) == 4
+    factored = get_method("lowrank").apply(swin, get_method("lowrank").make_config(rank_ratio=0.25), context)
+    assert all(isinstance(factored.get_submodule(n), nn.Linear) for n in read_itself)
+    assert all(isinstance(factored.get_submodule(n), nn.Sequential) for n in called)
+    quantised = get_method("quantize").apply(swin, get_method("quantize").default_config(), context)
+    assert [bits_of(quantised.get_submodule(n)) for n in read_itself] == [(32, 32)] * 4
+    assert [bits_of(quantised.get_submodule(n)) for n in called] == [(4, 4)] * 4
+    for model in (factored, quantised):
+        _, result = run_step(model, ("sparsify",), make_configs(["sparsify"]), context)
+        assert result.status == OK
+
+
+def test_a_bounded_call_past_its_memory_or_its_time_is_stopped_and_one_within_them_returns():
+    def hoard():
+        kept = []
+        while True:
+            kept.append(bytearray(1 << 20))
+
+    def spin():
+        count = 0
+        while True:
+            count += 1
+
+    start = time.monotonic()
+    with pytest.raises(Overrun, match=r"^hoarding took more than 0\.1 GiB of memory \(0\.\d GiB after [\d.]+ s\) and was stopped$"):
+        bounded(hoard, "hoarding", extra_bytes=GIB // 10)
+    with pytest.raises(Overrun, match=r"^spinning ran for more than 1 s and was stopped$"):
+        bounded(spin, "spinning", seconds=1)
+    assert time.monotonic() - start < 60
+    assert bounded(lambda: sum(range(1000)), "adding", seconds=1) == 499500
+    time.sleep(0.3)  # the watchdog has nothing left to raise after a call that returned
