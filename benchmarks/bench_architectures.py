@@ -1,5 +1,5 @@
 """Which methods apply to which networks: every registered method on torchvision's classes as torchvision
-defines them, a user's class from a file, a small ViT (torchvision's, and a user's own), a sample, then every export format.
+defines them, a user's class from a file, small transformers (torchvision's ViT and Swin, a user's own ViT), a sample, then every export format.
 
     PYTHONPATH=$PWD python benchmarks/bench_architectures.py --cache /tmp/arch/cache --out /tmp/arch/exports
     PYTHONPATH=$PWD python benchmarks/bench_architectures.py --models my_net,vit --cache /tmp/arch/cache --out /tmp/arch/exports
@@ -66,6 +66,9 @@ NETWORKS = {
     "own_vit_blocks": Network(f"{OWN_VIT}:OwnViT", "the same, split at its blocks (--stages blocks.0,blocks.1)",
                               {"image": INPUT_SIZE, "patch": 8, "dim": 32, "depth": 2, "heads": 2, "mlp": 64},
                               ("blocks.0", "blocks.1")),
+    "swin": Network("torchvision.models.swin_transformer:SwinTransformer", "torchvision's Swin Transformer, 2 stages of "
+                    "1 block, width 32, 4-px patches, 4x4 windows",
+                    {"patch_size": [4, 4], "embed_dim": 32, "depths": [1, 1], "num_heads": [2, 2], "window_size": [4, 4]}),
     "digits32_resnet18": Network("digits32_resnet18", "ordercomp's sample for 32-px digits (ResNet-18 layout, widths 16-128)"),
 }
 
