@@ -238,6 +238,23 @@ def quantisable_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
             and m.in_proj_weight is not None and m.bias_k is None and not m.add_zero_attn]
 
 
+def _step_by_step(module: nn.Module, args: tuple) -> None:
+    """A forward pre-hook that does nothing: its presence keeps PyTorch's transformer layers off their fused path."""
+
+
+def step_by_step_transformer_layers_(model: nn.Module) -> nn.Module:
+    """Keep every nn.TransformerEncoderLayer and nn.TransformerDecoderLayer of a user's network on its step-by-step
+    path. In eval mode without gradients their fused fast path reads the weights of their attention and linear
+    layers itself instead of calling them, so a layer a method rewrote would not run: a quantised layer computed in
+    float while its bits were reported, a factored one broke the forward. A forward pre-hook on the layer is one of
+    the conditions that turn that path off (the others are global or depend on the input)."""
+    for module in model.modules():
+        if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)) and \
+                _step_by_step not in module._forward_pre_hooks.values():
+            module.register_forward_pre_hook(_step_by_step)
+    return model
+
+
 def compute_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The conv and linear layers of a model, with their qualified names."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from ordercomp.layers import compute_layers, is_int8_converted
+from ordercomp.layers import bits_of, compute_layers, is_int8_converted
 from ordercomp.methods.base import Context, Incompatible
 from ordercomp.methods.early_exit import EarlyExitNet, TokenPool, select_exits
 from ordercomp.methods.registry import METHODS, get_method
 from ordercomp.metrics import expected_cost
 from ordercomp.models.structure import with_structure
 from ordercomp.train import Budget, train
-from tests.user_models.own_vit import OwnViT
+from tests.user_models.own_vit import EncoderViT, OwnViT
 from test_vit import fewer
 
 
@@ -130,3 +130,43 @@ def test_int8_counts_the_attention_products_it_leaves_float_at_full_bits_whether
     reduction = lambda base, converted: expected_cost(base, example, None)[1] / expected_cost(converted, example, None)[1]
     by_layers = reduction(as_base(own_vit, digits), own_vit_int8)
     assert reduction(blocks, by_blocks) == pytest.approx(by_layers) and 2 < by_layers < 8, (reduction(blocks, by_blocks), by_layers)
+
+
+@pytest.fixture(scope="module")
+def encoder_vit(digits):
+    """The user's ViT on nn.TransformerEncoder, trained on the 8-px digits (87 % on the validation split)."""
+    torch.manual_seed(0)
+    return train(EncoderViT(), digits, Budget(epochs=20, lr=5e-3), seed=0, device=torch.device("cpu")).eval()
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_on_a_users_vit_built_on_pytorch_s_transformer_encoder_applies_or_says_why(name, encoder_vit, digits):
+    # before: int8 failed ('LayerAttention' object has no attribute 'batch_first') and lowrank failed ('Sequential'
+    # object has no attribute 'weight'): nn.TransformerEncoderLayer reads its parts' attributes to choose its path
+    method = get_method(name)
+    context = Context(fewer(digits, train=64, held_out=64), Budget(epochs=0.5), seed=0)
+    if name in INCOMPATIBLE_ON_OWN_VIT:
+        with pytest.raises(Incompatible, match=INCOMPATIBLE_ON_OWN_VIT[name]):
+            method.apply(as_base(encoder_vit, digits), method.default_config(), context)
+        return
+    compressed = method.apply(as_base(encoder_vit, digits), method.default_config(), context)
+    with torch.no_grad():
+        assert compressed.eval()(digits.test.tensors[0][:5]).shape == (5, 10)
+
+
+def test_a_quantised_transformer_encoder_layer_runs_its_quantised_layers_when_measured(encoder_vit, digits):
+    # before: in eval mode without gradients nn.TransformerEncoderLayer's fused path read the float weights of the
+    # layers quantize had rewritten, so the accuracy reported for a 4-bit model was that of a float one
+    quantised = get_method("quantize").apply(as_base(encoder_vit, digits), get_method("quantize").default_config(),
+                                             Context(fewer(digits, train=64), Budget(epochs=0), seed=0))
+    layers = [layer for name, layer in quantised.named_modules() if name.endswith(("linear1", "linear2", "self_attn"))]
+    assert len(layers) == 6 and all(bits_of(layer) == (4, 4) for layer in layers)
+    images = digits.test.tensors[0]
+    with torch.no_grad():
+        measured = quantised.eval()(images)  # as measure() and an export run it
+        torch.backends.mha.set_fastpath_enabled(False)  # PyTorch's switch for that path: every layer called
+        try:
+            stepwise = quantised(images)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+    assert torch.equal(measured, stepwise)

@@ -56,6 +56,9 @@ class LayerAttention(nn.Module):
     in- and out-projections as Linear layers it calls: nn.MultiheadAttention reads them as raw weights, which the int8
     quantiser does not see as layers. Takes token merging's additive mask (B * heads, T, T)."""
 
+    batch_first = True  # what nn.TransformerEncoderLayer checks of its attention before choosing its path
+    _qkv_same_embed_dim = True
+
     def __init__(self, attention: nn.MultiheadAttention):
         super().__init__()
         self.num_heads = attention.num_heads
@@ -67,6 +70,10 @@ class LayerAttention(nn.Module):
             self.in_proj.bias.data.copy_(attention.in_proj_bias.detach())
         self.out_proj = attention.out_proj
         self.to(attention.in_proj_weight.device)
+
+    @property
+    def in_proj_bias(self) -> torch.Tensor | None:
+        return self.in_proj.bias
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask=None,
                 need_weights: bool = False, attn_mask: torch.Tensor | None = None, **_) -> tuple[torch.Tensor, None]:

@@ -49,7 +49,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import one_line
-from ..layers import is_staged, mark_logits_layer
+from ..layers import is_staged, mark_logits_layer, step_by_step_transformer_layers_
 from .checkpoints import state_fingerprint
 from .programs import ProgramModel
 from .zoo import StagedNet
@@ -132,7 +132,7 @@ def with_structure(model: nn.Module, example: torch.Tensor, num_classes: int, *,
             what = "a program, which is only measured" if isinstance(model, ProgramModel) else "split into stages already"
             raise StructureError(f"--classifier and --stages name parts of your own network; this model is {what}")
         return model
-    model = copy.deepcopy(model).eval()  # marks go on the copy: the caller's model stays as it was
+    model = step_by_step_transformer_layers_(copy.deepcopy(model).eval())  # marks go on the copy: the caller's model stays as it was
     _check_names(model, classifier, stages, num_classes)
     named = tuple(name for name, given in (("classifier", classifier), ("stages", stages)) if given)
     found, details = _discover(model, example, classifier, stages)

@@ -1,6 +1,7 @@
-"""A Vision Transformer a user writes in their own repository, as timm writes them, not torchvision's class.
+"""Vision Transformers a user writes in their own repository: `OwnViT` as timm writes them, `EncoderViT` on PyTorch's
+nn.TransformerEncoder; not torchvision's class.
 
-Its attention packs queries, keys and values in one Linear layer `qkv` and reshapes its output to
+OwnViT's attention packs queries, keys and values in one Linear layer `qkv` and reshapes its output to
 (3, heads, width / heads) with the number of heads it keeps in an attribute; pre-norm blocks, a class
 token and position embeddings as parameters of the model, a LayerNorm and a Linear classifier `head`
 on the class token. Tests load it as `tests/user_models/own_vit.py:OwnViT`, at 8 px (digits) or larger.
@@ -54,3 +55,24 @@ class OwnViT(nn.Module):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+class EncoderViT(nn.Module):
+    """The same ViT built on PyTorch's own nn.TransformerEncoder (batch first, pre-norm, GELU), as many users write it:
+    in eval mode without gradients its layers take a fused path that reads their weights without calling them."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image: int = 8, patch: int = 2, dim: int = 16,
+                 depth: int = 2, heads: int = 2, mlp: int = 32):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, mlp, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.head(self.norm(self.encoder(x))[:, 0])
