@@ -247,12 +247,17 @@ class _EmbeddingOnly(tp.pruner.function.BasePruningFunc):
 
 
 def _embedding_writers(model: nn.Module) -> list[nn.Module]:
-    """The layers of a ViT that write its embedding: patch embedding, attention, and each MLP's last linear layer."""
+    """The layers of a ViT that write its embedding: patch embedding, attention, and each MLP's last linear layer; in
+    a user's network built on PyTorch's transformer layers, each layer's attention and last linear layer (keeping one
+    layer of a group keeps the group: the patch embedding and the rest of the residual stream keep their width too)."""
     writers = []
     for vit in vision_transformers(model):
         writers += [vit.conv_proj] + [m for m in vit.modules() if isinstance(m, nn.MultiheadAttention)]
         writers += [[layer for layer in block.mlp.modules() if isinstance(layer, nn.Linear)][-1]
                     for block in vit.modules() if isinstance(block, EncoderBlock)]
+    for layer in model.modules():
+        if isinstance(layer, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+            writers += [layer.self_attn, layer.linear2] + ([layer.multihead_attn] if hasattr(layer, "multihead_attn") else [])
     return writers
 
 
