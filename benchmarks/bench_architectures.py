@@ -66,6 +66,9 @@ NETWORKS = {
     "own_vit_blocks": Network(f"{OWN_VIT}:OwnViT", "the same, split at its blocks (--stages blocks.0,blocks.1)",
                               {"image": INPUT_SIZE, "patch": 8, "dim": 32, "depth": 2, "heads": 2, "mlp": 64},
                               ("blocks.0", "blocks.1")),
+    "encoder_vit": Network(f"{OWN_VIT}:EncoderViT", "a user's ViT on PyTorch's nn.TransformerEncoder (batch first, "
+                           "pre-norm), 2 layers of width 32, 8-px patches",
+                           {"image": INPUT_SIZE, "patch": 8, "dim": 32, "depth": 2, "heads": 2, "mlp": 64}),
     "swin": Network("torchvision.models.swin_transformer:SwinTransformer", "torchvision's Swin Transformer, 2 stages of "
                     "1 block, width 32, 4-px patches, 4x4 windows",
                     {"patch_size": [4, 4], "embed_dim": 32, "depths": [1, 1], "num_heads": [2, 2], "window_size": [4, 4]}),
