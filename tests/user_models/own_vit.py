@@ -57,22 +57,13 @@ class OwnViT(nn.Module):
         return self.head(self.norm(self.blocks(x))[:, 0])
 
 
-class EncoderViT(nn.Module):
-    """The same ViT built on PyTorch's own nn.TransformerEncoder (batch first, pre-norm, GELU), as many users write it:
-    in eval mode without gradients its layers take a fused path that reads their weights without calling them."""
+class EncoderViT(OwnViT):
+    """The same ViT with its blocks built by PyTorch's own nn.TransformerEncoder (batch first, pre-norm, GELU), as many
+    users write it: in eval mode without gradients its layers take a fused path that reads their weights without
+    calling them."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, image: int = 8, patch: int = 2, dim: int = 16,
                  depth: int = 2, heads: int = 2, mlp: int = 32):
-        super().__init__()
-        self.patch_embed = nn.Conv2d(in_channels, dim, patch, patch)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
+        super().__init__(num_classes, in_channels, image, patch, dim, depth, heads, mlp)
         layer = nn.TransformerEncoderLayer(dim, heads, mlp, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        return self.head(self.norm(self.encoder(x))[:, 0])
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
