@@ -1,6 +1,7 @@
-"""A Vision Transformer the user wrote (tests/user_models/own_vit.py, timm's layout, not torchvision's class): every
-method applies to it or says why, pruning narrows what its forward lets it, int8 converts it layer by layer, and with
-its blocks named as stages its exits read their tokens."""
+"""Vision Transformers the user wrote (tests/user_models/own_vit.py, not torchvision's class): OwnViT in timm's layout
+and EncoderViT on PyTorch's nn.TransformerEncoder. Every method applies to them or says why, pruning narrows what
+their forward lets it and keeps their embedding, int8 converts them layer by layer, with their blocks named as stages
+their exits read their tokens, and an encoder layer runs the layers quantize rewrote."""
 from __future__ import annotations
 
 import copy

@@ -100,8 +100,8 @@ def _prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, impor
     before = copy.deepcopy(model)
     if _pruned_and_runs(model, example, ratio, importance, kept) is None:
         return model
-    held, first_error = _widths_the_forward_holds(before, example, ratio, importance, kept)
-    if not _prunable_groups(before, example, ratio, importance, kept + held):
+    held, first_error, groups = _widths_the_forward_holds(before, example, ratio, importance, kept)
+    if all(group[0] in held for group in groups):
         raise Incompatible(f"prune found no layer whose channels this network's forward can lose ({first_error}): "
                            "its forward reshapes every width to a size it keeps; sparsify or lowrank make it smaller without it")
     error = _pruned_and_runs(before, example, ratio, importance, kept + held)
@@ -163,11 +163,12 @@ def _prunable_groups(model: nn.Module, example: torch.Tensor, ratio: float, impo
 
 
 def _widths_the_forward_holds(model: nn.Module, example: torch.Tensor, ratio: float, importance: str,
-                              kept: list[str]) -> tuple[list[str], str | None]:
+                              kept: list[str]) -> tuple[list[str], str | None, list[list[str]]]:
     """The layers of every group whose pruning alone (on a copy, the share of channels `ratio` asks) leaves a forward
-    that no longer runs, and the first such forward's error."""
+    that no longer runs, the first such forward's error, and every group tried."""
     held, first_error = [], None
-    for group in _prunable_groups(model, example, ratio, importance, kept):
+    groups = _prunable_groups(model, example, ratio, importance, kept)
+    for group in groups:
         trial = copy.deepcopy(model)
         graph = _pruner(trial, example, ratio, importance, kept).DG
         root = trial.get_submodule(group[0])
@@ -183,7 +184,7 @@ def _widths_the_forward_holds(model: nn.Module, example: torch.Tensor, ratio: fl
         if error is not None:
             held += group
             first_error = first_error or error
-    return held, first_error
+    return held, first_error, groups
 
 
 def _names(model: nn.Module, modules: list[nn.Module]) -> list[str]:
