@@ -7,8 +7,10 @@ bench_search.py runs every order of each setting on the same seeds and keeps the
 settings on 2 cores). A strategy's first phase (search.py's `search_chains`: the orders it evaluates on the
 exploration's seeds) reads only those seeds' scores, so this replays it exactly from the cache, without training:
 per setting and strategy, the regret of the best order it evaluated (what it recommends before the race), whether the
-best order was among those evaluated, and how many it evaluated. The race's extra seeds are not in the ground truth, so
-its effect is not replayed (bench_search.py measures it). Run bench_search.py first with the same --cache: a setting
+best order was among those evaluated, and how many it evaluated. `surrogate, one seed` is the default as `explore` runs
+it (recommend.py): the search on the first seed only, with its share of the total, then the best screened orders on
+every seed while half of what is left affords them; its regret is that of the best confirmed order. The race's extra
+seeds are not in the ground truth, so its effect is not replayed (bench_search.py measures it). Run bench_search.py first with the same --cache: a setting
 whose ground truth is not cached is trained first, as bench_search.py would. Figures are printed, never asserted.
 """
 from __future__ import annotations
@@ -23,7 +25,8 @@ from bench_search import CACHE, exhaustive_steps  # noqa: E402
 from search_settings import SETTINGS, setting_spec  # noqa: E402
 
 from ordercomp.exploration.explorer import Explorer  # noqa: E402
-from ordercomp.order import OBJECTIVES, search_chains  # noqa: E402
+from ordercomp.order import OBJECTIVES, pairwise_plan, prefix_cost, search_chains  # noqa: E402
+from ordercomp.order.recommend import full_budget_allowance, search_budget_per_seed  # noqa: E402
 
 STRATEGIES = ("pairwise", "surrogate", "random")
 
@@ -45,10 +48,25 @@ def replay(name: str, cache: Path, trace: bool) -> None:
                 print("    " + "\n    ".join(f"{' -> '.join(c)}: {sign * means[c]:.2f}" for c in chains if c in means))
             return {chain: scores.get(chain, []) for chain in chains}
         found = search_chains(methods, strategy, evaluate, outcomes=outcomes, higher_is_better=higher)
-        chosen = max((s.chain for s in found.evaluated), key=means.get, default=found.chain)
-        print(f"  {strategy:<10} regret {means[best] - means[chosen]:6.2f}  best order evaluated: "
-              f"{'yes' if best in {s.chain for s in found.evaluated} else 'no ':<3}  orders evaluated {len(found.evaluated):>3}  "
-              f"{' -> '.join(chosen)}")
+        _print(strategy, [s.chain for s in found.evaluated], found.chain, means, best)
+    seeds = explorer.spec.seeds
+    budget = search_budget_per_seed(len(methods), seeds, "surrogate")
+    found = search_chains(methods, "surrogate", lambda chains: {c: scores.get(c, [])[:1] for c in chains},
+                          outcomes=outcomes, higher_is_better=higher, budget=budget)
+    allowance = full_budget_allowance(len(methods), seeds, "surrogate", search_per_seed=found.applications_per_seed) // 2
+    confirmed: list[tuple] = []
+    for chain in (s.chain for s in found.evaluated):  # best first on the first seed
+        if prefix_cost(confirmed + [chain], set(pairwise_plan(list(methods)))) * (seeds - 1) > allowance:
+            break
+        confirmed.append(chain)
+    _print("surrogate, one seed", confirmed, found.chain, means, best, searched=len(found.evaluated))
+
+
+def _print(label: str, evaluated: list, fallback: tuple, means: dict, best: tuple, searched: int | None = None) -> None:
+    chosen = max(evaluated, key=means.get, default=fallback)
+    screened = "" if searched is None else f" (of {searched} searched on the first seed)"
+    print(f"  {label:<10} regret {means[best] - means[chosen]:6.2f}  best order evaluated: "
+          f"{'yes' if best in evaluated else 'no ':<3}  orders evaluated {len(evaluated):>3}{screened}  {' -> '.join(chosen)}")
 
 
 def _trials(explorer: Explorer, steps) -> dict:

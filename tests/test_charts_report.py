@@ -318,6 +318,15 @@ def test_the_sentence_says_how_sure_the_search_is_which_orders_are_within_noise_
     assert html.escape(sentence) in report and "P(best)" in report and "not separated" in report
 
 
+def test_the_cost_of_a_one_seed_search_says_where_the_applications_went(record):
+    one_seed = searched(record)
+    one_seed["search"]["applications"] |= {"per_seed": 52, "search_seeds": 1, "screen": 52 + 16, "confirm": 16, "total": 96}
+    one_seed["search"]["screened_orders"] = [{"chain": CHAIN, "score": 95.0, "se": 0.0, "seeds": 1}] * 18
+    assert ("96 method applications were spent (52 on the first seed for the pairs and a search of 18 orders, 16 for the "
+            "pairs on the other seeds, 16 measuring the search's best 3 there, 12 on extra seeds for the contenders)"
+            in evidence_sentence(one_seed))
+
+
 def test_a_separated_order_is_said_to_be_better_than_every_other(record):
     sentence = evidence_sentence(searched(record, separated=True, probability=0.97))
     assert "best of the 3 evaluated with probability 97%; every other evaluated order is worse by a paired interval" in sentence

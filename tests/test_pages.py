@@ -434,17 +434,19 @@ def test_pair_progress_says_running_for_a_started_group_and_counts_the_search_ap
     # two of three seeds done: running (main said "waiting" at 66.67 %), none done: waiting, all: ok
     assert (rows["prune alone"]["status"], rows["prune alone"]["done"], rows["prune alone"]["of"]) == ("running", 2, 3)
     assert rows["prune / early_exit"]["status"] == "waiting" and rows["prune / quantize"]["status"] == "ok"
-    # the whole orders of the search have a row of their own: (2 x 9, capped at every order's 15, - 9) per seed x 3 seeds
-    assert (rows["whole orders (search)"]["done"], rows["whole orders (search)"]["of"], rows["whole orders (search)"]["status"]) == (1, 18, "running")
-    # the race's extra seeds (3, 4, ... beyond the spec's 0-2) have a row of their own, up to the budget's 2.5 x 9 x 3 - 45 = 22
-    assert (rows["extra seeds for the contenders (race)"]["done"], rows["extra seeds for the contenders (race)"]["of"]) == (0, 22)
+    # the whole orders of the search have a row of their own: on the first seed, every order (15 applications) - 9
+    assert (rows["whole orders (search)"]["done"], rows["whole orders (search)"]["of"], rows["whole orders (search)"]["status"]) == (1, 6, "running")
+    # the best orders on seeds 1-2 and the race's extra seeds (3, 4, ... beyond the spec's 0-2) have a row of their
+    # own, up to the budget's 2.5 x 9 x 3 = 67 - 15 (the search) - 2 x 9 (the pairwise plan on seeds 1-2) = 34
+    later = "the best orders on the other seeds (confirmation), extra seeds for the contenders (race)"
+    assert (rows[later]["done"], rows[later]["of"]) == (0, 34)
+    steps += [step_row(("prune", "quantize", "early_exit"), 1)]
     steps += [step_row(prefix, 3) for prefix in (("prune",), ("prune", "quantize"), ("prune", "quantize", "early_exit"))]
     rows = {row["applications"]: row for row in views.pair_progress(spec, steps)}
-    assert rows["prune alone"]["done"] == 2 and rows["whole orders (search)"]["done"] == 1  # seed 3 is not theirs
-    assert (rows["extra seeds for the contenders (race)"]["done"], rows["extra seeds for the contenders (race)"]["status"]) == (3, "running")
+    assert rows["prune alone"]["done"] == 2 and rows["whole orders (search)"]["done"] == 1  # seeds 1 and 3 are not theirs
+    assert (rows[later]["done"], rows[later]["status"]) == (4, "running")
     done = {row["applications"]: row["status"] for row in views.pair_progress(spec, steps, finished=True)}
-    assert done["whole orders (search)"] == "ok" and done["prune / early_exit"] == "not needed"
-    assert done["extra seeds for the contenders (race)"] == "ok"
+    assert done["whole orders (search)"] == "ok" and done["prune / early_exit"] == "not needed" and done[later] == "ok"
 
 
 @pytest.mark.parametrize("status, done, total, text", [

@@ -64,7 +64,8 @@ def job_rows(jobs: list[dict], positions: dict[str, int] | None = None) -> list[
 
 def pair_progress(spec: dict, steps: list[dict], *, finished: bool = False) -> list[dict]:
     """Finished applications per single method, per pair (both orders), of the whole orders the search evaluates, in an
-    exhaustive run of the longer orders, and of the race's extra seeds for the orders in contention; with the first
+    exhaustive run of the longer orders, and of the confirmation and the race's extra seeds for the orders in
+    contention; with the first
     failure's reason. A group is waiting before its first step, running until its last, ok after it (a search that
     found its order within its budget, or a race that separated its leader early, ends ok below it)."""
     from .. import order
@@ -82,13 +83,16 @@ def pair_progress(spec: dict, steps: list[dict], *, finished: bool = False) -> l
         groups.append(("orders of 3 or more", [c for c in order.exhaustive_plan(methods) if len(c) > 2]))
     rows = [_progress_row(label, [s for chain in chains for s in by_chain.get(chain, [])], len(chains) * seeds, finished)
             for label, chains in groups if chains]
-    searched = 0 if spec["exhaustive"] else (planned["per_seed"] - planned["pairwise_per_seed"]) * seeds
+    search_seeds = planned.get("search_seeds", seeds)
+    searched = 0 if spec["exhaustive"] else (planned["per_seed"] - planned["pairwise_per_seed"]) * search_seeds
+    longer = [s for chain, found in by_chain.items() if len(chain) > 2 for s in found]
     if searched:  # prefixes of 3 or more methods, beyond the pairwise plan
-        longer = [s for chain, found in by_chain.items() if len(chain) > 2 for s in found]
-        rows.append(_progress_row("whole orders (search)", longer, searched, finished))
+        rows.append(_progress_row("whole orders (search)", [s for s in longer if s["seed"] < search_seeds], searched, finished))
     if planned["beyond"]:
-        raced = [s for s in steps if s["seed"] >= seeds]
-        rows.append(_progress_row("extra seeds for the contenders (race)", raced, planned["beyond"], finished))
+        confirmed = [s for s in longer if s["seed"] >= search_seeds]  # a one-seed search's best orders on the others
+        label = "extra seeds for the contenders (race)" if search_seeds == seeds else \
+            "the best orders on the other seeds (confirmation), extra seeds for the contenders (race)"
+        rows.append(_progress_row(label, confirmed + [s for s in steps if s["seed"] >= seeds], planned["beyond"], finished))
     return rows
 
 

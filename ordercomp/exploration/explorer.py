@@ -225,22 +225,27 @@ class ExploreSpec:
     def planned_applications(self) -> dict:
         """The method applications this exploration takes at most, known before it starts: per seed the plan
         (pairwise, or every prefix with exhaustive validation) or the search's budget around it (never more than
-        every order), times the seeds; `beyond`, those at the full budget after the search (a screen's confirmation,
+        every order), times the seeds it runs on (a one-seed search: the first; the others get the pairwise plan);
+        `beyond`, those at the full budget after the search (a confirmation of the best orders on every seed,
         the race's extra seeds for the orders in contention: as many as the budget allows, since how many the race
         needs shows only as it runs); plus the chain applied once to the base on the test split. Progress counts
         against `total`, so it only moves forward; a search that finds its order sooner ends below it. `cost` counts
         a screened application as its fraction of the epochs (for the time estimate)."""
         n, fidelity = len(self.methods), self.search_fidelity
         pairwise, exhaustive = order.pairwise_applications(n), order.exhaustive_applications(n)
-        per_seed = pairwise if self.search == "pairwise" else min(order.search_budget(n, self.search), exhaustive)
+        one_seed = order.recommend.searches_one_seed(self.search, self.seeds, self.screen)
+        per_seed = pairwise if self.search == "pairwise" else min(
+            order.recommend.search_budget_per_seed(n, self.seeds, self.search, self.screen), exhaustive)
         # with every order run, the search's orders cost nothing new, and what it spent bounds the race no longer
         beyond = order.recommend.full_budget_allowance(n, self.seeds, self.search, self.screen,
                                                        search_per_seed=None if self.exhaustive else per_seed)
-        searched, validated = per_seed * self.seeds, 0
+        search_seeds = 1 if one_seed else self.seeds
+        searched, validated = per_seed * search_seeds + pairwise * (self.seeds - search_seeds), 0
         if self.exhaustive:  # every order's prefixes at the full budget on the spec's seeds
             per_seed, validated = exhaustive, exhaustive * self.seeds
             searched = 0 if self.screen is None else searched  # an unscreened search's orders are among them
         return {"pairwise_per_seed": pairwise, "exhaustive_per_seed": exhaustive, "per_seed": per_seed, "seeds": self.seeds,
+                "search_seeds": search_seeds,
                 "beyond": beyond, "chain": n, "total": validated + searched + beyond + n,
                 "cost": validated + fidelity * searched + beyond + n}
 

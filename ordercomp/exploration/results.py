@@ -200,7 +200,10 @@ def print_summary(result) -> None:
 def _print_search(record: dict) -> None:
     table = search_table(record)
     if table is not None:
-        budget = "" if record["search"].get("screen") is None else " (confirmed at the full budget)"
+        search = record["search"]
+        budget = "" if search.get("screen") is None else " (confirmed at the full budget)"
+        if search.get("screen") is None and search.get("screened_orders"):
+            budget = f" ({len(search['screened_orders'])} searched on the first seed, the best confirmed on every seed)"
         print(f"\nWhole orders evaluated by the {record['search']['strategy']} search{budget}, validation split, best first:")
         print(table.to_string(index=False))
 

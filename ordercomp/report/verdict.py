@@ -66,17 +66,23 @@ def _separation(verdict: dict) -> str:
 
 
 def cost_sentence(search: dict) -> str:
-    """'X method applications were spent (Y per seed, Z on extra seeds), W% of exhaustive (E).'"""
+    """'X method applications were spent (Y per seed, Z on extra seeds), W% of exhaustive (E).' (a one-seed
+    search: what went to the first seed, to the pairs on the others and to confirming the search's best there)"""
     spent = search.get("applications")
     if not spent:
         return f"{search['applications_per_seed']} method applications per seed were spent."
     extra = f", {spent['race']} on extra seeds for the contenders" if spent["race"] else ""
+    searched = f"{spent['per_seed']} per seed for the search"
+    if spent.get("search_seeds") == 1 and search.get("screened_orders"):  # a one-seed search, then its confirmation
+        searched = (f"{spent['per_seed']} on the first seed for the pairs and a search of {len(search['screened_orders'])} "
+                    f"orders, {spent['screen'] - spent['per_seed']} for the pairs on the other seeds, {spent['confirm']} "
+                    f"measuring the search's best {len(search['orders'])} there")
     screened = ""
     if search.get("screen") is not None:
         screened = (f"; the search ran at {share_text(search['screen'])} of the fine-tuning epochs and {spent['confirm']} "
                     f"applications confirmed its best orders at the full budget, {spent['cost']:.0f} full-budget "
                     "applications in cost")
-    return (f"{spent['total']} method applications were spent ({spent['per_seed']} per seed for the search{extra}"
+    return (f"{spent['total']} method applications were spent ({searched}{extra}"
             f"{screened}), {share_text(spent['share_of_exhaustive'])} of exhaustive ({spent['exhaustive']}).")
 
 
