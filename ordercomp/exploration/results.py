@@ -203,7 +203,7 @@ def _print_search(record: dict) -> None:
         search = record["search"]
         budget = "" if search.get("screen") is None else " (confirmed at the full budget)"
         if search.get("screen") is None and search.get("screened_orders"):
-            budget = f" ({len(search['screened_orders'])} searched on the first seed, the best confirmed on every seed)"
+            budget = f" ({len(search['screened_orders'])} searched on the first seed; the best, on the other seeds)"
         print(f"\nWhole orders evaluated by the {record['search']['strategy']} search{budget}, validation split, best first:")
         print(table.to_string(index=False))
 

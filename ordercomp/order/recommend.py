@@ -11,9 +11,12 @@ being the fraction of the fine-tuning budget). Its phases:
    BUDGET_FACTOR x the pairwise plan's applications per seed (including it); with `screen`, at that
    fraction of the fine-tuning budget;
 2. confirm (after a one-seed search or a `screen`): the screened orders, best first (with a screen:
-   those still in contention), are measured at the full budget on every seed while they fit in half
-   of what is left (with `screen`: of SCREEN_FULL_FACTOR x the pairwise plan's applications over
-   all seeds);
+   those still in contention), are measured at the full budget while they fit in half of what is
+   left (with `screen`: of SCREEN_FULL_FACTOR x the pairwise plan's applications over all seeds),
+   on every seed after a screen, on the other seeds after a one-seed search: the first seed chose
+   them, so its scores favour them (the best of many noisy scores is high by luck too), and the
+   evidence leaves it out. On noisy synthetic landscapes the claimed probability then matched the
+   share of truly best orders within 0.02 on average, against 0.06 with the first seed kept;
 3. race (race.py): extra seeds for the orders in contention at the full budget, with what the
    total allows: TOTAL_FACTOR x the pairwise plan's applications over all seeds, minus what the
    screen and the confirmation spent (with `screen`: the rest of the full-budget allowance);
@@ -120,14 +123,14 @@ def recommend_order(methods: Sequence[str], strategy: str, measure: Measure, *, 
         result = search(int(TOTAL_FACTOR * pairwise_applications(len(methods))))  # nothing to race: explore on
     allowance = full_budget_allowance(len(methods), seeds, strategy, screen, search_per_seed=result.applications_per_seed)
     confirming = allowance // 2 if STRATEGIES[strategy].races else allowance  # a racing strategy keeps half for the race
-    if one_seed:  # the first seed has every screened prefix, every seed the pairwise plan's
+    if one_seed:  # the other seeds, which have the pairwise plan's prefixes; the first chose the orders, so it is left out
         cost = lambda chains: prefix_cost(chains, set(pairwise_plan(list(methods)))) * (seeds - 1)
-        evidence, confirmed = _confirm(screened, measure, seeds, confirming, cost, higher_is_better, confidence)
+        evidence, confirmed = _confirm(screened, measure, range(1, seeds), confirming, cost, higher_is_better, confidence)
     elif screen is None:
         evidence, confirmed = screened, 0
     else:
         cost = lambda chains: prefix_cost(chains) * seeds
-        evidence, confirmed = _confirm(screened, measure, seeds, confirming, cost, higher_is_better, confidence)
+        evidence, confirmed = _confirm(screened, measure, range(seeds), confirming, cost, higher_is_better, confidence)
     raced = _race(evidence, measure, seeds, allowance - confirmed, strategy, higher_is_better, confidence)
     chain = raced.leader if raced else result.chain
     applications = _applications(len(methods), seeds, fidelity, result.applications_per_seed, confirmed, raced, one_seed)
@@ -200,10 +203,10 @@ def _sure(screened: Evidence, higher_is_better: bool, seed: int) -> bool:
     return bool(probabilities) and max(probabilities.values()) >= SURE
 
 
-def _confirm(screened: Evidence, measure: Measure, seeds: int, allowance: int, cost: Callable[[list[Chain]], int],
+def _confirm(screened: Evidence, measure: Measure, seeds: Sequence[int], allowance: int, cost: Callable[[list[Chain]], int],
              higher_is_better: bool, confidence: float) -> tuple[Evidence, int]:
     """The screened contenders (one seed: every screened order), best first, measured at the full budget on
-    every seed while `allowance` affords their `cost`; (their evidence, applications spent)."""
+    `seeds` while `allowance` affords their `cost`; (their evidence, applications spent)."""
     out = set(eliminated(screened, standing(screened, higher_is_better), higher_is_better, confidence))
     chosen: list[Chain] = []
     for chain in (c for c in standing(screened, higher_is_better) if c not in out):
@@ -212,7 +215,7 @@ def _confirm(screened: Evidence, measure: Measure, seeds: int, allowance: int, c
         chosen.append(chain)
     if not chosen:
         return {}, 0
-    trials = measure(chosen, range(seeds), 1.0)
+    trials = measure(chosen, seeds, 1.0)
     return {chain: dict(trials[chain]) for chain in chosen if trials.get(chain)}, cost(chosen)
 
 

@@ -44,7 +44,7 @@ def test_the_default_searches_on_one_seed_confirms_on_every_seed_races_and_stays
     measure = Measured(landscape)
     found = recommend_order(landscape.methods, "surrogate", measure, outcomes=outcomes(landscape), seeds=SEEDS)
     searched = [call for call in measure.calls if call[1] == [0]]
-    confirmed = [call for call in measure.calls if call[1] == list(range(SEEDS))]
+    confirmed = [call for call in measure.calls if call[1] == list(range(1, SEEDS))]  # the first seed chose them
     extra = [call for call in measure.calls if call[1][0] >= SEEDS]
     assert all(fidelity == 1.0 for _, _, fidelity in measure.calls) and searched and len(confirmed) == 1 and extra
     assert measure.calls == searched + confirmed + extra  # search, then confirmation, then the race
@@ -55,7 +55,7 @@ def test_the_default_searches_on_one_seed_confirms_on_every_seed_races_and_stays
     assert costs["screen"] == costs["per_seed"] + pairwise_applications(4) * (SEEDS - 1)
     assert set(found.evidence) == set(confirmed[0][0]) < set(found.screened)
     assert all(len(found.screened[c]) == 1 for c in found.screened)  # the search's orders: the first seed only
-    assert found.chain == found.race.leader
+    assert found.chain == found.race.leader and all(0 not in trials for trials in found.evidence.values())
     record = found.to_dict()
     verdict = record["verdict"]
     assert verdict["chain"] == list(found.chain) and verdict["evaluated"] == len(found.evidence)
