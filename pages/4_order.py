@@ -44,6 +44,13 @@ if ranked is not None:
                "probability that the order is the best of these, from the paired seed and per-image evidence; race: "
                "dropped once a paired interval put it below the leader, else not separated from it.")
     st.dataframe(ranked, hide_index=True)
+    screened = search_table(record, "screened_orders")
+    if screened is not None and search.get("screen") is None:
+        st.caption(f"With two seeds or more, the search ran {len(screened)} orders on the first seed and measured its best "
+                   "on the other seeds: the table above. The first seed chose them, so its scores favour them and the "
+                   "evidence above leaves it out.")
+        with st.expander(f"The {len(screened)} orders the search ran on the first seed"):
+            st.dataframe(screened, hide_index=True)
 
 st.subheader("Every valid order")
 st.dataframe([{"order": chain_text(c), "recommended": "★" if c == chain else ""} for c in record["valid_chains"]], hide_index=True)

@@ -6,6 +6,7 @@ store; buttons that would start a worker process start a stand-in that does noth
 """
 from __future__ import annotations
 
+import copy
 import io
 import re
 import shutil
@@ -553,6 +554,18 @@ def test_order_page_draws_the_matrix_graph_orders_and_exhaustive_rank(store, fin
     assert len(at.main.dataframe[1].value) == len(record["valid_chains"])
     assert next(metric for metric in at.main.metric if metric.label == "Rank of the recommended chain").value == f"{record['exhaustive']['rank']} of 2"
     assert len(at.main.dataframe[2].value) == 2
+
+
+def test_order_page_lists_the_orders_a_one_seed_search_ran_apart_from_those_it_measured_on_the_other_seeds(store, finished):
+    record = copy.deepcopy(finished["record"])
+    orders = record["search"]["orders"]
+    record["search"]["screened_orders"] = [dict(row, seeds=1) for row in orders] * 3
+    job = store.create(ExploreSpec.from_dict(record["spec"]))
+    store.set_status(job, "done", result=record)
+    at = app("4_order", job=job)
+    assert any("the search ran 6 orders on the first seed" in plain(caption.value) for caption in at.main.caption)
+    assert at.main.expander[0].label == "The 6 orders the search ran on the first seed"
+    assert len(at.main.expander[0].dataframe[0].value) == 6
 
 
 def test_result_pages_say_what_to_do_without_a_finished_run(store, spawned):

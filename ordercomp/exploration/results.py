@@ -84,10 +84,11 @@ def pairs_table(outcomes: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def search_table(record: dict) -> pd.DataFrame | None:
+def search_table(record: dict, which: str = "orders") -> pd.DataFrame | None:
     """The whole orders the search evaluated (at the full budget), best first: score, standard error and
-    seeds, regret against the best, the probability of being the best of them and what the race made of it."""
-    orders = (record.get("search") or {}).get("orders") or []
+    seeds, regret against the best, the probability of being the best of them and what the race made of it;
+    with `which="screened_orders"`, those it screened (on the first seed, or at a fraction of the epochs)."""
+    orders = (record.get("search") or {}).get(which) or []
     if not orders:
         return None
     best, objective = orders[0]["score"], record["spec"]["objective"]
