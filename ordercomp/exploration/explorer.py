@@ -3,8 +3,9 @@
 For every pair {A, B} of the chosen methods, A->B and B->A are applied to the same base model
 with the same seeds and budget; single-method results are shared by the pairs (n + n(n-1)
 applications per seed). Pair decisions become a precedence graph whose topological order is the
-paper's chain; the search (ordercomp.order.recommend) then evaluates whole orders, races the
-contenders on extra seeds and says how sure the evidence is. The recommended chain is applied to
+paper's chain; the search (ordercomp.order.recommend) then evaluates whole orders (with two seeds or
+more, on the first seed, then its best on the others), races the contenders on extra seeds and says
+how sure the evidence is. The recommended chain is applied to
 the base and measured step by step on the test split.
 
 With `screen`, the pairs and the whole orders of the search are trained for that fraction of the
@@ -226,7 +227,7 @@ class ExploreSpec:
         """The method applications this exploration takes at most, known before it starts: per seed the plan
         (pairwise, or every prefix with exhaustive validation) or the search's budget around it (never more than
         every order), times the seeds it runs on (a one-seed search: the first; the others get the pairwise plan);
-        `beyond`, those at the full budget after the search (a confirmation of the best orders on every seed,
+        `beyond`, those at the full budget after the search (a confirmation of the best orders on the other seeds,
         the race's extra seeds for the orders in contention: as many as the budget allows, since how many the race
         needs shows only as it runs); plus the chain applied once to the base on the test split. Progress counts
         against `total`, so it only moves forward; a search that finds its order sooner ends below it. `cost` counts

@@ -1,6 +1,7 @@
 """Race the contenders: extra seeds only for the whole orders still in contention.
 
-After the search has evaluated whole orders on the exploration's seeds, the evidence for the best
+After the search has evaluated whole orders (recommend.py: with two seeds or more, the best of those
+it ran on the first seed, measured on the others), the evidence for the best
 of them may not separate it from the next: seed-to-seed noise of 2-6 points per order is common on
 strongly compressed models. `race` (F-Race style) compares the leader (the highest mean) with every
 other contender, paired per seed and, for accuracy objectives, per validation image

@@ -74,6 +74,15 @@ def test_a_one_seed_search_sees_most_orders_of_four_methods_for_the_budget_three
     assert len(found.screened) == 18 and len(found.evidence) >= 4
 
 
+def test_when_every_order_the_one_seed_search_ran_is_confirmed_the_first_seed_counts_too():
+    """Three methods: the search affords all six orders on the first seed and the confirmation all six on the others,
+    so nothing was chosen by the first seed's scores and leaving them out would only throw evidence away."""
+    landscape = world(n=3)
+    found = recommend_order(landscape.methods, "surrogate", Measured(landscape), outcomes=outcomes(landscape), seeds=SEEDS)
+    assert len(found.screened) == 6 and set(found.evidence) == set(found.screened)
+    assert all(set(range(SEEDS)) <= set(trials) for trials in found.evidence.values())
+
+
 def test_with_one_seed_the_search_runs_on_it_and_the_race_adds_seeds():
     landscape = world()
     measure = Measured(landscape)
