@@ -2,7 +2,7 @@
 import streamlit as st
 
 from ordercomp.dashboard import estimate, formatting, plan, session
-from ordercomp.report.figures import duration, plural
+from ordercomp.report.figures import duration
 from ordercomp.exploration.executors import EXECUTORS
 
 from ordercomp.methods.registry import METHODS
@@ -95,12 +95,10 @@ def plan_summary() -> None:
         st.error(f"This plan cannot run: {formatting.md(error)}")
         return
     cost = estimate.plan_cost(spec, store.step_seconds(spec.model, spec.data))
-    n = len(spec.methods)
     left, right = st.columns(2)
     left.metric("Method applications", cost["applications"], help="At most: the search may find its order with fewer")
-    left.caption(f"{'exhaustive' if spec.exhaustive else spec.search}: at most {cost['per_seed']} per seed × "
-                 f"{plural(spec.seeds, 'seed')}{estimate.beyond_text(spec, cost['beyond'])}, + {n} to apply the chain. Pairwise needs "
-                 f"n + n(n−1) = {cost['pairwise_per_seed']} per seed; every order (exhaustive) {cost['exhaustive_per_seed']}.")
+    left.caption(f"{estimate.applications_text(spec, cost)}. Pairwise needs n + n(n−1) = {cost['pairwise_per_seed']} per "
+                 f"seed; every order (exhaustive) {cost['exhaustive_per_seed']}.")
     right.metric("Estimated time", f"about {duration(cost['seconds'])}")
     right.caption(f"{cost['seconds_each']:.1f} s per application, {cost['basis']}.")
     st.page_link("pages/3_runs.py", label="Next: launch it on the Runs page", icon=":material/play_circle:")

@@ -300,6 +300,10 @@ def test_methods_page_builds_widgets_from_the_registry_and_counts_applications(s
     assert at.selectbox(key="w_quantize.weight_bits").options == ["2", "4", "8"]
     count = lambda: next(metric for metric in at.main.metric if metric.label == "Method applications").value
     assert count() == "124"  # the default search: at most 2.5 x 16 x 3 seeds, the race's extra seeds included, + the chain's 4
+    [where] = [plain(caption.value) for caption in at.main.caption if plain(caption.value).startswith("surrogate: ")]
+    assert where.startswith("surrogate: at most 52 on the first seed and the pairwise plan's 16 on each of the 2 others, up "
+                            "to 36 to measure the search's best orders on the other seeds and race them on extra seeds, + 4 "
+                            "to apply the chain. Pairwise needs n + n(n−1) = 16 per seed")
     at.selectbox(key="w_search").set_value("pairwise").run()
     assert count() == "52"
     at.multiselect(key="w_methods").set_value(["prune", "quantize"]).run()

@@ -3,7 +3,7 @@ this machine (the job store's finished steps of the same model and data), else a
 model's size, else a default guess; the text says which."""
 from __future__ import annotations
 
-from ..report.figures import duration
+from ..report.figures import duration, plural
 
 DEFAULT_STEP_SECONDS = 20.0      # per method application, until the store has finished steps to go by
 # Seconds per multiply-accumulate of fine-tuning on 2 CPU cores (forward + backward ~ 3x the MACs), with each
@@ -32,13 +32,29 @@ def estimate_text(cost: dict) -> str:
     return f"about {duration(cost['seconds'])}, {cost['basis']}"
 
 
-def beyond_text(spec, beyond: int) -> str:
-    """What the applications after the search are for (a screen's confirmation at the full budget, the race's extra
-    seeds), as the Methods page's count says it; '' when there are none."""
+def applications_text(spec, cost: dict) -> str:
+    """Where the Methods page's count of applications goes: per seed (a one-seed search: on the first seed and on
+    each other), after the search, and the chain."""
+    label = "exhaustive" if spec.exhaustive else spec.search
+    if cost.get("search_seeds", spec.seeds) < spec.seeds:
+        others = spec.seeds - 1
+        runs = (f"at most {cost['per_seed']} on the first seed and the pairwise plan's {cost['pairwise_per_seed']} on "
+                f"{'the other seed' if others == 1 else f'each of the {others} others'}")
+    else:
+        runs = f"at most {cost['per_seed']} per seed × {plural(spec.seeds, 'seed')}"
+    return f"{label}: {runs}{_beyond_text(spec, cost)}, + {len(spec.methods)} to apply the chain"
+
+
+def _beyond_text(spec, cost: dict) -> str:
+    """What the applications after the search are for (a screen's or a one-seed search's confirmation, the race's
+    extra seeds); '' when there are none."""
+    beyond = cost["beyond"]
     if not beyond:
         return ""
     if spec.screen is not None:
         return f", up to {beyond} to confirm the best orders at the full budget and race them on extra seeds"
+    if cost.get("search_seeds", spec.seeds) < spec.seeds:
+        return f", up to {beyond} to measure the search's best orders on the other seeds and race them on extra seeds"
     return f", up to {beyond} on extra seeds for the orders still in contention"
 
 
