@@ -9,7 +9,8 @@ exploration's seeds) reads only those seeds' scores, so this replays it exactly 
 per setting and strategy, the regret of the best order it evaluated (what it recommends before the race), whether the
 best order was among those evaluated, and how many it evaluated. `surrogate, one seed` is the default as `explore` runs
 it (recommend.py): the search on the first seed only, with its share of the total, then the best screened orders on
-every seed while half of what is left affords them; its regret is that of the best confirmed order. The race's extra
+the other seeds while half of what is left affords them; its regret is that of the confirmed order with the best mean
+over those other seeds (the first chose them, and recommend.py leaves it out unless every order was confirmed). The race's extra
 seeds are not in the ground truth, so its effect is not replayed (bench_search.py measures it). Run bench_search.py first with the same --cache: a setting
 whose ground truth is not cached is trained first, as bench_search.py would. Figures are printed, never asserted.
 """
@@ -48,7 +49,8 @@ def replay(name: str, cache: Path, trace: bool) -> None:
                 print("    " + "\n    ".join(f"{' -> '.join(c)}: {sign * means[c]:.2f}" for c in chains if c in means))
             return {chain: scores.get(chain, []) for chain in chains}
         found = search_chains(methods, strategy, evaluate, outcomes=outcomes, higher_is_better=higher)
-        _print(strategy, [s.chain for s in found.evaluated], found.chain, means, best)
+        _print(strategy if strategy == "pairwise" else f"{strategy}, every seed", [s.chain for s in found.evaluated],
+               found.chain, means, best)
     seeds = explorer.spec.seeds
     budget = search_budget_per_seed(len(methods), seeds, "surrogate")
     found = search_chains(methods, "surrogate", lambda chains: {c: scores.get(c, [])[:1] for c in chains},
@@ -59,13 +61,16 @@ def replay(name: str, cache: Path, trace: bool) -> None:
         if prefix_cost(confirmed + [chain], set(pairwise_plan(list(methods)))) * (seeds - 1) > allowance:
             break
         confirmed.append(chain)
-    _print("surrogate, one seed", confirmed, found.chain, means, best, searched=len(found.evaluated))
+    kept = 0 if len(confirmed) == len(found.evaluated) else 1  # recommend.py leaves out the seed that chose them
+    judged = {c: sign * statistics.fmean(scores[c][kept:]) for c in confirmed}
+    _print("surrogate, one seed", confirmed, found.chain, means, best, searched=len(found.evaluated), judged=judged)
 
 
-def _print(label: str, evaluated: list, fallback: tuple, means: dict, best: tuple, searched: int | None = None) -> None:
-    chosen = max(evaluated, key=means.get, default=fallback)
+def _print(label: str, evaluated: list, fallback: tuple, means: dict, best: tuple, searched: int | None = None,
+           judged: dict | None = None) -> None:
+    chosen = max(evaluated, key=(judged or means).get, default=fallback)
     screened = "" if searched is None else f" (of {searched} searched on the first seed)"
-    print(f"  {label:<10} regret {means[best] - means[chosen]:6.2f}  best order evaluated: "
+    print(f"  {label:<21} regret {means[best] - means[chosen]:6.2f}  best order evaluated: "
           f"{'yes' if best in evaluated else 'no ':<3}  orders evaluated {len(evaluated):>3}{screened}  {' -> '.join(chosen)}")
 
 
