@@ -36,7 +36,7 @@ def applications_text(spec, cost: dict) -> str:
     """Where the Methods page's count of applications goes: per seed (a one-seed search: on the first seed and on
     each other), after the search, and the chain."""
     label = "exhaustive" if spec.exhaustive else spec.search
-    if cost.get("search_seeds", spec.seeds) < spec.seeds:
+    if _searches_one_seed(spec, cost):
         others = spec.seeds - 1
         runs = (f"at most {cost['per_seed']} on the first seed and the pairwise plan's {cost['pairwise_per_seed']} on "
                 f"{'the other seed' if others == 1 else f'each of the {others} others'}")
@@ -53,9 +53,13 @@ def _beyond_text(spec, cost: dict) -> str:
         return ""
     if spec.screen is not None:
         return f", up to {beyond} to confirm the best orders at the full budget and race them on extra seeds"
-    if cost.get("search_seeds", spec.seeds) < spec.seeds:
+    if _searches_one_seed(spec, cost):
         return f", up to {beyond} to measure the search's best orders on the other seeds and race them on extra seeds"
     return f", up to {beyond} on extra seeds for the orders still in contention"
+
+
+def _searches_one_seed(spec, cost: dict) -> bool:
+    return cost.get("search_seeds", spec.seeds) < spec.seeds
 
 
 def sample_step_seconds(spec) -> float | None:

@@ -65,9 +65,9 @@ def job_rows(jobs: list[dict], positions: dict[str, int] | None = None) -> list[
 def pair_progress(spec: dict, steps: list[dict], *, finished: bool = False) -> list[dict]:
     """Finished applications per single method, per pair (both orders), of the whole orders the search evaluates, in an
     exhaustive run of the longer orders, and of the confirmation and the race's extra seeds for the orders in
-    contention; with the first
-    failure's reason. A group is waiting before its first step, running until its last, ok after it (a search that
-    found its order within its budget, or a race that separated its leader early, ends ok below it)."""
+    contention; with the first failure's reason. A group is waiting before its first step, running until its last, ok
+    after it (a search that found its order within its budget, or a race that separated its leader early, ends ok
+    below it)."""
     from .. import order
     from ..exploration.explorer import ExploreSpec
 
