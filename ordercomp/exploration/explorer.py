@@ -240,13 +240,12 @@ class ExploreSpec:
         # with every order run, the search's orders cost nothing new, and what it spent bounds the race no longer
         beyond = order.recommend.full_budget_allowance(n, self.seeds, self.search, self.screen,
                                                        search_per_seed=None if self.exhaustive else per_seed)
-        search_seeds = 1 if one_seed else self.seeds
-        searched, validated = per_seed * search_seeds + pairwise * (self.seeds - search_seeds), 0
+        searched, validated = order.recommend.search_applications(n, self.seeds, per_seed, one_seed), 0
         if self.exhaustive:  # every order's prefixes at the full budget on the spec's seeds
             per_seed, validated = exhaustive, exhaustive * self.seeds
             searched = 0 if self.screen is None else searched  # an unscreened search's orders are among them
         return {"pairwise_per_seed": pairwise, "exhaustive_per_seed": exhaustive, "per_seed": per_seed, "seeds": self.seeds,
-                "search_seeds": search_seeds,
+                "search_seeds": 1 if one_seed else self.seeds,
                 "beyond": beyond, "chain": n, "total": validated + searched + beyond + n,
                 "cost": validated + fidelity * searched + beyond + n}
 

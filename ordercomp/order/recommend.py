@@ -168,8 +168,14 @@ def full_budget_allowance(n: int, seeds: int, strategy: str, screen: float | Non
     if not STRATEGIES[strategy].races:
         return 0
     spent = pairwise_applications(n) if search_per_seed is None else search_per_seed
-    searched = spent + pairwise_applications(n) * (seeds - 1) if searches_one_seed(strategy, seeds, screen) else spent * seeds
+    searched = search_applications(n, seeds, spent, searches_one_seed(strategy, seeds, screen))
     return max(0, int(TOTAL_FACTOR * pairwise_applications(n) * seeds) - searched)
+
+
+def search_applications(n: int, seeds: int, per_seed: int, one_seed: bool) -> int:
+    """The search's applications over all seeds, the pairwise plan included: `per_seed` on every seed, or on the
+    first only (a one-seed search), the others then getting the pairwise plan."""
+    return per_seed + pairwise_applications(n) * (seeds - 1) if one_seed else per_seed * seeds
 
 
 def _check(seeds: int, screen: float | None, strategy: str) -> None:
@@ -236,7 +242,7 @@ def _applications(n: int, seeds: int, fidelity: float, screen_per_seed: int, con
     """Applications spent: the screen (per seed it ran on, and over all seeds with the pairwise plan), the
     confirmation and the race; `cost` counts a screened application as its fraction of the budget;
     `exhaustive` every order on every seed."""
-    screen_total = screen_per_seed + pairwise_applications(n) * (seeds - 1) if one_seed else screen_per_seed * seeds
+    screen_total = search_applications(n, seeds, screen_per_seed, one_seed)
     race_total = raced.applications if raced else 0
     total = screen_total + confirmed + race_total
     cost = fidelity * screen_total + confirmed + race_total
