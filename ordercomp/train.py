@@ -19,7 +19,7 @@ from .fields import typed_fields
 from .layers import all_outputs, sparse_masks
 
 Progress = Callable[[str, float], None]
-LossFn = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (exits' logits, x, y, rows) -> loss
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Budget:
         return asdict(self)
 
 
-def cross_entropy(outputs: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def cross_entropy(outputs: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return sum(F.cross_entropy(out, y) for out in outputs) / len(outputs)
 
 
@@ -71,11 +71,11 @@ def train(model: nn.Module, data: DataBundle, budget: Budget, *, seed: int, devi
     masks = sparse_masks(model)
     step = 0
     while step < total_steps:
-        for x, y in loader:
+        for x, y, rows in loader.with_indices():
             if fast:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
-                loss = loss_fn(logits_in_training(model, x), x, y)
+                loss = loss_fn(logits_in_training(model, x), x, y, rows)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -153,6 +153,20 @@ def test_batches_are_those_of_a_dataloader_with_the_same_seed(shuffle):
     assert torch.equal(next(iter(partial))[1], next(iter(reference))[1])
 
 
+
+def test_batches_name_the_rows_they_hold():
+    """Training hands each batch's rows in the split to its loss (distillation looks up the teacher's outputs by them);
+    they must be the rows the images and labels came from, in the order of the plain iteration."""
+    data = load_data("digits")
+    images, labels = data.train.tensors
+    plain, indexed = data.loader("train", 64, shuffle=True, seed=3), data.loader("train", 64, shuffle=True, seed=3)
+    seen = []
+    for (x, y), (x2, y2, rows) in zip(plain, indexed.with_indices(), strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+        assert torch.equal(images[rows], x2) and torch.equal(labels[rows], y2)
+        seen.append(rows)
+    assert sorted(torch.cat(seen).tolist()) == list(range(len(data.train)))
+
 def test_writing_a_cifar_folder_never_replaces_one(tmp_path):
     root, _, _ = _cifar_like(tmp_path)
     before = (root / "cifar-10-batches-py" / "test_batch").read_bytes()

@@ -210,3 +210,34 @@ def test_every_method_trains_under_the_gpu_recipe(name, tiny_model, context, dig
     compressed = method.apply(tiny_model, method.default_config(), context)
     assert all(t.is_contiguous() for t in compressed.state_dict().values())
     assert measure(compressed, digits, "val", latency=False).accuracy >= accuracy_floor(name, base_accuracy, digits.num_classes)
+
+
+def test_distillation_runs_its_frozen_teacher_once_per_training_image(tiny_model, digits):
+    """The teacher never changes while its student trains, so three epochs ask it about each training image once;
+    the outputs the loss reads are still the teacher's own for the batch at hand."""
+    from ordercomp.methods.distill import DistillConfig, TeacherOutputs, kd_loss
+    from ordercomp.train import Budget, train
+
+    asked = []
+
+    class CountingTeacher(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = tiny_model
+
+        def forward(self, x):
+            asked.append(len(x))
+            return self.model(x)
+
+    teacher = CountingTeacher().eval()
+    student = create_model("cnn_tiny", digits.num_classes, digits.in_channels)
+    train(student, digits, Budget(epochs=3), seed=0, device=torch.device("cpu"),
+          loss_fn=kd_loss(teacher, DistillConfig(width=0.5), len(digits.train)))
+    assert sum(asked) == len(digits.train)
+
+    remembered = TeacherOutputs(tiny_model.eval(), len(digits.train))
+    loader = digits.loader("train", 64, shuffle=True, seed=1)
+    for _ in range(2):
+        for x, _, rows in loader.with_indices():
+            with torch.no_grad():
+                assert torch.allclose(remembered(x, rows)[0], tiny_model(x), atol=1e-5)

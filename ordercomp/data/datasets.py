@@ -88,11 +88,16 @@ class Batches:
         return len(self.batches)
 
     def __iter__(self):
+        for images, labels, _ in self.with_indices():
+            yield images, labels
+
+    def with_indices(self):
+        """(images, labels, their rows in the split) per batch, in the same order."""
         torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # DataLoader's draw of its workers' seed
         images, labels = (t.to(self.device) if self.device is not None else t for t in self.tensors)
         for index in self.batches:
             index = torch.tensor(index, device=images.device)
-            yield images[index], labels[index]
+            yield images[index], labels[index], index
 
 
 def load_data(spec="digits", *, input_size: int | None = None, limit: int | None = None, normalize: str = "dataset") -> DataBundle:
