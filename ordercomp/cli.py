@@ -16,6 +16,7 @@ import ast
 import sys
 import time
 
+from .allocator import keep_freed_memory
 from .data.preprocessing import NORMALIZE_HELP, Normalization, describe_preprocessing
 from .exploration.executors import EXECUTORS
 from .methods.registry import METHODS, parse_methods
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()
     try:
         return {"explore": run_explore, "apply": run_apply, "measure": run_measure}[args.command](args)
     except (ValueError, OSError) as error:

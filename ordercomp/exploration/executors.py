@@ -42,6 +42,7 @@ from torch import nn
 
 from .cache import StepCache
 from ..data.datasets import DataBundle
+from ..allocator import keep_freed_memory
 from ..errors import one_line
 from ..methods.base import Context
 from ..deploy.export import deployed_latency
@@ -305,6 +306,7 @@ def ray_step(step: Step, parent: nn.Module | None, chain: Chain, seed: int, data
     """The body of one Ray task: the step with a fixed thread count; the model (on the CPU, so any
     node can read it) only when a child needs it."""
     torch.set_num_threads(threads)
+    keep_freed_memory()
     model, result = step_on(step, parent, chain, seed, data, torch.device(device))
     return (model.cpu() if keep and model is not None else None), result
 

@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from ..allocator import keep_freed_memory
 from ..errors import one_line
 from ..order.plan import chain_text
 from .launch import dispatch, worker_limit, worker_threads
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     store = JobStore(args.store)
     try:
         _share_cores(store)
+        keep_freed_memory()
         status = run_job(store, args.job)
     except ValueError as error:
         parser.error(str(error))
