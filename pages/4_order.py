@@ -1,5 +1,5 @@
 """Step 4, Order: how sure the evidence is, the pair outcomes, the precedence graph, the whole orders evaluated,
-every valid order and the exhaustive check."""
+the orders that keep every precedence edge and the exhaustive check."""
 import streamlit as st
 
 from ordercomp.dashboard import formatting, plan, session
@@ -51,8 +51,13 @@ if ranked is not None:
                    "evidence above leaves it out.")
         with st.expander(f"The {len(screened)} orders the search ran on the first seed"):
             st.dataframe(screened, hide_index=True)
+    elif screened is not None:
+        st.caption(f"The search screened {len(screened)} orders at {search['screen']:g} of the epochs and measured its best "
+                   "at the full budget: the table above.")
+        with st.expander(f"The {len(screened)} orders screened at {search['screen']:g} of the epochs"):
+            st.dataframe(screened, hide_index=True)
 
-st.subheader("Every valid order")
+st.subheader("Orders that keep every precedence edge")
 st.dataframe([{"order": chain_text(c), "recommended": "★" if c == chain else ""} for c in record["valid_chains"]], hide_index=True)
 
 st.subheader("Exhaustive validation")
