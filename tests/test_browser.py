@@ -519,7 +519,7 @@ def test_order_page_draws_the_chain_and_the_precedence_graph_of_the_run(page, ap
     for method in METHODS:
         expect(graph.locator("svg g.node").filter(has_text=method)).to_have_count(1)
     expect(main(page).get_by_test_id("stPlotlyChart")).to_have_count(1)
-    expect(main(page).get_by_role("heading", name="Every valid order", exact=True)).to_be_visible()
+    expect(main(page).get_by_role("heading", name="Orders that keep every precedence edge", exact=True)).to_be_visible()
     expect(main(page).get_by_text(f"· {applications(exploration['record'])} method applications ·")).to_be_visible()
     no_exception(page)
     nothing_cut(page)

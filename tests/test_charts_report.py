@@ -356,3 +356,18 @@ def test_the_positions_a_forced_pair_rules_out_are_said_and_nothing_is_said_with
     assert "Forced pairs" not in plain
     assert ruled == plain + (" Forced pairs rule out prune at position 4; int8 at positions 1, 2; the search put every method "
                              "at every position they allow before any model-guided proposal.")
+
+
+def test_the_orders_that_keep_every_edge_are_counted_and_a_chain_against_an_edge_is_said_so(record):
+    """A reader took the CLI's 'Valid orders: 2' beside a search of 24 orders for a mistake: the count is of the orders
+    that keep every precedence edge, and a search may recommend one that goes against an edge; the words say both."""
+    from ordercomp.report.verdict import graph_orders_sentence
+
+    assert graph_orders_sentence(record) == ("1 order keeps every precedence edge of the pair decisions; the recommended "
+                                             "chain is one of them.")
+    against = record | {"chain": OTHER}
+    assert graph_orders_sentence(against) == (
+        "1 order keeps every precedence edge of the pair decisions; the recommended chain goes against prune → quantize: "
+        "the search measured it best of the whole orders it ran, whatever the pairs said.")
+    assert graph_orders_sentence(record | {"valid_chains": [CHAIN] * 50}).startswith("50 or more orders keep")
+    assert html.escape(graph_orders_sentence(against)) in meeting_report(against)

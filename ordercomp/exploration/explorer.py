@@ -554,7 +554,7 @@ class Explorer:
             base_metrics=base_test, steps=[s.to_dict() for s in found.steps], outcomes=[o.to_dict() for o in found.outcomes],
             edges=[edge_record(u, v, d, found.outcomes) for u, v, d in found.dag.edges(data=True)],
             dropped_edges=[{"before": u, "after": v, "margin": m} for u, v, m in found.dropped],
-            valid_chains=order.valid_chains(found.dag, limit=50), chain=chain, chain_steps=[s.to_dict() for s in chain_steps],
+            valid_chains=order.valid_chains(found.dag, limit=order.LISTED_ORDERS), chain=chain, chain_steps=[s.to_dict() for s in chain_steps],
             applications=self.application_counts(), exhaustive=self.exhaustive_summary(found.steps, chain),
             repeat=self.try_repeat(final, chain) if self.spec.repeat else None,
             weak_pairs=sum(o.weak_evidence for o in found.outcomes if o.incompatible is None),

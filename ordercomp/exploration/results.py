@@ -18,7 +18,7 @@ from ..models.checkpoints import describe_source
 from ..order.plan import chain_text
 from ..order import LATENCY_OBJECTIVES
 from ..report.figures import share_text
-from ..report.verdict import evidence_sentences
+from ..report.verdict import evidence_sentences, graph_orders_sentence
 from .pipeline import StepResult
 
 MARKER = ".ordercomp-results"
@@ -182,7 +182,7 @@ def print_summary(result) -> None:
         for entry in record.get("left_out", []):
             why = entry["reason"] if "with" in entry else f"{entry['status']} on the base: {entry['reason']}"
             print(f"\nLeft out of the chain: {entry['method']} ({why})")
-        print(f"\nValid orders: {len(record['valid_chains'])}; recommended chain: {chain_text(record['chain'])}")
+        print(f"\nRecommended chain: {chain_text(record['chain'])}. {graph_orders_sentence(record)}")
         for sentence in evidence_sentences(record):
             print(sentence)
         if record["weak_pairs"]:

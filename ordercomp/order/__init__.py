@@ -5,6 +5,7 @@ from ordercomp.order.certainty import probability_best
 from ordercomp.order.cover import covering_orders, uncoverable
 from ordercomp.order.evidence import DifferenceInterval, difference_interval, t_quantile
 from ordercomp.order.graph import (
+    LISTED_ORDERS,
     agreement,
     break_cycles,
     precedence_graph,
@@ -95,4 +96,5 @@ __all__ = [
     "t_quantile",
     "uncoverable",
     "valid_chains",
+    "LISTED_ORDERS",
 ]

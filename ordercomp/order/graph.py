@@ -67,6 +67,9 @@ def break_cycles(graph: nx.DiGraph) -> tuple[nx.DiGraph, list[tuple[str, str, fl
         dropped.append((u, v, margin))
 
 
+LISTED_ORDERS = 50  # the orders an exploration records as keeping every edge (the lexicographically first)
+
+
 def valid_chains(dag: nx.DiGraph, limit: int = 1000) -> list[list[str]]:
     """All topological orders of `dag` in lexicographic order, at most `limit`.
 

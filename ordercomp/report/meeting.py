@@ -20,7 +20,7 @@ from plotly.offline import get_plotlyjs
 
 from . import charts
 from .figures import SIMULATION, applications, duration, epochs_text, headline, plural
-from .verdict import evidence_sentences
+from .verdict import evidence_sentences, graph_orders_sentence
 from ..order import OBJECTIVES
 from ..order.plan import chain_text
 from ..exploration.results import chain_table, pairs_table, results_table, search_table, steps_table
@@ -137,8 +137,7 @@ def notes(record: dict) -> list[str]:
     if broken:
         items.append(f"The chain stopped at {chain_text(broken[0]['chain'])} ({broken[0]['status']}: {broken[0]['reason']}); "
                      "the headline figures are for the steps before it.")
-    if len(record["valid_chains"]) > 1:
-        items.append(f"{len(record['valid_chains'])} orders are consistent with the precedence graph; the recommended one is shown.")
+    items.append(graph_orders_sentence(record))
     items += _exhaustive_note(record) + _repeat_note(record)
     return items
 

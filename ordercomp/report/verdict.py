@@ -11,6 +11,7 @@ best order's standard error.
 """
 from __future__ import annotations
 
+from ..order.graph import LISTED_ORDERS
 from ..order.plan import chain_text
 from .figures import share_text
 
@@ -29,6 +30,19 @@ def search_sentences(search: dict) -> list[str]:
     verdict = search["verdict"]
     sentences = [_probability(verdict, search.get("confidence", 0.95)) + _separation(verdict), cost_sentence(search)]
     return sentences + coverage_sentences(search.get("positions_not_allowed") or [])
+
+
+def graph_orders_sentence(record: dict) -> str:
+    """How many orders keep every precedence edge of the pair decisions, and whether the recommended chain is one of
+    them: a whole-order search may measure an order that goes against an edge ahead of every order it ran."""
+    count, chain = len(record["valid_chains"]), record["chain"]
+    counted = f"{count} or more orders keep" if count >= LISTED_ORDERS else f"{count} order{'s keep' if count != 1 else ' keeps'}"
+    broken = [f"{e['before']} → {e['after']}" for e in record["edges"]
+              if e["before"] in chain and e["after"] in chain and chain.index(e["before"]) > chain.index(e["after"])]
+    if not broken:
+        return f"{counted} every precedence edge of the pair decisions; the recommended chain is one of them."
+    return (f"{counted} every precedence edge of the pair decisions; the recommended chain goes against "
+            f"{', '.join(broken)}: the search measured it best of the whole orders it ran, whatever the pairs said.")
 
 
 def coverage_sentences(not_allowed: list) -> list[str]:
