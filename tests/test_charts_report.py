@@ -364,7 +364,9 @@ def test_the_orders_that_keep_every_edge_are_counted_and_a_chain_against_an_edge
     from ordercomp.report.verdict import graph_orders_sentence
 
     assert graph_orders_sentence(record) == ("1 order keeps every precedence edge of the pair decisions; the recommended "
-                                             "chain is one of them.")
+                                             "chain keeps them all.")
+    assert graph_orders_sentence(record | {"edges": [], "valid_chains": [CHAIN] * 24}) == (
+        "No pair decision set a precedence edge, so every order keeps the graph.")
     against = record | {"chain": OTHER}
     assert graph_orders_sentence(against) == (
         "1 order keeps every precedence edge of the pair decisions; the recommended chain goes against prune → quantize: "

@@ -39,8 +39,10 @@ def graph_orders_sentence(record: dict) -> str:
     counted = f"{count} or more orders keep" if count >= LISTED_ORDERS else f"{count} order{'s keep' if count != 1 else ' keeps'}"
     broken = [f"{e['before']} → {e['after']}" for e in record["edges"]
               if e["before"] in chain and e["after"] in chain and chain.index(e["before"]) > chain.index(e["after"])]
+    if not record["edges"]:
+        return "No pair decision set a precedence edge, so every order keeps the graph."
     if not broken:
-        return f"{counted} every precedence edge of the pair decisions; the recommended chain is one of them."
+        return f"{counted} every precedence edge of the pair decisions; the recommended chain keeps them all."
     return (f"{counted} every precedence edge of the pair decisions; the recommended chain goes against "
             f"{', '.join(broken)}: the search measured it best of the whole orders it ran, whatever the pairs said.")
 
