@@ -7,7 +7,7 @@ BitOps and measured-latency ratios against the base model, all from one run.
 Latency is the median of repeated batch-1 and batch-32 forward passes on 1 thread. The chain as
 explored uses fake-quantised (QAT) layers, which simulate low bits but run float kernels; the
 deployable variant replaces `quantize` by `int8` (torchao pt2e, compiled with Inductor freezing)
-so that real int8 kernels run, and is timed the same way.
+so that real int8 kernels run, and is timed the same way. Freed memory is kept for reuse, as the CLI keeps it.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from ordercomp.allocator import keep_freed_memory
 from ordercomp.deploy.runtimes import inductor_compiled
 from ordercomp.exploration.explorer import ExploreSpec, compress, explore
 from ordercomp.metrics import latency_ms, measure
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(2)
+    keep_freed_memory()  # as `ordercomp explore` does
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
         spec = ExploreSpec(seeds=args.seeds, exhaustive=args.exhaustive)
