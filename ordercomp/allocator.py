@@ -1,10 +1,10 @@
 """Keep freed memory for reuse in the processes that fine-tune (the CLI, the dashboard's workers, Ray tasks).
 
-glibc's malloc hands blocks over 128 KiB back to the system when they are freed, and fine-tuning a small network
+glibc's malloc hands large freed blocks back to the system (its thresholds move with use), and fine-tuning a small network
 frees and allocates tensors of a few MiB thousands of times a second, so each one faulted its pages in, zeroed,
 again: the ViT sample's exploration took 6.4 million page faults. With freed blocks up to 32 MiB kept in the heap
-and up to 1 GiB of free heap left unreturned it took 0.6 million, 9 % less time (4:06 -> 3:46) for 6 % more peak
-memory, the same figures to the digit (benchmarks in the README). Nothing changes elsewhere: other C libraries
+and up to 1 GiB of free heap left unreturned it took 0.55 million and 10 % less time (4:06 -> 3:42), the same peak
+memory and the same figures to the digit (the README, stop 32). Nothing changes elsewhere: other C libraries
 and systems keep their own allocator, and the Python API leaves its caller's process as it is.
 """
 from __future__ import annotations
