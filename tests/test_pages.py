@@ -560,31 +560,22 @@ def test_order_page_draws_the_matrix_graph_orders_and_exhaustive_rank(store, fin
     assert len(at.main.dataframe[2].value) == 2
 
 
-def test_order_page_lists_the_orders_a_one_seed_search_ran_apart_from_those_it_measured_on_the_other_seeds(store, finished):
+@pytest.mark.parametrize("screen, copies, caption, expander", [
+    (None, 3, "the search ran 6 orders on the first seed", "The 6 orders the search ran on the first seed"),
+    (0.25, 2, "The search screened 4 orders at 0.25 of the epochs", "The 4 orders screened at 0.25 of the epochs")])
+def test_order_page_lists_the_orders_a_search_ran_apart_from_those_it_measured_in_full(store, finished, screen, copies, caption, expander):
+    """A one-seed search's orders on the first seed, or a --screen run's at a fraction of the epochs (stop 31 listed
+    only the first: a screen's page showed the orders it confirmed, not the ones it ran to choose them)."""
     record = copy.deepcopy(finished["record"])
-    orders = record["search"]["orders"]
-    record["search"]["screened_orders"] = [dict(row, seeds=1) for row in orders] * 3
+    record["search"]["screen"] = screen
+    record["search"]["screened_orders"] = [dict(row, seeds=1) for row in record["search"]["orders"]] * copies
     job = store.create(ExploreSpec.from_dict(record["spec"]))
     store.set_status(job, "done", result=record)
     at = app("4_order", job=job)
-    assert any("the search ran 6 orders on the first seed" in plain(caption.value) for caption in at.main.caption)
-    assert at.main.expander[0].label == "The 6 orders the search ran on the first seed"
-    assert len(at.main.expander[0].dataframe[0].value) == 6
+    assert any(caption in plain(shown.value) for shown in at.main.caption)
+    assert at.main.expander[0].label == expander
+    assert len(at.main.expander[0].dataframe[0].value) == 2 * copies
 
-
-
-def test_order_page_lists_the_orders_a_screen_ran_at_a_fraction_of_the_epochs(store, finished):
-    """Stop 31 listed a one-seed search's orders and left a --screen run's out: the page showed only the orders it
-    confirmed, not the ones the screen ran to choose them."""
-    record = copy.deepcopy(finished["record"])
-    record["search"]["screen"] = 0.25
-    record["search"]["screened_orders"] = [dict(row, seeds=1) for row in record["search"]["orders"]] * 2
-    job = store.create(ExploreSpec.from_dict(record["spec"]))
-    store.set_status(job, "done", result=record)
-    at = app("4_order", job=job)
-    assert any("The search screened 4 orders at 0.25 of the epochs" in plain(caption.value) for caption in at.main.caption)
-    assert at.main.expander[0].label == "The 4 orders screened at 0.25 of the epochs"
-    assert len(at.main.expander[0].dataframe[0].value) == 4
 
 def test_result_pages_say_what_to_do_without_a_finished_run(store, spawned):
     for page in ("4_order", "5_tradeoffs", "6_export"):
