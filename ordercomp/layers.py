@@ -143,9 +143,10 @@ class StepwiseAttention(nn.MultiheadAttention):
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask=None,
                 need_weights: bool = True, attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> tuple[torch.Tensor, None]:
+                is_causal: bool = False, query_rows: int | None = None) -> tuple[torch.Tensor, None]:
+        """`query_rows`: only the first tokens ask (an exit's class token), every token's keys and values answer."""
         packed = F.linear(self._quant_input(query), self._in_weight(), self.in_proj_bias)  # query, key, value: the same tokens
-        return self.out_proj(attend_by_heads(packed, self.num_heads, attn_mask, self._attend, self._operand)), None
+        return self.out_proj(attend_by_heads(packed, self.num_heads, attn_mask, self._attend, self._operand, query_rows)), None
 
     def _quant_input(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -160,15 +161,19 @@ class StepwiseAttention(nn.MultiheadAttention):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
 
 
-def attend_by_heads(packed: torch.Tensor, heads: int, attn_mask: torch.Tensor | None, attend, operand=lambda name, x: x) -> torch.Tensor:
+def attend_by_heads(packed: torch.Tensor, heads: int, attn_mask: torch.Tensor | None, attend, operand=lambda name, x: x,
+                    query_rows: int | None = None) -> torch.Tensor:
     """The middle of self-attention: packed queries, keys and values (B, T, 3 x inner), each passed through
     `operand(name, x)`, split into `heads`, attended by `attend(q, k, v, mask)` (token merging's additive mask,
-    (B * heads, T, T), viewed per head), and the heads merged back: (B, T, inner)."""
+    (B * heads, Q, T), viewed per head), and the heads merged back: (B, Q, inner). Q is T, or `query_rows` when only
+    the first tokens ask: their rows of the products, nothing else, so their values are those of the whole."""
     batch, tokens, width = packed.shape[0], packed.shape[1], packed.shape[2] // 3 // heads
-    q, k, v = (operand(name, part).view(batch, tokens, heads, width).transpose(1, 2)
-               for name, part in zip(("query", "key", "value"), packed.chunk(3, dim=-1)))
-    mask = None if attn_mask is None else attn_mask.view(batch, heads, tokens, tokens)
-    return attend(q, k, v, mask).transpose(1, 2).reshape(batch, tokens, heads * width)
+    asking = tokens if query_rows is None else query_rows
+    query, key, value = packed.chunk(3, dim=-1)
+    q, k, v = (operand(name, part).reshape(batch, part.shape[1], heads, width).transpose(1, 2)
+               for name, part in (("query", query[:, :asking]), ("key", key), ("value", value)))
+    mask = None if attn_mask is None else attn_mask.view(batch, heads, asking, tokens)
+    return attend(q, k, v, mask).transpose(1, 2).reshape(batch, asking, heads * width)
 
 
 class QuantMultiheadAttention(_QuantMixin, StepwiseAttention):

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .data.datasets import DataBundle
 from .layers import FULL_BITS, all_outputs, bits_of, int8_weights, is_int8_part, multiplies_activations_at_bits, sparsity_of
-from .methods.early_exit import select_exits
+from .methods.early_exit import CLASS_PATH, class_token_path, select_exits
 from .train import predict
 
 aten = torch.ops.aten
@@ -144,22 +144,55 @@ def _unit_costs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, floa
     part converted to int8, whose quantiser (X86InductorQuantizer's default recipe) leaves matmul and attention float."""
     model.eval()
     counts = _flop_counts(model, example)
-    units, covered = [], 0.0
+    units = _units(model, counts, "_EveryExit.model.")
+    rest = sum(counts.get("Global", {}).values()) / 2 - sum(macs for _, macs, _ in units)
+    if rest > 0:
+        units.append(("", rest, rest * FULL_BITS * FULL_BITS))
+    return units + _class_path_units(model, example)
+
+
+def _units(model: nn.Module, counts: dict[str, dict], counted_as: str, named: str = "") -> list[tuple[str, float, float]]:
+    """(`named` + module name, MACs, BitOps) of every bit-annotated part, conv/linear layer and attention of `model`,
+    from FLOP counts that name it `counted_as` + its name."""
+    units = []
     for name, module in model.named_modules():
         if not name or any(name.startswith(u + ".") for u, _, _ in units):
             continue
         if multiplies_activations_at_bits(module) or isinstance(module, (nn.Conv2d, nn.Linear, nn.MultiheadAttention)):
-            ops = counts.get(f"_EveryExit.model.{name}", {})
+            ops = counts.get(counted_as + name, {})
             products = sum(flops for op, flops in ops.items() if op in ATTENTION_PRODUCTS) / 2
             macs = sum(ops.values()) / 2
             w, a = bits_of(module)
             product_bits = FULL_BITS if is_int8_part(module) else a  # the int8 quantiser leaves QK^T and AV float
             units.append((name, macs, (macs - products) * w * a + products * product_bits * product_bits))
-            covered += macs
-    rest = sum(counts.get("Global", {}).values()) / 2 - covered
-    if rest > 0:
-        units.append(("", rest, rest * FULL_BITS * FULL_BITS))
+    return [(named + name, macs, bitops) for name, macs, bitops in units]
+
+
+def _class_path_units(model: nn.Module, example: torch.Tensor) -> list[tuple[str, float, float]]:
+    """The parts of a ViT's blocks with an exit that its class token's path runs (early_exit.class_token_path),
+    counted on their own as `class_path.<block>.<part>`: a sample leaving at that exit runs them instead of the block."""
+    if not hasattr(model, "class_token_inputs"):
+        return []
+    units = []
+    with torch.no_grad():
+        inputs = model.class_token_inputs(example)
+    for name, block, state in inputs:
+        counter = FlopCounterMode(display=False, custom_mapping={aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops})
+        with torch.no_grad(), _attention_fast_path(False), counter:
+            _ClassTokenPath(block)(*state)
+        units += _units(block, counter.get_flop_counts(), "_ClassTokenPath.block.", f"{CLASS_PATH}.{name}.")
     return units
+
+
+class _ClassTokenPath(nn.Module):
+    """A block's class-token path under one root module, so the FLOP counter names the block's parts."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, tokens: torch.Tensor, size: torch.Tensor | None) -> torch.Tensor:
+        return class_token_path(self.block, tokens, size)
 
 
 def _flop_counts(model: nn.Module, example: torch.Tensor) -> dict[str, dict]:

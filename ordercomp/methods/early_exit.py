@@ -11,18 +11,19 @@ the encoder's LayerNorm; the same threshold rule decides, and merged tokens go o
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.vision_transformer import VisionTransformer
+from torchvision.models.vision_transformer import EncoderBlock, VisionTransformer
 
 from ..train import train
-from ..layers import bits_of, mark_logits_layer, quantised_layers, to_quant
+from ..layers import bits_of, is_int8_part, mark_logits_layer, quantised_layers, to_quant
 from .base import Context, Incompatible, Method, check_range, require_staged
-from .token_merge import block_names, block_steps
+from .token_merge import block_names, block_steps, proportional_mask
 
 
 class EarlyExitNet(nn.Module):
@@ -60,6 +61,28 @@ class EarlyExitNet(nn.Module):
         return part != "head"
 
 
+CLASS_PATH = "class_path"  # the metrics' name for a block's class-token path: class_path.<block>.<part>
+
+
+def class_token_path(block: EncoderBlock, tokens: torch.Tensor, size: torch.Tensor | None) -> torch.Tensor:
+    """torchvision's EncoderBlock on (tokens, sizes) for the class token alone, (B, 1, C): what an exit after the block
+    reads. The class token's output needs every token's keys and values but only its own query, attention row,
+    out_proj and MLP (token merging never merges it, and merges after attention), so a sample that leaves at the
+    exit skips the rest of the block: on the ViT sample's first block, about a fifth of its BitOps."""
+    attention = block.self_attention
+    normed = block.ln_1(tokens)
+    mask = proportional_mask(size, attention.num_heads, tokens.dtype)
+    rows = None if mask is None else mask.view(tokens.shape[0], attention.num_heads, *mask.shape[1:])[:, :, :1].flatten(0, 1)
+    if type(attention) is nn.MultiheadAttention:  # torchvision's own: its query may be other tokens than its keys
+        attended, _ = attention(normed[:, :1], normed, normed, need_weights=False, attn_mask=rows)
+    elif "query_rows" in inspect.signature(attention.forward).parameters:  # ordercomp's step-by-step attentions
+        attended, _ = attention(normed, normed, normed, need_weights=False, attn_mask=rows, query_rows=1)
+    else:  # any other: every row, of which the class token's (the metrics count what runs)
+        attended = attention(normed, normed, normed, need_weights=False, attn_mask=mask)[0][:, :1]
+    cls = tokens[:, :1] + block.dropout(attended)
+    return cls + block.mlp(block.ln_2(cls))
+
+
 class TransformerExits(nn.Module):
     """torchvision's VisionTransformer with an exit head on the class token after every encoder block but the last;
     with token merging, each block merges as the encoder's own forward would (`block_steps`)."""
@@ -92,24 +115,55 @@ class TransformerExits(nn.Module):
         return outputs + [self._final(state)]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Each sample stops at the first exit whose confidence reaches the threshold."""
+        """Each sample stops at the first exit whose confidence reaches the threshold. An exit reads the class token
+        alone, so its block first computes only that token (`class_token_path`); the block's other tokens are computed
+        for the samples that go on."""
         if self.training:
             return self.forward_all(images)[-1]
-        steps = self._steps()
-        exits = {index: (lambda state, head=self.exits[name]: head(state[0])) for index, (name, _) in enumerate(steps) if name in self.exits}
-        return leave_early(self._embed(images), [lambda state, step=step: step(*state) for _, step in steps], exits,
-                           self._final, self.threshold)
+        steps, first = self._steps(), self.reads_class_token_first()
+        blocks = ([lambda state: state] if first else []) + [lambda state, step=step: step(*state) for _, step in steps]
+        exits = {index: self._exit(name, first) for index, (name, _) in enumerate(steps) if name in self.exits}
+        return leave_early(self._embed(images), blocks, exits, self._final, self.threshold)  # exits[i]: after blocks[i]
+
+    def _exit(self, name: str, first: bool) -> Callable:
+        """The exit after block `name` on the state entering that block (`first`) or leaving it."""
+        head = self.exits[name]
+        if not first:
+            return lambda state: head(state[0])
+        block = getattr(self.vit.encoder.layers, name)
+        return lambda state: head(class_token_path(block, *state))
+
+    def reads_class_token_first(self) -> bool:
+        """Whether each exit runs on its block's class-token path, before the rest of the block: not once int8 has
+        converted the blocks' layers (at the token counts they saw; the path hands some of them one token)."""
+        return not any(is_int8_part(m) for m in self.vit.encoder.modules())
+
+    def class_token_inputs(self, example: torch.Tensor) -> list[tuple[str, nn.Module, tuple]]:
+        """(block name, block, the (tokens, sizes) entering it) for every block with an exit, when the exits read the
+        class token's path, on `example` (metrics)."""
+        if not self.reads_class_token_first():
+            return []
+        state, inputs = self._embed(example), []
+        for name, step in self._steps():
+            if name in self.exits:
+                inputs.append((name, getattr(self.vit.encoder.layers, name), state))
+            state = step(*state)
+        return inputs
 
     def reaches(self, unit: str, exit_index: int) -> bool:
-        """Whether a sample leaving at `exit_index` (len(exits): the final head) runs the named part (metrics).
-        Token matching is one module that every block calls, so it counts whole (at most a few % of a block)."""
+        """Whether a sample leaving at `exit_index` (len(exits): the final head) runs the named part (metrics): the
+        blocks before its exit whole, and the class token's path (`class_path.<block>.…`) through every block with an
+        exit up to its own. Token matching is one module that every block calls, so it counts whole (at most a few %
+        of a block)."""
         if exit_index == len(self.exits):
             return True
         names, exit_blocks = block_names(self.vit.encoder.layers), list(self.exits)
         parts = unit.split(".")
-        if parts[0] == "exits":
+        if parts[0] in ("exits", CLASS_PATH):
             return exit_blocks.index(parts[1]) <= exit_index
         if parts[:3] == ["vit", "encoder", "layers"] and len(parts) > 3 and parts[3] in names:
+            if self.reads_class_token_first():  # the exit's own block: for the samples that go on only
+                return names.index(parts[3]) < names.index(exit_blocks[exit_index])
             return names.index(parts[3]) <= names.index(exit_blocks[exit_index])
         return not unit.startswith(("vit.heads", "vit.encoder.ln"))
 

@@ -76,9 +76,11 @@ class LayerAttention(nn.Module):
         return self.in_proj.bias
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask=None,
-                need_weights: bool = False, attn_mask: torch.Tensor | None = None, **_) -> tuple[torch.Tensor, None]:
+                need_weights: bool = False, attn_mask: torch.Tensor | None = None, query_rows: int | None = None,
+                **_) -> tuple[torch.Tensor, None]:
         # query, key and value are the same tokens; the mask is scaled_dot_product_attention's fourth argument
-        return self.out_proj(attend_by_heads(self.in_proj(query), self.num_heads, attn_mask, F.scaled_dot_product_attention)), None
+        return self.out_proj(attend_by_heads(self.in_proj(query), self.num_heads, attn_mask, F.scaled_dot_product_attention,
+                                             query_rows=query_rows)), None
 
 
 @torch.no_grad()
