@@ -7,6 +7,8 @@ learning rate) train, so the final exit keeps its accuracy; later methods fine-t
 A Vision Transformer (torchvision's) has blocks of tokens, not stages of feature maps: its exits read the class
 token after every encoder block but the last, through a LayerNorm and a Linear layer as its own head does after
 the encoder's LayerNorm; the same threshold rule decides, and merged tokens go on merged (`TransformerExits`).
+Since an exit reads the class token alone, a sample that leaves after a block computes there only the class
+token's path (`class_token_path`): every token's keys and values, its own query, attention row and MLP.
 """
 from __future__ import annotations
 
