@@ -70,7 +70,7 @@ def class_token_path(block: EncoderBlock, tokens: torch.Tensor, size: torch.Tens
     """torchvision's EncoderBlock on (tokens, sizes) for the class token alone, (B, 1, C): what an exit after the block
     reads. The class token's output needs every token's keys and values but only its own query, attention row,
     out_proj and MLP (token merging never merges it, and merges after attention), so a sample that leaves at the
-    exit skips the rest of the block: on the ViT sample's first block, about a fifth of its BitOps."""
+    exit skips the rest of the block (on the ViT sample's default chain, 13.2 M of its first block's 38.5 M BitOps)."""
     attention = block.self_attention
     normed = block.ln_1(tokens)
     mask = proportional_mask(size, attention.num_heads, tokens.dtype)
