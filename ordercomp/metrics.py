@@ -139,9 +139,10 @@ def _projection_weights(module: nn.Module) -> list[torch.Tensor]:
 
 
 def _unit_costs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, float, float]]:
-    """(module name, MACs, BitOps) for every bit-annotated part, conv/linear layer and attention; a unit's products
-    of activations (attention's, token matching's) cost MACs x activation bits squared, or full bits squared inside a
-    part converted to int8, whose quantiser (X86InductorQuantizer's default recipe) leaves matmul and attention float."""
+    """(module name, MACs, BitOps) for every bit-annotated part, conv/linear layer and attention, and the parts of a
+    ViT's class-token paths at its exits (`_class_path_units`); a unit's products of activations (attention's, token
+    matching's) cost MACs x activation bits squared, or full bits squared inside a part converted to int8, whose
+    quantiser (X86InductorQuantizer's default recipe) leaves matmul and attention float."""
     model.eval()
     counts = _flop_counts(model, example)
     units = _units(model, counts, "_EveryExit.model.")
@@ -177,7 +178,7 @@ def _class_path_units(model: nn.Module, example: torch.Tensor) -> list[tuple[str
     with torch.no_grad():
         inputs = model.class_token_inputs(example)
     for name, block, state in inputs:
-        counter = FlopCounterMode(display=False, custom_mapping={aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops})
+        counter = _flop_counter()
         with torch.no_grad(), _attention_fast_path(False), counter:
             _ClassTokenPath(block)(*state)
         units += _units(block, counter.get_flop_counts(), "_ClassTokenPath.block.", f"{CLASS_PATH}.{name}.")
@@ -198,10 +199,14 @@ class _ClassTokenPath(nn.Module):
 def _flop_counts(model: nn.Module, example: torch.Tensor) -> dict[str, dict]:
     """FLOPs per module and operation for one forward pass through every exit, attention on its slow path
     (the fused fast path of nn.MultiheadAttention is one operation the counter has no formula for)."""
-    counter = FlopCounterMode(display=False, custom_mapping={aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops})
+    counter = _flop_counter()
     with torch.no_grad(), _attention_fast_path(False), counter:
         _EveryExit(model)(example)
     return counter.get_flop_counts()
+
+
+def _flop_counter() -> FlopCounterMode:
+    return FlopCounterMode(display=False, custom_mapping={aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops})
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
