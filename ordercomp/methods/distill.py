@@ -116,12 +116,12 @@ class TeacherOutputs:
             self.known = torch.zeros(self.images, dtype=torch.bool, device=rows.device)
         new = ~self.known[rows]
         if bool(new.any()):
-            computed = all_outputs(self.teacher, x[new])
+            fresh, computed = rows[new], all_outputs(self.teacher, x[new])
             if not self.outputs:
                 self.outputs = [out.new_zeros((self.images, *out.shape[1:])) for out in computed]
             for stored, out in zip(self.outputs, computed):
-                stored[rows[new]] = out
-            self.known[rows[new]] = True
+                stored[fresh] = out
+            self.known[fresh] = True
         return [stored[rows] for stored in self.outputs]
 
 

@@ -73,14 +73,14 @@ def class_token_path(block: EncoderBlock, tokens: torch.Tensor, size: torch.Tens
     exit skips the rest of the block (on the ViT sample's default chain, 13.2 M of its first block's 38.5 M BitOps)."""
     attention = block.self_attention
     normed = block.ln_1(tokens)
-    mask = proportional_mask(size, attention.num_heads, tokens.dtype)
-    rows = None if mask is None else mask.view(tokens.shape[0], attention.num_heads, *mask.shape[1:])[:, :, :1].flatten(0, 1)
+    row = proportional_mask(size, attention.num_heads, tokens.dtype, queries=1)
     if type(attention) is nn.MultiheadAttention:  # torchvision's own: its query may be other tokens than its keys
-        attended, _ = attention(normed[:, :1], normed, normed, need_weights=False, attn_mask=rows)
+        attended, _ = attention(normed[:, :1], normed, normed, need_weights=False, attn_mask=row)
     elif "query_rows" in inspect.signature(attention.forward).parameters:  # ordercomp's step-by-step attentions
-        attended, _ = attention(normed, normed, normed, need_weights=False, attn_mask=rows, query_rows=1)
+        attended, _ = attention(normed, normed, normed, need_weights=False, attn_mask=row, query_rows=1)
     else:  # any other: every row, of which the class token's (the metrics count what runs)
-        attended = attention(normed, normed, normed, need_weights=False, attn_mask=mask)[0][:, :1]
+        every = proportional_mask(size, attention.num_heads, tokens.dtype)
+        attended = attention(normed, normed, normed, need_weights=False, attn_mask=every)[0][:, :1]
     cls = tokens[:, :1] + block.dropout(attended)
     return cls + block.mlp(block.ln_2(cls))
 

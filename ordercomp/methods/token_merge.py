@@ -97,13 +97,15 @@ class TokenMergingLayers(nn.Module):
         return x + block.mlp(block.ln_2(x)), size
 
 
-def proportional_mask(size: torch.Tensor | None, heads: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """log(size) of every key, added to the attention logits: (B * heads, T, T), or None when all sizes are 1."""
+def proportional_mask(size: torch.Tensor | None, heads: int, dtype: torch.dtype, queries: int | None = None) -> torch.Tensor | None:
+    """log(size) of every key, added to the attention logits: (B * heads, Q, T), Q the `queries` that ask (all T
+    tokens unless fewer are given: an exit's class token), or None when all sizes are 1."""
     if size is None:
         return None
     batch, tokens, _ = size.shape
-    logs = size.log().transpose(1, 2).expand(batch, tokens, tokens)  # row i, column j: log size of key j
-    return logs[:, None].expand(batch, heads, tokens, tokens).reshape(batch * heads, tokens, tokens).to(dtype)
+    rows = tokens if queries is None else queries
+    logs = size.log().transpose(1, 2).expand(batch, rows, tokens)  # row i, column j: log size of key j
+    return logs[:, None].expand(batch, heads, rows, tokens).reshape(batch * heads, rows, tokens).to(dtype)
 
 
 def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor, r: int,

@@ -35,12 +35,12 @@ def search_sentences(search: dict) -> list[str]:
 def graph_orders_sentence(record: dict) -> str:
     """How many orders keep every precedence edge of the pair decisions, and whether the recommended chain is one of
     them: a whole-order search may measure an order that goes against an edge ahead of every order it ran."""
+    if not record["edges"]:
+        return "No pair decision set a precedence edge, so every order keeps the graph."
     count, chain = len(record["valid_chains"]), record["chain"]
     counted = f"{count} or more orders keep" if count >= LISTED_ORDERS else f"{count} order{'s keep' if count != 1 else ' keeps'}"
     broken = [f"{e['before']} → {e['after']}" for e in record["edges"]
               if e["before"] in chain and e["after"] in chain and chain.index(e["before"]) > chain.index(e["after"])]
-    if not record["edges"]:
-        return "No pair decision set a precedence edge, so every order keeps the graph."
     if not broken:
         return f"{counted} every precedence edge of the pair decisions; the recommended chain keeps them all."
     return (f"{counted} every precedence edge of the pair decisions; the recommended chain goes against "
