@@ -608,7 +608,7 @@ class Explorer:
         steps = list(steps)
         found = order.recommend_order(methods, self.spec.search, self._measure(base, steps), outcomes=outcomes,
                                 seeds=self.spec.seeds, higher_is_better=OBJECTIVES[self.spec.objective][0],
-                                confidence=self.spec.confidence, screen=self.spec.screen)
+                                confidence=self.spec.confidence, screen=self.spec.screen, margin=self._margin())
         chain = list(found.chain) if found.evidence else pairwise_chain
         return chain, found.to_dict(), _unique(steps)
 

@@ -21,7 +21,9 @@ being the fraction of the fine-tuning budget). Its phases:
    total allows: TOTAL_FACTOR x the pairwise plan's applications over all seeds, minus what the
    screen and the confirmation spent (with `screen`: the rest of the full-budget allowance);
 4. assess (certainty.py): the probability that each order measured at the full budget is the best
-   of them, and the orders the recommended one could not be separated from.
+   of them, the orders the recommended one could not be separated from, and how far behind the best of
+   those it could be (the far end of their paired interval): within `margin`, the smallest difference
+   that counts, any of them is a sound choice; beyond it, the choice is open.
 
 The pairwise strategy evaluates no whole order (the paper's chain is recommended as it is), and
 exhaustive evaluates every order, so neither races.
@@ -38,7 +40,7 @@ from typing import Any
 from ordercomp.order.certainty import probability_best
 from ordercomp.order.pairwise import PairOutcome
 from ordercomp.order.plan import exhaustive_applications, pairwise_applications, pairwise_plan
-from ordercomp.order.race import Evidence, RaceResult, Trial, eliminated, race, standing
+from ordercomp.order.race import Evidence, RaceResult, Trial, eliminated, paired_interval, race, standing
 from ordercomp.order.search import STRATEGIES, SearchResult, prefix_cost, search_budget, search_chains
 
 Chain = tuple[str, ...]
@@ -63,11 +65,26 @@ class Recommendation:
     applications: dict[str, float]
     confidence: float
     higher_is_better: bool
+    margin: float = 0.0
 
     @property
     def inseparable(self) -> list[Chain]:
         """The orders the recommended one could not be separated from (the race's other contenders)."""
         return [chain for chain in self.race.contenders if chain != self.chain] if self.race else []
+
+    def behind_at_most(self) -> dict[str, Any] | None:
+        """The inseparable order the recommended one could trail by the most: its chain, by how many points (the far end
+        of the paired interval, seeds and images, of recommended minus it; None when no interval can be drawn) and on
+        how many common seeds."""
+        bounds = []
+        for chain in self.inseparable:
+            low = paired_interval(self.evidence[self.chain], self.evidence[chain], self.higher_is_better, self.confidence).low
+            bounds.append((math.inf if low is None else max(0.0, -low), chain))
+        if not bounds:
+            return None
+        points, chain = max(bounds)
+        return {"chain": list(chain), "points": None if points == math.inf else points,
+                "seeds": len(set(self.evidence[self.chain]) & set(self.evidence[chain]))}
 
     def to_dict(self) -> dict[str, Any]:
         """The search's record: what every consumer (CLI, pages, report) reads."""
@@ -82,6 +99,7 @@ class Recommendation:
         if self.evidence:
             record["verdict"] = {"chain": list(self.chain), "evaluated": len(self.evidence), "probability": probability,
                                  "inseparable": [list(c) for c in self.inseparable],
+                                 "behind_at_most": self.behind_at_most(), "margin": self.margin,
                                  "separated": bool(self.race and self.race.separated),
                                  "extra_seeds": list(self.race.seeds_run) if self.race else []}
         return record
@@ -108,8 +126,9 @@ class Recommendation:
 
 def recommend_order(methods: Sequence[str], strategy: str, measure: Measure, *, outcomes: Sequence[PairOutcome] = (),
               seeds: int, higher_is_better: bool = True, confidence: float = 0.95, screen: float | None = None,
-              seed: int = 0) -> Recommendation:
-    """Screen, confirm, race and assess (module docstring); `seeds` is the exploration's seed count."""
+              seed: int = 0, margin: float = 0.0) -> Recommendation:
+    """Screen, confirm, race and assess (module docstring); `seeds` is the exploration's seed count, `margin` the
+    smallest difference in score that counts (the pair decisions' min_margin)."""
     _check(seeds, screen, strategy)
     methods = tuple(methods)
     fidelity = 1.0 if screen is None else screen
@@ -138,7 +157,7 @@ def recommend_order(methods: Sequence[str], strategy: str, measure: Measure, *, 
     applications = _applications(len(methods), seeds, fidelity, result.applications_per_seed, confirmed, raced, one_seed)
     return Recommendation(chain, result, evidence, screened, screen, raced,
                           probability_best(evidence, higher_is_better, seed=seed) if evidence else None,
-                          applications, confidence, higher_is_better)
+                          applications, confidence, higher_is_better, margin)
 
 
 def searches_one_seed(strategy: str, seeds: int, screen: float | None) -> bool:

@@ -4,7 +4,8 @@ page and the meeting report all say it with these words.
 Each sentence follows a decision rule and says no more than it does. With a search that evaluated
 whole orders: the probability that the recommended order is the best of those evaluated, the orders
 it could not be separated from (the race's contenders: no paired interval over seeds and images put
-them below it), and what was spent. With the paper's pairwise procedure alone: how many pair
+them below it) and how much better the best of them could be (a sound choice only within the margin
+that counts), and what was spent. With the paper's pairwise procedure alone: how many pair
 decisions are outside their confidence intervals; where every pair is a tie, the order rests on
 leanings. With exhaustive validation: where the order ranks, and whether its regret is within the
 best order's standard error.
@@ -28,7 +29,8 @@ def evidence_sentences(record: dict) -> list[str]:
 def search_sentences(search: dict) -> list[str]:
     """How sure the search is of its order, which orders it could not tell apart, and its cost."""
     verdict = search["verdict"]
-    sentences = [_probability(verdict, search.get("confidence", 0.95)) + _separation(verdict), cost_sentence(search)]
+    confidence = search.get("confidence", 0.95)
+    sentences = [_probability(verdict, confidence) + _separation(verdict, confidence), cost_sentence(search)]
     return sentences + coverage_sentences(search.get("positions_not_allowed") or [])
 
 
@@ -69,7 +71,7 @@ def _probability(verdict: dict, confidence: float) -> str:
     return f"The recommended order is the best of the {count} evaluated with probability {share_text(verdict['probability'])}"
 
 
-def _separation(verdict: dict) -> str:
+def _separation(verdict: dict, confidence: float) -> str:
     if verdict["evaluated"] == 1:
         return "."
     if verdict["separated"]:
@@ -77,8 +79,25 @@ def _separation(verdict: dict) -> str:
     tied = verdict["inseparable"]
     names = "; ".join(chain_text(chain) for chain in tied[:SHOWN_ORDERS])
     more = f" and {len(tied) - SHOWN_ORDERS} more" if len(tied) > SHOWN_ORDERS else ""
-    return (f"; it cannot be separated from {names}{more}: the top orders are within noise of each other, "
-            "and any of them is a sound choice.")
+    return f"; it cannot be separated from {names}{more}" + _how_far_behind(verdict, confidence)
+
+
+def _how_far_behind(verdict: dict, confidence: float) -> str:
+    """How much better an order it cannot be separated from could be: within the margin that counts, any of them is
+    a sound choice; beyond it, the choice is open (a record from before the bound was kept: only 'within noise')."""
+    behind, margin = verdict.get("behind_at_most"), verdict.get("margin")
+    if not behind or margin is None:
+        return ": the top orders are within noise of each other."
+    if behind["points"] is None:
+        return ": with one seed and no per-image evidence nothing bounds how far apart they are; more seeds would."
+    points, interval = f"{behind['points']:.2f}", f"a {share_text(confidence)} paired interval over seeds and images"
+    if behind["points"] <= margin:
+        return (f": by {interval} none of them is more than {points} points better, within the {margin:g} points that "
+                "count, so any of them is a sound choice.")
+    counted = f", more than the {margin:g} points that count" if margin else ""
+    seeds = f", measured beside it on {behind['seeds']} seeds," if behind.get("seeds") else ""
+    return (f": by {interval} {chain_text(behind['chain'])}{seeds} could be up to {points} points better{counted}, so the "
+            "choice among them is open; more seeds would settle it.")
 
 
 def cost_sentence(search: dict) -> str:
