@@ -9,6 +9,14 @@ method applications it spent over all seeds (the race's extra seeds included) an
 strategies that evaluate whole orders, the probability it claims that its order is the best of those
 it evaluated, whether it truly is (by the ground truth), and the orders it could not separate it from.
 
+Then, with --fresh-seeds N (8 unless 0), the ground truth is checked where it is weakest: the best of many
+orders on a few seeds is high partly by luck (with 720 orders on 2 seeds, by several points), so the orders
+it cannot tell from its best (within two standard errors of a difference, pooled over the setting's orders;
+at most FRESH_CONTENDERS) and every strategy's chain run again on N fresh seeds (from FRESH_FROM, above
+every seed a search or its race uses), and each strategy's fresh regret is the best fresh mean minus its
+chain's, against the standard error of that best order's fresh mean. The selection on the ground truth's
+seeds and the race's seeds then cannot flatter any order.
+
 With --screens, the default strategy also runs with --screen at each fraction of the fine-tuning
 epochs: its regret, its cost in full-budget applications, and Kendall's tau between the cheap and the
 full scores of the orders its screen evaluated (the full ones from the ground truth).
@@ -20,6 +28,7 @@ seeds 3-5, judged by the pair decision and by the race's elimination test; a cal
     .venv/bin/python benchmarks/bench_search.py                       # every setting
     .venv/bin/python benchmarks/bench_search.py --settings default    # some of them
     .venv/bin/python benchmarks/bench_search.py --cache /tmp/bench-search-cache --screens 0.25,0.5
+    .venv/bin/python benchmarks/bench_search.py --settings cnn-six --fresh-seeds 8 --screens '' --no-aa
 """
 from __future__ import annotations
 
@@ -41,6 +50,8 @@ from ordercomp.order.race import Trial, eliminated  # noqa: E402
 
 CACHE = Path(".ordercomp/bench-search-cache")
 DEFAULT = order.DEFAULT_STRATEGY
+FRESH_FROM = 100  # the fresh seeds' first: above the ground truth's and every race's extra seeds
+FRESH_CONTENDERS = 8  # at most this many of the ground truth's best orders are run again on the fresh seeds
 
 
 def run_orders(explorer: Explorer, plan: list, base=None, seeds=None) -> list:
@@ -91,7 +102,8 @@ def judge(name: str, strategy: str, truth: list[dict], cache: Path, screen: floa
     higher = OBJECTIVES[explorer.spec.objective][0]
     truly = max(evaluated, key=lambda c: scores[c] if higher else -scores[c]) if evaluated else None
     spent = search.get("applications") or {}
-    return {"setting": name, "strategy": strategy, "screen": screen, "chain": " -> ".join(found.chain), "rank": rank,
+    return {"setting": name, "strategy": strategy, "screen": screen, "order": tuple(found.chain),
+            "chain": " -> ".join(found.chain), "rank": rank,
             "of": len(truth), "regret": None if chosen is None else abs(truth[0]["score"] - chosen), "best_se": truth[0]["se"],
             "tau": tau, "applications": spent.get("total", search["applications_per_seed"] * explorer.spec.seeds),
             "cost": spent.get("cost", search["applications_per_seed"] * explorer.spec.seeds),
@@ -99,6 +111,50 @@ def judge(name: str, strategy: str, truth: list[dict], cache: Path, screen: floa
             "probability": verdict.get("probability"), "truly_best_of_evaluated": truly == tuple(found.chain),
             "separated": verdict.get("separated"), "inseparable": len(verdict.get("inseparable", [])),
             "screen_tau": screen_tau(search, scores) if screen else None}
+
+
+def contenders(truth: list[dict], limit: int = FRESH_CONTENDERS) -> list[tuple]:
+    """The ground truth's orders it cannot tell from its best: within two standard errors of a difference of two
+    means, the seed-to-seed sd pooled over every order (one order's own, from 2 or 3 seeds, is too rough), best first."""
+    seeds = truth[0]["seeds"]
+    if seeds < 2:
+        return [tuple(truth[0]["chain"])]
+    pooled_sd = statistics.fmean(o["se"] ** 2 * o["seeds"] for o in truth) ** 0.5
+    margin = 2 * pooled_sd * (2 / seeds) ** 0.5
+    return [tuple(o["chain"]) for o in truth if abs(truth[0]["score"] - o["score"]) <= margin][:limit]
+
+
+def fresh_regrets(name: str, cache: Path, truth: list[dict], rows: list[dict], seeds: int) -> list[dict]:
+    """The contenders and every row's chain on `seeds` fresh seeds; the fresh means best first, and each row gains
+    its fresh regret (the best fresh mean minus its chain's), that best order's fresh standard error, and the
+    standard error of the regret itself (the two orders' differences paired per seed)."""
+    explorer = Explorer(setting_spec(name), cache_dir=cache)
+    chains = list(dict.fromkeys(contenders(truth) + [row["order"] for row in rows if row["rank"]]))
+    plan = list(dict.fromkeys(prefix for chain in chains for prefix in order.search.prefixes(chain)))
+    steps = run_orders(explorer, plan, seeds=list(range(FRESH_FROM, FRESH_FROM + seeds)))
+    higher = OBJECTIVES[explorer.spec.objective][0]
+    fresh = ranked_orders([s for s in steps if s.chain in set(chains)], explorer._score_of, higher)
+    ran = {tuple(o["chain"]) for o in fresh}  # every fresh seed applied
+    score = {(s.chain, s.seed): explorer._score_of(s) for s in steps if s.chain in ran}
+    best = tuple(fresh[0]["chain"])
+    for row in rows:
+        gaps = [(score[best, seed] - score[row["order"], seed]) * (1 if higher else -1)
+                for seed in range(FRESH_FROM, FRESH_FROM + seeds)] if row["order"] in ran else []
+        row["fresh_regret"] = statistics.fmean(gaps) if gaps else None
+        row["fresh_best_se"] = fresh[0]["se"]
+        row["fresh_paired_se"] = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else None
+    return fresh
+
+
+def print_fresh(fresh: list[dict], truth: list[dict], rows: list[dict], seeds: int) -> None:
+    before = {tuple(o["chain"]): o["score"] for o in truth}
+    print(f"  on {seeds} fresh seeds ({FRESH_FROM}-{FRESH_FROM + seeds - 1}), the ground truth's contenders and every strategy's chain:")
+    for o in fresh:
+        print(f"    {o['score']:7.2f} ± {o['se']:.2f}  (ground truth {before[tuple(o['chain'])]:.2f})  {' -> '.join(o['chain'])}")
+    for row in rows:
+        if row.get("fresh_regret") is not None:
+            print(f"  {_label(row):22s} fresh regret {row['fresh_regret']:.2f} (the best fresh order's se "
+                  f"{row['fresh_best_se']:.2f}; the regret's own, paired per seed, {row['fresh_paired_se'] or 0:.2f})")
 
 
 def screen_tau(search: dict, full: dict) -> float | None:
@@ -141,12 +197,16 @@ def main() -> None:
     parser.add_argument("--screens", default="0.25", help="fractions of the epochs to screen at with the default strategy "
                         "('' for none), e.g. 0.25,0.5")
     parser.add_argument("--no-aa", action="store_true", help="skip the real A/A run")
+    parser.add_argument("--fresh-seeds", type=int, default=8, help="fresh seeds to run the ground truth's contenders and "
+                        "the strategies' chains on (0: none)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 beside another busy process: two threads on "
+                        "one free core wait on each other, and a step took 4x as long)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     screens = [float(value) for value in args.screens.split(",") if value]
     rows = []
     for name in args.settings.split(","):
-        rows += run_setting(name, args.cache, screens)
+        rows += run_setting(name, args.cache, screens, args.fresh_seeds)
     summarize(rows)
     calibration(rows)
     if not args.no_aa:
@@ -155,8 +215,9 @@ def main() -> None:
               f"race's test dropped {dropped} order(s) in {total} comparisons")
 
 
-def run_setting(name: str, cache: Path, screens: list[float]) -> list[dict]:
-    """Ground truth of one setting, then every strategy (and the screened default) judged against it."""
+def run_setting(name: str, cache: Path, screens: list[float], fresh_seeds: int) -> list[dict]:
+    """Ground truth of one setting, then every strategy (and the screened default) judged against it, then (with
+    `fresh_seeds`) against the ground truth's contenders on fresh seeds."""
     start = time.perf_counter()
     explorer = Explorer(setting_spec(name), cache_dir=cache)
     base, _ = explorer.load_base()
@@ -173,6 +234,8 @@ def run_setting(name: str, cache: Path, screens: list[float]) -> list[dict]:
     rows += [judge(name, DEFAULT, truth, cache, screen) for screen in screens]
     for row in rows:
         print_row(row)
+    if fresh_seeds:
+        print_fresh(fresh_regrets(name, cache, truth, rows, fresh_seeds), truth, rows, fresh_seeds)
     return rows
 
 
@@ -191,15 +254,16 @@ def print_row(row: dict) -> None:
 
 def summarize(rows: list[dict]) -> None:
     print("\n| strategy | median regret | worst regret | worst regret / best order's se | median rank | "
-          "applications (all seeds) / pairwise's | cost in full-budget applications |")
-    print("|---|---|---|---|---|---|---|")
+          "applications (all seeds) / pairwise's | cost in full-budget applications | fresh seeds: median regret | worst "
+          "regret / the best fresh order's se | worst regret / its own se (paired per seed) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label in dict.fromkeys(_label(r) for r in rows):
         mine = [r for r in rows if _label(r) == label and r["regret"] is not None]
         if mine:
             print(f"| {label} | {statistics.median(r['regret'] for r in mine):.2f} | {max(r['regret'] for r in mine):.2f} | "
-                  f"{max(r['regret'] / r['best_se'] if r['best_se'] else float('inf') for r in mine):.2f} | "
+                  f"{max(_in_se(r['regret'], r['best_se']) for r in mine):.2f} | "
                   f"{statistics.median(r['rank'] for r in mine):.0f} | "
-                  f"{', '.join(_ratio(r) for r in mine)} | {', '.join(str(round(r['cost'])) for r in mine)} |")
+                  f"{', '.join(_ratio(r) for r in mine)} | {', '.join(str(round(r['cost'])) for r in mine)} | {_fresh(mine)} |")
     worse = [(r["setting"], r["regret"] - p["regret"], r["best_se"]) for r in rows if _label(r) == DEFAULT
              for p in rows if p["setting"] == r["setting"] and _label(p) == "pairwise" and None not in (r["regret"], p["regret"])]
     print("default minus pairwise regret per setting (positive: worse than pairwise), against the best order's se: "
@@ -212,6 +276,21 @@ def calibration(rows: list[dict]) -> None:
         print(f"\n{DEFAULT}: mean claimed P(best of evaluated) {statistics.fmean(r['probability'] for r in claimed):.2f} "
               f"over {len(claimed)} settings; truly the best of its evaluated orders in "
               f"{statistics.fmean(r['truly_best_of_evaluated'] for r in claimed):.2f} of them")
+
+
+def _fresh(rows: list[dict]) -> str:
+    """The fresh seeds' median regret and worst regret in the best fresh order's and in its own standard errors, over
+    the rows that have them."""
+    fresh = [r for r in rows if r.get("fresh_regret") is not None]
+    if not fresh:
+        return "— | — | —"
+    return (f"{statistics.median(r['fresh_regret'] for r in fresh):.2f} | "
+            f"{max(_in_se(r['fresh_regret'], r['fresh_best_se']) for r in fresh):.2f} | "
+            f"{max(_in_se(r['fresh_regret'], r['fresh_paired_se'] or 0.0) for r in fresh):.2f} ({len(fresh)} settings)")
+
+
+def _in_se(regret: float, se: float) -> float:
+    return regret / se if se else (0.0 if regret == 0 else float("inf"))
 
 
 def _ratio(row: dict) -> str:
