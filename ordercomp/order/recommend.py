@@ -74,16 +74,16 @@ class Recommendation:
 
     def behind_at_most(self) -> dict[str, Any] | None:
         """The inseparable order the recommended one could trail by the most: its chain, by how many points (the far end
-        of the paired interval, seeds and images, of recommended minus it; None when no interval can be drawn) and on
-        how many common seeds."""
+        of the paired interval, seeds and images, of recommended minus it; None when no interval can be drawn), how
+        far below the recommended one it scored on their common seeds (`lower`), and on how many."""
         bounds = []
         for chain in self.inseparable:
-            low = paired_interval(self.evidence[self.chain], self.evidence[chain], self.higher_is_better, self.confidence).low
-            bounds.append((math.inf if low is None else max(0.0, -low), chain))
+            interval = paired_interval(self.evidence[self.chain], self.evidence[chain], self.higher_is_better, self.confidence)
+            bounds.append((math.inf if interval.low is None else max(0.0, -interval.low), chain, interval.mean))
         if not bounds:
             return None
-        points, chain = max(bounds)
-        return {"chain": list(chain), "points": None if points == math.inf else points,
+        points, chain, lower = max(bounds)
+        return {"chain": list(chain), "points": None if points == math.inf else points, "lower": lower,
                 "seeds": len(set(self.evidence[self.chain]) & set(self.evidence[chain]))}
 
     def to_dict(self) -> dict[str, Any]:

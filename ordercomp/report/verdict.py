@@ -95,9 +95,16 @@ def _how_far_behind(verdict: dict, confidence: float) -> str:
         return (f": by {interval} none of them is more than {points} points better, within the {margin:g} points that "
                 "count, so any of them is a sound choice.")
     counted = f", more than the {margin:g} points that count" if margin else ""
-    seeds = f", measured beside it on {behind['seeds']} seeds," if behind.get("seeds") else ""
-    return (f": by {interval} {chain_text(behind['chain'])}{seeds} could be up to {points} points better{counted}, so the "
-            "choice among them is open; more seeds would settle it.")
+    return (f": by {interval} {chain_text(behind['chain'])}{_scored(behind)} could be up to {points} points "
+            f"better{counted}, so the choice among them is open; more seeds would settle it.")
+
+
+def _scored(behind: dict) -> str:
+    """' (0.56 points lower on the 2 seeds both were measured on)', or nothing for a record without them."""
+    if behind.get("lower") is None or not behind.get("seeds"):
+        return ""
+    side = "lower" if behind["lower"] >= 0 else "higher"
+    return f" ({abs(behind['lower']):.2f} points {side} on the {behind['seeds']} seeds both were measured on)"
 
 
 def cost_sentence(search: dict) -> str:

@@ -76,11 +76,12 @@ def test_the_verdict_says_how_far_behind_an_order_it_cannot_separate_the_recomme
     assert found.inseparable, "this landscape leaves the race undecided"
     verdict = found.to_dict()["verdict"]
     behind = verdict["behind_at_most"]
-    far_ends = {other: -paired_interval(found.evidence[found.chain], found.evidence[other], True, 0.95).low
-                for other in found.inseparable}
+    intervals = {other: paired_interval(found.evidence[found.chain], found.evidence[other], True, 0.95) for other in found.inseparable}
+    far_ends = {other: -interval.low for other, interval in intervals.items()}
     assert verdict["margin"] == 0.5 and tuple(behind["chain"]) in found.inseparable
     assert behind["points"] == pytest.approx(max(0.0, max(far_ends.values()))) == max(0.0, far_ends[tuple(behind["chain"])])
     assert behind["seeds"] == len(set(found.evidence[found.chain]) & set(found.evidence[tuple(behind["chain"])]))
+    assert behind["lower"] == intervals[tuple(behind["chain"])].mean
 
 
 def test_a_separated_order_has_no_order_to_trail():
