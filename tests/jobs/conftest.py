@@ -26,10 +26,13 @@ def store(tmp_path):
 
 @pytest.fixture
 def tiny_spec(tiny_checkpoint):
-    """An ExploreSpec on the tiny checkpoint: one seed, the pairwise plan, no fine-tuning unless `epochs` is given. The job
-    tests are about the queue, the workers and the store; the default search's race would add extra seeds to every job
-    (tests/test_explore.py and tests/test_pages.py run it through the explorer and a worker)."""
+    """An ExploreSpec on the tiny checkpoint: one seed, the pairwise plan, no fine-tuning unless `epochs` is given, and no
+    shipped file unless `ship` is given. The job tests are about the queue, the workers and the store; the default search's
+    race would add extra seeds to every job (tests/test_explore.py and tests/test_pages.py run it through the explorer and a
+    worker), and writing the chain and the base as ONNX and timing them adds seconds to every job (tests/test_shipped.py
+    tests it; tests/test_pages.py and tests/test_browser.py read a worker's shipped figures)."""
     def make(methods=("prune", "quantize"), epochs=0.0, **fields):
-        fields = {"model": str(tiny_checkpoint), "architecture": "cnn_tiny", "seeds": 1, "device": "cpu", "search": "pairwise"} | fields
+        fields = {"model": str(tiny_checkpoint), "architecture": "cnn_tiny", "seeds": 1, "device": "cpu", "search": "pairwise",
+                  "ship": None} | fields
         return ExploreSpec(methods=methods, budget=Budget(epochs=epochs), **fields)
     return make
