@@ -20,7 +20,7 @@ from ordercomp.data.datasets import load_data
 from ordercomp.methods.base import Context
 from ordercomp.train import Budget, train
 from ordercomp.models.zoo import create_model
-from testkit import wait_for as wait_until
+from testkit import holding, wait_for as wait_until
 
 torch.set_num_threads(2)
 
@@ -179,6 +179,38 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "cnn_tiny.pt"
     torch.save(create_model("cnn_tiny", 10, 1).state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def fast_base(tmp_path_factory):
+    """`testkit.FAST`'s base (the zoo's cnn_tiny trained on digits for its BASE_BUDGET) trained once for the session, as
+    its cache file `base-<key>.safetensors`: an exploration of FAST in an empty cache trains it first, more than half of
+    a small exploration's time on a busy machine."""
+    from testkit import FAST
+    from ordercomp.exploration.explorer import prepare_base
+
+    folder = tmp_path_factory.mktemp("fast-base")
+    prepare_base(FAST["model"], "digits", device=FAST["device"], cache_dir=folder)
+    (weights,) = folder.glob("base-*.safetensors")
+    return weights
+
+
+@pytest.fixture
+def fast_cache(tmp_path, fast_base):
+    """An empty step cache (the test's tmp_path) that holds FAST's trained base (`testkit.holding`)."""
+    return holding(fast_base, tmp_path)
+
+
+@pytest.fixture
+def quick_timing(monkeypatch):
+    """Latency timing at its least, for tests that check what is timed and where, not how precisely: no minimum warm-up
+    or timed wall time, and warm-up ends after its first round of calls (`runtimes.warm_up`). Each timing still makes
+    its `repeats` timed calls. A busy machine made warm-up run to its cap of a second on every runner and batch size."""
+    from ordercomp.deploy import runtimes
+
+    monkeypatch.setattr(runtimes, "WARMUP_S", 0.0)
+    monkeypatch.setattr(runtimes, "MIN_TIMED_S", 0.0)
+    monkeypatch.setattr(runtimes, "WARMUP_MAX_S", 0.0)
 
 
 @pytest.fixture

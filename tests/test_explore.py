@@ -1,13 +1,11 @@
 """The exploration procedure end to end on a tiny model: decisions, chain, cache and resume."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 from ordercomp import order
-from ordercomp.exploration.explorer import ExploreSpec, Explorer, compress, explore, keep_apart, left_out, no_order_reason, prepare_base
+from ordercomp.exploration.explorer import ExploreSpec, Explorer, compress, explore, keep_apart, left_out, no_order_reason
 from ordercomp.exploration.pipeline import FAILED, INCOMPATIBLE, OK, StepResult, make_configs
 from ordercomp.report.figures import applications
 from ordercomp.train import Budget
@@ -18,25 +16,15 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.fixture(scope="module")
-def trained_base(tmp_path_factory):
-    """The FAST base (the zoo's cnn_tiny, trained on digits for 20 epochs) trained once for the searches below: each of
-    them trained its own in its empty cache, more than half of its time on a busy machine."""
-    folder = tmp_path_factory.mktemp("trained-base")
-    prepare_base(FAST["model"], "digits", device=FAST["device"], cache_dir=folder)
-    (weights,) = folder.glob("base-*.safetensors")
-    return weights
-
-
 @pytest.fixture
-def cache(tmp_path, trained_base):
-    """An empty step cache that holds the trained base."""
-    shutil.copy(trained_base, tmp_path / trained_base.name)
-    return tmp_path
+def cache(fast_cache):
+    """An empty step cache that holds the FAST base, trained once for the session (conftest's `fast_base`): each search
+    below trained its own in its empty cache, more than half of its time on a busy machine."""
+    return fast_cache
 
 
-def test_pairwise_exploration_decides_every_pair_and_applies_the_chain(tmp_path):
-    result = explore(ExploreSpec(methods=("prune", "quantize", "early_exit"), seeds=2, search="pairwise", **FAST), cache_dir=tmp_path)
+def test_pairwise_exploration_decides_every_pair_and_applies_the_chain(cache):
+    result = explore(ExploreSpec(methods=("prune", "quantize", "early_exit"), seeds=2, search="pairwise", **FAST), cache_dir=cache)
     record = result.to_dict()
     assert len(record["steps"]) == 2 * (3 + 6)
     assert record["search"]["strategy"] == "pairwise" and record["search"]["applications_per_seed"] == 9
@@ -52,15 +40,15 @@ def test_pairwise_exploration_decides_every_pair_and_applies_the_chain(tmp_path)
     assert record["applications"]["pairwise_per_seed"] == 9
 
 
-def test_a_repeated_exploration_is_served_from_the_cache(tmp_path):
+def test_a_repeated_exploration_is_served_from_the_cache(cache):
     spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, search="pairwise", **FAST)
-    first = explore(spec, cache_dir=tmp_path).to_dict()
-    second = explore(spec, cache_dir=tmp_path).to_dict()
+    first = explore(spec, cache_dir=cache).to_dict()
+    second = explore(spec, cache_dir=cache).to_dict()
     assert second["applications"]["cache_hits"] == len(second["steps"]) == 4
     assert [s["metrics"] for s in second["steps"]] == [s["metrics"] for s in first["steps"]]
 
 
-def test_an_interrupted_exploration_resumes_without_redoing_finished_steps(tmp_path):
+def test_an_interrupted_exploration_resumes_without_redoing_finished_steps(cache):
     spec = ExploreSpec(methods=("prune", "quantize", "sparsify"), seeds=1, search="pairwise", **FAST)
     finished = []
 
@@ -71,9 +59,9 @@ def test_an_interrupted_exploration_resumes_without_redoing_finished_steps(tmp_p
                 raise Interrupt
 
     with pytest.raises(Interrupt):
-        Explorer(spec, cache_dir=tmp_path, events=stop_after_four).explore()
+        Explorer(spec, cache_dir=cache, events=stop_after_four).explore()
     computed = []
-    resumed = Explorer(spec, cache_dir=tmp_path, events=lambda e: None)
+    resumed = Explorer(spec, cache_dir=cache, events=lambda e: None)
     original = resumed.cache.put
 
     def spy(key, result):  # a computed step is stored; a step served from the cache is not
@@ -87,9 +75,9 @@ def test_an_interrupted_exploration_resumes_without_redoing_finished_steps(tmp_p
     assert len(computed) == 5
 
 
-def test_exhaustive_mode_ranks_the_found_chain(tmp_path):
+def test_exhaustive_mode_ranks_the_found_chain(cache):
     record = explore(ExploreSpec(methods=("prune", "quantize", "early_exit"), seeds=1, exhaustive=True, **FAST),
-                     cache_dir=tmp_path).to_dict()
+                     cache_dir=cache).to_dict()
     summary = record["exhaustive"]
     scores = {tuple(o["chain"]): o["score"] for o in summary["orders"]}
     assert summary["of"] == len(scores) == 6 and tuple(record["chain"]) in scores
@@ -161,16 +149,16 @@ def test_a_screen_trains_the_search_for_a_fraction_of_the_epochs_and_confirms_th
     assert len(step_files(cache)) == len(record["steps"])  # the budget is in the key: nothing shared
 
 
-def test_pair_decisions_use_the_per_image_evidence_and_report_an_interval(tmp_path):
-    record = explore(ExploreSpec(methods=("prune", "quantize"), seeds=2, search="pairwise", **FAST), cache_dir=tmp_path).to_dict()
+def test_pair_decisions_use_the_per_image_evidence_and_report_an_interval(cache):
+    record = explore(ExploreSpec(methods=("prune", "quantize"), seeds=2, search="pairwise", **FAST), cache_dir=cache).to_dict()
     (outcome,) = record["outcomes"]
     assert outcome["images"] == 359 and outcome["confidence"] == 0.95
     assert outcome["low"] <= outcome["mean_diff"] <= outcome["high"]
     assert outcome["tie"] == (outcome["low"] <= 0 <= outcome["high"] or abs(outcome["mean_diff"]) <= 0.5)
 
 
-def test_one_way_incompatibility_forces_the_order_that_applies(tmp_path):
-    record = explore(ExploreSpec(methods=("int8", "prune"), seeds=1, **FAST), cache_dir=tmp_path).to_dict()
+def test_one_way_incompatibility_forces_the_order_that_applies(cache):
+    record = explore(ExploreSpec(methods=("int8", "prune"), seeds=1, **FAST), cache_dir=cache).to_dict()
     (outcome,) = record["outcomes"]
     assert outcome["winner"] == "prune" and "int8" in outcome["only_order"]
     assert record["chain"] == ["prune", "int8"]
@@ -264,9 +252,9 @@ def test_of_two_methods_that_share_no_chain_the_lower_scoring_one_is_left_out_wi
     assert keep_apart(["prune", "quantize", "int8"], steps, score, higher_is_better=False)[0] == ["prune", "int8"]
 
 
-def test_an_exploration_never_recommends_a_chain_that_cannot_apply(tmp_path, capsys):
+def test_an_exploration_never_recommends_a_chain_that_cannot_apply(cache, capsys):
     spec = ExploreSpec(methods=("prune", "quantize", "int8"), seeds=1, **FAST)
-    result = Explorer(spec, cache_dir=tmp_path).explore()
+    result = Explorer(spec, cache_dir=cache).explore()
     assert len(result.chain) == 2 and "prune" in result.chain
     assert all(step["status"] == OK for step in result.chain_steps)
     assert [entry["method"] for entry in result.left_out] == sorted({"quantize", "int8"} - set(result.chain))
@@ -286,10 +274,10 @@ def test_there_is_no_order_to_recommend_when_no_method_applies_or_no_pair_can_fo
     assert no_order_reason(("prune", "lowrank"), both_ok, decided) is None
 
 
-def test_a_latency_exploration_times_every_step_even_where_an_untimed_run_cached_it(tmp_path):
+def test_a_latency_exploration_times_every_step_even_where_an_untimed_run_cached_it(cache, quick_timing):
     spec = dict(methods=("prune", "quantize"), seeds=1, search="pairwise", **FAST)
-    explore(ExploreSpec(**spec), cache_dir=tmp_path)  # weighted: steps cached without latency
-    timed = explore(ExploreSpec(**spec, objective="latency"), cache_dir=tmp_path).to_dict()
+    explore(ExploreSpec(**spec), cache_dir=cache)  # weighted: steps cached without latency
+    timed = explore(ExploreSpec(**spec, objective="latency"), cache_dir=cache).to_dict()
     assert all(s["metrics"]["latency_ms_b1"] > 0 for s in timed["steps"])
 
 
@@ -314,17 +302,17 @@ class TimedRunners:
         monkeypatch.setattr(export, "load_runner", load_runner)
 
 
-def test_the_latency_objectives_time_each_step_in_the_runtime_it_will_ship_in(tmp_path, monkeypatch):
+def test_the_latency_objectives_time_each_step_in_the_runtime_it_will_ship_in(cache, monkeypatch, quick_timing):
     timed = TimedRunners(monkeypatch)
     spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, search="pairwise", objective="weighted_latency", runtime="onnx", **FAST)
-    record = Explorer(spec, cache_dir=tmp_path).explore().to_dict()
+    record = Explorer(spec, cache_dir=cache).explore().to_dict()
     steps = [s for s in record["steps"] if s["status"] == "ok"]
     assert len(steps) == 4
     # the base and each of the 4 steps: written as ONNX, loaded into onnxruntime and timed there at batch 1 and 32
     assert timed.formats == ["onnx"] * 5 and all(calls >= 2 * 20 for calls in timed.calls)
     assert all(s["metrics"]["latency_ms_b1"] > 0 and s["metrics"]["latency_ms_batch"] > 0 for s in steps)
-    assert not (tmp_path / "files").exists()  # a file per step is not kept in the cache: a large network's would fill a disk
-    eager = explore(ExploreSpec(**{**vars(spec), "runtime": "eager"}), cache_dir=tmp_path).to_dict()
+    assert not (cache / "files").exists()  # a file per step is not kept in the cache: a large network's would fill a disk
+    eager = explore(ExploreSpec(**{**vars(spec), "runtime": "eager"}), cache_dir=cache).to_dict()
     assert timed.formats == ["onnx"] * 5  # eager timing runs no exported file
     assert all(s["metrics"]["latency_ms_b1"] > 0 for s in eager["steps"] if s["status"] == "ok")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -32,6 +33,14 @@ TRANSFORMER_ONLY = ("token_merge",)
 
 # A user's own class as a file, by absolute path: every test runs in a working folder of its own.
 MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"
+
+
+def holding(base: Path, folder: Path) -> Path:
+    """`folder` (made if missing) with a copy of a trained base's cache file in it (conftest's `fast_base`), so an
+    exploration whose cache it is trains no base of its own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(base, folder / base.name)
+    return folder
 
 
 def wait_for(condition, what: str, timeout: float = 60.0, interval: float = 0.02):
