@@ -86,14 +86,14 @@ def test_an_unreachable_ray_address_is_one_line(ray_stopped, capsys, tmp_path, a
     assert not ray.is_initialized()
 
 
-def test_an_exploration_starts_its_local_ray_cluster_once_and_stops_it_after(ray_stopped, monkeypatch, tmp_path):
+def test_an_exploration_starts_its_local_ray_cluster_once_and_stops_it_after(ray_stopped, monkeypatch, fast_cache):
     from ordercomp.exploration import executors
 
     starts = []
     monkeypatch.setattr(executors, "start_local_ray", lambda ray, cpus, **resources: starts.append(cpus) or start_local_ray(ray, 2, num_gpus=0))
     events = []
     spec = ExploreSpec(methods=("prune", "quantize", "early_exit"), seeds=1, executor="ray", **FAST)
-    Explorer(spec, cache_dir=tmp_path, events=events.append).explore()
+    Explorer(spec, cache_dir=fast_cache, events=events.append).explore()
     plans = [e for e in events if e.get("stage") == "ray"]
     assert len(plans) > 1  # the default search ran plans after the pairwise one, all on the same cluster
     assert len(starts) == 1 and not ray.is_initialized()
@@ -134,11 +134,12 @@ def test_the_local_cluster_runs_its_steps_at_normal_priority(ray_cluster):
     assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == 0
 
 
-def test_ray_finds_the_same_results_decisions_and_chain(ray_cluster, one_thread, tmp_path):
+def test_ray_finds_the_same_results_decisions_and_chain(ray_cluster, one_thread, tmp_path, fast_base):
     spec = dict(methods=("prune", "quantize", "early_exit"), seeds=2, **FAST)  # the default search: pairs, then whole chains
     local_events, remote_events = [], []
-    local = Explorer(ExploreSpec(**spec), cache_dir=tmp_path / "local", events=local_events.append).explore().to_dict()
-    remote = Explorer(ExploreSpec(**spec, executor="ray"), cache_dir=tmp_path / "ray", events=remote_events.append).explore().to_dict()
+    caches = {name: testkit.holding(fast_base, tmp_path / name) for name in ("local", "ray")}  # one trained base for both, trained once
+    local = Explorer(ExploreSpec(**spec), cache_dir=caches["local"], events=local_events.append).explore().to_dict()
+    remote = Explorer(ExploreSpec(**spec, executor="ray"), cache_dir=caches["ray"], events=remote_events.append).explore().to_dict()
     assert [s["metrics"] for s in remote["steps"]] == [s["metrics"] for s in local["steps"]]
     assert [(s["chain"], s["seed"], s["status"]) for s in remote["steps"]] == [(s["chain"], s["seed"], s["status"]) for s in local["steps"]]
     assert remote["outcomes"] == local["outcomes"] and remote["chain"] == local["chain"]

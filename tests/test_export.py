@@ -290,7 +290,7 @@ def tiny_int8_model(data):
                       Context(data, Budget(epochs=0.1)))
 
 
-def test_int8_model_exports_to_every_program_format(compressed, tmp_path):
+def test_int8_model_exports_to_every_program_format(compressed, tmp_path, quick_timing):
     data = compressed.data
     model = tiny_int8_model(data)
     manifest = export_compressed(model, tmp_path / "int8", formats=("torchscript", "pt2", "onnx"), chain=["int8"],
@@ -311,7 +311,7 @@ def test_artifacts_a_chain_cannot_have_get_one_line_and_the_rest_are_built(compr
     assert manifest["files"] == ["model.state_dict.pt"]
 
 
-def test_a_runtime_that_is_not_installed_is_one_line_and_the_rest_are_built(compressed, tmp_path, monkeypatch):
+def test_a_runtime_that_is_not_installed_is_one_line_and_the_rest_are_built(compressed, tmp_path, monkeypatch, quick_timing):
     # import onnxruntime (and its submodules, which an earlier test may have imported) now raises ImportError
     for name in [name for name in sys.modules if name.split(".")[0] == "onnxruntime"] + ["onnxruntime"]:
         monkeypatch.setitem(sys.modules, name, None)
@@ -326,7 +326,7 @@ def test_a_runtime_that_is_not_installed_is_one_line_and_the_rest_are_built(comp
 
 
 
-def test_the_pt2_file_is_measured_in_its_runtime(compressed, tmp_path):
+def test_the_pt2_file_is_measured_in_its_runtime(compressed, tmp_path, quick_timing):
     """Issue 14: no .pt2 file was ever measured (NotImplementedError: Calling train() is not supported yet).
     An untrained cnn_tiny keeps Inductor's compilation short."""
     torch.manual_seed(0)

@@ -36,13 +36,13 @@ def written(model, data, folder) -> tuple[dict, bytes]:
     return entry, (folder / entry["file"]).read_bytes()
 
 
-def test_a_repeated_exploration_ships_the_kept_files_without_exporting_again(tmp_path, exports):
+def test_a_repeated_exploration_ships_the_kept_files_without_exporting_again(fast_cache, exports, quick_timing):
     """An exploration ships its chain and its base as ONNX files; run again (every step from the step cache, as after
     a changed objective weight or a reload), it ships the same bytes without running the exporter."""
     spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, search="pairwise", **{**FAST, "ship": "onnx"})
-    first = Explorer(spec, cache_dir=tmp_path).explore().to_dict()
+    first = Explorer(spec, cache_dir=fast_cache).explore().to_dict()
     assert len(exports) == 2 and first["shipped"]["check"]["passed"]
-    again = Explorer(spec, cache_dir=tmp_path).explore().to_dict()
+    again = Explorer(spec, cache_dir=fast_cache).explore().to_dict()
     assert len(exports) == 2
     assert (again["shipped"]["sha256"], again["shipped"]["base"]["sha256"]) == (first["shipped"]["sha256"], first["shipped"]["base"]["sha256"])
 

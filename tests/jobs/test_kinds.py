@@ -23,7 +23,7 @@ def base(tiny_checkpoint):
     return {"model": str(tiny_checkpoint), "data": "digits", "architecture": "cnn_tiny", "device": "cpu"}
 
 
-def test_a_baseline_job_measures_the_base_on_the_test_split(store, base):
+def test_a_baseline_job_measures_the_base_on_the_test_split(store, base, quick_timing):
     job_id = store.create(BaselineSpec(**base), "baseline")
     assert run_job(store, job_id) == "done"
     job = store.get(job_id)
@@ -42,7 +42,7 @@ def test_a_baseline_that_does_not_fit_the_data_fails_with_one_line(store, base, 
     assert store.get(job_id)["error"].startswith("CheckpointError: cnn_tiny.pt does not fit cnn_small")
 
 
-def test_an_export_job_applies_the_chain_writes_every_format_and_verifies_them(store, base):
+def test_an_export_job_applies_the_chain_writes_every_format_and_verifies_them(store, base, quick_timing):
     spec = ExportSpec(**base, chain=("prune", "quantize"), settings={"prune": {"ratio": 0.25}, "sparsify": {"sparsity": 0.5}},
                       budget=Budget(epochs=0.0).to_dict())
     assert spec.settings == {"prune": {"ratio": 0.25}}  # settings of methods outside the chain are dropped
