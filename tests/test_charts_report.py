@@ -325,10 +325,13 @@ def test_an_order_that_could_be_much_better_leaves_the_choice_open_instead_of_ca
     choice; on 8 fresh seeds the recommended one was 13.8 points worse. Beyond the margin that counts, it says so."""
     sentence = evidence_sentence(searched(record, behind=10.8))
     assert ("it cannot be separated from quantize → prune → early_exit → int8; prune → early_exit → quantize → int8: by a 95% "
-            "paired interval over seeds and images quantize → prune → early_exit → int8 (0.20 points lower on the 4 seeds both were "
+            "paired interval over seeds and images quantize → prune → early_exit → int8 (0.20 points behind on the 4 seeds both were "
             "measured on) could be up to 10.80 points better, "
             "more than the 0.5 points that count, so the choice among them is open; more seeds would settle it.") in sentence
     assert "sound choice" not in sentence
+    ahead = searched(record, behind=10.8)
+    ahead["search"]["verdict"]["behind_at_most"]["lower"] = -0.2  # it scored better on the seeds both were measured on
+    assert "int8 (0.20 points ahead on the 4 seeds both were measured on) could be up to 10.80" in evidence_sentence(ahead)
 
 
 def test_a_record_without_the_bound_says_only_that_the_orders_are_within_noise(record):

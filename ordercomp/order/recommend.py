@@ -75,7 +75,8 @@ class Recommendation:
     def behind_at_most(self) -> dict[str, Any] | None:
         """The inseparable order the recommended one could trail by the most: its chain, by how many points (the far end
         of the paired interval, seeds and images, of recommended minus it; None when no interval can be drawn), how
-        far below the recommended one it scored on their common seeds (`lower`), and on how many."""
+        far behind the recommended one it scored on their common seeds (`lower`: worse, whichever way the objective
+        points), and on how many."""
         bounds = []
         for chain in self.inseparable:
             interval = paired_interval(self.evidence[self.chain], self.evidence[chain], self.higher_is_better, self.confidence)

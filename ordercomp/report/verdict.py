@@ -100,10 +100,11 @@ def _how_far_behind(verdict: dict, confidence: float) -> str:
 
 
 def _scored(behind: dict) -> str:
-    """' (0.56 points lower on the 2 seeds both were measured on)', or nothing for a record without them."""
+    """' (0.92 points behind on the 2 seeds both were measured on)' (behind: worse, whichever way the objective
+    points), or nothing for a record without them."""
     if behind.get("lower") is None or not behind.get("seeds"):
         return ""
-    side = "lower" if behind["lower"] >= 0 else "higher"
+    side = "behind" if behind["lower"] >= 0 else "ahead"
     return f" ({abs(behind['lower']):.2f} points {side} on the {behind['seeds']} seeds both were measured on)"
 
 
