@@ -23,11 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_search import FRESH_FROM, contenders, ground_truth, run_orders  # noqa: E402
+from bench_search import FRESH_FROM, contenders, ground_truth, on_fresh_seeds  # noqa: E402
 
-from ordercomp import order  # noqa: E402
-from ordercomp.exploration.explorer import Explorer, ExploreSpec, ranked_orders  # noqa: E402
-from ordercomp.order import OBJECTIVES  # noqa: E402
+from ordercomp.exploration.explorer import Explorer, ExploreSpec  # noqa: E402
 
 
 def main() -> None:
@@ -44,10 +42,7 @@ def main() -> None:
     base, _ = explorer.load_base()
     truth, _ = ground_truth(explorer, base)
     recommended = tuple(record["chain"])
-    chains = list(dict.fromkeys(contenders(truth) + [recommended]))
-    plan = list(dict.fromkeys(prefix for chain in chains for prefix in order.search.prefixes(chain)))
-    steps = run_orders(explorer, plan, base, seeds=list(range(FRESH_FROM, FRESH_FROM + args.seeds)))
-    fresh = ranked_orders([s for s in steps if s.chain in set(chains)], explorer._score_of, OBJECTIVES[spec.objective][0])
+    fresh, _ = on_fresh_seeds(explorer, list(dict.fromkeys(contenders(truth) + [recommended])), args.seeds, base)
     before = {tuple(o["chain"]): o["score"] for o in truth}
     print(f"ground truth ({spec.seeds} seeds): best {' -> '.join(truth[0]['chain'])} {truth[0]['score']:.2f} ± "
           f"{truth[0]['se']:.2f}; recommended {' -> '.join(recommended)} {before[recommended]:.2f}")

@@ -130,10 +130,8 @@ def fresh_regrets(name: str, cache: Path, truth: list[dict], rows: list[dict], s
     standard error of the regret itself (the two orders' differences paired per seed)."""
     explorer = Explorer(setting_spec(name), cache_dir=cache)
     chains = list(dict.fromkeys(contenders(truth) + [row["order"] for row in rows if row["rank"]]))
-    plan = list(dict.fromkeys(prefix for chain in chains for prefix in order.search.prefixes(chain)))
-    steps = run_orders(explorer, plan, seeds=list(range(FRESH_FROM, FRESH_FROM + seeds)))
+    fresh, steps = on_fresh_seeds(explorer, chains, seeds)
     higher = OBJECTIVES[explorer.spec.objective][0]
-    fresh = ranked_orders([s for s in steps if s.chain in set(chains)], explorer._score_of, higher)
     ran = {tuple(o["chain"]) for o in fresh}  # every fresh seed applied
     score = {(s.chain, s.seed): explorer._score_of(s) for s in steps if s.chain in ran}
     best = tuple(fresh[0]["chain"])
@@ -144,6 +142,15 @@ def fresh_regrets(name: str, cache: Path, truth: list[dict], rows: list[dict], s
         row["fresh_best_se"] = fresh[0]["se"]
         row["fresh_paired_se"] = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else None
     return fresh
+
+
+def on_fresh_seeds(explorer: Explorer, chains: list[tuple], seeds: int, base=None) -> tuple[list[dict], list]:
+    """`chains` (whole orders, their prefixes shared) on `seeds` fresh seeds from FRESH_FROM: those that applied on every
+    one with their fresh mean and standard error, best first, and the steps run."""
+    plan = list(dict.fromkeys(prefix for chain in chains for prefix in order.search.prefixes(chain)))
+    steps = run_orders(explorer, plan, base, seeds=list(range(FRESH_FROM, FRESH_FROM + seeds)))
+    ranked = ranked_orders([s for s in steps if s.chain in set(chains)], explorer._score_of, OBJECTIVES[explorer.spec.objective][0])
+    return ranked, steps
 
 
 def print_fresh(fresh: list[dict], truth: list[dict], rows: list[dict], seeds: int) -> None:
