@@ -102,8 +102,7 @@ def judge(name: str, strategy: str, truth: list[dict], cache: Path, screen: floa
     higher = OBJECTIVES[explorer.spec.objective][0]
     truly = max(evaluated, key=lambda c: scores[c] if higher else -scores[c]) if evaluated else None
     spent = search.get("applications") or {}
-    return {"setting": name, "strategy": strategy, "screen": screen, "order": tuple(found.chain),
-            "chain": " -> ".join(found.chain), "rank": rank,
+    return {"setting": name, "strategy": strategy, "screen": screen, "order": tuple(found.chain), "rank": rank,
             "of": len(truth), "regret": None if chosen is None else abs(truth[0]["score"] - chosen), "best_se": truth[0]["se"],
             "tau": tau, "applications": spent.get("total", search["applications_per_seed"] * explorer.spec.seeds),
             "cost": spent.get("cost", search["applications_per_seed"] * explorer.spec.seeds),
@@ -256,7 +255,7 @@ def print_row(row: dict) -> None:
              f"its chain is not among the {row['of']} orders that applied on every seed")
     print(f"  {label:22s} {place}  tau {row['tau'] or 0:+.2f}  "
           f"applications {row['applications']} (cost {row['cost']:.0f}, {row['applications'] / row['pairwise_total']:.2f}x "
-          f"pairwise){sure}{cheap}  {row['chain']}")
+          f"pairwise){sure}{cheap}  {' -> '.join(row['order'])}")
 
 
 def summarize(rows: list[dict]) -> None:

@@ -178,10 +178,7 @@ def _class_path_units(model: nn.Module, example: torch.Tensor) -> list[tuple[str
     with torch.no_grad():
         inputs = model.class_token_inputs(example)
     for name, block, state in inputs:
-        counter = _flop_counter()
-        with torch.no_grad(), _attention_fast_path(False), counter:
-            _ClassTokenPath(block)(*state)
-        units += _units(block, counter.get_flop_counts(), "_ClassTokenPath.block.", f"{CLASS_PATH}.{name}.")
+        units += _units(block, _counted(_ClassTokenPath(block), *state), "_ClassTokenPath.block.", f"{CLASS_PATH}.{name}.")
     return units
 
 
@@ -197,16 +194,17 @@ class _ClassTokenPath(nn.Module):
 
 
 def _flop_counts(model: nn.Module, example: torch.Tensor) -> dict[str, dict]:
-    """FLOPs per module and operation for one forward pass through every exit, attention on its slow path
-    (the fused fast path of nn.MultiheadAttention is one operation the counter has no formula for)."""
-    counter = _flop_counter()
+    """FLOPs per module and operation for one forward pass through every exit."""
+    return _counted(_EveryExit(model), example)
+
+
+def _counted(root: nn.Module, *inputs) -> dict[str, dict]:
+    """FLOPs per module (named from `root`) and operation of `root(*inputs)`, attention on its slow path (the fused
+    fast path of nn.MultiheadAttention is one operation the counter has no formula for)."""
+    counter = FlopCounterMode(display=False, custom_mapping={aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops})
     with torch.no_grad(), _attention_fast_path(False), counter:
-        _EveryExit(model)(example)
+        root(*inputs)
     return counter.get_flop_counts()
-
-
-def _flop_counter() -> FlopCounterMode:
-    return FlopCounterMode(display=False, custom_mapping={aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops})
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

@@ -16,15 +16,8 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.fixture
-def cache(fast_cache):
-    """An empty step cache that holds the FAST base, trained once for the session (conftest's `fast_base`): each search
-    below trained its own in its empty cache, more than half of its time on a busy machine."""
-    return fast_cache
-
-
-def test_pairwise_exploration_decides_every_pair_and_applies_the_chain(cache):
-    result = explore(ExploreSpec(methods=("prune", "quantize", "early_exit"), seeds=2, search="pairwise", **FAST), cache_dir=cache)
+def test_pairwise_exploration_decides_every_pair_and_applies_the_chain(fast_cache):
+    result = explore(ExploreSpec(methods=("prune", "quantize", "early_exit"), seeds=2, search="pairwise", **FAST), cache_dir=fast_cache)
     record = result.to_dict()
     assert len(record["steps"]) == 2 * (3 + 6)
     assert record["search"]["strategy"] == "pairwise" and record["search"]["applications_per_seed"] == 9
@@ -40,15 +33,15 @@ def test_pairwise_exploration_decides_every_pair_and_applies_the_chain(cache):
     assert record["applications"]["pairwise_per_seed"] == 9
 
 
-def test_a_repeated_exploration_is_served_from_the_cache(cache):
+def test_a_repeated_exploration_is_served_from_the_cache(fast_cache):
     spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, search="pairwise", **FAST)
-    first = explore(spec, cache_dir=cache).to_dict()
-    second = explore(spec, cache_dir=cache).to_dict()
+    first = explore(spec, cache_dir=fast_cache).to_dict()
+    second = explore(spec, cache_dir=fast_cache).to_dict()
     assert second["applications"]["cache_hits"] == len(second["steps"]) == 4
     assert [s["metrics"] for s in second["steps"]] == [s["metrics"] for s in first["steps"]]
 
 
-def test_an_interrupted_exploration_resumes_without_redoing_finished_steps(cache):
+def test_an_interrupted_exploration_resumes_without_redoing_finished_steps(fast_cache):
     spec = ExploreSpec(methods=("prune", "quantize", "sparsify"), seeds=1, search="pairwise", **FAST)
     finished = []
 
@@ -59,9 +52,9 @@ def test_an_interrupted_exploration_resumes_without_redoing_finished_steps(cache
                 raise Interrupt
 
     with pytest.raises(Interrupt):
-        Explorer(spec, cache_dir=cache, events=stop_after_four).explore()
+        Explorer(spec, cache_dir=fast_cache, events=stop_after_four).explore()
     computed = []
-    resumed = Explorer(spec, cache_dir=cache, events=lambda e: None)
+    resumed = Explorer(spec, cache_dir=fast_cache, events=lambda e: None)
     original = resumed.cache.put
 
     def spy(key, result):  # a computed step is stored; a step served from the cache is not
@@ -75,9 +68,9 @@ def test_an_interrupted_exploration_resumes_without_redoing_finished_steps(cache
     assert len(computed) == 5
 
 
-def test_exhaustive_mode_ranks_the_found_chain(cache):
+def test_exhaustive_mode_ranks_the_found_chain(fast_cache):
     record = explore(ExploreSpec(methods=("prune", "quantize", "early_exit"), seeds=1, exhaustive=True, **FAST),
-                     cache_dir=cache).to_dict()
+                     cache_dir=fast_cache).to_dict()
     summary = record["exhaustive"]
     scores = {tuple(o["chain"]): o["score"] for o in summary["orders"]}
     assert summary["of"] == len(scores) == 6 and tuple(record["chain"]) in scores
@@ -89,10 +82,10 @@ def test_exhaustive_mode_ranks_the_found_chain(cache):
     assert summary["of"] == len({tuple(o["chain"]) for o in summary["orders"]}) and all(o["seeds"] == 1 for o in summary["orders"])
 
 
-def test_the_default_search_picks_the_best_whole_order_it_evaluated_within_twice_the_pairwise_cost(cache):
+def test_the_default_search_picks_the_best_whole_order_it_evaluated_within_twice_the_pairwise_cost(fast_cache):
     methods = ("prune", "quantize", "early_exit", "sparsify")
     events = []
-    record = Explorer(ExploreSpec(methods=methods, seeds=1, **FAST), cache_dir=cache, events=events.append).explore().to_dict()
+    record = Explorer(ExploreSpec(methods=methods, seeds=1, **FAST), cache_dir=fast_cache, events=events.append).explore().to_dict()
     # progress counts against the total planned at the start (the search's budget of 32 a seed and the race's extra seeds,
     # 2.5 x 16 in all, + the chain's 4), so it only moves forward: each plan the search ran used to bring its own total
     # ("16 of 16", then "17 of 20") and the chain none
@@ -115,10 +108,10 @@ def step_files(cache) -> list:
     return [path for path in cache.glob("*.json") if not path.name.startswith("chain-")]
 
 
-def test_the_race_runs_extra_seeds_through_the_step_cache_and_a_rerun_reuses_every_step(cache):
+def test_the_race_runs_extra_seeds_through_the_step_cache_and_a_rerun_reuses_every_step(fast_cache):
     # two methods keep it small: both orders are whole orders, and the race has 2.5 x 4 - 4 = 6 applications for extra seeds
     spec, events = ExploreSpec(methods=("prune", "quantize"), seeds=1, **FAST), []
-    first = Explorer(spec, cache_dir=cache, events=events.append).explore().to_dict()
+    first = Explorer(spec, cache_dir=fast_cache, events=events.append).explore().to_dict()
     search = first["search"]
     extra = search["verdict"]["extra_seeds"]
     assert extra and extra[0] == 1  # the spec's seed is 0; the race goes on with 1, 2, ...
@@ -129,15 +122,15 @@ def test_the_race_runs_extra_seeds_through_the_step_cache_and_a_rerun_reuses_eve
     progress = [(event["done"], event["total"]) for event in events if event["kind"] == "step"]
     assert {total for _, total in progress} == {spec.planned_applications()["total"]} == {12}
     assert [done for done, _ in progress] == list(range(1, len(progress) + 1)) and progress[-1][0] == applications(first)
-    assert len(step_files(cache)) == len(first["steps"])  # one cache file per (chain, seed)
-    rerun = explore(spec, cache_dir=cache).to_dict()
+    assert len(step_files(fast_cache)) == len(first["steps"])  # one cache file per (chain, seed)
+    rerun = explore(spec, cache_dir=fast_cache).to_dict()
     assert rerun["applications"]["cache_hits"] == len(rerun["steps"]) == len(first["steps"])
     assert rerun["search"] == search and rerun["chain"] == first["chain"]
 
 
-def test_a_screen_trains_the_search_for_a_fraction_of_the_epochs_and_confirms_the_best_at_the_full_budget(cache):
+def test_a_screen_trains_the_search_for_a_fraction_of_the_epochs_and_confirms_the_best_at_the_full_budget(fast_cache):
     spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, screen=0.5, **FAST)
-    record = explore(spec, cache_dir=cache).to_dict()
+    record = explore(spec, cache_dir=fast_cache).to_dict()
     screened = [s for s in record["steps"] if s["fidelity"] == 0.5]
     full = [s for s in record["steps"] if s["fidelity"] == 1.0]
     assert {tuple(s["chain"]) for s in screened} >= set(order.pairwise_plan(list(spec.methods)))
@@ -146,19 +139,19 @@ def test_a_screen_trains_the_search_for_a_fraction_of_the_epochs_and_confirms_th
     assert search["screen"] == 0.5 and len(search["screened_orders"]) >= len(search["orders"]) >= 1
     assert record["chain"] == search["verdict"]["chain"]
     assert search["applications"]["cost"] < search["applications"]["total"]  # a screened application costs half
-    assert len(step_files(cache)) == len(record["steps"])  # the budget is in the key: nothing shared
+    assert len(step_files(fast_cache)) == len(record["steps"])  # the budget is in the key: nothing shared
 
 
-def test_pair_decisions_use_the_per_image_evidence_and_report_an_interval(cache):
-    record = explore(ExploreSpec(methods=("prune", "quantize"), seeds=2, search="pairwise", **FAST), cache_dir=cache).to_dict()
+def test_pair_decisions_use_the_per_image_evidence_and_report_an_interval(fast_cache):
+    record = explore(ExploreSpec(methods=("prune", "quantize"), seeds=2, search="pairwise", **FAST), cache_dir=fast_cache).to_dict()
     (outcome,) = record["outcomes"]
     assert outcome["images"] == 359 and outcome["confidence"] == 0.95
     assert outcome["low"] <= outcome["mean_diff"] <= outcome["high"]
     assert outcome["tie"] == (outcome["low"] <= 0 <= outcome["high"] or abs(outcome["mean_diff"]) <= 0.5)
 
 
-def test_one_way_incompatibility_forces_the_order_that_applies(cache):
-    record = explore(ExploreSpec(methods=("int8", "prune"), seeds=1, **FAST), cache_dir=cache).to_dict()
+def test_one_way_incompatibility_forces_the_order_that_applies(fast_cache):
+    record = explore(ExploreSpec(methods=("int8", "prune"), seeds=1, **FAST), cache_dir=fast_cache).to_dict()
     (outcome,) = record["outcomes"]
     assert outcome["winner"] == "prune" and "int8" in outcome["only_order"]
     assert record["chain"] == ["prune", "int8"]
@@ -252,9 +245,9 @@ def test_of_two_methods_that_share_no_chain_the_lower_scoring_one_is_left_out_wi
     assert keep_apart(["prune", "quantize", "int8"], steps, score, higher_is_better=False)[0] == ["prune", "int8"]
 
 
-def test_an_exploration_never_recommends_a_chain_that_cannot_apply(cache, capsys):
+def test_an_exploration_never_recommends_a_chain_that_cannot_apply(fast_cache, capsys):
     spec = ExploreSpec(methods=("prune", "quantize", "int8"), seeds=1, **FAST)
-    result = Explorer(spec, cache_dir=cache).explore()
+    result = Explorer(spec, cache_dir=fast_cache).explore()
     assert len(result.chain) == 2 and "prune" in result.chain
     assert all(step["status"] == OK for step in result.chain_steps)
     assert [entry["method"] for entry in result.left_out] == sorted({"quantize", "int8"} - set(result.chain))
@@ -274,10 +267,10 @@ def test_there_is_no_order_to_recommend_when_no_method_applies_or_no_pair_can_fo
     assert no_order_reason(("prune", "lowrank"), both_ok, decided) is None
 
 
-def test_a_latency_exploration_times_every_step_even_where_an_untimed_run_cached_it(cache, quick_timing):
+def test_a_latency_exploration_times_every_step_even_where_an_untimed_run_cached_it(fast_cache, quick_timing):
     spec = dict(methods=("prune", "quantize"), seeds=1, search="pairwise", **FAST)
-    explore(ExploreSpec(**spec), cache_dir=cache)  # weighted: steps cached without latency
-    timed = explore(ExploreSpec(**spec, objective="latency"), cache_dir=cache).to_dict()
+    explore(ExploreSpec(**spec), cache_dir=fast_cache)  # weighted: steps cached without latency
+    timed = explore(ExploreSpec(**spec, objective="latency"), cache_dir=fast_cache).to_dict()
     assert all(s["metrics"]["latency_ms_b1"] > 0 for s in timed["steps"])
 
 
@@ -302,17 +295,17 @@ class TimedRunners:
         monkeypatch.setattr(export, "load_runner", load_runner)
 
 
-def test_the_latency_objectives_time_each_step_in_the_runtime_it_will_ship_in(cache, monkeypatch, quick_timing):
+def test_the_latency_objectives_time_each_step_in_the_runtime_it_will_ship_in(fast_cache, monkeypatch, quick_timing):
     timed = TimedRunners(monkeypatch)
     spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, search="pairwise", objective="weighted_latency", runtime="onnx", **FAST)
-    record = Explorer(spec, cache_dir=cache).explore().to_dict()
+    record = Explorer(spec, cache_dir=fast_cache).explore().to_dict()
     steps = [s for s in record["steps"] if s["status"] == "ok"]
     assert len(steps) == 4
     # the base and each of the 4 steps: written as ONNX, loaded into onnxruntime and timed there at batch 1 and 32
     assert timed.formats == ["onnx"] * 5 and all(calls >= 2 * 20 for calls in timed.calls)
     assert all(s["metrics"]["latency_ms_b1"] > 0 and s["metrics"]["latency_ms_batch"] > 0 for s in steps)
-    assert not (cache / "files").exists()  # a file per step is not kept in the cache: a large network's would fill a disk
-    eager = explore(ExploreSpec(**{**vars(spec), "runtime": "eager"}), cache_dir=cache).to_dict()
+    assert not (fast_cache / "files").exists()  # a file per step is not kept in the cache: a large network's would fill a disk
+    eager = explore(ExploreSpec(**{**vars(spec), "runtime": "eager"}), cache_dir=fast_cache).to_dict()
     assert timed.formats == ["onnx"] * 5  # eager timing runs no exported file
     assert all(s["metrics"]["latency_ms_b1"] > 0 for s in eager["steps"] if s["status"] == "ok")
 
