@@ -19,6 +19,11 @@ fixed pair would, and the test is repeated every round: `benchmarks/bench_search
 measures how often a race drops one of several equally good orders. With Welch's degrees of freedom
 (which lean on the per-image part) it did in 20 % of races at 2 points of seed noise even with a
 Bonferroni correction; with the seeds' degrees of freedom, uncorrected, in 3 %.
+
+Settling an open choice (recommend.py, `focus`) asks another question: not which order is best, but whether any
+contender could be more than the margin that counts better than the leader (`unsettled`, from the far end of the
+same paired interval, `shortfall`). Each new seed then goes to the leader and those orders only, and nothing is
+dropped.
 """
 
 from __future__ import annotations
@@ -89,6 +94,22 @@ def _below(interval: DifferenceInterval) -> bool:
     return interval.low is not None and interval.low > 0
 
 
+def shortfall(evidence: Mapping[Chain, Mapping[int, Trial]], leader: Chain, other: Chain, higher_is_better: bool,
+              confidence: float) -> tuple[float, DifferenceInterval]:
+    """How many points better than `leader` `other` could be (the far end of the paired interval of leader minus
+    other, 0 when it lies above 0, inf when none can be drawn), and that interval."""
+    interval = paired_interval(evidence[leader], evidence[other], higher_is_better, confidence)
+    return (math.inf if interval.low is None else max(0.0, -interval.low)), interval
+
+
+def unsettled(evidence: Mapping[Chain, Mapping[int, Trial]], contenders: Sequence[Chain], higher_is_better: bool,
+              confidence: float, margin: float) -> list[Chain]:
+    """The contenders after the first (the leader) that could be more than `margin` better than it; with none, any
+    of them is a sound choice and more seeds would not change what counts."""
+    return [other for other in contenders[1:]
+            if shortfall(evidence, contenders[0], other, higher_is_better, confidence)[0] > margin]
+
+
 @dataclass
 class RaceResult:
     """What the race left: the contenders still in (leader first), the orders it dropped with the
@@ -109,11 +130,21 @@ class RaceResult:
         """True when every other order was found significantly worse than the leader."""
         return len(self.contenders) == 1
 
+    def then(self, more: "RaceResult") -> "RaceResult":
+        """This race followed by `more`, a race of its contenders on later seeds."""
+        return RaceResult(more.contenders, self.dropped | more.dropped, self.failed + more.failed,
+                          self.applications + more.applications, self.seeds_run + more.seeds_run)
+
 
 def race(evidence: Evidence, run: RunSeed, *, next_seed: int, budget: int, higher_is_better: bool = True,
-         confidence: float = 0.95, max_seeds: int = 50) -> RaceResult:
+         confidence: float = 0.95, max_seeds: int = 50,
+         focus: Callable[[list[Chain]], list[Chain]] | None = None) -> RaceResult:
     """Race the orders of `evidence` (updated in place with the extra seeds' trials) within `budget`
-    applications over the extra seeds; no order gets more than `max_seeds` seeds in all."""
+    applications over the extra seeds; no order gets more than `max_seeds` seeds in all. `focus(contenders)`
+    (leader first), when given, names the contenders still in question: each new seed then goes to the leader and
+    those (not the better half), the race ends when none is left, and it drops no order (one significantly worse than
+    the leader is out of question anyway; testing for drops again on every seed of a long race dropped one of four
+    equally good orders in 10 % of A/A runs, benchmarks/bench_search_synthetic.py --aa)."""
     if not evidence:
         raise ValueError("a race needs at least one evaluated order")
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
@@ -121,8 +152,12 @@ def race(evidence: Evidence, run: RunSeed, *, next_seed: int, budget: int, highe
     result = RaceResult(standing(evidence, higher_is_better))
     seed = next_seed
     while True:
-        _drop(result, evidence, higher_is_better, confidence)
-        batch = _affordable(result.contenders, evidence, budget - result.applications, max_seeds)
+        _drop(result, evidence, higher_is_better, confidence, drop=focus is None)
+        if focus is None:
+            wanted = result.contenders[: max(2, math.ceil(len(result.contenders) / 2))]
+        else:
+            wanted = result.contenders[:1] + focus(result.contenders) if len(result.contenders) > 1 else []
+        batch = _affordable(wanted, evidence, budget - result.applications, max_seeds)
         if len(batch) < 2:
             return result
         trials = run(batch, seed)
@@ -138,18 +173,18 @@ def race(evidence: Evidence, run: RunSeed, *, next_seed: int, budget: int, highe
         seed += 1
 
 
-def _drop(result: RaceResult, evidence: Evidence, higher_is_better: bool, confidence: float) -> None:
-    """Drop the contenders significantly worse than the leader; the rest stay in, best first."""
-    out = set(eliminated(evidence, result.contenders, higher_is_better, confidence))
+def _drop(result: RaceResult, evidence: Evidence, higher_is_better: bool, confidence: float, drop: bool = True) -> None:
+    """Drop the contenders significantly worse than the leader (with `drop`); the rest stay in, best first."""
+    out = set(eliminated(evidence, result.contenders, higher_is_better, confidence)) if drop else set()
     result.dropped.update({chain: len(evidence[chain]) for chain in out})
     result.contenders = standing({c: evidence[c] for c in result.contenders if c not in out}, higher_is_better)
 
 
-def _affordable(contenders: list[Chain], evidence: Evidence, remaining: int, max_seeds: int) -> list[Chain]:
-    """The better half of the contenders (at least two), best first, as far as one more seed affords them
-    together (each prefix runs once on it) and none has `max_seeds` seeds already."""
+def _affordable(wanted: list[Chain], evidence: Evidence, remaining: int, max_seeds: int) -> list[Chain]:
+    """The wanted contenders, best first, as far as one more seed affords them together (each prefix runs once on
+    it) and none has `max_seeds` seeds already."""
     batch: list[Chain] = []
-    for chain in contenders[: max(2, math.ceil(len(contenders) / 2))]:
+    for chain in wanted:
         if len(evidence[chain]) >= max_seeds or prefix_cost(batch + [chain]) > remaining:
             break
         batch.append(chain)

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from ordercomp.order.evidence import difference_interval
-from ordercomp.order.race import Trial, eliminated, paired_interval, race
+from ordercomp.order.race import Trial, eliminated, paired_interval, race, shortfall, standing, unsettled
 from ordercomp.order.search import prefix_cost
 from ordercomp.order.synthetic import equal_orders
 
@@ -94,6 +94,33 @@ def test_the_comparison_is_paired_per_seed_and_per_image_with_the_seeds_degrees_
 def test_lower_is_better_orients_the_leader():
     world = World({A: 1.0, B: 5.0}, noise=0.1)
     assert eliminated(world.evidence(), [A, B], False, 0.95) == [B]
+
+
+def test_an_order_could_be_better_by_the_far_end_of_the_paired_interval():
+    world = World({A: 90.0, B: 89.0}, noise=1.0)
+    evidence = world.evidence(seeds=4)
+    points, interval = shortfall(evidence, A, B, True, 0.95)
+    assert interval == paired_interval(evidence[A], evidence[B], True, 0.95) and points == max(0.0, -interval.low)
+    one_seed = {A: {0: Trial(90.0)}, B: {0: Trial(89.0)}}
+    assert shortfall(one_seed, A, B, True, 0.95)[0] == float("inf")  # one seed, no per-image evidence: nothing bounds it
+
+
+def test_a_focused_race_runs_only_the_leader_and_the_orders_in_question_and_ends_when_none_is_left():
+    """Settling: on 3 seeds C is second by mean but measured tightly against the leader A, so it could not be more than
+    the margin better; B, third, could. Each new seed goes to A and B (halving would give it to A and C), until B could
+    no longer be more than the margin better either."""
+    world = World({A: 90.0, B: 89.6, C: 89.8}, noise=0.3)
+    a = [90.2, 89.8, 90.0]
+    evidence = {A: {s: Trial(v) for s, v in enumerate(a)},
+                C: {s: Trial(v - 0.2 + w) for s, (v, w) in enumerate(zip(a, [0.2, -0.2, 0.0]))},
+                B: {s: Trial(v - 0.4 + w) for s, (v, w) in enumerate(zip(a, [2.0, -2.0, 0.0]))}}
+    focus = lambda contenders: unsettled(evidence, contenders, True, 0.95, 0.5)
+    assert standing(evidence, True) == [A, C, B] and focus([A, C, B]) == [B] and not eliminated(evidence, [A, C, B], True, 0.95)
+    result = race(evidence, world, next_seed=3, budget=200, focus=focus)
+    assert len(world.runs) >= 2 and all(chains == [A, B] for chains, _ in world.runs)
+    assert focus(result.contenders) == [] and result.applications < 200
+    before = {chain: {s: t for s, t in trials.items() if s < world.runs[-1][1]} for chain, trials in evidence.items()}
+    assert unsettled(before, standing(before, True), True, 0.95, 0.5)  # one seed earlier the choice was still open
 
 
 def _trial(trial):

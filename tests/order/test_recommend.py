@@ -6,8 +6,8 @@ import random
 import pytest
 
 from ordercomp.order import decide_pair, pairwise_applications, pairwise_chain
-from ordercomp.order.race import Trial, paired_interval
-from ordercomp.order.recommend import SCREEN_FULL_FACTOR, TOTAL_FACTOR, recommend_order
+from ordercomp.order.race import Trial, paired_interval, standing, unsettled
+from ordercomp.order.recommend import SCREEN_FULL_FACTOR, SETTLE_LOOKS, TOTAL_FACTOR, recommend_order
 from ordercomp.order.synthetic import random_landscape
 
 SEEDS = 3
@@ -84,6 +84,48 @@ def test_the_verdict_says_how_far_behind_an_order_it_cannot_separate_the_recomme
     assert behind["lower"] == intervals[tuple(behind["chain"])].mean
 
 
+def test_settling_races_the_orders_in_contention_on_later_seeds_until_none_could_be_better_by_the_margin():
+    """The race leaves the choice open (an order it could not separate could be 5.6 points better); allowed 300 more
+    applications, settling runs the contenders on the seeds after the race's until none could be more than the margin
+    better, and stops there, well within what it was allowed."""
+    landscape = world(noise=1.0, seed=2)
+    pairs = outcomes(landscape)
+    raced = recommend_order(landscape.methods, "surrogate", Measured(landscape), outcomes=pairs, seeds=SEEDS, margin=0.5)
+    assert raced.behind_at_most()["points"] > 0.5 and raced.to_dict()["verdict"]["settle"] is None
+    measure = Measured(landscape)
+    found = recommend_order(landscape.methods, "surrogate", measure, outcomes=pairs, seeds=SEEDS, margin=0.5, settle=300)
+    last_race_seed = max(raced.race.seeds_run)
+    settling = [call for call in measure.calls if call[1][0] > last_race_seed]
+    assert settling and [seeds for _, seeds, _ in settling] == [[s] for s in range(last_race_seed + 1, last_race_seed + 1 + len(settling))]
+    assert all(set(chains) <= set(raced.race.contenders) for chains, _, _ in settling)
+    spent = found.applications
+    assert 0 < spent["settle"] < 300 and spent["total"] == spent["screen"] + spent["confirm"] + spent["race"] + spent["settle"]
+    assert spent["race"] == raced.applications["race"]
+    behind = found.behind_at_most()
+    assert behind is None or behind["points"] <= 0.5
+    # it stops on a stricter interval than the verdict's: a test after every seed would often stop on a lucky one
+    assert not unsettled(found.evidence, found.race.contenders, True, 1 - 0.05 / SETTLE_LOOKS, 0.5)
+    before = {chain: {s: t for s, t in found.evidence[chain].items() if s < settling[-1][1][0]} for chain in found.race.contenders}
+    assert unsettled(before, standing(before, True), True, 1 - 0.05 / SETTLE_LOOKS, 0.5)
+    assert found.chain == found.race.leader and found.race.seeds_run == raced.race.seeds_run + [s[0] for _, s, _ in settling]
+    assert found.to_dict()["verdict"]["settle"] == {"budget": 300, "spent": spent["settle"], "seeds": len(settling)}
+
+
+def test_settling_spends_nothing_when_the_choice_is_not_open():
+    landscape = world(noise=0.05)
+    measure = Measured(landscape)
+    found = recommend_order(landscape.methods, "surrogate", measure, outcomes=outcomes(landscape), seeds=SEEDS, margin=0.5, settle=300)
+    assert found.race.separated and found.applications["settle"] == 0
+    assert found.to_dict()["verdict"]["settle"] == {"budget": 300, "spent": 0, "seeds": 0}
+
+
+def test_exhaustive_runs_no_extra_seed_unless_allowed_to_settle():
+    landscape = world(n=3, noise=1.0, seed=2)
+    found = recommend_order(landscape.methods, "exhaustive", Measured(landscape), seeds=SEEDS, margin=0.5, settle=200)
+    assert found.applications["race"] == 0 and found.applications["settle"] > 0
+    assert min(found.race.seeds_run) == SEEDS
+
+
 def test_a_separated_order_has_no_order_to_trail():
     landscape = world(noise=0.05)
     found = recommend_order(landscape.methods, "surrogate", Measured(landscape), outcomes=outcomes(landscape), seeds=SEEDS)
@@ -152,6 +194,9 @@ def test_exhaustive_runs_no_extra_seed_but_still_says_how_sure_it_is():
     ({"screen": 0.0}, "screen must be a fraction"), ({"screen": 1.0}, "screen must be a fraction"),
     ({"screen": 0.5, "strategy": "pairwise"}, "screening needs a search that evaluates whole orders"),
     ({"seeds": 0}, "seeds must be a whole number"),
+    ({"settle": -1}, "settle must be a whole number"), ({"settle": 2.5}, "settle must be a whole number"),
+    ({"settle": True}, "settle must be a whole number"),
+    ({"settle": 100, "strategy": "pairwise"}, "settling races whole orders on more seeds"),
 ])
 def test_bad_settings_are_one_line(kwargs, message):
     landscape = world(n=3)
