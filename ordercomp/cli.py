@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--screen", type=float, metavar="FRACTION", help="search at this fraction of the fine-tuning epochs "
                     "(e.g. 0.25) and confirm only the best orders at the full budget: cheaper, safe where the cheap ranking "
                     "agrees with the full one (see the README)")
+    ex.add_argument("--settle", type=int, default=0, metavar="APPLICATIONS", help="when the recommended order could still "
+                    "trail an order it cannot be separated from by more than the margin that counts (0.5 accuracy points), "
+                    "race those orders on more seeds until none could, spending at most this many more method applications "
+                    "(default 0: never; with the same --cache, a rerun with --settle repeats nothing already run)")
     ex.add_argument("--confidence", type=float, default=0.95, help="confidence of each pair's interval (default 0.95)")
     ex.add_argument("--seeds", type=int, default=3, help="repeat every comparison over this many seeds")
     ex.add_argument("--exhaustive", action="store_true", help="also run every permutation and rank the found chain")
@@ -174,7 +178,7 @@ def _spec(args):
         methods=tuple(parse_methods(args.methods)) if args.methods is not None else None, settings=parse_settings(args),
         objective=args.objective, weight=args.weight, seeds=args.seeds, budget=_budget(args),
         confidence=args.confidence, **({"search": args.search} if args.search else {}), screen=args.screen,
-        device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
+        settle=args.settle, device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
         trust_torchscript=args.trust_torchscript, classifier=args.classifier, stages=args.stages,
         executor=args.executor, ray_address=args.ray_address, runtime=args.runtime,
     )

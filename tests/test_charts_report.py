@@ -18,6 +18,7 @@ from plotly.offline import get_plotlyjs
 from ordercomp.report import charts
 from ordercomp.report.figures import share_text, speed_text
 from ordercomp.report.meeting import evidence_sentence, meeting_report, results_csv
+from ordercomp.report.verdict import settle_suggestion
 
 METHODS = ["prune", "quantize", "early_exit", "int8"]
 CHAIN = ["prune", "quantize", "early_exit", "int8"]
@@ -332,6 +333,28 @@ def test_an_order_that_could_be_much_better_leaves_the_choice_open_instead_of_ca
     ahead = searched(record, behind=10.8)
     ahead["search"]["verdict"]["behind_at_most"]["lower"] = -0.2  # it scored better on the seeds both were measured on
     assert "int8 (0.20 points ahead on the 4 seeds both were measured on) could be up to 10.80" in evidence_sentence(ahead)
+
+
+def test_settling_that_left_the_choice_open_says_what_it_spent(record):
+    settled = searched(record, behind=2.4)
+    settled["search"]["verdict"]["settle"] = {"budget": 200, "spent": 96, "seeds": 6}
+    settled["search"]["applications"] |= {"settle": 96, "total": 172}
+    sentence = evidence_sentence(settled)
+    assert ("so the choice among them is open, even after 6 more seeds (96 applications) of settling; more seeds would "
+            "settle it.") in sentence
+    assert "172 method applications were spent (32 per seed for the search, 12 on extra seeds for the contenders, 96 on " \
+           "more seeds to settle the choice)" in sentence
+
+
+def test_a_rerun_that_would_settle_an_open_choice_gets_eight_more_seeds_for_every_order_in_contention(record):
+    """The three orders share prune's prefix: 4 + 4 + 3 applications per seed; a rerun already allowed 200 keeps them."""
+    assert settle_suggestion(searched(record, behind=2.4)["search"]) == 8 * 11
+    again = searched(record, behind=2.4)
+    again["search"]["verdict"]["settle"] = {"budget": 200, "spent": 200, "seeds": 14}
+    assert settle_suggestion(again["search"]) == 200 + 8 * 11
+    assert settle_suggestion(searched(record, behind=0.31)["search"]) is None  # within the margin: a sound choice
+    assert settle_suggestion(searched(record, separated=True)["search"]) is None
+    assert settle_suggestion({"strategy": "pairwise"}) is None
 
 
 def test_a_record_without_the_bound_says_only_that_the_orders_are_within_noise(record):

@@ -36,6 +36,8 @@ from testkit import MY_NET
     (["explore", "--confidence", "nan"], "confidence must be a finite number"),
     (["explore", "--screen", "1.5"], "screen must be a fraction of the fine-tuning epochs between 0 and 1, e.g. 0.25, got 1.5"),
     (["explore", "--screen", "0.25", "--search", "pairwise"], "screening needs a search that evaluates whole orders"),
+    (["explore", "--settle", "-5"], "settle must be a whole number of method applications >= 0 (0: never), got -5"),
+    (["explore", "--settle", "100", "--search", "pairwise"], "settling races whole orders on more seeds"),
     (["explore", "--runtime", "onnx_int8"], "a runtime only changes where latency is measured"),
     (["apply", "--chain", "prune", "--export", "{out}", "--epochs=-inf"], "epochs must be a finite number"),
     (["apply", "--chain", "prune", "--export", "{out}", "--prune-ratio", "nan"], "prune.ratio must be a finite number"),

@@ -6,8 +6,10 @@ import torch
 
 from ordercomp import order
 from ordercomp.exploration.explorer import ExploreSpec, Explorer, compress, explore, keep_apart, left_out, no_order_reason
+from ordercomp.exploration.results import print_summary
 from ordercomp.exploration.pipeline import FAILED, INCOMPATIBLE, OK, StepResult, make_configs
 from ordercomp.report.figures import applications
+from ordercomp.report.verdict import choice_is_open, settle_suggestion
 from ordercomp.train import Budget
 from testkit import FAST
 
@@ -128,6 +130,26 @@ def test_the_race_runs_extra_seeds_through_the_step_cache_and_a_rerun_reuses_eve
     assert rerun["search"] == search and rerun["chain"] == first["chain"]
 
 
+def test_settling_an_open_choice_reruns_from_the_cache_and_races_on_the_seeds_after_the_race(fast_cache, capsys):
+    """The verdict says the choice is open and the CLI suggests a settle budget; the rerun with it repeats no step, runs
+    both orders on the seeds after the race's until neither could be more than the margin better, and says what it spent."""
+    spec = dict(methods=("prune", "quantize"), seeds=1, **FAST)
+    exploration = explore(ExploreSpec(**spec), cache_dir=fast_cache)
+    first = exploration.to_dict()
+    assert choice_is_open(first["search"]["verdict"]) and settle_suggestion(first["search"]) == 8 * 4
+    print_summary(exploration)
+    assert "To settle it: run the same command again with --settle 32 (up to 8 more seeds" in capsys.readouterr().out
+    settled = explore(ExploreSpec(**spec, settle=settle_suggestion(first["search"])), cache_dir=fast_cache).to_dict()
+    assert settled["applications"]["cache_hits"] == len(first["steps"])  # nothing already run is repeated
+    raced, verdict = first["search"]["verdict"]["extra_seeds"], settled["search"]["verdict"]
+    later = verdict["extra_seeds"][len(raced):]
+    assert verdict["extra_seeds"][: len(raced)] == raced and later == list(range(raced[-1] + 1, raced[-1] + 1 + len(later)))
+    new_steps = [s for s in settled["steps"] if s["seed"] in later]
+    assert verdict["settle"] == {"budget": 32, "spent": len(new_steps), "seeds": len(later)} and later
+    assert settled["search"]["applications"]["settle"] == len(new_steps)
+    assert not choice_is_open(verdict) or len(new_steps) > 32 - 4  # settled, or nothing left for one more seed
+
+
 def test_a_screen_trains_the_search_for_a_fraction_of_the_epochs_and_confirms_the_best_at_the_full_budget(fast_cache):
     spec = ExploreSpec(methods=("prune", "quantize"), seeds=1, screen=0.5, **FAST)
     record = explore(spec, cache_dir=fast_cache).to_dict()
@@ -173,6 +195,7 @@ def test_compress_applies_a_chain_and_measures_every_step():
     ({"exhaustive": True}, 64, 120 - 48, 192 + 72 + 4, 268),
     # the search at a quarter of the epochs; confirming and racing at the full budget within 1 x 16 x 3
     ({"screen": 0.25}, 32, 48, 96 + 48 + 4, 24 + 48 + 4),
+    ({"settle": 100}, 52, 120 - 52 - 32, 224, 224),  # at most that many more on seeds after the race's
 ])
 def test_the_planned_applications_bound_the_search_and_its_race_before_either_runs(fields, per_seed, beyond, total, cost):
     """The one count of an exploration's applications (Methods page, time estimate, progress): the race's extra seeds are
@@ -203,6 +226,9 @@ def test_the_planned_applications_bound_the_search_and_its_race_before_either_ru
     ({"screen": 0.0}, "screen must be a fraction"),
     ({"screen": float("nan")}, "screen must be a finite number"),
     ({"screen": 0.25, "search": "pairwise"}, "screening needs a search that evaluates whole orders"),
+    ({"settle": -1}, "settle must be a whole number of method applications >= 0"),
+    ({"settle": 2.5}, "settle must be a whole number"),
+    ({"settle": 50, "search": "pairwise"}, "settling races whole orders on more seeds"),
 ])
 def test_impossible_specs_are_refused_before_any_work(fields, message):
     with pytest.raises(ValueError, match=message):

@@ -162,6 +162,7 @@ class ExploreSpec:
     ray_address: str | None = None
     runtime: str = "eager"  # where the latency objectives time each step: PyTorch eager or an export format's runtime
     screen: float | None = None  # search at this fraction of the fine-tuning epochs, confirm the best at the full budget
+    settle: int = 0  # applications that may race the orders still in contention on more seeds while the choice is open
     classifier: str | None = None  # the layer giving the logits, when tracing cannot find it (models.structure)
     stages: tuple[str, ...] | None = None  # the modules whose outputs end the stages, when tracing cannot find them
     ship: str | None = SHIPPED_FORMAT  # the format the chain and the base are written in and timed as the headline; None: neither
@@ -200,6 +201,7 @@ class ExploreSpec:
         if self.repeat is not None and self.repeat not in self.methods:
             raise ValueError(f"--repeat {self.repeat} must be one of the chosen methods")
         check_screen(self.screen, self.search)
+        order.recommend.check_settle(self.settle, self.search)
         check_executor(self.executor, self.ray_address)
         check_runtime(self.runtime, self.objective)
         check_ship(self.ship)
@@ -229,7 +231,8 @@ class ExploreSpec:
         every order), times the seeds it runs on (a one-seed search: the first; the others get the pairwise plan);
         `beyond`, those at the full budget after the search (a confirmation of the best orders on the other seeds,
         the race's extra seeds for the orders in contention: as many as the budget allows, since how many the race
-        needs shows only as it runs); plus the chain applied once to the base on the test split. Progress counts
+        needs shows only as it runs); `settle`, those that may go on more seeds for the orders still in contention
+        while the choice is open; plus the chain applied once to the base on the test split. Progress counts
         against `total`, so it only moves forward; a search that finds its order sooner ends below it. `cost` counts
         a screened application as its fraction of the epochs (for the time estimate)."""
         n, fidelity = len(self.methods), self.search_fidelity
@@ -246,8 +249,8 @@ class ExploreSpec:
             searched = 0 if self.screen is None else searched  # an unscreened search's orders are among them
         return {"pairwise_per_seed": pairwise, "exhaustive_per_seed": exhaustive, "per_seed": per_seed, "seeds": self.seeds,
                 "search_seeds": 1 if one_seed else self.seeds,
-                "beyond": beyond, "chain": n, "total": validated + searched + beyond + n,
-                "cost": validated + fidelity * searched + beyond + n}
+                "beyond": beyond, "settle": self.settle, "chain": n, "total": validated + searched + beyond + self.settle + n,
+                "cost": validated + fidelity * searched + beyond + self.settle + n}
 
     @property
     def timed(self) -> bool:
@@ -608,7 +611,8 @@ class Explorer:
         steps = list(steps)
         found = order.recommend_order(methods, self.spec.search, self._measure(base, steps), outcomes=outcomes,
                                 seeds=self.spec.seeds, higher_is_better=OBJECTIVES[self.spec.objective][0],
-                                confidence=self.spec.confidence, screen=self.spec.screen, margin=self._margin())
+                                confidence=self.spec.confidence, screen=self.spec.screen, margin=self._margin(),
+                                settle=self.spec.settle)
         chain = list(found.chain) if found.evidence else pairwise_chain
         return chain, found.to_dict(), _unique(steps)
 

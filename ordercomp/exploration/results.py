@@ -18,7 +18,7 @@ from ..models.checkpoints import describe_source
 from ..order.plan import chain_text
 from ..order import LATENCY_OBJECTIVES
 from ..report.figures import share_text
-from ..report.verdict import evidence_sentences, graph_orders_sentence
+from ..report.verdict import SETTLE_SEEDS, evidence_sentences, graph_orders_sentence, settle_suggestion
 from .pipeline import StepResult
 
 MARKER = ".ordercomp-results"
@@ -185,6 +185,10 @@ def print_summary(result) -> None:
         print(f"\nRecommended chain: {chain_text(record['chain'])}. {graph_orders_sentence(record)}")
         for sentence in evidence_sentences(record):
             print(sentence)
+        settle = settle_suggestion(record.get("search") or {})
+        if settle:
+            print(f"To settle it: run the same command again with --settle {settle} (up to {SETTLE_SEEDS} more seeds for "
+                  "those orders; with the same --cache, nothing already run is repeated).")
         if record["weak_pairs"]:
             print(f"Note: {record['weak_pairs']} pair decision(s) rest on weak evidence; more --seeds would make them firmer.")
         print("\nChain applied to the base model (test split):")

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from ..order.graph import LISTED_ORDERS
 from ..order.plan import chain_text
+from ..order.search import prefix_cost
 from .figures import share_text
 
 SHOWN_ORDERS = 3  # orders named in a sentence before "and N more"
+SETTLE_SEEDS = 8  # a suggested settle budget: this many more seeds for every order still in contention
 
 
 def evidence_sentences(record: dict) -> list[str]:
@@ -96,7 +98,35 @@ def _how_far_behind(verdict: dict, confidence: float) -> str:
                 "count, so any of them is a sound choice.")
     counted = f", more than the {margin:g} points that count" if margin else ""
     return (f": by {interval} {chain_text(behind['chain'])}{_scored(behind)} could be up to {points} points "
-            f"better{counted}, so the choice among them is open; more seeds would settle it.")
+            f"better{counted}, so the choice among them is open{_settled_so_far(verdict)}; more seeds would settle it.")
+
+
+def _settled_so_far(verdict: dict) -> str:
+    """', even after 6 more seeds (96 applications) of settling' when settling ran and the choice stayed open."""
+    settle = verdict.get("settle") or {}
+    if not settle.get("spent"):
+        return ""
+    return f", even after {settle['seeds']} more seeds ({settle['spent']} applications) of settling"
+
+
+def choice_is_open(verdict: dict | None) -> bool:
+    """Whether an order the recommended one cannot be separated from could be better by more than the margin that
+    counts (or nothing bounds it): then more seeds for those orders would settle the choice."""
+    behind = (verdict or {}).get("behind_at_most")
+    if not behind or verdict.get("margin") is None:
+        return False
+    return behind["points"] is None or behind["points"] > verdict["margin"]
+
+
+def settle_suggestion(search: dict) -> int | None:
+    """A settle budget for a rerun when the choice is open: what settling already had, plus SETTLE_SEEDS more seeds for
+    the recommended order and every order it cannot be separated from (the race halves them, so it may need fewer);
+    None when the choice is not open."""
+    verdict = search.get("verdict")
+    if not choice_is_open(verdict):
+        return None
+    contenders = [tuple(verdict["chain"])] + [tuple(chain) for chain in verdict["inseparable"]]
+    return (verdict.get("settle") or {}).get("budget", 0) + SETTLE_SEEDS * prefix_cost(contenders)
 
 
 def _scored(behind: dict) -> str:
@@ -115,6 +145,7 @@ def cost_sentence(search: dict) -> str:
     if not spent:
         return f"{search['applications_per_seed']} method applications per seed were spent."
     extra = f", {spent['race']} on extra seeds for the contenders" if spent["race"] else ""
+    extra += f", {spent['settle']} on more seeds to settle the choice" if spent.get("settle") else ""
     searched = f"{spent['per_seed']} per seed for the search"
     if spent.get("search_seeds") == 1 and search.get("screened_orders"):  # a one-seed search, then its confirmation
         searched = (f"{spent['per_seed']} on the first seed for the pairs and a search of {len(search['screened_orders'])} "
