@@ -81,6 +81,11 @@ def budget_and_decision(chosen: list[str]) -> None:
                     key="w_repeat", **KEEP)
     right.selectbox("How the order is chosen", list(SEARCH_LABELS), key="w_search", format_func=SEARCH_LABELS.get, help=SEARCH_HELP,
                     **KEEP)
+    if state["w_search"] != "pairwise":
+        right.number_input("Settle an open choice: at most this many more method applications (0: never)", min_value=0,
+                           step=10, key="w_settle", **KEEP,
+                           help="When the recommended order could still trail an order it cannot be separated from by more "
+                                "than the minimum margin, race those orders on more seeds until none could.")
     right.selectbox("Run the steps", EXECUTORS, key="w_executor", **KEEP,
                     format_func=lambda name: {"inprocess": "in the job's process", "ray": "as Ray tasks"}[name])
     if state["w_executor"] == "ray":

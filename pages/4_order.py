@@ -6,11 +6,31 @@ from ordercomp.dashboard import formatting, plan, session
 from ordercomp.report.charts import pair_matrix_figure, precedence_caption, precedence_dot
 from ordercomp.report.figures import applications, duration, plural
 from ordercomp.report.meeting import evidence_sentence, exhaustive_table, notes
+from ordercomp.report.verdict import SETTLE_SEEDS, settle_suggestion
+from ordercomp.jobs import start_job
 from ordercomp.exploration.results import pairs_table, search_table
 from ordercomp.order import chain_text
 from pages._shared import open_exploration, run_inside_app
 
 run_inside_app()
+
+
+def settle_button(record: dict) -> None:
+    """When the choice is open: rerun the exploration allowed to race the orders in contention on more seeds."""
+    settle = settle_suggestion(record.get("search") or {})
+    if not settle:
+        return
+    if st.button(f"Settle it: race these orders on up to {SETTLE_SEEDS} more seeds (at most {settle} more method applications)",
+                 help="Runs this exploration again as a new run; every step already run comes from the cache, so only "
+                      "the new seeds cost."):
+        try:
+            settled = start_job(store, plan.settle_spec(record, settle))
+        except (ValueError, OSError) as error:
+            st.error(f"Could not start settling: {formatting.md(error)}")
+            return
+        session.open_job(st.session_state, st.query_params, settled)
+        st.switch_page("pages/3_runs.py")
+
 
 store = session.open_store()
 st.title("Order")
@@ -22,6 +42,7 @@ st.caption(f"Run {formatting.md(job_id)} · {formatting.md(plan.describe_base(sp
            f"{plural(spec['seeds'], 'seed')} · search {search['strategy']} · {applications(record)} method applications · "
            f"{duration(record['seconds'])}")
 st.info(evidence_sentence(record))
+settle_button(record)
 
 st.subheader("Pair outcomes")
 st.caption("mean diff > 0: first → second scored better than the reverse. The interval combines seed-to-seed variation with "

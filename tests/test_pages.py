@@ -577,6 +577,37 @@ def test_order_page_lists_the_orders_a_search_ran_apart_from_those_it_measured_i
     assert len(at.main.expander[0].dataframe[0].value) == 2 * copies
 
 
+def open_choice(store, finished, points: float) -> str:
+    """A done run whose verdict could not separate its two orders: the other could be `points` better."""
+    record = copy.deepcopy(finished["record"])
+    other = next(row["chain"] for row in record["search"]["orders"] if row["chain"] != record["chain"])
+    record["search"]["verdict"] |= {"chain": record["chain"], "separated": False, "inseparable": [other], "margin": 0.5,
+                                    "behind_at_most": {"chain": other, "points": points, "lower": 0.4, "seeds": 3}}
+    job = store.create(ExploreSpec.from_dict(record["spec"]))
+    store.set_status(job, "done", result=record)
+    return job
+
+
+def test_an_open_choice_is_settled_by_a_new_run_that_races_its_orders_on_more_seeds(store, finished, spawned):
+    job = open_choice(store, finished, points=3.0)
+    at = app("4_order", job=job)
+    assert "so the choice among them is open" in plain(at.main.info[0].value)
+    button = next(button for button in at.main.button if button.label.startswith("Settle it"))
+    assert button.label.endswith("up to 8 more seeds (at most 32 more method applications)")  # both orders: 4 prefixes a seed
+    button.click().run()
+    settling = store.get(spawned[0])
+    assert settling["spec"] == ExploreSpec.from_dict(finished["record"]["spec"] | {"settle": 32}).to_dict()
+    assert at.session_state["job"] == spawned[0] and at.title[0].value == "Runs"
+    picker = next(box for box in at.main.selectbox if box.label == "Open a run")
+    assert any(option.startswith(f"{spawned[0]} · prune, quantize (settle 32) · ") for option in picker.options)
+
+
+def test_a_sound_choice_offers_no_settling(store, finished):
+    at = app("4_order", job=open_choice(store, finished, points=0.3))
+    assert "sound choice" in plain(at.main.info[0].value)
+    assert not [button for button in at.main.button if button.label.startswith("Settle it")]
+
+
 def test_result_pages_say_what_to_do_without_a_finished_run(store, spawned):
     for page in ("4_order", "5_tradeoffs", "6_export"):
         at = app(page)

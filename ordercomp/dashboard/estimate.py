@@ -42,7 +42,8 @@ def applications_text(spec, cost: dict) -> str:
                 f"{'the other seed' if others == 1 else f'each of the {others} others'}")
     else:
         runs = f"at most {cost['per_seed']} per seed × {plural(spec.seeds, 'seed')}"
-    return f"{label}: {runs}{_beyond_text(spec, cost)}, + {len(spec.methods)} to apply the chain"
+    settle = f", up to {cost['settle']} more to settle an open choice on more seeds" if cost.get("settle") else ""
+    return f"{label}: {runs}{_beyond_text(spec, cost)}{settle}, + {len(spec.methods)} to apply the chain"
 
 
 def _beyond_text(spec, cost: dict) -> str:

@@ -76,6 +76,14 @@ def export_spec(record: dict, chain, formats, exploration: str) -> ExportSpec:
     return ExportSpec.from_exploration(record, chain, formats=formats, exploration=exploration)
 
 
+def settle_spec(record: dict, settle: int):
+    """The exploration of `record` again, allowed `settle` applications to settle an open choice on more seeds (the
+    shared step cache gives back every step it ran, so only the new seeds cost)."""
+    from ..exploration.explorer import ExploreSpec
+
+    return ExploreSpec.from_dict(record["spec"] | {"settle": settle})
+
+
 @dataclass(frozen=True)
 class Setting:
     """One field of a method's config, as a widget shows it."""
@@ -108,7 +116,7 @@ def plan_defaults() -> dict:
     defaults = {"w_methods": list(spec.methods), "w_objective": spec.objective, "w_weight": spec.weight, "w_seeds": spec.seeds,
                 "w_epochs": spec.budget.epochs, "w_lr": spec.budget.lr, "w_device": spec.device, "w_exhaustive": spec.exhaustive,
                 "w_min_margin": spec.min_margin, "w_repeat": NO_REPEAT, "w_executor": spec.executor, "w_ray_address": "",
-                "w_search": spec.search, "w_runtime": spec.runtime}
+                "w_search": spec.search, "w_runtime": spec.runtime, "w_settle": spec.settle}
     for method in METHODS.values():
         defaults |= {s.key: s.default for s in method_settings(method)}
     return defaults
@@ -163,5 +171,6 @@ def plan_from_state(state):
                        budget=Budget(epochs=float(value("w_epochs")), lr=float(value("w_lr"))), device=value("w_device"),
                        exhaustive=bool(value("w_exhaustive")), min_margin=float(value("w_min_margin")),
                        repeat=None if repeat in (None, NO_REPEAT) or repeat not in methods else repeat, search=value("w_search"),
+                       settle=int(value("w_settle")) if value("w_search") != "pairwise" else 0,  # the widget is hidden then
                        executor=value("w_executor"), ray_address=(value("w_ray_address") or "").strip() or None,
                        runtime=value("w_runtime") if value("w_objective") in LATENCY_OBJECTIVES else "eager")

@@ -17,8 +17,8 @@ def is_active(job: dict | None) -> bool:
 
 def job_title(job: dict) -> str:
     spec = job["spec"]
-    what = {"explore": lambda: ", ".join(spec["methods"]), "baseline": lambda: "baseline",
-            "export": lambda: "export " + chain_text(spec["chain"])}[job.get("kind", "explore")]()
+    what = {"explore": lambda: ", ".join(spec["methods"]) + (f" (settle {spec['settle']})" if spec.get("settle") else ""),
+            "baseline": lambda: "baseline", "export": lambda: "export " + chain_text(spec["chain"])}[job.get("kind", "explore")]()
     return f"{job['id']} · {what} · {Path(spec['model']).name} on {Path(spec['data']).name} · {job['status']}"
 
 
