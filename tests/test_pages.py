@@ -376,15 +376,19 @@ def test_choices_on_methods_flow_to_runs_and_launch_a_job_kept_in_the_url(store,
     at.slider(key="w_prune.ratio").set_value(0.3).run()
     at.number_input(key="w_seeds").set_value(2).run()
     at.number_input(key="w_epochs").set_value(0.5).run()
+    at.number_input(key="w_settle").set_value(40).run()
+    assert any("up to 40 more to settle an open choice on more seeds, + 2 to apply the chain" in plain(c.value) for c in at.main.caption)
     at.switch_page(PAGES["3_runs"]).run()
     summary = plain(at.main.markdown[0].value)
     assert "methods **quantize, prune**" in summary and "**2 seeds**" in summary and "0.5 epochs of fine-tuning per step" in summary
-    # (2 singles + 2 ordered pairs, both whole orders) x 2 seeds, the race's extra seeds up to 2.5 x 4 x 2, + the chain's 2
-    assert plain(at.main.caption[0].value).startswith("Settings: prune: ratio 0.3. At most 22 method applications, about ")
+    # (2 singles + 2 ordered pairs, both whole orders) x 2 seeds, the race's extra seeds up to 2.5 x 4 x 2, the settling's
+    # 40, + the chain's 2
+    assert plain(at.main.caption[0].value).startswith("Settings: prune: ratio 0.3. At most 62 method applications, about ")
     next(button for button in at.main.button if button.label == "Launch exploration").click().run()
     job = store.get(spawned[0])
     assert (job["kind"], job["status"]) == ("explore", "queued")
     assert (job["spec"]["methods"], job["spec"]["seeds"], job["spec"]["settings"]) == (["quantize", "prune"], 2, {"prune": {"ratio": 0.3}})
+    assert job["spec"]["settle"] == 40
     assert at.query_params["job"] == [spawned[0]] or at.query_params["job"] == spawned[0]
     assert at.session_state["job"] == spawned[0]
     at.switch_page(PAGES["2_methods"]).run()
