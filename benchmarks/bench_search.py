@@ -17,6 +17,9 @@ every seed a search or its race uses), and each strategy's fresh regret is the b
 chain's, against the standard error of that best order's fresh mean. The selection on the ground truth's
 seeds and the race's seeds then cannot flatter any order.
 
+With --settles, the default strategy also runs allowed each of those applications to settle an open choice
+on more seeds (ordercomp.order.recommend: step 5), judged the same way, fresh seeds included.
+
 With --screens, the default strategy also runs with --screen at each fraction of the fine-tuning
 epochs: its regret, its cost in full-budget applications, and Kendall's tau between the cheap and the
 full scores of the orders its screen evaluated (the full ones from the ground truth).
@@ -47,6 +50,7 @@ from ordercomp import order  # noqa: E402
 from ordercomp.exploration.explorer import SEARCHES, Explorer, ranked_orders  # noqa: E402
 from ordercomp.order import OBJECTIVES  # noqa: E402
 from ordercomp.order.race import Trial, eliminated  # noqa: E402
+from ordercomp.report.verdict import choice_is_open  # noqa: E402
 
 CACHE = Path(".ordercomp/bench-search-cache")
 DEFAULT = order.DEFAULT_STRATEGY
@@ -86,9 +90,10 @@ def describe_orders(explorer: Explorer, truth: list[dict], full: list) -> str:
             f"{reduction[by_accuracy]:.0f}x), rank {by_accuracy + 1} by {explorer.spec.objective}")
 
 
-def judge(name: str, strategy: str, truth: list[dict], cache: Path, screen: float | None = None) -> dict:
-    """Run `strategy` (with `screen`, if given) on the cached steps of setting `name` and compare its chain with the truth."""
-    explorer = Explorer(setting_spec(name, search=strategy, screen=screen), cache_dir=cache)
+def judge(name: str, strategy: str, truth: list[dict], cache: Path, screen: float | None = None, settle: int = 0) -> dict:
+    """Run `strategy` (with `screen` or `settle`, if given) on the cached steps of setting `name` and compare its chain
+    with the truth."""
+    explorer = Explorer(setting_spec(name, search=strategy, screen=screen, settle=settle), cache_dir=cache)
     base, _ = explorer.load_base()
     found = explorer.find_order(base)
     scores = {tuple(o["chain"]): o["score"] for o in truth}
@@ -102,13 +107,14 @@ def judge(name: str, strategy: str, truth: list[dict], cache: Path, screen: floa
     higher = OBJECTIVES[explorer.spec.objective][0]
     truly = max(evaluated, key=lambda c: scores[c] if higher else -scores[c]) if evaluated else None
     spent = search.get("applications") or {}
-    return {"setting": name, "strategy": strategy, "screen": screen, "order": tuple(found.chain), "rank": rank,
+    return {"setting": name, "strategy": strategy, "screen": screen, "settle": settle, "order": tuple(found.chain), "rank": rank,
             "of": len(truth), "regret": None if chosen is None else abs(truth[0]["score"] - chosen), "best_se": truth[0]["se"],
             "tau": tau, "applications": spent.get("total", search["applications_per_seed"] * explorer.spec.seeds),
             "cost": spent.get("cost", search["applications_per_seed"] * explorer.spec.seeds),
             "pairwise_total": order.pairwise_applications(len(explorer.spec.methods)) * explorer.spec.seeds,
             "probability": verdict.get("probability"), "truly_best_of_evaluated": truly == tuple(found.chain),
             "separated": verdict.get("separated"), "inseparable": len(verdict.get("inseparable", [])),
+            "open": choice_is_open(verdict or None),
             "screen_tau": screen_tau(search, scores) if screen else None}
 
 
@@ -205,14 +211,17 @@ def main() -> None:
     parser.add_argument("--no-aa", action="store_true", help="skip the real A/A run")
     parser.add_argument("--fresh-seeds", type=int, default=8, help="fresh seeds to run the ground truth's contenders and "
                         "the strategies' chains on (0: none)")
+    parser.add_argument("--settles", default="", help="settle budgets (applications) to run the default strategy with "
+                        "too, e.g. 200,400 ('' for none)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 beside another busy process: two threads on "
                         "one free core wait on each other, and a step took 4x as long)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     screens = [float(value) for value in args.screens.split(",") if value]
+    settles = [int(value) for value in args.settles.split(",") if value]
     rows = []
     for name in args.settings.split(","):
-        rows += run_setting(name, args.cache, screens, args.fresh_seeds)
+        rows += run_setting(name, args.cache, screens, settles, args.fresh_seeds)
     summarize(rows)
     calibration(rows)
     if not args.no_aa:
@@ -221,8 +230,8 @@ def main() -> None:
               f"race's test dropped {dropped} order(s) in {total} comparisons")
 
 
-def run_setting(name: str, cache: Path, screens: list[float], fresh_seeds: int) -> list[dict]:
-    """Ground truth of one setting, then every strategy (and the screened default) judged against it, then (with
+def run_setting(name: str, cache: Path, screens: list[float], settles: list[int], fresh_seeds: int) -> list[dict]:
+    """Ground truth of one setting, then every strategy (and the screened and settling default) judged against it, then (with
     `fresh_seeds`) against the ground truth's contenders on fresh seeds."""
     start = time.perf_counter()
     explorer = Explorer(setting_spec(name), cache_dir=cache)
@@ -238,6 +247,7 @@ def run_setting(name: str, cache: Path, screens: list[float], fresh_seeds: int) 
     print(f"  {describe_orders(explorer, truth, full)}")
     rows = [judge(name, strategy, truth, cache) for strategy in SEARCHES]
     rows += [judge(name, DEFAULT, truth, cache, screen) for screen in screens]
+    rows += [judge(name, DEFAULT, truth, cache, settle=settle) for settle in settles]
     for row in rows:
         print_row(row)
     if fresh_seeds:
@@ -246,10 +256,11 @@ def run_setting(name: str, cache: Path, screens: list[float], fresh_seeds: int) 
 
 
 def print_row(row: dict) -> None:
-    label = row["strategy"] + (f" --screen {row['screen']:g}" if row["screen"] else "")
+    label = _label(row)
     sure = "" if row["probability"] is None else (
         f"  P(best of evaluated) {row['probability']:.2f} (truly: {'yes' if row['truly_best_of_evaluated'] else 'no'}), "
-        + ("separated" if row["separated"] else f"not separated from {row['inseparable']}"))
+        + ("separated" if row["separated"] else f"not separated from {row['inseparable']}")
+        + (", the choice open" if row["open"] else ""))
     cheap = "" if row["screen_tau"] is None else f"  tau cheap vs full {row['screen_tau']:+.2f}"
     place = (f"rank {row['rank']}/{row['of']}  regret {row['regret']:.2f}" if row["rank"] else
              f"its chain is not among the {row['of']} orders that applied on every seed")
@@ -304,7 +315,8 @@ def _ratio(row: dict) -> str:
 
 
 def _label(row: dict) -> str:
-    return row["strategy"] + (f" --screen {row['screen']:g}" if row["screen"] else "")
+    return (row["strategy"] + (f" --screen {row['screen']:g}" if row["screen"] else "")
+            + (f" --settle {row['settle']}" if row["settle"] else ""))
 
 
 if __name__ == "__main__":

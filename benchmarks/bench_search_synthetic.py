@@ -53,24 +53,30 @@ def pair_outcomes(landscape: Landscape, min_margin: float):
             for a, b in itertools.combinations(landscape.methods, 2)]
 
 
-def run_landscape(landscape: Landscape, min_margin: float, search_seed: int) -> dict:
-    """Regret, rank, applications over all seeds and the claimed probability of every strategy on one
-    landscape, and the pairwise tau."""
+def run_landscape(landscape: Landscape, min_margin: float, search_seed: int, settle: int = 0) -> dict:
+    """Regret, rank, applications over all seeds and the claimed probability of every strategy (and, with `settle`,
+    of the default allowed that many applications to settle an open choice) on one landscape, and the pairwise tau."""
     truth = {chain: landscape.true(chain) for chain in itertools.permutations(landscape.methods)}
     best = max(truth.values())
     outcomes = pair_outcomes(landscape, min_margin)
     best_chain = max(truth, key=truth.get)
     row = {"tau": kendall_tau(pairwise_ranking(landscape.methods, outcomes), truth),
            "best_se": landscape.noise(best_chain) / math.sqrt(SEEDS)}
-    for strategy in STRATEGIES:
+    for label, strategy, allowed in variants(settle):
         found = recommend_order(landscape.methods, strategy, landscape_measure(landscape), outcomes=outcomes, seeds=SEEDS,
-                          seed=search_seed)
+                                seed=search_seed, margin=min_margin, settle=allowed)
         rank = 1 + sum(score > truth[found.chain] for score in truth.values())
         evaluated = max(found.evidence, key=truth.get) if found.evidence else None
         claimed = found.probabilities.get(found.chain) if found.probabilities else None
-        row[strategy] = Run(best - truth[found.chain], rank, found.applications["total"], claimed,
-                            found.chain == evaluated, found.race is not None and found.race.separated)
+        row[label] = Run(best - truth[found.chain], rank, found.applications["total"], claimed,
+                         found.chain == evaluated, found.race is not None and found.race.separated,
+                         *_sure_of_margin(found, truth, min_margin))
     return row
+
+
+def variants(settle: int) -> list[tuple[str, str, int]]:
+    """(label, strategy, settle budget): every strategy, and the default with `settle` when it is not 0."""
+    return [(name, name, 0) for name in STRATEGIES] + ([(f"settle {settle}", "surrogate", settle)] if settle else [])
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,18 @@ class Run:
     claimed: float | None  # probability that the recommended order is the best of those evaluated
     best_of_evaluated: bool  # whether it truly is
     separated: bool  # the race found every other evaluated order significantly worse
+    sure: bool  # the verdict says no evaluated order is more than the margin better (separated, or a sound choice)
+    wrongly_sure: bool  # ... while one truly is
+
+
+def _sure_of_margin(found, truth: dict, margin: float) -> tuple[bool, bool]:
+    """(whether the verdict is sure no evaluated order beats the recommended one by more than `margin`, whether one
+    truly does): the claim the 'sound choice' sentence makes."""
+    if not found.evidence:
+        return False, False
+    behind = found.behind_at_most()
+    sure = behind is None or (behind["points"] is not None and behind["points"] <= margin)
+    return sure, sure and max(truth[chain] for chain in found.evidence) - truth[found.chain] > margin
 
 
 def landscape_measure(landscape: Landscape):
@@ -88,11 +106,11 @@ def landscape_measure(landscape: Landscape):
     return lambda chains, seeds, fidelity: {chain: {s: Trial(landscape.score(chain, s)) for s in seeds} for chain in chains}
 
 
-def summarise(rows: list[dict], n: int, kind: str) -> None:
+def summarise(rows: list[dict], n: int, kind: str, settle: int) -> None:
     taus = [row["tau"] for row in rows]
     print(f"n={n} {kind:>8} ({len(rows)} landscapes, {math.factorial(n)} orders): "
           f"Kendall tau pairwise vs truth median {statistics.median(taus):+.2f}, worst {min(taus):+.2f}")
-    for strategy in STRATEGIES:
+    for strategy, _, _ in variants(settle):
         runs = [row[strategy] for row in rows]
         regrets = [run.regret for run in runs]
         within = statistics.fmean(run.regret <= row["best_se"] for run, row in zip(runs, rows))
@@ -107,12 +125,15 @@ def _calibration(runs: list[Run]) -> str:
     claimed = [run for run in runs if run.claimed is not None]
     if not claimed:
         return ""
+    sure = [run for run in runs if run.sure]
+    wrong = f" ({statistics.fmean(run.wrongly_sure for run in sure):.1%} of those wrongly)" if sure else ""
     return (f" | claimed P(best of evaluated) {statistics.fmean(run.claimed for run in claimed):.2f}, truly best "
-            f"{statistics.fmean(run.best_of_evaluated for run in claimed):.2f}; separated {statistics.fmean(run.separated for run in runs):.0%}")
+            f"{statistics.fmean(run.best_of_evaluated for run in claimed):.2f}; separated {statistics.fmean(run.separated for run in runs):.0%}"
+            f"; sure that none is more than the margin better {len(sure) / len(runs):.0%}{wrong}")
 
 
-def aa_check(runs: int, n: int = 4) -> None:
-    """False eliminations and false winners of the race when every order is equally good."""
+def aa_check(runs: int, n: int = 4, min_margin: float = 0.0, settle: int = 0) -> None:
+    """False eliminations and false winners of the race (and of the settling after it) when every order is equally good."""
     methods = [f"m{i}" for i in range(n)]
     for noise in (0.5, 2.0):
         rng = random.Random(f"aa-{noise}")
@@ -120,7 +141,7 @@ def aa_check(runs: int, n: int = 4) -> None:
         for index in range(runs):
             world = equal_orders(rng, methods, noise=noise)
             found = recommend_order(methods, "surrogate", world_measure(world), outcomes=world_outcomes(world), seeds=SEEDS,
-                              seed=index)
+                                    seed=index, margin=min_margin, settle=settle)
             dropped += bool(found.race.dropped)
             winners += found.race.separated
             orders += len(found.evidence)
@@ -163,16 +184,19 @@ def main() -> None:
     parser.add_argument("--sizes", default="4,5", help="numbers of methods, comma-separated")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"landscape kinds, from {','.join(KINDS)}")
     parser.add_argument("--aa", type=int, metavar="RUNS", help="only the A/A check of the race, with this many runs")
+    parser.add_argument("--settle", type=int, default=0, help="also run the default allowed this many applications to "
+                        "settle an open choice (the margin: --min-margin)")
     args = parser.parse_args()
     if args.aa:
-        aa_check(args.aa)
+        aa_check(args.aa, min_margin=args.min_margin, settle=args.settle)
         return
     for n in map(int, args.sizes.split(",")):
         methods = [f"m{i}" for i in range(n)]
         for kind in args.kinds.split(","):
             rng = random.Random(f"{args.seed}-{n}-{kind}")
-            rows = [run_landscape(draw(rng, methods, kind), args.min_margin, index) for index in range(args.landscapes)]
-            summarise(rows, n, kind)
+            rows = [run_landscape(draw(rng, methods, kind), args.min_margin, index, args.settle)
+                    for index in range(args.landscapes)]
+            summarise(rows, n, kind, args.settle)
 
 
 def draw(rng: random.Random, methods: list[str], kind: str) -> Landscape:
