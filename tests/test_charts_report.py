@@ -337,9 +337,10 @@ def test_an_order_that_could_be_much_better_leaves_the_choice_open_instead_of_ca
 
 def test_settling_that_left_the_choice_open_says_what_it_spent(record):
     settled = searched(record, behind=2.4)
-    settled["search"]["verdict"]["settle"] = {"budget": 200, "spent": 96, "seeds": 6}
+    settled["search"]["verdict"] |= {"settle": {"budget": 200, "spent": 96, "seeds": 6}, "confidence": 0.99}
     settled["search"]["applications"] |= {"settle": 96, "total": 172}
     sentence = evidence_sentence(settled)
+    assert "by a 99% paired interval over seeds and images" in sentence  # the stricter interval settling stopped on
     assert ("so the choice among them is open, even after 6 more seeds (96 applications) of settling; more seeds would "
             "settle it.") in sentence
     assert "172 method applications were spent (32 per seed for the search, 12 on extra seeds for the contenders, 96 on " \

@@ -22,8 +22,8 @@ Bonferroni correction; with the seeds' degrees of freedom, uncorrected, in 3 %.
 
 Settling an open choice (recommend.py, `focus`) asks another question: not which order is best, but whether any
 contender could be more than the margin that counts better than the leader (`unsettled`, from the far end of the
-same paired interval, `shortfall`). Each new seed then goes to the leader and those orders only, and nothing is
-dropped.
+same paired interval, `shortfall`). Each new seed then goes to the leader and those orders only, and the orders
+significantly worse than the leader are dropped once, at the end.
 """
 
 from __future__ import annotations
@@ -142,9 +142,9 @@ def race(evidence: Evidence, run: RunSeed, *, next_seed: int, budget: int, highe
     """Race the orders of `evidence` (updated in place with the extra seeds' trials) within `budget`
     applications over the extra seeds; no order gets more than `max_seeds` seeds in all. `focus(contenders)`
     (leader first), when given, names the contenders still in question: each new seed then goes to the leader and
-    those (not the better half), the race ends when none is left, and it drops no order (one significantly worse than
-    the leader is out of question anyway; testing for drops again on every seed of a long race dropped one of four
-    equally good orders in 10 % of A/A runs, benchmarks/bench_search_synthetic.py --aa)."""
+    those (not the better half), the race ends when none is left, and it drops the orders significantly worse than the
+    leader only then, once (one is out of question anyway; testing for drops again on every seed of a long race
+    dropped one of four equally good orders in 10 % of A/A runs, benchmarks/bench_search_synthetic.py --aa)."""
     if not evidence:
         raise ValueError("a race needs at least one evaluated order")
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
@@ -159,6 +159,8 @@ def race(evidence: Evidence, run: RunSeed, *, next_seed: int, budget: int, highe
             wanted = result.contenders[:1] + focus(result.contenders) if len(result.contenders) > 1 else []
         batch = _affordable(wanted, evidence, budget - result.applications, max_seeds)
         if len(batch) < 2:
+            if focus is not None:
+                _drop(result, evidence, higher_is_better, confidence)
             return result
         trials = run(batch, seed)
         result.applications += prefix_cost(batch)

@@ -31,7 +31,7 @@ def evidence_sentences(record: dict) -> list[str]:
 def search_sentences(search: dict) -> list[str]:
     """How sure the search is of its order, which orders it could not tell apart, and its cost."""
     verdict = search["verdict"]
-    confidence = search.get("confidence", 0.95)
+    confidence = verdict.get("confidence", search.get("confidence", 0.95))  # after settling, the stricter one it used
     sentences = [_probability(verdict, confidence) + _separation(verdict, confidence), cost_sentence(search)]
     return sentences + coverage_sentences(search.get("positions_not_allowed") or [])
 
@@ -120,8 +120,8 @@ def choice_is_open(verdict: dict | None) -> bool:
 
 def settle_suggestion(search: dict) -> int | None:
     """A settle budget for a rerun when the choice is open: what settling already had, plus SETTLE_SEEDS more seeds for
-    the recommended order and every order it cannot be separated from (the race halves them, so it may need fewer);
-    None when the choice is not open."""
+    the recommended order and every order it cannot be separated from (settling runs only those still in question, so
+    it may spend less); None when the choice is not open."""
     verdict = search.get("verdict")
     if not choice_is_open(verdict):
         return None

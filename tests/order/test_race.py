@@ -123,6 +123,14 @@ def test_a_focused_race_runs_only_the_leader_and_the_orders_in_question_and_ends
     assert unsettled(before, standing(before, True), True, 0.95, 0.5)  # one seed earlier the choice was still open
 
 
+def test_a_focused_race_drops_the_orders_significantly_worse_than_the_leader_once_at_the_end():
+    world = World({A: 90.0, B: 80.0}, noise=0.2)
+    asked = []
+    result = race(world.evidence(), world, next_seed=3, budget=100, focus=lambda contenders: asked.append(contenders) or [])
+    assert asked == [[A, B]] and world.runs == []  # B was still in when the focus was asked
+    assert result.dropped == {B: 3} and result.separated
+
+
 def _trial(trial):
     score, hits = trial
     return score, tuple(hits)

@@ -108,7 +108,9 @@ def test_settling_races_the_orders_in_contention_on_later_seeds_until_none_could
     before = {chain: {s: t for s, t in found.evidence[chain].items() if s < settling[-1][1][0]} for chain in found.race.contenders}
     assert unsettled(before, standing(before, True), True, 1 - 0.05 / SETTLE_LOOKS, 0.5)
     assert found.chain == found.race.leader and found.race.seeds_run == raced.race.seeds_run + [s[0] for _, s, _ in settling]
-    assert found.to_dict()["verdict"]["settle"] == {"budget": 300, "spent": spent["settle"], "seeds": len(settling)}
+    verdict = found.to_dict()["verdict"]
+    assert verdict["settle"] == {"budget": 300, "spent": spent["settle"], "seeds": len(settling)}
+    assert verdict["confidence"] == pytest.approx(0.99) and raced.to_dict()["verdict"]["confidence"] == 0.95
 
 
 def test_settling_spends_nothing_when_the_choice_is_not_open():
