@@ -85,7 +85,7 @@ def test_explore_writes_json_and_csv_results(tmp_path, capsys):
                  "--out", str(out), "--cache", str(tmp_path / "cache"), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "recommended chain" in printed and "BitOps reduction" in printed
+    assert "Recommended chain: " in printed and "BitOps reduction" in printed
     record = json.loads((out / "exploration.json").read_text())
     spent = record["search"]["applications"]["total"]  # the default search says how sure it is and what it spent
     assert "Whole orders evaluated by the surrogate search" in printed and "P(best)" in printed
