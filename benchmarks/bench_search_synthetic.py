@@ -11,15 +11,22 @@ digits settings, instead of 0.4. Pair outcomes come from 3 noisy seeds of each o
 its budget (2x the pairwise plan per seed for all but exhaustive). Prints per strategy and kind:
 median and worst regret (best order's true score minus the chosen chain's, in points), median and
 worst rank of n!, applications over all seeds (the race included), Kendall's tau between the
-pairwise-implied ranking and the true ranking, and the mean probability the search claims for its
-order being the best of those it evaluated next to the share of landscapes where it truly is.
+pairwise-implied ranking and the true ranking, the mean probability the search claims for its
+order being the best of those it evaluated next to the share of landscapes where it truly is, and how often
+its verdict is sure that no evaluated order is more than --min-margin better (separated, or a sound choice)
+and how often one truly is. With --settle N, the default also runs allowed N applications to settle an
+open choice (ordercomp.order.recommend, step 5):
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_search_synthetic.py --landscapes 100 --sizes 4 \
+        --kinds noisy,noisy-trap,ordinary --min-margin 0.5 --settle 300
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_search_synthetic.py --aa 200
 
 The A/A check of the race: every order equally good, measured per seed and per image
 (ordercomp.order.synthetic.EqualOrders, 359 images, about 0.4 and about 2 points of seed sd);
 prints the share of runs in which the race drops an order (a false elimination) and in which it
-declares the recommended order separated from every other (a false winner).
+declares the recommended order separated from every other (a false winner); with --settle and --min-margin,
+after settling.
 """
 from __future__ import annotations
 
