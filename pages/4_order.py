@@ -20,7 +20,7 @@ def settle_button(record: dict) -> None:
     settle = settle_suggestion(record.get("search") or {})
     if not settle:
         return
-    if st.button(f"Settle it: race these orders on up to {SETTLE_SEEDS} more seeds (at most {settle} more method applications)",
+    if st.button(f"Settle it: race these orders on up to {SETTLE_SEEDS} more seeds (a settle budget of {settle} method applications)",
                  help="Runs this exploration again as a new run; every step already run comes from the cache, so only "
                       "the new seeds cost."):
         try:

@@ -597,7 +597,7 @@ def test_an_open_choice_is_settled_by_a_new_run_that_races_its_orders_on_more_se
     at = app("4_order", job=job)
     assert "so the choice among them is open" in plain(at.main.info[0].value)
     button = next(button for button in at.main.button if button.label.startswith("Settle it"))
-    assert button.label.endswith("up to 8 more seeds (at most 32 more method applications)")  # both orders: 4 prefixes a seed
+    assert button.label.endswith("up to 8 more seeds (a settle budget of 32 method applications)")  # both orders: 4 prefixes a seed
     button.click().run()
     settling = store.get(spawned[0])
     assert settling["spec"] == ExploreSpec.from_dict(finished["record"]["spec"] | {"settle": 32}).to_dict()

@@ -29,10 +29,10 @@ being the fraction of the fine-tuning budget). Its phases:
    (race.py), until none could or those applications are spent; its tests, after every seed, use a stricter interval
    (SETTLE_LOOKS), and so does the verdict after it: at the end, the orders significantly worse than the leader by it
    are dropped once (by the 95% interval, 14.5% of A/A runs at 2 points of seed noise dropped one of four equal
-   orders: the leader is the highest of several means), and the bound on how far behind the leader could be is its. The exploration's seeds chose the
-   contenders, so the best of them is high partly by luck, and more seeds are what tells it from luck (stop 33: on a
-   held-out setting the recommended order, chosen on 4 seeds, scored 13.8 points below another contender on 8 fresh
-   seeds).
+   orders: the leader is the highest of several means), and the bound on how far behind the leader could be is its.
+   The exploration's seeds chose the contenders, so the best of them is high partly by luck, and more seeds are what
+   tells it from luck (stop 33: on a held-out setting the recommended order, chosen on 4 seeds, scored 13.8 points
+   below another contender on 8 fresh seeds).
 
 The pairwise strategy evaluates no whole order (the paper's chain is recommended as it is), and
 exhaustive evaluates every order, so neither races.
