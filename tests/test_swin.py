@@ -81,3 +81,53 @@ def test_a_bounded_call_past_its_memory_or_its_time_is_stopped_and_one_within_th
     assert time.monotonic() - start < 60
     assert bounded(lambda: sum(range(1000)), "adding", seconds=1) == 499500
     time.sleep(0.3)  # the watchdog has nothing left to raise after a call that returned
+
+
+@pytest.mark.parametrize("bound", ["memory", "time"])
+def test_a_stop_the_call_swallows_is_raised_again_until_the_call_ends(bound):
+    # before: the watchdog raised once and left; a stop met in a __del__, a weakref callback or a bare `except:` was
+    # lost, and the call ran on with no bound at all
+    def swallows_its_first_stop_then_runs_on():
+        kept = []
+        try:
+            while True:
+                kept.append(bytearray(1 << 20))
+        except BaseException:  # a dependency's bare except
+            kept.clear()
+        end = time.monotonic() + 15
+        while time.monotonic() < end:  # without a second stop: 0.5 GiB more, then it returns
+            if len(kept) < 512:
+                kept.append(bytearray(1 << 20))
+        return "ran on"
+
+    bounds = {"memory": {"extra_bytes": GIB // 10}, "time": {"seconds": 1, "extra_bytes": 2 * GIB}}[bound]
+    start = time.monotonic()
+    with pytest.raises(Overrun, match="was stopped$"):
+        bounded(swallows_its_first_stop_then_runs_on, "swallowing", **bounds)
+    assert time.monotonic() - start < 12  # stopped again 5 s or half the memory bound after the stop it swallowed
+    time.sleep(1.5)  # nothing is raised into the test after the call has ended
+
+
+class _Garbage:
+    """Cyclic garbage whose finalizer runs Python code: the collector runs it in whichever thread allocates."""
+
+    def __init__(self):
+        self.me = self
+
+    def __del__(self):
+        sum(range(200))
+
+
+def test_a_stop_lost_in_a_finalizer_is_raised_again_at_once():
+    # before: most stops landed in a __del__ (where Python only reports them) and the call ran on unbounded
+    def makes_garbage():
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            _Garbage()
+        return "ran on"
+
+    for _ in range(3):
+        start = time.monotonic()
+        with pytest.raises(Overrun, match=r"^making garbage ran for more than 0\.2 s and was stopped$"):
+            bounded(makes_garbage, "making garbage", seconds=0.2)
+        assert time.monotonic() - start < 5
