@@ -7,6 +7,8 @@ test that still creates, changes or removes anything in the checkout fails at te
 The check stats every file of the checkout but .git, .venv and bytecode (about 140 entries) before
 and after each test: measured 0.8 ms a snapshot on an idle core, 3 ms at load average 15, so under two
 seconds over the suite. What a fixture writes as a test sets it up or tears it down counts as the test's.
+
+And the memory ceiling (memory_ceiling.py): a test that takes the process past 8 GiB stops the run with its name.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from ordercomp.models.zoo import create_model
 from testkit import holding, wait_for as wait_until
 
 torch.set_num_threads(2)
+pytest_plugins = ["memory_ceiling"]
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 NOT_THE_CHECKOUTS = {".git", ".venv", "__pycache__", ".pytest_cache"}  # git's, the venv, bytecode, pytest's own cache

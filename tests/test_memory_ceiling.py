@@ -1,0 +1,34 @@
+"""The suite's memory ceiling: a test that runs away stops the run with its name and the stacks, not the machine."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import memory_ceiling
+
+HOARDING_TEST = '''
+def test_that_hoards():
+    kept = []
+    for _ in range(2048):  # 2 GiB at most, far past the ceiling this run is given
+        kept.append(bytearray(1 << 20))
+'''
+
+
+def test_a_test_that_takes_the_process_past_the_ceiling_stops_the_run_and_is_named(tmp_path):
+    (tmp_path / "test_hoard.py").write_text(HOARDING_TEST)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    env = dict(os.environ, ORDERCOMP_TEST_MEMORY_CEILING_GIB="0.5",
+               PYTHONPATH=os.pathsep.join([str(Path(memory_ceiling.__file__).parent), *sys.path]))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "memory_ceiling", "-p", "no:cacheprovider",
+                          "test_hoard.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == memory_ceiling.EXIT_STATUS
+    assert "test_hoard.py::test_that_hoards took the test process past its memory ceiling of 0.5 GiB" in run.stderr
+    assert re.search(re.escape(f'File "{tmp_path / "test_hoard.py"}", line ') + r"[45] in test_that_hoards", run.stderr)
+
+
+def test_the_ceiling_is_eight_gibibytes_unless_set(monkeypatch):
+    monkeypatch.delenv("ORDERCOMP_TEST_MEMORY_CEILING_GIB", raising=False)
+    assert memory_ceiling.ceiling_bytes() == 8 * (1 << 30)
