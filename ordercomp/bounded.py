@@ -58,7 +58,6 @@ class _Watchdog:
         self.lock = threading.Lock()
         self.done = False
         self.reason: str | None = None
-        self.fired = False
         self.fired_at = self.fired_bytes = None  # when the last stop was raised, and the memory the process held then
         self.wake = threading.Event()  # set when a stop was lost in a finalizer: look again now
         self.start_bytes, self.start_time = resident_bytes(), time.monotonic()
@@ -76,7 +75,7 @@ class _Watchdog:
                     self.stop()
 
     def _runs_on_past_its_stop(self) -> bool:
-        if not self.fired:
+        if self.fired_at is None:
             return True
         now = resident_bytes()
         grew = now is not None and self.fired_bytes is not None and now - self.fired_bytes > self.extra_bytes / 2
@@ -84,7 +83,7 @@ class _Watchdog:
 
     def stop(self) -> None:
         """Raise `_Stop` in the bounded thread at its next Python instruction (again, if an earlier one was lost)."""
-        self.fired, self.fired_at, self.fired_bytes = True, time.monotonic(), resident_bytes()
+        self.fired_at, self.fired_bytes = time.monotonic(), resident_bytes()
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(_Stop))
 
     def _overrun(self) -> str | None:
@@ -101,7 +100,7 @@ class _Watchdog:
         """No raise after this; one the watchdog set that the thread has not met yet is withdrawn."""
         with self.lock:
             self.done = True
-            if self.fired:
+            if self.fired_at is not None:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), None)
 
 

@@ -33,8 +33,8 @@ def _watch(ceiling: int, config) -> None:
             if capture is not None:
                 capture.suspend_global_capture()  # what follows goes to the run's own stderr, not a test's capture
             sys.stderr.write(f"\n{_running['test']} took the test process past its memory ceiling of "
-                                 f"{ceiling / GIB:.1f} GiB ({held / GIB:.1f} GiB); every thread's stack follows, "
-                                 "then the run stops\n")
+                             f"{ceiling / GIB:.1f} GiB ({held / GIB:.1f} GiB); every thread's stack follows, "
+                             "then the run stops\n")
             faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
             sys.stderr.flush()
             os._exit(EXIT_STATUS)
