@@ -1,7 +1,7 @@
 """A pytest plugin (loaded by conftest): stop the test run, naming the test and showing every thread's stack, when
 the test process holds more than a ceiling of memory.
 
-A whole run has peaked at 2.1–3.8 GB (the largest process GNU time saw). Past the ceiling something has run away,
+A whole run has peaked at 2.1–4.0 GB (the largest process GNU time saw). Past the ceiling something has run away,
 and left alone it takes the machine: the kernel then kills pytest without a word (a CI run died so, at 24 GB, with
 no test named). The ceiling is $ORDERCOMP_TEST_MEMORY_CEILING_GIB, 8 GiB unless set.
 """
