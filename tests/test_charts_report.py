@@ -335,6 +335,26 @@ def test_an_order_that_could_be_much_better_leaves_the_choice_open_instead_of_ca
     assert "int8 (0.20 points ahead on the 4 seeds both were measured on) could be up to 10.80" in evidence_sentence(ahead)
 
 
+def test_an_order_far_behind_that_could_not_be_separated_is_not_called_a_sound_choice(record):
+    """Stop 35's held-out digits_cnn setting: after settling, the sentence called any of the inseparable orders a sound
+    choice, one of them 5.7 points behind on 9 seeds (its 99% interval still reached 0). None of them could be much
+    better than the recommended one, so it is sound; that one could be much worse, so not every one is."""
+    settled = searched(record)
+    settled["search"]["verdict"] |= {"confidence": 0.99, "gaps": [
+        {"chain": OTHER, "lower": 0.2, "better_at_most": 0.31, "worse_at_most": 0.45, "seeds": 9},
+        {"chain": THIRD, "lower": 5.7, "better_at_most": 0.0, "worse_at_most": 11.2, "seeds": 9}]}
+    sentence = evidence_sentence(settled)
+    assert ("by a 99% paired interval over seeds and images none of them is more than 0.31 points better, within the 0.5 "
+            "points that count, so the recommended order is a sound choice, but not every one of them: prune → early_exit → "
+            "quantize → int8 (5.70 points behind on the 9 seeds both were measured on) could be up to 11.20 points worse.") in sentence
+    assert "any of them is a sound choice" not in sentence
+    settled["search"]["verdict"]["gaps"][0]["worse_at_most"] = 0.8
+    assert "int8 (5.70 points behind on the 9 seeds both were measured on) could be up to 11.20 points worse (and 1 more " \
+           "could be more than 0.5 points worse)." in evidence_sentence(settled)
+    settled["search"]["verdict"]["gaps"] = [gap | {"worse_at_most": 0.4} for gap in settled["search"]["verdict"]["gaps"]]
+    assert "within the 0.5 points that count, so any of them is a sound choice." in evidence_sentence(settled)
+
+
 def test_settling_that_left_the_choice_open_says_what_it_spent(record):
     settled = searched(record, behind=2.4)
     settled["search"]["verdict"] |= {"settle": {"budget": 200, "spent": 96, "seeds": 6}, "confidence": 0.99}

@@ -23,7 +23,8 @@ being the fraction of the fine-tuning budget). Its phases:
 4. assess (certainty.py): the probability that each order measured at the full budget is the best
    of them, the orders the recommended one could not be separated from, and how far behind the best of
    those it could be (the far end of their paired interval): within `margin`, the smallest difference
-   that counts, any of them is a sound choice; beyond it, the choice is open;
+   that counts, the recommended order is a sound choice, and any of them is if none could be more than
+   `margin` worse either (`gaps`); beyond it, the choice is open;
 5. settle (opt-in, `settle` applications): while the choice is open, the race goes on over the orders still in
    contention, each new seed for the leader and the orders that could still be more than `margin` better than it
    (race.py), until none could or those applications are spent; its tests, after every seed, use a stricter interval
@@ -89,20 +90,28 @@ class Recommendation:
         """The orders the recommended one could not be separated from (the race's other contenders)."""
         return [chain for chain in self.race.contenders if chain != self.chain] if self.race else []
 
+    def gaps(self) -> list[dict[str, Any]]:
+        """For each order the recommended one could not be separated from: how far behind it scored on their common
+        seeds (`lower`: worse, whichever way the objective points; negative when it scored ahead), on how many, and how
+        much better (`better_at_most`) or worse (`worse_at_most`) the paired interval over seeds and images lets it be
+        (None when no interval can be drawn)."""
+        gaps = []
+        for chain in self.inseparable:
+            points, interval = shortfall(self.evidence, self.chain, chain, self.higher_is_better, self.verdict_confidence)
+            gaps.append({"chain": list(chain), "lower": interval.mean, "better_at_most": None if points == math.inf else points,
+                         "worse_at_most": interval.high, "seeds": len(set(self.evidence[self.chain]) & set(self.evidence[chain]))})
+        return gaps
+
     def behind_at_most(self) -> dict[str, Any] | None:
         """The inseparable order the recommended one could trail by the most: its chain, by how many points (the far end
         of the paired interval, seeds and images, of recommended minus it; None when no interval can be drawn), how
-        far behind the recommended one it scored on their common seeds (`lower`: worse, whichever way the objective
-        points), and on how many."""
-        bounds = []
-        for chain in self.inseparable:
-            points, interval = shortfall(self.evidence, self.chain, chain, self.higher_is_better, self.verdict_confidence)
-            bounds.append((points, chain, interval.mean))
-        if not bounds:
+        far behind the recommended one it scored on their common seeds (`lower`), and on how many."""
+        gaps = self.gaps()
+        if not gaps:
             return None
-        points, chain, lower = max(bounds)
-        return {"chain": list(chain), "points": None if points == math.inf else points, "lower": lower,
-                "seeds": len(set(self.evidence[self.chain]) & set(self.evidence[chain]))}
+        far = lambda gap: math.inf if gap["better_at_most"] is None else gap["better_at_most"]
+        gap = max(gaps, key=lambda gap: (far(gap), gap["chain"]))
+        return {"chain": gap["chain"], "points": gap["better_at_most"], "lower": gap["lower"], "seeds": gap["seeds"]}
 
     def to_dict(self) -> dict[str, Any]:
         """The search's record: what every consumer (CLI, pages, report) reads."""
@@ -117,7 +126,7 @@ class Recommendation:
         if self.evidence:
             record["verdict"] = {"chain": list(self.chain), "evaluated": len(self.evidence), "probability": probability,
                                  "inseparable": [list(c) for c in self.inseparable],
-                                 "behind_at_most": self.behind_at_most(), "margin": self.margin,
+                                 "behind_at_most": self.behind_at_most(), "gaps": self.gaps(), "margin": self.margin,
                                  "separated": bool(self.race and self.race.separated),
                                  "extra_seeds": list(self.race.seeds_run) if self.race else [], "settle": self.settle,
                                  "confidence": self.verdict_confidence}

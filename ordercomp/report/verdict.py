@@ -12,6 +12,8 @@ best order's standard error.
 """
 from __future__ import annotations
 
+import math
+
 from ..order.graph import LISTED_ORDERS
 from ..order.plan import chain_text
 from ..order.search import prefix_cost
@@ -85,8 +87,9 @@ def _separation(verdict: dict, confidence: float) -> str:
 
 
 def _how_far_behind(verdict: dict, confidence: float) -> str:
-    """How much better an order it cannot be separated from could be: within the margin that counts, any of them is
-    a sound choice; beyond it, the choice is open (a record from before the bound was kept: only 'within noise')."""
+    """How much better an order it cannot be separated from could be: within the margin that counts, the recommended
+    order is a sound choice (and any of them, if none could be more than the margin worse either); beyond it, the
+    choice is open (a record from before the bound was kept: only 'within noise')."""
     behind, margin = verdict.get("behind_at_most"), verdict.get("margin")
     if not behind or margin is None:
         return ": the top orders are within noise of each other."
@@ -95,10 +98,25 @@ def _how_far_behind(verdict: dict, confidence: float) -> str:
     points, interval = f"{behind['points']:.2f}", f"a {share_text(confidence)} paired interval over seeds and images"
     if behind["points"] <= margin:
         return (f": by {interval} none of them is more than {points} points better, within the {margin:g} points that "
-                "count, so any of them is a sound choice.")
+                f"count, so {_who_is_sound(verdict, margin)}")
     counted = f", more than the {margin:g} points that count" if margin else ""
     return (f": by {interval} {chain_text(behind['chain'])}{_scored(behind)} could be up to {points} points "
             f"better{counted}, so the choice among them is open{_settled_so_far(verdict)}; more seeds would settle it.")
+
+
+def _who_is_sound(verdict: dict, margin: float) -> str:
+    """'any of them is a sound choice.' when none of them could be more than the margin worse than the recommended one
+    either (or a record from before the gaps were kept); else the recommended order alone, and the order that could
+    trail it by the most: an order that scored 5.7 points behind can still be inseparable on a few seeds."""
+    worse = [gap for gap in verdict.get("gaps") or [] if gap["worse_at_most"] is None or gap["worse_at_most"] > margin]
+    if not worse:
+        return "any of them is a sound choice."
+    far = max(worse, key=lambda gap: math.inf if gap["worse_at_most"] is None else gap["worse_at_most"])
+    bound = ("could be worse by any amount" if far["worse_at_most"] is None
+             else f"could be up to {far['worse_at_most']:.2f} points worse")
+    more = f" (and {len(worse) - 1} more could be more than {margin:g} points worse)" if len(worse) > 1 else ""
+    return (f"the recommended order is a sound choice, but not every one of them: {chain_text(far['chain'])}"
+            f"{_scored(far)} {bound}{more}.")
 
 
 def _settled_so_far(verdict: dict) -> str:

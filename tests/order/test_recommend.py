@@ -82,6 +82,11 @@ def test_the_verdict_says_how_far_behind_an_order_it_cannot_separate_the_recomme
     assert behind["points"] == pytest.approx(max(0.0, max(far_ends.values()))) == max(0.0, far_ends[tuple(behind["chain"])])
     assert behind["seeds"] == len(set(found.evidence[found.chain]) & set(found.evidence[tuple(behind["chain"])]))
     assert behind["lower"] == intervals[tuple(behind["chain"])].mean
+    gaps = {tuple(gap["chain"]): gap for gap in verdict["gaps"]}  # how much worse each could be, too (the sentence's "sound")
+    assert set(gaps) == set(found.inseparable)
+    for other, interval in intervals.items():
+        assert gaps[other]["lower"] == interval.mean and gaps[other]["worse_at_most"] == interval.high
+        assert gaps[other]["better_at_most"] == max(0.0, far_ends[other])
 
 
 def test_settling_races_the_orders_in_contention_on_later_seeds_until_none_could_be_better_by_the_margin():
