@@ -3,9 +3,9 @@ this machine, each a `ray start --block` of 1 CPU with token authentication on, 
 across both nodes; a driver without the token, and an address where something that is not Ray listens,
 are one line and exit 2 within seconds.
 
-The cluster is this module's own: its folders under pytest's, its ports chosen free, and the processes it
-started stopped by their process group when the module ends (`ray stop` would stop every Ray process on the
-machine, other users' clusters too).
+The cluster is this module's own: its folders in a short temporary folder, its ports chosen free, and the
+processes it started stopped by their process group when the module ends (`ray stop` would stop every Ray process
+on the machine, other users' clusters too).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -106,9 +107,13 @@ def alive_nodes(address: str) -> int:
     return sum(node.state == GcsNodeInfo.ALIVE for node in nodes)
 
 
-def wait_for(condition, what: str):
+def wait_for(condition, what: str, node: subprocess.Popen, log: Path):
+    """Until `condition` holds; fails at once, with the last line of its log, when the node's `ray start` has exited."""
     deadline = time.monotonic() + START_S
     while time.monotonic() < deadline:
+        if node.poll() is not None:
+            last = ([line for line in log.read_text(errors="replace").splitlines() if line.strip()] or ["(empty log)"])[-1]
+            pytest.fail(f"{what} exited with status {node.returncode}: {last}")
         try:
             if condition():
                 return
@@ -119,9 +124,15 @@ def wait_for(condition, what: str):
 
 
 @pytest.fixture(scope="module")
-def token_cluster(tmp_path_factory):
-    """A head and a second node with token authentication, the token in a file of their own (not ~/.ray)."""
-    root = tmp_path_factory.mktemp("ray")  # short: Ray's socket paths under it must stay within 107 characters
+def token_cluster():
+    """A head and a second node with token authentication, the token in a file of their own (not ~/.ray). Their
+    folder is a short one of its own under /tmp, not pytest's: Ray puts its sockets four levels below it, and a
+    socket's path may not exceed 107 bytes (pytest's folders, under xdist or a longer TMPDIR, go past it)."""
+    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp", ignore_cleanup_errors=True) as folder:
+        yield from _token_cluster(Path(folder))
+
+
+def _token_cluster(root: Path):
     token = root / "token"
     token.write_text(secrets.token_hex(32))
     env = {name: value for name, value in os.environ.items() if name not in AUTH}
@@ -130,9 +141,9 @@ def token_cluster(tmp_path_factory):
     nodes = [start_node(root / "head", "--head", f"--port={address.split(':')[1]}", "--include-dashboard=false", env=env)]
     try:
         with driver_auth("token", token):
-            wait_for(lambda: alive_nodes(address) == 1, "the head")
+            wait_for(lambda: alive_nodes(address) == 1, "the head", nodes[0], root / "head.log")
             nodes.append(start_node(root / "node2", f"--address={address}", env=env))
-            wait_for(lambda: alive_nodes(address) == 2, "the second node")
+            wait_for(lambda: alive_nodes(address) == 2, "the second node", nodes[1], root / "node2.log")
         yield Cluster(address, token, root / "node2")
     finally:
         stop_nodes(nodes)
