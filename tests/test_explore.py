@@ -96,8 +96,12 @@ def test_the_default_search_picks_the_best_whole_order_it_evaluated_within_twice
     assert [done for done, _ in progress] == list(range(1, len(progress) + 1))
     assert progress[-1][0] == applications(record) == len(record["steps"]) + 4
     search = record["search"]
-    assert search["strategy"] == "surrogate" and search["budget_per_seed"] == 32
-    assert search["applications_per_seed"] <= 32 and len({tuple(s["chain"]) for s in record["steps"] if s["seed"] == 0}) <= 32
+    # twice the pairwise plan per seed; 2.5 x when its leader was already the best with probability 0.9 or more, so that a
+    # race had little to decide (recommend._sure: which happens turns on the scores, and those on the CPU's kernels and
+    # torch's thread count; with one thread it did here)
+    budget = search["budget_per_seed"]
+    assert search["strategy"] == "surrogate" and budget in (32, 40)
+    assert search["applications_per_seed"] <= budget and len({tuple(s["chain"]) for s in record["steps"] if s["seed"] == 0}) <= budget
     assert search["applications"]["total"] <= 2.5 * 16 and len(record["steps"]) == search["applications"]["total"]
     whole = [o for o in search["orders"] if len(o["chain"]) == 4]
     assert len(whole) == len(search["orders"]) >= 4
