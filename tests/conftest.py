@@ -9,6 +9,10 @@ and after each test: measured 0.8 ms a snapshot on an idle core, 3 ms at load av
 seconds over the suite. What a fixture writes as a test sets it up or tears it down counts as the test's.
 
 And the memory ceiling (memory_ceiling.py): a test that takes the process past 8 GiB stops the run with its name.
+
+Under pytest-xdist (the README's test command runs two workers), each worker runs torch, and the processes its tests
+start, on one thread: with two threads each, two workers on two cores took twice the CPU time (1073 s of user time
+for the suite alone, 2274 s in two workers) and the run was slower than one process.
 """
 from __future__ import annotations
 
@@ -24,7 +28,11 @@ from ordercomp.train import Budget, train
 from ordercomp.models.zoo import create_model
 from testkit import holding, wait_for as wait_until
 
-torch.set_num_threads(2)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each, and in what they start
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 pytest_plugins = ["memory_ceiling"]
 
 CHECKOUT = Path(__file__).resolve().parent.parent

@@ -3,7 +3,8 @@ the test process holds more than a ceiling of memory.
 
 A whole run has peaked at 2.1–4.0 GB (the largest process GNU time saw). Past the ceiling something has run away,
 and left alone it takes the machine: the kernel then kills pytest without a word (a CI run died so, at 24 GB, with
-no test named). The ceiling is $ORDERCOMP_TEST_MEMORY_CEILING_GIB, 8 GiB unless set.
+no test named). The ceiling is $ORDERCOMP_TEST_MEMORY_CEILING_GIB, 8 GiB unless set. Under pytest-xdist the process
+is a worker: xdist then fails that test as "crashed" and goes on with a new worker.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _watch(ceiling: int, config) -> None:
                 capture.suspend_global_capture()  # what follows goes to the run's own stderr, not a test's capture
             sys.stderr.write(f"\n{_running['test']} took the test process past its memory ceiling of "
                              f"{ceiling / GIB:.1f} GiB ({held / GIB:.1f} GiB); every thread's stack follows, "
-                             "then the run stops\n")
+                             "then the test process stops\n")
             faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
             sys.stderr.flush()
             os._exit(EXIT_STATUS)
