@@ -10,10 +10,9 @@ seconds over the suite. What a fixture writes as a test sets it up or tears it d
 
 And the memory ceiling (memory_ceiling.py): a test that takes the process past 8 GiB stops the run with its name.
 
-Under pytest-xdist (the README's test command runs two workers), each worker runs torch on one thread: with two
-threads each, two workers on two cores took twice the CPU time (2274 s of user time against 1246 s in one process) and
-the run was slower than one process (1355 s against 1227 s); with one, 740 s. The processes its tests start (job
-workers, app servers) keep their own thread counts: giving them one thread too (OMP_NUM_THREADS=1) made the run 861 s.
+Under pytest-xdist (the README's test command runs two workers on two cores) each worker runs torch on one thread:
+with two each, their threads waited on each other and the run took longer than in one process. The processes the
+tests start keep their own thread counts (stop 37's note has the figures).
 """
 from __future__ import annotations
 
@@ -29,10 +28,7 @@ from ordercomp.train import Budget, train
 from ordercomp.models.zoo import create_model
 from testkit import holding, wait_for as wait_until
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one torch thread each
-    torch.set_num_threads(1)
-else:
-    torch.set_num_threads(2)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 pytest_plugins = ["memory_ceiling"]
 
 CHECKOUT = Path(__file__).resolve().parent.parent
