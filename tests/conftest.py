@@ -13,11 +13,18 @@ And the memory ceiling (memory_ceiling.py): a test that takes the process past 8
 Under pytest-xdist (the README's test command runs two workers on two cores) each worker runs torch on one thread:
 with two each, their threads waited on each other and the run took longer than in one process. The processes the
 tests start keep their own thread counts (stop 37's note has the figures).
+
+OpenMP's waiting threads sleep (OMP_WAIT_POLICY=PASSIVE, unless the environment says otherwise), in this process and
+every process it starts: the suite runs more busy processes than CI has cores (two workers, and the job workers, app
+servers and Chromium their tests start), and a thread that spins while it waits holds a core the thread it waits for
+needs. Beside one CPU hog, the browser module's export test took 303 s spinning and 103 s sleeping; idle, 98 s and 96 s.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP runtime (docstring)
 
 import pytest
 import torch
