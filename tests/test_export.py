@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from ordercomp.deploy import export
 from ordercomp.exploration import explorer
@@ -116,6 +117,57 @@ def test_a_rounding_step_on_a_few_images_passes_only_where_activations_are_quant
     monkeypatch.setattr(export, "quantises_activations", lambda model: False)  # float activations: nothing rounds
     strict = export.check_program("packed", path, OffsetLogits(program, 0.3), compressed.data)
     assert strict["allowed_beyond_tolerance"] == 0 and not strict["passed"] and "FAILED" in export.check_text(strict)
+
+
+@pytest.fixture(scope="module")
+def few_digits(digits):
+    """The digits with 40 test images: their confidences lie far enough apart for one to sit alone on a threshold."""
+    few = copy.copy(digits)
+    few.test = TensorDataset(*(tensor[:40] for tensor in digits.test.tensors))
+    return few
+
+
+@pytest.fixture(scope="module")
+def float_exits(tiny_model, few_digits):
+    """The trained cnn_tiny with early exits and float activations, its threshold at one test image's first-exit
+    confidence, the one farthest from the others' (more than the check's tolerance from any)."""
+    model = get_method("early_exit").apply(copy.deepcopy(tiny_model), get_method("early_exit").default_config(),
+                                           Context(few_digits, Budget(epochs=1), seed=0)).eval()
+    with torch.no_grad():
+        outputs = model.forward_all(few_digits.test.tensors[0])
+    confidence = outputs[0].softmax(1).amax(1).sort().values
+    gaps = torch.minimum(confidence[1:-1] - confidence[:-2], confidence[2:] - confidence[1:-1])
+    model.threshold = confidence[1 + gaps.argmax()].item()
+    assert gaps.max() > 2 * export.CHECK_TOLERANCE * max(1.0, max(o.abs().max().item() for o in outputs))
+    return model
+
+
+def a_runtime_that_rounds(model: EarlyExitNet, shift: float):
+    """A file's logits from a runtime whose confidences come out `shift` lower than PyTorch's."""
+    moved = copy.deepcopy(model)
+    moved.threshold += shift
+
+    def run(name, path, images, trust_torchscript=False):
+        with torch.no_grad():
+            return export.exportable(moved)(images).numpy()
+    return run
+
+
+def test_an_image_at_the_exit_threshold_may_leave_at_either_exit(float_exits, few_digits, tmp_path, monkeypatch):
+    """An Intel Xeon's onnxruntime put a ViT's image at the threshold on the other side of it: that image's logits
+    were the next exit's, 1.24 from PyTorch's, and the float ONNX check failed there while it passed on an AMD EPYC."""
+    program, images = export.exportable(float_exits), few_digits.test.tensors[0]
+    rounding = a_runtime_that_rounds(float_exits, 1e-6)
+    with torch.no_grad():
+        apart = (rounding("onnx", None, images) - program(images).numpy()).__abs__().max(1)
+    monkeypatch.setattr(export, "run_program", rounding)
+    check = export.check_program("onnx", tmp_path / "model.onnx", program, few_digits)
+    assert (apart > check["tolerance"]).sum() == 1  # the image at the threshold took the next exit
+    assert check["passed"] and check["images_at_exit_threshold"] == 1 and check["images_beyond_tolerance"] == 0
+    assert "1 image(s) at an exit's threshold, held to either exit" in export.check_text(check)
+    monkeypatch.setattr(export, "run_program", a_runtime_that_rounds(float_exits, 0.05))  # exits wrong well off the threshold
+    wrong = export.check_program("onnx", tmp_path / "model.onnx", program, few_digits)
+    assert not wrong["passed"] and wrong["images_beyond_tolerance"] > 1
 
 
 def test_every_float_file_is_checked_on_the_whole_test_split_with_its_tolerance_stated(exported, compressed):

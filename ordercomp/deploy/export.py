@@ -62,7 +62,8 @@ INT8_ACCURACY_POINTS = 0.5   # and its accuracy at most this far below the float
 CHECK_BATCH = 256
 TOLERANCES = {  # what each check demands, as the manifest states it
     "float formats": f"every logit within {CHECK_TOLERANCE:g} x max(1, largest |logit|) of PyTorch's, on the whole test split "
-                     f"(with quantised activations, on all but {100 * ROUNDING_STEP_SHARE:g}% of its images: rounding steps)",
+                     f"(with quantised activations, on all but {100 * ROUNDING_STEP_SHARE:g}% of its images: rounding steps; "
+                     "with early exits, an image whose confidence at an exit is that close to the threshold may match either exit)",
     "onnx_int8": f"top-1 agreement with the deployable float model on at least {100 * INT8_AGREEMENT:g}% of the whole test split, "
                  f"and accuracy at most {INT8_ACCURACY_POINTS:g} points below it",
 }
@@ -206,7 +207,8 @@ def check_program(name: str, path: Path, program: nn.Module, data: DataBundle) -
     """The written file, loaded back, against PyTorch on the whole test split: it passes when no logit differs
     by more than CHECK_TOLERANCE x max(1, largest |logit|), on every image, or, when the model quantises
     activations, on all but ROUNDING_STEP_SHARE of them; the largest difference, the images beyond the
-    tolerance and the top-1 agreement are recorded as they are."""
+    tolerance and the top-1 agreement are recorded as they are. With early exits, an image at the threshold
+    is held to the exits it may take (`either_side_of_the_threshold`)."""
     images = data.test.tensors[0]
     try:
         got = np.concatenate([run_program(name, path, batch.contiguous(), trust_torchscript=True)  # written a moment ago by this process
@@ -217,12 +219,40 @@ def check_program(name: str, path: Path, program: nn.Module, data: DataBundle) -
         expected = torch.cat([program(batch) for batch in images.split(CHECK_BATCH)]).numpy()
     per_image = np.abs(got - expected).max(axis=1)
     tolerance = CHECK_TOLERANCE * max(1.0, float(np.abs(expected).max()))
+    at_threshold = {}
+    if isinstance(program, StaticExitSelect):
+        per_image, borderline = either_side_of_the_threshold(program, images, got, tolerance)
+        at_threshold = {"images_at_exit_threshold": borderline}
     beyond = int((per_image > tolerance).sum())
     allowed = int(ROUNDING_STEP_SHARE * len(images)) if quantises_activations(program) else 0
     agreement = float((got.argmax(1) == expected.argmax(1)).mean())
     return {"images": len(images), "against": "PyTorch", "max_abs_diff": float(per_image.max()), "tolerance": tolerance,
-            "images_beyond_tolerance": beyond, "allowed_beyond_tolerance": allowed, "argmax_agreement": agreement,
-            "passed": beyond <= allowed}
+            "images_beyond_tolerance": beyond, "allowed_beyond_tolerance": allowed, **at_threshold,
+            "argmax_agreement": agreement, "passed": beyond <= allowed}
+
+
+def either_side_of_the_threshold(program: StaticExitSelect, images: torch.Tensor, got: np.ndarray,
+                                 margin: float) -> tuple[np.ndarray, int]:
+    """Per image, the largest logit difference between `got` and the nearest output PyTorch's model may give it, and
+    how many images had a choice. An image leaves at its first exit whose confidence reaches the threshold; where that
+    confidence lies within `margin` (the logit tolerance, which bounds how far a confidence can move) of the threshold,
+    another runtime's rounding may decide the other way, so the image may leave there or go on. Without such an image
+    the only output allowed is the one the model takes."""
+    model = program.model
+    with torch.no_grad():
+        outputs = [torch.cat(parts).numpy() for parts in zip(*(model.forward_all(batch) for batch in images.split(CHECK_BATCH)))]
+    nearest = np.full(len(images), np.inf)
+    choices = np.zeros(len(images), dtype=int)
+    reachable = np.ones(len(images), dtype=bool)  # no earlier exit is surely taken
+    for index, logits in enumerate(outputs):
+        last = index == len(outputs) - 1
+        confidence = None if last else torch.from_numpy(logits).softmax(1).amax(1).numpy()
+        may_leave = reachable if last else reachable & (confidence > model.threshold - margin)
+        nearest = np.where(may_leave, np.minimum(nearest, np.abs(got - logits).max(axis=1)), nearest)
+        choices += may_leave
+        if not last:
+            reachable &= confidence < model.threshold + margin
+    return nearest, int((choices > 1).sum())
 
 
 def check_int8(path: Path, reference: nn.Module, data: DataBundle) -> dict:
@@ -657,6 +687,7 @@ def check_text(check: dict) -> str:
     return (f"check against PyTorch on {check['images']} test images {verdict}: largest logit difference "
             f"{check['max_abs_diff']:.1e} (tolerance {check['tolerance']:.1e}"
             + (f"; {beyond} image(s) beyond it, {check['allowed_beyond_tolerance']} allowed" if beyond else "")
+            + (f"; {borderline} image(s) at an exit's threshold, held to either exit" if (borderline := check.get("images_at_exit_threshold")) else "")
             + f"), top-1 agreement {100 * check['argmax_agreement']:.1f}%")
 
 
