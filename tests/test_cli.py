@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 
 from ordercomp.cli import main
+from ordercomp.report.figures import headline, size_text
+from ordercomp.report.meeting import headline_figures
 from testkit import MY_NET
 
 
@@ -92,6 +94,12 @@ def test_explore_writes_json_and_csv_results(tmp_path, capsys):
     assert "The recommended order is the best of the 2 evaluated" in printed and f"{spent} method applications were spent" in printed
     assert sorted(record["chain"]) == ["prune", "quantize"]
     assert {p.name for p in out.iterdir()} == {"exploration.json", "steps.csv", "pairs.csv", "chain.csv", ".ordercomp-results"}
+    # what ships, as the dashboard and the report say it: the eager table said 1.54x slower where the file was faster
+    assert "(test split; latency in the PyTorch eager simulation, not the shipped file)" in printed
+    shipped = record["shipped"]
+    assert f"Shipped file size: {size_text(shipped['file_bytes'])} — ONNX file" in printed
+    for item in headline(headline_figures(record)):
+        assert f"  {item.label}: {item.value} — {item.detail}\n" in printed
 
 
 def test_apply_exports_a_model_that_loads_back(tmp_path):

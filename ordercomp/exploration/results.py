@@ -17,7 +17,7 @@ from ..folders import MIB, FolderKind, check_destination, write_folder
 from ..models.checkpoints import describe_source
 from ..order.plan import chain_text
 from ..order import LATENCY_OBJECTIVES
-from ..report.figures import share_text
+from ..report.figures import SIMULATION, headline, share_text
 from ..report.verdict import SETTLE_SEEDS, evidence_sentences, graph_orders_sentence, settle_suggestion
 from .pipeline import StepResult
 
@@ -191,8 +191,9 @@ def print_summary(result) -> None:
                   "those orders; with the same --cache, nothing already run is repeated).")
         if record["weak_pairs"]:
             print(f"Note: {record['weak_pairs']} pair decision(s) rest on weak evidence; more --seeds would make them firmer.")
-        print("\nChain applied to the base model (test split):")
+        print(f"\nChain applied to the base model (test split; latency in the {SIMULATION}, not the shipped file):")
         print(chain_table(record["base_metrics"], record["chain_steps"]).to_string(index=False))
+        _print_headline(record)
         _print_exhaustive(record)
         _print_repeat(record)
         _print_failed(record.get("failed_steps", []))
@@ -200,6 +201,19 @@ def print_summary(result) -> None:
         print(f"\nMethod applications per seed: pairwise {counts['pairwise_per_seed']}, exhaustive {counts['exhaustive_per_seed']} "
               f"(without prefix sharing {counts['naive_exhaustive_per_seed']}); cached steps reused: {counts['cache_hits']}; "
               f"wall time {record['seconds']:.0f} s")
+
+
+def _print_headline(record: dict) -> None:
+    """What the recommended chain buys, as the dashboard and the meeting report say it: the shipped file's figures
+    in its runtime when the exploration measured one, else the simulation's, labelled as such."""
+    from ..report.meeting import headline_figures  # the report imports this module's tables
+
+    figures = headline_figures(record)
+    print("\nWhat the recommended chain buys:")
+    if figures["shipped_error"]:
+        print(f"  no file could be measured: {figures['shipped_error']}")
+    for item in headline(figures):
+        print(f"  {item.label}: {item.value} — {item.detail}")
 
 
 def _print_search(record: dict) -> None:
