@@ -440,3 +440,13 @@ def test_the_orders_that_keep_every_edge_are_counted_and_a_chain_against_an_edge
         "the search measured it best of the whole orders it ran, whatever the pairs said.")
     assert graph_orders_sentence(record | {"valid_chains": [CHAIN] * 50}).startswith("50 or more orders keep")
     assert html.escape(graph_orders_sentence(against)) in meeting_report(against)
+
+
+def test_the_cli_prints_the_headline_of_the_shipped_file_or_says_nothing_was_measured(shipped_record, record, capsys):
+    from ordercomp.exploration.results import print_headline
+
+    print_headline(shipped_record)
+    printed = capsys.readouterr().out
+    assert "Shipped file size: 15.0 KiB — ONNX file, 80.0× smaller" in printed and "Speed, batch 32: 10.0× faster — 0.4 ms" in printed
+    print_headline(record | {"chain_steps": []})
+    assert capsys.readouterr().out == "\nWhat the recommended chain buys: nothing was measured (no step of the chain gave a model).\n"

@@ -193,7 +193,7 @@ def print_summary(result) -> None:
             print(f"Note: {record['weak_pairs']} pair decision(s) rest on weak evidence; more --seeds would make them firmer.")
         print(f"\nChain applied to the base model (test split; latency in the {SIMULATION}, not the shipped file):")
         print(chain_table(record["base_metrics"], record["chain_steps"]).to_string(index=False))
-        _print_headline(record)
+        print_headline(record)
         _print_exhaustive(record)
         _print_repeat(record)
         _print_failed(record.get("failed_steps", []))
@@ -203,12 +203,15 @@ def print_summary(result) -> None:
               f"wall time {record['seconds']:.0f} s")
 
 
-def _print_headline(record: dict) -> None:
+def print_headline(record: dict) -> None:
     """What the recommended chain buys, as the dashboard and the meeting report say it: the shipped file's figures
     in its runtime when the exploration measured one, else the simulation's, labelled as such."""
     from ..report.meeting import headline_figures  # the report imports this module's tables
 
     figures = headline_figures(record)
+    if not figures["shipped"] and not figures["measured_chain"]:
+        print("\nWhat the recommended chain buys: nothing was measured (no step of the chain gave a model).")
+        return
     print("\nWhat the recommended chain buys:")
     if figures["shipped_error"]:
         print(f"  no file could be measured: {figures['shipped_error']}")
