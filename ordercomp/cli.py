@@ -16,7 +16,11 @@ import ast
 import sys
 import time
 
-from .allocator import keep_freed_memory
+from .waiting import spin_briefly
+
+spin_briefly()  # before torch loads OpenMP (the imports below): see waiting.py
+
+from .allocator import keep_freed_memory  # noqa: E402
 from .data.preprocessing import NORMALIZE_HELP, Normalization, describe_preprocessing
 from .exploration.executors import EXECUTORS
 from .methods.registry import METHODS, parse_methods

@@ -43,6 +43,7 @@ from torch import nn
 from .cache import StepCache
 from ..data.datasets import DataBundle
 from ..allocator import keep_freed_memory
+from ..waiting import spin_briefly
 from ..errors import one_line
 from ..methods.base import Context
 from ..deploy.export import deployed_latency
@@ -285,8 +286,10 @@ def start_local_ray(ray, num_cpus: int, **resources) -> None:
     """A local Ray cluster in this process. Its workers run at normal priority: Ray starts them at nice 15,
     so on a busy machine the steps of the exploration the user asked for got a few percent of a core
     (`RAY_worker_niceness` set in the environment still wins). Ray gives its raylet a fixed 30 s to start,
-    which a heavily loaded machine can miss; that is reported in one line instead of Ray's traceback."""
+    which a heavily loaded machine can miss; that is reported in one line instead of Ray's traceback. Its workers
+    inherit this process's environment, with OpenMP's idle threads spinning briefly (`waiting.spin_briefly`)."""
     os.environ.setdefault(RAY_WORKER_NICENESS, "0")
+    spin_briefly()
     try:
         ray.init(num_cpus=num_cpus, **resources, **RAY_OPTIONS)
     except Exception as error:  # Ray reports a start-up timeout as a bare Exception

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ..waiting import spin_briefly
 from .store import ACTIVE, JobStore
 
 WORKER_MODULE = "ordercomp.jobs.worker"
@@ -165,7 +166,7 @@ def spawn_worker(store: JobStore, job_id: str) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as output:
         process = subprocess.Popen(worker_command(store, job_id), stdin=subprocess.DEVNULL, stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+                                   stderr=subprocess.STDOUT, start_new_session=True, env=spin_briefly(dict(os.environ)))
     return process.pid
 
 

@@ -3,10 +3,12 @@ import os
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
-from ordercomp.jobs import STALE_REASON, is_alive, launch, refresh_stale, resume_job, set_worker_limit, start_job, worker_log_path
+from ordercomp.jobs import BaselineSpec, STALE_REASON, is_alive, launch, refresh_stale, resume_job, set_worker_limit, start_job, worker_log_path
+from ordercomp.waiting import SPIN_COUNT
 from testkit import WORKER_S
 
 FINAL = ("done", "failed", "cancelled")
@@ -138,3 +140,18 @@ def test_only_failed_or_cancelled_jobs_resume(store, tiny_spec):
         resume_job(store, job_id)
     with pytest.raises(ValueError, match="unknown job"):
         resume_job(store, "0123abcd")
+
+
+def test_a_worker_starts_with_openmp_spinning_briefly_unless_the_environment_says_otherwise(store, tiny_checkpoint, monkeypatch):
+    """Beside a busy process, libgomp's default spinning made a small exploration take 2.2x as long (ordercomp/waiting.py)."""
+    started = []
+    monkeypatch.setattr(launch.subprocess, "Popen", lambda command, **options: started.append(options["env"]) or SimpleNamespace(pid=1))
+    spec = BaselineSpec(model=str(tiny_checkpoint), data="digits", architecture="cnn_tiny", device="cpu")
+    for variable in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(variable, raising=False)
+    launch.spawn_worker(store, store.create(spec, "baseline"))
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the user's (and this suite's) choice
+    launch.spawn_worker(store, store.create(spec, "baseline"))
+    assert started[0]["GOMP_SPINCOUNT"] == SPIN_COUNT and "OMP_WAIT_POLICY" not in started[0]
+    assert started[1]["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in started[1]
+    assert "GOMP_SPINCOUNT" not in os.environ  # the dashboard's own process is left as it is
