@@ -6,9 +6,9 @@ they sleep. Where another process holds a core, a spinning thread keeps the core
 beside one busy process on 2 cores a small exploration took 2.5-3.4 times as long as on the idle machine (once 7.9).
 With 10,000 rounds it took 1.7 times as long, the same time idle, and the eager latency it reports was the same
 (benchmarks/bench_openmp_wait.py; README, "Sharing the machine"). libgomp reads the setting once, when torch loads it,
-so it goes into a process's environment before that process imports torch. A setting the environment already makes (GOMP_SPINCOUNT, or OMP_WAIT_POLICY, which
-sets its own count) wins. The Python API leaves its caller's process as it is, but for a local Ray cluster, whose
-workers inherit the variable from it (`executors.start_local_ray`).
+so it goes into a process's environment before that process imports torch. A setting the environment already makes
+(GOMP_SPINCOUNT, or OMP_WAIT_POLICY, which sets its own count) wins. The Python API leaves its caller's process as it
+is, but for a local Ray cluster, whose workers inherit the variable from it (`executors.start_local_ray`).
 """
 from __future__ import annotations
 
