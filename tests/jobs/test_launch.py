@@ -143,7 +143,8 @@ def test_only_failed_or_cancelled_jobs_resume(store, tiny_spec):
 
 
 def test_a_worker_starts_with_openmp_spinning_briefly_unless_the_environment_says_otherwise(store, tiny_checkpoint, monkeypatch):
-    """Beside a busy process, libgomp's default spinning made a small exploration take 2.2x as long (ordercomp/waiting.py)."""
+    """Beside a busy process, a small exploration took up to 2.2 times as long with libgomp's default spinning as with
+    brief spinning (ordercomp/waiting.py)."""
     started = []
     monkeypatch.setattr(launch.subprocess, "Popen", lambda command, **options: started.append(options["env"]) or SimpleNamespace(pid=1))
     spec = BaselineSpec(model=str(tiny_checkpoint), data="digits", architecture="cnn_tiny", device="cpu")
