@@ -11,7 +11,11 @@ executor re-optimises during its first calls, and again for each new batch size:
 file and the base it is compared with are timed in alternating rounds (`paired_latency_ms`), so both
 see the same machine: on a busy machine a call with 2 threads waits for a descheduled thread, and a
 base timed alone while another process held a core read 62.8 ms at batch 32 where its warmed-up
-calls take 2.4 ms.
+calls take 2.4 ms. A round is ROUND_CALLS calls of one runner in a row, not one: a runtime's threads
+spin for a while after a call (onnxruntime's pool, OpenMP's), and a call of the other runner made
+then shares the cores with them. Alternating call by call, the default sample's base ONNX file read
+0.78-0.82 ms at batch 32 in some processes and 1.16-1.22 ms in others (0.69 ms timed alone); in
+rounds of 10 calls, 0.73-0.74 ms in every one.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ BATCHES = (1, 32)
 WARMUP_S, MIN_TIMED_S = 0.1, 0.25
 WARMUP_CALLS, WARMUP_MAX_S = 20, 1.0  # at least this many warm-up calls; stop warming up after this long even if unstable
 STABLE_ROUND, STABLE_RATIO = 5, 1.5   # warm until a round of 5 calls has a median within 1.5x of the best round's
+ROUND_CALLS = 10  # calls of one runner in a row when two are timed in alternating rounds
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")  # what decides which kernels run
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -184,8 +189,8 @@ def latency_ms(run: Runner, data: DataBundle, batch: int, repeats: int) -> float
 
 def paired_latency_ms(runs: list[Runner], data: DataBundle, batch: int, repeats: int) -> list[float]:
     """The median wall time of one call of each runner on `batch` test images: each warmed up (`warm_up`),
-    then timed in alternating rounds, one call of each per round, for `repeats` rounds and MIN_TIMED_S
-    of wall time per runner at least."""
+    then timed in alternating rounds of ROUND_CALLS calls of each (one runner's spinning threads idle again
+    by the second call of the other's), for `repeats` calls and MIN_TIMED_S of wall time per runner at least."""
     x = timing_input(data, batch)
     for run in runs:
         warm_up(run, x)
@@ -193,7 +198,7 @@ def paired_latency_ms(runs: list[Runner], data: DataBundle, batch: int, repeats:
     end = time.perf_counter() + MIN_TIMED_S * len(runs)
     while len(times[0]) < repeats or time.perf_counter() < end:
         for run, record in zip(runs, times):
-            record.append(_call_ms(run, x))
+            record.extend(_call_ms(run, x) for _ in range(ROUND_CALLS if len(runs) > 1 else 1))
     return [statistics.median(record) for record in times]
 
 
