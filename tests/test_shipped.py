@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ordercomp.deploy import runtimes
-from ordercomp.deploy.export import export_compressed
+from ordercomp.deploy.export import export_compressed, shipped_figures
 from ordercomp.exploration import explorer, pipeline
 from ordercomp.exploration.explorer import ExploreSpec, compress, explore
 from ordercomp.report.meeting import headline_figures
@@ -165,3 +165,18 @@ def test_a_kept_chain_model_that_is_not_the_one_recorded_is_applied_again(tmp_pa
     torch.save(torch.nn.Linear(1, 1), kept)  # another model under the key: its checksum is not the recorded one
     again = compress(chain=["prune"], model=FAST["model"], budget=FAST["budget"], device="cpu", cache_dir=tmp_path)
     assert not again.reused and again.steps[-1].status == "ok"
+
+
+def test_an_int8_onnx_file_ships_against_the_float_onnx_base_and_is_checked_as_the_export_checks_it(compressed_pair, tmp_path, monkeypatch):
+    """Shipped as int8 ONNX (ExploreSpec.ship, --ship), the base was quantised to int8 too and the file was held to the
+    float files' logit tolerance, which no int8 file meets: on the default sample every test image failed it."""
+    monkeypatch.setattr(runtimes, "MIN_TIMED_S", 0.0)
+    model, base, outcome = compressed_pair
+    shipped = shipped_figures(model, base, outcome.data, fmt="onnx_int8", repeats=5)
+    assert shipped["base"]["format"] == "onnx" and shipped["base"]["runtime"] == runtimes.runtime_name("onnx")
+    assert shipped["check"]["against"] == "deployable float model" and shipped["check"]["passed"], shipped["check"]
+    manifest = export_compressed(model, tmp_path / "out", formats=("onnx_int8",),
+                                 chain=["prune"], configs=outcome.configs, metrics=outcome.steps[-1].metrics, data=outcome.data,
+                                 base=outcome.source, base_model=base, repeats=5)
+    (entry,) = manifest["formats"]
+    assert entry["check"] == shipped["check"] and entry["base_measured"]["format"] == shipped["base"]["format"]

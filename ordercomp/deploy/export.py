@@ -475,19 +475,23 @@ class BaseRuns:
 
 def shipped_figures(model: nn.Module, base_model: nn.Module, data: DataBundle, *, fmt: str = SHIPPED_FORMAT,
                     threads: int = THREADS, repeats: int = 20) -> dict:
-    """What ships, measured where it runs: `model` and `base_model` each written as `fmt` (the writer the
-    export uses), the file checked against PyTorch on the whole test split, both run in that format's
-    runtime with `threads` threads, accuracy on the test split and latency at every batch size after
-    warm-up, timed in alternating rounds. The record (see `Exploration.shipped`):
+    """What ships, measured where it runs: `model` written as `fmt` and checked as the export writes and checks it
+    (`export_format`), `base_model` written as the export writes the base it compares that format with (float ONNX
+    for int8 ONNX, `BASE_FORMAT`), both run in their runtime with `threads` threads, accuracy on the test split and
+    latency at every batch size after warm-up, timed in alternating rounds. The record (see `Exploration.shipped`):
     {format, runtime, file_bytes, sha256, accuracy, latency_ms: {"1", "32"}, threads, check, base: {format, runtime,
     file_bytes, sha256, accuracy, latency_ms}, speedup: {"1", "32"} (base ms / file ms), size_ratio (base bytes /
     file bytes), cpu}; or {format, runtime, error} when either file cannot be built or run."""
-    runtime = runtime_name(fmt)
+    runtime, base_fmt = runtime_name(fmt), BASE_FORMAT.get(fmt, fmt)
     try:
         with tempfile.TemporaryDirectory(prefix="ordercomp-shipped-") as temp:
-            files = {role: _written(fmt, m, data, Path(temp) / role) for role, m in (("chain", model), ("base", base_model))}
-            check = check_program(fmt, files["chain"], exportable(copy.deepcopy(model).cpu().eval()), data)
-            run, base_run = (load_runner(fmt, files[role], threads, trust_torchscript=True) for role in ("chain", "base"))  # written just now
+            (Path(temp) / "chain").mkdir()
+            entry = export_format(fmt, Sources.of(model, data), data, Path(temp) / "chain")
+            if "error" in entry:
+                raise CannotBuild(entry["error"])
+            files = {"chain": Path(temp) / "chain" / entry["file"], "base": _written(base_fmt, base_model, data, Path(temp) / "base")}
+            run, base_run = (load_runner(f, files[role], threads, trust_torchscript=True)  # written just now
+                             for role, f in (("chain", fmt), ("base", base_fmt)))
             measured, base = measure_pair(run, base_run, data, threads=threads, repeats=repeats)
             sizes = {role: path.stat().st_size for role, path in files.items()}
             digests = {role: sha256(path) for role, path in files.items()}
@@ -498,8 +502,8 @@ def shipped_figures(model: nn.Module, base_model: nn.Module, data: DataBundle, *
     except Exception as error:  # runtimes raise their own error types
         return {"format": fmt, "runtime": runtime, "error": one_line(error)}
     return {"format": fmt, "runtime": runtime, "file_bytes": sizes["chain"], "sha256": digests["chain"], **measured,
-            "threads": threads, "check": check,
-            "base": {"format": fmt, "runtime": runtime, "file_bytes": sizes["base"], "sha256": digests["base"], **base},
+            "threads": threads, "check": entry["check"],
+            "base": {"format": base_fmt, "runtime": runtime_name(base_fmt), "file_bytes": sizes["base"], "sha256": digests["base"], **base},
             "speedup": speedups(base["latency_ms"], measured["latency_ms"]), "size_ratio": sizes["base"] / sizes["chain"],
             "cpu": cpu_description()}
 
