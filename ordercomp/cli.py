@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--seeds", type=int, default=3, help="repeat every comparison over this many seeds")
     ex.add_argument("--exhaustive", action="store_true", help="also run every permutation and rank the found chain")
     ex.add_argument("--repeat", help="apply this method once more after the chain and report whether it helps")
+    ex.add_argument("--ship", default="onnx", help="the format the recommended chain (and the base it is compared with) is "
+                    "written in, checked and timed in at the end, as the headline: onnx (the default), onnx_int8 (against "
+                    "the base as float ONNX), pt2, torchscript or packed; none for no file")
     ex.add_argument("--out", default="runs/latest", help="folder for results (JSON and CSV)")
     ex.add_argument("--cache", default=".ordercomp/cache", help="step cache folder ('' to disable)")
     ex.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -185,6 +188,7 @@ def _spec(args):
         settle=args.settle, device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
         trust_torchscript=args.trust_torchscript, classifier=args.classifier, stages=args.stages,
         executor=args.executor, ray_address=args.ray_address, runtime=args.runtime,
+        ship=None if args.ship == "none" else args.ship,
     )
 
 
