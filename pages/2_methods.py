@@ -8,6 +8,7 @@ from ordercomp.exploration.executors import EXECUTORS
 from ordercomp.methods.registry import METHODS
 from ordercomp.exploration.explorer import RUNTIMES
 from ordercomp.order import LATENCY_OBJECTIVES, MAX_EXHAUSTIVE_METHODS, OBJECTIVES
+from ordercomp.deploy.export import PROGRAM_FORMATS
 from ordercomp.deploy.runtimes import runtime_name
 from pages._shared import KEEP, run_inside_app
 
@@ -86,6 +87,9 @@ def budget_and_decision(chosen: list[str]) -> None:
                            step=10, key="w_settle", **KEEP,
                            help="When the recommended order could still trail an order it cannot be separated from by more "
                                 "than the minimum margin, race those orders on more seeds until none could.")
+    right.selectbox("Ship the recommended chain as (written, checked and timed at the end: the headline)",
+                    [*PROGRAM_FORMATS, plan.NO_SHIP], key="w_ship", **KEEP,
+                    format_func=lambda name: "no file (the simulation's figures)" if name == plan.NO_SHIP else f"{name}: {runtime_name(name)}")
     right.selectbox("Run the steps", EXECUTORS, key="w_executor", **KEEP,
                     format_func=lambda name: {"inprocess": "in the job's process", "ray": "as Ray tasks"}[name])
     if state["w_executor"] == "ray":

@@ -17,6 +17,7 @@ from .session import base_choice
 WIDGET_PREFIX = "w_"
 DEFAULTS_FOR = "w_defaults_for"  # session key: the base whose own defaults (methods, settings, rate) the widgets took
 NO_REPEAT = "(none)"
+NO_SHIP = "none"  # the Methods page's choice of no shipped file (ExploreSpec.ship None), as the CLI's --ship none
 DATA_SOURCES = {"digits": "Embedded digits (default)", "folder": "A folder on this machine (CIFAR-10/100 or ImageFolder)",
                 "zip": "Upload a zip of an ImageFolder tree"}
 MODEL_SOURCES = {"sample": "Sample model", "zoo": "Train a zoo architecture", "upload": "Upload a checkpoint",
@@ -116,7 +117,7 @@ def plan_defaults() -> dict:
     defaults = {"w_methods": list(spec.methods), "w_objective": spec.objective, "w_weight": spec.weight, "w_seeds": spec.seeds,
                 "w_epochs": spec.budget.epochs, "w_lr": spec.budget.lr, "w_device": spec.device, "w_exhaustive": spec.exhaustive,
                 "w_min_margin": spec.min_margin, "w_repeat": NO_REPEAT, "w_executor": spec.executor, "w_ray_address": "",
-                "w_search": spec.search, "w_runtime": spec.runtime, "w_settle": spec.settle}
+                "w_search": spec.search, "w_runtime": spec.runtime, "w_settle": spec.settle, "w_ship": spec.ship or NO_SHIP}
     for method in METHODS.values():
         defaults |= {s.key: s.default for s in method_settings(method)}
     return defaults
@@ -173,4 +174,5 @@ def plan_from_state(state):
                        repeat=None if repeat in (None, NO_REPEAT) or repeat not in methods else repeat, search=value("w_search"),
                        settle=int(value("w_settle")) if value("w_search") != "pairwise" else 0,  # the widget is hidden then
                        executor=value("w_executor"), ray_address=(value("w_ray_address") or "").strip() or None,
-                       runtime=value("w_runtime") if value("w_objective") in LATENCY_OBJECTIVES else "eager")
+                       runtime=value("w_runtime") if value("w_objective") in LATENCY_OBJECTIVES else "eager",
+                       ship=None if value("w_ship") == NO_SHIP else value("w_ship"))
