@@ -22,6 +22,7 @@ spin_briefly()  # before torch loads OpenMP (the imports below): see waiting.py
 
 from .allocator import keep_freed_memory  # noqa: E402
 from .data.preprocessing import NORMALIZE_HELP, Normalization, describe_preprocessing
+from .deploy.export import SHIPPED_FORMAT
 from .exploration.executors import EXECUTORS
 from .methods.registry import METHODS, parse_methods
 from .order.plan import chain_text
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--seeds", type=int, default=3, help="repeat every comparison over this many seeds")
     ex.add_argument("--exhaustive", action="store_true", help="also run every permutation and rank the found chain")
     ex.add_argument("--repeat", help="apply this method once more after the chain and report whether it helps")
-    ex.add_argument("--ship", default="onnx", help="the format the recommended chain (and the base it is compared with) is "
+    ex.add_argument("--ship", default=SHIPPED_FORMAT, help="the format the recommended chain (and the base it is compared with) is "
                     "written in, checked and timed in at the end, as the headline: onnx (the default), onnx_int8 (against "
                     "the base as float ONNX), pt2, torchscript or packed; none for no file")
     ex.add_argument("--out", default="runs/latest", help="folder for results (JSON and CSV)")
@@ -178,7 +179,7 @@ def _budget(args) -> Budget:
 
 
 def _spec(args):
-    from .exploration.explorer import ExploreSpec
+    from .exploration.explorer import ExploreSpec, ship_choice
 
     return ExploreSpec(
         model=args.model, data=args.data, model_args=_model_args(args), weights=args.weights, normalize=args.normalize,
@@ -188,7 +189,7 @@ def _spec(args):
         settle=args.settle, device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
         trust_torchscript=args.trust_torchscript, classifier=args.classifier, stages=args.stages,
         executor=args.executor, ray_address=args.ray_address, runtime=args.runtime,
-        ship=None if args.ship == "none" else args.ship,
+        ship=ship_choice(args.ship),
     )
 
 

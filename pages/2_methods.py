@@ -6,7 +6,7 @@ from ordercomp.report.figures import duration
 from ordercomp.exploration.executors import EXECUTORS
 
 from ordercomp.methods.registry import METHODS
-from ordercomp.exploration.explorer import RUNTIMES
+from ordercomp.exploration.explorer import NO_SHIP, RUNTIMES
 from ordercomp.order import LATENCY_OBJECTIVES, MAX_EXHAUSTIVE_METHODS, OBJECTIVES
 from ordercomp.deploy.export import PROGRAM_FORMATS
 from ordercomp.deploy.runtimes import runtime_name
@@ -88,8 +88,8 @@ def budget_and_decision(chosen: list[str]) -> None:
                            help="When the recommended order could still trail an order it cannot be separated from by more "
                                 "than the minimum margin, race those orders on more seeds until none could.")
     right.selectbox("Ship the recommended chain as (written, checked and timed at the end: the headline)",
-                    [*PROGRAM_FORMATS, plan.NO_SHIP], key="w_ship", **KEEP,
-                    format_func=lambda name: "no file (the simulation's figures)" if name == plan.NO_SHIP else f"{name}: {runtime_name(name)}")
+                    [*PROGRAM_FORMATS, NO_SHIP], key="w_ship", **KEEP,
+                    format_func=lambda name: "no file (the simulation's figures)" if name == NO_SHIP else f"{name}: {runtime_name(name)}")
     right.selectbox("Run the steps", EXECUTORS, key="w_executor", **KEEP,
                     format_func=lambda name: {"inprocess": "in the job's process", "ray": "as Ray tasks"}[name])
     if state["w_executor"] == "ray":

@@ -24,7 +24,7 @@ from ordercomp.models import factories
 from ordercomp.models.checkpoints import sample_card
 from ordercomp.dashboard import estimate, formatting, plan, session, views
 from ordercomp.data.datasets import DataError
-from ordercomp.exploration.explorer import DEFAULT_METHODS, ExploreSpec, default_budget, default_methods
+from ordercomp.exploration.explorer import DEFAULT_METHODS, NO_SHIP, ExploreSpec, default_budget, default_methods
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, is_alive, launch, set_worker_limit, start_job
 from ordercomp.jobs.worker import run_job
 from ordercomp.methods.registry import METHODS
@@ -716,7 +716,7 @@ def test_the_methods_page_chooses_the_shipped_format(store):
     """The API and the CLI (--ship) could ship int8 ONNX, faster than float ONNX on the default sample on an Intel Xeon
     with AMX; the dashboard could not choose."""
     assert plan.plan_from_state({}).ship == "onnx"
-    assert plan.plan_from_state({"w_ship": plan.NO_SHIP}).ship is None
+    assert plan.plan_from_state({"w_ship": NO_SHIP}).ship is None
     at = app("2_methods")
     assert at.selectbox(key="w_ship").value == "onnx"
     at.selectbox(key="w_ship").set_value("onnx_int8").run()

@@ -17,7 +17,6 @@ from .session import base_choice
 WIDGET_PREFIX = "w_"
 DEFAULTS_FOR = "w_defaults_for"  # session key: the base whose own defaults (methods, settings, rate) the widgets took
 NO_REPEAT = "(none)"
-NO_SHIP = "none"  # the Methods page's choice of no shipped file (ExploreSpec.ship None), as the CLI's --ship none
 DATA_SOURCES = {"digits": "Embedded digits (default)", "folder": "A folder on this machine (CIFAR-10/100 or ImageFolder)",
                 "zip": "Upload a zip of an ImageFolder tree"}
 MODEL_SOURCES = {"sample": "Sample model", "zoo": "Train a zoo architecture", "upload": "Upload a checkpoint",
@@ -110,7 +109,7 @@ def method_settings(method) -> list[Setting]:
 
 def plan_defaults() -> dict:
     """Widget keys of the Methods page and their starting values: the engine's defaults."""
-    from ..exploration.explorer import ExploreSpec
+    from ..exploration.explorer import NO_SHIP, ExploreSpec
     from ..methods.registry import METHODS
 
     spec = ExploreSpec()
@@ -153,7 +152,7 @@ def follow_base(state) -> bool:
 def plan_from_state(state):
     """The ExploreSpec the current choices make (a choice not made: the engine's default, or the base's own: see
     `follow_base`); a ValueError says what is impossible about them."""
-    from ..exploration.explorer import ExploreSpec
+    from ..exploration.explorer import ExploreSpec, ship_choice
     from ..methods.registry import get_method
     from ..train import Budget
 
@@ -175,4 +174,4 @@ def plan_from_state(state):
                        settle=int(value("w_settle")) if value("w_search") != "pairwise" else 0,  # the widget is hidden then
                        executor=value("w_executor"), ray_address=(value("w_ray_address") or "").strip() or None,
                        runtime=value("w_runtime") if value("w_objective") in LATENCY_OBJECTIVES else "eager",
-                       ship=None if value("w_ship") == NO_SHIP else value("w_ship"))
+                       ship=ship_choice(value("w_ship")))

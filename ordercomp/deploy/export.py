@@ -40,7 +40,7 @@ from ..models.checkpoints import SAMPLE_DIR, list_samples, load_program, read_st
 from ..data.datasets import DataBundle
 from ..errors import one_line
 from ..folders import MIB, FolderKind, check_destination, sha256, write_folder
-from ..methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelect, TransformerExits
+from ..methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelect, TransformerExits, select_exits
 from ..methods.int8 import MAX_BATCH
 from ..layers import fake_quant_activation, quantises_activations
 from .onnx_int8 import CannotBuild, deployable_float, quantize_onnx
@@ -216,12 +216,15 @@ def check_program(name: str, path: Path, program: nn.Module, data: DataBundle) -
     except Exception as error:  # loaders and onnxruntime raise their own error types for files they cannot run
         return {"images": len(images), "passed": False, "error": one_line(error)}
     with torch.no_grad():
-        expected = torch.cat([program(batch) for batch in images.split(CHECK_BATCH)]).numpy()
+        exits = ([torch.cat(parts) for parts in zip(*(program.model.forward_all(batch) for batch in images.split(CHECK_BATCH)))]
+                 if isinstance(program, StaticExitSelect) else None)  # every exit's logits, which the program selects from
+        expected = (select_exits(exits, program.model.threshold)[0] if exits is not None
+                    else torch.cat([program(batch) for batch in images.split(CHECK_BATCH)])).numpy()
     per_image = np.abs(got - expected).max(axis=1)
     tolerance = CHECK_TOLERANCE * max(1.0, float(np.abs(expected).max()))
     at_threshold = {}
-    if isinstance(program, StaticExitSelect):
-        per_image, borderline = either_side_of_the_threshold(program, images, got, tolerance / 2)
+    if exits is not None:
+        per_image, borderline = either_side_of_the_threshold([e.numpy() for e in exits], program.model.threshold, got, tolerance / 2)
         at_threshold = {"images_at_exit_threshold": borderline}
     beyond = int((per_image > tolerance).sum())
     allowed = int(ROUNDING_STEP_SHARE * len(images)) if quantises_activations(program) else 0
@@ -231,28 +234,25 @@ def check_program(name: str, path: Path, program: nn.Module, data: DataBundle) -
             "argmax_agreement": agreement, "passed": beyond <= allowed}
 
 
-def either_side_of_the_threshold(program: StaticExitSelect, images: torch.Tensor, got: np.ndarray,
+def either_side_of_the_threshold(outputs: list[np.ndarray], threshold: float, got: np.ndarray,
                                  margin: float) -> tuple[np.ndarray, int]:
-    """Per image, the largest logit difference between `got` and the nearest output PyTorch's model may give it, and
-    how many images had a choice. An image leaves at its first exit whose confidence reaches the threshold; where that
+    """Per image, the largest logit difference between `got` and the nearest of PyTorch's exit `outputs` (every exit's
+    logits, the final head's last) the image may take, and how many images had a choice. An image leaves at its first exit whose confidence reaches the threshold; where that
     confidence lies within `margin` of the threshold, another runtime's rounding may decide the other way, so the image
     may leave there or go on. A softmax's largest probability moves by at most half the largest move of its logits, so
     half the logit tolerance is as far as a file within it can move a confidence. Without such an image the only output
     allowed is the one the model takes."""
-    model = program.model
-    with torch.no_grad():
-        outputs = [torch.cat(parts).numpy() for parts in zip(*(model.forward_all(batch) for batch in images.split(CHECK_BATCH)))]
-    nearest = np.full(len(images), np.inf)
-    choices = np.zeros(len(images), dtype=int)
-    reachable = np.ones(len(images), dtype=bool)  # no earlier exit is surely taken
+    nearest = np.full(len(got), np.inf)
+    choices = np.zeros(len(got), dtype=int)
+    reachable = np.ones(len(got), dtype=bool)  # no earlier exit is surely taken
     for index, logits in enumerate(outputs):
         last = index == len(outputs) - 1
         confidence = None if last else torch.from_numpy(logits).softmax(1).amax(1).numpy()
-        may_leave = reachable if last else reachable & (confidence > model.threshold - margin)
+        may_leave = reachable if last else reachable & (confidence > threshold - margin)
         nearest = np.where(may_leave, np.minimum(nearest, np.abs(got - logits).max(axis=1)), nearest)
         choices += may_leave
         if not last:
-            reachable &= confidence < model.threshold + margin
+            reachable &= confidence < threshold + margin
     return nearest, int((choices > 1).sum())
 
 
@@ -485,11 +485,8 @@ def shipped_figures(model: nn.Module, base_model: nn.Module, data: DataBundle, *
     runtime, base_fmt = runtime_name(fmt), BASE_FORMAT.get(fmt, fmt)
     try:
         with tempfile.TemporaryDirectory(prefix="ordercomp-shipped-") as temp:
-            (Path(temp) / "chain").mkdir()
-            entry = export_format(fmt, Sources.of(model, data), data, Path(temp) / "chain")
-            if "error" in entry:
-                raise CannotBuild(entry["error"])
-            files = {"chain": Path(temp) / "chain" / entry["file"], "base": _written(base_fmt, base_model, data, Path(temp) / "base")}
+            chain, entry = _written(fmt, model, data, Path(temp) / "chain", checked=True)
+            files = {"chain": chain, "base": _written(base_fmt, base_model, data, Path(temp) / "base")[0]}
             run, base_run = (load_runner(f, files[role], threads, trust_torchscript=True)  # written just now
                              for role, f in (("chain", fmt), ("base", base_fmt)))
             measured, base = measure_pair(run, base_run, data, threads=threads, repeats=repeats)
@@ -508,13 +505,15 @@ def shipped_figures(model: nn.Module, base_model: nn.Module, data: DataBundle, *
             "cpu": cpu_description()}
 
 
-def _written(fmt: str, model: nn.Module, data: DataBundle, folder: Path) -> Path:
-    """`model` written as `fmt` into `folder`; CannotBuild with the writer's one line when it cannot be."""
+def _written(fmt: str, model: nn.Module, data: DataBundle, folder: Path, *, checked: bool = False) -> tuple[Path, dict]:
+    """`model` written as `fmt` into `folder` (with `checked`, and checked as the export checks it) and the writer's
+    entry; CannotBuild with the writer's one line when it cannot be."""
     folder.mkdir()
-    entry = write_format(fmt, Sources.of(model, data), folder)
+    src = Sources.of(model, data)
+    entry = export_format(fmt, src, data, folder) if checked else write_format(fmt, src, folder)
     if "error" in entry:
         raise CannotBuild(entry["error"])
-    return folder / entry["file"]
+    return folder / entry["file"], entry
 
 
 def export_compressed(model: nn.Module, out_dir, *, formats=DEFAULT_FORMATS, chain, configs: dict, metrics: dict,

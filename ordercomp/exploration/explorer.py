@@ -435,7 +435,15 @@ def check_stage_names(stages) -> tuple[str, ...] | None:
 def check_ship(ship: str | None) -> None:
     """None, or a format whose file runs in a runtime (what `Exploration.shipped` measures)."""
     if ship is not None and ship not in PROGRAM_FORMATS:
-        raise ValueError(f"unknown format to ship {ship!r}: choose one of {', '.join(PROGRAM_FORMATS)}, or none")
+        raise ValueError(f"unknown format to ship {ship!r}: choose one of {', '.join(PROGRAM_FORMATS)}, or {NO_SHIP}")
+
+
+NO_SHIP = "none"  # what the CLI's --ship and the Methods page call shipping no file
+
+
+def ship_choice(choice: str) -> str | None:
+    """ExploreSpec.ship for a user's choice: the format, or None for NO_SHIP."""
+    return None if choice == NO_SHIP else choice
 
 
 def check_runtime(runtime: str, objective: str) -> None:
