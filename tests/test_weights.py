@@ -103,3 +103,45 @@ def test_names_that_do_not_fit_point_to_the_class_and_its_arguments(tmp_path, di
                                               r"the zoo's cnn_tiny is ordercomp's own class"):
         resolve_model("cnn_tiny", digits, weights=str(tmp_path / "seven.pt"))
     assert os.path.exists(tmp_path / "seven.pt")
+
+
+def deflated(path, checkpoint):
+    """`checkpoint` saved by torch, then its zip members written again deflated (torch.load inflates them)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info))
+    return path
+
+
+def test_a_checkpoint_of_deflated_members_is_refused_before_torch_inflates_them(tmp_path):
+    # 2 MB of deflated zeros would make a 2 GB tensor: refused whatever the size, as torch never writes them
+    path = deflated(tmp_path / "bomb.pt", {"fc.weight": torch.zeros(100_000)})
+    assert path.stat().st_size < 10_000
+    with pytest.raises(CheckpointError, match="^bomb.pt holds a compressed or encrypted member 'archive/.*re-save it"):
+        read_weights(path)
+
+
+def test_a_pickle_of_more_operations_than_a_state_dict_takes_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    # each '}' builds an empty dict, ~70 bytes of memory a byte of file; the limit is lowered to keep the test fast
+    import zipfile
+
+    import ordercomp.pickles
+
+    monkeypatch.setattr(ordercomp.pickles, "MAX_OPCODES", 1000)
+    path = tmp_path / "dicts.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02" + b"}" * 2000 + b".")
+        archive.writestr("archive/byteorder", "little")
+        archive.writestr("archive/version", "3\n")
+    legacy = tmp_path / "legacy.pt"
+    legacy.write_bytes(b"\x80\x02" + b"}" * 2000 + b".")
+    for file in (path, legacy):
+        with pytest.raises(CheckpointError, match=f"^{file.name} is a pickle of more than 1,000 pickle operations"):
+            read_weights(file)
+    torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "plain.pt")
+    assert list(read_weights(tmp_path / "plain.pt").tensors) == ["fc.weight"]

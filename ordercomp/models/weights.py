@@ -79,6 +79,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _torch_load(path: Path) -> tuple[object, list[str]]:
     """The file's content and the names of the foreign objects read as placeholders."""
+    _check_torch_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True), []
     except pickle.UnpicklingError as error:
@@ -94,6 +95,43 @@ def _torch_load(path: Path) -> tuple[object, list[str]]:
             return torch.load(path, map_location="cpu", weights_only=True), foreign
     except Exception:  # a blocked module (os, sys) or an object the placeholders cannot stand for
         raise _refusal(path, refused) from None
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse, before torch reads it, a file that would take memory out of proportion to its bytes: a zip whose members
+    are compressed (torch inflates them: 2 MB of deflated zeros make a 2 GB tensor) or declare more than the file holds,
+    or whose pickle has more opcodes than `pickles.MAX_OPCODES` (each builds an object: ~70 bytes of memory a byte)."""
+    import io
+    import zipfile
+
+    from ..pickles import PickleRefused, check_opcodes
+    from .pt2_archive import Malformed, _stored_members, open_zip
+
+    remedy = "re-save it with torch.save(model.state_dict(), path)"
+    try:
+        with path.open("rb") as file:
+            if not zipfile.is_zipfile(file):
+                file.seek(0)
+                check_opcodes(file, pickles=5)  # the legacy format: magic, protocol, system, the object, its storage keys
+                return
+            file.seek(0)
+            try:
+                archive = open_zip(file, path.name)
+            except Malformed as refusal:  # more members than torch writes
+                raise CheckpointError(f"{refusal}: {remedy}") from None
+            with archive:
+                members = _stored_members(archive, path.stat().st_size)
+                for info in members:
+                    if info.filename.rpartition("/")[2] == "data.pkl":
+                        check_opcodes(io.BytesIO(archive.read(info)))
+    except Malformed as refusal:
+        raise CheckpointError(f"{path.name} holds {refusal}: {remedy}") from None
+    except PickleRefused as refusal:
+        raise CheckpointError(f"{path.name} is a pickle of {refusal}; nothing was built from it: {remedy}") from None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({type(error).__name__}): {remedy}") from None
 
 
 def _load_failure(error: Exception) -> str:
