@@ -281,11 +281,16 @@ def check_checkpoint(path: Path, architecture: str | None, *, trust_torchscript:
 def state_dict_mismatch(state: dict, architecture: str) -> str | None:
     """What keeps `state` from loading into `architecture` (built for the classes and input channels
     the weights themselves have): missing and unexpected keys and shape mismatches; None if it fits.
-    A framework's prefix on the names (module., model.) is left out, as it is when the weights load."""
+    A framework's prefix on the names (module., model.) is left out, as it is when the weights load.
+    The model is built on torch's meta device: only its names and shapes are compared, and the classes and channels
+    come from the file (a 1 kB file may declare a billion classes in a stride-0 tensor), so nothing is allocated."""
+    import torch
+
     from .models.weights import within_prefix
     from .models.zoo import create_model
 
-    expected = create_model(architecture, *_classes_and_channels(state)).state_dict()
+    with torch.device("meta"):
+        expected = create_model(architecture, *_classes_and_channels(state)).state_dict()
     state = within_prefix(state, expected)[1]
     missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
     wrong = [f"{k} is {tuple(state[k].shape)}, needs {tuple(expected[k].shape)}" for k in expected

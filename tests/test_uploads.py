@@ -168,3 +168,15 @@ def test_a_zip_of_too_many_entries_is_refused_before_zipfile_reads_them(tmp_path
     with pytest.raises(DataError, match=r"^the upload holds more than 100,000 members: zip the dataset folder") as refused:
         uploads.extract_image_zip(many_members(uploads.ZIP_MAX_FILES + 1), tmp_path / "uploads")
     assert "\n" not in str(refused.value) and opened == [] and not (tmp_path / "uploads").exists()
+
+
+def test_the_upload_check_allocates_nothing_for_the_classes_and_channels_a_file_declares(tmp_path):
+    # a stride-0 view costs 4 bytes in the file but declares 2**40 classes and 2**30 input channels: building the
+    # architecture at that size would take terabytes (torch refuses at once at this size; nearer the machine's
+    # memory it allocates and initialises it all), so the check compares names and shapes only
+    for name, tensor in (("huge_classes.pt", torch.zeros(1).expand(2**40, 32)), ("huge_channels.pt", torch.zeros(1).expand(8, 2**30, 3, 3))):
+        path = tmp_path / name
+        torch.save({"head.2.weight" if "classes" in name else "stem.0.weight": tensor}, path)
+        assert path.stat().st_size < 2000
+        with pytest.raises(CheckpointError, match=f"^{name} does not fit cnn_tiny: .* missing keys"):
+            uploads.check_checkpoint(path, "cnn_tiny")
