@@ -146,3 +146,16 @@ def test_npz_arrays_are_sized_by_their_headers_before_they_are_read(tmp_path, mo
     with pytest.raises(DataError, match="over the 0 GiB limit"):
         load_data(str(tmp_path / "big.npz"))
     assert read == []
+
+
+def test_npz_arrays_are_sized_by_their_dtypes_and_must_hold_numbers(tmp_path, monkeypatch):
+    # every element was counted as 4 bytes: a '|V1000000' member of 2000 elements (2 GB, 2 MB deflated) counted 8 kB
+    np.savez(tmp_path / "wide.npz", x=np.zeros((4, 1, 8, 8), np.float64), y=np.arange(4) % 2)  # 2,048 bytes read
+    monkeypatch.setattr(arrays, "MAX_BYTES", 2000)
+    with pytest.raises(DataError, match="over the 0 GiB limit"):
+        load_data(str(tmp_path / "wide.npz"))
+    for name, values in (("void", np.zeros(4, "V1000")), ("records", np.zeros(4, [("a", "<f8", (10,))])), ("text", np.array(["a"] * 4))):
+        np.savez(tmp_path / f"{name}.npz", x=values, y=np.arange(4))
+        with pytest.raises(DataError, match=f"^{name}.npz: array x holds .* values, not numbers") as error:
+            load_data(str(tmp_path / f"{name}.npz"))
+        assert "\n" not in str(error.value)

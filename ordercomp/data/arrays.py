@@ -6,11 +6,12 @@ source; a (train, val, test) triple keeps its splits (a None split is carved fro
 
 A .npz file holds `x` and `y` (every image, split seeded), or `x_train` and `y_train` with, when the
 data has them, `x_val`/`y_val` and `x_test`/`y_test`. It is read with `allow_pickle=False`, so nothing
-in it runs; an array of Python objects is refused, and every array's declared size is checked
-against MAX_BYTES before it is read.
+in it runs; an array of Python objects or of anything but numbers is refused, and every array's declared
+size (by its dtype's itemsize, at least float32's) is checked against MAX_BYTES before it is read.
 """
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from .preprocessing import Normalization
 SPLITS = ("train", "val", "test")
 NPZ_NAMES = {"x": ("train", 0), "y": ("train", 1), **{f"{axis}_{split}": (split, index) for split in SPLITS
                                                        for index, axis in enumerate("xy")}}
-MAX_BYTES = 4 << 30  # images and labels held in memory, as float32 after reading
+MAX_BYTES = 4 << 30  # images and labels held in memory, as read (at least as float32)
+NUMBER_KINDS = "biuf"  # bool, signed and unsigned integers, floats
 MAX_SIZE = 512
 HOW = ("give images as N x C x H x W and labels 0..K-1: (images, labels) tensors, a Dataset of (image, label), "
        "or a (train, val, test) triple of those")
@@ -176,7 +178,11 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
             if dtype.hasobject:
                 raise DataError(f"{path.name}: array {name} holds Python objects, which only pickle can read; nothing from it "
                                 "was run: save plain numeric arrays")
-            total += int(np.prod(shape)) * 4
+            if dtype.kind not in NUMBER_KINDS:  # records, raw bytes, text, dates, complex: no images or labels
+                raise DataError(f"{path.name}: array {name} holds {str(dtype)[:40]} values, not numbers: save images and "
+                                "labels as plain numeric arrays (e.g. float32 and int64)")
+            # as read (its own itemsize, a float64 takes 8), and at least as the float32 it becomes
+            total += math.prod(shape) * max(dtype.itemsize, 4)
         _check_bytes(total, path.name)
         try:
             return {name: archive[name] for name in archive.files}
