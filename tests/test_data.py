@@ -355,3 +355,17 @@ def test_a_tree_too_small_to_split_is_one_line_before_any_work(tmp_path):
     """Two images per class left the validation split with fewer than the 2 images a pair decision needs."""
     with pytest.raises(DataError, match=r"has 4 images to split: too few \(its validation split would hold 0, it needs at least 2\)"):
         load_data(str(image_tree(tmp_path / "tree", {"cat": 2, "dog": 2})))
+
+
+def test_a_cifar_batch_of_more_pickle_operations_than_a_batch_takes_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    # each '}' builds an empty dict (~70 bytes of memory a byte of file, up to the 1 GiB a batch file may be); the
+    # limit is lowered to keep the test fast, and a genuine batch (a few operations a label) still reads
+    import ordercomp.pickles
+    from ordercomp.data.cifar import read_cifar
+
+    monkeypatch.setattr(ordercomp.pickles, "MAX_OPCODES", 1000)
+    root = cifar_folder(tmp_path / "data", {}, train=100, test=10)
+    assert len(read_cifar(root, "cifar10")[0][1]) == 100
+    cifar_folder(tmp_path / "bomb", {"data_batch_1": b"\x80\x02" + b"}" * 2000 + b"."})
+    with pytest.raises(ValueError, match="data_batch_1 is not a CIFAR batch: more than 1,000 pickle operations"):
+        read_cifar(tmp_path / "bomb", "cifar10")

@@ -11,6 +11,8 @@ every level, a dtype with forged flags, a dict key whose hash never ends), so:
   `_codecs.encode` and `bytes()`, how protocol 2 writes bytes) with stand-ins that only record what the
   file says, and refuses any other callable by name, like `torch.load(weights_only=True)`; it takes
   dict keys of text, bytes and whole numbers only and no sets, so hashing costs no more than the bytes read;
+  a pickle of more opcodes than `pickles.MAX_OPCODES` is refused before any is run (each builds an object:
+  a file of one-byte `}` opcodes is ~70 bytes of empty dicts per byte);
 - `batch_arrays` then makes the two entries it needs into arrays, each holding exactly the bytes its
   shape and plain whole-number dtype declare, and accepts as labels one whole number in the class
   range per image (a flat list or a 1-D array), checked without expanding anything else.
@@ -26,6 +28,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
+
+from ..pickles import check_opcodes
 
 CIFAR10_DIR, CIFAR100_DIR = "cifar-10-batches-py", "cifar-100-python"
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -181,8 +185,10 @@ def load_batch(path: Path) -> dict:
     """One pickled batch as a dict with str keys, read by the restricted unpickler (arrays still stand-ins)."""
     if path.stat().st_size > MAX_BATCH_BYTES:
         raise ValueError(f"it is {path.stat().st_size >> 20} MiB, more than a CIFAR batch")
+    data = path.read_bytes()
+    check_opcodes(io.BytesIO(data))  # one object built per opcode: 1 MB of '}' would be 70 MB of empty dicts
     try:
-        record = _BatchUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+        record = _BatchUnpickler(io.BytesIO(data), encoding="latin1").load()
     except EOFError:
         raise pickle.UnpicklingError("it ends before its pickle does (truncated)") from None
     if type(record) is not dict:
