@@ -28,7 +28,7 @@ def check_opcodes(stream: BinaryIO, limit: int | None = None, pickles: int = 1) 
             for _ in pickletools.genops(stream):
                 count += 1
                 if count > limit:
-                    raise PickleRefused(f"more than {limit:,} pickle operations (a state dict takes ~30 a tensor)")
+                    raise PickleRefused(f"more than {limit:,} pickle operations")
     except PickleRefused:
         raise
     except Exception:  # an unknown opcode or a truncated argument: the unpickler stops there too, and says so itself

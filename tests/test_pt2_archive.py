@@ -174,3 +174,18 @@ def test_files_declaring_gigabytes_stay_under_the_memory_limit(tmp_path, genuine
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert [error.split(" ")[0] for error in result["refused"]] == list(files), result
     assert result["peak_mb"] < PEAK_LIMIT_MB, result
+
+
+def test_sample_inputs_of_more_pickle_operations_than_tensors_take_are_refused_before_torch_builds_them(tmp_path, digits, genuine,
+                                                                                                     monkeypatch):
+    import ordercomp.pickles
+
+    monkeypatch.setattr(ordercomp.pickles, "MAX_OPCODES", 1000)  # lowered to keep the test fast; genuine samples take ~20
+    path = tmp_path / "dicts.pt2"
+    path.write_bytes(crafted.sample_inputs_of_dicts(genuine))
+    with pytest.raises(CheckpointError) as error:
+        resolve_model(str(path), digits)
+    assert str(error.value).startswith("dicts.pt2 is not a readable torch.export (.pt2) archive (sample inputs whose pickle "
+                                       "has more than 1,000 pickle operations)")
+    (tmp_path / "genuine.pt2").write_bytes(genuine)
+    assert resolve_model(str(tmp_path / "genuine.pt2"), digits)[1]["source"] == "program"

@@ -189,3 +189,14 @@ def legacy_member_beside(archive: bytes) -> bytes:
 def deep_program(archive: bytes, levels: int = 100_000) -> bytes:
     """A program record nested deeper than Python's JSON reader can follow (RecursionError)."""
     return rewrite(archive, {PROGRAM: b"[" * levels + b"]" * levels})
+
+
+def sample_inputs_of_dicts(archive: bytes, count: int = 2000) -> bytes:
+    """Sample inputs whose pickle is `count` one-byte '}' opcodes: torch's weights-only unpickler builds an empty dict
+    for each (~70 bytes of memory a byte of file; 20 MB of them took 1.5 GB), and the result even loads."""
+    samples = io.BytesIO()
+    with zipfile.ZipFile(samples, "w") as inner:
+        inner.writestr("model/data.pkl", b"\x80\x02" + b"}" * count + b".")
+        inner.writestr("model/byteorder", "little")
+        inner.writestr("model/version", "3\n")
+    return rewrite(archive, {"data/sample_inputs/model.pt": samples.getvalue()})

@@ -14,7 +14,7 @@ rebuilt from the members it checked, so torch reads exactly what was checked:
 - weights and constants: raw tensors only, each record holding the bytes its declared dtype,
   sizes, strides and storage offset need, so nothing is allocated beyond what the file holds;
 - sample inputs: a stored torch zip that `torch.load(weights_only=True)` reads (torch falls back
-  to a full unpickle when that fails).
+  to a full unpickle when that fails), its pickle of at most `pickles.MAX_OPCODES` opcodes.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from typing import BinaryIO
 import torch
 
 from .. import archives
+from ..pickles import PickleRefused, check_opcodes
 from .pt2_record import MAX_DEPTH, depth, record_refusal
 
 MAX_JSON_BYTES = 8 << 20         # MobileNetV2's program record is 0.44 MB; torch takes ~20 MB of memory per MB it reads
@@ -190,7 +191,13 @@ def _dimensions(values, what: str) -> list[int]:
 
 
 def _check_sample_inputs(data: bytes) -> None:
-    _stored_members(open_zip(io.BytesIO(data), SAMPLES), len(data))
+    archive = open_zip(io.BytesIO(data), SAMPLES)
+    for info in _stored_members(archive, len(data)):
+        if info.filename.rpartition("/")[2] == "data.pkl":
+            try:  # torch's weights-only unpickler builds an object per opcode: ~70 bytes of memory a byte of '}'
+                check_opcodes(io.BytesIO(_read(archive, info)))
+            except PickleRefused as refusal:
+                raise Malformed(f"sample inputs whose pickle has {refusal}") from None
     try:
         torch.load(io.BytesIO(data), weights_only=True)
     except Exception:  # any failure here makes torch retry with a full unpickle
