@@ -231,14 +231,31 @@ def keep_checkpoint(folder: Path, name: str, data: bytes) -> Path:
     TorchScript is not read here: loading it runs its code (see `read_checkpoint`)."""
     from .models.checkpoints import is_torchscript
 
+    kept_before = _kept_files(folder / hashlib.sha256(data).hexdigest()[:16])
     path = save_upload(folder, name, data)
     try:
         if not is_torchscript(path):
             read_checkpoint(path)
     except Exception:
-        discard_upload(path)
+        _discard_refused(path, kept_before)
         raise
     return path
+
+
+def _kept_files(upload: Path) -> set[str]:
+    """The files an upload's folder holds besides its marker (the same bytes uploaded before under other names)."""
+    return {entry.name for entry in upload.iterdir() if entry.name != MARKER} if upload.is_dir() else set()
+
+
+def _discard_refused(path: Path, kept_before: set[str]) -> None:
+    """Remove a refused upload: its whole folder when nothing else was kept in it, else only the file this upload
+    added (the same bytes under another name, e.g. model.pt beside a refused model.safetensors, stay for the jobs
+    that use them)."""
+    others = kept_before - {path.name}
+    if not others:
+        discard_upload(path)
+    elif path.name not in kept_before:
+        path.unlink(missing_ok=True)
 
 
 def read_checkpoint(path: Path, *, trust_torchscript: bool = False):

@@ -180,3 +180,18 @@ def test_the_upload_check_allocates_nothing_for_the_classes_and_channels_a_file_
         assert path.stat().st_size < 2000
         with pytest.raises(CheckpointError, match=f"^{name} does not fit cnn_tiny: .* missing keys"):
             uploads.check_checkpoint(path, "cnn_tiny")
+
+
+def test_a_refused_upload_leaves_the_same_bytes_kept_under_another_name(tmp_path):
+    # uploads are kept by content hash: the same state dict uploaded as w.safetensors (refused: not safetensors)
+    # removed the whole folder, taking the w.pt kept before, which a job may use
+    buffer = io.BytesIO()
+    torch.save({"fc.weight": torch.zeros(2, 2)}, buffer)
+    kept = uploads.keep_checkpoint(tmp_path, "w.pt", buffer.getvalue())
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        uploads.keep_checkpoint(tmp_path, "w.safetensors", buffer.getvalue())
+    assert sorted(p.name for p in kept.parent.iterdir()) == [uploads.MARKER, "w.pt"]
+    assert uploads.read_checkpoint(kept)["fc.weight"].shape == (2, 2)
+    with pytest.raises(CheckpointError):
+        uploads.keep_checkpoint(tmp_path, "notes.pt", b"notes")  # alone in its folder: removed whole, as before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept.parent.name]
