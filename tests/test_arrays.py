@@ -159,3 +159,14 @@ def test_npz_arrays_are_sized_by_their_dtypes_and_must_hold_numbers(tmp_path, mo
         with pytest.raises(DataError, match=f"^{name}.npz: array x holds .* values, not numbers") as error:
             load_data(str(tmp_path / f"{name}.npz"))
         assert "\n" not in str(error.value)
+
+
+def test_a_npz_of_more_entries_than_arrays_is_refused_before_zipfile_reads_them(tmp_path, monkeypatch):
+    from untrusted_files import many_members
+
+    read = []
+    monkeypatch.setattr(np, "load", lambda *args, **kwargs: read.append(args))
+    (tmp_path / "many.npz").write_bytes(many_members(1000))  # 1M entries of 47 MB took 420 MB in np.load
+    with pytest.raises(DataError, match="^many.npz holds more than 64 members; a .npz holds one per array"):
+        load_data(str(tmp_path / "many.npz"))
+    assert read == []
