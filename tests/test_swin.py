@@ -4,6 +4,7 @@ itself (lowrank and quantize leave those layers as they are)."""
 from __future__ import annotations
 
 import functools
+import threading
 import time
 
 import pytest
@@ -20,6 +21,13 @@ from ordercomp.methods.registry import get_method
 from ordercomp.models.structure import with_structure
 from ordercomp.train import Budget
 from test_vit import fewer
+
+
+def no_watchdog_left(wait_for):
+    """Wait until every bounded call's watchdog thread has ended: from then on nothing can be raised into this thread
+    (a watchdog that ran on after its call would stop whatever the thread ran next)."""
+    wait_for(lambda: not any(t.name == "ordercomp-bounded" and t.is_alive() for t in threading.enumerate()),
+             "the bounded calls' watchdog threads to end", timeout=10)
 
 
 @pytest.fixture()
@@ -62,7 +70,7 @@ def test_lowrank_and_quantize_leave_the_layers_a_swin_reads_itself_and_change_th
         assert result.status == OK
 
 
-def test_a_bounded_call_past_its_memory_or_its_time_is_stopped_and_one_within_them_returns():
+def test_a_bounded_call_past_its_memory_or_its_time_is_stopped_and_one_within_them_returns(wait_for):
     def hoard():
         kept = []
         while True:
@@ -80,11 +88,11 @@ def test_a_bounded_call_past_its_memory_or_its_time_is_stopped_and_one_within_th
         bounded(spin, "spinning", seconds=1)
     assert time.monotonic() - start < 60
     assert bounded(lambda: sum(range(1000)), "adding", seconds=1) == 499500
-    time.sleep(0.3)  # the watchdog has nothing left to raise after a call that returned
+    no_watchdog_left(wait_for)  # the watchdog ends with a call that returned, with nothing left to raise
 
 
 @pytest.mark.parametrize("bound", ["memory", "time"])
-def test_a_stop_the_call_swallows_is_raised_again_until_the_call_ends(bound):
+def test_a_stop_the_call_swallows_is_raised_again_until_the_call_ends(bound, wait_for):
     # before: the watchdog raised once and left; a stop met in a __del__, a weakref callback or a bare `except:` was
     # lost, and the call ran on with no bound at all
     def swallows_its_first_stop_then_runs_on():
@@ -105,7 +113,7 @@ def test_a_stop_the_call_swallows_is_raised_again_until_the_call_ends(bound):
     with pytest.raises(Overrun, match="was stopped$"):
         bounded(swallows_its_first_stop_then_runs_on, "swallowing", **bounds)
     assert time.monotonic() - start < 12  # stopped again 5 s or half the memory bound after the stop it swallowed
-    time.sleep(1.5)  # nothing is raised into the test after the call has ended
+    no_watchdog_left(wait_for)  # nothing is raised into the test after the call has ended
 
 
 class _Garbage:
