@@ -34,7 +34,8 @@ def test_freed_tensors_are_reused_without_faulting_their_pages_in_again():
 
 
 def test_the_cli_keeps_freed_memory_before_its_command_runs(monkeypatch, tmp_path):
-    calls = []
+    calls, run_measure = [], cli.run_measure
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append("kept"))
+    monkeypatch.setattr(cli, "run_measure", lambda args: calls.append("command") or run_measure(args))
     assert cli.main(["measure", "--model", str(tmp_path / "missing.pt")]) != 0
-    assert calls == ["kept"]
+    assert calls == ["kept", "command"]  # once, and before the command (its allocations are the ones to keep)
