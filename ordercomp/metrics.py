@@ -16,16 +16,14 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-import weakref
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from .data.datasets import DataBundle
+from .live_memory import LiveStorage
 from .layers import FULL_BITS, all_outputs, bits_of, int8_weights, is_int8_part, multiplies_activations_at_bits, sparsity_of
 from .methods.early_exit import CLASS_PATH, class_token_path, select_exits
 from .train import predict
@@ -281,7 +279,7 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def peak_memory(model: nn.Module, data: DataBundle, device: torch.device, batch: int) -> float:
     """Peak bytes during one forward pass: weights plus the most activation memory alive at once
-    (CUDA's allocator on a GPU; on the CPU, tensor storages tracked from allocation to release)."""
+    (CUDA's allocator on a GPU; on the CPU, tensor storages tracked from allocation to release: `LiveStorage`)."""
     x = data.test.tensors[0][:batch].to(device)
     model.to(device).eval()
     if device.type == "cuda":
@@ -289,36 +287,7 @@ def peak_memory(model: nn.Module, data: DataBundle, device: torch.device, batch:
         base = torch.cuda.memory_allocated(device)
         model(x)
         return float(torch.cuda.max_memory_allocated(device) - base) + storage_bytes(model)
-    tracker = _LiveStorage()
+    tracker = LiveStorage()
     with tracker:
         model(x)
     return float(tracker.peak) + storage_bytes(model)
-
-
-class _LiveStorage(TorchDispatchMode):
-    """Counts the bytes of every new storage an op creates until its tensor is released."""
-
-    def __init__(self):
-        super().__init__()
-        self.live, self.peak, self.storages = 0, 0, set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor):
-                self._track(tensor)
-        return out
-
-    def _track(self, tensor: torch.Tensor) -> None:
-        pointer = tensor.untyped_storage().data_ptr()
-        if pointer in self.storages:
-            return
-        size = tensor.untyped_storage().nbytes()
-        self.storages.add(pointer)
-        self.live += size
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(tensor, self._release, pointer, size)
-
-    def _release(self, pointer: int, size: int) -> None:
-        self.storages.discard(pointer)
-        self.live -= size
