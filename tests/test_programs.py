@@ -133,6 +133,40 @@ def test_graph_calling_a_file_operator_is_refused(tmp_path, digits, pt2_bytes):
     assert not marker.exists()
 
 
+class Hoarder(nn.Module):
+    """A classifier whose graph also asks for `elements` floats, a size fixed at export: a few kB of file, any memory."""
+
+    def __init__(self, elements: int):
+        super().__init__()
+        self.fc, self.elements = nn.Linear(64, 10), elements
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1)) + torch.ones(self.elements).sum() * 0
+
+
+def test_a_program_whose_graph_would_hold_more_than_the_machine_has_is_refused_before_it_runs(tmp_path, digits, pt2_bytes,
+                                                                                             monkeypatch):
+    # before: a 14 kB .pt2 whose graph calls aten.ones([2**29]) passed every check and took 2 GiB on its first run (any
+    # size it names: its bytes do not hold it); a run on fake tensors now finds what it would hold, and on a machine of
+    # 32 MiB a graph of 64 MiB is refused where it is read and where it would run
+    from ordercomp.models import programs
+
+    monkeypatch.setattr(programs, "machine_memory", lambda: 32 << 20)
+    path = tmp_path / "hoard.pt2"
+    torch.export.save(torch.export.export(Hoarder(1 << 24), (digits.example_input(2),),
+                                          dynamic_shapes=({0: torch.export.Dim("batch")},)), str(path))
+    assert path.stat().st_size < 20_000
+    message = r"^hoard.pt2: its graph would hold 64.0 MiB at once on a 2x1x8x8 input, more than 50% of this machine's 32.0 MiB"
+    with pytest.raises(CheckpointError, match=message + ", so it was not run: export the model for smaller inputs"):
+        resolve_model(str(path), digits)
+    program = programs.ProgramModel(torch.export.load(str(path)).module(), programs.PT2, path)  # one that kept no example
+    with pytest.raises(programs.ProgramError, match=message.replace("2x1", "5x1")):
+        program(digits.example_input(5))
+    (tmp_path / "genuine.pt2").write_bytes(pt2_bytes)  # an ordinary program holds a few kB and runs
+    model, _ = resolve_model(str(tmp_path / "genuine.pt2"), digits)
+    assert model(digits.example_input(5)).shape == (5, 10)
+
+
 @pytest.fixture()
 def writer_script(tmp_path):
     marker = tmp_path / "written"

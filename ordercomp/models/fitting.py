@@ -12,6 +12,7 @@ from torch import nn
 
 from ..data.datasets import DataBundle
 from ..data.preprocessing import repeat_channels
+from .programs import ProgramError
 from .weights import CheckpointError, first_line
 
 CHECK_BATCH = 3
@@ -67,6 +68,8 @@ def check_logits(model: nn.Module, data: DataBundle, name: str, hint: str = BUIL
     try:
         with torch.no_grad():
             logits = model(images)
+    except ProgramError as refusal:  # a program refused before it ran: its own line says why
+        raise CheckpointError(str(refusal)) from None
     except Exception as error:  # a model raises whatever its forward raises for an input it cannot take
         raise CheckpointError(f"{name} does not run on a batch of {tuple(images.shape)} images ({first_line(error)}): "
                               f"{hint}") from None

@@ -5,7 +5,9 @@ A `.pt2` archive is read into memory once and checked before torch sees it (`pt2
 code, evaluate a string from the file as Python (symbolic sizes, guards, pytree specs) or allocate
 more than the file holds is refused, and torch reads the archive rebuilt from the checked members.
 The loaded graph may only call tensor operators (aten, prims and the quantisation kernels), never a
-Python function or a file-touching operator.
+Python function or a file-touching operator, and it runs on an input shape only after a run on fake tensors of that
+shape (nothing allocated) has shown that it holds at most MEMORY_SHARE of the machine's memory: a 14 kB graph may
+ask for any size (`aten.ones([2**29])` is 2 GiB, fixed at export), which no check of the file's bytes sees.
 TorchScript is code by design (its forward can e.g. write files), so it loads only when the
 caller says the file is trusted. Both become a `ProgramModel`: measurable, but fixed.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..live_memory import held_on_shapes, machine_memory
 from .pt2_archive import Malformed, Unsafe, checked_archive, open_zip
 
 PT2, TORCHSCRIPT = "torch.export (.pt2)", "TorchScript"
@@ -26,6 +29,8 @@ OPERATOR_NAMESPACES = {"aten", "prims", "quantized_decomposed", "torchao"}
 FILE_OPERATORS = {"from_file", "_print"}
 PURE_BUILTINS = {getattr(operator, name) for name in ("getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow",
                                                      "neg", "pos", "abs", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_")}
+MEMORY_SHARE = 0.5  # a program's run may hold at most this share of the machine's memory at once
+GIB = 1 << 30
 
 
 class ProgramError(ValueError):
@@ -40,14 +45,41 @@ class ProgramModel(nn.Module):
     def __init__(self, program: nn.Module, kind: str, path: Path | str = "the file"):
         super().__init__()
         self.program, self.kind, self.path = program, kind, str(path)
+        self.shapes_checked: set[tuple] = set()
         self.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == PT2 and (tuple(x.shape), x.dtype) not in self.shapes_checked and not torch.compiler.is_compiling():
+            check_memory(self.program, x, Path(self.path).name)
+            self.shapes_checked.add((tuple(x.shape), x.dtype))
         return self.program(x)
 
     def train(self, mode: bool = True) -> "ProgramModel":
         self.training = mode
         return self
+
+
+def check_memory(module: nn.Module, example: torch.Tensor, name: str) -> None:
+    """Refuse (ProgramError) to run a program's graph on inputs shaped as `example` when a run on fake tensors shows it
+    would hold more than MEMORY_SHARE of the machine's memory at once, or cannot show how much it holds."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, UnsupportedFakeTensorException
+
+    shape = "x".join(map(str, example.shape))
+    try:
+        held = held_on_shapes(module, example)
+    except (DataDependentOutputException, DynamicOutputShapeException, UnsupportedFakeTensorException) as error:
+        raise ProgramError(f"{name}: the memory its graph takes on a {shape} input could not be worked out from shapes alone "
+                           f"({type(error).__name__}), so it was not run: export the plain model, without data-dependent "
+                           "shapes") from None
+    limit = MEMORY_SHARE * machine_memory()
+    if held > limit:
+        raise ProgramError(f"{name}: its graph would hold {_size(held)} at once on a {shape} input, more than "
+                           f"{MEMORY_SHARE:.0%} of this machine's {_size(machine_memory())}, so it was not run: export "
+                           "the model for smaller inputs, or run it on a machine with more memory")
+
+
+def _size(count: int) -> str:
+    return f"{count / GIB:.1f} GiB" if count >= GIB else f"{count / 2**20:.1f} MiB"
 
 
 def measure_only_reason(kind: str, path) -> str:
@@ -106,11 +138,21 @@ def exported_module(path: Path) -> nn.Module:
         exported = read_archive(io.BytesIO(archive)).exported_programs["model"]
         call = _foreign_call(exported)
         module = None if call else exported.module()
+        example = None if call else _example_input(exported)
     except Exception as error:  # the deserializer raises many types for a damaged archive
         raise ProgramError(f"{path.name} is not a readable {PT2} archive ({type(error).__name__}): re-export the model") from None
     if call:
         raise ProgramError(f"{path.name} calls {call}, which is not a tensor operator; it was not run: export the plain model")
+    if example is not None:  # refused where it is read (an upload, --model), not only when it first runs
+        check_memory(module, example, path.name)
     return module
+
+
+def _example_input(exported) -> torch.Tensor | None:
+    """The one tensor the program was exported with, when the archive keeps it (its shape is all that is read)."""
+    example = exported.example_inputs
+    args, kwargs = example if example is not None else ((), {})
+    return args[0] if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor) else None
 
 
 def _checked(path: Path) -> bytes:
