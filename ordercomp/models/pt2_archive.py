@@ -54,7 +54,7 @@ class Malformed(ValueError):
 def checked_archive(data: bytes) -> bytes:
     """The archive rebuilt from its checked members; raises Unsafe or Malformed naming the refused part."""
     archive = open_zip(io.BytesIO(data), "the file")
-    members = _layout(_stored_members(archive, len(data)))
+    members = _layout(stored_members(archive, len(data)))
     records = {name: _record(archive, members[name], name) for name in (WEIGHTS, CONSTANTS, PROGRAM)}
     for kind, name in (("weight", WEIGHTS), ("constant", CONSTANTS)):
         _check_payloads(records[name], kind, members)
@@ -83,7 +83,7 @@ def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
         raise Malformed(f"a damaged member {info.filename[:80]!r} ({type(error).__name__})") from None
 
 
-def _stored_members(archive: zipfile.ZipFile, archive_bytes: int) -> list[zipfile.ZipInfo]:
+def stored_members(archive: zipfile.ZipFile, archive_bytes: int) -> list[zipfile.ZipInfo]:
     """The members of a torch zip, each stored uncompressed (as torch writes them) and named once, together
     no larger than the archive: reading them all takes no more memory than the archive's own bytes."""
     members = archive.infolist()
@@ -192,7 +192,7 @@ def _dimensions(values, what: str) -> list[int]:
 
 def _check_sample_inputs(data: bytes) -> None:
     archive = open_zip(io.BytesIO(data), SAMPLES)
-    for info in _stored_members(archive, len(data)):
+    for info in stored_members(archive, len(data)):
         if info.filename.rpartition("/")[2] == "data.pkl":
             try:  # torch's weights-only unpickler builds an object per opcode: ~70 bytes of memory a byte of '}'
                 check_opcodes(io.BytesIO(_read(archive, info)))

@@ -18,13 +18,18 @@ missing and which are not the model's, and how to build the model the file was s
 """
 from __future__ import annotations
 
+import io
 import pickle
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..pickles import PickleRefused, check_opcodes
+from .pt2_archive import Malformed, open_zip, stored_members
 
 WEIGHT_ENTRIES = ("state_dict", "model_state_dict", "model", "module", "net", "network")
 MAX_PREFIX_PARTS = 3
@@ -101,12 +106,6 @@ def _check_torch_file(path: Path) -> None:
     """Refuse, before torch reads it, a file that would take memory out of proportion to its bytes: a zip whose members
     are compressed (torch inflates them: 2 MB of deflated zeros make a 2 GB tensor) or declare more than the file holds,
     or whose pickle has more opcodes than `pickles.MAX_OPCODES` (each builds an object: ~70 bytes of memory a byte)."""
-    import io
-    import zipfile
-
-    from ..pickles import PickleRefused, check_opcodes
-    from .pt2_archive import Malformed, _stored_members, open_zip
-
     remedy = "re-save it with torch.save(model.state_dict(), path)"
     try:
         with path.open("rb") as file:
@@ -120,17 +119,17 @@ def _check_torch_file(path: Path) -> None:
             except Malformed as refusal:  # more members than torch writes
                 raise CheckpointError(f"{refusal}: {remedy}") from None
             with archive:
-                members = _stored_members(archive, path.stat().st_size)
+                members = stored_members(archive, path.stat().st_size)
                 for info in members:
                     if info.filename.rpartition("/")[2] == "data.pkl":
                         check_opcodes(io.BytesIO(archive.read(info)))
+    except CheckpointError:
+        raise
     except Malformed as refusal:
         raise CheckpointError(f"{path.name} holds {refusal}: {remedy}") from None
     except PickleRefused as refusal:
         raise CheckpointError(f"{path.name} is a pickle of {refusal}; nothing was built from it: {remedy}") from None
     except (OSError, zipfile.BadZipFile, EOFError, ValueError) as error:
-        if isinstance(error, CheckpointError):
-            raise
         raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({type(error).__name__}): {remedy}") from None
 
 
