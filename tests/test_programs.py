@@ -162,6 +162,11 @@ def test_a_program_whose_graph_would_hold_more_than_the_machine_has_is_refused_b
     program = programs.ProgramModel(torch.export.load(str(path)).module(), programs.PT2, path)  # one that kept no example
     with pytest.raises(programs.ProgramError, match=message.replace("2x1", "5x1")):
         program(digits.example_input(5))
+    samples = io.BytesIO()
+    torch.save(((torch.zeros(2, 3, 8, 8),), {}), samples)  # an example the graph cannot take: torch never writes one
+    (tmp_path / "other.pt2").write_bytes(rewrite(pt2_bytes, {"data/sample_inputs/model.pt": samples.getvalue()}))
+    with pytest.raises(CheckpointError, match=r"^other.pt2 does not run on the input it was exported with \(\w+\); nothing"):
+        resolve_model(str(tmp_path / "other.pt2"), digits)
     (tmp_path / "genuine.pt2").write_bytes(pt2_bytes)  # an ordinary program holds a few kB and runs
     model, _ = resolve_model(str(tmp_path / "genuine.pt2"), digits)
     assert model(digits.example_input(5)).shape == (5, 10)

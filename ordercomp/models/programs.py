@@ -144,8 +144,19 @@ def exported_module(path: Path) -> nn.Module:
     if call:
         raise ProgramError(f"{path.name} calls {call}, which is not a tensor operator; it was not run: export the plain model")
     if example is not None:  # refused where it is read (an upload, --model), not only when it first runs
-        check_memory(module, example, path.name)
+        _check_on_example(module, example, path.name)
     return module
+
+
+def _check_on_example(module: nn.Module, example: torch.Tensor, name: str) -> None:
+    """`check_memory` at the input the program was exported with; a graph that does not even run on that is refused."""
+    try:
+        check_memory(module, example, name)
+    except ProgramError:
+        raise
+    except Exception as error:  # torch.export.save never writes one: the archive's sample inputs were replaced
+        raise ProgramError(f"{name} does not run on the input it was exported with ({type(error).__name__}); nothing in it "
+                           "was run: re-export the model with torch.export.save") from None
 
 
 def _example_input(exported) -> torch.Tensor | None:
