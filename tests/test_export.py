@@ -174,9 +174,10 @@ def test_an_image_at_the_exit_threshold_may_leave_at_either_exit(float_exits, fe
 def test_every_float_file_is_checked_on_the_whole_test_split_with_its_tolerance_stated(exported, compressed):
     _, manifest = exported
     test_images = len(compressed.data.test.tensors[1])
-    for entry in manifest["formats"]:
-        if "check" in entry:
-            assert entry["check"]["images"] == test_images, entry["format"]  # 16 images before
+    checked = [entry for entry in manifest["formats"] if "check" in entry]
+    assert {entry["format"] for entry in checked} == set(export.PROGRAM_FORMATS)  # every file that runs is checked
+    for entry in checked:
+        assert entry["check"]["images"] == test_images, entry["format"]  # 16 images before
     assert set(manifest["tolerances"]) == {"float formats", "onnx_int8"}
 
 
