@@ -520,6 +520,22 @@ def shown_as_typed(markdown: str, text: str = INJECTION) -> bool:
     return formatting.md(text) in markdown and text not in markdown
 
 
+# Streamlit's markdown (remark-gfm, mdast-util-gfm-autolink-literal) links bare URLs, www. names and e-mail addresses in a
+# pass over the parsed text, after backslash escapes are undone: these are its patterns, from the frontend bundle
+AUTOLINK_LITERALS = (re.compile(r"(https?://|www(?=\.))([-.\w]+)([^ \t\r\n]*)", re.I),
+                     re.compile(r"(?<![^\s\W])([-.\w+]+)@([-\w]+(?:\.[-\w]+)+)"))
+
+
+@pytest.mark.parametrize("text", ["log in again at https://evil.example/login", "see http://www.evil.example", "www.evil.example",
+                                  "WWW.Evil.Example/x", "write to help@evil.example", INJECTION])
+def test_user_text_never_becomes_a_link_not_even_a_bare_url(text):
+    """md() escapes markdown links, but a bare URL, www. name or e-mail address would still be linked by the autolink
+    pass that runs on the unescaped text: md() breaks them with an invisible word joiner, and the text reads the same."""
+    shown = plain(formatting.md(text))
+    assert not any(pattern.search(shown) for pattern in AUTOLINK_LITERALS), shown
+    assert shown.replace("\u2060", "") == text
+
+
 def test_text_from_the_url_is_shown_as_typed_not_as_markdown(store):
     at = app("4_order", job=INJECTION)
     assert shown_as_typed(at.main.info[0].value)

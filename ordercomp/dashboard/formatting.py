@@ -4,6 +4,10 @@ Streamlit renders markdown in almost every element (st.markdown, st.caption, st.
 text a user supplied (job ids from the URL, file and folder names, class names, error messages
 that quote them) goes through `md` or `code` so it shows as typed and never as links, images,
 emphasis, colour directives or maths.
+
+Escaping is not enough for bare URLs, www. names and e-mail addresses: Streamlit's markdown (remark-gfm) links them in
+a pass over the parsed text, after the escapes are undone. `md` puts an invisible word joiner (U+2060) where that
+pass would start a link (after http/https/www, before @), so the text reads the same and is never a link.
 """
 from __future__ import annotations
 
@@ -15,11 +19,15 @@ FORMAT_LABELS = {"torchscript": "TorchScript", "pt2": "torch.export (.pt2)", "on
 
 
 MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:^=&])")
+AUTOLINK_STARTS = re.compile(r"(https?(?=:)|www(?=\.))|(?=@)", re.IGNORECASE)  # where remark-gfm's bare-link pass matches
+WORD_JOINER = "\u2060"  # invisible, no line break: splits what the autolink pass would read as one link
 
 
 def md(text: object) -> str:
-    """`text` as markdown that shows exactly `text`, on one line: every markdown character escaped."""
-    return MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(str(text).splitlines()))
+    """`text` as markdown that shows exactly `text`, on one line: every markdown character escaped, and a word joiner
+    wherever a bare URL, www. name or e-mail address would otherwise be linked."""
+    line = AUTOLINK_STARTS.sub(lambda m: (m.group(1) or "") + WORD_JOINER, " ".join(str(text).splitlines()))
+    return MARKDOWN_SPECIALS.sub(r"\\\1", line)
 
 
 def code(text: object) -> str:
