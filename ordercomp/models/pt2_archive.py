@@ -190,14 +190,20 @@ def _dimensions(values, what: str) -> list[int]:
     return numbers
 
 
-def _check_sample_inputs(data: bytes) -> None:
-    archive = open_zip(io.BytesIO(data), SAMPLES)
-    for info in stored_members(archive, len(data)):
+def check_torch_zip(archive: zipfile.ZipFile, archive_bytes: int) -> None:
+    """A `torch.save` zip's members stored as torch writes them (`stored_members`) and its pickle of at most
+    `pickles.MAX_OPCODES` operations (torch's weights-only unpickler builds an object per operation: ~70 bytes of memory
+    a byte of '}'); raises Malformed or PickleRefused."""
+    for info in stored_members(archive, archive_bytes):
         if info.filename.rpartition("/")[2] == "data.pkl":
-            try:  # torch's weights-only unpickler builds an object per opcode: ~70 bytes of memory a byte of '}'
-                check_opcodes(io.BytesIO(_read(archive, info)))
-            except PickleRefused as refusal:
-                raise Malformed(f"sample inputs whose pickle has {refusal}") from None
+            check_opcodes(io.BytesIO(_read(archive, info)))
+
+
+def _check_sample_inputs(data: bytes) -> None:
+    try:
+        check_torch_zip(open_zip(io.BytesIO(data), SAMPLES), len(data))
+    except PickleRefused as refusal:
+        raise Malformed(f"sample inputs whose pickle has {refusal}") from None
     try:
         torch.load(io.BytesIO(data), weights_only=True)
     except Exception:  # any failure here makes torch retry with a full unpickle

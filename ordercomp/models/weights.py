@@ -18,7 +18,6 @@ missing and which are not the model's, and how to build the model the file was s
 """
 from __future__ import annotations
 
-import io
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 from ..pickles import PickleRefused, check_opcodes
-from .pt2_archive import Malformed, open_zip, stored_members
+from .pt2_archive import Malformed, check_torch_zip, open_zip
 
 WEIGHT_ENTRIES = ("state_dict", "model_state_dict", "model", "module", "net", "network")
 MAX_PREFIX_PARTS = 3
@@ -119,10 +118,7 @@ def _check_torch_file(path: Path) -> None:
             except Malformed as refusal:  # more members than torch writes
                 raise CheckpointError(f"{refusal}: {remedy}") from None
             with archive:
-                members = stored_members(archive, path.stat().st_size)
-                for info in members:
-                    if info.filename.rpartition("/")[2] == "data.pkl":
-                        check_opcodes(io.BytesIO(archive.read(info)))
+                check_torch_zip(archive, path.stat().st_size)
     except CheckpointError:
         raise
     except Malformed as refusal:
