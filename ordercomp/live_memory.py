@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -77,7 +78,7 @@ def machine_memory() -> int:
         total = FALLBACK_MEMORY
     for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            limit = int(open(limit_file).read().strip())
+            limit = int(Path(limit_file).read_text().strip())
         except (OSError, ValueError):  # no such file, or "max"
             continue
         total = min(total, limit)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..live_memory import held_on_shapes, machine_memory
+from ..report.figures import size_text
 from .pt2_archive import Malformed, Unsafe, checked_archive, open_zip
 
 PT2, TORCHSCRIPT = "torch.export (.pt2)", "TorchScript"
@@ -30,7 +31,6 @@ FILE_OPERATORS = {"from_file", "_print"}
 PURE_BUILTINS = {getattr(operator, name) for name in ("getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow",
                                                      "neg", "pos", "abs", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_")}
 MEMORY_SHARE = 0.5  # a program's run may hold at most this share of the machine's memory at once
-GIB = 1 << 30
 
 
 class ProgramError(ValueError):
@@ -71,15 +71,11 @@ def check_memory(module: nn.Module, example: torch.Tensor, name: str) -> None:
         raise ProgramError(f"{name}: the memory its graph takes on a {shape} input could not be worked out from shapes alone "
                            f"({type(error).__name__}), so it was not run: export the plain model, without data-dependent "
                            "shapes") from None
-    limit = MEMORY_SHARE * machine_memory()
-    if held > limit:
-        raise ProgramError(f"{name}: its graph would hold {_size(held)} at once on a {shape} input, more than "
-                           f"{MEMORY_SHARE:.0%} of this machine's {_size(machine_memory())}, so it was not run: export "
+    memory = machine_memory()
+    if held > MEMORY_SHARE * memory:
+        raise ProgramError(f"{name}: its graph would hold {size_text(held)} at once on a {shape} input, more than "
+                           f"{MEMORY_SHARE:.0%} of this machine's {size_text(memory)}, so it was not run: export "
                            "the model for smaller inputs, or run it on a machine with more memory")
-
-
-def _size(count: int) -> str:
-    return f"{count / GIB:.1f} GiB" if count >= GIB else f"{count / 2**20:.1f} MiB"
 
 
 def measure_only_reason(kind: str, path) -> str:
