@@ -172,6 +172,44 @@ def test_a_program_whose_graph_would_hold_more_than_the_machine_has_is_refused_b
     assert model(digits.example_input(5)).shape == (5, 10)
 
 
+class Grinder(nn.Module):
+    """A classifier whose graph also does hours of work on values fixed at export, in a few kB of file and under a GiB."""
+
+    def __init__(self, work: str):
+        super().__init__()
+        self.fc, self.work = nn.Linear(64, 10), work
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.work == "products":  # twenty products of 8192 x 8192 matrices: 22 TFLOP
+            grist = torch.ones(8192, 8192)
+            for _ in range(20):
+                grist = grist @ grist
+        elif self.work == "broadcast sum":  # one number read as 2**42 (a view allocates nothing): 4.4 T elements
+            grist = torch.ones(1).expand(1 << 42)
+        else:  # the inverse of a 20480 x 20480 matrix: 8.6 T operations, from 1.6 GiB
+            grist = torch.linalg.inv(torch.eye(20480))
+        return self.fc(x.flatten(1)) + grist.sum() * 0
+
+
+@pytest.mark.parametrize("work", ["products", "broadcast sum", "matrix inverse"])
+def test_a_program_whose_graph_would_work_for_hours_is_refused_before_it_runs(tmp_path, digits, work):
+    # before: a .pt2 of a few kB passed every check and kept the machine's cores busy for hours on its first run (its
+    # work is fixed at export, not in its bytes); a run on fake tensors now counts its FLOPs and the elements its ops read
+    from ordercomp.models import programs
+
+    path = tmp_path / "grind.pt2"
+    torch.export.save(torch.export.export(Grinder(work), (digits.example_input(2),),
+                                          dynamic_shapes=({0: torch.export.Dim("batch")},)), str(path))
+    assert path.stat().st_size < 40_000
+    message = r"^grind.pt2: its graph would do \d+\.\d TFLOP an image on a {}x1x8x8 input, more than the heaviest image " \
+              r"classifiers \(1.5\), so it was not run: export the model for smaller inputs$"
+    with pytest.raises(CheckpointError, match=message.format(2)):
+        resolve_model(str(path), digits)
+    program = programs.ProgramModel(torch.export.load(str(path)).module(), programs.PT2, path)  # one that kept no example
+    with pytest.raises(programs.ProgramError, match=message.format(3)):
+        program(digits.example_input(3))
+
+
 @pytest.fixture()
 def writer_script(tmp_path):
     marker = tmp_path / "written"

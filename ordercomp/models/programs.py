@@ -5,9 +5,11 @@ A `.pt2` archive is read into memory once and checked before torch sees it (`pt2
 code, evaluate a string from the file as Python (symbolic sizes, guards, pytree specs) or allocate
 more than the file holds is refused, and torch reads the archive rebuilt from the checked members.
 The loaded graph may only call tensor operators (aten, prims and the quantisation kernels), never a
-Python function or a file-touching operator, and it runs on an input shape only after a run on fake tensors of that
-shape (nothing allocated) has shown that it holds at most MEMORY_SHARE of the machine's memory: a 14 kB graph may
-ask for any size (`aten.ones([2**29])` is 2 GiB, fixed at export), which no check of the file's bytes sees.
+Python function or a file-touching operator (nor a loop: those are higher-order operators), and it runs on an input
+shape only after a run on fake tensors of that shape (nothing allocated) has shown that it holds at most MEMORY_SHARE
+of the machine's memory and does at most MAX_WORK_PER_IMAGE: a 14 kB graph may ask for any size (`aten.ones([2**29])`
+is 2 GiB, fixed at export) and any work (a chain of products of 8192 x 8192 constants), which no check of the file's
+bytes sees.
 TorchScript is code by design (its forward can e.g. write files), so it loads only when the
 caller says the file is trusted. Both become a `ProgramModel`: measurable, but fixed.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..live_memory import held_on_shapes, machine_memory
+from ..live_memory import machine_memory, run_on_shapes
 from ..report.figures import size_text
 from .pt2_archive import Malformed, Unsafe, checked_archive, open_zip
 
@@ -31,6 +33,10 @@ FILE_OPERATORS = {"from_file", "_print"}
 PURE_BUILTINS = {getattr(operator, name) for name in ("getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow",
                                                      "neg", "pos", "abs", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_")}
 MEMORY_SHARE = 0.5  # a program's run may hold at most this share of the machine's memory at once
+# FLOPs plus elements read and written (live_memory.OpWork) a program may spend on one image: about twice ViT-H/14's at
+# 336 px (0.8 TFLOP), 12x ViT-L/16's at 224; 15 s an image on two cores at 100 GFLOP/s, so that a pass over a test split
+# ends in hours, not never
+MAX_WORK_PER_IMAGE = 1.5e12
 
 
 class ProgramError(ValueError):
@@ -50,7 +56,7 @@ class ProgramModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == PT2 and (tuple(x.shape), x.dtype) not in self.shapes_checked and not torch.compiler.is_compiling():
-            check_memory(self.program, x, Path(self.path).name)
+            check_run(self.program, x, Path(self.path).name)
             self.shapes_checked.add((tuple(x.shape), x.dtype))
         return self.program(x)
 
@@ -59,23 +65,29 @@ class ProgramModel(nn.Module):
         return self
 
 
-def check_memory(module: nn.Module, example: torch.Tensor, name: str) -> None:
+def check_run(module: nn.Module, example: torch.Tensor, name: str) -> None:
     """Refuse (ProgramError) to run a program's graph on inputs shaped as `example` when a run on fake tensors shows it
-    would hold more than MEMORY_SHARE of the machine's memory at once, or cannot show how much it holds."""
+    would hold more than MEMORY_SHARE of the machine's memory at once or do more than MAX_WORK_PER_IMAGE an image, or
+    cannot show what it takes."""
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, UnsupportedFakeTensorException
 
     shape = "x".join(map(str, example.shape))
     try:
-        held = held_on_shapes(module, example)
+        run = run_on_shapes(module, example)
     except (DataDependentOutputException, DynamicOutputShapeException, UnsupportedFakeTensorException) as error:
-        raise ProgramError(f"{name}: the memory its graph takes on a {shape} input could not be worked out from shapes alone "
+        raise ProgramError(f"{name}: the memory and work its graph takes on a {shape} input could not be worked out from shapes alone "
                            f"({type(error).__name__}), so it was not run: export the plain model, without data-dependent "
                            "shapes") from None
     memory = machine_memory()
-    if held > MEMORY_SHARE * memory:
-        raise ProgramError(f"{name}: its graph would hold {size_text(held)} at once on a {shape} input, more than "
+    if run.held > MEMORY_SHARE * memory:
+        raise ProgramError(f"{name}: its graph would hold {size_text(run.held)} at once on a {shape} input, more than "
                            f"{MEMORY_SHARE:.0%} of this machine's {size_text(memory)}, so it was not run: export "
                            "the model for smaller inputs, or run it on a machine with more memory")
+    per_image = run.work / max(1, example.shape[0] if example.dim() else 1)
+    if per_image > MAX_WORK_PER_IMAGE:
+        raise ProgramError(f"{name}: its graph would do {per_image / 1e12:.1f} TFLOP an image on a {shape} input, more than "
+                           f"the heaviest image classifiers ({MAX_WORK_PER_IMAGE / 1e12:.1f}), so it was not run: export "
+                           "the model for smaller inputs")
 
 
 def measure_only_reason(kind: str, path) -> str:
@@ -145,9 +157,9 @@ def exported_module(path: Path) -> nn.Module:
 
 
 def _check_on_example(module: nn.Module, example: torch.Tensor, name: str) -> None:
-    """`check_memory` at the input the program was exported with; a graph that does not even run on that is refused."""
+    """`check_run` at the input the program was exported with; a graph that does not even run on that is refused."""
     try:
-        check_memory(module, example, name)
+        check_run(module, example, name)
     except ProgramError:
         raise
     except Exception as error:  # torch.export.save never writes one: the archive's sample inputs were replaced
