@@ -66,16 +66,32 @@ def extract_image_zip(data: bytes, folder: Path) -> str:
         return check_data_path(str(_tree_root(target)))
     folder.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=folder, prefix=".unzip-"))
+    placed = False
     try:
         (temp / MARKER).touch()
         for member in members:
             _extract_member(archive, member, temp)
-        os.replace(temp, target)
+        placed = _place(temp, target)
         return check_data_path(str(_tree_root(target)))
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
-        discard_upload(target)
+        if placed:  # only what this call wrote: the same bytes unpacked by another upload meanwhile are that one's
+            discard_upload(target)
         raise
+
+
+def _place(temp: Path, target: Path) -> bool:
+    """Move an unpacked tree to its content's folder; False when another upload of the same bytes got there first
+    (its tree is the same, and this one is removed)."""
+    try:
+        os.replace(temp, target)
+        return True
+    except OSError:
+        if not (target / MARKER).is_file():
+            raise
+        shutil.rmtree(temp, ignore_errors=True)
+        _mark_used(target)
+        return False
 
 
 def _check_members(members: list[zipfile.ZipInfo], archive_bytes: int) -> None:

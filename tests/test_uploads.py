@@ -69,6 +69,24 @@ def zip_with_duplicate() -> bytes:
     return buffer.getvalue()
 
 
+def test_the_same_zip_uploaded_twice_at_once_keeps_one_tree_for_both(tmp_path, monkeypatch):
+    # before: the upload that finished second could not move its tree onto the first's, took that for a refusal and
+    # removed the first's tree, which a job may have been reading
+    folder, data = tmp_path / "datasets", zip_of({"pets/cat/1.png": png(), "pets/dog/1.png": png()})
+    extract, roots = uploads._extract_member, []
+
+    def meanwhile(archive, member, temp):  # the other upload of the same bytes finishes while this one unpacks
+        monkeypatch.setattr(uploads, "_extract_member", extract)
+        if not roots:
+            roots.append(uploads.extract_image_zip(data, folder))
+        extract(archive, member, temp)
+
+    monkeypatch.setattr(uploads, "_extract_member", meanwhile)
+    assert uploads.extract_image_zip(data, folder) == roots[0]
+    assert sorted(p.name for p in os.scandir(roots[0])) == ["cat", "dog"]
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".unzip-")] == []
+
+
 def test_a_zip_that_is_no_image_folder_is_removed_again(tmp_path):
     folder = tmp_path / "datasets"
     with pytest.raises(DataError, match="is not an ImageFolder tree"):
