@@ -18,7 +18,7 @@ from ordercomp.metrics import expected_cost
 from ordercomp.models.structure import with_structure
 from ordercomp.train import Budget, train
 from tests.user_models.own_vit import EncoderViT, OwnViT
-from test_vit import fewer
+from testkit import fewer
 
 
 @pytest.fixture(scope="module")

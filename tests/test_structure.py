@@ -27,7 +27,7 @@ from ordercomp.methods.early_exit import EarlyExitNet
 from ordercomp.methods.registry import METHODS, get_method
 from ordercomp.models.structure import StructureError, structure_of, with_structure
 from ordercomp.train import Budget, train
-from testkit import TRANSFORMER_ONLY
+from testkit import TRANSFORMER_ONLY, fewer
 
 
 class UserNet(nn.Module):
@@ -72,14 +72,6 @@ def small_vit(in_channels: int = 1) -> nn.Module:
     return vit
 
 
-def fewer(data, train: int = 128, held_out: int = 64):
-    """The data with fewer images per split, so each method trains one or two batches."""
-    few = copy.copy(data)
-    for name, count in (("train", train), ("val", held_out), ("test", held_out)):
-        setattr(few, name, TensorDataset(*(t[:count] for t in getattr(data, name).tensors)))
-    return few
-
-
 def in_colour(data):
     """Digits as 3-channel images, so torchvision's networks run as torchvision defines them."""
     coloured = copy.copy(data)
@@ -92,14 +84,14 @@ def in_colour(data):
 
 @pytest.fixture(scope="module")
 def digits16():
-    return in_colour(fewer(load_data("digits", input_size=16)))
+    return in_colour(fewer(load_data("digits", input_size=16), 128, 64))
 
 
 @pytest.fixture(scope="module")
 def user_base(digits):
     """UserNet trained briefly on the 8-px digits, split by tracing."""
     torch.manual_seed(0)
-    model = train(UserNet(), fewer(digits, 256), Budget(epochs=2, lr=5e-3), seed=0, device=torch.device("cpu"))
+    model = train(UserNet(), fewer(digits, 256, 64), Budget(epochs=2, lr=5e-3), seed=0, device=torch.device("cpu"))
     return with_structure(model, digits.example_input(2), digits.num_classes)
 
 
@@ -145,7 +137,7 @@ def test_a_convolution_whose_channels_are_the_classes_is_found_through_its_activ
     """Issue 14, a network from outside the benchmark: SqueezeNet's logits come from a 1x1 convolution, then ReLU and
     global pooling; tracing stopped at the pooling, so prune, sparsify, lowrank, distill, int8 and early_exit were
     incompatible. Now its classifier is found, the network is split, and pruning keeps its 10 output channels."""
-    digits32 = in_colour(fewer(load_data("digits", input_size=32)))
+    digits32 = in_colour(fewer(load_data("digits", input_size=32), 128, 64))
     torch.manual_seed(0)
     model = tv.squeezenet1_1(num_classes=10).eval()
     view = with_structure(model, digits32.example_input(2), 10)
@@ -188,7 +180,7 @@ def test_a_vit_has_its_classifier_found_and_no_stages_with_the_reason(digits):
 @pytest.mark.parametrize("name", [name for name in METHODS if name not in TRANSFORMER_ONLY])
 def test_every_method_applies_to_the_user_cnn_and_keeps_ten_outputs_from_fc(name, user_base, digits):
     # before: prune protected `proj`, the last registered layer, and cut fc from 10 outputs to 6
-    context = Context(fewer(digits), Budget(epochs=1), seed=0)
+    context = Context(fewer(digits, 128, 64), Budget(epochs=1), seed=0)
     method = get_method(name)
     compressed = method.apply(user_base, method.default_config(), context)
     assert classes_out(compressed, digits.test.tensors[0][:5]) == 10
@@ -221,7 +213,7 @@ def test_distill_depth_drops_whole_residual_blocks_of_a_traced_resnet(resnet18_a
 
 
 def test_a_classifier_tracing_cannot_find_can_be_named(digits):
-    context = Context(fewer(digits), Budget(epochs=0), seed=0)
+    context = Context(fewer(digits, 128, 64), Budget(epochs=0), seed=0)
     prune = get_method("prune")
     found = with_structure(ScaledLogits(), digits.example_input(2), 10)
     assert structure_of(found).classifier is None and "the logits come from mul" in structure_of(found).why_no_classifier
@@ -263,7 +255,7 @@ def test_the_zoo_and_the_spec_refuse_structure_names_with_one_line(tmp_path, cap
 
 def test_distill_depth_is_incompatible_where_it_cannot_drop_a_block(user_base, digits):
     # before: a model without stages kept every block and reported the student as distilled to that depth
-    context = Context(fewer(digits), Budget(epochs=0), seed=0)
+    context = Context(fewer(digits, 128, 64), Budget(epochs=0), seed=0)
     distill = get_method("distill")
     unstaged = with_structure(SizeBranch(), digits.example_input(2), 10)
     with pytest.raises(Incompatible, match="needs stage boundaries: torch.fx could not trace the forward"):
@@ -287,7 +279,7 @@ def test_a_forward_tracing_cannot_follow_has_its_classifier_named_and_is_told_st
     --stages, which is refused for a forward that cannot be traced."""
     view = with_structure(SizeBranch(), digits.example_input(2), 10, classifier="fc")
     assert structure_of(view).classifier == "fc" and not structure_of(view).traced
-    context = Context(fewer(digits), Budget(epochs=0), seed=0)
+    context = Context(fewer(digits, 128, 64), Budget(epochs=0), seed=0)
     assert get_method("prune").apply(view, get_method("prune").default_config(), context).fc.out_features == 10
     for name in ("early_exit", "int8"):
         with pytest.raises(Incompatible) as why:
@@ -298,7 +290,7 @@ def test_a_forward_tracing_cannot_follow_has_its_classifier_named_and_is_told_st
 
 
 def test_methods_that_need_stages_say_what_is_missing(digits):
-    context = Context(fewer(digits), Budget(epochs=0), seed=0)
+    context = Context(fewer(digits, 128, 64), Budget(epochs=0), seed=0)
     perceptron = with_structure(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), digits.example_input(2), 10)
     flat_cnn = with_structure(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
                                             nn.Linear(512, 10)), digits.example_input(2), 10)
@@ -315,7 +307,7 @@ def test_methods_that_need_stages_say_what_is_missing(digits):
 def test_any_error_inside_a_method_is_a_failed_step_and_a_cancel_or_interrupt_still_stops(monkeypatch, user_base, digits):
     from ordercomp.jobs.worker import Cancelled
 
-    context = Context(fewer(digits), Budget(epochs=0), seed=0)
+    context = Context(fewer(digits, 128, 64), Budget(epochs=0), seed=0)
     configs = make_configs(["prune"])
     for error in (IndexError("index 12 is out of bounds for dimension 0 with size 8"), KeyError("weight"), AssertionError()):
         def broken(model, config, context, error=error):
@@ -338,7 +330,7 @@ def test_a_method_that_changes_the_number_of_outputs_fails_its_step(monkeypatch,
         return model
 
     monkeypatch.setitem(METHODS, "prune", dataclasses.replace(METHODS["prune"], apply_fn=cut_classifier))
-    _, result = run_step(user_base, ("prune",), make_configs(["prune"]), Context(fewer(digits), Budget(epochs=0), seed=0))
+    _, result = run_step(user_base, ("prune",), make_configs(["prune"]), Context(fewer(digits, 128, 64), Budget(epochs=0), seed=0))
     assert result.status == FAILED and result.reason == "RuntimeError: prune changed the model's outputs from 10 logits to 6"
 
 
@@ -356,7 +348,7 @@ def test_an_exploration_of_a_vit_goes_on_past_the_methods_that_fail_and_says_whi
     torch.manual_seed(0)
     monkeypatch.setattr(explorer, "resolve_model", lambda *args, **kwargs: (small_vit(), {"source": "test", "name": "vit"}))
     spec = ExploreSpec(methods=("prune", "distill", "quantize", "sparsify"), seeds=1, search="pairwise", budget=Budget(epochs=0.5), device="cpu")
-    result = Explorer(spec, cache_dir=None, data=fewer(digits)).explore().to_dict()
+    result = Explorer(spec, cache_dir=None, data=fewer(digits, 128, 64)).explore().to_dict()
     assert sorted(result["chain"]) == ["quantize", "sparsify"]
     assert {entry["method"]: entry["status"] for entry in result["left_out"]} == {"prune": FAILED, "distill": FAILED}
     assert any(step["chain"] == ["prune"] and "Torch-Pruning could not prune this network's channels" in step["reason"]
@@ -384,7 +376,7 @@ def test_pruning_a_forward_that_keeps_its_only_width_in_an_attribute_is_incompat
     # without the check: "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x16 and 8x10)", with no word of
     # pruning; then a failed step; now the one layer it could prune is the one whose width the forward holds
     base = with_structure(WidthInAttribute(), digits.example_input(2), digits.num_classes, classifier="fc")
-    _, result = run_step(base, ("prune",), make_configs(["prune"]), Context(fewer(digits), Budget(epochs=0), seed=0))
+    _, result = run_step(base, ("prune",), make_configs(["prune"]), Context(fewer(digits, 128, 64), Budget(epochs=0), seed=0))
     assert result.status == INCOMPATIBLE
     assert result.reason.startswith("prune found no layer whose channels this network's forward can lose (")
     assert "shapes cannot be mul" in result.reason and "\n" not in result.reason
@@ -394,7 +386,7 @@ def test_a_user_cnn_with_early_exits_exports_to_float_onnx_that_predicts_as_pyto
     from ordercomp.deploy.export import export_compressed
     from ordercomp.deploy.runtimes import load_runner
 
-    context = Context(fewer(digits), Budget(epochs=1), seed=0)
+    context = Context(fewer(digits, 128, 64), Budget(epochs=1), seed=0)
     exits = get_method("early_exit").apply(user_base, get_method("early_exit").make_config(threshold=0.6), context)
     manifest = export_compressed(exits, tmp_path / "out", formats=("onnx", "packed", "state_dict"), chain=["early_exit"],
                                  configs={}, metrics={}, data=digits, base={"source": "test"}, measure=False)

@@ -20,7 +20,7 @@ from ordercomp.methods.base import Context
 from ordercomp.methods.registry import get_method
 from ordercomp.models.structure import with_structure
 from ordercomp.train import Budget
-from test_vit import fewer
+from testkit import fewer
 
 
 def no_watchdog_left(wait_for):

@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import TensorDataset
 from torchvision.models.vision_transformer import VisionTransformer
 
 from ordercomp.exploration.explorer import DEFAULT_METHODS, ExploreSpec, prepare_base
@@ -27,7 +26,7 @@ from ordercomp.models.structure import with_structure
 from ordercomp.models.weights import CheckpointError
 from ordercomp.models.zoo import create_model
 from ordercomp.train import Budget
-from testkit import TRANSFORMER_ONLY
+from testkit import TRANSFORMER_ONLY, fewer
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +34,6 @@ def vit_base():
     """The shipped sample as an exploration takes it: 32-px digits, grey repeated to 3 channels, classifier marked."""
     base, source, data = prepare_base("digits32_vit", device="cpu")
     return base, data
-
-
-def fewer(data, train: int = 256, held_out: int = 359):
-    """A quarter of the training images (fine-tuning in seconds), all the validation images."""
-    few = copy.copy(data)
-    for name, count in (("train", train), ("val", held_out), ("test", held_out)):
-        setattr(few, name, TensorDataset(*(t[:count] for t in getattr(data, name).tensors)))
-    return few
 
 
 def tiny_vit() -> nn.Module:

@@ -1,11 +1,13 @@
 """What several test modules share: crafted files for the refusal tests, the small exploration
-setting, the user's class the tests load by path, and waiting on a condition (never on a fixed interval).
+setting, fewer images per split, the user's class the tests load by path, and waiting on a condition (never on a fixed
+interval).
 
 A plain module: pytest puts tests/ on sys.path (rootdir conftest, no __init__.py), so test modules
 in tests/ and its sub-folders import it as `testkit`.
 """
 from __future__ import annotations
 
+import copy
 import io
 import os
 import shutil
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from torch.utils.data import TensorDataset
 
 from ordercomp.train import Budget
 
@@ -33,6 +36,15 @@ TRANSFORMER_ONLY = ("token_merge",)
 
 # A user's own class as a file, by absolute path: every test runs in a working folder of its own.
 MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"
+
+
+def fewer(data, train: int = 256, held_out: int = 359):
+    """The data with `train` training images (fine-tuning in seconds) and `held_out` validation and test images (359:
+    all of the digits')."""
+    few = copy.copy(data)
+    for name, count in (("train", train), ("val", held_out), ("test", held_out)):
+        setattr(few, name, TensorDataset(*(t[:count] for t in getattr(data, name).tensors)))
+    return few
 
 
 def holding(base: Path, folder: Path) -> Path:
