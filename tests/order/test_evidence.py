@@ -47,6 +47,27 @@ def test_one_seed_without_images_has_no_interval():
     assert interval.low is None and interval.high is None and not interval.excludes_zero
 
 
+def test_an_interval_on_one_side_of_zero_excludes_it_and_one_across_zero_does_not():
+    assert difference_interval([2.0, 2.2, 1.8]).excludes_zero
+    assert difference_interval([-2.0, -2.2, -1.8]).excludes_zero
+    assert not difference_interval([2.0, -1.0, 0.5]).excludes_zero
+
+
+def test_with_the_seeds_degrees_of_freedom_one_seed_has_no_interval_even_with_per_image_evidence():
+    """The race compares orders on their common seeds with k - 1 degrees of freedom: on one common seed nothing
+    measures the seed noise, so there is no interval (no drop, and an unbounded shortfall) rather than an error."""
+    hits = ([[1, 0, 1, 1]], [[0, 0, 1, 1]])
+    interval = difference_interval([25.0], *hits, seed_df=True)
+    assert interval.low is None and interval.high is None and interval.images == 4 and not interval.excludes_zero
+    assert difference_interval([25.0], *hits).low is not None  # Welch's df lean on the images
+
+
+@pytest.mark.parametrize("differences", [[], [1.0, math.nan], [math.inf]])
+def test_an_interval_needs_finite_differences(differences):
+    with pytest.raises(ValueError, match="differences must be at least one finite number"):
+        difference_interval(differences)
+
+
 def _winner_rate(difference, simulations, rng_seed, rule):
     rng = random.Random(rng_seed)
     return statistics.fmean(rule(simulate_pair(rng, difference=difference)) for _ in range(simulations))

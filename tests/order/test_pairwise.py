@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from ordercomp.order import OBJECTIVES, PairOutcome, decide_pair, incompatible_pair, weighted_score
+from ordercomp.order import OBJECTIVES, PairOutcome, decide_pair, incompatible_pair, only_order_pair, weighted_score
 
 
 def test_consistent_gain_makes_first_the_winner():
@@ -199,3 +199,43 @@ def test_older_records_without_interval_fields_still_load():
 def test_interval_round_trips_through_json():
     outcome = decide_pair("a", "b", [70.0], [60.0], images_first_then_second=[[1, 1, 0]], images_second_then_first=[[1, 0, 0]])
     assert PairOutcome.from_dict(json.loads(json.dumps(outcome.to_dict()))) == outcome
+
+
+@pytest.mark.parametrize("higher_is_better", [True, False])
+def test_a_small_consistent_lead_of_the_reverse_order_puts_the_second_method_first(higher_is_better):
+    """second -> first better by half a point on every seed, whichever way the objective points."""
+    better, worse = [70.5, 71.5, 69.5], [70.0, 71.0, 69.0]
+    ab, ba = (worse, better) if higher_is_better else (better, worse)
+    outcome = decide_pair("a", "b", ab, ba, higher_is_better=higher_is_better)
+    assert outcome.winner == "b" and not outcome.tie and outcome.mean_diff == pytest.approx(-0.5)
+    flipped = decide_pair("a", "b", ba, ab, higher_is_better=higher_is_better)
+    assert flipped.winner == "a" and flipped.mean_diff == pytest.approx(0.5)
+
+
+def test_a_forced_or_incompatible_pair_is_neither_a_tie_nor_weak_evidence():
+    forced = only_order_pair("int8", "prune", "prune", "int8 weights cannot be pruned")
+    assert forced.winner == "prune" and forced.only_order and not forced.tie and not forced.weak_evidence
+    assert forced.margin == 0.0 and forced.spread == 0.0 and forced.higher_is_better
+    incompatible = incompatible_pair("quantize", "int8", "neither order applies")
+    assert incompatible.winner is None and not incompatible.tie and not incompatible.weak_evidence
+    assert incompatible.margin == 0.0 and incompatible.spread == 0.0
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: only_order_pair("a", "b", "c", "why"), "working_first must be 'a' or 'b'"),
+    (lambda: only_order_pair("a", "b", "a", " "), "reason must be a non-empty string"),
+    (lambda: only_order_pair("a", "b", "a", None), "reason must be a non-empty string"),
+    (lambda: only_order_pair("a", "a", "a", "why"), "two different methods"),
+    (lambda: incompatible_pair("a", "a", "why"), "two different methods"),
+    (lambda: incompatible_pair("a", "b", None), "reason must be a non-empty string"),
+    (lambda: decide_pair("", "b", [1.0], [1.0]), "non-empty strings"),
+    (lambda: decide_pair(None, "b", [1.0], [1.0]), "non-empty strings"),
+    (lambda: decide_pair("a", "b", [1.0], [1.0], min_margin=math.nan), "min_margin must be a finite number"),
+    (lambda: decide_pair("a", "b", [1.0], [1.0], min_margin=-0.1), "min_margin must be a finite number"),
+    (lambda: weighted_score(math.nan, 1.0, 1.0, 1.0), "accuracy and weight must be finite"),
+    (lambda: weighted_score(70.0, 1.0, 1.0, math.inf), "accuracy and weight must be finite"),
+    (lambda: weighted_score(70.0, math.inf, 1.0, 1.0), "cost and base cost must be finite and > 0"),
+])
+def test_bad_pair_inputs_say_what_was_wrong(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

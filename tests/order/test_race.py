@@ -134,3 +134,55 @@ def test_a_focused_race_drops_the_orders_significantly_worse_than_the_leader_onc
 def _trial(trial):
     score, hits = trial
     return score, tuple(hits)
+
+
+def test_a_single_order_needs_no_race():
+    world = World({A: 90.0})
+    result = race(world.evidence(), world, next_seed=3, budget=100)
+    assert result.contenders == [A] and result.leader == A and result.separated
+    assert world.runs == [] and result.dropped == {} and result.applications == 0
+
+
+def test_a_race_needs_an_order_and_two_orders_need_a_common_seed():
+    with pytest.raises(ValueError, match="at least one evaluated order"):
+        race({}, World({}), next_seed=3, budget=10)
+    with pytest.raises(ValueError, match="seeds both were measured on"):
+        paired_interval({0: Trial(90.0)}, {1: Trial(89.0)}, True, 0.95)
+
+
+def test_per_image_evidence_counts_only_when_both_orders_have_it_on_every_common_seed():
+    hits = (1, 0, 1, 1)
+    leader = {0: Trial(91.0, hits), 1: Trial(90.0, hits), 2: Trial(92.0, hits)}
+    other = {0: Trial(90.0, (1, 0, 0, 1)), 1: Trial(89.5), 2: Trial(90.5, (0, 0, 1, 1))}
+    expected = difference_interval([1.0, 0.5, 1.5], confidence=0.95, seed_df=True)
+    assert paired_interval(leader, other, True, 0.95) == expected and expected.images == 0
+    assert paired_interval(other, leader, True, 0.95).images == 0  # whichever of the two lacks it
+
+
+def test_two_orders_that_scored_the_same_on_every_seed_are_not_separated():
+    """Two orders can build the same model (methods that commute): identical scores are no evidence that either is worse."""
+    same = {s: Trial(v) for s, v in enumerate([90.0, 91.0, 89.5])}
+    evidence = {A: dict(same), B: dict(same)}
+    assert eliminated(evidence, [A, B], True, 0.95) == []
+    assert unsettled(evidence, [A, B], True, 0.95, 0.0) == []
+
+
+def test_an_order_clearly_below_the_leader_could_be_better_by_nothing_and_is_settled_at_any_margin():
+    world = World({A: 90.0, C: 80.0}, noise=0.5)
+    evidence = world.evidence()
+    assert shortfall(evidence, A, C, True, 0.95)[0] == 0.0
+    assert unsettled(evidence, [A, C], True, 0.95, 0.0) == []
+
+
+def test_the_better_half_of_six_contenders_is_three():
+    orders = [("a", "b", "c"), ("a", "c", "b"), ("b", "a", "c"), ("b", "c", "a"), ("c", "a", "b"), ("c", "b", "a")]
+    world = World(dict.fromkeys(orders, 90.0), noise=3.0)
+    race(world.evidence(), world, next_seed=3, budget=9)
+    assert [len(chains) for chains, _ in world.runs] == [3]
+
+
+def test_no_order_gets_more_than_max_seeds():
+    world = World({A: 90.0, B: 90.0}, noise=1.0)
+    evidence = world.evidence()
+    result = race(evidence, world, next_seed=3, budget=1000, max_seeds=5)
+    assert result.seeds_run == [3, 4] and all(len(trials) == 5 for trials in evidence.values())

@@ -2,12 +2,16 @@
 
 import itertools
 import random
+import statistics
 
 import pytest
 
-from ordercomp.order import decide_pair, pairwise_applications, pairwise_chain
+from ordercomp.order import decide_pair, only_order_pair, pairwise_applications, pairwise_chain, pairwise_plan, prefix_cost
 from ordercomp.order.race import Trial, paired_interval, standing, unsettled
-from ordercomp.order.recommend import SCREEN_FULL_FACTOR, SETTLE_LOOKS, TOTAL_FACTOR, recommend_order
+from ordercomp.order.recommend import (
+    SCREEN_FULL_FACTOR, SETTLE_LOOKS, TOTAL_FACTOR, full_budget_allowance, recommend_order,
+    search_budget_per_seed, searches_one_seed,
+)
 from ordercomp.order.synthetic import random_landscape
 
 SEEDS = 3
@@ -113,6 +117,7 @@ def test_settling_races_the_orders_in_contention_on_later_seeds_until_none_could
     before = {chain: {s: t for s, t in found.evidence[chain].items() if s < settling[-1][1][0]} for chain in found.race.contenders}
     assert unsettled(before, standing(before, True), True, 1 - 0.05 / SETTLE_LOOKS, 0.5)
     assert found.chain == found.race.leader and found.race.seeds_run == raced.race.seeds_run + [s[0] for _, s, _ in settling]
+    assert found.race.applications == spent["race"] + spent["settle"]
     verdict = found.to_dict()["verdict"]
     assert verdict["settle"] == {"budget": 300, "spent": spent["settle"], "seeds": len(settling)}
     assert verdict["confidence"] == pytest.approx(0.99) and raced.to_dict()["verdict"]["confidence"] == 0.95
@@ -124,6 +129,7 @@ def test_settling_spends_nothing_when_the_choice_is_not_open():
     found = recommend_order(landscape.methods, "surrogate", measure, outcomes=outcomes(landscape), seeds=SEEDS, margin=0.5, settle=300)
     assert found.race.separated and found.applications["settle"] == 0
     assert found.to_dict()["verdict"]["settle"] == {"budget": 300, "spent": 0, "seeds": 0}
+    assert found.to_dict()["verdict"]["confidence"] == 0.95  # nothing settled: the race's interval stands
 
 
 def test_exhaustive_runs_no_extra_seed_unless_allowed_to_settle():
@@ -200,7 +206,8 @@ def test_exhaustive_runs_no_extra_seed_but_still_says_how_sure_it_is():
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"screen": 0.0}, "screen must be a fraction"), ({"screen": 1.0}, "screen must be a fraction"),
     ({"screen": 0.5, "strategy": "pairwise"}, "screening needs a search that evaluates whole orders"),
-    ({"seeds": 0}, "seeds must be a whole number"),
+    ({"seeds": 0}, "seeds must be a whole number"), ({"seeds": 2.5}, "seeds must be a whole number"),
+    ({"seeds": True}, "seeds must be a whole number"),
     ({"settle": -1}, "settle must be a whole number"), ({"settle": 2.5}, "settle must be a whole number"),
     ({"settle": True}, "settle must be a whole number"),
     ({"settle": 100, "strategy": "pairwise"}, "settling races whole orders on more seeds"),
@@ -211,3 +218,108 @@ def test_bad_settings_are_one_line(kwargs, message):
     with pytest.raises(ValueError, match=message) as error:
         recommend_order(landscape.methods, arguments.pop("strategy"), Measured(landscape), outcomes=outcomes(landscape), **arguments)
     assert "\n" not in str(error.value)
+
+
+class Table:
+    """recommend's measure from fixed true scores per order, seed noise fixed per (order, seed) and, with `images`, per-image
+    correctness on 100 validation images (the first round(score) right)."""
+
+    def __init__(self, scores, noise=0.0, images=False):
+        self.scores, self.noise, self.images = scores, noise, images
+
+    def trial(self, chain, seed):
+        score = self.scores(chain) + self.noise * random.Random(f"{chain}|{seed}").gauss(0, 1)
+        return Trial(score, tuple(int(i < round(score)) for i in range(100)) if self.images else None)
+
+    def __call__(self, chains, seeds, fidelity):
+        return {chain: {s: self.trial(chain, s) for s in seeds} for chain in chains}
+
+
+def _pairs_leaning_to(methods):
+    """Pair outcomes that each put the earlier method of `methods` first."""
+    return [decide_pair(a, b, [71.0, 71.1, 70.9], [70.0, 70.0, 70.0]) for a, b in itertools.combinations(methods, 2)]
+
+
+def test_on_one_seed_a_search_sure_of_its_leader_explores_more_orders_instead_of_racing():
+    """With one seed the search runs on it at twice the pairwise plan (32 applications for four methods), and the race
+    gets the rest of the total. When the per-image evidence already makes its leader the best with probability 0.9
+    or more, there is little for a race to decide, and the search explores on to the whole total (40)."""
+    methods = ("a", "b", "c", "d")
+    scores = lambda chain: 95.0 if chain == methods else 80.0  # the pairwise chain is far ahead of every other order
+    unsure = recommend_order(methods, "surrogate", Table(scores), outcomes=_pairs_leaning_to(methods), seeds=1)
+    sure = recommend_order(methods, "surrogate", Table(scores, images=True), outcomes=_pairs_leaning_to(methods), seeds=1)
+    level = recommend_order(methods, "surrogate", Table(lambda chain: 90.0, noise=2.0, images=True),
+                            outcomes=_pairs_leaning_to(methods), seeds=1)  # per-image evidence, but no clear leader
+    assert unsure.chain == sure.chain == methods
+    assert max(unsure.applications["per_seed"], level.applications["per_seed"]) <= 2 * 16 < sure.applications["per_seed"] <= 2.5 * 16
+    assert len(sure.screened) > len(unsure.screened)
+
+
+def test_the_orders_the_race_dropped_say_after_how_many_seeds():
+    landscape = world(noise=0.05)
+    found = recommend_order(landscape.methods, "surrogate", Measured(landscape), outcomes=outcomes(landscape), seeds=SEEDS)
+    rows = {tuple(row["chain"]): row for row in found.to_dict()["orders"]}
+    assert found.race.dropped
+    for chain, seeds in found.race.dropped.items():
+        assert rows[chain]["status"] == f"dropped after {seeds} seeds" and seeds == len(found.evidence[chain])
+    assert {row["status"] for chain, row in rows.items() if chain not in found.race.dropped} == {"recommended"}
+
+
+def test_a_screen_spends_about_the_pairwise_plan_over_all_seeds_at_the_full_budget():
+    """With `screen`, the confirmation and the race together get SCREEN_FULL_FACTOR (1) x the pairwise plan's
+    applications over all seeds: 48 for four methods on three seeds. Equal orders keep the race going to that end."""
+    methods = ("a", "b", "c", "d")
+    found = recommend_order(methods, "surrogate", Table(lambda chain: 90.0, noise=2.0), outcomes=_pairs_leaning_to(methods),
+                            seeds=SEEDS, screen=0.25)
+    spent = found.applications["confirm"] + found.applications["race"]
+    assert 40 < spent <= 48 and found.race.seeds_run
+
+
+def test_strategies_that_do_not_race_plan_nothing_beyond_their_search():
+    assert full_budget_allowance(4, SEEDS, "pairwise") == full_budget_allowance(4, SEEDS, "exhaustive") == 0
+    # with a screen: the pairwise plan over all seeds at the full budget; exhaustive only confirms, with half of it
+    assert full_budget_allowance(4, SEEDS, "surrogate", 0.25) == 48 and full_budget_allowance(4, SEEDS, "exhaustive", 0.25) == 24
+    # the default: 2.5 x 16 x 3 = 120 in all, less the one-seed search's least (16 + 16 x 2 on the other seeds)
+    assert full_budget_allowance(4, SEEDS, "surrogate") == 72
+
+
+def test_the_search_budget_per_seed_follows_the_readme():
+    """README: with two seeds or more the search runs on the first seed only, with half of what 2.5x the pairwise plan over
+    all seeds leaves beyond the pairs (n=4, 3 seeds: 52 of that seed's exhaustive 64); else 2x the pairwise plan."""
+    assert search_budget_per_seed(4, 3, "surrogate") == 52 and search_budget_per_seed(4, 2, "surrogate") == 40
+    assert search_budget_per_seed(4, 1, "surrogate") == 32 and search_budget_per_seed(4, 3, "surrogate", 0.25) == 32
+    assert searches_one_seed("surrogate", 2, None) and not searches_one_seed("surrogate", 1, None)
+
+
+def test_the_record_counts_the_applications_and_states_each_order_and_the_verdict():
+    landscape = world(noise=3.0, seed=1)
+    measure = Measured(landscape)
+    found = recommend_order(landscape.methods, "surrogate", measure, outcomes=outcomes(landscape), seeds=SEEDS)
+    record = found.to_dict()
+    costs = record["applications"]
+    confirmed = next(chains for chains, seeds, _ in measure.calls if seeds == [1, 2])
+    assert costs["confirm"] == prefix_cost(confirmed, set(pairwise_plan(list(landscape.methods)))) * (SEEDS - 1)
+    assert costs["pairwise"] == 48 and costs["exhaustive"] == 64 * SEEDS and costs["cost"] == costs["total"]
+    assert costs["share_of_exhaustive"] == pytest.approx(costs["total"] / (64 * SEEDS))
+    assert record["failed"] == [] and found.search.evaluated
+    rows = {tuple(row["chain"]): row for row in record["orders"]}
+    for chain, row in rows.items():
+        scores = [trial.score for trial in found.evidence[chain].values()]
+        assert row["se"] == pytest.approx(statistics.stdev(scores) / len(scores) ** 0.5)
+        expected = "recommended" if chain == found.chain else "not separated" if chain in found.inseparable else None
+        assert expected is None or row["status"] == expected
+    assert found.inseparable and record["verdict"]["separated"] is False
+    quiet = world(noise=0.05)
+    clear = recommend_order(quiet.methods, "surrogate", Measured(quiet), outcomes=outcomes(quiet), seeds=SEEDS)
+    assert clear.race.separated and clear.to_dict()["verdict"]["separated"] is True
+    pairwise = recommend_order(landscape.methods, "pairwise", measure, outcomes=outcomes(landscape), seeds=SEEDS).applications
+    assert pairwise["race"] == 0 and pairwise["total"] == 48
+
+
+def test_the_positions_no_allowed_order_reaches_are_counted_from_one():
+    landscape = world()
+    last = "m3"  # like int8: every other method must come before it
+    pairs = [only_order_pair(o.first, o.second, o.second if last == o.first else o.first, "int8 cannot be fine-tuned")
+             if last in (o.first, o.second) else o for o in outcomes(landscape)]
+    found = recommend_order(landscape.methods, "surrogate", Measured(landscape), outcomes=pairs, seeds=SEEDS)
+    assert found.to_dict()["positions_not_allowed"] == [["m0", 4], ["m1", 4], ["m2", 4], ["m3", 1], ["m3", 2], ["m3", 3]]
