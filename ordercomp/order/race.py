@@ -172,6 +172,9 @@ def race(evidence: Evidence, run: RunSeed, *, next_seed: int, budget: int, highe
                 result.contenders.remove(chain)
             else:
                 evidence[chain][seed] = trial
+        if not result.contenders:  # every order left failed on this seed: no seed can go on, they stay in
+            result.contenders = standing({chain: evidence[chain] for chain in batch}, higher_is_better)
+            return result
         seed += 1
 
 

@@ -159,6 +159,16 @@ def test_per_image_evidence_counts_only_when_both_orders_have_it_on_every_common
     assert paired_interval(other, leader, True, 0.95).images == 0  # whichever of the two lacks it
 
 
+def test_a_seed_on_which_every_contender_fails_ends_the_race_with_them_still_in():
+    """Both orders left fail on the race's first extra seed: the race cannot go on, but it still has a leader (the
+    better on the seeds they had), and the failures are reported."""
+    world = World({A: 90.0, B: 90.0}, noise=1.0, fail={(A, 3), (B, 3)})
+    evidence = world.evidence()
+    result = race(evidence, world, next_seed=3, budget=100)
+    assert sorted(result.failed) == sorted([A, B]) and result.seeds_run == [3] and len(world.runs) == 1
+    assert sorted(result.contenders) == sorted([A, B]) and result.leader == standing(evidence, True)[0]
+
+
 def test_two_orders_that_scored_the_same_on_every_seed_are_not_separated():
     """Two orders can build the same model (methods that commute): identical scores are no evidence that either is worse."""
     same = {s: Trial(v) for s, v in enumerate([90.0, 91.0, 89.5])}

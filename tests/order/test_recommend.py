@@ -222,17 +222,18 @@ def test_bad_settings_are_one_line(kwargs, message):
 
 class Table:
     """recommend's measure from fixed true scores per order, seed noise fixed per (order, seed) and, with `images`, per-image
-    correctness on 100 validation images (the first round(score) right)."""
+    correctness on 100 validation images (the first round(score) right); orders listed in `fail` fail from seed `fail_from`."""
 
-    def __init__(self, scores, noise=0.0, images=False):
-        self.scores, self.noise, self.images = scores, noise, images
+    def __init__(self, scores, noise=0.0, images=False, fail=(), fail_from=None):
+        self.scores, self.noise, self.images, self.fail, self.fail_from = scores, noise, images, set(fail), fail_from
 
     def trial(self, chain, seed):
         score = self.scores(chain) + self.noise * random.Random(f"{chain}|{seed}").gauss(0, 1)
         return Trial(score, tuple(int(i < round(score)) for i in range(100)) if self.images else None)
 
     def __call__(self, chains, seeds, fidelity):
-        return {chain: {s: self.trial(chain, s) for s in seeds} for chain in chains}
+        failing = lambda chain, s: chain in self.fail and self.fail_from is not None and s >= self.fail_from
+        return {chain: {s: self.trial(chain, s) for s in seeds if not failing(chain, s)} or None for chain in chains}
 
 
 def _pairs_leaning_to(methods):
@@ -281,6 +282,16 @@ def test_strategies_that_do_not_race_plan_nothing_beyond_their_search():
     assert full_budget_allowance(4, SEEDS, "surrogate", 0.25) == 48 and full_budget_allowance(4, SEEDS, "exhaustive", 0.25) == 24
     # the default: 2.5 x 16 x 3 = 120 in all, less the one-seed search's least (16 + 16 x 2 on the other seeds)
     assert full_budget_allowance(4, SEEDS, "surrogate") == 72
+
+
+def test_when_every_order_in_the_race_fails_on_its_seed_the_recommendation_still_names_one():
+    """Two methods: both orders are confirmed, and both fail on the race's first extra seed. The recommendation is the
+    better of them on the seeds they had, with the failures reported, rather than an error at the end of the run."""
+    methods = ("a", "b")
+    table = Table(lambda chain: 90.0 + (chain == methods), noise=2.0, fail={("a", "b"), ("b", "a")}, fail_from=SEEDS)
+    found = recommend_order(methods, "surrogate", table, outcomes=_pairs_leaning_to(methods), seeds=SEEDS)
+    assert found.chain == standing(found.evidence, True)[0] and sorted(found.race.failed) == [("a", "b"), ("b", "a")]
+    assert found.to_dict()["verdict"]["chain"] == list(found.chain)
 
 
 def test_the_search_budget_per_seed_follows_the_readme():
