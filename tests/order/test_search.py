@@ -290,3 +290,13 @@ def test_kendall_tau_b_corrects_for_ties_in_either_scoring():
     a = {("x",): 1.0, ("y",): 2.0, ("z",): 3.0}
     tied = {("x",): 1.0, ("y",): 1.0, ("z",): 3.0}
     assert kendall_tau(tied, a) == pytest.approx(kendall_tau(a, tied)) == pytest.approx(2 / 6**0.5)
+
+
+def test_a_budget_of_just_the_pairwise_plan_evaluates_no_whole_order_beyond_it():
+    world = landscape()
+    evaluate = Recorder(world)
+    result = search_chains(world.methods, "surrogate", evaluate, outcomes=outcomes_of(world), budget=pairwise_applications(4))
+    assert evaluate.asked == [] and result.applications_per_seed == 16
+    tight = Recorder(world)
+    search_chains(world.methods, "surrogate", tight, outcomes=outcomes_of(world), budget=18)  # room for one order of four
+    assert len(tight.asked) == 1
