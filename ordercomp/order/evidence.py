@@ -26,8 +26,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 PerImage = Sequence[Sequence[int | bool]]
 
@@ -53,10 +52,6 @@ class DifferenceInterval:
     def excludes_zero(self) -> bool:
         """True when the whole interval lies on one side of 0."""
         return self.low is not None and (self.low > 0 or self.high < 0)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of all fields."""
-        return asdict(self)
 
 
 def difference_interval(
