@@ -52,8 +52,11 @@ class Metrics:
         return asdict(self)
 
 
+LATENCY_BATCH = 32  # the batch size of `latency_ms_batch` (and of the peak memory) unless a caller asks for another
+
+
 def measure(model: nn.Module, data: DataBundle, split: str = "test", *, device: torch.device | str = "cpu",
-            latency: bool = True, repeats: int = 20, batch_size: int = 32, threads: int = 1) -> Metrics:
+            latency: bool = True, repeats: int = 20, batch_size: int = LATENCY_BATCH, threads: int = 1) -> Metrics:
     """Accuracy, parameters, storage, MACs, BitOps, latency and peak memory of `model` on `split`."""
     device = torch.device(device)
     accuracy, fractions, hits = accuracy_and_exits(model, data, split, device)

@@ -4,7 +4,7 @@ import streamlit as st
 
 from ordercomp.dashboard import formatting, session
 from ordercomp.report.charts import AXES, chain_steps_figure, tradeoff_figure
-from ordercomp.report.figures import SIMULATION
+from ordercomp.report.figures import STEP_FIGURES
 from ordercomp.exploration.results import chain_table
 from pages._shared import headline_row, open_exploration, run_inside_app
 
@@ -17,8 +17,7 @@ st.caption(f"Run {formatting.md(job_id)}: the base and the chain are measured on
            "validation means over the seeds.")
 
 headline_row(record)
-st.caption(f"Latencies in the charts and the table below: the {SIMULATION} (fake-quantised layers run as PyTorch modules), "
-           "which a deployable file need not match.")
+st.caption(STEP_FIGURES)
 
 for tab, axis in zip(st.tabs([f"Accuracy vs {AXES[axis][0]}" for axis in AXES]), AXES):
     with tab:

@@ -16,7 +16,8 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from ordercomp.report import charts
-from ordercomp.report.figures import share_text, speed_text
+from ordercomp.exploration.results import chain_table, steps_table
+from ordercomp.report.figures import STEP_FIGURES, share_text, speed_text
 from ordercomp.report.meeting import evidence_sentence, meeting_report, results_csv
 from ordercomp.report.verdict import settle_suggestion
 
@@ -278,6 +279,21 @@ def test_results_csv_holds_every_step_and_the_chain_on_the_test_split_rounded(re
     measured = table[table["status"] == "ok"]
     assert all(float(b).is_integer() for b in measured["size_bytes"]) and all(float(b).is_integer() for b in measured["bitops"])
     assert all(round(float(a), 2) == float(a) for a in measured["accuracy"])
+
+
+def test_the_step_by_step_figures_beside_the_shipped_headline_say_they_are_not_the_files(shipped_record):
+    """The dashboard's default run: the headline gave the shipped ONNX file at 124.7 KiB (measured 0.0592 ms), and the
+    report's chain table and charts below it read "size KiB 14.6" and "latency ms (b=1) 0.71" with no word that those are
+    the counted storage and the eager simulation; its MACs were truncated (162999) where steps.csv rounds (163000)."""
+    report = meeting_report(shipped_record)
+    note = html.escape(STEP_FIGURES)
+    for section in ("Trade-offs", "The chain applied to the base (test split)"):
+        assert note in report.split(f"<h2>{section}</h2>", 1)[1].split("<h2>", 1)[0], section
+    last = shipped_record["chain_steps"][-1] | {"metrics": shipped_record["chain_steps"][-1]["metrics"] | {"macs": 162999.9996}}
+    table = chain_table(shipped_record["base_metrics"], [last])
+    assert list(table.columns) == ["step", "accuracy %", "params", "counted KiB", "MACs", "BitOps", "BitOps reduction",
+                                   "eager ms, b=1", "eager ms, b=32"]
+    assert table["MACs"].iloc[-1] == 163000 == pd.read_csv(io.StringIO(steps_table([last], "test").to_csv(index=False)))["macs"].iloc[0]
 
 
 @pytest.mark.parametrize("speedup, text", [(1 / 2.333, "2.33× slower"), (1.0, "1.00× faster"), (2.0, "2.00× faster"),

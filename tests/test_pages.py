@@ -28,7 +28,7 @@ from ordercomp.exploration.explorer import DEFAULT_METHODS, NO_SHIP, ExploreSpec
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, is_alive, launch, set_worker_limit, start_job
 from ordercomp.jobs.worker import run_job
 from ordercomp.methods.registry import METHODS
-from ordercomp.report.figures import duration
+from ordercomp.report.figures import STEP_FIGURES, duration
 from ordercomp.train import Budget
 from ordercomp.models.zoo import create_model
 from testkit import MY_NET, WORKER_S, png, zip_of
@@ -650,6 +650,10 @@ def test_tradeoffs_page_draws_three_tradeoffs_and_the_chain(store, finished):
     shipped = finished["record"]["shipped"]
     assert shipped["format"] == "onnx" and headline["Accuracy (test)"] == f"{shipped['accuracy']:.2f} %"
     assert list(at.main.dataframe[0].value["step"])[0] == "base"
+    # the charts and the table below the headline hold the counted storage and the eager simulation, and say so: only
+    # latency was captioned, and "size KiB 14.6" stood under "Shipped file size 124.7 KiB" for the same chain
+    assert STEP_FIGURES in texts(at.main.caption)
+    assert {"counted KiB", "eager ms, b=1", "eager ms, b=32"} <= set(at.main.dataframe[0].value.columns)
 
 
 def test_export_page_offers_reports_and_the_finished_export_files(store, finished):

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from . import charts
-from .figures import SIMULATION, applications, duration, epochs_text, headline, plural
+from .figures import SIMULATION, STEP_FIGURES, applications, duration, epochs_text, headline, plural
 from .verdict import evidence_sentences, graph_orders_sentence
 from ..order import OBJECTIVES
 from ..order.plan import chain_text
@@ -258,7 +258,8 @@ def glossary(record: dict) -> str:
 
 def _tables(record: dict) -> list[str]:
     tables = [_section("Pair outcomes", _table(pairs_table(record["outcomes"]))),
-              _section("The chain applied to the base (test split)", _table(chain_table(record["base_metrics"], record["chain_steps"])))]
+              _section("The chain applied to the base (test split)", f'<p class="muted">{html.escape(STEP_FIGURES)}</p>'
+                       + _table(chain_table(record["base_metrics"], record["chain_steps"])))]
     searched = search_table(record)
     if searched is not None:
         tables.append(_section(f"Whole orders evaluated by the {record['search']['strategy']} search", _table(searched)))
@@ -276,7 +277,7 @@ def meeting_report(record: dict, finished: float | None = None) -> str:
             _section("Precedence graph", f'<p class="muted">{html.escape(charts.precedence_caption(record))}</p>'
                      + _figure(charts.precedence_figure(record))),
             _section("Pair matrix", _figure(charts.pair_matrix_figure(record))),
-            _section("Trade-offs", _tradeoff_sections(record)),
+            _section("Trade-offs", f'<p class="muted">{html.escape(STEP_FIGURES)}</p>' + _tradeoff_sections(record)),
             _section("The chain step by step", _figure(charts.chain_steps_figure(record))),
             *_tables(record), _section("Notes", f'<ul class="notes">{note_items}</ul>'),
             _section("Run settings", _table(run_settings(record), "settings"))]
