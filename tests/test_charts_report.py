@@ -17,7 +17,7 @@ from plotly.offline import get_plotlyjs
 
 from ordercomp.report import charts
 from ordercomp.exploration.results import chain_table, steps_table
-from ordercomp.report.figures import STEP_FIGURES, share_text, speed_text
+from ordercomp.report.figures import STEP_FIGURES, applications, share_text, speed_text
 from ordercomp.report.meeting import evidence_sentence, meeting_report, results_csv
 from ordercomp.report.verdict import settle_suggestion
 
@@ -332,7 +332,8 @@ def test_the_sentence_says_how_sure_the_search_is_which_orders_are_within_noise_
                         "quantize → prune → early_exit → int8; prune → early_exit → quantize → int8: by a 95% paired interval "
                         "over seeds and images none of them is more than 0.31 points better, within the 0.5 points that count, "
                         "so any of them is a sound choice. 76 method applications were spent (32 per seed for "
-                        "the search, 12 on extra seeds for the contenders), 59% of exhaustive (128).")
+                        "the search, 12 on extra seeds for the contenders), 59% of exhaustive (128); 4 more applied the chain "
+                        "to the base on the test split.")
     report = meeting_report(searched(record))
     assert html.escape(sentence) in report and "P(best)" in report and "not separated" in report
 
@@ -408,6 +409,20 @@ def test_the_cost_of_a_one_seed_search_says_where_the_applications_went(record):
     assert ("96 method applications were spent (52 on the first seed for the pairs and a search of 18 orders, 16 for the "
             "pairs on the other seeds, 16 measuring the search's best 3 there, 12 on extra seeds for the contenders)"
             in evidence_sentence(one_seed))
+
+
+def test_the_cost_sentence_adds_up_to_the_application_count_stated_beside_it(record):
+    """The dashboard's default run: the Order page's caption and the report's first screen said "124 method applications",
+    and the sentence under them "120 method applications were spent (...)": the 4 that applied the chain on the test split
+    were in one count and not the other, and nothing said so."""
+    run = searched(record)
+    run["search"]["applications"] |= {"total": len(run["steps"])}  # as a real record: every step it ran, on the validation split
+    sentence = evidence_sentence(run)
+    spent = f"{len(run['steps'])} method applications were spent"
+    chain = f"; {len(run['chain_steps'])} more applied the chain to the base on the test split."
+    assert spent in sentence and chain in sentence
+    assert len(run["steps"]) + len(run["chain_steps"]) == applications(run)  # the count on the pages and in the report
+    assert f"{applications(run)} method applications" in first_screen(meeting_report(run))
 
 
 def test_a_separated_order_is_said_to_be_better_than_every_other(record):

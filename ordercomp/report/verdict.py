@@ -26,15 +26,16 @@ SETTLE_SEEDS = 8  # a suggested settle budget: this many more seeds for every or
 def evidence_sentences(record: dict) -> list[str]:
     """The sentences for an exploration record, most important first."""
     search = record.get("search") or {}
-    sentences = search_sentences(search) if search.get("verdict") else [pairs_sentence(record["outcomes"])]
+    sentences = search_sentences(search, len(record.get("chain_steps") or ())) if search.get("verdict") else [pairs_sentence(record["outcomes"])]
     return sentences + exhaustive_sentences(record.get("exhaustive"))
 
 
-def search_sentences(search: dict) -> list[str]:
-    """How sure the search is of its order, which orders it could not tell apart, and its cost."""
+def search_sentences(search: dict, chain_applications: int = 0) -> list[str]:
+    """How sure the search is of its order, which orders it could not tell apart, and its cost (with the
+    `chain_applications` that applied the chain on the test split, see `cost_sentence`)."""
     verdict = search["verdict"]
     confidence = verdict.get("confidence", search.get("confidence", 0.95))  # after settling, the stricter one it used
-    sentences = [_probability(verdict, confidence) + _separation(verdict, confidence), cost_sentence(search)]
+    sentences = [_probability(verdict, confidence) + _separation(verdict, confidence), cost_sentence(search, chain_applications)]
     return sentences + coverage_sentences(search.get("positions_not_allowed") or [])
 
 
@@ -156,9 +157,11 @@ def _scored(behind: dict) -> str:
     return f" ({abs(behind['lower']):.2f} points {side} on the {behind['seeds']} seeds both were measured on)"
 
 
-def cost_sentence(search: dict) -> str:
+def cost_sentence(search: dict, chain_applications: int = 0) -> str:
     """'X method applications were spent (Y per seed, Z on extra seeds), W% of exhaustive (E).' (a one-seed
-    search: what went to the first seed, to the pairs on the others and to confirming the search's best there)"""
+    search: what went to the first seed, to the pairs on the others and to confirming the search's best there).
+    With `chain_applications`, '; N more applied the chain to the base on the test split': the count the pages and the
+    report state beside this sentence (`figures.applications`) holds those too, and 120 beside 124 read as a contradiction."""
     spent = search.get("applications")
     if not spent:
         return f"{search['applications_per_seed']} method applications per seed were spent."
@@ -174,8 +177,9 @@ def cost_sentence(search: dict) -> str:
         screened = (f"; the search ran at {share_text(search['screen'])} of the fine-tuning epochs and {spent['confirm']} "
                     f"applications confirmed its best orders at the full budget, {spent['cost']:.0f} full-budget "
                     "applications in cost")
+    chain = f"; {chain_applications} more applied the chain to the base on the test split" if chain_applications else ""
     return (f"{spent['total']} method applications were spent ({searched}{extra}"
-            f"{screened}), {share_text(spent['share_of_exhaustive'])} of exhaustive ({spent['exhaustive']}).")
+            f"{screened}), {share_text(spent['share_of_exhaustive'])} of exhaustive ({spent['exhaustive']}){chain}.")
 
 
 def pairs_sentence(outcomes: list[dict]) -> str:
