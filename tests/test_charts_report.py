@@ -17,7 +17,7 @@ from plotly.offline import get_plotlyjs
 
 from ordercomp.report import charts
 from ordercomp.exploration.results import chain_table, steps_table
-from ordercomp.report.figures import STEP_FIGURES, applications, share_text, speed_text
+from ordercomp.report.figures import STEP_FIGURES, applications, share_text, size_text, speed_text
 from ordercomp.report.meeting import evidence_sentence, meeting_report, results_csv
 from ordercomp.report.verdict import settle_suggestion
 
@@ -307,6 +307,18 @@ def test_chain_steps_axis_uses_short_si_ticks_not_raw_billions(record):
     for axis in (fig.layout.yaxis2, fig.layout.yaxis3):
         kind = re.fullmatch(r"[^a-z%]*([a-z%])", axis.tickformat)  # d3-format: the type is the last letter
         assert kind and kind.group(1) == "s"  # SI prefix: 1.02G, not 1020000000
+
+
+def test_the_chain_steps_labels_have_room_in_their_rows_and_sizes_read_in_the_units_of_every_page(record):
+    """The dashboard's default run: the base's labels "3.04G" and "1.19MB" were cut off by the row above (an autoranged log
+    axis ends at the highest point), and "1.19MB" stood for the base that the headline and Model & data call "1.1 MiB"."""
+    fig = charts.chain_steps_figure(record)
+    for axis, trace in ((fig.layout.yaxis2, fig.data[1]), (fig.layout.yaxis3, fig.data[2])):
+        assert axis.range is not None and axis.range[1] >= math.log10(max(trace.y)) + 0.3, trace.name
+        assert axis.range[0] <= math.log10(min(trace.y)) - 0.3, trace.name
+    sizes = fig.data[2]
+    assert list(sizes.text) == [size_text(v) for v in sizes.y] and sizes.text[0] == "78.1 KiB"
+    assert "kB" not in sizes.texttemplate and "kB" not in sizes.hovertemplate
 
 
 OTHER, THIRD = ["quantize", "prune", "early_exit", "int8"], ["prune", "early_exit", "quantize", "int8"]

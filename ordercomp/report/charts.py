@@ -6,6 +6,7 @@ plain record dict, so a record read back from exploration.json draws exactly lik
 """
 from __future__ import annotations
 
+import math
 import statistics
 
 import pandas as pd
@@ -13,7 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..order.plan import chain_text
-from .figures import plural
+from .figures import plural, size_text
 
 KIND_COLOURS = {"base": "#444444", "single": "#1f77b4", "pair": "#ff7f0e", "prefix": "#c5b0d5", "whole order": "#9467bd",
                 "chain": "#d62728"}
@@ -159,9 +160,12 @@ def chain_steps_figure(record: dict) -> go.Figure:
     labels = [label for label, _ in steps]
     fig = make_subplots(rows=len(STEP_ROWS), cols=1, shared_xaxes=True, vertical_spacing=0.06)
     for row, (key, title, value) in enumerate(STEP_ROWS, 1):
-        fig.add_trace(go.Scatter(x=labels, y=[metrics.get(key) for _, metrics in steps], name=title, mode="lines+markers+text",
-                                 line={"color": STEP_COLOURS[key]}, texttemplate=value, textposition="top center",
-                                 hovertemplate=f"%{{x}}<br>{value}<extra></extra>", showlegend=False), row=row, col=1)
+        values = [metrics.get(key) for _, metrics in steps]
+        words = {"text": [size_text(v) if v is not None else "" for v in values], "texttemplate": "%{text}"} if key == "size_bytes" \
+            else {"texttemplate": value}  # sizes in the binary units of every other page ("1.1 MiB", not "1.19MB")
+        fig.add_trace(go.Scatter(x=labels, y=values, name=title, mode="lines+markers+text", line={"color": STEP_COLOURS[key]},
+                                 textposition="top center", showlegend=False, **words,
+                                 hovertemplate=f"%{{x}}<br>{words['texttemplate']}<extra></extra>"), row=row, col=1)
         fig.update_yaxes(title_text=title, row=row, col=1, **_step_axis(key, [m.get(key) for _, m in steps]))
     fig.update_layout(title=f"The chain step by step: {chain_text(record['chain'])} (test split)", template="plotly_white",
                       height=620, margin={"t": 60})
@@ -170,9 +174,15 @@ def chain_steps_figure(record: dict) -> go.Figure:
 
 
 def _step_axis(key: str, values: list) -> dict:
-    """Accuracy: a linear axis around the values with room for the labels; costs: a log axis with SI ticks."""
+    """Accuracy: a linear axis around the values with room for the labels; costs: a log axis with SI ticks and room
+    above the highest value for its label (autoranged, the base's "3.04G" and "1.19MB" were cut by the row above)."""
     if key != "accuracy":
-        return {"type": "log", "tickformat": ".3~s"}
+        drawn = [v for v in values if v]  # a log axis holds positive values only
+        if not drawn:
+            return {"type": "log", "tickformat": ".3~s"}
+        low, high = math.log10(min(drawn)), math.log10(max(drawn))
+        pad = max(0.3, (high - low) * 0.15)  # decades
+        return {"type": "log", "tickformat": ".3~s", "range": [low - pad, high + pad]}
     drawn = [v for v in values if v is not None]
     low, high = (min(drawn), max(drawn)) if drawn else (0.0, 100.0)
     pad = max(0.5, (high - low) * 0.25)
