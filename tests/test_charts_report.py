@@ -493,3 +493,22 @@ def test_the_cli_prints_the_headline_of_the_shipped_file_or_says_nothing_was_mea
     assert "Shipped file size: 15.0 KiB — ONNX file, 80.0× smaller" in printed and "Speed, batch 32: 10.0× faster — 0.4 ms" in printed
     print_headline(record | {"chain_steps": []})
     assert capsys.readouterr().out == "\nWhat the recommended chain buys: nothing was measured (no step of the chain gave a model).\n"
+
+
+def test_the_clis_export_lines_word_sizes_speed_and_latency_as_the_export_page_does():
+    """`ordercomp apply` on the default run's chain printed the float ONNX file as "batch 1 0.06 ms ... 0.92x faster at
+    batch 1" where the Export page and the headline read "0.0592 ms, 1.08× slower" for the same kind of file."""
+    from ordercomp.dashboard.views import export_rows
+    from ordercomp.deploy.export import export_summary
+
+    entry = {"format": "onnx", "file": "model.onnx", "size_bytes": 127723,
+             "measured": {"runtime": "onnxruntime (CPU)", "accuracy": 99.16434540389972, "latency_ms": {"1": 0.059227, "32": 1.0745}},
+             "base_measured": {"format": "onnx", "runtime": "onnxruntime (CPU)", "size_bytes": 1194124, "accuracy": 99.16434540389972,
+                               "latency_ms": {"1": 0.054989, "32": 1.32625}},
+             "speedup": {"1": 0.054989 / 0.059227, "32": 1.32625 / 1.0745}}
+    [line] = export_summary({"formats": [entry], "reported_storage_bytes": 14908.5})
+    [row] = export_rows({"formats": [entry]})
+    assert "124.7 KiB" in line and row["file size"] == "124.7 KiB" and "the reported 14.6 KiB" in line
+    assert "accuracy 99.16 %" in line and "base 99.16 %" in line and row["accuracy"] == "99.16 %"
+    assert "batch 1 0.0592 ms" in line and row["batch 1"] == "0.0592 ms, 1.08× slower"
+    assert "1.08× slower at batch 1" in line and "1.23× faster at batch 32" in line and "x faster" not in line

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..models.checkpoints import SAMPLE_DIR, list_samples, load_program, read_state_dict, sample_card
 from ..data.datasets import DataBundle
+from ..report.figures import accuracy_text, latency_text, size_text, speed_text
 from ..errors import one_line
 from ..folders import MIB, FolderKind, check_destination, sha256, write_folder
 from ..methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelect, TransformerExits, select_exits
@@ -652,26 +653,28 @@ def row_problems(entry: dict, verify: dict) -> list[str]:
 
 
 def export_summary(manifest: dict) -> list[str]:
-    """One line per format: real file size against the reported storage, accuracy and speed-ups in its runtime."""
+    """One line per format: real file size against the reported storage, accuracy and speed-ups in its runtime, worded
+    as the Export page and the headline word them (`report.figures`): '1.08× slower', not '0.92x faster'; '0.0592 ms'."""
     reported, lines = manifest.get("reported_storage_bytes"), []
     for entry in manifest["formats"]:
         if "error" in entry:
             lines.append(f"{entry['format']}: {entry['error']}")
             continue
-        line = f"{entry['format']}: {entry['file']} {entry['size_bytes'] / 1024:.1f} KiB"
+        line = f"{entry['format']}: {entry['file']} {size_text(entry['size_bytes'])}"
         if reported:
-            line += f" ({entry['size_bytes'] / reported:.2f}x the reported {reported / 1024:.1f} KiB)"
+            line += f" ({entry['size_bytes'] / reported:.2f}x the reported {size_text(reported)})"
         if "check" in entry:
             line += f"; {check_text(entry['check'])}"
         measured = entry.get("measured")
         if measured and "error" in measured:
             line += f"; not measured: {measured['error']}"
         elif measured:
-            times = ", ".join(f"batch {b} {t:.2f} ms" for b, t in measured["latency_ms"].items())
-            line += f"; {measured['runtime']}: accuracy {measured['accuracy']:.2f}%, {times}"
+            times = ", ".join(f"batch {b} {latency_text(t)}" for b, t in measured["latency_ms"].items())
+            line += f"; {measured['runtime']}: accuracy {accuracy_text(measured['accuracy'])}, {times}"
             if entry.get("speedup"):
                 base = entry["base_measured"]
-                line += f"; base {base['accuracy']:.2f}%, " + ", ".join(f"{s:.2f}x faster at batch {b}" for b, s in entry["speedup"].items())
+                line += (f"; base {accuracy_text(base['accuracy'])}, "
+                         + ", ".join(f"{speed_text(s)} at batch {b}" for b, s in entry["speedup"].items()))
         lines.append(line)
     return lines
 
