@@ -91,3 +91,5 @@ else:
     st.caption(f"Pairwise needed {summary['applications_pairwise']} method applications, exhaustive "
                f"{summary['applications_exhaustive']} ({summary['cost_ratio']:.1f}x).")
     st.dataframe(ranking, hide_index=True)
+
+st.page_link("pages/5_tradeoffs.py", label="Next: what the chain buys, on the Trade-offs page", icon=":material/scatter_plot:")

@@ -26,3 +26,6 @@ for tab, axis in zip(st.tabs([f"Accuracy vs {AXES[axis][0]}" for axis in AXES]),
 st.subheader("The chain step by step")
 st.plotly_chart(chain_steps_figure(record), key="chain-steps")
 st.dataframe(chain_table(record["base_metrics"], record["chain_steps"]), hide_index=True)
+
+st.page_link("pages/6_export.py", label="Next: download the compressed model and the meeting report on the Export page",
+             icon=":material/download:")

@@ -680,6 +680,15 @@ def test_export_of_an_order_of_ones_own_is_a_background_job(store, finished, spa
     assert any("**queued**" in plain(markdown.value) for markdown in at.main.markdown)
 
 
+@pytest.mark.parametrize("page, target", [("1_model_and_data", "methods"), ("2_methods", "runs"), ("4_order", "tradeoffs"),
+                                          ("5_tradeoffs", "export")])
+def test_every_step_of_the_story_links_to_the_next(store, finished, page, target):
+    """Model & data, Methods and Runs each end with a link to the next step; Order and Trade-offs ended without one, so a
+    new user who had followed the links from the first page stopped short of the download and the meeting report."""
+    at = app(page, job=finished["exploration"])
+    assert target in [link.proto.page for link in at.main.get("page_link")]  # the page's address
+
+
 def test_a_deep_link_to_a_page_runs_it_inside_the_app_with_the_run_from_the_url(store, finished):
     at = AppTest.from_file(APP, default_timeout=180)  # a fresh server whose first request is /runs?job=...
     at.query_params["job"] = finished["exploration"]
