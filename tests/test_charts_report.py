@@ -241,7 +241,8 @@ def test_the_reports_first_screen_tells_a_manager_what_the_shipped_file_buys(shi
     report = meeting_report(shipped_record, finished=1_780_000_000)  # 28 May 2026
     screen = first_screen(report)
     assert "28 May 2026" in screen and "device cpu" in screen
-    assert "compared pairwise: 36 method applications over 2 seeds" in screen and "on digits: 10 classes, 8×8 px" in screen
+    assert ("were compared, every pair in both orders and every one of the 24 whole orders: 36 method applications over 2 "
+            "seeds") in screen and "on digits: 10 classes, 8×8 px" in screen
     assert ("First structured pruning (prune), then quantization-aware training (quantize), then early exit (early_exit), "
             "and last int8 post-training quantization (int8).") in screen
     # the shipped file in its runtime: size, speed at both batch sizes, accuracy; no eager simulation in the headline
@@ -512,3 +513,15 @@ def test_the_clis_export_lines_word_sizes_speed_and_latency_as_the_export_page_d
     assert "accuracy 99.16 %" in line and "base 99.16 %" in line and row["accuracy"] == "99.16 %"
     assert "batch 1 0.0592 ms" in line and row["batch 1"] == "0.0592 ms, 1.08× slower"
     assert "1.08× slower at batch 1" in line and "1.23× faster at batch 32" in line and "x faster" not in line
+
+
+def test_the_report_says_how_many_whole_orders_a_search_compared_not_every_order(record):
+    """The default run's report began "Every order of applying 4 compression methods ... was compared pairwise", where
+    the surrogate search had measured 18 of the 24 whole orders, and a pairwise search measures none."""
+    run = searched(record)
+    run["search"]["screened_orders"] = [{"chain": list(c), "score": 90.0, "se": 0.0, "seeds": 1}
+                                        for c in (CHAIN, OTHER, THIRD, ["int8", "prune", "quantize", "early_exit"])]
+    screen = first_screen(meeting_report(run))
+    assert "every pair in both orders, then 4 of the 24 whole orders: " in screen and "Every order" not in screen
+    pairwise = run | {"search": {"strategy": "pairwise"}}
+    assert "were compared, every pair in both orders: " in first_screen(meeting_report(pairwise))
