@@ -93,11 +93,12 @@ def train(model: nn.Module, data: DataBundle, budget: Budget, *, seed: int, devi
 
 def logits_in_training(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """Every exit's logits in training mode; a forward that gives something else there (torchvision's GoogLeNet and
-    Inception add their auxiliary classifiers' outputs) is one clear line, not the loss's TypeError."""
+    Inception add their auxiliary classifiers' outputs) is one clear line, not the loss's TypeError: a ValueError, the
+    user's input that does not fit, so the command line says it in one line when it trains such a model as the base."""
     outputs = all_outputs(model, x)
     odd = next((out for out in outputs if not isinstance(out, torch.Tensor)), None)
     if odd is not None:
-        raise TypeError(f"the model's forward gives {type(odd).__name__} in training mode, not a tensor of logits: build it "
+        raise ValueError(f"the model's forward gives {type(odd).__name__} in training mode, not a tensor of logits: build it "
                         "without auxiliary outputs (torchvision's GoogLeNet and Inception: aux_logits=False)")
     return outputs
 

@@ -113,6 +113,6 @@ def test_a_forward_with_auxiliary_outputs_in_training_is_one_clear_line():
     import torchvision
 
     data = repeat_channels(load_data("digits", input_size=32), 3)
-    with pytest.raises(TypeError, match=r"^the model's forward gives GoogLeNetOutputs in training mode, not a tensor of "
+    with pytest.raises(ValueError, match=r"^the model's forward gives GoogLeNetOutputs in training mode, not a tensor of "
                                         r"logits: build it without auxiliary outputs .*aux_logits=False"):
         train(torchvision.models.googlenet(num_classes=10, init_weights=False), data, Budget(epochs=0.01), seed=0, device=torch.device("cpu"))

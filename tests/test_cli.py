@@ -57,6 +57,8 @@ from testkit import MY_NET
     (["apply", "--chain", "prune", "--export", "{out}", "--model", "{net}:MyNet", "--model-args", '{{"depth": 2}}'],
      "MyNet(num_classes=10, in_channels=1, depth=2) raised TypeError"),
     (["explore", "--model", "torchvision.models:resnet18"], "gives (3, 1000) for 3 images, not one logit per class (10)"),
+    (["explore", "--model", "torchvision.models:googlenet", "--model-args", '{{"num_classes": 10, "init_weights": false}}', "--input-size", "32"],
+     "gives GoogLeNetOutputs in training mode, not a tensor of logits: build it without auxiliary outputs"),  # its base was a traceback
     (["explore", "--model", "resnet18"], "the zoo's resnet18 is now named resnet18_small_input"),
     (["explore", "--data", "{tmp}/absent.npz"], "absent.npz does not exist"),
 ])
