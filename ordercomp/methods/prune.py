@@ -19,6 +19,7 @@ import contextlib
 import copy
 import io
 import math
+import traceback
 from dataclasses import dataclass, field
 
 import torch
@@ -116,7 +117,7 @@ def _pruned_and_runs(model: nn.Module, example: torch.Tensor, ratio: float, impo
     try:
         with tokens_unmerged(model):
             _walk(_pruner(model, example, ratio, importance, kept).step)
-    except PruningOverrun:
+    except (PruningOverrun, Incompatible):
         raise
     except Exception as error:  # raised deep inside Torch-Pruning (an index its graph walk got wrong through a reshape)
         return one_line(error)
@@ -131,7 +132,8 @@ def _follow_embedding(model: nn.Module) -> None:
 
 
 def _pruner(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, kept: list[str]):
-    """Torch-Pruning's pruner of `ratio` of the channels of `model`, the layers named in `kept` at their width."""
+    """Torch-Pruning's pruner of `ratio` of the channels of `model`, the layers named in `kept` at their width;
+    Incompatible when Torch-Pruning cannot build the network's dependency graph, which no seed or ratio changes."""
     try:
         with tokens_unmerged(model):
             return _walk(lambda: tp.pruner.BasePruner(
@@ -147,8 +149,17 @@ def _pruner(model: nn.Module, example: torch.Tensor, ratio: float, importance: s
     except PruningOverrun:
         raise
     except Exception as error:  # raised deep inside Torch-Pruning's graph walk, where the bare error names no culprit
-        raise PruningError(f"Torch-Pruning could not prune this network's channels ({one_line(error)}): "
+        raise Incompatible(f"Torch-Pruning cannot build this network's dependency graph{_culprit(error)}: "
                            "sparsify or lowrank make it smaller without it") from error
+
+
+def _culprit(error: Exception) -> str:
+    """Where Torch-Pruning's graph building failed, in words a user can find in the network: its mapping of channels
+    through a reshape (torchvision's ShuffleNetV2 divides by zero there, Torch-Pruning issue 14), else the error."""
+    inside = [frame.name for frame in traceback.extract_tb(error.__traceback__) if "torch_pruning" in frame.filename]
+    if inside and "reshape" in inside[-1]:
+        return " at a reshape that regroups its channels (a channel shuffle, as in ShuffleNet)"
+    return f" ({one_line(error)})"
 
 
 def _prunable_groups(model: nn.Module, example: torch.Tensor, ratio: float, importance: str,
