@@ -17,7 +17,7 @@ from plotly.offline import get_plotlyjs
 
 from ordercomp.report import charts
 from ordercomp.exploration.results import chain_table, steps_table
-from ordercomp.report.figures import STEP_FIGURES, applications, share_text, size_text, speed_text
+from ordercomp.report.figures import STEP_FIGURES, applications, headline, share_text, size_text, smaller_text, speed_text
 from ordercomp.report.meeting import evidence_sentence, meeting_report, results_csv
 from ordercomp.report.verdict import settle_suggestion
 
@@ -301,6 +301,19 @@ def test_the_step_by_step_figures_beside_the_shipped_headline_say_they_are_not_t
                                             (28.8, "28.8× faster"), (None, "n/a")])
 def test_speed_headline_says_slower_or_faster(speedup, text):
     assert speed_text(speedup) == text
+
+
+@pytest.mark.parametrize("ratio, text", [(80.0, "80.0× smaller"), (1.0, "1.00× smaller"), (1 / 1.05, "1.05× larger"), (None, "n/a")])
+def test_size_headline_says_smaller_or_larger(ratio, text):
+    assert smaller_text(ratio) == text
+
+
+def test_a_shipped_file_larger_than_the_bases_is_called_larger():
+    """A ShuffleNetV2 exploration (sparsify -> quantize, shipped as float ONNX) read "1.5 MiB — ONNX file, 0.95×
+    smaller than the base's 1.4 MiB"."""
+    larger = SHIPPED | {"file_bytes": 1_300_000, "size_ratio": 1_232_000 / 1_300_000}
+    [size] = [item for item in headline({"shipped": larger, "bitops_reduction": 64.0}) if item.label == "Shipped file size"]
+    assert size.detail == "ONNX file, 1.06× larger than the base's 1.2 MiB"
 
 
 def test_chain_steps_axis_uses_short_si_ticks_not_raw_billions(record):

@@ -86,6 +86,13 @@ def speed_text(speedup: float | None) -> str:
     return f"{times_text(speedup)} faster" if speedup >= 1 else f"{times_text(1 / speedup)} slower"
 
 
+def smaller_text(reduction: float | None) -> str:
+    """'80.0× smaller' or '1.05× larger' from the base's size over the model's."""
+    if reduction is None:
+        return "n/a"
+    return f"{times_text(reduction)} smaller" if reduction >= 1 else f"{times_text(1 / reduction)} larger"
+
+
 def applications(record: dict) -> int:
     """Method applications an exploration made: every step on the validation split (cached ones included) and
     the chain applied once on the test split; the count its progress reached."""
@@ -116,7 +123,7 @@ def _shipped_headline(shipped: dict) -> list[Headline]:
     where = f"{fmt} file in {runtime}, after warm-up, {(shipped.get('cpu') or {}).get('model') or 'this CPU'}"
     latency, base_latency = shipped["latency_ms"], base["latency_ms"]
     items = [Headline("Shipped file size", size_text(shipped["file_bytes"]),
-                      f"{fmt} file, {times_text(shipped.get('size_ratio'))} smaller than the base's {size_text(base['file_bytes'])}")]
+                      f"{fmt} file, {smaller_text(shipped.get('size_ratio'))} than the base's {size_text(base['file_bytes'])}")]
     for batch in sorted(latency, key=int):
         items.append(Headline(f"Speed, batch {batch}", speed_text((shipped.get("speedup") or {}).get(batch)),
                               f"{latency_text(latency[batch])} against the base's {latency_text(base_latency.get(batch))}; {where}"))
@@ -128,7 +135,7 @@ def _shipped_headline(shipped: dict) -> list[Headline]:
 
 def _simulated_headline(figures: dict) -> list[Headline]:
     base_ms, final_ms = figures["latency_ms"]
-    return [Headline("Size (counted)", f"{times_text(figures['size_reduction'])} smaller",
+    return [Headline("Size (counted)", smaller_text(figures['size_reduction']),
                      "storage the metrics count (quantised layers at their bit width), against the base; no deployable file measured"),
             Headline("Speed, batch 1", speed_text(_ratio(base_ms, final_ms)),
                      f"{latency_text(final_ms)} against the base's {latency_text(base_ms)} in the {SIMULATION}, "
