@@ -148,6 +148,21 @@ def test_a_convolution_whose_channels_are_the_classes_is_found_through_its_activ
     assert classes_out(pruned, digits32.test.tensors[0][:4]) == 10 and [layer.out_channels for layer in output_layers(pruned)] == [10]
 
 
+def test_a_forward_reading_a_tensor_constant_is_traced_the_same_in_training_and_evaluation(digits16):
+    """torchvision's MaxViT indexes its relative position table with a tensor fx keeps as a constant; the second trace
+    (training) numbered it on from the first one's (`_tensor_constant4` against `_tensor_constant0`), so its forward
+    was taken to run other operations in training, and every method but quantize was incompatible."""
+    torch.manual_seed(0)
+    model = tv.MaxVit(input_size=(16, 16), stem_channels=8, partition_size=2, block_channels=[8, 16], block_layers=[1, 1],
+                      head_dim=4, stochastic_depth_prob=0.0, num_classes=10).eval()
+    view = with_structure(model, digits16.example_input(2), 10)
+    found = structure_of(view)
+    assert found.traced and (found.why_no_classifier, found.why_no_stages) == (None, None) and found.classifier == "classifier.5"
+    images = digits16.test.tensors[0][:4]
+    with torch.no_grad():
+        assert torch.allclose(view(images), model(images), atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["prune", "distill"])
 def test_a_network_torch_pruning_cannot_walk_is_incompatible_with_a_reason_that_names_where(name, digits16):
     """Issue 14, a network from outside the benchmark: on ShuffleNetV2, Torch-Pruning raises ZeroDivisionError while

@@ -234,7 +234,10 @@ def trace(model: nn.Module) -> fx.Graph:
 
 
 def _ops(graph: fx.Graph) -> list[tuple[str, str]]:
-    return [(node.op, str(node.target)) for node in graph.nodes]
+    """The graph's operations; a tensor constant by its kind alone, since fx numbers them on from the constants an
+    earlier trace left on the model (torchvision's MaxViT: `_tensor_constant0` in evaluation, `_tensor_constant4` then)."""
+    return [(node.op, "_tensor_constant" if node.op == "get_attr" and node.target.startswith("_tensor_constant") else str(node.target))
+            for node in graph.nodes]
 
 
 class Traced:
