@@ -2,13 +2,17 @@
 exploration's record of its shipped file, and an export that reuses the model the exploration trained."""
 from __future__ import annotations
 
+import itertools
+import os
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from ordercomp.deploy import runtimes
-from ordercomp.deploy.export import export_compressed, shipped_figures
+from ordercomp.deploy.export import export_compressed, measured_before, shipped_figures
+from ordercomp.folders import sha256
 from ordercomp.exploration import explorer, pipeline
 from ordercomp.exploration.explorer import ExploreSpec, compress, explore
 from ordercomp.report.meeting import headline_figures
@@ -77,6 +81,38 @@ def test_a_runner_is_not_timed_while_the_other_s_threads_still_spin(digits):
     assert file_ms < SLOW_MS / 2 and base_ms < SLOW_MS / 2
 
 
+def test_a_measurement_records_how_busy_the_machine_was_while_it_timed(digits, monkeypatch):
+    """An audit read the packed file at 7.29 ms at batch 1 against 0.45 ms idle: other jobs held the 2 cores at a load
+    average of 7-8, and nothing the measurement kept said so."""
+    monkeypatch.setattr(runtimes, "MIN_TIMED_S", 0.0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    logits = lambda x: np.zeros((len(x), 10), np.float32)  # noqa: E731
+    busy = {"start": 7.6, "end": 7.8, "logical_cores": 2}
+    loads = iter([7.6, 7.8, 7.6, 7.8])  # the 1-minute load average at the start and the end of each timing
+    monkeypatch.setattr(os, "getloadavg", lambda: (next(loads), 5.0, 3.0))
+    file, base = runtimes.measure_pair(logits, logits, digits, repeats=5)
+    assert file["load"] == base["load"] == busy
+    assert runtimes.measure_runner(logits, digits, repeats=5)["load"] == busy
+    monkeypatch.delattr(os, "getloadavg")  # Windows keeps no load average
+    assert runtimes.measure_runner(logits, digits, repeats=5)["load"] == {"start": None, "end": None, "logical_cores": 2}
+
+
+def test_an_export_takes_the_shipped_measurement_whatever_the_load_now(tmp_path, monkeypatch):
+    """The export reuses the exploration's timing of the same file on the same CPU: the load it ran under comes with
+    it, and the load at the export (another every time it is read) is not part of what must match."""
+    loads = itertools.count(0.5)
+    monkeypatch.setattr(os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+    (tmp_path / "model.onnx").write_bytes(b"the shipped file")
+    busy = {"start": 7.6, "end": 7.8, "logical_cores": 2}
+    shipped = {"format": "onnx", "runtime": "onnxruntime (CPU)", "threads": 2, "sha256": sha256(tmp_path / "model.onnx"),
+               "cpu": runtimes.cpu_description(), "accuracy": 97.5, "latency_ms": {"1": 0.05}, "speedup": {"1": 8.0}, "load": busy,
+               "base": {"format": "onnx", "runtime": "onnxruntime (CPU)", "file_bytes": 1000, "accuracy": 98.0, "latency_ms": {"1": 0.4}}}
+    entry = measured_before({"format": "onnx", "file": "model.onnx"}, tmp_path, shipped, threads=2)
+    assert entry["measured_by"] == "exploration" and entry["measured"]["load"] == busy
+    old = {key: value for key, value in shipped.items() if key != "load"}  # recorded before loads were kept
+    assert measured_before({"format": "onnx", "file": "model.onnx"}, tmp_path, old, threads=2)["measured"]["load"] is None
+
+
 def test_speedups_are_against_the_base_in_the_same_runtime(compressed_pair, tmp_path, monkeypatch):
     monkeypatch.setattr(runtimes, "MIN_TIMED_S", 0.0)
     model, base, outcome = compressed_pair
@@ -117,6 +153,7 @@ def test_an_exploration_records_its_shipped_file_next_to_the_base_in_the_same_ru
     assert set(shipped["latency_ms"]) == {"1", "32"} and shipped["threads"] == runtimes.THREADS
     assert shipped["size_ratio"] == shipped["base"]["file_bytes"] / shipped["file_bytes"]
     assert shipped["cpu"]["model"] and isinstance(shipped["cpu"]["flags"], list)
+    assert set(shipped["load"]) == {"start", "end", "logical_cores"} and shipped["load"]["logical_cores"] == os.cpu_count()
     figures = headline_figures(record)
     assert figures["shipped_speedup"] == shipped["speedup"] and figures["shipped_runtime"] == "onnxruntime (CPU)"
     assert figures["shipped_bytes"] == (shipped["base"]["file_bytes"], shipped["file_bytes"])

@@ -431,13 +431,15 @@ def measure_entry(entry: dict, folder: Path, data: DataBundle, base: "BaseRuns |
 
 def measured_before(entry: dict, folder: Path, shipped: dict | None, threads: int) -> dict | None:
     """`entry` with the figures `shipped` (an exploration's `shipped_figures`) measured for this very file: the
-    same format and bytes (SHA-256), timed with the same threads on the same CPU; None when any of them differs."""
+    same format and bytes (SHA-256), timed with the same threads on the same CPU; None when any of them differs.
+    The load it was timed under comes with it, and another load now does not make it another measurement."""
     if not shipped or "error" in shipped or shipped.get("format") != entry["format"] or shipped.get("threads") != threads:
         return None
     if shipped.get("sha256") != sha256(folder / entry["file"]) or shipped.get("cpu") != cpu_description():
         return None
     base = shipped["base"]
-    entry["measured"] = {"runtime": shipped["runtime"], "accuracy": shipped["accuracy"], "latency_ms": shipped["latency_ms"]}
+    entry["measured"] = {"runtime": shipped["runtime"], "accuracy": shipped["accuracy"], "latency_ms": shipped["latency_ms"],
+                         "load": shipped.get("load")}  # None in a record from before loads were kept
     entry["base_measured"] = {"format": base["format"], "runtime": base["runtime"], "size_bytes": base["file_bytes"],
                               "accuracy": base["accuracy"], "latency_ms": base["latency_ms"]}
     entry["speedup"], entry["measured_by"] = shipped["speedup"], "exploration"
@@ -480,9 +482,10 @@ def shipped_figures(model: nn.Module, base_model: nn.Module, data: DataBundle, *
     (`export_format`), `base_model` written as the export writes the base it compares that format with (float ONNX
     for int8 ONNX, `BASE_FORMAT`), both run in their runtime with `threads` threads, accuracy on the test split and
     latency at every batch size after warm-up, timed in alternating rounds. The record (see `Exploration.shipped`):
-    {format, runtime, file_bytes, sha256, accuracy, latency_ms: {"1", "32"}, threads, check, base: {format, runtime,
-    file_bytes, sha256, accuracy, latency_ms}, speedup: {"1", "32"} (base ms / file ms), size_ratio (base bytes /
-    file bytes), cpu}; or {format, runtime, error} when either file cannot be built or run."""
+    {format, runtime, file_bytes, sha256, accuracy, latency_ms: {"1", "32"}, load, threads, check, base: {format,
+    runtime, file_bytes, sha256, accuracy, latency_ms, load}, speedup: {"1", "32"} (base ms / file ms), size_ratio
+    (base bytes / file bytes), cpu}, load being how busy the machine was while both were timed (`machine_load`); or
+    {format, runtime, error} when either file cannot be built or run."""
     runtime, base_fmt = runtime_name(fmt), BASE_FORMAT.get(fmt, fmt)
     try:
         with tempfile.TemporaryDirectory(prefix="ordercomp-shipped-") as temp:

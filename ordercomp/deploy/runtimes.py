@@ -15,7 +15,9 @@ calls take 2.4 ms. A round is ROUND_CALLS calls of one runner in a row, not one:
 spin for a while after a call (onnxruntime's pool, OpenMP's), and a call of the other runner made
 then shares the cores with them. Alternating call by call, the default sample's base ONNX file read
 0.78-0.82 ms at batch 32 in some processes and 1.16-1.22 ms in others (0.69 ms timed alone); in
-rounds of 10 calls, 0.73-0.74 ms in every one.
+rounds of 10 calls, 0.73-0.74 ms in every one. Alternating rounds keep a ratio honest on a busy machine, not
+an absolute time: the packed file read 7.29 ms at batch 1 at a load average of 7-8 on 2 cores against 0.45 ms idle,
+so every measurement records the load it was timed under (`machine_load`) for the pages to say so.
 """
 from __future__ import annotations
 
@@ -131,21 +133,27 @@ def inductor_compiled(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def measure_runner(run: Runner, data: DataBundle, *, threads: int = THREADS, batches=BATCHES, repeats: int = 20) -> dict:
-    """Accuracy (percent) on the test split and median latency (ms) per batch size."""
+    """Accuracy (percent) on the test split, median latency (ms) per batch size and the load it was timed under."""
     with torch_threads(threads):
-        return {"accuracy": accuracy(run, data), "latency_ms": {str(b): latency_ms(run, data, b, repeats) for b in batches}}
+        figures = {"accuracy": accuracy(run, data)}
+        start = load_average()
+        figures["latency_ms"] = {str(b): latency_ms(run, data, b, repeats) for b in batches}
+    return figures | {"load": machine_load(start)}
 
 
 def measure_pair(run: Runner, base: Runner, data: DataBundle, *, threads: int = THREADS, batches=BATCHES,
                  repeats: int = 20) -> tuple[dict, dict]:
     """`measure_runner` of a file and of the base it is compared with, their latencies timed in alternating
-    rounds (`paired_latency_ms`), so that a ratio of the two compares them on the same machine state."""
+    rounds (`paired_latency_ms`), so that a ratio of the two compares them on the same machine state; each with the
+    load both were timed under."""
     with torch_threads(threads):
         figures = [{"accuracy": accuracy(runner, data), "latency_ms": {}} for runner in (run, base)]
+        start = load_average()
         for b in batches:
             for record, ms in zip(figures, paired_latency_ms([run, base], data, b, repeats)):
                 record["latency_ms"][str(b)] = ms
-    return figures[0], figures[1]
+    load = machine_load(start)
+    return figures[0] | {"load": load}, figures[1] | {"load": dict(load)}
 
 
 class torch_threads:
@@ -234,6 +242,22 @@ def cpu_description() -> dict:
     flags = set(info.get("flags", "").split())
     return {"model": info.get("model name") or platform.processor() or platform.machine(), "logical_cores": os.cpu_count(),
             "flags": [flag for flag in CPU_FLAGS if flag in flags]}
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: processes running or waiting for a core, this one's timing threads included;
+    None where the platform keeps none (Windows)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def machine_load(start: float | None) -> dict:
+    """How busy the machine was while a timing ran, from the load average at its `start` to now, beside the logical
+    cores: a load above them means processes waited for a core, and absolute times read slow (`figures.busy_caveat`).
+    Kept apart from `cpu_description`: a shipped measurement stays valid on the same CPU under another load."""
+    return {"start": start, "end": load_average(), "logical_cores": os.cpu_count()}
 
 
 def cpu_text(cpu: dict) -> str:

@@ -292,7 +292,8 @@ class Exploration:
     # its runtime after warm-up (`deploy.export.shipped_figures`): {format, runtime, file_bytes, accuracy (test split,
     # percent), latency_ms: {"1", "32"}, threads, check (against PyTorch, whole test split), base: {format, runtime,
     # file_bytes, accuracy, latency_ms}, speedup: {"1", "32"} (base ms / chain ms), size_ratio (base bytes / chain
-    # bytes), cpu: {model, logical_cores, flags}}; {format, runtime, error} when it could not be built or run;
+    # bytes), cpu: {model, logical_cores, flags}, load: {start, end, logical_cores} (the 1-minute load average while
+    # both were timed, `runtimes.machine_load`)}; {format, runtime, error} when it could not be built or run;
     # None when spec.ship is None or the chain stopped early.
     shipped: dict | None = None
 
