@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from ordercomp.dashboard import formatting, plan, session, views
-from ordercomp.deploy.export import FORMATS, download_name, download_stem, export_verdict, export_zip
+from ordercomp.deploy.export import FORMATS, download_name, download_stem, export_caveat, export_verdict, export_zip
 from ordercomp.jobs import start_job
 from ordercomp.order import chain_text
 from ordercomp.report.figures import FORMAT_NAMES
@@ -68,7 +68,7 @@ def draw_export(job: dict) -> None:
              hide_index=True)
     st.caption(f"Each file measured in its own runtime on the whole test split after warm-up, {manifest.get('threads', '?')} threads, "
                "next to the base model written and measured the same way (latency, then the speed-up against the base); "
-               "the check compares the file's outputs with PyTorch's.")
+               f"the check compares the file's outputs with PyTorch's. {formatting.md(export_caveat(manifest))}".rstrip())
     if not folder.is_dir():
         st.error(f"The export folder {formatting.code(folder)} is gone: export again.")
         return

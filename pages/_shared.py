@@ -15,7 +15,7 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from ordercomp.dashboard import formatting, session, views
 from ordercomp.jobs import JobStore, StoreError, cancel_job, dispatch, queue_positions, resume_job, worker_limit
-from ordercomp.report.figures import headline
+from ordercomp.report.figures import headline, headline_caveat
 from ordercomp.report.meeting import headline_figures
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
@@ -143,11 +143,14 @@ HEADLINE_PER_ROW = 3
 
 def headline_row(record: dict) -> None:
     """What the recommended chain buys (`figures.headline`): the same figures, words and units as the meeting report."""
-    items = headline(headline_figures(record))
+    figures = headline_figures(record)
+    items = headline(figures)
     for start in range(0, len(items), HEADLINE_PER_ROW):  # at most three a row: a value such as "254.3× fewer" fits at 1400 px
         for column, item in zip(st.columns(HEADLINE_PER_ROW), items[start:start + HEADLINE_PER_ROW]):
             column.metric(item.label, item.value)
             column.caption(formatting.md(item.detail))
+    if caveat := headline_caveat(figures):
+        st.caption(formatting.md(caveat))
 
 
 def open_exploration(store: JobStore) -> tuple[str, dict]:

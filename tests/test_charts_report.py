@@ -538,3 +538,51 @@ def test_the_report_says_how_many_whole_orders_a_search_compared_not_every_order
     assert "every pair in both orders, then 4 of the 24 whole orders: " in screen and "Every order" not in screen
     pairwise = run | {"search": {"strategy": "pairwise"}}
     assert "were compared, every pair in both orders: " in first_screen(meeting_report(pairwise))
+
+
+BUSY = {"start": 7.6, "end": 7.8, "logical_cores": 2}  # an audit's machine: other jobs on its 2 cores
+IDLE = {"start": 0.4, "end": 1.9, "logical_cores": 2}
+CAVEAT = ("Timed while the machine was busy (load average 7.8 on 2 logical cores): absolute times may read several times "
+          "slower than on an idle machine; the speed-ups against the base were timed side by side, under the same load.")
+
+
+def test_a_timing_on_a_busy_machine_is_said_in_one_sentence_and_only_then():
+    """An audit read the packed file at 7.29 ms at batch 1 against 0.45 ms idle and TorchScript at 0.69 against 0.48,
+    timed while other jobs held the machine at a load of 7-8 on 2 cores, and no page said so."""
+    from ordercomp.report.figures import busy_caveat
+
+    assert busy_caveat([BUSY]) == CAVEAT
+    assert busy_caveat([IDLE, BUSY | {"start": 3.1, "end": 2.2}, BUSY]) == CAVEAT  # the busiest timing
+    assert busy_caveat([BUSY], side_by_side=False) == ("Timed while the machine was busy (load average 7.8 on 2 logical "
+                                                       "cores): absolute times may read several times slower than on an idle machine.")
+    assert busy_caveat([IDLE]) == busy_caveat([IDLE | {"start": 2.04, "end": 1.0}]) == ""  # 2.0 on 2 cores is not above them
+    assert busy_caveat([None]) == busy_caveat([]) == ""  # a record from before loads were kept
+    assert busy_caveat([{"start": None, "end": None, "logical_cores": 2}]) == ""  # a platform without a load average
+
+
+def test_the_headline_says_its_file_was_timed_on_a_busy_machine_in_the_report_and_the_cli(shipped_record, capsys):
+    from ordercomp.exploration.results import print_headline
+
+    busy = shipped_record | {"shipped": SHIPPED | {"load": BUSY}}
+    assert CAVEAT in first_screen(meeting_report(busy))
+    print_headline(busy)
+    assert f"  {CAVEAT}\n" in capsys.readouterr().out
+    for quiet in (shipped_record, shipped_record | {"shipped": SHIPPED | {"load": IDLE}}):  # from before loads were kept; idle
+        assert "machine was busy" not in meeting_report(quiet)
+        print_headline(quiet)
+        assert "machine was busy" not in capsys.readouterr().out
+
+
+def test_the_clis_export_lines_end_with_the_busy_machine_sentence_when_the_files_were_timed_busy():
+    from ordercomp.deploy.export import export_summary
+
+    entry = {"format": "packed", "file": "model.packed.safetensors", "size_bytes": 20_000,
+             "measured": {"runtime": "ordercomp packed loader (PyTorch eager)", "accuracy": 97.5, "latency_ms": {"1": 7.29}, "load": BUSY},
+             "base_measured": {"format": "packed", "runtime": "ordercomp packed loader (PyTorch eager)", "size_bytes": 80_000,
+                               "accuracy": 98.0, "latency_ms": {"1": 9.1}, "load": BUSY},
+             "speedup": {"1": 9.1 / 7.29}}
+    unmeasured = {"format": "state_dict", "file": "model.state_dict.pt", "size_bytes": 80_000}
+    assert export_summary({"formats": [entry, unmeasured]})[-1] == CAVEAT
+    assert len(export_summary({"formats": [entry | {"measured": entry["measured"] | {"load": IDLE}}, unmeasured]})) == 2
+    old = {key: value for key, value in entry["measured"].items() if key != "load"}
+    assert len(export_summary({"formats": [entry | {"measured": old}]})) == 1

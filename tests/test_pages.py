@@ -12,6 +12,7 @@ import re
 import shutil
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -665,6 +666,35 @@ def test_export_page_offers_reports_and_the_finished_export_files(store, finishe
     assert plain(at.main.success[-1].value) == "All 2 files load back, run, match their checksums and pass their checks on the whole test split."
     checks = [plain(check) for check in at.main.table[0].value["check"]]  # the verdict is these rows
     assert checks[0] == "not checked" and checks[1].startswith("check against PyTorch on ") and " passed: largest logit difference " in checks[1]
+
+
+BUSY = {"start": 7.6, "end": 7.8, "logical_cores": 2}  # an audit's machine: other jobs on its 2 cores
+CAVEAT = ("Timed while the machine was busy (load average 7.8 on 2 logical cores): absolute times may read several times "
+          "slower than on an idle machine; the speed-ups against the base were timed side by side, under the same load.")
+
+
+def with_load(store: JobStore, job_id: str, load: dict | None, timed: Callable[[dict], list[dict]]) -> None:
+    """The job's result with `load` (None: none, as recorded before loads were kept) in every timing `timed` picks."""
+    result = store.get(job_id)["result"]
+    for measured in timed(result):
+        measured.pop("load", None)
+        measured.update({"load": load} if load else {})
+    store.set_status(job_id, "done", result=result)
+
+
+def test_the_tradeoffs_headline_says_when_its_file_was_timed_on_a_busy_machine(store, finished):
+    """The audit's shipped files read many times slower than idle, timed at a load of 7-8 on 2 cores, with no word."""
+    for load, said in ((BUSY, True), (None, False)):
+        with_load(store, finished["exploration"], load, lambda result: [result["shipped"]])
+        captions = texts(app("5_tradeoffs", job=finished["exploration"]).main.caption)
+        assert [caption for caption in captions if "machine was busy" in caption] == ([CAVEAT] if said else [])  # once
+
+
+def test_the_export_table_says_when_its_files_were_timed_on_a_busy_machine(store, finished):
+    for load, said in ((BUSY, True), (None, False)):
+        with_load(store, finished["export"], load, lambda result: [e["measured"] for e in result["manifest"]["formats"] if "measured" in e])
+        caption = next(c for c in texts(app("6_export", job=finished["exploration"]).main.caption) if c.startswith("Each file measured"))
+        assert caption.endswith(f"PyTorch's. {CAVEAT}" if said else "PyTorch's.")
 
 
 def test_export_of_an_order_of_ones_own_is_a_background_job(store, finished, spawned):

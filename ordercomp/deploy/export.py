@@ -38,7 +38,7 @@ from torch import nn
 
 from ..models.checkpoints import SAMPLE_DIR, list_samples, load_program, read_state_dict, sample_card
 from ..data.datasets import DataBundle
-from ..report.figures import accuracy_text, latency_text, size_text, speed_text
+from ..report.figures import accuracy_text, busy_caveat, latency_text, size_text, speed_text
 from ..errors import one_line
 from ..folders import MIB, FolderKind, check_destination, sha256, write_folder
 from ..methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelect, TransformerExits, select_exits
@@ -655,9 +655,17 @@ def row_problems(entry: dict, verify: dict) -> list[str]:
     return problems
 
 
+def export_caveat(manifest: dict) -> str:
+    """`figures.busy_caveat` over every file the export timed (or took the exploration's timing of): the Export page's
+    table and `export_summary` end with it."""
+    timed = [entry for entry in manifest["formats"] if "latency_ms" in (entry.get("measured") or {})]
+    return busy_caveat([entry["measured"].get("load") for entry in timed], side_by_side=any(entry.get("speedup") for entry in timed))
+
+
 def export_summary(manifest: dict) -> list[str]:
     """One line per format: real file size against the reported storage, accuracy and speed-ups in its runtime, worded
-    as the Export page and the headline word them (`report.figures`): '1.08× slower', not '0.92x faster'; '0.0592 ms'."""
+    as the Export page and the headline word them (`report.figures`): '1.08× slower', not '0.92x faster'; '0.0592 ms';
+    then, when the files were timed on a busy machine, the sentence that says so (`export_caveat`)."""
     reported, lines = manifest.get("reported_storage_bytes"), []
     for entry in manifest["formats"]:
         if "error" in entry:
@@ -679,7 +687,7 @@ def export_summary(manifest: dict) -> list[str]:
                 line += (f"; base {accuracy_text(base['accuracy'])}, "
                          + ", ".join(f"{speed_text(s)} at batch {b}" for b, s in entry["speedup"].items()))
         lines.append(line)
-    return lines
+    return lines + [caveat for caveat in [export_caveat(manifest)] if caveat]
 
 
 def check_text(check: dict) -> str:

@@ -18,7 +18,7 @@ from ..metrics import LATENCY_BATCH
 from ..models.checkpoints import describe_source
 from ..order.plan import chain_text
 from ..order import LATENCY_OBJECTIVES
-from ..report.figures import SIMULATION, headline, share_text
+from ..report.figures import SIMULATION, headline, headline_caveat, share_text
 from ..report.verdict import SETTLE_SEEDS, evidence_sentences, graph_orders_sentence, settle_suggestion
 from .pipeline import StepResult
 
@@ -222,6 +222,8 @@ def print_headline(record: dict) -> None:
         print(f"  no file could be measured: {figures['shipped_error']}")
     for item in headline(figures):
         print(f"  {item.label}: {item.value} — {item.detail}")
+    if caveat := headline_caveat(figures):
+        print(f"  {caveat}")
 
 
 def _print_search(record: dict) -> None:

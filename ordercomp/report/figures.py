@@ -1,6 +1,7 @@
 """Every figure the dashboard and the meeting report state about an exploration, as text, from one place:
 the headline (what the shipped file buys, in its runtime; the eager simulation labelled as such), the
-number of method applications, and the units and rounding of sizes, latencies, accuracies, probabilities and durations.
+number of method applications, the units and rounding of sizes, latencies, accuracies, probabilities and durations,
+and the sentence that says a file was timed on a busy machine (`busy_caveat`).
 A figure read on any page, in the report or in the CSV comes from here, so they read the same.
 """
 from __future__ import annotations
@@ -131,6 +132,35 @@ def _shipped_headline(shipped: dict) -> list[Headline]:
                           f"{points_text(shipped['accuracy'] - base['accuracy'])} against the base's {accuracy_text(base['accuracy'])} "
                           f"(the {fmt} file on the test split)"))
     return items
+
+
+def headline_caveat(figures: dict) -> str:
+    """`busy_caveat` of the shipped file's timing (empty without one): said below the headline, wherever it stands."""
+    return busy_caveat([figures.get("shipped_load")]) if figures.get("shipped") else ""
+
+
+def busy_caveat(loads: list[dict | None], *, side_by_side: bool = True) -> str:
+    """One sentence when a timing ran with the load average above the logical cores (`runtimes.machine_load`), for the
+    busiest of `loads`; empty when none did or none was recorded (a record from before loads were kept, a platform
+    without a load average). Processes then wait for a core, and a call with 2 threads for a descheduled one: a packed
+    file read 7.29 ms at batch 1 at a load of 7-8 on 2 cores against 0.45 ms idle. With `side_by_side` (a file timed in
+    alternating rounds with its base), the speed-ups saw the same load, and the sentence says so."""
+    busy = [peak for load in loads if (peak := _above_the_cores(load))]
+    if not busy:
+        return ""
+    load, cores = max(busy)
+    paired = "; the speed-ups against the base were timed side by side, under the same load" if side_by_side else ""
+    return (f"Timed while the machine was busy (load average {load:.1f} on {plural(cores, 'logical core')}): absolute times "
+            f"may read several times slower than on an idle machine{paired}.")
+
+
+def _above_the_cores(load: dict | None) -> tuple[float, int] | None:
+    """(the highest load average read during a timing, the logical cores) when it was above them, else None."""
+    load = load or {}
+    readings, cores = [v for v in (load.get("start"), load.get("end")) if v is not None], load.get("logical_cores")
+    if not readings or not cores or round(max(readings), 1) <= cores:
+        return None
+    return max(readings), cores
 
 
 def _simulated_headline(figures: dict) -> list[Headline]:

@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from . import charts
-from .figures import SIMULATION, STEP_FIGURES, applications, duration, epochs_text, headline, plural
+from .figures import SIMULATION, STEP_FIGURES, applications, duration, epochs_text, headline, headline_caveat, plural
 from .verdict import evidence_sentences, graph_orders_sentence
 from ..order import OBJECTIVES
 from ..order.plan import chain_text
@@ -60,6 +60,7 @@ def headline_figures(record: dict) -> dict:
     shipped_latency_ms  {"1": (base ms, chain ms), "32": (...)}, after warm-up, timed in alternating rounds
     shipped_speedup     {"1": base ms / chain ms, "32": ...}: above 1 is faster
     shipped_threads, shipped_cpu      the threads and the CPU (model, logical_cores, flags) they were timed with
+    shipped_load        how busy the machine was meanwhile (`runtimes.machine_load`; None in a record from before it was kept)
     shipped_error       why no file was measured (None when one was, or none was asked for)
     """
     base, final = record["base_metrics"], charts.last_measured_step(record)
@@ -82,13 +83,15 @@ def shipped_figures(shipped: dict | None) -> dict:
             "shipped_accuracy": (base["accuracy"], shipped["accuracy"]),
             "shipped_accuracy_change": shipped["accuracy"] - base["accuracy"],
             "shipped_latency_ms": {b: (base["latency_ms"][b], ms) for b, ms in shipped["latency_ms"].items()},
-            "shipped_speedup": dict(shipped["speedup"]), "shipped_threads": shipped["threads"], "shipped_cpu": shipped["cpu"]}
+            "shipped_speedup": dict(shipped["speedup"]), "shipped_threads": shipped["threads"], "shipped_cpu": shipped["cpu"],
+            "shipped_load": shipped.get("load")}
 
 
 def _headline_cards(figures: dict) -> str:
     cards = [f'<div class="headline"><div class="label">{html.escape(item.label)}</div><div class="value">{html.escape(item.value)}</div>'
              f'<div class="detail">{html.escape(item.detail)}</div></div>' for item in headline(figures)]
-    return f'<div class="headlines">{"".join(cards)}</div>'
+    caveat = headline_caveat(figures)
+    return f'<div class="headlines">{"".join(cards)}</div>' + (f'<p class="muted">{html.escape(caveat)}</p>' if caveat else "")
 
 
 def _figure(fig: go.Figure) -> str:
