@@ -3,7 +3,6 @@
 itself (lowrank and quantize leave those layers as they are)."""
 from __future__ import annotations
 
-import functools
 import threading
 import time
 
@@ -44,12 +43,26 @@ def swin(digits):
 def test_torch_pruning_s_endless_walk_on_a_swin_is_stopped_and_fails_the_step_in_one_line(name, swin, digits, monkeypatch):
     # before: the walk's stack grew until the kernel killed the process (torchvision's swin_t at 32 px: past 8 GB in
     # a minute), the exploration with it
-    monkeypatch.setattr(prune, "bounded", functools.partial(bounded, seconds=3))  # the default bounds: 2 GiB, 300 s
+    monkeypatch.setattr(prune, "WALK_SECONDS", 3)  # the default bounds: 2 GiB, 120 s
+    monkeypatch.setattr(prune, "_runaway_layouts", {})
     before = resident_bytes()
     _, result = run_step(swin, (name,), make_configs([name]), Context(fewer(digits, 32, 32), Budget(epochs=0), seed=0))
     assert result.status == FAILED and "\n" not in result.reason
     assert result.reason.startswith("PruningOverrun: Torch-Pruning's walk of this network's dependency graph ran for more than 3 s")
     assert resident_bytes() - before < 1 * GIB
+
+
+def test_a_layout_whose_walk_ran_away_fails_its_later_steps_at_once(swin, digits, monkeypatch):
+    # before: every step that pruned the same layout (each seed, each pair) waited out the whole bound again: a small
+    # MaxViT's walk never ends, and at 300 s a step an exploration of it lost hours
+    monkeypatch.setattr(prune, "WALK_SECONDS", 3)
+    monkeypatch.setattr(prune, "_runaway_layouts", {})
+    walks = []
+    monkeypatch.setattr(prune, "bounded", lambda *args, **kwargs: walks.append(1) or bounded(*args, **kwargs))
+    first, again = (run_step(swin, ("prune",), make_configs(["prune"]), Context(fewer(digits, 32, 32), Budget(epochs=0), seed=seed))[1]
+                    for seed in (0, 1))
+    assert len(walks) == 1
+    assert again.status == FAILED and again.reason == f"{first.reason} (on an earlier step; not walked again)"
 
 
 def test_lowrank_and_quantize_leave_the_layers_a_swin_reads_itself_and_change_the_layers_it_calls(swin, digits):

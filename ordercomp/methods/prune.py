@@ -65,14 +65,26 @@ class PruningOverrun(PruningError):
     """Torch-Pruning's walk of this network's graph ran away (memory or time) and was stopped."""
 
 
-def _walk(call):
-    """`call()` (Torch-Pruning's work) bounded in memory and time: its graph walk never ends on some layouts
-    (torchvision's swin_t took every gigabyte of the machine), which fails the step instead of the process."""
+# Torch-Pruning's graph of torchvision's ViT-L/16 at 224 px builds in 2.6 s, DenseNet-121's in 1.4 s, ResNet-50's in 0.5 s
+# (/work/notes/s41/tp/walk_times.py); a small MaxViT's was still walking after 120 s, and every step that prunes it
+# (each seed, each pair) would wait this long again
+WALK_SECONDS = 120.0
+_runaway_layouts: dict[int, str] = {}  # a layout's hash: why Torch-Pruning's walk of it was stopped, in this process
+
+
+def _walk(call, model: nn.Module):
+    """`call()` (Torch-Pruning's work on `model`) bounded in memory and time: its graph walk never ends on some layouts
+    (torchvision's swin_t took every gigabyte of the machine), which fails the step instead of the process. A layout
+    whose walk ran away once fails at once on later steps (other seeds, other pairs) with the same reason."""
+    layout = hash(tuple((name, type(module).__qualname__) for name, module in model.named_modules()))
+    if layout in _runaway_layouts:
+        raise PruningOverrun(f"{_runaway_layouts[layout]} (on an earlier step; not walked again)")
     try:
-        return bounded(call, "Torch-Pruning's walk of this network's dependency graph")
+        return bounded(call, "Torch-Pruning's walk of this network's dependency graph", seconds=WALK_SECONDS)
     except Overrun as overrun:
-        raise PruningOverrun(f"{overrun}: Torch-Pruning cannot follow this network's layout; sparsify or lowrank make "
-                             "it smaller without it") from None
+        _runaway_layouts[layout] = (f"{overrun}: Torch-Pruning cannot follow this network's layout; sparsify or lowrank "
+                                    "make it smaller without it")
+        raise PruningOverrun(_runaway_layouts[layout]) from None
 
 
 def shrink_width(model: nn.Module, ratio: float, importance: str, context: Context, *, embedding: bool = True,
@@ -116,7 +128,7 @@ def _pruned_and_runs(model: nn.Module, example: torch.Tensor, ratio: float, impo
     """Prune `model` in place; None when its forward still runs, else the error, in one line, of the pruning or the forward."""
     try:
         with tokens_unmerged(model):
-            _walk(_pruner(model, example, ratio, importance, kept).step)
+            _walk(_pruner(model, example, ratio, importance, kept).step, model)
     except (PruningOverrun, Incompatible):
         raise
     except Exception as error:  # raised deep inside Torch-Pruning (an index its graph walk got wrong through a reshape)
@@ -145,7 +157,7 @@ def _pruner(model: nn.Module, example: torch.Tensor, ratio: float, importance: s
                 # a ViT's class token and position embeddings are parameters no layer owns, pruned along the embedding
                 unwrapped_parameters=[(p, p.dim() - 1) for vit in vision_transformers(model)
                                       for p in (vit.class_token, vit.encoder.pos_embedding)],
-            ))
+            ), model)
     except PruningOverrun:
         raise
     except Exception as error:  # raised deep inside Torch-Pruning's graph walk, where the bare error names no culprit
@@ -168,7 +180,7 @@ def _prunable_groups(model: nn.Module, example: torch.Tensor, ratio: float, impo
     pruner = _pruner(model, example, ratio, importance, kept)
     graph = pruner.DG
     groups = _walk(lambda: list(graph.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                                     root_module_types=pruner.root_module_types)))
+                                                     root_module_types=pruner.root_module_types)), model)
     return [_names(model, [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)])
             for group in groups]
 
@@ -186,7 +198,7 @@ def _widths_the_forward_holds(model: nn.Module, example: torch.Tensor, ratio: fl
         handler = graph.get_pruner_of_module(root)
         count = max(1, int(handler.get_out_channels(root) * ratio))
         try:
-            _walk(lambda: graph.get_pruning_group(root, handler.prune_out_channels, list(range(count))).prune())
+            _walk(lambda: graph.get_pruning_group(root, handler.prune_out_channels, list(range(count))).prune(), trial)
             error = _runs(trial, example)
         except PruningOverrun:
             raise
