@@ -166,7 +166,7 @@ def _above_the_cores(load: dict | None) -> tuple[float, int] | None:
 def _simulated_headline(figures: dict) -> list[Headline]:
     base_ms, final_ms = figures["latency_ms"]
     return [Headline("Size (counted)", smaller_text(figures['size_reduction']),
-                     "storage the metrics count (quantised layers at their bit width), against the base; no deployable file measured"),
+                     f"{COUNTED_SIZE}, against the base; no deployable file measured"),
             Headline("Speed, batch 1", speed_text(_ratio(base_ms, final_ms)),
                      f"{latency_text(final_ms)} against the base's {latency_text(base_ms)} in the {SIMULATION}, "
                      "not a deployable file"),
