@@ -6,8 +6,9 @@ code, evaluate a string from the file as Python (symbolic sizes, guards, pytree 
 more than the file holds is refused, and torch reads the archive rebuilt from the checked members.
 The loaded graph may only call tensor operators (aten, prims and the quantisation kernels), never a
 Python function or a file-touching operator (nor a loop: those are higher-order operators), and it runs on an input
-shape only after a run on fake tensors of that shape (nothing allocated) has shown that it holds at most MEMORY_SHARE
-of the machine's memory and does at most MAX_WORK_PER_IMAGE: a 14 kB graph may ask for any size (`aten.ones([2**29])`
+shape only after a run on fake tensors of that shape (nothing allocated) has shown that it does at most
+MAX_WORK_PER_IMAGE and holds at most MEMORY_SHARE of the machine's memory, on all the images at once or in parts of as
+many as fit: a 14 kB graph may ask for any size (`aten.ones([2**29])`
 is 2 GiB, fixed at export) and any work (a chain of products of 8192 x 8192 constants), which no check of the file's
 bytes sees.
 TorchScript is code by design (its forward can e.g. write files), so it loads only when the
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from ..live_memory import machine_memory, run_on_shapes
 from ..report.figures import size_text
@@ -51,13 +53,18 @@ class ProgramModel(nn.Module):
     def __init__(self, program: nn.Module, kind: str, path: Path | str = "the file"):
         super().__init__()
         self.program, self.kind, self.path = program, kind, str(path)
-        self.shapes_checked: set[tuple] = set()
+        self.fitting_batches: dict[tuple, int] = {}  # (input shape, dtype): the largest batch whose run was checked to fit
         self.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == PT2 and (tuple(x.shape), x.dtype) not in self.shapes_checked and not torch.compiler.is_compiling():
-            check_run(self.program, x, Path(self.path).name)
-            self.shapes_checked.add((tuple(x.shape), x.dtype))
+    def forward(self, x: torch.Tensor):
+        if self.kind != PT2 or torch.compiler.is_compiling() or not x.dim():
+            return self.program(x)
+        shape = (tuple(x.shape), x.dtype)
+        if shape not in self.fitting_batches:
+            self.fitting_batches[shape] = check_run(self.program, x, Path(self.path).name)
+        batch = self.fitting_batches[shape]
+        if batch < len(x):  # each part's shape is checked in its turn: a graph may hold more on fewer images
+            return tree_map(lambda *parts: torch.cat(parts), *[self(part) for part in x.split(batch)])
         return self.program(x)
 
     def train(self, mode: bool = True) -> "ProgramModel":
@@ -65,29 +72,49 @@ class ProgramModel(nn.Module):
         return self
 
 
-def check_run(module: nn.Module, example: torch.Tensor, name: str) -> None:
-    """Refuse (ProgramError) to run a program's graph on inputs shaped as `example` when a run on fake tensors shows it
-    would hold more than MEMORY_SHARE of the machine's memory at once or do more than MAX_WORK_PER_IMAGE an image, or
-    cannot show what it takes."""
+def check_run(module: nn.Module, example: torch.Tensor, name: str) -> int:
+    """The largest batch, `example`'s or a half of it, a quarter, ..., at which a run of the program's graph on fake tensors
+    shows it would hold at most MEMORY_SHARE of the machine's memory at once: ordercomp evaluates 256 images at a time, and a
+    large program that fits one image at a time is run in parts rather than refused. Refuses (ProgramError) a graph that
+    would not fit even one image at a time, or would do more than MAX_WORK_PER_IMAGE an image, or cannot show what it takes."""
+    run, batch, memory = _run_on_shapes(module, example, name), _images(example), machine_memory()
+    while run.held > MEMORY_SHARE * memory and batch > 1:
+        batch = (batch + 1) // 2
+        example = torch.empty((batch, *example.shape[1:]), dtype=example.dtype, device="meta")
+        run = _run_on_shapes(module, example, name)
+    if run.held > MEMORY_SHARE * memory:
+        raise ProgramError(f"{name}: its graph would hold {size_text(run.held)} at once on a {_shape_text(example)} input, "
+                           f"more than {MEMORY_SHARE:.0%} of this machine's {size_text(memory)}, so it was not run: export "
+                           "the model for smaller inputs, or run it on a machine with more memory")
+    _check_work(run, example, name)  # at the batch it will run: work fixed in the graph weighs more on fewer images
+    return batch
+
+
+def _run_on_shapes(module: nn.Module, example: torch.Tensor, name: str):
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, UnsupportedFakeTensorException
 
-    shape = "x".join(map(str, example.shape))
     try:
-        run = run_on_shapes(module, example)
+        return run_on_shapes(module, example)
     except (DataDependentOutputException, DynamicOutputShapeException, UnsupportedFakeTensorException) as error:
-        raise ProgramError(f"{name}: the memory and work its graph takes on a {shape} input could not be worked out from shapes alone "
-                           f"({type(error).__name__}), so it was not run: export the plain model, without data-dependent "
-                           "shapes") from None
-    memory = machine_memory()
-    if run.held > MEMORY_SHARE * memory:
-        raise ProgramError(f"{name}: its graph would hold {size_text(run.held)} at once on a {shape} input, more than "
-                           f"{MEMORY_SHARE:.0%} of this machine's {size_text(memory)}, so it was not run: export "
-                           "the model for smaller inputs, or run it on a machine with more memory")
-    per_image = run.work / max(1, example.shape[0] if example.dim() else 1)
+        raise ProgramError(f"{name}: the memory and work its graph takes on a {_shape_text(example)} input could not be worked "
+                           f"out from shapes alone ({type(error).__name__}), so it was not run: export the plain model, without "
+                           "data-dependent shapes") from None
+
+
+def _check_work(run, example: torch.Tensor, name: str) -> None:
+    per_image = run.work / max(1, _images(example))
     if per_image > MAX_WORK_PER_IMAGE:
-        raise ProgramError(f"{name}: its graph would do {per_image / 1e12:.1f} TFLOP an image on a {shape} input, more than "
-                           f"the heaviest image classifiers ({MAX_WORK_PER_IMAGE / 1e12:.1f}), so it was not run: export "
-                           "the model for smaller inputs")
+        raise ProgramError(f"{name}: its graph would do {per_image / 1e12:.1f} TFLOP an image on a {_shape_text(example)} "
+                           f"input, more than the heaviest image classifiers ({MAX_WORK_PER_IMAGE / 1e12:.1f}), so it was not "
+                           "run: export the model for smaller inputs")
+
+
+def _images(example: torch.Tensor) -> int:
+    return len(example) if example.dim() else 1
+
+
+def _shape_text(example: torch.Tensor) -> str:
+    return "x".join(map(str, example.shape))
 
 
 def measure_only_reason(kind: str, path) -> str:
