@@ -152,15 +152,43 @@ def test_a_forward_reading_a_tensor_constant_is_traced_the_same_in_training_and_
     """torchvision's MaxViT indexes its relative position table with a tensor fx keeps as a constant; the second trace
     (training) numbered it on from the first one's (`_tensor_constant4` against `_tensor_constant0`), so its forward
     was taken to run other operations in training, and every method but quantize was incompatible."""
-    torch.manual_seed(0)
-    model = tv.MaxVit(input_size=(16, 16), stem_channels=8, partition_size=2, block_channels=[8, 16], block_layers=[1, 1],
-                      head_dim=4, stochastic_depth_prob=0.0, num_classes=10).eval()
+    model = small_maxvit()
     view = with_structure(model, digits16.example_input(2), 10)
     found = structure_of(view)
     assert found.traced and (found.why_no_classifier, found.why_no_stages) == (None, None) and found.classifier == "classifier.5"
     images = digits16.test.tensors[0][:4]
     with torch.no_grad():
         assert torch.allclose(view(images), model(images), atol=1e-5)
+
+
+def test_a_maxvit_s_stages_end_at_its_feature_maps_not_inside_the_windows_of_its_attention(digits16):
+    # before: its stages ended at 4-D tensors inside its window and grid partitions, (N, windows, tokens, C) here (N, 4, 4, 8)
+    # and (N, 1, 4, 16), and the early exits pooled windows and tokens as if they were height and width
+    view = with_structure(small_maxvit(), digits16.example_input(2), 10)
+    found = structure_of(view)
+    assert (found.stem, found.stages) == ("stem.0", ("stem", "blocks.0", "blocks.1"))
+    images = digits16.test.tensors[0][:4]
+    with torch.no_grad():
+        assert stage_output_shapes(view, images) == [(4, 8, 8, 8), (4, 8, 4, 4), (4, 16, 2, 2)]  # (N, C, H, W): the blocks' widths
+    exits = get_method("early_exit").apply(view, get_method("early_exit").default_config(), Context(digits16, Budget(epochs=0), seed=0))
+    assert [head[2].in_features for head in exits.exits] == [8 * 2 * 2, 8 * 2 * 2]  # each stage's channels at 2x2
+    with torch.no_grad():
+        assert [tuple(logits.shape) for logits in exits.forward_all(images)] == [(4, 10)] * 3
+
+
+def small_maxvit() -> nn.Module:
+    """torchvision's MaxViT for 16 px: two blocks of one layer, 8 and 16 channels, 2x2 windows; random weights."""
+    torch.manual_seed(0)
+    return tv.MaxVit(input_size=(16, 16), stem_channels=8, partition_size=2, block_channels=[8, 16], block_layers=[1, 1],
+                     head_dim=4, stochastic_depth_prob=0.0, num_classes=10).eval()
+
+
+def stage_output_shapes(view: nn.Module, images: torch.Tensor) -> list[tuple[int, ...]]:
+    shapes, x = [], view.stem(images)
+    for stage in view.stages:
+        x = stage(x)
+        shapes.append(tuple(x.shape))
+    return shapes
 
 
 @pytest.mark.parametrize("name", ["prune", "distill"])

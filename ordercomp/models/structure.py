@@ -11,9 +11,13 @@ stage. Both are read from the graph torch.fx traces of the user's `forward`:
 - a cut point is a place in the graph where exactly one tensor is live: what follows depends on what
   came before only through that tensor, so a residual block (whose shortcut keeps a second tensor
   live) is never cut in half;
-- a stage ends at the last cut point before the spatial resolution drops; the stem is the first block;
-  the body ends at the last feature map (a 4-D tensor at a cut point) before the classifier, or before
-  the pooling that leads to it, where the head begins.
+- a feature map is a 4-D tensor (N, C, H, W) that a 2-d convolution, batch norm or pooling gives or reads,
+  directly or through operations that keep its shape (activations, residual additions, dropout); other
+  4-D layouts reach those layers only through a permute or reshape (a Swin's (N, H, W, C), the (N, windows,
+  tokens, C) inside a MaxViT's attention), so no stage ends on them and early exits pool height and width;
+- a stage ends at the last cut point holding a feature map before the spatial resolution drops; the stem
+  is the first block; the body ends at the last feature map at a cut point before the classifier, or
+  before the pooling that leads to it, where the head begins.
 
 The graph is split there into stem -> stages -> head GraphModules that call the user's own layers; a
 stage is an nn.Sequential of its blocks, the pieces between consecutive cut points, each holding a
@@ -47,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torchvision.ops import Permute
 
 from ..errors import one_line
 from ..layers import is_staged, mark_logits_layer, step_by_step_transformer_layers_
@@ -64,6 +69,11 @@ PASS_ON_MODULES = (nn.Flatten, nn.Dropout, nn.Identity, nn.ReLU, nn.ReLU6, nn.Le
 PASS_ON_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, F.dropout, F.relu, torch.relu, F.relu6, F.leaky_relu,
                      F.silu, F.hardswish, F.gelu} | POOLING_FUNCTIONS
 PASS_ON_METHODS = {"flatten", "view", "reshape", "squeeze", "contiguous", "relu"}
+# Layers that read a 4-D tensor as (N, C, H, W), and what rearranges a tensor's dimensions even where its shape stays
+SPATIAL_MODULES = (nn.Conv2d, nn.ConvTranspose2d, nn.modules.batchnorm._BatchNorm) + POOLING_MODULES
+SPATIAL_FUNCTIONS = {F.conv2d, F.conv_transpose2d, F.batch_norm} | POOLING_FUNCTIONS
+REARRANGING_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.movedim, torch.reshape}
+REARRANGING_METHODS = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "view", "reshape"}
 CONTAINERS = (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict)
 TOLERANCE = 1e-5
 STRUCTURE_ATTRIBUTE = "_ordercomp_structure"
@@ -257,6 +267,7 @@ class Traced:
                 raise NotFound(f"the traced forward does not run on the example batch ({one_line(error)})") from None
         self.cuts = self._cut_points()
         self.spans = self._module_spans()
+        self.feature_maps = {cut for cut in self.cuts if self._is_feature_map(cut)}
 
     def _cut_points(self) -> list[fx.Node]:
         """Nodes after which their own tensor is the only live value (parameters read with get_attr do
@@ -276,8 +287,38 @@ class Traced:
         return tuple(meta.shape) if hasattr(meta, "shape") else None
 
     def resolution(self, node: fx.Node) -> int | None:
-        shape = self.shape(node)
-        return shape[2] * shape[3] if shape is not None and len(shape) == 4 else None
+        """H x W of a feature map at a cut point; None for any other value."""
+        return self.shape(node)[2] * self.shape(node)[3] if node in self.feature_maps else None
+
+    def _is_feature_map(self, node: fx.Node) -> bool:
+        """Whether the node's value is (N, C, H, W): 4-D, and a spatial layer gives or reads it, or a value it is
+        joined to only by operations that keep the shape (a residual addition, an activation)."""
+        if self.shape(node) is None or len(self.shape(node)) != 4:
+            return False
+        seen, todo = set(), [node]
+        while todo:
+            value = todo.pop()
+            if value in seen:
+                continue
+            seen.add(value)
+            if self._is_spatial(value) or any(self._is_spatial(user) and user.args[0] is value for user in value.users):
+                return True
+            todo += [arg for arg in value.all_input_nodes if self._keeps_layout(value, arg)]
+            todo += [user for user in value.users if self._keeps_layout(user, value)]
+        return False
+
+    def _is_spatial(self, node: fx.Node) -> bool:
+        """A 2-d convolution, batch norm or pooling, or a module holding one (torchvision's conv-norm-activation)."""
+        if node.op == "call_module":
+            return any(isinstance(m, SPATIAL_MODULES) for m in self.module(node).modules())
+        return node.op == "call_function" and node.target in SPATIAL_FUNCTIONS
+
+    def _keeps_layout(self, node: fx.Node, source: fx.Node) -> bool:
+        """Whether `node` gives a value laid out as its input `source`: the same shape, not rearranged."""
+        rearranges = ((node.op == "call_method" and node.target in REARRANGING_METHODS)
+                      or (node.op == "call_function" and node.target in REARRANGING_FUNCTIONS)
+                      or isinstance(self.module(node), Permute))
+        return not rearranges and self.shape(source) is not None and self.shape(node) == self.shape(source)
 
     def module(self, node: fx.Node) -> nn.Module | None:
         return self.model.get_submodule(node.target) if node.op == "call_module" else None
