@@ -17,7 +17,7 @@ from ordercomp.layers import bits_of
 from ordercomp.methods import prune
 from ordercomp.methods.base import Context
 from ordercomp.methods.registry import get_method
-from ordercomp.models.structure import with_structure
+from ordercomp.models.structure import structure_of, with_structure
 from ordercomp.train import Budget
 from testkit import fewer
 
@@ -29,14 +29,29 @@ def no_watchdog_left(wait_for):
              "the bounded calls' watchdog threads to end", timeout=10)
 
 
+def small_swin(width: int) -> nn.Module:
+    """torchvision's class at its smallest for the 8-px digits: 2x2 patches of one channel, two stages of one block,
+    2x2 windows."""
+    torch.manual_seed(0)
+    model = SwinTransformer(patch_size=[2, 2], embed_dim=width, depths=[1, 1], num_heads=[2, 2], window_size=[2, 2], num_classes=10)
+    model.features[0][0] = nn.Conv2d(1, width, 2, 2)
+    return model
+
+
 @pytest.fixture()
 def swin(digits):
-    """torchvision's class at its smallest for the 8-px digits: 2x2 patches of one channel, width 16, two stages of
-    one block, 2x2 windows; its classifier marked as a base's is."""
-    torch.manual_seed(0)
-    model = SwinTransformer(patch_size=[2, 2], embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=[2, 2], num_classes=10)
-    model.features[0][0] = nn.Conv2d(1, 16, 2, 2)
-    return with_structure(model, digits.example_input(2), digits.num_classes)
+    """A small Swin of width 16, its classifier marked as a base's is."""
+    return with_structure(small_swin(16), digits.example_input(2), digits.num_classes)
+
+
+@pytest.mark.parametrize("width", [16, 4])
+def test_a_swin_s_stage_ends_where_its_features_are_channels_first_again(width, digits):
+    # before: its stages ended at (N, H, W, C) tensors, e.g. its patch merging's (N, 2, 2, 64), whose height early exits
+    # took for channels; at width 4 its (N, H, W, C) after the patch embedding has the shape of the (N, C, H, W) before
+    view = with_structure(small_swin(width), digits.example_input(2), digits.num_classes)
+    assert (structure_of(view).stem, structure_of(view).stages) == ("features.0.0", ("permute",))
+    with torch.no_grad():
+        assert tuple(view.stages[0](view.stem(digits.example_input(2))).shape) == (2, 2 * width, 2, 2)
 
 
 @pytest.mark.parametrize("name", ["prune", "distill"])
