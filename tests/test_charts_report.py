@@ -269,17 +269,29 @@ def test_report_of_a_chain_that_stopped_early():
 
 def test_results_csv_holds_every_step_and_the_chain_on_the_test_split_rounded(record):
     table = pd.read_csv(io.BytesIO(results_csv(record)), keep_default_na=False)
-    assert len(table) == len(record["steps"]) + len(record["chain_steps"])
+    assert len(table) == len(record["steps"]) + 1 + len(record["chain_steps"])
     assert list(table.columns[:4]) == ["chain", "split", "seed", "status"]
-    assert list(table["split"]) == ["val"] * len(record["steps"]) + ["test"] * len(record["chain_steps"])
+    assert list(table["split"]) == ["val"] * len(record["steps"]) + ["test"] * (1 + len(record["chain_steps"]))
     assert (table["status"] == "incompatible").sum() == 2 + sum(s["status"] == "incompatible" for s in record["chain_steps"])
     chain = table[table["split"] == "test"]
-    assert list(chain["chain"]) == [" → ".join(s["chain"]) for s in record["chain_steps"]]
+    assert list(chain["chain"]) == ["base"] + [" → ".join(s["chain"]) for s in record["chain_steps"]]
     timed = [s for s in record["chain_steps"] if (s.get("metrics") or {}).get("latency_ms_b1") is not None]
-    assert (chain["latency_runtime"] == "eager").sum() == len(timed)  # latency only where measured, and where it was
+    assert (chain["latency_runtime"] == "eager").sum() == 1 + len(timed)  # latency only where measured (the base too), and where it was
     measured = table[table["status"] == "ok"]
     assert all(float(b).is_integer() for b in measured["size_bytes"]) and all(float(b).is_integer() for b in measured["bitops"])
     assert all(round(float(a), 2) == float(a) for a in measured["accuracy"])
+
+
+def test_steps_csv_holds_the_base_so_a_step_reads_against_it_as_the_chain_table_does(record):
+    """steps.csv held the exploration's steps and the chain's but not the base: no ratio against the base could be
+    taken from the file alone, though the chain table beside it on the pages and in the report starts with it."""
+    table = pd.read_csv(io.BytesIO(results_csv(record)))
+    shown = chain_table(record["base_metrics"], record["chain_steps"]).set_index("step")
+    base, last = table[table["chain"] == "base"].iloc[0], table.iloc[-1]
+    assert (base["split"], base["status"], base["latency_runtime"]) == ("test", "ok", "eager")
+    assert base["accuracy"] == shown.loc["base", "accuracy %"] and base["macs"] == shown.loc["base", "MACs"]
+    assert round(base["size_bytes"] / 1024, 1) == shown.loc["base", "counted KiB"]
+    assert f"{base['bitops'] / last['bitops']:.1f}x" == shown.iloc[-1]["BitOps reduction"] == "16.0x"
 
 
 def test_the_step_by_step_figures_beside_the_shipped_headline_say_they_are_not_the_files(shipped_record):

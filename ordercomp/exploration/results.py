@@ -27,6 +27,7 @@ RESULT_FILES = ("exploration.json", "steps.csv", "pairs.csv", "chain.csv")
 # What a results folder needs, roughly: a 4-step exploration writes 5.8 KiB of exploration.json (0.5 KiB a step
 # and the summary) and less in CSV, so 8 MiB holds thousands of steps.
 RESULTS_BYTES = 8 * MIB
+BASE_STEP = "base"  # the base model's row, in the chain table and in steps.csv
 
 
 def steps_table(steps: list[dict], split: str = "val", latency_runtime: str = "eager", screened: bool = False) -> pd.DataFrame:
@@ -49,12 +50,14 @@ def steps_table(steps: list[dict], split: str = "val", latency_runtime: str = "e
 
 
 def results_table(record: dict) -> pd.DataFrame:
-    """Every step of an exploration (validation split) and the recommended chain applied step by step
-    (test split, seed 0, timed in eager PyTorch): what steps.csv and the dashboard's results CSV hold."""
+    """Every step of an exploration (validation split), then the base and the recommended chain applied to it step by
+    step (test split, seed 0, timed in eager PyTorch), as the chain table lists them: what steps.csv and the dashboard's
+    results CSV hold. The base's row (chain `base`) is what a step's ratios are taken against."""
     spec = record["spec"]
     runtime = spec.get("runtime", "eager") if spec["objective"] in LATENCY_OBJECTIVES else "eager"
     screened = spec.get("screen") is not None
-    return pd.concat([steps_table(record["steps"], "val", runtime, screened),
+    base = steps_table([{"chain": [], "status": "ok", "metrics": record["base_metrics"]}], "test", "eager", screened)
+    return pd.concat([steps_table(record["steps"], "val", runtime, screened), base.assign(chain=BASE_STEP),
                       steps_table(record["chain_steps"], "test", "eager", screened)], ignore_index=True)
 
 
@@ -108,7 +111,7 @@ def interval_text(outcome: dict) -> str:
 
 
 def chain_table(base_metrics: dict, steps: list[dict]) -> pd.DataFrame:
-    rows = [{"step": "base", **_figures(base_metrics, base_metrics)}]
+    rows = [{"step": BASE_STEP, **_figures(base_metrics, base_metrics)}]
     for step in steps:
         metrics = step.get("metrics")
         row = {"step": chain_text(step["chain"])}
