@@ -329,10 +329,26 @@ def test_a_shipped_file_larger_than_the_bases_is_called_larger():
 
 
 def test_chain_steps_axis_uses_short_si_ticks_not_raw_billions(record):
-    fig = charts.chain_steps_figure(record)
-    for axis in (fig.layout.yaxis2, fig.layout.yaxis3):
-        kind = re.fullmatch(r"[^a-z%]*([a-z%])", axis.tickformat)  # d3-format: the type is the last letter
-        assert kind and kind.group(1) == "s"  # SI prefix: 1.02G, not 1020000000
+    kind = re.fullmatch(r"[^a-z%]*([a-z%])", charts.chain_steps_figure(record).layout.yaxis2.tickformat)  # d3-format: the type is the last letter
+    assert kind and kind.group(1) == "s"  # SI prefix: 1.02G, not 1020000000
+
+
+def test_every_size_on_the_tradeoff_charts_reads_in_the_binary_units_and_figures_of_the_tables(record):
+    """The Trade-offs page hovered the base at "80kB" and ticked its size axes "10k", "100k" (plotly's SI format, decimal
+    kilobytes), where the chain table beside them and the report read "78.1" counted KiB and "78.1 KiB"."""
+    fig = charts.tradeoff_figure(record, "size_bytes")
+    for trace in fig.data:
+        hovered = [re.sub(r"%\{customdata\[(\d)\]\}", lambda m: str(point[int(m.group(1))]), trace.hovertemplate)
+                   for point in trace.customdata]
+        assert [f"model size: {size_text(x)}<br>" in text for x, text in zip(trace.x, hovered)] == [True] * len(trace.x)
+        assert "kB" not in trace.hovertemplate and ":.3s" not in trace.hovertemplate
+    base = next(trace for trace in fig.data if trace.name == "base")
+    assert base.customdata[0][4] == "78.1 KiB" == f"{chain_table(record['base_metrics'], [])['counted KiB'][0]} KiB"
+    steps = charts.chain_steps_figure(record)
+    for axis, sizes in ((fig.layout.xaxis, [x for trace in fig.data for x in trace.x]), (steps.layout.yaxis3, steps.data[2].y)):
+        assert list(axis.ticktext) == [size_text(tick) for tick in axis.tickvals]
+        assert axis.tickvals[0] <= min(sizes) and axis.tickvals[-1] >= max(sizes)  # ticks on both sides of what is drawn
+        assert {"1.0 KiB", "10.0 KiB", "100.0 KiB"} <= set(axis.ticktext)
 
 
 def test_the_chain_steps_labels_have_room_in_their_rows_and_sizes_read_in_the_units_of_every_page(record):

@@ -18,12 +18,12 @@ from .figures import plural, size_text
 
 KIND_COLOURS = {"base": "#444444", "single": "#1f77b4", "pair": "#ff7f0e", "prefix": "#c5b0d5", "whole order": "#9467bd",
                 "chain": "#d62728"}
-# trade-off axis -> (what it measures, axis title with units, hover format)
-AXES = {"bitops": ("BitOps", "BitOps per image", "%{x:.3s}"), "size_bytes": ("model size", "Model size (bytes)", "%{x:.3s}B"),
+# trade-off axis -> (what it measures, axis title, hover format); a size is hovered as `size_text` words it (customdata[4])
+AXES = {"bitops": ("BitOps", "BitOps per image", "%{x:.3s}"), "size_bytes": ("model size", "Model size", "%{customdata[4]}"),
         "latency_ms": ("latency", "Latency at batch 1 (ms)", "%{x:.3f} ms")}
 METRIC_COLUMNS = {"accuracy": "accuracy", "bitops": "bitops", "size_bytes": "size_bytes", "latency_ms": "latency_ms_b1"}
 OBJECTIVE_UNITS = {"accuracy": "accuracy points", "bitops": "BitOps", "latency": "ms", "weighted": "score", "weighted_latency": "score"}
-HOVER_COLUMNS = ["label", "split", "seeds", "config"]
+HOVER_COLUMNS = ["label", "split", "seeds", "config", "size"]
 CHAIN_COLOUR, DROPPED_COLOUR, EDGE_COLOUR = "#d62728", "#e41a1c", "#555555"
 CHAIN_ONLY = "chain order"  # the label of a chain link that no decided pair backs
 
@@ -39,7 +39,8 @@ def config_text(record: dict, chain) -> str:
 
 def _point(record: dict, label: str, kind: str, chain, metrics: dict, split: str, seeds: int) -> dict:
     return {"label": label, "kind": kind, **{column: metrics.get(key) for column, key in METRIC_COLUMNS.items()},
-            "split": split, "seeds": seeds, "config": config_text(record, chain) or "no compression"}
+            "split": split, "seeds": seeds, "config": config_text(record, chain) or "no compression",
+            "size": size_text(metrics.get("size_bytes"))}
 
 
 def _mean_metrics(steps: list[dict]) -> dict:
@@ -109,7 +110,7 @@ def tradeoff_figure(record: dict, x: str = "bitops") -> go.Figure:
     fig = go.Figure(_point_traces(shown, x))
     fig.update_layout(title=f"Accuracy against {AXES[x][0]}", legend_title_text="point",
                       xaxis_title=f"{AXES[x][1]}, log scale", yaxis_title="Top-1 accuracy (%)", template="plotly_white")
-    fig.update_xaxes(type="log")
+    fig.update_xaxes(type="log", **(size_ticks(shown[x]) if x == "size_bytes" else {}))
     _note_missing(fig, len(df) - len(shown), len(shown), x)
     return fig
 
@@ -174,19 +175,35 @@ def chain_steps_figure(record: dict) -> go.Figure:
 
 
 def _step_axis(key: str, values: list) -> dict:
-    """Accuracy: a linear axis around the values with room for the labels; costs: a log axis with SI ticks and room
-    above the highest value for its label (autoranged, the base's "3.04G" and "1.19MB" were cut by the row above)."""
+    """Accuracy: a linear axis around the values with room for the labels; costs: a log axis with SI ticks (sizes:
+    `size_ticks`) and room above the highest value for its label (autoranged, the base's "3.04G" and "1.19MB" were cut
+    by the row above)."""
     if key != "accuracy":
         drawn = [v for v in values if v]  # a log axis holds positive values only
+        ticks = size_ticks(drawn) if key == "size_bytes" else {"tickformat": ".3~s"}
         if not drawn:
-            return {"type": "log", "tickformat": ".3~s"}
+            return {"type": "log", **ticks}
         low, high = math.log10(min(drawn)), math.log10(max(drawn))
         pad = max(0.3, (high - low) * 0.15)  # decades
-        return {"type": "log", "tickformat": ".3~s", "range": [low - pad, high + pad]}
+        return {"type": "log", **ticks, "range": [low - pad, high + pad]}
     drawn = [v for v in values if v is not None]
     low, high = (min(drawn), max(drawn)) if drawn else (0.0, 100.0)
     pad = max(0.5, (high - low) * 0.25)
     return {"range": [low - pad, high + pad]}
+
+
+def size_ticks(sizes) -> dict:
+    """Ticks of a log axis of sizes in bytes, worded as every table and the report word sizes (`size_text`: "100.0 KiB",
+    where plotly's SI ticks read "100k" in decimal kilobytes): 1, 10 and 100 of each binary unit, with 2 and 5 between
+    when the sizes span two decades or less, from a decade below the smallest size to a decade above the largest."""
+    drawn = [float(v) for v in sizes if v and v > 0]
+    if not drawn:
+        return {}
+    low, high = min(drawn), max(drawn)
+    steps = (1, 2, 5) if high <= 100 * low else (1,)
+    ticks = sorted(unit * 10**decade * step for unit in (1, 2**10, 2**20, 2**30, 2**40) for decade in range(3) for step in steps)
+    kept = [tick for tick in ticks if low / 10 <= tick <= high * 10]
+    return {"tickvals": kept, "ticktext": [size_text(tick) for tick in kept]}
 
 
 def _pair_cells(record: dict) -> dict[tuple[str, str], tuple[float | None, str]]:
