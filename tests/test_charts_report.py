@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import math
 import re
 
@@ -20,6 +21,7 @@ from ordercomp.exploration.results import chain_table, steps_table
 from ordercomp.report.figures import STEP_FIGURES, applications, headline, share_text, size_text, smaller_text, speed_text
 from ordercomp.report.meeting import evidence_sentence, meeting_report, results_csv
 from ordercomp.report.verdict import settle_suggestion
+from testkit import MARKUP, figure_texts
 
 METHODS = ["prune", "quantize", "early_exit", "int8"]
 CHAIN = ["prune", "quantize", "early_exit", "int8"]
@@ -614,3 +616,30 @@ def test_the_clis_export_lines_end_with_the_busy_machine_sentence_when_the_files
     assert len(export_summary({"formats": [entry | {"measured": entry["measured"] | {"load": IDLE}}, unmeasured]})) == 2
     old = {key: value for key, value in entry["measured"].items() if key != "load"}
     assert len(export_summary({"formats": [entry | {"measured": old}]})) == 1
+
+
+def markup_record() -> dict:
+    """The hand-made record as a record ordercomp did not write might hold it: a method, a setting and a path holding markup."""
+    record = json.loads(json.dumps(synthetic_record()).replace('"int8"', json.dumps(MARKUP)))
+    record["configs"]["prune"]["importance"] = "<b>l2</b>"
+    record["spec"]["model"] = record["base"]["architecture"] = "<i>net</i>.pt"
+    return record
+
+
+@pytest.mark.parametrize("draw", [charts.tradeoff_figure, lambda record: charts.tradeoff_figure(record, "size_bytes"),
+                                  charts.chain_steps_figure, charts.pair_matrix_figure, charts.precedence_figure])
+def test_record_text_in_a_chart_reads_as_written_never_as_a_link_or_markup(draw):
+    """A record holding <a href="..."> in a method name drew it as a live link in the pair matrix's tick labels, the
+    precedence graph's node labels, the trade-offs' hover text and the chain chart's title; <b> in a setting as bold."""
+    drawn = figure_texts(draw(markup_record()).to_plotly_json())
+    assert not [text for text in drawn if MARKUP in text or "<b>l2</b>" in text]
+    assert any(html.escape(MARKUP, quote=False) in text for text in drawn)  # shown, escaped: plotly draws &lt; as <
+
+
+def test_a_meeting_report_of_a_record_holding_markup_shows_it_as_text():
+    report = meeting_report(markup_record())
+    # the charts' JSON as plotly reads it: plotly.io writes <, > and / as \\u escapes inside its script tags
+    read = re.sub(r"\\u00(3c|3e|2f)", lambda m: bytes.fromhex(m.group(1)).decode(), report).replace('\\"', '"')
+    assert MARKUP not in read and "<b>l2</b>" not in read and "<i>net</i>" not in read
+    assert html.escape(MARKUP, quote=False) in read and "&lt;b&gt;l2&lt;/b&gt;" in read
+

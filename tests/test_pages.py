@@ -7,7 +7,9 @@ store; buttons that would start a worker process start a stand-in that does noth
 from __future__ import annotations
 
 import copy
+import html
 import io
+import json
 import re
 import shutil
 import zipfile
@@ -32,7 +34,7 @@ from ordercomp.methods.registry import METHODS
 from ordercomp.report.figures import STEP_FIGURES, duration
 from ordercomp.train import Budget
 from ordercomp.models.zoo import create_model
-from testkit import MY_NET, WORKER_S, png, zip_of
+from testkit import MARKUP, MY_NET, WORKER_S, figure_texts, png, zip_of
 from untrusted_files import NOTES, genuine_pt2, sympy_in_batch_size
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -655,6 +657,18 @@ def test_tradeoffs_page_draws_three_tradeoffs_and_the_chain(store, finished):
     # latency was captioned, and "size KiB 14.6" stood under "Shipped file size 124.7 KiB" for the same chain
     assert STEP_FIGURES in texts(at.main.caption)
     assert {"counted KiB", "eager ms, b=1", "eager ms, b=32"} <= set(at.main.dataframe[0].value.columns)
+
+
+def test_record_text_in_the_order_and_tradeoffs_charts_reads_as_written(store, finished):
+    """The pages draw the report's charts (report/charts.py), and with them its escaping: a method name holding a link
+    is drawn as text in the pair matrix, the trade-offs' hover text and the chain step by step."""
+    record = json.loads(json.dumps(finished["record"]).replace('"quantize"', json.dumps(MARKUP)))
+    job = store.create(ExploreSpec.from_dict(finished["record"]["spec"]))
+    store.set_status(job, "done", result=record)
+    for page, drawn in (("4_order", 1), ("5_tradeoffs", 4)):
+        specs = [json.loads(chart.proto.spec) for chart in app(page, job=job).get("plotly_chart")]
+        assert len(specs) == drawn and not [text for spec in specs for text in figure_texts(spec) if MARKUP in text], page
+        assert all(any(html.escape(MARKUP, quote=False) in text for text in figure_texts(spec)) for spec in specs), page
 
 
 def test_export_page_offers_reports_and_the_finished_export_files(store, finished):

@@ -1,6 +1,6 @@
 """What several test modules share: crafted files for the refusal tests, the small exploration
-setting, fewer images per split, the user's class the tests load by path, and waiting on a condition (never on a fixed
-interval).
+setting, fewer images per split, the user's class the tests load by path, waiting on a condition (never on a fixed
+interval), and record text holding markup with the texts of a chart to look for it in.
 
 A plain module: pytest puts tests/ on sys.path (rootdir conftest, no __init__.py), so test modules
 in tests/ and its sub-folders import it as `testkit`.
@@ -97,3 +97,17 @@ def plan_work(explorer, base, step, cache, events):
     from ordercomp.exploration.executors import Work
     key = lambda chain, seed: f"{'-'.join(chain)}.{seed}"
     return Work(base, explorer.data, step, key, cache, explorer.device, events)
+
+
+MARKUP = '<a href="https://example.com">x</a>'  # plotly draws <a href="..."> in any text, hover text, title or tick label as a link
+
+
+def figure_texts(value) -> list[str]:
+    """Every text in a plotly figure's JSON (`fig.to_plotly_json()`, or a chart's spec read back): its values, keys and
+    the items of its arrays (customdata is a numpy array)."""
+    value = value.tolist() if hasattr(value, "tolist") else value
+    if isinstance(value, dict):
+        return [text for key, item in value.items() for text in figure_texts(key) + figure_texts(item)]
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in figure_texts(item)]
+    return [value] if isinstance(value, str) else []

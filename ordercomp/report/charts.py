@@ -2,10 +2,14 @@
 the pair matrix and the precedence graph, as plotly figures and a Graphviz DOT string.
 
 The dashboard and the meeting report draw the same figures from here. Every function takes the
-plain record dict, so a record read back from exploration.json draws exactly like a fresh one.
+plain record dict, so a record read back from exploration.json draws exactly like a fresh one. plotly draws
+a subset of HTML in text, hover text, titles and tick labels, so every figure draws from a copy of the record
+whose text is escaped (`literal`): a name or setting holding <a href="..."> or <b> reads as written.
 """
 from __future__ import annotations
 
+import functools
+import html
 import math
 import statistics
 
@@ -26,6 +30,26 @@ OBJECTIVE_UNITS = {"accuracy": "accuracy points", "bitops": "BitOps", "latency":
 HOVER_COLUMNS = ["label", "split", "seeds", "config", "size"]
 CHAIN_COLOUR, DROPPED_COLOUR, EDGE_COLOUR = "#d62728", "#e41a1c", "#555555"
 CHAIN_ONLY = "chain order"  # the label of a chain link that no decided pair backs
+
+
+def literal(value):
+    """`value` with every string in it, keys included, escaped for plotly (& < >; plotly turns the entities back into
+    the characters it draws), so that record text is drawn as written, never as a link, bold or a line break."""
+    if isinstance(value, str):
+        return html.escape(value, quote=False)
+    if isinstance(value, dict):
+        return {literal(key): literal(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(literal(item) for item in value)
+    return value
+
+
+def drawn_literally(figure):
+    """A figure function that draws from `literal(record)`: the one place record text is escaped for the charts."""
+    @functools.wraps(figure)
+    def draw(record: dict, *args, **kwargs) -> go.Figure:
+        return figure(literal(record), *args, **kwargs)
+    return draw
 
 
 def config_text(record: dict, chain) -> str:
@@ -100,6 +124,7 @@ def _hover(x: str) -> str:
             "%{customdata[1]} split, %{customdata[2]} seed(s)<br>%{customdata[3]}<extra>%{fullData.name}</extra>")
 
 
+@drawn_literally
 def tradeoff_figure(record: dict, x: str = "bitops") -> go.Figure:
     """Accuracy against cost on a log axis, coloured by kind, with the Pareto frontier marked."""
     if x not in AXES:
@@ -153,6 +178,7 @@ STEP_ROWS = (("accuracy", "Top-1 accuracy (%)", "%{y:.2f}%"), ("bitops", "BitOps
 STEP_COLOURS = {"accuracy": "#1f77b4", "bitops": "#d62728", "size_bytes": "#2ca02c"}
 
 
+@drawn_literally
 def chain_steps_figure(record: dict) -> go.Figure:
     """Accuracy, BitOps and size of the base and after every chain step, one row each on a shared x axis. The
     accuracy axis spans the values drawn (a 1.7-point drop shows), BitOps and size are on log axes of their own."""
@@ -232,6 +258,7 @@ def _number(value: float, signed: bool = False) -> str:
     return f"{value:{sign}.2f}" if abs(value) < 1000 else f"{value:{sign}.3g}"
 
 
+@drawn_literally
 def pair_matrix_figure(record: dict) -> go.Figure:
     """Heatmap: row method applied first, column second, minus the reverse order (positive = row first is better)."""
     methods = list(record["spec"]["methods"])
@@ -337,6 +364,7 @@ def chain_layout(record: dict) -> dict[str, tuple[float, float]]:
     return position
 
 
+@drawn_literally
 def precedence_figure(record: dict) -> go.Figure:
     """The precedence graph with plotly, laid out left to right in the chain's order: arrows between neighbours run
     straight, longer ones arc above the line; labels sit on the arrows, method names below their nodes."""
