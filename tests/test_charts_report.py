@@ -643,3 +643,14 @@ def test_a_meeting_report_of_a_record_holding_markup_shows_it_as_text():
     assert MARKUP not in read and "<b>l2</b>" not in read and "<i>net</i>" not in read
     assert html.escape(MARKUP, quote=False) in read and "&lt;b&gt;l2&lt;/b&gt;" in read
 
+
+
+@pytest.mark.parametrize("batch", ["1.5", "x"])
+def test_a_shipped_latency_whose_batch_size_is_no_whole_number_is_one_line_naming_it(shipped_record, batch):
+    """A record with a shipped latency at batch "1.5" raised "invalid literal for int() with base 10: '1.5'" from deep
+    in the headline, which names neither the record nor what to fix."""
+    shipped = SHIPPED | {"latency_ms": {batch: 0.05, "32": 0.4}}
+    with pytest.raises(ValueError, match=rf"^the record's shipped latency_ms has a batch size that is not a whole number "
+                                         rf"\('{re.escape(batch)}'\): .+") as error:
+        meeting_report(shipped_record | {"shipped": shipped})
+    assert "\n" not in str(error.value)

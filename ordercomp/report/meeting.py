@@ -77,6 +77,7 @@ def shipped_figures(shipped: dict | None) -> dict:
     """The `shipped_*` headline keys of a record's shipped entry (see `headline_figures`)."""
     if not shipped or "error" in shipped:
         return {"shipped": None, "shipped_error": (shipped or {}).get("error")}
+    _check_batches(shipped["latency_ms"])
     base = shipped["base"]
     return {"shipped": shipped, "shipped_error": None, "shipped_format": shipped["format"], "shipped_runtime": shipped["runtime"],
             "shipped_bytes": (base["file_bytes"], shipped["file_bytes"]), "shipped_size_reduction": shipped["size_ratio"],
@@ -85,6 +86,15 @@ def shipped_figures(shipped: dict | None) -> dict:
             "shipped_latency_ms": {b: (base["latency_ms"][b], ms) for b, ms in shipped["latency_ms"].items()},
             "shipped_speedup": dict(shipped["speedup"]), "shipped_threads": shipped["threads"], "shipped_cpu": shipped["cpu"],
             "shipped_load": shipped.get("load")}
+
+
+def _check_batches(latency_ms: dict) -> None:
+    """A record ordercomp did not write may time a batch size no run has ("1.5", "x"): one line naming it, where the
+    headline's batch order (`int(batch)`) raised a bare "invalid literal for int()"."""
+    odd = [batch for batch in latency_ms if not str(batch).isdecimal()]
+    if odd:
+        raise ValueError(f"the record's shipped latency_ms has a batch size that is not a whole number ({odd[0]!r}): its keys "
+                         "are the batch sizes the file was timed at, such as '1' and '32'; correct or remove that entry")
 
 
 def _headline_cards(figures: dict) -> str:
