@@ -4,7 +4,7 @@ import streamlit as st
 
 from ordercomp.dashboard import formatting, plan, session
 from ordercomp.report.charts import pair_matrix_figure, precedence_caption, precedence_dot
-from ordercomp.report.figures import applications, duration, plural
+from ordercomp.report.figures import applications, duration, plural, steps_caveat
 from ordercomp.report.meeting import evidence_sentence, exhaustive_table, notes
 from ordercomp.report.verdict import SETTLE_SEEDS, settle_suggestion
 from ordercomp.jobs import start_job
@@ -48,6 +48,8 @@ st.subheader("Pair outcomes")
 st.caption("mean diff > 0: first → second scored better than the reverse. The interval combines seed-to-seed variation with "
            "the paired per-image evidence (both orders on the same validation images); a pair is a tie when its interval "
            "contains 0 or its mean is below the minimum margin.")
+if caveat := steps_caveat(record["steps"]):  # the latency objectives' pairs and orders are timings
+    st.caption(formatting.md(caveat))
 st.dataframe(pairs_table(record["outcomes"]), hide_index=True)
 st.plotly_chart(pair_matrix_figure(record))
 

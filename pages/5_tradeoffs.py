@@ -4,7 +4,7 @@ import streamlit as st
 
 from ordercomp.dashboard import formatting, session
 from ordercomp.report.charts import AXES, chain_steps_figure, tradeoff_figure
-from ordercomp.report.figures import STEP_FIGURES
+from ordercomp.report.figures import STEP_FIGURES, steps_caveat
 from ordercomp.exploration.results import chain_table
 from pages._shared import headline_row, open_exploration, run_inside_app
 
@@ -18,6 +18,8 @@ st.caption(f"Run {formatting.md(job_id)}: the base and the chain are measured on
 
 headline_row(record)
 st.caption(STEP_FIGURES)
+if caveat := steps_caveat(record["steps"] + record["chain_steps"]):
+    st.caption(formatting.md(caveat))
 
 for tab, axis in zip(st.tabs([f"Accuracy vs {AXES[axis][0]}" for axis in AXES]), AXES):
     with tab:

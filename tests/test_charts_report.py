@@ -603,6 +603,27 @@ def test_the_headline_says_its_file_was_timed_on_a_busy_machine_in_the_report_an
         assert "machine was busy" not in capsys.readouterr().out
 
 
+def report_section(report: str, title: str) -> str:
+    return report.split(f"<h2>{title}</h2>", 1)[1].split("<h2>", 1)[0]
+
+
+def test_step_latencies_timed_on_a_busy_machine_say_so_where_the_report_shows_them(record):
+    """The latency objectives time every step, and the chain's steps are timed too; their milliseconds stood in the
+    trade-offs, the pair matrix and the chain table with no word of the load they were timed under."""
+    from ordercomp.report.figures import busy_caveat
+
+    said = html.escape(busy_caveat([BUSY], side_by_side=False))  # each step timed alone, not beside the base
+    loaded = lambda steps, load: [step | {"load": load} for step in steps]
+    steps_busy = meeting_report(record | {"steps": loaded(record["steps"], BUSY), "chain_steps": loaded(record["chain_steps"], IDLE)})
+    chain_busy = meeting_report(record | {"chain_steps": loaded(record["chain_steps"], BUSY)})
+    shows = {"Pair matrix": (True, False), "Trade-offs": (True, True), "The chain applied to the base (test split)": (False, True)}
+    for title, (by_steps, by_chain) in shows.items():
+        assert (said in report_section(steps_busy, title), said in report_section(chain_busy, title)) == (by_steps, by_chain), title
+    for report in (steps_busy, chain_busy):
+        assert report.count("machine was busy") == 2  # one sentence a section, never beside the headline (its file was not timed busy)
+    assert "machine was busy" not in meeting_report(record | {"steps": loaded(record["steps"], IDLE)})  # idle, or none recorded
+
+
 def test_the_clis_export_lines_end_with_the_busy_machine_sentence_when_the_files_were_timed_busy():
     from ordercomp.deploy.export import export_summary
 

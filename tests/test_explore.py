@@ -304,6 +304,31 @@ def test_a_latency_exploration_times_every_step_even_where_an_untimed_run_cached
     assert all(s["metrics"]["latency_ms_b1"] > 0 for s in timed["steps"])
 
 
+def test_a_timed_step_keeps_the_load_it_was_timed_under_through_the_step_cache(monkeypatch, tiny_model, digits, tmp_path):
+    """The latency objectives' step latencies were kept without the load they were timed under, so no page could say
+    that a step's milliseconds came from a busy machine, as it says of the shipped file's."""
+    import json
+    import os
+    from ordercomp.exploration import executors
+    from ordercomp.exploration.cache import StepCache
+
+    readings = iter([7.6, 7.8, 7.5, 7.9])  # before and after each timing: eager, then onnx
+    monkeypatch.setattr(os, "getloadavg", lambda: (next(readings), 0.0, 0.0))
+    monkeypatch.setattr(executors, "deployed_latency", lambda model, data, runtime: {"latency_ms_b1": 0.5, "latency_ms_batch": 4.0})
+    configs, cpu = make_configs(["prune"]), torch.device("cpu")
+    _, eager = executors.StepFunction(configs, Budget(epochs=0), latency=True)(tiny_model, ("prune",), 0, digits, cpu)
+    _, onnx = executors.StepFunction(configs, Budget(epochs=0), latency=True, runtime="onnx")(tiny_model, ("prune",), 0, digits, cpu)
+    _, untimed = executors.StepFunction(configs, Budget(epochs=0))(tiny_model, ("prune",), 0, digits, cpu)
+    cores = os.cpu_count()
+    assert eager.load == {"start": 7.6, "end": 7.8, "logical_cores": cores} and eager.metrics["latency_ms_b1"] > 0
+    assert onnx.load == {"start": 7.5, "end": 7.9, "logical_cores": cores} and untimed.load is None
+    cache = StepCache(tmp_path)
+    cache.put("timed", eager)
+    assert cache.get("timed") == eager and StepResult.from_dict(eager.to_dict()) == eager
+    (tmp_path / "old.json").write_text(json.dumps({k: v for k, v in eager.to_dict().items() if k != "load"}))  # cached before loads were kept
+    assert cache.get("old") == StepResult(**vars(eager) | {"load": None})
+
+
 class TimedRunners:
     """Spies on the files written for timing: the format each was loaded as, and the calls made to each runner."""
 

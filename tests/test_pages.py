@@ -31,7 +31,7 @@ from ordercomp.exploration.explorer import DEFAULT_METHODS, NO_SHIP, ExploreSpec
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, is_alive, launch, set_worker_limit, start_job
 from ordercomp.jobs.worker import run_job
 from ordercomp.methods.registry import METHODS
-from ordercomp.report.figures import STEP_FIGURES, duration
+from ordercomp.report.figures import STEP_FIGURES, busy_caveat, duration
 from ordercomp.train import Budget
 from ordercomp.models.zoo import create_model
 from testkit import MARKUP, MY_NET, WORKER_S, figure_texts, png, zip_of
@@ -696,12 +696,31 @@ def with_load(store: JobStore, job_id: str, load: dict | None, timed: Callable[[
     store.set_status(job_id, "done", result=result)
 
 
+def every_step(result: dict) -> list[dict]:
+    return result["steps"] + result["chain_steps"]
+
+
 def test_the_tradeoffs_headline_says_when_its_file_was_timed_on_a_busy_machine(store, finished):
     """The audit's shipped files read many times slower than idle, timed at a load of 7-8 on 2 cores, with no word."""
+    with_load(store, finished["exploration"], None, every_step)  # the steps' timings, as this machine's load left them: none
     for load, said in ((BUSY, True), (None, False)):
         with_load(store, finished["exploration"], load, lambda result: [result["shipped"]])
         captions = texts(app("5_tradeoffs", job=finished["exploration"]).main.caption)
         assert [caption for caption in captions if "machine was busy" in caption] == ([CAVEAT] if said else [])  # once
+
+
+def test_step_latencies_timed_on_a_busy_machine_say_so_on_the_order_and_tradeoffs_pages(store, finished):
+    """The chain's steps, and under the latency objectives every step, are timed; their milliseconds stood in the
+    trade-offs, the chain table and the latency objectives' pair outcomes with no word of the load they were timed under."""
+    said = busy_caveat([BUSY], side_by_side=False)  # each step timed alone, not side by side with the base
+    with_load(store, finished["exploration"], None, lambda result: [result["shipped"]])
+    for load, order, tradeoffs in ((BUSY, [said], [said]), (None, [], [])):
+        with_load(store, finished["exploration"], load, every_step)
+        for page, shown in (("4_order", order), ("5_tradeoffs", tradeoffs)):
+            captions = texts(app(page, job=finished["exploration"]).main.caption)
+            assert [caption for caption in captions if "machine was busy" in caption] == shown, page
+    with_load(store, finished["exploration"], BUSY, lambda result: result["chain_steps"])  # the chain's own timings only
+    assert not [c for c in texts(app("4_order", job=finished["exploration"]).main.caption) if "machine was busy" in c]
 
 
 def test_the_export_table_says_when_its_files_were_timed_on_a_busy_machine(store, finished):

@@ -49,7 +49,7 @@ from ..methods.base import Context
 from ..deploy.export import deployed_latency
 from ..deploy.onnx_int8 import CannotBuild
 from .pipeline import FAILED, INCOMPATIBLE, OK, StepResult, run_step
-from ..deploy.runtimes import RuntimeMissing
+from ..deploy.runtimes import RuntimeMissing, load_average, machine_load
 from ..models.factories import user_modules
 from ..order.plan import chain_text
 from ..train import Budget, Progress
@@ -90,13 +90,14 @@ class StepFunction:
 def deployed_timing(model: nn.Module, result: StepResult, data: DataBundle, runtime: str) -> StepResult:
     """The step's result with the latency of its deployable form in `runtime`; a form that cannot be
     built makes the step incompatible with that runtime (its model still serves later steps)."""
+    start = load_average()
     try:
         timing = deployed_latency(model, data, runtime)
     except (CannotBuild, RuntimeMissing) as reason:
         return replace(result, status=INCOMPATIBLE, reason=str(reason), metrics=None)
     except Exception as error:  # the runtime could not run the file it was given: this step fails, the exploration goes on
         return replace(result, status=FAILED, reason=one_line(error), metrics=None)
-    return replace(result, metrics=result.metrics | timing)
+    return replace(result, metrics=result.metrics | timing, load=machine_load(start))
 
 
 class Step(Protocol):

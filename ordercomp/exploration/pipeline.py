@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..deploy.runtimes import load_average, machine_load
 from ..errors import one_line
 from ..methods.base import Context, Incompatible
 from ..methods.registry import get_method
@@ -24,7 +25,8 @@ OK, INCOMPATIBLE, FAILED = "ok", "incompatible", "failed"
 class StepResult:
     """The outcome of applying the last method of `chain` to the model the earlier ones made.
     `fidelity` is the fraction of the fine-tuning epochs the step had: 1 for the full budget, less
-    for a screening step (`--screen`)."""
+    for a screening step (`--screen`). `load` is how busy the machine was while the step was timed
+    (`runtimes.machine_load`), for `figures.busy_caveat`; None for an untimed step, or one cached before loads were kept."""
 
     chain: tuple[str, ...]
     status: str
@@ -33,6 +35,7 @@ class StepResult:
     seconds: float = 0.0
     seed: int = 0
     fidelity: float = 1.0
+    load: dict | None = None
 
     def to_dict(self) -> dict:
         record = asdict(self)
@@ -69,12 +72,14 @@ def run_step(model: nn.Module, chain: tuple[str, ...], configs: dict, context: C
     try:
         compressed = apply_step(model, chain[-1], configs[chain[-1]], context)
         check_logits(compressed, chain[-1], context)
+        load_start = load_average() if latency else None
         metrics = measure(compressed, context.data, split, device=context.device, latency=latency).to_dict()
     except Incompatible as reason:
         return None, StepResult(chain, INCOMPATIBLE, str(reason), seconds=time.perf_counter() - start, seed=context.seed)
     except Exception as error:  # whatever a method raises (Torch-Pruning, torchao, a shape it did not expect) fails this step only
         return None, StepResult(chain, FAILED, one_line(error), seconds=time.perf_counter() - start, seed=context.seed)
-    return compressed, StepResult(chain, OK, None, metrics, time.perf_counter() - start, context.seed)
+    return compressed, StepResult(chain, OK, None, metrics, time.perf_counter() - start, context.seed,
+                                  load=machine_load(load_start) if latency else None)
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Every figure the dashboard and the meeting report state about an exploration, as text, from one place:
 the headline (what the shipped file buys, in its runtime; the eager simulation labelled as such), the
 number of method applications, the units and rounding of sizes, latencies, accuracies, probabilities and durations,
-and the sentence that says a file was timed on a busy machine (`busy_caveat`).
+and the sentence that says a file or a step was timed on a busy machine (`busy_caveat`).
 A figure read on any page, in the report or in the CSV comes from here, so they read the same.
 """
 from __future__ import annotations
@@ -137,6 +137,13 @@ def _shipped_headline(shipped: dict) -> list[Headline]:
 def headline_caveat(figures: dict) -> str:
     """`busy_caveat` of the shipped file's timing (empty without one): said below the headline, wherever it stands."""
     return busy_caveat([figures.get("shipped_load")]) if figures.get("shipped") else ""
+
+
+def steps_caveat(steps: list[dict]) -> str:
+    """`busy_caveat` of the steps' own timings (each step's `load`; empty when none was timed busy or none recorded one),
+    said where their latencies are shown: the latency trade-off, the chain table, the pair outcomes and orders of the
+    latency objectives. A step is timed alone, not side by side with the base."""
+    return busy_caveat([step.get("load") for step in steps], side_by_side=False)
 
 
 def busy_caveat(loads: list[dict | None], *, side_by_side: bool = True) -> str:

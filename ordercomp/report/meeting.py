@@ -20,7 +20,8 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from . import charts
-from .figures import SIMULATION, STEP_FIGURES, applications, duration, epochs_text, headline, headline_caveat, plural
+from .figures import (SIMULATION, STEP_FIGURES, applications, duration, epochs_text, headline, headline_caveat, plural,
+                      steps_caveat)
 from .verdict import evidence_sentences, graph_orders_sentence
 from ..order import OBJECTIVES
 from ..order.plan import chain_text
@@ -207,6 +208,12 @@ def _data_text(record: dict) -> str:
             f"{data['train']} training, {data['val']} validation and {data['test']} test images")
 
 
+def _muted(*sentences: str) -> str:
+    """A muted paragraph of the sentences that are not empty; nothing when all are."""
+    text = " ".join(sentence for sentence in sentences if sentence)
+    return f'<p class="muted">{html.escape(text)}</p>' if text else ""
+
+
 def _section(title: str, body: str) -> str:
     return f"<h2>{html.escape(title)}</h2>\n{body}\n"
 
@@ -284,7 +291,7 @@ def glossary(record: dict) -> str:
 
 def _tables(record: dict) -> list[str]:
     tables = [_section("Pair outcomes", _table(pairs_table(record["outcomes"]))),
-              _section("The chain applied to the base (test split)", f'<p class="muted">{html.escape(STEP_FIGURES)}</p>'
+              _section("The chain applied to the base (test split)", _muted(STEP_FIGURES, steps_caveat(record["chain_steps"]))
                        + _table(chain_table(record["base_metrics"], record["chain_steps"])))]
     searched = search_table(record)
     if searched is not None:
@@ -302,8 +309,8 @@ def meeting_report(record: dict, finished: float | None = None) -> str:
     body = [_summary(record, finished), _section("Terms", glossary(record)),
             _section("Precedence graph", f'<p class="muted">{html.escape(charts.precedence_caption(record))}</p>'
                      + _figure(charts.precedence_figure(record))),
-            _section("Pair matrix", _figure(charts.pair_matrix_figure(record))),
-            _section("Trade-offs", f'<p class="muted">{html.escape(STEP_FIGURES)}</p>' + _tradeoff_sections(record)),
+            _section("Pair matrix", _muted(steps_caveat(record["steps"])) + _figure(charts.pair_matrix_figure(record))),
+            _section("Trade-offs", _muted(STEP_FIGURES, steps_caveat(record["steps"] + record["chain_steps"])) + _tradeoff_sections(record)),
             _section("The chain step by step", _figure(charts.chain_steps_figure(record))),
             *_tables(record), _section("Notes", f'<ul class="notes">{note_items}</ul>'),
             _section("Run settings", _table(run_settings(record), "settings"))]
