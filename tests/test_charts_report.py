@@ -351,6 +351,8 @@ def test_every_size_on_the_tradeoff_charts_reads_in_the_binary_units_and_figures
         assert list(axis.ticktext) == [size_text(tick) for tick in axis.tickvals]
         assert axis.tickvals[0] <= min(sizes) and axis.tickvals[-1] >= max(sizes)  # ticks on both sides of what is drawn
         assert {"1.0 KiB", "10.0 KiB", "100.0 KiB"} <= set(axis.ticktext)
+    assert charts.size_ticks([30_000, 80_000])["ticktext"] == ["5.0 KiB", "10.0 KiB", "20.0 KiB", "50.0 KiB", "100.0 KiB", "200.0 KiB",
+                                                              "500.0 KiB"]  # within a decade, 2 and 5 between
 
 
 def test_the_chain_steps_labels_have_room_in_their_rows_and_sizes_read_in_the_units_of_every_page(record):

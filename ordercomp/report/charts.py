@@ -221,12 +221,13 @@ def _step_axis(key: str, values: list) -> dict:
 def size_ticks(sizes) -> dict:
     """Ticks of a log axis of sizes in bytes, worded as every table and the report word sizes (`size_text`: "100.0 KiB",
     where plotly's SI ticks read "100k" in decimal kilobytes): 1, 10 and 100 of each binary unit, with 2 and 5 between
-    when the sizes span two decades or less, from a decade below the smallest size to a decade above the largest."""
+    when the sizes span a decade or less (more would crowd a chain row's 200 px), from a decade below the smallest size
+    to a decade above the largest."""
     drawn = [float(v) for v in sizes if v and v > 0]
     if not drawn:
         return {}
     low, high = min(drawn), max(drawn)
-    steps = (1, 2, 5) if high <= 100 * low else (1,)
+    steps = (1, 2, 5) if high <= 10 * low else (1,)
     ticks = sorted(unit * 10**decade * step for unit in (1, 2**10, 2**20, 2**30, 2**40) for decade in range(3) for step in steps)
     kept = [tick for tick in ticks if low / 10 <= tick <= high * 10]
     return {"tickvals": kept, "ticktext": [size_text(tick) for tick in kept]}
