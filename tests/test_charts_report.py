@@ -626,6 +626,27 @@ def test_step_latencies_timed_on_a_busy_machine_say_so_where_the_report_shows_th
     assert "machine was busy" not in meeting_report(record | {"steps": loaded(record["steps"], IDLE)})  # idle, or none recorded
 
 
+def test_step_latencies_timed_on_a_busy_machine_say_so_in_the_cli_summary(shipped_record, capsys):
+    """The CLI's summary printed the pair outcomes and the chain table of timed steps with no word of the load, where the
+    pages and the report say it below the same tables."""
+    from types import SimpleNamespace
+
+    from ordercomp.exploration.results import print_summary
+    from ordercomp.report.figures import busy_caveat
+
+    record = shipped_record | {"base": {"source": "sample", "reference": "digits_cnn"}, "exhaustive": None}  # a run without --exhaustive
+    said = busy_caveat([BUSY], side_by_side=False)
+    loaded = lambda steps, load: [step | {"load": load} for step in steps]
+    for steps_load, chain_load, tables in ((BUSY, IDLE, ["Pair outcomes"]), (IDLE, BUSY, ["Chain applied to the base model"]),
+                                           (IDLE, IDLE, [])):
+        busy = record | {"steps": loaded(record["steps"], steps_load), "chain_steps": loaded(record["chain_steps"], chain_load)}
+        print_summary(SimpleNamespace(to_dict=lambda: busy))
+        out = capsys.readouterr().out
+        assert out.count(said) == len(tables)
+        for title in tables:  # below its own table, before the next heading
+            assert said in out.split(title, 1)[1].split("\n\n", 1)[0]
+
+
 def test_the_clis_export_lines_end_with_the_busy_machine_sentence_when_the_files_were_timed_busy():
     from ordercomp.deploy.export import export_summary
 

@@ -18,7 +18,7 @@ from ..metrics import LATENCY_BATCH
 from ..models.checkpoints import describe_source
 from ..order.plan import chain_text
 from ..order import LATENCY_OBJECTIVES
-from ..report.figures import SIMULATION, headline, headline_caveat, share_text
+from ..report.figures import SIMULATION, headline, headline_caveat, share_text, steps_caveat
 from ..report.verdict import SETTLE_SEEDS, evidence_sentences, graph_orders_sentence, settle_suggestion
 from .pipeline import StepResult
 
@@ -179,6 +179,7 @@ def print_summary(result) -> None:
         print(f"Data: {record['data']['name']}; {describe_preprocessing(record['data']['preprocessing'])}")
         print("\nPair outcomes (objective: %s, %d seed(s))" % (record["spec"]["objective"], record["spec"]["seeds"]))
         print(pairs_table(record["outcomes"]).to_string(index=False))
+        _print_caveat(record["steps"])
         print("\nPrecedence edges (before -> after, margin):")
         for edge in record["edges"]:
             print(f"  {edge['before']} → {edge['after']}  margin {edge['margin']:.2f}{' (weak)' if edge.get('weak') else ''}")
@@ -201,6 +202,7 @@ def print_summary(result) -> None:
             print(f"Note: {record['weak_pairs']} pair decision(s) rest on weak evidence; more --seeds would make them firmer.")
         print(f"\nChain applied to the base model (test split; latency in the {SIMULATION}, not the shipped file):")
         print(chain_table(record["base_metrics"], record["chain_steps"]).to_string(index=False))
+        _print_caveat(record["chain_steps"])
         print_headline(record)
         _print_exhaustive(record)
         _print_repeat(record)
@@ -227,6 +229,12 @@ def print_headline(record: dict) -> None:
         print(f"  {item.label}: {item.value} — {item.detail}")
     if caveat := headline_caveat(figures):
         print(f"  {caveat}")
+
+
+def _print_caveat(steps: list[dict]) -> None:
+    """Below a table of step figures, the sentence the pages and the report put there when those steps were timed busy."""
+    if caveat := steps_caveat(steps):
+        print(caveat)
 
 
 def _print_search(record: dict) -> None:
