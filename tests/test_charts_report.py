@@ -698,3 +698,16 @@ def test_a_shipped_latency_whose_batch_size_is_no_whole_number_is_one_line_namin
                                          rf"\('{re.escape(batch)}'\): .+") as error:
         meeting_report(shipped_record | {"shipped": shipped})
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("cut", ["latency_ms", "base", "base latency at 32"])
+def test_a_shipped_entry_missing_a_figure_is_one_line_naming_it(shipped_record, cut):
+    """A shipped entry without its latencies, its base, or the base's latency at a batch the file has raised a bare
+    KeyError from the headline."""
+    shipped = {key: value for key, value in SHIPPED.items() if key != cut}
+    if cut == "base latency at 32":
+        shipped["base"] = SHIPPED["base"] | {"latency_ms": {"1": SHIPPED["base"]["latency_ms"]["1"]}}
+    missing = "32" if cut == "base latency at 32" else cut
+    with pytest.raises(ValueError, match=rf"^the record's shipped entry has no '{missing}' where ordercomp writes one .+: "
+                                         "correct that entry or remove it$"):
+        meeting_report(shipped_record | {"shipped": shipped})

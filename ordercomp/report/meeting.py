@@ -78,7 +78,16 @@ def shipped_figures(shipped: dict | None) -> dict:
     """The `shipped_*` headline keys of a record's shipped entry (see `headline_figures`)."""
     if not shipped or "error" in shipped:
         return {"shipped": None, "shipped_error": (shipped or {}).get("error")}
-    _check_batches(shipped["latency_ms"])
+    _check_batches(shipped.get("latency_ms") or {})
+    try:
+        return _shipped_keys(shipped)
+    except KeyError as missing:  # a record ordercomp did not write, or cut by hand
+        raise ValueError(f"the record's shipped entry has no {missing.args[0]!r} where ordercomp writes one (format, runtime, "
+                         "sizes, accuracies and latencies at each batch of the file and of its base, speed-ups, threads, "
+                         "CPU): correct that entry or remove it") from None
+
+
+def _shipped_keys(shipped: dict) -> dict:
     base = shipped["base"]
     return {"shipped": shipped, "shipped_error": None, "shipped_format": shipped["format"], "shipped_runtime": shipped["runtime"],
             "shipped_bytes": (base["file_bytes"], shipped["file_bytes"]), "shipped_size_reduction": shipped["size_ratio"],
