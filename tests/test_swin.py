@@ -17,7 +17,7 @@ from ordercomp.layers import bits_of
 from ordercomp.methods import prune
 from ordercomp.methods.base import Context
 from ordercomp.methods.registry import get_method
-from ordercomp.models.structure import structure_of, with_structure
+from ordercomp.models.structure import StructureError, structure_of, with_structure
 from ordercomp.train import Budget
 from testkit import fewer
 
@@ -52,6 +52,16 @@ def test_a_swin_s_stage_ends_where_its_features_are_channels_first_again(width, 
     assert (structure_of(view).stem, structure_of(view).stages) == ("features.0.0", ("permute",))
     with torch.no_grad():
         assert tuple(view.stages[0](view.stem(digits.example_input(2))).shape) == (2, 2 * width, 2, 2)
+
+
+@pytest.mark.parametrize("stages", [("features.1", "features.3"), ("features.0", "features.2")])
+def test_stages_named_where_a_swin_is_channels_last_are_refused_in_one_line(stages, digits):
+    # before: the named stages ended at its (N, H, W, C) tensors and were taken as they were named, so early exits
+    # pooled (W, C) as if H were channels; the one stage found without names ends where it is channels first again
+    with pytest.raises(StructureError, match=rf"^--stages {stages[0]}: its output \(2, 4, 4, 16\) is 4-D but no feature map "
+                                             r"\(N, C, H, W\): .+ name modules whose outputs are feature maps \(N, C, H, W\) or "
+                                             r"tokens \(N, T, C\)$"):
+        with_structure(small_swin(16), digits.example_input(2), digits.num_classes, stages=stages)
 
 
 @pytest.mark.parametrize("name", ["prune", "distill"])

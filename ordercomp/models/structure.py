@@ -418,7 +418,14 @@ class Traced:
             if node not in self.cuts:
                 raise StructureError(f"--stages: {label} is not a point where one tensor is live (a branch such as a residual "
                                      f"shortcut crosses it): name modules that end whole blocks")
-        return stem_end, [self.nodes[span[1]] for span in order]
+        ends = [self.nodes[span[1]] for span in order]
+        for name, end in zip(names, ends):
+            if len(self.shape(end) or ()) == 4 and end not in self.feature_maps:
+                raise StructureError(f"--stages {name}: its output {tuple(self.shape(end))} is 4-D but no feature map (N, C, H, "
+                                     "W): no convolution, batch norm or pooling reads it unless permuted or reshaped (channels "
+                                     "last, as a Swin's), and early exits would pool the wrong dimensions; name modules whose "
+                                     "outputs are feature maps (N, C, H, W) or tokens (N, T, C)")
+        return stem_end, ends
 
     def _module_spans(self) -> dict[str, tuple[int, int]]:
         """(first, last) position of the nodes each module's call produced."""
