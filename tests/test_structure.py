@@ -66,6 +66,14 @@ class ScaledLogits(UserNet):
         return super().forward(x) * self.temperature
 
 
+class OptionalArguments(UserNet):
+    """A forward with arguments left at their defaults, as timm's ViT has (`forward(x, attn_mask=None, is_causal=False)`)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, scaled: bool = False) -> torch.Tensor:
+        logits = super().forward(x if mask is None else x * mask)
+        return logits * 2 if scaled else logits
+
+
 def small_vit(in_channels: int = 1) -> nn.Module:
     vit = tv.VisionTransformer(image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)
     vit.conv_proj = nn.Conv2d(in_channels, 32, 4, 4)
@@ -215,6 +223,13 @@ def test_a_user_cnn_is_split_at_its_resolution_drops_and_its_classifier_is_fc_no
     with torch.no_grad():
         assert torch.equal(view(images), model(images))
     assert found.weights != structure_of(with_structure(UserNet(), digits.example_input(2), 10)).weights
+
+
+def test_a_forward_with_optional_arguments_is_split_as_its_images_alone_run_it(digits):
+    # before: fx kept each argument fixed at its default as an input, and the forward was refused as taking more than one tensor
+    model = OptionalArguments().eval()
+    found = structure_of(with_structure(model, digits.example_input(2), 10))
+    assert found.classifier == "fc" and len(found.stages) == 3 and found.why_no_stages is None
 
 
 def test_a_vit_has_its_classifier_found_and_no_stages_with_the_reason(digits):

@@ -75,6 +75,7 @@ SPATIAL_FUNCTIONS = {F.conv2d, F.conv_transpose2d, F.batch_norm} | POOLING_FUNCT
 REARRANGING_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.movedim, torch.reshape}
 REARRANGING_METHODS = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "view", "reshape"}
 CONTAINERS = (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict)
+VALUE_CHECKS = {"eq", "_assert", "_assert_is_none"}  # what fx adds to check that an argument fixed at its default keeps it
 TOLERANCE = 1e-5
 STRUCTURE_ATTRIBUTE = "_ordercomp_structure"
 
@@ -233,7 +234,7 @@ def trace(model: nn.Module) -> fx.Graph:
     for training in (False, True):
         model.train(training)
         try:
-            graphs.append(_Tracer().trace(model, concrete_args=fixed or None))
+            graphs.append(_without_fixed_inputs(_Tracer().trace(model, concrete_args=fixed or None)))
         except Exception as error:  # fx raises many error types for code it cannot follow symbolically
             raise NotFound(f"torch.fx could not trace the forward ({one_line(error)})") from None
         finally:
@@ -241,6 +242,30 @@ def trace(model: nn.Module) -> fx.Graph:
     if _ops(graphs[0]) != _ops(graphs[1]):
         raise NotFound("the forward runs different operations in training and in evaluation outside its submodules")
     return graphs[0]
+
+
+def _without_fixed_inputs(graph: fx.Graph) -> fx.Graph:
+    """The graph without the inputs fx keeps for arguments fixed at their defaults: each is read only by a check that it
+    still has that value (timm's ViT: `forward(x, attn_mask=None, is_causal=False)`), and the images are the one input
+    the methods and the split's pieces pass."""
+    for node in [n for n in graph.nodes if n.op == "placeholder"][1:]:
+        readers = _readers(node)
+        if all(getattr(reader.target, "__name__", None) in VALUE_CHECKS for reader in readers):
+            for reader in [n for n in reversed(graph.nodes) if n in readers]:
+                graph.erase_node(reader)
+            graph.erase_node(node)
+    return graph
+
+
+def _readers(node: fx.Node) -> set[fx.Node]:
+    """Every node computed from `node`."""
+    found, stack = set(), [node]
+    while stack:
+        for user in stack.pop().users:
+            if user not in found:
+                found.add(user)
+                stack.append(user)
+    return found
 
 
 def _ops(graph: fx.Graph) -> list[tuple[str, str]]:
