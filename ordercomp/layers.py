@@ -457,8 +457,9 @@ def lowest_sparsity(model: nn.Module) -> float | None:
 
 
 def is_staged(model: nn.Module) -> bool:
-    """True for a model split into stem, stages and head (where exits attach)."""
-    return all(hasattr(model, part) for part in ("stem", "stages", "head"))
+    """True for a model ordercomp split into stem, stages and head (where exits attach). A user's network whose parts
+    bear those names is not (timm's ConvNeXt, LeViT, MobileViT: its forward runs more than them), so it is traced."""
+    return getattr(type(model), "splits_into_stages", False)
 
 
 def exit_heads(model: nn.Module) -> list[nn.Module]:

@@ -74,6 +74,22 @@ class OptionalArguments(UserNet):
         return logits * 2 if scaled else logits
 
 
+class PartsNamedStemStagesHead(nn.Module):
+    """A user's network with parts named stem, stages and head, as timm's ConvNeXt, LeViT and MobileViT name theirs,
+    and a norm between stages and head that its forward runs too."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU())
+        self.stages = nn.Sequential(nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()),
+                                    nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU()))
+        self.norm_pre = nn.BatchNorm2d(32)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm_pre(self.stages(self.stem(x))))
+
+
 def small_vit(in_channels: int = 1) -> nn.Module:
     vit = tv.VisionTransformer(image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)
     vit.conv_proj = nn.Conv2d(in_channels, 32, 4, 4)
@@ -230,6 +246,19 @@ def test_a_forward_with_optional_arguments_is_split_as_its_images_alone_run_it(d
     model = OptionalArguments().eval()
     found = structure_of(with_structure(model, digits.example_input(2), 10))
     assert found.classifier == "fc" and len(found.stages) == 3 and found.why_no_stages is None
+
+
+def test_a_network_with_parts_named_stem_stages_and_head_is_traced_and_keeps_what_its_forward_runs(digits):
+    # before: those names made it pass for ordercomp's own split, untraced, and its exits skipped norm_pre
+    torch.manual_seed(0)
+    model = PartsNamedStemStagesHead().eval()
+    model.norm_pre.running_mean.fill_(1.0)
+    view = with_structure(model, digits.example_input(2), 10)
+    assert structure_of(view).classifier == "head.2" and len(structure_of(view).stages) == 2
+    exits, result = run_step(view, ("early_exit",), make_configs(["early_exit"]), Context(digits, Budget(epochs=0), seed=0))
+    images = digits.test.tensors[0][:8]
+    with torch.no_grad():
+        assert result.status == OK and torch.allclose(exits.forward_all(images)[-1], model(images), atol=1e-5)
 
 
 def test_a_vit_has_its_classifier_found_and_no_stages_with_the_reason(digits):

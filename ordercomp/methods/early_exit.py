@@ -31,6 +31,8 @@ from .token_merge import block_names, block_steps, proportional_mask
 class EarlyExitNet(nn.Module):
     """A staged network with an exit head after every stage but the last."""
 
+    splits_into_stages = True  # layers.is_staged
+
     def __init__(self, stem: nn.Module, stages: nn.ModuleList, head: nn.Module, exits: list[nn.Module], threshold: float):
         super().__init__()
         self.stem, self.stages, self.head = stem, stages, head

@@ -28,6 +28,8 @@ from ..layers import mark_logits_layer
 class StagedNet(nn.Module):
     """A CNN split into a stem, a list of stages and a classifier head."""
 
+    splits_into_stages = True  # layers.is_staged
+
     def __init__(self, stem: nn.Module, stages: list[nn.Module], head: nn.Module):
         super().__init__()
         self.stem = stem
