@@ -17,7 +17,7 @@ from ordercomp.methods.registry import METHODS, get_method
 from ordercomp.metrics import expected_cost
 from ordercomp.models.structure import with_structure
 from ordercomp.train import Budget, train
-from tests.user_models.own_vit import EncoderViT, OwnViT
+from tests.user_models.own_vit import EncoderViT, KeptWidthsViT, OwnViT
 from testkit import fewer
 
 
@@ -72,6 +72,15 @@ def test_prune_narrows_the_mlps_of_a_users_transformer_and_keeps_the_widths_its_
     assert own_vit.blocks[0].mlp[0].out_features == 32  # the user's model is left as it was
     images = digits.test.tensors[0]
     assert (predictions(pruned, images) == predictions(own_vit, images)).float().mean() > 0.5  # the strongest units kept
+
+
+def test_prune_keeps_the_embedding_of_a_transformer_whose_attention_keeps_its_widths_in_attributes(digits):
+    # before: timm's ViT lost half its embedding (patch embedding, class token, position embeddings, every block's output)
+    torch.manual_seed(0)
+    pruned = get_method("prune").apply(as_base(KeptWidthsViT().eval(), digits), get_method("prune").make_config(ratio=0.5),
+                                       Context(digits, Budget(epochs=0), seed=0))
+    assert (pruned.patch_embed.out_channels, pruned.cls_token.shape[-1], pruned.pos_embed.shape[-1]) == (16, 16, 16)
+    assert [block.mlp[0].out_features for block in pruned.blocks] == [16, 16]  # half the hidden units
 
 
 def test_prune_of_a_network_whose_forward_holds_every_width_is_incompatible_in_one_line(digits):

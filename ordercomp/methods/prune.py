@@ -110,6 +110,8 @@ def _prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, impor
     runs, the pruning starts again from a copy of the model taken before, leaving out every layer whose channels the
     forward cannot lose (each group found by pruning it alone on a copy), so that the rest (a transformer's MLPs) narrows."""
     kept = _names(model, output_layers(model) + ([] if embedding else _embedding_writers(model)))
+    if not embedding:
+        kept += _token_stream_layers(model, example, ratio, importance, kept)
     before = copy.deepcopy(model)
     if _pruned_and_runs(model, example, ratio, importance, kept) is None:
         return model
@@ -174,15 +176,28 @@ def _culprit(error: Exception) -> str:
     return f" ({one_line(error)})"
 
 
-def _prunable_groups(model: nn.Module, example: torch.Tensor, ratio: float, importance: str,
-                     kept: list[str]) -> list[list[str]]:
-    """The groups Torch-Pruning would prune, each as the names of the layers that lose output channels in it."""
+def _prunable_groups(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, kept: list[str],
+                     carrying: set[int] | None = None) -> list[list[str]]:
+    """The groups Torch-Pruning would prune, each as the names of the layers that lose output channels in it; with
+    `carrying`, only the groups that prune one of those parameters (by id) too."""
     pruner = _pruner(model, example, ratio, importance, kept)
     graph = pruner.DG
     groups = _walk(lambda: list(graph.get_all_groups(ignored_layers=pruner.ignored_layers,
                                                      root_module_types=pruner.root_module_types)), model)
     return [_names(model, [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)])
-            for group in groups]
+            for group in groups if carrying is None or any(id(dep.target.module) in carrying for dep, _ in group)]
+
+
+def _token_stream_layers(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, kept: list[str]) -> list[str]:
+    """The layers that write a transformer's embedding, found through what it adds to: the groups that would prune a
+    parameter of tokens no layer owns (a class token, position embeddings: (1, T, C)). timm's ViT reshapes to widths
+    it keeps in attributes, so its forward still runs with a narrower embedding; pruning it would lose what every
+    block adds to, as on torchvision's ViT (see the module's docstring)."""
+    tokens = {id(p) for module in model.modules() if not type(module).__module__.startswith("torch.nn")
+              for p in module.parameters(recurse=False) if p.dim() == 3}
+    if not tokens:
+        return []
+    return [name for group in _prunable_groups(model, example, ratio, importance, kept, tokens) for name in group]
 
 
 def _widths_the_forward_holds(model: nn.Module, example: torch.Tensor, ratio: float, importance: str,

@@ -1,5 +1,5 @@
-"""Vision Transformers a user writes in their own repository: `OwnViT` as timm writes them, `EncoderViT` on PyTorch's
-nn.TransformerEncoder; not torchvision's class.
+"""Vision Transformers a user writes in their own repository: `OwnViT` as timm writes them, `KeptWidthsViT` with
+timm's own attention, `EncoderViT` on PyTorch's nn.TransformerEncoder; not torchvision's class.
 
 OwnViT's attention packs queries, keys and values in one Linear layer `qkv` and reshapes its output to
 (3, heads, width / heads) with the number of heads it keeps in an attribute; pre-norm blocks, a class
@@ -55,6 +55,31 @@ class OwnViT(nn.Module):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+class KeptWidthsAttention(Attention):
+    """timm's attention: its forward reshapes to the head width and inner width it keeps in attributes, not to the
+    width of its input, so it still runs when that width narrows."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__(dim, heads)
+        self.head_dim, self.attn_dim = dim // heads, dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(attended.transpose(1, 2).reshape(batch, tokens, self.attn_dim))
+
+
+class KeptWidthsViT(OwnViT):
+    """OwnViT with timm's attention (`KeptWidthsAttention`)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image: int = 8, patch: int = 2, dim: int = 16,
+                 depth: int = 2, heads: int = 2, mlp: int = 32):
+        super().__init__(num_classes, in_channels, image, patch, dim, depth, heads, mlp)
+        for block in self.blocks:
+            block.attn = KeptWidthsAttention(dim, heads)
 
 
 class EncoderViT(OwnViT):
