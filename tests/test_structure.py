@@ -66,6 +66,19 @@ class ScaledLogits(UserNet):
         return super().forward(x) * self.temperature
 
 
+class AveragedHeads(nn.Module):
+    """Two classifiers averaged, as timm's distilled DeiT and LeViT give (head(x) + head_dist(x)) / 2 in evaluation."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head, self.head_dist = nn.Linear(16, 10), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.body(x)
+        return (self.head(x) + self.head_dist(x)) / 2
+
+
 class OptionalArguments(UserNet):
     """A forward with arguments left at their defaults, as timm's ViT has (`forward(x, attn_mask=None, is_causal=False)`)."""
 
@@ -306,12 +319,20 @@ def test_a_classifier_tracing_cannot_find_can_be_named(digits):
     context = Context(fewer(digits, 128, 64), Budget(epochs=0), seed=0)
     prune = get_method("prune")
     found = with_structure(ScaledLogits(), digits.example_input(2), 10)
-    assert structure_of(found).classifier is None and "the logits come from mul" in structure_of(found).why_no_classifier
+    assert structure_of(found).classifier is None and structure_of(found).why_no_classifier == (
+        "the logits come from mul (mul), not from a Linear or Conv2d layer; of the layers it is computed from, fc gives 10 outputs")
     with pytest.raises(Incompatible, match="does not know which layer gives the logits: the logits come from mul.*--classifier"):
         prune.apply(found, prune.default_config(), context)
     named = with_structure(ScaledLogits(), digits.example_input(2), 10, classifier="fc")
     assert structure_of(named).classifier == "fc" and len(structure_of(named).stages) == 3
     assert prune.apply(named, prune.default_config(), context).head.fc.out_features == 10
+
+
+def test_logits_averaged_from_two_classifiers_name_both_as_those_to_choose_from(digits):
+    # before: the reason said the logits come from truediv and left the user to find which layer to name
+    found = structure_of(with_structure(AveragedHeads(), digits.example_input(2), 10))
+    assert found.why_no_classifier.endswith("of the layers it is computed from, head and head_dist give 10 outputs")
+    assert structure_of(with_structure(AveragedHeads(), digits.example_input(2), 10, classifier="head")).classifier == "head"
 
 
 @pytest.mark.parametrize("names, message", [

@@ -45,6 +45,7 @@ import hashlib
 import inspect
 import json
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -249,7 +250,7 @@ def _without_fixed_inputs(graph: fx.Graph) -> fx.Graph:
     still has that value (timm's ViT: `forward(x, attn_mask=None, is_causal=False)`), and the images are the one input
     the methods and the split's pieces pass."""
     for node in [n for n in graph.nodes if n.op == "placeholder"][1:]:
-        readers = _readers(node)
+        readers = _reached(node, lambda n: n.users)
         if all(getattr(reader.target, "__name__", None) in VALUE_CHECKS for reader in readers):
             for reader in [n for n in reversed(graph.nodes) if n in readers]:
                 graph.erase_node(reader)
@@ -257,14 +258,15 @@ def _without_fixed_inputs(graph: fx.Graph) -> fx.Graph:
     return graph
 
 
-def _readers(node: fx.Node) -> set[fx.Node]:
-    """Every node computed from `node`."""
+def _reached(node: fx.Node, neighbours: Callable[[fx.Node], Iterable[fx.Node]]) -> set[fx.Node]:
+    """Every node reached from `node` step by step: through `users`, what is computed from it; through
+    `all_input_nodes`, what it is computed from."""
     found, stack = set(), [node]
     while stack:
-        for user in stack.pop().users:
-            if user not in found:
-                found.add(user)
-                stack.append(user)
+        for other in neighbours(stack.pop()):
+            if other not in found:
+                found.add(other)
+                stack.append(other)
     return found
 
 
@@ -373,12 +375,22 @@ class Traced:
         output = node = self.output_node()
         while self._passes_on(node):
             node = node.args[0]
+        logits = self.shape(output)[-1]
         if not (node.op == "call_module" and isinstance(self.module(node), LAYER_TYPES)):
-            raise NotFound(f"the logits come from {self._describe(node)}, not from a Linear or Conv2d layer")
-        outputs, logits = layer_outputs(self.module(node)), self.shape(output)[-1]
+            raise NotFound(f"the logits come from {self._describe(node)}, not from a Linear or Conv2d layer{self._candidates(node, logits)}")
+        outputs = layer_outputs(self.module(node))
         if outputs != logits:
             raise NotFound(f"the logits come from {node.target} ({outputs} outputs) through operations that make them {logits}")
         return node.target
+
+    def _candidates(self, node: fx.Node, logits: int) -> str:
+        """Which layers to name, among those `node` is computed from: the ones giving as many outputs as the logits
+        (timm's distilled DeiT and LeViT average two classifiers, `head` and `head_dist`)."""
+        sources = _reached(node, lambda n: n.all_input_nodes)
+        names = [n.target for n in sorted(sources, key=self.position.get)
+                 if n.op == "call_module" and isinstance(self.module(n), LAYER_TYPES) and layer_outputs(self.module(n)) == logits]
+        verb = "gives" if len(names) == 1 else "give"
+        return f"; of the layers it is computed from, {' and '.join(names)} {verb} {logits} outputs" if names else ""
 
     def _passes_on(self, node: fx.Node) -> bool:
         if not node.args or not isinstance(node.args[0], fx.Node):
