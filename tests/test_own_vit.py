@@ -15,9 +15,9 @@ from ordercomp.methods.base import Context, Incompatible
 from ordercomp.methods.early_exit import EarlyExitNet, TokenPool, select_exits
 from ordercomp.methods.registry import METHODS, get_method
 from ordercomp.metrics import expected_cost
-from ordercomp.models.structure import with_structure
+from ordercomp.models.structure import structure_of, with_structure
 from ordercomp.train import Budget, train
-from tests.user_models.own_vit import EncoderViT, KeptWidthsViT, OwnViT
+from tests.user_models.own_vit import CachedBiasViT, EncoderViT, KeptWidthsViT, OwnViT
 from testkit import fewer
 
 
@@ -81,6 +81,16 @@ def test_prune_keeps_the_embedding_of_a_transformer_whose_attention_keeps_its_wi
                                        Context(digits, Budget(epochs=0), seed=0))
     assert (pruned.patch_embed.out_channels, pruned.cls_token.shape[-1], pruned.pos_embed.shape[-1]) == (16, 16, 16)
     assert [block.mlp[0].out_features for block in pruned.blocks] == [16, 16]  # half the hidden units
+
+
+def test_an_attention_caching_its_biases_in_evaluation_is_traced_as_one_call_and_pruned(digits):
+    # before: its helper's other operations in evaluation left the forward untraced, and then pruning failed on copying a
+    # model that Torch-Pruning had run (deepcopy refuses the cached bias, which it computed)
+    torch.manual_seed(0)
+    base = as_base(CachedBiasViT().eval(), digits)
+    assert structure_of(base).traced and structure_of(base).classifier == "head"
+    pruned = get_method("prune").apply(base, get_method("prune").make_config(ratio=0.5), Context(digits, Budget(epochs=0), seed=0))
+    assert [block.mlp[0].out_features for block in pruned.blocks] == [16, 16]
 
 
 def test_prune_of_a_network_whose_forward_holds_every_width_is_incompatible_in_one_line(digits):

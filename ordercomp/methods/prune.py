@@ -109,10 +109,10 @@ def _prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, impor
     projections to heads x head width, a block concatenating a parameter of its own): when the pruned model no longer
     runs, the pruning starts again from a copy of the model taken before, leaving out every layer whose channels the
     forward cannot lose (each group found by pruning it alone on a copy), so that the rest (a transformer's MLPs) narrows."""
+    before = copy.deepcopy(model)  # before Torch-Pruning runs it (see `_widths_the_forward_holds`)
     kept = _names(model, output_layers(model) + ([] if embedding else _embedding_writers(model)))
     if not embedding:
         kept += _token_stream_layers(model, example, ratio, importance, kept)
-    before = copy.deepcopy(model)
     if _pruned_and_runs(model, example, ratio, importance, kept) is None:
         return model
     held, first_error, groups = _widths_the_forward_holds(before, example, ratio, importance, kept)
@@ -205,9 +205,12 @@ def _widths_the_forward_holds(model: nn.Module, example: torch.Tensor, ratio: fl
     """The layers of every group whose pruning alone (on a copy, the share of channels `ratio` asks) leaves a forward
     that no longer runs, the first such forward's error, and every group tried."""
     held, first_error = [], None
+    # copied before Torch-Pruning runs the model with gradients in evaluation mode: a forward may keep a tensor it computed,
+    # which deepcopy refuses (timm's LeViT and EfficientFormer cache their attention biases in evaluation)
+    pristine = copy.deepcopy(model)
     groups = _prunable_groups(model, example, ratio, importance, kept)
     for group in groups:
-        trial = copy.deepcopy(model)
+        trial = copy.deepcopy(pristine)
         graph = _pruner(trial, example, ratio, importance, kept).DG
         root = trial.get_submodule(group[0])
         handler = graph.get_pruner_of_module(root)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -206,8 +207,15 @@ def _leaf_types() -> tuple[type, ...]:
 
 
 def _reads_training(module: nn.Module) -> bool:
+    """Whether the module's code reads self.training: in its forward, or in a method the forward calls (timm's LeViT and
+    EfficientFormer keep their attention biases cached in evaluation only, in `get_attention_biases`)."""
+    return any(_class_reads_training(c) for c in type(module).__mro__ if c.__module__.split(".")[0] not in ("torch", "builtins"))
+
+
+@functools.cache
+def _class_reads_training(cls: type) -> bool:
     try:
-        return "self.training" in inspect.getsource(type(module).forward)
+        return "self.training" in inspect.getsource(cls)
     except (OSError, TypeError):  # no source (a built-in or generated class): traced through
         return False
 

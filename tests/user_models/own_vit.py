@@ -1,5 +1,5 @@
 """Vision Transformers a user writes in their own repository: `OwnViT` as timm writes them, `KeptWidthsViT` with
-timm's own attention, `EncoderViT` on PyTorch's nn.TransformerEncoder; not torchvision's class.
+timm's own attention, `CachedBiasViT` with LeViT's, `EncoderViT` on PyTorch's nn.TransformerEncoder; not torchvision's class.
 
 OwnViT's attention packs queries, keys and values in one Linear layer `qkv` and reshapes its output to
 (3, heads, width / heads) with the number of heads it keeps in an attribute; pre-norm blocks, a class
@@ -80,6 +80,44 @@ class KeptWidthsViT(OwnViT):
         super().__init__(num_classes, in_channels, image, patch, dim, depth, heads, mlp)
         for block in self.blocks:
             block.attn = KeptWidthsAttention(dim, heads)
+
+
+class CachedBiasAttention(Attention):
+    """timm's LeViT and EfficientFormer attention: a bias per head, read afresh in training and cached in evaluation by
+    a method the forward calls (so the forward runs other operations in each mode, and evaluation keeps a tensor it
+    computed)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__(dim, heads)
+        self.bias = nn.Parameter(torch.zeros(heads, 1, 1))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def train(self, mode: bool = True):
+        self.cache = {}
+        return super().train(mode)
+
+    def biases(self) -> torch.Tensor:
+        if self.training:
+            return self.bias * 1.0
+        if "bias" not in self.cache:
+            self.cache["bias"] = self.bias + 0.0
+        return self.cache["bias"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=self.biases())
+        return self.proj(attended.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class CachedBiasViT(OwnViT):
+    """OwnViT with LeViT's attention (`CachedBiasAttention`)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image: int = 8, patch: int = 2, dim: int = 16,
+                 depth: int = 2, heads: int = 2, mlp: int = 32):
+        super().__init__(num_classes, in_channels, image, patch, dim, depth, heads, mlp)
+        for block in self.blocks:
+            block.attn = CachedBiasAttention(dim, heads)
 
 
 class EncoderViT(OwnViT):
