@@ -33,9 +33,9 @@ Why torch.fx and not torch.export: fx keeps every layer a call of the user's mod
 methods (which replace, shrink and quantise modules) work on the split as on any model, and dropout
 and batch norm keep their train/eval behaviour; torch.export flattens the model into ATen operations
 with the weights lifted out of the modules. Modules of torchvision.ops (conv-norm-activation,
-squeeze-excitation, stochastic depth, MLP) and any module whose forward reads `self.training` are
-traced as single calls, as torchvision's feature extraction does, so the graph holds no train- or
-eval-only branch.
+squeeze-excitation, stochastic depth, MLP) and any module whose code reads `self.training` (in its forward
+or a method it calls) are traced as single calls, as torchvision's feature extraction does, so the graph
+holds no train- or eval-only branch.
 """
 from __future__ import annotations
 
