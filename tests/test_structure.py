@@ -103,6 +103,20 @@ class PartsNamedStemStagesHead(nn.Module):
         return self.head(self.norm_pre(self.stages(self.stem(x))))
 
 
+class ResettableHead(nn.Module):
+    """timm's classifier heads: a `reset` that reads self.training, which the forward never calls."""
+
+    def __init__(self, features: int, num_classes: int):
+        super().__init__()
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(features, num_classes)
+
+    def reset(self, num_classes: int) -> None:
+        self.fc = nn.Linear(self.fc.in_features, num_classes).train(self.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
 def small_vit(in_channels: int = 1) -> nn.Module:
     vit = tv.VisionTransformer(image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)
     vit.conv_proj = nn.Conv2d(in_channels, 32, 4, 4)
@@ -326,6 +340,13 @@ def test_a_classifier_tracing_cannot_find_can_be_named(digits):
     named = with_structure(ScaledLogits(), digits.example_input(2), 10, classifier="fc")
     assert structure_of(named).classifier == "fc" and len(structure_of(named).stages) == 3
     assert prune.apply(named, prune.default_config(), context).head.fc.out_features == 10
+
+
+def test_a_head_reading_self_training_only_where_its_forward_never_goes_is_traced_through(digits):
+    # before: any method reading self.training made the module one call (ConvNeXt's head, in its reset), and no classifier was found
+    model = PartsNamedStemStagesHead().eval()
+    model.head = ResettableHead(32, 10)
+    assert structure_of(with_structure(model, digits.example_input(2), 10)).classifier == "head.fc"
 
 
 def test_logits_averaged_from_two_classifiers_name_both_as_those_to_choose_from(digits):

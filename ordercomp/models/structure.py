@@ -45,6 +45,7 @@ import functools
 import hashlib
 import inspect
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ SPATIAL_FUNCTIONS = {F.conv2d, F.conv_transpose2d, F.batch_norm} | POOLING_FUNCT
 REARRANGING_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.movedim, torch.reshape}
 REARRANGING_METHODS = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "view", "reshape"}
 CONTAINERS = (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict)
+METHOD_CALL = re.compile(r"self\.(\w+)\(")
 VALUE_CHECKS = {"eq", "_assert", "_assert_is_none"}  # what fx adds to check that an argument fixed at its default keeps it
 TOLERANCE = 1e-5
 STRUCTURE_ATTRIBUTE = "_ordercomp_structure"
@@ -207,17 +209,27 @@ def _leaf_types() -> tuple[type, ...]:
 
 
 def _reads_training(module: nn.Module) -> bool:
-    """Whether the module's code reads self.training: in its forward, or in a method the forward calls (timm's LeViT and
-    EfficientFormer keep their attention biases cached in evaluation only, in `get_attention_biases`)."""
-    return any(_class_reads_training(c) for c in type(module).__mro__ if c.__module__.split(".")[0] not in ("torch", "builtins"))
+    return _forward_reads_training(type(module))
 
 
 @functools.cache
-def _class_reads_training(cls: type) -> bool:
+def _forward_reads_training(cls: type) -> bool:
+    """Whether the class's forward reads self.training, itself or in a method of the class it calls (timm's LeViT and
+    EfficientFormer keep their attention biases cached in evaluation only, in `get_attention_biases`); a method the
+    forward never calls does not count (timm's classifier heads read it in `reset`)."""
+    return _reads_training_in(cls, "forward", set())
+
+
+def _reads_training_in(cls: type, name: str, seen: set[str]) -> bool:
+    method = getattr(cls, name, None)
+    if name in seen or not inspect.isfunction(method) or method.__module__.split(".")[0] == "torch":
+        return False
+    seen.add(name)
     try:
-        return "self.training" in inspect.getsource(cls)
+        source = inspect.getsource(method)
     except (OSError, TypeError):  # no source (a built-in or generated class): traced through
         return False
+    return "self.training" in source or any(_reads_training_in(cls, called, seen) for called in METHOD_CALL.findall(source))
 
 
 class _Tracer(fx.Tracer):
