@@ -432,8 +432,8 @@ class Traced:
         ends = [cut for cut, after in zip(maps, maps[1:]) if self.resolution(after) < self.resolution(cut)] + [maps[-1]]
         ends = self._without_empty_stages(ends)
         if len(ends) < 2:
-            raise NotFound(f"the spatial resolution never drops at a point where one tensor is live, between the first layer "
-                           f"and the classifier's pooling (input {tuple(self.example.shape[2:])})")
+            raise NotFound(f"the spatial resolution of the feature maps (N, C, H, W) never drops at a point where one tensor "
+                           f"is live, between the first layer and the classifier's pooling (input {tuple(self.example.shape[2:])})")
         first_blocks = self._blocks(self.nodes[0], ends[0])
         stem_end = first_blocks[0][1]  # the stem is the first block; the rest at full resolution is the first stage
         return stem_end, ends[1:] if stem_end is ends[0] else ends
