@@ -28,10 +28,10 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp: int):
+    def __init__(self, dim: int, heads: int, mlp: int, attention: type = Attention):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
+        self.attn = attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
 
@@ -41,13 +41,15 @@ class Block(nn.Module):
 
 
 class OwnViT(nn.Module):
+    attention = Attention  # the attention class of its blocks
+
     def __init__(self, num_classes: int = 10, in_channels: int = 1, image: int = 8, patch: int = 2, dim: int = 16,
                  depth: int = 2, heads: int = 2, mlp: int = 32):
         super().__init__()
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
-        self.blocks = nn.Sequential(*[Block(dim, heads, mlp) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(dim, heads, mlp, self.attention) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
@@ -73,13 +75,9 @@ class KeptWidthsAttention(Attention):
 
 
 class KeptWidthsViT(OwnViT):
-    """OwnViT with timm's attention (`KeptWidthsAttention`)."""
+    """OwnViT with timm's attention."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, image: int = 8, patch: int = 2, dim: int = 16,
-                 depth: int = 2, heads: int = 2, mlp: int = 32):
-        super().__init__(num_classes, in_channels, image, patch, dim, depth, heads, mlp)
-        for block in self.blocks:
-            block.attn = KeptWidthsAttention(dim, heads)
+    attention = KeptWidthsAttention
 
 
 class CachedBiasAttention(Attention):
@@ -111,13 +109,9 @@ class CachedBiasAttention(Attention):
 
 
 class CachedBiasViT(OwnViT):
-    """OwnViT with LeViT's attention (`CachedBiasAttention`)."""
+    """OwnViT with LeViT's attention."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, image: int = 8, patch: int = 2, dim: int = 16,
-                 depth: int = 2, heads: int = 2, mlp: int = 32):
-        super().__init__(num_classes, in_channels, image, patch, dim, depth, heads, mlp)
-        for block in self.blocks:
-            block.attn = CachedBiasAttention(dim, heads)
+    attention = CachedBiasAttention
 
 
 class EncoderViT(OwnViT):
