@@ -140,7 +140,7 @@ def test_tradeoff_figure_notes_missing_latency_and_empty_state(record):
 def test_chain_steps_figure_gives_accuracy_bitops_and_size_an_axis_each(record):
     fig = charts.chain_steps_figure(record)
     assert [t.yaxis for t in fig.data] == ["y", "y2", "y3"]  # BitOps and bytes no longer share one axis
-    assert [t.name for t in fig.data] == ["Top-1 accuracy (%)", "BitOps per image (log)", "Size in bytes (log)"]
+    assert [t.name for t in fig.data] == ["Top-1 accuracy (%)", "BitOps per image (log)", "Model size (log)"]
     assert list(fig.data[0].x) == ["base", "+ prune", "+ quantize", "+ early_exit", "+ int8"]
     assert fig.layout.yaxis2.type == "log" and fig.layout.yaxis3.type == "log" and fig.layout.yaxis.type != "log"
     # the accuracy axis spans the values drawn, so a drop of a point or two shows (it was fixed at 0..100)

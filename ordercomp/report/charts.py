@@ -174,7 +174,7 @@ def _note_missing(fig: go.Figure, missing: int, shown: int, x: str) -> None:
 
 # the chain step by step: (metrics key, row title, hover format); one row each, so no axis mixes units
 STEP_ROWS = (("accuracy", "Top-1 accuracy (%)", "%{y:.2f}%"), ("bitops", "BitOps per image (log)", "%{y:.3s}"),
-             ("size_bytes", "Size in bytes (log)", "%{y:.3s}B"))
+             ("size_bytes", "Model size (log)", "%{text}"))  # a size as size_text words it (binary units)
 STEP_COLOURS = {"accuracy": "#1f77b4", "bitops": "#d62728", "size_bytes": "#2ca02c"}
 
 
@@ -188,11 +188,10 @@ def chain_steps_figure(record: dict) -> go.Figure:
     fig = make_subplots(rows=len(STEP_ROWS), cols=1, shared_xaxes=True, vertical_spacing=0.06)
     for row, (key, title, value) in enumerate(STEP_ROWS, 1):
         values = [metrics.get(key) for _, metrics in steps]
-        words = {"text": [size_text(v) if v is not None else "" for v in values], "texttemplate": "%{text}"} if key == "size_bytes" \
-            else {"texttemplate": value}  # sizes in the binary units of every other page ("1.1 MiB", not "1.19MB")
+        words = {"text": [size_text(v) if v is not None else "" for v in values]} if key == "size_bytes" else {}  # "1.1 MiB", not "1.19MB"
         fig.add_trace(go.Scatter(x=labels, y=values, name=title, mode="lines+markers+text", line={"color": STEP_COLOURS[key]},
-                                 textposition="top center", showlegend=False, **words,
-                                 hovertemplate=f"%{{x}}<br>{words['texttemplate']}<extra></extra>"), row=row, col=1)
+                                 textposition="top center", showlegend=False, texttemplate=value, **words,
+                                 hovertemplate=f"%{{x}}<br>{value}<extra></extra>"), row=row, col=1)
         fig.update_yaxes(title_text=title, row=row, col=1, **_step_axis(key, [m.get(key) for _, m in steps]))
     fig.update_layout(title=f"The chain step by step: {chain_text(record['chain'])} (test split)", template="plotly_white",
                       height=620, margin={"t": 60})
