@@ -71,8 +71,9 @@ def sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwa
     return 2 * batch * heads * queries * keys * (width + value_width)
 
 
-# torch's FLOP formulas, and attention on the CPU (its fused kernel has none)
-FLOP_FORMULAS = {**flop_registry, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: shape_wrapper(sdpa_flops)}
+# attention on the CPU, whose fused kernel has no formula in torch (a FlopCounterMode's custom_mapping), and torch's formulas
+CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa_flops}
+FLOP_FORMULAS = {**flop_registry, **{op: shape_wrapper(formula) for op, formula in CPU_ATTENTION_FLOPS.items()}}
 
 
 class OpWork(TorchDispatchMode):

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .data.datasets import DataBundle
-from .live_memory import LiveStorage, sdpa_flops
+from .live_memory import CPU_ATTENTION_FLOPS, LiveStorage
 from .layers import FULL_BITS, all_outputs, bits_of, int8_weights, is_int8_part, multiplies_activations_at_bits, sparsity_of
 from .methods.early_exit import CLASS_PATH, class_token_path, select_exits
 from .train import predict
@@ -202,7 +202,7 @@ def _flop_counts(model: nn.Module, example: torch.Tensor) -> dict[str, dict]:
 def _counted(root: nn.Module, *inputs) -> dict[str, dict]:
     """FLOPs per module (named from `root`) and operation of `root(*inputs)`, attention on its slow path (the fused
     fast path of nn.MultiheadAttention is one operation the counter has no formula for)."""
-    counter = FlopCounterMode(display=False, custom_mapping={aten._scaled_dot_product_flash_attention_for_cpu: sdpa_flops})
+    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
     with torch.no_grad(), _attention_fast_path(False), counter:
         root(*inputs)
     return counter.get_flop_counts()

@@ -279,7 +279,7 @@ def _without_fixed_inputs(graph: fx.Graph) -> fx.Graph:
 
 
 def _reached(node: fx.Node, neighbours: Callable[[fx.Node], Iterable[fx.Node]]) -> set[fx.Node]:
-    """Every node reached from `node` step by step: through `users`, what is computed from it; through
+    """Every node reached from `node` step by step through `neighbours`: `users`, what is computed from it;
     `all_input_nodes`, what it is computed from."""
     found, stack = set(), [node]
     while stack:
@@ -342,17 +342,14 @@ class Traced:
         joined to only by operations that keep the shape (a residual addition, an activation)."""
         if self.shape(node) is None or len(self.shape(node)) != 4:
             return False
-        seen, todo = set(), [node]
-        while todo:
-            value = todo.pop()
-            if value in seen:
-                continue
-            seen.add(value)
-            if self._is_spatial(value) or any(self._is_spatial(user) and user.args[0] is value for user in value.users):
-                return True
-            todo += [arg for arg in value.all_input_nodes if self._keeps_layout(value, arg)]
-            todo += [user for user in value.users if self._keeps_layout(user, value)]
-        return False
+        joined = {node} | _reached(node, self._same_layout_neighbours)
+        return any(self._is_spatial(value) or any(self._is_spatial(user) and user.args[0] is value for user in value.users)
+                   for value in joined)
+
+    def _same_layout_neighbours(self, value: fx.Node) -> list[fx.Node]:
+        """What `value` is computed from, and what is computed from it, laid out as it is (`_keeps_layout`)."""
+        return ([arg for arg in value.all_input_nodes if self._keeps_layout(value, arg)]
+                + [user for user in value.users if self._keeps_layout(user, value)])
 
     def _is_spatial(self, node: fx.Node) -> bool:
         """A 2-d convolution, batch norm or pooling, or a module holding one (torchvision's conv-norm-activation)."""

@@ -110,8 +110,7 @@ def _check_batches(latency_ms: dict) -> None:
 def _headline_cards(figures: dict) -> str:
     cards = [f'<div class="headline"><div class="label">{html.escape(item.label)}</div><div class="value">{html.escape(item.value)}</div>'
              f'<div class="detail">{html.escape(item.detail)}</div></div>' for item in headline(figures)]
-    caveat = headline_caveat(figures)
-    return f'<div class="headlines">{"".join(cards)}</div>' + (f'<p class="muted">{html.escape(caveat)}</p>' if caveat else "")
+    return f'<div class="headlines">{"".join(cards)}</div>' + _muted(headline_caveat(figures))
 
 
 def _figure(fig: go.Figure) -> str:
@@ -241,7 +240,7 @@ def _summary(record: dict, finished: float | None) -> str:
                 f"{_base_text(record)} were compared, {compared_orders(record)}: {applications(record)} method applications over "
                 f"{plural(spec['seeds'], 'seed')}, {duration(record['seconds'])}, on {_data_text(record)}.")
     parts = [f"<h1>Order of compression: {html.escape(spec['model'])} on {html.escape(spec['data'])}</h1>",
-             f'<p class="muted">{html.escape(when)} · device {html.escape(record.get("device") or spec["device"])}</p>',
+             _muted(f'{when} · device {record.get("device") or spec["device"]}'),
              '<div class="lead">', f"<p><b>What was compared.</b> {html.escape(compared)}</p>",
              f"<p><b>Recommended order.</b> {html.escape(order_in_words(record['chain']))}</p>", f'<div class="chain">{html.escape(chain)}</div>',
              f"<p><b>What it buys{'' if figures['shipped'] else ' (' + SIMULATION + ')'}.</b></p>", _headline_cards(figures),
@@ -249,7 +248,7 @@ def _summary(record: dict, finished: float | None) -> str:
              f"<p><b>Next step.</b> {html.escape(next_step(record, figures))}</p>", "</div>"]
     if figures["measured_chain"] != list(record["chain"]):
         measured = chain_text(figures["measured_chain"]) or "no step"
-        parts.append(f'<p class="muted">Figures after {html.escape(measured)}: the chain stopped early (see the notes).</p>')
+        parts.append(_muted(f"Figures after {measured}: the chain stopped early (see the notes)."))
     return "\n".join(parts)
 
 
@@ -316,7 +315,7 @@ def meeting_report(record: dict, finished: float | None = None) -> str:
     """The whole report as one HTML string; `finished` (seconds since the epoch) dates it, else the time it is written."""
     note_items = "".join(f"<li>{html.escape(item)}</li>" for item in notes(record)) or "<li>No caveats.</li>"
     body = [_summary(record, finished), _section("Terms", glossary(record)),
-            _section("Precedence graph", f'<p class="muted">{html.escape(charts.precedence_caption(record))}</p>'
+            _section("Precedence graph", _muted(charts.precedence_caption(record))
                      + _figure(charts.precedence_figure(record))),
             _section("Pair matrix", _muted(steps_caveat(record["steps"])) + _figure(charts.pair_matrix_figure(record))),
             _section("Trade-offs", _muted(STEP_FIGURES, steps_caveat(record["steps"] + record["chain_steps"])) + _tradeoff_sections(record)),
