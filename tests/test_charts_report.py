@@ -500,6 +500,26 @@ def test_the_sentence_follows_the_pair_rule_when_every_pair_is_a_tie(record):
     assert sentence.startswith("Every one of the 5 pairs is a tie") and "rests on leanings within noise" in sentence
 
 
+def test_the_pair_sentence_counts_neither_a_forced_pair_nor_a_weak_one_as_evidence(record):
+    """Stop 43: "3 of 5 pair decisions are outside their confidence intervals" counted a pair where only one order
+    applies (no interval at all) and two one-seed decisions, then called "the rest" weak."""
+    forced = outcome("quantize", "int8", 0.0, winner="quantize") | {"only_order": "int8 → quantize: already int8"}
+    outcomes = [outcome("prune", "quantize", 2.0, winner="prune"), outcome("prune", "early_exit", -0.8, winner="early_exit", weak=True),
+                outcome("prune", "int8", 0.1, tie=True), forced]
+    sentence = evidence_sentence(record | {"outcomes": outcomes, "exhaustive": None, "search": None})
+    assert sentence.startswith("Of the 3 pairs compared in both orders, 1 decided by their intervals on firm evidence, "
+                               "1 on weak evidence (one seed, or the difference within a standard error of the margin), 1 a tie: "
+                               "part of the order rests on leanings, not evidence; 1 pair is forced, as only one order applies.")
+
+
+def test_the_pair_sentence_says_the_evidence_supports_the_order_only_when_every_compared_pair_is_firmly_decided(record):
+    firm = [outcome("prune", "quantize", 2.0, winner="prune"), outcome("quantize", "early_exit", 3.0, winner="quantize"),
+            outcome("quantize", "int8", 0.0, incompatible="quantize → int8: already quantised below 8 bits")]
+    sentence = evidence_sentence(record | {"outcomes": firm, "exhaustive": None, "search": None})
+    assert sentence.startswith("All 2 pairs compared in both orders are decided by their intervals (each excludes 0 and "
+                               "clears the margin): the evidence supports the order.")
+
+
 @pytest.mark.parametrize("fraction, text", [(0.41, "41%"), (0.004, "0.4%"), (0.9996, "over 99%"), (1.0, "100%")])
 def test_a_probability_short_of_certain_is_never_rounded_to_100_percent(fraction, text):
     assert share_text(fraction) == text

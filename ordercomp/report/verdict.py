@@ -5,9 +5,9 @@ Each sentence follows a decision rule and says no more than it does. With a sear
 whole orders: the probability that the recommended order is the best of those evaluated, the orders
 it could not be separated from (the race's contenders: no paired interval over seeds and images put
 them below it) and how much better the best of them could be (a sound choice only within the margin
-that counts), and what was spent. With the paper's pairwise procedure alone: how many pair
-decisions are outside their confidence intervals; where every pair is a tie, the order rests on
-leanings. With exhaustive validation: where the order ranks, and whether its regret is within the
+that counts), and what was spent. With the paper's pairwise procedure alone: how many pairs their
+intervals decide, how many on weak evidence, and how many are ties or forced; where every pair is a
+tie, the order rests on leanings. With exhaustive validation: where the order ranks, and whether its regret is within the
 best order's standard error.
 """
 from __future__ import annotations
@@ -183,19 +183,33 @@ def cost_sentence(search: dict, chain_applications: int = 0) -> str:
 
 
 def pairs_sentence(outcomes: list[dict]) -> str:
-    """What the pair decisions alone support, by the pair rule (interval excludes 0 and beats the margin)."""
-    pairs = [o for o in outcomes if not o["incompatible"]]
+    """What the pair decisions alone support, by the pair rule (interval excludes 0 and beats the margin). A pair
+    where only one order applies is forced, not decided by evidence, and a decision on weak evidence is said apart."""
+    pairs = [o for o in outcomes if not o["incompatible"] and not o.get("only_order")]
+    forced = _forced_clause(len([o for o in outcomes if o.get("only_order")]))
     decided = [o for o in pairs if not o["tie"]]
+    weak = [o for o in decided if o["weak_evidence"]]
     if not pairs:
-        return "No two methods could be compared in both orders; the order follows what could be applied."
+        return "No two methods could be compared in both orders; the order follows what could be applied" + forced + "."
     if not decided:
         return (f"Every one of the {len(pairs)} pairs is a tie (each interval contains 0 or is under the minimum "
                 "margin): the order rests on leanings within noise, not on evidence, and any order the pairs allow "
-                "is as well supported.")
-    if len(decided) == len(pairs) and not any(o["weak_evidence"] for o in decided):
-        return f"All {len(pairs)} pair decisions are outside their confidence intervals: the evidence supports the order."
-    return (f"{len(decided)} of {len(pairs)} pair decisions are outside their confidence intervals; the rest are ties or "
-            "weak, so part of the order rests on leanings, not evidence.")
+                "is as well supported" + forced + ".")
+    if len(decided) == len(pairs) and not weak:
+        return (f"All {len(pairs)} pairs compared in both orders are decided by their intervals (each excludes 0 "
+                "and clears the margin): the evidence supports the order" + forced + ".")
+    firm, ties = len(decided) - len(weak), len(pairs) - len(decided)
+    parts = [f"{firm or 'none'} decided by their intervals" + (" on firm evidence" if weak else "")]
+    parts += [f"{len(weak)} on weak evidence (one seed, or the difference within a standard error of the margin)"] if weak else []
+    parts += [f"{ties} {'a tie' if ties == 1 else 'ties'}"] if ties else []
+    return (f"Of the {len(pairs)} pairs compared in both orders, " + ", ".join(parts) + ": part of the order rests on "
+            "leanings, not evidence" + forced + ".")
+
+
+def _forced_clause(count: int) -> str:
+    if not count:
+        return ""
+    return f"; {count} {'pair is' if count == 1 else 'pairs are'} forced, as only one order applies"
 
 
 def exhaustive_sentences(summary: dict | None) -> list[str]:
