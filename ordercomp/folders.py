@@ -12,7 +12,8 @@ Before any work, `check_destination` refuses in one line a folder that is not or
 empty, a file of ordercomp's name that is not ordercomp's, a path that cannot be created (through a
 file, a dangling link, a read-only parent) and less free space than the estimate of what will be
 written. `write_folder` writes into a staging folder first; a new destination is renamed into place
-whole, an existing one has only ordercomp's own files replaced (each atomically). When the destination
+whole, an existing one has only ordercomp's own files replaced (each atomically); the folder and files
+get the permissions the user's umask gives, not the staging folder's private ones. When the destination
 fails at the end anyway, the files go to a new folder in the system's temporary folder and the error
 line says where, so a finished run is never lost to a folder problem.
 """
@@ -149,6 +150,7 @@ def write_folder(out: Path, kind: FolderKind, write: Callable[[Path], T]) -> T:
         try:
             value = write(temp)
             record_checksums(temp, kind)
+            _usual_modes(temp)
         except OSError as problem:
             if problem.errno not in FOLDER_ERRNOS:
                 raise
@@ -160,6 +162,19 @@ def write_folder(out: Path, kind: FolderKind, write: Callable[[Path], T]) -> T:
     finally:
         shutil.rmtree(temp, ignore_errors=True)  # the staging folder this function made, empty after publishing
     return value
+
+
+def _usual_modes(folder: Path) -> None:
+    """Give the staging folder and its files the permissions the user's umask gives a new folder and file:
+    mkdtemp makes the folder private (0700), and a writer may make a file private too (safetensors: 0600),
+    which a web server or a colleague could then not read."""
+    probe = Path(folder) / ".ordercomp-mode-probe"
+    probe.mkdir()
+    folder_mode = probe.stat().st_mode & 0o7777
+    probe.rmdir()
+    for path in Path(folder).iterdir():
+        path.chmod(folder_mode if path.is_dir() else folder_mode & 0o666)
+    Path(folder).chmod(folder_mode)
 
 
 def record_checksums(folder: Path, kind: FolderKind) -> None:

@@ -164,6 +164,26 @@ def export_files(files: dict[str, bytes]):
     return write
 
 
+@pytest.mark.parametrize("umask, folder_mode, file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_a_written_folder_and_its_files_get_the_permissions_the_umask_gives_not_private_ones(tmp_path, umask, folder_mode, file_mode):
+    """Stop 43: a new export folder was 0700 (mkdtemp renamed into place) and its packed file 0600 (safetensors),
+    so a web server or a colleague could not read the model that was shipped."""
+    def private_file(folder):
+        export_files({"model.onnx": b"onnx"})(folder)
+        (folder / "model.packed.safetensors").write_bytes(b"packed")
+        (folder / "model.packed.safetensors").chmod(0o600)
+    previous = os.umask(umask)
+    try:
+        for out in (tmp_path / "new", tmp_path / "again"):
+            write_folder(out, EXPORT_FOLDER, private_file)
+        write_folder(tmp_path / "again", EXPORT_FOLDER, private_file)  # replacing ordercomp's own files in place
+    finally:
+        os.umask(previous)
+    for out in (tmp_path / "new", tmp_path / "again"):
+        assert out.stat().st_mode & 0o7777 == folder_mode
+        assert {path.name: path.stat().st_mode & 0o7777 for path in out.iterdir()} == dict.fromkeys(snapshot(out), file_mode)
+
+
 @pytest.mark.parametrize("marker", ["checksums", "older plain text"])
 def test_an_export_removes_only_stale_files_with_the_recorded_checksum(tmp_path, marker):
     out = tmp_path / "export"
