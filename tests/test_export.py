@@ -195,6 +195,32 @@ def test_the_float_onnx_file_carries_no_exporter_metadata(exported, compressed):
     assert (out / "model.onnx").stat().st_size <= 2 * weights
 
 
+def test_stripping_drops_the_initializers_no_node_reads_and_keeps_those_a_branch_reads(tmp_path):
+    """Stop 43: the dynamo exporter left initializers no node reads in a fake-quantised chain's file (3 in
+    early_exit → prune → quantize); onnxruntime drops them with a warning on every load. One that only an If
+    branch reads is its outer graph's and must stay."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    def constant(name, value):
+        return numpy_helper.from_array(np.array([value], dtype=np.float32), name)
+
+    branch = lambda name, operand: helper.make_graph([helper.make_node("Add", ["x", operand], [f"{name}_y"])], name, [],
+                                                     [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [1])])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0), helper.make_node("Greater", ["total", "zero"], ["positive"]),
+             helper.make_node("If", ["positive"], ["y"], then_branch=branch("then", "one"), else_branch=branch("else", "zero"))]
+    graph = helper.make_graph(nodes, "main", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+                              initializer=[constant("zero", 0.0), constant("one", 1.0), constant("left_over", 7.0)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "model.onnx"))
+    export.strip_onnx_metadata(tmp_path / "model.onnx")
+    stripped = onnx.load(str(tmp_path / "model.onnx"))
+    assert {tensor.name for tensor in stripped.graph.initializer} == {"zero", "one"}
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": np.array([2.0], dtype=np.float32)})[0].tolist() == [3.0]
+
+
 def test_stripping_onnx_metadata_leaves_what_the_file_computes(compressed, tmp_path):
     import onnxruntime
 

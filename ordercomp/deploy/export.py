@@ -174,8 +174,9 @@ def onnx_file(program: nn.Module, sample: torch.Tensor, path: Path, *, legacy: b
 def strip_onnx_metadata(path: Path) -> dict:
     """Remove what the exporter records for people debugging it and onnxruntime never reads: every node's
     metadata (the dynamo exporter's FX node, module path, class hierarchy and stack trace: ~922 KB of a
-    1.06 MB file whose weights are 112 KB), doc strings, and the intermediate shapes in `value_info`
-    (onnxruntime infers them again), in the main graph and every If branch. Returns the bytes saved."""
+    1.06 MB file whose weights are 112 KB), doc strings, the intermediate shapes in `value_info`
+    (onnxruntime infers them again), in the main graph and every If branch, and initializers no node
+    reads (onnxruntime drops them too, with a warning on every load). Returns the bytes saved."""
     import onnx
 
     before = path.stat().st_size
@@ -191,8 +192,21 @@ def strip_onnx_metadata(path: Path) -> dict:
         for value in (*graph.input, *graph.output):
             del value.metadata_props[:]
             value.doc_string = ""
+    _drop_unread_initializers(model.graph)
     onnx.save(model, str(path))
     return {"metadata_bytes_removed": before - path.stat().st_size}
+
+
+def _drop_unread_initializers(main) -> None:
+    """Initializers that no node of any graph reads (a branch may read its outer graph's) and no graph returns."""
+    graphs = list(_graphs(main))
+    read = {name for graph in graphs for node in graph.node for name in node.input}
+    read |= {value.name for graph in graphs for value in graph.output}
+    for graph in graphs:
+        kept = [tensor for tensor in graph.initializer if tensor.name in read]
+        if len(kept) < len(graph.initializer):
+            del graph.initializer[:]
+            graph.initializer.extend(kept)
 
 
 def _graphs(graph):
