@@ -437,3 +437,22 @@ def test_a_file_s_accuracy_is_computed_in_calls_of_one_batch_size(digits):
     assert len(labels) % 32 != 0
     assert accuracy(labels_as_logits, digits) == pytest.approx(100.0 * 300 / len(labels))
     assert set(sizes) == {32} and len(sizes) == -(-len(labels) // 32)
+
+
+COMPILE_A_CONV = """
+import torch
+from ordercomp.deploy.runtimes import inductor_compiled
+inductor_compiled(torch.nn.Conv2d(1, 2, 3).eval())(torch.randn(1, 1, 8, 8))
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the line is about a machine without CUDA")
+def test_the_pt2_runtime_on_a_cpu_machine_prints_no_cuda_line_beside_the_users_timings():
+    """Stop 43: `ordercomp apply` printed torch's "No CUDA runtime is found, using CUDA_HOME='/usr/local'" between
+    its step table and the exported files, on a machine where nothing asked for CUDA."""
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-c", COMPILE_A_CONV], capture_output=True, text=True, timeout=600,
+                         cwd=Path(__file__).parents[1])
+    assert run.returncode == 0, run.stderr
+    assert "CUDA" not in run.stderr

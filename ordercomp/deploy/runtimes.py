@@ -21,6 +21,7 @@ so every measurement records the load it was timed under (`machine_load`) for th
 """
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import statistics
@@ -127,6 +128,8 @@ def inductor_compiled(module: torch.nn.Module) -> torch.nn.Module:
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
+    if not torch.cuda.is_available():  # else torch logs "No CUDA runtime is found, using CUDA_HOME=…" beside the user's CPU timings
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.compile(module, dynamic=False)
