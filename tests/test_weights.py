@@ -145,3 +145,40 @@ def test_a_pickle_of_more_operations_than_a_state_dict_takes_is_refused_before_i
             read_weights(file)
     torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "plain.pt")
     assert list(read_weights(tmp_path / "plain.pt").tensors) == ["fc.weight"]
+
+
+def lines_run_in(module_file: str, call) -> int:
+    """How many lines of `module_file` (its generator expressions included) `call()` executes: a measure of its
+    work that a busy machine does not change."""
+    import sys
+
+    count = 0
+
+    def trace(frame, event, arg):
+        nonlocal count
+        if frame.f_code.co_filename != module_file:
+            return None
+        count += event == "line"
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        call()
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+def test_the_prefix_of_many_names_is_found_in_work_linear_in_their_number(tiny_model):
+    # a 6.5 MB safetensors file of 100,000 empty tensors named p0.w, p1.w, ... made each name a candidate prefix that was
+    # compared with every name: over two minutes of CPU in --weights and in the dashboard's check of an upload
+    import ordercomp.models.weights as weights
+
+    expected = tiny_model.state_dict()
+    empty = torch.zeros(0)
+    for count in (500, 2000):
+        names = {f"p{i}.w": empty for i in range(count)} | {f"model.{name}": tensor for name, tensor in expected.items()}
+        lines = lines_run_in(weights.__file__, lambda: weights.within_prefix(names, expected))
+        assert lines < 20 * len(names), f"{lines:,} lines run for {len(names):,} names"
+    assert weights.within_prefix(names, expected)[0] == "model."

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,11 +204,18 @@ def fit_weights(model: nn.Module, weights: Weights, file: str, what: str, hint: 
 def within_prefix(tensors: dict, expected: dict) -> tuple[str, dict]:
     """The prefix (none, or up to MAX_PREFIX_PARTS leading name parts) under which most names are the model's
     (`expected`), and the tensors under it, renamed without it."""
-    candidates = {""} | {".".join(name.split(".")[:parts]) + "." for name in tensors
-                         for parts in range(1, min(MAX_PREFIX_PARTS, name.count(".")) + 1)}
-    matches = lambda prefix: sum(name.startswith(prefix) and name[len(prefix):] in expected for name in tensors)
-    prefix = max(sorted(candidates, key=lambda prefix: (len(prefix), prefix)), key=matches)
+    matches: Counter[str] = Counter()  # each name counted under its own prefixes only: a file of many names stays linear
+    for name in tensors:
+        for prefix in _leading_parts(name):
+            matches[prefix] += name[len(prefix):] in expected
+    prefix = max(sorted(matches, key=lambda prefix: (len(prefix), prefix)), key=matches.__getitem__, default="")
     return prefix, {name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+
+
+def _leading_parts(name: str) -> list[str]:
+    """'' and the name's first 1..MAX_PREFIX_PARTS dotted parts with their dot: the prefixes it may be saved under."""
+    parts = name.split(".", MAX_PREFIX_PARTS)[:-1]
+    return [""] + [".".join(parts[:count]) + "." for count in range(1, len(parts) + 1)]
 
 
 def load_weights(model: nn.Module, path: Path, what: str, hint: str) -> list[str]:
