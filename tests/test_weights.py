@@ -182,3 +182,15 @@ def test_the_prefix_of_many_names_is_found_in_work_linear_in_their_number(tiny_m
         lines = lines_run_in(weights.__file__, lambda: weights.within_prefix(names, expected))
         assert lines < 20 * len(names), f"{lines:,} lines run for {len(names):,} names"
     assert weights.within_prefix(names, expected)[0] == "model."
+
+
+def test_a_safetensors_file_of_more_tensors_than_a_model_holds_is_refused_before_they_are_built(tmp_path, monkeypatch):
+    # 1M empty tensors in a 64 MB header took 1.2 GB to load; the limit is lowered to keep the test fast
+    import ordercomp.models.weights as weights
+
+    monkeypatch.setattr(weights, "MAX_TENSORS", 100)
+    save_file({f"w{i}": torch.zeros(0) for i in range(150)}, str(tmp_path / "many.safetensors"))
+    with pytest.raises(CheckpointError, match="^many.safetensors declares more than 100 tensors.*nothing was read"):
+        read_weights(tmp_path / "many.safetensors")
+    save_file({f"w{i}": torch.zeros(2) for i in range(100)}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    assert len(read_weights(tmp_path / "model.safetensors").tensors) == 100

@@ -32,6 +32,8 @@ from .pt2_archive import Malformed, check_torch_zip, open_zip
 
 WEIGHT_ENTRIES = ("state_dict", "model_state_dict", "model", "module", "net", "network")
 MAX_PREFIX_PARTS = 3
+MAX_TENSORS = 200_000  # about as many as a torch file's MAX_OPCODES allow (a tensor takes ~30 pickle operations)
+SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors refuses a longer header itself
 
 
 class CheckpointError(ValueError):
@@ -75,10 +77,23 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    _check_tensor_count(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path.name} is not a readable safetensors file ({error}): re-save it with safetensors.torch.save_file") from None
+
+
+def _check_tensor_count(path: Path) -> None:
+    """Refuse a safetensors header that declares more than MAX_TENSORS tensors, counted before safetensors builds
+    any: every tensor's entry is a JSON object, so it holds a '{' (1M empty tensors, a 64 MB file, took 1.2 GB)."""
+    with path.open("rb") as file:
+        left, braces = min(int.from_bytes(file.read(8), "little"), SAFETENSORS_MAX_HEADER), 0
+        for block in iter(lambda: file.read(min(left, 1 << 20)), b""):
+            left, braces = left - len(block), braces + block.count(b"{")
+    if braces - 2 > MAX_TENSORS:  # the header itself is an object too, and so is its __metadata__
+        raise CheckpointError(f"{path.name} declares more than {MAX_TENSORS:,} tensors, far more than a model's weights; nothing "
+                              "was read: re-save the model's own state dict with safetensors.torch.save_file")
 
 
 def _torch_load(path: Path) -> tuple[object, list[str]]:
