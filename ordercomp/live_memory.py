@@ -24,6 +24,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry, shape_wrapper
 
 FALLBACK_MEMORY = 16 << 30  # where neither the system nor a cgroup says how much memory there is
+MEMORY_SHARE = 0.5  # a program's run, or a data set read into memory, may hold at most this share of machine_memory()
 # ops that no FLOP formula covers and whose work grows faster than their elements: a matrix function of an n x n matrix
 # is ~n³, a distance matrix of n and m points of d numbers is n·m·d
 MATRIX_FUNCTION = re.compile(r"^_?linalg_(?!vector_norm|matrix_norm|norm|cross|vecdot|diagonal)|^cholesky|^triangular_solve$"

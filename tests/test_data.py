@@ -369,3 +369,29 @@ def test_a_cifar_batch_of_more_pickle_operations_than_a_batch_takes_is_refused_b
     cifar_folder(tmp_path / "bomb", {"data_batch_1": b"\x80\x02" + b"}" * 2000 + b"."})
     with pytest.raises(ValueError, match="data_batch_1 is not a CIFAR batch: more than 1,000 pickle operations"):
         read_cifar(tmp_path / "bomb", "cifar10")
+
+
+@pytest.fixture()
+def small_machine(monkeypatch):
+    """A machine of 64 MB: a data set may take 32 MB while it is prepared (three copies of its float32 images)."""
+    import ordercomp.live_memory
+
+    monkeypatch.setattr(ordercomp.live_memory, "machine_memory", lambda: 64 << 20)
+
+
+def test_a_data_set_larger_than_memory_at_its_input_size_is_refused_before_an_image_is_decoded(tmp_path, small_machine, monkeypatch):
+    # a 1x1 PNG is 69 bytes and 3 MB of float32 at 512 px: 3,000 of them in a 496 kB zip asked for 26 GiB
+    import ordercomp.data.datasets as datasets
+
+    flat = small_tree(tmp_path / "flat", per_class=6)
+    split = image_tree(tmp_path / "split", {"train/cat": 1, "train/dog": 1, "test/cat": 1, "test/dog": 1})
+    cifar = _cifar_like(tmp_path / "cifar", n_train=4, n_test=1)[0]
+    np.savez(tmp_path / "tiny.npz", x=np.zeros((12, 1, 4, 4), np.float32), y=np.arange(12) % 2)
+    decoded = datasets._read_image
+    monkeypatch.setattr(datasets, "_read_image", lambda *args: pytest.fail("an image was decoded"))
+    for source, images, channels in ((flat, 12, 3), (split, 4, 3), (cifar, 5, 3), (tmp_path / "tiny.npz", 12, 1)):
+        with pytest.raises(DataError, match=rf"^the data set \S+ holds {images} images, which at 512x512 px and {channels} "
+                                            r"channels? take about \d+ MiB while it is prepared, more than 50% of this machine's 64 MiB: use a smaller"):
+            load_data(str(source), input_size=512)
+    monkeypatch.setattr(datasets, "_read_image", decoded)
+    assert load_data(str(flat), input_size=64).input_size == 64

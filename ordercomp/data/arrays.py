@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from .datasets import DataBundle, DataError, split_and_normalise
+from .datasets import DataBundle, DataError, check_held, split_and_normalise
 from .preprocessing import Normalization
 
 SPLITS = ("train", "val", "test")
@@ -96,6 +96,7 @@ def bundle_of(name: str, splits: dict, input_size: int | None, normalization: No
     classes = max(int(labels.max()) for _, labels in checked.values()) + 1
     if classes < 2:
         raise DataError(f"the labels name {classes} class: a classifier needs at least 2 (labels 0..K-1)")
+    check_held(name, sum(len(images) for images, _ in checked.values()), channels.pop(), size)
     resized = {split: (_resize(images, size), labels) for split, (images, labels) in checked.items()}
     pixels = "uint8 values divided by 255" if eight_bit else "as given"
     resize = "none" if input_size is None else "bilinear (torch.nn.functional.interpolate, align_corners=False)"

@@ -24,6 +24,7 @@ from .preprocessing import Normalization, record
 SPLIT_SEED = 20240326
 DEFAULT_INPUT_SIZE = 8
 MIN_SPLIT = {"train": 1, "validation": 2, "test": 1}  # pair decisions compare two orders image by image on validation
+HELD_COPIES = 3  # a data set is held about three times over while it is prepared: as read, in split order, normalised
 
 
 class DataError(ValueError):
@@ -153,6 +154,19 @@ def _class_folders(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.rglob("*")))
 
 
+def check_held(name: str, images: int, channels: int, input_size: int) -> None:
+    """Refuse, before any image is read at `input_size`, a data set that would hold more than MEMORY_SHARE of this
+    machine's memory: it is held whole as float32 at the input size, however small its files (a 69-byte 1x1 PNG is 3 MB
+    at 512 px, and 300 of them in a 49 kB zip took 2.8 GB)."""
+    from ..live_memory import MEMORY_SHARE, machine_memory
+
+    need, memory = HELD_COPIES * images * channels * input_size * input_size * 4, machine_memory()
+    if need > MEMORY_SHARE * memory:
+        raise DataError(f"the data set {name} holds {images:,} images, which at {input_size}x{input_size} px and {channels} channel"
+                        f"{'s' * (channels != 1)} take about {need >> 20:,} MiB while it is prepared, more than {MEMORY_SHARE:.0%} of "
+                        f"this machine's {memory >> 20:,} MiB: use a smaller input size or fewer images")
+
+
 BILINEAR = "bilinear (torch.nn.functional.interpolate, align_corners=False)"
 
 
@@ -237,6 +251,7 @@ def _cifar(path: Path, input_size: int, limit: int | None, normalization: Normal
         images = torch.from_numpy(np.ascontiguousarray(images[:cap])).permute(0, 3, 1, 2).float() / 255.0
         return _resize(images, input_size), torch.from_numpy(labels[:cap])
 
+    check_held(kind, len(train_images[:limit]) + len(test_images[:limit // 5 if limit else None]), 3, input_size)
     images, labels = tensors(train_images, train_labels, limit)
     test_split = tensors(test_images, test_labels, limit // 5 if limit else None)
     return split_and_normalise(kind, images, labels, classes, input_size, test=test_split, normalization=normalization,
@@ -281,12 +296,14 @@ def _split_image_folder(path: Path, splits: dict[str, Path], input_size: int, li
     """An ImageFolder tree split into folders: the classes are train/'s; a split without a folder is
     carved from train/ as usual (seeded)."""
     classes = _class_folders(splits["train"])
-    read = {}
+    listed = {}
     for split, folder in splits.items():
         strangers = sorted(set(_class_folders(folder)) - set(classes))
         if strangers:
             raise DataError(f"{folder} has classes that {splits['train']} lacks ({', '.join(strangers)}): give every class a folder in train/")
-        read[split] = _read_classes(folder, classes, input_size, limit)
+        listed[split] = _class_files(folder, classes, limit)
+    check_held(f"imagefolder:{path.name}", sum(map(len, listed.values())), 3, input_size)
+    read = {split: _read_files(splits[split], classes, files, input_size) for split, files in listed.items()}
     channels = max(images.shape[1] for images, _ in read.values())
     read = {split: (images.expand(-1, channels, -1, -1), labels) for split, (images, labels) in read.items()}
     return split_and_normalise(f"imagefolder:{path.name}", *read["train"], len(classes), input_size, test=read.get("test"),
@@ -298,22 +315,26 @@ def _image_folder(path: Path, input_size: int, limit: int | None, normalization:
     if splits:
         return _split_image_folder(path, splits, input_size, limit, normalization)
     classes = _class_folders(path)
-    images, labels = _read_classes(path, classes, input_size, limit)
+    files = _class_files(path, classes, limit)
+    check_held(f"imagefolder:{path.name}", len(files), 3, input_size)  # 3: the channels are known only once decoded
+    images, labels = _read_files(path, classes, files, input_size)
     return split_and_normalise(f"imagefolder:{path.name}", images, labels, len(classes), input_size,
                                normalization=normalization, pixels=PIL_PIXELS, resize=PIL_RESIZE)
 
 
-def _read_classes(path: Path, classes: list[str], input_size: int, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images of path/<class>/... with their class index, up to `limit` in all."""
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        for file in _images_in(path / name)[: limit // len(classes) if limit else None]:
-            images.append(_read_image(file, input_size))
-            labels.append(label)
-    if not images:
+def _class_files(path: Path, classes: list[str], limit: int | None) -> list[tuple[Path, int]]:
+    """The image files of path/<class>/... with their class index, up to `limit` in all."""
+    return [(file, label) for label, name in enumerate(classes)
+            for file in _images_in(path / name)[: limit // len(classes) if limit else None]]
+
+
+def _read_files(path: Path, classes: list[str], files: list[tuple[Path, int]], input_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images `_class_files` listed under `path`, decoded, with their class index."""
+    if not files:
         raise DataError(f"{path} holds no images of the classes {', '.join(classes)}: put images in its class folders")
+    images = [_read_image(file, input_size) for file, _ in files]
     channels = max(t.shape[0] for t in images)
-    return torch.stack([t.expand(channels, -1, -1) for t in images]), torch.tensor(labels)
+    return torch.stack([t.expand(channels, -1, -1) for t in images]), torch.tensor([label for _, label in files])
 
 
 def _read_image(file: Path, input_size: int) -> torch.Tensor:

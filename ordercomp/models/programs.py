@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from ..live_memory import machine_memory, run_on_shapes
+from ..live_memory import MEMORY_SHARE, machine_memory, run_on_shapes
 from ..report.figures import size_text
 from .pt2_archive import Malformed, Unsafe, checked_archive, open_zip
 
@@ -34,7 +34,6 @@ OPERATOR_NAMESPACES = {"aten", "prims", "quantized_decomposed", "torchao"}
 FILE_OPERATORS = {"from_file", "_print"}
 PURE_BUILTINS = {getattr(operator, name) for name in ("getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow",
                                                      "neg", "pos", "abs", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_")}
-MEMORY_SHARE = 0.5  # a program's run may hold at most this share of the machine's memory at once
 # FLOPs plus elements read and written (live_memory.OpWork) a program may spend on one image: about twice ViT-H/14's at
 # 336 px (0.8 TFLOP), 12x ViT-L/16's at 224; 15 s an image on two cores at 100 GFLOP/s, so that a pass over a test split
 # ends in hours, not never
