@@ -1,4 +1,5 @@
-"""Zip archives from users (model files, uploaded image trees), opened with memory bounded by a member count.
+"""Zip archives from users (model files, uploaded image trees, .npz arrays), opened with memory bounded by a member count
+and unpacked only in proportion to their bytes.
 
 zipfile builds one object for every central directory entry before a caller can check anything, so a
 small file of millions of empty entries takes gigabytes (2M entries in 98 MB took 1.7 GB). Every such
@@ -10,6 +11,8 @@ import zipfile
 from typing import BinaryIO
 
 CENTRAL_DIRECTORY_ENTRY = b"PK\x01\x02"
+MAX_RATIO = 100              # unpacked : packed; images barely compress, a zip bomb does by 1000:1 and more
+RATIO_FROM_BYTES = 1 << 20   # small members and archives may compress well (text, blank images)
 
 
 class ZipRefused(ValueError):
@@ -32,3 +35,8 @@ def open_zip(source: BinaryIO, what: str, max_members: int) -> zipfile.ZipFile:
         return zipfile.ZipFile(source)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError):
         raise ZipRefused(f"{what} is not a zip archive") from None
+
+
+def inflates_too_much(unpacked: int, packed: int) -> bool:
+    """Whether `packed` bytes unpack to more than MAX_RATIO times themselves (and over RATIO_FROM_BYTES): a bomb, not images."""
+    return unpacked > RATIO_FROM_BYTES and unpacked > MAX_RATIO * max(packed, 1)

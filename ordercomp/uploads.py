@@ -30,8 +30,6 @@ UPLOAD_LIMIT_MB = 200
 ZIP_LIMIT_MB = 200
 ZIP_MAX_BYTES = 1 << 30          # unpacked
 ZIP_MAX_FILES = 100_000
-ZIP_MAX_RATIO = 100              # unpacked : packed; images barely compress, a zip bomb does by 1000:1 and more
-ZIP_RATIO_FROM_BYTES = 1 << 20   # small members and archives may compress well (text, blank images)
 NAME_MAX_BYTES = 255             # one path component, as most file systems allow
 PATH_MAX_BYTES = 1024
 MARKER = ".ordercomp-upload"
@@ -101,8 +99,8 @@ def _check_members(members: list[zipfile.ZipInfo], archive_bytes: int) -> None:
     unpacked = sum(m.file_size for m in members)
     if unpacked > ZIP_MAX_BYTES:
         raise DataError(f"the zip unpacks to more than {ZIP_MAX_BYTES >> 20} MB: use a folder on this machine instead")
-    if unpacked > ZIP_RATIO_FROM_BYTES and unpacked > ZIP_MAX_RATIO * archive_bytes:
-        raise DataError(f"the zip unpacks to {unpacked / max(archive_bytes, 1):.0f} times its size (the limit is {ZIP_MAX_RATIO}:1): "
+    if archives.inflates_too_much(unpacked, archive_bytes):
+        raise DataError(f"the zip unpacks to {unpacked / max(archive_bytes, 1):.0f} times its size (the limit is {archives.MAX_RATIO}:1): "
                         "nothing was extracted; images do not compress like that: zip the image files themselves")
     seen: set[str] = set()
     for member in members:
@@ -136,9 +134,9 @@ def _check_member(member: zipfile.ZipInfo, name: PurePosixPath) -> None:
     if len(member.filename.encode()) > PATH_MAX_BYTES or any(len(part.encode()) > NAME_MAX_BYTES for part in name.parts):
         raise DataError(f"the zip holds a name longer than a file system allows ({shown!r}): nothing was extracted; "
                         "shorten the file and folder names")
-    if member.file_size > ZIP_RATIO_FROM_BYTES and member.file_size > ZIP_MAX_RATIO * max(member.compress_size, 1):
+    if archives.inflates_too_much(member.file_size, member.compress_size):
         raise DataError(f"{shown} unpacks to {member.file_size / max(member.compress_size, 1):.0f} times its packed size "
-                        f"(the limit is {ZIP_MAX_RATIO}:1): nothing was extracted; the zip looks like a zip bomb")
+                        f"(the limit is {archives.MAX_RATIO}:1): nothing was extracted; the zip looks like a zip bomb")
 
 
 def _check_images(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo]) -> None:

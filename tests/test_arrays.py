@@ -170,3 +170,17 @@ def test_a_npz_of_more_entries_than_arrays_is_refused_before_zipfile_reads_them(
     with pytest.raises(DataError, match="^many.npz holds more than 64 members; a .npz holds one per array"):
         load_data(str(tmp_path / "many.npz"))
     assert read == []
+
+
+def test_npz_arrays_packed_far_smaller_than_they_declare_are_refused_before_they_are_read(tmp_path, monkeypatch):
+    # np.savez_compressed of blank images: 0.6 MB declared 655 MB of uint8 pixels and took 9 GB as float32 splits
+    x, y = np.zeros((2000, 1, 32, 32), np.uint8), np.arange(2000) % 2
+    np.savez_compressed(tmp_path / "blank.npz", x=x, y=y)
+    np.savez(tmp_path / "plain.npz", x=x, y=y)
+    assert (tmp_path / "blank.npz").stat().st_size < 20_000
+    read = np.lib.npyio.NpzFile.__getitem__
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda *args: pytest.fail("an array was read"))
+    with pytest.raises(DataError, match=r"^blank.npz: array x declares 2,048,000 bytes in [\d,]+ packed, over 100:1 .* uncompressed with numpy.savez$"):
+        load_data(str(tmp_path / "blank.npz"))
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", read)
+    assert len(load_data(str(tmp_path / "plain.npz")).train) == 1200

@@ -7,7 +7,8 @@ source; a (train, val, test) triple keeps its splits (a None split is carved fro
 A .npz file holds `x` and `y` (every image, split seeded), or `x_train` and `y_train` with, when the
 data has them, `x_val`/`y_val` and `x_test`/`y_test`. It is read with `allow_pickle=False`, so nothing
 in it runs; an array of Python objects or of anything but numbers is refused, and every array's declared
-size (by its dtype's itemsize, at least float32's) is checked against MAX_BYTES before it is read.
+size (by its dtype's itemsize, at least float32's) is checked against MAX_BYTES, and against the bytes its member
+packs (at most archives.MAX_RATIO times), before it is read.
 """
 from __future__ import annotations
 
@@ -145,7 +146,7 @@ def _check_bytes(count: int, where: str) -> None:
 
 def read_npz(path: Path, input_size: int | None, normalization: Normalization) -> DataBundle:
     """A DataBundle from a .npz file (see the module's docstring for the array names)."""
-    arrays = _npz_arrays(path)
+    arrays = _npz_arrays(path, input_size)
     unknown = sorted(set(arrays) - set(NPZ_NAMES))
     if unknown:
         raise DataError(f"{path.name} holds arrays named {', '.join(unknown)}: name them x and y, or x_train, y_train "
@@ -165,8 +166,9 @@ def read_npz(path: Path, input_size: int | None, normalization: Normalization) -
     return bundle_of(f"npz:{path.name}", {k: tuple(v) for k, v in splits.items()}, input_size, normalization)
 
 
-def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of a .npz file, each checked by its header (dtype, size) before it is read."""
+def _npz_arrays(path: Path, input_size: int | None) -> dict[str, np.ndarray]:
+    """The arrays of a .npz file, each checked by its header (dtype, size) before it is read, and the images together
+    by what they take at the input size (`check_held`: 0.6 MB of deflated blank images took 9 GB)."""
     _check_member_count(path)
     try:
         archive = np.load(path, allow_pickle=False)
@@ -175,22 +177,39 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(f"{path.name} holds a single array, not a .npz archive: save images and labels with numpy.savez(path, x=..., y=...)")
     with archive:
-        total = 0
+        total, images = 0, []
         for name in archive.files:
             shape, dtype = _header(archive, name, path)
+            if NPZ_NAMES.get(name, ("", 1))[1] == 0 and len(shape) == 4 and shape[-1] == shape[-2]:  # N x C x H x W images
+                images.append(shape)
             if dtype.hasobject:
                 raise DataError(f"{path.name}: array {name} holds Python objects, which only pickle can read; nothing from it "
                                 "was run: save plain numeric arrays")
             if dtype.kind not in NUMBER_KINDS:  # records, raw bytes, text, dates, complex: no images or labels
                 raise DataError(f"{path.name}: array {name} holds {str(dtype)[:40]} values, not numbers: save images and "
                                 "labels as plain numeric arrays (e.g. float32 and int64)")
+            _check_packing(archive, name, math.prod(shape) * dtype.itemsize, path)
             # as read (its own itemsize, a float64 takes 8), and at least as the float32 it becomes
             total += math.prod(shape) * max(dtype.itemsize, 4)
         _check_bytes(total, path.name)
+        if images:
+            check_held(f"npz:{path.name}", sum(shape[0] for shape in images), max(shape[1] for shape in images),
+                       input_size or max(shape[-1] for shape in images))
         try:
             return {name: archive[name] for name in archive.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
             raise DataError(f"{path.name} is damaged ({type(error).__name__}): save it again with numpy.savez") from None
+
+
+def _check_packing(archive, name: str, declared: int, path: Path) -> None:
+    """Refuse an array whose header declares far more bytes than its member packs (np.savez_compressed of blank images:
+    0.6 MB declared 655 MB of pixels, which took 9 GB as float32 splits)."""
+    from ..archives import MAX_RATIO, inflates_too_much
+
+    packed = archive.zip.getinfo(f"{name}.npy").compress_size
+    if inflates_too_much(declared, packed):
+        raise DataError(f"{path.name}: array {name} declares {declared:,} bytes in {packed:,} packed, over {MAX_RATIO}:1 (images do not "
+                        "compress like that, a zip bomb does): save the arrays uncompressed with numpy.savez")
 
 
 def _check_member_count(path: Path) -> None:
