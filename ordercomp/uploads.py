@@ -24,12 +24,15 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from . import archives
-from .data.datasets import IMAGE_SUFFIXES, DataError, check_layout, opened_image
+from .data.datasets import IMAGE_SUFFIXES, MAX_PIXELS_PER_BYTE, DataError, check_layout, decoded_pixels, opened_image
 
 UPLOAD_LIMIT_MB = 200
 ZIP_LIMIT_MB = 200
 ZIP_MAX_BYTES = 1 << 30          # unpacked
 ZIP_MAX_FILES = 100_000
+# what a zip's images may decode to in all, beyond MAX_PIXELS_PER_BYTE per byte of the zip: decoding takes ~10 ns a pixel,
+# and a zip deflates a blank 4-megapixel PNG (11.7 kB, within the per-image limits) to 151 bytes
+ZIP_FREE_PIXELS = 1_000_000_000
 NAME_MAX_BYTES = 255             # one path component, as most file systems allow
 PATH_MAX_BYTES = 1024
 MARKER = ".ordercomp-upload"
@@ -57,7 +60,7 @@ def extract_image_zip(data: bytes, folder: Path) -> str:
                         "and upload that, or use a folder on this machine") from None
     members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
     _check_members(members, len(data))
-    _check_images(archive, members)
+    _check_images(archive, members, len(data))
     target = folder / hashlib.sha256(data).hexdigest()[:16]
     if target.exists():
         _mark_used(target)
@@ -139,14 +142,20 @@ def _check_member(member: zipfile.ZipInfo, name: PurePosixPath) -> None:
                         f"(the limit is {archives.MAX_RATIO}:1): nothing was extracted; the zip looks like a zip bomb")
 
 
-def _check_images(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo]) -> None:
+def _check_images(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], archive_bytes: int) -> None:
     """Refuse, before anything is written, an image that cannot be read or would decode out of
-    proportion to its bytes (a 36-megapixel PNG of 35 kB zips to 2.5 kB, well within the zip's ratio):
+    proportion to its bytes (a 36-megapixel PNG of 35 kB zips to 2.5 kB, well within the zip's ratio),
+    and images that together decode out of proportion to the zip (ZIP_FREE_PIXELS, then MAX_PIXELS_PER_BYTE):
     the header of each is read as `ordercomp.data.datasets` reads it when loading the tree."""
+    pixels = 0
     for member in members:
         if _member_path(member).suffix.lower() in IMAGE_SUFFIXES:
-            with _unpacking(member), archive.open(member) as source, opened_image(source, _shown(member), member.file_size):
-                pass
+            with _unpacking(member), archive.open(member) as source, opened_image(source, _shown(member), member.file_size) as image:
+                pixels += decoded_pixels(image)
+    if pixels > ZIP_FREE_PIXELS and pixels > MAX_PIXELS_PER_BYTE * archive_bytes:
+        raise DataError(f"the zip's images decode to {pixels:,} pixels in all, {pixels // max(archive_bytes, 1):,} per byte of the zip "
+                        f"(over {ZIP_FREE_PIXELS // 1_000_000_000} gigapixel the limit is {MAX_PIXELS_PER_BYTE}): nothing was extracted; "
+                        "images do not compress like that: shrink them to about the input size, or use a folder on this machine")
 
 
 @contextmanager

@@ -213,3 +213,20 @@ def test_a_refused_upload_leaves_the_same_bytes_kept_under_another_name(tmp_path
     with pytest.raises(CheckpointError):
         uploads.keep_checkpoint(tmp_path, "notes.pt", b"notes")  # alone in its folder: removed whole, as before
     assert sorted(p.name for p in tmp_path.iterdir()) == [kept.parent.name]
+
+
+def test_a_zip_of_images_that_together_decode_out_of_proportion_to_it_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    # a blank 2000x2000 PNG (11.7 kB, within the per-image limits) zips to 151 bytes: 500 of them, a 122 kB upload,
+    # took 19 s to read, and 90,000 (the 1 GiB unpacked limit, a 25 MB zip) about an hour; the free pixels are scaled down
+    from PIL import Image
+
+    monkeypatch.setattr(uploads, "ZIP_FREE_PIXELS", 10_000_000)
+    blank = io.BytesIO()
+    Image.new("L", (2000, 2000)).save(blank, format="PNG", optimize=True)
+    bomb = zip_of({f"{label}/{index}.png": blank.getvalue() for label in ("cat", "dog") for index in range(2)})
+    with pytest.raises(DataError, match=r"^the zip's images decode to 16,000,000 pixels in all, [\d,]+ per byte of the zip .*the limit is 100\): "
+                                        "nothing was extracted"):
+        uploads.extract_image_zip(bomb, tmp_path / "datasets")
+    assert everything_under(tmp_path) == []
+    plain = {f"{label}/{index}.png": png() for label in ("cat", "dog") for index in range(3)}
+    assert uploads.extract_image_zip(zip_of(plain), tmp_path / "datasets")

@@ -370,7 +370,7 @@ def _check_proportion(image, name: str, file_bytes: int) -> None:
     """Refuse an image whose decoder would allocate, or work, out of proportion to its file."""
     (width, height), tile = image.size, _tile(image)
     shape = f"{width}x{height} pixels" + (f" in {tile[0]}x{tile[1]}-pixel tiles" if tile else "")
-    pixels = max(width * height, tile[0] * tile[1] if tile else 0)
+    pixels = decoded_pixels(image)
     if pixels > MAX_IMAGE_PIXELS:
         raise DataError(f"image {name} is {shape}, over the {MAX_IMAGE_PIXELS // 1_000_000} megapixel limit: shrink or remove it")
     if pixels > FREE_PIXELS and pixels > MAX_PIXELS_PER_BYTE * file_bytes:
@@ -381,6 +381,12 @@ def _check_proportion(image, name: str, file_bytes: int) -> None:
     if scans > MAX_JPEG_SCANS:
         raise DataError(f"image {name} is a JPEG of {scans:,} scans (photos have about ten; each scan is a pass over every pixel, "
                         f"the limit is {MAX_JPEG_SCANS}): save it again")
+
+
+def decoded_pixels(image) -> int:
+    """The pixels an opened image's decoder makes: its size, or a TIFF's tile where that is larger."""
+    (width, height), tile = image.size, _tile(image)
+    return max(width * height, tile[0] * tile[1] if tile else 0)
 
 
 def _tile(image) -> tuple[int, int] | None:
