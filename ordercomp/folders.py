@@ -33,6 +33,7 @@ MIB = 1 << 20
 # errors of the folder rather than of what is written: a full disk or quota, a read-only or locked folder
 FOLDER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 MAX_MARKER_BYTES = MIB  # a marker records a few checksums; a bigger one is not ordercomp's
+MAX_RECORD_BYTES = 64 * MIB  # what an older ordercomp recorded in such a folder (exploration.json, manifest.json); ~100 kB
 T = TypeVar("T")
 
 
@@ -70,14 +71,23 @@ def _plain_file(path: Path) -> bool:
 def recorded_checksums(folder: Path, kind: FolderKind) -> dict[str, str]:
     """{file name: SHA-256} of what ordercomp wrote into `folder`, by its marker (or, for an older
     marker without checksums, by `kind.legacy`)."""
-    try:
-        with open(folder / kind.marker, "rb") as stream:
-            record = json.loads(stream.read(MAX_MARKER_BYTES + 1)[:MAX_MARKER_BYTES])
-    except (OSError, ValueError):  # no marker, or an older one: plain text
-        record = None
+    record = read_record(folder / kind.marker, MAX_MARKER_BYTES)  # None: no marker, or an older one of plain text
     if not (isinstance(record, dict) and record.get("written_by") == "ordercomp" and isinstance(record.get("sha256"), dict)):
         return kind.legacy(folder)
     return {name: digest for name, digest in record["sha256"].items() if isinstance(digest, str)}
+
+
+def read_record(path: Path, max_bytes: int | None = None):
+    """The JSON value a file in a folder holds, or None when it is missing, longer than `max_bytes` (MAX_RECORD_BYTES), not
+    JSON, or nested deeper than Python's recursion limit: anyone may have written it, so it is read with bounded memory
+    and no traceback."""
+    max_bytes = max_bytes or MAX_RECORD_BYTES
+    try:
+        with open(path, "rb") as stream:
+            text = stream.read(max_bytes + 1)
+        return json.loads(text) if len(text) <= max_bytes else None
+    except (OSError, ValueError, RecursionError):
+        return None
 
 
 def owned_files(folder: Path, kind: FolderKind) -> set[str]:

@@ -20,7 +20,7 @@ from ordercomp import folders
 from ordercomp.cli import main
 from ordercomp.deploy.export import EXPORT_FOLDER, MANIFEST
 from ordercomp.folders import write_folder
-from ordercomp.exploration.results import RESULT_FILES, RESULTS_FOLDER, check_results_folder, write_results
+from ordercomp.exploration.results import RESULT_FILES, RESULTS_FOLDER, check_results_folder, result_files, write_results
 
 OLD_EXPORT_MARKER = "written by ordercomp (export); ordercomp replaces only its own files in this folder\n"
 OLD_RESULTS_MARKER = "written by ordercomp (results); ordercomp replaces only its own files in this folder\n"
@@ -263,3 +263,24 @@ def test_the_dashboards_export_job_checks_its_folder_before_any_work(tmp_path, m
     with pytest.raises(ValueError, match=r"exports/0123456789ab needs about 2 MiB free for the export \(a rough estimate\)"):
         kinds.run_export(store, "0123456789ab", spec.to_dict(), lambda event: None)
     assert not (store.path.parent / "exports").exists()
+
+
+@pytest.mark.parametrize("kind, record, marker", [(RESULTS_FOLDER, "exploration.json", OLD_RESULTS_MARKER),
+                                                  (EXPORT_FOLDER, MANIFEST, OLD_EXPORT_MARKER)])
+@pytest.mark.parametrize("content", ["nested", "long"])
+def test_an_older_markers_record_that_is_no_record_is_one_line_and_read_with_bounded_memory(tmp_path, monkeypatch, kind, record,
+                                                                                         marker, content):
+    # a folder someone else wrote, with an older marker: its record was read whole with json.loads, so 400 kB of '['
+    # stopped the command with a RecursionError traceback, and a record of any length was read into memory (here one
+    # over the lowered limit, otherwise as ordercomp writes it)
+    monkeypatch.setattr(folders, "MAX_RECORD_BYTES", 1000)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / kind.marker).write_text(marker)
+    padded = {"exploration.json": result_files(RECORD | {"padding": "x" * 1000})["exploration.json"],  # as ordercomp writes them
+              MANIFEST: json.dumps({"files": [], "sha256": {}, "padding": "x" * 1000}, indent=1)}
+    text = "[" * 200_000 + "]" * 200_000 if content == "nested" else padded[record]
+    (out / record).write_text(text)
+    with pytest.raises(ValueError, match=f"^{out / record} was not written by ordercomp, or was changed since: .*nothing there was changed$"):
+        folders.check_destination(out, kind, [record], 0)
+    assert (out / record).read_text() == text

@@ -40,7 +40,7 @@ from ..models.checkpoints import SAMPLE_DIR, list_samples, load_program, read_st
 from ..data.datasets import DataBundle
 from ..report.figures import accuracy_text, busy_caveat, latency_text, size_text, speed_text
 from ..errors import one_line
-from ..folders import MIB, FolderKind, check_destination, sha256, write_folder
+from ..folders import MIB, FolderKind, check_destination, read_record, sha256, write_folder
 from ..methods.early_exit import ConditionalExits, EarlyExitNet, StaticExitSelect, TransformerExits, select_exits
 from ..methods.int8 import MAX_BATCH
 from ..layers import fake_quant_activation, quantises_activations
@@ -335,14 +335,14 @@ def check_formats(formats) -> list[str]:
 def legacy_checksums(folder: Path) -> dict[str, str]:
     """An export folder written before markers held checksums: the model files by the manifest's checksums,
     the manifest itself when it is exactly as ordercomp writes one (its JSON written back unchanged)."""
+    manifest = read_record(folder / MANIFEST)
     try:
-        text = (folder / MANIFEST).read_text()
-        manifest = json.loads(text)
         recorded = {name: digest for name, digest in manifest["sha256"].items() if isinstance(digest, str)}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no manifest, or not one of ours
+    except (KeyError, TypeError, AttributeError):  # no manifest, or not one of ours
         return {}
-    if json.dumps(manifest, indent=1, default=str) == text:
-        recorded[MANIFEST] = hashlib.sha256(text.encode()).hexdigest()
+    written = hashlib.sha256(json.dumps(manifest, indent=1, default=str).encode()).hexdigest()
+    if sha256(folder / MANIFEST) == written:
+        recorded[MANIFEST] = written
     return recorded
 
 

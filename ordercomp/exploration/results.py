@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.preprocessing import describe_preprocessing
-from ..folders import MIB, FolderKind, check_destination, write_folder
+from ..folders import MIB, FolderKind, check_destination, read_record, write_folder
 from ..metrics import LATENCY_BATCH
 from ..models.checkpoints import describe_source
 from ..order.plan import chain_text
@@ -145,9 +145,10 @@ def result_files(record: dict) -> dict[str, str]:
 def legacy_checksums(folder: Path) -> dict[str, str]:
     """A results folder written before markers held checksums: its files are ordercomp's exactly when they
     are what its exploration.json writes (the JSON itself written back unchanged)."""
+    record = read_record(folder / "exploration.json")
     try:
-        expected = result_files(json.loads((folder / "exploration.json").read_text()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # not an exploration record
+        expected = result_files(record)
+    except Exception:  # not an exploration record (None, or a value that is not a record): no file here is ordercomp's
         return {}
     return {name: hashlib.sha256(content.encode()).hexdigest() for name, content in expected.items()}
 
