@@ -390,9 +390,9 @@ def test_a_data_set_larger_than_memory_at_its_input_size_is_refused_before_an_im
     decoded = datasets._read_image
     monkeypatch.setattr(datasets, "_read_image", lambda *args: pytest.fail("an image was decoded"))
     monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda *args: pytest.fail("an array was read"))
-    for source, images, channels in ((flat, 12, 3), (split, 4, 3), (cifar, 5, 3), (tmp_path / "tiny.npz", 12, 1)):
-        with pytest.raises(DataError, match=rf"^the data set \S+ holds {images} images, which at 512x512 px and {channels} "
-                                            r"channels? take about \d+ MiB while it is prepared, more than 50% of this machine's 64 MiB: use a smaller"):
+    for source, images, channels in ((flat, 12, 3), (split, 4, 3), (cifar, 5, 3), (tmp_path / "tiny.npz", 12, 1), ("digits", 1797, 1)):
+        with pytest.raises(DataError, match=rf"^the data set \S+ holds {images:,} images, which at 512x512 px and {channels} "
+                                            r"channels? take about [\d,]+ MiB while it is prepared, more than 50% of this machine's 64 MiB: use a smaller"):
             load_data(str(source), input_size=512)
     monkeypatch.setattr(datasets, "_read_image", decoded)
     assert load_data(str(flat), input_size=64).input_size == 64

@@ -174,6 +174,7 @@ def _digits(input_size: int, normalization: Normalization) -> DataBundle:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
+    check_held("digits", len(digits.images), 1, input_size)
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.tensor(digits.target, dtype=torch.long)
     images = _resize(images, input_size)
