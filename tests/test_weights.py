@@ -194,3 +194,16 @@ def test_a_safetensors_file_of_more_tensors_than_a_model_holds_is_refused_before
         read_weights(tmp_path / "many.safetensors")
     save_file({f"w{i}": torch.zeros(2) for i in range(100)}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     assert len(read_weights(tmp_path / "model.safetensors").tensors) == 100
+
+
+def test_tensors_without_values_or_of_another_layout_are_one_line(tmp_path, digits, state):
+    # a state dict saved from a model on torch's meta device fits every name and shape: the dashboard's check accepted it,
+    # and loading it stopped with a multi-line RuntimeError (one 'Cannot copy out of meta tensor' per parameter)
+    torch.save({name: torch.empty(tensor.shape, dtype=tensor.dtype, device="meta") for name, tensor in state.items()}, tmp_path / "meta.pt")
+    with pytest.raises(CheckpointError, match=r"^meta.pt holds \S+ without its values \(a tensor on torch's meta device\)"):
+        read_weights(tmp_path / "meta.pt")
+    sparse = dict(state) | {name: state[name].to_sparse() for name in list(state)[:1]}
+    torch.save(sparse, tmp_path / "sparse.pt")
+    with pytest.raises(CheckpointError, match=r"^sparse.pt does not load into cnn_tiny .*: While copying the parameter named") as error:
+        resolve_model(str(tmp_path / "sparse.pt"), digits, architecture="cnn_tiny")
+    assert "\n" not in str(error.value)

@@ -68,9 +68,19 @@ def read_weights(path: Path) -> Weights:
         return Weights(_read_safetensors(path))
     loaded, foreign = _torch_load(path)
     weights = _weights_entry(loaded, path, foreign)
+    _check_values(weights.tensors, path)
     if foreign:
         weights.notes.append(f"left out Python objects beside the weights ({', '.join(foreign[:3])}), read without running them")
     return weights
+
+
+def _check_values(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse a tensor saved without its values (on torch's meta device): its sizes alone fit a model's, so it passed the
+    dashboard's check and failed only when loaded, with a message per parameter."""
+    empty = next((name for name, tensor in tensors.items() if tensor.is_meta), None)
+    if empty is not None:
+        raise CheckpointError(f"{path.name} holds {empty[:100]} without its values (a tensor on torch's meta device): save the "
+                              "state dict of a model whose weights are on the CPU or a GPU")
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -236,7 +246,11 @@ def _leading_parts(name: str) -> list[str]:
 def load_weights(model: nn.Module, path: Path, what: str, hint: str) -> list[str]:
     """Load the weights of a file into `model` (strictly, after `fit_weights`); returns what was recognised."""
     fitted = fit_weights(model, read_weights(path), Path(path).name, what, hint)
-    model.load_state_dict(with_versions_of(model, fitted.tensors))
+    try:
+        model.load_state_dict(with_versions_of(model, fitted.tensors))
+    except RuntimeError as error:  # names and shapes fit, values do not copy (a sparse or quantized tensor): one line per parameter
+        problem = next((line.strip() for line in str(error).splitlines() if line.strip().startswith("While copying")), first_line(error))
+        raise CheckpointError(f"{Path(path).name} does not load into {what}: {problem[:300]}") from None
     return fitted.notes
 
 
