@@ -230,3 +230,23 @@ def test_a_zip_of_images_that_together_decode_out_of_proportion_to_it_is_refused
     assert everything_under(tmp_path) == []
     plain = {f"{label}/{index}.png": png() for label in ("cat", "dog") for index in range(3)}
     assert uploads.extract_image_zip(zip_of(plain), tmp_path / "datasets")
+
+
+def test_an_image_member_is_unpacked_once_however_often_its_reader_seeks_back(tmp_path, monkeypatch):
+    # zipfile inflates a member again from its start on every seek back, and PIL seeks back for each TIFF tag whose value
+    # lies elsewhere: 30,000 such tags in a 1 MiB member kept the server's process busy for two minutes per image
+    from untrusted_data import far_tags_tiff
+
+    inflations = 0
+    start = zipfile._get_decompressor
+
+    def counted(compress_type):
+        nonlocal inflations
+        inflations += 1
+        return start(compress_type)
+
+    monkeypatch.setattr(zipfile, "_get_decompressor", counted)
+    tiff = far_tags_tiff(300)
+    upload = zip_of({"cat/1.tif": tiff, "dog/1.tif": tiff, "padding.bin": os.urandom(len(tiff) // 40)})  # within 100:1
+    assert uploads.extract_image_zip(upload, tmp_path / "datasets")
+    assert inflations <= 2 * 3  # each member unpacked to be checked, then to be written

@@ -160,6 +160,19 @@ def tiled_tiff(width: int, height: int, tile: int) -> bytes:
     return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + entries + struct.pack("<I", 0) + pixels
 
 
+def far_tags_tiff(tags: int, size: int = 1 << 20) -> bytes:
+    """An 8x8 greyscale TIFF of `size` bytes whose directory sits at its end, with `tags` extra tags (1000 and up, which
+    PIL defines nothing for) each holding 8 bytes back at the file's start: reading a tag seeks there and back."""
+    entries = [(256, 3, 1, 8), (257, 3, 1, 8), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, 8), (278, 3, 1, 8),
+               (279, 4, 1, 64)] + [(1000 + index, 1, 8, 8) for index in range(tags)]
+    directory_at = size - 2 - 12 * len(entries) - 4
+    body = bytearray(size)
+    body[:8] = b"II*\x00" + struct.pack("<I", directory_at)
+    directory = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *entry) for entry in sorted(entries)) + bytes(4)
+    body[directory_at:directory_at + len(directory)] = directory
+    return bytes(body)
+
+
 def many_scan_jpeg(repeats: int) -> bytes:
     """A progressive 200 x 200 JPEG whose smallest scan is repeated `repeats` times: each scan is a pass
     over every coefficient (20,000 repeats at 4 megapixels took a minute of CPU in 300 kB)."""
