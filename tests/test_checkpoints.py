@@ -109,3 +109,25 @@ def test_exported_programs_load_back(tmp_path, digits, tiny_model):
         assert torch.allclose(model(x), tiny_model(x), atol=1e-5)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_program(tmp_path / "absent.pt2")
+
+
+
+def test_two_workers_saving_the_same_trained_base_at_once_both_succeed(tmp_path, tiny_model, monkeypatch):
+    # both wrote the fixed name base-KEY.tmp and renamed it: the one that renamed second found nothing there
+    # (FileNotFoundError, its job failed); here the second save runs whole inside the first one's write
+    import safetensors.torch
+
+    from ordercomp.models.checkpoints import read_state_dict, save_state_atomically
+
+    path, write, inside = tmp_path / "base-0123.safetensors", safetensors.torch.save_file, []
+
+    def other_worker_meanwhile(tensors, filename, *args, **kwargs):
+        write(tensors, filename, *args, **kwargs)
+        if not inside:
+            inside.append(filename)
+            save_state_atomically(tiny_model, path)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", other_worker_meanwhile)
+    save_state_atomically(tiny_model, path)
+    assert read_state_dict(path).keys() == tiny_model.state_dict().keys()
+    assert [p.name for p in tmp_path.iterdir()] == ["base-0123.safetensors"]  # no temporary file left

@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -272,12 +274,17 @@ def _check_fits(num_classes: int, in_channels: int, data: DataBundle, name: str)
 
 
 def save_state_atomically(model: nn.Module, path: Path) -> None:
-    """Write a model's weights as safetensors via a temporary file, so readers never see half a file."""
+    """Write a model's weights as safetensors via a temporary file of its own, so readers never see half a file (and two
+    processes that trained the same base at once each rename their own: with one fixed name, the second found none)."""
     from safetensors.torch import save_file
 
-    temp = path.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(temp))
-    temp.replace(path)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, temp)
+        os.replace(temp, path)
+    finally:
+        Path(temp).unlink(missing_ok=True)
 
 
 def state_fingerprint(model: nn.Module) -> str:
