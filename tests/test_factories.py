@@ -70,6 +70,7 @@ def test_a_wrong_reference_is_one_line(digits, tmp_path, text, reference, messag
 @pytest.mark.parametrize("args, message", [
     ('{"width": ', "--model-args must be a JSON object"), ('[8]', "must be a JSON object of keyword arguments"),
     ('{"depth": 3}', "unexpected keyword argument 'depth'"),
+    ('{"width": ' + "[" * 2000 + "]" * 2000 + "}", "nests deeper than Python's recursion limit"),  # was a RecursionError traceback
 ])
 def test_bad_model_args_are_one_line(digits, args, message):
     with pytest.raises(FactoryError, match=message):

@@ -154,11 +154,14 @@ def check_args(args) -> dict:
             args = json.loads(args)
         except json.JSONDecodeError as error:
             raise FactoryError(f"--model-args must be a JSON object, e.g. '{{\"num_classes\": 10}}': {error.msg} at character {error.pos}") from None
+        except RecursionError:  # json.loads recurses once per level of nesting
+            raise FactoryError("--model-args nests deeper than Python's recursion limit: give a JSON object of keyword arguments, "
+                               "e.g. '{\"num_classes\": 10}'") from None
     if not isinstance(args, dict) or not all(isinstance(key, str) and key.isidentifier() for key in args):
         raise FactoryError(f"--model-args must be a JSON object of keyword arguments, e.g. '{{\"num_classes\": 10}}', got {args!r}")
     try:
         json.dumps(args)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise FactoryError("model arguments must be JSON values (numbers, text, lists, objects): they are recorded with the results") from None
     return dict(args)
 
