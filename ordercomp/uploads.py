@@ -264,14 +264,18 @@ def sweep_abandoned(folder: Path, in_use: set[str], max_age_s: float = ABANDONED
 def keep_checkpoint(folder: Path, name: str, data: bytes) -> Path:
     """Save an uploaded model file and read it once (running nothing from it); an unreadable file is
     refused with a CheckpointError saying why, and removed again whatever stopped the reading.
-    TorchScript is not read here: loading it runs its code (see `read_checkpoint`)."""
-    from .models.checkpoints import is_torchscript
+    TorchScript is not read here: loading it runs its code (see `read_checkpoint`); it is not even kept
+    where this server's operator has not allowed TorchScript."""
+    from .models.checkpoints import CheckpointError, is_torchscript
+    from .models.factories import server_runs_torchscript, torchscript_refused
 
     kept_before = _kept_files(folder / hashlib.sha256(data).hexdigest()[:16])
     path = save_upload(folder, name, data)
     try:
         if not is_torchscript(path):
             read_checkpoint(path)
+        elif not server_runs_torchscript():
+            raise CheckpointError(torchscript_refused(name))
     except Exception:
         _discard_refused(path, kept_before)
         raise
@@ -298,10 +302,13 @@ def read_checkpoint(path: Path, *, trust_torchscript: bool = False):
     """A whole model (.pt2, or TorchScript when the user trusts the file) or a state dict from an uploaded file.
 
     Loading TorchScript runs code stored in the file (it can read and write files), so a TorchScript
-    file is refused, unread, unless `trust_torchscript` is set."""
+    file is refused, unread, unless this server's operator allows TorchScript and `trust_torchscript` is set."""
     from .models.checkpoints import PROGRAM_SUFFIXES, STATE_SUFFIXES, CheckpointError, is_torchscript, load_program, read_state_dict
+    from .models.factories import server_runs_torchscript, torchscript_refused
 
     if is_torchscript(path):
+        if not server_runs_torchscript():
+            raise CheckpointError(torchscript_refused(path.name))
         if not trust_torchscript:
             raise CheckpointError(f"{path.name} is TorchScript: loading it runs code stored in the file, so nothing from it was "
                                   "run; tick 'I trust this file' if you made it yourself, or upload a state dict")

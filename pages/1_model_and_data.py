@@ -5,7 +5,7 @@ import streamlit as st
 
 from ordercomp import uploads
 from ordercomp.models.checkpoints import CheckpointError, is_torchscript, list_samples, registered_models, sample_card
-from ordercomp.models.factories import ENTRY_POINT_GROUP, MODELS_ENV
+from ordercomp.models.factories import ENTRY_POINT_GROUP, MODELS_ENV, TORCHSCRIPT_ENV, server_runs_torchscript
 from ordercomp.dashboard import formatting, plan, session, views
 from ordercomp.data.datasets import DataError
 from ordercomp.data.preprocessing import Normalization
@@ -166,16 +166,26 @@ def uploaded_weights() -> str | None:
     return path
 
 
+def torchscript_trust() -> bool:
+    """The user's word that an uploaded TorchScript file may run, where the server's operator allows TorchScript at all."""
+    if not server_runs_torchscript():
+        st.caption(f"State dicts, safetensors and .pt2 programs are read without running anything from them. TorchScript runs code "
+                   f"stored in the file, so this server does not load it unless its operator sets {TORCHSCRIPT_ENV}=allow.")
+        return False
+    trust = st.checkbox("I trust this file: run its TorchScript code", key="w_trust_torchscript", **KEEP)
+    st.caption("Loading TorchScript runs code stored in the file, with the server's rights on this machine: it can read, write "
+               "and delete files. Tick this only for a file you made yourself. State dicts, safetensors and .pt2 programs "
+               "are read without running anything from them.")
+    return trust
+
+
 def uploaded_model() -> dict | None:
     upload = st.file_uploader(f"Checkpoint (at most {uploads.UPLOAD_LIMIT_MB} MB): a state dict (.pt, .pth, .safetensors), "
                               "a torch.export program (.pt2) or a TorchScript model", type=uploads.checkpoint_types(),
                               max_upload_size=uploads.UPLOAD_LIMIT_MB, key="model_file")
     architecture = st.selectbox("Architecture of a state dict", [None, *list_architectures()], key="w_upload_arch",
                                 format_func=lambda name: "(a whole model: .pt2 or TorchScript)" if name is None else name, **KEEP)
-    trust = st.checkbox("I trust this file: run its TorchScript code", key="w_trust_torchscript", **KEEP)
-    st.caption("Loading TorchScript runs code stored in the file, with your rights on this machine: it can read, write "
-               "and delete files. Tick this only for a file you made yourself. State dicts, safetensors and .pt2 programs "
-               "are read without running anything from them.")
+    trust = torchscript_trust()
     path = kept_upload(upload, session.UPLOADED_MODEL)
     if path is None:
         if upload is None:

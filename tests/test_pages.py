@@ -195,11 +195,47 @@ def test_a_text_file_or_a_pt2_running_python_is_one_line_on_the_page_and_leaves_
     assert [p.name for p in (store.path.parent / "uploads").iterdir()] == []
 
 
+def scripted_model() -> bytes:
+    scripted = io.BytesIO()
+    torch.jit.save(torch.jit.script(create_model("cnn_tiny", 10, 1)), scripted)
+    return scripted.getvalue()
+
+
+def test_a_server_whose_operator_did_not_allow_torchscript_offers_no_trust_box_and_keeps_no_torchscript_upload(store, monkeypatch):
+    """Stop 43: any user of a served dashboard could tick the trust box and run an uploaded TorchScript file's code on the
+    server, which a dashboard never does with a typed FILE.py:NAME. TorchScript now needs the operator's $ORDERCOMP_TORCHSCRIPT=allow."""
+    from ordercomp.models import checkpoints
+
+    monkeypatch.delenv("ORDERCOMP_TORCHSCRIPT", raising=False)
+    monkeypatch.setattr(checkpoints, "load_program", lambda *a, **k: pytest.fail("TorchScript was loaded"))
+    at = app("1_model_and_data")
+    at.radio(key="w_model_source").set_value("upload").run()
+    assert not [box for box in at.checkbox if box.key == "w_trust_torchscript"]
+    assert any("unless its operator sets ORDERCOMP_TORCHSCRIPT=allow" in caption for caption in texts(at.main.caption))
+    at.file_uploader(key="model_file").set_value(("tiny.ts", scripted_model(), "application/octet-stream")).run()
+    assert not at.exception and len(at.main.error) == 1
+    assert plain(at.main.error[0].value).startswith("tiny.ts is TorchScript: loading it runs code stored in the file, and this "
+                                                    "server's operator has not allowed that")
+    assert at.session_state[session.BASE]["model"] == "digits_cnn"
+    assert [path for path in (store.path.parent / "uploads").rglob("*") if path.is_file() and path.name != ".ordercomp-upload"] == []
+
+
+def test_a_worker_refuses_a_torchscript_base_its_operator_did_not_allow_even_when_the_job_says_it_is_trusted(store, tmp_path, monkeypatch):
+    from ordercomp.jobs.kinds import run_baseline
+    from ordercomp.models import checkpoints
+
+    monkeypatch.delenv("ORDERCOMP_TORCHSCRIPT", raising=False)
+    monkeypatch.setattr(checkpoints, "load_program", lambda *a, **k: pytest.fail("TorchScript was loaded"))
+    (tmp_path / "tiny.ts").write_bytes(scripted_model())
+    spec = {"model": str(tmp_path / "tiny.ts"), "data": "digits", "trust_torchscript": True, "device": "cpu"}
+    with pytest.raises(ValueError, match="tiny.ts is TorchScript: .* this server's operator has not allowed that"):
+        run_baseline(store, "job", spec, lambda event: None)
+
+
 def test_torchscript_runs_only_when_the_user_ticks_that_they_trust_the_file(store, tmp_path, monkeypatch, spawned):
     from ordercomp.models import checkpoints
 
-    scripted = io.BytesIO()
-    torch.jit.save(torch.jit.script(create_model("cnn_tiny", 10, 1)), scripted)
+    monkeypatch.setenv("ORDERCOMP_TORCHSCRIPT", "allow")  # the operator's choice for this server
     loads = []
     real_load = checkpoints.load_program
     monkeypatch.setattr(checkpoints, "load_program", lambda path, **kwargs: loads.append(path) or real_load(path, **kwargs))
@@ -208,7 +244,7 @@ def test_torchscript_runs_only_when_the_user_ticks_that_they_trust_the_file(stor
     trust = at.checkbox(key="w_trust_torchscript")
     assert trust.label == "I trust this file: run its TorchScript code" and trust.value is False
     assert any("it can read, write and delete files" in caption for caption in texts(at.main.caption))
-    at.file_uploader(key="model_file").set_value(("tiny.ts", scripted.getvalue(), "application/octet-stream")).run()
+    at.file_uploader(key="model_file").set_value(("tiny.ts", scripted_model(), "application/octet-stream")).run()
     assert plain(at.main.error[0].value).startswith("tiny.ts is TorchScript: loading it runs code stored in the file, so nothing "
                                                     "from it was run; tick 'I trust this file'")
     assert loads == [] and at.session_state[session.BASE]["model"] == "digits_cnn"

@@ -153,7 +153,8 @@ def test_a_training_frameworks_checkpoint_passes_the_upload_check_as_it_loads(tm
     assert uploads.check_checkpoint(tmp_path / "lightning.ckpt", "cnn_tiny").startswith("lightning.ckpt: a state dict of")
 
 
-def test_torchscript_is_kept_but_not_loaded_without_trust(tmp_path):
+def test_torchscript_is_kept_but_not_loaded_without_trust(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORDERCOMP_TORCHSCRIPT", "allow")  # the server's operator allows TorchScript; each upload still needs trust
     scripted = io.BytesIO()
     torch.jit.save(torch.jit.script(create_model("cnn_tiny", 10, 1)), scripted)
     path = uploads.keep_checkpoint(tmp_path / "uploads", "model.pt", scripted.getvalue())  # the user may still tick the box

@@ -6,7 +6,8 @@ User files are read without executing anything from them: weights through `weigh
 (`torch.load(weights_only=True)` or safetensors, framework layouts unwrapped), `.pt2` programs through
 the checks of `programs.py`. TorchScript is code, so it loads only with `trust_torchscript=True`; a
 user's Python class is code too, imported only where `import_code` allows (the command line and the
-API; never the dashboard, which builds only registered factories). A pickled module, a corrupt file
+API; never the dashboard, which builds only registered factories, and runs TorchScript only where its
+operator allows it: `factories.server_runs_torchscript`). A pickled module, a corrupt file
 or mismatching names give one `CheckpointError` line.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 
 from ..data.datasets import DataBundle
 from .factories import (FactoryError, build, check_args, check_factory, code_fingerprint, describe_class, is_reference,
-                        load_factory, registered_factories)
+                        load_factory, registered_factories, server_runs_torchscript, torchscript_refused)
 from ..data.preprocessing import repeat_channels
 from .fitting import BUILD_HINT, PROGRAM_HINT, data_for
 from .programs import TORCHSCRIPT, TORCHSCRIPT_SUFFIXES, ProgramError, load_pt2, load_torchscript, program_kind
@@ -133,6 +134,8 @@ def resolve_model(spec, data: DataBundle, *, architecture: str | None = None, mo
         return _architecture(spec, data, weights, train_base)
     path = Path(spec).expanduser()
     if path.exists():
+        if not import_code and not server_runs_torchscript() and is_torchscript(path):
+            raise CheckpointError(torchscript_refused(path.name))
         return _model_file(path, data, architecture, trust_torchscript)
     if is_reference(spec):
         if not import_code:

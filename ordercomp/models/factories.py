@@ -9,7 +9,8 @@ Importing a file or a module runs its code. The command line and the Python API 
 user named the code. The dashboard and its job workers never import a reference typed into a page:
 they build only the factories the operator registered (`registered_factories`: the entry point group
 `ordercomp.models` of installed packages, and $ORDERCOMP_MODELS, read by each process as it starts,
-e.g. `my_net=mypkg.nets:MyNet,torchvision.models:resnet18`).
+e.g. `my_net=mypkg.nets:MyNet,torchvision.models:resnet18`). An uploaded TorchScript file is code as
+well: they run one only where the operator set $ORDERCOMP_TORCHSCRIPT=allow (`server_runs_torchscript`).
 
 A FILE.py is imported once per content as module `ordercomp_user_<hash>`, with its folder on sys.path
 while it runs (so it can import its neighbours), and kept in sys.modules: dataclasses, typing and
@@ -41,6 +42,7 @@ from .weights import CheckpointError, first_line
 
 ENTRY_POINT_GROUP = "ordercomp.models"
 MODELS_ENV = "ORDERCOMP_MODELS"
+TORCHSCRIPT_ENV = "ORDERCOMP_TORCHSCRIPT"
 USER_MODULE_PREFIX = "ordercomp_user_"
 DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 _FILE_MODULES: set[str] = set()  # modules imported from users' files (and their neighbours), for Ray
@@ -177,6 +179,17 @@ def registered_factories() -> dict[str, str]:
             raise FactoryError(f"${MODELS_ENV} entry {item!r} must be NAME=package.module:NAME or NAME=FILE.py:NAME")
         found[name.strip() if equals else reference.rpartition(":")[2]] = reference
     return found
+
+
+def server_runs_torchscript() -> bool:
+    """Whether this server's operator lets the dashboard's users run the TorchScript files they upload ($ORDERCOMP_TORCHSCRIPT=allow)."""
+    return os.environ.get(TORCHSCRIPT_ENV, "").strip().lower() == "allow"
+
+
+def torchscript_refused(name: str) -> str:
+    """The line refusing a TorchScript file on a server whose operator did not allow it."""
+    return (f"{name} is TorchScript: loading it runs code stored in the file, and this server's operator has not allowed that "
+            f"(${TORCHSCRIPT_ENV}=allow), so nothing from it was run: upload a .pt2 program or a state dict instead")
 
 
 def user_modules() -> list:
