@@ -67,6 +67,8 @@ def test_uint8_images_are_scaled_and_the_scaling_recorded():
     ((torch.rand(10, 1, 8, 8), torch.full((10,), 0.5)), "whole numbers"),
     ((torch.rand(10, 1, 8, 8), -torch.ones(10)), "must be 0..K-1"),
     ((torch.rand(10, 1, 8, 8), torch.zeros(10)), "at least 2"),
+    # stop 43: one label of 10,000,000 made a model head of 10,000,000 outputs (20 GB for a ResNet-18's)
+    ((torch.rand(10, 1, 8, 8), torch.tensor([0] * 9 + [9_999_999])), "name 10,000,000 classes, more than the 10 images"),
     ([1, 2], "is a list"),
     ((None, None, None), "training split is missing"),
 ])

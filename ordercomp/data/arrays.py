@@ -97,6 +97,10 @@ def bundle_of(name: str, splits: dict, input_size: int | None, normalization: No
     classes = max(int(labels.max()) for _, labels in checked.values()) + 1
     if classes < 2:
         raise DataError(f"the labels name {classes} class: a classifier needs at least 2 (labels 0..K-1)")
+    images = sum(len(labels) for _, labels in checked.values())
+    if classes > images:  # a label of 10,000,000 on 12 images would give the model a head of 10,000,000 outputs
+        raise DataError(f"the largest label is {classes - 1:,}, so the labels name {classes:,} classes, more than the {images:,} "
+                        "images: number the classes 0..K-1")
     check_held(name, sum(len(images) for images, _ in checked.values()), channels.pop(), size)
     resized = {split: (_resize(images, size), labels) for split, (images, labels) in checked.items()}
     pixels = "uint8 values divided by 255" if eight_bit else "as given"
