@@ -145,6 +145,33 @@ def test_registered_factories_are_built_and_nothing_else_is_imported_where_code_
     assert not marker.exists()
 
 
+def test_arguments_that_make_a_registered_model_too_large_for_the_machine_are_one_line_before_anything_is_allocated(digits, monkeypatch):
+    """Stop 43: arguments typed on the dashboard reach the operator's factory, and {"num_classes": 5000000} made
+    torchvision's resnet18 about 10 GB in the job worker. It is built on the meta device first and refused there."""
+    import ordercomp.live_memory
+
+    monkeypatch.setenv(factories.MODELS_ENV, "tv_resnet18=torchvision.models:resnet18")
+    monkeypatch.setattr(ordercomp.live_memory, "machine_memory", lambda: 128 << 20)  # a 128 MiB machine
+    real = []
+    monkeypatch.setattr(torchvision.models.resnet, "_log_api_usage_once",
+                        lambda obj: real.append(obj) if torch.empty(0).device.type != "meta" else None)
+    with pytest.raises(FactoryError, match=r"torchvision.models:resnet18\(num_classes=100000\) would hold \d+\.\d MiB of weights, more "
+                                           r"than 50% of this machine's 128.0 MiB; nothing was allocated: check --model-args"):
+        resolve("tv_resnet18", digits, model_args={"num_classes": 100000}, import_code=False)
+    assert real == []  # never built for real
+    model, _ = resolve("tv_resnet18", digits, model_args={"num_classes": 10}, import_code=False)  # 42.7 MiB of weights fits
+    assert model.fc.out_features == 10 and real and next(model.parameters()).device.type == "cpu"
+
+
+def test_the_size_check_leaves_a_models_random_start_as_it_was(digits):
+    args = {"width": 4}
+    torch.manual_seed(0)
+    checked = factories.build(factories.load_factory(f"{MY_NET}:MyNet"), "MyNet", 10, 1, args)
+    torch.manual_seed(0)
+    unchecked = factories._called(factories.load_factory(f"{MY_NET}:MyNet"), "MyNet", {"num_classes": 10, "in_channels": 1} | args)
+    assert state_fingerprint(checked) == state_fingerprint(unchecked)
+
+
 def test_a_bad_registration_is_one_line(monkeypatch, digits):
     monkeypatch.setenv(factories.MODELS_ENV, "mine=/opt/nets/net.py")
     with pytest.raises(FactoryError, match=r"\$ORDERCOMP_MODELS entry 'mine=/opt/nets/net.py' must be NAME=package.module:NAME"):

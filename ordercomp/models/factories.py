@@ -123,19 +123,50 @@ def _import_module(target: str):
 
 
 def build(factory: Callable, what: str, num_classes: int, in_channels: int, args: dict | None = None) -> nn.Module:
-    """Call `factory` with num_classes / in_channels when its signature names them, and `args`."""
+    """Call `factory` with num_classes / in_channels when its signature names them, and `args`; with `args`, first on
+    torch's meta device (`_check_weight_bytes`)."""
     args = check_args(args)
     named = _parameter_names(factory)
     kwargs = {key: value for key, value in (("num_classes", num_classes), ("in_channels", in_channels)) if key in named}
     kwargs |= args
+    if args:
+        _check_weight_bytes(factory, what, kwargs)
+    return _called(factory, what, kwargs)
+
+
+def _check_weight_bytes(factory: Callable, what: str, kwargs: dict) -> None:
+    """Refuse arguments that make a model whose weights alone take more than MEMORY_SHARE of this machine's memory,
+    found by building it on torch's meta device, where nothing is allocated: arguments typed on a dashboard page reach
+    the operator's factory, and {"num_classes": 5000000} makes torchvision's resnet18 10 GB. A factory that cannot
+    build on the meta device (it reads weights, or computes with values) is built as it is."""
+    import torch
+
+    from ..live_memory import MEMORY_SHARE, machine_memory
+    from ..report.figures import size_text
+
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the real build starts from the same random state
+            probe = factory(**kwargs)
+        weight_bytes = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    except Exception:  # the real call below says what is wrong with the arguments, if anything
+        return
+    if weight_bytes > MEMORY_SHARE * machine_memory():
+        raise FactoryError(f"{what}({_call_text(kwargs)[:200]}) would hold {size_text(weight_bytes)} of weights, more than {MEMORY_SHARE:.0%} of this "
+                           f"machine's {size_text(machine_memory())}; nothing was allocated: check --model-args")
+
+
+def _called(factory: Callable, what: str, kwargs: dict) -> nn.Module:
     try:
         model = factory(**kwargs)
     except Exception as error:  # the user's code raises whatever it raises
-        call = ", ".join(f"{key}={value!r}" for key, value in kwargs.items())
-        raise FactoryError(f"{what}({call}) raised {first_line(error, with_type=True)}: check --model-args") from None
+        raise FactoryError(f"{what}({_call_text(kwargs)}) raised {first_line(error, with_type=True)}: check --model-args") from None
     if not isinstance(model, nn.Module):
         raise FactoryError(f"{what} returned a {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _call_text(kwargs: dict) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in kwargs.items())
 
 
 def _parameter_names(factory: Callable) -> set[str]:
