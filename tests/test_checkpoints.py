@@ -82,6 +82,16 @@ def test_a_text_file_given_as_a_state_dict_through_the_cli_is_one_line(tmp_path,
     assert not out.exists()
 
 
+@pytest.mark.parametrize("content", [NOTES, b"", None], ids=["text", "empty", "folder"])
+def test_a_model_path_holding_no_weights_says_so_rather_than_asking_for_an_architecture(tmp_path, digits, content):
+    path = tmp_path / "model.pt"
+    path.mkdir() if content is None else path.write_bytes(content)
+    with pytest.raises(CheckpointError) as error:
+        resolve_model(str(path), digits)
+    assert "--arch" not in str(error.value) and "\n" not in str(error.value)
+    assert ("is a folder" if content is None else "is not a readable torch checkpoint") in str(error.value)
+
+
 def test_mismatching_keys_and_shapes_name_the_problem(tmp_path, digits, tiny_model):
     torch.save(tiny_model.state_dict(), tmp_path / "m.pt")
     with pytest.raises(CheckpointError, match="missing keys"):

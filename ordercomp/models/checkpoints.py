@@ -133,6 +133,9 @@ def resolve_model(spec, data: DataBundle, *, architecture: str | None = None, mo
     if spec in ARCHITECTURES:
         return _architecture(spec, data, weights, train_base)
     path = Path(spec).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"model {spec} is a folder: give a model file (a state dict, .safetensors, .pt2 or TorchScript), "
+                              "a sample or architecture name, or FILE.py:NAME")
     if path.exists():
         if not import_code and not server_runs_torchscript() and is_torchscript(path):
             raise CheckpointError(torchscript_refused(path.name))
@@ -190,6 +193,7 @@ def _model_file(path: Path, data: DataBundle, architecture: str | None, trust_to
         code = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         return program, {"source": "program", "path": str(path), "kind": program.kind, "code": code}
     if architecture is None:
+        read_weights(path)  # a file that holds no weights says so, rather than asking for their architecture
         raise CheckpointError(f"{path.name} holds weights only: name its architecture with --arch ({', '.join(sorted(ARCHITECTURES))}), "
                               "or give its class: --model FILE.py:NAME --weights FILE")
     if architecture in RENAMED:
