@@ -110,6 +110,15 @@ def check_destination(out: Path, kind: FolderKind, writes: Iterable[str], need_b
                          f"{free / MIB:.0f} MiB: free some space or choose a folder on another disk")
 
 
+def make_writable_folder(folder: Path, what: str) -> Path:
+    """`folder`, created with its parents, after checking where it is or will be made that ordercomp can write
+    there: one line (a ValueError) naming `what` when it cannot, with nothing created."""
+    folder = Path(folder).absolute()
+    _check_writable(_existing_folder(folder, what), what)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def _existing_folder(out: Path, what: str) -> Path:
     """`out` when it exists, else its nearest existing ancestor, where it would be created."""
     path = out

@@ -121,6 +121,22 @@ def test_an_unwritable_destination_is_one_line_before_any_work(tmp_path, capsys,
     assert sorted(tmp_path.rglob("*")) == before
 
 
+CACHE_COMMANDS = {"explore": ["explore", "--quiet", "--out"], "apply": ["apply", "--chain", "prune", "--formats", "state_dict", "--export"],
+                  "measure": ["measure", "--model", "cnn_tiny", "--split"]}
+
+
+@pytest.mark.parametrize("command", CACHE_COMMANDS.values(), ids=CACHE_COMMANDS)
+@pytest.mark.parametrize("case", ["read-only parent", "path through a file"])
+def test_an_unwritable_step_cache_is_one_line_before_the_base_is_built(tmp_path, capsys, monkeypatch, read_only, command, case):
+    monkeypatch.setattr(ordercomp.exploration.explorer, "resolve_model", lambda *a, **k: pytest.fail("work started"))
+    cache, message = unwritable_destinations(tmp_path, read_only)[case]
+    target = "val" if command[0] == "measure" else str(tmp_path / "out")
+    before = sorted(tmp_path.rglob("*"))
+    err = one_line_error(capsys, command + [target, "--cache", str(cache)])
+    assert message in err and "step cache" in err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 @pytest.mark.parametrize("command, need", [(EXPLORE, "8 MiB"), (APPLY, "4 MiB")], ids=["explore", "apply"])
 def test_too_little_free_space_is_one_line_before_any_work(tmp_path, capsys, no_work, monkeypatch, temp_folder, command, need):
     # apply: the default model, digits_cnn (1.2 MB of weights), in two formats

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..folders import sha256
+from ..folders import make_writable_folder, sha256
 from .pipeline import StepResult
 
 CACHE_VERSION = 8  # 8: peak memory counts a storage until the last tensor on it is released (an alias that outlived the tensor it shares was counted as freed); 7: a ViT's exits read the class token's own path (the BitOps of steps with ViT exits fall); 6: prune narrows what a forward that holds some widths lets it (a user's own transformer's MLPs), int8 converts a network without stages or BatchNorm layer by layer, exits read tokens, attention products inside an int8 part count at full bits; 5: prune removes a ViT's heads too (prune steps of ViTs change); 4: a ViT's 4-bit attention probabilities on a log grid
@@ -81,9 +81,8 @@ class StepCache:
     """Step results as small JSON files in a folder; `None` folder means no caching."""
 
     def __init__(self, folder: Path | str | None):
-        self.folder = Path(folder) if folder else None
-        if self.folder:
-            self.folder.mkdir(parents=True, exist_ok=True)
+        # checked before any work: a step cache that cannot be written would fail the run after its first step
+        self.folder = make_writable_folder(folder, "step cache") if folder else None
         self.hits = 0
 
     def get(self, key: str) -> StepResult | None:
