@@ -198,13 +198,13 @@ def run_explore(args) -> int:
     from .exploration.results import check_results_folder, print_summary, write_results
 
     spec = _spec(args)
-    check_results_folder(args.out)
+    seen = check_results_folder(args.out)
     bar = None if args.quiet else ProgressBar()
     result = explore(spec, cache_dir=args.cache or None, events=bar)
     if bar:
         bar.close()
     print_summary(result)
-    print(f"\nresults written to {write_results(result, args.out)}")
+    print(f"\nresults written to {write_results(result, args.out, seen)}")
     return 0
 
 
@@ -218,7 +218,7 @@ def run_apply(args) -> int:
     formats = args.formats.split(",") if args.formats else DEFAULT_FORMATS
     model_args, settings, budget = _model_args(args), parse_settings(args), _budget(args)
     Normalization.parse(args.normalize)
-    check_export_folder(args.export, formats, export_bytes(args.model, formats, args.weights))
+    seen = check_export_folder(args.export, formats, export_bytes(args.model, formats, args.weights))
     bar = ProgressBar()
     outcome = compress(model=args.model, data=args.data, chain=chain, settings=settings, budget=budget, device=args.device,
                        architecture=args.arch, model_args=model_args, weights=args.weights, normalize=args.normalize,
@@ -232,7 +232,7 @@ def run_apply(args) -> int:
     with kept_in(args.cache or None):
         manifest = export_compressed(outcome.model, args.export, formats=formats, chain=chain,
                                      configs=outcome.configs, metrics=outcome.steps[-1].metrics, data=outcome.data, base=outcome.source,
-                                     base_model=outcome.base, measure=not args.no_measure, reused=outcome.reused)
+                                     base_model=outcome.base, measure=not args.no_measure, reused=outcome.reused, seen=seen)
     if outcome.reused:
         print("the chain's model is the one an exploration with the same settings trained (from the cache): no method was applied again")
     print_export(manifest)

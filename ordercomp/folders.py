@@ -96,9 +96,17 @@ def owned_files(folder: Path, kind: FolderKind) -> set[str]:
             if name in kind.names and _plain_file(folder / name) and sha256(folder / name) == digest}
 
 
-def check_destination(out: Path, kind: FolderKind, writes: Iterable[str], need_bytes: int) -> None:
+def marker_state(out: Path, kind: FolderKind) -> str:
+    """The checksum of `out`'s marker ('' when it has none): another value at the end of a run than at its start
+    means that another run wrote its files there meanwhile."""
+    marker = Path(out) / kind.marker
+    return sha256(marker) if marker.is_file() else ""
+
+
+def check_destination(out: Path, kind: FolderKind, writes: Iterable[str], need_bytes: int) -> str:
     """Refuse, in one line, a destination ordercomp cannot write `writes` into, or one with less than
-    `need_bytes` free; nothing is left changed (a probe folder is made and removed again)."""
+    `need_bytes` free; nothing is left changed (a probe folder is made and removed again). Returns the
+    destination's `marker_state`, for `write_folder` to see whether another run wrote there in the meantime."""
     out = Path(out).absolute()
     existing = _existing_folder(out, kind.what)
     if existing == out:
@@ -108,6 +116,7 @@ def check_destination(out: Path, kind: FolderKind, writes: Iterable[str], need_b
     if free < need_bytes:
         raise ValueError(f"{out} needs about {need_bytes / MIB:.0f} MiB free for the {kind.what} (a rough estimate), but its disk has "
                          f"{free / MIB:.0f} MiB: free some space or choose a folder on another disk")
+    return marker_state(out, kind)
 
 
 def make_writable_folder(folder: Path, what: str) -> Path:
@@ -156,10 +165,11 @@ def _check_writable(folder: Path, what: str) -> None:
         raise ValueError(f"cannot write the {what} into {folder} ({error.strerror or error}): choose a folder you can write to") from None
 
 
-def write_folder(out: Path, kind: FolderKind, write: Callable[[Path], T]) -> T:
+def write_folder(out: Path, kind: FolderKind, write: Callable[[Path], T], seen: str | None = None) -> T:
     """`write(folder)` into a staging folder, whose files then replace ordercomp's own in `out`; ordercomp's
     files there that were not written again are removed. A folder problem on the way (the staging folder
-    cannot be made, a full disk, the destination changed during the run) writes everything elsewhere."""
+    cannot be made, a full disk, the destination changed during the run) writes everything elsewhere; so does
+    another run's files reaching `out` since `check_destination` returned `seen`, so neither run's are lost."""
     out = Path(out).absolute()
     try:
         temp = Path(tempfile.mkdtemp(dir=out if out.is_dir() else _existing_folder(out, kind.what), prefix=".ordercomp-staging-"))
@@ -175,7 +185,7 @@ def write_folder(out: Path, kind: FolderKind, write: Callable[[Path], T]) -> T:
                 raise
             _write_elsewhere(out, kind, write, problem)
         try:
-            _publish(temp, out, kind)
+            _publish(temp, out, kind, seen)
         except (OSError, ValueError) as problem:  # the destination changed during the run
             _write_elsewhere(out, kind, write, problem)
     finally:
@@ -204,7 +214,9 @@ def record_checksums(folder: Path, kind: FolderKind) -> None:
     (folder / kind.marker).write_text(json.dumps(record, indent=1) + "\n")
 
 
-def _publish(temp: Path, out: Path, kind: FolderKind) -> None:
+def _publish(temp: Path, out: Path, kind: FolderKind, seen: str | None) -> None:
+    if seen is not None and marker_state(out, kind) != seen:
+        raise ValueError(f"another run wrote its {kind.what} there while this one ran")
     if not os.path.lexists(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, out)

@@ -268,6 +268,44 @@ def test_results_whose_folder_gained_a_foreign_file_during_the_run_are_written_e
     assert not [p for p in out.iterdir() if p.name.startswith(".ordercomp-staging")]
 
 
+@pytest.mark.parametrize("earlier", [False, True], ids=["new folder", "earlier results"])
+def test_results_of_two_runs_with_the_same_out_are_both_kept(tmp_path, temp_folder, earlier):
+    out, mine, theirs = tmp_path / "run", RECORD | {"chain": ["prune"]}, RECORD | {"chain": ["quantize"]}
+    if earlier:
+        write_results(Finished(lambda: RECORD), out)
+    seen = check_results_folder(out)  # this run starts; the other one starts too, and finishes first
+    write_results(Finished(lambda: theirs), out, check_results_folder(out))
+    with pytest.raises(ValueError, match=rf"^could not write the results to {out} \(another run wrote its results there while "
+                                         rf"this one ran\); they were written to {temp_folder}/ordercomp-results-\w+ instead$"):
+        write_results(Finished(lambda: mine), out, seen)
+    assert json.loads((out / "exploration.json").read_text()) == theirs
+    [elsewhere] = temp_folder.iterdir()
+    assert json.loads((elsewhere / "exploration.json").read_text()) == mine
+    assert not [p for p in out.iterdir() if p.name.startswith(".ordercomp-staging")]
+
+
+def test_a_rerun_into_its_own_results_folder_replaces_them(tmp_path, temp_folder):
+    out = tmp_path / "run"
+    for chain in (["prune"], ["quantize"]):
+        write_results(Finished(lambda: RECORD | {"chain": chain}), out, check_results_folder(out))
+    assert json.loads((out / "exploration.json").read_text())["chain"] == ["quantize"]
+    assert not any(temp_folder.iterdir())
+
+
+def test_the_exports_of_two_runs_into_the_same_folder_are_both_kept(tmp_path, temp_folder, digits, tiny_model):
+    from ordercomp.deploy.export import check_export_folder, export_compressed
+
+    out = tmp_path / "export"
+    seen = check_export_folder(out, ["state_dict"])
+    write_folder(out, EXPORT_FOLDER, export_files({"model.pt2": b"the other run's program"}))
+    with pytest.raises(ValueError, match=r"\(another run wrote its export there while this one ran\); they were written to"):
+        export_compressed(tiny_model, out, formats=["state_dict"], chain=[], configs={}, metrics={}, data=digits,
+                          base={"source": "test"}, measure=False, seen=seen)
+    assert (out / "model.pt2").read_bytes() == b"the other run's program"
+    [elsewhere] = temp_folder.iterdir()
+    assert (elsewhere / MANIFEST).is_file()
+
+
 def test_the_dashboards_export_job_checks_its_folder_before_any_work(tmp_path, monkeypatch):
     from ordercomp.jobs import ExportSpec, JobStore, kinds
 

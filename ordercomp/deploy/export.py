@@ -370,11 +370,12 @@ def export_bytes(model: str, formats, weights: str | None = None) -> int:
     return len(check_formats(formats)) * (base_weight_bytes(model, weights) + MIB)
 
 
-def check_export_folder(out, formats=DEFAULT_FORMATS, need_bytes: int = 0) -> None:
+def check_export_folder(out, formats=DEFAULT_FORMATS, need_bytes: int = 0) -> str:
     """Refuse, before any work, an export folder ordercomp cannot write the `formats` into (or with less
-    than `need_bytes` free), or that holds files ordercomp did not write."""
+    than `need_bytes` free), or that holds files ordercomp did not write; returns what `export_compressed`
+    is to find there when it writes (folders.marker_state)."""
     names = [FORMATS[name][0] for name in check_formats(formats)] + [MANIFEST]
-    check_destination(Path(out), EXPORT_FOLDER, names, need_bytes)
+    return check_destination(Path(out), EXPORT_FOLDER, names, need_bytes)
 
 
 def write_format(name: str, src: Sources, folder: Path) -> dict:
@@ -536,14 +537,17 @@ def _written(fmt: str, model: nn.Module, data: DataBundle, folder: Path, *, chec
 
 def export_compressed(model: nn.Module, out_dir, *, formats=DEFAULT_FORMATS, chain, configs: dict, metrics: dict,
                       data: DataBundle, base: dict, base_model: nn.Module | None = None, measure: bool = True,
-                      repeats: int = 20, threads: int = THREADS, reused: bool = False, shipped: dict | None = None) -> dict:
+                      repeats: int = 20, threads: int = THREADS, reused: bool = False, shipped: dict | None = None,
+                      seen: str | None = None) -> dict:
     """Write `model` in every requested format plus manifest.json into `out_dir`; return the manifest.
     With `measure`, every program file is timed in its runtime, next to `base_model` when given.
     `reused` records that `model` is the one an exploration trained (`compress` found it by its key).
     `shipped` is that exploration's measurement of its shipped file (`shipped_figures`): a file written here with
-    the same bytes is not timed again but takes those figures, so the export and the headline read one measurement."""
+    the same bytes is not timed again but takes those figures, so the export and the headline read one measurement.
+    `seen` is what `check_export_folder` returned before the work: an export another run wrote there since is kept,
+    and this one goes to a temporary folder (the error line says where)."""
     names, out = check_formats(formats), Path(out_dir)
-    check_export_folder(out, names)
+    checked = check_export_folder(out, names)
     src = Sources.of(model, data)
     def write(folder: Path) -> dict:
         entries = [export_format(name, src, data, folder) for name in names]
@@ -559,7 +563,7 @@ def export_compressed(model: nn.Module, out_dir, *, formats=DEFAULT_FORMATS, cha
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
         return manifest
 
-    return write_folder(out, EXPORT_FOLDER, write)
+    return write_folder(out, EXPORT_FOLDER, write, checked if seen is None else seen)
 
 
 def describe(folder: Path, entries: list[dict], *, chain, configs, metrics, data: DataBundle, base: dict) -> dict:

@@ -156,20 +156,23 @@ def legacy_checksums(folder: Path) -> dict[str, str]:
 RESULTS_FOLDER = FolderKind(MARKER, "results", frozenset(RESULT_FILES), legacy=legacy_checksums)
 
 
-def check_results_folder(out: str | Path) -> None:
-    """Refuse, before any work, a results folder ordercomp cannot write or that holds files it did not write."""
-    check_destination(Path(out), RESULTS_FOLDER, RESULT_FILES, RESULTS_BYTES)
+def check_results_folder(out: str | Path) -> str:
+    """Refuse, before any work, a results folder ordercomp cannot write or that holds files it did not write;
+    returns what `write_results` is to find there at the end (folders.marker_state)."""
+    return check_destination(Path(out), RESULTS_FOLDER, RESULT_FILES, RESULTS_BYTES)
 
 
-def write_results(result, out: str | Path) -> Path:
-    """exploration.json plus steps.csv, pairs.csv and chain.csv in `out`, replacing only earlier results."""
+def write_results(result, out: str | Path, seen: str | None = None) -> Path:
+    """exploration.json plus steps.csv, pairs.csv and chain.csv in `out`, replacing only earlier results. With `seen`
+    (from `check_results_folder`), when another run wrote its results there since, these go to a new temporary folder
+    instead and the error line says where."""
     files = result_files(result.to_dict())
 
     def write(folder: Path) -> None:
         for name, content in files.items():
             (folder / name).write_text(content, encoding="utf-8")
 
-    write_folder(Path(out), RESULTS_FOLDER, write)
+    write_folder(Path(out), RESULTS_FOLDER, write, seen)
     return Path(out)
 
 
