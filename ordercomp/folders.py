@@ -52,6 +52,19 @@ class FolderKind:
     legacy: Callable[[Path], dict[str, str]] = nothing_recorded
 
 
+def write_atomically(target: Path, fill: Callable[[str], object]) -> None:
+    """`fill(temp)` writes a new temporary file beside `target`, which then replaces `target` whole: a reader never
+    sees half a file, two writers never share a temporary file, and it is removed whatever stops `fill` (an error,
+    an interrupt), so nothing is left behind."""
+    handle, temp = tempfile.mkstemp(dir=Path(target).parent, prefix=".", suffix=".tmp")
+    os.close(handle)
+    try:
+        fill(temp)
+        os.replace(temp, target)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:

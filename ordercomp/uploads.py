@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from . import archives
+from .folders import write_atomically
 from .data.datasets import IMAGE_SUFFIXES, MAX_PIXELS_PER_BYTE, DataError, check_layout, decoded_pixels, opened_image
 
 UPLOAD_LIMIT_MB = 200
@@ -226,10 +227,7 @@ def save_upload(folder: Path, name: str, data: bytes, limit_mb: int = UPLOAD_LIM
     path.parent.mkdir(parents=True, exist_ok=True)
     _mark_used(path.parent)
     if not path.exists():
-        handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temp, path)
+        write_atomically(path, lambda temp: Path(temp).write_bytes(data))
     return path
 
 

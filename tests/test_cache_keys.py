@@ -215,3 +215,14 @@ def test_a_zoo_base_is_trained_again_exactly_when_its_start_data_budget_or_libra
         change["patch"](monkeypatch)
     prepare(tmp_path, change.get("architecture", "cnn_tiny"), change.get("input_size"))
     assert len(before) == 1 and len(trained()) == (2 if trains else 1)
+
+
+def test_a_step_cache_write_cut_short_leaves_neither_a_record_nor_a_temporary_file(tmp_path, tiny_model, monkeypatch):
+    def interrupted(obj, path):
+        open(path, "wb").write(b"half a model")
+        raise KeyboardInterrupt  # Ctrl-C, or the dashboard's cancel, while the chain's model is being kept
+
+    monkeypatch.setattr(cache.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        StepCache(tmp_path).put_chain("key", tiny_model, [])
+    assert list(tmp_path.iterdir()) == []

@@ -338,3 +338,20 @@ def test_an_older_markers_record_that_is_no_record_is_one_line_and_read_with_bou
     with pytest.raises(ValueError, match=f"^{out / record} was not written by ordercomp, or was changed since: .*nothing there was changed$"):
         folders.check_destination(out, kind, [record], 0)
     assert (out / record).read_text() == text
+
+
+def test_a_file_written_atomically_is_whole_or_absent_and_leaves_no_temporary_file(tmp_path):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    target = folder / "record.json"
+    target.write_text("the earlier record")
+
+    def interrupted(temp):
+        open(temp, "w").write("half a rec")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        folders.write_atomically(target, interrupted)
+    assert os.listdir(folder) == ["record.json"] and target.read_text() == "the earlier record"
+    folders.write_atomically(target, lambda temp: open(temp, "w").write("the new record"))
+    assert os.listdir(folder) == ["record.json"] and target.read_text() == "the new record"

@@ -20,16 +20,14 @@ import functools
 import hashlib
 import inspect
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..folders import sha256
+from ..folders import sha256, write_atomically
 
 KEPT_FORMATS = ("onnx", "onnx_int8")  # the others take well under a second to write
 EXPORTING_LIBRARIES = ("torch", "onnx", "onnxscript", "onnxruntime")
@@ -79,14 +77,8 @@ def _keep(path: Path, details: dict, kept: Path, record: Path) -> None:
     record_text = json.dumps({"sha256": sha256(path), "details": details})
     try:
         kept.parent.mkdir(parents=True, exist_ok=True)
-        for target, fill in ((kept, lambda temp: shutil.copyfile(path, temp)), (record, lambda temp: Path(temp).write_text(record_text))):
-            with tempfile.NamedTemporaryFile(dir=kept.parent, delete=False) as temp:
-                pass
-            try:
-                fill(temp.name)
-                os.replace(temp.name, target)
-            finally:
-                Path(temp.name).unlink(missing_ok=True)
+        write_atomically(kept, lambda temp: shutil.copyfile(path, temp))
+        write_atomically(record, lambda temp: Path(temp).write_text(record_text))
     except OSError:
         return
 

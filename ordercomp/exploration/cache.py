@@ -27,16 +27,14 @@ import copy
 import functools
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..folders import make_writable_folder, sha256
+from ..folders import make_writable_folder, sha256, write_atomically
 from .pipeline import StepResult
 
 CACHE_VERSION = 8  # 8: peak memory counts a storage until the last tensor on it is released (an alias that outlived the tensor it shares was counted as freed); 7: a ViT's exits read the class token's own path (the BitOps of steps with ViT exits fall); 6: prune narrows what a forward that holds some widths lets it (a user's own transformer's MLPs), int8 converts a network without stages or BatchNorm layer by layer, exits read tokens, attention products inside an int8 part count at full bits; 5: prune removes a ViT's heads too (prune steps of ViTs change); 4: a ViT's 4-bit attention probabilities on a log grid
@@ -98,10 +96,7 @@ class StepCache:
     def put(self, key: str, result: StepResult) -> None:
         if not self.folder:
             return
-        handle, temp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        with os.fdopen(handle, "w") as file:
-            json.dump(result.to_dict(), file)
-        os.replace(temp, self.folder / f"{key}.json")
+        write_atomically(self.folder / f"{key}.json", lambda temp: Path(temp).write_text(json.dumps(result.to_dict())))
 
     def get_chain(self, key: str) -> tuple[nn.Module, list[StepResult]] | None:
         """The compressed model and step results kept under `key` (see the module's docstring), or None when
@@ -125,16 +120,9 @@ class StepCache:
         pickled (a module holding a lambda) is not kept: an export applies its chain again."""
         if not self.folder:
             return
-        handle, temp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        os.close(handle)
         try:
-            torch.save(copy.deepcopy(model).cpu(), temp)
+            write_atomically(self.folder / f"chain-{key}.pt", lambda temp: torch.save(copy.deepcopy(model).cpu(), temp))
         except (pickle.PicklingError, TypeError, AttributeError):
-            os.unlink(temp)
             return
-        os.replace(temp, self.folder / f"chain-{key}.pt")
         record = {"sha256": sha256(self.folder / f"chain-{key}.pt"), "steps": [step.to_dict() for step in steps]}
-        handle, temp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        with os.fdopen(handle, "w") as file:
-            json.dump(record, file)
-        os.replace(temp, self.folder / f"chain-{key}.json")
+        write_atomically(self.folder / f"chain-{key}.json", lambda temp: Path(temp).write_text(json.dumps(record)))

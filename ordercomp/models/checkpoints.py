@@ -15,14 +15,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..data.datasets import DataBundle
+from ..folders import write_atomically
 from .factories import (FactoryError, build, check_args, check_factory, code_fingerprint, describe_class, is_reference,
                         load_factory, registered_factories, server_runs_torchscript, torchscript_refused)
 from ..data.preprocessing import repeat_channels
@@ -285,13 +284,8 @@ def save_state_atomically(model: nn.Module, path: Path) -> None:
     processes that trained the same base at once each rename their own: with one fixed name, the second found none)."""
     from safetensors.torch import save_file
 
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, temp)
-        os.replace(temp, path)
-    finally:
-        Path(temp).unlink(missing_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_atomically(path, lambda temp: save_file(tensors, temp))
 
 
 def state_fingerprint(model: nn.Module) -> str:
