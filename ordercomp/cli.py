@@ -15,6 +15,7 @@ import argparse
 import ast
 import sys
 import time
+from pathlib import Path
 
 from .waiting import spin_briefly
 
@@ -193,12 +194,21 @@ def _spec(args):
     )
 
 
+def check_cache_apart(cache: str, option: str, folder: str) -> None:
+    """Refuse, before any work, a step cache in the folder the results go to: its files would make that folder
+    one ordercomp cannot replace its results in, found only when the run is over."""
+    if cache and Path(folder).resolve() in (Path(cache).resolve(), *Path(cache).resolve().parents):
+        raise ValueError(f"--cache {cache} is inside {option} {folder}: keep the step cache in a folder of its own "
+                         "(the default is .ordercomp/cache)")
+
+
 def run_explore(args) -> int:
     from .exploration.explorer import explore
     from .exploration.results import check_results_folder, print_summary, write_results
 
     spec = _spec(args)
     seen = check_results_folder(args.out)
+    check_cache_apart(args.cache, "--out", args.out)
     bar = None if args.quiet else ProgressBar()
     result = explore(spec, cache_dir=args.cache or None, events=bar)
     if bar:
@@ -219,6 +229,7 @@ def run_apply(args) -> int:
     model_args, settings, budget = _model_args(args), parse_settings(args), _budget(args)
     Normalization.parse(args.normalize)
     seen = check_export_folder(args.export, formats, export_bytes(args.model, formats, args.weights))
+    check_cache_apart(args.cache, "--export", args.export)
     bar = ProgressBar()
     outcome = compress(model=args.model, data=args.data, chain=chain, settings=settings, budget=budget, device=args.device,
                        architecture=args.arch, model_args=model_args, weights=args.weights, normalize=args.normalize,

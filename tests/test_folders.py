@@ -121,6 +121,14 @@ def test_an_unwritable_destination_is_one_line_before_any_work(tmp_path, capsys,
     assert sorted(tmp_path.rglob("*")) == before
 
 
+@pytest.mark.parametrize("command", [["explore", "--quiet", "--out"], APPLY], ids=["explore", "apply"])
+@pytest.mark.parametrize("cache", ["run", "run/cache"], ids=["same folder", "inside"])
+def test_a_step_cache_inside_the_destination_is_one_line_before_any_work(tmp_path, capsys, no_work, command, cache):
+    err = one_line_error(capsys, command + [str(tmp_path / "run"), "--cache", str(tmp_path / cache)])
+    assert f"--cache {tmp_path / cache} is inside --{'out' if command[0] == 'explore' else 'export'} {tmp_path / 'run'}" in err
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "system-temp"]
+
+
 CACHE_COMMANDS = {"explore": ["explore", "--quiet", "--out"], "apply": ["apply", "--chain", "prune", "--formats", "state_dict", "--export"],
                   "measure": ["measure", "--model", "cnn_tiny", "--split"]}
 
