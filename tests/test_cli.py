@@ -28,6 +28,7 @@ from testkit import MY_NET
     (["explore", "--methods", "int8,prune", "--set", "int8.calibration_batches=2.5"], "int8.calibration_batches must be a whole number"),
     (["explore", "--set", "quantize.weight_bits=inf"], "quantize.weight_bits must be a finite number"),
     (["explore", "--objective", "weighted", "--weight", "nan"], "weight must be a finite number, got nan"),
+    (["explore", "--objective", "weighted", "--weight", "-1"], "weight must be >= 0 accuracy points per halving of the cost, got -1.0"),
     (["explore", "--epochs", "nan"], "epochs must be a finite number"),
     (["explore", "--lr", "inf"], "lr must be a finite number"),
     (["explore", "--batch-size", "0"], "batch size must be between 1 and 65536"),

@@ -196,6 +196,8 @@ class ExploreSpec:
             raise ValueError(f"seeds must be between 1 and 50, got {self.seeds}")
         if self.min_margin < 0:
             raise ValueError(f"min_margin must be >= 0, got {self.min_margin}")
+        if self.weight < 0:  # a negative weight would reward compressing less
+            raise ValueError(f"weight must be >= 0 accuracy points per halving of the cost, got {self.weight}")
         if self.exhaustive and len(self.methods) > order.MAX_EXHAUSTIVE_METHODS:
             raise ValueError(f"exhaustive mode takes at most {order.MAX_EXHAUSTIVE_METHODS} methods")
         if self.repeat is not None and self.repeat not in self.methods:
