@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -157,13 +160,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     keep_freed_memory()
     try:
-        return {"explore": run_explore, "apply": run_apply, "measure": run_measure}[args.command](args)
+        with stopped_by_sigterm():
+            return {"explore": run_explore, "apply": run_apply, "measure": run_measure}[args.command](args)
     except (ValueError, OSError) as error:
         print(f"ordercomp: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("ordercomp: interrupted; finished steps are cached, run the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        resume = "finished steps are cached, run the same command to resume" if args.cache else "nothing was cached (--cache '')"
+        print(f"ordercomp: interrupted; {resume}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a container stopping): the command stops as on Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm():
+    """While the command runs, SIGTERM stops it as Ctrl-C does (files are left whole, one line says how to resume)
+    instead of ending the process where it stands; the handler before is restored after."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _model_args(args) -> dict:

@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -255,3 +260,26 @@ def test_a_model_trained_on_its_own_preprocessing_keeps_its_accuracy_with_normal
     assert accuracy["none"] == f"{own:.2f} %" and "normalize none (mean 0, std 1)" in lines["none"][1]
     assert "normalize dataset (mean 0.3049, std 0.3756)" in lines["dataset"][1]
     assert float(accuracy["dataset"].rstrip(" %")) < own - 2  # the default is not this model's preprocessing
+
+
+# a command that SIGTERM reaches while it works (the work stands still until the signal arrives)
+STOPPED_BY_SIGTERM = """
+import os, signal, sys
+from ordercomp import cli
+def run(args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.pause()
+cli.run_explore = run
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("cache, line", [("cache", "finished steps are cached, run the same command to resume"),
+                                         ("", "nothing was cached (--cache '')")], ids=["cache", "no cache"])
+def test_sigterm_stops_a_command_as_ctrl_c_does_with_one_line(tmp_path, cache, line):
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    child = subprocess.run([sys.executable, "-c", STOPPED_BY_SIGTERM, "explore", "--out", str(tmp_path / "out"),
+                            "--cache", cache and str(tmp_path / cache)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert child.returncode == 128 + signal.SIGTERM, child.stderr[-2000:]
+    assert child.stderr.strip().splitlines()[-1] == f"ordercomp: interrupted; {line}"
