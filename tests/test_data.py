@@ -15,7 +15,7 @@ from untrusted_data import (BOUND_BYTES, EPS_AS_PNG, batch, blank_images, cifar_
                             run_bounded, strided_batch, tiled_tiff, unknown_codec_batch)
 
 from ordercomp.data.cifar import write_cifar
-from ordercomp.data.datasets import DataError, load_data
+from ordercomp.data.datasets import DataError, check_layout, load_data
 
 
 def test_digits_split_is_fixed_and_normalised():
@@ -114,6 +114,14 @@ def test_a_cifar_format_folder_of_other_images_is_read(tmp_path):
     assert (data.num_classes, data.in_channels, data.input_size) == (10, 3, 32)
     assert len(data.train) + len(data.val) == 50 and len(data.test) == 10
     assert sorted(data.test.tensors[1].tolist()) == sorted(test[1].tolist())
+
+
+def test_a_cifar_folder_missing_a_batch_is_refused_by_its_layout_before_any_is_read(tmp_path):
+    """The dashboard checks a data path by its layout alone; an incomplete download passed, and failed the job later."""
+    root, _, _ = _cifar_like(tmp_path)
+    (root / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DataError, match=r"is not a readable cifar10 folder \(.*data_batch_3 is missing\)"):
+        check_layout(str(root))
 
 
 class _Touch:

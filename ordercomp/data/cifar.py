@@ -236,6 +236,12 @@ def batch_arrays(record: dict, label_key: str, classes: int) -> tuple[np.ndarray
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), _labels(record.get(label_key), label_key, len(data), classes)
 
 
+def missing_files(root: Path, kind: str) -> list[Path]:
+    """The batch files a CIFAR-10 or CIFAR-100 folder lacks, found without reading any (an incomplete download)."""
+    folder_name, train_files, test_file, _, _ = LAYOUTS[kind]
+    return [root / folder_name / name for name in (*train_files, test_file) if not (root / folder_name / name).is_file()]
+
+
 def read_cifar(root: Path, kind: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], int]:
     """((train images, labels), (test images, labels), classes) of a CIFAR-10 or CIFAR-100 folder.
     Raises ValueError naming the file and what is wrong with it."""

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler, TensorDataset
 
-from .cifar import read_cifar
+from .cifar import missing_files, read_cifar
 from .preprocessing import Normalization, record
 
 SPLIT_SEED = 20240326
@@ -140,6 +140,8 @@ def check_layout(spec: str) -> tuple[str, Path]:
         raise DataError(f"data path {path} does not exist or is not a folder: give 'digits', a CIFAR-10/100 folder, "
                         "an ImageFolder tree or a .npz file")
     kind = _cifar_kind(path)
+    if kind and missing_files(path, kind):
+        raise _unreadable_cifar(path, kind, f"{missing_files(path, kind)[0]} is missing")
     if kind:
         return kind, path
     if len(_class_folders(split_folders(path).get("train", path))) < 2:
@@ -238,15 +240,17 @@ def _cifar_kind(path: Path) -> str | None:
     return None
 
 
+def _unreadable_cifar(path: Path, kind: str, problem) -> DataError:
+    return DataError(f"{path} is not a readable {kind} folder ({problem}); expected {path}/cifar-10-batches-py/"
+                     "data_batch_1..5 and test_batch (or cifar-100-python/train and test)")
+
+
 def _cifar(path: Path, input_size: int, limit: int | None, normalization: Normalization) -> DataBundle:
     kind = _cifar_kind(path)
     try:
         (train_images, train_labels), (test_images, test_labels), classes = read_cifar(path, kind)
     except ValueError as error:
-        raise DataError(
-            f"{path} is not a readable {kind} folder ({error}); expected {path}/cifar-10-batches-py/"
-            "data_batch_1..5 and test_batch (or cifar-100-python/train and test)"
-        ) from None
+        raise _unreadable_cifar(path, kind, error) from None
 
     def tensors(images, labels, cap):
         images = torch.from_numpy(np.ascontiguousarray(images[:cap])).permute(0, 3, 1, 2).float() / 255.0
