@@ -283,3 +283,20 @@ def test_sigterm_stops_a_command_as_ctrl_c_does_with_one_line(tmp_path, cache, l
                             "--cache", cache and str(tmp_path / cache)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert child.returncode == 128 + signal.SIGTERM, child.stderr[-2000:]
     assert child.stderr.strip().splitlines()[-1] == f"ordercomp: interrupted; {line}"
+
+
+NO_PARAMETERS = """
+from torch import nn
+class Crop(nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :10]
+"""
+
+
+@pytest.mark.parametrize("cache", ["cache", ""], ids=["cache", "no cache"])
+def test_no_order_to_recommend_says_steps_are_cached_only_when_they_are(tmp_path, capsys, cache):
+    (tmp_path / "crop.py").write_text(NO_PARAMETERS)
+    assert main(["explore", "--model", f"{tmp_path / 'crop.py'}:Crop", "--methods", "prune,sparsify", "--seeds", "1", "--quiet",
+                 "--out", str(tmp_path / "out"), "--cache", cache and str(tmp_path / cache)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no method is left to order" in err and ("rerun reuses them" in err) == bool(cache)

@@ -555,7 +555,7 @@ class Explorer:
         found = self.find_order(base)
         reason = no_order_reason(self.spec.methods, found.steps, found.outcomes)
         if reason:
-            raise ValueError(f"{reason} (the steps that ran are cached, so a rerun reuses them)")
+            raise ValueError(reason + (" (the steps that ran are cached, so a rerun reuses them)" if self.cache.folder else ""))
         chain = found.chain
         self.events({"kind": "stage", "stage": "chain", "label": f"applying the chain {chain_text(chain)}"})
         base_test = measure(base, self.data, "test", device=self.device).to_dict()
