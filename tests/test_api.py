@@ -64,3 +64,14 @@ def test_explore_takes_objects_records_them_and_caches_their_steps(digits, tiny_
     assert again.applications["cache_hits"] == len(first.steps) and again.chain == first.chain
     relabelled = splits(digits)[:2] + (TensorDataset(digits.test.tensors[0], digits.test.tensors[1].flip(0)),)
     assert load_data(relabelled).fingerprint() != load_data(splits(digits)).fingerprint()  # other images, other keys
+
+
+def test_methods_and_a_chain_given_as_text_are_read_as_on_the_command_line():
+    """A string was taken apart into its characters: 'choose at least two different methods', or unknown method 'p'."""
+    from ordercomp.exploration.explorer import ExploreSpec, compress
+
+    assert ExploreSpec(methods="prune, quantize").methods == ("prune", "quantize")
+    with pytest.raises(ValueError, match="^unknown method 'quantise': choose from"):
+        ExploreSpec(methods="prune,quantise")
+    with pytest.raises(ValueError, match="^unknown method 'sparsity': choose from"):
+        compress(chain="prune,sparsity")

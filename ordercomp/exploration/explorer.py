@@ -38,6 +38,7 @@ from ..deploy.kept_files import kept_in
 from ..deploy.export import PROGRAM_FORMATS, SHIPPED_FORMAT, deployed_latency, shipped_figures
 from ..deploy.runtimes import require_onnxruntime
 from ..methods.base import Context, config_to_dict
+from ..methods.registry import method_names
 from ..metrics import measure, unpack_hits
 from ..order import OBJECTIVES, chain_text
 from .pipeline import FAILED, OK, StepResult, apply_chain, make_configs, run_step
@@ -180,7 +181,7 @@ class ExploreSpec:
         self.budget = default_budget(self.model) if self.budget is None else self.budget
         if not isinstance(self.budget, Budget):
             raise ValueError(f"budget must be a Budget, got {type(self.budget).__name__}")
-        self.methods = tuple(self.methods) if self.methods is not None else default_methods(self.model)
+        self.methods = tuple(method_names(self.methods)) if self.methods is not None else default_methods(self.model)
         self.settings = default_settings(self.model, self.methods, self.settings)
         if len(self.methods) < 2 or len(set(self.methods)) != len(self.methods):
             raise ValueError("choose at least two different methods to compare orders")
@@ -742,7 +743,7 @@ def compress(model="digits_cnn", data="digits", chain=DEFAULT_METHODS, *, settin
     """Apply `chain` to the base model and measure every step on the test split. `model` and `data` are
     what `prepare_base` takes: names and paths as on the command line, or Python objects. `classifier` and `stages`
     name the parts of a network whose structure tracing cannot find (see ExploreSpec)."""
-    chain = list(chain)
+    chain = method_names(chain)
     if not chain:
         raise ValueError("the chain is empty: name at least one method")
     if number("seed", seed, int) < 0:

@@ -33,3 +33,8 @@ def parse_methods(text: str) -> list[str]:
     for name in names:
         get_method(name)
     return names
+
+
+def method_names(methods) -> list[str]:
+    """Method names given as a sequence, or as the command line's comma-separated text (whose characters they are not)."""
+    return parse_methods(methods) if isinstance(methods, str) else list(methods)
