@@ -116,3 +116,18 @@ def test_a_forward_with_auxiliary_outputs_in_training_is_one_clear_line():
     with pytest.raises(ValueError, match=r"^the model's forward gives GoogLeNetOutputs in training mode, not a tensor of "
                                         r"logits: build it without auxiliary outputs .*aux_logits=False"):
         train(torchvision.models.googlenet(num_classes=10, init_weights=False), data, Budget(epochs=0.01), seed=0, device=torch.device("cpu"))
+
+
+def test_a_base_with_tied_weights_is_cached_and_loads_again(tmp_path, monkeypatch):
+    """A user's class whose two layers share one weight trained, then failed with safetensors' "Some tensors share
+    memory" traceback as its base was cached: `ordercomp explore` and `measure` ended there."""
+    from tests.user_models.tied_net import TiedNet
+
+    monkeypatch.setattr(explorer, "BASE_BUDGET", Budget(epochs=0.05))
+    data, cache = load_data("digits"), StepCache(tmp_path)
+    new = lambda: torch.manual_seed(0) and TiedNet()
+    trained = _train_base(new(), data, torch.device("cpu"), cache, lambda event: None)
+    again = _train_base(new(), data, torch.device("cpu"), cache, lambda event: None)
+    assert len(list(tmp_path.glob("base-*"))) == 1
+    assert again.conv2.weight is again.conv1.weight
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), again.state_dict().values()))

@@ -281,10 +281,12 @@ def _check_fits(num_classes: int, in_channels: int, data: DataBundle, name: str)
 
 def save_state_atomically(model: nn.Module, path: Path) -> None:
     """Write a model's weights as safetensors via a temporary file of its own, so readers never see half a file (and two
-    processes that trained the same base at once each rename their own: with one fixed name, the second found none)."""
+    processes that trained the same base at once each rename their own: with one fixed name, the second found none).
+    Each tensor is written from its own copy: safetensors refuses tensors that share memory, as tied weights do (one
+    parameter under two names), and loading the file sets both names to the same values."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
     write_atomically(path, lambda temp: save_file(tensors, temp))
 
 
