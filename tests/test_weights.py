@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from ordercomp.models.checkpoints import CheckpointError, resolve_model
 from ordercomp.models.weights import fit_weights, read_weights
-from testkit import MY_NET
+from testkit import MY_NET, TIED_NET
 
 
 class Payload:
@@ -207,3 +207,19 @@ def test_tensors_without_values_or_of_another_layout_are_one_line(tmp_path, digi
     with pytest.raises(CheckpointError, match=r"^sparse.pt does not load into cnn_tiny .*: While copying the parameter named") as error:
         resolve_model(str(tmp_path / "sparse.pt"), digits, architecture="cnn_tiny")
     assert "\n" not in str(error.value)
+
+
+def test_a_tied_weight_saved_once_by_safetensors_loads_under_both_names(tmp_path, digits):
+    """safetensors' `save_model`, its way to save a model with tied weights, writes a shared tensor under one name; the
+    file was refused as "1 missing keys (... conv2.weight)"."""
+    from safetensors.torch import save_model
+    from tests.user_models.tied_net import TiedNet
+
+    torch.manual_seed(1)
+    saved = TiedNet().eval()
+    save_model(saved, str(tmp_path / "tied.safetensors"))
+    model, source = resolve_model(f"{TIED_NET}:TiedNet", digits, weights=str(tmp_path / "tied.safetensors"))
+    x = digits.example_input(4)
+    assert torch.equal(model(x), saved(x))
+    assert model.conv2.weight is model.conv1.weight
+    assert source["weights_notes"] == ["conv2.weight from the weight tied to it (saved once)"]

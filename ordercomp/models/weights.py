@@ -207,6 +207,8 @@ def fit_weights(model: nn.Module, weights: Weights, file: str, what: str, hint: 
     `what` names the model in messages; `hint` says how to build the model the file was saved from."""
     expected = model.state_dict()
     prefix, inside = within_prefix(weights.tensors, expected)
+    outside = len(weights.tensors) - len(inside)
+    inside, tied = with_tied_names(inside, expected)
     missing, unexpected = sorted(set(expected) - set(inside)), sorted(set(inside) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{file} does not fit {what}: {len(missing)} missing keys (the model's, not in the file; e.g. "
@@ -220,10 +222,21 @@ def fit_weights(model: nn.Module, weights: Weights, file: str, what: str, hint: 
     notes = list(weights.notes)
     if prefix:
         notes.append(f"stripped the prefix '{prefix}'")
-    outside = len(weights.tensors) - len(inside)
+    if tied:
+        notes.append(f"{', '.join(tied[:3])} from the weight tied to it (saved once)")
     if outside:
         notes.append(f"left out {outside} tensor(s) outside '{prefix}'")
     return Weights(inside, notes)
+
+
+def with_tied_names(tensors: dict, expected: dict) -> tuple[dict, list[str]]:
+    """`tensors` with the model's tied names filled in, and those names: a weight shared by two names (one parameter
+    under both) is saved once by safetensors' `save_model`, which drops the other name; it takes the value of the one kept."""
+    tie = lambda tensor: (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+    kept = {tie(expected[name]): name for name in tensors if name in expected}
+    tied = {name: tensors[kept[tie(value)]] for name, value in expected.items()
+            if name not in tensors and value.numel() and tie(value) in kept}
+    return tensors | tied, sorted(tied)
 
 
 def within_prefix(tensors: dict, expected: dict) -> tuple[str, dict]:
