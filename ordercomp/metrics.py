@@ -107,10 +107,13 @@ def _weights(model: nn.Module) -> list[torch.Tensor]:
 
 def storage_bytes(model: nn.Module) -> float:
     """Bytes to store the weights: quantised layers at their bit width, sparse layers as a bitmap
-    plus non-zero values when that is smaller, everything else at its dtype's width."""
+    plus non-zero values when that is smaller, everything else at its dtype's width. A weight tied to two layers
+    is stored once."""
     total, counted = 0.0, set()
     for module in model.modules():
         for weight in _projection_weights(module):
+            if id(weight) in counted:
+                continue
             bits = bits_of(module)[0]
             dense = weight.numel() * bits
             if sparsity_of(module) is not None:
