@@ -378,6 +378,25 @@ def test_int8_model_exports_to_every_program_format(compressed, tmp_path, quick_
     assert [(e["format"], e["check"]["passed"]) for e in manifest["formats"]] == [("torchscript", True), ("pt2", True), ("onnx", True)]
 
 
+def test_an_int8_program_file_says_what_a_fresh_process_imports_to_load_it(compressed, tmp_path):
+    """An int8 chain's .pt2 and TorchScript files call torch's quantized_decomposed operators, which a process has only
+    after importing the module that registers them: ordercomp's checks passed (its process had it), and a user's
+    `torch.export.load("model.pt2")` failed ("We ran into an error when deserializing the saved file")."""
+    import subprocess
+
+    manifest = export_compressed(tiny_int8_model(compressed.data), tmp_path / "int8", formats=("torchscript", "pt2", "onnx"),
+                                 chain=["int8"], configs={}, metrics={}, data=compressed.data, base={"source": "test"}, measure=False)
+    entries = {entry["format"]: entry for entry in manifest["formats"]}
+    assert "load_after" not in entries["onnx"]
+    for name, load in (("pt2", "torch.export.load"), ("torchscript", "torch.jit.load")):
+        path = tmp_path / "int8" / entries[name]["file"]
+        script = "\n".join(["import torch", *entries[name]["load_after"], f"{load}({str(path)!r})"])
+        fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        assert fresh.returncode == 0, fresh.stderr[-500:]
+        alone = subprocess.run([sys.executable, "-c", f"import torch; {load}({str(path)!r})"], capture_output=True, text=True)
+        assert alone.returncode != 0  # what the note is for
+
+
 def test_artifacts_a_chain_cannot_have_get_one_line_and_the_rest_are_built(compressed, tmp_path):
     """torchao int8 parts can be neither re-quantised by onnxruntime nor packed; the other files still come."""
     data = compressed.data

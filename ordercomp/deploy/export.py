@@ -52,6 +52,7 @@ from .runtimes import (BATCHES, THREADS, Runner, RuntimeMissing, cpu_description
 from ..models.zoo import ARCHITECTURES, create_model
 
 MANIFEST = "manifest.json"
+OPERATOR_LIBRARIES = {"quantized_decomposed": "torch.ao.quantization.fx._decomposed"}  # namespace -> module registering it
 MARKER = ".ordercomp-export"
 CHECK_TOLERANCE = 1e-3
 # With quantised activations a float difference of one ulp (BatchNorm folded, another kernel) can move a value
@@ -106,13 +107,21 @@ def write_torchscript(src: Sources, path: Path) -> dict:
     with torch.no_grad():
         traced = torch.jit.trace(src.program, src.sample, check_trace=False)
     traced.save(str(path))
-    return {}
+    return imports_to_load({node.kind().split("::")[0] for node in traced.inlined_graph.nodes()})
 
 
 def write_pt2(src: Sources, path: Path) -> dict:
     exported = torch.export.export(src.program, (src.sample,), dynamic_shapes=_batch_dim())
     torch.export.save(exported, str(path))
-    return {}
+    return imports_to_load({getattr(node.target, "namespace", None) for node in exported.graph.nodes if node.op == "call_function"})
+
+
+def imports_to_load(namespaces: set) -> dict:
+    """What a fresh process must import before it loads a file whose graph calls these operator namespaces: a torchao
+    int8 graph calls torch's `quantized_decomposed` operators, which exist only once the module registering them is
+    imported (ordercomp's own process has imported it, so its checks load the file without it)."""
+    needed = sorted(OPERATOR_LIBRARIES[namespace] for namespace in namespaces if namespace in OPERATOR_LIBRARIES)
+    return {"load_after": [f"import {module}" for module in needed]} if needed else {}
 
 
 def write_state_dict(src: Sources, path: Path) -> dict:
@@ -694,6 +703,8 @@ def export_summary(manifest: dict) -> list[str]:
             line += f" ({entry['size_bytes'] / reported:.2f}x the reported {size_text(reported)})"
         if "check" in entry:
             line += f"; {check_text(entry['check'])}"
+        if entry.get("load_after"):
+            line += f"; load it after {'; '.join(entry['load_after'])} (its int8 graph calls the operators that registers)"
         measured = entry.get("measured")
         if measured and "error" in measured:
             line += f"; not measured: {measured['error']}"
