@@ -421,6 +421,24 @@ def test_a_forward_tracing_cannot_follow_has_its_classifier_named_and_is_told_st
         with_structure(SizeBranch(), digits.example_input(2), 10, stages=("conv2", "conv4"))
 
 
+def test_a_block_whose_forward_tracing_cannot_follow_is_kept_as_one_call_and_the_rest_is_traced(digits):
+    """kuangliu's ShuffleNetV2 splits its channels at `int(x.size(1) * ratio)` in a block of its own: the whole forward
+    was left untraced, no classifier was found, and early_exit and int8 told the user to name stages that --stages
+    refuses without a trace."""
+    from tests.user_models.split_shuffle import SplitShuffleNet
+
+    torch.manual_seed(0)
+    model = SplitShuffleNet().eval()
+    view = with_structure(model, digits.example_input(2), 10)
+    found = structure_of(view)
+    assert found.traced and found.classifier == "linear" and len(found.stages) == 2, found
+    images = digits.test.tensors[0][:16]
+    with torch.no_grad():
+        assert torch.equal(view(images), model(images))
+    exits, result = run_step(view, ("early_exit",), make_configs(["early_exit"]), Context(fewer(digits, 128, 64), Budget(epochs=0), seed=0))
+    assert result.status == OK and classes_out(exits, images) == 10
+
+
 def test_methods_that_need_stages_say_what_is_missing(digits):
     context = Context(fewer(digits, 128, 64), Budget(epochs=0), seed=0)
     perceptron = with_structure(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), digits.example_input(2), 10)

@@ -234,16 +234,40 @@ def _reads_training_in(cls: type, name: str, seen: set[str]) -> bool:
 
 class _Tracer(fx.Tracer):
     """torch.fx's tracer with torchvision.ops modules, layers of torch.nn (subclasses too, e.g. quantised
-    layers) and modules that branch on self.training kept as single calls."""
+    layers), modules that branch on self.training and the classes in `held` kept as single calls; `failed_in` is
+    the class of the innermost submodule whose forward fx could not follow."""
 
-    def __init__(self):
+    def __init__(self, held: frozenset[type] = frozenset()):
         super().__init__()
-        self.leaves = _leaf_types()
+        self.leaves, self.held = _leaf_types(), held
+        self.failed_in: type | None = None
 
     def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
         from_torch_nn = any(c.__module__.startswith("torch.nn") and c not in CONTAINERS for c in type(module).__mro__)
-        return (isinstance(module, self.leaves) or from_torch_nn or (qualname != "" and _reads_training(module))
-                or super().is_leaf_module(module, qualname))
+        return (isinstance(module, self.leaves) or type(module) in self.held or from_torch_nn
+                or (qualname != "" and _reads_training(module)) or super().is_leaf_module(module, qualname))
+
+    def call_module(self, module: nn.Module, forward: Callable, args, kwargs):
+        try:
+            return super().call_module(module, forward, args, kwargs)
+        except Exception:
+            self.failed_in = self.failed_in or type(module)
+            raise
+
+
+def _trace_holding(model: nn.Module, fixed: dict) -> fx.Graph:
+    """fx's graph of the forward; the submodules whose forward fx cannot follow (kuangliu's ShuffleNetV2 splits its
+    channels at `int(x.size(1) * ratio)`) kept as single calls, class by class, as torchvision's feature extraction
+    lets its user keep them (`leaf_modules`), while the rest of the forward traces."""
+    held = frozenset()
+    while True:
+        tracer = _Tracer(held)
+        try:
+            return tracer.trace(model, concrete_args=fixed or None)
+        except Exception:
+            if tracer.failed_in is None or tracer.failed_in in held:
+                raise
+            held |= {tracer.failed_in}
 
 
 def trace(model: nn.Module) -> fx.Graph:
@@ -255,7 +279,7 @@ def trace(model: nn.Module) -> fx.Graph:
     for training in (False, True):
         model.train(training)
         try:
-            graphs.append(_without_fixed_inputs(_Tracer().trace(model, concrete_args=fixed or None)))
+            graphs.append(_without_fixed_inputs(_trace_holding(model, fixed)))
         except Exception as error:  # fx raises many error types for code it cannot follow symbolically
             raise NotFound(f"torch.fx could not trace the forward ({one_line(error)})") from None
         finally:
