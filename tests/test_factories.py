@@ -67,6 +67,16 @@ def test_a_wrong_reference_is_one_line(digits, tmp_path, text, reference, messag
     assert message.format(folder=tmp_path) in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_network_written_for_32_px_given_the_8_px_digits_is_told_the_size_it_runs_on(digits):
+    """kuangliu's CIFAR networks pool a 4x4 map at the end (`F.avg_pool2d(out, 4)`): on the digits the user got torch's
+    "Output size is too small" and "check that it fits the data's channels and size", without the size or the option."""
+    cifar_net = Path(__file__).resolve().parent / "user_models" / "cifar_net.py"
+    with pytest.raises(CheckpointError) as error:
+        resolve(f"{cifar_net}:CifarNet", digits)
+    assert str(error.value).startswith(f"{cifar_net}:CifarNet does not run on a batch of (3, 3, 8, 8) images (")
+    assert str(error.value).endswith("): it runs on 32x32 images: give --input-size 32") and "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize("args, message", [
     ('{"width": ', "--model-args must be a JSON object"), ('[8]', "must be a JSON object of keyword arguments"),
     ('{"depth": 3}', "unexpected keyword argument 'depth'"),

@@ -44,6 +44,7 @@ def first_conv_channels(model: nn.Module, images: torch.Tensor) -> int | None:
 
 
 BUILD_HINT = "check that it fits the data's channels and size"
+PROBE_SIZES = (16, 32, 64, 224)  # the input sizes tried on a model that does not run on the data's
 PROGRAM_HINT = "export it for this data with a dynamic batch dimension (torch.export.Dim)"
 
 
@@ -60,6 +61,19 @@ def data_for(model: nn.Module, data: DataBundle, name: str, hint: str = BUILD_HI
     return data
 
 
+def size_that_runs(model: nn.Module, images: torch.Tensor) -> str:
+    """Where a model does not run on the data at their size, the first larger size of PROBE_SIZES it runs on, as the
+    option that gives it (kuangliu's CIFAR networks pool a 4x4 map at the end: 32 px only), or BUILD_HINT."""
+    for size in (size for size in PROBE_SIZES if size > images.shape[-1]):
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, images.shape[1], size, size))
+        except Exception:  # whatever its forward raises at this size too
+            continue
+        return f"it runs on {size}x{size} images: give --input-size {size}"
+    return BUILD_HINT
+
+
 def check_logits(model: nn.Module, data: DataBundle, name: str, hint: str = BUILD_HINT) -> None:
     """The model must take batches of the data's images and give one logit per class."""
     images = data.example_input(CHECK_BATCH)
@@ -72,7 +86,7 @@ def check_logits(model: nn.Module, data: DataBundle, name: str, hint: str = BUIL
         raise CheckpointError(str(refusal)) from None
     except Exception as error:  # a model raises whatever its forward raises for an input it cannot take
         raise CheckpointError(f"{name} does not run on a batch of {tuple(images.shape)} images ({first_line(error)}): "
-                              f"{hint}") from None
+                              f"{size_that_runs(model, images) if hint is BUILD_HINT else hint}") from None
     finally:
         model.train(was_training)
     if not isinstance(logits, torch.Tensor):
