@@ -397,6 +397,29 @@ def test_an_int8_program_file_says_what_a_fresh_process_imports_to_load_it(compr
         assert alone.returncode != 0  # what the note is for
 
 
+def test_an_int8_torchscript_file_of_a_network_that_flattens_by_its_batch_size_runs_at_any_batch(tmp_path):
+    """kuangliu's networks flatten with `out.view(out.size(0), -1)`: their int8 parts, exported graphs, read that size
+    as an operator, which torch.jit.trace recorded as the example's 2, so the TorchScript file ran at batch 2 only
+    ("mat1 and mat2 shapes cannot be multiplied (2x192 and 128x10)") and its check said only that it failed."""
+    from ordercomp.data.datasets import load_data
+    from ordercomp.data.preprocessing import repeat_channels
+    from ordercomp.models.structure import with_structure
+    from testkit import fewer
+    from tests.user_models.cifar_net import CifarNet
+
+    data = fewer(repeat_channels(load_data("digits", input_size=32), 3), 64, 32)
+    torch.manual_seed(0)
+    int8 = get_method("int8")
+    model = int8.apply(with_structure(CifarNet().eval(), data.example_input(2), 10), int8.make_config(calibration_batches=1),
+                       Context(data, Budget(epochs=0)))
+    manifest = export_compressed(model, tmp_path / "out", formats=("torchscript",), chain=["int8"], configs={}, metrics={},
+                                 data=data, base={"source": "test"}, measure=False)
+    assert manifest["formats"][0]["check"]["passed"], manifest["formats"][0]["check"]
+    images = data.test.tensors[0][:3]
+    with torch.no_grad():
+        assert torch.allclose(load_program(tmp_path / "out" / "model.torchscript.pt", trust_torchscript=True)(images), model(images), atol=1e-4)
+
+
 def test_artifacts_a_chain_cannot_have_get_one_line_and_the_rest_are_built(compressed, tmp_path):
     """torchao int8 parts can be neither re-quantised by onnxruntime nor packed; the other files still come."""
     data = compressed.data

@@ -105,9 +105,30 @@ class Sources:
 
 def write_torchscript(src: Sources, path: Path) -> dict:
     with torch.no_grad():
-        traced = torch.jit.trace(src.program, src.sample, check_trace=False)
+        traced = torch.jit.trace(_sizes_read_as_methods(src.program), src.sample, check_trace=False)
     traced.save(str(path))
     return imports_to_load({node.kind().split("::")[0] for node in traced.inlined_graph.nodes()})
+
+
+# operators of an exported graph that jit.trace records with constant sizes, and the tensor methods it traces dynamically
+SIZED_METHODS = {torch.ops.aten.sym_size.int: "size", torch.ops.aten.view.default: "view", torch.ops.aten.reshape.default: "reshape"}
+
+
+def _sizes_read_as_methods(program: nn.Module) -> nn.Module:
+    """`program`, or a copy whose exported graphs (int8 parts) read sizes and reshape by tensor methods (`x.size(0)`,
+    `x.view(...)`): torch.export writes them as operators (`aten.sym_size.int`, `aten.view.default`), which
+    torch.jit.trace records with the example's sizes, so the file kept its batch (int8 on kuangliu's VGG,
+    `out.view(out.size(0), -1)`: a TorchScript file that ran at batch 2 only)."""
+    reads_size = lambda node: node.op == "call_function" and node.target is torch.ops.aten.sym_size.int
+    if not any(reads_size(node) for graph in program.modules() if isinstance(graph, torch.fx.GraphModule) for node in graph.graph.nodes):
+        return program
+    program = copy.deepcopy(program)
+    for graph in [module for module in program.modules() if isinstance(module, torch.fx.GraphModule)]:
+        for node in graph.graph.nodes:
+            if node.op == "call_function" and node.target in SIZED_METHODS:
+                node.op, node.target = "call_method", SIZED_METHODS[node.target]
+        graph.recompile()
+    return program
 
 
 def write_pt2(src: Sources, path: Path) -> dict:
