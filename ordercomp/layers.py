@@ -316,8 +316,9 @@ def is_quantised(layer: nn.Module) -> bool:
 
 
 def quantises_activations(model: nn.Module) -> bool:
-    """True when a fake-quantised layer of the model rounds its input activation (below full precision)."""
-    return any(bits_of(layer)[1] < FULL_BITS for _, layer in quantised_layers(model))
+    """True when the model rounds activations below full precision: a fake-quantised layer rounding its input, or a
+    part converted to int8 kernels (its activations are quantised to 8 bits between its operators)."""
+    return is_int8_converted(model) or any(bits_of(layer)[1] < FULL_BITS for _, layer in quantised_layers(model))
 
 
 def quantised_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
