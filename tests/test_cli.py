@@ -90,6 +90,36 @@ def test_bad_input_is_one_line_with_status_2_and_writes_nothing(tmp_path, capsys
     assert not out.exists()
 
 
+def test_a_step_cache_whose_disk_fills_during_the_run_stops_being_written_and_the_run_keeps_its_results(tmp_path, capsys,
+                                                                                                     monkeypatch):
+    """Stop 43: a full disk under the step cache ended the exploration at the next step with '[Errno 28] No space left on
+    device', and every step it had computed was lost with it. The cache now stops being written and says so."""
+    import errno
+
+    from ordercomp.exploration import cache
+    from ordercomp.models import checkpoints
+
+    written, real = [], cache.write_atomically
+
+    def filling(path, fill):
+        if len(written) >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path)
+        real(path, fill)
+
+    monkeypatch.setattr(cache, "write_atomically", filling)
+    monkeypatch.setattr(checkpoints, "write_atomically", filling)  # the trained base's weights, kept in the same folder
+    out = tmp_path / "run"
+    code = main(["explore", "--model", "cnn_tiny", "--methods", "prune,quantize", "--seeds", "1", "--epochs", "0.1",
+                 "--search", "pairwise", "--out", str(out), "--cache", str(tmp_path / "cache"), "--quiet", "--ship", "none"])
+    printed = capsys.readouterr().out
+    assert code == 0 and sorted(json.loads((out / "exploration.json").read_text())["chain"]) == ["prune", "quantize"]
+    assert ("The step cache stopped being written during the run (No space left on device): these results are complete, but "
+            "a rerun computes again the steps that were not cached; free space in the cache folder") in printed
+    assert [path.suffix for path in written] == [".safetensors", ".json", ".json"]  # the base's weights, then two steps
+    assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == sorted(path.name for path in written)
+
+
 def test_explore_writes_json_and_csv_results(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["explore", "--model", "cnn_tiny", "--methods", "prune,quantize", "--seeds", "1", "--epochs", "0.2",

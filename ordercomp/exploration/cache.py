@@ -8,7 +8,8 @@ recomputing, and a step computed under other conditions is computed again, never
 The torch thread count is left out on purpose: it moves float sums in their last bits only, and
 the in-process and Ray executors (1 thread per task) share one cache. A change to ordercomp that
 changes step results bumps CACHE_VERSION.
-Files are written atomically (temp file + rename): a crash never leaves half a record.
+Files are written atomically (temp file + rename): a crash never leaves half a record. A folder that
+fails during a run (a full disk) stops being written, and the run goes on with its results (`keep`).
 
 The chain an exploration recommends is applied to the base once more, on the test split, and that
 compressed model is kept too (`put_chain`), so that an export of the same chain with the same settings
@@ -30,11 +31,12 @@ import json
 import pickle
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
-from ..folders import make_writable_folder, sha256, write_atomically
+from ..folders import FOLDER_ERRNOS, make_writable_folder, sha256, write_atomically
 from .pipeline import StepResult
 
 CACHE_VERSION = 8  # 8: peak memory counts a storage until the last tensor on it is released (an alias that outlived the tensor it shares was counted as freed); 7: a ViT's exits read the class token's own path (the BitOps of steps with ViT exits fall); 6: prune narrows what a forward that holds some widths lets it (a user's own transformer's MLPs), int8 converts a network without stages or BatchNorm layer by layer, exits read tokens, attention products inside an int8 part count at full bits; 5: prune removes a ViT's heads too (prune steps of ViTs change); 4: a ViT's 4-bit attention probabilities on a log grid
@@ -82,6 +84,25 @@ class StepCache:
         # checked before any work: a step cache that cannot be written would fail the run after its first step
         self.folder = make_writable_folder(folder, "step cache") if folder else None
         self.hits = 0
+        self.stopped: str | None = None  # why writing stopped during the run (a full disk): the run goes on uncached
+
+    def keep(self, write: Callable[[], object]) -> bool:
+        """Run `write()`, which writes a file into the folder atomically, unless the folder failed (a full disk or quota,
+        a folder made read-only meanwhile): then this and every later write is skipped, so the run goes on and keeps its
+        results; `stopped` says why. Whether the file was written."""
+        if not self.folder or self.stopped:
+            return False
+        try:
+            write()
+        except OSError as error:
+            if error.errno not in FOLDER_ERRNOS:
+                raise
+            self.stopped = error.strerror or str(error)
+            return False
+        return True
+
+    def _keep_json(self, name: str, record: dict) -> bool:
+        return self.keep(lambda: write_atomically(self.folder / name, lambda temp: Path(temp).write_text(json.dumps(record))))
 
     def get(self, key: str) -> StepResult | None:
         if not self.folder or not (self.folder / f"{key}.json").exists():
@@ -94,9 +115,7 @@ class StepCache:
         return result
 
     def put(self, key: str, result: StepResult) -> None:
-        if not self.folder:
-            return
-        write_atomically(self.folder / f"{key}.json", lambda temp: Path(temp).write_text(json.dumps(result.to_dict())))
+        self._keep_json(f"{key}.json", result.to_dict())
 
     def get_chain(self, key: str) -> tuple[nn.Module, list[StepResult]] | None:
         """The compressed model and step results kept under `key` (see the module's docstring), or None when
@@ -118,11 +137,10 @@ class StepCache:
         """Keep a compressed model (CPU copy) and its step results under `key`; the model file first, then the
         record naming its checksum, so a record never names a file that is not there. A model that cannot be
         pickled (a module holding a lambda) is not kept: an export applies its chain again."""
-        if not self.folder:
-            return
         try:
-            write_atomically(self.folder / f"chain-{key}.pt", lambda temp: torch.save(copy.deepcopy(model).cpu(), temp))
+            if not self.keep(lambda: write_atomically(self.folder / f"chain-{key}.pt", lambda temp: torch.save(copy.deepcopy(model).cpu(), temp))):
+                return
         except (pickle.PicklingError, TypeError, AttributeError):
             return
         record = {"sha256": sha256(self.folder / f"chain-{key}.pt"), "steps": [step.to_dict() for step in steps]}
-        write_atomically(self.folder / f"chain-{key}.json", lambda temp: Path(temp).write_text(json.dumps(record)))
+        self._keep_json(f"chain-{key}.json", record)

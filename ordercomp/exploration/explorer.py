@@ -131,7 +131,7 @@ def _train_base(model: nn.Module, data: DataBundle, device: torch.device, cache:
     progress = lambda label, fraction: events({"kind": "progress", "label": "train base", "fraction": fraction})
     train(model, data, BASE_BUDGET, seed=0, device=device, progress=progress)
     if saved:
-        save_state_atomically(model, saved)
+        cache.keep(lambda: save_state_atomically(model, saved))
     return model
 
 
@@ -691,7 +691,7 @@ class Explorer:
         n = len(self.spec.methods)
         return {"methods": n, "seeds": self.spec.seeds, "pairwise_per_seed": order.pairwise_applications(n),
                 "exhaustive_per_seed": order.exhaustive_applications(n), "naive_exhaustive_per_seed": order.naive_exhaustive_applications(n),
-                "cache_hits": self.cache.hits}
+                "cache_hits": self.cache.hits, "cache_stopped": self.cache.stopped}
 
     def exhaustive_summary(self, steps: list[StepResult], chain: list[str]) -> dict | None:
         """Every full order ranked by its mean score over seeds, and where the recommended chain lands:

@@ -215,6 +215,9 @@ def print_summary(result) -> None:
         print(f"\nMethod applications per seed: pairwise {counts['pairwise_per_seed']}, exhaustive {counts['exhaustive_per_seed']} "
               f"(without prefix sharing {counts['naive_exhaustive_per_seed']}); cached steps reused: {counts['cache_hits']}; "
               f"wall time {record['seconds']:.0f} s")
+    if counts.get("cache_stopped"):
+        print(f"The step cache stopped being written during the run ({counts['cache_stopped']}): these results are complete, "
+              "but a rerun computes again the steps that were not cached; free space in the cache folder")
 
 
 def print_headline(record: dict) -> None:
