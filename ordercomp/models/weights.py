@@ -208,7 +208,7 @@ def fit_weights(model: nn.Module, weights: Weights, file: str, what: str, hint: 
     expected = model.state_dict()
     prefix, inside = within_prefix(weights.tensors, expected)
     outside = len(weights.tensors) - len(inside)
-    inside, tied = with_tied_names(inside, expected)
+    inside, tied = with_tied_names(inside, model, expected)
     missing, unexpected = sorted(set(expected) - set(inside)), sorted(set(inside) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{file} does not fit {what}: {len(missing)} missing keys (the model's, not in the file; e.g. "
@@ -229,13 +229,17 @@ def fit_weights(model: nn.Module, weights: Weights, file: str, what: str, hint: 
     return Weights(inside, notes)
 
 
-def with_tied_names(tensors: dict, expected: dict) -> tuple[dict, list[str]]:
+def with_tied_names(tensors: dict, model: nn.Module, expected: dict) -> tuple[dict, list[str]]:
     """`tensors` with the model's tied names filled in, and those names: a weight shared by two names (one parameter
-    under both) is saved once by safetensors' `save_model`, which drops the other name; it takes the value of the one kept."""
-    tie = lambda tensor: (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
-    kept = {tie(expected[name]): name for name in tensors if name in expected}
-    tied = {name: tensors[kept[tie(value)]] for name, value in expected.items()
-            if name not in tensors and value.numel() and tie(value) in kept}
+    under both) is saved once by safetensors' `save_model`, which drops the other name; it takes the value of the one
+    kept. The ties are the model's own (one object under several names), whatever device it is on."""
+    names_of: dict[int, list[str]] = {}
+    for name, value in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)):
+        names_of.setdefault(id(value), []).append(name)
+    tied = {}
+    for names in names_of.values():
+        kept = next((name for name in names if name in tensors), None)
+        tied |= {name: tensors[kept] for name in names if kept and name not in tensors and name in expected}
     return tensors | tied, sorted(tied)
 
 
