@@ -39,6 +39,7 @@ NAME_MAX_BYTES = 255             # one path component, as most file systems allo
 PATH_MAX_BYTES = 1024
 MARKER = ".ordercomp-upload"
 ABANDONED_AFTER_S = 7 * 24 * 3600
+DATA_ROOTS_ENV = "ORDERCOMP_DATA_ROOTS"
 
 
 def check_data_path(text: str) -> str:
@@ -46,6 +47,27 @@ def check_data_path(text: str) -> str:
     if not text.strip():
         raise DataError("give the path of a dataset folder on this machine")
     return str(check_layout(text.strip())[1].resolve())
+
+
+def data_roots() -> list[Path]:
+    """The folders a dashboard's users may read data from: those its operator lists in $ORDERCOMP_DATA_ROOTS
+    (separated by os.pathsep), else the folder the server was started in, as a notebook server serves its own."""
+    listed = [Path(part.strip()).expanduser() for part in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if part.strip()]
+    return [root.resolve() for root in listed or [Path.cwd()]]
+
+
+def check_served_data_path(text: str, store_folder: Path) -> str:
+    """`check_data_path` for a path typed into a served dashboard: it must lie in one of `data_roots()` or in the
+    store's folder (uploaded zips), links resolved, before anything of it is read, so that no user of the server
+    reads, or learns the layout of, a folder its operator did not offer."""
+    if not text.strip():
+        raise DataError("give the path of a dataset folder on this machine")
+    path, roots = Path(text.strip()).expanduser().resolve(), data_roots()
+    if not any(path.is_relative_to(root) for root in [*roots, store_folder.resolve()]):
+        raise DataError(f"{text.strip()} is outside the folders this server reads data from ({', '.join(map(str, roots))}): "
+                        f"give a folder under one of them or upload a zip; the server's operator names others in "
+                        f"${DATA_ROOTS_ENV} (e.g. /data{os.pathsep}/srv/datasets) before starting it")
+    return check_data_path(str(path))
 
 
 def extract_image_zip(data: bytes, folder: Path) -> str:

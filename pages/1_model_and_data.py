@@ -57,10 +57,11 @@ def choose_data() -> str | None:
         st.caption("1,797 handwritten digits of 8x8 pixels (scikit-learn), 10 classes; no download needed.")
         return "digits"
     if source == "folder":
-        text = st.text_input("Dataset folder", placeholder="/data/cifar10 or /data/flowers (one sub-folder per class)",
+        roots = " or ".join(map(str, uploads.data_roots()))
+        text = st.text_input(f"Dataset folder under {roots} (CIFAR-10/100, one sub-folder per class, or a .npz file)",
                              key="w_data_path", **KEEP)
         try:
-            return uploads.check_data_path(text)
+            return uploads.check_served_data_path(text, store.path.parent)
         except DataError as error:
             st.error(formatting.md(error))
             return None

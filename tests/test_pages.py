@@ -10,6 +10,7 @@ import copy
 import html
 import io
 import json
+import os
 import re
 import shutil
 import zipfile
@@ -143,16 +144,21 @@ def test_a_finished_baseline_job_shows_its_measured_figures(store):
     assert not [b for b in at.main.button if b.label.startswith("Measure")]
 
 
-def test_a_wrong_data_path_is_an_error_and_a_valid_folder_becomes_the_data(store, tmp_path):
+def image_folder(root: Path) -> Path:
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(root / name / "1.png")
+    return root
+
+
+def test_a_wrong_data_path_is_an_error_and_a_valid_folder_becomes_the_data(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("ORDERCOMP_DATA_ROOTS", str(tmp_path))
     at = app("1_model_and_data")
     at.radio(key="w_data_source").set_value("folder").run()
     at.text_input(key="w_data_path").set_value(str(tmp_path / "nowhere")).run()
     assert "does not exist" in plain(at.main.error[0].value) and not at.exception
     assert at.session_state[session.BASE]["data"] == "digits"
-    for name in ("cat", "dog"):
-        (tmp_path / "pets" / name).mkdir(parents=True)
-        Image.new("RGB", (4, 4)).save(tmp_path / "pets" / name / "1.png")
-    at.text_input(key="w_data_path").set_value(str(tmp_path / "pets")).run()
+    at.text_input(key="w_data_path").set_value(str(image_folder(tmp_path / "pets"))).run()
     assert not at.main.error
     assert at.session_state[session.BASE]["data"] == str((tmp_path / "pets").resolve())
     assert "digits_cnn on pets" in plain(at.main.success[0].value)
@@ -218,6 +224,44 @@ def test_a_server_whose_operator_did_not_allow_torchscript_offers_no_trust_box_a
                                                     "server's operator has not allowed that")
     assert at.session_state[session.BASE]["model"] == "digits_cnn"
     assert [path for path in (store.path.parent / "uploads").rglob("*") if path.is_file() and path.name != ".ordercomp-upload"] == []
+
+
+def test_a_typed_data_path_is_read_only_inside_the_folders_the_operator_offers(store, tmp_path, monkeypatch):
+    """Stop 44: any user of a served dashboard could type any folder of the server ("/" passed as an ImageFolder tree),
+    train on what it held and learn its layout from the errors. A typed path must now resolve, links followed, inside
+    $ORDERCOMP_DATA_ROOTS (else the folder the server started in) before anything of it is read."""
+    offered, private = tmp_path / "offered", image_folder(tmp_path / "private")
+    (offered / "ours").mkdir(parents=True)
+    (offered / "link").symlink_to(private)
+    monkeypatch.setenv("ORDERCOMP_DATA_ROOTS", f"{offered}{os.pathsep}{tmp_path / 'other'}")
+    monkeypatch.setattr(uploads, "check_layout", lambda *a: pytest.fail(f"{a} was read"))
+    at = app("1_model_and_data")
+    at.radio(key="w_data_source").set_value("folder").run()
+    assert at.text_input(key="w_data_path").label.startswith(f"Dataset folder under {offered} or {tmp_path / 'other'} (")
+    for typed in (private, offered / "link", offered / "ours" / ".." / ".." / "private", "/", "~"):
+        at.text_input(key="w_data_path").set_value(str(typed)).run()
+        assert not at.exception and plain(at.main.error[0].value) == (
+            f"{typed} is outside the folders this server reads data from ({offered}, {tmp_path / 'other'}): give a folder "
+            f"under one of them or upload a zip; the server's operator names others in $ORDERCOMP_DATA_ROOTS (e.g. "
+            f"/data{os.pathsep}/srv/datasets) before starting it")
+        assert at.session_state[session.BASE]["data"] == "digits"
+    monkeypatch.delenv("ORDERCOMP_DATA_ROOTS")
+    monkeypatch.chdir(offered)  # unset: the folder the server started in
+    at.text_input(key="w_data_path").set_value(str(private)).run()
+    assert plain(at.main.error[0].value).startswith(f"{private} is outside the folders this server reads data from ({offered}):")
+
+
+def test_a_worker_reads_no_data_outside_the_offered_folders_even_when_its_job_names_them(store, tmp_path, monkeypatch):
+    from ordercomp.jobs.kinds import check_served_data
+
+    private = image_folder(tmp_path / "private")
+    monkeypatch.setenv("ORDERCOMP_DATA_ROOTS", str(tmp_path / "offered"))
+    job = store.create(BaselineSpec(model="digits_cnn", data=str(private), device="cpu"))
+    assert run_job(store, job) == "failed"
+    assert store.get(job)["error"].startswith(f"DataError: {private} is outside the folders this server reads data from")
+    kept = image_folder(session.data_folder(store, "datasets") / "0123" / "pets")  # an uploaded zip's tree is the store's
+    check_served_data(store, {"data": str(kept)})
+    check_served_data(store, {"data": "digits"})
 
 
 def test_a_worker_refuses_a_torchscript_base_its_operator_did_not_allow_even_when_the_job_says_it_is_trusted(store, tmp_path, monkeypatch):
@@ -583,7 +627,8 @@ def test_text_from_the_url_is_shown_as_typed_not_as_markdown(store):
     assert shown_as_typed(at.main.error[0].value)
 
 
-def test_names_and_errors_a_user_supplied_are_shown_as_typed(store, tmp_path):
+def test_names_and_errors_a_user_supplied_are_shown_as_typed(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("ORDERCOMP_DATA_ROOTS", str(tmp_path))
     folder = tmp_path / INJECTION.replace("/", "|")
     for name in ("cat", "dog"):
         (folder / name).mkdir(parents=True)

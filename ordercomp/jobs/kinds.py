@@ -8,7 +8,8 @@ dict and the events callback, and returns the job's result record and a one-line
 
 Every kind shares the store's cache, so a zoo architecture is trained once for all of them. A worker
 never imports a FILE.py:NAME or package.module:NAME a spec names: it builds only the model factories
-the server's operator registered (`ordercomp.models.checkpoints.registered_models`).
+the server's operator registered (`ordercomp.models.checkpoints.registered_models`), and reads data only
+from the folders the operator offers (`check_served_data`).
 """
 from __future__ import annotations
 
@@ -21,10 +22,18 @@ from ..metrics import measure
 from ..order.plan import chain_text
 from ..exploration.pipeline import OK
 from ..train import Budget
+from ..uploads import check_served_data_path
 from .specs import BaselineSpec, ExportSpec
 from .store import JobStore
 
 Events = Callable[[dict], None]
+
+
+def check_served_data(store: JobStore, spec: dict) -> None:
+    """A job reads its data only from where the dashboard lets its users read (`check_served_data_path`): a spec
+    written by a stale or crafted session is held to the same folders as the page."""
+    if spec.get("data", "digits") != "digits":
+        check_served_data_path(spec["data"], store.path.parent)
 
 
 def run_exploration(store: JobStore, job_id: str, spec: dict, events: Events) -> tuple[dict, str]:
