@@ -40,6 +40,10 @@ PATH_MAX_BYTES = 1024
 MARKER = ".ordercomp-upload"
 ABANDONED_AFTER_S = 7 * 24 * 3600
 DATA_ROOTS_ENV = "ORDERCOMP_DATA_ROOTS"
+KEPT_FOLDERS = ("uploads", "datasets")  # next to the job store: checkpoints, unpacked zips
+UPLOADS_GB_ENV = "ORDERCOMP_UPLOADS_GB"
+UPLOADS_DEFAULT_GB = 10
+DISK_RESERVE_BYTES = 1 << 30     # an upload never leaves the store's disk with less free
 
 
 def check_data_path(text: str) -> str:
@@ -89,6 +93,7 @@ def extract_image_zip(data: bytes, folder: Path) -> str:
     if target.exists():
         _mark_used(target)
         return check_data_path(str(_tree_root(target)))
+    check_room(folder, sum(member.file_size for member in members), "the zip's images")
     folder.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=folder, prefix=".unzip-"))
     placed = False
@@ -246,11 +251,53 @@ def save_upload(folder: Path, name: str, data: bytes, limit_mb: int = UPLOAD_LIM
     check_upload_size(name, data, limit_mb, "give a smaller file")
     clean = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name).lstrip(".") or "upload"
     path = folder / hashlib.sha256(data).hexdigest()[:16] / clean
+    if not path.exists():
+        check_room(folder, len(data), name)
     path.parent.mkdir(parents=True, exist_ok=True)
     _mark_used(path.parent)
     if not path.exists():
         write_atomically(path, lambda temp: Path(temp).write_bytes(data))
     return path
+
+
+def check_room(folder: Path, incoming: int, name: str) -> None:
+    """Refuse an upload that would take the store's kept uploads (`KEPT_FOLDERS` beside `folder`) beyond the
+    $ORDERCOMP_UPLOADS_GB its operator allows, or leave its disk with less than DISK_RESERVE_BYTES free: users
+    of a served dashboard share that disk with the step cache, the job store and the exports."""
+    quota_gb = _uploads_quota_gb()
+    held = sum(_bytes_under(folder.parent / kept) for kept in KEPT_FOLDERS)
+    if held + incoming > quota_gb * 1e9:
+        raise DataError(f"{name} would take {incoming / 1e6:,.1f} MB, and this server's uploads already hold "
+                        f"{held / 1e9:.2f} of the {quota_gb:g} GB its operator allows (${UPLOADS_GB_ENV}): uploads no job "
+                        f"uses go a week after their last use; ask the operator for more room, or use a smaller file")
+    free = shutil.disk_usage(folder.parent).free
+    if free - incoming < DISK_RESERVE_BYTES:
+        raise DataError(f"{name} would take {incoming / 1e6:,.1f} MB, and the disk holding this server's store has "
+                        f"{free / 1e9:.2f} GB free, which must stay above {DISK_RESERVE_BYTES / 1e9:.2f} GB: ask the "
+                        "operator to free space")
+
+
+def _uploads_quota_gb() -> float:
+    text = os.environ.get(UPLOADS_GB_ENV, "").strip()
+    try:
+        quota = float(text) if text else UPLOADS_DEFAULT_GB
+    except ValueError:
+        quota = -1.0
+    if not quota >= 0:
+        raise DataError(f"${UPLOADS_GB_ENV} is {text!r}: the operator sets it to the gigabytes uploads may hold, e.g. 10")
+    return quota
+
+
+def _bytes_under(folder: Path) -> int:
+    """The bytes of the files under `folder` (links not followed)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for file in files:
+            try:
+                total += os.lstat(os.path.join(root, file)).st_size
+            except OSError:  # removed meanwhile by a sweep
+                pass
+    return total
 
 
 def _mark_used(upload: Path) -> None:

@@ -10,6 +10,7 @@ import zipfile
 
 import pytest
 import torch
+from PIL import Image
 from untrusted_data import EPS_AS_PNG, image_bomb_zip
 
 from ordercomp import uploads
@@ -251,3 +252,36 @@ def test_an_image_member_is_unpacked_once_however_often_its_reader_seeks_back(tm
     upload = zip_of({"cat/1.tif": tiff, "dog/1.tif": tiff, "padding.bin": os.urandom(len(tiff) // 40)})  # within 100:1
     assert uploads.extract_image_zip(upload, tmp_path / "datasets")
     assert inflations <= 2 * 3  # each member unpacked to be checked, then to be written
+
+
+def test_uploads_beyond_the_operators_quota_are_refused_and_the_same_bytes_again_take_no_room(tmp_path, monkeypatch):
+    """Stop 44: uploads had no quota beyond 200 MB a file and 1 GiB an unpacked zip, so the users of a served dashboard
+    could fill its disk, shared with the step cache, the job store and the exports, before any sweep."""
+    monkeypatch.setenv("ORDERCOMP_UPLOADS_GB", "0.00003")  # 30 kB
+    first = uploads.save_upload(tmp_path / "uploads", "a.pt", bytes(20_000))
+    noise = io.BytesIO()
+    Image.frombytes("L", (120, 100), os.urandom(12_000)).save(noise, format="PNG")
+    tree = zip_of({"cat/1.png": png(), "dog/1.png": png(), "dog/2.png": noise.getvalue()})
+    with pytest.raises(DataError, match=r"^the zip's images would take 0\.0 MB, and this server's uploads already hold 0\.00 of "
+                                         r"the 3e-05 GB its operator allows \(\$ORDERCOMP_UPLOADS_GB\)"):
+        uploads.extract_image_zip(tree, tmp_path / "datasets")
+    with pytest.raises(DataError, match=r"^b\.pt would take 0\.0 MB, .* ask the operator for more room, or use a smaller file$"):
+        uploads.save_upload(tmp_path / "uploads", "b.pt", os.urandom(20_000))
+    assert uploads.save_upload(tmp_path / "uploads", "a.pt", bytes(20_000)) == first  # kept already: no new bytes
+    assert everything_under(tmp_path / "datasets") == [] and everything_under(first.parent.parent) == [
+        first.parent.name, f"{first.parent.name}/{uploads.MARKER}", f"{first.parent.name}/a.pt"]
+    monkeypatch.setenv("ORDERCOMP_UPLOADS_GB", "0.1")
+    uploads.discard_upload(first)
+    assert uploads.extract_image_zip(tree, tmp_path / "datasets")
+
+
+def test_an_upload_that_would_leave_the_stores_disk_nearly_full_is_refused(tmp_path, monkeypatch):
+    free = uploads.DISK_RESERVE_BYTES + 10_000
+    monkeypatch.setattr(uploads.shutil, "disk_usage", lambda path: type("Usage", (), {"free": free})())
+    with pytest.raises(DataError, match=r"^a\.pt would take 0\.0 MB, and the disk holding this server's store has 1\.07 GB free, "
+                                         r"which must stay above 1\.07 GB: ask the operator to free space$"):
+        uploads.save_upload(tmp_path / "uploads", "a.pt", bytes(20_000))
+    assert everything_under(tmp_path) == []
+    monkeypatch.setenv("ORDERCOMP_UPLOADS_GB", "ten")
+    with pytest.raises(DataError, match=r"^\$ORDERCOMP_UPLOADS_GB is 'ten': the operator sets it to the gigabytes uploads may hold"):
+        uploads.save_upload(tmp_path / "uploads", "a.pt", bytes(5_000))

@@ -33,10 +33,10 @@ def data_folder(store: JobStore, name: str) -> Path:
 
 def sweep_uploads(store: JobStore) -> None:
     """Remove uploads (checkpoints, extracted zips) that no job of the store uses and nobody used for a week."""
-    from ..uploads import sweep_abandoned
+    from ..uploads import KEPT_FOLDERS, sweep_abandoned
 
     in_use = {job["spec"][key] for job in store.list_jobs() for key in ("model", "data", "weights") if job["spec"].get(key)}
-    for name in ("uploads", "datasets"):
+    for name in KEPT_FOLDERS:
         sweep_abandoned(data_folder(store, name), in_use)
 
 
