@@ -252,7 +252,7 @@ def run_apply(args) -> int:
     from .exploration.results import print_chain_steps
 
     chain = parse_methods(args.chain)
-    formats = args.formats.split(",") if args.formats else DEFAULT_FORMATS
+    formats = args.formats.split(",") if args.formats is not None else DEFAULT_FORMATS  # "" names none, not all
     model_args, settings, budget = _model_args(args), parse_settings(args), _budget(args)
     Normalization.parse(args.normalize)
     seen = check_export_folder(args.export, formats, export_bytes(args.model, formats, args.weights))

@@ -52,6 +52,7 @@ from testkit import MY_NET
     (["apply", "--chain", "prune", "--export", "{out}", "--prune-ratio", "nan"], "prune.ratio must be a finite number"),
     (["apply", "--chain", "prune", "--export", "{out}", "--seed", "-1"], "seed must be >= 0"),
     (["apply", "--chain", "prune", "--export", "{out}", "--formats", "pt2,tflite"], "unknown export format"),
+    (["apply", "--chain", "prune", "--export", "{out}", "--formats", ""], "unknown export format(s) (none given)"),  # was every format
     (["explore", "--model", "{net}:MyNet", "--model-args", "{{width"], "--model-args must be a JSON object"),
     (["explore", "--model-args", '{{"width": 8}}'], "--model-args is for a class or function"),
     (["apply", "--chain", "prune", "--export", "{out}", "--weights", "{bad}"], "--weights is for a zoo architecture or a class"),
