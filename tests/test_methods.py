@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -241,3 +243,12 @@ def test_distillation_runs_its_frozen_teacher_once_per_training_image(tiny_model
         for x, _, rows in loader.with_indices():
             with torch.no_grad():
                 assert torch.allclose(remembered(x, rows)[0], tiny_model(x), atol=1e-5)
+
+
+def test_int8_imports_torchao_without_printing_a_notice_meant_for_torchaos_authors():
+    """Stop 44: every run with int8 printed torch's "<enum 'KernelPreference'> is an Enum subclass … register_constant() …
+    is deprecated" line among its progress, as torchao registered that enum on import."""
+    run = subprocess.run([sys.executable, "-c", "import ordercomp.methods.int8; "
+                          "import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "Enum subclass" not in run.stderr, run.stderr

@@ -11,6 +11,7 @@ After int8 the weights are no longer trainable: methods that fine-tune report `i
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -24,6 +25,15 @@ from ..models.structure import vision_transformers
 from .base import Context, Incompatible, Method, check_range, require_staged
 
 MAX_BATCH = 4096
+
+
+def _drops_torchaos_enum_notice(record: logging.LogRecord) -> bool:
+    """False for the notice torch logs as torchao registers its KernelPreference enum on import ("… is an Enum subclass and
+    is now natively supported by torch.compile …"): a note to torchao's authors, printed among the user's progress lines."""
+    return not str(record.msg).startswith("%s is an Enum subclass and is now natively supported")
+
+
+logging.getLogger("torch.utils._pytree").addFilter(_drops_torchaos_enum_notice)
 
 
 @dataclass(frozen=True)
