@@ -1,8 +1,10 @@
 """The command line: one-line errors with exit status 2 and nothing written; a real small run."""
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,7 +135,10 @@ def test_explore_writes_json_and_csv_results(tmp_path, capsys):
     assert "Whole orders evaluated by the surrogate search" in printed and "P(best)" in printed
     assert "The recommended order is the best of the 2 evaluated" in printed and f"{spent} method applications were spent" in printed
     assert sorted(record["chain"]) == ["prune", "quantize"]
-    assert {p.name for p in out.iterdir()} == {"exploration.json", "steps.csv", "pairs.csv", "chain.csv", ".ordercomp-results"}
+    assert {p.name for p in out.iterdir()} == {"exploration.json", "steps.csv", "pairs.csv", "chain.csv", "report.html", ".ordercomp-results"}
+    report = (out / "report.html").read_text()  # stop 44: the meeting report came from the dashboard or the API only
+    assert report.startswith("<!DOCTYPE html>") and "Plotly.newPlot" in report and not re.search(r"<script[^>]*\ssrc=", report)
+    assert html.escape(" → ".join(record["chain"])) in report and size_text(record["shipped"]["file_bytes"]) in report
     # what ships, as the dashboard and the report say it: the eager table said 1.54x slower where the file was faster
     assert "(test split; latency in the PyTorch eager simulation, not the shipped file)" in printed
     shipped = record["shipped"]

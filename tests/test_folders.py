@@ -21,11 +21,11 @@ from ordercomp.cli import main
 from ordercomp.deploy.export import EXPORT_FOLDER, MANIFEST
 from ordercomp.folders import write_folder
 from ordercomp.exploration.results import RESULT_FILES, RESULTS_FOLDER, check_results_folder, result_files, write_results
+from sample_record import synthetic_record
 
 OLD_EXPORT_MARKER = "written by ordercomp (export); ordercomp replaces only its own files in this folder\n"
 OLD_RESULTS_MARKER = "written by ordercomp (results); ordercomp replaces only its own files in this folder\n"
-RECORD = {"spec": {"objective": "weighted", "seeds": 1}, "steps": [], "outcomes": [], "chain_steps": [], "chain": ["prune"],
-          "base_metrics": {"accuracy": 97.5, "params": 2610, "size_bytes": 10440, "macs": 40000, "bitops": 4.1e7}}
+RECORD = synthetic_record()
 Finished = namedtuple("Finished", "to_dict")  # what write_results needs of an exploration
 
 
@@ -145,7 +145,7 @@ def test_an_unwritable_step_cache_is_one_line_before_the_base_is_built(tmp_path,
     assert sorted(tmp_path.rglob("*")) == before
 
 
-@pytest.mark.parametrize("command, need", [(EXPLORE, "8 MiB"), (APPLY, "4 MiB")], ids=["explore", "apply"])
+@pytest.mark.parametrize("command, need", [(EXPLORE, "16 MiB"), (APPLY, "4 MiB")], ids=["explore", "apply"])
 def test_too_little_free_space_is_one_line_before_any_work(tmp_path, capsys, no_work, monkeypatch, temp_folder, command, need):
     # apply: the default model, digits_cnn (1.2 MB of weights), in two formats
     real = folders.shutil.disk_usage
@@ -171,7 +171,8 @@ def test_results_are_replaced_only_while_unchanged_and_other_files_kept(tmp_path
 def test_a_results_folder_an_older_ordercomp_wrote_is_still_ours_unless_edited(tmp_path):
     out = tmp_path / "run"
     write_results(Finished(lambda: RECORD), out)
-    (out / ".ordercomp-results").write_text(OLD_RESULTS_MARKER)  # what ordercomp wrote before markers held checksums
+    (out / ".ordercomp-results").write_text(OLD_RESULTS_MARKER)  # what ordercomp wrote before markers held checksums,
+    (out / "report.html").unlink()  # and before results held the meeting report
     check_results_folder(out)
     (out / "steps.csv").write_text("edited\n")
     with pytest.raises(ValueError, match="steps.csv was not written by ordercomp"):
@@ -363,3 +364,13 @@ def test_a_file_written_atomically_is_whole_or_absent_and_leaves_no_temporary_fi
     assert os.listdir(folder) == ["record.json"] and target.read_text() == "the earlier record"
     folders.write_atomically(target, lambda temp: open(temp, "w").write("the new record"))
     assert os.listdir(folder) == ["record.json"] and target.read_text() == "the new record"
+
+
+def test_results_are_written_without_the_report_when_it_cannot_be_drawn(tmp_path, monkeypatch, capsys):
+    import ordercomp.report.meeting
+
+    monkeypatch.setattr(ordercomp.report.meeting, "meeting_report", lambda record: {}["a drawing bug"])
+    write_results(Finished(lambda: RECORD), tmp_path / "run")
+    assert sorted(os.listdir(tmp_path / "run")) == sorted(set(RESULT_FILES) - {"report.html"} | {".ordercomp-results"})
+    assert capsys.readouterr().err == ("the meeting report could not be drawn (KeyError: 'a drawing bug'): the results are "
+                                       "written without report.html\n")

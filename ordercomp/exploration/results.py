@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from ..data.preprocessing import describe_preprocessing
+from ..errors import one_line
 from ..folders import MIB, FolderKind, check_destination, read_record, write_folder
 from ..metrics import LATENCY_BATCH
 from ..models.checkpoints import describe_source
@@ -23,10 +25,12 @@ from ..report.verdict import SETTLE_SEEDS, evidence_sentences, graph_orders_sent
 from .pipeline import StepResult
 
 MARKER = ".ordercomp-results"
-RESULT_FILES = ("exploration.json", "steps.csv", "pairs.csv", "chain.csv")
-# What a results folder needs, roughly: a 4-step exploration writes 5.8 KiB of exploration.json (0.5 KiB a step
-# and the summary) and less in CSV, so 8 MiB holds thousands of steps.
-RESULTS_BYTES = 8 * MIB
+REPORT = "report.html"
+RESULT_FILES = ("exploration.json", "steps.csv", "pairs.csv", "chain.csv", REPORT)
+# What a results folder needs, roughly: the meeting report carries plotly.js (4.7 MB) beside the run's figures, and
+# a 4-step exploration writes 5.8 KiB of exploration.json (0.5 KiB a step and the summary) and less in CSV, so
+# 16 MiB holds thousands of steps.
+RESULTS_BYTES = 16 * MIB
 BASE_STEP = "base"  # the base model's row, in the chain table and in steps.csv
 
 
@@ -163,10 +167,12 @@ def check_results_folder(out: str | Path) -> str:
 
 
 def write_results(result, out: str | Path, seen: str | None = None) -> Path:
-    """exploration.json plus steps.csv, pairs.csv and chain.csv in `out`, replacing only earlier results. With `seen`
-    (from `check_results_folder`), when another run wrote its results there since, these go to a new temporary folder
+    """exploration.json plus steps.csv, pairs.csv, chain.csv and the meeting report (report.html, the file the
+    dashboard's Export page downloads) in `out`, replacing only earlier results. With `seen` (from
+    `check_results_folder`), when another run wrote its results there since, these go to a new temporary folder
     instead and the error line says where."""
-    files = result_files(result.to_dict())
+    record = result.to_dict()
+    files = result_files(record) | report_file(record)
 
     def write(folder: Path) -> None:
         for name, content in files.items():
@@ -174,6 +180,19 @@ def write_results(result, out: str | Path, seen: str | None = None) -> Path:
 
     write_folder(Path(out), RESULTS_FOLDER, write, seen)
     return Path(out)
+
+
+def report_file(record: dict) -> dict[str, str]:
+    """{report.html: the meeting report}; when it cannot be drawn, nothing, and a line saying so: a drawing error must
+    not lose the exploration's other results."""
+    from ..report.meeting import meeting_report  # it draws on this module's tables
+
+    try:
+        return {REPORT: meeting_report(record)}
+    except Exception as error:
+        print(f"the meeting report could not be drawn ({one_line(error)}): the results are written without {REPORT}",
+              file=sys.stderr)
+        return {}
 
 
 def print_summary(result) -> None:
