@@ -3,7 +3,7 @@ and open any earlier run. The open run's id is in the URL (?job=...), so it surv
 import streamlit as st
 
 from ordercomp.dashboard import estimate, formatting, plan, session, views
-from ordercomp.report.figures import epochs_text, plural
+from ordercomp.report.figures import cache_stopped_caveat, epochs_text, plural
 from ordercomp.jobs import queue_positions, set_worker_limit, start_job, worker_limit
 from ordercomp.models.zoo import ARCHITECTURES
 from ordercomp.order import chain_text
@@ -57,6 +57,8 @@ def draw_run(job: dict) -> None:
             st.warning(formatting.md(f"{row['applications']}: {row['status']}: {row['reason']}"))
     if job["status"] == "done":
         st.success(f"Recommended order: **{chain_text(job['result']['chain'])}**")
+        if caveat := cache_stopped_caveat(job["result"]):
+            st.warning(formatting.md(caveat))
         st.page_link("pages/4_order.py", label="See the order and its evidence", icon=":material/account_tree:")
     job_log(store, job["id"])
 

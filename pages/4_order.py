@@ -4,7 +4,7 @@ import streamlit as st
 
 from ordercomp.dashboard import formatting, plan, session
 from ordercomp.report.charts import pair_matrix_figure, precedence_caption, precedence_dot
-from ordercomp.report.figures import applications, duration, plural, steps_caveat
+from ordercomp.report.figures import applications, cache_stopped_caveat, duration, plural, steps_caveat
 from ordercomp.report.meeting import evidence_sentence, exhaustive_table, notes
 from ordercomp.report.verdict import SETTLE_SEEDS, settle_suggestion
 from ordercomp.jobs import start_job
@@ -42,6 +42,8 @@ st.caption(f"Run {formatting.md(job_id)} · {formatting.md(plan.describe_base(sp
            f"{plural(spec['seeds'], 'seed')} · search {search['strategy']} · {applications(record)} method applications · "
            f"{duration(record['seconds'])}")
 st.info(evidence_sentence(record))
+if caveat := cache_stopped_caveat(record):
+    st.warning(formatting.md(caveat))
 settle_button(record)
 
 st.subheader("Pair outcomes")

@@ -712,6 +712,20 @@ def test_a_sound_choice_offers_no_settling(store, finished):
     assert not [button for button in at.main.button if button.label.startswith("Settle it")]
 
 
+def test_a_step_cache_that_stopped_being_written_during_the_run_is_said_on_the_runs_and_order_pages(store, finished):
+    """Stop 43 made a full disk under the step cache stop the cache, not the run, and the CLI's summary say so; the
+    dashboard, whose jobs all share the store's cache, said nothing, so a resumed or settled run silently recomputed."""
+    said = ("The step cache stopped being written during the run (No space left on device): these results are complete, "
+            "but a rerun computes again the steps that were not cached; free space in the cache folder")
+    record = copy.deepcopy(finished["record"])
+    record["applications"]["cache_stopped"] = "No space left on device"
+    job = store.create(ExploreSpec.from_dict(record["spec"]))
+    store.set_status(job, "done", result=record)
+    for page in ("3_runs", "4_order"):
+        assert texts(app(page, job=job).main.warning) == [said], page
+        assert not app(page, job=finished["exploration"]).main.warning, page
+
+
 def test_result_pages_say_what_to_do_without_a_finished_run(store, spawned):
     for page in ("4_order", "5_tradeoffs", "6_export"):
         at = app(page)

@@ -20,7 +20,7 @@ from ..metrics import LATENCY_BATCH
 from ..models.checkpoints import describe_source
 from ..order.plan import chain_text
 from ..order import LATENCY_OBJECTIVES
-from ..report.figures import SIMULATION, headline, headline_caveat, share_text, steps_caveat
+from ..report.figures import SIMULATION, cache_stopped_caveat, headline, headline_caveat, share_text, steps_caveat
 from ..report.verdict import SETTLE_SEEDS, evidence_sentences, graph_orders_sentence, settle_suggestion
 from .pipeline import StepResult
 
@@ -234,9 +234,8 @@ def print_summary(result) -> None:
         print(f"\nMethod applications per seed: pairwise {counts['pairwise_per_seed']}, exhaustive {counts['exhaustive_per_seed']} "
               f"(without prefix sharing {counts['naive_exhaustive_per_seed']}); cached steps reused: {counts['cache_hits']}; "
               f"wall time {record['seconds']:.0f} s")
-    if counts.get("cache_stopped"):
-        print(f"The step cache stopped being written during the run ({counts['cache_stopped']}): these results are complete, "
-              "but a rerun computes again the steps that were not cached; free space in the cache folder")
+    if caveat := cache_stopped_caveat(record):
+        print(caveat)
 
 
 def print_headline(record: dict) -> None:

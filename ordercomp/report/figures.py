@@ -1,7 +1,8 @@
 """Every figure the dashboard and the meeting report state about an exploration, as text, from one place:
 the headline (what the shipped file buys, in its runtime; the eager simulation labelled as such), the
 number of method applications, the units and rounding of sizes, latencies, accuracies, probabilities and durations,
-and the sentence that says a file or a step was timed on a busy machine (`busy_caveat`).
+the sentence that says a file or a step was timed on a busy machine (`busy_caveat`) and the one that says the
+step cache stopped being written (`cache_stopped_caveat`).
 A figure read on any page, in the report or in the CSV comes from here, so they read the same.
 """
 from __future__ import annotations
@@ -144,6 +145,17 @@ def steps_caveat(steps: list[dict]) -> str:
     said where their latencies are shown: the latency trade-off, the chain table, the pair outcomes and orders of the
     latency objectives. A step is timed alone, not side by side with the base."""
     return busy_caveat([step.get("load") for step in steps], side_by_side=False)
+
+
+def cache_stopped_caveat(record: dict) -> str:
+    """One sentence when the step cache stopped being written during the run (a full disk or quota, a folder made
+    read-only; `StepCache.stopped`), empty otherwise: the results stand, but a resumed or repeated run computes
+    the uncached steps again. Said after the CLI's summary and on the Runs and Order pages."""
+    stopped = record.get("applications", {}).get("cache_stopped")
+    if not stopped:
+        return ""
+    return (f"The step cache stopped being written during the run ({stopped}): these results are complete, but a rerun "
+            "computes again the steps that were not cached; free space in the cache folder")
 
 
 def busy_caveat(loads: list[dict | None], *, side_by_side: bool = True) -> str:
