@@ -349,6 +349,19 @@ def test_an_order_that_could_be_much_better_leaves_the_choice_open_instead_of_ca
     assert "int8 (0.20 points ahead on the 4 seeds both were measured on) could be up to 10.80" in evidence_sentence(ahead)
 
 
+def test_an_order_measured_on_one_seed_beside_the_recommended_one_is_said_to_be_unbounded_by_that_seed(record):
+    """Stop 44's walk (a user's CNN, 2 seeds): orders the first seed chose were measured on one other seed, with their
+    per-image evidence, and the sentence blamed "one seed and no per-image evidence" beside a pair table of 144 images
+    each. The race's intervals need two seeds both orders were measured on, whatever the images say."""
+    one_seed = searched(record)
+    one_seed["search"]["verdict"]["behind_at_most"] = {"chain": OTHER, "points": None, "lower": 25.69, "seeds": 1}
+    sentence = evidence_sentence(one_seed)
+    assert ("it cannot be separated from quantize → prune → early_exit → int8; prune → early_exit → quantize → int8: "
+            "quantize → prune → early_exit → int8 (25.69 points behind on the 1 seed both were measured on) could be better "
+            "by any amount: one seed draws no interval; more seeds would settle it.") in sentence
+    assert "per-image" not in sentence and settle_suggestion(one_seed["search"])
+
+
 def test_an_order_far_behind_that_could_not_be_separated_is_not_called_a_sound_choice(record):
     """Stop 35's held-out digits_cnn setting: after settling, the sentence called any of the inseparable orders a sound
     choice, one of them 5.7 points behind on 9 seeds (its 99% interval still reached 0). None of them could be much

@@ -17,7 +17,7 @@ import math
 from ..order.graph import LISTED_ORDERS
 from ..order.plan import chain_text
 from ..order.search import prefix_cost
-from .figures import share_text
+from .figures import plural, share_text
 
 SHOWN_ORDERS = 3  # orders named in a sentence before "and N more"
 SETTLE_SEEDS = 8  # a suggested settle budget: this many more seeds for every order still in contention
@@ -95,7 +95,9 @@ def _how_far_behind(verdict: dict, confidence: float) -> str:
     if not behind or margin is None:
         return ": the top orders are within noise of each other."
     if behind["points"] is None:
-        return ": with one seed and no per-image evidence nothing bounds how far apart they are; more seeds would."
+        # the race's intervals take the seeds' k - 1 degrees of freedom, so one common seed draws none, per-image evidence or not
+        return (f": {chain_text(behind['chain'])}{_scored(behind)} could be better by any amount: one seed draws no interval; "
+                "more seeds would settle it.")
     points, interval = f"{behind['points']:.2f}", f"a {share_text(confidence)} paired interval over seeds and images"
     if behind["points"] <= margin:
         return (f": by {interval} none of them is more than {points} points better, within the {margin:g} points that "
@@ -154,7 +156,7 @@ def _scored(behind: dict) -> str:
     if behind.get("lower") is None or not behind.get("seeds"):
         return ""
     side = "behind" if behind["lower"] >= 0 else "ahead"
-    return f" ({abs(behind['lower']):.2f} points {side} on the {behind['seeds']} seeds both were measured on)"
+    return f" ({abs(behind['lower']):.2f} points {side} on the {plural(behind['seeds'], 'seed')} both were measured on)"
 
 
 def cost_sentence(search: dict, chain_applications: int = 0) -> str:
