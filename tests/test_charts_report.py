@@ -362,6 +362,19 @@ def test_an_order_measured_on_one_seed_beside_the_recommended_one_is_said_to_be_
     assert "per-image" not in sentence and settle_suggestion(one_seed["search"])
 
 
+def test_the_reports_next_step_for_an_open_choice_is_to_settle_it_not_to_take_the_order_as_a_default(record):
+    """Stop 44's walk: 'How sure' said an order could be better by any amount, and 'Next step' right below it called the
+    recommended order a reasonable default, the pairs being about as good either way; the Order page and the CLI offered
+    to settle it."""
+    shown = lambda result: html.unescape(meeting_report(result)).partition("Next step.</b> ")[2].partition("</p>")[0]
+    opened = searched(record, behind=2.4)
+    assert shown(opened) == ("An order could still be better than the recommended one by more than the 0.5 points that count: "
+                             f"settle the choice before relying on the order (the dashboard's Settle it on the Order page, or "
+                             f"the same command with --settle {settle_suggestion(opened['search'])}; nothing already run is "
+                             "repeated).")
+    assert "settle" not in shown(searched(record, behind=0.31)).lower()  # a sound choice: as before
+
+
 def test_an_order_far_behind_that_could_not_be_separated_is_not_called_a_sound_choice(record):
     """Stop 35's held-out digits_cnn setting: after settling, the sentence called any of the inseparable orders a sound
     choice, one of them 5.7 points behind on 9 seeds (its 99% interval still reached 0). None of them could be much

@@ -22,7 +22,7 @@ from plotly.offline import get_plotlyjs
 from . import charts
 from .figures import (SIMULATION, STEP_FIGURES, applications, duration, epochs_text, headline, headline_caveat, plural,
                       steps_caveat)
-from .verdict import evidence_sentences, graph_orders_sentence
+from .verdict import evidence_sentences, graph_orders_sentence, settle_suggestion
 from ..order import OBJECTIVES
 from ..order.plan import chain_text
 from ..exploration.results import chain_table, pairs_table, results_table, search_table, steps_table
@@ -275,7 +275,13 @@ def order_in_words(chain: list[str]) -> str:
 
 
 def next_step(record: dict, figures: dict) -> str:
-    """What to do with the result: firm up undecided pairs first, else try the shipped file where it will run."""
+    """What to do with the result: settle an open choice among the top orders first, then firm up undecided pairs,
+    else try the shipped file where it will run."""
+    settle = settle_suggestion(record.get("search") or {})
+    if settle:
+        return (f"An order could still be better than the recommended one by more than the {record['search']['verdict']['margin']:g} "
+                f"points that count: settle the choice before relying on the order (the dashboard's Settle it on the Order "
+                f"page, or the same command with --settle {settle}; nothing already run is repeated).")
     undecided = [o for o in record["outcomes"] if not o["incompatible"] and (o["tie"] or o["weak_evidence"])]
     if undecided:
         return (f"{plural(len(undecided), 'pair')} of methods could not be told apart with {plural(record['spec']['seeds'], 'seed')}: "
