@@ -375,6 +375,17 @@ def test_the_reports_next_step_for_an_open_choice_is_to_settle_it_not_to_take_th
     assert "settle" not in shown(searched(record, behind=0.31)).lower()  # a sound choice: as before
 
 
+def test_the_reports_title_names_the_model_and_data_not_the_servers_paths(shipped_record):
+    """Stop 44's walk: a zip uploaded to the dashboard titled the report 'smallcnn on /srv/.../store/datasets/23ae221d53923473/
+    digits16', the server's folder named by the upload's hash; the CLI's summary says 'imagefolder:digits16'."""
+    uploaded = shipped_record | {"spec": shipped_record["spec"] | {"model": "/srv/models/nets.py:SmallCNN",
+                                                                   "data": "/srv/store/datasets/23ae221d53923473/digits16"},
+                                 "data": shipped_record["data"] | {"name": "imagefolder:digits16"}}
+    report = meeting_report(uploaded)
+    assert "<h1>Order of compression: nets.py:SmallCNN on imagefolder:digits16</h1>" in report
+    assert "23ae221d53923473" not in report.partition("<h1>")[2].partition("</h1>")[0]
+
+
 def test_an_order_far_behind_that_could_not_be_separated_is_not_called_a_sound_choice(record):
     """Stop 35's held-out digits_cnn setting: after settling, the sentence called any of the inseparable orders a sound
     choice, one of them 5.7 points behind on 9 seeds (its 99% interval still reached 0). None of them could be much

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import math
 import time
+from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -208,6 +209,13 @@ def _base_text(record: dict) -> str:
     return f"{record['spec']['model']}" + (f" ({what})" if what and what != record["spec"]["model"] else "")
 
 
+def _title_text(record: dict) -> str:
+    """'smallcnn on imagefolder:digits16': the model's and the data's names as the CLI's summary gives them, not the
+    paths the spec holds (a dashboard's upload lives in a folder named by its hash, which tells a reader nothing)."""
+    spec, data = record["spec"], record.get("data") or {}
+    return f"{Path(spec['model']).name} on {data.get('name') or Path(spec['data']).name}"
+
+
 def _data_text(record: dict) -> str:
     data = record.get("data")
     if not data:
@@ -239,7 +247,7 @@ def _summary(record: dict, finished: float | None) -> str:
     compared = (f"Orders of applying {len(spec['methods'])} compression methods ({', '.join(spec['methods'])}) to "
                 f"{_base_text(record)} were compared, {compared_orders(record)}: {applications(record)} method applications over "
                 f"{plural(spec['seeds'], 'seed')}, {duration(record['seconds'])}, on {_data_text(record)}.")
-    parts = [f"<h1>Order of compression: {html.escape(spec['model'])} on {html.escape(spec['data'])}</h1>",
+    parts = [f"<h1>Order of compression: {html.escape(_title_text(record))}</h1>",
              _muted(f'{when} · device {record.get("device") or spec["device"]}'),
              '<div class="lead">', f"<p><b>What was compared.</b> {html.escape(compared)}</p>",
              f"<p><b>Recommended order.</b> {html.escape(order_in_words(record['chain']))}</p>", f'<div class="chain">{html.escape(chain)}</div>',
