@@ -329,10 +329,20 @@ class Crop(nn.Module):
 """
 
 
-@pytest.mark.parametrize("cache", ["cache", ""], ids=["cache", "no cache"])
-def test_no_order_to_recommend_says_steps_are_cached_only_when_they_are(tmp_path, capsys, cache):
+@pytest.mark.parametrize("cache, full", [("cache", False), ("", False), ("cache", True)], ids=["cache", "no cache", "full disk"])
+def test_no_order_to_recommend_says_steps_are_cached_only_when_they_are(tmp_path, capsys, monkeypatch, cache, full):
+    """A cache whose disk filled during the run (stop 43) kept none of the steps, and the line still said a rerun reuses them."""
+    import errno
+
+    from ordercomp.exploration import cache as step_cache
+
+    def no_space(path, fill):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if full:
+        monkeypatch.setattr(step_cache, "write_atomically", no_space)
     (tmp_path / "crop.py").write_text(NO_PARAMETERS)
     assert main(["explore", "--model", f"{tmp_path / 'crop.py'}:Crop", "--methods", "prune,sparsify", "--seeds", "1", "--quiet",
                  "--out", str(tmp_path / "out"), "--cache", cache and str(tmp_path / cache)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "no method is left to order" in err and ("rerun reuses them" in err) == bool(cache)
+    assert "no method is left to order" in err and ("rerun reuses them" in err) == (bool(cache) and not full)

@@ -556,7 +556,8 @@ class Explorer:
         found = self.find_order(base)
         reason = no_order_reason(self.spec.methods, found.steps, found.outcomes)
         if reason:
-            raise ValueError(reason + (" (the steps that ran are cached, so a rerun reuses them)" if self.cache.folder else ""))
+            cached = self.cache.folder and not self.cache.stopped  # a full disk stopped the cache: a rerun computes them again
+            raise ValueError(reason + (" (the steps that ran are cached, so a rerun reuses them)" if cached else ""))
         chain = found.chain
         self.events({"kind": "stage", "stage": "chain", "label": f"applying the chain {chain_text(chain)}"})
         base_test = measure(base, self.data, "test", device=self.device).to_dict()
