@@ -726,6 +726,36 @@ def test_a_step_cache_that_stopped_being_written_during_the_run_is_said_on_the_r
         assert not app(page, job=finished["exploration"]).main.warning, page
 
 
+def test_a_running_job_whose_step_cache_stops_says_so_in_its_log_before_it_ends(store, finished, monkeypatch):
+    """A job cancelled after its cache stopped had no result to say it, and its resume computed every step again
+    unannounced: the log, shown on the Runs page while it runs, says so after the step whose write failed."""
+    import errno
+
+    from ordercomp.exploration import cache
+
+    written, real = [], cache.write_atomically
+
+    def filling(path, fill):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path)
+        real(path, fill)
+
+    monkeypatch.setattr(cache, "write_atomically", filling)
+    spec = ExploreSpec.from_dict(finished["record"]["spec"] | {"methods": ["prune", "sparsify"], "exhaustive": False,
+                                                                  "ship": None})
+    job = store.create(spec)
+    assert run_job(store, job) == "done", store.log(job)
+    lines = [line["message"] for line in store.log(job)]
+    said = [index for index, line in enumerate(lines) if line.startswith("The step cache stopped being written")]
+    assert len(said) == 1 and lines[said[0]] == ("The step cache stopped being written (No space left on device): the run goes "
+                                                 "on, but the steps from here on are not cached, so a resume or a rerun "
+                                                 "computes them again; free space in the cache folder")
+    steps = [index for index, line in enumerate(lines) if " (seed " in line]
+    assert steps[0] < said[0] < steps[-1]  # while the steps still ran, not only once the run was over
+    assert len(written) == 1
+
+
 def test_result_pages_say_what_to_do_without_a_finished_run(store, spawned):
     for page in ("4_order", "5_tradeoffs", "6_export"):
         at = app(page)

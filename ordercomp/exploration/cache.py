@@ -77,6 +77,11 @@ def installed_version(name: str) -> str | None:
         return None
 
 
+# Said once while the run goes on (the CLI's progress, a dashboard job's log) when `StepCache.keep` stops writing
+STOPPED_WHILE_RUNNING = ("The step cache stopped being written ({}): the run goes on, but the steps from here on are not "
+                         "cached, so a resume or a rerun computes them again; free space in the cache folder")
+
+
 class StepCache:
     """Step results as small JSON files in a folder; `None` folder means no caching."""
 

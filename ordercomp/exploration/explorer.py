@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import order
-from .cache import StepCache, chain_key, content_key, environment, step_key
+from .cache import STOPPED_WHILE_RUNNING, StepCache, chain_key, content_key, environment, step_key
 from ..models.checkpoints import (describe_source, input_size_for, list_samples, model_label, read_state_dict,
                                   resolve_model, sample_card, save_state_atomically, state_fingerprint)
 from ..models.factories import check_args, code_fingerprint
@@ -479,6 +479,7 @@ class Explorer:
                               normalize=spec.normalize)
         self.source: dict = {}
         self.cache = StepCache(cache_dir)
+        self._cache_stop_said = False
         self.data_fingerprint = self.data.fingerprint()
         self.configs = make_configs(spec.methods, spec.settings)
         self.config_dicts = {name: config_to_dict(name, c) for name, c in self.configs.items()}
@@ -515,9 +516,16 @@ class Explorer:
         return [replace(result, fidelity=fidelity) for result in results]
 
     def _counting_steps_so_far(self) -> Events:
-        """Step events counted over the whole exploration, not per plan (the search runs several)."""
+        """Step events counted over the whole exploration, not per plan (the search runs several); after the step whose
+        write stopped the step cache, a stage event says so while the run goes on (the CLI's line, the job's log)."""
         offset = self._steps_done
-        return lambda event: self.events(self._counted(event, event["done"] + offset) if event.get("kind") == "step" else event)
+
+        def forward(event: dict) -> None:
+            self.events(self._counted(event, event["done"] + offset) if event.get("kind") == "step" else event)
+            if self.cache.stopped and not self._cache_stop_said:
+                self._cache_stop_said = True
+                self.events({"kind": "stage", "stage": "cache", "label": STOPPED_WHILE_RUNNING.format(self.cache.stopped)})
+        return forward
 
     def _counted(self, event: dict, done: int) -> dict:
         """A step event with `done` against the planned total, known at the start, so progress only moves forward
