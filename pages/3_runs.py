@@ -72,7 +72,7 @@ def all_runs() -> None:
     # redrawn with the open run's panel while any run is active, so its status and count agree with the panel
     live_jobs(store, jobs, lambda current: st.dataframe(views.job_rows(current, queue_positions(store.list_jobs())), hide_index=True))
     ids = [job["id"] for job in jobs]
-    titles = {job["id"]: views.job_title(job) for job in jobs}
+    titles = {job["id"]: views.job_title(job, status=False) for job in jobs}  # the live table above says their status
     current = state.get(session.JOB)
     picked = st.selectbox("Open a run", ids, index=ids.index(current) if current in ids else None,
                           format_func=titles.get, placeholder="pick a run to open")

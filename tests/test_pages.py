@@ -494,6 +494,17 @@ def test_runs_page_shows_the_finished_run_from_the_url_with_pairs_log_and_list(s
     assert at.main.selectbox[0].value == finished["exploration"]
 
 
+def test_the_run_picker_names_no_status_that_the_live_table_beside_it_would_contradict(store, finished, spawned):
+    """Stop 44's walk: the picker, drawn once when the run was launched, read '... · queued' under a live panel and table
+    saying 'running' (and went on saying it) until something reran the whole page."""
+    at = app("3_runs")
+    next(button for button in at.main.button if button.label == "Launch exploration").click().run()
+    store.set_status(spawned[0], "running")
+    picker = next(box for box in at.main.selectbox if box.label == "Open a run")
+    assert picker.value == spawned[0] and not [option for option in picker.options if option.endswith(("queued", "running", "done"))]
+    assert f"{finished['exploration']} · prune, quantize · cnn_tiny.pt on digits" in picker.options
+
+
 def test_a_failed_pair_shows_its_reason_and_cancel_and_resume_act_on_the_store(store, spawned):
     spec = ExploreSpec(model="digits_cnn", methods=("prune", "lowrank"), seeds=1)
     job = store.create(spec)

@@ -15,11 +15,14 @@ def is_active(job: dict | None) -> bool:
     return job is not None and job["status"] in ACTIVE
 
 
-def job_title(job: dict) -> str:
+def job_title(job: dict, *, status: bool = True) -> str:
+    """'id · methods · model on data · status'; without `status` where the title is not redrawn as the job moves on
+    (the Runs page's run picker, drawn once per page run beside the live table of runs)."""
     spec = job["spec"]
     what = {"explore": lambda: ", ".join(spec["methods"]) + (f" (settle {spec['settle']})" if spec.get("settle") else ""),
             "baseline": lambda: "baseline", "export": lambda: "export " + chain_text(spec["chain"])}[job.get("kind", "explore")]()
-    return f"{job['id']} · {what} · {Path(spec['model']).name} on {Path(spec['data']).name} · {job['status']}"
+    title = f"{job['id']} · {what} · {Path(spec['model']).name} on {Path(spec['data']).name}"
+    return f"{title} · {job['status']}" if status else title
 
 
 def queue_line(place: int | None, limit: int, source: str) -> str:
