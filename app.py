@@ -24,7 +24,8 @@ PAGES = [
 
 
 def sidebar(store: JobStore) -> None:
-    st.caption(f"Base: {formatting.md(plan.describe_base(session.base_choice(st.session_state)))}")
+    # the Model & data choice, not the open run's base (a run opened from its link can have another)
+    st.caption(f"Base of a new exploration: {formatting.md(plan.describe_base(session.base_choice(st.session_state)))}")
     job_id = st.session_state.get(session.JOB)
     if job_id and store.get(job_id):
         st.markdown("**Open run**")

@@ -903,6 +903,8 @@ def test_the_sidebar_shows_the_open_run_device_and_store(store, finished):
     assert any(caption.startswith("Device: CPU") or caption.startswith("Device: CUDA") for caption in captions)
     assert f"Job store: `{store.path}`" in captions
     assert any(f"job `{finished['exploration']}`" in plain(markdown.value) for markdown in at.sidebar.markdown)
+    # stop 44's walk: a run opened from its link under 'Base: digits_cnn on digits', its own base another (the session's default)
+    assert "Base of a new exploration: digits_cnn on digits" in captions and not [c for c in captions if c.startswith("Base:")]
 
 
 @pytest.mark.timeout(2 * WORKER_S)
