@@ -51,7 +51,7 @@ def choose_data() -> str | None:
     st.subheader("Data")
     source = st.radio("Data source", list(plan.DATA_SOURCES), format_func=plan.DATA_SOURCES.get, key="w_data_source",
                       **KEEP)
-    st.number_input("Input size in pixels (0: the data's own, 8 for digits, 32 otherwise)", min_value=0, max_value=512,
+    st.number_input(plan.INPUT_SIZE_LABEL, min_value=0, max_value=512,
                     step=1, key="w_input_size", **KEEP)
     if source == "digits":
         st.caption("1,797 handwritten digits of 8x8 pixels (scikit-learn), 10 classes; no download needed.")

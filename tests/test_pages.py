@@ -339,6 +339,22 @@ def test_a_registered_factory_is_offered_and_runs_a_baseline_and_a_typed_referen
     assert "is not a model factory registered on this server" in store.get(job)["error"] and not marker.exists()
 
 
+def test_the_input_size_box_says_what_0_gives_an_image_tree_its_own_size_being_another(store, tmp_path):
+    """Stop 44's walk: '0: the data's own, 8 for digits, 32 otherwise' read as 'my 16-px images stay 16 px'; an ImageFolder
+    tree of 4-px images is read at 32 px with 0."""
+    from ordercomp.data.datasets import load_data
+
+    tree = tmp_path / "pets"
+    for index in range(6):
+        for kind in ("cat", "dog"):
+            (tree / kind).mkdir(parents=True, exist_ok=True)
+            (tree / kind / f"{index}.png").write_bytes(png())
+    label = app("1_model_and_data").number_input(key="w_input_size").label
+    assert label.startswith(f"Input size in pixels (0: {load_data('digits').input_size} for digits; "
+                            f"{load_data(str(tree)).input_size} for a CIFAR folder or an ImageFolder tree, its images resized to it")
+    assert "the data's own" not in label and load_data(str(tree)).input_size != 4
+
+
 def test_an_uploaded_zip_is_extracted_safely(store, tmp_path):
     at = app("1_model_and_data")
     at.radio(key="w_data_source").set_value("zip").run()

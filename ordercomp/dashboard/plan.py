@@ -10,6 +10,7 @@ import json
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
+from ..data.datasets import DEFAULT_INPUT_SIZE, FOLDER_INPUT_SIZE
 from ..jobs import BaselineSpec, ExportSpec
 from ..order import LATENCY_OBJECTIVES
 from .session import base_choice
@@ -21,6 +22,9 @@ DATA_SOURCES = {"digits": "Embedded digits (default)", "folder": "A folder on th
                 "zip": "Upload a zip of an ImageFolder tree"}
 MODEL_SOURCES = {"sample": "Sample model", "zoo": "Train a zoo architecture", "upload": "Upload a checkpoint",
                  "registered": "Your model (registered by this server)"}
+# what 0 gives, per source: a tree of 16-px images is resized to 32 px unless a size is given ("the data's own" misled)
+INPUT_SIZE_LABEL = (f"Input size in pixels (0: {DEFAULT_INPUT_SIZE} for digits; {FOLDER_INPUT_SIZE} for a CIFAR folder or an "
+                    "ImageFolder tree, its images resized to it; an .npz file's own)")
 NORMALIZE_CHOICES = {"dataset": "the training split's mean and std (default)", "none": "none: pixel values in 0..1",
                      "given": "given numbers (MEAN,STD)"}
 

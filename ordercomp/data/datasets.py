@@ -23,6 +23,7 @@ from .preprocessing import Normalization, record
 
 SPLIT_SEED = 20240326
 DEFAULT_INPUT_SIZE = 8
+FOLDER_INPUT_SIZE = 32  # CIFAR and ImageFolder images without an --input-size (an .npz file keeps its own)
 MIN_SPLIT = {"train": 1, "validation": 2, "test": 1}  # pair decisions compare two orders image by image on validation
 HELD_COPIES = 3  # a data set is held about three times over while it is prepared: as read, in split order, normalised
 
@@ -122,8 +123,8 @@ def load_data(spec="digits", *, input_size: int | None = None, limit: int | None
 
         return read_npz(path, input_size, normalization)
     if kind != "imagefolder":
-        return _cifar(path, input_size or 32, limit, normalization)
-    return _image_folder(path, input_size or 32, limit, normalization)
+        return _cifar(path, input_size or FOLDER_INPUT_SIZE, limit, normalization)
+    return _image_folder(path, input_size or FOLDER_INPUT_SIZE, limit, normalization)
 
 
 def data_label(data) -> str:
