@@ -783,6 +783,19 @@ def test_a_running_job_whose_step_cache_stops_says_so_in_its_log_before_it_ends(
     assert len(written) == 1
 
 
+def test_a_run_served_from_the_step_cache_says_so_step_by_step_in_its_log(store, finished):
+    """Stop 44's walk: after a resume the log listed the 53 finished steps again as 'ok in 0.4 s', the seconds they had
+    taken to compute, as if it had run them again."""
+    job = store.create(ExploreSpec.from_dict(finished["record"]["spec"] | {"ship": None}))  # every step already ran
+    assert run_job(store, job) == "done", store.log(job)
+    lines = [line["message"] for line in store.log(job)]
+    steps = [line for line in lines[:lines.index(next(line for line in lines if line.startswith("applying the chain")))]
+             if " (seed " in line]
+    assert steps and all(line.endswith(" s (from the cache)") for line in steps), steps
+    computed = [line["message"] for line in store.log(finished["exploration"]) if " (seed " in line["message"]]
+    assert computed and not [line for line in computed if "from the cache" in line]
+
+
 def test_result_pages_say_what_to_do_without_a_finished_run(store, spawned):
     for page in ("4_order", "5_tradeoffs", "6_export"):
         at = app(page)

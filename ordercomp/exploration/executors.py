@@ -127,8 +127,9 @@ def step_on(step: Step, parent: nn.Module | None, chain: Chain, seed: int, data:
     return step(parent, chain, seed, data, device, progress)
 
 
-def step_event(result: StepResult, done: int, total: int) -> dict:
-    return {"kind": "step", "result": result.to_dict(), "done": done, "total": total}
+def step_event(result: StepResult, done: int, total: int, *, cached: bool = False) -> dict:
+    """A finished step for the events callback; `cached` when it came from the step cache, not computed (a resume)."""
+    return {"kind": "step", "result": result.to_dict(), "done": done, "total": total, "cached": cached}
 
 
 def parents_in(plan: list[Chain]) -> set[Chain]:
@@ -150,8 +151,9 @@ class InProcessExecutor:
         for seed in seeds:
             models = self._models.setdefault(work.key((), seed), {(): work.base})
             for chain in plan:
+                hits = work.cache.hits
                 results.append(self._step(work, chain, seed, models, parents))
-                work.events(step_event(results[-1], len(results), total))
+                work.events(step_event(results[-1], len(results), total, cached=work.cache.hits > hits))
         return results
 
     def close(self) -> None:
@@ -408,7 +410,7 @@ class RayRun:
                 for chain in plan:
                     if cached[chain] is not None:
                         results[(chain, seed)] = cached[chain]
-                        self.work.events(step_event(cached[chain], len(results), total))
+                        self.work.events(step_event(cached[chain], len(results), total, cached=True))
                 pending |= self._submit(plan, seed, cached, base, data)
             del base, data
             self._collect(pending, results, total)

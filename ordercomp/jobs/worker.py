@@ -64,7 +64,7 @@ class JobEvents:
         if event.get("split", "val") == "val":  # the chain applied on the test split is no pair's evidence
             self.store.record_step(self.job_id, step)
         self.store.set_progress(self.job_id, chain_text(step["chain"]), 1.0, event["done"], event["total"])
-        self.store.append_log(self.job_id, describe_step(step))
+        self.store.append_log(self.job_id, describe_step(step) + (" (from the cache)" if event.get("cached") else ""))
 
     def check_cancel(self) -> None:
         now = self.clock()
