@@ -75,6 +75,8 @@ def _base_options(parser: argparse.ArgumentParser) -> None:
                         "e.g. '{\"num_classes\": 10}' (num_classes and in_channels come from the data when it names them)")
     parser.add_argument("--weights", metavar="FILE", help="state dict (.pt, .pth, .bin, .ckpt) or safetensors for --model's "
                         "class or zoo architecture; checkpoints of training frameworks are unwrapped")
+    parser.add_argument("--ema", action="store_true", help="read the EMA weights of a checkpoint that holds them beside the "
+                        "training weights (timm's state_dict_ema, torchvision's model_ema, Lightning's EMA)")
     parser.add_argument("--arch", help="architecture of a state-dict checkpoint given to --model")
     parser.add_argument("--classifier", metavar="MODULE", help="your network's layer that gives the logits (e.g. fc), "
                         "when tracing the forward cannot find it")
@@ -210,8 +212,8 @@ def _spec(args):
     from .exploration.explorer import ExploreSpec, ship_choice
 
     return ExploreSpec(
-        model=args.model, data=args.data, model_args=_model_args(args), weights=args.weights, normalize=args.normalize,
-        methods=tuple(parse_methods(args.methods)) if args.methods is not None else None, settings=parse_settings(args),
+        model=args.model, data=args.data, model_args=_model_args(args), weights=args.weights, ema=args.ema,
+        normalize=args.normalize, methods=tuple(parse_methods(args.methods)) if args.methods is not None else None, settings=parse_settings(args),
         objective=args.objective, weight=args.weight, seeds=args.seeds, budget=_budget(args),
         confidence=args.confidence, **({"search": args.search} if args.search else {}), screen=args.screen,
         settle=args.settle, device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
@@ -259,7 +261,7 @@ def run_apply(args) -> int:
     check_cache_apart(args.cache, "--export", args.export)
     bar = ProgressBar()
     outcome = compress(model=args.model, data=args.data, chain=chain, settings=settings, budget=budget, device=args.device,
-                       architecture=args.arch, model_args=model_args, weights=args.weights, normalize=args.normalize,
+                       architecture=args.arch, model_args=model_args, weights=args.weights, ema=args.ema, normalize=args.normalize,
                        input_size=args.input_size, seed=args.seed, events=bar, trust_torchscript=args.trust_torchscript,
                        classifier=args.classifier, stages=args.stages, cache_dir=args.cache or None)
     bar.close()
@@ -284,7 +286,7 @@ def run_measure(args) -> int:
 
     bar = ProgressBar()
     base, source, data = prepare_base(args.model, args.data, architecture=args.arch, model_args=_model_args(args),
-                                      weights=args.weights, normalize=args.normalize, input_size=args.input_size,
+                                      weights=args.weights, ema=args.ema, normalize=args.normalize, input_size=args.input_size,
                                       device=args.device, cache_dir=args.cache or None, events=bar,
                                       trust_torchscript=args.trust_torchscript, classifier=args.classifier,
                                       stages=check_stage_names(args.stages))

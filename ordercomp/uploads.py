@@ -235,9 +235,9 @@ def _tree_root(folder: Path) -> Path:
 
 def checkpoint_types() -> list[str]:
     """File name endings an uploaded model may have."""
-    from .models.checkpoints import PROGRAM_SUFFIXES, STATE_SUFFIXES
+    from .models.checkpoints import PROGRAM_SUFFIXES, STATE_SUFFIXES, TIMM_ENDING
 
-    return sorted(suffix.lstrip(".") for suffix in STATE_SUFFIXES | PROGRAM_SUFFIXES)
+    return sorted(suffix.lstrip(".") for suffix in STATE_SUFFIXES | PROGRAM_SUFFIXES | {TIMM_ENDING})
 
 
 def check_upload_size(name: str, data: bytes, limit_mb: int, remedy: str) -> None:
@@ -365,12 +365,14 @@ def _discard_refused(path: Path, kept_before: set[str]) -> None:
         path.unlink(missing_ok=True)
 
 
-def read_checkpoint(path: Path, *, trust_torchscript: bool = False):
-    """A whole model (.pt2, or TorchScript when the user trusts the file) or a state dict from an uploaded file.
+def read_checkpoint(path: Path, *, trust_torchscript: bool = False, ema: bool = False):
+    """A whole model (.pt2, or TorchScript when the user trusts the file), or the `Weights` of an uploaded file (its
+    EMA weights' entry with `ema`, where they have one).
 
     Loading TorchScript runs code stored in the file (it can read and write files), so a TorchScript
     file is refused, unread, unless this server's operator allows TorchScript and `trust_torchscript` is set."""
-    from .models.checkpoints import PROGRAM_SUFFIXES, STATE_SUFFIXES, CheckpointError, is_torchscript, load_program, read_state_dict
+    from .models.checkpoints import PROGRAM_SUFFIXES, CheckpointError, is_state_file, is_torchscript, load_program
+    from .models.weights import read_weights
     from .models.factories import server_runs_torchscript, torchscript_refused
 
     if is_torchscript(path):
@@ -382,43 +384,52 @@ def read_checkpoint(path: Path, *, trust_torchscript: bool = False):
         return load_program(path, trust_torchscript=True)
     if path.suffix in PROGRAM_SUFFIXES:
         return load_program(path)
-    if path.suffix not in STATE_SUFFIXES:
-        raise CheckpointError(f"{path.name} has an unknown type: upload a state dict (.pt, .pth, .safetensors), a .pt2 or a TorchScript file")
-    return read_state_dict(path)
+    if not is_state_file(path):
+        raise CheckpointError(f"{path.name} has an unknown type: upload a state dict (.pt, .pth, .pth.tar, .ckpt, .safetensors), a .pt2 or a TorchScript file")
+    return read_weights(path, ema=ema)
 
 
-def check_checkpoint(path: Path, architecture: str | None, *, trust_torchscript: bool = False) -> str:
-    """One line saying what an uploaded model file holds; a state dict is checked against `architecture`.
+def check_checkpoint(path: Path, architecture: str | None, *, trust_torchscript: bool = False, ema: bool = False) -> str:
+    """One line saying what an uploaded model file holds; a state dict (its EMA weights with `ema`) is checked against
+    `architecture`.
 
     A state dict needs an architecture; a .pt2 or TorchScript archive is a whole model."""
     from .models.checkpoints import CheckpointError
+    from .models.weights import Weights
 
-    content = read_checkpoint(path, trust_torchscript=trust_torchscript)
-    if not isinstance(content, dict):
+    content = read_checkpoint(path, trust_torchscript=trust_torchscript, ema=ema)
+    if not isinstance(content, Weights):
+        if ema:
+            raise CheckpointError(f"{path.name} is a whole program, not a checkpoint with EMA weights: untick 'EMA weights'")
         kind = "torch.export program" if path.suffix == ".pt2" else "TorchScript model (its code runs: you trust it)"
         return f"{path.name}: a {kind} with {sum(p.numel() for p in content.parameters()):,} parameters"
     if architecture is None:
         raise CheckpointError(f"{path.name} holds weights only: choose its architecture")
-    mismatch = state_dict_mismatch(content, architecture)
+    mismatch = state_dict_mismatch(content, architecture, path.name, ema=ema)
     if mismatch:
         raise CheckpointError(f"{path.name} does not fit {architecture}: {mismatch}; choose the architecture it was saved from")
-    return f"{path.name}: a state dict of {len(content)} tensors ({sum(t.numel() for t in content.values()):,} values) for {architecture}"
+    tensors = content.tensors.values()
+    return (f"{path.name}: a state dict of {len(tensors)} tensors ({sum(t.numel() for t in tensors):,} values) for {architecture}"
+            + (", its EMA weights read" if ema else ""))
 
 
-def state_dict_mismatch(state: dict, architecture: str) -> str | None:
-    """What keeps `state` from loading into `architecture` (built for the classes and input channels
-    the weights themselves have): missing and unexpected keys and shape mismatches; None if it fits.
-    A framework's prefix on the names (module., model.) is left out, as it is when the weights load.
+def state_dict_mismatch(weights, architecture: str, file: str, *, ema: bool = False) -> str | None:
+    """What keeps `weights` (their EMA weights with `ema`) from loading into `architecture` (built for the classes and
+    input channels the weights themselves have): missing and unexpected keys and shape mismatches; None if it fits.
+    A framework's prefix on the names (module., model.) is left out, as it is when the weights load; EMA weights the
+    file lacks are refused as they are then.
     The model is built on torch's meta device: only its names and shapes are compared, and the classes and channels
     come from the file (a 1 kB file may declare a billion classes in a stride-0 tensor), so nothing is allocated."""
     import torch
 
-    from .models.weights import within_prefix
+    from .models.weights import no_ema_weights, within_prefix
     from .models.zoo import create_model
 
     with torch.device("meta"):
-        expected = create_model(architecture, *_classes_and_channels(state)).state_dict()
-    state = within_prefix(state, expected)[1]
+        expected = create_model(architecture, *_classes_and_channels(weights.tensors)).state_dict()
+    prefix, state = within_prefix(weights.tensors, expected, ema=ema and not weights.ema)
+    if prefix is None:
+        raise no_ema_weights(file, weights, expected)
     missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
     wrong = [f"{k} is {tuple(state[k].shape)}, needs {tuple(expected[k].shape)}" for k in expected
              if k in state and state[k].shape != expected[k].shape]

@@ -20,14 +20,15 @@ state = st.session_state
 session.set_defaults(state, {"w_data_source": "digits", "w_data_path": "", "w_input_size": 0, "w_model_source": "sample",
                              "w_sample": session.DEFAULT_BASE["model"], "w_architecture": "cnn_small", "w_upload_arch": None,
                              "w_trust_torchscript": False, "w_normalize": "dataset", "w_normalize_numbers": "",
-                             "w_model_args": ""})
+                             "w_model_args": "", "w_ema": False, "w_weights_ema": False})
+EMA_HELP = "timm's state_dict_ema, torchvision's model_ema, Lightning's EMA; without it, the training weights are read"
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading the checkpoint (nothing in it is run)")
-def checked_checkpoint(path: str, architecture: str | None, trust: bool) -> tuple[str | None, str | None]:
+def checked_checkpoint(path: str, architecture: str | None, trust: bool, ema: bool) -> tuple[str | None, str | None]:
     """(what the file holds, None) or (None, why it cannot be used); files are named by content, so cached."""
     try:
-        return uploads.check_checkpoint(Path(path), architecture, trust_torchscript=trust), None
+        return uploads.check_checkpoint(Path(path), architecture, trust_torchscript=trust, ema=ema), None
     except (CheckpointError, ValueError) as error:
         return None, str(error)
 
@@ -135,9 +136,11 @@ def registered_model() -> dict | None:
         st.error(formatting.md(error))
         return None
     weights = uploaded_weights()
+    ema = st.checkbox("EMA weights: read the file's EMA weights", key="w_weights_ema", help=EMA_HELP, **KEEP)
     if weights:
-        st.caption(f"Weights: {formatting.md(Path(weights).name)}, checked against the model when the baseline job runs.")
-    return {"model": name, "model_args": args, "weights": weights}
+        st.caption(f"Weights: {formatting.md(Path(weights).name)}{', its EMA weights' if ema else ''}, checked against the "
+                   "model when the baseline job runs.")
+    return {"model": name, "model_args": args, "weights": weights, "ema": ema and bool(weights)}
 
 
 def kept_upload(upload, state_key: str) -> str | None:
@@ -186,18 +189,20 @@ def uploaded_model() -> dict | None:
                               max_upload_size=uploads.UPLOAD_LIMIT_MB, key="model_file")
     architecture = st.selectbox("Architecture of a state dict", [None, *list_architectures()], key="w_upload_arch",
                                 format_func=lambda name: "(a whole model: .pt2 or TorchScript)" if name is None else name, **KEEP)
+    ema = architecture is not None and st.checkbox("EMA weights: read the checkpoint's EMA weights", key="w_ema",
+                                                   help=EMA_HELP, **KEEP)
     trust = torchscript_trust()
     path = kept_upload(upload, session.UPLOADED_MODEL)
     if path is None:
         if upload is None:
             st.info("Upload a checkpoint to use it.")
         return None
-    summary, error = checked_checkpoint(path, architecture, trust)
+    summary, error = checked_checkpoint(path, architecture, trust, ema)
     if error:
         st.error(formatting.md(error))
         return None
     st.success(formatting.md(summary))
-    return {"model": path, "architecture": architecture, "trust_torchscript": trust and is_torchscript(Path(path))}
+    return {"model": path, "architecture": architecture, "trust_torchscript": trust and is_torchscript(Path(path)), "ema": ema}
 
 
 def sample_card_row(choice: dict) -> None:

@@ -70,8 +70,13 @@ from testkit import MY_NET
      "gives GoogLeNetOutputs in training mode, not a tensor of logits: build it without auxiliary outputs"),  # its base was a traceback
     (["explore", "--model", "resnet18"], "the zoo's resnet18 is now named resnet18_small_input"),
     (["explore", "--data", "{tmp}/absent.npz"], "absent.npz does not exist"),
+    (["measure", "--ema"], "--ema (ema=True) reads the EMA weights of a checkpoint, and digits_cnn is given none"),
+    (["apply", "--chain", "prune", "--export", "{out}", "--model", "cnn_tiny", "--weights", "{plain}", "--ema"],
+     "plain.pt holds no EMA weights (a state dict of"),
 ])
 def test_bad_input_is_one_line_with_status_2_and_writes_nothing(tmp_path, capsys, bomb_png, args, message):
+    from ordercomp.models.zoo import create_model
+
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     (tmp_path / "empty.pt").write_bytes(b"")
@@ -81,8 +86,10 @@ def test_bad_input_is_one_line_with_status_2_and_writes_nothing(tmp_path, capsys
         (bomb / label).mkdir(parents=True)
         Image.new("L", (8, 8)).save(bomb / label / "0.png")
     bomb_png(bomb / "dog" / "1.png")
+    torch.save(create_model("cnn_tiny").state_dict(), tmp_path / "plain.pt")
     out, cache = tmp_path / "out", tmp_path / "cache"
-    args = [a.format(out=out, bad=bad, empty=tmp_path / "empty", bomb=bomb, net=MY_NET, tmp=tmp_path) for a in args]
+    args = [a.format(out=out, bad=bad, empty=tmp_path / "empty", bomb=bomb, net=MY_NET, tmp=tmp_path, plain=tmp_path / "plain.pt")
+            for a in args]
     if args[0] == "explore":
         args += ["--out", str(out), "--cache", str(cache), "--quiet"]
     assert main(args) == 2
@@ -272,6 +279,21 @@ def test_a_user_class_from_a_file_is_explored_and_applied_with_early_exits_and_i
     got = load_runner("onnx", folder / "model.onnx")(images.contiguous().numpy())
     assert expected.shape == got.shape == (len(images), 10) and (got.argmax(1) == expected.argmax(1)).all()
     assert abs(got - expected).max() <= export.CHECK_TOLERANCE * max(1.0, abs(expected).max())
+
+
+def test_measure_reads_a_checkpoints_ema_weights_with_ema_and_says_so(tmp_path, capsys, tiny_model):
+    """Stop 44: a checkpoint with EMA weights beside the training weights (timm's) gave only the training weights."""
+    state = tiny_model.state_dict()
+    torch.save({"state_dict": state, "state_dict_ema": {k: v * 0 if v.is_floating_point() else v for k, v in state.items()}},
+               tmp_path / "last.pth.tar")
+    lines = {}
+    for ema in ([], ["--ema"]):
+        assert main(["measure", "--model", "cnn_tiny", "--weights", str(tmp_path / "last.pth.tar"), "--cache", "", "--device",
+                     "cpu", *ema]) == 0
+        lines[bool(ema)] = dict(line.split(": ", 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert "read the training weights, its 'state_dict' entry" in lines[False]["model"]
+    assert "read the EMA weights, its 'state_dict_ema' entry" in lines[True]["model"]
+    assert float(lines[True]["accuracy"].rstrip(" %")) < float(lines[False]["accuracy"].rstrip(" %"))  # zero weights: chance
 
 
 def test_a_model_trained_on_its_own_preprocessing_keeps_its_accuracy_with_normalize_none(tmp_path, capsys):

@@ -300,6 +300,26 @@ def test_torchscript_runs_only_when_the_user_ticks_that_they_trust_the_file(stor
     assert store.get(spawned[-1])["spec"]["trust_torchscript"] is True
 
 
+def test_an_uploaded_checkpoints_ema_weights_can_be_chosen_and_its_jobs_read_them(store, spawned):
+    """Stop 44: the dashboard read only a checkpoint's training weights; a file without EMA weights says what it holds."""
+    state = create_model("cnn_tiny", 10, 1).state_dict()
+    at = app("1_model_and_data")
+    at.radio(key="w_model_source").set_value("upload").run()
+    untouched = io.BytesIO()
+    torch.save(state, untouched)
+    at.file_uploader(key="model_file").set_value(("plain.pt", untouched.getvalue(), "application/octet-stream")).run()
+    at.main.selectbox(key="w_upload_arch").set_value("cnn_tiny").run()
+    at.checkbox(key="w_ema").check().run()
+    assert plain(at.main.error[0].value).startswith("plain.pt holds no EMA weights (a state dict of")
+    timm = io.BytesIO()
+    torch.save({"state_dict": state, "state_dict_ema": state}, timm)
+    at.file_uploader(key="model_file").set_value(("last.pth.tar", timm.getvalue(), "application/octet-stream")).run()
+    assert not at.main.error and "its EMA weights read" in plain(at.main.success[0].value)
+    assert at.session_state[session.BASE]["ema"] is True
+    next(button for button in at.main.button if button.label.startswith("Measure")).click().run()
+    assert store.get(spawned[-1])["spec"]["ema"] is True
+
+
 def test_a_registered_factory_is_offered_and_runs_a_baseline_and_a_typed_reference_is_never_imported(store, tmp_path,
                                                                                                        monkeypatch, spawned):
     """Issue 14: the dashboard offers only the model factories its operator registered; its workers import nothing else."""

@@ -154,6 +154,25 @@ def test_a_training_frameworks_checkpoint_passes_the_upload_check_as_it_loads(tm
     assert uploads.check_checkpoint(tmp_path / "lightning.ckpt", "cnn_tiny").startswith("lightning.ckpt: a state dict of")
 
 
+def test_timms_pth_tar_checkpoint_can_be_uploaded(tmp_path):
+    """Stop 44: timm's train.py saves last.pth.tar; the uploader refused its ending ('.tar')."""
+    assert "pth.tar" in uploads.checkpoint_types()
+    kept = uploads.keep_checkpoint(tmp_path, "last.pth.tar", tiny_state(tmp_path / "w.pt").read_bytes())
+    assert uploads.check_checkpoint(kept, "cnn_tiny").startswith("last.pth.tar: a state dict of")
+
+
+def test_the_upload_check_reads_the_ema_weights_when_they_are_chosen_and_refuses_a_file_without_them(tmp_path):
+    state = create_model("cnn_tiny", 10, 1).state_dict()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()} | {f"model_ema.module.{k}": v for k, v in state.items()}},
+               tmp_path / "ema.ckpt")
+    assert uploads.check_checkpoint(tmp_path / "ema.ckpt", "cnn_tiny", ema=True).endswith("for cnn_tiny, its EMA weights read")
+    torch.save({"state_dict": {f"model_ema.module.{k}": v for k, v in list(state.items())[1:]}}, tmp_path / "cut.ckpt")
+    with pytest.raises(CheckpointError, match=r"^cut.ckpt does not fit cnn_tiny: 1 missing keys"):
+        uploads.check_checkpoint(tmp_path / "cut.ckpt", "cnn_tiny", ema=True)
+    with pytest.raises(CheckpointError, match=r"^tiny.pt holds no EMA weights \(a state dict of \d+ tensors\): read its weights without"):
+        uploads.check_checkpoint(tiny_state(tmp_path / "tiny.pt"), "cnn_tiny", ema=True)
+
+
 def test_torchscript_is_kept_but_not_loaded_without_trust(tmp_path, monkeypatch):
     monkeypatch.setenv("ORDERCOMP_TORCHSCRIPT", "allow")  # the server's operator allows TorchScript; each upload still needs trust
     scripted = io.BytesIO()
@@ -211,7 +230,7 @@ def test_a_refused_upload_leaves_the_same_bytes_kept_under_another_name(tmp_path
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         uploads.keep_checkpoint(tmp_path, "w.safetensors", buffer.getvalue())
     assert sorted(p.name for p in kept.parent.iterdir()) == [uploads.MARKER, "w.pt"]
-    assert uploads.read_checkpoint(kept)["fc.weight"].shape == (2, 2)
+    assert uploads.read_checkpoint(kept).tensors["fc.weight"].shape == (2, 2)
     with pytest.raises(CheckpointError):
         uploads.keep_checkpoint(tmp_path, "notes.pt", b"notes")  # alone in its folder: removed whole, as before
     assert sorted(p.name for p in tmp_path.iterdir()) == [kept.parent.name]

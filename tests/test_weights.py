@@ -44,7 +44,8 @@ LAYOUTS = {
                                ["read its 'model' entry (left out: optimizer, epoch, args)",
                                 "left out Python objects beside the weights (argparse.Namespace), read without running them"]),
     "timm": (lambda s, m: {"epoch": 9, "arch": "cnn_tiny", "state_dict": s, "state_dict_ema": s, "args": Payload(m)},
-             ["read its 'state_dict' entry (left out: epoch, arch, state_dict_ema, args)",
+             ["read the training weights, its 'state_dict' entry (left out: epoch, arch, state_dict_ema, args)",
+              "the EMA weights in 'state_dict_ema' were not read: --ema (ema=True) reads them",
               "left out Python objects beside the weights (shutil.copyfile), read without running them"]),
     "DataParallel": (lambda s, m: prefixed(s, "module."), ["stripped the prefix 'module.'"]),
     "torch.compile inside DataParallel": (lambda s, m: prefixed(s, "module._orig_mod."), ["stripped the prefix 'module._orig_mod.'"]),
@@ -223,3 +224,86 @@ def test_a_tied_weight_saved_once_by_safetensors_loads_under_both_names(tmp_path
     assert torch.equal(model(x), saved(x))
     assert model.conv2.weight is model.conv1.weight
     assert source["weights_notes"] == ["conv2.weight from the weight tied to it (saved once)"]
+
+
+# --- EMA weights beside the training weights: read on request, said which ---------------------------------------------
+
+def ema_of(state: dict) -> dict:
+    """EMA weights that differ from the training weights (halved), so a test tells which were read."""
+    return {name: tensor / 2 if tensor.is_floating_point() else tensor for name, tensor in state.items()}
+
+
+EMA_LAYOUTS = {  # the file as each framework saves it; what the source line says for the training and for the EMA weights
+    "timm": (lambda s: {"state_dict": s, "state_dict_ema": ema_of(s), "epoch": 3},
+             "read the training weights, its 'state_dict' entry", "read the EMA weights, its 'state_dict_ema' entry"),
+    "torchvision references": (lambda s: {"model": s, "model_ema": prefixed(ema_of(s), "module.") | {"n_averaged": torch.tensor(7)}},
+                               "read the training weights, its 'model' entry", "read the EMA weights, its 'model_ema' entry"),
+    "Lightning WeightAveraging": (lambda s: {"state_dict": prefixed(ema_of(s), "model."), "current_model_state": prefixed(s, "model."),
+                                             "averaging_state": {"n_averaged": torch.tensor(7)}},
+                                  "read the training weights, its 'current_model_state' entry",
+                                  "read the EMA weights, its 'state_dict' entry"),
+    "LightningModule holding timm's ModelEmaV2": (lambda s: {"state_dict": prefixed(s, "model.") | prefixed(ema_of(s), "model_ema.module.")},
+                                                  "stripped the prefix 'model.' (the training weights)",
+                                                  "stripped the prefix 'model_ema.module.' (the EMA weights)"),
+    "an EMA copy named ema beside the model": (lambda s: prefixed(ema_of(s), "ema.") | prefixed(s, "model."),
+                                               "stripped the prefix 'model.' (the training weights)",
+                                               "stripped the prefix 'ema.' (the EMA weights)"),
+}
+
+
+@pytest.mark.parametrize("layout", EMA_LAYOUTS)
+def test_a_checkpoint_with_ema_weights_gives_the_training_weights_or_on_request_the_ema_ones_and_says_which(tmp_path, digits,
+                                                                                                        tiny_model, state, layout):
+    from ordercomp.models.checkpoints import describe_source
+
+    make, trained_line, ema_line = EMA_LAYOUTS[layout]
+    torch.save(make(state), tmp_path / "w.ckpt")
+    x = digits.example_input(4)
+    plain, plain_source = resolve_model("cnn_tiny", digits, weights=str(tmp_path / "w.ckpt"))
+    ema, ema_source = resolve_model("cnn_tiny", digits, weights=str(tmp_path / "w.ckpt"), ema=True)
+    assert torch.equal(plain(x), tiny_model.eval()(x))
+    assert torch.equal(ema.stem[0].weight, tiny_model.stem[0].weight / 2)
+    assert trained_line in describe_source(plain_source) and "EMA weights" in describe_source(plain_source).split(trained_line)[1]
+    assert ema_line in describe_source(ema_source) and "\n" not in describe_source(ema_source)
+    assert ema_source["ema"] is True and "ema" not in plain_source
+
+
+def test_ema_weights_from_a_user_class_and_a_checkpoint_given_as_the_model(tmp_path, digits, state):
+    from tests.user_models.my_net import MyNet
+
+    torch.manual_seed(0)
+    own = MyNet(width=4).state_dict()
+    torch.save({"state_dict": own, "state_dict_ema": ema_of(own)}, tmp_path / "mine.pth.tar")
+    mine, source = resolve_model(f"{MY_NET}:MyNet", digits, model_args={"width": 4}, weights=str(tmp_path / "mine.pth.tar"), ema=True)
+    assert torch.equal(mine.state_dict()["fc.weight"], own["fc.weight"] / 2) and source["ema"] is True
+    torch.save({"model": state, "model_ema": ema_of(state)}, tmp_path / "tiny.pth")
+    model, _ = resolve_model(str(tmp_path / "tiny.pth"), digits, architecture="cnn_tiny", ema=True)
+    assert torch.equal(model.stem[0].weight, state["stem.0.weight"] / 2)
+
+
+@pytest.mark.parametrize("content, holds", [
+    (lambda s: s, "(a state dict of {n} tensors)"),
+    (lambda s: {"state_dict": prefixed(s, "model."), "epoch": 3}, "(its entries: state_dict, epoch; its weights under 'model.')"),
+])
+def test_ema_weights_asked_of_a_checkpoint_without_them_is_one_line_naming_what_it_holds(tmp_path, digits, state, content, holds):
+    torch.save(content(state), tmp_path / "w.pt")
+    with pytest.raises(CheckpointError) as raised:
+        resolve_model("cnn_tiny", digits, weights=str(tmp_path / "w.pt"), ema=True)
+    message = str(raised.value)
+    assert message.startswith(f"w.pt holds no EMA weights {holds.format(n=len(state))}: read its weights without --ema")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("model", ["cnn_tiny", "digits_cnn"])
+def test_ema_without_a_weights_file_is_refused_in_one_line(digits, model):
+    with pytest.raises(CheckpointError, match=r"^--ema \(ema=True\) reads the EMA weights of a checkpoint, and .* is given none"):
+        resolve_model(model, digits, train_base=lambda m, d: m, ema=True)
+
+
+def test_ema_and_training_weights_never_share_cached_steps(tmp_path, digits, state):
+    """The step cache keys a base by its weights: the EMA base and the trained one are two bases."""
+    from ordercomp.models.structure import base_fingerprint
+
+    torch.save({"state_dict": state, "state_dict_ema": ema_of(state)}, tmp_path / "w.pth.tar")
+    keys = {base_fingerprint(*resolve_model("cnn_tiny", digits, weights=str(tmp_path / "w.pth.tar"), ema=ema)) for ema in (False, True)}
+    assert len(keys) == 2

@@ -34,9 +34,10 @@ def describe_base(choice: dict) -> str:
     architecture = f" ({choice['architecture']})" if choice.get("architecture") else ""
     args = f" {json.dumps(choice['model_args'])}" if choice.get("model_args") else ""
     weights = f" with weights {Path(choice['weights']).name}" if choice.get("weights") else ""
+    ema = ", its EMA weights" if choice.get("ema") else ""
     trusted = ", its TorchScript code trusted" if choice.get("trust_torchscript") else ""
     normalize = f", normalize {choice['normalize']}" if choice.get("normalize", "dataset") != "dataset" else ""
-    return f"{Path(choice['model']).name}{architecture}{args}{weights} on {Path(choice['data']).name}{size}{normalize}{trusted}"
+    return f"{Path(choice['model']).name}{architecture}{args}{weights}{ema} on {Path(choice['data']).name}{size}{normalize}{trusted}"
 
 
 def base_options(choice: dict) -> dict:
@@ -44,7 +45,7 @@ def base_options(choice: dict) -> dict:
     return {"model": choice["model"], "data": choice["data"], "architecture": choice.get("architecture"),
             "input_size": choice.get("input_size"), "trust_torchscript": choice.get("trust_torchscript", False),
             "model_args": choice.get("model_args") or {}, "weights": choice.get("weights"),
-            "normalize": choice.get("normalize") or "dataset"}
+            "normalize": choice.get("normalize") or "dataset", "ema": bool(choice.get("ema"))}
 
 
 def registered_choice(name: str, args_text: str) -> tuple[str, dict]:

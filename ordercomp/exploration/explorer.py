@@ -93,11 +93,12 @@ def prepare_base(model="digits_cnn", data="digits", *, architecture: str | None 
                  weights: str | None = None, normalize: str = "dataset", input_size: int | None = None, device: str = "auto",
                  cache_dir=None, events: Events | None = None, trust_torchscript: bool = False,
                  import_code: bool = True, classifier: str | None = None,
-                 stages: tuple[str, ...] | None = None) -> tuple[nn.Module, dict, DataBundle]:
+                 stages: tuple[str, ...] | None = None, ema: bool = False) -> tuple[nn.Module, dict, DataBundle]:
     """The base model (a sample, a checkpoint, a program file, a zoo architecture trained once per cache, or a
     user's class: see `resolve_model`), where it came from, and the data as it takes them (`data` is anything
     `load_data` reads; gray images are repeated for a model whose first convolution takes 3 channels).
-    TorchScript runs only with `trust_torchscript`, a user's file or module is imported only with `import_code`.
+    TorchScript runs only with `trust_torchscript`, a user's file or module is imported only with `import_code`;
+    `ema` reads the EMA weights of a checkpoint that holds them beside the training weights.
     A network from outside the zoo gets its structure found (or the named `classifier` and `stages`)
     once here, and the source records it."""
     events = events or (lambda event: None)
@@ -107,7 +108,7 @@ def prepare_base(model="digits_cnn", data="digits", *, architecture: str | None 
     events({"kind": "stage", "stage": "base", "label": "preparing the base model"})
     trainer = lambda untrained, data: _train_base(untrained, data, target, cache, events)
     base, source = resolve_model(model, bundle, architecture=architecture, model_args=model_args, weights=weights, train_base=trainer,
-                                 trust_torchscript=trust_torchscript, import_code=import_code)
+                                 trust_torchscript=trust_torchscript, import_code=import_code, ema=ema)
     if source.get("in_channels", bundle.in_channels) != bundle.in_channels:
         bundle = repeat_channels(bundle, source["in_channels"])
     base = with_structure(base, bundle.example_input(2), bundle.num_classes, classifier=classifier, stages=stages)
@@ -143,6 +144,7 @@ class ExploreSpec:
     data: str = "digits"
     model_args: dict = field(default_factory=dict)  # keyword arguments of a FILE.py:NAME / package.module:NAME factory
     weights: str | None = None  # weights for a factory's model or a zoo architecture
+    ema: bool = False  # read the EMA weights of the checkpoint (weights, or a model file with architecture)
     normalize: str = "dataset"  # preprocessing.Normalization: dataset, none or MEAN,STD
     methods: tuple[str, ...] | None = None  # None: default_methods(model)
     settings: dict[str, dict] = field(default_factory=dict)  # over a sample's own: default_settings(model, methods)
@@ -491,7 +493,7 @@ class Explorer:
             self.spec.model if self.model is None else self.model, self.data, architecture=self.spec.architecture,
             model_args=self.spec.model_args, weights=self.spec.weights, device=self.spec.torch_device().type,
             cache_dir=self.cache.folder, events=self.events, trust_torchscript=self.spec.trust_torchscript, import_code=self.import_code,
-            classifier=self.spec.classifier, stages=self.spec.stages)
+            classifier=self.spec.classifier, stages=self.spec.stages, ema=self.spec.ema)
         self.data_fingerprint = self.data.fingerprint()
         return base, self.source
 
@@ -748,7 +750,7 @@ def compress(model="digits_cnn", data="digits", chain=DEFAULT_METHODS, *, settin
              device: str = "auto", architecture: str | None = None, model_args: dict | None = None, weights: str | None = None,
              normalize: str = "dataset", input_size: int | None = None, seed: int = 0, cache_dir=None,
              events: Events | None = None, trust_torchscript: bool = False, import_code: bool = True,
-             classifier: str | None = None, stages=None) -> Compressed:
+             classifier: str | None = None, stages=None, ema: bool = False) -> Compressed:
     """Apply `chain` to the base model and measure every step on the test split. `model` and `data` are
     what `prepare_base` takes: names and paths as on the command line, or Python objects. `classifier` and `stages`
     name the parts of a network whose structure tracing cannot find (see ExploreSpec)."""
@@ -762,7 +764,7 @@ def compress(model="digits_cnn", data="digits", chain=DEFAULT_METHODS, *, settin
     base, source, bundle = prepare_base(model, data, architecture=architecture, model_args=model_args, weights=weights,
                                         normalize=normalize, input_size=input_size, device=device, cache_dir=cache_dir,
                                         events=events, trust_torchscript=trust_torchscript, import_code=import_code,
-                                        classifier=classifier, stages=check_stage_names(stages))
+                                        classifier=classifier, stages=check_stage_names(stages), ema=ema)
     target = resolve_device(device)
     base_metrics = measure(base, bundle, "test", device=target).to_dict()
     progress = lambda label, fraction: events({"kind": "progress", "label": label, "fraction": fraction, "seed": seed})

@@ -20,8 +20,10 @@ def _check_trust(trust_torchscript) -> None:
         raise ValueError(f"trust_torchscript must be true or false, got {trust_torchscript!r}")
 
 
-def _check_base(model_args, weights, normalize) -> None:
+def _check_base(model_args, weights, normalize, ema) -> None:
     """The base's own options: checked in full where the base is built; here only their kinds."""
+    if not isinstance(ema, bool):
+        raise ValueError(f"ema must be true or false, got {ema!r}")
     if not isinstance(model_args, dict):
         raise ValueError(f"model_args must be an object of keyword arguments, got {model_args!r}")
     if weights is not None and not isinstance(weights, str):
@@ -45,11 +47,12 @@ class BaselineSpec:
     model_args: dict = field(default_factory=dict)  # for a registered factory
     weights: str | None = None
     normalize: str = "dataset"
+    ema: bool = False  # read the checkpoint's EMA weights
 
     def __post_init__(self):
         _check_device(self.device)
         _check_trust(self.trust_torchscript)
-        _check_base(self.model_args, self.weights, self.normalize)
+        _check_base(self.model_args, self.weights, self.normalize, self.ema)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +82,7 @@ class ExportSpec:
     model_args: dict = field(default_factory=dict)
     weights: str | None = None
     normalize: str = "dataset"
+    ema: bool = False
 
     def __post_init__(self):
         self.chain, self.formats = tuple(self.chain), tuple(self.formats)
@@ -86,7 +90,7 @@ class ExportSpec:
             raise ValueError("the order to export is empty: pick at least one method")
         _check_device(self.device)
         _check_trust(self.trust_torchscript)
-        _check_base(self.model_args, self.weights, self.normalize)
+        _check_base(self.model_args, self.weights, self.normalize, self.ema)
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         # compress() accepts settings only for the methods of its chain
@@ -100,7 +104,7 @@ class ExportSpec:
                    input_size=spec["input_size"], device=spec["device"], settings=spec["settings"], budget=spec["budget"],
                    seed=seed, formats=tuple(formats), exploration=exploration,
                    trust_torchscript=spec.get("trust_torchscript", False), model_args=spec.get("model_args", {}),
-                   weights=spec.get("weights"), normalize=spec.get("normalize", "dataset"))
+                   weights=spec.get("weights"), normalize=spec.get("normalize", "dataset"), ema=spec.get("ema", False))
 
     def to_dict(self) -> dict:
         record = asdict(self)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from .zoo import ARCHITECTURES, INPUT_SIZES, RENAMED, create_model, renamed_mess
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_models"
 STATE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".safetensors"}
+TIMM_ENDING = ".pth.tar"  # timm's train.py saves last.pth.tar and model_best.pth.tar
 PROGRAM_SUFFIXES = {".pt2"} | TORCHSCRIPT_SUFFIXES
 OBJECT_PREFIX = "object:"  # an ExploreSpec's model or data when the API was handed an object
 CLASS_HINT = "build the model as the file was saved from it: the same class and arguments (e.g. --model-args '{\"num_classes\": N}')"
@@ -64,10 +66,13 @@ def load_sample(name: str) -> nn.Module:
     return load_state_file(SAMPLE_DIR / card["weights"], card["architecture"], card["num_classes"], card["in_channels"])[0]
 
 
-def load_state_file(path: Path, architecture: str, num_classes: int, in_channels: int) -> tuple[nn.Module, list[str]]:
-    """An architecture from the zoo with weights from a state-dict or safetensors file, and what was recognised in it."""
+def load_state_file(path: Path, architecture: str, num_classes: int, in_channels: int, *,
+                    ema: bool = False) -> tuple[nn.Module, list[str]]:
+    """An architecture from the zoo with weights (the EMA weights with `ema`) from a state-dict or safetensors file, and
+    what was recognised in it."""
     model = create_model(architecture, num_classes, in_channels)
-    notes = load_weights(model, path, f"{architecture} ({num_classes} classes, {in_channels} channel(s))", zoo_hint(architecture))
+    notes = load_weights(model, path, f"{architecture} ({num_classes} classes, {in_channels} channel(s))", zoo_hint(architecture),
+                         ema=ema)
     return model.eval(), notes
 
 
@@ -94,6 +99,11 @@ def load_program(path: Path, *, trust_torchscript: bool = False) -> nn.Module:
         raise CheckpointError(str(error)) from None
 
 
+def is_state_file(path: Path) -> bool:
+    """Whether a file's name is one a state dict or a training framework's checkpoint is saved under."""
+    return Path(path).suffix in STATE_SUFFIXES or Path(path).name.endswith(TIMM_ENDING)
+
+
 def is_program(path: Path) -> bool:
     """Whether a file holds a whole program (.pt2 or TorchScript, judged by content, then suffix) rather than weights."""
     return program_kind(Path(path)) is not None
@@ -105,7 +115,7 @@ def is_torchscript(path: Path) -> bool:
 
 def resolve_model(spec, data: DataBundle, *, architecture: str | None = None, model_args: dict | None = None,
                   weights: str | None = None, train_base=None, trust_torchscript: bool = False,
-                  import_code: bool = True) -> tuple[nn.Module, dict]:
+                  import_code: bool = True, ema: bool = False) -> tuple[nn.Module, dict]:
     """The base model named by `spec`, and a description of where it came from.
 
     `spec` is a sample model name, a zoo architecture, a registered factory's name, a path (weights with
@@ -115,7 +125,10 @@ def resolve_model(spec, data: DataBundle, *, architecture: str | None = None, mo
     architecture, a class or a function builds gets `weights`, or else is trained by `train_base(model, data)`
     when that is given (an instance is used with the weights it has).
     A TorchScript file runs code from it, so it is refused unless `trust_torchscript` is set.
+    `ema` reads the EMA weights of a checkpoint that holds them beside the training weights.
     """
+    weights = Weighting(weights, ema)
+    _refuse_lone_ema(spec, weights, architecture)
     if not isinstance(spec, str):
         return _held_model(spec, data, model_args, weights, train_base)
     registered = registered_models()
@@ -138,7 +151,7 @@ def resolve_model(spec, data: DataBundle, *, architecture: str | None = None, mo
     if path.exists():
         if not import_code and not server_runs_torchscript() and is_torchscript(path):
             raise CheckpointError(torchscript_refused(path.name))
-        return _model_file(path, data, architecture, trust_torchscript)
+        return _model_file(path, data, architecture, trust_torchscript, ema)
     if is_reference(spec):
         if not import_code:
             raise FactoryError(f"{spec} is not a model factory registered on this server, and a typed reference is never "
@@ -161,20 +174,28 @@ def registered_models() -> dict[str, str]:
     return registered
 
 
-def _refuse_class_options(spec: str, model_args, weights) -> None:
+def _refuse_lone_ema(spec, weights: "Weighting", architecture: str | None) -> None:
+    """--ema is for a weights file: --weights, or a --model file with --arch."""
+    if weights.ema and not weights.path and not (isinstance(spec, str) and architecture and Path(spec).expanduser().is_file()):
+        raise CheckpointError(f"--ema (ema=True) reads the EMA weights of a checkpoint, and {model_label(spec)} is given none: "
+                              "give it with --weights FILE, or as --model FILE with --arch")
+
+
+def _refuse_class_options(spec: str, model_args, weights: "Weighting") -> None:
     """--model-args is for a class or function; --weights for one, or for a zoo architecture."""
     if model_args and not is_reference(spec):
         raise CheckpointError(f"--model-args is for a class or function (--model FILE.py:NAME, package.module:NAME or a "
                               f"registered factory), not for {spec}")
-    if weights and not (spec in ARCHITECTURES or is_reference(spec)):
+    if weights.path and not (spec in ARCHITECTURES or is_reference(spec)):
         raise CheckpointError(f"--weights is for a zoo architecture or a class (--model FILE.py:NAME, package.module:NAME); "
                               f"{spec} has its own weights")
 
 
-def _architecture(name: str, data: DataBundle, weights: str | None, train_base) -> tuple[nn.Module, dict]:
-    if weights:
-        model, notes = load_state_file(Path(weights).expanduser(), name, data.num_classes, data.in_channels)
-        return model, {"source": "checkpoint", "path": str(weights), "architecture": name} | _recognised(notes) | _channels(model, data, name)
+def _architecture(name: str, data: DataBundle, weights: "Weighting", train_base) -> tuple[nn.Module, dict]:
+    if weights.path:
+        model, notes = load_state_file(Path(weights.path).expanduser(), name, data.num_classes, data.in_channels, ema=weights.ema)
+        return model, ({"source": "checkpoint", "path": str(weights.path), "architecture": name} | _recognised(notes, weights.ema)
+                       | _channels(model, data, name))
     if train_base is None:
         raise CheckpointError(f"{name} is an untrained architecture: give a trainer or a checkpoint")
     torch.manual_seed(0)  # the same untrained start in every process, so trained bases match across runs
@@ -184,7 +205,8 @@ def _architecture(name: str, data: DataBundle, weights: str | None, train_base) 
     return train_base(model, fitted), {"source": "trained", "architecture": name} | channels
 
 
-def _model_file(path: Path, data: DataBundle, architecture: str | None, trust_torchscript: bool) -> tuple[nn.Module, dict]:
+def _model_file(path: Path, data: DataBundle, architecture: str | None, trust_torchscript: bool,
+                ema: bool) -> tuple[nn.Module, dict]:
     if is_program(path):
         program = load_program(path, trust_torchscript=trust_torchscript)
         data_for(program, data, path.name, PROGRAM_HINT)
@@ -197,8 +219,8 @@ def _model_file(path: Path, data: DataBundle, architecture: str | None, trust_to
                               "or give its class: --model FILE.py:NAME --weights FILE")
     if architecture in RENAMED:
         raise CheckpointError(renamed_message(architecture))
-    model, notes = load_state_file(path, architecture, data.num_classes, data.in_channels)
-    return model, {"source": "checkpoint", "path": str(path), "architecture": architecture} | _recognised(notes)
+    model, notes = load_state_file(path, architecture, data.num_classes, data.in_channels, ema=ema)
+    return model, {"source": "checkpoint", "path": str(path), "architecture": architecture} | _recognised(notes, ema)
 
 
 def _channels(model: nn.Module, data: DataBundle, name: str) -> dict:
@@ -208,12 +230,14 @@ def _channels(model: nn.Module, data: DataBundle, name: str) -> dict:
     return {"in_channels": data_for(model.eval(), data, name, hint).in_channels}
 
 
-def _recognised(notes: list[str]) -> dict:
-    """What was recognised in a checkpoint's file, for its source record (nothing for a plain state dict)."""
-    return {"weights_notes": notes} if notes else {}
+def _recognised(notes: list[str], ema: bool) -> dict:
+    """What was recognised in a checkpoint's file, and whether its EMA weights were read, for its source record
+    (nothing for a plain state dict)."""
+    return ({"weights_notes": notes} if notes else {}) | ({"ema": True} if ema else {})
 
 
-def _factory_model(reference: str, data: DataBundle, model_args, weights, train_base, source: dict) -> tuple[nn.Module, dict]:
+def _factory_model(reference: str, data: DataBundle, model_args, weights: "Weighting", train_base,
+                   source: dict) -> tuple[nn.Module, dict]:
     """Build a user's class from its reference, then give it its weights (see `_fitted`)."""
     args = check_args(model_args)
     factory = load_factory(reference)
@@ -222,7 +246,7 @@ def _factory_model(reference: str, data: DataBundle, model_args, weights, train_
     return _fitted(model, data, weights, train_base, reference, source | {"reference": reference, "args": args})
 
 
-def _held_model(held, data: DataBundle, model_args, weights, train_base) -> tuple[nn.Module, dict]:
+def _held_model(held, data: DataBundle, model_args, weights: "Weighting", train_base) -> tuple[nn.Module, dict]:
     """A model object handed to the API: an instance (copied, so the caller's stays as it was; it keeps its
     weights unless `weights` are given), or a class or function built like a factory."""
     what, args = describe_class(held), check_args(model_args)
@@ -236,16 +260,29 @@ def _held_model(held, data: DataBundle, model_args, weights, train_base) -> tupl
     return _fitted(model, data, weights, train_base, what, {"source": "object", "args": args})
 
 
-def _fitted(model: nn.Module, data: DataBundle, weights, train_base, what: str, source: dict) -> tuple[nn.Module, dict]:
+def _fitted(model: nn.Module, data: DataBundle, weights: "Weighting", train_base, what: str, source: dict) -> tuple[nn.Module, dict]:
     """The model with its weights (loaded, or trained by `train_base` on the data as the model takes them), checked
     against the data; the source records the class, its code, the weights and the channels it takes."""
-    notes = load_weights(model, Path(weights).expanduser(), what, CLASS_HINT) if weights else []
+    path = weights.path
+    notes = load_weights(model, Path(path).expanduser(), what, CLASS_HINT, ema=weights.ema) if path else []
     fitted = data_for(model.eval(), data, what)
-    trained = not weights and train_base is not None
+    trained = not path and train_base is not None
     if trained:
         model = train_base(model, fitted)
-    return model, source | {"class": describe_class(model), "code": code_fingerprint(model), "weights": weights and str(weights),
-                            "weights_notes": notes, "trained_here": trained, "in_channels": fitted.in_channels}
+    return model, source | {"class": describe_class(model), "code": code_fingerprint(model), "weights": path and str(path),
+                            "weights_notes": notes, "trained_here": trained, "in_channels": fitted.in_channels} | _recognised([], weights.ema)
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """The weights file a model gets (None: its own, or trained here), and whether its EMA weights are read."""
+
+    path: str | None
+    ema: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.ema, bool):
+            raise CheckpointError(f"ema must be true or false, got {self.ema!r}")
 
 
 def describe_source(source: dict) -> str:

@@ -5,6 +5,10 @@ with safetensors; nothing from either runs. What is recognised besides a plain s
 
 - the weights nested under an entry (WEIGHT_ENTRIES): `state_dict` (Lightning, timm), `model`
   (torchvision's reference scripts), `model_state_dict`, `module`, `net`, `network`;
+- EMA weights beside the training weights: under an entry of their own (EMA_ENTRIES: timm's `state_dict_ema`,
+  torchvision's `model_ema`), under a prefix in the same state dict (a LightningModule holding `self.model_ema`:
+  `model_ema.module.`), or, after Lightning's WeightAveraging, in `state_dict` with the training weights in
+  `current_model_state`. The training weights are read unless `ema` asks for the EMA ones; a note says which;
 - a prefix on the names (DataParallel's `module.`, Lightning's `model.` when the LightningModule holds
   the network as `self.model`, torch.compile's `_orig_mod.`): the prefix under which most names fit the
   model is stripped, and names outside it (a loss's or a teacher's weights) are left out;
@@ -19,6 +23,7 @@ missing and which are not the model's, and how to build the model the file was s
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -31,6 +36,9 @@ from ..pickles import PickleRefused, check_opcodes
 from .pt2_archive import Malformed, check_torch_zip, open_zip
 
 WEIGHT_ENTRIES = ("state_dict", "model_state_dict", "model", "module", "net", "network")
+EMA_ENTRIES = ("state_dict_ema", "model_ema", "ema_state_dict", "model_ema_state_dict", "ema_model", "ema")
+AVERAGED, TRAINED = "state_dict", "current_model_state"  # Lightning's WeightAveraging: the EMA weights, the training ones
+EMA_PART = re.compile(r"(^|_)ema($|_)", re.IGNORECASE)  # a name part that holds EMA weights: ema, model_ema, ema_model
 MAX_PREFIX_PARTS = 3
 MAX_TENSORS = 200_000  # about as many as a torch file's MAX_OPCODES allow (a tensor takes ~30 pickle operations)
 SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors refuses a longer header itself
@@ -57,17 +65,21 @@ class Weights:
 
     tensors: dict[str, torch.Tensor]
     notes: list[str] = field(default_factory=list)
+    ema: bool = False  # the tensors are EMA weights, read from an entry of their own
+    holds: str = ""  # what the file holds, for a refusal of EMA weights it does not have
 
 
-def read_weights(path: Path) -> Weights:
-    """The state dict a file holds, unwrapped from a framework's checkpoint."""
+def read_weights(path: Path, *, ema: bool = False) -> Weights:
+    """The state dict a file holds, unwrapped from a framework's checkpoint: its EMA weights where `ema` asks for them and
+    they have an entry of their own (else the training weights: `fit_weights` looks for EMA weights under a prefix)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist: give the path of a .pt/.pth/.bin/.ckpt/.safetensors file")
     if path.suffix == ".safetensors":
-        return Weights(_read_safetensors(path))
+        tensors = _read_safetensors(path)
+        return Weights(tensors, holds=f"a state dict of {len(tensors)} tensors")
     loaded, foreign = _torch_load(path)
-    weights = _weights_entry(loaded, path, foreign)
+    weights = _weights_entry(loaded, path, foreign, ema)
     _check_values(weights.tensors, path)
     if foreign:
         weights.notes.append(f"left out Python objects beside the weights ({', '.join(foreign[:3])}), read without running them")
@@ -177,17 +189,16 @@ def _refusal(path: Path, message: str) -> CheckpointError:
     return CheckpointError(f"{path.name} is not a readable torch checkpoint: re-save it with torch.save(model.state_dict(), path)")
 
 
-def _weights_entry(loaded, path: Path, foreign: list[str]) -> Weights:
-    """The state dict itself, or the one nested under a framework's entry; where neither is found in a file of
-    foreign objects (a whole pickled model), the refusal names the first of them."""
+def _weights_entry(loaded, path: Path, foreign: list[str], ema: bool) -> Weights:
+    """The state dict itself, or the one nested under a framework's entry (the EMA weights' where `ema` asks for them);
+    where neither is found in a file of foreign objects (a whole pickled model), the refusal names the first of them."""
     if _is_state_dict(loaded):
-        return Weights(dict(loaded))
+        return Weights(dict(loaded), holds=f"a state dict of {len(loaded)} tensors")
     if isinstance(loaded, dict):
-        for entry in WEIGHT_ENTRIES:
-            if _is_state_dict(loaded.get(entry)):
-                others = [str(key) for key in loaded if key != entry]
-                note = f"read its '{entry}' entry" + (f" (left out: {', '.join(others[:5])})" if others else "")
-                return Weights(dict(loaded[entry]), [note])
+        averaged = _ema_entry(loaded)
+        entry = averaged if ema and averaged else _trained_entry(loaded)
+        if entry:
+            return _entry_weights(loaded, entry, averaged)
     if foreign:
         raise CheckpointError(f"{path.name} holds more than tensors (GLOBAL {foreign[0]}) and no state dict; nothing from it "
                               "was run: save model.state_dict() instead")
@@ -198,15 +209,42 @@ def _weights_entry(loaded, path: Path, foreign: list[str]) -> Weights:
     raise CheckpointError(f"{path.name} is not a state dict (name -> tensor): save model.state_dict() instead")
 
 
+def _ema_entry(loaded: dict) -> str | None:
+    """The entry holding a checkpoint's EMA weights, if it has one."""
+    if _is_state_dict(loaded.get(TRAINED)) and _is_state_dict(loaded.get(AVERAGED)):
+        return AVERAGED
+    return next((entry for entry in EMA_ENTRIES if _is_state_dict(loaded.get(entry))), None)
+
+
+def _trained_entry(loaded: dict) -> str | None:
+    """The entry holding a checkpoint's training weights, if it has one."""
+    entries = (TRAINED, *WEIGHT_ENTRIES) if _ema_entry(loaded) == AVERAGED else WEIGHT_ENTRIES
+    return next((entry for entry in entries if _is_state_dict(loaded.get(entry))), None)
+
+
+def _entry_weights(loaded: dict, entry: str, averaged: str | None) -> Weights:
+    """The weights under `entry`, noting what else the file holds and, where it holds EMA weights, which were read."""
+    others = [str(key) for key in loaded if key != entry]
+    which = "the EMA weights, " if entry == averaged else ("the training weights, " if averaged else "")
+    notes = [f"read {which}its '{entry}' entry" + (f" (left out: {', '.join(others[:5])})" if others else "")]
+    if averaged and entry != averaged:
+        notes.append(f"the EMA weights in '{averaged}' were not read: --ema (ema=True) reads them")
+    holds = f"its entries: {', '.join(str(key) for key in list(loaded)[:6])}"
+    return Weights(dict(loaded[entry]), notes, ema=entry == averaged, holds=holds)
+
+
 def _is_state_dict(value) -> bool:
     return isinstance(value, dict) and bool(value) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 
 
-def fit_weights(model: nn.Module, weights: Weights, file: str, what: str, hint: str) -> Weights:
-    """The tensors renamed to the model's names (a prefix stripped), checked name for name and shape for shape.
-    `what` names the model in messages; `hint` says how to build the model the file was saved from."""
+def fit_weights(model: nn.Module, weights: Weights, file: str, what: str, hint: str, *, ema: bool = False) -> Weights:
+    """The tensors renamed to the model's names (a prefix stripped), checked name for name and shape for shape; with
+    `ema`, the EMA weights (read from their entry, or found under a prefix here). `what` names the model in messages;
+    `hint` says how to build the model the file was saved from."""
     expected = model.state_dict()
-    prefix, inside = within_prefix(weights.tensors, expected)
+    prefix, inside = within_prefix(weights.tensors, expected, ema=ema and not weights.ema)
+    if prefix is None:
+        raise no_ema_weights(file, weights, expected)
     outside = len(weights.tensors) - len(inside)
     inside, tied = with_tied_names(inside, model, expected)
     missing, unexpected = sorted(set(expected) - set(inside)), sorted(set(inside) - set(expected))
@@ -219,39 +257,67 @@ def fit_weights(model: nn.Module, weights: Weights, file: str, what: str, hint: 
         name = wrong[0]
         raise CheckpointError(f"{file} does not fit {what}: {name} has shape {tuple(inside[name].shape)} in the file, the "
                               f"model needs {tuple(expected[name].shape)}: {hint}")
+    beside = None if ema else within_prefix(weights.tensors, expected, ema=True)[0]
     notes = list(weights.notes)
     if prefix:
-        notes.append(f"stripped the prefix '{prefix}'")
+        which = " (the EMA weights)" if ema and not weights.ema else (" (the training weights)" if beside else "")
+        notes.append(f"stripped the prefix '{prefix}'{which}")
     if tied:
         notes.append(f"{', '.join(tied[:3])} from the weight tied to it (saved once)")
     if outside:
         notes.append(f"left out {outside} tensor(s) outside '{prefix}'")
-    return Weights(inside, notes)
+    if beside:
+        notes.append(f"the EMA weights under '{beside}' were not read: --ema (ema=True) reads them")
+    return Weights(inside, notes, ema=ema)
+
+
+def no_ema_weights(file: str, weights: Weights, expected: dict) -> CheckpointError:
+    """The one line refusing EMA weights that a file does not hold: what it holds instead."""
+    prefix = within_prefix(weights.tensors, expected)[0]
+    under = f"; its weights under '{prefix}'" if prefix else ""
+    return CheckpointError(f"{file} holds no EMA weights ({weights.holds or f'{len(weights.tensors)} tensors'}{under}): read "
+                           "its weights without --ema (ema=False), or give a checkpoint saved with EMA weights")
 
 
 def with_tied_names(tensors: dict, model: nn.Module, expected: dict) -> tuple[dict, list[str]]:
     """`tensors` with the model's tied names filled in, and those names: a weight shared by two names (one parameter
     under both) is saved once by safetensors' `save_model`, which drops the other name; it takes the value of the one
     kept. The ties are the model's own (one object under several names), whatever device it is on."""
-    names_of: dict[int, list[str]] = {}
-    for name, value in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)):
-        names_of.setdefault(id(value), []).append(name)
     tied = {}
-    for names in names_of.values():
+    for names in tied_names(model):
         kept = next((name for name in names if name in tensors), None)
         tied |= {name: tensors[kept] for name in names if kept and name not in tensors and name in expected}
     return tensors | tied, sorted(tied)
 
 
-def within_prefix(tensors: dict, expected: dict) -> tuple[str, dict]:
+def tied_names(model: nn.Module) -> list[list[str]]:
+    """The names of every tensor a model holds under several names (a weight tied between layers), one list a tensor."""
+    names_of: dict[int, list[str]] = {}
+    for name, value in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)):
+        names_of.setdefault(id(value), []).append(name)
+    return [names for names in names_of.values() if len(names) > 1]
+
+
+def within_prefix(tensors: dict, expected: dict, *, ema: bool = False) -> tuple[str | None, dict]:
     """The prefix (none, or up to MAX_PREFIX_PARTS leading name parts) under which most names are the model's
-    (`expected`), and the tensors under it, renamed without it."""
+    (`expected`), and the tensors under it, renamed without it. A prefix naming EMA weights (`model_ema.module.`,
+    `ema_model.`) is taken only with `ema`, and then only such a prefix: None when no name fits under one."""
     matches: Counter[str] = Counter()  # each name counted under its own prefixes only: a file of many names stays linear
     for name in tensors:
         for prefix in _leading_parts(name):
             matches[prefix] += name[len(prefix):] in expected
-    prefix = max(sorted(matches, key=lambda prefix: (len(prefix), prefix)), key=matches.__getitem__, default="")
+    pool = [prefix for prefix in sorted(matches, key=lambda prefix: (len(prefix), prefix)) if _names_ema(prefix) == ema]
+    if ema:
+        pool = [prefix for prefix in pool if matches[prefix]]
+        if not pool:
+            return None, {}
+    prefix = max(pool, key=matches.__getitem__, default="")
     return prefix, {name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+
+
+def _names_ema(prefix: str) -> bool:
+    """Whether a prefix names EMA weights: one of its parts is ema, model_ema, ema_model, ..."""
+    return any(EMA_PART.search(part) for part in prefix.split(".")[:-1])
 
 
 def _leading_parts(name: str) -> list[str]:
@@ -260,9 +326,10 @@ def _leading_parts(name: str) -> list[str]:
     return [""] + [".".join(parts[:count]) + "." for count in range(1, len(parts) + 1)]
 
 
-def load_weights(model: nn.Module, path: Path, what: str, hint: str) -> list[str]:
-    """Load the weights of a file into `model` (strictly, after `fit_weights`); returns what was recognised."""
-    fitted = fit_weights(model, read_weights(path), Path(path).name, what, hint)
+def load_weights(model: nn.Module, path: Path, what: str, hint: str, *, ema: bool = False) -> list[str]:
+    """Load the weights of a file (its EMA weights with `ema`) into `model` (strictly, after `fit_weights`); returns
+    what was recognised."""
+    fitted = fit_weights(model, read_weights(path, ema=ema), Path(path).name, what, hint, ema=ema)
     try:
         model.load_state_dict(with_versions_of(model, fitted.tensors))
     except RuntimeError as error:  # names and shapes fit, values do not copy (a sparse or quantized tensor): one line per parameter

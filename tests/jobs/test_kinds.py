@@ -162,3 +162,25 @@ def test_the_worker_process_runs_a_baseline_job(store, base, wait_for):
     status = wait_for(lambda: store.get(job_id)["status"] in ("done", "failed") and store.get(job_id)["status"], "the baseline job", timeout=WORKER_S)
     assert status == "done", store.log(job_id)
     assert store.get(job_id)["result"]["metrics"]["latency_ms_b1"] > 0
+
+
+def test_a_job_reads_the_ema_weights_its_spec_chose_and_an_export_keeps_the_choice(store, tmp_path, tiny_model, quick_timing):
+    """Stop 44: the dashboard's jobs read only a checkpoint's training weights; the EMA choice goes with the job's spec."""
+    import torch
+
+    state = tiny_model.state_dict()
+    torch.save({"model": state, "model_ema": {k: v * 0 if v.is_floating_point() else v for k, v in state.items()}}, tmp_path / "w.pth")
+    base = {"model": str(tmp_path / "w.pth"), "architecture": "cnn_tiny", "device": "cpu"}
+    accuracy = {}
+    for ema in (False, True):
+        job_id = store.create(BaselineSpec(**base, ema=ema), "baseline")
+        assert run_job(store, job_id) == "done", store.log(job_id)
+        result = store.get(job_id)["result"]
+        accuracy[ema] = result["metrics"]["accuracy"]
+        assert ("read the EMA weights, its 'model_ema' entry" in result["base"]["weights_notes"][0]) is ema
+    assert accuracy[True] < accuracy[False]
+    made = ExportSpec.from_exploration({"spec": base | {"data": "digits", "input_size": None, "settings": {}, "budget": {},
+                                                        "ema": True}}, ["quantize"])
+    assert made.ema is True and ExportSpec.from_dict(made.to_dict()) == made
+    with pytest.raises(ValueError, match="ema must be true or false, got 'yes'"):
+        BaselineSpec(ema="yes")
