@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from ordercomp.layers import bits_of, compute_layers, sparsity_of
-from ordercomp.methods.base import Incompatible, config_to_dict
+from ordercomp.methods.base import Context, Incompatible, config_to_dict
 from ordercomp.methods.early_exit import EarlyExitNet
 from ordercomp.methods.registry import METHODS, get_method, parse_methods
 from ordercomp.metrics import measure
+from ordercomp.models.weights import tied_names
 from ordercomp.models.zoo import create_model
 from testkit import TRANSFORMER_ONLY
 
@@ -252,3 +253,51 @@ def test_int8_imports_torchao_without_printing_a_notice_meant_for_torchaos_autho
                           "import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and "Enum subclass" not in run.stderr, run.stderr
+
+
+# --- a weight tied between two layers (one parameter, two uses) stays tied, or the step says why not ----------------------
+
+def tied_view(digits, name: str):
+    from ordercomp.models.checkpoints import resolve_model
+    from ordercomp.models.structure import with_structure
+    from testkit import TIED_NET
+
+    model, _ = resolve_model(f"{TIED_NET}:{name}", digits, train_base=lambda untrained, data: untrained)
+    return with_structure(model, digits.example_input(2), digits.num_classes)
+
+
+@pytest.mark.parametrize("name, settings", [("prune", {}), ("distill", {"width": 0.5})])
+def test_prune_and_distill_keep_a_tied_weight_tied_and_narrow_the_other_layers(digits, name, settings):
+    """Stop 44: Torch-Pruning cut each tied layer's copy by its own channels, so each layer held a weight of its own and
+    storage counted both (TiedInside: conv1 and conv2 of `tied` share one weight)."""
+    from ordercomp.metrics import count_params, storage_bytes
+    from ordercomp.train import Budget
+
+    view = tied_view(digits, "TiedInside")
+    method = get_method(name)
+    out = method.apply(view, method.config_type(**settings), Context(digits, Budget(epochs=0.05), seed=0))
+    weights = {n: p for n, p in out.named_parameters(remove_duplicate=False)}
+    assert tied_names(out) == [["tied.conv1.weight", "tied.conv2.weight"]]
+    assert weights["tied.conv1.weight"].shape == (8, 8, 3, 3) and weights["stem.weight"].shape[0] < 8  # the rest narrowed
+    assert storage_bytes(out) == 4 * count_params(out) < 4 * sum(p.numel() for p in weights.values())
+
+
+@pytest.mark.parametrize("name", ["prune", "distill"])
+def test_narrowing_a_network_whose_every_channel_touches_a_tied_weight_is_incompatible_and_says_why(digits, name):
+    from ordercomp.train import Budget
+
+    method = get_method(name)
+    with pytest.raises(Incompatible, match=r"^conv1.weight and conv2.weight are one weight tied between layers, .* keep the tie$"):
+        method.apply(tied_view(digits, "TiedNet"), method.config_type(), Context(digits, Budget(epochs=0.05), seed=0))
+
+
+def test_lowrank_factors_a_tied_weight_once_and_both_layers_share_the_factors(digits):
+    """Stop 44: each tied layer got factors of its own (two copies of one weight's factors, both stored)."""
+    from ordercomp.metrics import storage_bytes
+    from ordercomp.train import Budget
+
+    method = get_method("lowrank")
+    out = method.apply(tied_view(digits, "TiedNet"), method.config_type(), Context(digits, Budget(epochs=0.05), seed=0))
+    assert tied_names(out) == [["conv1.0.weight", "conv2.0.weight"], ["conv1.1.weight", "conv2.1.weight"]]
+    assert out.conv1[1].bias is not out.conv2[1].bias  # each layer keeps its own bias, as it had
+    assert storage_bytes(out) == 4 * sum(p.numel() for p in out.parameters())

@@ -34,8 +34,9 @@ def factor_rank(layer: nn.Module, rank_ratio: float) -> int | None:
 
 
 @torch.no_grad()
-def factorise(layer: nn.Module, rank: int) -> nn.Sequential:
-    """Two layers whose product is the best rank-`rank` approximation of `layer`'s weight."""
+def factorise(layer: nn.Module, rank: int, tied: nn.Sequential | None = None) -> nn.Sequential:
+    """Two layers whose product is the best rank-`rank` approximation of `layer`'s weight; `tied`, the factors of
+    another layer that holds the same weight (tied), whose two weights these share: the tie stays a tie."""
     u, s, vh = torch.linalg.svd(layer.weight.flatten(1).float(), full_matrices=False)
     root = s[:rank].sqrt()
     first_w, second_w = root[:, None] * vh[:rank], u[:, :rank] * root[None, :]
@@ -50,7 +51,10 @@ def factorise(layer: nn.Module, rank: int) -> nn.Sequential:
         second.weight.copy_(second_w)
     if layer.bias is not None:
         second.bias.copy_(layer.bias)
-    return nn.Sequential(*(_inherit(layer, part) for part in (first, second))).to(layer.weight.device)
+    factored = nn.Sequential(*(_inherit(layer, part) for part in (first, second))).to(layer.weight.device)
+    for part, other in zip(factored, tied or ()):
+        part.weight = other.weight
+    return factored
 
 
 def _inherit(original: nn.Module, part: nn.Module) -> nn.Module:
@@ -66,15 +70,16 @@ def apply(model: nn.Module, config: LowRankConfig, context: Context) -> nn.Modul
     require_trainable(model, "lowrank")
     require_classifier(model, "lowrank")
     keep = {id(layer) for layer in output_layers(model)}
-    factored = 0
+    factors: dict[int, nn.Sequential] = {}  # a weight's id: its factors, which a layer holding it too (tied) shares
     for name, layer in called_layers(model, context.data.example_input(2)):
         if id(layer) in keep or getattr(layer, "groups", 1) != 1:
             continue
         rank = factor_rank(layer, config.rank_ratio)
         if rank is not None:
-            replace_module(model, name, factorise(layer, rank))
-            factored += 1
-    if factored == 0:
+            factored = factorise(layer, rank, factors.get(id(layer.weight)))
+            factors.setdefault(id(layer.weight), factored)
+            replace_module(model, name, factored)
+    if not factors:
         raise Incompatible(f"no layer gets cheaper at rank ratio {config.rank_ratio}: lower the rank ratio")
     return train(model, context.data, context.budget, seed=context.seed, device=context.device,
                  progress=context.progress, label="fine-tune")

@@ -32,6 +32,7 @@ from ..errors import one_line
 from ..layers import (QuantMultiheadAttention, StepwiseAttention, all_outputs, attention_as, has_every_head, keep_heads_,
                       output_layers, quantisable_attention, replace_module)
 from ..models.structure import vision_transformers
+from ..models.weights import tied_names
 from ..train import train
 from .base import Context, Incompatible, Method, check_choice, check_range, require_classifier, require_trainable
 from .token_merge import tokens_unmerged
@@ -113,6 +114,7 @@ def _prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, impor
     kept = _names(model, output_layers(model) + ([] if embedding else _embedding_writers(model)))
     if not embedding:
         kept += _token_stream_layers(model, example, ratio, importance, kept)
+    kept += _tied_layers(model, example, ratio, importance, kept)
     if _pruned_and_runs(model, example, ratio, importance, kept) is None:
         return model
     held, first_error, groups = _widths_the_forward_holds(before, example, ratio, importance, kept)
@@ -198,6 +200,23 @@ def _token_stream_layers(model: nn.Module, example: torch.Tensor, ratio: float, 
     if not tokens:
         return []
     return [name for group in _prunable_groups(model, example, ratio, importance, kept, tokens) for name in group]
+
+
+def _tied_layers(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, kept: list[str]) -> list[str]:
+    """The layers of every group that would prune a weight tied between layers (one parameter under two layers' names):
+    Torch-Pruning cuts each layer's copy by the channels of its own groups, which gives each layer a weight of its own
+    (stored twice, no longer one), so they keep their width; Incompatible when no other group is left to prune."""
+    ties = tied_names(model)
+    holders = {id(model.get_submodule(name.rpartition(".")[0])) for names in ties for name in names}
+    if not holders:
+        return []
+    groups = _prunable_groups(model, example, ratio, importance, kept)
+    held = _prunable_groups(model, example, ratio, importance, kept, holders)
+    if len(held) == len(groups):
+        raise Incompatible(f"{' and '.join(ties[0])} are one weight tied between layers, and every channel Torch-Pruning "
+                           "could remove feeds or leaves a tied weight: narrowing it would give each layer a copy of its own; "
+                           "sparsify, quantize or lowrank make the network smaller and keep the tie")
+    return [name for group in held for name in group]
 
 
 def _widths_the_forward_holds(model: nn.Module, example: torch.Tensor, ratio: float, importance: str,
