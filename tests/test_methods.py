@@ -287,7 +287,7 @@ def test_narrowing_a_network_whose_every_channel_touches_a_tied_weight_is_incomp
     from ordercomp.train import Budget
 
     method = get_method(name)
-    with pytest.raises(Incompatible, match=r"^conv1.weight and conv2.weight are one weight tied between layers, .* keep the tie$"):
+    with pytest.raises(Incompatible, match=r"^every channel Torch-Pruning could remove feeds or leaves conv1.weight and conv2.weight, one weight tied between layers"):
         method.apply(tied_view(digits, "TiedNet"), method.config_type(), Context(digits, Budget(epochs=0.05), seed=0))
 
 
@@ -301,3 +301,49 @@ def test_lowrank_factors_a_tied_weight_once_and_both_layers_share_the_factors(di
     assert tied_names(out) == [["conv1.0.weight", "conv2.0.weight"], ["conv1.1.weight", "conv2.1.weight"]]
     assert out.conv1[1].bias is not out.conv2[1].bias  # each layer keeps its own bias, as it had
     assert storage_bytes(out) == 4 * sum(p.numel() for p in out.parameters())
+
+
+# --- a channel shuffle (view / permute / reshape in a module of its own) keeps its width ---------------------------------
+
+def test_prune_keeps_the_widths_a_channel_shuffle_regroups_and_narrows_the_branches_inside(digits):
+    """Stop 44: Torch-Pruning mapped channel indices through every shuffle both ways, a walk that grows with the chained
+    shuffles (kuangliu's ShuffleNetV2 at 32 px ran to the 120 s bound): a shuffle is now a layer of its own to
+    Torch-Pruning, and the groups on either side keep their width."""
+    from ordercomp.exploration.pipeline import run_step
+    from ordercomp.metrics import count_params
+    from ordercomp.models.structure import with_structure
+    from ordercomp.train import Budget
+    from tests.user_models.split_shuffle import ShuffleUnits
+
+    torch.manual_seed(0)
+    view = with_structure(ShuffleUnits().eval(), digits.example_input(2), 10)
+    pruned, result = run_step(view, ("prune",), {"prune": get_method("prune").config_type()}, Context(digits, Budget(epochs=0.05), seed=0))
+    assert result.status == "ok", result.reason
+    assert count_params(pruned) < count_params(view)
+    assert shuffled_widths(pruned, digits.example_input(2)) == shuffled_widths(view, digits.example_input(2)) == [16, 16, 32, 32]
+
+
+@torch.no_grad()
+def shuffled_widths(model, images) -> list[int]:
+    """The channels each channel shuffle of `model` regroups on `images`."""
+    from tests.user_models.split_shuffle import ShuffleBlock
+
+    widths = []
+    handles = [module.register_forward_hook(lambda module, args, out: widths.append(args[0].shape[1]))
+               for module in model.modules() if isinstance(module, ShuffleBlock)]
+    model.eval()(images)
+    for handle in handles:
+        handle.remove()
+    return widths
+
+
+def test_prune_of_a_network_whose_every_channel_passes_a_channel_shuffle_is_incompatible_and_names_it(digits):
+    from ordercomp.models.structure import with_structure
+    from ordercomp.train import Budget
+    from tests.user_models.split_shuffle import SplitShuffleNet
+
+    torch.manual_seed(0)
+    view = with_structure(SplitShuffleNet().eval(), digits.example_input(2), 10)
+    with pytest.raises(Incompatible, match=r"^every channel Torch-Pruning could remove feeds or leaves stages\.\S+\.shuffle, which "
+                                           r"shuffles channels"):
+        get_method("prune").apply(view, get_method("prune").config_type(), Context(digits, Budget(epochs=0.05), seed=0))

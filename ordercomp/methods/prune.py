@@ -31,7 +31,7 @@ from ..bounded import Overrun, bounded
 from ..errors import one_line
 from ..layers import (QuantMultiheadAttention, StepwiseAttention, all_outputs, attention_as, has_every_head, keep_heads_,
                       output_layers, quantisable_attention, replace_module)
-from ..models.structure import vision_transformers
+from ..models.structure import channel_shufflers, vision_transformers
 from ..models.weights import tied_names
 from ..train import train
 from .base import Context, Incompatible, Method, check_choice, check_range, require_classifier, require_trainable
@@ -114,7 +114,7 @@ def _prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, impor
     kept = _names(model, output_layers(model) + ([] if embedding else _embedding_writers(model)))
     if not embedding:
         kept += _token_stream_layers(model, example, ratio, importance, kept)
-    kept += _tied_layers(model, example, ratio, importance, kept)
+    kept += _boundary_layers(model, example, ratio, importance, kept)
     if _pruned_and_runs(model, example, ratio, importance, kept) is None:
         return model
     held, first_error, groups = _widths_the_forward_holds(before, example, ratio, importance, kept)
@@ -148,16 +148,18 @@ def _follow_embedding(model: nn.Module) -> None:
 
 
 def _pruner(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, kept: list[str]):
-    """Torch-Pruning's pruner of `ratio` of the channels of `model`, the layers named in `kept` at their width;
-    Incompatible when Torch-Pruning cannot build the network's dependency graph, which no seed or ratio changes."""
+    """Torch-Pruning's pruner of `ratio` of the channels of `model`, the layers named in `kept` at their width, a module
+    that permutes channels (a channel shuffle) a layer of its own (`_Boundary`); Incompatible when Torch-Pruning cannot
+    build the network's dependency graph, which no seed or ratio changes."""
     try:
         with tokens_unmerged(model):
+            shuffles = {type(module): _Boundary() for module in channel_shufflers(model, example)}
             return _walk(lambda: tp.pruner.BasePruner(
                 model, example, importance=IMPORTANCE[importance](), pruning_ratio=ratio,
                 ignored_layers=[model.get_submodule(name) for name in kept],
                 forward_fn=lambda m, x: sum(all_outputs(m, x)),
                 in_channel_groups={}, out_channel_groups={}, num_heads={}, round_to=_heads(model),
-                customized_pruners={kind: _EmbeddingOnly() for kind in (StepwiseAttention, QuantMultiheadAttention)},
+                customized_pruners={kind: _EmbeddingOnly() for kind in (StepwiseAttention, QuantMultiheadAttention)} | shuffles,
                 # a ViT's class token and position embeddings are parameters no layer owns, pruned along the embedding
                 unwrapped_parameters=[(p, p.dim() - 1) for vit in vision_transformers(model)
                                       for p in (vit.class_token, vit.encoder.pos_embedding)],
@@ -202,21 +204,32 @@ def _token_stream_layers(model: nn.Module, example: torch.Tensor, ratio: float, 
     return [name for group in _prunable_groups(model, example, ratio, importance, kept, tokens) for name in group]
 
 
-def _tied_layers(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, kept: list[str]) -> list[str]:
-    """The layers of every group that would prune a weight tied between layers (one parameter under two layers' names):
-    Torch-Pruning cuts each layer's copy by the channels of its own groups, which gives each layer a weight of its own
-    (stored twice, no longer one), so they keep their width; Incompatible when no other group is left to prune."""
-    ties = tied_names(model)
-    holders = {id(model.get_submodule(name.rpartition(".")[0])) for names in ties for name in names}
-    if not holders:
+def _boundary_layers(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, kept: list[str]) -> list[str]:
+    """The layers of every group whose channels feed or leave a boundary (`_boundaries`), which keep their width;
+    Incompatible, saying which boundary, when no other group is left to prune."""
+    boundaries = _boundaries(model, example)
+    if not boundaries:
         return []
     groups = _prunable_groups(model, example, ratio, importance, kept)
-    held = _prunable_groups(model, example, ratio, importance, kept, holders)
+    held = _prunable_groups(model, example, ratio, importance, kept, set(boundaries))
     if len(held) == len(groups):
-        raise Incompatible(f"{' and '.join(ties[0])} are one weight tied between layers, and every channel Torch-Pruning "
-                           "could remove feeds or leaves a tied weight: narrowing it would give each layer a copy of its own; "
-                           "sparsify, quantize or lowrank make the network smaller and keep the tie")
+        raise Incompatible(f"every channel Torch-Pruning could remove feeds or leaves {next(iter(boundaries.values()))}; "
+                           "sparsify, quantize or lowrank make the network smaller")
     return [name for group in held for name in group]
+
+
+def _boundaries(model: nn.Module, example: torch.Tensor) -> dict[int, str]:
+    """The modules (by id) whose channels pruning leaves as they are, and why: a layer holding a weight tied to another
+    layer (Torch-Pruning cuts each layer's copy by its own channels: each would hold a weight of its own, stored twice),
+    and a module that permutes channels (a channel shuffle: Torch-Pruning maps channels through its reshapes both ways
+    and never meets the same indices again, so its walk of kuangliu's ShuffleNetV2 ran to its 120 s bound)."""
+    boundaries = {}
+    for names in tied_names(model):
+        why = f"{' and '.join(names)}, one weight tied between layers (narrowing them would give each layer a copy of its own)"
+        boundaries |= {id(model.get_submodule(name.rpartition(".")[0])): why for name in names}
+    for name, module in _named(model, channel_shufflers(model, example)):
+        boundaries[id(module)] = f"{name}, which shuffles channels (a channel shuffle keeps every width it regroups)"
+    return boundaries
 
 
 def _widths_the_forward_holds(model: nn.Module, example: torch.Tensor, ratio: float, importance: str,
@@ -247,10 +260,14 @@ def _widths_the_forward_holds(model: nn.Module, example: torch.Tensor, ratio: fl
     return held, first_error, groups
 
 
-def _names(model: nn.Module, modules: list[nn.Module]) -> list[str]:
-    """The qualified names of `modules` in `model` (the same in a copy of it)."""
+def _named(model: nn.Module, modules: list[nn.Module]) -> list[tuple[str, nn.Module]]:
+    """`modules` with their qualified names in `model` (the same in a copy of it)."""
     names = {id(module): name for name, module in model.named_modules()}
-    return [names[id(module)] for module in modules if id(module) in names]
+    return [(names[id(module)], module) for module in modules if id(module) in names]
+
+
+def _names(model: nn.Module, modules: list[nn.Module]) -> list[str]:
+    return [name for name, _ in _named(model, modules)]
 
 
 @torch.no_grad()
@@ -278,6 +295,21 @@ def _head_scores(attention: StepwiseAttention, importance: str) -> torch.Tensor:
     rows = attention.in_proj_weight.detach().abs().pow(power).view(3, heads, width, -1).sum(dim=(0, 2, 3))
     columns = attention.out_proj.weight.detach().abs().pow(power).view(-1, heads, width).sum(dim=(0, 2))
     return (rows + columns).cpu()
+
+
+class _Boundary(tp.pruner.function.BasePruningFunc):
+    """Torch-Pruning's pruner for a module that permutes channels: a layer of its own, whose channels Torch-Pruning neither
+    maps through its reshapes nor removes (the groups on either side keep their width: `_boundary_layers`)."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: list) -> nn.Module:
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> None:
+        return None
+
+    get_in_channels = get_out_channels
 
 
 class _EmbeddingOnly(tp.pruner.function.BasePruningFunc):

@@ -232,6 +232,37 @@ def _reads_training_in(cls: type, name: str, seen: set[str]) -> bool:
     return "self.training" in source or any(_reads_training_in(cls, called, seen) for called in METHOD_CALL.findall(source))
 
 
+def channel_shufflers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The modules of a network's own, without weights or children, that give back their input's channels in another
+    order (a channel shuffle as a module: view, transpose, reshape), seen on one forward of `example`."""
+    candidates = [module for module in model.modules() if not type(module).__module__.startswith("torch.")
+                  and not list(module.children()) and not list(module.parameters()) and not list(module.buffers())]
+    found = []
+    hook = lambda module, args, out: found.append(module) if _permutes_channels(args, out) else None
+    handles = [module.register_forward_hook(hook) for module in candidates]
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception:  # a forward that does not run on the example: its structure is not found either (`Traced`)
+        return []
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list({id(module): module for module in found}.values())
+
+
+def _permutes_channels(args: tuple, out) -> bool:
+    """Whether a module's one tensor output holds its one tensor input's channels (dim 1) in another order."""
+    if len(args) != 1 or not isinstance(out, torch.Tensor) or not isinstance(args[0], torch.Tensor):
+        return False
+    x = args[0]
+    if x.shape != out.shape or x.dim() < 2 or x.shape[1] < 2:
+        return False
+    totals = lambda t: t.detach().transpose(0, 1).flatten(1).double().sum(1)  # one sum per channel
+    before, after = totals(x), totals(out)
+    return not torch.allclose(before, after) and torch.allclose(before.sort().values, after.sort().values)
+
+
 class _Tracer(fx.Tracer):
     """torch.fx's tracer with torchvision.ops modules, layers of torch.nn (subclasses too, e.g. quantised
     layers), modules that branch on self.training and the classes in `held` kept as single calls; `failed_in` is
@@ -255,11 +286,10 @@ class _Tracer(fx.Tracer):
             raise
 
 
-def _trace_holding(model: nn.Module, fixed: dict) -> fx.Graph:
-    """fx's graph of the forward; the submodules whose forward fx cannot follow (kuangliu's ShuffleNetV2 splits its
-    channels at `int(x.size(1) * ratio)`) kept as single calls, class by class, as torchvision's feature extraction
-    lets its user keep them (`leaf_modules`), while the rest of the forward traces."""
-    held = frozenset()
+def _trace_holding(model: nn.Module, fixed: dict, held: frozenset[type]) -> fx.Graph:
+    """fx's graph of the forward; the classes in `held` and the submodules whose forward fx cannot follow (kuangliu's
+    ShuffleNetV2 splits its channels at `int(x.size(1) * ratio)`) kept as single calls, class by class, as torchvision's
+    feature extraction lets its user keep them (`leaf_modules`), while the rest of the forward traces."""
     while True:
         tracer = _Tracer(held)
         try:
@@ -270,16 +300,17 @@ def _trace_holding(model: nn.Module, fixed: dict) -> fx.Graph:
             held |= {tracer.failed_in}
 
 
-def trace(model: nn.Module) -> fx.Graph:
-    """The graph of `model.forward` (extra arguments fixed at their defaults); NotFound when fx cannot trace it
-    or when the forward outside its leaf modules differs between training and evaluation."""
+def trace(model: nn.Module, held: frozenset[type] = frozenset()) -> fx.Graph:
+    """The graph of `model.forward` (extra arguments fixed at their defaults, the classes in `held` kept as single
+    calls); NotFound when fx cannot trace it or when the forward outside its leaf modules differs between training
+    and evaluation."""
     parameters = list(inspect.signature(model.forward).parameters.values())[1:]
     fixed = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
     graphs = []
     for training in (False, True):
         model.train(training)
         try:
-            graphs.append(_without_fixed_inputs(_trace_holding(model, fixed)))
+            graphs.append(_without_fixed_inputs(_trace_holding(model, fixed, held)))
         except Exception as error:  # fx raises many error types for code it cannot follow symbolically
             raise NotFound(f"torch.fx could not trace the forward ({one_line(error)})") from None
         finally:
@@ -326,7 +357,8 @@ class Traced:
 
     def __init__(self, model: nn.Module, example: torch.Tensor):
         self.model, self.example = model, example
-        self.graph = trace(model)
+        # a channel shuffle stays a module of the split, where prune finds it (see `channel_shufflers`)
+        self.graph = trace(model, frozenset(type(module) for module in channel_shufflers(model, example)))
         self.nodes = list(self.graph.nodes)
         self.position = {node: index for index, node in enumerate(self.nodes)}
         if sum(node.op == "placeholder" for node in self.nodes) != 1:

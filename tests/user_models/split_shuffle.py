@@ -1,6 +1,7 @@
 """A user's ShuffleNetV2 in the style of kuangliu/pytorch-cifar, small enough for 8x8 digits: its blocks split their
 channels at `int(x.size(1) * ratio)`, which torch.fx cannot follow (a Python int of a traced size), and shuffle them
 with view / permute / reshape. Tests load it as `tests/user_models/split_shuffle.py:SplitShuffleNet`.
+`ShuffleUnits` chains units whose branch ends in a 1x1 convolution, as kuangliu's do: its inner channels can be pruned.
 """
 from __future__ import annotations
 
@@ -59,3 +60,23 @@ class SplitShuffleNet(nn.Module):
         out = self.layer2(F.relu(self.down(out)))                     # N, 32, 4, 4
         out = F.avg_pool2d(out, 4)
         return self.linear(out.view(out.size(0), -1))                 # N, classes
+
+
+class BranchUnit(Unit):
+    """A unit whose branch ends in a 1x1 convolution (kuangliu's SBasicBlock): the branch's inner width is its own."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels)
+        self.conv3 = nn.Conv2d(channels // 2, channels // 2, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.split(x)
+        out = self.conv3(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x2))))))
+        return self.shuffle(torch.cat([x1, F.relu(out)], 1))
+
+
+class ShuffleUnits(SplitShuffleNet):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__(num_classes, in_channels)
+        self.layer1 = nn.Sequential(BranchUnit(16), BranchUnit(16))
+        self.layer2 = nn.Sequential(BranchUnit(32), BranchUnit(32))
