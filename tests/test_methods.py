@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 from ordercomp.layers import bits_of, compute_layers, sparsity_of
 from ordercomp.methods.base import Context, Incompatible, config_to_dict
@@ -266,29 +267,50 @@ def tied_view(digits, name: str):
     return with_structure(model, digits.example_input(2), digits.num_classes)
 
 
-@pytest.mark.parametrize("name, settings", [("prune", {}), ("distill", {"width": 0.5})])
-def test_prune_and_distill_keep_a_tied_weight_tied_and_narrow_the_other_layers(digits, name, settings):
-    """Stop 44: Torch-Pruning cut each tied layer's copy by its own channels, so each layer held a weight of its own and
-    storage counted both (TiedInside: conv1 and conv2 of `tied` share one weight)."""
+class TiedLogits(nn.Module):
+    """A tied weight whose second layer gives the logits: its outputs cannot narrow, so neither can the first's."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, num_classes, 3, padding=1)
+        self.conv1 = nn.Conv2d(num_classes, num_classes, 3, padding=1)
+        self.conv2 = nn.Conv2d(num_classes, num_classes, 3, padding=1)
+        self.conv2.weight = self.conv1.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.conv1(torch.relu(self.stem(x))))).mean((2, 3))
+
+
+@pytest.mark.parametrize("model, name, settings, width", [
+    ("TiedNet", "prune", {}, 4), ("TiedNet", "distill", {"width": 0.5}, 4), ("TiedInside", "prune", {}, 4),
+])
+def test_prune_and_distill_narrow_a_tied_weight_alike_in_both_layers_and_keep_it_tied(digits, model, name, settings, width):
+    """Stop 44: Torch-Pruning cut each tied layer's copy by the channels of its own groups, so each layer held a weight of
+    its own and storage counted both (TiedNet: conv1 and conv2 share one weight)."""
     from ordercomp.metrics import count_params, storage_bytes
     from ordercomp.train import Budget
 
-    view = tied_view(digits, "TiedInside")
+    view = tied_view(digits, model)
+    prefix = "tied." if model == "TiedInside" else ""
     method = get_method(name)
     out = method.apply(view, method.config_type(**settings), Context(digits, Budget(epochs=0.05), seed=0))
-    weights = {n: p for n, p in out.named_parameters(remove_duplicate=False)}
-    assert tied_names(out) == [["tied.conv1.weight", "tied.conv2.weight"]]
-    assert weights["tied.conv1.weight"].shape == (8, 8, 3, 3) and weights["stem.weight"].shape[0] < 8  # the rest narrowed
+    weights = dict(out.named_parameters(remove_duplicate=False))
+    assert tied_names(out) == [[f"{prefix}conv1.weight", f"{prefix}conv2.weight"]]
+    assert weights[f"{prefix}conv1.weight"].shape == (width, width, 3, 3) and weights["stem.weight"].shape[0] < 8
     assert storage_bytes(out) == 4 * count_params(out) < 4 * sum(p.numel() for p in weights.values())
+    assert out(digits.example_input(2)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("name", ["prune", "distill"])
-def test_narrowing_a_network_whose_every_channel_touches_a_tied_weight_is_incompatible_and_says_why(digits, name):
+def test_narrowing_a_network_whose_tied_weight_cannot_narrow_alike_is_incompatible_and_says_why(digits, name):
+    from ordercomp.models.structure import with_structure
     from ordercomp.train import Budget
 
+    view = with_structure(TiedLogits().eval(), digits.example_input(2), 10, classifier="conv2")
     method = get_method(name)
-    with pytest.raises(Incompatible, match=r"^every channel Torch-Pruning could remove feeds or leaves conv1.weight and conv2.weight, one weight tied between layers"):
-        method.apply(tied_view(digits, "TiedNet"), method.config_type(), Context(digits, Budget(epochs=0.05), seed=0))
+    with pytest.raises(Incompatible, match=r"^every channel Torch-Pruning could remove feeds or leaves conv1.weight and "
+                                           r"conv2.weight, one weight tied between layers, whose channels cannot narrow alike"):
+        method.apply(view, method.config_type(), Context(digits, Budget(epochs=0.05), seed=0))
 
 
 def test_lowrank_factors_a_tied_weight_once_and_both_layers_share_the_factors(digits):

@@ -109,22 +109,28 @@ def _prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, impor
     ViT's embedding) kept. A forward may hold a width Torch-Pruning cannot see (a user's attention reshaping its
     projections to heads x head width, a block concatenating a parameter of its own): when the pruned model no longer
     runs, the pruning starts again from a copy of the model taken before, leaving out every layer whose channels the
-    forward cannot lose (each group found by pruning it alone on a copy), so that the rest (a transformer's MLPs) narrows."""
+    forward cannot lose (each group found by pruning it alone on a copy), so that the rest (a transformer's MLPs) narrows.
+    The groups of a weight tied between layers narrow together afterwards (`_narrow_ties_`)."""
     before = copy.deepcopy(model)  # before Torch-Pruning runs it (see `_widths_the_forward_holds`)
     kept = _names(model, output_layers(model) + ([] if embedding else _embedding_writers(model)))
     if not embedding:
         kept += _token_stream_layers(model, example, ratio, importance, kept)
-    kept += _boundary_layers(model, example, ratio, importance, kept)
-    if _pruned_and_runs(model, example, ratio, importance, kept) is None:
+    kept += _boundary_layers(model, example, ratio, importance, kept, _shuffles(model, example))
+    ties = _boundaries_of_ties(model)
+    tied_layers = _boundary_layers(model, example, ratio, importance, kept, ties, narrowed=lambda: _narrow_ties_(
+        copy.deepcopy(before), example, ratio, importance, kept))
+    if _pruned_and_runs(model, example, ratio, importance, kept + tied_layers) is None:
+        _narrow_ties_(model, example, ratio, importance, kept)
         return model
     held, first_error, groups = _widths_the_forward_holds(before, example, ratio, importance, kept)
     if all(group[0] in held for group in groups):
         raise Incompatible(f"prune found no layer whose channels this network's forward can lose ({first_error}): "
                            "its forward reshapes every width to a size it keeps; sparsify or lowrank make it smaller without it")
-    error = _pruned_and_runs(before, example, ratio, importance, kept + held)
+    error = _pruned_and_runs(before, example, ratio, importance, kept + held + tied_layers)
     if error is not None:
         raise PruningError(f"Torch-Pruning could not prune this network's channels ({error}): "
                            "sparsify or lowrank make it smaller without it")
+    _narrow_ties_(before, example, ratio, importance, kept + held)
     return before
 
 
@@ -204,32 +210,102 @@ def _token_stream_layers(model: nn.Module, example: torch.Tensor, ratio: float, 
     return [name for group in _prunable_groups(model, example, ratio, importance, kept, tokens) for name in group]
 
 
-def _boundary_layers(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, kept: list[str]) -> list[str]:
-    """The layers of every group whose channels feed or leave a boundary (`_boundaries`), which keep their width;
-    Incompatible, saying which boundary, when no other group is left to prune."""
-    boundaries = _boundaries(model, example)
+def _boundary_layers(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, kept: list[str],
+                     boundaries: dict[int, str], narrowed=lambda: False) -> list[str]:
+    """The layers of every group whose channels feed or leave a boundary (modules by id: why), which Torch-Pruning leaves
+    at their width; Incompatible, saying which boundary, when no other group is left to prune and `narrowed()` (whether
+    the boundaries' groups narrow another way) is false."""
     if not boundaries:
         return []
     groups = _prunable_groups(model, example, ratio, importance, kept)
     held = _prunable_groups(model, example, ratio, importance, kept, set(boundaries))
-    if len(held) == len(groups):
+    if len(held) == len(groups) and not narrowed():
         raise Incompatible(f"every channel Torch-Pruning could remove feeds or leaves {next(iter(boundaries.values()))}; "
                            "sparsify, quantize or lowrank make the network smaller")
     return [name for group in held for name in group]
 
 
-def _boundaries(model: nn.Module, example: torch.Tensor) -> dict[int, str]:
-    """The modules (by id) whose channels pruning leaves as they are, and why: a layer holding a weight tied to another
-    layer (Torch-Pruning cuts each layer's copy by its own channels: each would hold a weight of its own, stored twice),
-    and a module that permutes channels (a channel shuffle: Torch-Pruning maps channels through its reshapes both ways
-    and never meets the same indices again, so its walk of kuangliu's ShuffleNetV2 ran to its 120 s bound)."""
-    boundaries = {}
-    for names in tied_names(model):
-        why = f"{' and '.join(names)}, one weight tied between layers (narrowing them would give each layer a copy of its own)"
-        boundaries |= {id(model.get_submodule(name.rpartition(".")[0])): why for name in names}
-    for name, module in _named(model, channel_shufflers(model, example)):
-        boundaries[id(module)] = f"{name}, which shuffles channels (a channel shuffle keeps every width it regroups)"
-    return boundaries
+def _shuffles(model: nn.Module, example: torch.Tensor) -> dict[int, str]:
+    """Modules that permute channels (by id), and why they keep their width: Torch-Pruning maps channel indices through a
+    channel shuffle's reshapes both ways, a walk that grows with the chained shuffles (kuangliu's ShuffleNetV2 ran to the
+    120 s bound)."""
+    return {id(module): f"{name}, which shuffles channels (a channel shuffle keeps every width it regroups)"
+            for name, module in _named(model, channel_shufflers(model, example))}
+
+
+def _boundaries_of_ties(model: nn.Module) -> dict[int, str]:
+    """Layers holding a weight tied to another layer (by id), and why Torch-Pruning leaves their channels to
+    `_narrow_ties_`: it cuts each layer's copy by the channels of its own groups, so each would hold a weight of its own."""
+    return {id(model.get_submodule(name.rpartition(".")[0])): f"{' and '.join(names)}, one weight tied between layers, whose "
+            "channels cannot narrow alike in every layer that holds it" for names in tied_names(model) for name in names}
+
+
+def _narrow_ties_(model: nn.Module, example: torch.Tensor, ratio: float, importance: str, kept: list[str]) -> bool:
+    """Narrow the groups of channels that feed or leave a weight tied between layers, removing the same channels in
+    every layer that holds it (so that its copies stay equal), then tie them again; a class of such groups that cannot
+    narrow alike (one is kept, or they differ in channels) keeps its width. Whether any narrowed."""
+    ties = tied_names(model)
+    if not ties:
+        return False
+    pruner = _pruner(model, example, ratio, importance, kept)
+    graph = pruner.DG
+    groups = _walk(lambda: list(graph.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                                     root_module_types=pruner.root_module_types)), model)
+    narrowed = any([_narrow_alike(pruner, members, ratio) for members in _tie_classes(graph, groups, model, ties)])
+    for names in ties:
+        _tie_again(model, names)
+    return narrowed
+
+
+def _tie_classes(graph, groups: list, model: nn.Module, ties: list[list[str]]) -> list[list]:
+    """The groups that must lose the same channels: those that prune one side (inputs, outputs) of a tied weight in the
+    layers holding it, joined class by class; a class where some holder's side is in no group (kept) is left out."""
+    tie_of = {id(model.get_submodule(name.rpartition(".")[0])): index for index, names in enumerate(ties) for name in names}
+    sides: dict[tuple, dict[int, int]] = {}  # (tie, side): holder's id -> the group pruning that side of it
+    for index, group in enumerate(groups):
+        for dep, _ in group:
+            if id(dep.target.module) in tie_of:
+                side = graph.is_out_channel_pruning_fn(dep.handler)
+                sides.setdefault((tie_of[id(dep.target.module)], side), {})[id(dep.target.module)] = index
+    joined = list(range(len(groups)))
+    find = lambda i: i if joined[i] == i else find(joined[i])
+    blocked = set()
+    for (tie, _), holders in sides.items():
+        members = list(holders.values())
+        for other in members[1:]:
+            joined[find(other)] = find(members[0])
+        if len(holders) < len(ties[tie]):
+            blocked |= set(members)
+    classes: dict[int, list[int]] = {}
+    for index in {i for holders in sides.values() for i in holders.values()}:
+        classes.setdefault(find(index), []).append(index)
+    return [[groups[i] for i in members] for members in classes.values()
+            if not any(find(b) == find(members[0]) for b in blocked)]
+
+
+def _narrow_alike(pruner, members: list, ratio: float) -> bool:
+    """Remove the same `ratio` of channels, ranked by their importance summed over the groups, from every group of
+    `members`; nothing where their channels differ in number or are not ranked one by one."""
+    scores = [pruner.estimate_importance(group) for group in members]
+    if any(score is None for score in scores) or len({len(score) for score in scores} | {len(g[0].idxs) for g in members}) != 1:
+        return False
+    remove = sorted(sum(score.cpu() for score in scores).argsort()[:int(len(scores[0]) * ratio)].tolist())
+    if not remove:
+        return False
+    for group in members:  # each group's walk was bounded once already, when the pruner found it
+        pruner.DG.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, remove).prune()
+    return True
+
+
+@torch.no_grad()
+def _tie_again(model: nn.Module, names: list[str]) -> None:
+    """One parameter under `names` again, where the layers' copies of it are equal."""
+    first = model.get_parameter(names[0])
+    for name in names[1:]:
+        held = model.get_parameter(name)
+        if held is not first and held.shape == first.shape and torch.equal(held, first):
+            holder, _, attribute = name.rpartition(".")
+            setattr(model.get_submodule(holder), attribute, first)
 
 
 def _widths_the_forward_holds(model: nn.Module, example: torch.Tensor, ratio: float, importance: str,
