@@ -39,7 +39,7 @@ from torch import nn
 from ..folders import FOLDER_ERRNOS, make_writable_folder, sha256, write_atomically
 from .pipeline import StepResult
 
-CACHE_VERSION = 8  # 8: peak memory counts a storage until the last tensor on it is released (an alias that outlived the tensor it shares was counted as freed); 7: a ViT's exits read the class token's own path (the BitOps of steps with ViT exits fall); 6: prune narrows what a forward that holds some widths lets it (a user's own transformer's MLPs), int8 converts a network without stages or BatchNorm layer by layer, exits read tokens, attention products inside an int8 part count at full bits; 5: prune removes a ViT's heads too (prune steps of ViTs change); 4: a ViT's 4-bit attention probabilities on a log grid
+CACHE_VERSION = 9  # 9: prune and distill narrow a weight tied between layers alike in both and keep it tied, lowrank shares its factors, prune keeps a channel shuffle's widths (steps kept before hold untied weights, or a walk stopped at its bound); 8: peak memory counts a storage until the last tensor on it is released (an alias that outlived the tensor it shares was counted as freed); 7: a ViT's exits read the class token's own path (the BitOps of steps with ViT exits fall); 6: prune narrows what a forward that holds some widths lets it (a user's own transformer's MLPs), int8 converts a network without stages or BatchNorm layer by layer, exits read tokens, attention products inside an int8 part count at full bits; 5: prune removes a ViT's heads too (prune steps of ViTs change); 4: a ViT's 4-bit attention probabilities on a log grid
 LIBRARIES = ("torch", "torch-pruning", "torchao", "onnxruntime")  # what trains, compresses, measures and times the steps
 
 
