@@ -3,6 +3,7 @@
 import pytest
 
 from ordercomp.order import (
+    chain_text,
     exhaustive_applications,
     exhaustive_plan,
     naive_exhaustive_applications,
@@ -17,6 +18,14 @@ def test_counts_for_four_methods():
     assert pairwise_applications(4) == 16
     assert exhaustive_applications(4) == 64
     assert naive_exhaustive_applications(4) == 96
+
+
+def test_counts_for_one_method_are_one_application():
+    assert pairwise_applications(1) == exhaustive_applications(1) == naive_exhaustive_applications(1) == 1
+
+
+def test_a_chain_reads_with_arrows():
+    assert chain_text(("prune", "quantize", "int8")) == "prune → quantize → int8"
 
 
 def test_pairwise_plan_singles_then_ordered_pairs():
@@ -41,7 +50,8 @@ def test_exhaustive_plan_shares_prefixes_shortest_first():
 @pytest.mark.parametrize("plan", [pairwise_plan, exhaustive_plan])
 @pytest.mark.parametrize(
     ("methods", "message"),
-    [(["a", "a"], "distinct"), (["a"], "at least 2"), (["a", ""], "non-empty")],
+    [(["a", "b", "a"], r"distinct; duplicated: \['a'\]$"), (["a"], "at least 2"), (["a", ""], "non-empty"),
+     (["a", 3], "non-empty strings, got 3"), (["a", None], "non-empty strings, got None")],
 )
 def test_plans_reject_bad_method_lists(plan, methods, message):
     with pytest.raises(ValueError, match=message):
