@@ -707,3 +707,43 @@ def test_a_shipped_entry_missing_a_figure_is_one_line_naming_it(shipped_record, 
     with pytest.raises(ValueError, match=rf"^the record's shipped entry has no '{missing}' where ordercomp writes one .+: "
                                          "correct that entry or remove it$"):
         meeting_report(shipped_record | {"shipped": shipped})
+
+
+def test_one_evaluated_order_is_said_to_be_the_only_one_and_not_given_a_probability(record):
+    one = searched(record, separated=True)
+    one["search"]["verdict"] |= {"evaluated": 1, "probability": 1.0}
+    assert evidence_sentence(one).startswith("The recommended order is the only whole order evaluated. 76 method applications")
+
+
+def test_one_seed_without_per_image_evidence_says_what_cannot_be_estimated(record):
+    one_seed = searched(record, probability=None)
+    one_seed["search"]["verdict"]["behind_at_most"] |= {"points": None}
+    assert evidence_sentence(one_seed).startswith(
+        "The recommended order scored best of the 3 evaluated; how likely it is the best cannot be estimated (one seed and "
+        "no per-image evidence); it cannot be separated from quantize → prune → early_exit → int8; prune → early_exit → "
+        "quantize → int8: with one seed and no per-image evidence nothing bounds how far apart they are; more seeds would. ")
+
+
+def test_an_older_record_without_the_seeds_behind_or_the_applications_spent_still_reads(record):
+    old = searched(record, behind=2.4)
+    del old["search"]["verdict"]["behind_at_most"]["lower"], old["search"]["applications"]
+    sentence = evidence_sentence(old)
+    assert "quantize → prune → early_exit → int8 could be up to 2.40 points better" in sentence
+    assert sentence.endswith("32 method applications per seed were spent.")
+
+
+def test_a_screened_search_says_what_confirming_at_the_full_budget_cost(record):
+    screened = searched(record)
+    screened["search"]["screen"] = 0.25
+    screened["search"]["applications"] |= {"confirm": 8, "cost": 27.4}
+    assert ("(32 per seed for the search, 12 on extra seeds for the contenders; the search ran at 25% of the fine-tuning "
+            "epochs and 8 applications confirmed its best orders at the full budget, 27 full-budget applications in cost), "
+            "59% of exhaustive (128)") in evidence_sentence(screened)
+
+
+def test_without_a_pair_compared_in_both_orders_the_sentence_says_the_order_follows_what_applied(record):
+    forced = outcome("quantize", "int8", 0.0, winner="quantize") | {"only_order": "int8 → quantize: already int8"}
+    outcomes = [outcome("prune", "int8", 0.0, incompatible="int8 → prune: int8 weights cannot train"), forced]
+    assert evidence_sentence(record | {"outcomes": outcomes, "exhaustive": None, "search": None}).startswith(
+        "No two methods could be compared in both orders; the order follows what could be applied; 1 pair is forced, as "
+        "only one order applies.")
