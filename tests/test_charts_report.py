@@ -747,3 +747,29 @@ def test_without_a_pair_compared_in_both_orders_the_sentence_says_the_order_foll
     assert evidence_sentence(record | {"outcomes": outcomes, "exhaustive": None, "search": None}).startswith(
         "No two methods could be compared in both orders; the order follows what could be applied; 1 pair is forced, as "
         "only one order applies.")
+
+
+def test_the_exhaustive_check_says_the_rank_and_whether_the_regret_is_within_the_best_orders_standard_error(record):
+    checked = searched(record, separated=True) | {"exhaustive": {"regret": 0.3, "best_se": 0.4, "of": 24, "rank": 2}}
+    assert evidence_sentence(checked).endswith(" Checked against all 24 orders: the recommended order ranks 2, 0.30 below "
+                                               "the best order, within that order's standard error (0.40).")
+    checked["exhaustive"]["regret"] = 0.5
+    assert evidence_sentence(checked).endswith("0.50 below the best order, more than that order's standard error (0.40).")
+
+
+def test_more_than_three_inseparable_orders_are_named_three_and_counted(record):
+    four = searched(record, inseparable=(OTHER, THIRD, ["int8"], ["prune"]))
+    assert ("it cannot be separated from quantize → prune → early_exit → int8; prune → early_exit → quantize → int8; int8 "
+            "and 1 more: by a 95%") in evidence_sentence(four)
+
+
+def test_an_order_exactly_the_margin_better_at_most_is_within_it(record):
+    edge = searched(record, behind=0.5)
+    assert "none of them is more than 0.50 points better, within the 0.5 points that count" in evidence_sentence(edge)
+    assert settle_suggestion(edge["search"]) is None
+
+
+def test_a_record_with_the_bound_but_without_the_margin_says_only_that_the_orders_are_within_noise(record):
+    old = searched(record, behind=2.4)
+    del old["search"]["verdict"]["margin"]
+    assert "int8: the top orders are within noise of each other. 76 method" in evidence_sentence(old)
