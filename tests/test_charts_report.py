@@ -730,12 +730,15 @@ def test_an_older_record_without_the_seeds_behind_or_the_applications_spent_stil
     sentence = evidence_sentence(old)
     assert "quantize → prune → early_exit → int8 could be up to 2.40 points better" in sentence
     assert sentence.endswith("32 method applications per seed were spent.")
+    no_seeds = searched(record, behind=2.4)
+    no_seeds["search"]["verdict"]["behind_at_most"]["seeds"] = 0
+    assert "quantize → prune → early_exit → int8 could be up to 2.40 points better" in evidence_sentence(no_seeds)
 
 
 def test_a_screened_search_says_what_confirming_at_the_full_budget_cost(record):
     screened = searched(record)
-    screened["search"]["screen"] = 0.25
-    screened["search"]["applications"] |= {"confirm": 8, "cost": 27.4}
+    screened["search"] |= {"screen": 0.25, "screened_orders": screened["search"]["orders"] * 2}  # 3 seeds: no one-seed search
+    screened["search"]["applications"] |= {"confirm": 8, "cost": 27.4, "search_seeds": 3}
     assert ("(32 per seed for the search, 12 on extra seeds for the contenders; the search ran at 25% of the fine-tuning "
             "epochs and 8 applications confirmed its best orders at the full budget, 27 full-budget applications in cost), "
             "59% of exhaustive (128)") in evidence_sentence(screened)
@@ -773,3 +776,26 @@ def test_a_record_with_the_bound_but_without_the_margin_says_only_that_the_order
     old = searched(record, behind=2.4)
     del old["search"]["verdict"]["margin"]
     assert "int8: the top orders are within noise of each other. 76 method" in evidence_sentence(old)
+    assert settle_suggestion(old["search"]) is None
+
+
+def test_a_choice_nothing_bounds_is_open_and_gets_a_settle_suggestion(record):
+    one_seed = searched(record)
+    one_seed["search"]["verdict"]["behind_at_most"] |= {"points": None}
+    assert settle_suggestion(one_seed["search"]) == 8 * 11
+
+
+def test_a_search_on_the_only_seed_is_said_as_a_search_not_as_a_one_seed_search_confirmed_elsewhere(record):
+    only = searched(record)
+    only["search"]["applications"] |= {"search_seeds": 1}
+    assert "76 method applications were spent (32 per seed for the search, 12 on extra seeds" in evidence_sentence(only)
+
+
+@pytest.mark.parametrize("second, rest", [
+    (outcome("quantize", "early_exit", 3.0, winner="quantize", weak=True),
+     "1 decided by their intervals on firm evidence, 1 on weak evidence (one seed, or the difference within a standard error of the margin)"),
+    (outcome("quantize", "early_exit", 0.1, tie=True), "1 decided by their intervals, 1 a tie")])
+def test_the_pair_sentence_does_not_say_the_evidence_supports_the_order_when_a_decision_is_weak_or_a_pair_ties(record, second, rest):
+    outcomes = [outcome("prune", "quantize", 2.0, winner="prune"), second]
+    assert evidence_sentence(record | {"outcomes": outcomes, "exhaustive": None, "search": None}).startswith(
+        f"Of the 2 pairs compared in both orders, {rest}: part of the order rests on leanings, not evidence.")
