@@ -799,3 +799,28 @@ def test_the_pair_sentence_does_not_say_the_evidence_supports_the_order_when_a_d
     outcomes = [outcome("prune", "quantize", 2.0, winner="prune"), second]
     assert evidence_sentence(record | {"outcomes": outcomes, "exhaustive": None, "search": None}).startswith(
         f"Of the 2 pairs compared in both orders, {rest}: part of the order rests on leanings, not evidence.")
+
+
+def test_exactly_three_inseparable_orders_are_all_named_with_no_more_counted(record):
+    three = searched(record, inseparable=(OTHER, THIRD, ["int8"]))
+    assert "prune → early_exit → quantize → int8; int8: by a 95%" in evidence_sentence(three)
+
+
+def test_an_order_nothing_bounds_below_is_said_to_be_possibly_worse_by_any_amount(record):
+    settled = searched(record)
+    settled["search"]["verdict"]["gaps"] = [{"chain": THIRD, "lower": 5.7, "better_at_most": 0.0, "worse_at_most": None, "seeds": 1}]
+    assert ("the recommended order is a sound choice, but not every one of them: prune → early_exit → quantize → int8 (5.70 "
+            "points behind on the 1 seeds both were measured on) could be worse by any amount.") in evidence_sentence(settled)
+
+
+def test_when_every_decided_pair_is_weak_none_is_said_to_be_decided_on_firm_evidence(record):
+    outcomes = [outcome("prune", "quantize", 2.0, winner="prune", weak=True), outcome("quantize", "early_exit", 0.1, tie=True)]
+    assert evidence_sentence(record | {"outcomes": outcomes, "exhaustive": None, "search": None}).startswith(
+        "Of the 2 pairs compared in both orders, none decided by their intervals on firm evidence, 1 on weak evidence")
+
+
+def test_an_edge_of_a_method_left_out_of_the_chain_is_not_one_the_chain_goes_against(record):
+    from ordercomp.report.verdict import graph_orders_sentence
+
+    left_out = record | {"edges": record["edges"] + [{"before": "lowrank", "after": "prune"}, {"before": "prune", "after": "lowrank"}]}
+    assert graph_orders_sentence(left_out).endswith("the recommended chain keeps them all.")
