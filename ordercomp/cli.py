@@ -86,6 +86,9 @@ def _base_options(parser: argparse.ArgumentParser) -> None:
                         "(x, y, or x_train, y_train with optional x_val, y_val, x_test, y_test)")
     parser.add_argument("--input-size", type=int, help="resize images to this many pixels")
     parser.add_argument("--normalize", default="dataset", help=NORMALIZE_HELP)
+    parser.add_argument("--crop", type=float, metavar="SHARE", help="an ImageFolder tree's images: resize the shorter side "
+                        "to the input size / SHARE and keep the centre square, as torchvision's Resize then CenterCrop "
+                        "(0.875: 256 px to 224 px); without it each image is resized whole to a square")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--trust-torchscript", action="store_true",
                         help="run a TorchScript --model file; it executes code from the file, so only for files you trust")
@@ -213,7 +216,7 @@ def _spec(args):
 
     return ExploreSpec(
         model=args.model, data=args.data, model_args=_model_args(args), weights=args.weights, ema=args.ema,
-        normalize=args.normalize, methods=tuple(parse_methods(args.methods)) if args.methods is not None else None, settings=parse_settings(args),
+        normalize=args.normalize, crop=args.crop, methods=tuple(parse_methods(args.methods)) if args.methods is not None else None, settings=parse_settings(args),
         objective=args.objective, weight=args.weight, seeds=args.seeds, budget=_budget(args),
         confidence=args.confidence, **({"search": args.search} if args.search else {}), screen=args.screen,
         settle=args.settle, device=args.device, exhaustive=args.exhaustive, repeat=args.repeat, architecture=args.arch, input_size=args.input_size,
@@ -262,7 +265,7 @@ def run_apply(args) -> int:
     bar = ProgressBar()
     outcome = compress(model=args.model, data=args.data, chain=chain, settings=settings, budget=budget, device=args.device,
                        architecture=args.arch, model_args=model_args, weights=args.weights, ema=args.ema, normalize=args.normalize,
-                       input_size=args.input_size, seed=args.seed, events=bar, trust_torchscript=args.trust_torchscript,
+                       crop=args.crop, input_size=args.input_size, seed=args.seed, events=bar, trust_torchscript=args.trust_torchscript,
                        classifier=args.classifier, stages=args.stages, cache_dir=args.cache or None)
     bar.close()
     print_chain_steps(outcome.base_metrics, outcome.steps)
@@ -286,7 +289,8 @@ def run_measure(args) -> int:
 
     bar = ProgressBar()
     base, source, data = prepare_base(args.model, args.data, architecture=args.arch, model_args=_model_args(args),
-                                      weights=args.weights, ema=args.ema, normalize=args.normalize, input_size=args.input_size,
+                                      weights=args.weights, ema=args.ema, normalize=args.normalize, crop=args.crop,
+                                      input_size=args.input_size,
                                       device=args.device, cache_dir=args.cache or None, events=bar,
                                       trust_torchscript=args.trust_torchscript, classifier=args.classifier,
                                       stages=check_stage_names(args.stages))

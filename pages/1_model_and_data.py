@@ -7,7 +7,7 @@ from ordercomp import uploads
 from ordercomp.models.checkpoints import CheckpointError, is_torchscript, list_samples, registered_models, sample_card
 from ordercomp.models.factories import ENTRY_POINT_GROUP, MODELS_ENV, TORCHSCRIPT_ENV, server_runs_torchscript
 from ordercomp.dashboard import formatting, plan, session, views
-from ordercomp.data.datasets import DataError
+from ordercomp.data.datasets import DataError, check_crop_fits
 from ordercomp.data.preprocessing import Normalization
 from ordercomp.jobs import start_job
 from ordercomp.report.figures import plural
@@ -20,7 +20,7 @@ state = st.session_state
 session.set_defaults(state, {"w_data_source": "digits", "w_data_path": "", "w_input_size": 0, "w_model_source": "sample",
                              "w_sample": session.DEFAULT_BASE["model"], "w_architecture": "cnn_small", "w_upload_arch": None,
                              "w_trust_torchscript": False, "w_normalize": "dataset", "w_normalize_numbers": "",
-                             "w_model_args": "", "w_ema": False, "w_weights_ema": False})
+                             "w_model_args": "", "w_ema": False, "w_weights_ema": False, "w_crop": 0.0})
 EMA_HELP = "timm's state_dict_ema, torchvision's model_ema, Lightning's EMA; without it, the training weights are read"
 
 
@@ -67,6 +67,19 @@ def choose_data() -> str | None:
             st.error(formatting.md(error))
             return None
     return uploaded_data()
+
+
+def choose_crop(data: str | None) -> tuple[bool, float | None]:
+    """Whether the crop suits the data, and the crop (None: each image resized whole); an ImageFolder tree's only."""
+    if data in (None, "digits"):
+        return True, None
+    crop = st.number_input(plan.CROP_LABEL, min_value=0.0, max_value=1.0, step=0.005, format="%.3f", key="w_crop", **KEEP) or None
+    try:
+        check_crop_fits(data, crop)
+    except DataError as error:
+        st.error(formatting.md(error))
+        return False, None
+    return True, crop
 
 
 def uploaded_data() -> str | None:
@@ -255,12 +268,13 @@ st.caption("The model to compress and the data it is fine-tuned and measured on.
 data_column, model_column = st.columns(2)
 with data_column:
     data = choose_data()
+    crop_fits, crop = choose_crop(data)
     normalize = choose_normalize()
 with model_column:
     model = choose_model()
-if data and model and normalize:
+if data and crop_fits and model and normalize:
     state[session.BASE] = session.DEFAULT_BASE | model | {"data": data, "input_size": state["w_input_size"] or None,
-                                                          "normalize": normalize}
+                                                          "normalize": normalize, "crop": crop}
 elif session.BASE in state:
     st.warning("The choice above is not usable yet; explorations still start from the last usable one.")
 current = session.base_choice(state)

@@ -404,3 +404,42 @@ def test_a_data_set_larger_than_memory_at_its_input_size_is_refused_before_an_im
             load_data(str(source), input_size=512)
     monkeypatch.setattr(datasets, "_read_image", decoded)
     assert load_data(str(flat), input_size=64).input_size == 64
+
+
+def test_a_centre_crop_reads_photos_of_any_shape_as_torchvisions_resize_then_center_crop_does(tmp_path):
+    """Stop 44: every ImageFolder image was resized whole to a square, so a model trained and evaluated on photos with
+    torchvision's Resize(256) then CenterCrop(224) saw them squashed. `crop` resizes and crops as those do."""
+    from torchvision import transforms
+
+    rng = np.random.default_rng(0)
+    shapes = {"cat": [(40, 30), (30, 44)], "dog": [(50, 50), (37, 29)]}  # width x height, wide, tall and square
+    for label, sizes in shapes.items():
+        (tmp_path / label).mkdir()
+        for index, (width, height) in enumerate(sizes * 3):
+            Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(tmp_path / label / f"{index}.png")
+    data = load_data(str(tmp_path), input_size=16, crop=0.8, normalize="none")
+    expected = transforms.Compose([transforms.Resize(20, interpolation=transforms.InterpolationMode.BICUBIC),
+                                   transforms.CenterCrop(16), transforms.PILToTensor()])
+    read = {tuple(expected(Image.open(path)).float().div(255).flatten().tolist()) for path in tmp_path.rglob("*.png")}
+    assert {tuple(image.flatten().tolist()) for split in (data.train, data.val, data.test) for image in split.tensors[0]} == read
+    assert data.preprocessing["resize"] == ("PIL Image.resize of the shorter side to 20 px (bicubic), then the centre 16x16 px "
+                                            "(crop 0.8: torchvision's Resize then CenterCrop)")
+    whole = load_data(str(tmp_path), input_size=16, normalize="none")
+    assert whole.fingerprint() != data.fingerprint()  # cached steps of one never serve the other
+
+
+@pytest.mark.parametrize("crop, message", [
+    (0, r"crop must be the share of the shorter side kept, in \(0, 1\], e.g. 0.875 \(224 of 256 px\), got 0$"),
+    (1.5, r"got 1.5$"), ("0.9", r"got '0.9'$")])
+def test_a_crop_outside_0_to_1_is_one_line(crop, message):
+    with pytest.raises(DataError, match=message):
+        load_data("digits", crop=crop)
+
+
+def test_a_crop_of_square_data_is_refused_rather_than_ignored(tmp_path):
+    with pytest.raises(DataError, match=r"^--crop \(crop=0.875\) is for an ImageFolder tree's images, which come in any shape; "
+                                        r"digits is read as it is: leave crop out$"):
+        load_data("digits", crop=0.875)
+    _cifar_like(tmp_path)
+    with pytest.raises(DataError, match=r"is read as it is: leave crop out$"):
+        load_data(str(tmp_path), crop=0.875)

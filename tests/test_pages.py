@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -27,6 +28,7 @@ from ordercomp import uploads
 from ordercomp.models import factories
 from ordercomp.models.checkpoints import sample_card
 from ordercomp.dashboard import estimate, formatting, plan, session, views
+from ordercomp.data.cifar import write_cifar
 from ordercomp.data.datasets import DataError
 from ordercomp.exploration.explorer import DEFAULT_METHODS, NO_SHIP, ExploreSpec, default_budget, default_methods
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, is_alive, launch, set_worker_limit, start_job
@@ -224,6 +226,23 @@ def test_a_server_whose_operator_did_not_allow_torchscript_offers_no_trust_box_a
                                                     "server's operator has not allowed that")
     assert at.session_state[session.BASE]["model"] == "digits_cnn"
     assert [path for path in (store.path.parent / "uploads").rglob("*") if path.is_file() and path.name != ".ordercomp-upload"] == []
+
+
+def test_an_image_trees_centre_crop_becomes_part_of_the_base_and_square_data_refuses_one(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("ORDERCOMP_DATA_ROOTS", str(tmp_path))
+    at = app("1_model_and_data")
+    assert not [box for box in at.number_input if box.key == "w_crop"]  # digits: square, read as they are
+    at.radio(key="w_data_source").set_value("folder").run()
+    at.text_input(key="w_data_path").set_value(str(image_folder(tmp_path / "pets"))).run()
+    at.number_input(key="w_crop").set_value(0.875).run()
+    assert not at.main.error and at.session_state[session.BASE]["crop"] == 0.875
+    assert "on pets, centre crop 0.875" in plain(at.main.success[0].value)
+    assert plan.baseline_spec(at.session_state[session.BASE], "cpu").crop == 0.875
+    blank = (np.zeros((4, 32, 32, 3), dtype=np.uint8), np.arange(4) % 2)
+    write_cifar(tmp_path / "cifar", blank, blank)
+    at.text_input(key="w_data_path").set_value(str(tmp_path / "cifar")).run()
+    assert plain(at.main.error[0].value).startswith("--crop (crop=0.875) is for an ImageFolder tree's images")
+    assert at.session_state[session.BASE]["data"] == str((tmp_path / "pets").resolve())  # the last usable choice
 
 
 def test_a_typed_data_path_is_read_only_inside_the_folders_the_operator_offers(store, tmp_path, monkeypatch):

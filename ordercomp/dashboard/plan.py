@@ -25,6 +25,8 @@ MODEL_SOURCES = {"sample": "Sample model", "zoo": "Train a zoo architecture", "u
 # what 0 gives, per source: a tree of 16-px images is resized to 32 px unless a size is given ("the data's own" misled)
 INPUT_SIZE_LABEL = (f"Input size in pixels (0: {DEFAULT_INPUT_SIZE} for digits; {FOLDER_INPUT_SIZE} for a CIFAR folder or an "
                     "ImageFolder tree, its images resized to it; an .npz file's own)")
+CROP_LABEL = ("Centre crop of an ImageFolder tree's images (0: none, each image resized whole to a square; 0.875: the "
+              "shorter side to 256 px and the centre 224 px kept, as torchvision's Resize then CenterCrop)")
 NORMALIZE_CHOICES = {"dataset": "the training split's mean and std (default)", "none": "none: pixel values in 0..1",
                      "given": "given numbers (MEAN,STD)"}
 
@@ -36,8 +38,10 @@ def describe_base(choice: dict) -> str:
     weights = f" with weights {Path(choice['weights']).name}" if choice.get("weights") else ""
     ema = ", its EMA weights" if choice.get("ema") else ""
     trusted = ", its TorchScript code trusted" if choice.get("trust_torchscript") else ""
+    crop = f", centre crop {choice['crop']:g}" if choice.get("crop") else ""
     normalize = f", normalize {choice['normalize']}" if choice.get("normalize", "dataset") != "dataset" else ""
-    return f"{Path(choice['model']).name}{architecture}{args}{weights}{ema} on {Path(choice['data']).name}{size}{normalize}{trusted}"
+    return (f"{Path(choice['model']).name}{architecture}{args}{weights}{ema} on {Path(choice['data']).name}{size}{crop}"
+            f"{normalize}{trusted}")
 
 
 def base_options(choice: dict) -> dict:
@@ -45,7 +49,7 @@ def base_options(choice: dict) -> dict:
     return {"model": choice["model"], "data": choice["data"], "architecture": choice.get("architecture"),
             "input_size": choice.get("input_size"), "trust_torchscript": choice.get("trust_torchscript", False),
             "model_args": choice.get("model_args") or {}, "weights": choice.get("weights"),
-            "normalize": choice.get("normalize") or "dataset", "ema": bool(choice.get("ema"))}
+            "normalize": choice.get("normalize") or "dataset", "ema": bool(choice.get("ema")), "crop": choice.get("crop")}
 
 
 def registered_choice(name: str, args_text: str) -> tuple[str, dict]:

@@ -14,7 +14,7 @@ UPLOADED_MODEL = "uploaded_model"  # session key: {"id": upload id, "path": wher
 UPLOADED_DATA = "uploaded_data"    # session key: {"id": upload id, "path": the root of the extracted ImageFolder zip}
 UPLOADED_WEIGHTS = "uploaded_weights"  # session key: {"id": upload id, "path": weights uploaded for a registered factory}
 DEFAULT_BASE = {"model": "digits_cnn", "architecture": None, "data": "digits", "input_size": None, "trust_torchscript": False,
-                "model_args": {}, "weights": None, "normalize": "dataset", "ema": False}
+                "model_args": {}, "weights": None, "normalize": "dataset", "ema": False, "crop": None}
 POLL_SECONDS = 1.5               # how often a page showing an active job reads the store again
 # The sidebar's summary of the open job polls less often: every poll is a script run on the server, which shares
 # the cores with the job's worker (three panels at 1.5 s took 29 % of a core, bench_dashboard.py on 2 cores)

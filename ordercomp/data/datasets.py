@@ -8,6 +8,7 @@ sees exactly the same images, normalised as `--normalize` says (`preprocessing.p
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -102,14 +103,17 @@ class Batches:
             yield images[index], labels[index], index
 
 
-def load_data(spec="digits", *, input_size: int | None = None, limit: int | None = None, normalize: str = "dataset") -> DataBundle:
+def load_data(spec="digits", *, input_size: int | None = None, limit: int | None = None, normalize: str = "dataset",
+              crop: float | None = None) -> DataBundle:
     """Load `digits`, a CIFAR-10/100 folder, an ImageFolder tree or a .npz file given by path, or data a
     caller holds: a torch Dataset, a (train, val, test) triple, (images, labels) tensors, or a DataBundle
-    (returned as it is). Images are normalised as `normalize` says (preprocessing.Normalization)."""
+    (returned as it is). Images are normalised as `normalize` says (preprocessing.Normalization); an ImageFolder
+    tree's images are resized whole to the input size, or with `crop` resized and centre-cropped (`_sized`)."""
     if isinstance(spec, DataBundle):
         return spec
     if input_size is not None and not 4 <= input_size <= 512:
         raise DataError(f"input size {input_size} is out of range: use 4..512 pixels")
+    check_crop_fits(spec, crop)
     normalization = Normalization.parse(normalize)
     if not isinstance(spec, str):
         from .arrays import held_data
@@ -124,7 +128,21 @@ def load_data(spec="digits", *, input_size: int | None = None, limit: int | None
         return read_npz(path, input_size, normalization)
     if kind != "imagefolder":
         return _cifar(path, input_size or FOLDER_INPUT_SIZE, limit, normalization)
-    return _image_folder(path, input_size or FOLDER_INPUT_SIZE, limit, normalization)
+    return _image_folder(path, input_size or FOLDER_INPUT_SIZE, limit, normalization, crop)
+
+
+def check_crop_fits(data, crop) -> None:
+    """A crop is a share in (0, 1] (`check_crop`), for an ImageFolder tree: the only data whose images come in any shape."""
+    check_crop(crop)
+    if crop is not None and (not isinstance(data, str) or data == "digits" or check_layout(data)[0] != "imagefolder"):
+        raise DataError(f"--crop (crop={crop:g}) is for an ImageFolder tree's images, which come in any shape; "
+                        f"{data_label(data)} is read as it is: leave crop out")
+
+
+def check_crop(crop) -> None:
+    """A crop is the share of the resized image's shorter side that is kept: (0, 1], e.g. 0.875 (256 px to 224 px)."""
+    if crop is not None and (isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1):
+        raise DataError(f"crop must be the share of the shorter side kept, in (0, 1], e.g. 0.875 (224 of 256 px), got {crop!r}")
 
 
 def data_label(data) -> str:
@@ -192,9 +210,9 @@ def _resize(images: torch.Tensor, input_size: int) -> torch.Tensor:
 
 
 def split_and_normalise(name, images, labels, num_classes, input_size, test=None, val=None, *,
-                        normalization: Normalization, pixels: str, resize: str) -> DataBundle:
+                        normalization: Normalization, pixels: str, resize: str, crop: float | None = None) -> DataBundle:
     """Seeded split into train/val/test (of the splits not given), then normalise as `normalization` says
-    (by default with the training statistics); `pixels` and `resize` say how the images were read."""
+    (by default with the training statistics); `pixels`, `resize` and `crop` say how the images were read."""
     n = len(images)
     n_test, n_val = _carved_sizes(name, n, test, val)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
@@ -211,7 +229,7 @@ def split_and_normalise(name, images, labels, num_classes, input_size, test=None
     def dataset(split):
         return TensorDataset(((split[0] - mean) / std).contiguous(), split[1].contiguous())
 
-    steps = record(normalization, mean, std, pixels=pixels, resize=resize, input_size=input_size)
+    steps = record(normalization, mean, std, pixels=pixels, resize=resize, input_size=input_size, crop=crop)
     return DataBundle(name, dataset(train), dataset(val), dataset(test), num_classes, images.shape[1], input_size, steps)
 
 
@@ -294,11 +312,23 @@ def split_folders(path: Path) -> dict[str, Path]:
 
 
 PIL_RESIZE = "PIL Image.resize to the input size (bicubic)"
+
+
+def pil_resize(input_size: int, crop: float | None) -> str:
+    """How `_sized` resizes an image, for the preprocessing record."""
+    if crop is None:
+        return PIL_RESIZE
+    return (f"PIL Image.resize of the shorter side to {_shorter_side(input_size, crop)} px (bicubic), then the centre "
+            f"{input_size}x{input_size} px (crop {crop:g}: torchvision's Resize then CenterCrop)")
+
+
+def _shorter_side(input_size: int, crop: float) -> int:
+    return math.floor(input_size / crop)  # as timm's crop_pct: 224 / 0.875 = 256
 PIL_PIXELS = "8-bit values divided by 255; gray images as 1 channel (L), others as RGB; gray repeated when the tree mixes both"
 
 
 def _split_image_folder(path: Path, splits: dict[str, Path], input_size: int, limit: int | None,
-                        normalization: Normalization) -> DataBundle:
+                        normalization: Normalization, crop: float | None) -> DataBundle:
     """An ImageFolder tree split into folders: the classes are train/'s; a split without a folder is
     carved from train/ as usual (seeded)."""
     classes = _class_folders(splits["train"])
@@ -309,23 +339,25 @@ def _split_image_folder(path: Path, splits: dict[str, Path], input_size: int, li
             raise DataError(f"{folder} has classes that {splits['train']} lacks ({', '.join(strangers)}): give every class a folder in train/")
         listed[split] = _class_files(folder, classes, limit)
     check_held(f"imagefolder:{path.name}", sum(map(len, listed.values())), 3, input_size)
-    read = {split: _read_files(splits[split], classes, files, input_size) for split, files in listed.items()}
+    read = {split: _read_files(splits[split], classes, files, input_size, crop) for split, files in listed.items()}
     channels = max(images.shape[1] for images, _ in read.values())
     read = {split: (images.expand(-1, channels, -1, -1), labels) for split, (images, labels) in read.items()}
     return split_and_normalise(f"imagefolder:{path.name}", *read["train"], len(classes), input_size, test=read.get("test"),
-                               val=read.get("val"), normalization=normalization, pixels=PIL_PIXELS, resize=PIL_RESIZE)
+                               val=read.get("val"), normalization=normalization, pixels=PIL_PIXELS,
+                               resize=pil_resize(input_size, crop), crop=crop)
 
 
-def _image_folder(path: Path, input_size: int, limit: int | None, normalization: Normalization) -> DataBundle:
+def _image_folder(path: Path, input_size: int, limit: int | None, normalization: Normalization,
+                  crop: float | None) -> DataBundle:
     splits = split_folders(path)
     if splits:
-        return _split_image_folder(path, splits, input_size, limit, normalization)
+        return _split_image_folder(path, splits, input_size, limit, normalization, crop)
     classes = _class_folders(path)
     files = _class_files(path, classes, limit)
     check_held(f"imagefolder:{path.name}", len(files), 3, input_size)  # 3: the channels are known only once decoded
-    images, labels = _read_files(path, classes, files, input_size)
+    images, labels = _read_files(path, classes, files, input_size, crop)
     return split_and_normalise(f"imagefolder:{path.name}", images, labels, len(classes), input_size,
-                               normalization=normalization, pixels=PIL_PIXELS, resize=PIL_RESIZE)
+                               normalization=normalization, pixels=PIL_PIXELS, resize=pil_resize(input_size, crop), crop=crop)
 
 
 def _class_files(path: Path, classes: list[str], limit: int | None) -> list[tuple[Path, int]]:
@@ -334,20 +366,22 @@ def _class_files(path: Path, classes: list[str], limit: int | None) -> list[tupl
             for file in _images_in(path / name)[: limit // len(classes) if limit else None]]
 
 
-def _read_files(path: Path, classes: list[str], files: list[tuple[Path, int]], input_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_files(path: Path, classes: list[str], files: list[tuple[Path, int]], input_size: int,
+                crop: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The images `_class_files` listed under `path`, decoded, with their class index."""
     if not files:
         raise DataError(f"{path} holds no images of the classes {', '.join(classes)}: put images in its class folders")
-    images = [_read_image(file, input_size) for file, _ in files]
+    images = [_read_image(file, input_size, crop) for file, _ in files]
     channels = max(t.shape[0] for t in images)
     return torch.stack([t.expand(channels, -1, -1) for t in images]), torch.tensor([label for _, label in files])
 
 
-def _read_image(file: Path, input_size: int) -> torch.Tensor:
+def _read_image(file: Path, input_size: int, crop: float | None) -> torch.Tensor:
     """One image as a tensor; an unreadable or oversized file is one DataError line, checked before decoding."""
     with opened_image(file, str(file), file.stat().st_size) as image:
-        image.draft(None, (input_size, input_size))  # a JPEG decodes at 1/2, 1/4 or 1/8 scale while still at least the input size
-        return _image_tensor(image, input_size)
+        least = input_size if crop is None else _shorter_side(input_size, crop)
+        image.draft(None, (least, least))  # a JPEG decodes at 1/2, 1/4 or 1/8 scale while still at least the size it needs
+        return _image_tensor(image, input_size, crop)
 
 
 @contextmanager
@@ -395,6 +429,19 @@ def decoded_pixels(image) -> int:
     return max(width * height, tile[0] * tile[1] if tile else 0)
 
 
+def _sized(image, input_size: int, crop: float | None):
+    """The image resized whole to input_size x input_size, or with `crop`, as torchvision's Resize(shorter side) then
+    CenterCrop(input_size) do it: the shorter side to input_size / crop (the longer in proportion), then the centre."""
+    if crop is None:
+        return image.resize((input_size, input_size))
+    width, height = image.size
+    short = _shorter_side(input_size, crop)
+    size = (short, max(short, int(short * height / width))) if width <= height else (max(short, int(short * width / height)), short)
+    image = image.resize(size)
+    left, top = int(round((size[0] - input_size) / 2.0)), int(round((size[1] - input_size) / 2.0))
+    return image.crop((left, top, left + input_size, top + input_size))
+
+
 def _tile(image) -> tuple[int, int] | None:
     """A tiled TIFF's tile size: libtiff allocates whole tiles, however small the image."""
     tags = getattr(image, "tag_v2", {})
@@ -419,11 +466,11 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _image_tensor(image, input_size: int) -> torch.Tensor:
+def _image_tensor(image, input_size: int, crop: float | None) -> torch.Tensor:
     if image.mode in DEEP_GREY:
-        pixels = np.asarray(image.convert("F").resize((input_size, input_size)), dtype=np.float32) / DEEP_GREY[image.mode]
+        pixels = np.asarray(_sized(image.convert("F"), input_size, crop), dtype=np.float32) / DEEP_GREY[image.mode]
         return torch.from_numpy(pixels).unsqueeze(0)
     mode = "L" if image.mode in ("L", "1") else "RGB"
-    image = image.convert(mode).resize((input_size, input_size))
+    image = _sized(image.convert(mode), input_size, crop)
     tensor = torch.from_numpy(np.asarray(image, dtype=np.float32)) / 255.0
     return tensor.unsqueeze(0) if mode == "L" else tensor.permute(2, 0, 1)

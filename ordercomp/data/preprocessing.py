@@ -69,10 +69,10 @@ class Normalization:
 
 
 def record(normalization: Normalization, mean: torch.Tensor, std: torch.Tensor, *, pixels: str, resize: str,
-           input_size: int) -> dict:
+           input_size: int, crop: float | None = None) -> dict:
     """What a caller must do to an image to feed the model as the data fed it."""
     return {"normalize": normalization.text, "mean": mean.flatten().tolist(), "std": std.flatten().tolist(),
-            "pixels": pixels, "resize": resize,
+            "pixels": pixels, "resize": resize, "crop": crop,
             "input_size": input_size, "channels": mean.shape[1], "channel_handling": "as loaded"}
 
 
@@ -81,8 +81,9 @@ def describe_preprocessing(steps: dict) -> str:
     if not steps:
         return "preprocessing not recorded"
     numbers = lambda values: "/".join(f"{v:.4g}" for v in values)
+    crop = f" (the centre of each image, crop {steps['crop']:g})" if steps.get("crop") else ""
     return (f"normalize {steps['normalize']} (mean {numbers(steps['mean'])}, std {numbers(steps['std'])}), pixels {steps['pixels']}, "
-            f"{steps['input_size']} px, {steps['channels']} channel(s) ({steps['channel_handling']})")
+            f"{steps['input_size']} px{crop}, {steps['channels']} channel(s) ({steps['channel_handling']})")
 
 
 def repeat_channels(bundle, channels: int):

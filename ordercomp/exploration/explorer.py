@@ -28,7 +28,7 @@ from ..models.checkpoints import (describe_source, input_size_for, list_samples,
                                   resolve_model, sample_card, save_state_atomically, state_fingerprint)
 from ..models.factories import check_args, code_fingerprint
 from ..models.programs import ProgramModel, measure_only_reason
-from ..data.datasets import DataBundle, data_label, load_data
+from ..data.datasets import DataBundle, check_crop, data_label, load_data
 from ..data.preprocessing import Normalization, repeat_channels
 from ..models.structure import base_fingerprint, structure_of, with_structure
 from ..models.weights import with_versions_of
@@ -93,16 +93,17 @@ def prepare_base(model="digits_cnn", data="digits", *, architecture: str | None 
                  weights: str | None = None, normalize: str = "dataset", input_size: int | None = None, device: str = "auto",
                  cache_dir=None, events: Events | None = None, trust_torchscript: bool = False,
                  import_code: bool = True, classifier: str | None = None,
-                 stages: tuple[str, ...] | None = None, ema: bool = False) -> tuple[nn.Module, dict, DataBundle]:
+                 stages: tuple[str, ...] | None = None, ema: bool = False, crop: float | None = None) -> tuple[nn.Module, dict, DataBundle]:
     """The base model (a sample, a checkpoint, a program file, a zoo architecture trained once per cache, or a
     user's class: see `resolve_model`), where it came from, and the data as it takes them (`data` is anything
     `load_data` reads; gray images are repeated for a model whose first convolution takes 3 channels).
     TorchScript runs only with `trust_torchscript`, a user's file or module is imported only with `import_code`;
-    `ema` reads the EMA weights of a checkpoint that holds them beside the training weights.
+    `ema` reads the EMA weights of a checkpoint that holds them beside the training weights; `crop` centre-crops an
+    ImageFolder tree's images as torchvision's Resize then CenterCrop do (`load_data`).
     A network from outside the zoo gets its structure found (or the named `classifier` and `stages`)
     once here, and the source records it."""
     events = events or (lambda event: None)
-    bundle = load_data(data, input_size=input_size_for(model, input_size), normalize=normalize)
+    bundle = load_data(data, input_size=input_size_for(model, input_size), normalize=normalize, crop=crop)
     target = resolve_device(device)
     cache = StepCache(cache_dir)
     events({"kind": "stage", "stage": "base", "label": "preparing the base model"})
@@ -146,6 +147,7 @@ class ExploreSpec:
     weights: str | None = None  # weights for a factory's model or a zoo architecture
     ema: bool = False  # read the EMA weights of the checkpoint (weights, or a model file with architecture)
     normalize: str = "dataset"  # preprocessing.Normalization: dataset, none or MEAN,STD
+    crop: float | None = None  # an ImageFolder tree's images: the shorter side to input_size / crop, then the centre
     methods: tuple[str, ...] | None = None  # None: default_methods(model)
     settings: dict[str, dict] = field(default_factory=dict)  # over a sample's own: default_settings(model, methods)
     objective: str = "weighted"
@@ -179,6 +181,7 @@ class ExploreSpec:
         vars(self).update(checked)
         self.model_args = check_args(self.model_args)
         Normalization.parse(self.normalize)
+        check_crop(self.crop)
         self.stages = check_stage_names(self.stages)
         self.budget = default_budget(self.model) if self.budget is None else self.budget
         if not isinstance(self.budget, Budget):
@@ -478,7 +481,7 @@ class Explorer:
         self._steps_done = 0
         self.device = spec.torch_device()
         self.data = load_data(spec.data if data is None else data, input_size=input_size_for(spec.model, spec.input_size),
-                              normalize=spec.normalize)
+                              normalize=spec.normalize, crop=spec.crop)
         self.source: dict = {}
         self.cache = StepCache(cache_dir)
         self._cache_stop_said = False
@@ -750,7 +753,7 @@ def compress(model="digits_cnn", data="digits", chain=DEFAULT_METHODS, *, settin
              device: str = "auto", architecture: str | None = None, model_args: dict | None = None, weights: str | None = None,
              normalize: str = "dataset", input_size: int | None = None, seed: int = 0, cache_dir=None,
              events: Events | None = None, trust_torchscript: bool = False, import_code: bool = True,
-             classifier: str | None = None, stages=None, ema: bool = False) -> Compressed:
+             classifier: str | None = None, stages=None, ema: bool = False, crop: float | None = None) -> Compressed:
     """Apply `chain` to the base model and measure every step on the test split. `model` and `data` are
     what `prepare_base` takes: names and paths as on the command line, or Python objects. `classifier` and `stages`
     name the parts of a network whose structure tracing cannot find (see ExploreSpec)."""
@@ -764,7 +767,7 @@ def compress(model="digits_cnn", data="digits", chain=DEFAULT_METHODS, *, settin
     base, source, bundle = prepare_base(model, data, architecture=architecture, model_args=model_args, weights=weights,
                                         normalize=normalize, input_size=input_size, device=device, cache_dir=cache_dir,
                                         events=events, trust_torchscript=trust_torchscript, import_code=import_code,
-                                        classifier=classifier, stages=check_stage_names(stages), ema=ema)
+                                        classifier=classifier, stages=check_stage_names(stages), ema=ema, crop=crop)
     target = resolve_device(device)
     base_metrics = measure(base, bundle, "test", device=target).to_dict()
     progress = lambda label, fraction: events({"kind": "progress", "label": label, "fraction": fraction, "seed": seed})

@@ -44,7 +44,8 @@ def run_exploration(store: JobStore, job_id: str, spec: dict, events: Events) ->
 def run_baseline(store: JobStore, job_id: str, spec: dict, events: Events) -> tuple[dict, str]:
     spec = BaselineSpec.from_dict(spec)
     base, source, data = prepare_base(spec.model, spec.data, architecture=spec.architecture, model_args=spec.model_args,
-                                      weights=spec.weights, ema=spec.ema, normalize=spec.normalize, input_size=spec.input_size,
+                                      weights=spec.weights, ema=spec.ema, normalize=spec.normalize, crop=spec.crop,
+                                      input_size=spec.input_size,
                                       device=spec.device, cache_dir=store.cache_dir(), events=events,
                                       trust_torchscript=spec.trust_torchscript, import_code=False)
     events({"kind": "stage", "stage": "measure", "label": "measuring the base model on the test split"})
@@ -61,7 +62,8 @@ def run_export(store: JobStore, job_id: str, spec: dict, events: Events) -> tupl
     check_export_folder(folder, formats, export_bytes(spec.model, formats, spec.weights))  # before the work: a full disk, a read-only store folder
     compressed = compress(model=spec.model, data=spec.data, chain=spec.chain, settings=spec.settings, budget=Budget(**spec.budget),
                           device=spec.device, architecture=spec.architecture, model_args=spec.model_args, weights=spec.weights, ema=spec.ema,
-                          normalize=spec.normalize, input_size=spec.input_size, seed=spec.seed, cache_dir=store.cache_dir(),
+                          normalize=spec.normalize, crop=spec.crop, input_size=spec.input_size, seed=spec.seed,
+                          cache_dir=store.cache_dir(),
                           events=events, trust_torchscript=spec.trust_torchscript, import_code=False)
     broken = next((step for step in compressed.steps if step.status != OK), None)
     if broken:

@@ -20,8 +20,10 @@ def _check_trust(trust_torchscript) -> None:
         raise ValueError(f"trust_torchscript must be true or false, got {trust_torchscript!r}")
 
 
-def _check_base(model_args, weights, normalize, ema) -> None:
+def _check_base(model_args, weights, normalize, ema, crop) -> None:
     """The base's own options: checked in full where the base is built; here only their kinds."""
+    if crop is not None and (isinstance(crop, bool) or not isinstance(crop, (int, float))):
+        raise ValueError(f"crop must be a number (the share of the shorter side kept) or null, got {crop!r}")
     if not isinstance(ema, bool):
         raise ValueError(f"ema must be true or false, got {ema!r}")
     if not isinstance(model_args, dict):
@@ -48,11 +50,12 @@ class BaselineSpec:
     weights: str | None = None
     normalize: str = "dataset"
     ema: bool = False  # read the checkpoint's EMA weights
+    crop: float | None = None  # an ImageFolder tree's images centre-cropped (load_data)
 
     def __post_init__(self):
         _check_device(self.device)
         _check_trust(self.trust_torchscript)
-        _check_base(self.model_args, self.weights, self.normalize, self.ema)
+        _check_base(self.model_args, self.weights, self.normalize, self.ema, self.crop)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,6 +86,7 @@ class ExportSpec:
     weights: str | None = None
     normalize: str = "dataset"
     ema: bool = False
+    crop: float | None = None
 
     def __post_init__(self):
         self.chain, self.formats = tuple(self.chain), tuple(self.formats)
@@ -90,7 +94,7 @@ class ExportSpec:
             raise ValueError("the order to export is empty: pick at least one method")
         _check_device(self.device)
         _check_trust(self.trust_torchscript)
-        _check_base(self.model_args, self.weights, self.normalize, self.ema)
+        _check_base(self.model_args, self.weights, self.normalize, self.ema, self.crop)
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         # compress() accepts settings only for the methods of its chain
@@ -104,7 +108,8 @@ class ExportSpec:
                    input_size=spec["input_size"], device=spec["device"], settings=spec["settings"], budget=spec["budget"],
                    seed=seed, formats=tuple(formats), exploration=exploration,
                    trust_torchscript=spec.get("trust_torchscript", False), model_args=spec.get("model_args", {}),
-                   weights=spec.get("weights"), normalize=spec.get("normalize", "dataset"), ema=spec.get("ema", False))
+                   weights=spec.get("weights"), normalize=spec.get("normalize", "dataset"), ema=spec.get("ema", False),
+                   crop=spec.get("crop"))
 
     def to_dict(self) -> dict:
         record = asdict(self)
