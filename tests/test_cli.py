@@ -70,7 +70,7 @@ from testkit import MY_NET
      "gives GoogLeNetOutputs in training mode, not a tensor of logits: build it without auxiliary outputs"),  # its base was a traceback
     (["explore", "--model", "resnet18"], "the zoo's resnet18 is now named resnet18_small_input"),
     (["explore", "--data", "{tmp}/absent.npz"], "absent.npz does not exist"),
-    (["measure", "--crop", "2"], "crop must be the share of the shorter side kept, in (0, 1]"),
+    (["measure", "--crop", "2"], "crop must be the share of the shorter side kept, in [0.25, 1]"),
     (["explore", "--crop", "0.875"], "--crop (crop=0.875) is for an ImageFolder tree's images, which come in any shape; digits"),
     (["measure", "--ema"], "--ema (ema=True) reads the EMA weights of a checkpoint, and digits_cnn is given none"),
     (["apply", "--chain", "prune", "--export", "{out}", "--model", "cnn_tiny", "--weights", "{plain}", "--ema"],

@@ -429,8 +429,8 @@ def test_a_centre_crop_reads_photos_of_any_shape_as_torchvisions_resize_then_cen
 
 
 @pytest.mark.parametrize("crop, message", [
-    (0, r"crop must be the share of the shorter side kept, in \(0, 1\], e.g. 0.875 \(224 of 256 px\), got 0$"),
-    (1.5, r"got 1.5$"), ("0.9", r"got '0.9'$")])
+    (0, r"crop must be the share of the shorter side kept, in \[0.25, 1\], e.g. 0.875 \(224 of 256 px\), got 0$"),
+    (0.001, r"got 0.001$"), (1.5, r"got 1.5$"), ("0.9", r"got '0.9'$")])  # 0.001: each image at 1,000 times the input size
 def test_a_crop_outside_0_to_1_is_one_line(crop, message):
     with pytest.raises(DataError, match=message):
         load_data("digits", crop=crop)

@@ -139,10 +139,14 @@ def check_crop_fits(data, crop) -> None:
                         f"{data_label(data)} is read as it is: leave crop out")
 
 
+MIN_CROP = 0.25  # an image is resized to at most 4 times the input size before its centre is kept (1/0.001: 512,000 px)
+
+
 def check_crop(crop) -> None:
-    """A crop is the share of the resized image's shorter side that is kept: (0, 1], e.g. 0.875 (256 px to 224 px)."""
-    if crop is not None and (isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1):
-        raise DataError(f"crop must be the share of the shorter side kept, in (0, 1], e.g. 0.875 (224 of 256 px), got {crop!r}")
+    """A crop is the share of the resized image's shorter side that is kept: [MIN_CROP, 1], e.g. 0.875 (256 px to 224 px)."""
+    if crop is not None and (isinstance(crop, bool) or not isinstance(crop, (int, float)) or not MIN_CROP <= crop <= 1):
+        raise DataError(f"crop must be the share of the shorter side kept, in [{MIN_CROP:g}, 1], e.g. 0.875 (224 of 256 px), "
+                        f"got {crop!r}")
 
 
 def data_label(data) -> str:
