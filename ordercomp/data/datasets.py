@@ -27,6 +27,7 @@ DEFAULT_INPUT_SIZE = 8
 FOLDER_INPUT_SIZE = 32  # CIFAR and ImageFolder images without an --input-size (an .npz file keeps its own)
 MIN_SPLIT = {"train": 1, "validation": 2, "test": 1}  # pair decisions compare two orders image by image on validation
 HELD_COPIES = 3  # a data set is held about three times over while it is prepared: as read, in split order, normalised
+MIN_CROP = 0.25  # an image is resized to at most 4 times the input size before its centre is kept (1/0.001: 512,000 px)
 
 
 class DataError(ValueError):
@@ -113,7 +114,8 @@ def load_data(spec="digits", *, input_size: int | None = None, limit: int | None
         return spec
     if input_size is not None and not 4 <= input_size <= 512:
         raise DataError(f"input size {input_size} is out of range: use 4..512 pixels")
-    check_crop_fits(spec, crop)
+    kind, path = check_layout(spec) if isinstance(spec, str) and spec != "digits" else (None, None)
+    check_crop_fits(spec, crop, kind)
     normalization = Normalization.parse(normalize)
     if not isinstance(spec, str):
         from .arrays import held_data
@@ -121,7 +123,6 @@ def load_data(spec="digits", *, input_size: int | None = None, limit: int | None
         return held_data(spec, input_size, normalization)
     if spec == "digits":
         return _digits(input_size or DEFAULT_INPUT_SIZE, normalization)
-    kind, path = check_layout(spec)
     if kind == "npz":
         from .arrays import read_npz
 
@@ -131,15 +132,18 @@ def load_data(spec="digits", *, input_size: int | None = None, limit: int | None
     return _image_folder(path, input_size or FOLDER_INPUT_SIZE, limit, normalization, crop)
 
 
-def check_crop_fits(data, crop) -> None:
-    """A crop is a share in (0, 1] (`check_crop`), for an ImageFolder tree: the only data whose images come in any shape."""
+def check_crop_fits(data, crop, kind: str | None = None) -> None:
+    """A crop is a share in [MIN_CROP, 1] (`check_crop`), for an ImageFolder tree: the only data whose images come in any
+    shape. `kind` is the data's layout where the caller has checked it already (`check_layout`)."""
     check_crop(crop)
-    if crop is not None and (not isinstance(data, str) or data == "digits" or check_layout(data)[0] != "imagefolder"):
+    if crop is None:
+        return
+    if kind is None and isinstance(data, str) and data != "digits":
+        kind = check_layout(data)[0]
+    if kind != "imagefolder":
         raise DataError(f"--crop (crop={crop:g}) is for an ImageFolder tree's images, which come in any shape; "
                         f"{data_label(data)} is read as it is: leave crop out")
 
-
-MIN_CROP = 0.25  # an image is resized to at most 4 times the input size before its centre is kept (1/0.001: 512,000 px)
 
 
 def check_crop(crop) -> None:
@@ -316,6 +320,7 @@ def split_folders(path: Path) -> dict[str, Path]:
 
 
 PIL_RESIZE = "PIL Image.resize to the input size (bicubic)"
+PIL_PIXELS = "8-bit values divided by 255; gray images as 1 channel (L), others as RGB; gray repeated when the tree mixes both"
 
 
 def pil_resize(input_size: int, crop: float | None) -> str:
@@ -328,7 +333,6 @@ def pil_resize(input_size: int, crop: float | None) -> str:
 
 def _shorter_side(input_size: int, crop: float) -> int:
     return math.floor(input_size / crop)  # as timm's crop_pct: 224 / 0.875 = 256
-PIL_PIXELS = "8-bit values divided by 255; gray images as 1 channel (L), others as RGB; gray repeated when the tree mixes both"
 
 
 def _split_image_folder(path: Path, splits: dict[str, Path], input_size: int, limit: int | None,

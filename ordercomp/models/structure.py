@@ -237,6 +237,8 @@ def channel_shufflers(model: nn.Module, example: torch.Tensor) -> list[nn.Module
     order (a channel shuffle as a module: view, transpose, reshape), seen on one forward of `example`."""
     candidates = [module for module in model.modules() if not type(module).__module__.startswith("torch.")
                   and not list(module.children()) and not list(module.parameters()) and not list(module.buffers())]
+    if not candidates:  # no forward to run: torchvision's networks and most users' hold no such module
+        return []
     found = []
     hook = lambda module, args, out: found.append(module) if _permutes_channels(args, out) else None
     handles = [module.register_forward_hook(hook) for module in candidates]
