@@ -1,7 +1,7 @@
 """Step 2, Methods: the methods to compare, their strength, the fine-tuning budget, objective and seeds."""
 import streamlit as st
 
-from ordercomp.dashboard import estimate, formatting, plan, session
+from ordercomp.dashboard import estimate, formatting, plan, session, views
 from ordercomp.report.figures import duration
 from ordercomp.exploration.executors import EXECUTORS
 
@@ -103,7 +103,8 @@ def plan_summary() -> None:
     except ValueError as error:
         st.error(f"This plan cannot run: {formatting.md(error)}")
         return
-    cost = estimate.plan_cost(spec, store.step_seconds(spec.model, spec.data))
+    cost = estimate.plan_cost(spec, store.step_seconds(spec.model, spec.data),
+                              views.measured_baseline(store, plan.baseline_spec(session.base_choice(state), spec.device)))
     left, right = st.columns(2)
     left.metric("Method applications", cost["applications"], help="At most: the search may find its order with fewer")
     left.caption(f"{estimate.applications_text(spec, cost)}. Pairwise needs n + n(n−1) = {cost['pairwise_per_seed']} per "

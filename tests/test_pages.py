@@ -455,6 +455,16 @@ def test_methods_page_builds_widgets_from_the_registry_and_counts_applications(s
     at.session_state[session.BASE] = {"model": "cnn_tiny", "architecture": None, "data": "digits", "input_size": None}
     at.run()
     assert f"{estimate.DEFAULT_STEP_SECONDS:.1f} s per application, a default guess" in plain(at.main.caption[-1].value)
+    # its baseline measured here: the guess goes by the measured MACs and training images, not the default
+    baseline = store.create(plan.baseline_spec(at.session_state[session.BASE]), "baseline")
+    store.set_status(baseline, "done", result={"metrics": {"macs": 2e6}, "data": {"train": 1000}})
+    at.run()
+    guess = 2e6 * 1000 * Budget().epochs * 3 * estimate.CPU_SECONDS_PER_MAC
+    assert f"{guess:.1f} s per application, a guess from the base's size and training images, measured here" in plain(at.main.caption[-1].value)
+    applications = int(count())
+    at.switch_page(PAGES["3_runs"]).run()  # the Runs page's summary uses the same estimate
+    assert f"about {duration(applications * guess)}, a guess from the base's size" in " ".join(texts(at.main.caption))
+    at.switch_page(PAGES["2_methods"]).run()
     spec = finished["record"]["spec"]  # a base with finished steps in the store: the estimate goes by them
     at.session_state[session.BASE] = {key: spec[key] for key in ("model", "architecture", "data", "input_size")}
     at.run()

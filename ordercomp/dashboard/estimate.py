@@ -1,6 +1,6 @@
 """How many method applications an exploration takes and about how long: from the steps measured on
-this machine (the job store's finished steps of the same model and data), else a guess from a sample
-model's size, else a default guess; the text says which."""
+this machine (the job store's finished steps of the same model and data), else a guess from the base's
+size (its baseline measured here, or a sample's card), else a default guess; the text says which."""
 from __future__ import annotations
 
 from ..report.figures import duration, plural
@@ -11,14 +11,17 @@ DEFAULT_STEP_SECONDS = 20.0      # per method application, until the store has f
 CPU_SECONDS_PER_MAC = 5.3e-11
 
 
-def plan_cost(spec, measured: tuple[float, int] | None) -> dict:
+def plan_cost(spec, measured: tuple[float, int] | None, baseline: dict | None = None) -> dict:
     """Method applications of an exploration (`ExploreSpec.planned_applications`) and an estimate of its time, a
     screened application counting its fraction of the epochs; `measured` is (mean seconds, steps) of this model and
-    data from the job store (`JobStore.step_seconds`)."""
+    data from the job store (`JobStore.step_seconds`), `baseline` the result of this base's finished baseline job."""
     planned = spec.planned_applications()
     guess = sample_step_seconds(spec)
     if measured:
         each, basis = measured[0], f"from {measured[1]} steps measured here"
+    elif baseline:
+        each, basis = size_step_seconds(baseline, spec.budget.epochs), ("a guess from the base's size and training "
+                                                                         "images, measured here (no step of it yet)")
     elif guess:
         each, basis = guess, "a guess from the sample's size (no step of it measured here yet)"
     else:
@@ -70,6 +73,11 @@ def sample_step_seconds(spec) -> float | None:
 
     if spec.model not in list_samples() or spec.data != "digits":
         return None
-    card = sample_card(spec.model)
-    work = card["metrics"]["macs"] * card["data"]["train"] * spec.budget.epochs * 3
+    return size_step_seconds(sample_card(spec.model), spec.budget.epochs)
+
+
+def size_step_seconds(measured: dict, epochs: float) -> float:
+    """Seconds per application of a model measured as `measured` says (a sample's card or a baseline job's result:
+    its MACs per image and training images), fine-tuned for `epochs`."""
+    work = measured["metrics"]["macs"] * measured["data"]["train"] * epochs * 3
     return max(0.2, work * CPU_SECONDS_PER_MAC)

@@ -132,6 +132,12 @@ def find_baseline(store: JobStore, spec: BaselineSpec) -> dict | None:
     return next((job for job in store.list_jobs("baseline") if BaselineSpec.from_dict(job["spec"]).to_dict() == wanted), None)
 
 
+def measured_baseline(store: JobStore, spec: BaselineSpec) -> dict | None:
+    """The result of the newest finished baseline job for exactly this base (`find_baseline`), or None."""
+    job = find_baseline(store, spec)
+    return store.get(job["id"])["result"] if job is not None and job["status"] == "done" else None
+
+
 def latest_export(store: JobStore, exploration: str) -> dict | None:
     """The newest export job made from the exploration `exploration`."""
     return next((job for job in store.list_jobs("export") if job["spec"].get("exploration") == exploration), None)
