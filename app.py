@@ -1,4 +1,4 @@
-"""The ordercomp dashboard: find the best order to apply CNN compression methods, step by step.
+"""The ordercomp dashboard: find the best order to apply compression methods to a vision network (CNN or ViT), step by step.
 
     streamlit run app.py        # jobs go to .ordercomp/jobs.sqlite, or to $ORDERCOMP_STORE
 

@@ -1,4 +1,4 @@
-"""ordercomp: find the order in which to apply CNN compression methods (Order of Compression).
+"""ordercomp: find the order in which to apply compression methods to a vision network (CNN or ViT) (Order of Compression).
 
     from ordercomp import ExploreSpec, explore, compress
     result = explore(ExploreSpec(methods=("distill", "prune", "quantize", "early_exit")))

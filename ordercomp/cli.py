@@ -109,7 +109,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ordercomp", description="Find the order in which to apply CNN compression methods.")
+    parser = argparse.ArgumentParser(prog="ordercomp", description="Find the order in which to apply compression methods to a vision network (CNN or ViT).")
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("explore", help="pairwise comparison of orders -> precedence graph -> chain")
     _common(ex)
