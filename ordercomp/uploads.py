@@ -413,6 +413,20 @@ def check_checkpoint(path: Path, architecture: str | None, *, trust_torchscript:
             + (", its EMA weights read" if ema else ""))
 
 
+def check_weights(path: Path, *, ema: bool = False) -> str:
+    """One line saying what an uploaded weights file for a registered factory holds (its EMA weights with `ema`), read
+    without the model: the factory is built, and the names and shapes checked, only by the job that uses them. A file
+    without EMA weights (no entry of their own, no name under an EMA prefix) is refused with `ema` here already."""
+    from .models.weights import has_ema_names, no_ema_weights, read_weights
+
+    weights = read_weights(path, ema=ema)
+    if ema and not weights.ema and not has_ema_names(weights.tensors):
+        raise no_ema_weights(path.name, weights, {})
+    tensors = weights.tensors.values()
+    return (f"{path.name}: a state dict of {len(tensors)} tensors ({sum(t.numel() for t in tensors):,} values)"
+            + (", its EMA weights read" if ema else ""))
+
+
 def state_dict_mismatch(weights, architecture: str, file: str, *, ema: bool = False) -> str | None:
     """What keeps `weights` (their EMA weights with `ema`) from loading into `architecture` (built for the classes and
     input channels the weights themselves have): missing and unexpected keys and shape mismatches; None if it fits.

@@ -24,11 +24,12 @@ session.set_defaults(state, {"w_data_source": "digits", "w_data_path": "", "w_in
 EMA_HELP = "timm's state_dict_ema, torchvision's model_ema, Lightning's EMA; without it, the training weights are read"
 
 
-@st.cache_data(max_entries=16, show_spinner="Reading the checkpoint (nothing in it is run)")
-def checked_checkpoint(path: str, architecture: str | None, trust: bool, ema: bool) -> tuple[str | None, str | None]:
-    """(what the file holds, None) or (None, why it cannot be used); files are named by content, so cached."""
+@st.cache_data(max_entries=16, show_spinner="Reading the file (nothing in it is run)")
+def checked(check: str, path: str, **options) -> tuple[str | None, str | None]:
+    """(what an uploaded file holds, None) or (None, why it cannot be used), by `uploads.check_<check>`; files are named
+    by content, so cached."""
     try:
-        return uploads.check_checkpoint(Path(path), architecture, trust_torchscript=trust, ema=ema), None
+        return getattr(uploads, f"check_{check}")(Path(path), **options), None
     except (CheckpointError, ValueError) as error:
         return None, str(error)
 
@@ -151,8 +152,11 @@ def registered_model() -> dict | None:
     weights = uploaded_weights()
     ema = st.checkbox("EMA weights: read the file's EMA weights", key="w_weights_ema", help=EMA_HELP, **KEEP)
     if weights:
-        st.caption(f"Weights: {formatting.md(Path(weights).name)}{', its EMA weights' if ema else ''}, checked against the "
-                   "model when the baseline job runs.")
+        summary, error = checked("weights", weights, ema=ema)
+        if error:
+            st.error(formatting.md(error))
+            return None
+        st.caption(f"Weights: {formatting.md(summary)}; checked against the model when the baseline job runs.")
     return {"model": name, "model_args": args, "weights": weights, "ema": ema and bool(weights)}
 
 
@@ -210,7 +214,7 @@ def uploaded_model() -> dict | None:
         if upload is None:
             st.info("Upload a checkpoint to use it.")
         return None
-    summary, error = checked_checkpoint(path, architecture, trust, ema)
+    summary, error = checked("checkpoint", path, architecture=architecture, trust_torchscript=trust, ema=ema)
     if error:
         st.error(formatting.md(error))
         return None

@@ -378,6 +378,33 @@ def test_a_registered_factory_is_offered_and_runs_a_baseline_and_a_typed_referen
     assert "is not a model factory registered on this server" in store.get(job)["error"] and not marker.exists()
 
 
+def test_a_registered_factorys_weights_without_ema_weights_are_refused_on_the_page(store, monkeypatch, spawned):
+    """Stop 44: 'EMA weights' ticked for a registered factory's weights that hold none was refused only by the
+    baseline job, after it was launched; the page now reads the file (never the model) and says so at once."""
+    from tests.user_models.my_net import MyNet
+
+    monkeypatch.setenv(factories.MODELS_ENV, f"my_net={MY_NET}:MyNet")
+    at = app("1_model_and_data")
+    at.radio(key="w_model_source").set_value("registered").run()
+    at.text_input(key="w_model_args").set_value('{"width": 4}').run()
+    state = MyNet(width=4).state_dict()
+    plain_file, lightning_ema = io.BytesIO(), io.BytesIO()
+    torch.save(state, plain_file)
+    torch.save({"state_dict": {**{f"model.{k}": v for k, v in state.items()},
+                               **{f"model_ema.module.{k}": v for k, v in state.items()}}}, lightning_ema)
+    at.checkbox(key="w_weights_ema").check().run()
+    at.file_uploader(key="weights_file").set_value(("plain.pt", plain_file.getvalue(), "application/octet-stream")).run()
+    [error] = texts(at.main.error)
+    assert error.startswith(f"plain.pt holds no EMA weights (a state dict of {len(state)} tensors)") and "without --ema" in error
+    assert at.session_state[session.BASE].get("weights") is None  # explorations still start from the last usable choice
+    assert "not usable yet" in plain(at.main.warning[0].value)
+    at.file_uploader(key="weights_file").set_value(("ema.ckpt", lightning_ema.getvalue(), "application/octet-stream")).run()
+    assert not at.main.error
+    assert f"Weights: ema.ckpt: a state dict of {2 * len(state)} tensors" in " ".join(texts(at.main.caption))
+    choice = at.session_state[session.BASE]
+    assert Path(choice["weights"]).name == "ema.ckpt" and choice["ema"] is True
+
+
 def test_the_input_size_box_says_what_0_gives_an_image_tree_its_own_size_being_another(store, tmp_path):
     """Stop 44's walk: '0: the data's own, 8 for digits, 32 otherwise' read as 'my 16-px images stay 16 px'; an ImageFolder
     tree of 4-px images is read at 32 px with 0."""

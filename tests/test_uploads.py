@@ -173,6 +173,18 @@ def test_the_upload_check_reads_the_ema_weights_when_they_are_chosen_and_refuses
         uploads.check_checkpoint(tiny_state(tmp_path / "tiny.pt"), "cnn_tiny", ema=True)
 
 
+def test_a_registered_factorys_weights_are_read_without_the_model_their_ema_weights_in_every_layout(tmp_path):
+    state = create_model("cnn_tiny", 10, 1).state_dict()
+    torch.save({"state_dict": state, "state_dict_ema": state}, tmp_path / "timm.pth.tar")  # an entry of their own
+    torch.save({"state_dict": {f"ema_model.{k}": v for k, v in state.items()}}, tmp_path / "prefix.ckpt")  # under a prefix
+    for name in ("timm.pth.tar", "prefix.ckpt"):
+        assert uploads.check_weights(tmp_path / name, ema=True).endswith("values), its EMA weights read")
+    assert uploads.check_weights(tmp_path / "timm.pth.tar") == (f"timm.pth.tar: a state dict of {len(state)} tensors "
+                                                                 f"({sum(t.numel() for t in state.values()):,} values)")
+    with pytest.raises(CheckpointError, match=r"^tiny.pt holds no EMA weights \(a state dict of \d+ tensors\)"):
+        uploads.check_weights(tiny_state(tmp_path / "tiny.pt"), ema=True)
+
+
 def test_torchscript_is_kept_but_not_loaded_without_trust(tmp_path, monkeypatch):
     monkeypatch.setenv("ORDERCOMP_TORCHSCRIPT", "allow")  # the server's operator allows TorchScript; each upload still needs trust
     scripted = io.BytesIO()

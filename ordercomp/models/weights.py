@@ -315,6 +315,11 @@ def within_prefix(tensors: dict, expected: dict, *, ema: bool = False) -> tuple[
     return prefix, {name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
 
 
+def has_ema_names(tensors: dict) -> bool:
+    """Whether some tensor is named under a prefix that names EMA weights (`model_ema.module.conv.weight`)."""
+    return any(_names_ema(prefix) for name in tensors for prefix in _leading_parts(name)[1:])
+
+
 def _names_ema(prefix: str) -> bool:
     """Whether a prefix names EMA weights: one of its parts is ema, model_ema, ema_model, ..."""
     return any(EMA_PART.search(part) for part in prefix.split(".")[:-1])
