@@ -4,7 +4,7 @@ import streamlit as st
 
 from ordercomp.dashboard import formatting, plan, session
 from ordercomp.report.charts import pair_matrix_figure, precedence_caption, precedence_dot
-from ordercomp.report.figures import applications, cache_stopped_caveat, duration, plural, steps_caveat
+from ordercomp.report.figures import applications, cache_hits_text, cache_stopped_caveat, duration, plural, steps_caveat
 from ordercomp.report.meeting import evidence_sentence, exhaustive_table, notes
 from ordercomp.report.verdict import SETTLE_SEEDS, settle_suggestion
 from ordercomp.jobs import start_job
@@ -39,8 +39,8 @@ spec, chain = record["spec"], record["chain"]
 search = record.get("search") or {"strategy": "pairwise"}
 st.markdown(f"### Recommended order: {chain_text(chain)}")
 st.caption(f"Run {formatting.md(job_id)} · {formatting.md(plan.describe_base(spec))} · objective {spec['objective']} · "
-           f"{plural(spec['seeds'], 'seed')} · search {search['strategy']} · {applications(record)} method applications · "
-           f"{duration(record['seconds'])}")
+           f"{plural(spec['seeds'], 'seed')} · search {search['strategy']} · {applications(record)} method applications"
+           f"{cache_hits_text(record)} · {duration(record['seconds'])} of wall time")
 st.info(evidence_sentence(record))
 if caveat := cache_stopped_caveat(record):
     st.warning(formatting.md(caveat))

@@ -870,6 +870,13 @@ def test_a_run_served_from_the_step_cache_says_so_step_by_step_in_its_log(store,
     assert steps and all(line.endswith(" s (from the cache)") for line in steps), steps
     computed = [line["message"] for line in store.log(finished["exploration"]) if " (seed " in line["message"]]
     assert computed and not [line for line in computed if "from the cache" in line]
+    # the Order page's run line: its wall time is this run's, beside how many steps came from the cache
+    record = store.get(job)["result"]
+    hits = record["applications"]["cache_hits"]
+    assert hits == len(record["steps"]) and hits > 0
+    caption = lambda job_id: plain(next(c.value for c in app("4_order", job_id).main.caption if c.value.startswith("Run ")))
+    assert f" method applications ({hits} found in the step cache) · {duration(record['seconds'])} of wall time" in caption(job)
+    assert "found in the step cache" not in caption(finished["exploration"])
 
 
 def test_result_pages_say_what_to_do_without_a_finished_run(store, spawned):

@@ -101,6 +101,13 @@ def applications(record: dict) -> int:
     return len(record["steps"]) + len(record["chain_steps"])
 
 
+def cache_hits_text(record: dict) -> str:
+    """' (48 found in the step cache)' after the count of applications, where some came from the cache (a resumed or
+    repeated run: its wall time is then that of the steps computed this time); '' where none did."""
+    hits = record["applications"].get("cache_hits", 0)
+    return f" ({hits} found in the step cache)" if hits else ""
+
+
 @dataclass(frozen=True)
 class Headline:
     """One headline figure: a short label, its value, and a line saying what it is and where it was measured."""

@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from . import charts
-from .figures import (SIMULATION, STEP_FIGURES, applications, duration, epochs_text, headline, headline_caveat, plural,
+from .figures import (SIMULATION, STEP_FIGURES, applications, cache_hits_text, duration, epochs_text, headline, headline_caveat, plural,
                       steps_caveat)
 from .verdict import evidence_sentences, graph_orders_sentence, settle_suggestion
 from ..order import OBJECTIVES
@@ -192,7 +192,7 @@ def run_settings(record: dict) -> pd.DataFrame:
             "seeds": spec["seeds"], "fine-tuning per step": f"{epochs_text(budget['epochs'])}, learning rate {budget['lr']:g}",
             "minimum margin": f"{spec['min_margin']:g} accuracy points", "device": record.get("device") or spec["device"],
             "method settings": "; ".join(_config_text(name, config) for name, config in record["configs"].items()),
-            "method applications": f"{applications(record)} ({record['applications'].get('cache_hits', 0)} found in the step cache)",
+            "method applications": f"{applications(record)}{cache_hits_text(record)}",
             "wall time": duration(record["seconds"])}
     return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
 
