@@ -3,7 +3,7 @@ import streamlit as st
 
 from ordercomp.dashboard import estimate, formatting, plan, session, views
 from ordercomp.report.figures import duration
-from ordercomp.exploration.executors import EXECUTORS
+from ordercomp.exploration.executors import EXECUTORS, served_ray_addresses
 
 from ordercomp.methods.registry import METHODS
 from ordercomp.exploration.explorer import NO_SHIP, RUNTIMES
@@ -93,7 +93,9 @@ def budget_and_decision(chosen: list[str]) -> None:
     right.selectbox("Run the steps", EXECUTORS, key="w_executor", **KEEP,
                     format_func=lambda name: {"inprocess": "in the job's process", "ray": "as Ray tasks"}[name])
     if state["w_executor"] == "ray":
-        right.text_input("Ray cluster address (auto or HOST:PORT; empty starts a local one)", key="w_ray_address", **KEEP)
+        offered = ", ".join(served_ray_addresses()) or "none"
+        right.text_input(f"Ray cluster address (empty starts a local one; this server's operator offers: {offered})", key="w_ray_address",
+                         **KEEP)
 
 
 def plan_summary() -> None:

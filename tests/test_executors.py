@@ -56,7 +56,8 @@ def test_impossible_executor_settings_are_refused(fields, message):
         ExploreSpec(methods=("prune", "quantize"), **fields)
 
 
-def test_the_methods_page_choice_reaches_the_spec():
+def test_the_methods_page_choice_reaches_the_spec(monkeypatch):
+    monkeypatch.setenv("ORDERCOMP_RAY_ADDRESSES", "10.0.0.5:6379, auto")  # the clusters this server's operator offers
     spec = plan.plan_from_state({"w_executor": "ray", "w_ray_address": " 10.0.0.5:6379 "})
     assert (spec.executor, spec.ray_address) == ("ray", "10.0.0.5:6379")
     assert (plan.plan_from_state({}).executor, plan.plan_from_state({}).ray_address) == ("inprocess", None)

@@ -1054,6 +1054,22 @@ def test_the_methods_page_runtime_choice_reaches_the_spec_only_for_latency_objec
     assert not at.exception and at.session_state["w_runtime"] == "onnx_int8"
 
 
+def test_the_methods_page_offers_only_the_ray_clusters_of_the_servers_operator(store, monkeypatch):
+    """Whoever answers at a typed Ray address runs code in the job's process (tests/jobs/test_worker.py): the page
+    says so before a job is queued."""
+    monkeypatch.setenv("ORDERCOMP_RAY_ADDRESSES", "10.0.0.5:6379")
+    at = app("2_methods")
+    at.selectbox(key="w_executor").set_value("ray").run()
+    assert at.text_input(key="w_ray_address").label.endswith("this server's operator offers: 10.0.0.5:6379)")
+    at.text_input(key="w_ray_address").set_value("203.0.113.9:6379").run()
+    assert not at.exception and plain(at.main.error[0].value) == (
+        "This plan cannot run: 203.0.113.9:6379 is not a Ray cluster this server's operator offers (10.0.0.5:6379): "
+        "a job runs whatever code the cluster there returns; leave the address empty for a local cluster, or ask the "
+        "operator to list it in $ORDERCOMP_RAY_ADDRESSES (comma-separated HOST:PORT or auto)")
+    at.text_input(key="w_ray_address").set_value("10.0.0.5:6379").run()
+    assert not at.main.error and plan.plan_from_state(at.session_state).ray_address == "10.0.0.5:6379"
+
+
 def test_the_methods_page_chooses_the_shipped_format(store):
     """The API and the CLI (--ship) could ship int8 ONNX, faster than float ONNX on the default sample on an Intel Xeon
     with AMX; the dashboard could not choose."""

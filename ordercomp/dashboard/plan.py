@@ -161,6 +161,7 @@ def follow_base(state) -> bool:
 def plan_from_state(state):
     """The ExploreSpec the current choices make (a choice not made: the engine's default, or the base's own: see
     `follow_base`); a ValueError says what is impossible about them."""
+    from ..exploration.executors import check_served_ray_address
     from ..exploration.explorer import ExploreSpec, ship_choice
     from ..methods.registry import get_method
     from ..train import Budget
@@ -175,12 +176,14 @@ def plan_from_state(state):
             settings[name] = changed
     repeat = value("w_repeat")
     choice = base_choice(state)
+    ray_address = (value("w_ray_address") or "").strip() or None
+    check_served_ray_address(ray_address)
     return ExploreSpec(**base_options(choice), methods=methods, settings=settings, objective=value("w_objective"),
                        weight=float(value("w_weight")), seeds=int(value("w_seeds")),
                        budget=Budget(epochs=float(value("w_epochs")), lr=float(value("w_lr"))), device=value("w_device"),
                        exhaustive=bool(value("w_exhaustive")), min_margin=float(value("w_min_margin")),
                        repeat=None if repeat in (None, NO_REPEAT) or repeat not in methods else repeat, search=value("w_search"),
                        settle=int(value("w_settle")) if value("w_search") != "pairwise" else 0,  # the widget is hidden then
-                       executor=value("w_executor"), ray_address=(value("w_ray_address") or "").strip() or None,
+                       executor=value("w_executor"), ray_address=ray_address,
                        runtime=value("w_runtime") if value("w_objective") in LATENCY_OBJECTIVES else "eager",
                        ship=ship_choice(value("w_ship")))

@@ -18,6 +18,10 @@ events callback stops either (Ray tasks still running are cancelled; finished st
 A model built from a user's FILE.py:NAME travels to Ray workers with its classes (registered with
 cloudpickle to be pickled by value), since the workers cannot import the user's file.
 
+A dashboard's job connects only to a Ray cluster its operator lists in $ORDERCOMP_RAY_ADDRESSES, or starts a
+local one (`check_served_ray_address`): the driver unpickles what a cluster's tasks return, so whoever answers at
+an address a user types runs code in the job's process on the server.
+
 A HOST:PORT Ray address is probed before anything connects (`probe_cluster`): a port where no Ray head
 listens, or a cluster that refuses this process's authentication token, is one line within seconds
 rather than Ray's minutes of retries.
@@ -63,6 +67,7 @@ RAY_WORKER_NICENESS = "RAY_worker_niceness"  # Ray's setting, read from the envi
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # client preface + empty SETTINGS
 HTTP2_SETTINGS = 4  # frame type, the 4th byte of a frame header
 RAY_AUTH_MODE = "RAY_AUTH_MODE"  # "token": this process sends the cluster's token (Ray reads it from the environment)
+RAY_ADDRESSES_ENV = "ORDERCOMP_RAY_ADDRESSES"  # the Ray clusters a dashboard's users may run their steps on
 RAY_OPTIONS = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
 
 
@@ -218,6 +223,21 @@ def host_port(address: str) -> tuple[str, int] | None:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"Ray address {address!r} must be auto or HOST:PORT, e.g. 10.0.0.5:6379")
     return host, int(port)
+
+
+def served_ray_addresses() -> list[str]:
+    """The Ray addresses (HOST:PORT or auto) a dashboard's operator offers its users: $ORDERCOMP_RAY_ADDRESSES, comma-separated."""
+    return [part.strip() for part in os.environ.get(RAY_ADDRESSES_ENV, "").split(",") if part.strip()]
+
+
+def check_served_ray_address(address: str | None) -> None:
+    """Refuse, before anything connects, a Ray address typed into a served dashboard that its operator does not offer:
+    the job would unpickle, so run, whatever the cluster at that address returns. None (a local cluster) passes."""
+    offered = served_ray_addresses()
+    if address is not None and address not in offered:
+        raise ValueError(f"{address} is not a Ray cluster this server's operator offers ({', '.join(offered) or 'none'}): a job runs "
+                         "whatever code the cluster there returns; leave the address empty for a local cluster, or ask the operator "
+                         f"to list it in ${RAY_ADDRESSES_ENV} (comma-separated HOST:PORT or auto)")
 
 
 def probe_cluster(address: str | None) -> None:

@@ -9,12 +9,13 @@ dict and the events callback, and returns the job's result record and a one-line
 Every kind shares the store's cache, so a zoo architecture is trained once for all of them. A worker
 never imports a FILE.py:NAME or package.module:NAME a spec names: it builds only the model factories
 the server's operator registered (`ordercomp.models.checkpoints.registered_models`), and reads data only
-from the folders the operator offers (`check_served_data`).
+from the folders the operator offers and connects only to the Ray clusters it offers (`check_served`).
 """
 from __future__ import annotations
 
 from typing import Callable
 
+from ..exploration.executors import check_served_ray_address
 from ..exploration.explorer import Explorer, ExploreSpec, compress, prepare_base, resolve_device
 from ..deploy.kept_files import kept_in
 from ..deploy.export import DEFAULT_FORMATS, check_export_folder, export_bytes, export_compressed, verify_export
@@ -27,6 +28,13 @@ from .specs import BaselineSpec, ExportSpec
 from .store import JobStore
 
 Events = Callable[[dict], None]
+
+
+def check_served(store: JobStore, spec: dict) -> None:
+    """What a job may reach is what the dashboard offers its users: the data folders (`check_served_data`) and the
+    Ray clusters (`check_served_ray_address`) of its operator, whatever a stale or crafted session's spec names."""
+    check_served_data(store, spec)
+    check_served_ray_address(spec.get("ray_address"))
 
 
 def check_served_data(store: JobStore, spec: dict) -> None:

@@ -90,10 +90,10 @@ def run_job(store: JobStore, job_id: str) -> str:
     # Each final log line is written before the final status: whoever sees the status finds its line.
     start = time.perf_counter()
     try:
-        from .kinds import RUNNERS, check_served_data  # torch and the engine: a failed import fails the job with its reason
+        from .kinds import RUNNERS, check_served  # torch and the engine: a failed import fails the job with its reason
 
         job = store.require(job_id)
-        check_served_data(store, job["spec"])
+        check_served(store, job["spec"])
         result, summary = RUNNERS[job["kind"]](store, job_id, job["spec"], JobEvents(store, job_id))
         store.append_log(job_id, f"done in {time.perf_counter() - start:.1f} s: {summary}")
         store.set_status(job_id, "done", result=result)

@@ -98,3 +98,21 @@ def test_a_job_that_is_not_queued_is_refused(store, tiny_spec, capsys):
     with pytest.raises(SystemExit):
         main(["--store", str(store.path.parent / "nowhere.sqlite"), "--job", job_id])
     assert "no job store at" in capsys.readouterr().err
+
+
+def test_a_job_connects_to_no_ray_cluster_its_operator_did_not_offer(store, tiny_spec, monkeypatch):
+    """The driver unpickles what a cluster's tasks return: a served dashboard's user who typed the address of a cluster
+    of their own ran code in the job's process on the server (/work/notes/s45/untrusted3/a01_ray_address_runs_code.py)."""
+    from ordercomp.exploration import executors
+
+    monkeypatch.setattr(executors.socket, "create_connection", lambda *a, **k: pytest.fail(f"connected to {a[0]}"))
+    monkeypatch.setenv("ORDERCOMP_RAY_ADDRESSES", "10.0.0.5:6379")
+    job = store.create(tiny_spec(executor="ray", ray_address="203.0.113.9:6379"))
+    assert run_job(store, job) == "failed"
+    assert store.get(job)["error"] == (
+        "ValueError: 203.0.113.9:6379 is not a Ray cluster this server's operator offers (10.0.0.5:6379): "
+        "a job runs whatever code the cluster there returns; leave the address empty for a local cluster, or ask the "
+        "operator to list it in $ORDERCOMP_RAY_ADDRESSES (comma-separated HOST:PORT or auto)")
+    monkeypatch.delenv("ORDERCOMP_RAY_ADDRESSES")
+    job = store.create(tiny_spec(executor="ray", ray_address="auto"))  # a cluster found on the server: the operator's to offer too
+    assert run_job(store, job) == "failed" and "auto is not a Ray cluster this server's operator offers (none)" in store.get(job)["error"]
