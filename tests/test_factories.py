@@ -173,6 +173,24 @@ def test_arguments_that_make_a_registered_model_too_large_for_the_machine_are_on
     assert model.fc.out_features == 10 and real and next(model.parameters()).device.type == "cpu"
 
 
+def test_arguments_that_ask_a_factory_for_millions_of_layers_are_stopped_as_it_builds_them():
+    """A layer is a Python object of kilobytes on the meta device too: torchvision's VisionTransformer given
+    {"num_layers": 2000000} (1.1 GB of weights, under the size check above) ran past 6 GB and 3 minutes in the job
+    worker before any weight was counted (20,000 layers: 1.5 GB, 76 s; /work/notes/s45/untrusted3/a02_*.py)."""
+    made = []
+
+    def deep_net(num_classes: int, depth: int = 2):
+        for _ in range(depth):
+            made.append(torch.nn.Linear(1, 1))  # two weights registered per layer
+        return torch.nn.Sequential(torch.nn.Linear(1, num_classes))
+
+    with pytest.raises(FactoryError, match=r"^deep_net\(num_classes=10, depth=30000\) builds more than 20,000 layers, weights and "
+                                           r"buffers \(a large network has a few thousand\); it was stopped there: check --model-args$"):
+        factories.build(deep_net, "deep_net", 10, 1, {"depth": 30_000})
+    assert len(made) == 10_000  # stopped at the 20,001st weight, on the meta device
+    assert isinstance(factories.build(deep_net, "deep_net", 10, 1, {"depth": 9_000}), torch.nn.Sequential)
+
+
 def test_the_size_check_leaves_a_models_random_start_as_it_was(digits):
     args = {"width": 4}
     torch.manual_seed(0)

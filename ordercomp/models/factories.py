@@ -31,12 +31,14 @@ import json
 import os
 import re
 import sys
+from contextlib import contextmanager
 from functools import reduce
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable
 
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 from .weights import CheckpointError, first_line
 
@@ -45,6 +47,9 @@ MODELS_ENV = "ORDERCOMP_MODELS"
 TORCHSCRIPT_ENV = "ORDERCOMP_TORCHSCRIPT"
 USER_MODULE_PREFIX = "ordercomp_user_"
 DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+# layers, weights and buffers a factory given arguments may register in one build: a large network registers a few
+# thousand (ResNet-152 ~1,500), and each is a Python object of kilobytes even on the meta device
+MAX_PARTS = 20_000
 _FILE_MODULES: set[str] = set()  # modules imported from users' files (and their neighbours), for Ray
 
 
@@ -129,9 +134,35 @@ def build(factory: Callable, what: str, num_classes: int, in_channels: int, args
     named = _parameter_names(factory)
     kwargs = {key: value for key, value in (("num_classes", num_classes), ("in_channels", in_channels)) if key in named}
     kwargs |= args
-    if args:
+    if not args:
+        return _called(factory, what, kwargs)
+    with parts_bounded(what, kwargs):
         _check_weight_bytes(factory, what, kwargs)
-    return _called(factory, what, kwargs)
+    with parts_bounded(what, kwargs):  # a factory that cannot build on the meta device is bounded here
+        return _called(factory, what, kwargs)
+
+
+@contextmanager
+def parts_bounded(what: str, kwargs: dict):
+    """Stop a build that registers more than MAX_PARTS layers, weights and buffers, as it registers them: the meta
+    device allocates no weights, but {"num_layers": 2000000} still made 2 million Python layers of ~40 kB each."""
+    count = 0
+
+    def counted(*_):
+        nonlocal count
+        count += 1
+        if count > MAX_PARTS:
+            raise FactoryError(f"{what}({_call_text(kwargs)[:200]}) builds more than {MAX_PARTS:,} layers, weights and buffers (a large "
+                               "network has a few thousand); it was stopped there: check --model-args")
+
+    handles = [register(counted) for register in (torch_module.register_module_module_registration_hook,
+                                                  torch_module.register_module_parameter_registration_hook,
+                                                  torch_module.register_module_buffer_registration_hook)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _check_weight_bytes(factory: Callable, what: str, kwargs: dict) -> None:
@@ -148,6 +179,8 @@ def _check_weight_bytes(factory: Callable, what: str, kwargs: dict) -> None:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the real build starts from the same random state
             probe = factory(**kwargs)
         weight_bytes = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    except FactoryError:
+        raise
     except Exception:  # the real call below says what is wrong with the arguments, if anything
         return
     if weight_bytes > MEMORY_SHARE * machine_memory():
@@ -158,6 +191,8 @@ def _check_weight_bytes(factory: Callable, what: str, kwargs: dict) -> None:
 def _called(factory: Callable, what: str, kwargs: dict) -> nn.Module:
     try:
         model = factory(**kwargs)
+    except FactoryError:
+        raise
     except Exception as error:  # the user's code raises whatever it raises
         raise FactoryError(f"{what}({_call_text(kwargs)}) raised {first_line(error, with_type=True)}: check --model-args") from None
     if not isinstance(model, nn.Module):
