@@ -34,6 +34,9 @@ MIB = 1 << 20
 FOLDER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 MAX_MARKER_BYTES = MIB  # a marker records a few checksums; a bigger one is not ordercomp's
 MAX_RECORD_BYTES = 64 * MIB  # what an older ordercomp recorded in such a folder (exploration.json, manifest.json); ~100 kB
+# JSON builds a Python object of ~60 bytes from as little as '[],': 64 MiB of them took 2.7 GB. A record's values are
+# at most its commas and brackets; an exploration record of 100 kB holds about 10,000
+MAX_RECORD_VALUES = 1_000_000
 T = TypeVar("T")
 
 
@@ -91,14 +94,15 @@ def recorded_checksums(folder: Path, kind: FolderKind) -> dict[str, str]:
 
 
 def read_record(path: Path, max_bytes: int | None = None):
-    """The JSON value a file in a folder holds, or None when it is missing, longer than `max_bytes` (MAX_RECORD_BYTES), not
-    JSON, or nested deeper than Python's recursion limit: anyone may have written it, so it is read with bounded memory
-    and no traceback."""
+    """The JSON value a file in a folder holds, or None when it is missing, longer than `max_bytes` (MAX_RECORD_BYTES), of
+    more than MAX_RECORD_VALUES values, not JSON, or nested deeper than Python's recursion limit: anyone may have written
+    it, so it is read with bounded memory and no traceback."""
     max_bytes = max_bytes or MAX_RECORD_BYTES
     try:
         with open(path, "rb") as stream:
             text = stream.read(max_bytes + 1)
-        return json.loads(text) if len(text) <= max_bytes else None
+        values = text.count(b",") + text.count(b"[") + text.count(b"{")
+        return json.loads(text) if len(text) <= max_bytes and values <= MAX_RECORD_VALUES else None
     except (OSError, ValueError, RecursionError):
         return None
 

@@ -349,6 +349,24 @@ def test_an_older_markers_record_that_is_no_record_is_one_line_and_read_with_bou
     assert (out / record).read_text() == text
 
 
+@pytest.mark.parametrize("kind, record, marker", [(RESULTS_FOLDER, "exploration.json", OLD_RESULTS_MARKER),
+                                                  (EXPORT_FOLDER, MANIFEST, OLD_EXPORT_MARKER)])
+def test_an_older_markers_record_of_more_values_than_a_record_holds_is_not_parsed(tmp_path, monkeypatch, kind, record, marker):
+    # JSON builds an object of ~60 bytes from three bytes: 64 MiB of '[],' under an older marker took 2.7 GB and 26 s
+    # before the folder was refused (/work/notes/s45/untrusted3/a04_legacy_record_json.py); here a record as ordercomp
+    # writes it, with more values than the lowered limit, is left unparsed, so it claims no file
+    monkeypatch.setattr(folders, "MAX_RECORD_VALUES", 1000, raising=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / kind.marker).write_text(marker)
+    padded = {"exploration.json": result_files(RECORD | {"padding": [[]] * 1000})["exploration.json"],
+              MANIFEST: json.dumps({"files": [], "sha256": {}, "padding": [[]] * 1000}, indent=1)}
+    (out / record).write_text(padded[record])
+    with pytest.raises(ValueError, match=f"^{out / record} was not written by ordercomp, or was changed since: .*nothing there was changed$"):
+        folders.check_destination(out, kind, [record], 0)
+    assert folders.read_record(out / record) is None
+
+
 def test_a_file_written_atomically_is_whole_or_absent_and_leaves_no_temporary_file(tmp_path):
     folder = tmp_path / "cache"
     folder.mkdir()
