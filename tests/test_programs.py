@@ -128,9 +128,34 @@ def test_graph_calling_a_file_operator_is_refused(tmp_path, digits, pt2_bytes):
         node["inputs"] = [{"name": "filename", "arg": {"as_string": str(marker)}, "kind": 1},
                           {"name": "shared", "arg": {"as_bool": True}, "kind": 1}, {"name": "size", "arg": {"as_int": 4}, "kind": 1}]
     (tmp_path / "writer.pt2").write_bytes(with_record(pt2_bytes, read_file))
-    with pytest.raises(CheckpointError, match="calls aten.from_file.default, which is not a tensor operator"):
+    with pytest.raises(CheckpointError, match="calls aten.from_file.default, an operator that reads or writes files; it was not run"):
         resolve_model(str(tmp_path / "writer.pt2"), digits)
     assert not marker.exists()
+
+
+class UncheckedSum(nn.Module):
+    """A classifier whose graph also sums 12 elements of a 10-float buffer with aten.segment_reduce(unsafe=True), which
+    reads them whether or not they exist (two from the heap past it; lengths of 10**9 kill the process)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+        self.register_buffer("data", torch.zeros(10))
+        self.register_buffer("lengths", torch.tensor([12]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1)) + torch.ops.aten.segment_reduce(self.data, "sum", lengths=self.lengths, unsafe=True) * 0
+
+
+def test_graph_calling_an_operator_that_does_not_check_its_bounds_is_refused(tmp_path, digits):
+    """An aten operator, so it passed; `ordercomp measure` (a baseline job's worker alike) then read gigabytes past the
+    buffer and died of SIGSEGV (/work/notes/s45/untrusted3/a06_pt2_unsafe_operator.py)."""
+    path = tmp_path / "unchecked.pt2"
+    torch.export.save(torch.export.export(UncheckedSum().eval(), (digits.example_input(2),),
+                                          dynamic_shapes=({0: torch.export.Dim("batch")},)), str(path))
+    with pytest.raises(CheckpointError, match=r"^unchecked.pt2 calls aten.segment_reduce.default, an operator that does not check "
+                                              r"its bounds \(it reads and writes past its tensors when told to\); it was not run"):
+        resolve_model(str(path), digits)
 
 
 class Hoarder(nn.Module):

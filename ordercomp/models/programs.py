@@ -5,7 +5,8 @@ A `.pt2` archive is read into memory once and checked before torch sees it (`pt2
 code, evaluate a string from the file as Python (symbolic sizes, guards, pytree specs) or allocate
 more than the file holds is refused, and torch reads the archive rebuilt from the checked members.
 The loaded graph may only call tensor operators (aten, prims and the quantisation kernels), never a
-Python function or a file-touching operator (nor a loop: those are higher-order operators), and it runs on an input
+Python function, a file-touching operator or one that does not check its bounds (nor a loop: those are higher-order
+operators), and it runs on an input
 shape only after a run on fake tensors of that shape (nothing allocated) has shown that it does at most
 MAX_WORK_PER_IMAGE and holds at most MEMORY_SHARE of the machine's memory, on all the images at once or in parts of as
 many as fit: a 14 kB graph may ask for any size (`aten.ones([2**29])`
@@ -32,6 +33,11 @@ PT2, TORCHSCRIPT = "torch.export (.pt2)", "TorchScript"
 TORCHSCRIPT_SUFFIXES = {".ts", ".torchscript", ".jit"}
 OPERATOR_NAMESPACES = {"aten", "prims", "quantized_decomposed", "torchao"}
 FILE_OPERATORS = {"from_file", "_print"}
+# aten operators whose CPU kernels trust their arguments: segment_reduce(unsafe=True) sums `lengths` elements whether
+# or not they exist (a 15 kB program with lengths [10**9] killed its process with SIGSEGV; lengths of ones read the heap
+# into the logits), its backward likewise, and _reshape_alias makes a view of any size over any storage (filled in place,
+# it writes past its buffer); a fake run does not read the values, so only their names can stop them
+UNCHECKED_OPERATORS = {"segment_reduce", "_segment_reduce_backward", "_reshape_alias", "_reshape_alias_copy"}
 PURE_BUILTINS = {getattr(operator, name) for name in ("getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow",
                                                      "neg", "pos", "abs", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_")}
 # FLOPs plus elements read and written (live_memory.OpWork) a program may spend on one image: about twice ViT-H/14's at
@@ -176,7 +182,7 @@ def exported_module(path: Path) -> nn.Module:
     except Exception as error:  # the deserializer raises many types for a damaged archive
         raise ProgramError(f"{path.name} is not a readable {PT2} archive ({type(error).__name__}): re-export the model") from None
     if call:
-        raise ProgramError(f"{path.name} calls {call}, which is not a tensor operator; it was not run: export the plain model")
+        raise ProgramError(f"{path.name} calls {call}; it was not run: export the plain model")
     if example is not None:  # refused where it is read (an upload, --model), not only when it first runs
         _check_on_example(module, example, path.name)
     return module
@@ -213,19 +219,26 @@ def _checked(path: Path) -> bytes:
 
 
 def _foreign_call(exported) -> str | None:
-    """The first graph node that calls something other than a tensor operator or a pure builtin."""
+    """The first graph node that calls something other than a tensor operator or a pure builtin, and why it may not run."""
     for module in exported.graph_module.modules():
         if not isinstance(module, torch.fx.GraphModule):
             continue
         for node in module.graph.nodes:
             if node.op in ("call_module", "call_method") or (node.op == "call_function" and not _allowed(node.target)):
-                return str(node.target)[:80]
+                return f"{str(node.target)[:80]}, {_refusal(node.target)}"
     return None
+
+
+def _refusal(target) -> str:
+    name = target._opname if isinstance(target, torch._ops.OpOverload) else None
+    if name in UNCHECKED_OPERATORS:
+        return "an operator that does not check its bounds (it reads and writes past its tensors when told to)"
+    return "which is not a tensor operator" if name not in FILE_OPERATORS else "an operator that reads or writes files"
 
 
 def _allowed(target) -> bool:
     if isinstance(target, torch._ops.OpOverload):
-        return target.namespace in OPERATOR_NAMESPACES and target._opname not in FILE_OPERATORS
+        return target.namespace in OPERATOR_NAMESPACES and target._opname not in FILE_OPERATORS | UNCHECKED_OPERATORS
     try:
         return target in PURE_BUILTINS
     except TypeError:  # an unhashable target
