@@ -150,12 +150,17 @@ class UncheckedSum(nn.Module):
 def test_graph_calling_an_operator_that_does_not_check_its_bounds_is_refused(tmp_path, digits):
     """An aten operator, so it passed; `ordercomp measure` (a baseline job's worker alike) then read gigabytes past the
     buffer and died of SIGSEGV (/work/notes/s45/untrusted3/a06_pt2_unsafe_operator.py)."""
+    from ordercomp.models import programs
+
     path = tmp_path / "unchecked.pt2"
     torch.export.save(torch.export.export(UncheckedSum().eval(), (digits.example_input(2),),
                                           dynamic_shapes=({0: torch.export.Dim("batch")},)), str(path))
     with pytest.raises(CheckpointError, match=r"^unchecked.pt2 calls aten.segment_reduce.default, an operator that does not check "
                                               r"its bounds \(it reads and writes past its tensors when told to\); it was not run"):
         resolve_model(str(path), digits)
+    assert not any(programs._allowed(getattr(torch.ops.aten, name).default)  # to_dense() of their tensors writes past its buffer
+                   for name in ("_sparse_coo_tensor_unsafe", "_sparse_coo_tensor_with_dims_and_tensors", "_to_sparse"))
+    assert programs._allowed(torch.ops.aten._unsafe_view.default)  # checks its size, and decomposed graphs call it
 
 
 class Hoarder(nn.Module):

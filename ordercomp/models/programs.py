@@ -36,7 +36,9 @@ FILE_OPERATORS = {"from_file", "_print"}
 # aten operators whose CPU kernels trust their arguments: segment_reduce(unsafe=True) sums `lengths` elements whether
 # or not they exist (a 15 kB program with lengths [10**9] killed its process with SIGSEGV; lengths of ones read the heap
 # into the logits), its backward likewise, and _reshape_alias makes a view of any size over any storage (filled in place,
-# it writes past its buffer); a fake run does not read the values, so only their names can stop them
+# it writes past its buffer); so do the operators of sparse tensors, whose unsafe constructors take indices unchecked
+# (_sparse_coo_tensor_unsafe(indices=[[10**8]], size=[4]).to_dense() writes past its buffer: SIGSEGV), and which no
+# vision network needs. A fake run does not read the values, so only their names can stop them
 UNCHECKED_OPERATORS = {"segment_reduce", "_segment_reduce_backward", "_reshape_alias", "_reshape_alias_copy"}
 PURE_BUILTINS = {getattr(operator, name) for name in ("getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow",
                                                      "neg", "pos", "abs", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_")}
@@ -229,16 +231,20 @@ def _foreign_call(exported) -> str | None:
     return None
 
 
+def _unchecked(name: str) -> bool:
+    return name in UNCHECKED_OPERATORS or "sparse" in name
+
+
 def _refusal(target) -> str:
     name = target._opname if isinstance(target, torch._ops.OpOverload) else None
-    if name in UNCHECKED_OPERATORS:
+    if name is not None and _unchecked(name):
         return "an operator that does not check its bounds (it reads and writes past its tensors when told to)"
     return "which is not a tensor operator" if name not in FILE_OPERATORS else "an operator that reads or writes files"
 
 
 def _allowed(target) -> bool:
     if isinstance(target, torch._ops.OpOverload):
-        return target.namespace in OPERATOR_NAMESPACES and target._opname not in FILE_OPERATORS | UNCHECKED_OPERATORS
+        return target.namespace in OPERATOR_NAMESPACES and target._opname not in FILE_OPERATORS and not _unchecked(target._opname)
     try:
         return target in PURE_BUILTINS
     except TypeError:  # an unhashable target
