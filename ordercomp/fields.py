@@ -3,13 +3,25 @@
 Method configs, the fine-tuning budget and the exploration spec all pass their user-given values
 through `typed_fields`: a number must be a finite int or float (an int field takes only whole
 numbers), text must be text and a switch must be a bool, so NaN, infinity, `2.5` calibration
-batches or `ratio=abc` are refused with the field's name before any work starts.
+batches or `ratio=abc` are refused with the field's name before any work starts. Text a setting is
+parsed from (model arguments as JSON, means and stds) is held to MAX_TYPED_CHARS first (`too_long`).
 """
 from __future__ import annotations
 
 import math
 import types
 import typing
+
+# A setting typed by hand is a few hundred characters. A dashboard's text box takes whatever a websocket message holds
+# (Streamlit's 200 MB), parsed in the server's own process: 64 MB of model arguments took 2.4 GB and 36 s there
+MAX_TYPED_CHARS = 100_000
+
+
+def too_long(name: str, text: str) -> str | None:
+    """Why `text`, typed as `name`, is not parsed (longer than MAX_TYPED_CHARS), or None; the text is not quoted back."""
+    if len(text) <= MAX_TYPED_CHARS:
+        return None
+    return f"{name} is {len(text):,} characters long, more than the {MAX_TYPED_CHARS:,} such a setting takes; nothing of it was read"
 
 
 def number(name: str, value, kind: type) -> int | float:

@@ -87,6 +87,17 @@ def test_bad_model_args_are_one_line(digits, args, message):
         resolve(f"{MY_NET}:MyNet", digits, model_args=args)
 
 
+def test_model_args_longer_than_a_setting_are_refused_unread_and_not_quoted_back(digits):
+    """The dashboard's model arguments box takes a Streamlit message of up to 200 MB, parsed in the server's process:
+    64 MB of '{"a": [[],[],...]}' took 2.4 GB and 36 s there and was kept (/work/notes/s45/untrusted3/a08_*.py); a
+    refusal then quoted the arguments back whole."""
+    args = '{"width": [' + "[]," * 50_000 + "[]]}"
+    with pytest.raises(FactoryError) as error:
+        resolve(f"{MY_NET}:MyNet", digits, model_args=args)
+    assert str(error.value) == (f"--model-args is {len(args):,} characters long, more than the 100,000 such a setting takes; "
+                                "nothing of it was read: give the keyword arguments, e.g. '{\"num_classes\": 10}'")
+
+
 def test_a_file_imports_its_neighbours_and_leaves_sys_path_as_it_was(digits, tmp_path):
     write(tmp_path, "blocks.py", "from torch import nn\ndef head(classes):\n    return nn.Linear(64, classes)\n")
     file = write(tmp_path, "net.py", "from torch import nn\nfrom blocks import head\n"

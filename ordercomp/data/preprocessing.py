@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..fields import too_long
+
 NORMALIZE_MODES = ("dataset", "none")
 NORMALIZE_HELP = ("dataset (the training split's mean and std, the default), none (pixel values as loaded), or MEAN,STD "
                   "(one mean and one std for every channel, or every channel's mean followed by every channel's std)")
@@ -37,6 +39,9 @@ class Normalization:
         text = text.strip()
         if text in NORMALIZE_MODES:
             return cls(text)
+        refusal = too_long("normalize", text)
+        if refusal:
+            raise ValueError(f"{refusal}: give {NORMALIZE_HELP}")
         try:
             values = [float(part) for part in text.split(",")]
         except ValueError:

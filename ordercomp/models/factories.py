@@ -40,6 +40,7 @@ from typing import Callable
 from torch import nn
 from torch.nn.modules import module as torch_module
 
+from ..fields import too_long
 from .weights import CheckpointError, first_line
 
 ENTRY_POINT_GROUP = "ordercomp.models"
@@ -218,6 +219,9 @@ def check_args(args) -> dict:
     if args is None or args == "":
         return {}
     if isinstance(args, str):
+        refusal = too_long("--model-args", args)
+        if refusal:
+            raise FactoryError(f"{refusal}: give the keyword arguments, e.g. '{{\"num_classes\": 10}}'")
         try:
             args = json.loads(args)
         except json.JSONDecodeError as error:
