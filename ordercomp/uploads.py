@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from . import archives
+from .fields import too_long
 from .folders import write_atomically
 from .data.datasets import IMAGE_SUFFIXES, MAX_PIXELS_PER_BYTE, DataError, check_layout, decoded_pixels, opened_image
 
@@ -66,6 +67,9 @@ def check_served_data_path(text: str, store_folder: Path) -> str:
     reads, or learns the layout of, a folder its operator did not offer."""
     if not text.strip():
         raise DataError("give the path of a dataset folder on this machine")
+    refusal = too_long("the dataset folder's path", text)
+    if refusal:
+        raise DataError(f"{refusal}: give the path of a dataset folder on this machine")
     path, roots = Path(text.strip()).expanduser().resolve(), data_roots()
     if not any(path.is_relative_to(root) for root in [*roots, store_folder.resolve()]):
         raise DataError(f"{text.strip()} is outside the folders this server reads data from ({', '.join(map(str, roots))}): "

@@ -270,6 +270,15 @@ def test_a_typed_data_path_is_read_only_inside_the_folders_the_operator_offers(s
     assert plain(at.main.error[0].value).startswith(f"{private} is outside the folders this server reads data from ({offered}):")
 
 
+def test_a_data_path_longer_than_a_setting_is_refused_unread_and_not_quoted_back(store):
+    """A path of 2 MB ('/x' a million times) took 2.4 s of the server's resolving, and the refusal quoted it back whole;
+    a Streamlit message may hold 200 MB (/work/notes/s45/untrusted3/a08_typed_text_json.py)."""
+    with pytest.raises(DataError) as error:
+        uploads.check_served_data_path("/x" * 100_000, store.path.parent)
+    assert str(error.value) == ("the dataset folder's path is 200,000 characters long, more than the 100,000 such a setting "
+                                "takes; nothing of it was read: give the path of a dataset folder on this machine")
+
+
 def test_a_worker_reads_no_data_outside_the_offered_folders_even_when_its_job_names_them(store, tmp_path, monkeypatch):
     from ordercomp.jobs.kinds import check_served_data
 
