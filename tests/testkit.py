@@ -37,6 +37,7 @@ TRANSFORMER_ONLY = ("token_merge",)
 # A user's own class as a file, by absolute path: every test runs in a working folder of its own.
 MY_NET = Path(__file__).resolve().parent / "user_models" / "my_net.py"
 TIED_NET = Path(__file__).resolve().parent / "user_models" / "tied_net.py"
+NORM_NET = Path(__file__).resolve().parent / "user_models" / "norm_net.py"
 
 
 def fewer(data, train: int = 256, held_out: int = 359):

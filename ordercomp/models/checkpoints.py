@@ -27,6 +27,7 @@ from .factories import (FactoryError, build, check_args, check_factory, code_fin
                         load_factory, registered_factories, server_runs_torchscript, torchscript_refused)
 from ..data.preprocessing import repeat_channels
 from .fitting import BUILD_HINT, PROGRAM_HINT, data_for
+from .plain_weights import copyable_, describe_folded, fold_reparametrizations_
 from .programs import TORCHSCRIPT, TORCHSCRIPT_SUFFIXES, ProgramError, load_pt2, load_torchscript, program_kind
 from .weights import CheckpointError, load_weights, read_weights
 from .zoo import ARCHITECTURES, INPUT_SIZES, RENAMED, create_model, renamed_message
@@ -253,7 +254,7 @@ def _held_model(held, data: DataBundle, model_args, weights: "Weighting", train_
     if isinstance(held, nn.Module):
         if args:
             raise CheckpointError(f"model arguments are for a class or function, and {what} is an instance")
-        return _fitted(copy.deepcopy(held), data, weights, None, what, {"source": "object", "args": args})
+        return _fitted(copy.deepcopy(copyable_(held)), data, weights, None, what, {"source": "object", "args": args})
     check_factory(held, what)
     torch.manual_seed(0)
     model = build(held, what, data.num_classes, data.in_channels, args)
@@ -269,7 +270,8 @@ def _fitted(model: nn.Module, data: DataBundle, weights: "Weighting", train_base
     trained = not path and train_base is not None
     if trained:
         model = train_base(model, fitted)
-    return model, source | {"class": describe_class(model), "code": code_fingerprint(model), "weights": path and str(path),
+    folded = fold_reparametrizations_(model)
+    return model, source | ({"folded": folded} if folded else {}) | {"class": describe_class(model), "code": code_fingerprint(model), "weights": path and str(path),
                             "weights_notes": notes, "trained_here": trained, "in_channels": fitted.in_channels} | _recognised([], weights.ema)
 
 
@@ -295,7 +297,7 @@ def describe_source(source: dict) -> str:
             line += f", weights {source['weights']}" + (f": {'; '.join(source['weights_notes'])}" if source.get("weights_notes") else "")
         elif source.get("trained_here"):
             line += ", trained here"
-        return line
+        return line + (f"; {describe_folded(source['folded'])}" if source.get("folded") else "")
     if kind == "program":
         return f"{source['path']} ({source['kind']} program)"
     if kind == "checkpoint":

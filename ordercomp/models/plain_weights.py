@@ -1,0 +1,73 @@
+"""Weights a user's network computes from others (weight_norm, spectral_norm, any torch parametrization), folded
+into plain weights as inference does (`torch.nn.utils.parametrize.remove_parametrizations`, `remove_weight_norm`).
+
+The methods read and replace a layer's `weight`: Torch-Pruning narrows `weight` while the parametrization keeps its
+`original0` and `original1` at full width, lowrank factors a weight the forward recomputes, quantization's layers copy
+a parametrized layer's `weight` without its parametrization. A folded layer computes what it computed before, in
+evaluation; fine-tuning then trains the plain weight. torch's older hooks (`torch.nn.utils.weight_norm`,
+`torch.nn.utils.spectral_norm`) also leave after a forward with gradients a weight that `copy.deepcopy` refuses.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize, remove_spectral_norm, remove_weight_norm
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
+
+HOOKS = {WeightNorm: ("weight_norm", remove_weight_norm), SpectralNorm: ("spectral_norm", remove_spectral_norm)}
+
+
+def fold_reparametrizations_(model: nn.Module) -> list[str]:
+    """Fold every reparametrized weight of `model` into a plain one, in place (in evaluation: spectral_norm does no
+    power iteration); what was folded, as 'kind of layer.weight', in the order of the layers. Not under no_grad:
+    `remove_parametrizations` keeps a weight computed from several tensors a Parameter only where it needs a gradient."""
+    was_training = model.training
+    model.eval()
+    folded = []
+    for name, module in model.named_modules():
+        folded += [f"{kind} of {_qualified(name, tensor)}" for kind, tensor in _fold_module_(module)]
+    model.train(was_training)
+    return folded
+
+
+def _fold_module_(module: nn.Module) -> list[tuple[str, str]]:
+    """(kind, tensor name) of what was folded in `module` itself."""
+    folded = []
+    for hook in [hook for hook in module._forward_pre_hooks.values() if type(hook) in HOOKS]:
+        kind, remove = HOOKS[type(hook)]
+        remove(module, hook.name)
+        folded.append((kind, hook.name))
+    if parametrize.is_parametrized(module):
+        for tensor, chain in list(module.parametrizations.items()):
+            kind = "+".join(_kind(p) for p in chain)
+            parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
+            folded.append((kind, tensor))
+    return folded
+
+
+def _kind(parametrization: nn.Module) -> str:
+    """weight_norm, spectral_norm or the parametrization's class (torch's are _WeightNorm and _SpectralNorm)."""
+    return {"_WeightNorm": "weight_norm", "_SpectralNorm": "spectral_norm"}.get(type(parametrization).__name__,
+                                                                                type(parametrization).__name__)
+
+
+def _qualified(module_name: str, tensor: str) -> str:
+    return f"{module_name}.{tensor}" if module_name else tensor
+
+
+def copyable_(model: nn.Module) -> nn.Module:
+    """`model` with the weights its older weight_norm and spectral_norm hooks keep recomputed without gradients, so
+    `copy.deepcopy` takes it (after a training forward they are not graph leaves); its forward recomputes them anyway."""
+    with torch.no_grad():
+        for module in model.modules():
+            for hook in [hook for hook in module._forward_pre_hooks.values() if type(hook) in HOOKS]:
+                weight = hook.compute_weight(module) if isinstance(hook, WeightNorm) else hook.compute_weight(module, False)
+                setattr(module, hook.name, weight)
+    return model
+
+
+def describe_folded(folded: list[str]) -> str:
+    """The base line's note: what was folded, shortened past four."""
+    shown = ", ".join(folded[:4]) + (f" and {len(folded) - 4} more" if len(folded) > 4 else "")
+    return f"folded {shown} into plain weights, as for inference"
