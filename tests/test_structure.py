@@ -56,14 +56,27 @@ class UserNet(nn.Module):
 
 
 class ScaledLogits(UserNet):
-    """Logits scaled by a learned temperature after the classifier: tracing stops at the multiplication."""
+    """Logits scaled by one number after the classifier: a learned temperature, CLIP's `logit_scale.exp() * logits`, a
+    temperature argument left at its default."""
 
     def __init__(self):
         super().__init__()
         self.temperature = nn.Parameter(torch.ones(()))
+        self.logit_scale = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+        return self.logit_scale.exp() * (super().forward(x) * self.temperature) / tau
+
+
+class ShiftedLogits(UserNet):
+    """Logits shifted by a prior per class after the classifier (logit adjustment): tracing stops at the addition."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("log_prior", torch.zeros(10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) * self.temperature
+        return super().forward(x) + self.log_prior
 
 
 class AveragedHeads(nn.Module):
@@ -332,14 +345,40 @@ def test_distill_depth_drops_whole_residual_blocks_of_a_traced_resnet(resnet18_a
 def test_a_classifier_tracing_cannot_find_can_be_named(digits):
     context = Context(fewer(digits, 128, 64), Budget(epochs=0), seed=0)
     prune = get_method("prune")
-    found = with_structure(ScaledLogits(), digits.example_input(2), 10)
+    found = with_structure(ShiftedLogits(), digits.example_input(2), 10)
     assert structure_of(found).classifier is None and structure_of(found).why_no_classifier == (
-        "the logits come from mul (mul), not from a Linear or Conv2d layer; of the layers it is computed from, fc gives 10 outputs")
-    with pytest.raises(Incompatible, match="does not know which layer gives the logits: the logits come from mul.*--classifier"):
+        "the logits come from add_2 (add), not from a Linear or Conv2d layer; of the layers it is computed from, fc gives 10 outputs")
+    with pytest.raises(Incompatible, match="does not know which layer gives the logits: the logits come from add.*--classifier"):
         prune.apply(found, prune.default_config(), context)
-    named = with_structure(ScaledLogits(), digits.example_input(2), 10, classifier="fc")
+    named = with_structure(ShiftedLogits(), digits.example_input(2), 10, classifier="fc")
     assert structure_of(named).classifier == "fc" and len(structure_of(named).stages) == 3
     assert prune.apply(named, prune.default_config(), context).head.fc.out_features == 10
+
+
+def test_logits_scaled_by_one_number_are_traced_back_to_the_classifier_and_the_network_split_into_stages(digits):
+    """Stop 45: a temperature after the classifier (`self.fc(x) / temperature`) hid it, and every method but quantize
+    was incompatible."""
+    model = ScaledLogits().eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(0.5)
+    view = with_structure(model, digits.example_input(2), 10)
+    assert structure_of(view).classifier == "fc" and len(structure_of(view).stages) == 3
+    images = digits.test.tensors[0][:8]
+    with torch.no_grad():
+        assert torch.allclose(view(images), model(images))
+    prune = get_method("prune")
+    pruned = prune.apply(view, prune.default_config(), Context(fewer(digits, 128, 64), Budget(epochs=0), seed=0))
+    assert pruned.head.fc.out_features == 10 and classes_out(pruned, images) == 10
+
+
+class DividedByLogits(UserNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1.0 / super().forward(x)
+
+
+def test_a_number_divided_by_the_logits_is_not_a_scaling(digits):
+    found = structure_of(with_structure(DividedByLogits(), digits.example_input(2), 10))
+    assert found.classifier is None and found.why_no_classifier.startswith("the logits come from truediv")
 
 
 def test_a_head_reading_self_training_only_where_its_forward_never_goes_is_traced_through(digits):

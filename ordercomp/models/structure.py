@@ -7,7 +7,8 @@ stage. Both are read from the graph torch.fx traces of the user's `forward`:
 
 - the classifier is the Linear or Conv2d layer whose output is the logits: from the graph's output,
   back through operations that only pass the logits on (flatten, view, reshape, squeeze, dropout, identity,
-  and the activation and pooling after a convolution whose channels are the classes, as in SqueezeNet);
+  scaling by one number such as a temperature, and the activation and pooling after a convolution whose
+  channels are the classes, as in SqueezeNet);
 - a cut point is a place in the graph where exactly one tensor is live: what follows depends on what
   came before only through that tensor, so a residual block (whose shortcut keeps a second tensor
   live) is never cut in half;
@@ -45,6 +46,7 @@ import functools
 import hashlib
 import inspect
 import json
+import operator
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -72,6 +74,8 @@ PASS_ON_MODULES = (nn.Flatten, nn.Dropout, nn.Identity, nn.ReLU, nn.ReLU6, nn.Le
 PASS_ON_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, F.dropout, F.relu, torch.relu, F.relu6, F.leaky_relu,
                      F.silu, F.hardswish, F.gelu} | POOLING_FUNCTIONS
 PASS_ON_METHODS = {"flatten", "view", "reshape", "squeeze", "contiguous", "relu"}
+# Scaling the logits by one number (a temperature, CLIP's logit scale): the number a constant or a one-element tensor
+SCALING = {operator.mul, operator.truediv, torch.mul, torch.div, "mul", "div"}
 # Layers that read a 4-D tensor as (N, C, H, W), and what rearranges a tensor's dimensions even where its shape stays
 SPATIAL_MODULES = (nn.Conv2d, nn.ConvTranspose2d, nn.modules.batchnorm._BatchNorm) + POOLING_MODULES
 SPATIAL_FUNCTIONS = {F.conv2d, F.conv_transpose2d, F.batch_norm} | POOLING_FUNCTIONS
@@ -370,15 +374,17 @@ class Traced:
                 ShapeProp(fx.GraphModule(model, self.graph)).propagate(example)
             except Exception as error:  # the traced graph raises whatever the model raises on this input
                 raise NotFound(f"the traced forward does not run on the example batch ({one_line(error)})") from None
+        images = next(node for node in self.nodes if node.op == "placeholder")
+        self.constants = set(self.nodes) - _reached(images, lambda n: n.users) - {images}
         self.cuts = self._cut_points()
         self.spans = self._module_spans()
         self.feature_maps = {cut for cut in self.cuts if self._is_feature_map(cut)}
 
     def _cut_points(self) -> list[fx.Node]:
-        """Nodes after which their own tensor is the only live value (parameters read with get_attr do
-        not count: every piece reads them itself)."""
+        """Nodes after which their own tensor is the only live value (parameters, and what the forward computes from
+        them alone, such as CLIP's `logit_scale.exp()`, do not count: every piece computes them itself)."""
         last_use = {node: max(self.position[user] for user in node.users)
-                    for node in self.nodes if node.users and node.op != "get_attr"}
+                    for node in self.nodes if node.users and node not in self.constants}
         born, dead = Counter(self.position[node] for node in last_use), Counter(last_use.values())
         live, cuts = 0, []
         for index, node in enumerate(self.nodes):
@@ -449,7 +455,7 @@ class Traced:
         """The name of the conv or linear layer whose output the forward returns (through pass-on operations)."""
         output = node = self.output_node()
         while self._passes_on(node):
-            node = node.args[0]
+            node = self._scaled(node) or node.args[0]
         logits = self.shape(output)[-1]
         if not (node.op == "call_module" and isinstance(self.module(node), LAYER_TYPES)):
             raise NotFound(f"the logits come from {self._describe(node)}, not from a Linear or Conv2d layer{self._candidates(node, logits)}")
@@ -468,11 +474,27 @@ class Traced:
         return f"; of the layers it is computed from, {' and '.join(names)} {verb} {logits} outputs" if names else ""
 
     def _passes_on(self, node: fx.Node) -> bool:
+        if self._scaled(node):
+            return True
         if not node.args or not isinstance(node.args[0], fx.Node):
             return False
         if node.op == "call_module":
             return isinstance(self.module(node), PASS_ON_MODULES)
         return (node.op == "call_function" and node.target in PASS_ON_FUNCTIONS) or (node.op == "call_method" and node.target in PASS_ON_METHODS)
+
+    def _scaled(self, node: fx.Node) -> fx.Node | None:
+        """What `node` multiplies or divides by one number (`logits / self.temperature`, CLIP's `scale.exp() * logits`),
+        else None."""
+        if node.op not in ("call_function", "call_method") or node.target not in SCALING or len(node.args) != 2 or node.kwargs:
+            return None
+        values = [arg for arg in node.args if isinstance(arg, fx.Node) and not self._one_number(arg)]
+        numbers = [arg for arg in node.args if arg not in values]
+        divides_by_value = node.target in (operator.truediv, torch.div, "div") and node.args[0] is not (values or [None])[0]
+        return values[0] if len(values) == 1 and len(numbers) == 1 and not divides_by_value else None
+
+    def _one_number(self, node: fx.Node) -> bool:
+        shape = self.shape(node)
+        return shape is not None and all(size == 1 for size in shape)
 
     def _describe(self, node: fx.Node) -> str:
         kind = type(self.module(node)).__name__ if node.op == "call_module" else getattr(node.target, "__name__", str(node.target))
@@ -578,12 +600,12 @@ class Traced:
         env[start] = graph.placeholder("x")
 
         def value(node: fx.Node) -> fx.Node:
-            if node not in env:  # a parameter or buffer read earlier in the graph: read it here again
-                env[node] = graph.get_attr(node.target)
+            if node not in env:  # a parameter or buffer, or what is computed from them alone: computed here again
+                env[node] = graph.get_attr(node.target) if node.op == "get_attr" else graph.node_copy(node, value)
             return env[node]
 
         for node in self._between(start, end):
-            if node.op != "get_attr":
+            if node not in self.constants:
                 env[node] = graph.node_copy(node, value)
         graph.output(env[end])
         return fx.GraphModule(self.model, graph, class_name=name)
