@@ -97,7 +97,7 @@ def test_mismatching_keys_and_shapes_name_the_problem(tmp_path, digits, tiny_mod
     with pytest.raises(CheckpointError, match="missing keys"):
         resolve_model(str(tmp_path / "m.pt"), digits, architecture="resnet_mini")
     torch.save(create_model("cnn_tiny", num_classes=7).state_dict(), tmp_path / "seven.pt")
-    with pytest.raises(CheckpointError, match="has shape"):
+    with pytest.raises(CheckpointError, match="gives 7 outputs in the file and 10 in the model, one per class of the data"):
         resolve_model(str(tmp_path / "seven.pt"), digits, architecture="cnn_tiny")
     with pytest.raises(CheckpointError, match="--arch"):
         resolve_model(str(tmp_path / "m.pt"), digits)

@@ -92,14 +92,33 @@ def test_a_checkpoint_without_weights_names_its_entries(tmp_path, digits):
         resolve_model(str(tmp_path / "w.pt"), digits, architecture="cnn_tiny")
 
 
+def test_a_classifier_saved_for_other_classes_says_to_fine_tune_it_on_the_data_s_classes(tmp_path, digits):
+    """Stop 45: the line asked to build the class as the file was saved (--model-args '{"num_classes": N}'), and
+    built for the file's 1000 classes the model was refused for not giving one logit per class of the data."""
+    from tests.user_models.my_net import MyNet
+
+    torch.save(MyNet(num_classes=1000).state_dict(), tmp_path / "imagenet.pt")
+    for args in (None, {"num_classes": 1000}):
+        with pytest.raises(CheckpointError) as error:
+            resolve_model(f"{MY_NET}:MyNet", digits, model_args=args, weights=str(tmp_path / "imagenet.pt"))
+        assert "num_classes\": N" not in str(error.value)
+    assert str(error.value).endswith("gives (3, 1000) for 3 images, not one logit per class (10): its weights are for 1000 "
+                                     "classes: fine-tune it on the data's classes first, or give data of 1000 classes")
+    with pytest.raises(CheckpointError, match=r"imagenet.pt does not fit .*: its fc gives 1000 outputs in the file and 10 in "
+                                              r"the model, one per class of the data: .* fine-tune it on them first \(fc with 10 "
+                                              r"outputs\), or give data of 1000 classes$"):
+        resolve_model(f"{MY_NET}:MyNet", digits, weights=str(tmp_path / "imagenet.pt"))
+
+
 def test_names_that_do_not_fit_point_to_the_class_and_its_arguments(tmp_path, digits):
     from tests.user_models.my_net import MyNet
 
-    torch.save(MyNet(num_classes=7).state_dict(), tmp_path / "seven.pt")
+    torch.save(MyNet(width=8).state_dict(), tmp_path / "narrow.pt")
     with pytest.raises(CheckpointError) as error:
-        resolve_model(f"{MY_NET}:MyNet", digits, weights=str(tmp_path / "seven.pt"))
-    assert "fc.weight has shape (7, 64) in the file, the model needs (10, 64)" in str(error.value)
+        resolve_model(f"{MY_NET}:MyNet", digits, weights=str(tmp_path / "narrow.pt"))
+    assert "stem.weight has shape (8, 1, 3, 3) in the file, the model needs (16, 1, 3, 3)" in str(error.value)
     assert "the same class and arguments (e.g. --model-args" in str(error.value)
+    torch.save(MyNet(num_classes=7).state_dict(), tmp_path / "seven.pt")
     with pytest.raises(CheckpointError, match=r"missing keys .* unexpected .*: check the number of classes and channels; "
                                               r"the zoo's cnn_tiny is ordercomp's own class"):
         resolve_model("cnn_tiny", digits, weights=str(tmp_path / "seven.pt"))

@@ -210,7 +210,7 @@ def _model_file(path: Path, data: DataBundle, architecture: str | None, trust_to
                 ema: bool) -> tuple[nn.Module, dict]:
     if is_program(path):
         program = load_program(path, trust_torchscript=trust_torchscript)
-        data_for(program, data, path.name, PROGRAM_HINT)
+        data_for(program, data, path.name, PROGRAM_HINT, weighted=True)
         # the file's bytes: its graph and kind, not only its weights, decide what a step gives
         code = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         return program, {"source": "program", "path": str(path), "kind": program.kind, "code": code}
@@ -266,7 +266,7 @@ def _fitted(model: nn.Module, data: DataBundle, weights: "Weighting", train_base
     against the data; the source records the class, its code, the weights and the channels it takes."""
     path = weights.path
     notes = load_weights(model, Path(path).expanduser(), what, CLASS_HINT, ema=weights.ema) if path else []
-    fitted = data_for(model.eval(), data, what)
+    fitted = data_for(model.eval(), data, what, weighted=bool(path))
     trained = not path and train_base is not None
     if trained:
         model = train_base(model, fitted)

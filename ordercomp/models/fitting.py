@@ -48,16 +48,17 @@ PROBE_SIZES = (16, 32, 64, 224)  # the input sizes tried on a model that does no
 PROGRAM_HINT = "export it for this data with a dynamic batch dimension (torch.export.Dim)"
 
 
-def data_for(model: nn.Module, data: DataBundle, name: str, hint: str = BUILD_HINT) -> DataBundle:
+def data_for(model: nn.Module, data: DataBundle, name: str, hint: str = BUILD_HINT, *, weighted: bool = False) -> DataBundle:
     """The data as `model` takes it (gray repeated to its first convolution's channels), checked by running it;
-    `hint` says what to do when it does not run."""
+    `hint` says what to do when it does not run; `weighted`: the model holds weights from a file (whose classes are
+    its own)."""
     wanted = first_conv_channels(model, data.example_input(CHECK_BATCH))
     if wanted is not None and wanted != data.in_channels:
         if data.in_channels != 1:
             raise CheckpointError(f"{name} takes {wanted} input channel(s) and the data has {data.in_channels}: build it for "
                                   f"{data.in_channels} (e.g. --model-args '{{\"in_channels\": {data.in_channels}}}') or give other data")
         data = repeat_channels(data, wanted)
-    check_logits(model, data, name, hint)
+    check_logits(model, data, name, hint, weighted=weighted)
     return data
 
 
@@ -74,8 +75,9 @@ def size_that_runs(model: nn.Module, images: torch.Tensor) -> str:
     return BUILD_HINT
 
 
-def check_logits(model: nn.Module, data: DataBundle, name: str, hint: str = BUILD_HINT) -> None:
-    """The model must take batches of the data's images and give one logit per class."""
+def check_logits(model: nn.Module, data: DataBundle, name: str, hint: str = BUILD_HINT, *, weighted: bool = False) -> None:
+    """The model must take batches of the data's images and give one logit per class; a model that holds weights from a
+    file (`weighted`) was trained for the classes it gives, so building it for others is no fix."""
     images = data.example_input(CHECK_BATCH)
     was_training = model.training
     model.eval()
@@ -94,5 +96,8 @@ def check_logits(model: nn.Module, data: DataBundle, name: str, hint: str = BUIL
         raise CheckpointError(f"{name} returns a {type(logits).__name__}, not a tensor of logits: give a model whose forward "
                               "returns the logits alone (e.g. a small nn.Module that calls yours and returns its logits)")
     if tuple(logits.shape) != (len(images), data.num_classes):
-        raise CheckpointError(f"{name} gives {tuple(logits.shape)} for {len(images)} images, not one logit per class ({data.num_classes}): "
-                              f"build it for {data.num_classes} classes (e.g. --model-args '{{\"num_classes\": {data.num_classes}}}')")
+        given = logits.shape[-1]
+        fix = (f"its weights are for {given} classes: fine-tune it on the data's classes first, or give data of {given} classes"
+               if weighted and logits.dim() == 2 else
+               f"build it for {data.num_classes} classes (e.g. --model-args '{{\"num_classes\": {data.num_classes}}}')")
+        raise CheckpointError(f"{name} gives {tuple(logits.shape)} for {len(images)} images, not one logit per class ({data.num_classes}): {fix}")

@@ -255,6 +255,12 @@ def fit_weights(model: nn.Module, weights: Weights, file: str, what: str, hint: 
     wrong = [name for name in expected if expected[name].shape != inside[name].shape]
     if wrong:
         name = wrong[0]
+        head = other_outputs(wrong, expected, inside)
+        if head:
+            layer, saved, needed = head
+            raise CheckpointError(f"{file} does not fit {what}: its {layer} gives {saved} outputs in the file and {needed} in the model, "
+                                  f"one per class of the data: ordercomp compresses a network trained on the data's classes, so "
+                                  f"fine-tune it on them first ({layer} with {needed} outputs), or give data of {saved} classes")
         raise CheckpointError(f"{file} does not fit {what}: {name} has shape {tuple(inside[name].shape)} in the file, the "
                               f"model needs {tuple(expected[name].shape)}: {hint}")
     beside = None if ema else within_prefix(weights.tensors, expected, ema=True)[0]
@@ -269,6 +275,17 @@ def fit_weights(model: nn.Module, weights: Weights, file: str, what: str, hint: 
     if beside:
         notes.append(f"the EMA weights under '{beside}' were not read: --ema (ema=True) reads them")
     return Weights(inside, notes, ema=ema)
+
+
+def other_outputs(wrong: list[str], expected: dict, inside: dict) -> tuple[str, int, int] | None:
+    """(layer, outputs in the file, outputs in the model) where the only tensors that do not fit are one layer's and
+    differ in their outputs alone: a classifier saved for another number of classes (ImageNet's 1000)."""
+    layers = {name.rpartition(".")[0] for name in wrong}
+    shapes = [(tuple(inside[name].shape), tuple(expected[name].shape)) for name in wrong]
+    outputs = {(saved[0], needed[0]) for saved, needed in shapes if saved and len(saved) == len(needed) and saved[1:] == needed[1:]}
+    if len(layers) != 1 or len(outputs) != 1 or any(not saved or saved[1:] != needed[1:] for saved, needed in shapes):
+        return None
+    return (layers.pop(), *outputs.pop())
 
 
 def no_ema_weights(file: str, weights: Weights, expected: dict) -> CheckpointError:
