@@ -77,6 +77,30 @@ def test_a_network_written_for_32_px_given_the_8_px_digits_is_told_the_size_it_r
     assert str(error.value).endswith("): it runs on 32x32 images: give --input-size 32") and "\n" not in str(error.value)
 
 
+class MnistNet(torch.nn.Module):
+    """The network of PyTorch's MNIST example, as tutorials write it: two poolings, then a Linear of 32 x 7 x 7 inputs."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                            torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+        self.fc = torch.nn.Linear(32 * 7 * 7, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
+@pytest.mark.parametrize("size", [None, 32])
+def test_a_network_written_for_28_px_is_told_that_size_from_smaller_and_larger_images(size):
+    """Stop 45: only sizes larger than the data's were tried, and 28 was not among them: an MNIST network given the
+    digits at 8 px or 32 px got "check that it fits the data's channels and size"."""
+    from ordercomp.data.datasets import load_data
+
+    with pytest.raises(CheckpointError) as error:
+        resolve(MnistNet, load_data("digits", input_size=size))
+    assert str(error.value).endswith("): it runs on 28x28 images: give --input-size 28") and "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize("args, message", [
     ('{"width": ', "--model-args must be a JSON object"), ('[8]', "must be a JSON object of keyword arguments"),
     ('{"depth": 3}', "unexpected keyword argument 'depth'"),
