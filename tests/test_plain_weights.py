@@ -64,3 +64,17 @@ def test_methods_that_replace_weights_apply_to_a_reparametrized_network(digits, 
     assert result.status == OK, result.reason
     if method in ("prune", "distill"):
         assert first_conv(compressed).out_channels < first_conv(model).out_channels
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_an_instance_in_half_precision_is_taken_in_float32_and_left_as_it_was(digits, dtype):
+    """Stop 45: refused as not running on the data, "check that it fits the data's channels and size"."""
+    from tests.user_models.my_net import MyNet
+
+    held = MyNet().to(dtype).eval()
+    model, source = resolve_model(held, digits)
+    assert {p.dtype for p in model.parameters()} == {torch.float32} and {p.dtype for p in held.parameters()} == {dtype}
+    images = digits.example_input(8)
+    with torch.no_grad():
+        assert torch.allclose(model(images), held.float()(images))
+    assert describe_source(source).endswith(f"its {str(dtype).removeprefix('torch.')} weights made float32, as the methods train and measure")

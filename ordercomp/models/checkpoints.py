@@ -27,7 +27,7 @@ from .factories import (FactoryError, build, check_args, check_factory, code_fin
                         load_factory, registered_factories, server_runs_torchscript, torchscript_refused)
 from ..data.preprocessing import repeat_channels
 from .fitting import BUILD_HINT, PROGRAM_HINT, data_for
-from .plain_weights import copyable_, describe_folded, fold_reparametrizations_
+from .plain_weights import copyable_, float32_, fold_reparametrizations_, plain_notes
 from .programs import TORCHSCRIPT, TORCHSCRIPT_SUFFIXES, ProgramError, load_pt2, load_torchscript, program_kind
 from .weights import CheckpointError, load_weights, read_weights
 from .zoo import ARCHITECTURES, INPUT_SIZES, RENAMED, create_model, renamed_message
@@ -266,12 +266,13 @@ def _fitted(model: nn.Module, data: DataBundle, weights: "Weighting", train_base
     against the data; the source records the class, its code, the weights and the channels it takes."""
     path = weights.path
     notes = load_weights(model, Path(path).expanduser(), what, CLASS_HINT, ema=weights.ema) if path else []
+    converted = float32_(model)
     fitted = data_for(model.eval(), data, what, weighted=bool(path))
     trained = not path and train_base is not None
     if trained:
         model = train_base(model, fitted)
     folded = fold_reparametrizations_(model)
-    return model, source | ({"folded": folded} if folded else {}) | {"class": describe_class(model), "code": code_fingerprint(model), "weights": path and str(path),
+    return model, source | ({"folded": folded} if folded else {}) | ({"converted": converted} if converted else {}) | {"class": describe_class(model), "code": code_fingerprint(model), "weights": path and str(path),
                             "weights_notes": notes, "trained_here": trained, "in_channels": fitted.in_channels} | _recognised([], weights.ema)
 
 
@@ -297,7 +298,7 @@ def describe_source(source: dict) -> str:
             line += f", weights {source['weights']}" + (f": {'; '.join(source['weights_notes'])}" if source.get("weights_notes") else "")
         elif source.get("trained_here"):
             line += ", trained here"
-        return line + (f"; {describe_folded(source['folded'])}" if source.get("folded") else "")
+        return line + "".join(f"; {note}" for note in plain_notes(source))
     if kind == "program":
         return f"{source['path']} ({source['kind']} program)"
     if kind == "checkpoint":

@@ -1,4 +1,6 @@
-"""Weights a user's network computes from others (weight_norm, spectral_norm, any torch parametrization), folded
+"""Weights as the methods take them: plain tensors, in float32.
+
+Weights a user's network computes from others (weight_norm, spectral_norm, any torch parametrization) are folded
 into plain weights as inference does (`torch.nn.utils.parametrize.remove_parametrizations`, `remove_weight_norm`).
 
 The methods read and replace a layer's `weight`: Torch-Pruning narrows `weight` while the parametrization keeps its
@@ -6,6 +8,10 @@ The methods read and replace a layer's `weight`: Torch-Pruning narrows `weight` 
 a parametrized layer's `weight` without its parametrization. A folded layer computes what it computed before, in
 evaluation; fine-tuning then trains the plain weight. torch's older hooks (`torch.nn.utils.weight_norm`,
 `torch.nn.utils.spectral_norm`) also leave after a forward with gradients a weight that `copy.deepcopy` refuses.
+
+A network handed over in half precision or bfloat16 (as mixed-precision training or a `.half()` for deployment leaves
+it) is made float32: the data, fine-tuning and every measurement are float32, and int8 and 4-bit quantization start
+from float weights.
 """
 from __future__ import annotations
 
@@ -67,7 +73,18 @@ def copyable_(model: nn.Module) -> nn.Module:
     return model
 
 
-def describe_folded(folded: list[str]) -> str:
-    """The base line's note: what was folded, shortened past four."""
+def plain_notes(source: dict) -> list[str]:
+    """The base line's notes: what was folded (shortened past four), and the floating types made float32."""
+    folded, converted = source.get("folded") or [], source.get("converted")
     shown = ", ".join(folded[:4]) + (f" and {len(folded) - 4} more" if len(folded) > 4 else "")
-    return f"folded {shown} into plain weights, as for inference"
+    return ([f"folded {shown} into plain weights, as for inference"] if folded else []) + (
+        [f"its {converted} weights made float32, as the methods train and measure"] if converted else [])
+
+
+def float32_(model: nn.Module) -> str | None:
+    """`model` in float32, in place; the floating types it held before, when any was another (e.g. 'float16')."""
+    others = sorted({str(t.dtype).removeprefix("torch.") for t in [*model.parameters(), *model.buffers()]
+                     if t.is_floating_point() and t.dtype != torch.float32})
+    if others:
+        model.float()
+    return ", ".join(others) or None
