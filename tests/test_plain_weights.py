@@ -78,3 +78,17 @@ def test_an_instance_in_half_precision_is_taken_in_float32_and_left_as_it_was(di
     with torch.no_grad():
         assert torch.allclose(model(images), held.float()(images))
     assert describe_source(source).endswith(f"its {str(dtype).removeprefix('torch.')} weights made float32, as the methods train and measure")
+
+
+@pytest.mark.parametrize("wrap, said", [(torch.compile, "torch.compile"), (nn.DataParallel, "DataParallel"),
+                                        (lambda m: torch.compile(nn.DataParallel(m)), "torch.compile and DataParallel")])
+def test_a_compiled_or_data_parallel_instance_is_taken_as_the_module_it_wraps(digits, wrap, said):
+    """Stop 45: torch.compile's OptimizedModule was taken as the network: no forward of its own to trace, so every method
+    needing the classifier or the stages was incompatible ("Module [OptimizedModule] is missing the required forward")."""
+    from ordercomp.models.structure import structure_of
+    from tests.user_models.my_net import MyNet
+
+    model, source = resolve_model(wrap(MyNet().eval()), digits)
+    assert type(model) is MyNet and source["class"] == "tests.user_models.my_net.MyNet"
+    assert describe_source(source).endswith(f"; taken out of {said}")
+    assert structure_of(with_structure(model, digits.example_input(2), 10)).classifier == "fc"

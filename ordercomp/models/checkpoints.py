@@ -27,7 +27,7 @@ from .factories import (FactoryError, build, check_args, check_factory, code_fin
                         load_factory, registered_factories, server_runs_torchscript, torchscript_refused)
 from ..data.preprocessing import repeat_channels
 from .fitting import BUILD_HINT, PROGRAM_HINT, data_for
-from .plain_weights import copyable_, float32_, fold_reparametrizations_, plain_notes
+from .plain_weights import copyable_, float32_, fold_reparametrizations_, plain_notes, unwrapped
 from .programs import TORCHSCRIPT, TORCHSCRIPT_SUFFIXES, ProgramError, load_pt2, load_torchscript, program_kind
 from .weights import CheckpointError, load_weights, read_weights
 from .zoo import ARCHITECTURES, INPUT_SIZES, RENAMED, create_model, renamed_message
@@ -265,6 +265,7 @@ def _fitted(model: nn.Module, data: DataBundle, weights: "Weighting", train_base
     """The model with its weights (loaded, or trained by `train_base` on the data as the model takes them), checked
     against the data; the source records the class, its code, the weights and the channels it takes."""
     path = weights.path
+    model, wrappers = unwrapped(model)
     notes = load_weights(model, Path(path).expanduser(), what, CLASS_HINT, ema=weights.ema) if path else []
     converted = float32_(model)
     fitted = data_for(model.eval(), data, what, weighted=bool(path))
@@ -272,8 +273,9 @@ def _fitted(model: nn.Module, data: DataBundle, weights: "Weighting", train_base
     if trained:
         model = train_base(model, fitted)
     folded = fold_reparametrizations_(model)
-    return model, source | ({"folded": folded} if folded else {}) | ({"converted": converted} if converted else {}) | {"class": describe_class(model), "code": code_fingerprint(model), "weights": path and str(path),
-                            "weights_notes": notes, "trained_here": trained, "in_channels": fitted.in_channels} | _recognised([], weights.ema)
+    plain = {key: value for key, value in (("unwrapped", wrappers), ("folded", folded), ("converted", converted)) if value}
+    return model, source | plain | {"class": describe_class(model), "code": code_fingerprint(model), "weights": path and str(path),
+                                    "weights_notes": notes, "trained_here": trained, "in_channels": fitted.in_channels} | _recognised([], weights.ema)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ a parametrized layer's `weight` without its parametrization. A folded layer comp
 evaluation; fine-tuning then trains the plain weight. torch's older hooks (`torch.nn.utils.weight_norm`,
 `torch.nn.utils.spectral_norm`) also leave after a forward with gradients a weight that `copy.deepcopy` refuses.
 
+A network handed over inside the wrapper that compiled or distributed it (`torch.compile`'s OptimizedModule,
+DataParallel, DistributedDataParallel) is taken as the module it wraps: the wrapper has no forward of its own to trace,
+and its state dict adds a prefix (`_orig_mod.`, `module.`) to every name.
+
 A network handed over in half precision or bfloat16 (as mixed-precision training or a `.half()` for deployment leaves
 it) is made float32: the data, fine-tuning and every measurement are float32, and int8 and 4-bit quantization start
 from float weights.
@@ -74,11 +78,25 @@ def copyable_(model: nn.Module) -> nn.Module:
 
 
 def plain_notes(source: dict) -> list[str]:
-    """The base line's notes: what was folded (shortened past four), and the floating types made float32."""
-    folded, converted = source.get("folded") or [], source.get("converted")
+    """The base line's notes: the wrappers taken off, what was folded (shortened past four), and the floating types
+    made float32."""
+    folded, converted, wrappers = source.get("folded") or [], source.get("converted"), source.get("unwrapped") or []
     shown = ", ".join(folded[:4]) + (f" and {len(folded) - 4} more" if len(folded) > 4 else "")
-    return ([f"folded {shown} into plain weights, as for inference"] if folded else []) + (
+    return ([f"taken out of {' and '.join(wrappers)}"] if wrappers else []) + (
+        [f"folded {shown} into plain weights, as for inference"] if folded else []) + (
         [f"its {converted} weights made float32, as the methods train and measure"] if converted else [])
+
+
+def unwrapped(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """The module inside torch.compile's, DataParallel's and DistributedDataParallel's wrappers, and the wrappers'
+    names, outermost first."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    wrappers = []
+    while isinstance(model, (OptimizedModule, nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        wrappers.append("torch.compile" if isinstance(model, OptimizedModule) else type(model).__name__)
+        model = model._orig_mod if isinstance(model, OptimizedModule) else model.module
+    return model, wrappers
 
 
 def float32_(model: nn.Module) -> str | None:
