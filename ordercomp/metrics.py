@@ -97,11 +97,12 @@ def count_params(model: nn.Module) -> int:
 
 
 def _weights(model: nn.Module) -> list[torch.Tensor]:
-    """Parameters, plus every tensor an int8 graph keeps as a buffer (int8 weights, scales)."""
+    """Parameters, plus every tensor an int8 graph keeps as a buffer of its own (int8 weights, scales); not the buffers
+    of the layers a traced network's stem, stages and head call (batch norm's running statistics)."""
     seen = {id(p): p for p in model.parameters()}
     for module in model.modules():
         if isinstance(module, torch.fx.GraphModule):
-            seen.update((id(b), b) for b in module.buffers())
+            seen.update((id(b), b) for b in module.buffers(recurse=False))
     return list(seen.values())
 
 

@@ -52,6 +52,21 @@ def test_a_weight_tied_to_two_layers_is_stored_once():
     assert storage_bytes(model) == 4 * sum(p.numel() for p in model.parameters())
 
 
+def test_a_traced_network_split_into_stages_counts_what_it_counted_whole(digits):
+    """Stop 45: the stem, stages and head of a traced network are GraphModules, and every buffer of a GraphModule was
+    counted as an int8 graph's weight, so batch norm's running statistics added to the parameters and the storage of
+    every traced network (a user's 24,058-parameter CNN read 24,285) and of each of its steps."""
+    from ordercomp.metrics import count_params
+    from ordercomp.models.structure import structure_of, with_structure
+    from tests.user_models.my_net import MyNet
+
+    model = MyNet().eval()
+    view = with_structure(model, digits.example_input(2), 10)
+    assert structure_of(view).stages
+    assert count_params(view) == sum(p.numel() for p in model.parameters()) == count_params(model)
+    assert storage_bytes(view) == storage_bytes(model)
+
+
 def tiny_vit():
     """8x8 grey images in 4x4 patches: 4 tokens and the class token, width 8, 2 heads, MLP 16, 2 blocks."""
     torch.manual_seed(0)
