@@ -109,11 +109,12 @@ def unwritable_destinations(tmp_path, read_only):
     (tmp_path / "link").symlink_to(tmp_path / "gone" / "away")
     return {"read-only parent": (locked / "run", "cannot write the"),
             "dangling link": (tmp_path / "link", "which does not exist"),
-            "path through a file": (tmp_path / "file.txt" / "run", "file.txt is a file, not a folder")}
+            "path through a file": (tmp_path / "file.txt" / "run", "file.txt is a file, not a folder"),
+            "a file": (tmp_path / "file.txt", "file.txt exists and is not a folder: choose a new or empty folder for the")}
 
 
 @pytest.mark.parametrize("command", [EXPLORE, APPLY], ids=["explore", "apply"])
-@pytest.mark.parametrize("case", ["read-only parent", "dangling link", "path through a file"])
+@pytest.mark.parametrize("case", ["read-only parent", "dangling link", "path through a file", "a file"])
 def test_an_unwritable_destination_is_one_line_before_any_work(tmp_path, capsys, no_work, read_only, command, case):
     out, message = unwritable_destinations(tmp_path, read_only)[case]
     before = sorted(tmp_path.rglob("*"))
@@ -134,7 +135,7 @@ CACHE_COMMANDS = {"explore": ["explore", "--quiet", "--out"], "apply": ["apply",
 
 
 @pytest.mark.parametrize("command", CACHE_COMMANDS.values(), ids=CACHE_COMMANDS)
-@pytest.mark.parametrize("case", ["read-only parent", "path through a file"])
+@pytest.mark.parametrize("case", ["read-only parent", "path through a file", "a file"])
 def test_an_unwritable_step_cache_is_one_line_before_the_base_is_built(tmp_path, capsys, monkeypatch, read_only, command, case):
     monkeypatch.setattr(ordercomp.exploration.explorer, "resolve_model", lambda *a, **k: pytest.fail("work started"))
     cache, message = unwritable_destinations(tmp_path, read_only)[case]
@@ -261,6 +262,23 @@ def test_a_disk_that_fills_while_writing_sends_the_files_elsewhere(tmp_path, tem
     assert sorted(p.name for p in tmp_path.iterdir()) == ["system-temp"]  # no staging folder left behind
 
 
+@pytest.mark.parametrize("case", ["full everywhere", "no temporary folder"])
+def test_files_that_reach_neither_their_folder_nor_the_temporary_folder_are_one_line_and_leave_nothing(tmp_path, temp_folder,
+                                                                                                    monkeypatch, case):
+    if case == "no temporary folder":
+        monkeypatch.setattr("tempfile.tempdir", str(temp_folder / "gone"))
+
+    def write(folder):
+        (folder / "steps.csv").write_text("the first half of the table")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    second = "No space left on device" if case == "full everywhere" else "No such file or directory"
+    with pytest.raises(ValueError, match=rf"^could not write the results to {tmp_path / 'run'} \(No space left on device\) nor to "
+                                         rf"the temporary folder \({second}\)$"):
+        write_folder(tmp_path / "run", RESULTS_FOLDER, write)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["system-temp"] and not any(temp_folder.iterdir())
+
+
 def test_results_whose_folder_gained_a_foreign_file_during_the_run_are_written_elsewhere(tmp_path, temp_folder):
     out = tmp_path / "run"
     write_results(Finished(lambda: RECORD), out)
@@ -382,6 +400,16 @@ def test_a_file_written_atomically_is_whole_or_absent_and_leaves_no_temporary_fi
     assert os.listdir(folder) == ["record.json"] and target.read_text() == "the earlier record"
     folders.write_atomically(target, lambda temp: open(temp, "w").write("the new record"))
     assert os.listdir(folder) == ["record.json"] and target.read_text() == "the new record"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts this process's open files in /proc")
+def test_files_written_atomically_leave_no_file_open(tmp_path):
+    # the step cache writes a file per step, for hours in the dashboard's workers: one descriptor left open per write
+    # would end the run with "Too many open files"
+    before = len(os.listdir("/proc/self/fd"))
+    for k in range(20):
+        folders.write_atomically(tmp_path / f"step-{k}.json", lambda temp: None)
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_results_are_written_without_the_report_when_it_cannot_be_drawn(tmp_path, monkeypatch, capsys):
