@@ -311,6 +311,21 @@ def test_results_of_two_runs_with_the_same_out_are_both_kept(tmp_path, temp_fold
     assert not [p for p in out.iterdir() if p.name.startswith(".ordercomp-staging")]
 
 
+def test_results_go_into_a_new_folder_whose_parents_do_not_exist_yet(tmp_path, temp_folder):
+    out = tmp_path / "runs" / "today" / "latest"  # `ordercomp explore` in a fresh checkout: runs/latest
+    write_results(Finished(lambda: RECORD), out, check_results_folder(out))
+    assert sorted(os.listdir(out)) == sorted(RESULT_FILES + (".ordercomp-results",))
+    assert not any(temp_folder.iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["runs", "system-temp"]
+
+
+@pytest.mark.parametrize("out", ["new", "earlier"])
+def test_writing_a_folder_returns_what_its_writer_returned(tmp_path, out):
+    # export_compressed returns the manifest its writer made
+    write_folder(tmp_path / "earlier", EXPORT_FOLDER, export_files({"model.onnx": b"onnx 1"}))
+    manifest = {"files": ["model.onnx"]}
+    assert write_folder(tmp_path / out, EXPORT_FOLDER, lambda folder: export_files({"model.onnx": b"onnx 2"})(folder) or manifest) == manifest
+
+
 def test_a_rerun_into_its_own_results_folder_replaces_them(tmp_path, temp_folder):
     out = tmp_path / "run"
     for chain in (["prune"], ["quantize"]):
