@@ -226,3 +226,11 @@ def test_a_step_cache_write_cut_short_leaves_neither_a_record_nor_a_temporary_fi
     with pytest.raises(KeyboardInterrupt):
         StepCache(tmp_path).put_chain("key", tiny_model, [])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_steps_are_keyed_by_the_library_versions_installed_here():
+    # `other_torch` stands in for an upgrade above; this checks that the versions it changes are the installed ones
+    libraries = cache.environment("cpu")["libraries"]
+    assert set(libraries) == set(cache.LIBRARIES)
+    assert libraries["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert cache.installed_version("ordercomp-no-such-library") is None  # the runtimes say what to install themselves
