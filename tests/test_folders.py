@@ -234,6 +234,26 @@ def test_a_planted_marker_claims_no_file_ordercomp_did_not_write(tmp_path):
     assert (out / "keep.db").read_bytes() == b"someone's database"  # its checksum, but never a name ordercomp writes
 
 
+def test_a_marker_that_is_a_link_makes_no_folder_ordercomps(tmp_path):
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    write_folder(ours, EXPORT_FOLDER, export_files({"model.onnx": b"onnx"}))
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("my notes")
+    (theirs / EXPORT_FOLDER.marker).symlink_to(ours / EXPORT_FOLDER.marker)
+    with pytest.raises(ValueError, match=f"^{theirs} is not an ordercomp export folder"):
+        folders.check_destination(theirs, EXPORT_FOLDER, ["model.pt2", MANIFEST], 0)
+
+
+def test_a_marker_longer_than_a_marker_can_be_claims_nothing(tmp_path):
+    out = tmp_path / "run"
+    write_folder(out, RESULTS_FOLDER, lambda folder: (folder / "steps.csv").write_text("the table\n"))
+    marker = out / RESULTS_FOLDER.marker
+    marker.write_text(json.dumps(json.loads(marker.read_text()) | {"padding": "x" * folders.MAX_MARKER_BYTES}))
+    with pytest.raises(ValueError, match="steps.csv was not written by ordercomp, or was changed since"):
+        folders.check_destination(out, RESULTS_FOLDER, ["steps.csv"], 0)
+    assert (out / "steps.csv").read_text() == "the table\n"
+
+
 def test_results_whose_folder_fails_at_the_end_are_written_elsewhere(tmp_path, read_only, temp_folder):
     parent = tmp_path / "runs"
     parent.mkdir()
