@@ -234,3 +234,24 @@ def test_steps_are_keyed_by_the_library_versions_installed_here():
     assert set(libraries) == set(cache.LIBRARIES)
     assert libraries["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert cache.installed_version("ordercomp-no-such-library") is None  # the runtimes say what to install themselves
+
+
+CHAIN_INPUTS = {"base": "weights:0123", "data": "digits:8px", "chain": ("prune", "quantize"),
+                "configs": {"prune": {"ratio": 0.5}, "quantize": {"weight_bits": 4}}, "seed": 0, "budget": {"epochs": 1.0},
+                "environment": {"device": "cpu", "libraries": {"torch": "2.0"}}}
+CHAIN_CHANGES = {"base": {"base": "weights:4567"}, "data": {"data": "digits:32px"}, "order": {"chain": ("quantize", "prune")},
+                 "prefix": {"chain": ("prune",)}, "config": {"configs": {"prune": {"ratio": 0.3}, "quantize": {"weight_bits": 4}}},
+                 "seed": {"seed": 1}, "budget": {"budget": {"epochs": 2.0}},
+                 "device": {"environment": {"device": "cuda", "libraries": {"torch": "2.0"}}}}
+
+
+@pytest.mark.parametrize("change", CHAIN_CHANGES.values(), ids=CHAIN_CHANGES)
+def test_a_kept_chain_model_is_found_only_under_the_inputs_that_made_it(tmp_path, tiny_model, change):
+    """An export ships the model an exploration kept for its chain (`put_chain`) only when it was made from the same base,
+    data, chain, configs, seed, budget and environment; anything else applies the chain again."""
+    store = StepCache(tmp_path)
+    store.put_chain(cache.chain_key(**CHAIN_INPUTS), tiny_model, [])
+    assert store.get_chain(cache.chain_key(**CHAIN_INPUTS)) is not None
+    assert store.get_chain(cache.chain_key(**CHAIN_INPUTS | change)) is None
+    step = {name: CHAIN_INPUTS[name] for name in ("base", "data", "chain", "configs", "seed", "budget", "environment")}
+    assert store.get_chain(cache.step_key(**step, split="test")) is None  # a step's key never names a kept chain
