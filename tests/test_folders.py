@@ -146,6 +146,12 @@ def test_an_unwritable_step_cache_is_one_line_before_the_base_is_built(tmp_path,
     assert sorted(tmp_path.rglob("*")) == before
 
 
+def test_a_step_cache_folder_is_made_with_its_parents_and_then_used_as_it_is(tmp_path):
+    folder = tmp_path / "cache" / "digits" / "steps"
+    for run in range(2):  # the first run makes it, the next one finds it
+        assert folders.make_writable_folder(folder, "step cache") == folder and folder.is_dir()
+
+
 @pytest.mark.parametrize("command, need", [(EXPLORE, "16 MiB"), (APPLY, "4 MiB")], ids=["explore", "apply"])
 def test_too_little_free_space_is_one_line_before_any_work(tmp_path, capsys, no_work, monkeypatch, temp_folder, command, need):
     # apply: the default model, digits_cnn (1.2 MB of weights), in two formats
