@@ -159,10 +159,11 @@ def _existing_folder(out: Path, what: str) -> Path:
     return path
 
 
-def _check_ours(out: Path, kind: FolderKind, writes: Iterable[str]) -> set[str]:
+def _check_ours(out: Path, kind: FolderKind, writes: Iterable[str], staging: str = "") -> set[str]:
     """The files of ordercomp's in the existing folder `out`; a ValueError when it is not ordercomp's folder or
-    one of `writes` is there but not ordercomp's."""
-    entries = sorted(os.listdir(out))
+    one of `writes` is there but not ordercomp's. `staging`: the name of this run's staging folder inside `out`,
+    which makes no folder anyone's (an empty folder holds only it when the files are published)."""
+    entries = sorted(name for name in os.listdir(out) if name != staging)
     if entries and not is_marked(out, kind):
         raise ValueError(f"{out} is not an ordercomp {kind.what} folder (it holds {', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}): "
                          f"choose a new or empty folder for the {kind.what}; nothing there was changed")
@@ -239,7 +240,7 @@ def _publish(temp: Path, out: Path, kind: FolderKind, seen: str | None) -> None:
         os.replace(temp, out)
         return
     written = {path.name for path in temp.iterdir()}
-    owned = _check_ours(out, kind, written - {kind.marker})  # again: files may have changed during the run
+    owned = _check_ours(out, kind, written - {kind.marker}, temp.name)  # again: files may have changed during the run
     for name in sorted(written - {kind.marker}) + [kind.marker]:
         os.replace(temp / name, out / name)
     for name in owned - written:

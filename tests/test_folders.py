@@ -344,6 +344,28 @@ def test_results_go_into_a_new_folder_whose_parents_do_not_exist_yet(tmp_path, t
     assert not any(temp_folder.iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["runs", "system-temp"]
 
 
+def test_an_empty_folder_made_for_the_results_or_the_export_receives_them(tmp_path, temp_folder):
+    """Stop 45: `mkdir out`, then a run into it (what the refusals advise: "choose a new or empty folder") was refused at
+    the end by the staging folder it had made inside `out`, and its files went to the temporary folder instead."""
+    for out in (tmp_path / "run", tmp_path / "export"):
+        out.mkdir()
+    write_results(Finished(lambda: RECORD), tmp_path / "run", check_results_folder(tmp_path / "run"))
+    seen = folders.check_destination(tmp_path / "export", EXPORT_FOLDER, ["model.onnx", MANIFEST], 0)
+    write_folder(tmp_path / "export", EXPORT_FOLDER, export_files({"model.onnx": b"onnx"}), seen)
+    assert sorted(os.listdir(tmp_path / "run")) == sorted(RESULT_FILES + (".ordercomp-results",))
+    assert sorted(os.listdir(tmp_path / "export")) == [".ordercomp-export", MANIFEST, "model.onnx"]
+    assert not any(temp_folder.iterdir())
+
+
+@pytest.mark.parametrize("out, written", [("runs", "disk"), ("runs/latest", "disk/latest")])
+def test_results_reach_a_folder_through_a_link(tmp_path, temp_folder, out, written):
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "runs").symlink_to(tmp_path / "disk")  # runs -> a bigger disk
+    write_results(Finished(lambda: RECORD), tmp_path / out, check_results_folder(tmp_path / out))
+    assert sorted(os.listdir(tmp_path / written)) == sorted(RESULT_FILES + (".ordercomp-results",))
+    assert (tmp_path / "runs").is_symlink() and not any(temp_folder.iterdir())
+
+
 @pytest.mark.parametrize("out", ["new", "earlier"])
 def test_writing_a_folder_returns_what_its_writer_returned(tmp_path, out):
     # export_compressed returns the manifest its writer made
