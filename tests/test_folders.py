@@ -175,6 +175,20 @@ def test_results_are_replaced_only_while_unchanged_and_other_files_kept(tmp_path
     assert (out / "pairs.csv").read_text() == "edited by hand\n"
 
 
+def test_the_written_results_read_back_as_the_record_and_its_tables(tmp_path):
+    import pandas as pd
+
+    from ordercomp.exploration.results import chain_table, pairs_table, results_table
+
+    out = write_results(Finished(lambda: RECORD), tmp_path / "run")
+    assert json.loads((out / "exploration.json").read_text()) == RECORD
+    tables = {"steps.csv": results_table(RECORD), "pairs.csv": pairs_table(RECORD["outcomes"]),
+              "chain.csv": chain_table(RECORD["base_metrics"], RECORD["chain_steps"])}
+    for name, table in tables.items():  # the tables' own columns, no index column
+        read = pd.read_csv(out / name)
+        assert list(read.columns) == list(table.columns) and len(read) == len(table) > 0
+
+
 def test_a_results_folder_an_older_ordercomp_wrote_is_still_ours_unless_edited(tmp_path):
     out = tmp_path / "run"
     write_results(Finished(lambda: RECORD), out)
