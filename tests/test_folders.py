@@ -264,11 +264,15 @@ def test_a_marker_that_is_a_link_makes_no_folder_ordercomps(tmp_path):
         folders.check_destination(theirs, EXPORT_FOLDER, ["model.pt2", MANIFEST], 0)
 
 
-def test_a_marker_longer_than_a_marker_can_be_claims_nothing(tmp_path):
+@pytest.mark.parametrize("marker", ["longer than a marker", "checksums that are no table"])
+def test_a_marker_that_is_not_one_ordercomp_writes_claims_nothing(tmp_path, marker):
     out = tmp_path / "run"
     write_folder(out, RESULTS_FOLDER, lambda folder: (folder / "steps.csv").write_text("the table\n"))
-    marker = out / RESULTS_FOLDER.marker
-    marker.write_text(json.dumps(json.loads(marker.read_text()) | {"padding": "x" * folders.MAX_MARKER_BYTES}))
+    path = out / RESULTS_FOLDER.marker
+    written = json.loads(path.read_text())
+    changed = {"longer than a marker": written | {"padding": "x" * folders.MAX_MARKER_BYTES},
+               "checksums that are no table": written | {"sha256": sorted(written["sha256"])}}
+    path.write_text(json.dumps(changed[marker]))
     with pytest.raises(ValueError, match="steps.csv was not written by ordercomp, or was changed since"):
         folders.check_destination(out, RESULTS_FOLDER, ["steps.csv"], 0)
     assert (out / "steps.csv").read_text() == "the table\n"
