@@ -306,6 +306,15 @@ def test_a_disk_that_fills_while_writing_sends_the_files_elsewhere(tmp_path, tem
     assert sorted(p.name for p in tmp_path.iterdir()) == ["system-temp"]  # no staging folder left behind
 
 
+def test_an_error_of_what_is_written_is_raised_as_it_is_not_taken_for_a_folder_problem(tmp_path, temp_folder):
+    def write(folder):
+        raise OSError(errno.EINVAL, "Invalid argument")  # the writer's own error: another folder would fail the same way
+
+    with pytest.raises(OSError, match="Invalid argument"):
+        write_folder(tmp_path / "run", RESULTS_FOLDER, write)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["system-temp"] and not any(temp_folder.iterdir())
+
+
 @pytest.mark.parametrize("case", ["full everywhere", "no temporary folder"])
 def test_files_that_reach_neither_their_folder_nor_the_temporary_folder_are_one_line_and_leave_nothing(tmp_path, temp_folder,
                                                                                                     monkeypatch, case):
