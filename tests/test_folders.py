@@ -264,6 +264,15 @@ def test_a_marker_that_is_a_link_makes_no_folder_ordercomps(tmp_path):
         folders.check_destination(theirs, EXPORT_FOLDER, ["model.pt2", MANIFEST], 0)
 
 
+def test_a_folder_in_place_of_one_of_ordercomps_files_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    write_folder(out, RESULTS_FOLDER, lambda folder: (folder / "steps.csv").write_text("the table\n"))
+    (out / "steps.csv").unlink()
+    (out / "steps.csv").mkdir()  # the recorded name, now someone's folder
+    with pytest.raises(ValueError, match="steps.csv was not written by ordercomp, or was changed since"):
+        folders.check_destination(out, RESULTS_FOLDER, ["steps.csv"], 0)
+
+
 @pytest.mark.parametrize("marker", ["longer than a marker", "checksums that are no table"])
 def test_a_marker_that_is_not_one_ordercomp_writes_claims_nothing(tmp_path, marker):
     out = tmp_path / "run"
