@@ -255,3 +255,23 @@ def test_a_kept_chain_model_is_found_only_under_the_inputs_that_made_it(tmp_path
     assert store.get_chain(cache.chain_key(**CHAIN_INPUTS | change)) is None
     step = {name: CHAIN_INPUTS[name] for name in ("base", "data", "chain", "configs", "seed", "budget", "environment")}
     assert store.get_chain(cache.step_key(**step, split="test")) is None  # a step's key never names a kept chain
+
+
+def test_a_step_cache_whose_folder_fails_stops_being_written_says_why_and_raises_every_other_error(tmp_path):
+    """The unit under `explore`'s full-disk test (tests/test_cli.py): what stops the writing, what does not, and what is kept."""
+    import errno
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def unwritten():
+        pytest.fail("written after the folder failed")
+
+    store = StepCache(tmp_path / "cache")
+    assert store.folder == tmp_path / "cache" and store.folder.is_dir()
+    assert store.stopped is None and store.keep(lambda: None) is True
+    assert store.keep(full) is False and store.stopped == "No space left on device"
+    assert store.keep(unwritten) is False and store.stopped == "No space left on device"  # every later write is skipped
+    with pytest.raises(OSError, match="Is a directory"):  # an error of what is written, not of the folder
+        StepCache(tmp_path / "other").keep(lambda: (_ for _ in ()).throw(OSError(errno.EISDIR, "Is a directory")))
+    assert StepCache(None).keep(unwritten) is False and StepCache(None).stopped is None  # no cache: nothing is written
