@@ -491,6 +491,9 @@ def test_a_file_written_atomically_is_whole_or_absent_and_leaves_no_temporary_fi
     target.write_text("the earlier record")
 
     def interrupted(temp):
+        # beside the target, on its disk: a rename from the system's temporary folder would copy across disks, not
+        # replace the file at once (EXDEV)
+        assert os.path.dirname(temp) == str(folder)
         open(temp, "w").write("half a rec")
         raise KeyboardInterrupt
 
