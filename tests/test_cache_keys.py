@@ -275,3 +275,17 @@ def test_a_step_cache_whose_folder_fails_stops_being_written_says_why_and_raises
     with pytest.raises(OSError, match="Is a directory"):  # an error of what is written, not of the folder
         StepCache(tmp_path / "other").keep(lambda: (_ for _ in ()).throw(OSError(errno.EISDIR, "Is a directory")))
     assert StepCache(None).keep(unwritten) is False and StepCache(None).stopped is None  # no cache: nothing is written
+
+
+def test_a_step_kept_in_the_cache_reads_back_whole_and_counts_as_a_hit(tmp_path):
+    from ordercomp.exploration.pipeline import StepResult
+
+    step = StepResult(("prune", "quantize"), "ok", metrics={"accuracy": 97.5, "bitops": 1.5e6}, seconds=2.0, seed=1,
+                      fidelity=0.25, load={"busy": 0.1})
+    store = StepCache(tmp_path)
+    store.put("key", step)
+    assert store.get("other key") is None and store.hits == 0
+    assert store.get("key") == step and store.hits == 1
+    (tmp_path / "cut.json").write_text('{"chain": ["prune"], "stat')  # a record from an interrupted older version
+    assert store.get("cut") is None and store.hits == 1
+    assert StepCache(None).get("key") is None  # no cache folder: nothing is ever found
