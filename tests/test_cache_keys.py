@@ -289,3 +289,18 @@ def test_a_step_kept_in_the_cache_reads_back_whole_and_counts_as_a_hit(tmp_path)
     (tmp_path / "cut.json").write_text('{"chain": ["prune"], "stat')  # a record from an interrupted older version
     assert store.get("cut") is None and store.hits == 1
     assert StepCache(None).get("key") is None  # no cache folder: nothing is ever found
+
+
+@pytest.mark.parametrize("change", ["swapped", "removed"])
+def test_a_kept_chain_model_whose_file_changed_is_not_loaded(tmp_path, tiny_model, change):
+    """The file is unpickled only with the SHA-256 recorded beside it (the module's docstring): a file swapped for
+    another model, or gone, makes the export apply the chain again."""
+    store = StepCache(tmp_path)
+    store.put_chain("key", tiny_model, [])
+    model_file = tmp_path / "chain-key.pt"
+    if change == "swapped":
+        torch.save(torch.nn.Linear(2, 2), model_file)
+    else:
+        model_file.unlink()
+    assert store.get_chain("key") is None
+    assert StepCache(None).get_chain("key") is None  # no cache folder: nothing is kept
