@@ -54,7 +54,7 @@ NET = "from torch import nn\nclass Net(nn.Sequential):\n    def __init__(self, n
      "broken(num_classes=10) raised RuntimeError: no such layer: check --model-args"),
     (NET + "def config(num_classes):\n    return {'classes': num_classes}\n", "{file}:config", "returned a dict, not an nn.Module"),
     (NET + "class Pair(Net):\n    def forward(self, x):\n        return super().forward(x), x\n", "{file}:Pair",
-     "returns a tuple, not a tensor of logits: give a model whose forward returns the logits alone"),  # issue 14: it said to set num_classes
+     "returns a value of type tuple, not a tensor of logits: give a model whose forward returns the logits alone"),  # issue 14: it said to set num_classes
     ("import no_such_package_here\n", "{file}:Net", "importing net.py raised ModuleNotFoundError: No module named"),
     (NET, "no_such_package_here.models:Net", "no module named no_such_package_here: install the package"),
     (NET, "torchvision.models:resnet18 --oops", "neither a sample"),

@@ -96,7 +96,7 @@ def check_logits(model: nn.Module, data: DataBundle, name: str, hint: str = BUIL
         model.train(was_training)
     if not isinstance(logits, torch.Tensor):
         # (logits, features) or a dict: the methods compare, train and export by the forward's one tensor of logits
-        raise CheckpointError(f"{name} returns a {type(logits).__name__}, not a tensor of logits: give a model whose forward "
+        raise CheckpointError(f"{name} returns a value of type {type(logits).__name__}, not a tensor of logits: give a model whose forward "
                               "returns the logits alone (e.g. a small nn.Module that calls yours and returns its logits)")
     if tuple(logits.shape) != (len(images), data.num_classes):
         given = logits.shape[-1]

@@ -448,7 +448,7 @@ class Traced:
     def output_node(self) -> fx.Node:
         value = self.nodes[-1].args[0]
         if not isinstance(value, fx.Node):
-            raise NotFound(f"the forward returns a {type(value).__name__}, not one tensor of logits")
+            raise NotFound(f"the forward returns a value of type {type(value).__name__}, not one tensor of logits")
         return value
 
     def classifier(self) -> str:
