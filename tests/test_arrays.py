@@ -196,3 +196,18 @@ def test_npz_arrays_packed_far_smaller_than_they_declare_are_refused_before_they
         load_data(str(tmp_path / "blank.npz"))
     monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", read)
     assert len(load_data(str(tmp_path / "plain.npz")).train) == 1200
+
+
+def test_a_npz_that_is_one_npy_is_refused_by_its_magic_before_np_load_allocates_it(tmp_path, monkeypatch):
+    """np.load of a single .npy allocates the size its header declares before ordercomp could refuse it: a 128-byte file
+    declaring 2**31 float32 (8 GiB) was a MemoryError under a memory limit, not one line
+    (/work/notes/s45/untrusted4/r2_npz_that_is_one_npy.py)."""
+    header = repr({"descr": "<f4", "fortran_order": False, "shape": (2**31,)}).encode("latin1")
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    (tmp_path / "declared.npz").write_bytes(np.lib.format.MAGIC_PREFIX + b"\x01\x00" + len(header).to_bytes(2, "little") + header)
+    read = []
+    monkeypatch.setattr(np, "load", lambda *args, **kwargs: read.append(args))
+    with pytest.raises(DataError, match=r"^declared.npz holds a single array, not a .npz archive: save images and labels with "
+                                        r"numpy.savez\(path, x=..., y=...\)$"):
+        load_data(str(tmp_path / "declared.npz"))
+    assert read == []

@@ -173,13 +173,11 @@ def read_npz(path: Path, input_size: int | None, normalization: Normalization) -
 def _npz_arrays(path: Path, input_size: int | None) -> dict[str, np.ndarray]:
     """The arrays of a .npz file, each checked by its header (dtype, size) before it is read, and the images together
     by what they take at the input size (`check_held`: 0.6 MB of deflated blank images took 9 GB)."""
-    _check_member_count(path)
+    _check_container(path)
     try:
-        archive = np.load(path, allow_pickle=False)
+        archive = np.load(path, allow_pickle=False)  # a zip (an NpzFile), or a pickle it refuses
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise DataError(f"{path.name} is not a readable .npz file ({type(error).__name__}): save it with numpy.savez") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path.name} holds a single array, not a .npz archive: save images and labels with numpy.savez(path, x=..., y=...)")
     with archive:
         total, images = 0, []
         for name in archive.files:
@@ -216,20 +214,25 @@ def _check_packing(archive, name: str, declared: int, path: Path) -> None:
                         "compress like that, a zip bomb does): save the arrays uncompressed with numpy.savez")
 
 
-def _check_member_count(path: Path) -> None:
-    """Refuse a zip of more entries than a .npz of every split holds, counted before zipfile builds an object for each
-    (a 47 MB file of 1M empty entries took 420 MB in np.load)."""
+def _check_container(path: Path) -> None:
+    """Refuse, before np.load reads anything, a file that is one .npy array (np.load allocates what its header declares:
+    8 GiB for a 192-byte file) and a zip of more entries than a .npz of every split holds, counted before zipfile builds
+    an object for each (a 47 MB file of 1M empty entries took 420 MB in np.load)."""
     from ..archives import TooManyMembers, open_zip
 
     try:
         with path.open("rb") as file:
-            if zipfile.is_zipfile(file):
+            single = file.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX
+            file.seek(0)
+            if not single and zipfile.is_zipfile(file):
                 file.seek(0)
                 open_zip(file, path.name, MAX_NPZ_MEMBERS).close()
     except TooManyMembers as refusal:
         raise DataError(f"{refusal}; a .npz holds one per array: save images and labels with numpy.savez(path, x=..., y=...)") from None
-    except (OSError, ValueError):  # not a zip after all: np.load says what it is
+    except (OSError, ValueError):  # unreadable, or not a zip after all: np.load says what it is
         return
+    if single:
+        raise DataError(f"{path.name} holds a single array, not a .npz archive: save images and labels with numpy.savez(path, x=..., y=...)")
 
 
 def _header(archive, name: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
