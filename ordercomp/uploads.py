@@ -41,7 +41,8 @@ PATH_MAX_BYTES = 1024
 MARKER = ".ordercomp-upload"
 ABANDONED_AFTER_S = 7 * 24 * 3600
 DATA_ROOTS_ENV = "ORDERCOMP_DATA_ROOTS"
-KEPT_FOLDERS = ("uploads", "datasets")  # next to the job store: checkpoints, unpacked zips
+CHECKPOINTS_FOLDER = "uploads"  # next to the job store: the checkpoints `keep_checkpoint` kept
+KEPT_FOLDERS = (CHECKPOINTS_FOLDER, "datasets")  # next to the job store: checkpoints, unpacked zips
 UPLOADS_GB_ENV = "ORDERCOMP_UPLOADS_GB"
 UPLOADS_DEFAULT_GB = 10
 DISK_RESERVE_BYTES = 1 << 30     # an upload never leaves the store's disk with less free
@@ -351,6 +352,14 @@ def keep_checkpoint(folder: Path, name: str, data: bytes) -> Path:
         _discard_refused(path, kept_before)
         raise
     return path
+
+
+def is_kept_checkpoint(text: str, store_folder: Path) -> bool:
+    """Whether `text` names a checkpoint `keep_checkpoint` kept in the store's CHECKPOINTS_FOLDER (links resolved), told
+    before anything of it is read: the only model files a served dashboard's jobs may read, since a spec written by a
+    stale or crafted session would otherwise load, compress and hand out any model file on the server."""
+    folder = (store_folder / CHECKPOINTS_FOLDER).resolve()
+    return not too_long("", text) and Path(text).expanduser().resolve().is_relative_to(folder)
 
 
 def _kept_files(upload: Path) -> set[str]:

@@ -167,7 +167,7 @@ def kept_upload(upload, state_key: str) -> str | None:
     if upload is not None and previous.get("id") != upload.file_id:
         session.sweep_uploads(store)
         try:
-            path = uploads.keep_checkpoint(session.data_folder(store, "uploads"), upload.name, upload.getvalue())
+            path = uploads.keep_checkpoint(session.data_folder(store, uploads.CHECKPOINTS_FOLDER), upload.name, upload.getvalue())
         except (ValueError, OSError) as error:  # CheckpointError is a ValueError
             st.error(formatting.md(error))
             return None

@@ -11,12 +11,14 @@ trained once per initial weights, data, training budget and library versions.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
 
+from ordercomp import uploads
 from ordercomp.exploration import cache
 from ordercomp.exploration import explorer as explore
 from ordercomp.deploy import runtimes
@@ -60,9 +62,11 @@ def explore_steps(spec: ExploreSpec, folder) -> list[dict]:
 
 def worker_steps(spec: ExploreSpec, folder) -> list[dict]:
     """A whole exploration (pairwise plan: both singles, both pairs) as a job of the store in `folder`, run by the
-    worker (in this process)."""
+    worker (in this process), its model file uploaded to that store as the Model & data page keeps it."""
     store = JobStore(folder / "jobs.sqlite")
-    job_id = store.create(spec)
+    model = Path(spec.model)
+    kept = uploads.keep_checkpoint(folder / uploads.CHECKPOINTS_FOLDER, model.name, model.read_bytes())
+    job_id = store.create(replace(spec, model=str(kept)))
     assert run_job(store, job_id) == "done", store.log(job_id)
     return store.get(job_id)["result"]["steps"]
 

@@ -46,9 +46,11 @@ PAGES = {name: f"pages/{name}.py" for name in ("1_model_and_data", "2_methods", 
 
 @pytest.fixture(scope="session")
 def finished(tmp_path_factory, tiny_checkpoint) -> dict:
-    """A store folder with a done exploration and a done export of its chain; their ids."""
+    """A store folder with a done exploration and a done export of its chain, their base uploaded to the store as the
+    Model & data page keeps it; their ids."""
     store = JobStore(tmp_path_factory.mktemp("finished") / "jobs.sqlite")
-    spec = ExploreSpec(model=str(tiny_checkpoint), architecture="cnn_tiny", methods=("prune", "quantize"), seeds=1,
+    kept = uploads.keep_checkpoint(store.path.parent / uploads.CHECKPOINTS_FOLDER, tiny_checkpoint.name, tiny_checkpoint.read_bytes())
+    spec = ExploreSpec(model=str(kept), architecture="cnn_tiny", methods=("prune", "quantize"), seeds=1,
                        budget=Budget(epochs=0.0), device="cpu", exhaustive=True)
     exploration = store.create(spec)
     assert run_job(store, exploration) == "done", store.log(exploration)
@@ -64,6 +66,13 @@ def store(finished, tmp_path, monkeypatch) -> JobStore:
     folder = shutil.copytree(finished["folder"], tmp_path / "store")
     monkeypatch.setenv("ORDERCOMP_STORE", str(folder / "jobs.sqlite"))
     return JobStore(folder / "jobs.sqlite")
+
+
+def base_in(store: JobStore, finished: dict) -> dict:
+    """The finished exploration's spec, its base the upload in `store`'s copy of the finished folder: a worker reads
+    only the uploads of its own store."""
+    spec = finished["record"]["spec"]
+    return spec | {"model": str(store.path.parent / Path(spec["model"]).relative_to(finished["folder"]))}
 
 
 REAL_SPAWN = launch.spawn_worker
@@ -190,7 +199,7 @@ def test_a_corrupt_or_pickled_checkpoint_upload_is_refused_and_a_state_dict_is_u
 def test_a_text_file_or_a_pt2_running_python_is_one_line_on_the_page_and_leaves_nothing(store, tmp_path):
     """A text file named like a state dict made torch's unpickler raise KeyError, which reached the page and
     left the upload behind; a .pt2 whose batch size is Python ran it while loading."""
-    marker = tmp_path / "marker"
+    marker, kept = tmp_path / "marker", set((store.path.parent / "uploads").iterdir())  # the finished jobs' base
     torch.manual_seed(0)
     evil = sympy_in_batch_size(genuine_pt2(create_model("cnn_tiny", 10, 1)), marker)
     at = app("1_model_and_data")
@@ -200,7 +209,7 @@ def test_a_text_file_or_a_pt2_running_python_is_one_line_on_the_page_and_leaves_
         assert not at.exception, [e.value for e in at.exception]
         assert len(at.main.error) == 1 and plain(at.main.error[0].value).startswith(f"{name} ")
     assert not marker.exists()
-    assert [p.name for p in (store.path.parent / "uploads").iterdir()] == []
+    assert set((store.path.parent / "uploads").iterdir()) == kept
 
 
 def scripted_model() -> bytes:
@@ -216,6 +225,7 @@ def test_a_server_whose_operator_did_not_allow_torchscript_offers_no_trust_box_a
 
     monkeypatch.delenv("ORDERCOMP_TORCHSCRIPT", raising=False)
     monkeypatch.setattr(checkpoints, "load_program", lambda *a, **k: pytest.fail("TorchScript was loaded"))
+    kept = set((store.path.parent / "uploads").rglob("*"))  # the finished jobs' base
     at = app("1_model_and_data")
     at.radio(key="w_model_source").set_value("upload").run()
     assert not [box for box in at.checkbox if box.key == "w_trust_torchscript"]
@@ -225,7 +235,8 @@ def test_a_server_whose_operator_did_not_allow_torchscript_offers_no_trust_box_a
     assert plain(at.main.error[0].value).startswith("tiny.ts is TorchScript: loading it runs code stored in the file, and this "
                                                     "server's operator has not allowed that")
     assert at.session_state[session.BASE]["model"] == "digits_cnn"
-    assert [path for path in (store.path.parent / "uploads").rglob("*") if path.is_file() and path.name != ".ordercomp-upload"] == []
+    assert [path for path in (store.path.parent / "uploads").rglob("*") if path.is_file() and path.name != ".ordercomp-upload"
+            and path not in kept] == []
 
 
 def test_an_image_trees_centre_crop_becomes_part_of_the_base_and_square_data_refuses_one(store, tmp_path, monkeypatch):
@@ -854,7 +865,7 @@ def test_a_running_job_whose_step_cache_stops_says_so_in_its_log_before_it_ends(
         real(path, fill)
 
     monkeypatch.setattr(cache, "write_atomically", filling)
-    spec = ExploreSpec.from_dict(finished["record"]["spec"] | {"methods": ["prune", "sparsify"], "exhaustive": False,
+    spec = ExploreSpec.from_dict(base_in(store, finished) | {"methods": ["prune", "sparsify"], "exhaustive": False,
                                                                   "ship": None})
     job = store.create(spec)
     assert run_job(store, job) == "done", store.log(job)
@@ -871,7 +882,7 @@ def test_a_running_job_whose_step_cache_stops_says_so_in_its_log_before_it_ends(
 def test_a_run_served_from_the_step_cache_says_so_step_by_step_in_its_log(store, finished):
     """Stop 44's walk: after a resume the log listed the 53 finished steps again as 'ok in 0.4 s', the seconds they had
     taken to compute, as if it had run them again."""
-    job = store.create(ExploreSpec.from_dict(finished["record"]["spec"] | {"ship": None}))  # every step already ran
+    job = store.create(ExploreSpec.from_dict(base_in(store, finished) | {"ship": None}))  # every step already ran
     assert run_job(store, job) == "done", store.log(job)
     lines = [line["message"] for line in store.log(job)]
     steps = [line for line in lines[:lines.index(next(line for line in lines if line.startswith("applying the chain")))]
@@ -1030,7 +1041,7 @@ def test_the_sidebar_shows_the_open_run_device_and_store(store, finished):
 
 @pytest.mark.timeout(2 * WORKER_S)
 def test_a_launched_exploration_runs_in_a_worker_and_its_result_reaches_the_result_pages(store, finished, real_workers, wait_for):
-    spec = finished["record"]["spec"]  # the same plan: its steps come back from the store's cache
+    spec = base_in(store, finished)  # the same plan: its steps come back from the store's cache
     at = app("2_methods")
     at.session_state[session.BASE] = {key: spec[key] for key in ("model", "architecture", "data", "input_size")}
     at.run()  # the base chosen first (on Model & data), then the methods for it

@@ -7,9 +7,11 @@ dict and the events callback, and returns the job's result record and a one-line
               same key: cache.chain_key) and write the compressed model files
 
 Every kind shares the store's cache, so a zoo architecture is trained once for all of them. A worker
-never imports a FILE.py:NAME or package.module:NAME a spec names: it builds only the model factories
-the server's operator registered (`ordercomp.models.checkpoints.registered_models`), and reads data only
-from the folders the operator offers and connects only to the Ray clusters it offers (`check_served`).
+never imports a FILE.py:NAME or package.module:NAME a spec names: it builds only the samples, the zoo's
+architectures and the model factories the server's operator registered
+(`ordercomp.models.checkpoints.registered_models`), reads model files only from the checkpoints uploaded to the
+dashboard and data only from the folders the operator offers, and connects only to the Ray clusters it offers
+(`check_served`).
 """
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ from ..exploration.explorer import Explorer, ExploreSpec, compress, prepare_base
 from ..deploy.kept_files import kept_in
 from ..deploy.export import DEFAULT_FORMATS, check_export_folder, export_bytes, export_compressed, verify_export
 from ..metrics import measure
+from ..models.checkpoints import CheckpointError, list_samples, registered_models
+from ..models.zoo import ARCHITECTURES, RENAMED
 from ..order.plan import chain_text
 from ..exploration.pipeline import OK
 from ..train import Budget
-from ..uploads import check_served_data_path
+from ..uploads import check_served_data_path, is_kept_checkpoint
 from .specs import BaselineSpec, ExportSpec
 from .store import JobStore
 
@@ -31,10 +35,26 @@ Events = Callable[[dict], None]
 
 
 def check_served(store: JobStore, spec: dict) -> None:
-    """What a job may reach is what the dashboard offers its users: the data folders (`check_served_data`) and the
-    Ray clusters (`check_served_ray_address`) of its operator, whatever a stale or crafted session's spec names."""
+    """What a job may reach is what the dashboard offers its users: its models (`check_served_model`), the data folders
+    (`check_served_data`) and the Ray clusters (`check_served_ray_address`) of its operator, whatever a stale or crafted
+    session's spec names."""
+    check_served_model(store, spec)
     check_served_data(store, spec)
     check_served_ray_address(spec.get("ray_address"))
+
+
+def check_served_model(store: JobStore, spec: dict) -> None:
+    """A job's model is one the dashboard offers, by name (a registered factory, a sample, a zoo architecture), or a
+    checkpoint uploaded to it, and its weights are uploaded too (`is_kept_checkpoint`), checked before anything is read
+    (a zoo name since renamed is left to `resolve_model`, which says what it is called now)."""
+    model, weights, registered = str(spec.get("model", "digits_cnn")), spec.get("weights"), registered_models()
+    if model not in {*registered, *list_samples(), *ARCHITECTURES, *RENAMED} and not is_kept_checkpoint(model, store.path.parent):
+        raise CheckpointError(f"the model {model[:200]} is not a model factory registered on this server "
+                              f"({', '.join(sorted(registered)) or 'none'}), a sample, a zoo architecture nor a checkpoint "
+                              "uploaded to it: choose the model on the Model & data page")
+    if weights is not None and not is_kept_checkpoint(str(weights), store.path.parent):
+        raise CheckpointError(f"the weights {str(weights)[:200]} are not a file uploaded to this server: upload them on the "
+                              "Model & data page")
 
 
 def check_served_data(store: JobStore, spec: dict) -> None:

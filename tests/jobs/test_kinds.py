@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ordercomp import uploads
 from ordercomp.exploration import explorer
 from ordercomp.deploy.export import export_zip
 from ordercomp.jobs import BaselineSpec, ExportSpec, JobStore, start_job
@@ -19,8 +20,8 @@ from testkit import WORKER_S
 
 
 @pytest.fixture
-def base(tiny_checkpoint):
-    return {"model": str(tiny_checkpoint), "data": "digits", "architecture": "cnn_tiny", "device": "cpu"}
+def base(tiny_upload):
+    return {"model": str(tiny_upload), "data": "digits", "architecture": "cnn_tiny", "device": "cpu"}
 
 
 def test_a_baseline_job_measures_the_base_on_the_test_split(store, base, quick_timing):
@@ -169,8 +170,10 @@ def test_a_job_reads_the_ema_weights_its_spec_chose_and_an_export_keeps_the_choi
     import torch
 
     state = tiny_model.state_dict()
-    torch.save({"model": state, "model_ema": {k: v * 0 if v.is_floating_point() else v for k, v in state.items()}}, tmp_path / "w.pth")
-    base = {"model": str(tmp_path / "w.pth"), "architecture": "cnn_tiny", "device": "cpu"}
+    saved = io.BytesIO()
+    torch.save({"model": state, "model_ema": {k: v * 0 if v.is_floating_point() else v for k, v in state.items()}}, saved)
+    kept = uploads.keep_checkpoint(tmp_path / uploads.CHECKPOINTS_FOLDER, "w.pth", saved.getvalue())  # as the page keeps it
+    base = {"model": str(kept), "architecture": "cnn_tiny", "device": "cpu"}
     accuracy = {}
     for ema in (False, True):
         job_id = store.create(BaselineSpec(**base, ema=ema), "baseline")

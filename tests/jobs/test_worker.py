@@ -1,6 +1,9 @@
 """Tests for the worker run in this process: events, incompatible pairs, failures, cancel."""
+import os
+
 import pytest
 
+from ordercomp import uploads
 from ordercomp.jobs.worker import Cancelled, JobEvents, main, run_job
 
 
@@ -73,7 +76,7 @@ def test_a_method_that_applies_nowhere_is_left_out_and_the_job_ends_with_the_oth
 
 
 def test_an_error_fails_the_job_with_one_line_and_the_traceback_in_the_log(store, tiny_spec, tmp_path):
-    job_id = store.create(tiny_spec(model=str(tmp_path / "missing.pt")))
+    job_id = store.create(tiny_spec(model=str(tmp_path / uploads.CHECKPOINTS_FOLDER / "missing.pt")))  # removed meanwhile
     assert run_job(store, job_id) == "failed"
     job = store.get(job_id)
     assert job["status"] == "failed" and job["result"] is None
@@ -116,3 +119,30 @@ def test_a_job_connects_to_no_ray_cluster_its_operator_did_not_offer(store, tiny
     monkeypatch.delenv("ORDERCOMP_RAY_ADDRESSES")
     job = store.create(tiny_spec(executor="ray", ray_address="auto"))  # a cluster found on the server: the operator's to offer too
     assert run_job(store, job) == "failed" and "auto is not a Ray cluster this server's operator offers (none)" in store.get(job)["error"]
+
+
+def test_a_job_reads_no_model_file_but_those_uploaded_to_its_store(store, tiny_checkpoint, tiny_upload, quick_timing):
+    """A spec written by a stale or crafted session named any model file on the server (an operator's private model) as
+    its model or weights, and the worker loaded it, measured or compressed it and exported it for download
+    (/work/notes/s45/untrusted4/r1_job_reads_any_model.py): only the dashboard's own choices pass, refused before the run."""
+    from ordercomp.jobs import BaselineSpec, ExportSpec
+
+    link = tiny_upload.parent / "link.pt"
+    link.symlink_to(tiny_checkpoint)
+    climbing = tiny_upload.parent / os.path.relpath(tiny_checkpoint, tiny_upload.parent)
+    for outside in (tiny_checkpoint, link, climbing):
+        for kind, spec in (("baseline", BaselineSpec(model=str(outside), architecture="cnn_tiny", device="cpu")),
+                           ("export", ExportSpec(model=str(outside), data="digits", chain=("prune",), architecture="cnn_tiny", device="cpu"))):
+            job = store.create(spec, kind)
+            assert run_job(store, job) == "failed"
+            assert store.get(job)["error"].startswith(f"CheckpointError: the model {outside} is not a model factory registered on "
+                                                      "this server (")
+            assert store.get(job)["error"].endswith(", a sample, a zoo architecture nor a checkpoint uploaded to it: choose "
+                                                    "the model on the Model & data page")
+        job = store.create(BaselineSpec(model="cnn_tiny", weights=str(outside), device="cpu"), "baseline")
+        assert run_job(store, job) == "failed"
+        assert store.get(job)["error"] == (f"CheckpointError: the weights {outside} are not a file uploaded to this server: "
+                                           "upload them on the Model & data page")
+    assert not (store.path.parent / "exports").exists()
+    job = store.create(BaselineSpec(model="cnn_tiny", weights=str(tiny_upload), device="cpu"), "baseline")  # as the page makes it
+    assert run_job(store, job) == "done", store.log(job)
