@@ -307,6 +307,24 @@ def test_zip_holds_every_file(exported):
         assert archive.read(f"{out.name}/model.pt2") == (out / "model.pt2").read_bytes()
 
 
+@pytest.mark.parametrize("where", ["climbing", "absolute"])
+def test_a_manifest_naming_a_file_outside_its_folder_is_neither_verified_nor_zipped(tmp_path, where):
+    """export_zip kept only the manifest's plain file names while verify_export read any path it named: a checksum and
+    a load of a file anywhere on the machine (/work/notes/s45/untrusted3/a05_verify_export_manifest_paths.py)."""
+    private = tmp_path / "private.pt"
+    torch.save({"weight": torch.zeros(2)}, private)
+    out = tmp_path / "export"
+    out.mkdir()
+    name = {"climbing": "../private.pt", "absolute": str(private)}[where]
+    (out / "manifest.json").write_text(json.dumps({"files": [name], "sha256": {name: hashlib.sha256(private.read_bytes()).hexdigest()},
+                                                   "input_shape": ["batch", 1, 8, 8], "formats": [{"format": "state_dict", "file": name}]}))
+    report = verify_export(out)
+    assert report["checksums"] == {name: False} and not report["ok"]
+    assert report["loads"] == {"state_dict": {"error": f"the manifest names {name!r}, which is not a file of its folder: export again"}}
+    with zipfile.ZipFile(io.BytesIO(export_zip(out))) as archive:
+        assert archive.namelist() == ["export/manifest.json"]
+
+
 def test_unknown_format_is_refused_before_writing(compressed, tmp_path):
     with pytest.raises(ValueError, match="choose from torchscript, pt2, onnx, onnx_int8, packed, state_dict"):
         export_to(compressed, tmp_path / "out", formats=("pt2", "tflite"))

@@ -617,13 +617,29 @@ def verify_export(out_dir, *, trust_torchscript: bool = False) -> dict:
     """Re-compute every checksum and load every program file back, running it on a sample input.
     TorchScript runs code from the file, so it is only run when the caller trusts the folder."""
     out, manifest = Path(out_dir), read_manifest(out_dir)
-    checksums = {name: (out / name).is_file() and sha256(out / name) == digest for name, digest in manifest["sha256"].items()}
+    checksums = {name: _matches(folder_file(out, name), digest) for name, digest in manifest["sha256"].items()}
     channels, height, width = manifest["input_shape"][1:]
     sample = torch.randn(2, channels, height, width, generator=torch.Generator().manual_seed(0))
-    loads = {entry["format"]: load_and_run(entry["format"], out / entry["file"], sample, trust_torchscript)
-             for entry in manifest["formats"] if "file" in entry}
+    loads = {entry["format"]: _load_back(out, entry, sample, trust_torchscript) for entry in manifest["formats"] if "file" in entry}
     return {"checksums": checksums, "loads": loads,
             "ok": all(checksums.values()) and all("error" not in result for result in loads.values())}
+
+
+def folder_file(out: Path, name) -> Path | None:
+    """The file `name` of the export folder `out`, or None when a manifest (anyone may have written it) names anything
+    but a plain file name of the folder: a path, '..' or a value that is not text."""
+    return out / name if isinstance(name, str) and name not in ("", "..") and Path(name).name == name else None
+
+
+def _matches(path: Path | None, digest: str) -> bool:
+    return path is not None and path.is_file() and sha256(path) == digest
+
+
+def _load_back(out: Path, entry: dict, sample: torch.Tensor, trust_torchscript: bool) -> dict:
+    path = folder_file(out, entry["file"])
+    if path is None:
+        return {"error": f"the manifest names {str(entry['file'])[:80]!r}, which is not a file of its folder: export again"}
+    return load_and_run(entry["format"], path, sample, trust_torchscript)
 
 
 def load_and_run(name: str, path: Path, sample: torch.Tensor, trust_torchscript: bool = False) -> dict:
@@ -663,7 +679,7 @@ def export_zip(out_dir, folder_name: str | None = None) -> bytes:
     The files keep the names the manifest's checksums give them, so `verify_export` checks the unpacked folder;
     other files in the folder are not ordercomp's to hand out."""
     out = Path(out_dir)
-    names = [name for name in read_manifest(out)["files"] + [MANIFEST] if Path(name).name == name]
+    names = [name for name in read_manifest(out)["files"] + [MANIFEST] if folder_file(out, name)]
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name in sorted(names):
