@@ -10,6 +10,8 @@ from ordercomp.exploration.pipeline import OK, make_configs, run_step
 from ordercomp.methods.base import Context
 from ordercomp.models.checkpoints import describe_source, resolve_model
 from ordercomp.models.factories import load_factory
+from ordercomp.models.plain_weights import fold_reparametrizations_
+from ordercomp.models.weights import CheckpointError
 from ordercomp.models.structure import with_structure
 from ordercomp.train import Budget
 from testkit import NORM_NET, fewer
@@ -51,6 +53,28 @@ def test_an_instance_with_the_older_hooks_after_training_is_taken_and_left_as_it
     model, source = resolve_model(held, digits)
     assert "weight_g" not in dict(model.conv1.named_parameters()) and "weight_g" in dict(held.conv1.named_parameters())
     assert "spectral_norm of conv3.weight" in describe_source(source)
+
+
+@pytest.mark.parametrize("name", ["NormNet", "HookNormNet"])
+def test_weights_saved_after_removing_the_reparametrizations_load_into_the_class_that_applies_them(digits, tmp_path, name):
+    """Stop 45: a state dict saved for inference after `remove_weight_norm` / `remove_parametrizations` (plain `weight`
+    keys) was refused: "4 missing keys (... conv1.parametrizations.weight.original0 ...), 4 unexpected (... conv1.weight)"."""
+    torch.manual_seed(1)
+    exported = trained_once(load_factory(f"{NORM_NET}:{name}")(), digits).eval()
+    fold_reparametrizations_(exported)
+    torch.save(exported.state_dict(), tmp_path / "inference.pt")
+    model, source = resolve_model(f"{NORM_NET}:{name}", digits, weights=str(tmp_path / "inference.pt"))
+    images = digits.example_input(8)
+    with torch.no_grad():
+        assert torch.allclose(model(images), exported(images), atol=1e-5)
+    line = describe_source(source)
+    assert "the model's folded before loading" in line and "weight_norm of conv2.weight" in line
+
+
+def test_weights_fitting_neither_the_class_nor_its_folded_layers_keep_their_own_line(digits, tmp_path):
+    torch.save({"conv1.weight": torch.zeros(8, 1, 3, 3)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="missing keys .*original0"):
+        resolve_model(f"{NORM_NET}:NormNet", digits, weights=str(tmp_path / "other.pt"))
 
 
 @pytest.mark.parametrize("method", ["lowrank", "prune", "distill"])

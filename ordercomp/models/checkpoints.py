@@ -266,16 +266,33 @@ def _fitted(model: nn.Module, data: DataBundle, weights: "Weighting", train_base
     against the data; the source records the class, its code, the weights and the channels it takes."""
     path = weights.path
     model, wrappers = unwrapped(model)
-    notes = load_weights(model, Path(path).expanduser(), what, CLASS_HINT, ema=weights.ema) if path else []
+    notes, folded = _loaded_weights(model, Path(path).expanduser(), what, weights.ema) if path else ([], [])
     converted = float32_(model)
     fitted = data_for(model.eval(), data, what, weighted=bool(path))
     trained = not path and train_base is not None
     if trained:
         model = train_base(model, fitted)
-    folded = fold_reparametrizations_(model)
+    folded += fold_reparametrizations_(model)
     plain = {key: value for key, value in (("unwrapped", wrappers), ("folded", folded), ("converted", converted)) if value}
     return model, source | plain | {"class": describe_class(model), "code": code_fingerprint(model), "weights": path and str(path),
                                     "weights_notes": notes, "trained_here": trained, "in_channels": fitted.in_channels} | _recognised([], weights.ema)
+
+
+def _loaded_weights(model: nn.Module, path: Path, what: str, ema: bool) -> tuple[list[str], list[str]]:
+    """Load a weights file into a user's model: what was recognised in it, and what was folded first. A file of plain
+    weights (saved after `remove_weight_norm` or `remove_parametrizations`, as people export for inference) fits a class
+    that reparametrizes them only once they are folded: then they are folded first; any other misfit keeps its own line."""
+    try:
+        return load_weights(model, path, what, CLASS_HINT, ema=ema), []
+    except CheckpointError as misfit:
+        folded = fold_reparametrizations_(model)
+        if not folded:
+            raise
+        try:
+            notes = load_weights(model, path, what, CLASS_HINT, ema=ema)
+        except CheckpointError:
+            raise misfit from None
+    return notes + ["plain weights, as saved with the reparametrizations removed: the model's folded before loading"], folded
 
 
 @dataclass(frozen=True)

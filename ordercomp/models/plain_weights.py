@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn.utils import parametrize, remove_spectral_norm, remove_weight_norm
-from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.spectral_norm import SpectralNorm, SpectralNormLoadStateDictPreHook
 from torch.nn.utils.weight_norm import WeightNorm
 
 HOOKS = {WeightNorm: ("weight_norm", remove_weight_norm), SpectralNorm: ("spectral_norm", remove_spectral_norm)}
@@ -47,6 +47,7 @@ def _fold_module_(module: nn.Module) -> list[tuple[str, str]]:
     for hook in [hook for hook in module._forward_pre_hooks.values() if type(hook) in HOOKS]:
         kind, remove = HOOKS[type(hook)]
         remove(module, hook.name)
+        _drop_spectral_norm_load_hook(module, hook.name)
         folded.append((kind, hook.name))
     if parametrize.is_parametrized(module):
         for tensor, chain in list(module.parametrizations.items()):
@@ -54,6 +55,16 @@ def _fold_module_(module: nn.Module) -> list[tuple[str, str]]:
             parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
             folded.append((kind, tensor))
     return folded
+
+
+def _drop_spectral_norm_load_hook(module: nn.Module, name: str) -> None:
+    """Drop the load_state_dict pre-hook of a removed spectral_norm, which `remove_spectral_norm` leaves behind (it looks
+    for the hook itself, and torch keeps it wrapped in a _WrappedHook): the folded layer then refused its plain weights,
+    asking for weight_orig and weight_u."""
+    for key, hook in list(module._load_state_dict_pre_hooks.items()):
+        spectral = getattr(hook, "hook", hook)
+        if isinstance(spectral, SpectralNormLoadStateDictPreHook) and spectral.fn.name == name:
+            del module._load_state_dict_pre_hooks[key]
 
 
 def _kind(parametrization: nn.Module) -> str:
