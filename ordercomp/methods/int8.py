@@ -12,6 +12,7 @@ After int8 the weights are no longer trainable: methods that fine-tune report `i
 from __future__ import annotations
 
 import logging
+import operator
 import warnings
 from dataclasses import dataclass
 
@@ -121,6 +122,7 @@ def _convert(part: nn.Module, samples: list[torch.Tensor], sparsity: float | Non
     prepared = prepare_pt2e(exported, quantizer)
     for sample in samples:
         prepared(sample)
+    _scale_and_shift_lone_batchnorms(prepared)
     converted = convert_pt2e(prepared)
     _drop_unused_tensors(converted)
     allow_exported_model_train_eval(converted)
@@ -139,6 +141,41 @@ def _separate_repeated_calls(graph_module: torch.fx.GraphModule) -> None:
         key, (name, kind) = next(reversed(stack.items()))
         if "@" in key:
             node.meta["nn_module_stack"] = {**stack, key: (f"{name}@{key.rpartition('@')[2]}", kind)}
+
+
+def _scale_and_shift_lone_batchnorms(prepared: torch.fx.GraphModule) -> None:
+    """The BatchNorms that prepare_pt2e left unfolded, as no convolution precedes them (DenseNet's pre-activation layout),
+    as what they compute in evaluation: x * scale + shift, per channel. They stay float either way; but convert_pt2e, while
+    any BatchNorm is left, tries every QAT conv-bn pattern it knows, each one made by torch.export (318 exports: two
+    minutes for a 13k-parameter DenseNet against 5 s for a plain CNN)."""
+    graph = prepared.graph
+    for node in [node for node in graph.nodes if node.target == torch.ops.aten.batch_norm.default and not node.args[5]]:
+        scale, shift = _evaluation_affine(prepared, node)
+        with graph.inserting_before(node):
+            scaled = graph.call_function(torch.ops.aten.mul.Tensor, (node.args[0], _constant(prepared, f"{node.name}_scale", scale)))
+            shifted = graph.call_function(torch.ops.aten.add.Tensor, (scaled, _constant(prepared, f"{node.name}_shift", shift)))
+        scaled.meta, shifted.meta = dict(node.meta), dict(node.meta)
+        node.replace_all_uses_with(shifted)
+        graph.erase_node(node)
+    graph.eliminate_dead_code()
+    prepared.recompile()
+
+
+def _evaluation_affine(module: torch.fx.GraphModule, node: torch.fx.Node) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scale and shift per channel of an aten.batch_norm node with running statistics, shaped to broadcast over its
+    input: (C, 1, 1) for (N, C, H, W)."""
+    weight, bias, mean, var = (operator.attrgetter(arg.target)(module) if isinstance(arg, torch.fx.Node) else arg
+                               for arg in node.args[1:5])
+    scale = (var + node.args[7]).rsqrt() * (1 if weight is None else weight)
+    shift = (0 if bias is None else bias) - mean * scale
+    channels = (-1,) + (1,) * (node.meta["val"].dim() - 2)
+    return scale.reshape(channels), shift.reshape(channels)
+
+
+def _constant(module: torch.fx.GraphModule, name: str, value: torch.Tensor) -> torch.fx.Node:
+    """A get_attr node reading `value`, held by `module` as a buffer named `name`."""
+    module.register_buffer(name, value.detach().clone())
+    return module.graph.get_attr(name)
 
 
 def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
