@@ -71,6 +71,14 @@ def test_weights_saved_after_removing_the_reparametrizations_load_into_the_class
     assert "the model's folded before loading" in line and "weight_norm of conv2.weight" in line
 
 
+def test_plain_weights_saved_for_other_classes_say_so_once_folded(digits, tmp_path):
+    exported = load_factory(f"{NORM_NET}:NormNet")(num_classes=5)
+    fold_reparametrizations_(exported)
+    torch.save(exported.state_dict(), tmp_path / "five.pt")
+    with pytest.raises(CheckpointError, match="its fc gives 5 outputs in the file and 10 in the model"):
+        resolve_model(f"{NORM_NET}:NormNet", digits, weights=str(tmp_path / "five.pt"))
+
+
 def test_weights_fitting_neither_the_class_nor_its_folded_layers_keep_their_own_line(digits, tmp_path):
     torch.save({"conv1.weight": torch.zeros(8, 1, 3, 3)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="missing keys .*original0"):

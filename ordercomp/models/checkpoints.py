@@ -29,7 +29,7 @@ from ..data.preprocessing import repeat_channels
 from .fitting import BUILD_HINT, PROGRAM_HINT, data_for
 from .plain_weights import copyable_, float32_, fold_reparametrizations_, plain_notes, unwrapped
 from .programs import TORCHSCRIPT, TORCHSCRIPT_SUFFIXES, ProgramError, load_pt2, load_torchscript, program_kind
-from .weights import CheckpointError, load_weights, read_weights
+from .weights import CheckpointError, NamesMisfit, load_weights, read_weights
 from .zoo import ARCHITECTURES, INPUT_SIZES, RENAMED, create_model, renamed_message
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_models"
@@ -281,16 +281,17 @@ def _fitted(model: nn.Module, data: DataBundle, weights: "Weighting", train_base
 def _loaded_weights(model: nn.Module, path: Path, what: str, ema: bool) -> tuple[list[str], list[str]]:
     """Load a weights file into a user's model: what was recognised in it, and what was folded first. A file of plain
     weights (saved after `remove_weight_norm` or `remove_parametrizations`, as people export for inference) fits a class
-    that reparametrizes them only once they are folded: then they are folded first; any other misfit keeps its own line."""
+    that reparametrizes them only once they are folded: then they are folded first, and what does not fit the folded
+    layers (a classifier saved for other classes) says so; names that fit neither keep their own line."""
     try:
         return load_weights(model, path, what, CLASS_HINT, ema=ema), []
-    except CheckpointError as misfit:
+    except NamesMisfit as misfit:
         folded = fold_reparametrizations_(model)
         if not folded:
             raise
         try:
             notes = load_weights(model, path, what, CLASS_HINT, ema=ema)
-        except CheckpointError:
+        except NamesMisfit:
             raise misfit from None
     return notes + ["plain weights, as saved with the reparametrizations removed: the model's folded before loading"], folded
 

@@ -48,6 +48,10 @@ class CheckpointError(ValueError):
     """A model file could not be used (it is refused, unreadable, or does not fit); the message says what to fix."""
 
 
+class NamesMisfit(CheckpointError):
+    """The tensor names of a file are not the model's (some missing, some unexpected)."""
+
+
 class Inert:
     """Stands for a Python object of another program inside a checkpoint: it keeps the arguments and
     state the pickle gives it and does nothing else."""
@@ -249,7 +253,7 @@ def fit_weights(model: nn.Module, weights: Weights, file: str, what: str, hint: 
     inside, tied = with_tied_names(inside, model, expected)
     missing, unexpected = sorted(set(expected) - set(inside)), sorted(set(inside) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{file} does not fit {what}: {len(missing)} missing keys (the model's, not in the file; e.g. "
+        raise NamesMisfit(f"{file} does not fit {what}: {len(missing)} missing keys (the model's, not in the file; e.g. "
                               f"{', '.join(missing[:2]) or '-'}), {len(unexpected)} unexpected (in the file, not the model's; e.g. "
                               f"{', '.join(unexpected[:2]) or '-'}): {hint}")
     wrong = [name for name in expected if expected[name].shape != inside[name].shape]
