@@ -105,8 +105,7 @@ def plan_summary() -> None:
     except ValueError as error:
         st.error(f"This plan cannot run: {formatting.md(error)}")
         return
-    cost = estimate.plan_cost(spec, store.step_seconds(spec.model, spec.data),
-                              views.measured_baseline(store, plan.baseline_spec(session.base_choice(state), spec.device)))
+    cost = views.exploration_cost(store, spec, session.base_choice(state))
     left, right = st.columns(2)
     left.metric("Method applications", cost["applications"], help="At most: the search may find its order with fewer")
     left.caption(f"{estimate.applications_text(spec, cost)}. Pairwise needs n + n(n−1) = {cost['pairwise_per_seed']} per "

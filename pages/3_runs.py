@@ -24,8 +24,7 @@ def new_exploration() -> None:
         st.error(f"The plan from the Methods page cannot run: {formatting.md(error)}")
         st.page_link("pages/2_methods.py", label="Fix it on the Methods page", icon=":material/tune:")
         return
-    cost = estimate.plan_cost(spec, store.step_seconds(spec.model, spec.data),
-                              views.measured_baseline(store, plan.baseline_spec(session.base_choice(state), spec.device)))
+    cost = views.exploration_cost(store, spec, session.base_choice(state))
     settings = "; ".join(f"{name}: " + ", ".join(f"{key} {value}" for key, value in fields.items())
                          for name, fields in spec.settings.items()) or "the defaults"
     st.markdown(f"**{formatting.md(plan.describe_base(session.base_choice(state)))}** · methods **{', '.join(spec.methods)}** · "

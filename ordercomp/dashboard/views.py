@@ -138,6 +138,15 @@ def measured_baseline(store: JobStore, spec: BaselineSpec) -> dict | None:
     return store.get(job["id"])["result"] if job is not None and job["status"] == "done" else None
 
 
+def exploration_cost(store: JobStore, spec, choice: dict) -> dict:
+    """`estimate.plan_cost` of the exploration `spec` from the base `choice`, from what the store measured of them: its
+    finished steps, else the base's finished baseline job."""
+    from .estimate import plan_cost
+    from .plan import baseline_spec
+
+    return plan_cost(spec, store.step_seconds(spec.model, spec.data), measured_baseline(store, baseline_spec(choice, spec.device)))
+
+
 def latest_export(store: JobStore, exploration: str) -> dict | None:
     """The newest export job made from the exploration `exploration`."""
     return next((job for job in store.list_jobs("export") if job["spec"].get("exploration") == exploration), None)
